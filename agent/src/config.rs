@@ -1,0 +1,304 @@
+//! The agent's configuration file (`--config agent.yaml`): where it listens, who it is in the
+//! swarm, which tracker and build-index it asks, how big its disk cache may grow, and the
+//! peer-to-peer engine's knobs. Every field has a default, so an empty file joins the local dev
+//! cluster.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use shoal_core::{Name, PeerId};
+use shoal_service::{ByteSize, LogConfig};
+
+/// `shoal-agent --config agent.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Registry V2 read API, `/health` and `/metrics`.
+    pub listen: SocketAddr,
+    /// The gRPC `Peer` service other agents fetch pieces from.
+    pub peer_listen: SocketAddr,
+    /// `host:port` other peers reach our `Peer` service at; defaults to `peer_listen`.
+    pub advertise_addr: Option<String>,
+    /// Our name in the swarm; defaults to a UUID kept in `data_dir/peer_id` across restarts.
+    pub peer_id: Option<PeerId>,
+    /// Holds the blob cache (`store/`) and the persisted peer id.
+    pub data_dir: PathBuf,
+    /// The tracker's gRPC address (`host:port`).
+    pub tracker: String,
+    /// The build-index's HTTP address (`host:port` or `http://host:port`), for tags.
+    pub build_index: String,
+    /// How long a resolved tag is reused before asking the build-index again.
+    #[serde(with = "humantime_serde")]
+    pub tag_cache_ttl: Duration,
+    pub namespaces: NamespacesConfig,
+    pub cache: CacheConfig,
+    pub p2p: shoal_p2p::P2pConfig,
+    /// TEST-ONLY fault injection (`corrupt_served_pieces`). Never set in production.
+    pub testing: shoal_p2p::Faults,
+    pub log: LogConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 16000)),
+            peer_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 16001)),
+            advertise_addr: None,
+            peer_id: None,
+            data_dir: PathBuf::from("shoal-data/agent"),
+            tracker: "127.0.0.1:15003".to_owned(),
+            build_index: "127.0.0.1:15004".to_owned(),
+            tag_cache_ttl: Duration::from_secs(5),
+            namespaces: NamespacesConfig::default(),
+            cache: CacheConfig::default(),
+            p2p: shoal_p2p::P2pConfig::default(),
+            testing: shoal_p2p::Faults::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// How containerd's `?ns=<upstream host>` maps to repositories.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespacesConfig {
+    /// Upstream `host[:port]` → repository prefix: `/v2/app/…?ns=registry.example:5000` with
+    /// `registry.example:5000: mirror/example` reads repository `mirror/example/app`. A host not
+    /// listed is ignored and the path's name used as is.
+    pub hosts: BTreeMap<String, Name>,
+}
+
+/// The disk cache's byte budget and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of complete blobs the cache aims to stay under.
+    pub capacity: ByteSize,
+    /// Eviction starts when the cache holds more than this share of `capacity` …
+    pub high_watermark: Percent,
+    /// … and stops once it holds at most this share.
+    pub low_watermark: Percent,
+    /// A blob nobody has read for this long is evicted even under budget.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: ByteSize::gib(10),
+            high_watermark: Percent(90),
+            low_watermark: Percent(75),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A share from 0 to 100, written `90%` (or a plain `90`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(pub u8);
+
+impl Percent {
+    /// This share of `total`, rounded down.
+    pub fn of(self, total: u64) -> u64 {
+        (u128::from(total) * u128::from(self.0) / 100) as u64
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let value = match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => n,
+            Raw::Text(text) => text
+                .trim()
+                .strip_suffix('%')
+                .unwrap_or(text.trim())
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a percentage")))?,
+        };
+        match u8::try_from(value) {
+            Ok(percent) if percent <= 100 => Ok(Percent(percent)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{value}% is not between 0% and 100%"
+            ))),
+        }
+    }
+}
+
+/// A setting that parses but cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config field `{field}`: empty address")]
+    EmptyAddress { field: &'static str },
+    #[error(
+        "config field `cache.low_watermark` ({low}) must be below `cache.high_watermark` ({high})"
+    )]
+    Watermarks { low: Percent, high: Percent },
+    #[error("config field `cache.ttl` must be greater than zero")]
+    ZeroTtl,
+    #[error("config field `namespaces.hosts`: empty host")]
+    EmptyHost,
+    #[error(
+        "config field `advertise_addr` is required when `peer_listen` ({listen}) is a wildcard \
+         address: peers cannot connect to it"
+    )]
+    WildcardAdvertised { listen: SocketAddr },
+}
+
+impl AgentConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("tracker", Some(&self.tracker)),
+            ("build_index", Some(&self.build_index)),
+            ("advertise_addr", self.advertise_addr.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError::EmptyAddress { field });
+            }
+        }
+        let cache = &self.cache;
+        if cache.low_watermark >= cache.high_watermark {
+            return Err(ConfigError::Watermarks {
+                low: cache.low_watermark,
+                high: cache.high_watermark,
+            });
+        }
+        if cache.ttl.is_zero() {
+            return Err(ConfigError::ZeroTtl);
+        }
+        if self
+            .namespaces
+            .hosts
+            .keys()
+            .any(|host| host.trim().is_empty())
+        {
+            return Err(ConfigError::EmptyHost);
+        }
+        if self.advertise_addr.is_none() && self.peer_listen.ip().is_unspecified() {
+            return Err(ConfigError::WildcardAdvertised {
+                listen: self.peer_listen,
+            });
+        }
+        Ok(())
+    }
+
+    /// The `host:port` peers are told to reach us at.
+    pub fn advertised(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<AgentConfig, String> {
+        shoal_service::config::parse(yaml, "agent.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_the_dev_cluster_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:16000");
+        assert_eq!(config.advertised(), "127.0.0.1:16001");
+        assert_eq!(config.cache.capacity, ByteSize::gib(10));
+        assert_eq!(config.tag_cache_ttl, Duration::from_secs(5));
+        assert!(!config.testing.corrupt_served_pieces);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn every_section_parses_in_human_form() {
+        let config = parse(
+            "advertise_addr: node-7:16001\npeer_id: node-7\ntag_cache_ttl: 1m\n\
+             namespaces:\n  hosts:\n    docker.io: mirror/hub\n\
+             cache:\n  capacity: 1GiB\n  high_watermark: 80%\n  low_watermark: 50\n  ttl: 2h\n\
+             testing:\n  corrupt_served_pieces: true\n",
+        )
+        .unwrap();
+        assert_eq!(config.advertised(), "node-7:16001");
+        assert_eq!(config.peer_id.as_ref().unwrap().as_str(), "node-7");
+        assert_eq!(config.tag_cache_ttl, Duration::from_secs(60));
+        assert_eq!(config.namespaces.hosts["docker.io"].as_str(), "mirror/hub");
+        assert_eq!(config.cache.high_watermark, Percent(80));
+        assert_eq!(config.cache.low_watermark, Percent(50));
+        assert_eq!(config.cache.ttl, Duration::from_secs(7200));
+        assert!(config.testing.corrupt_served_pieces);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (yaml, field) in [
+            ("cache:\n  high_watermark: 101%\n", "cache.high_watermark"),
+            ("cache:\n  low_watermark: lots\n", "cache.low_watermark"),
+            (
+                "namespaces:\n  hosts:\n    docker.io: Bad..Name\n",
+                "namespaces.hosts",
+            ),
+            ("peer_id: 'has space'\n", "peer_id"),
+            ("cache:\n  colour: blue\n", "cache.colour"),
+        ] {
+            let error = parse(yaml).unwrap_err();
+            assert!(error.contains(field), "{yaml:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn unusable_settings_are_refused() {
+        let mut config = AgentConfig::default();
+        config.cache.low_watermark = Percent(90);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Watermarks { .. })
+        ));
+        let mut config = AgentConfig::default();
+        config.cache.ttl = Duration::ZERO;
+        assert!(matches!(config.validate(), Err(ConfigError::ZeroTtl)));
+        let config = AgentConfig {
+            tracker: " ".into(),
+            ..AgentConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::EmptyAddress { field: "tracker" })
+        ));
+        let mut config = AgentConfig {
+            peer_listen: "0.0.0.0:16001".parse().unwrap(),
+            ..AgentConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::WildcardAdvertised { .. })
+        ));
+        config.advertise_addr = Some("10.0.0.7:16001".into());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn percentages_take_their_share() {
+        assert_eq!(Percent(90).of(1000), 900);
+        assert_eq!(Percent(100).of(u64::MAX), u64::MAX);
+        assert_eq!(Percent(0).of(u64::MAX), 0);
+    }
+}

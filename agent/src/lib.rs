@@ -1,0 +1,170 @@
+//! `shoal-agent`: runs on every node and serves the Registry V2 read API to the node's container
+//! runtimes (as their registry or as a mirror). Blobs come through the p2p engine: from the
+//! local store, or piece by piece from other agents and the origins, every piece verified; the
+//! agent seeds what it has on its gRPC `Peer` listener and keeps its disk cache within budget.
+//!
+//! Modules: `routes` dispatches `/v2/…` to `blobs` and `manifests`; `tags` resolves and caches
+//! tags; `namespace` maps containerd's `?ns=`; `cache` evicts; `errors` is the one place failures
+//! become Registry V2 JSON; `peer_id` names the agent in the swarm.
+
+mod blobs;
+mod cache;
+pub mod config;
+mod errors;
+mod manifests;
+mod metrics;
+mod namespace;
+mod peer_id;
+mod routes;
+mod tags;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_api::BuildIndexClient;
+use shoal_p2p::{Engine, Identity, Limiter, P2pMetrics};
+use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_storage::BlobStore;
+use tokio::net::TcpListener;
+
+pub use config::AgentConfig;
+
+use crate::cache::Cache;
+use crate::metrics::AgentMetrics;
+use crate::namespace::Namespaces;
+use crate::routes::AppState;
+use crate::tags::TagCache;
+
+/// How long pieces in flight to other peers may take to finish after shutdown starts. Peer
+/// sessions are long-lived streams that a peer may keep open indefinitely, so graceful shutdown
+/// cannot wait for them to end; a peer cut off re-requests its pieces elsewhere.
+const PEER_DRAIN: Duration = Duration::from_secs(5);
+
+/// The agent's pre-bound sockets (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Registry V2 read API, `/health` and `/metrics`.
+    pub http: TcpListener,
+    /// gRPC `Peer` service.
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses named in `config`.
+    pub async fn bind(config: &AgentConfig) -> anyhow::Result<Listeners> {
+        let http = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the registry listener on {}", config.listen))?;
+        let peer = TcpListener::bind(config.peer_listen)
+            .await
+            .with_context(|| format!("binding the peer listener on {}", config.peer_listen))?;
+        Ok(Listeners { http, peer })
+    }
+}
+
+/// Serves the registry API and the peer service until `shutdown` is cancelled, then lets
+/// in-flight requests finish before returning.
+pub async fn run(
+    config: AgentConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    config
+        .p2p
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid agent config: {e}"))?;
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let peer_id = match &config.peer_id {
+        Some(peer_id) => peer_id.clone(),
+        None => peer_id::load_or_create(&config.data_dir).await?,
+    };
+    let store_dir = config.data_dir.join("store");
+    let store = Arc::new(
+        BlobStore::open(&store_dir)
+            .await
+            .with_context(|| format!("opening the blob store in {}", store_dir.display()))?,
+    );
+
+    let mut builder = MetricsBuilder::new("agent");
+    let metrics = AgentMetrics::register(builder.registry());
+    let p2p_metrics = P2pMetrics::new(builder.registry());
+    let registry = builder.build();
+
+    let identity = Identity {
+        peer_id: peer_id.clone(),
+        addr: config.advertised(),
+        origin: false,
+    };
+    let engine = Engine::new(
+        config.p2p.clone(),
+        identity,
+        store.clone(),
+        config.tracker.clone(),
+        p2p_metrics.clone(),
+        shutdown.clone(),
+    );
+    let cache = Arc::new(Cache::new(
+        store.clone(),
+        &config.cache,
+        metrics.cache.clone(),
+    ));
+    let sweeper = tokio::spawn(cache.clone().run(shutdown.clone()));
+
+    let http = shoal_service::client::builder()
+        .build()
+        .context("building the HTTP client for the build-index")?;
+    let state = AppState {
+        engine: engine.clone(),
+        store,
+        cache,
+        tags: Arc::new(TagCache::new(
+            BuildIndexClient::new(http, &config.build_index),
+            config.tag_cache_ttl,
+        )),
+        namespaces: Arc::new(Namespaces::new(config.namespaces.hosts.clone())),
+        metrics,
+    };
+    let app = shoal_service::http::with_common_routes(routes::router(state), registry);
+    let limiter = Limiter::new(config.p2p.egress_rate, config.p2p.chunk_size);
+    let peer = shoal_p2p::peer_service(engine.source(), limiter, p2p_metrics, config.testing);
+    let peer_app = tonic::service::Routes::new(peer).into_axum_router();
+
+    tracing::info!(
+        listen = %listeners.http.local_addr()?,
+        peer_listen = %listeners.peer.local_addr()?,
+        advertise = %config.advertised(),
+        %peer_id,
+        tracker = %config.tracker,
+        build_index = %config.build_index,
+        data_dir = %config.data_dir.display(),
+        "agent serving"
+    );
+    let peer_served = async {
+        let serving = shoal_service::http::serve(listeners.peer, peer_app, shutdown.clone());
+        let drained = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(PEER_DRAIN).await;
+        };
+        tokio::select! {
+            served = serving => served,
+            () = drained => {
+                tracing::info!("peer sessions still open after the drain period: closing them");
+                Ok(())
+            }
+        }
+    };
+    let served = tokio::try_join!(
+        shoal_service::http::serve(listeners.http, app, shutdown.clone()),
+        peer_served,
+    );
+    // Stop the other listener and the sweeper too when one listener failed on its own.
+    shutdown.cancel();
+    sweeper.await.context("cache sweeper panicked")?;
+    served.context("serving")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}

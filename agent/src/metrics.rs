@@ -1,0 +1,111 @@
+//! The agent's own metrics (HTTP ones come from shoal-service, piece exchange ones from
+//! shoal-p2p): blob requests by outcome and the disk cache's size and evictions.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::cache::CacheMetrics;
+
+/// How a blob request (GET or HEAD) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlobResult {
+    /// Answered from the local store.
+    Hit,
+    /// Not in the local store: downloaded (GET) or looked up at the tracker (HEAD).
+    Miss,
+    /// Nobody has it: 404.
+    NotFound,
+    /// The engine or the store failed.
+    Error,
+}
+
+impl BlobResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            BlobResult::Hit => "hit",
+            BlobResult::Miss => "miss",
+            BlobResult::NotFound => "not_found",
+            BlobResult::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Counters updated by the handlers and the cache.
+#[derive(Debug, Clone, Default)]
+pub struct AgentMetrics {
+    blob_requests: Family<ResultLabels, Counter>,
+    pub cache: CacheMetrics,
+}
+
+impl AgentMetrics {
+    /// Registers everything as `shoal_agent_*` into the component's registry.
+    pub fn register(registry: &mut Registry) -> AgentMetrics {
+        let metrics = AgentMetrics::default();
+        let agent = registry.sub_registry_with_prefix("agent");
+        agent.register(
+            "blob_requests",
+            "Blob GET and HEAD requests, by result (hit, miss, not_found, error)",
+            metrics.blob_requests.clone(),
+        );
+        agent.register(
+            "cache_bytes",
+            "Bytes of complete blobs in the disk cache after the last sweep",
+            metrics.cache.bytes.clone(),
+        );
+        agent.register(
+            "cache_evictions",
+            "Blobs evicted from the disk cache",
+            metrics.cache.evictions.clone(),
+        );
+        agent.register(
+            "cache_evicted_bytes",
+            "Bytes of blobs evicted from the disk cache",
+            metrics.cache.evicted_bytes.clone(),
+        );
+        metrics
+    }
+
+    pub fn blob_request(&self, result: BlobResult) {
+        self.blob_requests
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_service::MetricsBuilder;
+
+    use super::*;
+
+    #[test]
+    fn metrics_have_the_documented_names() {
+        let mut builder = MetricsBuilder::new("agent");
+        let metrics = AgentMetrics::register(builder.registry());
+        metrics.blob_request(BlobResult::Hit);
+        metrics.blob_request(BlobResult::NotFound);
+        metrics.blob_request(BlobResult::NotFound);
+        metrics.cache.bytes.set(7);
+        metrics.cache.evictions.inc();
+        metrics.cache.evicted_bytes.inc_by(9);
+        let text = builder.build().encode();
+        for line in [
+            "shoal_agent_blob_requests_total{result=\"hit\"} 1\n",
+            "shoal_agent_blob_requests_total{result=\"not_found\"} 2\n",
+            "shoal_agent_cache_bytes 7\n",
+            "shoal_agent_cache_evictions_total 1\n",
+            "shoal_agent_cache_evicted_bytes_total 9\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

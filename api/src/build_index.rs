@@ -1,0 +1,207 @@
+//! Client for the build-index tag API (`docs/internal-api.md`, "Build-index HTTP API").
+
+use reqwest::{StatusCode, header};
+use serde::Deserialize;
+use shoal_core::{Digest, Name, Tag};
+
+use crate::error::ApiError;
+use crate::transport::{base_url, check_from, read_limited, send_to};
+use crate::wire::encode;
+
+const SERVICE: &str = "build-index";
+/// Tag and catalog pages are small JSON documents; bounded so a broken server cannot exhaust memory.
+const PAGE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// One page of a sorted listing, and the last entry to continue after when more remain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub next_last: Option<String>,
+}
+
+/// A build-index node's HTTP API.
+#[derive(Debug, Clone)]
+pub struct BuildIndexClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl BuildIndexClient {
+    /// `addr` is `host:port` or a full `http://…` base URL.
+    pub fn new(http: reqwest::Client, addr: &str) -> Self {
+        Self {
+            http,
+            base: base_url(addr),
+        }
+    }
+
+    /// Points `tag` at `digest`. The build-index refuses tags whose manifest or blobs are missing.
+    pub async fn put_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), ApiError> {
+        let req = self
+            .http
+            .put(self.tag_url(name, tag))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(digest.to_string());
+        check(send(req).await?).await.map(drop)
+    }
+
+    /// The digest `tag` points at, or `None`.
+    pub async fn get_tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
+        let resp = send(self.http.get(self.tag_url(name, tag))).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = read_limited(SERVICE, check(resp).await?, 1024).await?;
+        let text = std::str::from_utf8(&body).map_err(|_| protocol("tag body is not UTF-8"))?;
+        Digest::parse(text.trim())
+            .map(Some)
+            .map_err(|e| protocol(&format!("bad digest in tag body: {e}")))
+    }
+
+    /// Removes a tag; `false` when it did not exist.
+    pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, ApiError> {
+        let resp = send(self.http.delete(self.tag_url(name, tag))).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        check(resp).await.map(|_| true)
+    }
+
+    /// A page of `name`'s tags in lexical order after `last`; `None` when the repository has no tags.
+    pub async fn list_tags(
+        &self,
+        name: &Name,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Option<Page>, ApiError> {
+        #[derive(Deserialize)]
+        struct Tags {
+            tags: Vec<String>,
+        }
+        let url = format!(
+            "{}/v1/repositories/{}/tags",
+            self.base,
+            encode(name.as_str())
+        );
+        let resp = send(self.http.get(paged(url, n, last))).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let (body, next_last) = page_body(resp).await?;
+        let tags: Tags = parse_json(&body)?;
+        Ok(Some(Page {
+            items: tags.tags,
+            next_last,
+        }))
+    }
+
+    /// A page of repository names in lexical order after `last`.
+    pub async fn list_repositories(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page, ApiError> {
+        #[derive(Deserialize)]
+        struct Repositories {
+            repositories: Vec<String>,
+        }
+        let url = format!("{}/v1/repositories", self.base);
+        let resp = send(self.http.get(paged(url, n, last))).await?;
+        let (body, next_last) = page_body(resp).await?;
+        let repos: Repositories = parse_json(&body)?;
+        Ok(Page {
+            items: repos.repositories,
+            next_last,
+        })
+    }
+
+    fn tag_url(&self, name: &Name, tag: &Tag) -> String {
+        format!(
+            "{}/v1/repositories/{}/tags/{}",
+            self.base,
+            encode(name.as_str()),
+            encode(tag.as_str())
+        )
+    }
+}
+
+fn paged(url: String, n: Option<usize>, last: Option<&str>) -> String {
+    let mut query = Vec::new();
+    if let Some(n) = n {
+        query.push(format!("n={n}"));
+    }
+    if let Some(last) = last {
+        query.push(format!("last={}", encode(last)));
+    }
+    if query.is_empty() {
+        url
+    } else {
+        format!("{url}?{}", query.join("&"))
+    }
+}
+
+/// Reads a listing page and the `last` value of its `Link: <…?n=N&last=X>; rel="next"` header, if any.
+async fn page_body(resp: reqwest::Response) -> Result<(bytes::Bytes, Option<String>), ApiError> {
+    let resp = check(resp).await?;
+    let next_last = resp
+        .headers()
+        .get(header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(next_last_from_link);
+    let body = read_limited(SERVICE, resp, PAGE_LIMIT).await?;
+    Ok((body, next_last))
+}
+
+/// Extracts the decoded `last` query value from a `Link` header pointing at the next page.
+pub fn next_last_from_link(link: &str) -> Option<String> {
+    let target = link.split_once('<')?.1.split_once('>')?.0;
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("last=")?;
+        percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .ok()
+            .map(|v| v.into_owned())
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| protocol(&format!("bad JSON: {e}")))
+}
+
+fn protocol(reason: &str) -> ApiError {
+    ApiError::Protocol {
+        service: SERVICE.into(),
+        reason: reason.into(),
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+    send_to(SERVICE, req).await
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {
+    check_from(SERVICE, resp).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_last_is_read_from_a_link_header() {
+        let link = r#"</v1/repositories/a%2Fb/tags?n=2&last=v1.0>; rel="next""#;
+        assert_eq!(next_last_from_link(link).as_deref(), Some("v1.0"));
+        assert_eq!(
+            next_last_from_link(r#"</v1/repositories?last=lib%2Fx&n=5>; rel="next""#).as_deref(),
+            Some("lib/x")
+        );
+        assert_eq!(next_last_from_link("garbage"), None);
+    }
+
+    #[test]
+    fn paged_urls_encode_last() {
+        assert_eq!(paged("u".into(), None, None), "u");
+        assert_eq!(paged("u".into(), Some(3), Some("a/b")), "u?n=3&last=a%2Fb");
+    }
+}

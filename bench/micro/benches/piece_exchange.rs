@@ -1,0 +1,232 @@
+//! The gRPC piece exchange: one `peer_service` (over a `StoreSource`, served as origins and
+//! agents serve it: an axum router through `shoal_service::http::serve`) on loopback serving every piece of a 64 MiB blob to a `PeerClient` GetPiece loop, one request at
+//! a time and with the scheduler's default pipeline of 4 in flight. The baseline, in the same
+//! binary: the same number of bytes copied over a plain TCP loopback socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use divan::Bencher;
+use divan::counter::BytesCount;
+use futures::{StreamExt, TryStreamExt};
+use prometheus_client::registry::Registry;
+use shoal_core::Metainfo;
+use shoal_microbench::{MIB, RepeatedBlob};
+use shoal_p2p::{Faults, Limiter, P2pConfig, P2pMetrics, PieceSource, StoreSource, peer_service};
+use shoal_proto::v1::PieceRequest;
+use shoal_proto::v1::peer_client::PeerClient;
+use shoal_storage::BlobStore;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// 64 MiB is the largest blob with 256 KiB pieces (the piece-length table): 256 pieces.
+const CHUNK: usize = MIB;
+const CHUNKS: usize = 64;
+/// The agents' HTTP/2 windows (`p2p/src/engine/tracker.rs`), so the client moves bytes as theirs do.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Read buffer of the TCP baseline: the size of one `PieceChunk` (`p2p.chunk_size` default).
+const TCP_BUFFER: usize = 256 * 1024;
+
+fn main() {
+    divan::main();
+}
+
+/// A runtime with a peer service on loopback serving one stored blob, and a channel to it.
+struct Fixture {
+    runtime: Runtime,
+    metainfo: Metainfo,
+    channel: Channel,
+    shutdown: CancellationToken,
+    _dir: TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn fixture() -> Fixture {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("create a temporary directory under $TMPDIR");
+    let shutdown = CancellationToken::new();
+    let (metainfo, channel) = runtime.block_on(async {
+        let store = Arc::new(
+            BlobStore::open(dir.path().join("store"))
+                .await
+                .expect("open the store"),
+        );
+        let blob = RepeatedBlob::new(CHUNK, CHUNKS, 3);
+        let digest = blob.digest();
+        store
+            .put(&digest, blob.stream())
+            .await
+            .expect("store the blob");
+        let metainfo = store
+            .metainfo(&digest)
+            .await
+            .expect("compute the metainfo")
+            .expect("the blob was stored");
+        let source: Arc<dyn PieceSource> = Arc::new(StoreSource(store));
+        let service = peer_service(
+            source,
+            Limiter::unlimited(P2pConfig::default().chunk_size),
+            P2pMetrics::new(&mut Registry::default()),
+            Faults::default(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("read the bound address");
+        let app = tonic::service::Routes::new(service).into_axum_router();
+        tokio::spawn(shoal_service::http::serve(listener, app, shutdown.clone()));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid endpoint")
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .connect()
+            .await
+            .expect("connect to the peer service");
+        (metainfo, channel)
+    });
+    Fixture {
+        runtime,
+        metainfo,
+        channel,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime")
+}
+
+/// Fetches one piece and returns its length.
+async fn get_piece(
+    channel: Channel,
+    metainfo: &Metainfo,
+    index: u32,
+) -> Result<u64, tonic::Status> {
+    let request = PieceRequest {
+        digest: metainfo.digest().to_string(),
+        index,
+        peer_id: "microbench".to_owned(),
+    };
+    let mut stream = PeerClient::new(channel)
+        .get_piece(request)
+        .await?
+        .into_inner();
+    let mut received = 0;
+    while let Some(chunk) = stream.message().await? {
+        received += chunk.data.len() as u64;
+    }
+    Ok(received)
+}
+
+/// Fetches every piece with `in_flight` requests outstanding and checks the total length.
+fn get_all_pieces(bencher: Bencher, in_flight: usize) {
+    let f = fixture();
+    let length = f.metainfo.length();
+    let pieces = u32::try_from(f.metainfo.piece_count()).expect("at most MAX_PIECES pieces");
+    bencher.counter(BytesCount::new(length)).bench_local(|| {
+        let received: u64 = f
+            .runtime
+            .block_on(
+                futures::stream::iter(0..pieces)
+                    .map(|index| get_piece(f.channel.clone(), &f.metainfo, index))
+                    .buffer_unordered(in_flight)
+                    .try_fold(0, |total, piece| async move { Ok(total + piece) }),
+            )
+            .expect("fetch every piece");
+        assert_eq!(received, length, "pieces short of the blob");
+    });
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn get_piece_serial(bencher: Bencher) {
+    get_all_pieces(bencher, 1);
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn get_piece_pipelined_4(bencher: Bencher) {
+    get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline);
+}
+
+/// The baseline: a server writes the blob's bytes down a fresh loopback connection per sample,
+/// from memory, and the client reads them to EOF.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn tcp_loopback_copy(bencher: Bencher) {
+    let runtime = runtime();
+    let blob = RepeatedBlob::new(CHUNK, CHUNKS, 3);
+    let length = blob.len();
+    let shutdown = CancellationToken::new();
+    let addr = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("read the bound address");
+        tokio::spawn(serve_copies(
+            listener,
+            blob.chunk().clone(),
+            CHUNKS,
+            shutdown.clone(),
+        ));
+        addr
+    });
+    bencher.counter(BytesCount::new(length)).bench_local(|| {
+        let received = runtime.block_on(read_copy(addr)).expect("read the copy");
+        assert_eq!(received, length, "the copy ended early");
+    });
+    shutdown.cancel();
+}
+
+async fn serve_copies(
+    listener: TcpListener,
+    chunk: Bytes,
+    count: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => panic!("accept on the baseline listener: {e}"),
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let chunk = chunk.clone();
+        tokio::spawn(async move {
+            socket.set_nodelay(true).expect("set TCP_NODELAY");
+            for _ in 0..count {
+                socket
+                    .write_all(&chunk)
+                    .await
+                    .expect("write the baseline copy");
+            }
+            socket.shutdown().await.expect("close the baseline copy");
+        });
+    }
+}
+
+async fn read_copy(addr: SocketAddr) -> std::io::Result<u64> {
+    let mut socket = TcpStream::connect(addr).await?;
+    let mut buffer = vec![0; TCP_BUFFER];
+    let mut received = 0;
+    loop {
+        match socket.read(&mut buffer).await? {
+            0 => return Ok(received),
+            n => received += n as u64,
+        }
+    }
+}

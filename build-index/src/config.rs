@@ -1,0 +1,141 @@
+//! The build-index configuration file (`--config`): where to listen, which origins hold the
+//! manifests and blobs that tags point at, and which backend persists the tags.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::Deserialize;
+use shoal_service::LogConfig;
+use shoal_storage::{BackendConfig, RouteConfig};
+
+/// Default address of the tag API (`docs/internal-api.md`, "Build-index HTTP API").
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 15004);
+/// Default origin: the first origin of the local dev cluster.
+const DEFAULT_ORIGIN: &str = "127.0.0.1:15100";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildIndexConfig {
+    /// Address of the tag HTTP API.
+    pub listen: SocketAddr,
+    /// HTTP addresses (`host:port` or `http://…`) of the origin cluster. A tag is accepted only once
+    /// its manifest and blobs are found on the origin owning each digest.
+    pub origins: Vec<String>,
+    /// Owners per digest (R), as the origins' `cluster.replicas`: lookups try these origins in
+    /// rendezvous order.
+    pub replicas: usize,
+    /// Where tags are persisted (`repositories/<repo>/_tags/<tag>`).
+    pub backend: BackendConfig,
+    /// Namespace → backend routes, as the origins': a repository's tags go to the first route
+    /// whose regex matches its whole name. When non-empty they replace `backend`.
+    pub backends: Vec<RouteConfig>,
+    pub log: LogConfig,
+}
+
+impl Default for BuildIndexConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            origins: vec![DEFAULT_ORIGIN.to_owned()],
+            replicas: 3,
+            backend: BackendConfig::default(),
+            backends: Vec::new(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A config value that parses but cannot work, named by its field path.
+#[derive(Debug, thiserror::Error)]
+#[error("config field `{field}`: {reason}")]
+pub struct InvalidConfig {
+    pub field: String,
+    pub reason: String,
+}
+
+impl BuildIndexConfig {
+    /// Checks what serde cannot: at least one origin, and no blank or space-containing address.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.origins.is_empty() {
+            return Err(InvalidConfig {
+                field: "origins".into(),
+                reason: "at least one origin address is required to check manifests".into(),
+            });
+        }
+        for (i, origin) in self.origins.iter().enumerate() {
+            if origin.is_empty() || origin.chars().any(char::is_whitespace) {
+                return Err(InvalidConfig {
+                    field: format!("origins[{i}]"),
+                    reason: format!("{origin:?} is not a host:port or http:// address"),
+                });
+            }
+        }
+        if self.replicas == 0 {
+            return Err(InvalidConfig {
+                field: "replicas".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_dev_cluster_ports() {
+        let config = BuildIndexConfig::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:15004");
+        assert_eq!(config.origins, vec!["127.0.0.1:15100".to_owned()]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn yaml_overrides_fields_and_rejects_unknown_ones() {
+        let config: BuildIndexConfig =
+            shoal_service::config::parse("listen: 0.0.0.0:9000\norigins: [a:1, b:2]\n", "t")
+                .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.origins, vec!["a:1".to_owned(), "b:2".to_owned()]);
+
+        let error = shoal_service::config::parse::<BuildIndexConfig>("origin: [a:1]\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`origin`"), "{error}");
+    }
+
+    #[test]
+    fn the_backend_is_a_single_key_map() {
+        let config: BuildIndexConfig = shoal_service::config::parse(
+            "backend:\n  filesystem:\n    root: /var/lib/shoal\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            config.backend,
+            BackendConfig::Filesystem {
+                root: "/var/lib/shoal".into()
+            }
+        );
+        let error = shoal_service::config::parse::<BuildIndexConfig>(
+            "backend:\n  filesystem:\n    rot: /x\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("rot"), "{error}");
+    }
+
+    #[test]
+    fn empty_or_blank_origins_are_refused_by_field() {
+        let mut config = BuildIndexConfig {
+            origins: vec![],
+            ..Default::default()
+        };
+        assert_eq!(config.validate().unwrap_err().field, "origins");
+        config.origins = vec!["a:1".into(), " ".into()];
+        assert_eq!(config.validate().unwrap_err().field, "origins[1]");
+    }
+}

@@ -1,0 +1,69 @@
+//! The build-index: Shoal's `repo:tag → manifest digest` table. Tags are accepted only once the
+//! manifest and everything it references are on the origin cluster, persisted in the backend
+//! (`repositories/<repo>/_tags/<tag>`), and served over the HTTP API documented in
+//! `docs/internal-api.md` ("Build-index HTTP API").
+
+mod config;
+mod error;
+mod metrics;
+mod pagination;
+mod routes;
+mod tags;
+mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_storage::BackendRouter;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use config::{BuildIndexConfig, InvalidConfig};
+
+/// A tag check fetches manifests (at most 4 MiB) and stats blobs; an origin slower than this to
+/// answer one of those requests is treated as unavailable rather than holding the PUT forever.
+const ORIGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sockets the build-index serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub http: TcpListener,
+}
+
+/// Serves the tag API until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn run(
+    config: BuildIndexConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let backends = BackendRouter::from_config(&config.backend, &config.backends)
+        .context("opening the tag backends (config fields `backend`, `backends`)")?;
+    let http = shoal_service::client::builder()
+        .timeout(ORIGIN_REQUEST_TIMEOUT)
+        .build()
+        .context("building the origin HTTP client")?;
+
+    let mut metrics = MetricsBuilder::new("build-index");
+    let tag_metrics = metrics::TagMetrics::register(metrics.registry());
+    let metrics = metrics.build();
+
+    let state = routes::AppState {
+        tags: tags::TagStore::new(backends),
+        origins: Arc::new(verify::Origins::new(http, &config.origins, config.replicas)),
+        metrics: tag_metrics,
+    };
+    let app = shoal_service::http::with_common_routes(routes::router(state), metrics);
+
+    let addr = listeners
+        .http
+        .local_addr()
+        .context("reading the listener address")?;
+    info!(%addr, origins = ?config.origins, "build-index listening");
+    shoal_service::http::serve(listeners.http, app, shutdown)
+        .await
+        .context("serving the build-index HTTP API")?;
+    info!("build-index stopped");
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! The build-index HTTP API (`docs/internal-api.md`, "Build-index HTTP API"): tag put, get and
+//! delete, a repository's tag list and the repository catalog.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use shoal_api::wire::encode;
+use shoal_core::{Digest, Name, Tag};
+use tracing::info;
+
+use crate::error::Error;
+use crate::metrics::TagMetrics;
+use crate::pagination::{Page, PageQuery, PageRequest};
+use crate::tags::TagStore;
+use crate::verify::Origins;
+
+/// A PUT body is one digest (71 bytes); anything past this is not a digest.
+const MAX_DIGEST_BODY: usize = 1024;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub tags: TagStore,
+    pub origins: Arc<Origins>,
+    pub metrics: TagMetrics,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/repositories", get(list_repositories))
+        .route("/v1/repositories/{repo}/tags", get(list_tags))
+        .route(
+            "/v1/repositories/{repo}/tags/{tag}",
+            get(get_tag).put(put_tag).delete(delete_tag),
+        )
+        .with_state(state)
+}
+
+type TagPath = Result<Path<(String, String)>, PathRejection>;
+
+/// `{repo}` arrives percent-decoded by `Path` (`library%2Fubuntu` → `library/ubuntu`).
+fn parse_tag_path(path: TagPath) -> Result<(Name, Tag), Error> {
+    let Path((repo, tag)) = path.map_err(|e| Error::PathInvalid(e.body_text()))?;
+    Ok((Name::parse(&repo)?, Tag::parse(&tag)?))
+}
+
+async fn put_tag(State(state): State<AppState>, path: TagPath, body: Body) -> Response {
+    match put_tag_checked(&state, path, body).await {
+        Ok(()) => {
+            state.metrics.tag_put();
+            StatusCode::CREATED.into_response()
+        }
+        Err(error) => {
+            state.metrics.tag_rejected(error.code());
+            error.into_response()
+        }
+    }
+}
+
+/// Parses in the order the contract lists the errors (name, tag, digest), checks the manifest
+/// tree on the origins, and only then writes, so a refused PUT changes nothing.
+async fn put_tag_checked(state: &AppState, path: TagPath, body: Body) -> Result<(), Error> {
+    let (name, tag) = parse_tag_path(path)?;
+    let body = axum::body::to_bytes(body, MAX_DIGEST_BODY)
+        .await
+        .map_err(|e| {
+            Error::Digest(format!(
+                "reading at most {MAX_DIGEST_BODY} bytes failed: {e}"
+            ))
+        })?;
+    let text = std::str::from_utf8(&body).map_err(|_| Error::Digest("body is not UTF-8".into()))?;
+    let digest = Digest::parse(text.trim()).map_err(|e| Error::Digest(e.to_string()))?;
+    state.origins.verify(&name, digest).await?;
+    state.tags.put(&name, &tag, &digest).await?;
+    info!(repo = %name, %tag, %digest, "tag written");
+    Ok(())
+}
+
+async fn get_tag(State(state): State<AppState>, path: TagPath) -> Result<Response, Error> {
+    let (name, tag) = parse_tag_path(path)?;
+    let digest = state
+        .tags
+        .get(&name, &tag)
+        .await?
+        .ok_or_else(|| Error::TagUnknown(format!("{name}:{tag}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain")], digest.to_string()).into_response())
+}
+
+async fn delete_tag(State(state): State<AppState>, path: TagPath) -> Result<StatusCode, Error> {
+    let (name, tag) = parse_tag_path(path)?;
+    if !state.tags.delete(&name, &tag).await? {
+        return Err(Error::TagUnknown(format!("{name}:{tag}")));
+    }
+    info!(repo = %name, %tag, "tag deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct TagList<'a> {
+    name: &'a str,
+    tags: Vec<String>,
+}
+
+async fn list_tags(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Path(repo) = path.map_err(|e| Error::PathInvalid(e.body_text()))?;
+    let name = Name::parse(&repo)?;
+    let request = page_request(query)?;
+    let tags = state.tags.tags(&name).await?;
+    // An unknown repository is one with no tags; a `last` past the end is just an empty page.
+    if tags.is_empty() {
+        return Err(Error::NameUnknown(name.to_string()));
+    }
+    let Page { items, next_last } = request.apply(tags);
+    let link_path = format!("/v1/repositories/{}/tags", encode(name.as_str()));
+    let body = axum::Json(TagList {
+        name: name.as_str(),
+        tags: items,
+    });
+    Ok(with_link(
+        body.into_response(),
+        &request,
+        &link_path,
+        next_last,
+    ))
+}
+
+#[derive(Serialize)]
+struct Catalog {
+    repositories: Vec<String>,
+}
+
+async fn list_repositories(
+    State(state): State<AppState>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let request = page_request(query)?;
+    let Page { items, next_last } = request.apply(state.tags.repositories().await?);
+    let body = axum::Json(Catalog {
+        repositories: items,
+    });
+    Ok(with_link(
+        body.into_response(),
+        &request,
+        "/v1/repositories",
+        next_last,
+    ))
+}
+
+fn page_request(query: Result<Query<PageQuery>, QueryRejection>) -> Result<PageRequest, Error> {
+    let Query(query) = query.map_err(|e| Error::PageInvalid(e.body_text()))?;
+    PageRequest::parse(query)
+}
+
+fn with_link(
+    mut response: Response,
+    request: &PageRequest,
+    path: &str,
+    next_last: Option<String>,
+) -> Response {
+    if let Some(last) = next_last {
+        // Percent-encoding leaves only ASCII, so the value is always a valid header.
+        if let Ok(link) = HeaderValue::from_str(&request.next_link(path, &last)) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    response
+}

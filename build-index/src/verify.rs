@@ -1,0 +1,256 @@
+//! Checking that a manifest is complete on the origin cluster before a tag may point at it: the
+//! manifest itself, every blob it references and, for an index, every child manifest and the
+//! blobs of each child. Each digest is looked up on the origins that own it, in rendezvous order:
+//! an owner that is down or lacks it passes the lookup on to the next.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use shoal_api::{ApiError, OriginClient};
+use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Name, rendezvous};
+
+use crate::error::Error;
+
+/// Blob stats one tag check keeps in flight: enough to hide round trips for an image with dozens
+/// of layers, without flooding the origins.
+const STAT_CONCURRENCY: usize = 16;
+/// Child manifests fetched at once for an index. Each is buffered (up to 4 MiB) to be parsed, so
+/// this bounds a check's memory as well as its load on the origins.
+const MANIFEST_CONCURRENCY: usize = 4;
+/// Indexes may nest (an index of indexes); a deeper chain than this is refused as malformed
+/// instead of being followed without bound.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// One origin: its configured address (what rendezvous hashing ranks) and its client.
+struct Origin {
+    addr: String,
+    client: OriginClient,
+}
+
+impl AsRef<[u8]> for Origin {
+    fn as_ref(&self) -> &[u8] {
+        self.addr.as_bytes()
+    }
+}
+
+/// The origin cluster, as seen by the build-index.
+pub struct Origins {
+    nodes: Vec<Origin>,
+    replicas: usize,
+}
+
+impl Origins {
+    /// `replicas` is the origins' R: how many owners each digest has.
+    pub fn new(http: reqwest::Client, addrs: &[String], replicas: usize) -> Self {
+        let nodes = addrs
+            .iter()
+            .map(|addr| Origin {
+                addr: addr.clone(),
+                client: OriginClient::new(http.clone(), addr),
+            })
+            .collect();
+        Self { nodes, replicas }
+    }
+
+    /// Runs `read` on the owners of `digest` in rendezvous order and returns the first answer
+    /// that found it, with the origin that gave it. Owners that are unreachable, failing on
+    /// their side, or lacking the digest pass on to the next; `None` when every owner that
+    /// answered lacks it, the last failure when none answered.
+    async fn on_owners<'a, T, F, Fut>(
+        &'a self,
+        digest: Digest,
+        mut read: F,
+    ) -> Result<Option<(T, &'a OriginClient)>, Error>
+    where
+        F: FnMut(&'a OriginClient) -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        let mut answered = false;
+        let mut failure = None;
+        for origin in rendezvous::owners(&digest, &self.nodes, self.replicas) {
+            let client = &origin.client;
+            match read(client).await {
+                Ok(Some(found)) => return Ok(Some((found, client))),
+                Ok(None) => answered = true,
+                Err(source) if fails_over(&source) => {
+                    tracing::warn!(%digest, origin = client.base(), error = %source, "origin lookup failed; trying the next owner");
+                    failure = Some(origin_error(client, digest, source));
+                }
+                Err(source) => return Err(origin_error(client, digest, source)),
+            }
+        }
+        match failure {
+            Some(error) if !answered => Err(error),
+            None if !answered => Err(Error::NoOrigins),
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks the manifest `digest` of repository `name` and everything it references.
+    pub async fn verify(&self, name: &Name, digest: Digest) -> Result<(), Error> {
+        let root = self
+            .fetch_manifest(name, digest, None)
+            .await?
+            .ok_or(Error::ManifestUnknown(digest))?;
+
+        // Walk the tree level by level: an image manifest has no children, an index has one
+        // level of them (more only when indexes nest). Blobs are collected and deduplicated
+        // across the whole tree, since platforms of one image often share layers: the map goes
+        // from (blob, size) to the first manifest found referencing it, named in errors.
+        let mut blobs = BTreeMap::new();
+        let mut seen = HashSet::from([digest]);
+        let mut level = vec![(digest, root)];
+        for depth in 0.. {
+            let mut children = Vec::new();
+            for (manifest_digest, manifest) in &level {
+                for blob in manifest.blobs() {
+                    blobs
+                        .entry((blob.digest, blob.size))
+                        .or_insert(*manifest_digest);
+                }
+                for child in manifest.children() {
+                    if seen.insert(child.digest) {
+                        children.push((*manifest_digest, child.clone()));
+                    }
+                }
+            }
+            if children.is_empty() {
+                break;
+            }
+            if depth == MAX_INDEX_DEPTH {
+                return Err(Error::ManifestInvalid {
+                    digest,
+                    reason: format!("indexes nest deeper than {MAX_INDEX_DEPTH} levels"),
+                });
+            }
+            level = stream::iter(children)
+                .map(|(parent, child)| self.fetch_child(name, parent, child))
+                .buffer_unordered(MANIFEST_CONCURRENCY)
+                .try_collect()
+                .await?;
+        }
+
+        stream::iter(blobs)
+            .map(|((blob, size), manifest)| self.check_blob(name, manifest, blob, size))
+            .buffer_unordered(STAT_CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// A child manifest of the index `parent`: it must exist, match its descriptor and parse.
+    async fn fetch_child(
+        &self,
+        name: &Name,
+        parent: Digest,
+        child: Descriptor,
+    ) -> Result<(Digest, Manifest), Error> {
+        let manifest = self
+            .fetch_manifest(name, child.digest, Some(&child))
+            .await?
+            .ok_or(Error::BlobUnknown {
+                manifest: parent,
+                blob: child.digest,
+            })?;
+        Ok((child.digest, manifest))
+    }
+
+    /// Downloads and parses a manifest; `None` when the origins do not have it. `descriptor` is
+    /// what the referencing index says about it (size, media type), if any.
+    async fn fetch_manifest(
+        &self,
+        name: &Name,
+        digest: Digest,
+        descriptor: Option<&Descriptor>,
+    ) -> Result<Option<Manifest>, Error> {
+        let fetched = self
+            .on_owners(digest, |origin| {
+                origin.get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+            })
+            .await;
+        let (bytes, origin) = match fetched {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(Error::OriginUnavailable {
+                source: ApiError::TooLarge { .. },
+                ..
+            }) => {
+                return Err(Error::ManifestInvalid {
+                    digest,
+                    reason: format!("larger than {MAX_MANIFEST_SIZE} bytes"),
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        // The origin verified the digest when the manifest was stored; checking again is cheap
+        // and keeps a faulty origin from making a tag point at content it does not name.
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(Error::OriginCorrupt {
+                origin: origin.base().to_owned(),
+                expected: digest,
+                actual,
+            });
+        }
+        if let Some(size) = descriptor
+            .map(|d| d.size)
+            .filter(|&size| size != bytes.len() as u64)
+        {
+            return Err(Error::ManifestInvalid {
+                digest,
+                reason: format!(
+                    "its descriptor says {size} bytes but it has {}",
+                    bytes.len()
+                ),
+            });
+        }
+        // The index's descriptor media type must agree with the child's own `mediaType`.
+        Manifest::parse(&bytes, descriptor.map(|d| d.media_type.as_str()))
+            .map(Some)
+            .map_err(|e| Error::ManifestInvalid {
+                digest,
+                reason: e.to_string(),
+            })
+    }
+
+    /// A blob `manifest` references must exist with the size its descriptor announces.
+    async fn check_blob(
+        &self,
+        name: &Name,
+        manifest: Digest,
+        blob: Digest,
+        size: u64,
+    ) -> Result<(), Error> {
+        let stat = self
+            .on_owners(blob, |origin| origin.stat_blob(&blob, Some(name)))
+            .await?;
+        match stat {
+            Some((len, _)) if len == size => Ok(()),
+            Some((len, _)) => Err(Error::ManifestInvalid {
+                digest: manifest,
+                reason: format!(
+                    "its descriptor gives blob {blob} {size} bytes but the blob has {len}"
+                ),
+            }),
+            None => Err(Error::BlobUnknown { manifest, blob }),
+        }
+    }
+}
+
+/// Whether a failed lookup is worth repeating on another owner: the origin was unreachable,
+/// broke off, or failed on its side.
+fn fails_over(error: &ApiError) -> bool {
+    match error {
+        ApiError::Transport { .. } | ApiError::Protocol { .. } => true,
+        ApiError::Remote { status, .. } => *status >= 500,
+        ApiError::RangeNotSatisfiable { .. } | ApiError::TooLarge { .. } => false,
+    }
+}
+
+fn origin_error(origin: &OriginClient, digest: Digest, source: ApiError) -> Error {
+    Error::OriginUnavailable {
+        origin: origin.base().to_owned(),
+        digest,
+        source,
+    }
+}

@@ -1,0 +1,28 @@
+//! `shoal`, the operator tool. Today it runs a whole cluster on one machine (`shoal devcluster`).
+
+pub mod devcluster;
+
+use clap::{Parser, Subcommand};
+
+/// Shoal: peer-to-peer container image distribution.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local cluster (build-index, origin, proxy) as child processes on loopback.
+    Devcluster(devcluster::Args),
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        shoal_service::telemetry::init(&shoal_service::LogConfig::default());
+        match self.command {
+            Command::Devcluster(args) => devcluster::run(args).await,
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Shoal's pure domain types, shared by every crate: digests, repository names and references,
+//! metainfo and the piece-length table, piece bitfields, peer ids, rendezvous hashing, manifest
+//! parsing, Registry V2 error codes, HTTP byte ranges and Registry V2 path routing. No I/O, no
+//! async.
+
+pub mod bitfield;
+pub mod digest;
+mod echo;
+pub mod error;
+pub mod manifest;
+pub mod metainfo;
+pub mod name;
+pub mod peer;
+pub mod range;
+pub mod rendezvous;
+pub mod v2path;
+
+pub use bitfield::{Bitfield, BitfieldError};
+pub use digest::{Digest, DigestError, Digester};
+pub use error::{ErrorCode, error_body};
+pub use manifest::{Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, MediaType};
+pub use metainfo::{MAX_PIECES, Metainfo, MetainfoBuilder, MetainfoError, piece_length_for};
+pub use name::{Name, NameError, Reference, ReferenceError, Tag, TagError};
+pub use peer::{PeerId, PeerIdError};
+pub use range::{ByteRange, ContentRange, RangeError};
+pub use v2path::{V2PathError, V2Route, parse_v2_path};

@@ -1,0 +1,589 @@
+//! Image manifests and indexes (Docker schema 2 and OCI): media types, descriptors, and the
+//! validating parser that tells which blobs and child manifests a manifest references.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::digest::{Digest, DigestError};
+use crate::echo::truncate;
+
+/// Largest manifest accepted (the distribution registry's limit). Manifests are buffered in
+/// memory to be parsed, so they must be bounded.
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+/// The manifest media types Shoal understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaType {
+    DockerManifest,
+    DockerManifestList,
+    OciManifest,
+    OciIndex,
+}
+
+impl MediaType {
+    const ALL: [MediaType; 4] = [
+        MediaType::DockerManifest,
+        MediaType::DockerManifestList,
+        MediaType::OciManifest,
+        MediaType::OciIndex,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaType::DockerManifest => "application/vnd.docker.distribution.manifest.v2+json",
+            MediaType::DockerManifestList => {
+                "application/vnd.docker.distribution.manifest.list.v2+json"
+            }
+            MediaType::OciManifest => "application/vnd.oci.image.manifest.v1+json",
+            MediaType::OciIndex => "application/vnd.oci.image.index.v1+json",
+        }
+    }
+
+    /// Parses a media type or `Content-Type` value, ignoring parameters such as `; charset=utf-8`
+    /// and surrounding whitespace. Media types compare case-insensitively (RFC 9110 §8.3.1).
+    pub fn parse(s: &str) -> Option<MediaType> {
+        let essence = s.split_once(';').map_or(s, |(essence, _)| essence).trim();
+        MediaType::ALL
+            .into_iter()
+            .find(|media_type| media_type.as_str().eq_ignore_ascii_case(essence))
+    }
+
+    /// Whether this is a list of manifests (Docker list or OCI index) rather than an image.
+    pub fn is_index(self) -> bool {
+        matches!(self, MediaType::DockerManifestList | MediaType::OciIndex)
+    }
+}
+
+/// A reference to content from a manifest: a config, a layer or a child manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// Why a manifest was rejected.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("manifest is {size} bytes, larger than the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("manifest is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("manifest must be a JSON object")]
+    NotAnObject,
+    #[error("manifest schemaVersion must be 2, found {found}")]
+    SchemaVersion { found: String },
+    #[error("unsupported manifest media type {media_type:?}")]
+    UnsupportedMediaType { media_type: String },
+    #[error("manifest media type mismatch: Content-Type says {declared:?}, body says {body:?}")]
+    MediaTypeMismatch { declared: String, body: String },
+    #[error("manifest has no mediaType and neither a manifests array nor config and layers")]
+    UnknownKind,
+    #[error("manifest field {field} is missing")]
+    MissingField { field: String },
+    #[error("manifest field {field} is invalid: {reason}")]
+    InvalidField { field: String, reason: &'static str },
+    #[error("manifest field {field} has an invalid digest: {source}")]
+    Digest {
+        field: String,
+        #[source]
+        source: DigestError,
+    },
+}
+
+/// A parsed image manifest or index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    media_type: MediaType,
+    config: Option<Descriptor>,
+    layers: Vec<Descriptor>,
+    children: Vec<Descriptor>,
+}
+
+impl Manifest {
+    /// Parses and validates a manifest body. `content_type` is the request or response
+    /// `Content-Type`; it is used only when it names a manifest media type.
+    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Manifest, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_SIZE {
+            return Err(ManifestError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_MANIFEST_SIZE,
+            });
+        }
+        let value: Value = serde_json::from_slice(bytes)?;
+        let Value::Object(object) = value else {
+            return Err(ManifestError::NotAnObject);
+        };
+        match object.get("schemaVersion") {
+            Some(version) if version.as_u64() == Some(2) => {}
+            Some(other) => {
+                return Err(ManifestError::SchemaVersion {
+                    found: truncate(&other.to_string()),
+                });
+            }
+            None => return Err(missing("schemaVersion")),
+        }
+        let media_type = resolve_media_type(&object, content_type)?;
+        if media_type.is_index() {
+            let children = descriptor_list(&object, "manifests")?;
+            Ok(Manifest {
+                media_type,
+                config: None,
+                layers: Vec::new(),
+                children,
+            })
+        } else {
+            let config = object.get("config").ok_or_else(|| missing("config"))?;
+            let config = descriptor(config, "config".to_owned())?;
+            let layers = descriptor_list(&object, "layers")?;
+            Ok(Manifest {
+                media_type,
+                config: Some(config),
+                layers,
+                children: Vec::new(),
+            })
+        }
+    }
+
+    pub fn media_type(&self) -> MediaType {
+        self.media_type
+    }
+
+    /// The image config; `None` for an index.
+    pub fn config(&self) -> Option<&Descriptor> {
+        self.config.as_ref()
+    }
+
+    /// The image layers; empty for an index.
+    pub fn layers(&self) -> &[Descriptor] {
+        &self.layers
+    }
+
+    /// Every blob an image manifest references: the config, then the layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        self.config.iter().chain(self.layers.iter())
+    }
+
+    /// The child manifests of an index; empty for an image manifest.
+    pub fn children(&self) -> &[Descriptor] {
+        &self.children
+    }
+}
+
+/// The body's `mediaType` wins, then a manifest `Content-Type`, then the shape of the body.
+fn resolve_media_type(
+    object: &Map<String, Value>,
+    content_type: Option<&str>,
+) -> Result<MediaType, ManifestError> {
+    // application/json, application/octet-stream and the like say nothing about the kind.
+    let declared =
+        content_type.and_then(|ct| MediaType::parse(ct).map(|media_type| (ct, media_type)));
+    match object.get("mediaType") {
+        Some(Value::String(body)) => {
+            let media_type =
+                MediaType::parse(body).ok_or_else(|| ManifestError::UnsupportedMediaType {
+                    media_type: truncate(body),
+                })?;
+            match declared {
+                Some((ct, declared)) if declared != media_type => {
+                    Err(ManifestError::MediaTypeMismatch {
+                        declared: truncate(ct),
+                        body: truncate(body),
+                    })
+                }
+                _ => Ok(media_type),
+            }
+        }
+        Some(_) => Err(invalid("mediaType".to_owned(), "must be a string")),
+        None => match declared {
+            Some((_, declared)) => Ok(declared),
+            None if object.get("manifests").is_some_and(Value::is_array) => Ok(MediaType::OciIndex),
+            None if object.contains_key("config") && object.contains_key("layers") => {
+                Ok(MediaType::OciManifest)
+            }
+            None => Err(ManifestError::UnknownKind),
+        },
+    }
+}
+
+fn descriptor_list(
+    object: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Vec<Descriptor>, ManifestError> {
+    let entries = object
+        .get(field)
+        .ok_or_else(|| missing(field))?
+        .as_array()
+        .ok_or_else(|| invalid(field.to_owned(), "must be an array"))?;
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| descriptor(entry, format!("{field}[{index}]")))
+        .collect()
+}
+
+/// Reads the three descriptor fields Shoal needs; others (annotations, platform, urls) are
+/// allowed and ignored.
+fn descriptor(value: &Value, path: String) -> Result<Descriptor, ManifestError> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid(path.clone(), "must be an object"))?;
+    let field = |name: &str| {
+        object.get(name).ok_or_else(|| ManifestError::MissingField {
+            field: format!("{path}.{name}"),
+        })
+    };
+    let media_type = field("mediaType")?
+        .as_str()
+        .ok_or_else(|| invalid(format!("{path}.mediaType"), "must be a string"))?
+        .to_owned();
+    let digest = field("digest")?
+        .as_str()
+        .ok_or_else(|| invalid(format!("{path}.digest"), "must be a string"))?;
+    let digest = Digest::parse(digest).map_err(|source| ManifestError::Digest {
+        field: format!("{path}.digest"),
+        source,
+    })?;
+    let size = field("size")?
+        .as_u64()
+        .ok_or_else(|| invalid(format!("{path}.size"), "must be a non-negative integer"))?;
+    Ok(Descriptor {
+        media_type,
+        digest,
+        size,
+    })
+}
+
+fn missing(field: &str) -> ManifestError {
+    ManifestError::MissingField {
+        field: field.to_owned(),
+    }
+}
+
+fn invalid(field: String, reason: &'static str) -> ManifestError {
+    ManifestError::InvalidField { field, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(seed: &str) -> String {
+        Digest::of(seed.as_bytes()).to_string()
+    }
+
+    fn docker_schema2() -> String {
+        format!(
+            r#"{{
+  "schemaVersion": 2,
+  "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+  "config": {{
+    "mediaType": "application/vnd.docker.container.image.v1+json",
+    "size": 1469,
+    "digest": "{}"
+  }},
+  "layers": [
+    {{
+      "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+      "size": 2811478,
+      "digest": "{}"
+    }},
+    {{
+      "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+      "size": 317,
+      "digest": "{}"
+    }}
+  ]
+}}"#,
+            digest("config"),
+            digest("layer0"),
+            digest("layer1")
+        )
+    }
+
+    fn oci_manifest(with_media_type: bool) -> String {
+        let media_type = if with_media_type {
+            r#""mediaType": "application/vnd.oci.image.manifest.v1+json","#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{
+  "schemaVersion": 2,
+  {media_type}
+  "artifactType": "application/vnd.example+type",
+  "config": {{
+    "mediaType": "application/vnd.oci.image.config.v1+json",
+    "digest": "{}",
+    "size": 7023
+  }},
+  "layers": [
+    {{
+      "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+      "digest": "{}",
+      "size": 32654,
+      "annotations": {{ "org.opencontainers.image.title": "rootfs.tar.gz" }}
+    }}
+  ],
+  "subject": {{
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": "{}",
+    "size": 7682
+  }},
+  "annotations": {{ "com.example.key1": "value1" }}
+}}"#,
+            digest("oci-config"),
+            digest("oci-layer"),
+            digest("subject")
+        )
+    }
+
+    fn index(media_type: &str) -> String {
+        format!(
+            r#"{{
+  "schemaVersion": 2,
+  "mediaType": "{media_type}",
+  "manifests": [
+    {{
+      "mediaType": "application/vnd.oci.image.manifest.v1+json",
+      "size": 7143,
+      "digest": "{}",
+      "platform": {{ "architecture": "ppc64le", "os": "linux" }}
+    }},
+    {{
+      "mediaType": "application/vnd.oci.image.manifest.v1+json",
+      "size": 7682,
+      "digest": "{}",
+      "platform": {{ "architecture": "amd64", "os": "linux" }}
+    }}
+  ],
+  "annotations": {{ "com.example.key1": "value1" }}
+}}"#,
+            digest("ppc64le"),
+            digest("amd64")
+        )
+    }
+
+    #[test]
+    fn media_types_parse_with_parameters_and_whitespace() {
+        for media_type in MediaType::ALL {
+            assert_eq!(MediaType::parse(media_type.as_str()), Some(media_type));
+            let decorated = format!("  {}; charset=utf-8 ", media_type.as_str());
+            assert_eq!(MediaType::parse(&decorated), Some(media_type));
+        }
+        assert_eq!(
+            MediaType::parse("Application/VND.OCI.Image.Index.v1+JSON"),
+            Some(MediaType::OciIndex)
+        );
+        assert_eq!(MediaType::parse("application/json"), None);
+        assert_eq!(
+            MediaType::parse("application/vnd.docker.distribution.manifest.v1+json"),
+            None
+        );
+        assert!(MediaType::OciIndex.is_index());
+        assert!(MediaType::DockerManifestList.is_index());
+        assert!(!MediaType::OciManifest.is_index());
+        assert!(!MediaType::DockerManifest.is_index());
+    }
+
+    #[test]
+    fn parses_docker_schema2() {
+        let manifest = Manifest::parse(docker_schema2().as_bytes(), None).expect("valid");
+        assert_eq!(manifest.media_type(), MediaType::DockerManifest);
+        let config = manifest.config().expect("image has a config");
+        assert_eq!(config.digest.to_string(), digest("config"));
+        assert_eq!(config.size, 1469);
+        assert_eq!(
+            config.media_type,
+            "application/vnd.docker.container.image.v1+json"
+        );
+        assert_eq!(manifest.layers().len(), 2);
+        let blobs: Vec<String> = manifest.blobs().map(|d| d.digest.to_string()).collect();
+        assert_eq!(
+            blobs,
+            [digest("config"), digest("layer0"), digest("layer1")]
+        );
+        assert!(manifest.children().is_empty());
+    }
+
+    #[test]
+    fn parses_oci_manifest_with_extra_fields() {
+        let manifest = Manifest::parse(oci_manifest(true).as_bytes(), None).expect("valid");
+        assert_eq!(manifest.media_type(), MediaType::OciManifest);
+        assert_eq!(manifest.layers()[0].size, 32654);
+        // subject is not a blob this manifest needs.
+        assert_eq!(manifest.blobs().count(), 2);
+    }
+
+    #[test]
+    fn parses_oci_index_and_docker_list() {
+        for media_type in [MediaType::OciIndex, MediaType::DockerManifestList] {
+            let manifest =
+                Manifest::parse(index(media_type.as_str()).as_bytes(), None).expect("valid");
+            assert_eq!(manifest.media_type(), media_type);
+            assert_eq!(manifest.children().len(), 2);
+            assert_eq!(manifest.children()[1].digest.to_string(), digest("amd64"));
+            assert!(manifest.config().is_none());
+            assert!(manifest.layers().is_empty());
+            assert_eq!(manifest.blobs().count(), 0);
+        }
+    }
+
+    #[test]
+    fn media_type_comes_from_content_type_or_shape_when_body_has_none() {
+        let body = oci_manifest(false);
+        let from_header = Manifest::parse(
+            body.as_bytes(),
+            Some("application/vnd.docker.distribution.manifest.v2+json"),
+        )
+        .expect("valid");
+        assert_eq!(from_header.media_type(), MediaType::DockerManifest);
+        for content_type in [
+            None,
+            Some("application/json"),
+            Some("application/octet-stream"),
+        ] {
+            let inferred = Manifest::parse(body.as_bytes(), content_type).expect("valid");
+            assert_eq!(inferred.media_type(), MediaType::OciManifest);
+        }
+        let bare_index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"x","digest":"{}","size":1}}]}}"#,
+            digest("child")
+        );
+        let inferred = Manifest::parse(bare_index.as_bytes(), None).expect("valid");
+        assert_eq!(inferred.media_type(), MediaType::OciIndex);
+        assert!(matches!(
+            Manifest::parse(br#"{"schemaVersion":2}"#, None),
+            Err(ManifestError::UnknownKind)
+        ));
+    }
+
+    #[test]
+    fn content_type_must_agree_with_body() {
+        let body = docker_schema2();
+        let same = Manifest::parse(
+            body.as_bytes(),
+            Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"),
+        );
+        assert!(same.is_ok());
+        let err = Manifest::parse(
+            body.as_bytes(),
+            Some("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .expect_err("mismatch");
+        assert!(
+            matches!(err, ManifestError::MediaTypeMismatch { .. }),
+            "{err}"
+        );
+        assert!(Manifest::parse(body.as_bytes(), Some("application/json")).is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_manifests() {
+        let good_layer = format!(r#"{{"mediaType":"l","digest":"{}","size":1}}"#, digest("l"));
+        let image = |config: &str, layers: &str| {
+            format!(r#"{{"schemaVersion":2,"config":{config},"layers":{layers}}}"#)
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".to_owned(), "Json"),
+            ("[]".to_owned(), "NotAnObject"),
+            (r#"{"schemaVersion":1,"fsLayers":[]}"#.to_owned(), "SchemaVersion"),
+            (r#"{"schemaVersion":"2"}"#.to_owned(), "SchemaVersion"),
+            (r#"{"config":{},"layers":[]}"#.to_owned(), "MissingField"),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.example"}"#.to_owned(),
+                "UnsupportedMediaType",
+            ),
+            (r#"{"schemaVersion":2,"mediaType":7}"#.to_owned(), "InvalidField"),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#
+                    .to_owned(),
+                "MissingField",
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#
+                    .to_owned(),
+                "MissingField",
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":{}}"#
+                    .to_owned(),
+                "InvalidField",
+            ),
+            (image(&good_layer, "{}"), "InvalidField"),
+            (image("[]", "[]"), "InvalidField"),
+            (image(&good_layer, r#"[{"mediaType":"l","size":1}]"#), "MissingField"),
+            (
+                image(&good_layer, r#"[{"mediaType":"l","digest":"sha256:00","size":1}]"#),
+                "Digest",
+            ),
+            (
+                image(
+                    &good_layer,
+                    &format!(r#"[{{"mediaType":"l","digest":"{}","size":-1}}]"#, digest("l")),
+                ),
+                "InvalidField",
+            ),
+            (
+                image(
+                    &good_layer,
+                    &format!(r#"[{{"mediaType":5,"digest":"{}","size":1}}]"#, digest("l")),
+                ),
+                "InvalidField",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Manifest::parse(body.as_bytes(), None).expect_err(&body);
+            let variant = format!("{err:?}");
+            assert!(
+                variant.starts_with(expected),
+                "{body}: expected {expected}, got {variant}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptor_errors_name_the_field() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{}","size":1}},"layers":[{{"mediaType":"l","digest":"{}","size":1}},{{"mediaType":"l","digest":"md5:00","size":1}}]}}"#,
+            digest("c"),
+            digest("l")
+        );
+        let err = Manifest::parse(body.as_bytes(), None).expect_err("bad digest");
+        assert!(err.to_string().contains("layers[1].digest"), "{err}");
+    }
+
+    #[test]
+    fn rejects_oversized_manifests() {
+        let body = vec![b' '; MAX_MANIFEST_SIZE + 1];
+        assert!(matches!(
+            Manifest::parse(&body, None),
+            Err(ManifestError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn descriptor_serde_uses_oci_field_names() {
+        let descriptor = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".to_owned(),
+            digest: Digest::of(b"d"),
+            size: 3,
+        };
+        let json = serde_json::to_value(&descriptor).expect("serialize");
+        assert_eq!(json["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+        let back: Descriptor = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, descriptor);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            content_type in proptest::option::of("\\PC{0,60}"),
+        ) {
+            let _ = Manifest::parse(&body, content_type.as_deref());
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The origin's configuration file: every field has a default, so an empty file (or none) runs a
+//! single origin on loopback with a filesystem backend under `shoal-data/`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_p2p::P2pConfig;
+use shoal_service::{ByteSize, LogConfig};
+use shoal_storage::{BackendConfig, RetryPolicy, RouteConfig};
+
+/// `shoal-origin --config origin.yaml`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Address of the gRPC `Peer` service that seeds every blob in the store to agents. The
+    /// trackers list it (as this origin's `peer` address) and hand it out as a seeder.
+    pub peer_listen: SocketAddr,
+    /// Holds the blob store (`store/`) and the write-back queue (`writeback/`).
+    pub data_dir: PathBuf,
+    /// Where committed blobs are written back to and pulled through from.
+    pub backend: BackendConfig,
+    /// Namespace → backend routes (`- { namespace: "<regex>", backend: {…} }`): a push goes to
+    /// the first route whose regex matches its whole repository name. When non-empty they
+    /// replace `backend`, which is otherwise the one catch-all route.
+    pub backends: Vec<RouteConfig>,
+    pub writeback: WriteBackConfig,
+    pub uploads: UploadsConfig,
+    pub p2p: SeedConfig,
+    pub cluster: ClusterConfig,
+    pub log: LogConfig,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15100)),
+            peer_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15101)),
+            data_dir: PathBuf::from("shoal-data/origin"),
+            backend: BackendConfig::default(),
+            backends: Vec::new(),
+            writeback: WriteBackConfig::default(),
+            uploads: UploadsConfig::default(),
+            p2p: SeedConfig::default(),
+            cluster: ClusterConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl OriginConfig {
+    /// Checks what the types alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.uploads.idle_timeout.is_zero() {
+            return Err("uploads.idle_timeout must be greater than zero".into());
+        }
+        let wb = &self.writeback;
+        if wb.retry_initial.is_zero() {
+            return Err("writeback.retry_initial must be greater than zero".into());
+        }
+        if wb.retry_max < wb.retry_initial {
+            return Err(format!(
+                "writeback.retry_max ({}) must not be below writeback.retry_initial ({})",
+                humantime_serde::re::humantime::format_duration(wb.retry_max),
+                humantime_serde::re::humantime::format_duration(wb.retry_initial),
+            ));
+        }
+        self.cluster.validate()?;
+        self.p2p.engine().validate()
+    }
+}
+
+/// The origin ring (`cluster:`): every origin of the cluster, so that a committed blob is copied
+/// to its other rendezvous owners before the commit is acknowledged.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every origin's HTTP address, exactly as proxies, trackers and the build-index list them
+    /// (rendezvous hashing ranks these strings). Empty: this origin is alone and replicates nothing.
+    pub origins: Vec<String>,
+    /// This origin's own entry in `origins`.
+    pub advertise: String,
+    /// Owners per blob (R).
+    pub replicas: usize,
+    /// Owners that must hold the verified blob before a commit is acknowledged (W); the other
+    /// owners receive it in the background.
+    pub write_quorum: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            origins: Vec::new(),
+            advertise: String::new(),
+            replicas: 3,
+            write_quorum: 2,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 {
+            return Err("cluster.replicas must be at least 1".into());
+        }
+        if self.write_quorum == 0 || self.write_quorum > self.replicas {
+            return Err(format!(
+                "cluster.write_quorum ({}) must be between 1 and cluster.replicas ({})",
+                self.write_quorum, self.replicas
+            ));
+        }
+        for (index, address) in self.origins.iter().enumerate() {
+            if self.origins[..index].contains(address) {
+                return Err(format!(
+                    "cluster.origins[{index}]: {address:?} is listed twice"
+                ));
+            }
+        }
+        if !self.origins.is_empty() && !self.origins.contains(&self.advertise) {
+            return Err(format!(
+                "cluster.advertise ({:?}) must be one of cluster.origins",
+                self.advertise
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Seeding over the peer protocol (`p2p:`): the subset of the agents' p2p settings that applies
+/// to a seeder that never downloads.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedConfig {
+    /// Bytes per second for all pieces served to agents (absent = unlimited).
+    pub egress_rate: Option<ByteSize>,
+    /// Size of the `PieceChunk` messages piece bytes are sent in.
+    pub chunk_size: ByteSize,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        let engine = P2pConfig::default();
+        SeedConfig {
+            egress_rate: engine.egress_rate,
+            chunk_size: engine.chunk_size,
+        }
+    }
+}
+
+impl SeedConfig {
+    /// These settings as the p2p library's config (its other fields at their defaults), which
+    /// also validates them.
+    pub fn engine(&self) -> P2pConfig {
+        P2pConfig {
+            egress_rate: self.egress_rate,
+            chunk_size: self.chunk_size,
+            ..P2pConfig::default()
+        }
+    }
+}
+
+/// Retry timing of uploads to the backend.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriteBackConfig {
+    /// Delay before the first retry of a failed upload; doubles per failure.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Upper bound of the retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for WriteBackConfig {
+    fn default() -> Self {
+        let policy = RetryPolicy::default();
+        WriteBackConfig {
+            retry_initial: policy.initial,
+            retry_max: policy.max,
+        }
+    }
+}
+
+impl From<WriteBackConfig> for RetryPolicy {
+    fn from(config: WriteBackConfig) -> Self {
+        RetryPolicy {
+            initial: config.retry_initial,
+            max: config.retry_max,
+        }
+    }
+}
+
+/// Upload sessions.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// A session no request has touched for this long is discarded with its bytes (its client
+    /// crashed or gave up). Generous, because a pusher may pause between layers.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config: OriginConfig = shoal_service::config::parse("", "test").expect("parse");
+        assert_eq!(config, OriginConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:15100");
+        assert_eq!(config.peer_listen.to_string(), "127.0.0.1:15101");
+        assert_eq!(config.p2p.egress_rate, None);
+        assert_eq!(config.p2p.chunk_size, ByteSize::kib(256));
+        assert_eq!(config.writeback.retry_initial, Duration::from_secs(1));
+        assert_eq!(config.writeback.retry_max, Duration::from_secs(300));
+        assert_eq!(config.uploads.idle_timeout, Duration::from_secs(3600));
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn fields_parse_in_human_form() {
+        let yaml = "listen: 0.0.0.0:9000\ndata_dir: /var/lib/shoal\nbackend:\n  filesystem:\n    root: /mnt/backend\nwriteback:\n  retry_initial: 250ms\n  retry_max: 1m\nuploads:\n  idle_timeout: 30m\n";
+        let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(
+            config.backend,
+            BackendConfig::Filesystem {
+                root: PathBuf::from("/mnt/backend")
+            }
+        );
+        assert_eq!(config.writeback.retry_initial, Duration::from_millis(250));
+        assert_eq!(config.writeback.retry_max, Duration::from_secs(60));
+        assert_eq!(config.uploads.idle_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn seeding_settings_parse_and_are_checked() {
+        let yaml = "peer_listen: 0.0.0.0:9001\np2p:\n  egress_rate: 20MiB\n  chunk_size: 64KiB\n";
+        let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
+        assert_eq!(config.peer_listen.port(), 9001);
+        assert_eq!(config.p2p.egress_rate, Some(ByteSize::mib(20)));
+        assert_eq!(config.p2p.chunk_size, ByteSize::kib(64));
+        config.validate().expect("valid");
+
+        let mut config = OriginConfig::default();
+        config.p2p.egress_rate = Some(ByteSize::b(0));
+        assert!(config.validate().expect_err("zero").contains("egress_rate"));
+        // Download-side settings do not exist on a seeder.
+        assert!(
+            shoal_service::config::parse::<OriginConfig>("p2p:\n  seed_ttl: 1m\n", "t").is_err()
+        );
+    }
+
+    #[test]
+    fn cluster_settings_parse_and_are_checked() {
+        let yaml = "cluster:\n  origins: [a:1, b:1, c:1]\n  advertise: b:1\n  write_quorum: 3\n";
+        let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
+        assert_eq!(config.cluster.origins, ["a:1", "b:1", "c:1"]);
+        assert_eq!(config.cluster.replicas, 3);
+        assert_eq!(config.cluster.write_quorum, 3);
+        config.validate().expect("valid");
+
+        let check = |edit: fn(&mut ClusterConfig)| {
+            let mut config = config.clone();
+            edit(&mut config.cluster);
+            config.validate().expect_err("invalid")
+        };
+        assert!(check(|c| c.advertise = "d:1".into()).contains("advertise"));
+        assert!(check(|c| c.write_quorum = 4).contains("write_quorum"));
+        assert!(check(|c| c.write_quorum = 0).contains("write_quorum"));
+        assert!(check(|c| c.replicas = 0).contains("replicas"));
+        assert!(check(|c| c.origins.push("a:1".into())).contains("twice"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = shoal_service::config::parse::<OriginConfig>(
+            "writeback:\n  retry_inital: 1s\n",
+            "origin.yaml",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("writeback"), "{err}");
+        assert!(err.to_string().contains("retry_inital"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_retry_bounds_are_rejected() {
+        let mut config = OriginConfig::default();
+        config.writeback.retry_max = Duration::from_millis(10);
+        assert!(
+            config
+                .validate()
+                .expect_err("invalid")
+                .contains("retry_max")
+        );
+        config.writeback.retry_initial = Duration::ZERO;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! The Shoal origin: the cluster's durable blob store. It accepts uploads and verifies their
+//! digest before anything becomes visible, queues a durable write-back of each committed blob
+//! to the backend, pulls blobs through from the backend on a miss, and computes metainfo.
+//!
+//! The HTTP API is specified in `docs/internal-api.md` ("Origin HTTP API"); one module per
+//! resource implements it (`uploads`, `blobs`, `metainfo`), and `errors` maps every failure to
+//! its JSON error in one place. A second listener serves the gRPC `Peer` service of the p2p
+//! library over the store's complete blobs, so every blob the origin holds is seeded to agents
+//! (the trackers hand this origin out as a seeder; it never announces or downloads itself).
+//! With a `cluster:` ring configured, a committed blob is copied to its other rendezvous owners
+//! (`replicate`) before the commit is acknowledged.
+
+mod blobs;
+pub mod config;
+mod errors;
+mod extract;
+mod flights;
+mod metainfo;
+mod metrics;
+mod pullthrough;
+mod replicate;
+mod uploads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post};
+use shoal_p2p::{Faults, Limiter, P2pMetrics, StoreSource};
+use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_storage::{BackendRouter, BlobStore, WriteBack};
+use tokio::net::TcpListener;
+
+pub use config::{ClusterConfig, OriginConfig, SeedConfig, UploadsConfig, WriteBackConfig};
+
+use metrics::OriginMetrics;
+
+/// Sockets the origin serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub http: TcpListener,
+    /// The gRPC `Peer` service (seeding).
+    pub peer: TcpListener,
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    store: Arc<BlobStore>,
+    /// The backend of each namespace (one catch-all route for a single `backend:`).
+    backends: Arc<BackendRouter>,
+    writeback: Arc<WriteBack>,
+    /// The other origins, when this one is part of a ring.
+    ring: Option<replicate::Ring>,
+    /// Pull-throughs in progress, shared by concurrent requests for one blob.
+    flights: flights::Flights,
+    metrics: OriginMetrics,
+}
+
+/// Runs the origin until `shutdown` is cancelled and in-flight requests have finished.
+pub async fn run(
+    config: OriginConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid origin config: {e}"))?;
+    let store_dir = config.data_dir.join("store");
+    let store = BlobStore::open(&store_dir)
+        .await
+        .with_context(|| format!("opening the blob store in {}", store_dir.display()))?;
+    let queue_dir = config.data_dir.join("writeback");
+    let writeback = WriteBack::open(&queue_dir)
+        .await
+        .with_context(|| format!("opening the write-back queue in {}", queue_dir.display()))?
+        .with_retry(config.writeback.into());
+    let backends = Arc::new(
+        BackendRouter::from_config(&config.backend, &config.backends)
+            .context("setting up the backends")?,
+    );
+
+    let (store, writeback) = (Arc::new(store), Arc::new(writeback));
+    let mut registry = MetricsBuilder::new("origin");
+    let metrics = OriginMetrics::register(registry.registry(), writeback.clone());
+    // Includes `shoal_p2p_bytes_served_total`: blob bytes that left as pieces rather than HTTP.
+    let p2p_metrics = P2pMetrics::new(registry.registry());
+    let worker = tokio::spawn(writeback.clone().run(
+        store.clone(),
+        (*backends).clone(),
+        shutdown.clone(),
+    ));
+
+    tokio::spawn(expire_idle_uploads(
+        store.clone(),
+        config.uploads.idle_timeout,
+        shutdown.clone(),
+    ));
+
+    let seed = config.p2p.engine();
+    let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
+        Arc::new(StoreSource(store.clone())),
+        Limiter::new(seed.egress_rate, seed.chunk_size),
+        p2p_metrics,
+        Faults::default(),
+    ))
+    .into_axum_router();
+
+    let http = shoal_service::client::builder()
+        .build()
+        .context("building the HTTP client for peer origins")?;
+    let origin = Arc::new(Origin {
+        store,
+        backends,
+        writeback,
+        ring: replicate::Ring::new(&http, &config.cluster),
+        flights: flights::Flights::default(),
+        metrics,
+    });
+    let app = shoal_service::http::with_common_routes(router(origin), registry.build());
+    let addr = listeners
+        .http
+        .local_addr()
+        .context("reading the listen address")?;
+    let peer_addr = listeners
+        .peer
+        .local_addr()
+        .context("reading the peer listen address")?;
+    tracing::info!(%addr, %peer_addr, data_dir = %config.data_dir.display(), "origin serving");
+    let served = tokio::try_join!(
+        async {
+            shoal_service::http::serve(listeners.http, app, shutdown.clone())
+                .await
+                .context("serving HTTP")
+        },
+        async {
+            shoal_service::http::serve(listeners.peer, peer_app, shutdown.clone())
+                .await
+                .context("serving the gRPC peer service")
+        },
+    );
+    // Stop the write-back worker too when serving failed on its own.
+    shutdown.cancel();
+    worker.await.context("write-back worker panicked")?;
+    served?;
+    tracing::info!("origin stopped");
+    Ok(())
+}
+
+/// Discards abandoned upload sessions until shutdown. Sweeps often enough that a session lives
+/// at most about 1.5 × the idle timeout, and at least once a minute.
+async fn expire_idle_uploads(store: Arc<BlobStore>, idle: Duration, shutdown: CancellationToken) {
+    let period = (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(60));
+    let mut sweep = tokio::time::interval(period);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = sweep.tick() => {
+                let expired = store.expire_uploads(idle);
+                if expired > 0 {
+                    tracing::info!(expired, "discarded idle upload sessions");
+                }
+            }
+        }
+    }
+}
+
+fn router(origin: Arc<Origin>) -> Router {
+    Router::new()
+        .route("/uploads", post(uploads::start))
+        .route(
+            "/uploads/{id}",
+            patch(uploads::append)
+                .get(uploads::status)
+                .put(uploads::commit)
+                .delete(uploads::cancel),
+        )
+        .route(
+            "/blobs/{digest}",
+            get(blobs::get).head(blobs::head).put(blobs::put),
+        )
+        .route("/blobs/{digest}/metainfo", get(metainfo::get))
+        // Blob bodies are streamed to disk, never buffered, so the size limit meant for
+        // in-memory extractors does not apply.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(origin)
+}

@@ -1,0 +1,127 @@
+//! The origin's own Prometheus metrics (the HTTP ones come from `shoal_service`). Write-back
+//! figures are read from the queue at scrape time, so they are never stale.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use shoal_storage::WriteBack;
+
+/// Where bytes that failed digest verification came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MismatchSource {
+    /// A client's upload or monolithic PUT.
+    Upload,
+    /// The backend, during a pull-through.
+    Backend,
+}
+
+impl MismatchSource {
+    fn label(self) -> &'static str {
+        match self {
+            MismatchSource::Upload => "upload",
+            MismatchSource::Backend => "backend",
+        }
+    }
+}
+
+type SourceLabels = [(&'static str, &'static str); 1];
+
+/// Counters updated by the request handlers. Clones share the same values.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OriginMetrics {
+    bytes_served: Counter,
+    uploads_committed: Counter,
+    digest_mismatch: Family<SourceLabels, Counter>,
+    pullthrough: Counter,
+}
+
+impl OriginMetrics {
+    /// Registers the origin's metrics (names get the registry's `shoal_` prefix).
+    pub(crate) fn register(registry: &mut Registry, writeback: Arc<WriteBack>) -> Self {
+        let metrics = OriginMetrics::default();
+        registry.register(
+            "origin_blob_bytes_served",
+            "Blob bytes sent to clients",
+            metrics.bytes_served.clone(),
+        );
+        registry.register(
+            "origin_uploads_committed",
+            "Blobs committed by uploads and monolithic PUTs",
+            metrics.uploads_committed.clone(),
+        );
+        registry.register(
+            "origin_digest_mismatch",
+            "Blobs rejected because their bytes did not match the digest, by source",
+            metrics.digest_mismatch.clone(),
+        );
+        registry.register(
+            "origin_pullthrough",
+            "Blobs pulled through from the backend and stored",
+            metrics.pullthrough.clone(),
+        );
+        registry.register_collector(Box::new(WriteBackCollector(writeback)));
+        metrics
+    }
+
+    pub(crate) fn served(&self, bytes: usize) {
+        self.bytes_served.inc_by(bytes as u64);
+    }
+
+    pub(crate) fn committed(&self) {
+        self.uploads_committed.inc();
+    }
+
+    pub(crate) fn digest_mismatch(&self, source: MismatchSource) {
+        self.digest_mismatch
+            .get_or_create(&[("source", source.label())])
+            .inc();
+    }
+
+    pub(crate) fn pulled_through(&self) {
+        self.pullthrough.inc();
+    }
+}
+
+/// Reports the write-back queue's state on each scrape.
+#[derive(Debug)]
+struct WriteBackCollector(Arc<WriteBack>);
+
+impl Collector for WriteBackCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let depth = ConstGauge::new(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+        depth.encode(encoder.encode_descriptor(
+            "origin_writeback_queue_depth",
+            "Blobs waiting to be written back to the backend",
+            None,
+            depth.metric_type(),
+        )?)?;
+        let age = ConstGauge::new(stats.oldest_age.map_or(0.0, |age| age.as_secs_f64()));
+        age.encode(encoder.encode_descriptor(
+            "origin_writeback_oldest_age_seconds",
+            "How long the oldest pending write-back has waited (0 when none)",
+            None,
+            age.metric_type(),
+        )?)?;
+        let completed = ConstCounter::new(stats.completed);
+        completed.encode(encoder.encode_descriptor(
+            "origin_writeback_completed",
+            "Blobs written back to the backend since start",
+            None,
+            completed.metric_type(),
+        )?)?;
+        let failures = ConstCounter::new(stats.failures);
+        failures.encode(encoder.encode_descriptor(
+            "origin_writeback_failures",
+            "Failed write-back attempts since start (each is retried)",
+            None,
+            failures.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! Replication of committed blobs across the origin ring. A blob is owned by the first R origins
+//! of its rendezvous ranking; the origin that commits it (from an upload session or a whole-blob
+//! `PUT`) streams it from its store to every other owner (`PUT /blobs/{digest}?replica=true`),
+//! and the commit is acknowledged only once W owners hold the verified blob. The pushes still
+//! running at that point finish in the background. An owner that lacks a blob (it joined after
+//! the blob was written, or missed the push) fills in from the other owners' stores before it
+//! falls back to the backend.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use shoal_api::OriginClient;
+use shoal_core::{Digest, ErrorCode, Name, rendezvous};
+use shoal_storage::{BlobStore, ByteStream};
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::errors::ApiError;
+
+/// Attempts per replica push: a peer that restarts or blips gets a few chances before the blob
+/// is left to be filled in on demand.
+const PUSH_ATTEMPTS: u32 = 3;
+/// Pause before the second attempt; doubles after each failure.
+const PUSH_BACKOFF: Duration = Duration::from_millis(500);
+
+/// This origin's view of the ring.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    me: String,
+    nodes: Vec<Member>,
+    replicas: usize,
+    quorum: usize,
+}
+
+#[derive(Debug)]
+struct Member {
+    addr: String,
+    client: OriginClient,
+}
+
+impl AsRef<[u8]> for Member {
+    fn as_ref(&self) -> &[u8] {
+        self.addr.as_bytes()
+    }
+}
+
+impl Ring {
+    /// `None` when the origin is configured alone. `config` must have been validated.
+    pub(crate) fn new(http: &reqwest::Client, config: &ClusterConfig) -> Option<Ring> {
+        if config.origins.is_empty() {
+            return None;
+        }
+        let nodes = config
+            .origins
+            .iter()
+            .map(|addr| Member {
+                addr: addr.clone(),
+                client: OriginClient::new(http.clone(), addr),
+            })
+            .collect();
+        Some(Ring {
+            me: config.advertise.clone(),
+            nodes,
+            replicas: config.replicas,
+            quorum: config.write_quorum,
+        })
+    }
+
+    /// The owners of `digest` other than this origin, most preferred first, and how many of
+    /// them must confirm before a commit here is acknowledged.
+    fn targets(&self, digest: &Digest) -> (Vec<&Member>, usize) {
+        let owners = rendezvous::owners(digest, &self.nodes, self.replicas);
+        let quorum = self.quorum.min(owners.len());
+        let (mine, others): (Vec<&Member>, Vec<&Member>) =
+            owners.into_iter().partition(|m| m.addr == self.me);
+        // This origin already holds the blob; it counts toward W only when it is an owner.
+        (others, quorum.saturating_sub(mine.len()))
+    }
+}
+
+impl Ring {
+    /// A stream of `digest` from the first other owner whose store has it, with its length.
+    /// Failing peers are skipped; `None` when no peer has it.
+    pub(crate) async fn fetch_from_peers(&self, digest: &Digest) -> Option<(u64, ByteStream)> {
+        let owners = rendezvous::owners(digest, &self.nodes, self.replicas);
+        for peer in owners.into_iter().filter(|m| m.addr != self.me) {
+            match peer.client.get_replica(digest).await {
+                Ok(Some(response)) => {
+                    let Some(len) = response.content_length() else {
+                        continue;
+                    };
+                    let stream = response.bytes_stream().map_err(io::Error::other).boxed();
+                    return Some((len, stream));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%digest, peer = %peer.addr, %error, "peer origin unavailable for fill-in");
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Copies the committed `digest` to its other owners and returns once enough of them hold it.
+pub(crate) async fn replicate(
+    ring: &Ring,
+    store: &Arc<BlobStore>,
+    digest: &Digest,
+    namespace: Option<&Name>,
+) -> Result<(), ApiError> {
+    let (targets, needed) = ring.targets(digest);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let (tx, mut rx) = mpsc::channel(targets.len());
+    for target in targets {
+        // Each push is its own task so that it completes after the acknowledgement too.
+        let (tx, store, client) = (tx.clone(), store.clone(), target.client.clone());
+        let (digest, namespace, addr) = (*digest, namespace.cloned(), target.addr.clone());
+        tokio::spawn(async move {
+            let result = push(&store, &client, &digest, namespace.as_ref()).await;
+            match &result {
+                Ok(()) => tracing::info!(%digest, to = %addr, "replicated"),
+                Err(error) => tracing::warn!(%digest, to = %addr, %error, "replication failed"),
+            }
+            // The committing request may have stopped listening once the quorum was reached.
+            let _ = tx.send(result).await;
+        });
+    }
+    drop(tx);
+    let (mut acked, mut failures) = (0, Vec::new());
+    while acked < needed {
+        match rx.recv().await {
+            Some(Ok(())) => acked += 1,
+            Some(Err(error)) => failures.push(error),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{digest} reached {acked} of the {needed} other owners the write quorum needs: {}",
+                        failures.join("; ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the stored blob to one peer, retrying with backoff.
+async fn push(
+    store: &BlobStore,
+    client: &OriginClient,
+    digest: &Digest,
+    namespace: Option<&Name>,
+) -> Result<(), String> {
+    let mut delay = PUSH_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let file = match store.open_blob(digest).await {
+            Ok(Some(file)) => file,
+            Ok(None) => return Err(format!("{digest} is no longer in the store")),
+            Err(error) => return Err(format!("opening {digest}: {error}")),
+        };
+        let len = file.len();
+        let body = reqwest::Body::wrap_stream(file.stream(0..len));
+        match client.put_replica(digest, namespace, body).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= PUSH_ATTEMPTS => {
+                return Err(format!("{}: {error}", client.base()));
+            }
+            Err(error) => {
+                tracing::debug!(%digest, to = client.base(), %error, attempt, "replica push failed; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(me: &str, replicas: usize, quorum: usize) -> Ring {
+        let config = ClusterConfig {
+            origins: vec!["a:1".into(), "b:1".into(), "c:1".into(), "d:1".into()],
+            advertise: me.into(),
+            replicas,
+            write_quorum: quorum,
+        };
+        let http = shoal_service::client::builder().build().expect("client");
+        Ring::new(&http, &config).expect("ring")
+    }
+
+    #[test]
+    fn an_owner_counts_itself_toward_the_quorum() {
+        let nodes = ["a:1", "b:1", "c:1", "d:1"];
+        for byte in 0..16u8 {
+            let digest = Digest::of(&[byte]);
+            let owners = rendezvous::owners(&digest, &nodes, 3);
+            let outsider = nodes.iter().find(|n| !owners.contains(n)).expect("4 > 3");
+
+            let owner = ring(owners[1], 3, 2);
+            let (targets, needed) = owner.targets(&digest);
+            let addrs: Vec<&str> = targets.iter().map(|m| m.addr.as_str()).collect();
+            assert_eq!(addrs, [*owners[0], *owners[2]]);
+            assert_eq!(needed, 1);
+
+            // A session origin that is not an owner sends to all R and waits for W of them.
+            let outside = ring(outsider, 3, 2);
+            let (targets, needed) = outside.targets(&digest);
+            assert_eq!(targets.len(), 3);
+            assert_eq!(needed, 2);
+        }
+    }
+
+    #[test]
+    fn the_quorum_is_capped_by_the_ring_size() {
+        let digest = Digest::of(b"x");
+        let small = ring("a:1", 8, 8);
+        let (targets, needed) = small.targets(&digest);
+        assert_eq!(targets.len(), 3);
+        assert_eq!(needed, 3);
+    }
+}

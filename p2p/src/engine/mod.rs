@@ -1,0 +1,207 @@
+//! The engine agents run: one shared download per blob (metainfo and peers from the tracker,
+//! pieces from peers through the [`Scheduler`](crate::scheduler::Scheduler)), seeding after
+//! completion, and a [`PieceSource`] over both the store and downloads in progress.
+
+mod blob;
+mod download;
+mod seed;
+mod session;
+mod source;
+pub(crate) mod tracker;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use lru::LruCache;
+use shoal_core::{Digest, Metainfo, Name};
+use shoal_storage::BlobStore;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub use blob::Blob;
+use download::Download;
+use seed::Seeds;
+use tracker::Tracker;
+
+use crate::{Identity, Limiter, P2pConfig, P2pError, P2pMetrics, PieceSource};
+
+/// Metainfo documents kept in memory (each at most ~130 KB of hashes, typically a few KB).
+const METAINFO_CACHE: usize = 1024;
+
+/// Downloads and seeding for one node. Cheap to share behind the `Arc` [`Engine::new`] returns.
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// State the engine's background tasks share with it.
+pub(crate) struct Shared {
+    config: P2pConfig,
+    identity: Identity,
+    store: Arc<BlobStore>,
+    tracker: Tracker,
+    metrics: P2pMetrics,
+    shutdown: CancellationToken,
+    /// Bandwidth for all pieces this node receives.
+    ingress: Limiter,
+    metainfo: Mutex<LruCache<Digest, Metainfo>>,
+    /// Downloads in progress (or starting: the cell is filled once the metainfo is known and
+    /// the partial blob is open, so concurrent requesters share one start).
+    downloads: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Download>>>>>,
+    /// Complete blobs being announced.
+    seeds: Seeds,
+    /// One HTTP/2 channel per peer address, shared by all sessions and piece requests to it.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Locks a std mutex, ignoring poisoning: every critical section is a single map operation.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    /// An engine downloading into and seeding from `store`, finding peers through the tracker
+    /// at `tracker` (`host:port`). Background tasks stop when `shutdown` is cancelled.
+    pub fn new(
+        config: P2pConfig,
+        identity: Identity,
+        store: Arc<BlobStore>,
+        tracker: String,
+        metrics: P2pMetrics,
+        shutdown: CancellationToken,
+    ) -> Arc<Engine> {
+        let ingress = Limiter::new(config.ingress_rate, config.chunk_size);
+        let cache = NonZeroUsize::new(METAINFO_CACHE).unwrap_or(NonZeroUsize::MIN);
+        Arc::new(Engine {
+            shared: Arc::new(Shared {
+                config,
+                identity,
+                store,
+                tracker: Tracker::new(tracker),
+                metrics,
+                shutdown,
+                ingress,
+                metainfo: Mutex::new(LruCache::new(cache)),
+                downloads: Mutex::default(),
+                seeds: Seeds::default(),
+                channels: Mutex::default(),
+            }),
+        })
+    }
+
+    /// What our peer service should serve: complete blobs in the store and the verified pieces
+    /// of downloads in progress.
+    pub fn source(self: &Arc<Self>) -> Arc<dyn PieceSource> {
+        Arc::new(source::EngineSource {
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The blob from the local store, or a shared download of it (one per digest for all
+    /// requesters). [`P2pError::NotFound`] fast when the tracker has no metainfo for it.
+    pub async fn fetch(&self, digest: &Digest, namespace: Option<&Name>) -> Result<Blob, P2pError> {
+        let shared = &self.shared;
+        if let Some(length) = shared.store.stat(digest).await? {
+            shared.seed(digest, namespace);
+            return Ok(Blob::stored(shared.store.clone(), *digest, length));
+        }
+        let download = shared.download(digest, namespace).await?;
+        download.check_failed()?;
+        Ok(Blob::downloading(download))
+    }
+
+    /// Metainfo via the tracker (cached), without downloading anything — for HEAD.
+    pub async fn metainfo(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+    ) -> Result<Metainfo, P2pError> {
+        self.shared.metainfo(digest, namespace).await
+    }
+}
+
+impl Shared {
+    async fn metainfo(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+    ) -> Result<Metainfo, P2pError> {
+        if let Some(metainfo) = lock(&self.metainfo).get(digest) {
+            return Ok(metainfo.clone());
+        }
+        let metainfo = if self.store.stat(digest).await?.is_some() {
+            // A local blob answers without the tracker (and works while it is down).
+            self.store.metainfo(digest).await?
+        } else {
+            None
+        };
+        let metainfo = match metainfo {
+            Some(metainfo) => metainfo,
+            None => self.tracker.metainfo(digest, namespace).await?,
+        };
+        lock(&self.metainfo).put(*digest, metainfo.clone());
+        Ok(metainfo)
+    }
+
+    /// The download of `digest`, started unless one is in progress.
+    async fn download(
+        self: &Arc<Self>,
+        digest: &Digest,
+        namespace: Option<&Name>,
+    ) -> Result<Arc<Download>, P2pError> {
+        if self.shutdown.is_cancelled() {
+            return Err(P2pError::Shutdown);
+        }
+        let cell = lock(&self.downloads).entry(*digest).or_default().clone();
+        let mut created = false;
+        let started = cell
+            .get_or_try_init(|| async {
+                let metainfo = self.metainfo(digest, namespace).await?;
+                let partial = self.store.partial(digest, &metainfo).await?;
+                created = true;
+                Ok::<_, P2pError>(Download::new(partial))
+            })
+            .await;
+        match started {
+            Ok(download) => {
+                if created {
+                    download.start(self, namespace.cloned());
+                }
+                download.touch();
+                Ok(download.clone())
+            }
+            Err(e) => {
+                // Forget the failed start so the next request tries again.
+                self.forget_download(digest, &cell);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `cell` from the in-progress map unless a newer download replaced it.
+    fn forget_download(&self, digest: &Digest, cell: &Arc<OnceCell<Arc<Download>>>) {
+        let mut downloads = lock(&self.downloads);
+        if downloads.get(digest).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            downloads.remove(digest);
+        }
+    }
+
+    /// The in-progress download of `digest`, if any.
+    fn in_progress(&self, digest: &Digest) -> Option<Arc<Download>> {
+        lock(&self.downloads)
+            .get(digest)
+            .and_then(|cell| cell.get().cloned())
+    }
+
+    /// A channel to the peer at `addr` (`host:port`), reused across requests.
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = lock(&self.channels);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = tracker::channel(addr)?;
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}

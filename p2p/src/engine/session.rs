@@ -1,0 +1,254 @@
+//! The downloader's side of the peer protocol: a session task per connected peer (handshake
+//! bitfield, then have/complete notices) and a task per piece request (chunks collected into
+//! exactly one piece, ingress-limited, verified and written through the partial blob). Each
+//! task reports to the download's driver as scheduler events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shoal_core::{Bitfield, Digest, PeerId};
+use shoal_proto::v1::peer_client::PeerClient;
+use shoal_proto::v1::{PeerInfo, PieceRequest, SessionRequest, session_event};
+use shoal_storage::{PartialBlob, StoreError};
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::scheduler::Event;
+
+/// A peer must send its bitfield this soon after a session opens, or the connection fails.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What tasks report to the driver.
+pub(crate) enum Msg {
+    /// Peers handed out by the tracker.
+    Discovered(Vec<PeerInfo>),
+    /// A scheduler event from a session or piece task.
+    Event(Event),
+}
+
+/// A session with one peer for one blob.
+pub(crate) struct Session {
+    pub shared: Arc<Shared>,
+    pub digest: Digest,
+    pub pieces: u32,
+    pub peer: PeerId,
+    pub addr: String,
+    pub tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Session {
+    pub(crate) async fn run(self) {
+        let peer = self.peer.clone();
+        let tx = self.tx.clone();
+        let event = match self.open().await {
+            Ok(mut stream) => {
+                let _ = tx.send(Msg::Event(Event::Connected {
+                    peer: peer.clone(),
+                    bitfield: stream.have.clone(),
+                }));
+                match stream.follow(&self).await {
+                    // A complete peer has nothing more to say; it stays usable.
+                    Ok(()) => return,
+                    Err(reason) => {
+                        tracing::debug!(digest = %self.digest, %peer, %reason, "session ended");
+                        Event::Disconnected { peer }
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(digest = %self.digest, %peer, addr = %self.addr, %reason, "cannot open session");
+                Event::ConnectFailed { peer }
+            }
+        };
+        let _ = tx.send(Msg::Event(event));
+    }
+
+    /// Opens the stream and reads the handshake bitfield.
+    async fn open(&self) -> Result<OpenSession, String> {
+        let channel = self.shared.channel(&self.addr).map_err(|e| e.to_string())?;
+        let request = SessionRequest {
+            digest: self.digest.to_string(),
+            peer_id: self.shared.identity.peer_id.to_string(),
+            addr: self.shared.identity.addr.clone(),
+        };
+        let handshake = async {
+            let mut stream = PeerClient::new(channel)
+                .session(request)
+                .await
+                .map_err(|s| format!("session refused: {s}"))?
+                .into_inner();
+            let first = stream
+                .message()
+                .await
+                .map_err(|s| format!("session failed: {s}"))?;
+            match first.and_then(|e| e.event) {
+                Some(session_event::Event::Bitfield(wire)) if wire.piece_count == self.pieces => {
+                    let have = Bitfield::from_bytes(self.pieces, &wire.bits)
+                        .map_err(|e| format!("malformed bitfield: {e}"))?;
+                    Ok(OpenSession { stream, have })
+                }
+                other => Err(format!(
+                    "expected a bitfield of {} pieces, got {other:?}",
+                    self.pieces
+                )),
+            }
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| "no bitfield in time".to_owned())?
+    }
+}
+
+struct OpenSession {
+    stream: tonic::Streaming<shoal_proto::v1::SessionEvent>,
+    have: Bitfield,
+}
+
+impl OpenSession {
+    /// Relays have/complete notices. Ok when the peer is complete and the stream ended; Err
+    /// when the session broke before that.
+    async fn follow(&mut self, session: &Session) -> Result<(), String> {
+        loop {
+            let message = match self.stream.message().await {
+                Ok(message) => message,
+                Err(status) if self.have.is_complete() => {
+                    tracing::trace!(%status, "session with a complete peer ended");
+                    return Ok(());
+                }
+                Err(status) => return Err(status.to_string()),
+            };
+            let Some(message) = message else {
+                return if self.have.is_complete() {
+                    Ok(())
+                } else {
+                    Err("the peer closed the session".to_owned())
+                };
+            };
+            let newly: Vec<u32> = match message.event {
+                Some(session_event::Event::Have(piece)) if piece < session.pieces => {
+                    if self.have.set(piece) {
+                        vec![piece]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Some(session_event::Event::Complete(_)) => {
+                    let missing: Vec<u32> = self.have.zeros().collect();
+                    for &piece in &missing {
+                        self.have.set(piece);
+                    }
+                    missing
+                }
+                other => return Err(format!("unexpected session event {other:?}")),
+            };
+            for piece in newly {
+                let have = Event::Have {
+                    peer: session.peer.clone(),
+                    piece,
+                };
+                if session.tx.send(Msg::Event(have)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// One piece request.
+pub(crate) struct PieceFetch {
+    pub shared: Arc<Shared>,
+    pub partial: PartialBlob,
+    pub peer: PeerId,
+    pub addr: String,
+    pub origin: bool,
+    pub piece: u32,
+    pub tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// How a piece request ended.
+enum Outcome {
+    Done,
+    /// The bytes were not the piece (hash, length or framing): the peer is bad.
+    Corrupt(String),
+    /// Transport error, or the peer lacks the piece.
+    Failed(String),
+}
+
+impl PieceFetch {
+    pub(crate) async fn run(self) {
+        let (peer, piece) = (self.peer.clone(), self.piece);
+        let event = match self.fetch().await {
+            Outcome::Done => Event::PieceDone { peer, piece },
+            Outcome::Corrupt(reason) => {
+                tracing::warn!(digest = %self.partial.metainfo().digest(), %peer, piece, %reason, "rejected a bad piece");
+                self.shared.metrics.pieces_rejected.inc();
+                Event::PieceCorrupt { peer, piece }
+            }
+            Outcome::Failed(reason) => {
+                tracing::debug!(digest = %self.partial.metainfo().digest(), %peer, piece, %reason, "piece request failed");
+                Event::PieceFailed { peer, piece }
+            }
+        };
+        let _ = self.tx.send(Msg::Event(event));
+    }
+
+    async fn fetch(&self) -> Outcome {
+        let metainfo = self.partial.metainfo();
+        let Some(range) = metainfo.piece_range(self.piece as usize) else {
+            return Outcome::Failed(format!("piece {} is out of range", self.piece));
+        };
+        // Pieces are at most tens of MiB (the piece-length table), so this bound is small.
+        let length = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        let channel = match self.shared.channel(&self.addr) {
+            Ok(channel) => channel,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let request = PieceRequest {
+            digest: metainfo.digest().to_string(),
+            index: self.piece,
+            peer_id: self.shared.identity.peer_id.to_string(),
+        };
+        let mut stream = match PeerClient::new(channel).get_piece(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Outcome::Failed(status.to_string()),
+        };
+        let mut bytes = BytesMut::with_capacity(length);
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(status) => return Outcome::Failed(status.to_string()),
+            };
+            if chunk.offset != bytes.len() as u64 || bytes.len() + chunk.data.len() > length {
+                return Outcome::Corrupt(format!(
+                    "chunk of {} bytes at offset {} does not fit the {length}-byte piece (have {})",
+                    chunk.data.len(),
+                    chunk.offset,
+                    bytes.len()
+                ));
+            }
+            self.shared.ingress.acquire(chunk.data.len()).await;
+            self.shared
+                .metrics
+                .received(self.origin, chunk.data.len() as u64);
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if bytes.len() != length {
+            return Outcome::Failed(format!(
+                "piece ended after {} of {length} bytes",
+                bytes.len()
+            ));
+        }
+        match self.partial.write_piece(self.piece, bytes.freeze()).await {
+            Ok(newly) => {
+                if newly {
+                    self.shared.metrics.pieces_received.inc();
+                }
+                Outcome::Done
+            }
+            Err(e @ StoreError::PieceMismatch { .. }) => Outcome::Corrupt(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The engine's side of the tracker protocol: announces and metainfo, with the wire metainfo
+//! checked and converted into [`Metainfo`].
+
+use std::time::Duration;
+
+use shoal_core::{Digest, Metainfo, Name};
+use shoal_proto::v1::tracker_client::TrackerClient as Grpc;
+use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, MetainfoResponse, PeerInfo};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Identity, P2pError};
+
+/// Unreachable trackers and peers fail fast; the caller retries at the next interval.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An announce is a map lookup on the tracker.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A metainfo miss makes the tracker ask an origin, which may pull a large blob from the
+/// backend and hash it first.
+const METAINFO_TIMEOUT: Duration = Duration::from_secs(120);
+/// Interval used when the tracker's answer carries none (or an announce failed).
+pub(crate) const FALLBACK_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A lazily connected tracker client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Tracker {
+    addr: String,
+    /// An address that is not a valid URI authority fails every call with this message.
+    client: Result<Grpc<Channel>, String>,
+}
+
+/// What an announce returned: peers and when to announce again.
+pub(crate) struct Announced {
+    pub peers: Vec<PeerInfo>,
+    pub interval: Duration,
+}
+
+/// HTTP/2 receive windows for piece data. The 64 KiB protocol default caps one stream at
+/// 64 KiB per round trip; a few MiB lets a peer stream a whole piece, and the connection window
+/// covers a full pipeline of requests to that peer.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// A lazily connecting channel to `host:port` (no TLS inside the cluster).
+pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_lazy())
+}
+
+impl Tracker {
+    pub(crate) fn new(addr: String) -> Tracker {
+        let client = channel(&addr)
+            .map(Grpc::new)
+            .map_err(|e| format!("bad tracker address: {e}"));
+        Tracker { addr, client }
+    }
+
+    fn error(&self, status: tonic::Status) -> P2pError {
+        P2pError::Tracker {
+            addr: self.addr.clone(),
+            status,
+        }
+    }
+
+    fn client(&self) -> Result<Grpc<Channel>, P2pError> {
+        self.client
+            .clone()
+            .map_err(|message| self.error(tonic::Status::invalid_argument(message)))
+    }
+
+    pub(crate) async fn announce(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+        identity: &Identity,
+        complete: bool,
+    ) -> Result<Announced, P2pError> {
+        let mut request = tonic::Request::new(AnnounceRequest {
+            digest: digest.to_string(),
+            namespace: namespace.map(ToString::to_string).unwrap_or_default(),
+            peer: Some(PeerInfo {
+                peer_id: identity.peer_id.to_string(),
+                addr: identity.addr.clone(),
+                origin: identity.origin,
+                complete,
+            }),
+        });
+        request.set_timeout(ANNOUNCE_TIMEOUT);
+        let response = self
+            .client()?
+            .announce(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        let interval = match response.interval_ms {
+            0 => FALLBACK_INTERVAL,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        Ok(Announced {
+            peers: response.peers,
+            interval,
+        })
+    }
+
+    /// The blob's metainfo; [`P2pError::NotFound`] when the tracker has none.
+    pub(crate) async fn metainfo(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+    ) -> Result<Metainfo, P2pError> {
+        let mut request = tonic::Request::new(MetainfoRequest {
+            digest: digest.to_string(),
+            namespace: namespace.map(ToString::to_string).unwrap_or_default(),
+        });
+        request.set_timeout(METAINFO_TIMEOUT);
+        match self.client()?.get_metainfo(request).await {
+            Ok(response) => from_wire(digest, response.into_inner()),
+            Err(status) if status.code() == Code::NotFound => {
+                Err(P2pError::NotFound { digest: *digest })
+            }
+            Err(status) => Err(self.error(status)),
+        }
+    }
+}
+
+/// Checks the tracker's metainfo against the digest asked for and Shoal's piece table.
+fn from_wire(digest: &Digest, wire: MetainfoResponse) -> Result<Metainfo, P2pError> {
+    let invalid = |reason: String| P2pError::InvalidMetainfo {
+        digest: *digest,
+        reason,
+    };
+    if wire.digest != digest.to_string() {
+        return Err(invalid(format!("it describes {:?}", wire.digest)));
+    }
+    let pieces = wire
+        .piece_hashes
+        .into_iter()
+        .enumerate()
+        .map(|(index, hash)| {
+            <[u8; 32]>::try_from(hash.as_slice())
+                .map(Digest::from_bytes)
+                .map_err(|_| invalid(format!("piece {index} hash has {} bytes", hash.len())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Metainfo::from_parts(*digest, wire.length, wire.piece_length, pieces)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::MetainfoBuilder;
+
+    use super::*;
+
+    fn wire_of(data: &[u8]) -> (Metainfo, MetainfoResponse) {
+        let mut builder = MetainfoBuilder::new(data.len() as u64);
+        builder.update(data);
+        let metainfo = builder.finish().expect("metainfo");
+        let wire = MetainfoResponse {
+            digest: metainfo.digest().to_string(),
+            length: metainfo.length(),
+            piece_length: metainfo.piece_length(),
+            piece_hashes: (0..metainfo.piece_count())
+                .filter_map(|i| metainfo.piece_hash(i))
+                .map(|h| h.as_bytes().to_vec())
+                .collect(),
+        };
+        (metainfo, wire)
+    }
+
+    #[test]
+    fn wire_metainfo_round_trips_and_is_checked() {
+        let data = vec![7u8; 600 * 1024];
+        let (metainfo, wire) = wire_of(&data);
+        let digest = metainfo.digest();
+        assert_eq!(from_wire(&digest, wire.clone()).expect("valid"), metainfo);
+
+        let other = Digest::of(b"other");
+        assert!(from_wire(&other, wire.clone()).is_err(), "another digest");
+        let mut short_hash = wire.clone();
+        short_hash.piece_hashes[1].pop();
+        assert!(from_wire(&digest, short_hash).is_err());
+        let mut missing_piece = wire.clone();
+        missing_piece.piece_hashes.pop();
+        assert!(from_wire(&digest, missing_piece).is_err());
+        let mut bad_length = wire;
+        bad_length.piece_length = 4096;
+        assert!(from_wire(&digest, bad_length).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! The peer-to-peer engine shared by agents and origins (contracts: `docs/p2p.md`): the pure
+//! piece [`scheduler`], the gRPC `Peer` service over a [`PieceSource`], bandwidth [`Limiter`]s,
+//! and the [`Engine`] that downloads blobs from peers and seeds them.
+
+mod config;
+mod engine;
+mod error;
+mod limiter;
+mod metrics;
+pub mod scheduler;
+mod server;
+mod source;
+
+pub use config::{Faults, Identity, P2pConfig};
+pub use engine::{Blob, Engine};
+pub use error::P2pError;
+pub use limiter::Limiter;
+pub use metrics::P2pMetrics;
+pub use server::peer_service;
+pub use source::{PieceSource, StoreSource};

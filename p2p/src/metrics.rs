@@ -1,0 +1,119 @@
+//! The engine's Prometheus metrics (names in `docs/p2p.md`; the registry adds the `shoal_`
+//! prefix and counters the `_total` suffix).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where received bytes came from: another agent or an origin.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FromLabels {
+    pub from: &'static str,
+}
+
+/// Piece, byte and download counters. Cheap to clone; clones share the counters.
+#[derive(Clone, Debug)]
+pub struct P2pMetrics {
+    pub(crate) pieces_received: Counter,
+    pub(crate) pieces_rejected: Counter,
+    bytes_received: Family<FromLabels, Counter>,
+    pub(crate) bytes_served: Counter,
+    pub(crate) resumed_bytes: Counter,
+    pub(crate) peers_blacklisted: Counter,
+    pub(crate) downloads_active: Gauge,
+}
+
+impl P2pMetrics {
+    /// Creates the metrics and registers them into `registry` (normally a component registry
+    /// prefixed `shoal`).
+    pub fn new(registry: &mut Registry) -> P2pMetrics {
+        let metrics = P2pMetrics {
+            pieces_received: Counter::default(),
+            pieces_rejected: Counter::default(),
+            bytes_received: Family::default(),
+            bytes_served: Counter::default(),
+            resumed_bytes: Counter::default(),
+            peers_blacklisted: Counter::default(),
+            downloads_active: Gauge::default(),
+        };
+        registry.register(
+            "p2p_pieces_received",
+            "Pieces received from peers, verified and written",
+            metrics.pieces_received.clone(),
+        );
+        registry.register(
+            "p2p_pieces_rejected",
+            "Pieces received from peers that failed their hash check",
+            metrics.pieces_rejected.clone(),
+        );
+        registry.register(
+            "p2p_bytes_received",
+            "Piece bytes received, by sender kind (agent or origin)",
+            metrics.bytes_received.clone(),
+        );
+        registry.register(
+            "p2p_bytes_served",
+            "Piece bytes served to peers",
+            metrics.bytes_served.clone(),
+        );
+        registry.register(
+            "p2p_resumed_bytes",
+            "Verified bytes found on disk when a download started",
+            metrics.resumed_bytes.clone(),
+        );
+        registry.register(
+            "p2p_peers_blacklisted",
+            "Peers blacklisted for sending a bad piece",
+            metrics.peers_blacklisted.clone(),
+        );
+        registry.register(
+            "p2p_downloads_active",
+            "Downloads in progress",
+            metrics.downloads_active.clone(),
+        );
+        metrics
+    }
+
+    /// Counts `bytes` received from a peer (`origin` says which kind).
+    pub(crate) fn received(&self, origin: bool, bytes: u64) {
+        let from = if origin { "origin" } else { "agent" };
+        self.bytes_received
+            .get_or_create(&FromLabels { from })
+            .inc_by(bytes);
+    }
+
+    /// Pieces received and verified so far.
+    pub fn pieces_received(&self) -> u64 {
+        self.pieces_received.get()
+    }
+
+    /// Pieces rejected for a bad hash so far.
+    pub fn pieces_rejected(&self) -> u64 {
+        self.pieces_rejected.get()
+    }
+
+    /// Verified bytes found on disk when downloads started.
+    pub fn resumed_bytes(&self) -> u64 {
+        self.resumed_bytes.get()
+    }
+
+    /// Peers blacklisted for bad pieces so far.
+    pub fn peers_blacklisted(&self) -> u64 {
+        self.peers_blacklisted.get()
+    }
+
+    /// Piece bytes served so far.
+    pub fn bytes_served(&self) -> u64 {
+        self.bytes_served.get()
+    }
+
+    /// Piece bytes received from agents (`origin == false`) or from origins.
+    pub fn bytes_received(&self, origin: bool) -> u64 {
+        let from = if origin { "origin" } else { "agent" };
+        self.bytes_received
+            .get_or_create(&FromLabels { from })
+            .get()
+    }
+}

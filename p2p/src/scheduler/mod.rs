@@ -1,0 +1,589 @@
+//! The piece scheduler: a pure state machine deciding, for one blob download, which peers to
+//! connect to and which piece to request from which peer. The async engine feeds it events
+//! (tracker answers, connections, piece outcomes, ticks) with the current time and carries out
+//! the actions it returns. No sockets, clocks or tokio here, so it is unit-tested and simulated
+//! deterministically: all randomness comes from the seed.
+//!
+//! Policy: connect to discovered agents up to `max_peers`; an origin is connected (possibly one
+//! connection beyond the cap) only as the last resort — once no agent connection is pending and
+//! either fewer than two connected agents hold pieces we miss, or some missing piece is held by
+//! no connected agent. While any agent is useful an origin gets one request at a time, and while
+//! two or more are, only pieces no agent holds. Pieces are requested rarest first (seeded
+//! random tie-break), up to `pipeline` per peer, never twice except in endgame (at most
+//! `endgame_pieces` missing), where idle peers duplicate in-flight requests and the losers are
+//! cancelled. A corrupt piece blacklists its sender; failures and timeouts re-issue the piece
+//! elsewhere and `max_failures` in a row drop the peer. At the cap, each tick swaps one
+//! connected agent that has nothing for us for a waiting candidate.
+//!
+//! Cost per event: a delivered piece costs O(max_peers + pipeline × log pieces); Tick, failures
+//! and departures refill every peer, O(max_peers × pipeline × log pieces) when peers hold most
+//! pieces; a connect or departure adds O(pieces the peer holds). A peer with free slots whose
+//! pieces are all in flight elsewhere can cost a scan of the unrequested pieces
+//! (O(pieces / 8) for sparse peers). Nothing is O(pieces × peers).
+
+mod peers;
+mod pieces;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod swarm_tests;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+use shoal_core::{Bitfield, PeerId};
+use thiserror::Error;
+
+use peers::{Candidates, Peer, Peers, Slot};
+use pieces::Pieces;
+
+/// Requests in flight at an origin while some connected agent holds pieces we miss. Agents
+/// pulling at once each fill a full pipeline at the origin with pieces none of them has yet,
+/// and many of those are the same pieces; one at a time halves the origin's share in the swarm
+/// simulation (`swarm_tests`) while an origin alone still gets the full pipeline.
+const ORIGIN_PIPELINE_BESIDE_AGENTS: usize = 1;
+
+/// Tuning of one download. YAML durations are human-readable (`15s`, `1m`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Connections per blob (origins may add one beyond it as the last resort).
+    pub max_peers: usize,
+    /// Piece requests in flight per peer.
+    pub pipeline: usize,
+    /// A request older than this is failed, cancelled and re-issued.
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+    /// When at most this many pieces are missing, idle peers duplicate in-flight requests.
+    pub endgame_pieces: usize,
+    /// How long a peer that sent a corrupt piece is shunned.
+    #[serde(with = "humantime_serde")]
+    pub blacklist: Duration,
+    /// Consecutive failed or timed-out requests before a peer is dropped.
+    pub max_failures: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            // Enough sources to saturate a node's link from agents alone, few enough that each
+            // agent's upload is shared by a handful of downloaders (kraken uses a similar cap).
+            max_peers: 8,
+            // Pieces are MiBs: four in flight keep a peer's link busy across round trips without
+            // committing too many pieces to one slow peer.
+            pipeline: 4,
+            // A piece of up to 16 MiB at a slow-but-healthy 2 MiB/s takes ~8 s; 15 s only fails
+            // peers that are stuck, not ones that are busy.
+            piece_timeout: Duration::from_secs(15),
+            // Duplicating the last few pieces removes the slow-peer tail; more would waste
+            // bandwidth on pieces that are arriving anyway.
+            endgame_pieces: 4,
+            // Long enough that a broken peer is not retried within a typical image pull, short
+            // enough that a peer fixed (or a transient fault) rejoins the swarm soon.
+            blacklist: Duration::from_secs(60),
+            // One failure can be a blip (a restart, a dropped stream); three in a row means the
+            // peer cannot serve us.
+            max_failures: 3,
+        }
+    }
+}
+
+/// Why a scheduler configuration cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SchedulerConfigError {
+    #[error("scheduler.{field} must be at least 1")]
+    Zero { field: &'static str },
+}
+
+impl SchedulerConfig {
+    /// Rejects settings under which a download could never make progress.
+    pub fn validate(&self) -> Result<(), SchedulerConfigError> {
+        let zero = [
+            ("max_peers", self.max_peers == 0),
+            ("pipeline", self.pipeline == 0),
+            ("piece_timeout", self.piece_timeout.is_zero()),
+            ("max_failures", self.max_failures == 0),
+        ];
+        match zero.into_iter().find(|&(_, is_zero)| is_zero) {
+            Some((field, _)) => Err(SchedulerConfigError::Zero { field }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A peer the tracker handed out for the blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCandidate {
+    pub id: PeerId,
+    pub origin: bool,
+}
+
+/// What happened, as reported by the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A tracker announce result.
+    Discovered(Vec<PeerCandidate>),
+    /// A connection we asked for is up; the peer's handshake bitfield.
+    Connected {
+        peer: PeerId,
+        bitfield: Bitfield,
+    },
+    ConnectFailed {
+        peer: PeerId,
+    },
+    Have {
+        peer: PeerId,
+        piece: u32,
+    },
+    Disconnected {
+        peer: PeerId,
+    },
+    /// A piece arrived, was verified and written.
+    PieceDone {
+        peer: PeerId,
+        piece: u32,
+    },
+    /// A piece failed its hash check: the peer is blacklisted.
+    PieceCorrupt {
+        peer: PeerId,
+        piece: u32,
+    },
+    /// A request failed: transport error, or the peer lacks the piece.
+    PieceFailed {
+        peer: PeerId,
+        piece: u32,
+    },
+    /// Time passed: check timeouts, expire blacklist entries.
+    Tick,
+}
+
+/// What the engine should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Connect {
+        peer: PeerId,
+    },
+    Request {
+        peer: PeerId,
+        piece: u32,
+    },
+    /// Abort a request: another peer delivered the piece (endgame), or it timed out.
+    Cancel {
+        peer: PeerId,
+        piece: u32,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+    /// Disconnect the peer and refuse it until `until_ms`.
+    Blacklist {
+        peer: PeerId,
+        until_ms: u64,
+    },
+    /// Every piece is done (emitted once, followed by a Disconnect per connected peer).
+    Complete,
+}
+
+/// The download state machine of one blob.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    pieces: Pieces,
+    peers: Peers,
+    candidates: Candidates,
+    rng: Xoshiro256PlusPlus,
+    /// Complete has been emitted; later events only close connections.
+    finished: bool,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Scheduler {
+    /// A download of `piece_count` pieces of which `have` are already verified on disk. A
+    /// `have` of another length is treated as empty. When nothing is missing, the first event
+    /// handled returns Complete.
+    pub fn new(piece_count: u32, have: Bitfield, config: SchedulerConfig, seed: u64) -> Scheduler {
+        let have = if have.len() == piece_count {
+            have
+        } else {
+            Bitfield::new(piece_count)
+        };
+        // Xoshiro256++ explicitly, not SmallRng, so a seed gives the same run on every platform.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        Scheduler {
+            pieces: Pieces::new(have, &mut rng),
+            config,
+            peers: Peers::default(),
+            candidates: Candidates::default(),
+            rng,
+            finished: false,
+        }
+    }
+
+    pub fn have(&self) -> &Bitfield {
+        self.pieces.have()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.pieces.have().is_complete()
+    }
+
+    pub fn is_blacklisted(&self, peer: &PeerId, now_ms: u64) -> bool {
+        self.candidates.is_blacklisted(peer, now_ms)
+    }
+
+    /// Applies one event at time `now_ms` (any monotonic millisecond clock) and returns what to
+    /// do, in order.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.finished {
+            // Connections that come up after the end are closed at once.
+            if let Event::Connected { peer, .. } = event {
+                out.push(Action::Disconnect { peer });
+            }
+            return out;
+        }
+        match event {
+            Event::Discovered(batch) => self.candidates.discover(batch, now_ms, &mut self.rng),
+            Event::Connected { peer, bitfield } => {
+                self.on_connected(now_ms, peer, bitfield, &mut out)
+            }
+            Event::ConnectFailed { peer } => {
+                if self.peers.slot(&peer).is_none() {
+                    self.candidates.forget(&peer);
+                }
+            }
+            Event::Have { peer, piece } => self.on_have(now_ms, &peer, piece, &mut out),
+            Event::Disconnected { peer } => {
+                if let Some(slot) = self.peers.slot(&peer) {
+                    self.drop_peer(slot);
+                }
+                self.candidates.forget(&peer);
+                self.fill_all(now_ms, &mut out);
+            }
+            Event::PieceDone { peer, piece } => self.on_piece_done(now_ms, &peer, piece, &mut out),
+            Event::PieceCorrupt { peer, .. } => self.on_corrupt(now_ms, peer, &mut out),
+            Event::PieceFailed { peer, piece } => {
+                if let Some(slot) = self.peers.slot(&peer) {
+                    self.fail_request(now_ms, slot, piece, &mut out);
+                }
+                self.fill_all(now_ms, &mut out);
+            }
+            Event::Tick => self.on_tick(now_ms, &mut out),
+        }
+        if self.is_complete() {
+            self.finish(&mut out);
+        } else {
+            self.connect(&mut out);
+        }
+        out
+    }
+
+    fn on_connected(&mut self, now_ms: u64, id: PeerId, bitfield: Bitfield, out: &mut Vec<Action>) {
+        if self.peers.slot(&id).is_some() {
+            // A repeated report of a connection we already use.
+            return;
+        }
+        let Some(origin) = self.candidates.connected(&id) else {
+            // Not a connection we asked for (or one we gave up on meanwhile).
+            out.push(Action::Disconnect { peer: id });
+            return;
+        };
+        if bitfield.len() != self.pieces.have().len() {
+            self.candidates.forget(&id);
+            out.push(Action::Disconnect { peer: id });
+            return;
+        }
+        let mut useful = 0;
+        for piece in bitfield.ones() {
+            if !origin {
+                self.pieces.add_agent_holder(piece);
+            }
+            useful += u32::from(self.pieces.is_missing(piece));
+        }
+        let slot = self.peers.insert(Peer {
+            id,
+            origin,
+            bitfield,
+            avoid: Default::default(),
+            inflight: Vec::new(),
+            failures: 0,
+            useful,
+        });
+        self.fill(now_ms, slot, out);
+    }
+
+    fn on_have(&mut self, now_ms: u64, id: &PeerId, piece: u32, out: &mut Vec<Action>) {
+        let Some(slot) = self.peers.slot(id) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if !peer.bitfield.set(piece) || peer.avoid.contains_key(&piece) {
+            return;
+        }
+        if self.pieces.is_missing(piece) {
+            peer.useful += 1;
+        }
+        if !peer.origin {
+            self.pieces.add_agent_holder(piece);
+        }
+        self.fill(now_ms, slot, out);
+    }
+
+    fn on_piece_done(&mut self, now_ms: u64, id: &PeerId, piece: u32, out: &mut Vec<Action>) {
+        let deliverer = self.peers.slot(id);
+        if let Some(peer) = deliverer.and_then(|slot| self.peers.get_mut(slot)) {
+            peer.take_request(piece);
+            peer.failures = 0;
+        }
+        if !self.pieces.is_missing(piece) {
+            // A late duplicate, or an index we never asked for: nothing changes but the
+            // deliverer's free pipeline slot.
+            if let Some(slot) = deliverer {
+                self.fill(now_ms, slot, out);
+            }
+            return;
+        }
+        for slot in self.pieces.complete(piece) {
+            if Some(slot) == deliverer {
+                continue;
+            }
+            if let Some(peer) = self.peers.get_mut(slot)
+                && peer.take_request(piece)
+            {
+                out.push(Action::Cancel {
+                    peer: peer.id.clone(),
+                    piece,
+                });
+            }
+        }
+        for peer in self.peers.iter_mut() {
+            if peer.holds(piece) {
+                peer.useful -= 1;
+            }
+        }
+        // Outside endgame only the deliverer gained a free slot (other changes, such as an
+        // origin no longer limited to agentless pieces, are picked up by the next Tick); in
+        // endgame every idle peer may now duplicate a remaining piece.
+        if self.in_endgame() {
+            self.fill_all(now_ms, out);
+        } else if let Some(slot) = deliverer {
+            self.fill(now_ms, slot, out);
+        }
+    }
+
+    fn on_corrupt(&mut self, now_ms: u64, id: PeerId, out: &mut Vec<Action>) {
+        if self.candidates.is_blacklisted(&id, now_ms) {
+            return;
+        }
+        if let Some(slot) = self.peers.slot(&id) {
+            self.drop_peer(slot);
+        }
+        let until_ms = now_ms.saturating_add(millis(self.config.blacklist));
+        self.candidates.blacklist(id.clone(), until_ms);
+        out.push(Action::Blacklist { peer: id, until_ms });
+        self.fill_all(now_ms, out);
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.candidates.expire_blacklist(now_ms);
+        let timeout = millis(self.config.piece_timeout);
+        for slot in self.peers.slots() {
+            self.lift_avoids(now_ms, slot);
+            let expired: Vec<u32> = self
+                .peers
+                .get(slot)
+                .map(|peer| {
+                    peer.inflight
+                        .iter()
+                        .filter(|&&(_, sent)| now_ms.saturating_sub(sent) >= timeout)
+                        .map(|&(piece, _)| piece)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for piece in expired {
+                if let Some(peer) = self.peers.get(slot) {
+                    out.push(Action::Cancel {
+                        peer: peer.id.clone(),
+                        piece,
+                    });
+                }
+                self.fail_request(now_ms, slot, piece, out);
+            }
+        }
+        self.rotate_useless(out);
+        self.fill_all(now_ms, out);
+    }
+
+    /// At the connection cap, swaps one connected agent that has nothing for us for a waiting
+    /// candidate, so useless peers cannot hold every slot while the pieces we miss sit with
+    /// peers we never connected to. One per tick bounds the churn when everyone is empty.
+    fn rotate_useless(&mut self, out: &mut Vec<Action>) {
+        let at_cap = self.peers.len() + self.candidates.connecting() >= self.config.max_peers;
+        if !at_cap || !self.candidates.has_idle(false) {
+            return;
+        }
+        if let Some(slot) = self.peers.idle_useless_agent()
+            && let Some(peer) = self.peers.get(slot)
+        {
+            let id = peer.id.clone();
+            self.drop_peer(slot);
+            self.candidates.forget(&id);
+            out.push(Action::Disconnect { peer: id });
+        }
+    }
+
+    /// Gives a peer another chance at pieces it failed once their avoid period is over.
+    fn lift_avoids(&mut self, now_ms: u64, slot: Slot) {
+        let Some(peer) = self.peers.get_mut(slot) else {
+            return;
+        };
+        let lifted: Vec<u32> = peer
+            .avoid
+            .iter()
+            .filter(|&(_, &until)| now_ms >= until)
+            .map(|(&piece, _)| piece)
+            .collect();
+        for piece in lifted {
+            peer.avoid.remove(&piece);
+            if self.pieces.is_missing(piece) {
+                peer.useful += 1;
+            }
+            if !peer.origin {
+                self.pieces.add_agent_holder(piece);
+            }
+        }
+    }
+
+    /// The request for `piece` at `slot` failed (error or timeout): the piece goes back to the
+    /// pool, the peer is avoided for it for a while, and dropped after too many failures.
+    fn fail_request(&mut self, now_ms: u64, slot: Slot, piece: u32, out: &mut Vec<Action>) {
+        let Some(peer) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if !peer.take_request(piece) {
+            return;
+        }
+        peer.failures += 1;
+        // Avoiding the piece at this peer for one timeout period sends the retry to another
+        // holder (or, when no agent has it, to an origin), yet never strands the piece.
+        if peer.holds(piece) {
+            let until = now_ms.saturating_add(millis(self.config.piece_timeout));
+            peer.avoid.insert(piece, until);
+            if self.pieces.is_missing(piece) {
+                peer.useful -= 1;
+            }
+            if !peer.origin {
+                self.pieces.remove_agent_holder(piece);
+            }
+        }
+        let dropped = (peer.failures >= self.config.max_failures).then(|| peer.id.clone());
+        self.pieces.unrequest(piece, slot);
+        if let Some(id) = dropped {
+            self.drop_peer(slot);
+            self.candidates.forget(&id);
+            out.push(Action::Disconnect { peer: id });
+        }
+    }
+
+    /// Removes a connected peer: its requests go back to the pool, its pieces stop counting.
+    fn drop_peer(&mut self, slot: Slot) {
+        let Some(peer) = self.peers.remove(slot) else {
+            return;
+        };
+        for &(piece, _) in &peer.inflight {
+            self.pieces.unrequest(piece, slot);
+        }
+        if !peer.origin {
+            for piece in peer.bitfield.ones().filter(|&piece| peer.holds(piece)) {
+                self.pieces.remove_agent_holder(piece);
+            }
+        }
+    }
+
+    fn in_endgame(&self) -> bool {
+        self.pieces.missing() as usize <= self.config.endgame_pieces
+    }
+
+    fn fill_all(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        for slot in self.peers.slots() {
+            self.fill(now_ms, slot, out);
+        }
+    }
+
+    /// Fills the free pipeline slots of one peer.
+    fn fill(&mut self, now_ms: u64, slot: Slot, out: &mut Vec<Action>) {
+        let Some(peer) = self.peers.get(slot) else {
+            return;
+        };
+        let useful_agents = self.peers.useful_agents();
+        let depth = if peer.origin && useful_agents >= 1 {
+            ORIGIN_PIPELINE_BESIDE_AGENTS
+        } else {
+            self.config.pipeline
+        };
+        let want = depth.saturating_sub(peer.inflight.len());
+        if want == 0 {
+            return;
+        }
+        let agentless_only = peer.origin && useful_agents >= 2;
+        let mut picks = self.pieces.pick(peer, want, agentless_only);
+        if picks.len() < want && self.in_endgame() {
+            let more = want - picks.len();
+            picks.extend(
+                self.pieces
+                    .pick_duplicates(peer, slot, more, agentless_only),
+            );
+        }
+        let Some(peer) = self.peers.get_mut(slot) else {
+            return;
+        };
+        for piece in picks {
+            peer.inflight.push((piece, now_ms));
+            self.pieces.request(piece, slot);
+            out.push(Action::Request {
+                peer: peer.id.clone(),
+                piece,
+            });
+        }
+    }
+
+    /// Opens connections: agents up to `max_peers`, and one origin when agents cannot do it.
+    fn connect(&mut self, out: &mut Vec<Action>) {
+        while self.peers.len() + self.candidates.connecting() < self.config.max_peers {
+            let Some(peer) = self.candidates.next(false) else {
+                break;
+            };
+            out.push(Action::Connect { peer });
+        }
+        // Wait for pending agent handshakes before judging what agents can serve; then an
+        // origin is the last resort, allowed one connection beyond the cap so it can always
+        // unblock a piece no connected agent holds.
+        let origin_needed = self.candidates.connecting_agents() == 0
+            && (self.pieces.agentless() > 0 || self.peers.useful_agents() < 2);
+        if origin_needed
+            && self.candidates.connecting_origins() == 0
+            && !self.peers.has_origin()
+            && let Some(peer) = self.candidates.next(true)
+        {
+            out.push(Action::Connect { peer });
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Action>) {
+        self.finished = true;
+        out.push(Action::Complete);
+        for slot in self.peers.slots() {
+            if let Some(peer) = self.peers.remove(slot) {
+                out.push(Action::Disconnect { peer: peer.id });
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Peer bookkeeping for one download: the peers the tracker told us about and whether we are
+//! connecting to them, the blacklist, and the per-peer state of connected peers (their bitfield,
+//! requests in flight, pieces they failed, consecutive failures).
+
+use std::collections::{HashMap, VecDeque};
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+use shoal_core::{Bitfield, PeerId};
+
+use super::PeerCandidate;
+
+/// Index of a connected peer in [`Peers`]; stable while the peer stays connected.
+pub(super) type Slot = usize;
+
+/// A connected peer.
+pub(super) struct Peer {
+    pub(super) id: PeerId,
+    pub(super) origin: bool,
+    pub(super) bitfield: Bitfield,
+    /// Pieces this peer failed to deliver, with the time from which we may ask it again.
+    pub(super) avoid: HashMap<u32, u64>,
+    /// Pieces requested from this peer, with when each was sent.
+    pub(super) inflight: Vec<(u32, u64)>,
+    /// Failed or timed-out requests since its last delivered piece.
+    pub(super) failures: u32,
+    /// Pieces it holds (and is not avoided for) that we are missing.
+    pub(super) useful: u32,
+}
+
+impl Peer {
+    /// Whether we would ask this peer for `piece`.
+    pub(super) fn holds(&self, piece: u32) -> bool {
+        self.bitfield.get(piece) && !self.avoid.contains_key(&piece)
+    }
+
+    /// Forgets the request for `piece`; true when there was one.
+    pub(super) fn take_request(&mut self, piece: u32) -> bool {
+        let before = self.inflight.len();
+        self.inflight.retain(|&(p, _)| p != piece);
+        self.inflight.len() != before
+    }
+}
+
+/// Connected peers by slot.
+#[derive(Default)]
+pub(super) struct Peers {
+    slots: Vec<Option<Peer>>,
+    free: Vec<Slot>,
+    index: HashMap<PeerId, Slot>,
+}
+
+impl Peers {
+    pub(super) fn insert(&mut self, peer: Peer) -> Slot {
+        let id = peer.id.clone();
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(peer);
+                slot
+            }
+            None => {
+                self.slots.push(Some(peer));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+        slot
+    }
+
+    pub(super) fn remove(&mut self, slot: Slot) -> Option<Peer> {
+        let peer = self.slots.get_mut(slot)?.take()?;
+        self.index.remove(&peer.id);
+        self.free.push(slot);
+        Some(peer)
+    }
+
+    pub(super) fn slot(&self, id: &PeerId) -> Option<Slot> {
+        self.index.get(id).copied()
+    }
+
+    pub(super) fn get(&self, slot: Slot) -> Option<&Peer> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    pub(super) fn get_mut(&mut self, slot: Slot) -> Option<&mut Peer> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    /// Slots of the connected peers, in slot order (deterministic).
+    pub(super) fn slots(&self) -> Vec<Slot> {
+        (0..self.slots.len())
+            .filter(|&slot| self.slots[slot].is_some())
+            .collect()
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
+        self.slots.iter_mut().flatten()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(super) fn has_origin(&self) -> bool {
+        self.slots.iter().flatten().any(|peer| peer.origin)
+    }
+
+    /// A connected agent with nothing for us and no request in flight, if any.
+    pub(super) fn idle_useless_agent(&self) -> Option<Slot> {
+        self.slots.iter().position(|peer| {
+            peer.as_ref()
+                .is_some_and(|peer| !peer.origin && peer.useful == 0 && peer.inflight.is_empty())
+        })
+    }
+
+    /// Connected agents that hold a piece we miss.
+    pub(super) fn useful_agents(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|peer| !peer.origin && peer.useful > 0)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Connecting,
+    Connected,
+}
+
+struct Known {
+    origin: bool,
+    phase: Phase,
+}
+
+/// Peers we know of but may not be connected to, and the blacklist.
+#[derive(Default)]
+pub(super) struct Candidates {
+    known: HashMap<PeerId, Known>,
+    // Queues may hold stale ids (forgotten or already connecting); `next` skips them, so
+    // forgetting a peer stays O(1).
+    idle_agents: VecDeque<PeerId>,
+    idle_origins: VecDeque<PeerId>,
+    blacklist: HashMap<PeerId, u64>,
+    connecting_agents: usize,
+    connecting_origins: usize,
+}
+
+impl Candidates {
+    /// Adds peers we did not know of and are not shunning, in random order so agents given the
+    /// same tracker answer spread their connections.
+    pub(super) fn discover(
+        &mut self,
+        mut batch: Vec<PeerCandidate>,
+        now_ms: u64,
+        rng: &mut impl Rng,
+    ) {
+        batch.shuffle(rng);
+        for candidate in batch {
+            if self.known.contains_key(&candidate.id) || self.is_blacklisted(&candidate.id, now_ms)
+            {
+                continue;
+            }
+            let queue = if candidate.origin {
+                &mut self.idle_origins
+            } else {
+                &mut self.idle_agents
+            };
+            queue.push_back(candidate.id.clone());
+            self.known.insert(
+                candidate.id,
+                Known {
+                    origin: candidate.origin,
+                    phase: Phase::Idle,
+                },
+            );
+        }
+    }
+
+    /// The next idle agent (or origin) to connect to, now marked as connecting.
+    pub(super) fn next(&mut self, origin: bool) -> Option<PeerId> {
+        let queue = if origin {
+            &mut self.idle_origins
+        } else {
+            &mut self.idle_agents
+        };
+        while let Some(id) = queue.pop_front() {
+            if let Some(known) = self.known.get_mut(&id)
+                && known.phase == Phase::Idle
+            {
+                known.phase = Phase::Connecting;
+                if origin {
+                    self.connecting_origins += 1;
+                } else {
+                    self.connecting_agents += 1;
+                }
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Whether an agent (or origin) is waiting to be connected to.
+    pub(super) fn has_idle(&mut self, origin: bool) -> bool {
+        let queue = if origin {
+            &mut self.idle_origins
+        } else {
+            &mut self.idle_agents
+        };
+        while let Some(id) = queue.front() {
+            if self
+                .known
+                .get(id)
+                .is_some_and(|known| known.phase == Phase::Idle)
+            {
+                return true;
+            }
+            queue.pop_front();
+        }
+        false
+    }
+
+    /// A connection we asked for is up; returns whether the peer is an origin, or None when we
+    /// did not ask to connect to it.
+    pub(super) fn connected(&mut self, id: &PeerId) -> Option<bool> {
+        let known = self.known.get_mut(id)?;
+        if known.phase != Phase::Connecting {
+            return None;
+        }
+        known.phase = Phase::Connected;
+        let origin = known.origin;
+        self.uncount_connecting(origin);
+        Some(origin)
+    }
+
+    /// Drops a peer from the candidates; a later tracker answer may bring it back.
+    pub(super) fn forget(&mut self, id: &PeerId) {
+        if let Some(known) = self.known.remove(id)
+            && known.phase == Phase::Connecting
+        {
+            self.uncount_connecting(known.origin);
+        }
+    }
+
+    fn uncount_connecting(&mut self, origin: bool) {
+        if origin {
+            self.connecting_origins -= 1;
+        } else {
+            self.connecting_agents -= 1;
+        }
+    }
+
+    pub(super) fn connecting(&self) -> usize {
+        self.connecting_agents + self.connecting_origins
+    }
+
+    pub(super) fn connecting_agents(&self) -> usize {
+        self.connecting_agents
+    }
+
+    pub(super) fn connecting_origins(&self) -> usize {
+        self.connecting_origins
+    }
+
+    pub(super) fn blacklist(&mut self, id: PeerId, until_ms: u64) {
+        self.forget(&id);
+        self.blacklist.insert(id, until_ms);
+    }
+
+    pub(super) fn is_blacklisted(&self, id: &PeerId, now_ms: u64) -> bool {
+        self.blacklist.get(id).is_some_and(|&until| now_ms < until)
+    }
+
+    pub(super) fn expire_blacklist(&mut self, now_ms: u64) {
+        self.blacklist.retain(|_, &mut until| now_ms < until);
+    }
+}

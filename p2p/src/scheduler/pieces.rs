@@ -1,0 +1,210 @@
+//! Piece bookkeeping for one download: which pieces we have, how many connected peers hold each
+//! missing piece (its rarity), which pieces are in flight at which peers, and the rarest-first
+//! pick order with a seeded random tie-break.
+//!
+//! Costs: availability changes and requests are O(log pieces) (one ordered-set update); a pick
+//! scans the ordered set of unrequested pieces only until it finds pieces the peer holds, or walks
+//! the peer's bitfield when that is cheaper, so no event costs O(pieces × peers).
+
+use std::collections::{BTreeSet, HashMap};
+
+use rand::{Rng, RngExt};
+use shoal_core::Bitfield;
+
+use super::peers::{Peer, Slot};
+
+/// Order of unrequested pieces: fewest agent holders first, then a per-download random rank so
+/// agents that see the same rarities still spread their requests over different pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    avail: u32,
+    rank: u32,
+    piece: u32,
+}
+
+pub(super) struct Pieces {
+    have: Bitfield,
+    /// Connected agents (not origins) holding each piece and not avoided for it.
+    avail: Vec<u32>,
+    /// Random rank per piece: the tie-break among equally rare pieces.
+    rank: Vec<u32>,
+    /// Missing pieces not requested from anyone, in pick order.
+    pickable: BTreeSet<Key>,
+    /// Missing pieces requested from at least one peer, and from which.
+    inflight: HashMap<u32, Vec<Slot>>,
+    /// Missing pieces that no connected agent holds (only an origin can serve them now).
+    agentless: u32,
+}
+
+impl Pieces {
+    pub(super) fn new(have: Bitfield, rng: &mut impl Rng) -> Pieces {
+        let len = have.len();
+        let rank: Vec<u32> = (0..len).map(|_| rng.random()).collect();
+        let pickable = have
+            .zeros()
+            .map(|piece| Key {
+                avail: 0,
+                rank: rank[piece as usize],
+                piece,
+            })
+            .collect();
+        Pieces {
+            agentless: len - have.count(),
+            have,
+            avail: vec![0; len as usize],
+            rank,
+            pickable,
+            inflight: HashMap::new(),
+        }
+    }
+
+    pub(super) fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub(super) fn contains(&self, piece: u32) -> bool {
+        piece < self.have.len()
+    }
+
+    pub(super) fn is_missing(&self, piece: u32) -> bool {
+        self.contains(piece) && !self.have.get(piece)
+    }
+
+    /// Pieces not yet done.
+    pub(super) fn missing(&self) -> u32 {
+        self.have.len() - self.have.count()
+    }
+
+    pub(super) fn agentless(&self) -> u32 {
+        self.agentless
+    }
+
+    fn key(&self, piece: u32) -> Key {
+        Key {
+            avail: self.avail[piece as usize],
+            rank: self.rank[piece as usize],
+            piece,
+        }
+    }
+
+    /// An agent now holds `piece` (connected with it, announced it, or is trusted with it again).
+    pub(super) fn add_agent_holder(&mut self, piece: u32) {
+        self.change_avail(piece, |avail| avail + 1);
+    }
+
+    /// An agent no longer counts as holding `piece` (disconnected, or avoided for it).
+    pub(super) fn remove_agent_holder(&mut self, piece: u32) {
+        self.change_avail(piece, |avail| avail.saturating_sub(1));
+    }
+
+    fn change_avail(&mut self, piece: u32, change: impl Fn(u32) -> u32) {
+        let old = self.key(piece);
+        let new = change(old.avail);
+        self.avail[piece as usize] = new;
+        if self.have.get(piece) {
+            return;
+        }
+        match (old.avail, new) {
+            (0, 1..) => self.agentless -= 1,
+            (1.., 0) => self.agentless += 1,
+            _ => {}
+        }
+        if self.pickable.remove(&old) {
+            self.pickable.insert(Key { avail: new, ..old });
+        }
+    }
+
+    /// `piece` was requested from the peer in `slot`.
+    pub(super) fn request(&mut self, piece: u32, slot: Slot) {
+        let key = self.key(piece);
+        self.pickable.remove(&key);
+        self.inflight.entry(piece).or_default().push(slot);
+    }
+
+    /// The request for `piece` at `slot` ended without the piece; when no other peer is fetching
+    /// it, it becomes pickable again.
+    pub(super) fn unrequest(&mut self, piece: u32, slot: Slot) {
+        let Some(slots) = self.inflight.get_mut(&piece) else {
+            return;
+        };
+        slots.retain(|&s| s != slot);
+        if slots.is_empty() {
+            self.inflight.remove(&piece);
+            if !self.have.get(piece) {
+                let key = self.key(piece);
+                self.pickable.insert(key);
+            }
+        }
+    }
+
+    /// Marks `piece` done; returns the slots that still have a request for it in flight (endgame
+    /// duplicates to cancel, including the deliverer's own entry).
+    pub(super) fn complete(&mut self, piece: u32) -> Vec<Slot> {
+        if !self.have.set(piece) {
+            return Vec::new();
+        }
+        let key = self.key(piece);
+        self.pickable.remove(&key);
+        if key.avail == 0 {
+            self.agentless -= 1;
+        }
+        self.inflight.remove(&piece).unwrap_or_default()
+    }
+
+    /// Up to `want` unrequested pieces that `peer` holds, rarest first. With `agentless_only`
+    /// (an origin while agents can serve), only pieces no connected agent holds.
+    pub(super) fn pick(&self, peer: &Peer, want: usize, agentless_only: bool) -> Vec<u32> {
+        if want == 0 || peer.useful == 0 {
+            return Vec::new();
+        }
+        // A peer holding few pieces is cheaper to walk than the ordered set, which might have to
+        // be scanned to its end before finding the few pieces it holds.
+        if (peer.bitfield.count() as usize) < self.pickable.len() / 8 {
+            let mut keys: Vec<Key> = peer
+                .bitfield
+                .ones()
+                .filter(|&piece| peer.holds(piece) && !self.have.get(piece))
+                .filter(|&piece| !self.inflight.contains_key(&piece))
+                .map(|piece| self.key(piece))
+                .filter(|key| !agentless_only || key.avail == 0)
+                .collect();
+            keys.sort_unstable();
+            return keys.into_iter().take(want).map(|key| key.piece).collect();
+        }
+        self.pickable
+            .iter()
+            .take_while(|key| !agentless_only || key.avail == 0)
+            .filter(|key| peer.holds(key.piece))
+            .take(want)
+            .map(|key| key.piece)
+            .collect()
+    }
+
+    /// Endgame: up to `want` pieces already in flight at other peers that `peer` holds and is
+    /// not fetching itself, least-duplicated first. Only called when few pieces are missing, so
+    /// the in-flight map is small.
+    pub(super) fn pick_duplicates(
+        &self,
+        peer: &Peer,
+        slot: Slot,
+        want: usize,
+        agentless_only: bool,
+    ) -> Vec<u32> {
+        if want == 0 {
+            return Vec::new();
+        }
+        let mut candidates: Vec<(usize, u32, u32)> = self
+            .inflight
+            .iter()
+            .filter(|(piece, slots)| peer.holds(**piece) && !slots.contains(&slot))
+            .filter(|(piece, _)| !agentless_only || self.avail[**piece as usize] == 0)
+            .map(|(&piece, slots)| (slots.len(), self.rank[piece as usize], piece))
+            .collect();
+        candidates.sort_unstable();
+        candidates
+            .into_iter()
+            .take(want)
+            .map(|(_, _, piece)| piece)
+            .collect()
+    }
+}

@@ -1,0 +1,596 @@
+//! Scheduler tests driven through the [`Sim`] harness (which checks the policy's invariants on
+//! every action) or, where exact action lists matter, through `handle` directly.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::sim::{Behaviour, Sim, bits, id};
+use super::*;
+
+fn config() -> SchedulerConfig {
+    SchedulerConfig::default()
+}
+
+#[test]
+fn completes_from_agents_holding_different_parts() {
+    let mut sim = Sim::new(40, Bitfield::new(40), config(), 1);
+    sim.peer("a", bits(40, 0..20), false, Behaviour::Honest);
+    sim.peer("b", bits(40, 15..35), false, Behaviour::Honest);
+    sim.peer("c", bits(40, 30..40), false, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(10_000), "stalled at {:?}", sim.scheduler.have());
+    assert!(sim.scheduler.have().is_complete());
+    let requested: BTreeSet<u32> = sim.requests().map(|(_, piece)| piece).collect();
+    assert_eq!(requested, (0..40).collect());
+    let last = sim.log.last().map(|(_, action)| action.clone());
+    assert!(matches!(last, Some(Action::Disconnect { .. })), "{last:?}");
+}
+
+#[test]
+fn pieces_on_disk_are_never_requested() {
+    let have = bits(20, (0..20).filter(|piece| piece % 3 == 0));
+    let mut sim = Sim::new(20, have.clone(), config(), 2);
+    sim.peer("a", Bitfield::full(20), false, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(1_000));
+    let requested: BTreeSet<u32> = sim.requests_to("a").into_iter().collect();
+    assert_eq!(requested, have.zeros().collect());
+}
+
+#[test]
+fn a_complete_download_completes_on_its_first_event() {
+    let mut scheduler = Scheduler::new(3, Bitfield::full(3), config(), 3);
+    assert_eq!(scheduler.handle(0, Event::Tick), vec![Action::Complete]);
+    assert_eq!(scheduler.handle(1, Event::Tick), vec![]);
+    let empty = Scheduler::new(0, Bitfield::new(0), config(), 3).handle(0, Event::Tick);
+    assert_eq!(empty, vec![Action::Complete]);
+}
+
+#[test]
+fn the_rarest_piece_is_requested_first() {
+    let config = SchedulerConfig {
+        pipeline: 1,
+        ..config()
+    };
+    let mut sim = Sim::new(10, Bitfield::new(10), config, 4);
+    // Piece 7 is held by `a` only; every other piece by both.
+    sim.peer("a", Bitfield::full(10), false, Behaviour::Honest);
+    sim.peer(
+        "b",
+        bits(10, (0..10).filter(|&p| p != 7)),
+        false,
+        Behaviour::Honest,
+    );
+    sim.send(Event::Discovered(vec![PeerCandidate {
+        id: id("b"),
+        origin: false,
+    }]));
+    sim.step();
+    sim.send(Event::Discovered(vec![PeerCandidate {
+        id: id("a"),
+        origin: false,
+    }]));
+    sim.step();
+    assert_eq!(sim.requests_to("a"), vec![7]);
+}
+
+#[test]
+fn ties_are_broken_by_the_seed() {
+    let first_request = |seed| {
+        let mut sim = Sim::new(64, Bitfield::new(64), config(), seed);
+        sim.peer("a", Bitfield::full(64), false, Behaviour::Honest);
+        sim.discover();
+        sim.step();
+        sim.requests_to("a")
+    };
+    assert_eq!(first_request(7), first_request(7));
+    let distinct: BTreeSet<Vec<u32>> = (0..10).map(first_request).collect();
+    assert!(distinct.len() > 1, "every seed picked the same pieces");
+}
+
+#[test]
+fn pipeline_limits_requests_per_peer() {
+    let mut sim = Sim::new(30, Bitfield::new(30), config(), 5);
+    sim.peer("a", Bitfield::full(30), false, Behaviour::Silent);
+    sim.discover();
+    sim.step();
+    assert_eq!(sim.requests_to("a").len(), 4);
+}
+
+#[test]
+fn endgame_duplicates_requests_then_cancels_the_losers() {
+    let config = SchedulerConfig {
+        pipeline: 2,
+        ..config()
+    };
+    let mut sim = Sim::new(12, Bitfield::new(12), config, 6);
+    sim.peer("fast", Bitfield::full(12), false, Behaviour::Honest);
+    sim.peer("stuck", Bitfield::full(12), false, Behaviour::Silent);
+    sim.discover();
+    // No Tick happens before completion: the stuck peer's pieces come from endgame duplicates.
+    while sim.completes == 0 {
+        assert!(
+            sim.events.len() + sim.pending.len() > 0 && sim.now < 1_000,
+            "stalled"
+        );
+        sim.step();
+    }
+    let stuck = sim.requests_to("stuck");
+    assert_eq!(stuck.len(), 2, "stuck got its pipeline's worth");
+    let fast = sim.requests_to("fast");
+    for piece in &stuck {
+        assert!(fast.contains(piece), "piece {piece} was never duplicated");
+    }
+    let cancels: Vec<u32> = sim
+        .log
+        .iter()
+        .filter_map(|(_, action)| match action {
+            Action::Cancel { peer, piece } if peer.as_str() == "stuck" => Some(*piece),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancels.len(), 2, "{:?}", sim.log);
+}
+
+#[test]
+fn a_corrupt_peer_is_blacklisted_until_expiry_and_the_download_completes() {
+    let mut sim = Sim::new(30, Bitfield::new(30), config(), 8);
+    sim.peer("good", Bitfield::full(30), false, Behaviour::Honest);
+    sim.peer("evil", Bitfield::full(30), false, Behaviour::Corrupt);
+    sim.discover();
+    assert!(sim.run(1_000));
+    let blacklists: Vec<(u64, PeerId, u64)> = sim
+        .log
+        .iter()
+        .filter_map(|(now, action)| match action {
+            Action::Blacklist { peer, until_ms } => Some((*now, peer.clone(), *until_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(blacklists.len(), 1, "{blacklists:?}");
+    let (at, peer, until) = blacklists[0].clone();
+    assert_eq!(peer, id("evil"));
+    assert_eq!(until, at + 60_000);
+    // The harness already checked that nothing went to `evil` after the blacklist; every piece
+    // it was asked for before came from `good` in the end.
+    assert!(sim.scheduler.have().is_complete());
+    assert!(sim.scheduler.is_blacklisted(&peer, until - 1));
+    assert!(!sim.scheduler.is_blacklisted(&peer, until));
+}
+
+#[test]
+fn a_blacklisted_peer_is_reconnected_only_after_expiry() {
+    let mut scheduler = Scheduler::new(100, Bitfield::new(100), config(), 9);
+    let evil = PeerCandidate {
+        id: id("evil"),
+        origin: false,
+    };
+    scheduler.handle(0, Event::Discovered(vec![evil.clone()]));
+    scheduler.handle(
+        1,
+        Event::Connected {
+            peer: evil.id.clone(),
+            bitfield: Bitfield::full(100),
+        },
+    );
+    let actions = scheduler.handle(
+        2,
+        Event::PieceCorrupt {
+            peer: evil.id.clone(),
+            piece: 0,
+        },
+    );
+    assert_eq!(
+        actions,
+        vec![Action::Blacklist {
+            peer: evil.id.clone(),
+            until_ms: 60_002
+        }]
+    );
+    assert!(scheduler.is_blacklisted(&evil.id, 60_001));
+    assert_eq!(
+        scheduler.handle(30_000, Event::Discovered(vec![evil.clone()])),
+        vec![]
+    );
+    assert_eq!(scheduler.handle(60_002, Event::Tick), vec![]);
+    assert!(!scheduler.is_blacklisted(&evil.id, 60_002));
+    assert_eq!(
+        scheduler.handle(60_003, Event::Discovered(vec![evil.clone()])),
+        vec![Action::Connect { peer: evil.id }]
+    );
+}
+
+#[test]
+fn a_timed_out_request_is_cancelled_and_reissued_to_another_peer() {
+    let config = SchedulerConfig {
+        pipeline: 1,
+        endgame_pieces: 0,
+        ..config()
+    };
+    let mut scheduler = Scheduler::new(3, Bitfield::new(3), config, 10);
+    let (slow, fast) = (id("slow"), id("fast"));
+    scheduler.handle(
+        0,
+        Event::Discovered(vec![PeerCandidate {
+            id: slow.clone(),
+            origin: false,
+        }]),
+    );
+    let first = scheduler.handle(
+        1,
+        Event::Connected {
+            peer: slow.clone(),
+            bitfield: Bitfield::full(3),
+        },
+    );
+    let [Action::Request { piece: stuck, .. }] = first[..] else {
+        panic!("{first:?}");
+    };
+    scheduler.handle(
+        2,
+        Event::Discovered(vec![PeerCandidate {
+            id: fast.clone(),
+            origin: false,
+        }]),
+    );
+    let second = scheduler.handle(
+        3,
+        Event::Connected {
+            peer: fast.clone(),
+            bitfield: Bitfield::full(3),
+        },
+    );
+    let [Action::Request { piece: other, .. }] = second[..] else {
+        panic!("{second:?}");
+    };
+    // Before the timeout nothing happens; at it the request is cancelled, `slow`'s free slot
+    // takes the last unrequested piece, and `slow` is not asked for the timed-out piece again
+    // while `fast` can serve it.
+    assert_eq!(scheduler.handle(15_000, Event::Tick), vec![]);
+    let last = (0..3)
+        .find(|p| *p != stuck && *p != other)
+        .expect("3 pieces");
+    assert_eq!(
+        scheduler.handle(15_001, Event::Tick),
+        vec![
+            Action::Cancel {
+                peer: slow.clone(),
+                piece: stuck
+            },
+            Action::Request {
+                peer: slow.clone(),
+                piece: last
+            },
+        ]
+    );
+    assert_eq!(
+        scheduler.handle(
+            15_002,
+            Event::PieceDone {
+                peer: fast.clone(),
+                piece: other,
+            },
+        ),
+        vec![Action::Request {
+            peer: fast,
+            piece: stuck
+        }]
+    );
+}
+
+#[test]
+fn useless_peers_are_swapped_for_waiting_ones() {
+    let config = SchedulerConfig {
+        max_peers: 2,
+        ..config()
+    };
+    let mut sim = Sim::new(10, Bitfield::new(10), config, 18);
+    sim.peer("empty-1", Bitfield::new(10), false, Behaviour::Honest);
+    sim.peer("empty-2", Bitfield::new(10), false, Behaviour::Honest);
+    sim.peer("empty-3", Bitfield::new(10), false, Behaviour::Honest);
+    sim.discover();
+    sim.step();
+    sim.step();
+    sim.peer("seeder", Bitfield::full(10), false, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(1_000), "stalled behind useless peers");
+}
+
+#[test]
+fn consecutive_failures_drop_the_peer() {
+    let mut sim = Sim::new(20, Bitfield::new(20), config(), 11);
+    sim.peer("broken", Bitfield::full(20), false, Behaviour::Silent);
+    sim.peer("good", Bitfield::full(20), false, Behaviour::Honest);
+    sim.discover();
+    sim.step();
+    sim.step();
+    for (peer, piece) in sim.pending.clone() {
+        if peer.as_str() == "broken" {
+            sim.send(Event::PieceFailed { peer, piece });
+        }
+    }
+    let drops: Vec<&Action> = sim
+        .log
+        .iter()
+        .map(|(_, action)| action)
+        .filter(|action| matches!(action, Action::Disconnect { peer } if peer.as_str() == "broken"))
+        .collect();
+    assert_eq!(drops.len(), 1, "{:?}", sim.log);
+    assert!(sim.pending.iter().all(|(peer, _)| peer.as_str() == "good"));
+    assert!(sim.run(1_000));
+}
+
+#[test]
+fn a_disconnected_peers_requests_are_reissued() {
+    let mut sim = Sim::new(20, Bitfield::new(20), config(), 12);
+    sim.peer("a", Bitfield::full(20), false, Behaviour::Honest);
+    sim.peer("b", Bitfield::full(20), false, Behaviour::Honest);
+    sim.discover();
+    sim.step();
+    sim.step();
+    let lost: Vec<u32> = sim
+        .pending
+        .iter()
+        .filter(|(peer, _)| peer.as_str() == "a")
+        .map(|&(_, piece)| piece)
+        .collect();
+    assert_eq!(lost.len(), 4);
+    sim.remove_peer("a");
+    sim.send(Event::Disconnected { peer: id("a") });
+    assert!(sim.run(1_000));
+    let from_b = sim.requests_to("b");
+    for piece in lost {
+        assert!(
+            from_b.contains(&piece),
+            "lost piece {piece} never re-requested"
+        );
+    }
+}
+
+#[test]
+fn unexpected_connections_are_closed_and_repeats_ignored() {
+    let mut scheduler = Scheduler::new(4, Bitfield::new(4), config(), 19);
+    let (stranger, known) = (id("stranger"), id("known"));
+    let stray = scheduler.handle(
+        0,
+        Event::Connected {
+            peer: stranger.clone(),
+            bitfield: Bitfield::full(4),
+        },
+    );
+    assert_eq!(stray, vec![Action::Disconnect { peer: stranger }]);
+    scheduler.handle(
+        1,
+        Event::Discovered(vec![PeerCandidate {
+            id: known.clone(),
+            origin: false,
+        }]),
+    );
+    let connected = Event::Connected {
+        peer: known.clone(),
+        bitfield: Bitfield::full(4),
+    };
+    assert_eq!(scheduler.handle(2, connected.clone()).len(), 4);
+    assert_eq!(scheduler.handle(3, connected), vec![]);
+    let mut fresh = Scheduler::new(4, Bitfield::new(4), config(), 19);
+    fresh.handle(
+        0,
+        Event::Discovered(vec![PeerCandidate {
+            id: known.clone(),
+            origin: false,
+        }]),
+    );
+    let wrong_length = fresh.handle(
+        1,
+        Event::Connected {
+            peer: known.clone(),
+            bitfield: Bitfield::full(5),
+        },
+    );
+    assert_eq!(wrong_length, vec![Action::Disconnect { peer: known }]);
+}
+
+#[test]
+fn a_have_makes_a_peer_useful() {
+    let mut scheduler = Scheduler::new(8, Bitfield::new(8), config(), 13);
+    let peer = id("a");
+    scheduler.handle(
+        0,
+        Event::Discovered(vec![PeerCandidate {
+            id: peer.clone(),
+            origin: false,
+        }]),
+    );
+    let connected = scheduler.handle(
+        1,
+        Event::Connected {
+            peer: peer.clone(),
+            bitfield: Bitfield::new(8),
+        },
+    );
+    assert!(connected.is_empty(), "{connected:?}");
+    let have = scheduler.handle(
+        2,
+        Event::Have {
+            peer: peer.clone(),
+            piece: 5,
+        },
+    );
+    assert_eq!(have, vec![Action::Request { peer, piece: 5 }]);
+}
+
+#[test]
+fn origins_serve_only_what_no_agent_holds() {
+    let mut sim = Sim::new(10, Bitfield::new(10), config(), 14);
+    sim.peer("a", bits(10, 0..8), false, Behaviour::Honest);
+    sim.peer("b", bits(10, 0..8), false, Behaviour::Honest);
+    sim.peer("origin", Bitfield::full(10), true, Behaviour::Honest);
+    let first = sim.discover();
+    assert!(
+        first
+            .iter()
+            .all(|action| !matches!(action, Action::Connect { peer } if peer.as_str() == "origin")),
+        "origin connected before agents answered: {first:?}"
+    );
+    assert!(sim.run(1_000));
+    let from_origin: BTreeSet<u32> = sim.requests_to("origin").into_iter().collect();
+    assert_eq!(from_origin, BTreeSet::from([8, 9]));
+}
+
+#[test]
+fn origins_stay_unused_when_agents_hold_everything() {
+    let mut sim = Sim::new(10, Bitfield::new(10), config(), 15);
+    sim.peer("a", Bitfield::full(10), false, Behaviour::Honest);
+    sim.peer("b", Bitfield::full(10), false, Behaviour::Honest);
+    sim.peer("origin", Bitfield::full(10), true, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(1_000));
+    assert!(!sim.connects().contains(&id("origin")));
+}
+
+#[test]
+fn an_origin_is_the_fallback_when_agents_are_gone() {
+    let mut sim = Sim::new(10, Bitfield::new(10), config(), 16);
+    sim.peer("origin", Bitfield::full(10), true, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(1_000));
+    assert_eq!(sim.requests_to("origin").len(), 10);
+}
+
+#[test]
+fn connections_stop_at_max_peers() {
+    let mut sim = Sim::new(10, Bitfield::new(10), config(), 17);
+    for i in 0..20 {
+        sim.peer(
+            &format!("agent-{i}"),
+            Bitfield::full(10),
+            false,
+            Behaviour::Silent,
+        );
+    }
+    let connects = sim.discover();
+    assert_eq!(connects.len(), 8);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let run = |seed| {
+        let mut sim = Sim::new(50, Bitfield::new(50), config(), seed);
+        sim.shuffle = true;
+        for (i, behaviour) in [Behaviour::Honest, Behaviour::Flaky, Behaviour::Corrupt]
+            .into_iter()
+            .enumerate()
+        {
+            sim.peer(&format!("p{i}"), Bitfield::full(50), false, behaviour);
+        }
+        sim.discover();
+        assert!(sim.run(10_000));
+        sim.log
+    };
+    assert_eq!(run(21), run(21));
+    assert_ne!(run(21), run(22));
+}
+
+#[test]
+fn config_reads_human_durations_and_rejects_unknown_fields() {
+    let config: SchedulerConfig =
+        serde_json::from_str(r#"{"piece_timeout": "2s", "blacklist": "5m", "pipeline": 8}"#)
+            .expect("valid config");
+    assert_eq!(config.piece_timeout, Duration::from_secs(2));
+    assert_eq!(config.blacklist, Duration::from_secs(300));
+    assert_eq!(config.pipeline, 8);
+    assert_eq!(config.max_peers, 8);
+    assert!(serde_json::from_str::<SchedulerConfig>(r#"{"piece_timeout_ms": 5}"#).is_err());
+    assert_eq!(SchedulerConfig::default().validate(), Ok(()));
+    let zero = SchedulerConfig {
+        pipeline: 0,
+        ..config
+    };
+    assert_eq!(
+        zero.validate(),
+        Err(SchedulerConfigError::Zero { field: "pipeline" })
+    );
+}
+
+/// Piece count, peers (which pieces each holds, which of those it gains only later, behaviour
+/// kind), pieces on disk, seed.
+type SwarmSpec = (u32, Vec<(Vec<bool>, Vec<bool>, u8)>, Vec<bool>, u64);
+
+/// A random swarm whose honest peers together hold every piece, plus misbehaving peers.
+fn swarm() -> impl Strategy<Value = SwarmSpec> {
+    (1u32..60).prop_flat_map(|pieces| {
+        let peer = (
+            proptest::collection::vec(any::<bool>(), pieces as usize),
+            proptest::collection::vec(any::<bool>(), pieces as usize),
+            0u8..8,
+        );
+        (
+            Just(pieces),
+            proptest::collection::vec(peer, 1..7),
+            proptest::collection::vec(any::<bool>(), pieces as usize),
+            any::<u64>(),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn random_swarms_always_complete((pieces, peers, have, seed) in swarm()) {
+        let config = SchedulerConfig { max_peers: 4, ..config() };
+        let have = bits(pieces, (0..pieces).filter(|&p| have[p as usize]));
+        let mut sim = Sim::new(pieces, have, config, seed);
+        sim.shuffle = true;
+        sim.churn = seed % 3 == 0;
+        let mut covered = Bitfield::new(pieces);
+        for (i, (held, late, kind)) in peers.iter().enumerate() {
+            let name = format!("agent-{i}");
+            let field = bits(pieces, (0..pieces).filter(|&p| held[p as usize]));
+            // Kinds 0..=4 are honest agents, so most swarms are mostly healthy.
+            let behaviour = match kind {
+                5 => Behaviour::Corrupt,
+                6 => Behaviour::Silent,
+                7 => Behaviour::Flaky,
+                _ => Behaviour::Honest,
+            };
+            if behaviour == Behaviour::Honest {
+                for piece in field.ones() {
+                    covered.set(piece);
+                }
+            }
+            let now = bits(pieces, field.ones().filter(|&p| !late[p as usize]));
+            sim.peer(&name, now, false, behaviour);
+            sim.gains_later(&name, field.ones().filter(|&p| late[p as usize]));
+        }
+        // The honest peers' union must be complete: pieces nobody honest holds go to one that
+        // exists, or to an origin.
+        let missing: Vec<u32> = covered.zeros().collect();
+        if !missing.is_empty() {
+            if seed % 2 == 0 {
+                sim.peer("origin", Bitfield::full(pieces), true, Behaviour::Honest);
+            } else {
+                sim.peer("extra", bits(pieces, missing), false, Behaviour::Honest);
+            }
+        }
+        sim.discover();
+        prop_assert!(sim.run(50_000), "stalled at {:?} after {} actions", sim.scheduler.have(), sim.log.len());
+        prop_assert!(sim.scheduler.have().is_complete());
+        prop_assert_eq!(sim.completes, 1);
+    }
+}
+
+#[test]
+fn a_large_swarm_download_completes() {
+    let mut sim = Sim::new(4_000, Bitfield::new(4_000), config(), 23);
+    sim.shuffle = true;
+    for i in 0..30 {
+        let held = bits(4_000, (0..4_000).filter(|piece| (piece + i) % 3 != 0));
+        sim.peer(&format!("agent-{i}"), held, false, Behaviour::Honest);
+    }
+    sim.peer("origin", Bitfield::full(4_000), true, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(100_000));
+    assert!(sim.requests_to("origin").is_empty());
+}

@@ -1,0 +1,194 @@
+//! The gRPC `Peer` service: sessions (bitfield, then have/complete notices) and piece requests
+//! answered in rate-limited chunks, over any [`PieceSource`].
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use shoal_core::{Bitfield, Digest, PeerId};
+use shoal_proto::v1::peer_server::{Peer, PeerServer};
+use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::source::{PieceSource, piece_range};
+use crate::{Faults, Limiter, P2pError, P2pMetrics};
+
+/// Events and chunks buffered per stream: enough to keep the sender busy while one is on the
+/// wire, few enough that a slow reader holds only a handful of chunks in memory.
+const STREAM_BUFFER: usize = 4;
+
+/// The gRPC `Peer` service over `source`: egress limited by `limiter` (whose chunk size is the
+/// `PieceChunk` size), served bytes counted in `metrics`, `faults` for tests only.
+pub fn peer_service(
+    source: Arc<dyn PieceSource>,
+    limiter: Limiter,
+    metrics: P2pMetrics,
+    faults: Faults,
+) -> PeerServer<impl Peer> {
+    if faults.corrupt_served_pieces {
+        tracing::warn!("TEST-ONLY fault injection: every piece this peer serves will be corrupted");
+    }
+    PeerServer::new(PeerService {
+        source,
+        limiter,
+        metrics,
+        faults,
+    })
+}
+
+struct PeerService {
+    source: Arc<dyn PieceSource>,
+    limiter: Limiter,
+    metrics: P2pMetrics,
+    faults: Faults,
+}
+
+fn parse_digest(text: &str) -> Result<Digest, Status> {
+    Digest::parse(text).map_err(|e| Status::invalid_argument(format!("digest {text:?}: {e}")))
+}
+
+fn parse_peer(text: &str) -> Result<PeerId, Status> {
+    PeerId::parse(text).map_err(|e| Status::invalid_argument(format!("peer_id {text:?}: {e}")))
+}
+
+fn event(event: session_event::Event) -> Result<SessionEvent, Status> {
+    Ok(SessionEvent { event: Some(event) })
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type SessionStream = ReceiverStream<Result<SessionEvent, Status>>;
+    type GetPieceStream = ReceiverStream<Result<PieceChunk, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let request = request.into_inner();
+        let digest = parse_digest(&request.digest)?;
+        let caller = parse_peer(&request.peer_id)?;
+        let (_, have) = self
+            .source
+            .lookup(&digest)
+            .await
+            .ok_or(P2pError::NotFound { digest })?;
+        tracing::debug!(%digest, %caller, addr = %request.addr, "session opened");
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(notify(have, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_piece(
+        &self,
+        request: Request<PieceRequest>,
+    ) -> Result<Response<Self::GetPieceStream>, Status> {
+        let request = request.into_inner();
+        let digest = parse_digest(&request.digest)?;
+        let index = request.index;
+        let (metainfo, have) = self
+            .source
+            .lookup(&digest)
+            .await
+            .ok_or(P2pError::NotFound { digest })?;
+        piece_range(&metainfo, index)?;
+        if !have.borrow().get(index) {
+            return Err(Status::not_found(format!(
+                "piece {index} of {digest} is not held here"
+            )));
+        }
+        let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(send_piece(
+            bytes,
+            tx,
+            self.limiter.clone(),
+            self.metrics.clone(),
+            self.faults,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Sends the bitfield, then a `have` for each newly verified piece, then `complete`. Ends after
+/// `complete`, when the caller goes away, or when the source stops updating (blob dropped).
+async fn notify(
+    mut have: watch::Receiver<Bitfield>,
+    tx: mpsc::Sender<Result<SessionEvent, Status>>,
+) {
+    let mut sent = have.borrow_and_update().clone();
+    let first = session_event::Event::Bitfield(shoal_proto::v1::Bitfield {
+        // Callers know whom they dialled (the tracker's PeerInfo); the service has no identity.
+        peer_id: String::new(),
+        piece_count: sent.len(),
+        bits: sent.as_bytes().to_vec(),
+    });
+    if tx.send(event(first)).await.is_err() {
+        return;
+    }
+    loop {
+        if sent.is_complete() {
+            let _ = tx.send(event(session_event::Event::Complete(true))).await;
+            return;
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            changed = have.changed() => if changed.is_err() { return },
+        }
+        let now = have.borrow_and_update().clone();
+        for piece in now.ones().filter(|&p| !sent.get(p)) {
+            if tx
+                .send(event(session_event::Event::Have(piece)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        sent = now;
+    }
+}
+
+/// Streams one piece in chunks of at most the limiter's chunk size, paying egress per chunk.
+async fn send_piece(
+    mut bytes: shoal_storage::ByteStream,
+    tx: mpsc::Sender<Result<PieceChunk, Status>>,
+    limiter: Limiter,
+    metrics: P2pMetrics,
+    faults: Faults,
+) {
+    let chunk_size = limiter.chunk_size();
+    let mut offset = 0u64;
+    while let Some(read) = bytes.next().await {
+        let mut data = match read {
+            Ok(data) => data,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("reading the piece: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(chunk_size));
+            limiter.acquire(chunk.len()).await;
+            let len = chunk.len() as u64;
+            let mut data = chunk.to_vec();
+            if faults.corrupt_served_pieces {
+                corrupt(&mut data);
+            }
+            if tx.send(Ok(PieceChunk { offset, data })).await.is_err() {
+                return;
+            }
+            metrics.bytes_served.inc_by(len);
+            offset += len;
+        }
+    }
+}
+
+/// TEST-ONLY (`Faults::corrupt_served_pieces`): flips every bit of the chunk's first byte.
+fn corrupt(chunk: &mut [u8]) {
+    if let Some(first) = chunk.first_mut() {
+        *first ^= 0xff;
+    }
+}

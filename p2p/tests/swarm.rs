@@ -1,0 +1,627 @@
+//! End-to-end tests of the engine over real sockets on 127.0.0.1: a tracker test double (the
+//! `Tracker` gRPC service with a fixed peer list and metainfo), seeders serving a store through
+//! `peer_service`, and engines downloading from them and from each other.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use bytesize::ByteSize;
+use futures::TryStreamExt;
+use prometheus_client::registry::Registry;
+use shoal_core::{Digest, Metainfo, MetainfoBuilder, PeerId};
+use shoal_p2p::{
+    Engine, Faults, Identity, Limiter, P2pConfig, P2pError, P2pMetrics, PieceSource, StoreSource,
+    peer_service,
+};
+use shoal_proto::v1::peer_client::PeerClient;
+use shoal_proto::v1::tracker_server::{Tracker, TrackerServer};
+use shoal_proto::v1::{
+    AnnounceRequest, AnnounceResponse, MetainfoRequest, MetainfoResponse, PeerInfo, PieceRequest,
+    SessionRequest,
+};
+use shoal_storage::{BlobStore, ByteStream};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::{Request, Response, Status};
+
+const MIB: usize = 1024 * 1024;
+
+fn blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add((i / 4093) as u8) ^ seed)
+        .collect()
+}
+
+fn metainfo_of(data: &[u8]) -> Metainfo {
+    let mut builder = MetainfoBuilder::new(data.len() as u64);
+    builder.update(data);
+    builder.finish().expect("metainfo")
+}
+
+async fn collect(stream: ByteStream) -> Result<Vec<u8>> {
+    let chunks: Vec<Bytes> = stream.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+/// A tracker test double: hands every caller the fixed peer list (minus the caller) and serves
+/// the metainfo it was given.
+struct FixedTracker {
+    peers: Vec<PeerInfo>,
+    metainfo: HashMap<String, Metainfo>,
+}
+
+#[tonic::async_trait]
+impl Tracker for FixedTracker {
+    async fn announce(
+        &self,
+        request: Request<AnnounceRequest>,
+    ) -> Result<Response<AnnounceResponse>, Status> {
+        let caller = request.into_inner().peer.unwrap_or_default().peer_id;
+        let peers = self
+            .peers
+            .iter()
+            .filter(|p| p.peer_id != caller)
+            .cloned()
+            .collect();
+        Ok(Response::new(AnnounceResponse {
+            peers,
+            interval_ms: 200,
+        }))
+    }
+
+    async fn get_metainfo(
+        &self,
+        request: Request<MetainfoRequest>,
+    ) -> Result<Response<MetainfoResponse>, Status> {
+        let digest = request.into_inner().digest;
+        let metainfo = self
+            .metainfo
+            .get(&digest)
+            .ok_or_else(|| Status::not_found(format!("no metainfo for {digest}")))?;
+        Ok(Response::new(MetainfoResponse {
+            digest,
+            length: metainfo.length(),
+            piece_length: metainfo.piece_length(),
+            piece_hashes: (0..metainfo.piece_count())
+                .filter_map(|i| metainfo.piece_hash(i))
+                .map(|h| h.as_bytes().to_vec())
+                .collect(),
+        }))
+    }
+}
+
+/// One test's sockets and temp dirs; everything stops when it is dropped.
+struct Swarm {
+    shutdown: CancellationToken,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A peer of the test swarm.
+struct Node {
+    identity: Identity,
+    store: Arc<BlobStore>,
+    metrics: P2pMetrics,
+}
+
+impl Node {
+    fn info(&self, complete: bool) -> PeerInfo {
+        PeerInfo {
+            peer_id: self.identity.peer_id.to_string(),
+            addr: self.identity.addr.clone(),
+            origin: self.identity.origin,
+            complete,
+        }
+    }
+}
+
+impl Swarm {
+    fn new() -> Swarm {
+        Swarm {
+            shutdown: CancellationToken::new(),
+            dirs: Vec::new(),
+        }
+    }
+
+    async fn store(&mut self) -> Result<(std::path::PathBuf, Arc<BlobStore>)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_path_buf();
+        self.dirs.push(dir);
+        Ok((path.clone(), Arc::new(BlobStore::open(path).await?)))
+    }
+
+    /// Serves `router` on a fresh 127.0.0.1 port until the swarm is dropped.
+    async fn serve(&self, router: Router) -> Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(serve_on(router, listener, self.shutdown.clone()));
+        Ok(addr)
+    }
+
+    async fn tracker(&self, peers: Vec<PeerInfo>, blobs: &[&Metainfo]) -> Result<String> {
+        let metainfo = blobs
+            .iter()
+            .map(|m| (m.digest().to_string(), (*m).clone()))
+            .collect();
+        let addr = self
+            .serve(
+                Server::builder().add_service(TrackerServer::new(FixedTracker { peers, metainfo })),
+            )
+            .await?;
+        Ok(addr.to_string())
+    }
+
+    /// A seeder serving `blobs` from its own store (like an origin, or an agent that has them).
+    async fn seeder(
+        &mut self,
+        blobs: &[&[u8]],
+        origin: bool,
+        egress: Option<ByteSize>,
+        faults: Faults,
+    ) -> Result<Node> {
+        let (_, store) = self.store().await?;
+        for data in blobs {
+            store
+                .put(
+                    &Digest::of(data),
+                    Box::pin(futures::stream::iter([Ok(Bytes::copy_from_slice(data))])),
+                )
+                .await?;
+        }
+        let metrics = P2pMetrics::new(&mut Registry::default());
+        let limiter = Limiter::new(egress, P2pConfig::default().chunk_size);
+        let source: Arc<dyn PieceSource> = Arc::new(StoreSource(store.clone()));
+        let addr = self
+            .serve(Server::builder().add_service(peer_service(
+                source,
+                limiter,
+                metrics.clone(),
+                faults,
+            )))
+            .await?;
+        Ok(Node {
+            identity: Identity::random(addr.to_string(), origin),
+            store,
+            metrics,
+        })
+    }
+
+    /// Binds the listener an engine's peer service will use (its address goes into the tracker's
+    /// peer list before the engine exists).
+    async fn reserve(&self) -> Result<(TcpListener, Identity)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let identity = Identity::random(listener.local_addr()?.to_string(), false);
+        Ok((listener, identity))
+    }
+
+    /// An engine on its own store (or the store at `root`), serving its peer service on
+    /// `listener`.
+    async fn engine(
+        &mut self,
+        listener: TcpListener,
+        identity: Identity,
+        tracker: &str,
+        root: Option<&std::path::Path>,
+    ) -> Result<(Arc<Engine>, Node)> {
+        let config = P2pConfig {
+            seed_ttl: Duration::from_secs(2),
+            ..P2pConfig::default()
+        };
+        self.engine_with(listener, identity, tracker, root, config)
+            .await
+    }
+
+    /// Like [`Swarm::engine`] with a given config.
+    async fn engine_with(
+        &mut self,
+        listener: TcpListener,
+        identity: Identity,
+        tracker: &str,
+        root: Option<&std::path::Path>,
+        config: P2pConfig,
+    ) -> Result<(Arc<Engine>, Node)> {
+        let store = match root {
+            Some(root) => Arc::new(BlobStore::open(root).await?),
+            None => self.store().await?.1,
+        };
+        let metrics = P2pMetrics::new(&mut Registry::default());
+        let engine = Engine::new(
+            config,
+            identity.clone(),
+            store.clone(),
+            tracker.to_owned(),
+            metrics.clone(),
+            self.shutdown.clone(),
+        );
+        let service = peer_service(
+            engine.source(),
+            Limiter::unlimited(ByteSize::kib(256)),
+            metrics.clone(),
+            Faults::default(),
+        );
+        let router = Server::builder().add_service(service);
+        tokio::spawn(serve_on(router, listener, self.shutdown.clone()));
+        let node = Node {
+            identity,
+            store,
+            metrics,
+        };
+        Ok((engine, node))
+    }
+}
+
+async fn serve_on(router: Router, listener: TcpListener, shutdown: CancellationToken) {
+    let incoming = TcpIncoming::from(listener);
+    if let Err(e) = router
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+    {
+        eprintln!("test server failed: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_downloads_in_order_and_is_then_served_onward() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(20 * MIB, 1);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let seeder = swarm
+        .seeder(&[&data], true, None, Faults::default())
+        .await?;
+    let (listener_a, id_a) = swarm.reserve().await?;
+    let (listener_b, id_b) = swarm.reserve().await?;
+    let peers = vec![
+        seeder.info(true),
+        PeerInfo {
+            peer_id: id_a.peer_id.to_string(),
+            addr: id_a.addr.clone(),
+            origin: false,
+            complete: false,
+        },
+    ];
+    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
+    let (engine_a, node_a) = swarm.engine(listener_a, id_a, &tracker, None).await?;
+
+    // Two concurrent requesters share one download; one reads a range, one the whole blob.
+    let (whole, part) = tokio::join!(engine_a.fetch(&digest, None), engine_a.fetch(&digest, None));
+    let (whole, part) = (whole?, part?);
+    assert_eq!(whole.length(), data.len() as u64);
+    let range = 3 * MIB as u64 + 17..7 * MIB as u64 + 5;
+    let (whole, part) = tokio::join!(
+        collect(whole.stream(0..u64::MAX)),
+        collect(part.stream(range.clone()))
+    );
+    assert!(whole? == data, "whole blob differs");
+    assert!(
+        part? == data[range.start as usize..range.end as usize],
+        "range differs"
+    );
+    let pieces = metainfo.piece_count() as u64;
+    assert_eq!(
+        node_a.metrics.pieces_received(),
+        pieces,
+        "one shared download"
+    );
+    assert_eq!(node_a.metrics.bytes_received(true), data.len() as u64);
+    assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
+    let store_a = node_a.store.clone();
+    let len = data.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store_a.stat(&digest).await? != Some(len) {
+        if Instant::now() > deadline {
+            bail!("the download was never committed to the store");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B finds A (an agent) and the origin; the origin is the last resort, so A serves B.
+    let (engine_b, node_b) = swarm.engine(listener_b, id_b, &tracker, None).await?;
+    let blob_b = engine_b.fetch(&digest, None).await?;
+    assert!(collect(blob_b.stream(0..u64::MAX)).await? == data);
+    assert!(
+        node_b.metrics.bytes_received(false) > 0,
+        "nothing came from the agent"
+    );
+    // Endgame may fetch the last few pieces twice, never more.
+    let received = node_b.metrics.bytes_received(false) + node_b.metrics.bytes_received(true);
+    let endgame = (P2pConfig::default().scheduler.endgame_pieces as u64) * metainfo.piece_length();
+    assert!(
+        (len..=len + endgame).contains(&received),
+        "received {received} bytes for a {len}-byte blob"
+    );
+    assert!(node_a.metrics.bytes_served() > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupting_peer_is_caught_by_hash_and_the_download_completes() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(6 * MIB, 2);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let faults = Faults {
+        corrupt_served_pieces: true,
+    };
+    let bad = swarm.seeder(&[&data], false, None, faults).await?;
+    let good = swarm
+        .seeder(&[&data], false, None, Faults::default())
+        .await?;
+    let tracker = swarm
+        .tracker(vec![bad.info(true), good.info(true)], &[&metainfo])
+        .await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
+
+    let fetched = engine.fetch(&digest, None).await?;
+    assert!(collect(fetched.stream(0..u64::MAX)).await? == data);
+    assert!(
+        bad.metrics.bytes_served() > 0,
+        "the corrupt peer was never asked"
+    );
+    assert!(node.metrics.pieces_rejected() > 0);
+    assert_eq!(node.metrics.peers_blacklisted(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_engine_resumes_from_verified_pieces_on_disk() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(4 * MIB, 3);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let seeder = swarm
+        .seeder(&[&data], false, None, Faults::default())
+        .await?;
+    let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    let (root, store) = swarm.store().await?;
+
+    // A previous run verified and wrote every other piece, then went away.
+    let pieces = metainfo.piece_count() as u32;
+    let mut written = 0;
+    {
+        let partial = store.partial(&digest, &metainfo).await?;
+        for piece in (0..pieces).step_by(2) {
+            let range = metainfo.piece_range(piece as usize).context("piece")?;
+            let bytes = Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]);
+            partial.write_piece(piece, bytes).await?;
+            written += range.end - range.start;
+        }
+    }
+    drop(store);
+
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm
+        .engine(listener, identity, &tracker, Some(&root))
+        .await?;
+    let fetched = engine.fetch(&digest, None).await?;
+    assert!(collect(fetched.stream(0..u64::MAX)).await? == data);
+    assert_eq!(node.metrics.resumed_bytes(), written);
+    assert_eq!(
+        node.metrics.bytes_received(false),
+        data.len() as u64 - written,
+        "only the missing pieces were fetched"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_egress_limit_holds_for_a_large_transfer() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(12 * MIB, 4);
+    let metainfo = metainfo_of(&data);
+    let seeder = swarm
+        .seeder(&[&data], false, Some(ByteSize::mib(4)), Faults::default())
+        .await?;
+    let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, _node) = swarm.engine(listener, identity, &tracker, None).await?;
+
+    let start = Instant::now();
+    let fetched = engine.fetch(&metainfo.digest(), None).await?;
+    assert!(collect(fetched.stream(0..u64::MAX)).await? == data);
+    let elapsed = start.elapsed();
+    // 12 MiB at 4 MiB/s is 3 s; allow for the one-chunk burst. A lower bound only.
+    assert!(
+        elapsed >= Duration::from_millis(2500),
+        "took only {elapsed:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_blob_is_not_found_fast() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let tracker = swarm.tracker(Vec::new(), &[]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, _node) = swarm.engine(listener, identity, &tracker, None).await?;
+    let digest = Digest::of(b"nobody has this");
+    let start = Instant::now();
+    let err = engine.fetch(&digest, None).await.expect_err("unknown blob");
+    assert!(matches!(err, P2pError::NotFound { .. }), "{err}");
+    let err = engine
+        .metainfo(&digest, None)
+        .await
+        .expect_err("unknown blob");
+    assert!(matches!(err, P2pError::NotFound { .. }), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_can_serve_fails_after_the_stall_timeout_instead_of_hanging() -> Result<()>
+{
+    let mut swarm = Swarm::new();
+    let data = blob(3 * MIB, 7);
+    let metainfo = metainfo_of(&data);
+    // The tracker knows the blob but hands out a peer that never answers (a closed port).
+    let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let ghost = PeerInfo {
+        peer_id: "ghost".into(),
+        addr: dead.to_string(),
+        origin: true,
+        complete: true,
+    };
+    let tracker = swarm.tracker(vec![ghost], &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let config = P2pConfig {
+        stall_timeout: Duration::from_secs(1),
+        ..P2pConfig::default()
+    };
+    let (engine, _node) = swarm
+        .engine_with(listener, identity, &tracker, None, config)
+        .await?;
+    let blob = engine.fetch(&metainfo.digest(), None).await?;
+    let start = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        collect(blob.stream(0..metainfo.length())),
+    )
+    .await
+    .context("the stream hung past the stall timeout")?;
+    let err = result.expect_err("no peer can serve the blob");
+    assert!(err.to_string().contains("no piece arrived"), "{err:#}");
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_service_refuses_bad_requests_with_grpc_errors() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(MIB, 5);
+    let metainfo = metainfo_of(&data);
+    let seeder = swarm
+        .seeder(&[&data], false, None, Faults::default())
+        .await?;
+    let mut client = PeerClient::connect(format!("http://{}", seeder.identity.addr)).await?;
+    let me = PeerId::parse("tester")?.to_string();
+    let piece = |digest: String, index: u32| PieceRequest {
+        digest,
+        index,
+        peer_id: me.clone(),
+    };
+
+    let unknown = Digest::of(b"unknown").to_string();
+    let status = client
+        .get_piece(piece(unknown.clone(), 0))
+        .await
+        .expect_err("unknown blob");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let known = metainfo.digest().to_string();
+    let status = client
+        .get_piece(piece(known.clone(), 4))
+        .await
+        .expect_err("out of range");
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
+    let status = client
+        .get_piece(piece("sha256:zz".into(), 0))
+        .await
+        .expect_err("bad digest");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // The same connection still serves good requests.
+    let mut chunks = client
+        .get_piece(piece(known.clone(), 3))
+        .await?
+        .into_inner();
+    let mut received = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        assert_eq!(chunk.offset, received.len() as u64);
+        received.extend_from_slice(&chunk.data);
+    }
+    assert!(received == data[3 * 256 * 1024..]);
+
+    let garbage = SessionRequest {
+        digest: "not a digest".into(),
+        peer_id: me.clone(),
+        addr: String::new(),
+    };
+    let status = client
+        .session(garbage)
+        .await
+        .expect_err("garbage handshake");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let no_peer = SessionRequest {
+        digest: known.clone(),
+        peer_id: "bad peer id!".into(),
+        addr: String::new(),
+    };
+    let status = client.session(no_peer).await.expect_err("bad peer id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let session = SessionRequest {
+        digest: known,
+        peer_id: me,
+        addr: String::new(),
+    };
+    let mut events = client.session(session).await?.into_inner();
+    let first = events.message().await?.context("bitfield")?;
+    let Some(shoal_proto::v1::session_event::Event::Bitfield(bits)) = first.event else {
+        bail!("first event is not a bitfield: {first:?}");
+    };
+    assert_eq!(bits.piece_count, 4);
+    assert_eq!(bits.bits, vec![0xf0]);
+    let second = events.message().await?.context("complete")?;
+    assert_eq!(
+        second.event,
+        Some(shoal_proto::v1::session_event::Event::Complete(true))
+    );
+    assert!(events.message().await?.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pieces_of_a_download_in_progress_are_served_onward() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(8 * MIB, 6);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let len = data.len() as u64;
+    // A slow origin keeps A's download in progress for about two seconds.
+    let seeder = swarm
+        .seeder(&[&data], true, Some(ByteSize::mib(4)), Faults::default())
+        .await?;
+    let (listener_a, id_a) = swarm.reserve().await?;
+    let (listener_b, id_b) = swarm.reserve().await?;
+    let a_info = PeerInfo {
+        peer_id: id_a.peer_id.to_string(),
+        addr: id_a.addr.clone(),
+        origin: false,
+        complete: false,
+    };
+    let tracker_a = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    // B only knows A, so every byte B gets is one A verified first.
+    let tracker_b = swarm.tracker(vec![a_info], &[&metainfo]).await?;
+    let (engine_a, node_a) = swarm.engine(listener_a, id_a, &tracker_a, None).await?;
+    let (engine_b, node_b) = swarm.engine(listener_b, id_b, &tracker_b, None).await?;
+
+    let blob_a = engine_a.fetch(&digest, None).await?;
+    let blob_b = engine_b.fetch(&digest, None).await?;
+    let reading_b = tokio::spawn(collect(blob_b.stream(0..u64::MAX)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_b.metrics.pieces_received() == 0 {
+        if Instant::now() > deadline {
+            bail!("B never received a piece from A");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node_a.store.stat(&digest).await?,
+        None,
+        "A had already finished, so this proves nothing about partial serving"
+    );
+    assert!(collect(blob_a.stream(0..u64::MAX)).await? == data);
+    assert!(reading_b.await?? == data);
+    assert_eq!(node_b.metrics.bytes_received(false), len);
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `shoal-proxy`: the Registry V2 front door. Clients push and pull through it with the
+//! distribution API; blob bytes stream to and from the origin that owns each digest, upload
+//! sessions live on origins, and tags go to the build-index. The proxy keeps no state of its own,
+//! so any number of replicas can run behind one address.
+//!
+//! Resources are one module each (`base`, `blobs`, `uploads`, `manifests`, `tags`, `catalog`),
+//! dispatched by `routes`; `errors` turns every failure into the spec's JSON error body.
+
+mod base;
+mod blobs;
+mod catalog;
+pub mod config;
+mod errors;
+mod manifests;
+mod metrics;
+mod pagination;
+mod query;
+mod routes;
+mod tags;
+mod uploads;
+mod upstream;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use shoal_service::{CancellationToken, MetricsBuilder};
+use tokio::net::TcpListener;
+
+pub use config::ProxyConfig;
+
+use crate::metrics::ProxyMetrics;
+use crate::routes::AppState;
+use crate::upstream::Upstreams;
+
+/// The proxy's pre-bound sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Registry V2 API, `/health` and `/metrics`.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses named in `config`.
+    pub async fn bind(config: &ProxyConfig) -> anyhow::Result<Listeners> {
+        let http = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the registry listener on {}", config.listen))?;
+        Ok(Listeners { http })
+    }
+}
+
+/// Serves the Registry V2 API until `shutdown` is cancelled, then lets in-flight requests (an
+/// upload streaming to an origin, say) finish before returning.
+pub async fn run(
+    config: ProxyConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let http = shoal_service::client::builder()
+        .build()
+        .context("building the HTTP client for origins and build-index")?;
+    let (metrics, registry) = ProxyMetrics::register(MetricsBuilder::new("proxy"));
+    let state = AppState {
+        upstreams: Arc::new(Upstreams::new(http, &config)),
+        metrics,
+    };
+    let app = shoal_service::http::with_common_routes(routes::router(state), registry);
+    tracing::info!(
+        listen = %listeners.http.local_addr()?,
+        origins = ?config.origins,
+        build_index = %config.build_index,
+        "proxy serving"
+    );
+    shoal_service::http::serve(listeners.http, app, shutdown)
+        .await
+        .context("serving the registry API")
+}

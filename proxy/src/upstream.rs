@@ -1,0 +1,289 @@
+//! Which internal node serves a request. Blob operations go to the digest's rendezvous owner among
+//! the origins; an upload session lives on the origin chosen when it was opened, and the handle the
+//! client gets back names that origin, so any proxy replica can route the session's later requests.
+//! Reads fail over: they try the digest's owners in rendezvous order until one has the blob.
+
+use std::fmt;
+use std::future::Future;
+
+use shoal_api::{ApiError, BuildIndexClient, OriginClient};
+use shoal_core::{Digest, Name, rendezvous};
+
+use crate::config::ProxyConfig;
+
+/// Clients for every origin (in config order) and for the build-index.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    addresses: Vec<String>,
+    origins: Vec<OriginClient>,
+    replicas: usize,
+    build_index: BuildIndexClient,
+}
+
+impl Upstreams {
+    /// `config` must have passed [`ProxyConfig::validate`], so the origin list is not empty.
+    pub fn new(http: reqwest::Client, config: &ProxyConfig) -> Self {
+        let origins = config
+            .origins
+            .iter()
+            .map(|address| OriginClient::new(http.clone(), address))
+            .collect();
+        Self {
+            addresses: config.origins.clone(),
+            origins,
+            replicas: config.replicas,
+            build_index: BuildIndexClient::new(http, &config.build_index),
+        }
+    }
+
+    /// The origin that owns `digest`: the first of its rendezvous owners.
+    pub fn blob_origin(&self, digest: &Digest) -> &OriginClient {
+        let position = rendezvous::owners(digest, &self.addresses, 1)
+            .first()
+            .and_then(|owner| self.addresses.iter().position(|a| a == *owner))
+            .unwrap_or(0);
+        &self.origins[position]
+    }
+
+    /// The owners of `digest`, most preferred first.
+    fn owners(&self, digest: &Digest) -> Vec<&OriginClient> {
+        rendezvous::owners(digest, &self.addresses, self.replicas)
+            .into_iter()
+            .filter_map(|owner| self.addresses.iter().position(|a| a == owner))
+            .map(|position| &self.origins[position])
+            .collect()
+    }
+
+    /// Runs `read` on the owners of `digest` in rendezvous order and returns the first blob
+    /// found. An owner that is unreachable or failing, or that lacks the blob (it may have
+    /// joined after the blob was written), passes the read on to the next. `None` when every
+    /// owner that answered lacks it; the last error when none answered.
+    pub async fn read_blob<'a, T, F, Fut>(
+        &'a self,
+        digest: &Digest,
+        mut read: F,
+    ) -> Result<Option<T>, ApiError>
+    where
+        F: FnMut(&'a OriginClient) -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        let mut answered = false;
+        let mut failure = None;
+        for origin in self.owners(digest) {
+            match read(origin).await {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => answered = true,
+                Err(error) if fails_over(&error) => {
+                    tracing::warn!(%digest, origin = origin.base(), %error, "origin read failed; trying the next owner");
+                    failure = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        match failure {
+            Some(error) if !answered => Err(error),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn build_index(&self) -> &BuildIndexClient {
+        &self.build_index
+    }
+
+    /// Opens an upload session on the origin chosen for new sessions.
+    pub async fn start_session(&self, namespace: &Name) -> Result<UploadHandle, ApiError> {
+        let slot = self.session_slot();
+        let id = self.origins[slot].start_upload(Some(namespace)).await?;
+        Ok(UploadHandle { slot, id })
+    }
+
+    /// The origin holding a session and the session's id there; `None` when the handle names an
+    /// origin this proxy does not know.
+    pub fn session<'a>(&'a self, handle: &'a UploadHandle) -> Option<(&'a OriginClient, &'a str)> {
+        let origin = self.origins.get(handle.slot)?;
+        Some((origin, &handle.id))
+    }
+
+    /// Where new sessions open. The blob's digest is unknown until the upload is committed, so
+    /// the owner cannot be picked yet; the first origin takes them and replicates on commit.
+    fn session_slot(&self) -> usize {
+        0
+    }
+}
+
+/// Whether a failed read is worth repeating on another owner: the origin was unreachable, broke
+/// off, or failed on its side. A client error (a bad range) would fail the same everywhere.
+fn fails_over(error: &ApiError) -> bool {
+    match error {
+        ApiError::Transport { .. } | ApiError::Protocol { .. } => true,
+        ApiError::Remote { status, .. } => *status >= 500,
+        ApiError::RangeNotSatisfiable { .. } | ApiError::TooLarge { .. } => false,
+    }
+}
+
+/// The upload id a client sees: `<origin slot>-<origin's upload id>`. It is also a valid Registry
+/// V2 upload path segment, as origin ids are UUIDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadHandle {
+    slot: usize,
+    id: String,
+}
+
+impl UploadHandle {
+    /// `None` for anything the proxy did not hand out.
+    pub fn parse(s: &str) -> Option<UploadHandle> {
+        let (slot, id) = s.split_once('-')?;
+        if slot.is_empty() || !slot.bytes().all(|b| b.is_ascii_digit()) || id.is_empty() {
+            return None;
+        }
+        Some(UploadHandle {
+            slot: slot.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for UploadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.slot, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstreams(origins: &[&str]) -> Upstreams {
+        let config = ProxyConfig {
+            origins: origins.iter().map(|o| o.to_string()).collect(),
+            ..ProxyConfig::default()
+        };
+        Upstreams::new(shoal_service::client::builder().build().unwrap(), &config)
+    }
+
+    #[test]
+    fn handles_round_trip_and_reject_foreign_ids() {
+        let handle = UploadHandle {
+            slot: 2,
+            id: "6f1c2a9e-0d7b-4e43-a7c5-2b1f0c9d8e11".into(),
+        };
+        let text = handle.to_string();
+        assert_eq!(text, "2-6f1c2a9e-0d7b-4e43-a7c5-2b1f0c9d8e11");
+        assert_eq!(UploadHandle::parse(&text), Some(handle));
+        for foreign in [
+            "",
+            "-abc",
+            "x-abc",
+            "3-",
+            "abc",
+            "+1-abc",
+            "99999999999999999999999-a",
+        ] {
+            assert_eq!(UploadHandle::parse(foreign), None, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn sessions_on_unknown_origins_are_not_found() {
+        let upstreams = upstreams(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let known = UploadHandle::parse("1-abc").unwrap();
+        let (origin, id) = upstreams.session(&known).unwrap();
+        assert_eq!(origin.base(), "http://127.0.0.1:2");
+        assert_eq!(id, "abc");
+        assert!(
+            upstreams
+                .session(&UploadHandle::parse("2-abc").unwrap())
+                .is_none()
+        );
+    }
+
+    fn failure(status: u16) -> ApiError {
+        ApiError::Remote {
+            service: "origin".into(),
+            status,
+            code: None,
+            message: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_fail_over_in_rendezvous_order() {
+        let addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
+        let upstreams = upstreams(&addresses);
+        let digest = Digest::of(b"layer");
+        let ranked: Vec<String> = rendezvous::owners(&digest, &addresses, 3)
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        let asked = std::sync::Mutex::new(Vec::new());
+        // The first owner is down, the second lacks the blob, the third has it.
+        let found = upstreams
+            .read_blob(&digest, |origin| {
+                let base = origin.base().to_owned();
+                asked.lock().unwrap().push(base.clone());
+                let ranked = ranked.clone();
+                async move {
+                    match ranked.iter().position(|r| *r == base) {
+                        Some(0) => Err(failure(503)),
+                        Some(1) => Ok(None),
+                        _ => Ok(Some(base)),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref(), Some(&ranked[2]));
+        assert_eq!(
+            *asked.lock().unwrap(),
+            ranked,
+            "only the R owners, in order"
+        );
+
+        // Absent wherever an owner answered: a miss, not an error.
+        let missing = upstreams
+            .read_blob(&digest, |origin| {
+                let first = origin.base() == ranked[0];
+                async move {
+                    if first {
+                        Err(failure(502))
+                    } else {
+                        Ok(None::<()>)
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(missing, None);
+
+        // No owner answered: the error.
+        let down = upstreams
+            .read_blob(&digest, |_| async { Err::<Option<()>, _>(failure(503)) })
+            .await;
+        assert!(matches!(down, Err(ApiError::Remote { status: 503, .. })));
+
+        // A client error is the same on every owner: no failover.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let bad = upstreams
+            .read_blob(&digest, |_| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async { Err::<Option<()>, _>(failure(400)) }
+            })
+            .await;
+        assert!(bad.is_err());
+        assert_eq!(calls.into_inner(), 1);
+    }
+
+    #[test]
+    fn blobs_go_to_their_rendezvous_owner() {
+        let addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let upstreams = upstreams(&addresses);
+        for byte in 0..32u8 {
+            let digest = Digest::of(&[byte]);
+            let owner = rendezvous::owners(&digest, &addresses, 1)[0];
+            assert_eq!(
+                upstreams.blob_origin(&digest).base(),
+                format!("http://{owner}")
+            );
+        }
+    }
+}

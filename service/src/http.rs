@@ -1,0 +1,183 @@
+//! The HTTP surface every component shares: `GET /health`, `GET /metrics`, the metrics
+//! middleware around all routes, and [`serve`] with graceful shutdown.
+//!
+//! Metrics recorded per request (see [`crate::metrics`] for names): one count by route, method
+//! and status when the response headers are produced; request and response body bytes as they
+//! stream through; and the duration from the request's arrival until the response body has been
+//! fully sent (or abandoned by the client), so long blob downloads measure their real length.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponseParts, Response, ResponseParts};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use http::header::{CONTENT_RANGE, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, StatusCode};
+use shoal_core::{ErrorCode, error_body};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, RequestLabels, Route, RouteLabels, RouteMethodLabels};
+
+mod counting;
+
+use counting::{CountingBody, RequestBytes, ResponseTally};
+
+/// Content type of `GET /metrics`.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Route label for requests no route matched and no handler named.
+const UNMATCHED: &str = "unmatched";
+
+/// Names the route of a request in the HTTP metrics. Handlers behind a catch-all route (like the
+/// Registry V2 `/v2/{*path}`) insert it into the response extensions so that blobs, manifests
+/// and uploads are counted apart; otherwise the router's matched path pattern is used.
+/// Either `response.extensions_mut().insert(RouteLabel("blob"))` or return it as a response
+/// part: `(RouteLabel("blob"), body)`.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteLabel(pub &'static str);
+
+impl IntoResponseParts for RouteLabel {
+    type Error = Infallible;
+
+    fn into_response_parts(self, mut parts: ResponseParts) -> Result<ResponseParts, Infallible> {
+        parts.extensions_mut().insert(self);
+        Ok(parts)
+    }
+}
+
+/// Adds `GET /health` and `GET /metrics` to `app` and wraps every route (including these two
+/// and the fallback) in the metrics middleware. `app` must not define either path itself.
+pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
+    let scrape = Arc::clone(&metrics);
+    app.route("/health", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || async move { ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], scrape.encode()) }),
+        )
+        // `Router::layer` runs after routing, so `MatchedPath` is visible to the middleware.
+        .layer(middleware::from_fn_with_state(metrics, record))
+}
+
+/// Serves `app` on `listener` (with `TCP_NODELAY`) until `shutdown` is cancelled, then stops
+/// accepting and waits for in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    // Piece and manifest exchanges are small request/response pairs; Nagle would delay them.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Middleware for Registry V2 routers (proxy, agent): every response carries
+/// `Docker-Distribution-API-Version: registry/2.0`, which docker checks on `/v2/`.
+/// Use with `axum::middleware::from_fn(registry_api_version)`.
+pub async fn registry_api_version(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+/// A Registry V2 error response (proxy, agent): the spec's `{"errors":[…]}` JSON body with the
+/// code's status, logged at warn for server errors and debug for rejections. A 416 names the blob's
+/// length in `Content-Range` when known (RFC 9110 §15.5.17), so the client can retry.
+pub fn registry_error(
+    code: ErrorCode,
+    message: &str,
+    detail: Option<serde_json::Value>,
+    unsatisfiable_length: Option<u64>,
+) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::warn!(error = message, code = code.as_str(), "request failed");
+    } else {
+        tracing::debug!(error = message, code = code.as_str(), "request rejected");
+    }
+    let mut response = Response::new(Body::from(error_body(code, message, detail)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(length) = unsatisfiable_length
+        && let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}"))
+    {
+        headers.insert(CONTENT_RANGE, value);
+    }
+    response
+}
+
+async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = method_label(request.method().as_str());
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let request_bytes = Arc::new(RequestBytes::default());
+    let counted = Arc::clone(&request_bytes);
+    let request = request.map(|body| Body::new(CountingBody::new(body, counted)));
+
+    let response = next.run(request).await;
+
+    let route: Route = match response.extensions().get::<RouteLabel>() {
+        Some(RouteLabel(name)) => Cow::Borrowed(name),
+        None => matched.map_or(Cow::Borrowed(UNMATCHED), Cow::Owned),
+    };
+    let http = &metrics.http;
+    http.requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    let by_route = RouteLabels {
+        route: route.clone(),
+    };
+    request_bytes.resolve(http.request_bytes.get_or_create(&by_route).clone());
+    let tally = ResponseTally {
+        bytes: http.response_bytes.get_or_create(&by_route).clone(),
+        duration: http
+            .duration
+            .get_or_create(&RouteMethodLabels { route, method })
+            .clone(),
+        start,
+    };
+    response.map(|body| Body::new(CountingBody::new(body, tally)))
+}
+
+/// Maps the method to a fixed set of label values so that clients cannot create unbounded
+/// label sets with made-up methods.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! `shoal-sim`: runs one swarm simulation and prints (or writes as JSON) its report.
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use clap::Parser;
+use shoal_p2p::scheduler::SchedulerConfig;
+use shoal_sim::{HandoutPolicy, SimConfig, TrackerModel, simulate};
+
+/// Simulates N agents pulling one blob through Shoal's scheduler, in virtual time.
+#[derive(Parser, Debug)]
+#[command(name = "shoal-sim", version)]
+struct Args {
+    /// Agents pulling the blob.
+    #[arg(long, default_value_t = 1000)]
+    peers: u32,
+    /// Blob size (`3GB` = 3·10⁹ bytes, `3GiB` = 3·2³⁰).
+    #[arg(long, default_value = "3GB", value_parser = bytes)]
+    size: u64,
+    /// Piece length (default: Shoal's piece-length table for the size).
+    #[arg(long, value_parser = bytes)]
+    piece_length: Option<u64>,
+    /// Each agent's upload and download rate, per second (`300MB/s`).
+    #[arg(long, default_value = "300MB/s", value_parser = rate)]
+    peer_rate: f64,
+    /// Each agent's upload rate, if different from --peer-rate.
+    #[arg(long, value_parser = rate)]
+    peer_upload: Option<f64>,
+    #[arg(long, default_value_t = 3)]
+    origins: u32,
+    /// Each origin's upload rate, per second.
+    #[arg(long, default_value = "1GB/s", value_parser = rate)]
+    origin_rate: f64,
+    /// One-way latency between nodes (`1ms`, `500us`, `0`).
+    #[arg(long, default_value = "1ms", value_parser = duration)]
+    latency: Duration,
+    /// Agents arrive uniformly within this window (`0`: all at once).
+    #[arg(long, default_value = "0", value_parser = duration)]
+    arrival_spread: Duration,
+    /// Tracker handout policy.
+    #[arg(long, value_enum, default_value_t = HandoutPolicy::OriginsFirst)]
+    policy: HandoutPolicy,
+    #[arg(long, default_value_t = 30)]
+    handout_limit: usize,
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    announce_interval: Duration,
+    /// What-if: each node uploads at most this many pieces at once, queueing the rest (Shoal's
+    /// peer service has no such cap today).
+    #[arg(long)]
+    upload_slots: Option<usize>,
+    /// Origins owning the blob (the tracker hands out only these).
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Scheduler: connections per blob.
+    #[arg(long, default_value_t = SchedulerConfig::default().max_peers)]
+    max_peers: usize,
+    /// Scheduler: piece requests in flight per peer.
+    #[arg(long, default_value_t = SchedulerConfig::default().pipeline)]
+    pipeline: usize,
+    /// Scheduler: endgame starts with this many pieces missing.
+    #[arg(long, default_value_t = SchedulerConfig::default().endgame_pieces)]
+    endgame_pieces: usize,
+    /// Stop after this much virtual time.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    time_limit: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bytes(text: &str) -> Result<u64, String> {
+    ByteSize::from_str(text.trim()).map(|size| size.as_u64())
+}
+
+/// `300MB/s`, `1Gbit/s` is not supported: sizes are bytes.
+fn rate(text: &str) -> Result<f64, String> {
+    let size = text.trim().strip_suffix("/s").unwrap_or(text.trim());
+    Ok(bytes(size)? as f64)
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 1ms, 3s, 1h"))?;
+    let seconds = match unit {
+        "" if value == 0.0 => 0.0,
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unit must be ns, us, ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    let peer_download = args.peer_rate;
+    let config = SimConfig {
+        peers: args.peers,
+        blob_size: args.size,
+        piece_length: args.piece_length,
+        peer_upload: args.peer_upload.unwrap_or(peer_download),
+        peer_download,
+        origins: args.origins,
+        origin_upload: args.origin_rate,
+        latency: args.latency,
+        arrival_spread: args.arrival_spread,
+        tracker: TrackerModel {
+            policy: args.policy,
+            handout_limit: args.handout_limit,
+            announce_interval: args.announce_interval,
+            replicas: args.replicas,
+        },
+        scheduler: SchedulerConfig {
+            max_peers: args.max_peers,
+            pipeline: args.pipeline,
+            endgame_pieces: args.endgame_pieces,
+            ..SchedulerConfig::default()
+        },
+        upload_slots: args.upload_slots,
+        time_limit: args.time_limit,
+        seed: args.seed,
+        ..SimConfig::default()
+    };
+    let report = simulate(config.clone()).context("invalid simulation parameters")?;
+    if args.json {
+        let out = serde_json::json!({ "config": config, "report": report });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{report}");
+    }
+    if report.complete < report.peers {
+        if !args.json {
+            eprintln!("not every agent completed within --time-limit");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::bail;
+
+    use super::*;
+
+    #[test]
+    fn parses_sizes_rates_and_durations() -> anyhow::Result<()> {
+        assert_eq!(bytes("3GB").map_err(anyhow::Error::msg)?, 3_000_000_000);
+        assert_eq!(rate("300MB/s").map_err(anyhow::Error::msg)?, 300e6);
+        assert_eq!(
+            duration("1ms").map_err(anyhow::Error::msg)?,
+            Duration::from_millis(1)
+        );
+        assert_eq!(duration("0").map_err(anyhow::Error::msg)?, Duration::ZERO);
+        assert_eq!(
+            duration("1.5s").map_err(anyhow::Error::msg)?,
+            Duration::from_millis(1500)
+        );
+        assert!(duration("3 parsecs").is_err());
+        if rate("fast").is_ok() {
+            bail!("a rate without a number parsed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! What a run measured: the completion-time distribution (seconds and multiples of the link
+//! limit S/B), origin egress, and the cost of the run itself.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Completion-time percentiles, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Distribution {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Distribution {
+    /// Nearest-rank percentiles of `times` (sorted here); None when empty.
+    pub fn of(times: &mut [f64]) -> Option<Distribution> {
+        if times.is_empty() {
+            return None;
+        }
+        times.sort_by(f64::total_cmp);
+        // In thousandths, so that 99.9 % is exact in integers.
+        let rank = |per_mille: usize| {
+            let at = (per_mille * times.len()).div_ceil(1000);
+            times[at.clamp(1, times.len()) - 1]
+        };
+        Some(Distribution {
+            p50: rank(500),
+            p90: rank(900),
+            p99: rank(990),
+            p999: rank(999),
+            max: times[times.len() - 1],
+        })
+    }
+
+    /// Every figure divided by `by`.
+    pub fn scaled(&self, by: f64) -> Distribution {
+        Distribution {
+            p50: self.p50 / by,
+            p90: self.p90 / by,
+            p99: self.p99 / by,
+            p999: self.p999 / by,
+            max: self.max / by,
+        }
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub peers: u32,
+    pub complete: u32,
+    pub blob_size: u64,
+    pub piece_length: u64,
+    pub pieces: u64,
+    /// S/B in seconds.
+    pub link_limit: f64,
+    /// Per-agent time from arrival to complete, seconds (None when no agent completed).
+    pub seconds: Option<Distribution>,
+    /// The same as multiples of S/B.
+    pub ratio: Option<Distribution>,
+    pub origin_egress_bytes: u64,
+    /// Origin egress divided by S.
+    pub origin_egress_ratio: f64,
+    /// Virtual time when the last agent completed (or the run stopped), seconds.
+    pub virtual_seconds: f64,
+    pub events: u64,
+    pub wall_seconds: f64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} of {} agents complete; blob {} bytes in {} pieces of {} bytes; S/B = {:.3} s",
+            self.complete,
+            self.peers,
+            self.blob_size,
+            self.pieces,
+            self.piece_length,
+            self.link_limit
+        )?;
+        if let (Some(s), Some(r)) = (&self.seconds, &self.ratio) {
+            writeln!(f, "completion   p50      p90      p99      p99.9    max")?;
+            writeln!(
+                f,
+                "seconds      {:<8.2} {:<8.2} {:<8.2} {:<8.2} {:.2}",
+                s.p50, s.p90, s.p99, s.p999, s.max
+            )?;
+            writeln!(
+                f,
+                "× S/B        {:<8.3} {:<8.3} {:<8.3} {:<8.3} {:.3}",
+                r.p50, r.p90, r.p99, r.p999, r.max
+            )?;
+        }
+        writeln!(
+            f,
+            "origin egress {} bytes = {:.2} × S",
+            self.origin_egress_bytes, self.origin_egress_ratio
+        )?;
+        write!(
+            f,
+            "{} events in {:.2} s wall time ({:.1} s virtual)",
+            self.events, self.wall_seconds, self.virtual_seconds
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut times: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
+        let d = Distribution::of(&mut times).expect("non-empty");
+        assert_eq!(
+            (d.p50, d.p90, d.p99, d.p999, d.max),
+            (500.0, 900.0, 990.0, 999.0, 1000.0)
+        );
+        assert_eq!(Distribution::of(&mut []), None);
+        let one = Distribution::of(&mut [2.0]).expect("non-empty");
+        assert_eq!((one.p50, one.max), (2.0, 2.0));
+    }
+}

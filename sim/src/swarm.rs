@@ -1,0 +1,408 @@
+//! The simulated swarm: origins and agents exchanging pieces, each agent driven by the real
+//! `shoal_p2p::scheduler::Scheduler`. This module plays the engine's part (what
+//! `p2p/src/engine/download.rs` does with sockets): it turns the scheduler's actions into
+//! sessions and piece transfers in the bandwidth model and feeds their outcomes back as events,
+//! with the engine's timing — a session is up one round trip after Connect, a piece's PieceDone
+//! arrives one latency after its last byte left the sender, Have notices take one latency, the
+//! scheduler ticks every 250 ms, and downloading agents announce at the tracker's interval.
+//!
+//! Simplifications (documented in `docs/BENCHMARKS.md`): a request starts moving bytes at once
+//! (the request's own latency is folded into the delivery latency), disk and CPU are free, no
+//! peer fails or leaves, and a complete agent keeps seeding for the rest of the run.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use shoal_core::{Bitfield, PeerId};
+use shoal_p2p::scheduler::{Action, Event, PeerCandidate, Scheduler};
+
+use crate::config::{ConfigError, SimConfig};
+use crate::flows::{FlowRef, Flows, Link};
+use crate::queue::{Nanos, Queue, SimEvent};
+use crate::report::{Distribution, Report};
+use crate::tracker::Tracker;
+
+fn nanos(duration: Duration) -> Nanos {
+    u64::try_from(duration.as_nanos()).unwrap_or(Nanos::MAX)
+}
+
+/// An origin or an agent.
+struct Node {
+    /// None for origins: they hold the whole blob and only serve.
+    scheduler: Option<Scheduler>,
+    arrived: Nanos,
+    completed: Option<Nanos>,
+    /// This node's requests in flight: (sender, piece, transfer).
+    requests: Vec<(u32, u32, FlowRef)>,
+    /// Agents holding a session with this agent, told about each piece it gains.
+    subscribers: Vec<u32>,
+}
+
+/// One simulation run in progress.
+pub struct Swarm {
+    config: SimConfig,
+    origins: u32,
+    pieces: u32,
+    piece_length: u64,
+    latency: Nanos,
+    nodes: Vec<Node>,
+    ids: Vec<PeerId>,
+    index: HashMap<PeerId, u32>,
+    full: Bitfield,
+    flows: Flows,
+    queue: Queue,
+    tracker: Tracker,
+    rng: Xoshiro256PlusPlus,
+    now: Nanos,
+    complete: u32,
+    /// Reused for fanning out Have notices.
+    scratch: Vec<u32>,
+}
+
+impl Swarm {
+    /// Builds the swarm: nodes `0..origins` are origins, the rest agents.
+    pub fn new(config: SimConfig) -> Result<Swarm, ConfigError> {
+        config.validate()?;
+        let pieces = u32::try_from(config.piece_count()).unwrap_or(u32::MAX);
+        let nodes = config.origins as usize + config.peers as usize;
+        let ids = (0..nodes)
+            .map(|i| {
+                let name = if i < config.origins as usize {
+                    format!("origin-{i}")
+                } else {
+                    format!("agent-{}", i - config.origins as usize)
+                };
+                PeerId::parse(&name)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ConfigError::Zero { field: "peer ids" })?;
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
+        let spread = nanos(config.arrival_spread);
+        let links = (0..nodes)
+            .map(|i| {
+                if i < config.origins as usize {
+                    Link {
+                        up: config.origin_upload,
+                        down: config.origin_upload,
+                    }
+                } else {
+                    Link {
+                        up: config.peer_upload,
+                        down: config.peer_download,
+                    }
+                }
+            })
+            .collect();
+        let mut queue = Queue::default();
+        let node_list = (0..nodes)
+            .map(|i| {
+                let origin = i < config.origins as usize;
+                let arrived = if origin || spread == 0 {
+                    0
+                } else {
+                    rng.random_range(0..spread)
+                };
+                if !origin {
+                    queue.push(arrived, SimEvent::Arrive { node: i as u32 });
+                }
+                Node {
+                    scheduler: (!origin).then(|| {
+                        Scheduler::new(
+                            pieces,
+                            Bitfield::new(pieces),
+                            config.scheduler.clone(),
+                            config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
+                        )
+                    }),
+                    arrived,
+                    completed: None,
+                    requests: Vec::new(),
+                    subscribers: Vec::new(),
+                }
+            })
+            .collect();
+        let owners = (0..config.origins.min(config.tracker.replicas)).collect();
+        Ok(Swarm {
+            origins: config.origins,
+            pieces,
+            piece_length: config.piece_length(),
+            latency: nanos(config.latency),
+            tracker: Tracker::new(
+                config.tracker.policy,
+                config.tracker.handout_limit,
+                owners,
+                nodes,
+            ),
+            nodes: node_list,
+            ids,
+            index,
+            full: Bitfield::full(pieces),
+            flows: Flows::new(links, config.upload_slots),
+            queue,
+            rng,
+            now: 0,
+            complete: 0,
+            scratch: Vec::new(),
+            config,
+        })
+    }
+
+    /// Runs until every agent is complete (or the time limit) and reports.
+    pub fn run(mut self) -> Report {
+        let started = Instant::now();
+        let limit = nanos(self.config.time_limit);
+        while self.complete < self.config.peers {
+            let Some(time) = self.queue.peek_time() else {
+                break;
+            };
+            if time > limit {
+                break;
+            }
+            self.now = time;
+            // Every event of this instant first, then one re-rating of the links they changed.
+            while self.queue.peek_time() == Some(time) {
+                if let Some((_, seq, event)) = self.queue.pop() {
+                    self.dispatch(seq, event);
+                }
+            }
+            self.flows.settle(self.now, &mut self.queue);
+        }
+        self.report(started.elapsed())
+    }
+
+    fn dispatch(&mut self, seq: u64, event: SimEvent) {
+        let now = self.now;
+        match event {
+            SimEvent::Arrive { node } => {
+                self.queue.push(now, SimEvent::Announce { node });
+                self.queue
+                    .push(now + nanos(self.config.tick), SimEvent::Tick { node });
+            }
+            SimEvent::Announce { node } => {
+                let complete = self.nodes[node as usize].completed.is_some();
+                self.tracker.announce(node, complete);
+                if !complete {
+                    let peers = self.tracker.handout(node, &mut self.rng);
+                    self.queue
+                        .push(now + 2 * self.latency, SimEvent::Discovered { node, peers });
+                    let next = now + nanos(self.config.tracker.announce_interval);
+                    self.queue.push(next, SimEvent::Announce { node });
+                }
+            }
+            SimEvent::Discovered { node, peers } => {
+                let batch = peers
+                    .into_iter()
+                    .map(|peer| PeerCandidate {
+                        id: self.ids[peer as usize].clone(),
+                        origin: peer < self.origins,
+                    })
+                    .collect();
+                self.send(node, Event::Discovered(batch));
+            }
+            SimEvent::Connected { node, peer } => {
+                if peer >= self.origins {
+                    let subscribers = &mut self.nodes[peer as usize].subscribers;
+                    if !subscribers.contains(&node) {
+                        subscribers.push(node);
+                    }
+                }
+                let bitfield = self.have(peer).clone();
+                let peer = self.ids[peer as usize].clone();
+                self.send(node, Event::Connected { peer, bitfield });
+            }
+            SimEvent::FlowWake { flow } => {
+                if let Some(done) = self.flows.wake(now, flow, seq, &mut self.queue) {
+                    self.queue.push(
+                        now + self.latency,
+                        SimEvent::PieceArrived {
+                            flow: done.id,
+                            generation: done.generation,
+                        },
+                    );
+                }
+            }
+            SimEvent::PieceArrived { flow, generation } => {
+                let flow = FlowRef {
+                    id: flow,
+                    generation,
+                };
+                // Gone when the scheduler cancelled it or dropped the peer meanwhile.
+                let Some((sender, receiver, piece)) = self.flows.parts(flow) else {
+                    return;
+                };
+                self.flows.remove(now, flow);
+                self.nodes[receiver as usize]
+                    .requests
+                    .retain(|&(_, _, f)| f != flow);
+                let newly = !self.have(receiver).get(piece);
+                let peer = self.ids[sender as usize].clone();
+                self.send(receiver, Event::PieceDone { peer, piece });
+                if newly {
+                    self.queue.push(
+                        now + self.latency,
+                        SimEvent::Have {
+                            node: receiver,
+                            piece,
+                        },
+                    );
+                }
+            }
+            SimEvent::Have { node, piece } => {
+                let mut subscribers = std::mem::take(&mut self.scratch);
+                subscribers.clear();
+                subscribers.extend_from_slice(&self.nodes[node as usize].subscribers);
+                for &subscriber in &subscribers {
+                    let peer = self.ids[node as usize].clone();
+                    self.send(subscriber, Event::Have { peer, piece });
+                }
+                self.scratch = subscribers;
+            }
+            SimEvent::Tick { node } => {
+                if self.nodes[node as usize].completed.is_none() {
+                    self.send(node, Event::Tick);
+                    self.queue
+                        .push(now + nanos(self.config.tick), SimEvent::Tick { node });
+                }
+            }
+        }
+    }
+
+    fn have(&self, node: u32) -> &Bitfield {
+        match &self.nodes[node as usize].scheduler {
+            Some(scheduler) => scheduler.have(),
+            None => &self.full,
+        }
+    }
+
+    fn piece_bytes(&self, piece: u32) -> u64 {
+        let start = u64::from(piece) * self.piece_length;
+        self.piece_length.min(self.config.blob_size - start)
+    }
+
+    fn node_of(&self, peer: &PeerId) -> Option<u32> {
+        self.index.get(peer).copied()
+    }
+
+    /// Feeds one event to an agent's scheduler and carries out its actions.
+    fn send(&mut self, node: u32, event: Event) {
+        let now = self.now;
+        let this = &mut self.nodes[node as usize];
+        let Some(scheduler) = this.scheduler.as_mut() else {
+            return;
+        };
+        if this.completed.is_some() {
+            // Finished downloads only close late sessions; the agent keeps serving.
+            if let Event::Connected { peer, .. } = event
+                && let Some(peer) = self.node_of(&peer)
+            {
+                self.unsubscribe(node, peer);
+            }
+            return;
+        }
+        let actions = scheduler.handle(now / 1_000_000, event);
+        for action in actions {
+            self.apply(node, action);
+        }
+    }
+
+    fn apply(&mut self, node: u32, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Connect { peer } => {
+                if let Some(peer) = self.node_of(&peer) {
+                    self.queue
+                        .push(now + 2 * self.latency, SimEvent::Connected { node, peer });
+                }
+            }
+            Action::Request { peer, piece } => {
+                if let Some(sender) = self.node_of(&peer) {
+                    let bytes = self.piece_bytes(piece);
+                    let flow = self.flows.start(now, sender, node, piece, bytes);
+                    self.nodes[node as usize]
+                        .requests
+                        .push((sender, piece, flow));
+                }
+            }
+            Action::Cancel { peer, piece } => {
+                if let Some(sender) = self.node_of(&peer) {
+                    self.drop_requests(node, |s, p| s == sender && p == piece);
+                }
+            }
+            Action::Disconnect { peer } | Action::Blacklist { peer, .. } => {
+                if let Some(sender) = self.node_of(&peer) {
+                    self.drop_requests(node, |s, _| s == sender);
+                    self.unsubscribe(node, sender);
+                }
+            }
+            Action::Complete => {
+                self.nodes[node as usize].completed = Some(now);
+                self.complete += 1;
+                // The engine starts seeding: the tracker learns it is complete.
+                self.queue
+                    .push(now + self.latency, SimEvent::Announce { node });
+            }
+        }
+    }
+
+    fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
+        let requests = &mut self.nodes[node as usize].requests;
+        let mut at = 0;
+        while at < requests.len() {
+            let (sender, piece, flow) = requests[at];
+            if matches(sender, piece) {
+                requests.swap_remove(at);
+                self.flows.remove(self.now, flow);
+            } else {
+                at += 1;
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, node: u32, peer: u32) {
+        let subscribers = &mut self.nodes[peer as usize].subscribers;
+        if let Some(at) = subscribers.iter().position(|&s| s == node) {
+            subscribers.swap_remove(at);
+        }
+    }
+
+    fn report(&self, wall: Duration) -> Report {
+        let mut times: Vec<f64> = self
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let done = node.completed?;
+                Some((done - node.arrived) as f64 / 1e9)
+            })
+            .collect();
+        let link_limit = self.config.link_limit();
+        let seconds = Distribution::of(&mut times);
+        let origin_egress: f64 = (0..self.origins).map(|o| self.flows.sent(o)).sum();
+        Report {
+            peers: self.config.peers,
+            complete: self.complete,
+            blob_size: self.config.blob_size,
+            piece_length: self.piece_length,
+            pieces: u64::from(self.pieces),
+            link_limit,
+            ratio: seconds.map(|s| s.scaled(link_limit)),
+            seconds,
+            origin_egress_bytes: origin_egress.round() as u64,
+            origin_egress_ratio: origin_egress / self.config.blob_size as f64,
+            virtual_seconds: self.now as f64 / 1e9,
+            events: self.queue.processed(),
+            wall_seconds: wall.as_secs_f64(),
+        }
+    }
+}
+
+/// Runs one simulation.
+pub fn simulate(config: SimConfig) -> Result<Report, ConfigError> {
+    Ok(Swarm::new(config)?.run())
+}

@@ -1,0 +1,136 @@
+//! Whole-run properties of the simulator on small swarms (debug builds, well under a second
+//! each): everyone completes, the origin serves at least one copy, a seed reproduces its run,
+//! and a lone agent is bound by its link exactly.
+
+use std::time::Duration;
+
+use shoal_sim::{HandoutPolicy, SimConfig, simulate};
+
+fn small(peers: u32, seed: u64) -> SimConfig {
+    SimConfig {
+        peers,
+        blob_size: 20_000_000,
+        piece_length: Some(256 * 1024),
+        peer_upload: 50e6,
+        peer_download: 50e6,
+        origins: 2,
+        origin_upload: 200e6,
+        latency: Duration::from_millis(1),
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn a_small_swarm_completes_and_the_origins_serve_at_least_one_copy() {
+    for policy in [HandoutPolicy::OriginsFirst, HandoutPolicy::Random] {
+        let mut config = small(40, 3);
+        config.tracker.policy = policy;
+        let report = simulate(config).expect("valid config");
+        assert_eq!(report.complete, 40, "{policy:?}: {report}");
+        assert!(
+            report.origin_egress_bytes >= 20_000_000,
+            "{policy:?}: someone must fetch the blob from an origin: {report}"
+        );
+        let seconds = report.seconds.expect("completions");
+        // No agent beats its own link.
+        assert!(seconds.p50 >= report.link_limit, "{report}");
+        // Agents got most pieces from each other: far less than one copy per agent.
+        assert!(report.origin_egress_ratio < 20.0, "{report}");
+    }
+}
+
+#[test]
+fn staggered_arrivals_complete_too() {
+    let mut config = small(30, 5);
+    config.arrival_spread = Duration::from_secs(2);
+    let report = simulate(config).expect("valid config");
+    assert_eq!(report.complete, 30, "{report}");
+}
+
+#[test]
+fn a_seed_reproduces_its_run_and_another_seed_differs() {
+    let run = |seed| {
+        let report = simulate(small(25, seed)).expect("valid config");
+        (report.seconds, report.origin_egress_bytes, report.events)
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}
+
+fn lone(latency: Duration) -> SimConfig {
+    SimConfig {
+        peers: 1,
+        blob_size: 50_000_000,
+        peer_upload: 100e6,
+        peer_download: 100e6,
+        origins: 1,
+        origin_upload: 1e9,
+        latency,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn a_lone_agent_downloads_from_one_origin_at_its_link_rate() {
+    let report = simulate(lone(Duration::ZERO)).expect("valid config");
+    let seconds = report.seconds.expect("it completes").max;
+    assert!(
+        (0.5..0.5 * 1.001).contains(&seconds),
+        "took {seconds} s for S/B = 0.5 s"
+    );
+    assert_eq!(report.origin_egress_bytes, 50_000_000, "exactly one copy");
+}
+
+#[test]
+fn latency_costs_a_lone_agent_one_latency_per_pipeline_round() {
+    // 191 pieces of 256 KiB, 4 in flight sharing the link finish together every ~10.5 ms; the
+    // link then idles for the 1 ms the PieceDone takes (the model folds the request's own trip
+    // into it) before the next requests' bytes flow.
+    let report = simulate(lone(Duration::from_millis(1))).expect("valid config");
+    let seconds = report.seconds.expect("it completes").max;
+    let rounds = 191.0_f64 / 4.0;
+    let expected = 0.5 + rounds * 0.001;
+    assert!(
+        (seconds - expected).abs() < 0.02,
+        "took {seconds} s, expected about {expected} s"
+    );
+}
+
+#[test]
+fn a_slow_origin_bounds_a_lone_agent() {
+    let config = SimConfig {
+        peers: 1,
+        blob_size: 10_000_000,
+        peer_download: 100e6,
+        origins: 1,
+        origin_upload: 10e6,
+        latency: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    let report = simulate(config).expect("valid config");
+    let seconds = report.seconds.expect("it completes").max;
+    assert!(
+        (1.0..1.001).contains(&seconds),
+        "took {seconds} s at 10 MB/s"
+    );
+}
+
+#[test]
+fn invalid_parameters_are_refused() {
+    let mut config = small(1, 1);
+    config.peer_download = 0.0;
+    assert!(simulate(config).is_err());
+    let mut config = small(1, 1);
+    config.origins = 0;
+    assert!(simulate(config).is_err());
+}
+
+#[test]
+fn with_one_upload_slot_a_lone_agent_still_gets_the_whole_link() {
+    let mut config = lone(Duration::ZERO);
+    config.upload_slots = Some(1);
+    let report = simulate(config).expect("valid config");
+    let seconds = report.seconds.expect("it completes").max;
+    assert!((0.5..0.5 * 1.001).contains(&seconds), "took {seconds} s");
+}

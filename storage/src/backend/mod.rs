@@ -1,0 +1,204 @@
+//! Long-term blob and tag storage behind the origin cluster: the [`Backend`] trait, the key
+//! layout shared by every component, the [`BackendConfig`] that selects an implementation, and
+//! the implementations themselves (one module each).
+
+mod filesystem;
+mod http;
+mod router;
+mod s3;
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use shoal_core::{Digest, Name, Tag};
+
+use crate::ByteStream;
+use crate::fsutil::IoError;
+
+pub use filesystem::FilesystemBackend;
+pub use http::{HttpBackend, UrlTemplate, UrlTemplateError};
+pub use router::{BackendRouter, NamespacePattern, RouteConfig};
+pub use s3::{S3Backend, S3Config};
+
+/// Key prefix under which every repository's tags live.
+pub const REPOSITORIES_PREFIX: &str = "repositories/";
+
+/// The backend key of a blob: `blobs/sha256/<hex>`.
+pub fn blob_key(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
+}
+
+/// The backend key of a tag: `repositories/<repo>/_tags/<tag>`. `_tags` cannot be a repository
+/// name component, so tag keys never collide with nested repository names.
+pub fn tag_key(name: &Name, tag: &Tag) -> String {
+    format!(
+        "{REPOSITORIES_PREFIX}{}/_tags/{}",
+        name.as_str(),
+        tag.as_str()
+    )
+}
+
+/// Why a backend operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The key is not a well-formed relative key.
+    #[error("invalid backend key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    /// A filesystem operation failed; carries the action and path.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Reading the bytes to store failed; nothing was stored.
+    #[error("reading the bytes to store under {key} failed: {source}")]
+    Body {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `put` was promised a length the body did not have; nothing was stored.
+    #[error("body for {key} has {actual} bytes, expected {expected}")]
+    LengthMismatch {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A ranged `get` starts beyond the end of the object.
+    #[error("range {start}.. is beyond the end of {key} ({len} bytes)")]
+    RangeNotSatisfiable { key: String, start: u64, len: u64 },
+    /// No `backends:` route matches the repository.
+    #[error("no backend route matches namespace {namespace:?}")]
+    NoRoute { namespace: String },
+    /// The backend cannot do this (a read-only backend asked to write).
+    #[error("the {backend} backend does not support {operation}")]
+    Unsupported {
+        backend: &'static str,
+        operation: &'static str,
+    },
+    /// An object-store (S3) request failed.
+    #[error("{operation} {key}: {source}")]
+    ObjectStore {
+        operation: &'static str,
+        key: String,
+        // Boxed: object_store's error is large and would bloat every `Result` carrying ours.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A request to a remote backend failed or was answered with an unexpected status.
+    #[error("{operation} {url}: {reason}")]
+    Remote {
+        operation: &'static str,
+        url: String,
+        reason: String,
+    },
+}
+
+/// A key-value store for blobs and tags. Keys are `/`-separated relative paths such as
+/// [`blob_key`] and [`tag_key`] produce.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug {
+    /// The object's length, or `None` when absent.
+    async fn stat(&self, key: &str) -> Result<Option<u64>, BackendError>;
+
+    /// The object's bytes (or the bytes in `range`, clamped to its end), or `None` when absent.
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<ByteStream>, BackendError>;
+
+    /// Stores `body` under `key`, replacing any previous object. When `length` is given the
+    /// body must have exactly that many bytes. A failed put leaves no partial object.
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        length: Option<u64>,
+    ) -> Result<(), BackendError>;
+
+    /// Deletes the object; returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, BackendError>;
+
+    /// All keys that start with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
+}
+
+/// Which backend a component stores to. YAML: `backend: { filesystem: { root: /var/lib/shoal } }`
+/// (a map with one key naming the kind; `shoal_service::config` reads every enum in that form).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// A directory tree on a local or shared filesystem, one file per key.
+    Filesystem { root: PathBuf },
+    /// A read-only HTTP server: `http: { url: "https://mirror/blobs/{digest}" }`.
+    Http { url: UrlTemplate },
+    /// An S3-compatible bucket: `s3: { bucket: shoal, endpoint: "http://minio:9000", … }`.
+    S3(S3Config),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::Filesystem {
+            root: PathBuf::from("shoal-data/backend"),
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Builds the configured backend.
+    pub fn build(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        match self {
+            BackendConfig::Filesystem { root } => Ok(Arc::new(FilesystemBackend::new(root)?)),
+            BackendConfig::Http { url } => Ok(Arc::new(HttpBackend::new(url.clone())?)),
+            BackendConfig::S3(config) => Ok(Arc::new(S3Backend::new(config)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let digest = Digest::of(b"x");
+        assert_eq!(blob_key(&digest), format!("blobs/sha256/{}", digest.hex()));
+        let name = Name::parse("library/ubuntu").expect("name");
+        let tag = Tag::parse("22.04").expect("tag");
+        assert_eq!(
+            tag_key(&name, &tag),
+            "repositories/library/ubuntu/_tags/22.04"
+        );
+        assert!(tag_key(&name, &tag).starts_with(REPOSITORIES_PREFIX));
+    }
+
+    #[test]
+    fn config_parses_and_rejects_unknown_fields() {
+        let config: BackendConfig =
+            serde_json::from_str(r#"{"filesystem":{"root":"/srv/shoal"}}"#).expect("config");
+        assert_eq!(
+            config,
+            BackendConfig::Filesystem {
+                root: PathBuf::from("/srv/shoal")
+            }
+        );
+        assert!(serde_json::from_str::<BackendConfig>(r#"{"filesystem":{"roo":"/x"}}"#).is_err());
+        assert!(serde_json::from_str::<BackendConfig>(r#"{"nfs":{}}"#).is_err());
+        assert!(serde_json::from_str::<BackendConfig>(r#"{"s3":{"bucket":"b","x":1}}"#).is_err());
+        assert!(serde_json::from_str::<BackendConfig>("{}").is_err());
+        let json = serde_json::to_string(&config).expect("serialize");
+        assert_eq!(json, r#"{"filesystem":{"root":"/srv/shoal"}}"#);
+    }
+
+    #[test]
+    fn build_creates_the_filesystem_backend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("backend");
+        let config = BackendConfig::Filesystem { root: root.clone() };
+        config.build().expect("build");
+        assert!(root.is_dir());
+    }
+}

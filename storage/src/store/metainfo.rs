@@ -1,0 +1,109 @@
+//! Metainfo beside each blob: read from `metainfo.json`, or computed from the blob bytes on
+//! first request and stored atomically. Concurrent first requests share one computation.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use shoal_core::{Digest, Metainfo, MetainfoBuilder};
+
+use super::{BlobStore, StoreError, lock};
+use crate::fsutil::{self, IoContext, READ_CHUNK};
+
+impl BlobStore {
+    /// The metainfo of a committed blob, or `None` when the store does not have the blob.
+    pub async fn metainfo(&self, digest: &Digest) -> Result<Option<Metainfo>, StoreError> {
+        if let Some(metainfo) = self.read_metainfo(digest).await? {
+            return Ok(Some(metainfo));
+        }
+        let flight = lock(&self.metainfo_flights)
+            .entry(*digest)
+            .or_default()
+            .clone();
+        let result = flight
+            .get_or_try_init(|| self.compute_metainfo(digest))
+            .await
+            .cloned();
+        // Once computed the file answers later callers; forget the flight (unless a newer one
+        // replaced it after a failure).
+        let mut flights = lock(&self.metainfo_flights);
+        if flights.get(digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(digest);
+        }
+        result
+    }
+
+    /// Reads a stored `metainfo.json`. A missing file is `None`; an unreadable one is logged and
+    /// treated as missing so that it gets recomputed and replaced.
+    async fn read_metainfo(&self, digest: &Digest) -> Result<Option<Metainfo>, StoreError> {
+        let path = self.layout.metainfo_path(digest);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("read", &path)?,
+        };
+        match Metainfo::from_json(&bytes) {
+            Ok(metainfo) if metainfo.digest() == *digest => Ok(Some(metainfo)),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "metainfo is for another digest; recomputing");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable metainfo; recomputing");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn compute_metainfo(&self, digest: &Digest) -> Result<Option<Metainfo>, StoreError> {
+        // A flight that finished just before ours started has already written the file.
+        if let Some(metainfo) = self.read_metainfo(digest).await? {
+            return Ok(Some(metainfo));
+        }
+        let data_path = self.layout.data_path(digest);
+        let file = match std::fs::File::open(&data_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("open", &data_path)?,
+        };
+        #[cfg(test)]
+        self.metainfo_computations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let expected = *digest;
+        let path = data_path.clone();
+        // Hashing a multi-GiB blob takes seconds: keep it off the async workers.
+        let metainfo = tokio::task::spawn_blocking(move || build_metainfo(file, &path, expected))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .ctx("compute metainfo of", &data_path)??;
+        let target = self.layout.metainfo_path(digest);
+        let tmp = self.layout.new_tmp_path("metainfo");
+        fsutil::write_atomic(tmp, &target, &metainfo.to_json()).await?;
+        Ok(Some(metainfo))
+    }
+}
+
+fn build_metainfo(
+    mut file: std::fs::File,
+    path: &std::path::Path,
+    expected: Digest,
+) -> Result<Metainfo, StoreError> {
+    let len = file.metadata().ctx("stat", path)?.len();
+    let mut builder = MetainfoBuilder::new(len);
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf).ctx("read", path)?;
+        if n == 0 {
+            break;
+        }
+        builder.update(&buf[..n]);
+    }
+    let corrupt = |reason: String| StoreError::Corrupt {
+        digest: expected,
+        reason,
+    };
+    let metainfo = builder.finish().map_err(|e| corrupt(e.to_string()))?;
+    if metainfo.digest() != expected {
+        return Err(corrupt(format!("bytes hash to {}", metainfo.digest())));
+    }
+    Ok(metainfo)
+}

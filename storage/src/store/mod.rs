@@ -1,0 +1,203 @@
+//! The on-disk content-addressed blob store.
+//!
+//! Layout under the store root:
+//! - `blobs/sha256/<first 2 hex>/<hex>/data` — committed blob bytes, immutable once renamed in;
+//! - `blobs/sha256/<first 2 hex>/<hex>/metainfo.json` — the blob's metainfo, computed on demand;
+//! - `partial/<hex>/{data,bitfield}` — downloads in progress, kept across restarts so they
+//!   resume (see [`PartialBlob`]);
+//! - `uploads/<uuid>` — bytes of upload sessions in progress (session state lives in memory);
+//! - `tmp/` — temporary files of [`BlobWriter`]s and metainfo writes.
+//!
+//! A blob only appears under `blobs/` after its digest was verified and its bytes fsynced, so a
+//! reader never sees a partial blob. Uploads and temporary files do not survive a restart:
+//! [`BlobStore::open`] clears `uploads/` and `tmp/`, so a crash mid-write leaves nothing behind.
+
+mod catalog;
+mod error;
+mod metainfo;
+mod partial;
+mod upload;
+mod writer;
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use shoal_core::{Digest, Metainfo};
+use tokio::fs::File;
+use tokio::sync::OnceCell;
+
+use crate::ByteStream;
+use crate::fsutil::{self, IoContext};
+
+pub use catalog::StoredBlob;
+pub use error::StoreError;
+pub use partial::PartialBlob;
+pub use upload::UploadId;
+pub use writer::BlobWriter;
+
+use upload::UploadSlot;
+
+const BLOB_FILE: &str = "data";
+const METAINFO_FILE: &str = "metainfo.json";
+
+/// Paths inside the store root. Every path is built from a parsed [`Digest`] or [`UploadId`],
+/// never from request text.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    fn digests_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn uploads_dir(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn shard_dir(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.digests_dir().join(&hex[..2])
+    }
+
+    fn blob_dir(&self, digest: &Digest) -> PathBuf {
+        self.shard_dir(digest).join(digest.hex())
+    }
+
+    fn data_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir(digest).join(BLOB_FILE)
+    }
+
+    fn metainfo_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir(digest).join(METAINFO_FILE)
+    }
+
+    fn upload_path(&self, id: &UploadId) -> PathBuf {
+        self.uploads_dir().join(id.to_string())
+    }
+
+    fn new_tmp_path(&self, hint: &str) -> PathBuf {
+        self.tmp_dir().join(fsutil::temp_name(hint))
+    }
+}
+
+/// A content-addressed blob store on local disk. Cheap to share behind an `Arc`; all methods
+/// take `&self` and may be called concurrently.
+#[derive(Debug)]
+pub struct BlobStore {
+    layout: Layout,
+    /// Upload sessions in progress. Each has its own async mutex so chunks of one upload apply
+    /// in order while different uploads proceed in parallel.
+    uploads: Mutex<HashMap<UploadId, Arc<UploadSlot>>>,
+    /// Metainfo computations in flight, so concurrent callers for one digest share one pass.
+    metainfo_flights: Mutex<HashMap<Digest, Arc<OnceCell<Option<Metainfo>>>>>,
+    /// Partial downloads with a live handle, and the lock that serialises opening them.
+    partials: partial::OpenPartials,
+    partial_open: tokio::sync::Mutex<()>,
+    #[cfg(test)]
+    metainfo_computations: std::sync::atomic::AtomicUsize,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store at `root` and discards leftovers of interrupted
+    /// uploads and writes.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<BlobStore, StoreError> {
+        let layout = Layout { root: root.into() };
+        // `partial/` is not cleared: its pieces are verified and durable, and resume downloads.
+        for dir in [
+            layout.digests_dir(),
+            layout.partials_dir(),
+            layout.uploads_dir(),
+            layout.tmp_dir(),
+        ] {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .ctx("create directory", &dir)?;
+        }
+        for dir in [layout.uploads_dir(), layout.tmp_dir()] {
+            let removed = fsutil::clear_dir(&dir).await?;
+            if removed > 0 {
+                tracing::info!(dir = %dir.display(), removed, "discarded leftovers of interrupted writes");
+            }
+        }
+        Ok(BlobStore {
+            layout,
+            uploads: Mutex::default(),
+            metainfo_flights: Mutex::default(),
+            partials: Mutex::default(),
+            partial_open: tokio::sync::Mutex::default(),
+            #[cfg(test)]
+            metainfo_computations: Default::default(),
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    /// The length of a committed blob, or `None` when the store does not have it.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let path = self.layout.data_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("stat", &path)?,
+        }
+    }
+
+    /// Opens a committed blob for reading, or `None` when the store does not have it.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<BlobFile>, StoreError> {
+        let path = self.layout.data_path(digest);
+        let file = match File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("open", &path)?,
+        };
+        let len = file.metadata().await.ctx("stat", &path)?.len();
+        Ok(Some(BlobFile { file, len }))
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning: the maps it guards stay consistent because every
+/// critical section is a single insert, lookup or removal.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An open committed blob. The file handle stays valid even if the blob is removed meanwhile.
+#[derive(Debug)]
+pub struct BlobFile {
+    file: File,
+    len: u64,
+}
+
+impl BlobFile {
+    /// The blob's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the blob has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Streams the bytes in `range` (clamped to the blob) in bounded chunks.
+    pub fn stream(self, range: Range<u64>) -> ByteStream {
+        let end = range.end.min(self.len);
+        let start = range.start.min(end);
+        fsutil::file_stream(self.file, start, end - start)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+use bytes::Bytes;
+use futures::TryStreamExt;
+use shoal_core::{Digest, Metainfo, MetainfoBuilder};
+
+use super::*;
+
+const PIECE: usize = 256 * 1024;
+
+/// Five pieces, the last one short.
+fn blob() -> Vec<u8> {
+    (0..4 * PIECE + 1000)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i / 4093) as u8)
+        .collect()
+}
+
+fn metainfo_of(data: &[u8]) -> Metainfo {
+    let mut builder = MetainfoBuilder::new(data.len() as u64);
+    builder.update(data);
+    builder.finish().expect("metainfo")
+}
+
+fn piece(data: &[u8], metainfo: &Metainfo, index: u32) -> Bytes {
+    let range = metainfo
+        .piece_range(index as usize)
+        .expect("piece in range");
+    Bytes::copy_from_slice(&data[range.start as usize..range.end as usize])
+}
+
+async fn read_all(stream: ByteStream) -> Vec<u8> {
+    let chunks: Vec<Bytes> = stream.try_collect().await.expect("read stream");
+    chunks.concat()
+}
+
+#[tokio::test]
+async fn pieces_in_any_order_then_commit_makes_the_blob_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    assert_eq!(metainfo.piece_count(), 5);
+    assert_eq!(partial.resumed_bytes(), 0);
+    let mut updates = partial.subscribe();
+
+    for index in [4, 1, 0, 3, 2] {
+        assert!(
+            partial
+                .write_piece(index, piece(&data, &metainfo, index))
+                .await
+                .expect("write")
+        );
+        assert!(updates.has_changed().expect("sender alive"));
+        assert!(updates.borrow_and_update().get(index));
+    }
+    // A second copy of a piece is accepted and ignored.
+    assert!(
+        !partial
+            .write_piece(2, piece(&data, &metainfo, 2))
+            .await
+            .expect("rewrite")
+    );
+    assert!(partial.is_complete());
+    assert_eq!(
+        store.stat(&digest).await.expect("stat"),
+        None,
+        "not visible before commit"
+    );
+
+    assert_eq!(partial.commit().await.expect("commit"), data.len() as u64);
+    assert_eq!(
+        store.stat(&digest).await.expect("stat"),
+        Some(data.len() as u64)
+    );
+    let file = store
+        .open_blob(&digest)
+        .await
+        .expect("open")
+        .expect("present");
+    assert_eq!(read_all(file.stream(0..u64::MAX)).await, data);
+    assert_eq!(
+        store.metainfo(&digest).await.expect("metainfo"),
+        Some(metainfo)
+    );
+    assert!(!dir.path().join("partial").join(digest.hex()).exists());
+    // Readers of the handle keep working after the rename.
+    assert_eq!(
+        read_all(partial.read(10..300_000).expect("read")).await,
+        data[10..300_000]
+    );
+    // Committing again is harmless.
+    assert_eq!(
+        partial.commit().await.expect("commit again"),
+        data.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_piece_is_rejected_and_never_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let partial = store
+        .partial(&metainfo.digest(), &metainfo)
+        .await
+        .expect("partial");
+
+    let mut bad = piece(&data, &metainfo, 1).to_vec();
+    bad[77] ^= 0x01;
+    let err = partial
+        .write_piece(1, Bytes::from(bad))
+        .await
+        .expect_err("corrupt piece");
+    assert!(
+        matches!(err, StoreError::PieceMismatch { index: 1, .. }),
+        "{err}"
+    );
+    let short = piece(&data, &metainfo, 1).slice(1..);
+    let err = partial
+        .write_piece(1, short)
+        .await
+        .expect_err("short piece");
+    assert!(
+        matches!(err, StoreError::PieceMismatch { index: 1, .. }),
+        "{err}"
+    );
+    let err = partial
+        .write_piece(5, Bytes::new())
+        .await
+        .expect_err("past the end");
+    assert!(
+        matches!(
+            err,
+            StoreError::PieceOutOfRange {
+                index: 5,
+                pieces: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(partial.bitfield().count(), 0);
+
+    let err = partial
+        .read(PIECE as u64..PIECE as u64 + 1)
+        .err()
+        .expect("unverified piece");
+    assert!(
+        matches!(err, StoreError::PieceUnavailable { index: 1, .. }),
+        "{err}"
+    );
+    partial
+        .write_piece(0, piece(&data, &metainfo, 0))
+        .await
+        .expect("write");
+    // A range that ends inside a missing piece is refused as a whole.
+    let err = partial
+        .read(0..PIECE as u64 + 1)
+        .err()
+        .expect("spans a missing piece");
+    assert!(
+        matches!(err, StoreError::PieceUnavailable { index: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        read_all(partial.read(0..PIECE as u64).expect("read")).await,
+        data[..PIECE]
+    );
+
+    let err = partial.commit().await.expect_err("incomplete");
+    assert!(
+        matches!(err, StoreError::Incomplete { missing: 4, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn reopening_resumes_from_verified_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    {
+        let store = BlobStore::open(dir.path()).await.expect("open");
+        let partial = store.partial(&digest, &metainfo).await.expect("partial");
+        for index in [0, 3, 4] {
+            partial
+                .write_piece(index, piece(&data, &metainfo, index))
+                .await
+                .expect("write");
+        }
+    }
+    let store = BlobStore::open(dir.path()).await.expect("reopen");
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    let have: Vec<u32> = partial.bitfield().ones().collect();
+    assert_eq!(have, vec![0, 3, 4]);
+    assert_eq!(partial.resumed_bytes(), 2 * PIECE as u64 + 1000);
+    assert_eq!(
+        read_all(
+            partial
+                .read(3 * PIECE as u64..data.len() as u64)
+                .expect("read")
+        )
+        .await,
+        data[3 * PIECE..]
+    );
+    for index in [1, 2] {
+        partial
+            .write_piece(index, piece(&data, &metainfo, index))
+            .await
+            .expect("write");
+    }
+    partial.commit().await.expect("commit");
+    assert_eq!(
+        store.stat(&digest).await.expect("stat"),
+        Some(data.len() as u64)
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_bitfield_file_starts_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    {
+        let store = BlobStore::open(dir.path()).await.expect("open");
+        let partial = store.partial(&digest, &metainfo).await.expect("partial");
+        partial
+            .write_piece(0, piece(&data, &metainfo, 0))
+            .await
+            .expect("write");
+    }
+    let bitfield = dir
+        .path()
+        .join("partial")
+        .join(digest.hex())
+        .join("bitfield");
+    std::fs::write(&bitfield, [0xff, 0xff]).expect("damage bitfield");
+    let store = BlobStore::open(dir.path()).await.expect("reopen");
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    assert_eq!(partial.bitfield().count(), 0);
+    assert_eq!(partial.resumed_bytes(), 0);
+}
+
+#[tokio::test]
+async fn handles_for_one_digest_share_state_and_metainfo_must_match() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let (a, b) = tokio::join!(
+        store.partial(&digest, &metainfo),
+        store.partial(&digest, &metainfo)
+    );
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    a.write_piece(2, piece(&data, &metainfo, 2))
+        .await
+        .expect("write");
+    assert!(b.bitfield().get(2));
+
+    let other = Digest::of(b"something else");
+    let err = store
+        .partial(&other, &metainfo)
+        .await
+        .expect_err("wrong metainfo");
+    assert!(matches!(err, StoreError::MetainfoMismatch { .. }), "{err}");
+}

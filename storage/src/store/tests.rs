@@ -1,0 +1,462 @@
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use shoal_core::{Digest, MetainfoBuilder};
+
+use super::*;
+
+fn blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add((i / 251) as u8) ^ seed)
+        .collect()
+}
+
+fn stream_of(chunks: Vec<Vec<u8>>) -> ByteStream {
+    futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))).boxed()
+}
+
+async fn read_all(stream: ByteStream) -> Vec<u8> {
+    let chunks: Vec<Bytes> = stream.try_collect().await.expect("read stream");
+    chunks.concat()
+}
+
+/// Every file (not directory) under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+async fn open_store() -> (tempfile::TempDir, BlobStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open store");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn upload_in_uneven_chunks_then_commit() {
+    let (dir, store) = open_store().await;
+    let data = blob(300_000, 1);
+    let digest = Digest::of(&data);
+    let id = store.start_upload().await.expect("start");
+    assert_eq!(store.upload_offset(&id).await.expect("offset"), 0);
+
+    let mut offset = 0;
+    for size in [1, 999, 70_000, 3, 200_000, 28_997] {
+        let chunk = data[offset..offset + size].to_vec();
+        // Each chunk itself arrives split unevenly, as network reads do.
+        let parts = vec![chunk[..size / 2].to_vec(), chunk[size / 2..].to_vec()];
+        let new = store
+            .append_upload(&id, Some(offset as u64), stream_of(parts))
+            .await
+            .expect("append");
+        offset += size;
+        assert_eq!(new, offset as u64);
+    }
+    assert_eq!(offset, data.len());
+    assert_eq!(
+        store.commit_upload(&id, &digest).await.expect("commit"),
+        300_000
+    );
+
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(300_000));
+    let file = store
+        .open_blob(&digest)
+        .await
+        .expect("open")
+        .expect("present");
+    assert_eq!(file.len(), 300_000);
+    assert_eq!(read_all(file.stream(0..300_000)).await, data);
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert!(matches!(
+        store.upload_offset(&id).await,
+        Err(StoreError::UploadUnknown { .. })
+    ));
+}
+
+#[tokio::test]
+async fn digest_mismatch_discards_the_upload_and_stores_nothing() {
+    let (dir, store) = open_store().await;
+    let id = store.start_upload().await.expect("start");
+    store
+        .append_upload(&id, None, stream_of(vec![b"real bytes".to_vec()]))
+        .await
+        .expect("append");
+    let claimed = Digest::of(b"other bytes");
+    match store.commit_upload(&id, &claimed).await {
+        Err(StoreError::DigestMismatch { expected, actual }) => {
+            assert_eq!(expected, claimed);
+            assert_eq!(actual, Digest::of(b"real bytes"));
+        }
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert_eq!(store.stat(&claimed).await.expect("stat"), None);
+    assert!(matches!(
+        store.commit_upload(&id, &Digest::of(b"real bytes")).await,
+        Err(StoreError::UploadUnknown { .. })
+    ));
+}
+
+#[tokio::test]
+async fn offset_mismatch_changes_nothing() {
+    let (_dir, store) = open_store().await;
+    let id = store.start_upload().await.expect("start");
+    store
+        .append_upload(&id, Some(0), stream_of(vec![b"hello ".to_vec()]))
+        .await
+        .expect("append");
+    let err = store
+        .append_upload(&id, Some(3), stream_of(vec![b"junk".to_vec()]))
+        .await;
+    assert!(matches!(
+        err,
+        Err(StoreError::OffsetMismatch {
+            expected: 3,
+            actual: 6
+        })
+    ));
+    assert_eq!(store.upload_offset(&id).await.expect("offset"), 6);
+    store
+        .append_upload(&id, Some(6), stream_of(vec![b"world".to_vec()]))
+        .await
+        .expect("append");
+    let digest = Digest::of(b"hello world");
+    assert_eq!(store.commit_upload(&id, &digest).await.expect("commit"), 11);
+}
+
+#[tokio::test]
+async fn failing_body_keeps_the_whole_chunks_received() {
+    let (_dir, store) = open_store().await;
+    let id = store.start_upload().await.expect("start");
+    let body: ByteStream = futures::stream::iter([
+        Ok(Bytes::from_static(b"abc")),
+        Err(io::Error::other("client went away")),
+    ])
+    .boxed();
+    let err = store.append_upload(&id, None, body).await;
+    assert!(matches!(err, Err(StoreError::Body { .. })));
+    assert_eq!(store.upload_offset(&id).await.expect("offset"), 3);
+    store
+        .append_upload(&id, Some(3), stream_of(vec![b"def".to_vec()]))
+        .await
+        .expect("resume");
+    let len = store
+        .commit_upload(&id, &Digest::of(b"abcdef"))
+        .await
+        .expect("commit");
+    assert_eq!(len, 6);
+}
+
+#[tokio::test]
+async fn cancel_and_unknown_uploads() {
+    let (dir, store) = open_store().await;
+    let id = store.start_upload().await.expect("start");
+    store
+        .append_upload(&id, None, stream_of(vec![b"x".to_vec()]))
+        .await
+        .expect("append");
+    store.cancel_upload(&id).await.expect("cancel");
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert!(matches!(
+        store.cancel_upload(&id).await,
+        Err(StoreError::UploadUnknown { .. })
+    ));
+    assert!(matches!(
+        UploadId::parse("../../etc/passwd"),
+        Err(StoreError::UploadUnknown { .. })
+    ));
+    let never_started = UploadId::parse("0b7d5e0e-2f57-4c43-9a6e-0f5d1c9b8a77").expect("uuid");
+    assert!(matches!(
+        store
+            .append_upload(&never_started, None, stream_of(vec![]))
+            .await,
+        Err(StoreError::UploadUnknown { .. })
+    ));
+}
+
+#[tokio::test]
+async fn reopen_after_a_crash_discards_half_written_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob(10_000, 2);
+    let digest = Digest::of(&data);
+    {
+        let store = BlobStore::open(dir.path()).await.expect("open");
+        let id = store.start_upload().await.expect("start");
+        store
+            .append_upload(&id, None, stream_of(vec![data[..5000].to_vec()]))
+            .await
+            .expect("append");
+        let mut writer = store.writer(digest).await.expect("writer");
+        writer.write(&data[..4000]).await.expect("write");
+        // Simulate the crash: the process dies without committing or cleaning up.
+        std::mem::forget(writer);
+        std::mem::forget(store);
+    }
+    std::fs::create_dir(dir.path().join("tmp/stray-dir")).expect("mkdir");
+    assert!(!files_under(&dir.path().join("uploads")).is_empty());
+    assert!(!files_under(&dir.path().join("tmp")).is_empty());
+
+    let store = BlobStore::open(dir.path()).await.expect("reopen");
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+}
+
+#[tokio::test]
+async fn writer_verifies_and_cleans_up() {
+    let (dir, store) = open_store().await;
+    let data = blob(1000, 3);
+    let digest = Digest::of(&data);
+
+    let mut wrong = store.writer(digest).await.expect("writer");
+    wrong.write(&data[..999]).await.expect("write");
+    assert!(matches!(
+        wrong.commit().await,
+        Err(StoreError::DigestMismatch { .. })
+    ));
+
+    let mut dropped = store.writer(digest).await.expect("writer");
+    dropped.write(&data).await.expect("write");
+    drop(dropped);
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+
+    let mut writer = store.writer(digest).await.expect("writer");
+    for chunk in data.chunks(333) {
+        writer.write(chunk).await.expect("write");
+    }
+    assert_eq!(writer.written(), 1000);
+    assert_eq!(writer.commit().await.expect("commit"), 1000);
+    // Storing it again is a no-op that still succeeds.
+    let again = store
+        .put(&digest, stream_of(vec![data.clone()]))
+        .await
+        .expect("put again");
+    assert_eq!(again, 1000);
+    let blob_files = files_under(&dir.path().join("blobs"));
+    assert_eq!(blob_files.len(), 1);
+    assert!(blob_files[0].ends_with(format!(
+        "sha256/{}/{}/data",
+        &digest.hex()[..2],
+        digest.hex()
+    )));
+    assert!(files_under(&dir.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_readers_see_the_right_bytes() {
+    let (_dir, store) = open_store().await;
+    let data = blob(1_500_000, 4);
+    let digest = Digest::of(&data);
+    store
+        .put(
+            &digest,
+            stream_of(data.chunks(100_000).map(<[u8]>::to_vec).collect()),
+        )
+        .await
+        .expect("put");
+    let store = Arc::new(store);
+    let data = Arc::new(data);
+    let readers = (0..8u64).map(|i| {
+        let (store, data) = (store.clone(), data.clone());
+        tokio::spawn(async move {
+            let start = i * 150_000;
+            let end = start + 300_001;
+            let file = store
+                .open_blob(&digest)
+                .await
+                .expect("open")
+                .expect("present");
+            let got = read_all(file.stream(start..end)).await;
+            assert_eq!(got, data[start as usize..end as usize]);
+        })
+    });
+    for reader in futures::future::join_all(readers).await {
+        reader.expect("reader task");
+    }
+    // Ranges are clamped to the blob.
+    let file = store
+        .open_blob(&digest)
+        .await
+        .expect("open")
+        .expect("present");
+    assert_eq!(read_all(file.stream(1_499_990..2_000_000)).await.len(), 10);
+}
+
+#[tokio::test]
+async fn truncated_blob_ends_the_stream_with_an_error() {
+    let (dir, store) = open_store().await;
+    let data = blob(600_000, 5);
+    let digest = Digest::of(&data);
+    store
+        .put(&digest, stream_of(vec![data]))
+        .await
+        .expect("put");
+    let file = store
+        .open_blob(&digest)
+        .await
+        .expect("open")
+        .expect("present");
+    let path = dir.path().join(format!(
+        "blobs/sha256/{}/{}/data",
+        &digest.hex()[..2],
+        digest.hex()
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(300_000))
+        .expect("truncate");
+    let result: io::Result<Vec<Bytes>> = file.stream(0..600_000).try_collect().await;
+    assert_eq!(
+        result.expect_err("short read").kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+}
+
+#[tokio::test]
+async fn metainfo_is_computed_once_and_matches_the_builder() {
+    let (dir, store) = open_store().await;
+    // Crosses several piece boundaries (256 KiB pieces at this size) and ends mid-piece.
+    let data = blob(3 * 1024 * 1024 + 12_345, 6);
+    let digest = Digest::of(&data);
+    store
+        .put(&digest, stream_of(vec![data.clone()]))
+        .await
+        .expect("put");
+
+    let mut builder = MetainfoBuilder::new(data.len() as u64);
+    builder.update(&data);
+    let expected = builder.finish().expect("metainfo");
+
+    let store = Arc::new(store);
+    let callers = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.metainfo(&digest).await })
+    });
+    for result in futures::future::join_all(callers).await {
+        let metainfo = result.expect("task").expect("metainfo").expect("present");
+        assert_eq!(metainfo, expected);
+    }
+    assert_eq!(store.metainfo_computations.load(Ordering::SeqCst), 1);
+    let stored = dir.path().join(format!(
+        "blobs/sha256/{}/{}/metainfo.json",
+        &digest.hex()[..2],
+        digest.hex()
+    ));
+    assert_eq!(
+        std::fs::read(&stored).expect("metainfo.json"),
+        expected.to_json()
+    );
+
+    // Later calls read the file.
+    assert_eq!(
+        store.metainfo(&digest).await.expect("metainfo"),
+        Some(expected)
+    );
+    assert_eq!(store.metainfo_computations.load(Ordering::SeqCst), 1);
+    assert!(store.metainfo_flights.lock().expect("lock").is_empty());
+    assert_eq!(
+        store
+            .metainfo(&Digest::of(b"absent"))
+            .await
+            .expect("metainfo"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn metainfo_of_a_corrupted_blob_is_an_error() {
+    let (dir, store) = open_store().await;
+    let data = blob(1000, 7);
+    let digest = Digest::of(&data);
+    store
+        .put(&digest, stream_of(vec![data]))
+        .await
+        .expect("put");
+    let path = dir.path().join(format!(
+        "blobs/sha256/{}/{}/data",
+        &digest.hex()[..2],
+        digest.hex()
+    ));
+    std::fs::write(&path, vec![0u8; 1000]).expect("corrupt");
+    assert!(matches!(
+        store.metainfo(&digest).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(!path.with_file_name("metainfo.json").exists());
+}
+
+#[tokio::test]
+async fn idle_uploads_expire_but_active_ones_stay() {
+    let (dir, store) = open_store().await;
+    let idle = store.start_upload().await.expect("start");
+    store
+        .append_upload(&idle, None, stream_of(vec![b"abandoned".to_vec()]))
+        .await
+        .expect("append");
+    assert_eq!(
+        store.expire_uploads(std::time::Duration::from_secs(3600)),
+        0
+    );
+    assert_eq!(store.upload_offset(&idle).await.expect("offset"), 9);
+
+    // A session whose request is still streaming is never expired.
+    let busy = store.start_upload().await.expect("start");
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed();
+    let store = Arc::new(store);
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move { store.append_upload(&busy, None, body).await }
+    });
+    tx.send(Ok(Bytes::from_static(b"live")))
+        .await
+        .expect("send");
+    // Wait until the append holds the session (its first chunk was consumed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while files_under(&dir.path().join("uploads"))
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum::<u64>()
+        < 13
+    {
+        assert!(std::time::Instant::now() < deadline, "append did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    assert_eq!(store.expire_uploads(std::time::Duration::ZERO), 1);
+    assert!(matches!(
+        store.upload_offset(&idle).await,
+        Err(StoreError::UploadUnknown { .. })
+    ));
+    drop(tx);
+    assert_eq!(append.await.expect("task").expect("append"), 4);
+    assert_eq!(store.upload_offset(&busy).await.expect("offset"), 4);
+    assert_eq!(files_under(&dir.path().join("uploads")).len(), 1);
+}

@@ -1,0 +1,564 @@
+//! A one-machine Shoal cluster of real binaries on loopback ports: origin, build-index and
+//! proxy, plus (for peer-to-peer tests) a tracker and N agents, each with its own config file and
+//! log file in a per-cluster temp dir. Tests kill, terminate and restart components through it and
+//! read their `/metrics`; dropping it kills every process it started.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::binaries;
+use crate::configs::{self, P2pAddrs};
+use crate::ports::free_loopback_addr_list;
+use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
+
+/// A debug build starts in well under a second; the margin covers a loaded 2-core CI machine.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Time a component gets to finish in-flight work and exit after SIGTERM.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+/// How many sets of ports [`Cluster::start`] tries before giving up.
+const PORT_ATTEMPTS: u32 = 3;
+/// Writing back a few small blobs to a local filesystem backend takes milliseconds.
+const WRITEBACK_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A process a [`Cluster`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    Origin,
+    BuildIndex,
+    Proxy,
+    Tracker,
+    /// Agent `i`, counted from 0.
+    Agent(usize),
+}
+
+impl Component {
+    /// The components every cluster runs, in start order.
+    pub const FOUNDATION: [Component; 3] =
+        [Component::Origin, Component::BuildIndex, Component::Proxy];
+
+    pub fn binary(self) -> &'static str {
+        match self {
+            Component::Origin => "shoal-origin",
+            Component::BuildIndex => "shoal-build-index",
+            Component::Proxy => "shoal-proxy",
+            Component::Tracker => "shoal-tracker",
+            Component::Agent(_) => "shoal-agent",
+        }
+    }
+
+    /// A name unique within the cluster (agents get their index), for files and messages.
+    pub fn name(self) -> String {
+        match self {
+            Component::Agent(i) => format!("shoal-agent-{i}"),
+            other => other.binary().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Knobs for [`Cluster::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `RUST_LOG` for every component.
+    pub rust_log: String,
+    /// How many agents to start. With any, the cluster also runs a tracker and the origin seeds
+    /// its blobs over its gRPC peer port.
+    pub agents: usize,
+    /// Deep-merged over the origin's config, e.g. `{"p2p": {"egress_rate": "20MiB"}}`.
+    pub origin_overrides: Value,
+    /// Deep-merged over every agent's config.
+    pub agent_overrides: Value,
+    /// Deep-merged over one agent's config (after `agent_overrides`), by agent index.
+    pub agent_overrides_by_index: BTreeMap<usize, Value>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            rust_log: "info".to_owned(),
+            agents: 0,
+            origin_overrides: Value::Null,
+            agent_overrides: Value::Null,
+            agent_overrides_by_index: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// A peer-to-peer cluster: tracker, build-index, proxy, one seeding origin and `agents` agents.
+    pub fn with_agents(agents: usize) -> ClusterOptions {
+        ClusterOptions {
+            agents,
+            ..ClusterOptions::default()
+        }
+    }
+}
+
+/// One component's fixed address, launch spec and (while it runs) process.
+struct Node {
+    /// The HTTP address: `/health`, `/metrics` and the component's API.
+    addr: SocketAddr,
+    /// The gRPC `Peer` address (seeding origin, agents).
+    peer_addr: Option<SocketAddr>,
+    spec: ProcessSpec,
+    process: Option<Process>,
+}
+
+/// A running cluster. Every component has a fixed address and config for the cluster's
+/// lifetime, so a restarted component comes back where it was, with its data.
+pub struct Cluster {
+    /// Keyed and started in this order: the tracker before the origin that announces to it,
+    /// agents last.
+    nodes: BTreeMap<Component, Node>,
+    order: Vec<Component>,
+    // Declared last so it is removed after the processes using it are gone.
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Writes every config into a fresh temp dir and starts the components one by one, each
+    /// only once the previous one answers `/health`.
+    pub async fn start(options: ClusterOptions) -> Result<Cluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_on_fresh_ports(&options).await {
+                // A port picked as free can be taken (by any outgoing connection) before the
+                // component binds it; new ports fix that, anything else is a real failure.
+                Err(e) if attempt < PORT_ATTEMPTS && format!("{e:#}").contains("in use") => {
+                    eprintln!("cluster start attempt {attempt} hit a port clash, retrying: {e:#}");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_on_fresh_ports(options: &ClusterOptions) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-cluster-")
+            .tempdir()
+            .context("creating the cluster temp dir")?;
+        let p2p = options.agents > 0;
+        let mut ports =
+            free_loopback_addr_list(4 + if p2p { 1 + 2 * options.agents } else { 0 })?.into_iter();
+        let mut next_port = || ports.next().context("ran out of picked ports");
+        let (origin, build_index, proxy) = (next_port()?, next_port()?, next_port()?);
+        // The origin always serves its peer port; only p2p clusters have anyone to seed.
+        let origin_peer = next_port()?;
+        let p2p_addrs = if p2p {
+            Some(P2pAddrs {
+                tracker: next_port()?,
+                origin_peer,
+            })
+        } else {
+            None
+        };
+        let backend = dir.path().join("backend");
+        let data = dir.path().join("origin-data");
+        for path in [&backend, &data] {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+        }
+
+        let mut origin_config = configs::origin(origin, &data, &backend, p2p_addrs);
+        configs::merge(
+            &mut origin_config,
+            serde_json::json!({"peer_listen": origin_peer.to_string()}),
+        );
+        configs::merge(&mut origin_config, options.origin_overrides.clone());
+        // (component, HTTP address, peer address, config)
+        let mut planned = Vec::new();
+        if let Some(p2p) = p2p_addrs {
+            planned.push((
+                Component::Tracker,
+                p2p.tracker,
+                None,
+                configs::tracker(p2p.tracker, origin, p2p.origin_peer),
+            ));
+        }
+        planned.extend([
+            (
+                Component::Origin,
+                origin,
+                p2p_addrs.map(|p| p.origin_peer),
+                origin_config,
+            ),
+            (
+                Component::BuildIndex,
+                build_index,
+                None,
+                configs::build_index(build_index, origin, &backend),
+            ),
+            (
+                Component::Proxy,
+                proxy,
+                None,
+                configs::proxy(proxy, origin, build_index),
+            ),
+        ]);
+        if let Some(p2p) = p2p_addrs {
+            for i in 0..options.agents {
+                let (listen, peer) = (next_port()?, next_port()?);
+                let data = dir.path().join(format!("agent-{i}-data"));
+                let mut config = configs::agent(listen, peer, p2p.tracker, build_index, &data);
+                configs::merge(&mut config, options.agent_overrides.clone());
+                if let Some(overrides) = options.agent_overrides_by_index.get(&i) {
+                    configs::merge(&mut config, overrides.clone());
+                }
+                planned.push((Component::Agent(i), listen, Some(peer), config));
+            }
+        }
+
+        let mut nodes = BTreeMap::new();
+        let mut order = Vec::new();
+        for (component, addr, peer_addr, config) in planned {
+            let path = dir.path().join(format!("{}.yaml", component.name()));
+            std::fs::write(&path, configs::to_yaml(&config)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let spec = ProcessSpec {
+                name: component.name(),
+                program: binaries::path(component.binary()),
+                args: vec!["--config".to_owned(), path.display().to_string()],
+                env: vec![("RUST_LOG".to_owned(), options.rust_log.clone())],
+                log: dir.path().join(format!("{}.log", component.name())),
+            };
+            order.push(component);
+            nodes.insert(
+                component,
+                Node {
+                    addr,
+                    peer_addr,
+                    spec,
+                    process: None,
+                },
+            );
+        }
+
+        let mut cluster = Cluster { nodes, order, dir };
+        for component in cluster.order.clone() {
+            cluster.launch(component).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Every component of this cluster, in start order.
+    pub fn components(&self) -> Vec<Component> {
+        self.order.clone()
+    }
+
+    /// How many agents the cluster runs.
+    pub fn agent_count(&self) -> usize {
+        self.order
+            .iter()
+            .filter(|c| matches!(c, Component::Agent(_)))
+            .count()
+    }
+
+    fn node(&self, component: Component) -> &Node {
+        // Tests name components of the cluster they configured; anything else is a test bug.
+        self.nodes
+            .get(&component)
+            .unwrap_or_else(|| panic!("this cluster runs no {component}"))
+    }
+
+    /// The component's HTTP address (`/health`, `/metrics` and its API).
+    pub fn addr(&self, component: Component) -> SocketAddr {
+        self.node(component).addr
+    }
+
+    /// The component's gRPC `Peer` address (the seeding origin and agents only).
+    pub fn peer_addr(&self, component: Component) -> Option<SocketAddr> {
+        self.node(component).peer_addr
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.addr(Component::Proxy)
+    }
+
+    pub fn origin_addr(&self) -> SocketAddr {
+        self.addr(Component::Origin)
+    }
+
+    pub fn build_index_addr(&self) -> SocketAddr {
+        self.addr(Component::BuildIndex)
+    }
+
+    /// `http://<proxy>`, the registry base URL.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr())
+    }
+
+    /// `http://<agent i>`, the agent's Registry V2 read API.
+    pub fn agent_url(&self, i: usize) -> String {
+        format!("http://{}", self.addr(Component::Agent(i)))
+    }
+
+    /// The cluster's temp dir (configs, logs, data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The origin's `data_dir`.
+    pub fn origin_data_dir(&self) -> PathBuf {
+        self.dir.path().join("origin-data")
+    }
+
+    /// Agent `i`'s `data_dir` (its blob cache and partial downloads).
+    pub fn agent_data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{i}-data"))
+    }
+
+    /// The filesystem backend root shared by origin and build-index.
+    pub fn backend_dir(&self) -> PathBuf {
+        self.dir.path().join("backend")
+    }
+
+    /// The config file `component` runs with.
+    pub fn config_path(&self, component: Component) -> PathBuf {
+        PathBuf::from(&self.node(component).spec.args[1])
+    }
+
+    /// `component`'s `/metrics` text.
+    pub async fn metrics_text(&self, component: Component) -> Result<String> {
+        let url = format!("http://{}/metrics", self.addr(component));
+        shoal_service::client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await
+            .with_context(|| format!("reading {url}"))
+    }
+
+    /// The value of metric `name` in `component`'s `/metrics` (first sample without labels or
+    /// with any labels), `None` when it is not exported.
+    pub async fn metric(&self, component: Component, name: &str) -> Result<Option<f64>> {
+        Ok(parse_metric(&self.metrics_text(component).await?, name))
+    }
+
+    /// The sum of every sample of metric `name` whose labels include each `key="value"` of
+    /// `labels` (all samples for `&[]`); 0 when none is exported yet, as for a counter that was
+    /// never touched.
+    pub async fn metric_sum(
+        &self,
+        component: Component,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<f64> {
+        Ok(sum_metric(
+            &self.metrics_text(component).await?,
+            name,
+            labels,
+        ))
+    }
+
+    /// [`Cluster::metric_sum`] over every agent.
+    pub async fn agents_metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let mut total = 0.0;
+        for i in 0..self.agent_count() {
+            total += self.metric_sum(Component::Agent(i), name, labels).await?;
+        }
+        Ok(total)
+    }
+
+    /// Waits until the origin's write-back queue is empty, i.e. every committed blob has reached
+    /// the backend and its queue marker is gone, so the disk is quiet.
+    pub async fn wait_for_writeback(&self) -> Result<()> {
+        const METRIC: &str = "origin_writeback_queue_depth";
+        let start = Instant::now();
+        loop {
+            match self.metric(Component::Origin, METRIC).await? {
+                Some(0.0) => return Ok(()),
+                Some(_) => {}
+                None => bail!("the origin does not export {METRIC}"),
+            }
+            if start.elapsed() > WRITEBACK_DEADLINE {
+                bail!(
+                    "the origin's write-back queue did not drain within {WRITEBACK_DEADLINE:?}\n{}",
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Whether `component` was started and has not been killed, terminated or seen exiting.
+    pub fn is_running(&mut self, component: Component) -> Result<bool> {
+        let Some(process) = self
+            .nodes
+            .get_mut(&component)
+            .and_then(|node| node.process.as_mut())
+        else {
+            return Ok(false);
+        };
+        Ok(process.try_exit_status()?.is_none())
+    }
+
+    /// SIGKILL `component` and reap it.
+    pub fn kill(&mut self, component: Component) -> Result<()> {
+        match self
+            .nodes
+            .get_mut(&component)
+            .and_then(|node| node.process.take())
+        {
+            Some(mut process) => process.kill(),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGTERM `component` and wait (bounded) for its exit status.
+    pub fn terminate(&mut self, component: Component) -> Result<ExitStatus> {
+        let Some(mut process) = self
+            .nodes
+            .get_mut(&component)
+            .and_then(|node| node.process.take())
+        else {
+            bail!("{component} is not running");
+        };
+        process.terminate(SHUTDOWN_DEADLINE)
+    }
+
+    /// Starts `component` again (after [`Cluster::kill`] or [`Cluster::terminate`]) with the
+    /// same address, config and data; kills it first if it is still running.
+    pub async fn restart(&mut self, component: Component) -> Result<()> {
+        self.kill(component)?;
+        self.launch(component).await
+    }
+
+    /// SIGKILL every component.
+    pub fn stop_all(&mut self) -> Result<()> {
+        for component in self.components() {
+            self.kill(component)?;
+        }
+        Ok(())
+    }
+
+    /// The tail of every component's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        self.order
+            .iter()
+            .map(|component| {
+                let spec = &self.node(*component).spec;
+                format!(
+                    "----- {} log ({}) -----\n{}",
+                    spec.name,
+                    spec.log.display(),
+                    crate::process::tail(&spec.log)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn launch(&mut self, component: Component) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&component)
+            .with_context(|| format!("this cluster runs no {component}"))?;
+        let url = format!("http://{}/health", node.addr);
+        let process = node.process.insert(Process::spawn(node.spec.clone())?);
+        wait_until_ready(process, &url, STARTUP_DEADLINE).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Test runners show a test's output only when it fails, and a test returning `Err` is
+        // not panicking here, so the logs are always printed: they surface exactly on failure.
+        eprintln!(
+            "cluster in {}:\n{}",
+            self.dir.path().display(),
+            self.log_tails()
+        );
+        // Each `Process` kills and reaps its child when dropped.
+        for node in self.nodes.values_mut() {
+            drop(node.process.take());
+        }
+    }
+}
+
+/// The first sample of metric `name` in Prometheus text (a namespace prefix such as `shoal_` is
+/// allowed before the name).
+fn parse_metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name || metric.ends_with(&format!("_{name}")))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+}
+
+/// The sum of the samples of metric `name` (namespace prefix allowed, as in [`parse_metric`])
+/// whose label set contains every `key="value"` of `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let named = metric == name || metric.ends_with(&format!("_{name}"));
+            let series_labels: Vec<&str> = label_text.split(',').collect();
+            let labelled = labels
+                .iter()
+                .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"").as_str()));
+            (named && labelled)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_found_by_name_with_or_without_a_prefix() {
+        let text = "# HELP origin_writeback_queue_depth Blobs waiting\n\
+                    # TYPE origin_writeback_queue_depth gauge\n\
+                    origin_writeback_queue_depth 3\n\
+                    shoal_requests_total{route=\"x\"} 7\n";
+        assert_eq!(
+            parse_metric(text, "origin_writeback_queue_depth"),
+            Some(3.0)
+        );
+        assert_eq!(parse_metric(text, "requests_total"), Some(7.0));
+        assert_eq!(parse_metric(text, "absent_metric"), None);
+    }
+
+    #[test]
+    fn labelled_samples_are_summed_by_label_filter() {
+        let text = "# TYPE shoal_p2p_bytes_received counter\n\
+                    shoal_p2p_bytes_received_total{from=\"agent\"} 10\n\
+                    shoal_p2p_bytes_received_total{from=\"origin\"} 5\n\
+                    shoal_p2p_bytes_received_other_total 100\n";
+        let name = "p2p_bytes_received_total";
+        assert_eq!(sum_metric(text, name, &[("from", "agent")]), 10.0);
+        assert_eq!(sum_metric(text, name, &[]), 15.0);
+        assert_eq!(sum_metric(text, name, &[("from", "tracker")]), 0.0);
+        assert_eq!(sum_metric(text, "absent_total", &[]), 0.0);
+    }
+}

@@ -1,0 +1,106 @@
+//! A private containerd for one test: its own root, state and socket addresses in a temp dir,
+//! config version 2 with the CRI plugin disabled (no Kubernetes here), started by the test and
+//! killed when dropped. `ctr` talks to it through its socket, so the machine's containerd (if
+//! any) is neither used nor touched.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+use crate::process::{POLL_INTERVAL, Process, ProcessSpec};
+use crate::tools::{Output, require, run_command};
+
+/// containerd loads its plugins in well under a second; leave room for a loaded machine.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// The namespace the test's images live in.
+const NAMESPACE: &str = "shoal-test";
+
+pub struct Containerd {
+    socket: PathBuf,
+    // Dropped first: the daemon dies before its directories go.
+    process: Process,
+}
+
+impl Containerd {
+    /// Writes a config under `dir` and starts containerd with it, returning once `ctr` gets an
+    /// answer on its socket.
+    pub async fn start(dir: &Path) -> Result<Containerd> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        let text = format!(
+            "version = 2\n\
+             root = {root}\n\
+             state = {state}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = {socket}\n\
+             [ttrpc]\n  address = {ttrpc}\n\
+             [debug]\n  address = \"\"\n\
+             [metrics]\n  address = \"\"\n",
+            root = toml_str(&dir.join("root")),
+            state = toml_str(&dir.join("state")),
+            socket = toml_str(&socket),
+            ttrpc = toml_str(&dir.join("containerd-ttrpc.sock")),
+        );
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let mut process = Process::spawn(ProcessSpec {
+            name: "containerd".to_owned(),
+            program: require("containerd"),
+            args: vec!["--config".to_owned(), config.display().to_string()],
+            env: Vec::new(),
+            log: dir.join("containerd.log"),
+        })?;
+
+        let start = Instant::now();
+        loop {
+            if let Some(status) = process.try_exit_status()? {
+                bail!(
+                    "containerd exited with {status} while starting\n{}",
+                    process.log_tail()
+                );
+            }
+            if socket.exists() {
+                let mut version = Command::new(require("ctr"));
+                version.arg("--address").arg(&socket).arg("version");
+                if run_command(version).await.is_ok() {
+                    return Ok(Containerd { socket, process });
+                }
+            }
+            if start.elapsed() > START_DEADLINE {
+                bail!(
+                    "containerd did not answer on {} within {START_DEADLINE:?}\n{}",
+                    socket.display(),
+                    process.log_tail()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `ctr --address <socket> --namespace shoal-test <args>`.
+    pub async fn ctr<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new(require("ctr"));
+        command
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        run_command(command).await
+    }
+
+    /// The daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}
+
+/// A path as a TOML basic string (JSON string escapes are valid TOML).
+fn toml_str(path: &Path) -> String {
+    serde_json::Value::String(path.display().to_string()).to_string()
+}

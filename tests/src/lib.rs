@@ -1,0 +1,25 @@
+//! The cross-component test harness: a [`Cluster`] of real Shoal binaries on loopback ports, the
+//! reference CNCF registry, helpers that run real clients (skopeo, docker, podman) and raw HTTP,
+//! the image and disk-snapshot utilities the acceptance tests in `tests/` share, and the
+//! network-namespace test bed with the swarm benchmark that runs on it.
+
+pub mod binaries;
+pub mod cluster;
+pub mod configs;
+pub mod containerd;
+pub mod images;
+pub mod netbed;
+pub mod pattern;
+pub mod ports;
+pub mod process;
+pub mod raw_http;
+pub mod reference_registry;
+pub mod snapshot;
+pub mod svg_plot;
+pub mod swarm;
+pub mod swarm_bench;
+pub mod tools;
+pub mod v2;
+
+pub use cluster::{Cluster, ClusterOptions, Component};
+pub use reference_registry::ReferenceRegistry;

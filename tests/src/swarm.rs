@@ -1,0 +1,161 @@
+//! What the peer-to-peer acceptance tests share: pushing an image through the proxy, pulling it
+//! or one blob through an agent (streamed and hashed, never held in memory), the bytes an
+//! origin has served by any route, and polling a cluster condition with a deadline.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::StreamExt;
+use shoal_client::{Image, PulledImage, RegistryClient};
+use shoal_core::{Digest, Digester};
+
+use crate::cluster::{Cluster, Component};
+use crate::images::{layout_blobs, layout_manifest_digest};
+use crate::process::POLL_INTERVAL;
+use crate::tools::skopeo;
+
+/// Pushes `image` as `repo:tag` through the proxy (client crate).
+pub async fn push(cluster: &Cluster, image: &Image, repo: &str, tag: &str) -> Result<()> {
+    let client = RegistryClient::new(&cluster.proxy_url())?;
+    let pushed = client
+        .push_image(image, repo, tag, |_| {})
+        .await
+        .with_context(|| format!("pushing {repo}:{tag} through the proxy"))?;
+    ensure!(
+        pushed == image.manifest_digest,
+        "the proxy acknowledged {pushed}, expected {}",
+        image.manifest_digest
+    );
+    Ok(())
+}
+
+/// Pulls `repo:tag` through agent `agent` into an OCI layout at `dest` (client crate; every blob
+/// is verified against its digest on the way).
+pub async fn pull_through_agent(
+    cluster: &Cluster,
+    agent: usize,
+    repo: &str,
+    tag: &str,
+    dest: &Path,
+) -> Result<PulledImage> {
+    RegistryClient::new(&cluster.agent_url(agent))?
+        .pull_image(repo, tag, dest, |_| {})
+        .await
+        .with_context(|| format!("pulling {repo}:{tag} through agent {agent}"))
+}
+
+/// Pulls `repo:tag` through agent `agent` with skopeo (a real registry client) into an OCI
+/// layout at `dest`, digests preserved.
+pub async fn skopeo_pull_through_agent(
+    cluster: &Cluster,
+    agent: usize,
+    repo: &str,
+    tag: &str,
+    dest: &Path,
+) -> Result<()> {
+    let url = cluster.agent_url(agent);
+    let host = url.trim_start_matches("http://");
+    skopeo([
+        "copy".to_owned(),
+        "--preserve-digests".to_owned(),
+        "--src-tls-verify=false".to_owned(),
+        format!("docker://{host}/{repo}:{tag}"),
+        format!("oci:{}:{tag}", dest.display()),
+    ])
+    .await
+    .with_context(|| format!("skopeo pulling {repo}:{tag} through agent {agent}"))?;
+    Ok(())
+}
+
+/// Checks that the layout at `pulled` holds exactly `image`: the same manifest digest and the
+/// same blobs, each re-hashed from disk.
+pub fn ensure_same_image(image: &Image, pulled: &PulledImage) -> Result<()> {
+    ensure!(
+        pulled.manifest_digest == image.manifest_digest,
+        "pulled manifest {} differs from the pushed {}",
+        pulled.manifest_digest,
+        image.manifest_digest
+    );
+    ensure_same_blobs(image, &pulled.dir)
+}
+
+/// Checks that the OCI layout at `dir` (written by any client) holds exactly `image`: the same
+/// manifest digest and the same blobs, each re-hashed from disk.
+pub fn ensure_same_layout(image: &Image, dir: &Path) -> Result<()> {
+    let manifest = layout_manifest_digest(dir)?;
+    ensure!(
+        manifest == image.manifest_digest,
+        "{}: manifest {manifest} differs from the pushed {}",
+        dir.display(),
+        image.manifest_digest
+    );
+    ensure_same_blobs(image, dir)
+}
+
+fn ensure_same_blobs(image: &Image, dir: &Path) -> Result<()> {
+    let sent = layout_blobs(&image.dir)?;
+    let received = layout_blobs(dir)?;
+    ensure!(
+        sent == received,
+        "{}: blobs differ from the pushed image\nsent:     {sent:?}\nreceived: {received:?}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// GETs `repo`'s blob `digest` from the registry at `base_url`, streaming and hashing the body;
+/// returns the digest and length of what arrived.
+pub async fn fetch_blob(base_url: &str, repo: &str, digest: &Digest) -> Result<(Digest, u64)> {
+    let url = format!("{base_url}/v2/{repo}/blobs/{digest}");
+    let response = shoal_service::client::builder()
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?;
+    let mut body = response.bytes_stream();
+    let mut digester = Digester::new();
+    let mut length = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("reading the body of GET {url}"))?;
+        digester.update(&chunk);
+        length += chunk.len() as u64;
+    }
+    Ok((digester.finish(), length))
+}
+
+/// Blob bytes the origin has sent by any route: its HTTP API plus pieces it seeded over gRPC.
+pub async fn origin_bytes_served(cluster: &Cluster) -> Result<f64> {
+    let http = cluster
+        .metric_sum(Component::Origin, "origin_blob_bytes_served_total", &[])
+        .await?;
+    let p2p = cluster
+        .metric_sum(Component::Origin, "p2p_bytes_served_total", &[])
+        .await?;
+    Ok(http + p2p)
+}
+
+/// Polls `check` until it returns true; fails with `what` and the cluster's logs after
+/// `deadline`.
+pub async fn wait_until(
+    cluster: &Cluster,
+    deadline: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            bail!(
+                "timed out after {deadline:?} waiting until {what}\n{}",
+                cluster.log_tails()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}

@@ -1,0 +1,527 @@
+//! The swarm benchmark: N agents on N shaped hosts of a [`Netbed`] pull one image at once through
+//! a real client (skopeo, run inside each agent's namespace), then the same N pulls go to the
+//! CNCF registry (`docker-registry`) placed on the origin's host behind the same link. Reports
+//! completion times, origin egress and backend reads; [`SwarmReport::markdown`] and
+//! [`crate::svg_plot`] turn them into docs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use futures::future::try_join_all;
+use serde_json::{Value, json};
+use shoal_client::{Image, ImageSpec, RegistryClient};
+use tempfile::TempDir;
+
+use crate::cluster::sum_metric;
+use crate::images::generate;
+use crate::netbed::{Host, Netbed, Rate};
+use crate::process::{Process, ProcessSpec, wait_until_ready};
+use crate::swarm::ensure_same_layout;
+use crate::tools::require;
+
+/// Release binaries start in milliseconds; debug ones on a loaded 2-core machine take longer.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Every pull gets this on top of its worst-case transfer time.
+const PULL_SLACK: Duration = Duration::from_secs(120);
+const REPO: &str = "bench/swarm";
+const TAG: &str = "v1";
+const AGENT_PORT: u16 = 16000;
+const AGENT_PEER_PORT: u16 = 16001;
+const TRACKER_PORT: u16 = 15003;
+const BUILD_INDEX_PORT: u16 = 15004;
+const PROXY_PORT: u16 = 15000;
+const ORIGIN_PORT: u16 = 15100;
+const ORIGIN_PEER_PORT: u16 = 15101;
+const REGISTRY_PORT: u16 = 5000;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct SwarmParams {
+    pub agents: usize,
+    /// Total layer bytes, split evenly over `layers`.
+    pub image_bytes: u64,
+    pub layers: usize,
+    pub agent_rate: Rate,
+    /// The origin's host link, shared by the origin and (for the baseline) the registry.
+    pub origin_rate: Rate,
+    /// Links of the tracker, build-index and proxy hosts.
+    pub service_rate: Rate,
+    /// Where `shoal-origin`, `shoal-agent`, … are (target/release for benchmarks).
+    pub binaries: PathBuf,
+    /// `RUST_LOG` for the components.
+    pub rust_log: String,
+}
+
+/// One set of N concurrent pulls.
+#[derive(Debug, Clone)]
+pub struct PullRun {
+    /// Each agent's time from starting skopeo to its exit with the image complete, by agent.
+    pub times: Vec<Duration>,
+}
+
+impl PullRun {
+    /// The nearest-rank `q` quantile (0 < q ≤ 1) of the completion times.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.times.clone();
+        sorted.sort();
+        let rank = (q * sorted.len() as f64).ceil() as usize;
+        sorted
+            .get(rank.clamp(1, sorted.len().max(1)) - 1)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub fn max(&self) -> Duration {
+        self.times.iter().max().copied().unwrap_or_default()
+    }
+}
+
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone)]
+pub struct SwarmReport {
+    pub params: SwarmParams,
+    /// S: the bytes a client pulls (manifest, config and layers).
+    pub image_bytes: u64,
+    pub shoal: PullRun,
+    /// Blob bytes the origin sent during Shoal's pulls (HTTP API plus gRPC pieces).
+    pub origin_egress: f64,
+    /// Blobs the origin pulled through from its backend during Shoal's pulls.
+    pub backend_pullthroughs: f64,
+    pub registry: PullRun,
+}
+
+impl SwarmReport {
+    /// S/B: the physical limit of one pull over an agent's link, in seconds.
+    pub fn link_limit(&self) -> f64 {
+        self.image_bytes as f64 / self.params.agent_rate.bytes_per_second()
+    }
+
+    /// Origin egress as a multiple of S.
+    pub fn origin_copies(&self) -> f64 {
+        self.origin_egress / self.image_bytes as f64
+    }
+
+    /// A Markdown section for docs/BENCHMARKS.md; `command` is how the run was started.
+    pub fn markdown(&self, command: &str, date: &str, svg: Option<&str>) -> String {
+        let p = &self.params;
+        let limit = self.link_limit();
+        let row = |name: &str, run: &PullRun| {
+            let (p50, p90, max) = (run.quantile(0.5), run.quantile(0.9), run.max());
+            format!(
+                "| {name} | {:.1} s | {:.1} s | {:.1} s | {:.2}× | {:.2}× |\n",
+                p50.as_secs_f64(),
+                p90.as_secs_f64(),
+                max.as_secs_f64(),
+                p50.as_secs_f64() / limit,
+                p90.as_secs_f64() / limit,
+            )
+        };
+        let speedup =
+            |q: f64| self.registry.quantile(q).as_secs_f64() / self.shoal.quantile(q).as_secs_f64();
+        let mut text = format!(
+            "### {} agents, {:.0} MiB in {} layers, {} agent links, {} origin link ({date})\n\n\
+             ```sh\n{command}\n```\n\n\
+             S = {} bytes, B = {}, S/B = {limit:.1} s. Tracker, build-index and proxy hosts: {}.\n\n\
+             | registry the agents' skopeo pulls from | p50 | p90 | max | p50 / (S/B) | p90 / (S/B) |\n\
+             |---|---|---|---|---|---|\n",
+            p.agents,
+            self.image_bytes as f64 / f64::from(1 << 20),
+            p.layers,
+            rate_text(p.agent_rate),
+            rate_text(p.origin_rate),
+            self.image_bytes,
+            rate_text(p.agent_rate),
+            rate_text(p.service_rate),
+        );
+        text.push_str(&row(
+            "Shoal: each agent (p2p swarm, one origin)",
+            &self.shoal,
+        ));
+        text.push_str(&row(
+            "docker-registry on the origin's host (baseline)",
+            &self.registry,
+        ));
+        text.push_str(&format!(
+            "\nSpeedup against the central registry: p50 {:.2}×, p90 {:.2}×, max {:.2}×. \
+             Origin egress during Shoal's pulls: {:.0} bytes = {:.2}× S. Backend reads: {} blobs \
+             pulled through (the origin held the pushed blobs).\n",
+            speedup(0.5),
+            speedup(0.9),
+            self.registry.max().as_secs_f64() / self.shoal.max().as_secs_f64(),
+            self.origin_egress,
+            self.origin_copies(),
+            self.backend_pullthroughs,
+        ));
+        if let Some(svg) = svg {
+            text.push_str(&format!("\n![completion times]({svg})\n"));
+        }
+        text
+    }
+}
+
+/// `100 Mbit/s` for a rate.
+pub fn rate_text(rate: Rate) -> String {
+    if rate.bits_per_second.is_multiple_of(1_000_000_000) {
+        format!("{} Gbit/s", rate.bits_per_second / 1_000_000_000)
+    } else {
+        format!("{} Mbit/s", rate.bits_per_second as f64 / 1e6)
+    }
+}
+
+/// The hosts of one run, with the processes on them (killed on drop; the caller keeps the
+/// [`Netbed`] alive longer, so processes die before their namespaces are deleted).
+struct Swarm {
+    origin: Host,
+    proxy: Host,
+    agents: Vec<Host>,
+    http: reqwest::Client,
+    _processes: Vec<Process>,
+}
+
+/// Runs the whole benchmark: bed, cluster, registry, image, both sets of pulls. Everything it
+/// created is gone when it returns, with or without an error.
+pub async fn run(params: &SwarmParams) -> Result<SwarmReport> {
+    ensure!(params.agents > 0, "the benchmark needs at least one agent");
+    ensure!(params.layers > 0, "the image needs at least one layer");
+    require("skopeo");
+    require("docker-registry");
+    // Declaration order is teardown order in reverse: processes, then the bed, then the files.
+    let work = tempfile::Builder::new()
+        .prefix("shoal-swarm-bench-")
+        .tempdir()
+        .context("creating the work dir")?;
+    let mut bed = Netbed::create()?;
+    eprintln!("swarm bench: test bed {}", bed.prefix());
+    let swarm = start(params, &mut bed, work.path()).await?;
+    measure(params, &swarm, &work).await
+}
+
+async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<SwarmReport> {
+    let per_layer = params.image_bytes / params.layers as u64;
+    let image = generate(
+        &work.path().join("image"),
+        ImageSpec {
+            layers: vec![per_layer; params.layers],
+            seed: 0x53a_f006,
+            tag: TAG.to_owned(),
+        },
+    )
+    .await?;
+    let image_bytes =
+        image.blobs().map(|(_, size)| size).sum::<u64>() + image.manifest_bytes.len() as u64;
+    let registry = SocketAddr::new(swarm.origin.addr.into(), REGISTRY_PORT);
+    let proxy = SocketAddr::new(swarm.proxy.addr.into(), PROXY_PORT);
+    eprintln!("swarm bench: pushing {image_bytes} bytes to the proxy and to docker-registry");
+    push(&image, proxy).await?;
+    push(&image, registry).await?;
+
+    // Pull at most this long: N full copies through the narrower of the two links, plus slack.
+    let bottleneck = params
+        .origin_rate
+        .bits_per_second
+        .min(params.agent_rate.bits_per_second);
+    let deadline = PULL_SLACK
+        + Duration::from_secs_f64(
+            3.0 * params.agents as f64 * image_bytes as f64 * 8.0 / bottleneck as f64,
+        );
+    let origin_http = SocketAddr::new(swarm.origin.addr.into(), ORIGIN_PORT);
+    let before = origin_counters(&swarm.http, origin_http).await?;
+    eprintln!("swarm bench: {} pulls through the agents", params.agents);
+    let shoal = pulls(swarm, &image, work.path(), deadline, |i| {
+        SocketAddr::new(swarm.agents[i].addr.into(), AGENT_PORT)
+    })
+    .await?;
+    let after = origin_counters(&swarm.http, origin_http).await?;
+    eprintln!(
+        "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, origin egress {:.0} bytes",
+        shoal.quantile(0.5),
+        shoal.quantile(0.9),
+        shoal.max(),
+        after.0 - before.0
+    );
+    eprintln!("swarm bench: {} pulls from docker-registry", params.agents);
+    let baseline = pulls(swarm, &image, work.path(), deadline, |_| registry).await?;
+    Ok(SwarmReport {
+        params: params.clone(),
+        image_bytes,
+        shoal,
+        origin_egress: after.0 - before.0,
+        backend_pullthroughs: after.1 - before.1,
+        registry: baseline,
+    })
+}
+
+/// Creates the hosts and starts tracker, build-index, proxy, origin (with the registry beside
+/// it) and the agents, each inside its host's namespace.
+async fn start(params: &SwarmParams, bed: &mut Netbed, work: &Path) -> Result<Swarm> {
+    let tracker = bed.add_host("tracker", params.service_rate)?;
+    let index = bed.add_host("index", params.service_rate)?;
+    let proxy = bed.add_host("proxy", params.service_rate)?;
+    let origin = bed.add_host("origin", params.origin_rate)?;
+    let agents = (0..params.agents)
+        .map(|i| bed.add_host(&format!("a{i}"), params.agent_rate))
+        .collect::<Result<Vec<_>>>()?;
+    let at = |host: &Host, port: u16| SocketAddr::new(host.addr.into(), port).to_string();
+    let backend = work.join("backend");
+    let launcher = Launcher { params, work };
+    let mut processes = Vec::new();
+
+    let config = json!({
+        "listen": at(&origin, ORIGIN_PORT),
+        "peer_listen": at(&origin, ORIGIN_PEER_PORT),
+        "data_dir": work.join("origin"),
+        "backend": {"filesystem": {"root": backend}},
+    });
+    processes.push(
+        launcher
+            .component(&origin, "shoal-origin", config, ORIGIN_PORT)
+            .await?,
+    );
+    let config = json!({
+        "listen": at(&index, BUILD_INDEX_PORT),
+        "origins": [at(&origin, ORIGIN_PORT)],
+        "backend": {"filesystem": {"root": backend}},
+    });
+    processes.push(
+        launcher
+            .component(&index, "shoal-build-index", config, BUILD_INDEX_PORT)
+            .await?,
+    );
+    let config = json!({
+        "listen": at(&proxy, PROXY_PORT),
+        "origins": [at(&origin, ORIGIN_PORT)],
+        "build_index": at(&index, BUILD_INDEX_PORT),
+    });
+    processes.push(
+        launcher
+            .component(&proxy, "shoal-proxy", config, PROXY_PORT)
+            .await?,
+    );
+    let config = json!({
+        "listen": at(&tracker, TRACKER_PORT),
+        "origins": [{"http": at(&origin, ORIGIN_PORT), "peer": at(&origin, ORIGIN_PEER_PORT)}],
+    });
+    processes.push(
+        launcher
+            .component(&tracker, "shoal-tracker", config, TRACKER_PORT)
+            .await?,
+    );
+    for (i, agent) in agents.iter().enumerate() {
+        let config = json!({
+            "listen": at(agent, AGENT_PORT),
+            "peer_listen": at(agent, AGENT_PEER_PORT),
+            "peer_id": format!("agent-{i}"),
+            "data_dir": work.join(format!("agent-{i}")),
+            "tracker": at(&tracker, TRACKER_PORT),
+            "build_index": at(&index, BUILD_INDEX_PORT),
+        });
+        processes.push(
+            launcher
+                .component(agent, "shoal-agent", config, AGENT_PORT)
+                .await?,
+        );
+    }
+    processes.push(launcher.registry(&origin).await?);
+    Ok(Swarm {
+        origin,
+        proxy,
+        agents,
+        http: shoal_service::client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("building the metrics client")?,
+        _processes: processes,
+    })
+}
+
+/// Starts processes inside hosts' namespaces with files under the run's work dir.
+struct Launcher<'a> {
+    params: &'a SwarmParams,
+    work: &'a Path,
+}
+
+impl Launcher<'_> {
+    /// Starts `binary` with `config` on `host` and waits for its `/health` on `port`.
+    async fn component(
+        &self,
+        host: &Host,
+        binary: &str,
+        config: Value,
+        port: u16,
+    ) -> Result<Process> {
+        let program = self.params.binaries.join(binary);
+        ensure!(
+            program.is_file(),
+            "{} not found: build the binaries first (cargo build --release --bins)",
+            program.display()
+        );
+        let file = self.work.join(format!("{}.yaml", host.role));
+        std::fs::write(&file, serde_yaml_ng::to_string(&config)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        let url = format!("http://{}:{port}/health", host.addr);
+        self.spawn(
+            host,
+            program,
+            vec!["--config".to_owned(), path(&file)],
+            &url,
+        )
+        .await
+    }
+
+    /// Starts `docker-registry` on `host` (the origin's), storage in the work dir.
+    async fn registry(&self, host: &Host) -> Result<Process> {
+        let file = self.work.join("registry.yaml");
+        let config = json!({
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {
+                "filesystem": {"rootdirectory": self.work.join("registry")},
+                "delete": {"enabled": true},
+            },
+            "http": {"addr": format!("{}:{REGISTRY_PORT}", host.addr)},
+        });
+        std::fs::write(&file, serde_yaml_ng::to_string(&config)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        let url = format!("http://{}:{REGISTRY_PORT}/v2/", host.addr);
+        self.spawn(
+            host,
+            require("docker-registry"),
+            vec!["serve".to_owned(), path(&file)],
+            &url,
+        )
+        .await
+    }
+
+    async fn spawn(
+        &self,
+        host: &Host,
+        program: PathBuf,
+        args: Vec<String>,
+        ready: &str,
+    ) -> Result<Process> {
+        let name = format!(
+            "{}@{}",
+            program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            host.role
+        );
+        let mut full = vec![
+            "netns".to_owned(),
+            "exec".to_owned(),
+            host.netns.clone(),
+            path(&program),
+        ];
+        full.extend(args);
+        let mut process = Process::spawn(ProcessSpec {
+            name,
+            program: require("ip"),
+            args: full,
+            env: vec![("RUST_LOG".to_owned(), self.params.rust_log.clone())],
+            log: self.work.join(format!("{}.log", host.role)),
+        })?;
+        wait_until_ready(&mut process, ready, STARTUP_DEADLINE).await?;
+        Ok(process)
+    }
+}
+
+async fn push(image: &Image, registry: SocketAddr) -> Result<()> {
+    let pushed = RegistryClient::new(&format!("http://{registry}"))?
+        .push_image(image, REPO, TAG, |_| {})
+        .await
+        .with_context(|| format!("pushing {REPO}:{TAG} to {registry}"))?;
+    ensure!(
+        pushed == image.manifest_digest,
+        "{registry} acknowledged {pushed}, expected {}",
+        image.manifest_digest
+    );
+    Ok(())
+}
+
+/// Every agent host pulls the image at once with skopeo from `source(i)`; each layout is
+/// checked against the pushed image and then removed (N copies of a large image add up).
+async fn pulls(
+    swarm: &Swarm,
+    image: &Image,
+    work: &Path,
+    deadline: Duration,
+    source: impl Fn(usize) -> SocketAddr,
+) -> Result<PullRun> {
+    let runs = swarm.agents.iter().enumerate().map(|(i, host)| {
+        let from = source(i);
+        let dest = work.join(format!("pulled-{i}"));
+        async move {
+            let mut command = host.tokio_command(require("skopeo"));
+            command.args([
+                "copy".to_owned(),
+                "--quiet".to_owned(),
+                "--preserve-digests".to_owned(),
+                "--src-tls-verify=false".to_owned(),
+                format!("docker://{from}/{REPO}:{TAG}"),
+                format!("oci:{}:{TAG}", path(&dest)),
+            ]);
+            let started = Instant::now();
+            // Not `tools::run_command`: its fixed deadline is shorter than N copies through a
+            // slow central registry take.
+            command
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let child = command
+                .spawn()
+                .with_context(|| format!("{}: spawning skopeo", host.role))?;
+            let out = tokio::time::timeout(deadline, child.wait_with_output())
+                .await
+                .with_context(|| {
+                    format!("{}: skopeo did not finish within {deadline:?}", host.role)
+                })?
+                .with_context(|| format!("{}: waiting for skopeo", host.role))?;
+            ensure!(
+                out.status.success(),
+                "{} pulling from {from}: skopeo failed with {}: {}",
+                host.role,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            eprintln!(
+                "swarm bench: {} done in {:.1?}",
+                host.role,
+                started.elapsed()
+            );
+            Ok::<_, anyhow::Error>((started.elapsed(), dest))
+        }
+    });
+    let done = try_join_all(runs).await?;
+    let mut times = Vec::with_capacity(done.len());
+    for (elapsed, dest) in done {
+        ensure_same_layout(image, &dest)?;
+        std::fs::remove_dir_all(&dest).with_context(|| format!("removing {}", dest.display()))?;
+        times.push(elapsed);
+    }
+    Ok(PullRun { times })
+}
+
+/// The origin's (blob bytes served by any route, blobs pulled through from the backend).
+async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<(f64, f64)> {
+    let url = format!("http://{origin}/metrics");
+    let text = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    let served = sum_metric(&text, "origin_blob_bytes_served_total", &[])
+        + sum_metric(&text, "p2p_bytes_served_total", &[]);
+    Ok((served, sum_metric(&text, "origin_pullthrough_total", &[])))
+}
+
+fn path(path: &Path) -> String {
+    path.display().to_string()
+}

@@ -1,0 +1,78 @@
+//! The reason Shoal exists: six agents pulling the same large image at once get most of it from
+//! each other. Tracker, build-index, proxy, one origin and six agents run as separate processes;
+//! the origin's own byte counters prove it did not serve six copies.
+
+use anyhow::{Result, ensure};
+use futures::future::try_join_all;
+use shoal_client::ImageSpec;
+use shoal_tests::images::generate;
+use shoal_tests::swarm::{
+    ensure_same_layout, origin_bytes_served, push, skopeo_pull_through_agent,
+};
+use shoal_tests::{Cluster, ClusterOptions};
+
+const MIB: u64 = 1 << 20;
+const AGENTS: usize = 6;
+/// Six full copies from the origin would be 6×; anything up to 2.5× still means most bytes
+/// moved between agents.
+const MAX_ORIGIN_COPIES: f64 = 2.5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_agents_pulling_at_once_get_most_bytes_from_each_other() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::with_agents(AGENTS)).await?;
+    let work = tempfile::tempdir()?;
+    // Two layers, 264 MiB in all: both use 1 MiB pieces, a few hundred per layer to spread.
+    let image = generate(
+        &work.path().join("image"),
+        ImageSpec {
+            layers: vec![200 * MIB, 64 * MIB + 4321],
+            seed: 0x5e0_0301,
+            tag: "v1".to_owned(),
+        },
+    )
+    .await?;
+    let image_size: u64 =
+        image.blobs().map(|(_, size)| size).sum::<u64>() + image.manifest_bytes.len() as u64;
+    ensure!(
+        image_size >= 256 * MIB,
+        "the image must be at least 256 MiB"
+    );
+    push(&cluster, &image, "swarm/app", "v1").await?;
+    let served_before = origin_bytes_served(&cluster).await?;
+
+    // A real client (skopeo) per agent, all at once; each verifies digests as it pulls.
+    let dests: Vec<_> = (0..AGENTS)
+        .map(|i| work.path().join(format!("pulled-{i}")))
+        .collect();
+    let pulls = dests.iter().enumerate().map(|(i, dest)| {
+        let cluster = &cluster;
+        async move { skopeo_pull_through_agent(cluster, i, "swarm/app", "v1", dest).await }
+    });
+    try_join_all(pulls).await?;
+    for dest in &dests {
+        ensure_same_layout(&image, dest)?;
+    }
+
+    let served = origin_bytes_served(&cluster).await? - served_before;
+    let from_agents = cluster
+        .agents_metric_sum("p2p_bytes_received_total", &[("from", "agent")])
+        .await?;
+    let from_origin = cluster
+        .agents_metric_sum("p2p_bytes_received_total", &[("from", "origin")])
+        .await?;
+    eprintln!(
+        "image {image_size} B; origin served {served} B ({:.2}×); agents received {from_agents} B \
+         from agents and {from_origin} B from the origin",
+        served / image_size as f64
+    );
+    ensure!(
+        served <= MAX_ORIGIN_COPIES * image_size as f64,
+        "the origin served {served} bytes for a {image_size}-byte image pulled by {AGENTS} \
+         agents: more than {MAX_ORIGIN_COPIES}× means the agents did not share pieces"
+    );
+    ensure!(
+        from_agents > 0.0,
+        "no agent reports bytes received from another agent"
+    );
+    Ok(())
+}

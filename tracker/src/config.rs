@@ -1,0 +1,259 @@
+//! The tracker's configuration file (`--config`): where to listen, the origin cluster, how long
+//! peers stay in a swarm, how many peers one announce hands out, and where peers are stored.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_core::PeerId;
+use shoal_service::LogConfig;
+
+/// `shoal-tracker --config tracker.yaml`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Address of the gRPC `Tracker` service and of `/health` and `/metrics` (one port).
+    pub listen: SocketAddr,
+    /// The origin cluster. Rendezvous hashing over the `http` addresses picks a digest's owners,
+    /// the same ranking the build-index and proxy use.
+    pub origins: Vec<OriginAddrs>,
+    /// Owners per digest: how many origins are handed out as seeders and asked for metainfo.
+    pub replicas: usize,
+    /// How often peers are told to announce again.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// A peer that has not announced for this long leaves the swarm. Several announce intervals,
+    /// so one late or lost announce does not drop a live peer.
+    #[serde(with = "humantime_serde")]
+    pub peer_ttl: Duration,
+    /// Most peers one announce answers with.
+    pub handout_limit: usize,
+    /// Where swarms are kept.
+    pub store: StoreConfig,
+    /// Metainfo documents kept in memory (least recently used are dropped first).
+    pub metainfo_cache: usize,
+    pub log: LogConfig,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15003)),
+            origins: vec![OriginAddrs {
+                http: "127.0.0.1:15100".into(),
+                peer: "127.0.0.1:15101".into(),
+            }],
+            replicas: 3,
+            announce_interval: Duration::from_secs(3),
+            peer_ttl: Duration::from_secs(30),
+            handout_limit: 30,
+            store: StoreConfig::Memory,
+            metainfo_cache: 10_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// One origin's two addresses.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OriginAddrs {
+    /// `host:port` (or `http://…`) of its HTTP API, where metainfo is fetched.
+    pub http: String,
+    /// `host:port` of its gRPC `Peer` service, handed to peers as a seeder. It is also the
+    /// origin's peer id, so it must be a valid one (`[A-Za-z0-9._:-]`, at most 64 characters).
+    pub peer: String,
+}
+
+/// The peer store.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In this process: swarms are lost on restart and peers rebuild them within one interval.
+    #[default]
+    Memory,
+    /// In Redis, shared by several trackers and kept across tracker restarts.
+    Redis {
+        /// `redis://host:port[/db]`.
+        url: String,
+    },
+}
+
+/// A config value that parses but cannot work, named by its field path.
+#[derive(Debug, thiserror::Error)]
+#[error("config field `{field}`: {reason}")]
+pub struct InvalidConfig {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidConfig {
+    InvalidConfig {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl TrackerConfig {
+    /// Checks what the types alone cannot express.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.origins.is_empty() {
+            return Err(invalid(
+                "origins",
+                "at least one origin is required to serve metainfo",
+            ));
+        }
+        for (i, origin) in self.origins.iter().enumerate() {
+            if origin.http.is_empty() || origin.http.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    format!("origins[{i}].http"),
+                    format!("{:?} is not a host:port or http:// address", origin.http),
+                ));
+            }
+            if let Err(error) = PeerId::parse(&origin.peer) {
+                return Err(invalid(
+                    format!("origins[{i}].peer"),
+                    format!(
+                        "{:?} cannot serve as the origin's peer id: {error}",
+                        origin.peer
+                    ),
+                ));
+            }
+        }
+        if self.replicas == 0 {
+            return Err(invalid("replicas", "must be at least 1"));
+        }
+        if self.handout_limit == 0 {
+            return Err(invalid("handout_limit", "must be at least 1"));
+        }
+        if self.metainfo_cache == 0 {
+            return Err(invalid("metainfo_cache", "must be at least 1"));
+        }
+        if self.announce_interval.is_zero() {
+            return Err(invalid("announce_interval", "must be greater than zero"));
+        }
+        if u32::try_from(self.announce_interval.as_millis()).is_err() {
+            return Err(invalid(
+                "announce_interval",
+                "must fit the protocol's u32 milliseconds (about 49 days)",
+            ));
+        }
+        if self.peer_ttl <= self.announce_interval {
+            return Err(invalid(
+                "peer_ttl",
+                "must be longer than announce_interval, or live peers drop out between announces",
+            ));
+        }
+        if let StoreConfig::Redis { url } = &self.store
+            && let Err(error) = redis::Client::open(url.as_str())
+        {
+            return Err(invalid("store.redis.url", error.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config: TrackerConfig = shoal_service::config::parse("", "t").expect("parse");
+        assert_eq!(config, TrackerConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:15003");
+        assert_eq!(config.origins[0].http, "127.0.0.1:15100");
+        assert_eq!(config.origins[0].peer, "127.0.0.1:15101");
+        assert_eq!(config.replicas, 3);
+        assert_eq!(config.announce_interval, Duration::from_secs(3));
+        assert_eq!(config.peer_ttl, Duration::from_secs(30));
+        assert_eq!(config.handout_limit, 30);
+        assert_eq!(config.store, StoreConfig::Memory);
+        assert_eq!(config.metainfo_cache, 10_000);
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn store_is_a_word_or_a_one_key_map() {
+        let config: TrackerConfig =
+            shoal_service::config::parse("store: memory\n", "t").expect("parse");
+        assert_eq!(config.store, StoreConfig::Memory);
+        let config: TrackerConfig = shoal_service::config::parse(
+            "store:\n  redis:\n    url: redis://127.0.0.1:6379\n",
+            "t",
+        )
+        .expect("parse");
+        assert_eq!(
+            config.store,
+            StoreConfig::Redis {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn fields_parse_in_human_form_and_typos_are_named() {
+        let yaml = "listen: 0.0.0.0:9003\norigins:\n  - {http: a:1, peer: a:2}\n  - {http: b:1, peer: b:2}\nreplicas: 2\nannounce_interval: 500ms\npeer_ttl: 5s\nhandout_limit: 4\n";
+        let config: TrackerConfig = shoal_service::config::parse(yaml, "t").expect("parse");
+        assert_eq!(config.origins.len(), 2);
+        assert_eq!(config.announce_interval, Duration::from_millis(500));
+        assert_eq!(config.peer_ttl, Duration::from_secs(5));
+        assert_eq!(config.handout_limit, 4);
+        config.validate().expect("valid");
+
+        let error = shoal_service::config::parse::<TrackerConfig>(
+            "origins:\n  - {http: a:1, peer: a:2, pear: x}\n",
+            "t",
+        )
+        .expect_err("typo")
+        .to_string();
+        assert!(error.contains("pear"), "{error}");
+    }
+
+    #[test]
+    fn unworkable_values_are_refused_by_field() {
+        let field = |config: TrackerConfig| config.validate().expect_err("invalid").field;
+        let base = TrackerConfig::default();
+        assert_eq!(
+            field(TrackerConfig {
+                origins: vec![],
+                ..base.clone()
+            }),
+            "origins"
+        );
+        assert_eq!(
+            field(TrackerConfig {
+                origins: vec![OriginAddrs {
+                    http: "a:1".into(),
+                    peer: "[::1]:15101".into()
+                }],
+                ..base.clone()
+            }),
+            "origins[0].peer"
+        );
+        assert_eq!(
+            field(TrackerConfig {
+                peer_ttl: base.announce_interval,
+                ..base.clone()
+            }),
+            "peer_ttl"
+        );
+        assert_eq!(
+            field(TrackerConfig {
+                handout_limit: 0,
+                ..base.clone()
+            }),
+            "handout_limit"
+        );
+        assert_eq!(
+            field(TrackerConfig {
+                store: StoreConfig::Redis {
+                    url: "http://nope".into()
+                },
+                ..base
+            }),
+            "store.redis.url"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! The Shoal tracker: which peers hold which blob, and the blobs' metainfo. Peers announce each
+//! blob they download or seed and get back a sample of its swarm (the owning origins first) and
+//! when to announce again; `GetMetainfo` serves piece hashes, fetched from the owning origins and
+//! cached. The gRPC `Tracker` service and `/health`, `/metrics` share one listener (HTTP/1 and
+//! h2c). Contracts: `docs/p2p.md` ("tracker") and `proto/proto/shoal/v1/tracker.proto`.
+
+pub mod config;
+mod error;
+mod handout;
+mod metainfo;
+mod metrics;
+mod origins;
+mod peers;
+mod service;
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_proto::v1::tracker_server::TrackerServer;
+use shoal_service::{CancellationToken, MetricsBuilder};
+use tokio::net::TcpListener;
+
+pub use config::{InvalidConfig, OriginAddrs, StoreConfig, TrackerConfig};
+pub use peers::{MemoryStore, PeerRecord, PeerStore, RedisStore, StoreError};
+
+/// Metainfo of a blob the origin must first pull through from the backend and hash can take a
+/// while for multi-gigabyte layers; beyond this the origin is treated as unavailable.
+const ORIGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// A dead origin must not stall failover to the next owner.
+const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The socket the tracker serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub grpc: TcpListener,
+}
+
+/// Serves the tracker until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn run(
+    config: TrackerConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let store: Arc<dyn PeerStore> = match &config.store {
+        StoreConfig::Memory => Arc::new(MemoryStore::new(config.peer_ttl)),
+        StoreConfig::Redis { url } => Arc::new(
+            RedisStore::connect(url, config.peer_ttl)
+                .await
+                .context("connecting to the redis peer store (config field `store.redis.url`)")?,
+        ),
+    };
+    let http = shoal_service::client::builder()
+        .timeout(ORIGIN_REQUEST_TIMEOUT)
+        .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
+        .build()
+        .context("building the origin HTTP client")?;
+    let origins = Arc::new(origins::Origins::new(
+        &http,
+        &config.origins,
+        config.replicas,
+    )?);
+
+    let mut registry = MetricsBuilder::new("tracker");
+    let metrics = metrics::TrackerMetrics::register(registry.registry());
+    let capacity = NonZeroUsize::new(config.metainfo_cache)
+        .context("config field `metainfo_cache` must be at least 1")?;
+    let service = service::TrackerService {
+        store,
+        metainfo: metainfo::MetainfoCache::new(Arc::clone(&origins), capacity, metrics.clone()),
+        origins,
+        handout_limit: config.handout_limit,
+        interval_ms: u32::try_from(config.announce_interval.as_millis())
+            .context("config field `announce_interval` is too long")?,
+        metrics,
+    };
+    let grpc = tonic::service::Routes::new(TrackerServer::new(service)).into_axum_router();
+    let app = shoal_service::http::with_common_routes(grpc, registry.build());
+
+    let addr = listeners
+        .grpc
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%addr, origins = config.origins.len(), store = ?config.store, "tracker serving");
+    shoal_service::http::serve(listeners.grpc, app, shutdown)
+        .await
+        .context("serving the tracker")?;
+    tracing::info!("tracker stopped");
+    Ok(())
+}
