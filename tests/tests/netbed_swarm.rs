@@ -9,6 +9,8 @@ use shoal_tests::netbed::{Netbed, Rate, namespaces_with_prefix};
 use shoal_tests::swarm_bench::{self, SwarmParams};
 use shoal_tests::{binaries, svg_plot};
 
+use std::time::{Duration, Instant};
+
 const MIB: u64 = 1 << 20;
 const AGENTS: usize = 3;
 
@@ -60,21 +62,64 @@ fn a_dropped_bed_leaves_no_namespace_or_process_behind() -> Result<()> {
     let prefix = bed.prefix().to_owned();
     let host = bed.add_host("h", Rate::mbit(100))?;
     // A process inside the namespace that would outlive it if teardown missed it.
-    let mut sleeper = host.command("sleep").arg("600").spawn()?;
+    let mut sleeper = Sleeper(host.command("sleep").arg("600").spawn()?);
     ensure!(
         namespaces_with_prefix(&prefix)?.len() == 2,
         "switch and host namespaces exist"
     );
+    // `ip netns exec` enters the namespace and then execs; until it has, the process is not
+    // in the namespace yet and no teardown could see it there.
+    let pid = sleeper.0.id();
+    let entered = Instant::now();
+    while !netns_pids(&host.netns)?.contains(&pid) {
+        ensure!(
+            entered.elapsed() < Duration::from_secs(10),
+            "the sleeper never showed up in {}",
+            host.netns
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(bed);
     ensure!(
         namespaces_with_prefix(&prefix)?.is_empty(),
         "namespaces left behind: {:?}",
         namespaces_with_prefix(&prefix)?
     );
-    let status = sleeper.wait()?;
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = sleeper.0.try_wait()? {
+            break status;
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the process in the namespace is still running after teardown"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     ensure!(
         !status.success(),
-        "the process in the namespace was killed, not left running"
+        "the process in the namespace was killed, not left to finish"
     );
     Ok(())
+}
+
+/// Kills its child when dropped, so a failing assertion never leaves `sleep 600` behind.
+struct Sleeper(std::process::Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn netns_pids(netns: &str) -> Result<Vec<u32>> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()?;
+    ensure!(out.status.success(), "ip netns pids {netns} failed");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect())
 }
