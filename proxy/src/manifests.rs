@@ -84,8 +84,7 @@ pub async fn put(
     check_references(state, name, &manifest).await?;
     state
         .upstreams
-        .blob_origin(&digest)
-        .put_blob(&digest, Some(name), reqwest::Body::from(bytes))
+        .put_blob(&digest, name, reqwest::Body::from(bytes))
         .await?;
     if let Reference::Tag(tag) = reference {
         state

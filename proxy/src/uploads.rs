@@ -36,11 +36,7 @@ pub async fn start(
     if let Some(digest) = query.get("digest") {
         let digest = Digest::parse(digest)?;
         let body = upstream_body(body, state.metrics.blob_bytes_in.clone());
-        state
-            .upstreams
-            .blob_origin(&digest)
-            .put_blob(&digest, Some(name), body)
-            .await?;
+        state.upstreams.put_blob(&digest, name, body).await?;
         return Ok(created(name, &digest));
     }
     let handle = state.upstreams.start_session(name).await?;

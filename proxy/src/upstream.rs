@@ -1,7 +1,9 @@
-//! Which internal node serves a request. Blob operations go to the digest's rendezvous owner among
+//! Which internal node serves a request. Blob operations go to the digest's rendezvous owners among
 //! the origins; an upload session lives on the origin chosen when it was opened, and the handle the
 //! client gets back names that origin, so any proxy replica can route the session's later requests.
 //! Reads fail over: they try the digest's owners in rendezvous order until one has the blob.
+//! Writes fail over too: a session opens on the first origin that answers, so one origin down
+//! does not stop pushes.
 
 use std::fmt;
 use std::future::Future;
@@ -36,21 +38,19 @@ impl Upstreams {
         }
     }
 
-    /// The origin that owns `digest`: the first of its rendezvous owners.
-    pub fn blob_origin(&self, digest: &Digest) -> &OriginClient {
-        let position = rendezvous::owners(digest, &self.addresses, 1)
-            .first()
-            .and_then(|owner| self.addresses.iter().position(|a| a == *owner))
-            .unwrap_or(0);
-        &self.origins[position]
-    }
-
     /// The owners of `digest`, most preferred first.
     fn owners(&self, digest: &Digest) -> Vec<&OriginClient> {
+        self.owner_slots(digest)
+            .into_iter()
+            .map(|slot| &self.origins[slot])
+            .collect()
+    }
+
+    /// The config positions of the owners of `digest`, most preferred first.
+    fn owner_slots(&self, digest: &Digest) -> Vec<usize> {
         rendezvous::owners(digest, &self.addresses, self.replicas)
             .into_iter()
             .filter_map(|owner| self.addresses.iter().position(|a| a == owner))
-            .map(|position| &self.origins[position])
             .collect()
     }
 
@@ -90,11 +90,59 @@ impl Upstreams {
         &self.build_index
     }
 
-    /// Opens an upload session on the origin chosen for new sessions.
+    /// Opens an upload session on the first origin that answers, in config order.
     pub async fn start_session(&self, namespace: &Name) -> Result<UploadHandle, ApiError> {
-        let slot = self.session_slot();
-        let id = self.origins[slot].start_upload(Some(namespace)).await?;
-        Ok(UploadHandle { slot, id })
+        // The blob's digest is unknown until the upload is committed, so its owner cannot be
+        // picked yet; the session's origin replicates to the owners on commit.
+        self.open_session(0..self.origins.len(), namespace).await
+    }
+
+    /// Stores a whole blob whose digest is known on the first of its owners that answers, in
+    /// rendezvous order. The body is a one-shot stream, so it is sent only once an owner has
+    /// opened a session for it: an owner that is down costs a refused connection, not the body.
+    pub async fn put_blob(
+        &self,
+        digest: &Digest,
+        namespace: &Name,
+        body: reqwest::Body,
+    ) -> Result<(), ApiError> {
+        let handle = self
+            .open_session(self.owner_slots(digest), namespace)
+            .await?;
+        let origin = &self.origins[handle.slot];
+        let result = origin
+            .commit_upload(&handle.id, digest, Some(namespace), Some(body))
+            .await;
+        if result.is_err() {
+            // A rejected or broken-off body must leave nothing staged behind; the origin may
+            // already have discarded the session, so a failure here changes nothing.
+            if let Err(error) = origin.cancel_upload(&handle.id).await {
+                tracing::debug!(%digest, %error, "discarding a failed whole-blob upload");
+            }
+        }
+        result
+    }
+
+    /// Opens a session on the first origin of `slots` that answers; the last error when none
+    /// does.
+    async fn open_session(
+        &self,
+        slots: impl IntoIterator<Item = usize>,
+        namespace: &Name,
+    ) -> Result<UploadHandle, ApiError> {
+        let mut failure = None;
+        for slot in slots {
+            let origin = &self.origins[slot];
+            match origin.start_upload(Some(namespace)).await {
+                Ok(id) => return Ok(UploadHandle { slot, id }),
+                Err(error) if fails_over(&error) => {
+                    tracing::warn!(origin = origin.base(), %error, "origin cannot open an upload; trying the next");
+                    failure = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(failure.expect("the origin list is validated to be non-empty"))
     }
 
     /// The origin holding a session and the session's id there; `None` when the handle names an
@@ -103,16 +151,10 @@ impl Upstreams {
         let origin = self.origins.get(handle.slot)?;
         Some((origin, &handle.id))
     }
-
-    /// Where new sessions open. The blob's digest is unknown until the upload is committed, so
-    /// the owner cannot be picked yet; the first origin takes them and replicates on commit.
-    fn session_slot(&self) -> usize {
-        0
-    }
 }
 
-/// Whether a failed read is worth repeating on another owner: the origin was unreachable, broke
-/// off, or failed on its side. A client error (a bad range) would fail the same everywhere.
+/// Whether a failed request is worth repeating on another origin: the origin was unreachable,
+/// broke off, or failed on its side. A client error (a bad range) would fail the same everywhere.
 fn fails_over(error: &ApiError) -> bool {
     match error {
         ApiError::Transport { .. } | ApiError::Protocol { .. } => true,
@@ -274,16 +316,52 @@ mod tests {
     }
 
     #[test]
-    fn blobs_go_to_their_rendezvous_owner() {
-        let addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+    fn blobs_go_to_their_rendezvous_owners_in_order() {
+        let addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
         let upstreams = upstreams(&addresses);
         for byte in 0..32u8 {
             let digest = Digest::of(&[byte]);
-            let owner = rendezvous::owners(&digest, &addresses, 1)[0];
-            assert_eq!(
-                upstreams.blob_origin(&digest).base(),
-                format!("http://{owner}")
-            );
+            let owners: Vec<String> = rendezvous::owners(&digest, &addresses, 3)
+                .iter()
+                .map(|owner| format!("http://{owner}"))
+                .collect();
+            let tried: Vec<&str> = upstreams
+                .owner_slots(&digest)
+                .into_iter()
+                .map(|slot| upstreams.origins[slot].base())
+                .collect();
+            assert_eq!(tried, owners);
         }
+    }
+
+    #[tokio::test]
+    async fn sessions_open_on_the_next_origin_when_one_is_down() {
+        let [down] = free_port_addrs();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        // Just enough of an origin's upload API to open a session.
+        let app = axum::Router::new().route(
+            "/uploads",
+            axum::routing::post(|| async {
+                (
+                    http::StatusCode::ACCEPTED,
+                    [(shoal_api::wire::UPLOAD_ID, "7b3e")],
+                )
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(live, app).await });
+        let upstreams = upstreams(&[&down, &live_addr]);
+        let name = Name::parse("team/app").unwrap();
+        let handle = upstreams.start_session(&name).await;
+        server.abort();
+        assert_eq!(handle.unwrap().to_string(), "1-7b3e", "origin 0 is down");
+    }
+
+    /// Addresses nothing listens on: bound, then released.
+    fn free_port_addrs<const N: usize>() -> [String; N] {
+        let listeners: Vec<std::net::TcpListener> = (0..N)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        std::array::from_fn(|i| listeners[i].local_addr().unwrap().to_string())
     }
 }
