@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Renders, lints and validates the Shoal Helm chart offline, and writes every rendered component
+config out so that the real binaries can be started with them (tests/tests/deploy.rs does that).
+
+    ~/.cache/shoal/helm-venv/bin/python deploy/helm/check.py --out DIR
+
+Needs `helm-python-sdk` (Helm v4's Go SDK as a native library: chart loading, lint, rendering)
+and `kubernetes-validate` (Kubernetes OpenAPI schemas, bundled: no cluster, no network); both
+are installed into ~/.cache/shoal/helm-venv by scripts/install-deps.
+
+For each variant (the chart's defaults, and deploy/helm/all-options.yaml which turns on every
+option) it: lints the chart (strict); renders it; validates every object against the Kubernetes
+schema in strict mode (unknown fields are errors); checks the facts the design relies on (agent
+DaemonSet, origin StatefulSet with volume claims and a headless Service, probes on /health,
+resource requests, scrape annotations, TLS and host networking when asked); runs the agent's
+config-rendering init command and the node-setup script for real with `sh` against temporary
+directories (install, reinstall, restore: the backup comes back byte for byte); and writes
+OUT/configs.json listing each rendered component config. It also proves its own checks can
+fail: a template `fail` and a schema violation must both be reported.
+
+Exit status 0 when everything holds; otherwise 1 with every problem listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE / "shoal"
+ALL_OPTIONS = HERE / "all-options.yaml"
+RELEASE = "shoal"
+NAMESPACE = "shoal-system"
+# Oldest Kubernetes version the chart is validated against (a current, supported release).
+KUBE_VERSION = "1.30.0"
+COMPONENTS = ("origin", "build-index", "proxy", "tracker", "agent")
+# Values the agent's init container substitutes from the downward API.
+POD_ENV = {"POD_IP": "10.1.2.3", "NODE_IP": "127.0.0.1", "NODE_NAME": "node-7"}
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def check(self, condition: bool, message: str) -> bool:
+        if not condition:
+            self.items.append(message)
+        return condition
+
+
+def lint(values: dict | None, problems: Problems, variant: str) -> None:
+    report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
+    for error in report.get("errors") or []:
+        problems.items.append(f"{variant}: lint error: {error}")
+    for message in report.get("messages") or []:
+        # 1 = info (e.g. "icon is recommended"); warnings and errors fail.
+        if message.get("severity", 0) >= 2:
+            problems.items.append(f"{variant}: lint: {message['path']}: {message['error']}")
+
+
+def render(values: dict | None) -> list[dict]:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                document.setdefault("metadata", {}).setdefault("annotations", {})
+                objects.append(document)
+    return objects
+
+
+def validate(obj: dict) -> None:
+    kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def describe(error: Exception) -> str:
+    """The schema error's one-line message and where it is, not the whole schema."""
+    caught = getattr(error, "caught", error)
+    where = "/".join(str(p) for p in getattr(caught, "absolute_path", []))
+    return f"{where}: {getattr(caught, 'message', caught)}" if where else str(getattr(caught, "message", caught))
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict | None:
+    for obj in objects:
+        if obj["kind"] == kind and obj["metadata"]["name"] == name:
+            return obj
+    return None
+
+
+def pod_spec(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> None:
+    """A Shoal workload: probes on /health, requests, scrape annotations, the Shoal image."""
+    name = f"{variant}: {obj['kind']} {obj['metadata']['name']}"
+    annotations = obj["spec"]["template"]["metadata"].get("annotations", {})
+    problems.check(annotations.get("prometheus.io/scrape") == "true", f"{name}: no scrape annotation")
+    problems.check(annotations.get("prometheus.io/path") == "/metrics", f"{name}: no metrics path")
+    containers = pod_spec(obj)["containers"]
+    problems.check(len(containers) == 1, f"{name}: expected one container")
+    container = containers[0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container.get(probe, {}).get("httpGet", {})
+        problems.check(
+            get.get("path") == "/health" and get.get("port") == port,
+            f"{name}: {probe} is not GET /health on port {port}: {get}",
+        )
+    problems.check(
+        {"cpu", "memory"} <= set(container.get("resources", {}).get("requests", {})),
+        f"{name}: cpu and memory requests missing",
+    )
+    problems.check(
+        any(p.get("name") == port for p in container.get("ports", [])),
+        f"{name}: no container port named {port}",
+    )
+
+
+def config_files(objects: list[dict], component: str) -> dict[str, str]:
+    cm = find(objects, "ConfigMap", f"{RELEASE}-{component}")
+    return dict(cm["data"]) if cm else {}
+
+
+def render_agent_config(objects: list[dict], work: Path, problems: Problems, variant: str) -> Path | None:
+    """Runs the agent init container's own shell command with the pod's downward-API values."""
+    ds = find(objects, "DaemonSet", f"{RELEASE}-agent")
+    init = next((c for c in pod_spec(ds).get("initContainers", []) if c["name"] == "render-config"), None)
+    if not problems.check(init is not None, f"{variant}: agent has no render-config init container"):
+        return None
+    template_dir = work / "agent-template"
+    out_dir = work / "agent-config"
+    template_dir.mkdir()
+    out_dir.mkdir()
+    for key, text in config_files(objects, "agent").items():
+        (template_dir / key).write_text(text)
+    command = [
+        part.replace("/etc/shoal-template", str(template_dir)).replace("/etc/shoal/", f"{out_dir}/")
+        for part in init["command"]
+    ]
+    env = dict(os.environ, **POD_ENV)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if not problems.check(result.returncode == 0, f"{variant}: agent init command failed: {result.stderr}"):
+        return None
+    path = out_dir / "agent.yaml"
+    text = path.read_text()
+    problems.check("__" not in text, f"{variant}: placeholders left in the agent config:\n{text}")
+    config = yaml.safe_load(text)
+    problems.check(config.get("peer_id") == POD_ENV["NODE_NAME"], f"{variant}: agent peer_id {config.get('peer_id')}")
+    return path
+
+
+def check_node_setup(objects: list[dict], work: Path, problems: Problems, variant: str) -> None:
+    """Runs the rendered node-setup script with `sh` against a fake containerd certs.d."""
+    script = config_files(objects, "node-setup").get("node-setup.sh")
+    if not problems.check(script is not None, f"{variant}: node-setup ConfigMap missing"):
+        return
+    ds = find(objects, "DaemonSet", f"{RELEASE}-node-setup")
+    if not problems.check(ds is not None, f"{variant}: node-setup DaemonSet missing"):
+        return
+    container = pod_spec(ds)["containers"][0]
+    problems.check(
+        container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        == ["sh", "/scripts/node-setup.sh", "restore"],
+        f"{variant}: node-setup has no preStop restore hook",
+    )
+    path = work / "node-setup.sh"
+    path.write_text(script)
+    certs = work / "certs.d"
+    existing = certs / "registry.example.com" / "hosts.toml"
+    existing.parent.mkdir(parents=True)
+    original = 'server = "https://registry.example.com"\n# the node\'s own file\n'
+    existing.write_text(original)
+
+    def run(action: str) -> None:
+        env = dict(os.environ, CERTS_DIR=str(certs), NODE_IP=POD_ENV["NODE_IP"])
+        result = subprocess.run(["sh", str(path), action], env=env, capture_output=True, text=True)
+        problems.check(result.returncode == 0, f"{variant}: node-setup {action} failed: {result.stderr}")
+
+    values = yaml.safe_load(ALL_OPTIONS.read_text())
+    registries = values["nodeSetup"]["registries"]
+    endpoint = "http://127.0.0.1:16000"
+    for _ in range(2):  # installing twice must keep the original backup
+        run("install")
+        for registry in registries:
+            hosts = certs / registry["host"] / "hosts.toml"
+            if not problems.check(hosts.is_file(), f"{variant}: {hosts} not written"):
+                continue
+            parsed = tomllib.loads(hosts.read_text())
+            problems.check(parsed.get("server") == registry["server"], f"{variant}: {hosts}: server {parsed.get('server')}")
+            problems.check(
+                parsed.get("host", {}).get(endpoint, {}).get("capabilities") == ["pull", "resolve"],
+                f"{variant}: {hosts}: no pull/resolve host entry for {endpoint}: {parsed}",
+            )
+        backup = existing.with_name("hosts.toml.shoal-backup")
+        problems.check(backup.is_file() and backup.read_text() == original, f"{variant}: backup not kept")
+    run("restore")
+    problems.check(existing.read_text() == original, f"{variant}: restore did not bring the original back")
+    problems.check(not existing.with_name("hosts.toml.shoal-backup").exists(), f"{variant}: backup left behind")
+    created = certs / "registry.internal:5000"
+    problems.check(not created.exists(), f"{variant}: restore left {created} behind")
+
+
+def check_variant(variant: str, values: dict | None, out: Path, problems: Problems) -> list[dict]:
+    lint(values, problems, variant)
+    objects = render(values)
+    for obj in objects:
+        try:
+            validate(obj)
+        except Exception as error:  # the library raises several types; all are failures here
+            problems.items.append(f"{variant}: {obj['kind']} {obj['metadata'].get('name')}: {describe(error)}")
+
+    merged = helm.Chart.load(CHART).merge_values(values)
+    agent = find(objects, "DaemonSet", f"{RELEASE}-agent")
+    origin = find(objects, "StatefulSet", f"{RELEASE}-origin")
+    if problems.check(agent is not None, f"{variant}: no agent DaemonSet"):
+        check_workload(agent, "registry", problems, variant)
+        spec = pod_spec(agent)
+        problems.check(
+            any(v.get("hostPath", {}).get("path") == merged["agent"]["cache"]["hostPath"] for v in spec["volumes"]),
+            f"{variant}: agent cache is not the hostPath {merged['agent']['cache']['hostPath']}",
+        )
+        problems.check(spec.get("tolerations") == merged["agent"]["tolerations"], f"{variant}: agent tolerations")
+        problems.check(bool(spec.get("hostNetwork")) == merged["agent"]["hostNetwork"], f"{variant}: agent hostNetwork")
+        ports = spec["containers"][0]["ports"]
+        problems.check(
+            merged["agent"]["hostNetwork"] or any(p.get("hostPort") == merged["agent"]["hostPort"] for p in ports),
+            f"{variant}: agent registry port not published as a hostPort",
+        )
+    if problems.check(origin is not None, f"{variant}: no origin StatefulSet"):
+        check_workload(origin, "http", problems, variant)
+        problems.check(origin["spec"]["replicas"] == merged["origin"]["replicas"], f"{variant}: origin replicas")
+        problems.check(bool(origin["spec"].get("volumeClaimTemplates")), f"{variant}: origin has no volumeClaimTemplates")
+        headless = find(objects, "Service", origin["spec"]["serviceName"])
+        problems.check(
+            headless is not None and headless["spec"].get("clusterIP") == "None",
+            f"{variant}: origin serviceName {origin['spec']['serviceName']} is not a headless Service",
+        )
+    for component in ("tracker", "build-index", "proxy"):
+        deployment = find(objects, "Deployment", f"{RELEASE}-{component}")
+        if problems.check(deployment is not None, f"{variant}: no {component} Deployment"):
+            check_workload(deployment, "http", problems, variant)
+        problems.check(find(objects, "Service", f"{RELEASE}-{component}") is not None, f"{variant}: no {component} Service")
+
+    if merged["tls"]["caSecret"]["enabled"]:
+        for obj in objects:
+            if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet") and not obj["metadata"]["name"].endswith("node-setup"):
+                env = {e["name"]: e.get("value") for e in pod_spec(obj)["containers"][0].get("env", [])}
+                problems.check(
+                    env.get("SSL_CERT_FILE", "").startswith("/etc/shoal/ca/"),
+                    f"{variant}: {obj['metadata']['name']} does not trust the CA secret",
+                )
+
+    work = Path(tempfile.mkdtemp(prefix=f"shoal-chart-{variant}-"))
+    variant_dir = out / variant
+    variant_dir.mkdir(parents=True, exist_ok=True)
+    configs = []
+    for component in COMPONENTS:
+        if component == "agent":
+            path = render_agent_config(objects, work, problems, variant)
+            if path:
+                target = variant_dir / "agent.yaml"
+                target.write_text(path.read_text())
+                configs.append({"variant": variant, "component": component, "path": str(target)})
+            continue
+        files = config_files(objects, component)
+        problems.check(bool(files), f"{variant}: no config rendered for {component}")
+        for key, text in sorted(files.items()):
+            yaml.safe_load(text)  # a YAML syntax error fails here, before the binary sees it
+            target = variant_dir / f"{component}--{key}"
+            target.write_text(text)
+            configs.append({"variant": variant, "component": component, "path": str(target)})
+    if merged["nodeSetup"]["enabled"]:
+        check_node_setup(objects, work, problems, variant)
+    return configs
+
+
+def checks_can_fail(problems: Problems) -> None:
+    """The checks above must be able to fail: a template error and a schema violation."""
+    try:
+        render({"membership": {"mode": "bogus"}})
+        problems.items.append("self-check: a template `fail` did not fail the render")
+    except helm.HelmError:
+        pass
+    deployment = copy.deepcopy(find(render(None), "Deployment", f"{RELEASE}-proxy"))
+    deployment["spec"]["replicas"] = "two"
+    deployment["spec"]["template"]["spec"]["containers"][0]["portz"] = []
+    try:
+        validate(deployment)
+        problems.items.append("self-check: a malformed Deployment passed schema validation")
+    except Exception:
+        pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="where rendered configs are written")
+    args = parser.parse_args()
+    problems = Problems()
+    configs = []
+    variants = {"default": None, "all-options": yaml.safe_load(ALL_OPTIONS.read_text())}
+    for variant, values in variants.items():
+        try:
+            configs += check_variant(variant, values, args.out, problems)
+        except helm.HelmError as error:
+            problems.items.append(f"{variant}: helm: {error}")
+    try:
+        checks_can_fail(problems)
+    except helm.HelmError as error:
+        problems.items.append(f"self-check: helm: {error}")
+    (args.out / "configs.json").write_text(json.dumps(configs, indent=2))
+    if problems.items:
+        print(f"chart check FAILED ({len(problems.items)} problems):", file=sys.stderr)
+        for item in problems.items:
+            print(f"  - {item}", file=sys.stderr)
+        return 1
+    print(f"chart check passed: {len(variants)} variants, {len(configs)} component configs in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+{{/* Names, labels and the pieces every workload shares. */}}
+
+{{- define "shoal.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "shoal.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "origin"). */}}
+{{- define "shoal.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "shoal.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "shoal.helperImage" -}}
+{{ .Values.helperImage.repository }}:{{ .Values.helperImage.tag }}
+{{- end -}}
+
+{{/* The origins' headless Service, which gives every StatefulSet pod a stable DNS name. */}}
+{{- define "shoal.originHeadless" -}}
+{{ include "shoal.fullname" . }}-origin-headless
+{{- end -}}
+
+{{/* The origins' HTTP addresses, "host:port", one per replica: origin i's stable DNS name. */}}
+{{- define "shoal.originHosts" -}}
+{{- $root := . -}}
+{{- $hosts := list -}}
+{{- range $i := until (int .Values.origin.replicas) -}}
+{{- $hosts = append $hosts (printf "%s-origin-%d.%s.%s.svc.%s" (include "shoal.fullname" $root) $i (include "shoal.originHeadless" $root) $root.Release.Namespace $root.Values.clusterDomain) -}}
+{{- end -}}
+{{- toJson $hosts -}}
+{{- end -}}
+
+{{/* `origins:` of proxy and build-index, wrapped as {"origins": …} JSON: the static list, or DNS
+     over the headless Service. */}}
+{{- define "shoal.originMembers" -}}
+{{- if eq .Values.membership.mode "dns" -}}
+{{- $dns := dict "name" (printf "%s.%s.svc.%s" (include "shoal.originHeadless" .) .Release.Namespace .Values.clusterDomain) "port" 15100 "interval" .Values.membership.dnsInterval -}}
+{{- dict "origins" (dict "dns" $dns) | toJson -}}
+{{- else if eq .Values.membership.mode "static" -}}
+{{- $list := list -}}
+{{- range (include "shoal.originHosts" . | fromJsonArray) -}}
+{{- $list = append $list (printf "%s:15100" .) -}}
+{{- end -}}
+{{- dict "origins" $list | toJson -}}
+{{- else -}}
+{{- fail (printf "membership.mode must be static or dns, not %q" .Values.membership.mode) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod annotations: Prometheus scraping on the component's HTTP port, and a config checksum so
+     that a changed ConfigMap rolls the pods. (dict "root" $ "port" 15100 "config" "<text>") */}}
+{{- define "shoal.podAnnotations" -}}
+{{- if .root.Values.metrics.scrapeAnnotations -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{ end -}}
+checksum/config: {{ .config | sha256sum }}
+{{- end -}}
+
+{{/* Environment every Shoal container gets. */}}
+{{- define "shoal.env" -}}
+- name: RUST_LOG
+  value: {{ .Values.rustLog | quote }}
+{{- if .Values.tls.caSecret.enabled }}
+- name: SSL_CERT_FILE
+  value: /etc/shoal/ca/{{ .Values.tls.caSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* The CA bundle's volume and mount, when tls.caSecret.enabled. */}}
+{{- define "shoal.tlsVolumeMounts" -}}
+- name: ca
+  mountPath: /etc/shoal/ca
+  readOnly: true
+{{- end -}}
+
+{{- define "shoal.tlsVolumes" -}}
+- name: ca
+  secret:
+    secretName: {{ .Values.tls.caSecret.name }}
+    items:
+      - key: {{ .Values.tls.caSecret.key }}
+        path: {{ .Values.tls.caSecret.key }}
+{{- end -}}
+
+{{/* Liveness and readiness on GET /health of the named container port. */}}
+{{- define "shoal.probes" -}}
+livenessProbe:
+  httpGet: {path: /health, port: {{ . }}}
+  initialDelaySeconds: 5
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 6
+readinessProbe:
+  httpGet: {path: /health, port: {{ . }}}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 2
+{{- end -}}
+
+{{/* The agent's registry endpoint as the node's container runtime reaches it. */}}
+{{- define "shoal.agentEndpoint" -}}
+{{- if .Values.agent.hostNetwork -}}
+http://127.0.0.1:{{ .Values.agent.registryPort }}
+{{- else -}}
+http://__NODE_IP__:{{ .Values.agent.hostPort }}
+{{- end -}}
+{{- end -}}
