@@ -34,7 +34,7 @@ impl TagStore {
         }
     }
 
-    fn backend(&self, name: &Name) -> Result<&Arc<dyn Backend>, Error> {
+    fn backend(&self, name: &Name) -> Result<Arc<dyn Backend>, Error> {
         self.backends
             .route(Some(name))
             .map_err(|source| Error::Backend {
@@ -108,7 +108,7 @@ impl TagStore {
     /// The repository's tags, sorted; empty when it has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<String>, Error> {
         let prefix = format!("{REPOSITORIES_PREFIX}{}{TAGS_SEPARATOR}", name.as_str());
-        let keys = list(self.backend(name)?, &prefix).await?;
+        let keys = list(&self.backend(name)?, &prefix).await?;
         let tags: BTreeSet<String> = keys
             .iter()
             .filter_map(|key| {

@@ -18,8 +18,8 @@ use futures::Stream;
 
 pub use backend::{
     Backend, BackendConfig, BackendError, BackendRouter, FilesystemBackend, HttpBackend,
-    NamespacePattern, REPOSITORIES_PREFIX, RouteConfig, S3Backend, S3Config, UrlTemplate, blob_key,
-    tag_key,
+    NamespacePattern, REPOSITORIES_PREFIX, RegistryBackend, RegistryConfig, RouteConfig, S3Backend,
+    S3Config, UrlTemplate, blob_key, tag_key,
 };
 pub use fsutil::IoError;
 pub use store::{BlobFile, BlobStore, BlobWriter, PartialBlob, StoreError, StoredBlob, UploadId};

@@ -223,7 +223,7 @@ impl WriteBack {
                 let (this, store, backends) = (self.clone(), store.clone(), backends.clone());
                 let handle = tasks.spawn(async move {
                     let backend = backends.route(namespace.as_ref())?;
-                    this.write_back(&store, &**backend, &digest).await
+                    this.write_back(&store, &*backend, &digest).await
                 });
                 running.insert(handle.id(), digest);
             }

@@ -141,7 +141,7 @@ fn remote(operation: &'static str, url: &str, reason: impl fmt::Display) -> Back
 }
 
 /// The total length from a `Content-Range: bytes */<len>` (or `bytes a-b/<len>`) header.
-fn total_length(response: &reqwest::Response) -> Option<u64> {
+pub(super) fn total_length(response: &reqwest::Response) -> Option<u64> {
     let value = response
         .headers()
         .get(header::CONTENT_RANGE)?
@@ -259,7 +259,7 @@ impl Backend for HttpBackend {
 }
 
 /// The first `limit` bytes of `stream`.
-fn take_bytes(stream: ByteStream, limit: u64) -> ByteStream {
+pub(super) fn take_bytes(stream: ByteStream, limit: u64) -> ByteStream {
     futures::stream::unfold((stream, limit), |(mut stream, left)| async move {
         if left == 0 {
             return None;

@@ -4,6 +4,7 @@
 
 mod filesystem;
 mod http;
+mod registry;
 mod router;
 mod s3;
 
@@ -22,6 +23,7 @@ use crate::fsutil::IoError;
 
 pub use filesystem::FilesystemBackend;
 pub use http::{HttpBackend, UrlTemplate, UrlTemplateError};
+pub use registry::{RegistryBackend, RegistryConfig};
 pub use router::{BackendRouter, NamespacePattern, RouteConfig};
 pub use s3::{S3Backend, S3Config};
 
@@ -124,6 +126,14 @@ pub trait Backend: Send + Sync + Debug {
 
     /// All keys that start with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
+
+    /// This backend as seen by one repository, or `None` when it serves every repository as it
+    /// is. Key-value stores hold every repository's blobs under the same keys and keep the
+    /// default; a registry needs the repository in every blob request and returns a view bound
+    /// to it. [`BackendRouter`] applies this to every backend it hands out.
+    fn scoped(&self, _namespace: Option<&Name>) -> Option<Arc<dyn Backend>> {
+        None
+    }
 }
 
 /// Which backend a component stores to. YAML: `backend: { filesystem: { root: /var/lib/shoal } }`
@@ -137,6 +147,8 @@ pub enum BackendConfig {
     Http { url: UrlTemplate },
     /// An S3-compatible bucket: `s3: { bucket: shoal, endpoint: "http://minio:9000", … }`.
     S3(S3Config),
+    /// Another Docker/OCI registry: `registry: { url: "https://registry.example", … }`.
+    Registry(RegistryConfig),
 }
 
 impl Default for BackendConfig {
@@ -154,6 +166,7 @@ impl BackendConfig {
             BackendConfig::Filesystem { root } => Ok(Arc::new(FilesystemBackend::new(root)?)),
             BackendConfig::Http { url } => Ok(Arc::new(HttpBackend::new(url.clone())?)),
             BackendConfig::S3(config) => Ok(Arc::new(S3Backend::new(config)?)),
+            BackendConfig::Registry(config) => Ok(Arc::new(RegistryBackend::new(config)?)),
         }
     }
 }

@@ -110,14 +110,14 @@ impl BackendRouter {
         }
     }
 
-    /// The backend for `namespace`. Requests that carry no namespace are routed as the empty
-    /// name, which a catch-all route (`.*`) matches.
-    pub fn route(&self, namespace: Option<&Name>) -> Result<&Arc<dyn Backend>, BackendError> {
+    /// The backend for `namespace`, scoped to it ([`Backend::scoped`]). Requests that carry no
+    /// namespace are routed as the empty name, which a catch-all route (`.*`) matches.
+    pub fn route(&self, namespace: Option<&Name>) -> Result<Arc<dyn Backend>, BackendError> {
         let name = namespace.map_or("", Name::as_str);
         self.routes
             .iter()
             .find(|(pattern, _)| pattern.matches(name))
-            .map(|(_, backend)| backend)
+            .map(|(_, backend)| scope(backend, namespace))
             .ok_or_else(|| BackendError::NoRoute {
                 namespace: name.to_owned(),
             })
@@ -125,7 +125,8 @@ impl BackendRouter {
 
     /// Where the object `key` of `namespace` is, with its length. With a namespace only its
     /// routed backend is asked; without one (a read that does not name its repository) every
-    /// route's backend is asked in config order and the first that has it wins.
+    /// route's backend is asked in config order and the first that has it wins (a registry
+    /// backend cannot find a blob without a repository and answers absent).
     pub async fn locate(
         &self,
         namespace: Option<&Name>,
@@ -133,11 +134,12 @@ impl BackendRouter {
     ) -> Result<Option<(Arc<dyn Backend>, u64)>, BackendError> {
         if namespace.is_some() {
             let backend = self.route(namespace)?;
-            return Ok(backend.stat(key).await?.map(|len| (backend.clone(), len)));
+            return Ok(backend.stat(key).await?.map(|len| (backend, len)));
         }
         for backend in self.backends() {
+            let backend = scope(backend, None);
             if let Some(len) = backend.stat(key).await? {
-                return Ok(Some((backend.clone(), len)));
+                return Ok(Some((backend, len)));
             }
         }
         Ok(None)
@@ -148,6 +150,13 @@ impl BackendRouter {
     pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.routes.iter().map(|(_, backend)| backend)
     }
+}
+
+/// `backend` as `namespace` sees it.
+fn scope(backend: &Arc<dyn Backend>, namespace: Option<&Name>) -> Arc<dyn Backend> {
+    backend
+        .scoped(namespace)
+        .unwrap_or_else(|| Arc::clone(backend))
 }
 
 impl From<Arc<dyn Backend>> for BackendRouter {
