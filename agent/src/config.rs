@@ -76,7 +76,8 @@ pub struct NamespacesConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Bytes of complete blobs the cache aims to stay under.
+    /// Bytes of blobs (complete, and downloads in progress at their full length) the cache
+    /// aims to stay under.
     pub capacity: ByteSize,
     /// Eviction starts when the cache holds more than this share of `capacity` …
     pub high_watermark: Percent,

@@ -22,7 +22,9 @@ pub use backend::{
     S3Config, UrlTemplate, blob_key, tag_key,
 };
 pub use fsutil::IoError;
-pub use store::{BlobFile, BlobStore, BlobWriter, PartialBlob, StoreError, StoredBlob, UploadId};
+pub use store::{
+    BlobFile, BlobStore, BlobWriter, PartialBlob, StoreError, StoredBlob, StoredPartial, UploadId,
+};
 pub use writeback::{RetryPolicy, WriteBack, WriteBackStats};
 
 /// A stream of byte chunks, the unit in which blobs move between the store, backends and HTTP.

@@ -2,7 +2,9 @@
 //! keeps that store within its byte budget. It remembers when each blob was last used and who is
 //! reading it (a [`ReadGuard`] held by every response stream), and a sweeper deletes what the
 //! [`policy`] picks: idle blobs past their TTL, then least-recently-used idle blobs while the
-//! store is above the high watermark.
+//! store is above the high watermark. Downloads in progress count against the budget at their
+//! full length (that is what they will take); one nobody has touched for the TTL (abandoned by
+//! a crash or a client that went away) is deleted like an expired blob.
 
 mod policy;
 
@@ -14,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use shoal_core::Digest;
 use shoal_service::CancellationToken;
-use shoal_storage::{BlobStore, StoreError};
+use shoal_storage::{BlobStore, StoreError, StoredPartial};
 use tokio::sync::Notify;
 
 use crate::config::CacheConfig;
@@ -30,7 +32,7 @@ const MIN_SWEEP_GAP: Duration = Duration::from_millis(200);
 /// The cache's numbers, registered by the agent's metrics module.
 #[derive(Debug, Clone, Default)]
 pub struct CacheMetrics {
-    /// Bytes of complete blobs in the store after the last sweep.
+    /// Bytes of complete blobs and downloads in progress after the last sweep.
     pub bytes: Gauge,
     pub evictions: Counter,
     pub evicted_bytes: Counter,
@@ -92,9 +94,17 @@ impl Cache {
     /// Deletes what the policy picks right now. Returns the number of blobs evicted.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let stored = self.store.list_blobs().await?;
+        // A download whose blob is listed too is committing right now: count the blob only.
+        let downloads: Vec<StoredPartial> = self
+            .store
+            .list_partials()
+            .await?
+            .into_iter()
+            .filter(|p| !stored.iter().any(|b| b.digest == p.digest))
+            .collect();
         let now = Instant::now();
         let wall = SystemTime::now();
-        let entries: Vec<Entry> = {
+        let mut entries: Vec<Entry> = {
             let mut usage = lock(&self.usage);
             // Forget deleted blobs, but keep those being read: they may still be downloading.
             usage.retain(|digest, u| u.readers > 0 || stored.iter().any(|b| b.digest == *digest));
@@ -115,6 +125,13 @@ impl Cache {
                 })
                 .collect()
         };
+        entries.extend(downloads.iter().map(|partial| Entry {
+            digest: partial.digest,
+            length: partial.length,
+            last_used: age_to_instant(now, wall, partial.touched),
+            // An open download is being written or read: never evicted.
+            readers: usize::from(partial.open),
+        }));
         let mut total: u64 = entries.iter().map(|e| e.length).sum();
         let doomed = evictions(&entries, now, self.budget);
         let mut evicted = 0;
@@ -130,7 +147,12 @@ impl Cache {
                 .iter()
                 .find(|e| e.digest == digest)
                 .map_or(0, |e| e.length);
-            if self.store.delete(&digest).await? {
+            let deleted = if downloads.iter().any(|p| p.digest == digest) {
+                self.store.delete_partial(&digest).await?
+            } else {
+                self.store.delete(&digest).await?
+            };
+            if deleted {
                 lock(&self.usage).remove(&digest);
                 total = total.saturating_sub(length);
                 evicted += 1;

@@ -99,3 +99,65 @@ async fn blobs_found_on_disk_at_start_are_budgeted_too() {
     assert_eq!(cache.sweep().await.unwrap(), 2);
     assert_eq!(present(&store, &digests).await, [false, false]);
 }
+
+/// A download of `data` with its first piece written, as the p2p engine leaves one.
+async fn download(store: &BlobStore, data: &[u8]) -> shoal_storage::PartialBlob {
+    let mut builder = shoal_core::MetainfoBuilder::new(data.len() as u64);
+    builder.update(data);
+    let metainfo = builder.finish().unwrap();
+    let partial = store.partial(&metainfo.digest(), &metainfo).await.unwrap();
+    let first = metainfo.piece_range(0).unwrap();
+    let piece = bytes::Bytes::copy_from_slice(&data[first.start as usize..first.end as usize]);
+    partial.write_piece(0, piece).await.unwrap();
+    partial
+}
+
+#[tokio::test]
+async fn downloads_in_progress_count_against_the_budget() {
+    let (_dir, store, digests) = store_with(&[&[1; 100], &[2; 100]]).await;
+    let metrics = CacheMetrics::default();
+    // 200 bytes of blobs fit under high 90% of 400; a 200-byte download in progress does not.
+    let cache = Arc::new(Cache::new(
+        store.clone(),
+        &config(400, 90, 80, Duration::from_secs(3600)),
+        metrics.clone(),
+    ));
+    drop(cache.reader(digests[0]));
+    drop(cache.reader(digests[1]));
+    assert_eq!(cache.sweep().await.unwrap(), 0);
+    assert_eq!(metrics.bytes.get(), 200);
+
+    let downloading = download(&store, &[3; 200]).await;
+    // 400 > 360: the least recently used blob goes to get down to 320; the download stays.
+    assert_eq!(cache.sweep().await.unwrap(), 1);
+    assert_eq!(present(&store, &digests).await, [false, true]);
+    assert_eq!(metrics.bytes.get(), 300);
+    assert!(
+        downloading.bitfield().get(0),
+        "the open download is untouched"
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_download_goes_after_the_ttl_and_an_open_one_stays() {
+    let (_dir, store, _) = store_with(&[]).await;
+    let cache = Arc::new(Cache::new(
+        store.clone(),
+        &config(1 << 30, 90, 75, Duration::from_nanos(1)),
+        CacheMetrics::default(),
+    ));
+    let open = download(&store, &[4; 300]).await;
+    let abandoned = download(&store, &[5; 300]).await;
+    let abandoned_digest = abandoned.metainfo().digest();
+    drop(abandoned);
+    assert_eq!(cache.sweep().await.unwrap(), 1);
+    let left: Vec<Digest> = store
+        .list_partials()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.digest)
+        .collect();
+    assert_eq!(left, [open.metainfo().digest()]);
+    assert!(!left.contains(&abandoned_digest));
+}

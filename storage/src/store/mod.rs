@@ -34,7 +34,7 @@ use crate::fsutil::{self, IoContext};
 
 pub use catalog::StoredBlob;
 pub use error::StoreError;
-pub use partial::PartialBlob;
+pub use partial::{PartialBlob, StoredPartial};
 pub use upload::UploadId;
 pub use writer::BlobWriter;
 

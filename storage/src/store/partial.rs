@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -67,6 +68,91 @@ impl BlobStore {
         partials.retain(|_, weak| weak.strong_count() > 0);
         partials.insert(*digest, Arc::downgrade(&inner));
         Ok(PartialBlob { inner })
+    }
+}
+
+/// One download in progress found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPartial {
+    pub digest: Digest,
+    /// The blob's whole length: what the download will occupy once complete.
+    pub length: u64,
+    /// When a piece was last recorded (the bitfield file's modification time).
+    pub touched: SystemTime,
+    /// Whether a handle on it is open, i.e. a download or a reader is using it right now.
+    pub open: bool,
+}
+
+impl BlobStore {
+    /// Every download in progress, open or abandoned, in no particular order.
+    pub async fn list_partials(&self) -> Result<Vec<StoredPartial>, StoreError> {
+        let root = self.layout.partials_dir();
+        let mut found = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&root).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(e).ctx("list", &root)?,
+        };
+        while let Some(entry) = entries.next_entry().await.ctx("list", &root)? {
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            else {
+                continue;
+            };
+            let (data, bitfield) = (
+                entry.path().join(DATA_FILE),
+                entry.path().join(BITFIELD_FILE),
+            );
+            let (Some(data), Some(bitfield)) = (metadata(&data).await?, metadata(&bitfield).await?)
+            else {
+                // Being created or removed right now.
+                continue;
+            };
+            let open = lock(&self.partials)
+                .get(&digest)
+                .is_some_and(|weak| weak.strong_count() > 0);
+            found.push(StoredPartial {
+                digest,
+                length: data.len(),
+                touched: bitfield.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                open,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Removes an abandoned download. Returns false, removing nothing, when it is absent or a
+    /// handle on it is open (its pieces are being written or read).
+    pub async fn delete_partial(&self, digest: &Digest) -> Result<bool, StoreError> {
+        // Holding the open lock keeps anyone from reopening it while it goes.
+        let _guard = self.partial_open.lock().await;
+        if lock(&self.partials)
+            .get(digest)
+            .is_some_and(|weak| weak.strong_count() > 0)
+        {
+            return Ok(false);
+        }
+        let dir = self.layout.partial_dir(digest);
+        let doomed = self.layout.new_tmp_path(&digest.hex());
+        match tokio::fs::rename(&dir, &doomed).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).ctx("rename away", &dir)?,
+        }
+        tokio::fs::remove_dir_all(&doomed)
+            .await
+            .ctx("remove", &doomed)?;
+        Ok(true)
+    }
+}
+
+async fn metadata(path: &Path) -> Result<Option<std::fs::Metadata>, StoreError> {
+    match tokio::fs::metadata(path).await {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx("stat", path)?,
     }
 }
 

@@ -268,3 +268,37 @@ async fn handles_for_one_digest_share_state_and_metainfo_must_match() {
         .expect_err("wrong metainfo");
     assert!(matches!(err, StoreError::MetainfoMismatch { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn abandoned_downloads_are_listed_and_only_closed_ones_can_be_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    assert!(store.list_partials().await.expect("list").is_empty());
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    partial
+        .write_piece(0, piece(&data, &metainfo, 0))
+        .await
+        .expect("write");
+
+    let listed = store.list_partials().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].digest, digest);
+    assert_eq!(listed[0].length, data.len() as u64);
+    assert!(listed[0].open);
+    // In use: refused, and the piece is still there.
+    assert!(!store.delete_partial(&digest).await.expect("delete"));
+    assert!(partial.bitfield().get(0));
+
+    drop(partial);
+    let listed = store.list_partials().await.expect("list");
+    assert!(!listed[0].open, "no handle is left open");
+    assert!(store.delete_partial(&digest).await.expect("delete"));
+    assert!(store.list_partials().await.expect("list").is_empty());
+    assert!(!store.delete_partial(&digest).await.expect("delete twice"));
+    // A new download of the same blob starts from nothing.
+    let again = store.partial(&digest, &metainfo).await.expect("reopen");
+    assert_eq!(again.resumed_bytes(), 0);
+}
