@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shoal_membership::MembersConfig;
 use shoal_p2p::P2pConfig;
 use shoal_service::{ByteSize, LogConfig};
 use shoal_storage::{BackendConfig, RetryPolicy, RouteConfig};
@@ -79,9 +80,11 @@ impl OriginConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Every origin's HTTP address, exactly as proxies, trackers and the build-index list them
-    /// (rendezvous hashing ranks these strings). Empty: this origin is alone and replicates nothing.
-    pub origins: Vec<String>,
-    /// This origin's own entry in `origins`.
+    /// (rendezvous hashing ranks these strings): a static list, or `{dns: {name, port}}` whose
+    /// A/AAAA records give `ip:port` members; health-checked on `GET /health`. An empty list:
+    /// this origin is alone and replicates nothing.
+    pub origins: MembersConfig,
+    /// This origin's own entry in `origins` (with DNS: its `ip:port`, e.g. the pod IP).
     pub advertise: String,
     /// Owners per blob (R).
     pub replicas: usize,
@@ -93,7 +96,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            origins: Vec::new(),
+            origins: MembersConfig::default(),
             advertise: String::new(),
             replicas: 3,
             write_quorum: 2,
@@ -112,20 +115,32 @@ impl ClusterConfig {
                 self.write_quorum, self.replicas
             ));
         }
-        for (index, address) in self.origins.iter().enumerate() {
-            if self.origins[..index].contains(address) {
-                return Err(format!(
-                    "cluster.origins[{index}]: {address:?} is listed twice"
-                ));
-            }
-        }
-        if !self.origins.is_empty() && !self.origins.contains(&self.advertise) {
-            return Err(format!(
+        self.origins
+            .validate()
+            .map_err(|error| format!("cluster.origins{}", field_suffix(&error)))?;
+        match self.origins.static_members() {
+            Some([]) => Ok(()),
+            Some(members) if !members.contains(&self.advertise) => Err(format!(
                 "cluster.advertise ({:?}) must be one of cluster.origins",
                 self.advertise
-            ));
+            )),
+            Some(_) => Ok(()),
+            // DNS answers are only known at run time; this origin finds itself among them.
+            None if self.advertise.is_empty() => Err(
+                "cluster.advertise must be set to this origin's ip:port when cluster.origins uses dns"
+                    .into(),
+            ),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// `[2]: …` stays `origins[2]: …`; `dns.port: …` becomes `origins.dns.port: …`.
+fn field_suffix(error: &str) -> String {
+    if error.starts_with('[') {
+        error.to_owned()
+    } else {
+        format!(".{error}")
     }
 }
 
@@ -267,7 +282,10 @@ mod tests {
     fn cluster_settings_parse_and_are_checked() {
         let yaml = "cluster:\n  origins: [a:1, b:1, c:1]\n  advertise: b:1\n  write_quorum: 3\n";
         let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
-        assert_eq!(config.cluster.origins, ["a:1", "b:1", "c:1"]);
+        assert_eq!(
+            config.cluster.origins.static_members().unwrap(),
+            ["a:1", "b:1", "c:1"]
+        );
         assert_eq!(config.cluster.replicas, 3);
         assert_eq!(config.cluster.write_quorum, 3);
         config.validate().expect("valid");
@@ -281,7 +299,22 @@ mod tests {
         assert!(check(|c| c.write_quorum = 4).contains("write_quorum"));
         assert!(check(|c| c.write_quorum = 0).contains("write_quorum"));
         assert!(check(|c| c.replicas = 0).contains("replicas"));
-        assert!(check(|c| c.origins.push("a:1".into())).contains("twice"));
+        assert!(
+            check(|c| c.origins = MembersConfig::fixed(["a:1", "b:1", "a:1"])).contains("twice")
+        );
+        assert!(check(|c| c.origins.health.fall = 0).starts_with("cluster.origins.health.fall"));
+
+        let yaml = "cluster:\n  origins: {dns: {name: origin.shoal, port: 15100}}\n  advertise: 10.0.0.7:15100\n";
+        let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
+        config.validate().expect("valid");
+        let mut config = config.clone();
+        config.cluster.advertise.clear();
+        assert!(
+            config
+                .validate()
+                .expect_err("no advertise")
+                .contains("advertise")
+        );
     }
 
     #[test]

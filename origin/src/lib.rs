@@ -86,6 +86,18 @@ pub async fn run(
     let metrics = OriginMetrics::register(registry.registry(), writeback.clone());
     // Includes `shoal_p2p_bytes_served_total`: blob bytes that left as pieces rather than HTTP.
     let p2p_metrics = P2pMetrics::new(registry.registry());
+    let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
+    let http = shoal_service::client::builder()
+        .build()
+        .context("building the HTTP client for peer origins")?;
+    let ring = replicate::Ring::start(
+        &http,
+        &config.cluster,
+        &membership_metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the origin ring's membership")?;
     let worker = tokio::spawn(writeback.clone().run(
         store.clone(),
         (*backends).clone(),
@@ -107,14 +119,11 @@ pub async fn run(
     ))
     .into_axum_router();
 
-    let http = shoal_service::client::builder()
-        .build()
-        .context("building the HTTP client for peer origins")?;
     let origin = Arc::new(Origin {
         store,
         backends,
         writeback,
-        ring: replicate::Ring::new(&http, &config.cluster),
+        ring,
         flights: flights::Flights::default(),
         metrics,
     });

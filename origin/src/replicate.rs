@@ -13,6 +13,8 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use shoal_api::OriginClient;
 use shoal_core::{Digest, ErrorCode, Name, rendezvous};
+use shoal_membership::{Membership, MembershipError, MembershipMetrics};
+use shoal_service::CancellationToken;
 use shoal_storage::{BlobStore, ByteStream};
 use tokio::sync::mpsc;
 
@@ -25,67 +27,73 @@ const PUSH_ATTEMPTS: u32 = 3;
 /// Pause before the second attempt; doubles after each failure.
 const PUSH_BACKOFF: Duration = Duration::from_millis(500);
 
-/// This origin's view of the ring.
+/// This origin's view of the ring: owners are ranked over the live membership, so a member
+/// that appears in DNS becomes an owner at once (and fills in on demand), and members whose
+/// health checks fail are tried last.
 #[derive(Debug)]
 pub(crate) struct Ring {
     me: String,
-    nodes: Vec<Member>,
+    http: reqwest::Client,
+    members: Membership,
     replicas: usize,
     quorum: usize,
 }
 
+/// An owner to push to or fetch from.
 #[derive(Debug)]
 struct Member {
     addr: String,
     client: OriginClient,
 }
 
-impl AsRef<[u8]> for Member {
-    fn as_ref(&self) -> &[u8] {
-        self.addr.as_bytes()
-    }
-}
-
 impl Ring {
-    /// `None` when the origin is configured alone. `config` must have been validated.
-    pub(crate) fn new(http: &reqwest::Client, config: &ClusterConfig) -> Option<Ring> {
+    /// Follows `config.origins`; `None` when the origin is configured alone. `config` must have
+    /// been validated.
+    pub(crate) async fn start(
+        http: &reqwest::Client,
+        config: &ClusterConfig,
+        metrics: &MembershipMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Ring>, MembershipError> {
         if config.origins.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let nodes = config
-            .origins
-            .iter()
-            .map(|addr| Member {
-                addr: addr.clone(),
-                client: OriginClient::new(http.clone(), addr),
-            })
-            .collect();
-        Some(Ring {
+        let members =
+            Membership::start("origins", &config.origins, http.clone(), metrics, shutdown).await?;
+        Ok(Some(Ring {
             me: config.advertise.clone(),
-            nodes,
+            http: http.clone(),
+            members,
             replicas: config.replicas,
             quorum: config.write_quorum,
-        })
+        }))
     }
 
-    /// The owners of `digest` other than this origin, most preferred first, and how many of
-    /// them must confirm before a commit here is acknowledged.
-    fn targets(&self, digest: &Digest) -> (Vec<&Member>, usize) {
-        let owners = rendezvous::owners(digest, &self.nodes, self.replicas);
+    /// The owners of `digest` other than this origin, healthy ones first and otherwise in
+    /// rendezvous order, and how many of them must confirm before a commit here is acknowledged.
+    fn targets(&self, digest: &Digest) -> (Vec<Member>, usize) {
+        let snapshot = self.members.snapshot();
+        let owners = rendezvous::owners(digest, snapshot.members(), self.replicas);
         let quorum = self.quorum.min(owners.len());
-        let (mine, others): (Vec<&Member>, Vec<&Member>) =
-            owners.into_iter().partition(|m| m.addr == self.me);
+        let (mine, others): (Vec<&String>, Vec<&String>) =
+            owners.into_iter().partition(|addr| **addr == self.me);
+        let others = snapshot
+            .healthy_first(others)
+            .into_iter()
+            .map(|addr| Member {
+                addr: addr.clone(),
+                client: OriginClient::new(self.http.clone(), addr),
+            })
+            .collect();
         // This origin already holds the blob; it counts toward W only when it is an owner.
         (others, quorum.saturating_sub(mine.len()))
     }
-}
 
-impl Ring {
     /// A stream of `digest` from the first other owner whose store has it, with its length.
     /// Failing peers are skipped; `None` when no peer has it.
     pub(crate) async fn fetch_from_peers(&self, digest: &Digest) -> Option<(u64, ByteStream)> {
-        let owners = rendezvous::owners(digest, &self.nodes, self.replicas);
-        for peer in owners.into_iter().filter(|m| m.addr != self.me) {
+        let (owners, _) = self.targets(digest);
+        for peer in owners {
             match peer.client.get_replica(digest).await {
                 Ok(Some(response)) => {
                     let Some(len) = response.content_length() else {
@@ -118,8 +126,8 @@ pub(crate) async fn replicate(
     let (tx, mut rx) = mpsc::channel(targets.len());
     for target in targets {
         // Each push is its own task so that it completes after the acknowledgement too.
-        let (tx, store, client) = (tx.clone(), store.clone(), target.client.clone());
-        let (digest, namespace, addr) = (*digest, namespace.cloned(), target.addr.clone());
+        let (tx, store, client, addr) = (tx.clone(), store.clone(), target.client, target.addr);
+        let (digest, namespace) = (*digest, namespace.cloned());
         tokio::spawn(async move {
             let result = push(&store, &client, &digest, namespace.as_ref()).await;
             match &result {
@@ -184,45 +192,51 @@ async fn push(
 
 #[cfg(test)]
 mod tests {
+    use shoal_membership::MembersConfig;
+
     use super::*;
 
-    fn ring(me: &str, replicas: usize, quorum: usize) -> Ring {
+    async fn ring(me: &str, replicas: usize, quorum: usize) -> Ring {
         let config = ClusterConfig {
-            origins: vec!["a:1".into(), "b:1".into(), "c:1".into(), "d:1".into()],
+            origins: MembersConfig::fixed(["a:1", "b:1", "c:1", "d:1"]),
             advertise: me.into(),
             replicas,
             write_quorum: quorum,
         };
         let http = shoal_service::client::builder().build().expect("client");
-        Ring::new(&http, &config).expect("ring")
+        let metrics = MembershipMetrics::default();
+        Ring::start(&http, &config, &metrics, CancellationToken::new())
+            .await
+            .expect("start")
+            .expect("ring")
     }
 
-    #[test]
-    fn an_owner_counts_itself_toward_the_quorum() {
+    #[tokio::test]
+    async fn an_owner_counts_itself_toward_the_quorum() {
         let nodes = ["a:1", "b:1", "c:1", "d:1"];
         for byte in 0..16u8 {
             let digest = Digest::of(&[byte]);
             let owners = rendezvous::owners(&digest, &nodes, 3);
             let outsider = nodes.iter().find(|n| !owners.contains(n)).expect("4 > 3");
 
-            let owner = ring(owners[1], 3, 2);
+            let owner = ring(owners[1], 3, 2).await;
             let (targets, needed) = owner.targets(&digest);
             let addrs: Vec<&str> = targets.iter().map(|m| m.addr.as_str()).collect();
             assert_eq!(addrs, [*owners[0], *owners[2]]);
             assert_eq!(needed, 1);
 
             // A session origin that is not an owner sends to all R and waits for W of them.
-            let outside = ring(outsider, 3, 2);
+            let outside = ring(outsider, 3, 2).await;
             let (targets, needed) = outside.targets(&digest);
             assert_eq!(targets.len(), 3);
             assert_eq!(needed, 2);
         }
     }
 
-    #[test]
-    fn the_quorum_is_capped_by_the_ring_size() {
+    #[tokio::test]
+    async fn the_quorum_is_capped_by_the_ring_size() {
         let digest = Digest::of(b"x");
-        let small = ring("a:1", 8, 8);
+        let small = ring("a:1", 8, 8).await;
         let (targets, needed) = small.targets(&digest);
         assert_eq!(targets.len(), 3);
         assert_eq!(needed, 3);
