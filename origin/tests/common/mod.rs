@@ -3,6 +3,8 @@
 // Each test binary (api, ring, seeding) uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,7 +49,7 @@ impl TestOrigin {
         let mut ring = Vec::new();
         for (http, advertise) in listeners.into_iter().zip(&origins) {
             let cluster = ClusterConfig {
-                origins: origins.clone(),
+                origins: origins.clone().into(),
                 advertise: advertise.clone(),
                 replicas,
                 write_quorum,
@@ -58,7 +60,7 @@ impl TestOrigin {
     }
 
     /// Starts an origin serving on `http`, with the test defaults changed by `edit`.
-    async fn start_on(http: TcpListener, edit: impl FnOnce(&mut OriginConfig)) -> TestOrigin {
+    pub async fn start_on(http: TcpListener, edit: impl FnOnce(&mut OriginConfig)) -> TestOrigin {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = OriginConfig {
             listen: http.local_addr().expect("addr"),
