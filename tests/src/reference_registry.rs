@@ -2,13 +2,14 @@
 //! against it tell a Shoal bug apart from a test or client bug.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::ports::free_loopback_addr;
-use crate::process::{Process, ProcessSpec, wait_until_ready};
+use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
 use crate::tools::require;
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -21,8 +22,31 @@ pub struct ReferenceRegistry {
     dir: TempDir,
 }
 
+/// How a [`ReferenceRegistry`] authenticates its clients.
+#[derive(Debug, Clone, Default)]
+pub enum RegistryAuth {
+    /// Anyone may push and pull.
+    #[default]
+    Anonymous,
+    /// HTTP basic against an htpasswd file with these lines (`user:<bcrypt hash>`).
+    Htpasswd(String),
+    /// Bearer tokens from `realm`, JWTs signed by the key of `root_cert_pem` (a self-signed
+    /// certificate the registry trusts) for `service`, issued by `issuer`.
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        root_cert_pem: String,
+    },
+}
+
 impl ReferenceRegistry {
     pub async fn start() -> Result<ReferenceRegistry> {
+        Self::start_with(RegistryAuth::Anonymous).await
+    }
+
+    /// A registry that authenticates clients as `auth` says.
+    pub async fn start_with(auth: RegistryAuth) -> Result<ReferenceRegistry> {
         let program = require("docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("shoal-reference-registry-")
@@ -31,12 +55,36 @@ impl ReferenceRegistry {
         let addr = free_loopback_addr()?;
         let config = dir.path().join("config.yml");
         let storage = dir.path().join("storage");
+        let quoted = |path: &Path| serde_json::Value::String(path.display().to_string());
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        let auth_section = match &auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Htpasswd(lines) => format!(
+                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                quoted(&write("htpasswd", lines)?)
+            ),
+            RegistryAuth::Token {
+                realm,
+                service,
+                issuer,
+                root_cert_pem,
+            } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    \
+                 issuer: {issuer}\n    rootcertbundle: {}\n",
+                quoted(&write("token-root.pem", root_cert_pem)?)
+            ),
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                serde_json::Value::String(storage.display().to_string())
+                 rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n\
+                 {auth_section}",
+                quoted(&storage)
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;
@@ -49,7 +97,13 @@ impl ReferenceRegistry {
         })?;
         let mut registry = ReferenceRegistry { process, addr, dir };
         let url = format!("{}/v2/", registry.url());
-        wait_until_ready(&mut registry.process, &url, STARTUP_DEADLINE).await?;
+        match auth {
+            RegistryAuth::Anonymous => {
+                wait_until_ready(&mut registry.process, &url, STARTUP_DEADLINE).await?;
+            }
+            // `/v2/` answers 401 until a client authenticates: that answer means ready.
+            _ => wait_until_challenging(&mut registry.process, &url).await?,
+        }
         Ok(registry)
     }
 
@@ -62,7 +116,36 @@ impl ReferenceRegistry {
     }
 
     /// Where the registry stores its data.
-    pub fn storage_dir(&self) -> std::path::PathBuf {
+    pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("storage")
+    }
+}
+
+/// Polls `url` until it answers 401 (an authenticating registry is up).
+async fn wait_until_challenging(process: &mut Process, url: &str) -> Result<()> {
+    let http = shoal_service::client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("building the readiness client")?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = process.try_exit_status()? {
+            bail!(
+                "docker-registry exited with {status} while starting\n{}",
+                process.log_tail()
+            );
+        }
+        if let Ok(response) = http.get(url).send().await
+            && response.status() == reqwest::StatusCode::UNAUTHORIZED
+        {
+            return Ok(());
+        }
+        if start.elapsed() > STARTUP_DEADLINE {
+            bail!(
+                "docker-registry did not answer 401 on {url} within {STARTUP_DEADLINE:?}\n{}",
+                process.log_tail()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
