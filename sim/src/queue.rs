@@ -19,8 +19,11 @@ pub(crate) enum SimEvent {
     Discovered { node: u32, peers: Vec<u32> },
     /// A session opened by `node` to `peer` completed its handshake.
     Connected { node: u32, peer: u32 },
-    /// Re-examine a flow: it may have finished (the entry's `seq` tells stale wake-ups apart).
+    /// Re-examine a receiver-bound flow: it may have finished (the entry's `seq` tells stale
+    /// wake-ups apart).
     FlowWake { flow: u32 },
+    /// Re-examine a sender's clock: its earliest sender-bound flow may have finished.
+    ClockWake { node: u32 },
     /// The last byte of a piece reached the downloader.
     PieceArrived { flow: u32, generation: u32 },
     /// `node` verified `piece`: tell the peers holding a session with it.

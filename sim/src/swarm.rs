@@ -59,6 +59,8 @@ pub struct Swarm {
     complete: u32,
     /// Reused for fanning out Have notices.
     scratch: Vec<u32>,
+    /// Reused for the flows a sender's clock finishes at once.
+    finished: Vec<FlowRef>,
 }
 
 impl Swarm {
@@ -150,6 +152,7 @@ impl Swarm {
             now: 0,
             complete: 0,
             scratch: Vec::new(),
+            finished: Vec::new(),
             config,
         })
     }
@@ -174,6 +177,7 @@ impl Swarm {
             }
             self.flows.settle(self.now, &mut self.queue);
         }
+        self.flows.flush(self.now);
         self.report(started.elapsed())
     }
 
@@ -227,6 +231,21 @@ impl Swarm {
                         },
                     );
                 }
+            }
+            SimEvent::ClockWake { node } => {
+                let mut finished = std::mem::take(&mut self.finished);
+                self.flows
+                    .wake_clock(now, node, seq, &mut self.queue, &mut finished);
+                for done in finished.drain(..) {
+                    self.queue.push(
+                        now + self.latency,
+                        SimEvent::PieceArrived {
+                            flow: done.id,
+                            generation: done.generation,
+                        },
+                    );
+                }
+                self.finished = finished;
             }
             SimEvent::PieceArrived { flow, generation } => {
                 let flow = FlowRef {
