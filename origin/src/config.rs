@@ -187,6 +187,11 @@ pub struct WriteBackConfig {
     /// Upper bound of the retry delay.
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// How long an owner that received a blob as a replica waits before writing it back: the
+    /// origin that committed it normally uploads it first, so the replica finds it in the
+    /// backend with a stat instead of uploading the same bytes again.
+    #[serde(with = "humantime_serde")]
+    pub replica_delay: Duration,
 }
 
 impl Default for WriteBackConfig {
@@ -195,6 +200,7 @@ impl Default for WriteBackConfig {
         WriteBackConfig {
             retry_initial: policy.initial,
             retry_max: policy.max,
+            replica_delay: Duration::from_secs(30),
         }
     }
 }

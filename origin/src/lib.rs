@@ -51,6 +51,8 @@ pub(crate) struct Origin {
     /// The backend of each namespace (one catch-all route for a single `backend:`).
     backends: Arc<BackendRouter>,
     writeback: Arc<WriteBack>,
+    /// How long a replica's write-back waits for the committing origin's (`writeback.replica_delay`).
+    writeback_replica_delay: std::time::Duration,
     /// The other origins, when this one is part of a ring.
     ring: Option<replicate::Ring>,
     /// Pull-throughs in progress, shared by concurrent requests for one blob.
@@ -123,6 +125,7 @@ pub async fn run(
         store,
         backends,
         writeback,
+        writeback_replica_delay: config.writeback.replica_delay,
         ring,
         flights: flights::Flights::default(),
         metrics,

@@ -3,6 +3,7 @@
 //! abandons it. Bodies stream straight to disk while their digest is computed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -122,7 +123,15 @@ pub(crate) async fn acknowledge(
     if let (true, Some(ring)) = (replicate, &origin.ring) {
         crate::replicate::replicate(ring, &origin.store, digest, namespace).await?;
     }
-    origin.writeback.enqueue(digest, namespace).await?;
+    let delay = if replicate {
+        Duration::ZERO
+    } else {
+        origin.writeback_replica_delay
+    };
+    origin
+        .writeback
+        .enqueue_after(digest, namespace, delay)
+        .await?;
     origin.metrics.committed();
     tracing::info!(%digest, namespace = namespace.map(Name::as_str), "blob committed");
     let headers = [

@@ -39,6 +39,7 @@ async fn start(dir: &Path) -> Origin {
         writeback: WriteBackConfig {
             retry_initial: Duration::from_millis(20),
             retry_max: Duration::from_millis(200),
+            replica_delay: Duration::from_millis(100),
         },
         ..OriginConfig::default()
     };

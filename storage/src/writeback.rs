@@ -165,6 +165,19 @@ impl WriteBack {
         digest: &Digest,
         namespace: Option<&Name>,
     ) -> Result<(), StoreError> {
+        self.enqueue_after(digest, namespace, Duration::ZERO).await
+    }
+
+    /// Like [`WriteBack::enqueue`], but the first attempt waits `delay`. Replicas use it so the
+    /// origin that committed the blob uploads it first and they find it there with a stat,
+    /// rather than every owner uploading the same bytes at once. The delay is not persisted: a
+    /// marker found after a restart is attempted at once.
+    pub async fn enqueue_after(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
         if self.is_pending(digest) {
             return Ok(());
         }
@@ -181,7 +194,7 @@ impl WriteBack {
         self.items().entry(*digest).or_insert(Item {
             marker,
             failures: 0,
-            not_before: Instant::now(),
+            not_before: Instant::now() + delay,
             running: false,
         });
         self.wake.notify_one();
@@ -609,6 +622,41 @@ mod tests {
         assert_eq!(
             fx.backend.stat(&blob_key(&digest)).await.expect("stat"),
             Some(5)
+        );
+        token.cancel();
+        worker.await.expect("worker");
+    }
+
+    #[tokio::test]
+    async fn a_delayed_blob_waits_while_others_go_ahead() {
+        let fx = Fixture::new(0).await;
+        let queue = fx.queue().await;
+        let (token, worker) = fx.start(&queue);
+        let later = fx.add_blob(b"replica copy").await;
+        let now = fx.add_blob(b"committed here").await;
+        queue
+            .enqueue_after(&later, None, Duration::from_secs(3600))
+            .await
+            .expect("enqueue");
+        queue.enqueue(&now, None).await.expect("enqueue");
+        wait_for("write-back", || queue.stats().completed == 1).await;
+        assert!(queue.is_pending(&later) && !queue.is_pending(&now));
+        assert_eq!(
+            fx.backend.stat(&blob_key(&later)).await.expect("stat"),
+            None
+        );
+        token.cancel();
+        worker.await.expect("worker");
+        // After a restart the delay is gone: the marker is attempted at once.
+        let reopened = fx.queue().await;
+        let (token, worker) = fx.start(&reopened);
+        wait_for("write-back after restart", || {
+            reopened.stats().completed == 1
+        })
+        .await;
+        assert_eq!(
+            fx.backend.stat(&blob_key(&later)).await.expect("stat"),
+            Some(12)
         );
         token.cancel();
         worker.await.expect("worker");
