@@ -1,11 +1,15 @@
 //! The tracker's configuration file (`--config`): where to listen, the origin cluster, how long
 //! peers stay in a swarm, how many peers one announce hands out, and where peers are stored.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shoal_core::PeerId;
+use shoal_membership::{DnsConfig, HealthConfig, MembersConfig, Source};
 use shoal_service::LogConfig;
 
 /// `shoal-tracker --config tracker.yaml`.
@@ -15,8 +19,9 @@ pub struct TrackerConfig {
     /// Address of the gRPC `Tracker` service and of `/health` and `/metrics` (one port).
     pub listen: SocketAddr,
     /// The origin cluster. Rendezvous hashing over the `http` addresses picks a digest's owners,
-    /// the same ranking the build-index and proxy use.
-    pub origins: Vec<OriginAddrs>,
+    /// the same ranking the build-index and proxy use; owners whose `/health` fails are handed
+    /// out and asked last.
+    pub origins: OriginsConfig,
     /// Owners per digest: how many origins are handed out as seeders and asked for metainfo.
     pub replicas: usize,
     /// How often peers are told to announce again.
@@ -39,10 +44,10 @@ impl Default for TrackerConfig {
     fn default() -> Self {
         TrackerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15003)),
-            origins: vec![OriginAddrs {
+            origins: OriginsConfig::Static(vec![OriginAddrs {
                 http: "127.0.0.1:15100".into(),
                 peer: "127.0.0.1:15101".into(),
-            }],
+            }]),
             replicas: 3,
             announce_interval: Duration::from_secs(3),
             peer_ttl: Duration::from_secs(30),
@@ -63,6 +68,105 @@ pub struct OriginAddrs {
     /// `host:port` of its gRPC `Peer` service, handed to peers as a seeder. It is also the
     /// origin's peer id, so it must be a valid one (`[A-Za-z0-9._:-]`, at most 64 characters).
     pub peer: String,
+}
+
+/// The origin cluster: a list of address pairs, or
+/// `{dns: {name, port, interval, nameserver}, peer_port: 15101, health: {…}}` where each A/AAAA
+/// record is one origin at `ip:port` (HTTP) and `ip:peer_port` (gRPC peer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginsConfig {
+    Static(Vec<OriginAddrs>),
+    Dns {
+        /// The `http` addresses: a DNS source and its health checks.
+        members: MembersConfig,
+        peer_port: u16,
+    },
+}
+
+impl OriginsConfig {
+    /// The origins' HTTP addresses as a membership source (static lists keep their order).
+    pub fn members(&self) -> MembersConfig {
+        match self {
+            OriginsConfig::Static(origins) => {
+                MembersConfig::fixed(origins.iter().map(|o| o.http.clone()))
+            }
+            OriginsConfig::Dns { members, .. } => members.clone(),
+        }
+    }
+
+    /// The peer address of the origin whose HTTP address is `http`.
+    pub fn peer_of(&self, http: &str) -> Option<String> {
+        match self {
+            OriginsConfig::Static(origins) => origins
+                .iter()
+                .find(|o| o.http == http)
+                .map(|o| o.peer.clone()),
+            OriginsConfig::Dns { peer_port, .. } => {
+                let addr: SocketAddr = http.parse().ok()?;
+                Some(SocketAddr::new(addr.ip(), *peer_port).to_string())
+            }
+        }
+    }
+}
+
+/// The DNS form of `origins`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct DnsOrigins {
+    dns: DnsConfig,
+    peer_port: u16,
+    #[serde(default)]
+    health: HealthConfig,
+}
+
+impl<'de> Deserialize<'de> for OriginsConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FormVisitor;
+
+        impl<'de> Visitor<'de> for FormVisitor {
+            type Value = OriginsConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of {http, peer} or a map with `dns` and `peer_port`")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<OriginsConfig, A::Error> {
+                let origins =
+                    Vec::<OriginAddrs>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(OriginsConfig::Static(origins))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OriginsConfig, A::Error> {
+                let form = DnsOrigins::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(OriginsConfig::Dns {
+                    members: MembersConfig {
+                        source: Source::Dns(form.dns),
+                        health: form.health,
+                    },
+                    peer_port: form.peer_port,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(FormVisitor)
+    }
+}
+
+impl Serialize for OriginsConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OriginsConfig::Static(origins) => origins.serialize(serializer),
+            OriginsConfig::Dns { members, peer_port } => {
+                let mut map = serializer.serialize_map(Some(3))?;
+                if let Source::Dns(dns) = &members.source {
+                    map.serialize_entry("dns", dns)?;
+                }
+                map.serialize_entry("peer_port", peer_port)?;
+                map.serialize_entry("health", &members.health)?;
+                map.end()
+            }
+        }
+    }
 }
 
 /// The peer store.
@@ -97,13 +201,27 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidConfig
 impl TrackerConfig {
     /// Checks what the types alone cannot express.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        if self.origins.is_empty() {
+        let origins = match &self.origins {
+            OriginsConfig::Static(origins) => origins.as_slice(),
+            OriginsConfig::Dns { members, peer_port } => {
+                if *peer_port == 0 {
+                    return Err(invalid("origins.peer_port", "must not be 0"));
+                }
+                members.validate().map_err(|reason| {
+                    // `dns.port: must not be 0` → field `origins.dns.port`.
+                    let (field, reason) = reason.split_once(": ").unwrap_or(("", &reason));
+                    invalid(format!("origins.{field}"), reason)
+                })?;
+                &[]
+            }
+        };
+        if matches!(self.origins, OriginsConfig::Static(_)) && origins.is_empty() {
             return Err(invalid(
                 "origins",
                 "at least one origin is required to serve metainfo",
             ));
         }
-        for (i, origin) in self.origins.iter().enumerate() {
+        for (i, origin) in origins.iter().enumerate() {
             if origin.http.is_empty() || origin.http.chars().any(char::is_whitespace) {
                 return Err(invalid(
                     format!("origins[{i}].http"),
@@ -162,8 +280,10 @@ mod tests {
         let config: TrackerConfig = shoal_service::config::parse("", "t").expect("parse");
         assert_eq!(config, TrackerConfig::default());
         assert_eq!(config.listen.to_string(), "127.0.0.1:15003");
-        assert_eq!(config.origins[0].http, "127.0.0.1:15100");
-        assert_eq!(config.origins[0].peer, "127.0.0.1:15101");
+        assert_eq!(
+            config.origins.peer_of("127.0.0.1:15100").unwrap(),
+            "127.0.0.1:15101"
+        );
         assert_eq!(config.replicas, 3);
         assert_eq!(config.announce_interval, Duration::from_secs(3));
         assert_eq!(config.peer_ttl, Duration::from_secs(30));
@@ -196,7 +316,11 @@ mod tests {
     fn fields_parse_in_human_form_and_typos_are_named() {
         let yaml = "listen: 0.0.0.0:9003\norigins:\n  - {http: a:1, peer: a:2}\n  - {http: b:1, peer: b:2}\nreplicas: 2\nannounce_interval: 500ms\npeer_ttl: 5s\nhandout_limit: 4\n";
         let config: TrackerConfig = shoal_service::config::parse(yaml, "t").expect("parse");
-        assert_eq!(config.origins.len(), 2);
+        assert_eq!(
+            config.origins.members().static_members().unwrap(),
+            ["a:1", "b:1"]
+        );
+        assert_eq!(config.origins.peer_of("b:1").unwrap(), "b:2");
         assert_eq!(config.announce_interval, Duration::from_millis(500));
         assert_eq!(config.peer_ttl, Duration::from_secs(5));
         assert_eq!(config.handout_limit, 4);
@@ -212,22 +336,60 @@ mod tests {
     }
 
     #[test]
+    fn origins_can_come_from_dns() {
+        let yaml = "origins:\n  dns: {name: origin.shoal, port: 15100, nameserver: 127.0.0.1:53}\n  peer_port: 15101\n  health: {fall: 3}\n";
+        let config: TrackerConfig = shoal_service::config::parse(yaml, "t").expect("parse");
+        config.validate().expect("valid");
+        let members = config.origins.members();
+        let Source::Dns(dns) = &members.source else {
+            panic!("{members:?}")
+        };
+        assert_eq!((dns.name.as_str(), dns.port), ("origin.shoal", 15100));
+        assert_eq!(members.health.fall, 3);
+        assert_eq!(
+            config.origins.peer_of("10.1.2.3:15100").unwrap(),
+            "10.1.2.3:15101"
+        );
+
+        let text = serde_yaml_ng::to_string(&config).expect("serialize");
+        let again: TrackerConfig = shoal_service::config::parse(&text, "t").expect("reparse");
+        assert_eq!(again, config);
+
+        let error = shoal_service::config::parse::<TrackerConfig>(
+            "origins:\n  dns: {name: o, port: 1}\n",
+            "t",
+        )
+        .expect_err("no peer_port")
+        .to_string();
+        assert!(error.contains("peer_port"), "{error}");
+        let config: TrackerConfig = shoal_service::config::parse(
+            "origins:\n  dns: {name: o, port: 0}\n  peer_port: 2\n",
+            "t",
+        )
+        .expect("parse");
+        assert_eq!(
+            config.validate().expect_err("port 0").field,
+            "origins.dns.port"
+        );
+    }
+
+    #[test]
     fn unworkable_values_are_refused_by_field() {
         let field = |config: TrackerConfig| config.validate().expect_err("invalid").field;
         let base = TrackerConfig::default();
         assert_eq!(
             field(TrackerConfig {
-                origins: vec![],
+                origins: OriginsConfig::Static(vec![]),
                 ..base.clone()
             }),
             "origins"
         );
         assert_eq!(
             field(TrackerConfig {
-                origins: vec![OriginAddrs {
+                origins: OriginsConfig::Static(vec![OriginAddrs {
                     http: "a:1".into(),
                     peer: "[::1]:15101".into()
-                }],
+                }]),
                 ..base.clone()
             }),
             "origins[0].peer"

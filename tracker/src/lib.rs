@@ -22,7 +22,7 @@ use shoal_proto::v1::tracker_server::TrackerServer;
 use shoal_service::{CancellationToken, MetricsBuilder};
 use tokio::net::TcpListener;
 
-pub use config::{InvalidConfig, OriginAddrs, StoreConfig, TrackerConfig};
+pub use config::{InvalidConfig, OriginAddrs, OriginsConfig, StoreConfig, TrackerConfig};
 pub use peers::{MemoryStore, PeerRecord, PeerStore, RedisStore, StoreError};
 
 /// Metainfo of a blob the origin must first pull through from the backend and hash can take a
@@ -56,14 +56,19 @@ pub async fn run(
         .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
         .build()
         .context("building the origin HTTP client")?;
-    let origins = Arc::new(origins::Origins::new(
-        &http,
-        &config.origins,
-        config.replicas,
-    )?);
-
     let mut registry = MetricsBuilder::new("tracker");
     let metrics = metrics::TrackerMetrics::register(registry.registry());
+    let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
+    let origins = Arc::new(
+        origins::Origins::start(
+            &http,
+            &config.origins,
+            config.replicas,
+            &membership_metrics,
+            shutdown.clone(),
+        )
+        .await?,
+    );
     let capacity = NonZeroUsize::new(config.metainfo_cache)
         .context("config field `metainfo_cache` must be at least 1")?;
     let service = service::TrackerService {
@@ -82,7 +87,7 @@ pub async fn run(
         .grpc
         .local_addr()
         .context("reading the listen address")?;
-    tracing::info!(%addr, origins = config.origins.len(), store = ?config.store, "tracker serving");
+    tracing::info!(%addr, origins = ?config.origins, store = ?config.store, "tracker serving");
     shoal_service::http::serve(listeners.grpc, app, shutdown)
         .await
         .context("serving the tracker")?;

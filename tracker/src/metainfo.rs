@@ -146,7 +146,10 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::config::OriginAddrs;
+    use shoal_membership::MembershipMetrics;
+    use shoal_service::CancellationToken;
+
+    use crate::config::{OriginAddrs, OriginsConfig};
 
     /// An origin's metainfo endpoint that counts requests and holds each one until released.
     struct SlowOrigin {
@@ -180,15 +183,18 @@ mod tests {
         addr
     }
 
-    fn cache(addr: &str) -> MetainfoCache {
-        let origins = Origins::new(
+    async fn cache(addr: &str) -> MetainfoCache {
+        let origins = Origins::start(
             &shoal_service::client::builder().build().expect("client"),
-            &[OriginAddrs {
+            &OriginsConfig::Static(vec![OriginAddrs {
                 http: addr.into(),
                 peer: "127.0.0.1:1".into(),
-            }],
+            }]),
             1,
+            &MembershipMetrics::default(),
+            CancellationToken::new(),
         )
+        .await
         .expect("origins");
         let metrics = TrackerMetrics::register(&mut Registry::default());
         MetainfoCache::new(Arc::new(origins), NonZeroUsize::MIN, metrics)
@@ -215,7 +221,7 @@ mod tests {
             requests: AtomicUsize::new(0),
             release: Semaphore::new(0),
         });
-        let cache = Arc::new(cache(&start(Arc::clone(&origin)).await));
+        let cache = Arc::new(cache(&start(Arc::clone(&origin)).await).await);
 
         const WAITERS: usize = 8;
         let tasks: Vec<_> = (0..WAITERS)

@@ -1,74 +1,105 @@
 //! The origin cluster as the tracker sees it: each origin's HTTP client (for metainfo) and its
-//! peer record (handed out as a seeder), and which origins own a digest.
+//! peer record (handed out as a seeder), and which origins own a digest. The member list is
+//! live (static or DNS, health-checked); owners are ranked over all members and the healthy
+//! ones come first.
 
 use shoal_api::OriginClient;
 use shoal_core::{Digest, PeerId, rendezvous};
+use shoal_membership::{Membership, MembershipError, MembershipMetrics};
+use shoal_service::CancellationToken;
 
-use crate::config::OriginAddrs;
+use crate::config::{OriginAddrs, OriginsConfig};
 use crate::peers::PeerRecord;
 
 /// One origin.
 #[derive(Debug)]
 pub struct Origin {
-    /// Its configured HTTP address: what rendezvous hashing ranks, as in every other component.
-    http: String,
     pub client: OriginClient,
     /// Its `Peer` service; the peer id is the address itself.
     pub peer: PeerRecord,
 }
 
-impl AsRef<[u8]> for Origin {
-    fn as_ref(&self) -> &[u8] {
-        self.http.as_bytes()
-    }
-}
-
 /// Why the origin list cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("origins[{index}].peer {addr:?} is not a valid peer id: {source}")]
-pub struct BadOriginPeer {
-    index: usize,
-    addr: String,
-    source: shoal_core::PeerIdError,
+pub enum OriginsError {
+    #[error("origins[{index}].peer {addr:?} is not a valid peer id: {source}")]
+    BadPeer {
+        index: usize,
+        addr: String,
+        source: shoal_core::PeerIdError,
+    },
+    #[error("following the origins: {0}")]
+    Membership(#[from] MembershipError),
 }
 
 #[derive(Debug)]
 pub struct Origins {
-    nodes: Vec<Origin>,
+    config: OriginsConfig,
+    members: Membership,
+    http: reqwest::Client,
     replicas: usize,
 }
 
 impl Origins {
-    pub fn new(
+    /// Starts following `config`.
+    pub async fn start(
         http: &reqwest::Client,
-        addrs: &[OriginAddrs],
+        config: &OriginsConfig,
         replicas: usize,
-    ) -> Result<Self, BadOriginPeer> {
-        let nodes = addrs
-            .iter()
-            .enumerate()
-            .map(|(index, addrs)| {
-                let id = PeerId::parse(&addrs.peer).map_err(|source| BadOriginPeer {
+        metrics: &MembershipMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, OriginsError> {
+        if let OriginsConfig::Static(origins) = config {
+            for (index, OriginAddrs { peer, .. }) in origins.iter().enumerate() {
+                PeerId::parse(peer).map_err(|source| OriginsError::BadPeer {
                     index,
-                    addr: addrs.peer.clone(),
+                    addr: peer.clone(),
                     source,
                 })?;
-                Ok(Origin {
-                    http: addrs.http.clone(),
-                    client: OriginClient::new(http.clone(), &addrs.http),
+            }
+        }
+        let members = Membership::start(
+            "origins",
+            &config.members(),
+            http.clone(),
+            metrics,
+            shutdown,
+        )
+        .await?;
+        Ok(Origins {
+            config: config.clone(),
+            members,
+            http: http.clone(),
+            replicas,
+        })
+    }
+
+    /// The origins owning `digest`: healthy ones first, otherwise most preferred first.
+    pub fn owners(&self, digest: &Digest) -> Vec<Origin> {
+        let snapshot = self.members.snapshot();
+        let owners = rendezvous::owners(digest, snapshot.members(), self.replicas);
+        snapshot
+            .healthy_first(owners)
+            .into_iter()
+            .filter_map(|http| {
+                let addr = self.config.peer_of(http)?;
+                let id = match PeerId::parse(&addr) {
+                    Ok(id) => id,
+                    // An IPv6 answer cannot be a peer id (`[`, `]`); such an origin is skipped.
+                    Err(error) => {
+                        tracing::warn!(origin = %http, peer = %addr, %error, "origin's peer address is not a valid peer id; skipped");
+                        return None;
+                    }
+                };
+                Some(Origin {
+                    client: OriginClient::new(self.http.clone(), http),
                     peer: PeerRecord {
                         id,
-                        addr: addrs.peer.clone(),
+                        addr,
                         complete: true,
                     },
                 })
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Origins { nodes, replicas })
-    }
-
-    /// The origins owning `digest`, most preferred first.
-    pub fn owners(&self, digest: &Digest) -> Vec<&Origin> {
-        rendezvous::owners(digest, &self.nodes, self.replicas)
+            .collect()
     }
 }

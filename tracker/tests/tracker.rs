@@ -16,7 +16,7 @@ use shoal_core::{Digest, Metainfo, MetainfoBuilder, rendezvous};
 use shoal_proto::v1::tracker_client::TrackerClient;
 use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, PeerInfo};
 use shoal_service::CancellationToken;
-use shoal_tracker::{Listeners, OriginAddrs, TrackerConfig};
+use shoal_tracker::{Listeners, OriginAddrs, OriginsConfig, TrackerConfig};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -136,7 +136,7 @@ async fn announces_hand_out_the_owning_origins_first_then_complete_peers_never_t
         origin_addrs("10.0.0.3:15100", "10.0.0.3:15101"),
     ];
     let tracker = Tracker::start(TrackerConfig {
-        origins: origins.clone(),
+        origins: OriginsConfig::Static(origins.clone()),
         replicas: 2,
         announce_interval: Duration::from_millis(1500),
         ..TrackerConfig::default()
@@ -278,10 +278,10 @@ async fn metainfo_comes_from_an_owner_with_failover_and_is_cached() {
     serve_origin(listener, Arc::clone(&origin));
 
     let tracker = Tracker::start(TrackerConfig {
-        origins: vec![
+        origins: OriginsConfig::Static(vec![
             origin_addrs(&dead, "127.0.0.1:15101"),
             origin_addrs(&live, "127.0.0.1:15111"),
-        ],
+        ]),
         ..TrackerConfig::default()
     })
     .await;
@@ -335,10 +335,10 @@ async fn metainfo_comes_from_an_owner_with_failover_and_is_cached() {
 #[tokio::test]
 async fn metainfo_is_unavailable_when_no_owner_answers() {
     let tracker = Tracker::start(TrackerConfig {
-        origins: vec![
+        origins: OriginsConfig::Static(vec![
             origin_addrs(&dead_addr().await, "127.0.0.1:15101"),
             origin_addrs(&dead_addr().await, "127.0.0.1:15111"),
-        ],
+        ]),
         ..TrackerConfig::default()
     })
     .await;
