@@ -1,7 +1,9 @@
 {{/* Names, labels and the pieces every workload shares. */}}
 
 {{- define "shoal.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
@@ -33,15 +35,21 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The origins' headless Service, which gives every StatefulSet pod a stable DNS name. */}}
 {{- define "shoal.originHeadless" -}}
-{{ include "shoal.fullname" . }}-origin-headless
+{{ include "shoal.fullname" . }}-origins
 {{- end -}}
 
-{{/* The origins' HTTP addresses, "host:port", one per replica: origin i's stable DNS name. */}}
+{{/* The origins' host names, one per replica: "<pod>.<headless service>", which every pod of
+     the namespace resolves through its DNS search path. Kept short on purpose: the tracker uses
+     an origin's peer address as its peer id, which is at most 64 characters. */}}
 {{- define "shoal.originHosts" -}}
 {{- $root := . -}}
 {{- $hosts := list -}}
 {{- range $i := until (int .Values.origin.replicas) -}}
-{{- $hosts = append $hosts (printf "%s-origin-%d.%s.%s.svc.%s" (include "shoal.fullname" $root) $i (include "shoal.originHeadless" $root) $root.Release.Namespace $root.Values.clusterDomain) -}}
+{{- $host := printf "%s-origin-%d.%s" (include "shoal.fullname" $root) $i (include "shoal.originHeadless" $root) -}}
+{{- if gt (len (printf "%s:15101" $host)) 64 -}}
+{{- fail (printf "origin address %s:15101 is longer than a peer id may be (64): set fullnameOverride to a shorter name" $host) -}}
+{{- end -}}
+{{- $hosts = append $hosts $host -}}
 {{- end -}}
 {{- toJson $hosts -}}
 {{- end -}}
