@@ -2,11 +2,13 @@
 //! the origins; an upload session lives on the origin chosen when it was opened, and the handle the
 //! client gets back names that origin, so any proxy replica can route the session's later requests.
 //! Reads fail over: they try the digest's owners in rendezvous order until one has the blob.
-//! Writes fail over too: a session opens on the first origin that answers, so one origin down
+//! Writes fail over too: a session opens on the next origin in turn that answers, so one origin down
 //! does not stop pushes.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shoal_api::{ApiError, BuildIndexClient, OriginClient};
 use shoal_core::{Digest, Name, rendezvous};
@@ -20,6 +22,8 @@ pub struct Upstreams {
     origins: Vec<OriginClient>,
     replicas: usize,
     build_index: BuildIndexClient,
+    /// Where the next upload session starts looking, so sessions spread over the origins.
+    next_session: Arc<AtomicUsize>,
 }
 
 impl Upstreams {
@@ -35,6 +39,7 @@ impl Upstreams {
             origins,
             replicas: config.replicas,
             build_index: BuildIndexClient::new(http, &config.build_index),
+            next_session: Arc::default(),
         }
     }
 
@@ -90,11 +95,15 @@ impl Upstreams {
         &self.build_index
     }
 
-    /// Opens an upload session on the first origin that answers, in config order.
+    /// Opens an upload session on the next origin in turn, or the first after it that answers.
     pub async fn start_session(&self, namespace: &Name) -> Result<UploadHandle, ApiError> {
         // The blob's digest is unknown until the upload is committed, so its owner cannot be
-        // picked yet; the session's origin replicates to the owners on commit.
-        self.open_session(0..self.origins.len(), namespace).await
+        // picked yet; the session's origin replicates to the owners on commit. Taking origins in
+        // turn spreads the staging of pushed bytes (and their replication) over the ring.
+        let count = self.origins.len();
+        let first = self.next_session.fetch_add(1, Ordering::Relaxed) % count;
+        self.open_session((0..count).map(|i| (first + i) % count), namespace)
+            .await
     }
 
     /// Stores a whole blob whose digest is known on the first of its owners that answers, in
