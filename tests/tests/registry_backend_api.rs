@@ -99,7 +99,7 @@ async fn round_trip(router: &BackendRouter, repo: &str) -> Result<Vec<u8>> {
     // A blob of several chunks, streamed in; then whole and ranged reads.
     let layer = pattern(3 * 1024 * 1024 + 17, 1);
     let layer_key = blob_key(&Digest::of(&layer));
-    ensure!(scoped.stat(&layer_key).await? == None);
+    ensure!(scoped.stat(&layer_key).await?.is_none());
     scoped
         .put(&layer_key, body(&layer), Some(layer.len() as u64))
         .await?;
@@ -153,7 +153,7 @@ async fn round_trip(router: &BackendRouter, repo: &str) -> Result<Vec<u8>> {
     // Tags need no scope: their keys name the repository.
     ensure!(read(router.route(None)?.get(&key, None).await?).await? == text.as_bytes());
     let prefix = format!("repositories/{repo}/_tags/");
-    ensure!(scoped.list(&prefix).await? == [key.clone()]);
+    ensure!(scoped.list(&prefix).await? == std::slice::from_ref(&key));
     let all = router
         .backends()
         .next()
@@ -185,11 +185,11 @@ async fn round_trip(router: &BackendRouter, repo: &str) -> Result<Vec<u8>> {
         matches!(err, BackendError::LengthMismatch { actual: 500, .. }),
         "{err}"
     );
-    ensure!(scoped.stat(&short_key).await? == None);
+    ensure!(scoped.stat(&short_key).await?.is_none());
 
     // Deletes: blobs go (deletes are enabled), tags cannot on distribution 2.x.
     ensure!(scoped.delete(&layer_key).await?);
-    ensure!(scoped.stat(&layer_key).await? == None);
+    ensure!(scoped.stat(&layer_key).await?.is_none());
     ensure!(!scoped.delete(&layer_key).await?);
     ensure!(matches!(
         scoped.delete(&key).await,
@@ -274,7 +274,7 @@ async fn basic_auth_round_trip_and_wrong_password_stores_nothing() -> Result<()>
         );
     }
     ensure!(
-        router.route(Some(&repo))?.stat(&key).await? == None,
+        router.route(Some(&repo))?.stat(&key).await?.is_none(),
         "a refused put stored the blob"
     );
     Ok(())
@@ -421,7 +421,7 @@ async fn bearer_token_round_trip_caches_tokens_per_scope() -> Result<()> {
     let scoped = router.route(Some(&name("team/cached")))?;
     let absent = blob_key(&Digest::of(b"absent"));
     for _ in 0..5 {
-        ensure!(scoped.stat(&absent).await? == None);
+        ensure!(scoped.stat(&absent).await?.is_none());
     }
     ensure!(
         tokens.requests_for("repository:team/cached:pull") == 1,
@@ -443,6 +443,12 @@ async fn bearer_token_round_trip_caches_tokens_per_scope() -> Result<()> {
             .contains("refused the configured credentials"),
         "{err}"
     );
-    ensure!(router.route(Some(&name("team/bearer")))?.stat(&key).await? == None);
+    ensure!(
+        router
+            .route(Some(&name("team/bearer")))?
+            .stat(&key)
+            .await?
+            .is_none()
+    );
     Ok(())
 }
