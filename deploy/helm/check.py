@@ -8,8 +8,8 @@ Needs `helm-python-sdk` (Helm v4's Go SDK as a native library: chart loading, li
 and `kubernetes-validate` (Kubernetes OpenAPI schemas, bundled: no cluster, no network); both
 are installed into ~/.cache/shoal/helm-venv by scripts/install-deps.
 
-For each variant (the chart's defaults, and deploy/helm/all-options.yaml which turns on every
-option) it: lints the chart (strict); renders it; validates every object against the Kubernetes
+For each variant (the chart's defaults; deploy/helm/all-options.yaml, which turns on every
+option; and `membership.mode: dns`) it: lints the chart (strict); renders it; validates every object against the Kubernetes
 schema in strict mode (unknown fields are errors); checks the facts the design relies on (agent
 DaemonSet, origin StatefulSet with volume claims and a headless Service, probes on /health,
 resource requests, scrape annotations, TLS and host networking when asked); runs the agent's
@@ -45,6 +45,7 @@ NAMESPACE = "shoal-system"
 # Oldest Kubernetes version the chart is validated against (a current, supported release).
 KUBE_VERSION = "1.30.0"
 COMPONENTS = ("origin", "build-index", "proxy", "tracker", "agent")
+DNS_COMPONENTS = ("build-index", "proxy", "tracker")
 # Values the agent's init container substitutes from the downward API.
 POD_ENV = {"POD_IP": "10.1.2.3", "NODE_IP": "127.0.0.1", "NODE_NAME": "node-7"}
 
@@ -264,11 +265,21 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
                     f"{variant}: {obj['metadata']['name']} does not trust the CA secret",
                 )
 
+    dns = merged["membership"]["mode"] == "dns"
+    for component in ("proxy", "build-index", "tracker"):
+        for text in config_files(objects, component).values():
+            origins = yaml.safe_load(text).get("origins")
+            problems.check(
+                isinstance(origins, dict) == dns and (not dns or "shoal-origins." in origins["dns"]["name"]),
+                f"{variant}: {component} origins do not follow membership.mode {merged['membership']['mode']}: {origins}",
+            )
+
     work = Path(tempfile.mkdtemp(prefix=f"shoal-chart-{variant}-"))
     variant_dir = out / variant
     variant_dir.mkdir(parents=True, exist_ok=True)
     configs = []
-    for component in COMPONENTS:
+    # The DNS variant changes only how proxy, build-index and tracker find the origins.
+    for component in DNS_COMPONENTS if dns else COMPONENTS:
         if component == "agent":
             path = render_agent_config(objects, work, problems, variant)
             if path:
@@ -311,7 +322,11 @@ def main() -> int:
     args = parser.parse_args()
     problems = Problems()
     configs = []
-    variants = {"default": None, "all-options": yaml.safe_load(ALL_OPTIONS.read_text())}
+    variants = {
+        "default": None,
+        "all-options": yaml.safe_load(ALL_OPTIONS.read_text()),
+        "dns": {"membership": {"mode": "dns"}},
+    }
     for variant, values in variants.items():
         try:
             configs += check_variant(variant, values, args.out, problems)

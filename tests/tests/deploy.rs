@@ -22,6 +22,10 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// Containers start from a local image in seconds; the margin covers a busy machine.
 const COMPOSE_READY_DEADLINE: Duration = Duration::from_secs(90);
 const MIB: u64 = 1 << 20;
+/// Components whose `origins:` accepts the DNS form (`{dns: {name, port, interval}}`): the chart's
+/// `membership.mode: dns` configs of these are started like the others. The rest are rendered
+/// and schema-checked only, until their configs take the DNS form too.
+const DNS_MEMBERSHIP_READY: &[&str] = &["tracker"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,6 +75,14 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
     if map.contains_key("data_dir") {
         let data = work.join("data");
         map.insert("data_dir".into(), data.display().to_string().into());
+    }
+    // A DNS membership source asks a local port where nothing answers, never the machine's
+    // resolver: the rendered cluster names exist only inside Kubernetes.
+    if let Some(origins) = map.get_mut("origins").and_then(Value::as_mapping_mut)
+        && let Some(dns) = origins.get_mut("dns").and_then(Value::as_mapping_mut)
+    {
+        let nowhere = free_loopback_addr_list(1)?[0].to_string();
+        dns.insert("nameserver".into(), nowhere.into());
     }
     if map.contains_key("backend") {
         let backend = mapping_at(map, "backend")?;
@@ -123,20 +135,28 @@ async fn helm_chart_renders_validates_and_its_configs_start_the_binaries() -> Re
     for (i, entry) in configs.iter().enumerate() {
         let component = entry["component"].as_str().context("component")?;
         let path = PathBuf::from(entry["path"].as_str().context("path")?);
-        seen.insert((
-            entry["variant"].as_str().unwrap_or("").to_owned(),
-            component,
-        ));
+        let variant = entry["variant"].as_str().context("variant")?;
+        seen.insert((variant.to_owned(), component));
+        if variant == "dns" && !DNS_MEMBERSHIP_READY.contains(&component) {
+            eprintln!("not started: {component} does not take DNS membership yet");
+            continue;
+        }
         let work = out.path().join(format!("run-{i}"));
         std::fs::create_dir_all(&work)?;
         start_with_rendered_config(component, &path, &work)
             .await
             .with_context(|| format!("the chart's {component} config {}", path.display()))?;
     }
-    for variant in ["default", "all-options"] {
-        for component in ["origin", "build-index", "proxy", "tracker", "agent"] {
+    let all = ["origin", "build-index", "proxy", "tracker", "agent"];
+    let expected = [
+        ("default", &all[..]),
+        ("all-options", &all[..]),
+        ("dns", &["build-index", "proxy", "tracker"][..]),
+    ];
+    for (variant, components) in expected {
+        for component in components {
             ensure!(
-                seen.contains(&(variant.to_owned(), component)),
+                seen.contains(&(variant.to_owned(), *component)),
                 "check.py rendered no {component} config for {variant}"
             );
         }
