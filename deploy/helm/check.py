@@ -256,6 +256,20 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
             check_workload(deployment, "http", problems, variant)
         problems.check(find(objects, "Service", f"{RELEASE}-{component}") is not None, f"{variant}: no {component} Service")
 
+    if merged["buildIndex"]["persistence"]["enabled"]:
+        deployment = find(objects, "Deployment", f"{RELEASE}-build-index")
+        claim = find(objects, "PersistentVolumeClaim", f"{RELEASE}-build-index")
+        problems.check(
+            claim is not None
+            and deployment is not None
+            and any(
+                v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+                for v in pod_spec(deployment)["volumes"]
+            )
+            and deployment["spec"].get("strategy", {}).get("type") == "Recreate",
+            f"{variant}: build-index persistence is not a mounted claim with the Recreate strategy",
+        )
+
     if merged["tls"]["caSecret"]["enabled"]:
         for obj in objects:
             if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet") and not obj["metadata"]["name"].endswith("node-setup"):
