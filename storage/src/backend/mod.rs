@@ -202,6 +202,10 @@ mod tests {
         assert!(serde_json::from_str::<BackendConfig>(r#"{"nfs":{}}"#).is_err());
         assert!(serde_json::from_str::<BackendConfig>(r#"{"s3":{"bucket":"b","x":1}}"#).is_err());
         assert!(serde_json::from_str::<BackendConfig>("{}").is_err());
+        let registry: BackendConfig =
+            serde_json::from_str(r#"{"registry":{"url":"http://127.0.0.1:5000","timeout":"5s"}}"#)
+                .expect("registry config");
+        assert!(matches!(registry, BackendConfig::Registry(c) if c.url == "http://127.0.0.1:5000"));
         let json = serde_json::to_string(&config).expect("serialize");
         assert_eq!(json, r#"{"filesystem":{"root":"/srv/shoal"}}"#);
     }
