@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::Deserialize;
+use shoal_membership::MembersConfig;
 use shoal_service::LogConfig;
 use shoal_storage::{BackendConfig, RouteConfig};
 
@@ -18,9 +19,10 @@ const DEFAULT_ORIGIN: &str = "127.0.0.1:15100";
 pub struct BuildIndexConfig {
     /// Address of the tag HTTP API.
     pub listen: SocketAddr,
-    /// HTTP addresses (`host:port` or `http://…`) of the origin cluster. A tag is accepted only once
-    /// its manifest and blobs are found on the origin owning each digest.
-    pub origins: Vec<String>,
+    /// HTTP addresses (`host:port` or `http://…`) of the origin cluster, or
+    /// `{dns: {name, port}}`; health-checked. A tag is accepted only once its manifest and blobs
+    /// are found on the origin owning each digest.
+    pub origins: MembersConfig,
     /// Owners per digest (R), as the origins' `cluster.replicas`: lookups try these origins in
     /// rendezvous order.
     pub replicas: usize,
@@ -36,7 +38,7 @@ impl Default for BuildIndexConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
-            origins: vec![DEFAULT_ORIGIN.to_owned()],
+            origins: MembersConfig::fixed([DEFAULT_ORIGIN]),
             replicas: 3,
             backend: BackendConfig::default(),
             backends: Vec::new(),
@@ -62,13 +64,14 @@ impl BuildIndexConfig {
                 reason: "at least one origin address is required to check manifests".into(),
             });
         }
-        for (i, origin) in self.origins.iter().enumerate() {
-            if origin.is_empty() || origin.chars().any(char::is_whitespace) {
-                return Err(InvalidConfig {
-                    field: format!("origins[{i}]"),
-                    reason: format!("{origin:?} is not a host:port or http:// address"),
-                });
-            }
+        if let Err(error) = self.origins.validate() {
+            // `[1]: …` → field `origins[1]`; `dns.port: …` → field `origins.dns.port`.
+            let (field, reason) = error.split_once(": ").unwrap_or(("", &error));
+            let separator = if field.starts_with('[') { "" } else { "." };
+            return Err(InvalidConfig {
+                field: format!("origins{separator}{field}"),
+                reason: reason.to_owned(),
+            });
         }
         if self.replicas == 0 {
             return Err(InvalidConfig {
@@ -88,7 +91,7 @@ mod tests {
     fn defaults_match_the_dev_cluster_ports() {
         let config = BuildIndexConfig::default();
         assert_eq!(config.listen.to_string(), "127.0.0.1:15004");
-        assert_eq!(config.origins, vec!["127.0.0.1:15100".to_owned()]);
+        assert_eq!(config.origins, MembersConfig::fixed(["127.0.0.1:15100"]));
         config.validate().unwrap();
     }
 
@@ -98,7 +101,7 @@ mod tests {
             shoal_service::config::parse("listen: 0.0.0.0:9000\norigins: [a:1, b:2]\n", "t")
                 .unwrap();
         assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.origins, vec!["a:1".to_owned(), "b:2".to_owned()]);
+        assert_eq!(config.origins, MembersConfig::fixed(["a:1", "b:2"]));
 
         let error = shoal_service::config::parse::<BuildIndexConfig>("origin: [a:1]\n", "t")
             .unwrap_err()
@@ -131,11 +134,18 @@ mod tests {
     #[test]
     fn empty_or_blank_origins_are_refused_by_field() {
         let mut config = BuildIndexConfig {
-            origins: vec![],
+            origins: MembersConfig::default(),
             ..Default::default()
         };
         assert_eq!(config.validate().unwrap_err().field, "origins");
-        config.origins = vec!["a:1".into(), " ".into()];
+        config.origins = MembersConfig::fixed(["a:1", " "]);
         assert_eq!(config.validate().unwrap_err().field, "origins[1]");
+        config.origins = shoal_service::config::parse::<BuildIndexConfig>(
+            "origins: {dns: {name: origin.shoal, port: 0}}\n",
+            "t",
+        )
+        .unwrap()
+        .origins;
+        assert_eq!(config.validate().unwrap_err().field, "origins.dns.port");
     }
 }

@@ -47,11 +47,21 @@ pub async fn run(
 
     let mut metrics = MetricsBuilder::new("build-index");
     let tag_metrics = metrics::TagMetrics::register(metrics.registry());
+    let membership_metrics = shoal_membership::MembershipMetrics::register(metrics.registry());
     let metrics = metrics.build();
+    let members = shoal_membership::Membership::start(
+        "origins",
+        &config.origins,
+        http.clone(),
+        &membership_metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("following the origins (config field `origins`)")?;
 
     let state = routes::AppState {
         tags: tags::TagStore::new(backends),
-        origins: Arc::new(verify::Origins::new(http, &config.origins, config.replicas)),
+        origins: Arc::new(verify::Origins::new(http, members, config.replicas)),
         metrics: tag_metrics,
     };
     let app = shoal_service::http::with_common_routes(routes::router(state), metrics);

@@ -9,6 +9,7 @@ use std::future::Future;
 use futures::{StreamExt, TryStreamExt, stream};
 use shoal_api::{ApiError, OriginClient};
 use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Name, rendezvous};
+use shoal_membership::Membership;
 
 use crate::error::Error;
 
@@ -22,62 +23,51 @@ const MANIFEST_CONCURRENCY: usize = 4;
 /// instead of being followed without bound.
 const MAX_INDEX_DEPTH: usize = 4;
 
-/// One origin: its configured address (what rendezvous hashing ranks) and its client.
-struct Origin {
-    addr: String,
-    client: OriginClient,
-}
-
-impl AsRef<[u8]> for Origin {
-    fn as_ref(&self) -> &[u8] {
-        self.addr.as_bytes()
-    }
-}
-
-/// The origin cluster, as seen by the build-index.
+/// The origin cluster, as seen by the build-index: a live member list (static or DNS,
+/// health-checked).
 pub struct Origins {
-    nodes: Vec<Origin>,
+    http: reqwest::Client,
+    members: Membership,
     replicas: usize,
 }
 
 impl Origins {
     /// `replicas` is the origins' R: how many owners each digest has.
-    pub fn new(http: reqwest::Client, addrs: &[String], replicas: usize) -> Self {
-        let nodes = addrs
-            .iter()
-            .map(|addr| Origin {
-                addr: addr.clone(),
-                client: OriginClient::new(http.clone(), addr),
-            })
-            .collect();
-        Self { nodes, replicas }
+    pub fn new(http: reqwest::Client, members: Membership, replicas: usize) -> Self {
+        Self {
+            http,
+            members,
+            replicas,
+        }
     }
 
-    /// Runs `read` on the owners of `digest` in rendezvous order and returns the first answer
-    /// that found it, with the origin that gave it. Owners that are unreachable, failing on
-    /// their side, or lacking the digest pass on to the next; `None` when every owner that
-    /// answered lacks it, the last failure when none answered.
-    async fn on_owners<'a, T, F, Fut>(
-        &'a self,
+    /// Runs `read` on the owners of `digest` (healthy ones first, otherwise in rendezvous
+    /// order) and returns the first answer that found it, with the origin that gave it. Owners
+    /// that are unreachable, failing on their side, or lacking the digest pass on to the next;
+    /// `None` when every owner that answered lacks it, the last failure when none answered.
+    async fn on_owners<T, F, Fut>(
+        &self,
         digest: Digest,
         mut read: F,
-    ) -> Result<Option<(T, &'a OriginClient)>, Error>
+    ) -> Result<Option<(T, OriginClient)>, Error>
     where
-        F: FnMut(&'a OriginClient) -> Fut,
+        F: FnMut(OriginClient) -> Fut,
         Fut: Future<Output = Result<Option<T>, ApiError>>,
     {
         let mut answered = false;
         let mut failure = None;
-        for origin in rendezvous::owners(&digest, &self.nodes, self.replicas) {
-            let client = &origin.client;
-            match read(client).await {
+        let snapshot = self.members.snapshot();
+        let owners = rendezvous::owners(&digest, snapshot.members(), self.replicas);
+        for addr in snapshot.healthy_first(owners) {
+            let client = OriginClient::new(self.http.clone(), addr);
+            match read(client.clone()).await {
                 Ok(Some(found)) => return Ok(Some((found, client))),
                 Ok(None) => answered = true,
                 Err(source) if fails_over(&source) => {
                     tracing::warn!(%digest, origin = client.base(), error = %source, "origin lookup failed; trying the next owner");
-                    failure = Some(origin_error(client, digest, source));
+                    failure = Some(origin_error(&client, digest, source));
                 }
-                Err(source) => return Err(origin_error(client, digest, source)),
+                Err(source) => return Err(origin_error(&client, digest, source)),
             }
         }
         match failure {
@@ -164,8 +154,10 @@ impl Origins {
         descriptor: Option<&Descriptor>,
     ) -> Result<Option<Manifest>, Error> {
         let fetched = self
-            .on_owners(digest, |origin| {
-                origin.get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+            .on_owners(digest, |origin| async move {
+                origin
+                    .get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+                    .await
             })
             .await;
         let (bytes, origin) = match fetched {
@@ -222,7 +214,9 @@ impl Origins {
         size: u64,
     ) -> Result<(), Error> {
         let stat = self
-            .on_owners(blob, |origin| origin.stat_blob(&blob, Some(name)))
+            .on_owners(blob, |origin| async move {
+                origin.stat_blob(&blob, Some(name)).await
+            })
             .await?;
         match stat {
             Some((len, _)) if len == size => Ok(()),

@@ -114,7 +114,7 @@ impl BuildIndex {
         let addr = listener.local_addr().expect("local addr");
         let config = BuildIndexConfig {
             listen: addr,
-            origins,
+            origins: origins.into(),
             backend: BackendConfig::Filesystem {
                 root: backend_root.to_path_buf(),
             },
