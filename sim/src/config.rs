@@ -65,6 +65,13 @@ pub struct SimConfig {
     /// What-if: each node moves at most this many pieces at once and queues further requests
     /// (None: every request is served at once, as Shoal's peer service does today).
     pub upload_slots: Option<usize>,
+    /// What-if: an origin already uploading this many pieces answers further requests "busy"
+    /// (None: origins serve every request, as today). The scheduler has no busy answer, so the
+    /// simulated engine reports it as a failed request one round trip later.
+    pub origin_busy_after: Option<usize>,
+    /// What-if: the engine sends an agent's requests to origins one at a time, holding the
+    /// others until the one in flight is delivered (false: as the scheduler issues them).
+    pub one_origin_request: bool,
     #[serde(skip)]
     pub scheduler: SchedulerConfig,
     /// How often the agent ticks its scheduler (the engine's 250 ms).
@@ -88,6 +95,8 @@ impl Default for SimConfig {
             arrival_spread: Duration::ZERO,
             tracker: TrackerModel::default(),
             upload_slots: None,
+            origin_busy_after: None,
+            one_origin_request: false,
             scheduler: SchedulerConfig::default(),
             tick: Duration::from_millis(250),
             time_limit: Duration::from_secs(3600),
@@ -136,6 +145,7 @@ impl SimConfig {
             ("blob size", self.blob_size == 0),
             ("piece length", self.piece_length == Some(0)),
             ("upload slots", self.upload_slots == Some(0)),
+            ("origin busy threshold", self.origin_busy_after == Some(0)),
             ("origins", self.origins == 0),
             ("tracker replicas", self.tracker.replicas == 0),
             ("tracker handout limit", self.tracker.handout_limit == 0),

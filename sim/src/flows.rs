@@ -767,7 +767,10 @@ mod tests {
         }
         let done = run(&mut flows, &mut queue, |_, _| {});
         assert_eq!(done.len(), 2_000);
-        assert!(done.iter().all(|&(_, time)| time.abs_diff(2_000 * MS) < 1_000));
+        assert!(
+            done.iter()
+                .all(|&(_, time)| time.abs_diff(2_000 * MS) < 1_000)
+        );
         assert!(queue.processed() < 10, "{} events", queue.processed());
     }
 }

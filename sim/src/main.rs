@@ -51,6 +51,15 @@ struct Args {
     /// peer service has no such cap today).
     #[arg(long)]
     upload_slots: Option<usize>,
+    /// What-if: an origin uploading this many pieces answers further requests "busy" (reported
+    /// to the scheduler as a failed request; Shoal's origins have no such answer today).
+    #[arg(long)]
+    origin_busy_after: Option<usize>,
+    /// What-if: each agent has at most one request in flight at origins; the engine holds the
+    /// scheduler's further origin requests until it is delivered (the scheduler today keeps a
+    /// full pipeline at an origin while no agent is useful).
+    #[arg(long)]
+    one_origin_request: bool,
     /// Origins owning the blob (the tracker hands out only these).
     #[arg(long, default_value_t = 3)]
     replicas: u32,
@@ -63,6 +72,9 @@ struct Args {
     /// Scheduler: endgame starts with this many pieces missing.
     #[arg(long, default_value_t = SchedulerConfig::default().endgame_pieces)]
     endgame_pieces: usize,
+    /// Scheduler: consecutive failed requests after which a peer is dropped.
+    #[arg(long, default_value_t = SchedulerConfig::default().max_failures)]
+    max_failures: u32,
     /// Stop after this much virtual time.
     #[arg(long, default_value = "1h", value_parser = duration)]
     time_limit: Duration,
@@ -128,9 +140,12 @@ fn main() -> anyhow::Result<ExitCode> {
             max_peers: args.max_peers,
             pipeline: args.pipeline,
             endgame_pieces: args.endgame_pieces,
+            max_failures: args.max_failures,
             ..SchedulerConfig::default()
         },
         upload_slots: args.upload_slots,
+        origin_busy_after: args.origin_busy_after,
+        one_origin_request: args.one_origin_request,
         time_limit: args.time_limit,
         seed: args.seed,
         ..SimConfig::default()

@@ -65,6 +65,8 @@ pub struct Report {
     pub origin_egress_bytes: u64,
     /// Origin egress divided by S.
     pub origin_egress_ratio: f64,
+    /// Requests origins answered "busy" (only with the `origin_busy_after` what-if).
+    pub busy_answers: u64,
     /// Virtual time when the last agent completed (or the run stopped), seconds.
     pub virtual_seconds: f64,
     pub events: u64,
@@ -101,6 +103,9 @@ impl fmt::Display for Report {
             "origin egress {} bytes = {:.2} × S",
             self.origin_egress_bytes, self.origin_egress_ratio
         )?;
+        if self.busy_answers > 0 {
+            writeln!(f, "busy answers from origins: {}", self.busy_answers)?;
+        }
         write!(
             f,
             "{} events in {:.2} s wall time ({:.1} s virtual)",

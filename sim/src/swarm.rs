@@ -36,6 +36,8 @@ struct Node {
     completed: Option<Nanos>,
     /// This node's requests in flight: (sender, piece, transfer).
     requests: Vec<(u32, u32, FlowRef)>,
+    /// What-if `one_origin_request`: requests to origins held back, (origin, piece), in order.
+    held: Vec<(u32, u32)>,
     /// Agents holding a session with this agent, told about each piece it gains.
     subscribers: Vec<u32>,
 }
@@ -61,6 +63,7 @@ pub struct Swarm {
     scratch: Vec<u32>,
     /// Reused for the flows a sender's clock finishes at once.
     finished: Vec<FlowRef>,
+    busy_answers: u64,
 }
 
 impl Swarm {
@@ -126,6 +129,7 @@ impl Swarm {
                     arrived,
                     completed: None,
                     requests: Vec::new(),
+                    held: Vec::new(),
                     subscribers: Vec::new(),
                 }
             })
@@ -153,6 +157,7 @@ impl Swarm {
             complete: 0,
             scratch: Vec::new(),
             finished: Vec::new(),
+            busy_answers: 0,
             config,
         })
     }
@@ -247,6 +252,14 @@ impl Swarm {
                 }
                 self.finished = finished;
             }
+            SimEvent::Busy {
+                node,
+                origin,
+                piece,
+            } => {
+                let peer = self.ids[origin as usize].clone();
+                self.send(node, Event::PieceFailed { peer, piece });
+            }
             SimEvent::PieceArrived { flow, generation } => {
                 let flow = FlowRef {
                     id: flow,
@@ -260,6 +273,7 @@ impl Swarm {
                 self.nodes[receiver as usize]
                     .requests
                     .retain(|&(_, _, f)| f != flow);
+                self.release_held(receiver);
                 let newly = !self.have(receiver).get(piece);
                 let peer = self.ids[sender as usize].clone();
                 self.send(receiver, Event::PieceDone { peer, piece });
@@ -341,13 +355,33 @@ impl Swarm {
                 }
             }
             Action::Request { peer, piece } => {
-                if let Some(sender) = self.node_of(&peer) {
-                    let bytes = self.piece_bytes(piece);
-                    let flow = self.flows.start(now, sender, node, piece, bytes);
-                    self.nodes[node as usize]
-                        .requests
-                        .push((sender, piece, flow));
+                let Some(sender) = self.node_of(&peer) else {
+                    return;
+                };
+                let origin = sender < self.origins;
+                if origin
+                    && self
+                        .config
+                        .origin_busy_after
+                        .is_some_and(|cap| self.flows.uploading(sender) >= cap)
+                {
+                    // What-if: the origin refuses at once; the answer takes a round trip.
+                    self.busy_answers += 1;
+                    self.queue.push(
+                        now + 2 * self.latency,
+                        SimEvent::Busy {
+                            node,
+                            origin: sender,
+                            piece,
+                        },
+                    );
+                    return;
                 }
+                if origin && self.config.one_origin_request && self.at_origin(node) {
+                    self.nodes[node as usize].held.push((sender, piece));
+                    return;
+                }
+                self.request(node, sender, piece);
             }
             Action::Cancel { peer, piece } => {
                 if let Some(sender) = self.node_of(&peer) {
@@ -370,7 +404,36 @@ impl Swarm {
         }
     }
 
+    fn request(&mut self, node: u32, sender: u32, piece: u32) {
+        let bytes = self.piece_bytes(piece);
+        let flow = self.flows.start(self.now, sender, node, piece, bytes);
+        self.nodes[node as usize]
+            .requests
+            .push((sender, piece, flow));
+    }
+
+    /// Whether `node` has a request in flight at an origin.
+    fn at_origin(&self, node: u32) -> bool {
+        let origins = self.origins;
+        self.nodes[node as usize]
+            .requests
+            .iter()
+            .any(|&(sender, _, _)| sender < origins)
+    }
+
+    /// What-if `one_origin_request`: sends the next held origin request once none is in flight.
+    fn release_held(&mut self, node: u32) {
+        if self.nodes[node as usize].held.is_empty() || self.at_origin(node) {
+            return;
+        }
+        let (origin, piece) = self.nodes[node as usize].held.remove(0);
+        self.request(node, origin, piece);
+    }
+
     fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
+        self.nodes[node as usize]
+            .held
+            .retain(|&(sender, piece)| !matches(sender, piece));
         let requests = &mut self.nodes[node as usize].requests;
         let mut at = 0;
         while at < requests.len() {
@@ -382,6 +445,7 @@ impl Swarm {
                 at += 1;
             }
         }
+        self.release_held(node);
     }
 
     fn unsubscribe(&mut self, node: u32, peer: u32) {
@@ -414,6 +478,7 @@ impl Swarm {
             seconds,
             origin_egress_bytes: origin_egress.round() as u64,
             origin_egress_ratio: origin_egress / self.config.blob_size as f64,
+            busy_answers: self.busy_answers,
             virtual_seconds: self.now as f64 / 1e9,
             events: self.queue.processed(),
             wall_seconds: wall.as_secs_f64(),
