@@ -27,9 +27,9 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -288,7 +288,10 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
                 f"{variant}: {component} origins do not follow membership.mode {merged['membership']['mode']}: {origins}",
             )
 
-    work = Path(tempfile.mkdtemp(prefix=f"shoal-chart-{variant}-"))
+    # Scratch space for running the scripts lives under OUT, which the caller cleans up.
+    work = out / "work" / variant
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     variant_dir = out / variant
     variant_dir.mkdir(parents=True, exist_ok=True)
     configs = []
