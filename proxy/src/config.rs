@@ -1,7 +1,8 @@
 //! The proxy's configuration file (`--config proxy.yaml`): where it listens and which origin and
-//! build-index nodes it forwards to.
+//! build-index nodes it forwards to, and how it preheats pushed images.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use serde::Deserialize;
 use shoal_service::LogConfig;
@@ -20,6 +21,8 @@ pub struct ProxyConfig {
     pub replicas: usize,
     /// The build-index node (`host:port` or `http://host:port`).
     pub build_index: String,
+    /// The push-notification webhook and the preheat API.
+    pub preheat: PreheatConfig,
     pub log: LogConfig,
 }
 
@@ -30,7 +33,51 @@ impl Default for ProxyConfig {
             origins: vec!["127.0.0.1:15100".to_owned()],
             replicas: 3,
             build_index: "127.0.0.1:15004".to_owned(),
+            preheat: PreheatConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+/// `preheat:`: how registry push notifications and `POST /preheat` jobs are run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreheatConfig {
+    /// Shared secret the webhook caller must send in `secret_header` (the bare value, or
+    /// `Bearer <secret>`); empty accepts every caller.
+    pub secret: String,
+    /// The header the secret is read from.
+    pub secret_header: String,
+    /// Jobs run at once.
+    pub workers: usize,
+    /// Metainfo requests in flight per job (each makes an origin pull a blob from the backend).
+    pub blob_concurrency: usize,
+    /// Jobs waiting for a worker; a webhook arriving when the queue is full gets 503 and the
+    /// registry sends it again later.
+    pub queue: usize,
+    /// Attempts per job before it is marked failed (the manifest may not be readable yet).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Finished jobs remembered for `GET /preheat/{id}`; the oldest are forgotten first.
+    pub history: usize,
+}
+
+impl Default for PreheatConfig {
+    fn default() -> Self {
+        Self {
+            secret: String::new(),
+            secret_header: "Authorization".to_owned(),
+            workers: 2,
+            blob_concurrency: 8,
+            queue: 1024,
+            attempts: 8,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            history: 1000,
         }
     }
 }
@@ -48,6 +95,10 @@ pub enum ConfigError {
     NoReplicas,
     #[error("config field `build_index`: empty address")]
     EmptyBuildIndex,
+    #[error("config field `preheat.{field}`: must be at least 1")]
+    PreheatZero { field: &'static str },
+    #[error("config field `preheat.secret_header`: {header:?} is not a valid header name")]
+    PreheatHeader { header: String },
 }
 
 impl ProxyConfig {
@@ -71,6 +122,23 @@ impl ProxyConfig {
         }
         if self.build_index.trim().is_empty() {
             return Err(ConfigError::EmptyBuildIndex);
+        }
+        let preheat = &self.preheat;
+        for (field, value) in [
+            ("workers", preheat.workers),
+            ("blob_concurrency", preheat.blob_concurrency),
+            ("queue", preheat.queue),
+            ("attempts", preheat.attempts as usize),
+            ("history", preheat.history),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::PreheatZero { field });
+            }
+        }
+        if http::HeaderName::from_bytes(preheat.secret_header.as_bytes()).is_err() {
+            return Err(ConfigError::PreheatHeader {
+                header: preheat.secret_header.clone(),
+            });
         }
         Ok(())
     }
@@ -122,5 +190,35 @@ mod tests {
             no_replicas.validate(),
             Err(ConfigError::NoReplicas)
         ));
+    }
+
+    #[test]
+    fn preheat_settings_parse_and_are_checked() {
+        let yaml =
+            "preheat:\n  secret: s3cret\n  secret_header: X-Shoal-Token\n  retry_initial: 2s\n";
+        let config: ProxyConfig = shoal_service::config::parse(yaml, "proxy.yaml").unwrap();
+        assert_eq!(config.preheat.secret, "s3cret");
+        assert_eq!(config.preheat.secret_header, "X-Shoal-Token");
+        assert_eq!(config.preheat.retry_initial, Duration::from_secs(2));
+        config.validate().unwrap();
+        let bad = |preheat: PreheatConfig| {
+            ProxyConfig {
+                preheat,
+                ..ProxyConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string()
+        };
+        let error = bad(PreheatConfig {
+            workers: 0,
+            ..PreheatConfig::default()
+        });
+        assert!(error.contains("preheat.workers"), "{error}");
+        let error = bad(PreheatConfig {
+            secret_header: "bad header".into(),
+            ..PreheatConfig::default()
+        });
+        assert!(error.contains("preheat.secret_header"), "{error}");
     }
 }

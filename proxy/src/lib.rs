@@ -5,6 +5,7 @@
 //!
 //! Resources are one module each (`base`, `blobs`, `uploads`, `manifests`, `tags`, `catalog`),
 //! dispatched by `routes`; `errors` turns every failure into the spec's JSON error body.
+//! `preheat` receives registry push notifications and has the origins pull pushed images in.
 
 mod base;
 mod blobs;
@@ -14,6 +15,7 @@ mod errors;
 mod manifests;
 mod metrics;
 mod pagination;
+mod preheat;
 mod query;
 mod routes;
 mod tags;
@@ -61,11 +63,18 @@ pub async fn run(
         .build()
         .context("building the HTTP client for origins and build-index")?;
     let (metrics, registry) = ProxyMetrics::register(MetricsBuilder::new("proxy"));
-    let state = AppState {
-        upstreams: Arc::new(Upstreams::new(http, &config)),
-        metrics,
-    };
-    let app = shoal_service::http::with_common_routes(routes::router(state), registry);
+    let upstreams = Arc::new(Upstreams::new(http, &config));
+    let preheater = preheat::Preheater::start(
+        config.preheat.clone(),
+        upstreams.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let state = AppState { upstreams, metrics };
+    let app = shoal_service::http::with_common_routes(
+        routes::router(state).merge(preheat::router(preheater)),
+        registry,
+    );
     tracing::info!(
         listen = %listeners.http.local_addr()?,
         origins = ?config.origins,

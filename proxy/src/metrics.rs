@@ -17,6 +17,16 @@ pub struct ProxyMetrics {
     pub blob_bytes_out: Counter,
     /// Manifests accepted by `PUT /v2/<name>/manifests/<reference>`.
     pub manifests_put: Counter,
+    /// Notification events that were not manifest pushes (pulls, blob pushes, deletes, …).
+    pub preheat_events_ignored: Counter,
+    /// Preheat jobs queued, from notifications and `POST /preheat`.
+    pub preheat_jobs_queued: Counter,
+    pub preheat_jobs_succeeded: Counter,
+    /// Jobs that used up their attempts.
+    pub preheat_jobs_failed: Counter,
+    /// Blobs (manifests included) that every owning origin holds with metainfo, counted once
+    /// per job.
+    pub preheat_blobs: Counter,
 }
 
 impl ProxyMetrics {
@@ -39,6 +49,35 @@ impl ProxyMetrics {
             "Manifests pushed and accepted",
             metrics.manifests_put.clone(),
         );
+        for (name, help, counter) in [
+            (
+                "preheat_events_ignored",
+                "Registry notification events ignored (not a manifest push)",
+                &metrics.preheat_events_ignored,
+            ),
+            (
+                "preheat_jobs_queued",
+                "Preheat jobs queued (notifications and the preheat API)",
+                &metrics.preheat_jobs_queued,
+            ),
+            (
+                "preheat_jobs_succeeded",
+                "Preheat jobs whose every blob is on its owning origins",
+                &metrics.preheat_jobs_succeeded,
+            ),
+            (
+                "preheat_jobs_failed",
+                "Preheat jobs that failed after their last attempt",
+                &metrics.preheat_jobs_failed,
+            ),
+            (
+                "preheat_blobs",
+                "Blobs preheated on all of their owning origins",
+                &metrics.preheat_blobs,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         (metrics, builder.build())
     }
 }
@@ -65,11 +104,17 @@ mod tests {
         metrics.blob_bytes_in.inc_by(5);
         metrics.blob_bytes_out.inc_by(7);
         metrics.manifests_put.inc();
+        metrics.preheat_blobs.inc_by(3);
         let text = registry.encode();
         for line in [
             "shoal_proxy_blob_bytes_in_total 5\n",
             "shoal_proxy_blob_bytes_out_total 7\n",
             "shoal_proxy_manifests_put_total 1\n",
+            "shoal_proxy_preheat_blobs_total 3\n",
+            "shoal_proxy_preheat_jobs_queued_total 0\n",
+            "shoal_proxy_preheat_jobs_succeeded_total 0\n",
+            "shoal_proxy_preheat_jobs_failed_total 0\n",
+            "shoal_proxy_preheat_events_ignored_total 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

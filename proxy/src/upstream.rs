@@ -44,7 +44,7 @@ impl Upstreams {
     }
 
     /// The owners of `digest`, most preferred first.
-    fn owners(&self, digest: &Digest) -> Vec<&OriginClient> {
+    pub fn owners(&self, digest: &Digest) -> Vec<&OriginClient> {
         self.owner_slots(digest)
             .into_iter()
             .map(|slot| &self.origins[slot])

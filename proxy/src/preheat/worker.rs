@@ -1,0 +1,222 @@
+//! Running one preheat job: resolve the tag, read the manifest (and an index's child manifests)
+//! through the owning origins, then ask every owner of every referenced blob for its metainfo.
+//! An origin lacking a blob pulls it in (from another owner, else the backend) and computes the
+//! metainfo before answering, so once a job succeeds every owner holds every blob.
+
+use std::collections::{BTreeSet, HashSet};
+
+use futures::StreamExt;
+use shoal_api::ApiError;
+use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, Name};
+
+use crate::config::PreheatConfig;
+use crate::metrics::ProxyMetrics;
+use crate::preheat::jobs::{ImageRef, Job, State};
+use crate::upstream::Upstreams;
+
+/// An index of indexes is legal but rare; this bounds the walk over a malicious one.
+const MAX_MANIFESTS: usize = 1024;
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PreheatError {
+    #[error("tag {tag} of {name} is unknown to the build-index")]
+    TagUnknown { name: Name, tag: String },
+    #[error("manifest {digest} is not readable through the origins (yet)")]
+    ManifestMissing { digest: Digest },
+    #[error("{digest} is not a manifest: {source}")]
+    NotAManifest {
+        digest: Digest,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("the image references more than {MAX_MANIFESTS} manifests")]
+    TooManyManifests,
+    #[error("origin {origin} cannot find blob {digest}")]
+    BlobMissing { digest: Digest, origin: String },
+    #[error("{what}: {source}")]
+    Upstream {
+        what: String,
+        #[source]
+        source: ApiError,
+    },
+}
+
+impl PreheatError {
+    /// Errors that another attempt cannot fix.
+    fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            PreheatError::NotAManifest { .. } | PreheatError::TooManyManifests
+        )
+    }
+}
+
+/// What a worker needs to run jobs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub upstreams: std::sync::Arc<Upstreams>,
+    pub metrics: ProxyMetrics,
+    pub config: PreheatConfig,
+}
+
+/// Runs `job` to success or until its attempts are used up, backing off between attempts.
+pub async fn run(context: &Context, job: &Job) {
+    let config = &context.config;
+    let mut delay = config.retry_initial;
+    // Blobs already preheated are not asked for again in later attempts.
+    let mut done = HashSet::new();
+    for attempt in 1..=config.attempts {
+        job.update(|p| {
+            p.state = State::Running;
+            p.attempts = attempt;
+        });
+        match attempt_once(context, job, &mut done).await {
+            Ok(()) => {
+                job.update(|p| {
+                    p.state = State::Succeeded;
+                    p.last_error = None;
+                });
+                context.metrics.preheat_jobs_succeeded.inc();
+                tracing::info!(job = %job.id, image = %job.image, blobs = done.len(), "preheat succeeded");
+                return;
+            }
+            Err(error) => {
+                let message = error.to_string();
+                job.update(|p| p.last_error = Some(message.clone()));
+                if error.is_permanent() || attempt == config.attempts {
+                    job.update(|p| p.state = State::Failed);
+                    context.metrics.preheat_jobs_failed.inc();
+                    tracing::warn!(job = %job.id, image = %job.image, attempt, error = %message, "preheat failed");
+                    return;
+                }
+                tracing::info!(job = %job.id, image = %job.image, attempt, error = %message, retry_in = ?delay, "preheat attempt failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(config.retry_max);
+            }
+        }
+    }
+}
+
+async fn attempt_once(
+    context: &Context,
+    job: &Job,
+    done: &mut HashSet<Digest>,
+) -> Result<(), PreheatError> {
+    let name = &job.image.name;
+    let top = match &job.image.reference {
+        ImageRef::Digest(digest) => *digest,
+        ImageRef::Tag(tag) => context
+            .upstreams
+            .build_index()
+            .get_tag(name, tag)
+            .await
+            .map_err(|source| PreheatError::Upstream {
+                what: format!("resolving {name}:{tag}"),
+                source,
+            })?
+            .ok_or_else(|| PreheatError::TagUnknown {
+                name: name.clone(),
+                tag: tag.to_string(),
+            })?,
+    };
+    job.update(|p| p.manifest = Some(top.to_string()));
+    let digests = referenced(context, name, top).await?;
+    job.update(|p| {
+        p.blobs_total = digests.len();
+        p.blobs_done = digests.iter().filter(|d| done.contains(d)).count();
+    });
+    let pending: Vec<Digest> = digests.into_iter().filter(|d| !done.contains(d)).collect();
+    let mut results = futures::stream::iter(pending)
+        .map(|digest| async move { (digest, on_every_owner(context, name, digest).await) })
+        .buffer_unordered(context.config.blob_concurrency);
+    let mut failure = None;
+    while let Some((digest, result)) = results.next().await {
+        match result {
+            Ok(()) => {
+                done.insert(digest);
+                context.metrics.preheat_blobs.inc();
+                job.update(|p| p.blobs_done += 1);
+            }
+            // The other blobs go on; the next attempt retries only the failed ones.
+            Err(error) => {
+                tracing::debug!(job = %job.id, %digest, %error, "preheating a blob failed");
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Every manifest reachable from `top` and every blob they reference.
+async fn referenced(
+    context: &Context,
+    name: &Name,
+    top: Digest,
+) -> Result<BTreeSet<Digest>, PreheatError> {
+    let mut all = BTreeSet::from([top]);
+    let mut manifests = vec![top];
+    let mut read = 0;
+    while let Some(digest) = manifests.pop() {
+        read += 1;
+        if read > MAX_MANIFESTS {
+            return Err(PreheatError::TooManyManifests);
+        }
+        let manifest = fetch_manifest(context, name, digest).await?;
+        all.extend(manifest.blobs().map(|d| d.digest));
+        for child in manifest.children() {
+            if all.insert(child.digest) {
+                manifests.push(child.digest);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Reads a manifest from its owners, which pull it through from the backend on a miss.
+async fn fetch_manifest(
+    context: &Context,
+    name: &Name,
+    digest: Digest,
+) -> Result<Manifest, PreheatError> {
+    let bytes = context
+        .upstreams
+        .read_blob(&digest, |origin| {
+            origin.get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+        })
+        .await
+        .map_err(|source| PreheatError::Upstream {
+            what: format!("reading manifest {digest}"),
+            source,
+        })?
+        .ok_or(PreheatError::ManifestMissing { digest })?;
+    Manifest::parse(&bytes, None).map_err(|source| PreheatError::NotAManifest { digest, source })
+}
+
+/// Asks each owner of `digest` in turn for its metainfo. In turn rather than at once: the first
+/// owner pulls the blob from the backend, the later ones then fill in from it instead of each
+/// reading the backend.
+async fn on_every_owner(
+    context: &Context,
+    name: &Name,
+    digest: Digest,
+) -> Result<(), PreheatError> {
+    for origin in context.upstreams.owners(&digest) {
+        match origin.metainfo(&digest, Some(name)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(PreheatError::BlobMissing {
+                    digest,
+                    origin: origin.base().to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(PreheatError::Upstream {
+                    what: format!("metainfo of {digest} from {}", origin.base()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
