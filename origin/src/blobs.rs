@@ -1,5 +1,6 @@
-//! `/blobs/{digest}`: whole-blob `PUT`, `HEAD` (store, then backend stat; never downloads) and
-//! `GET` with optional `Range`, pulling through from the backend on a miss.
+//! `/blobs/{digest}`: whole-blob `PUT`, `HEAD` (store, then backend stat; never downloads; a
+//! backend that cannot be reached counts as not having the blob) and `GET` with optional
+//! `Range`, pulling through from the backend on a miss.
 
 use std::sync::Arc;
 
@@ -43,12 +44,22 @@ pub(crate) async fn head(
 ) -> Result<Response, ApiError> {
     let len = match origin.store.stat(&digest).await? {
         Some(len) => len,
-        None => origin
+        None => match origin
             .backends
             .locate(params.namespace.as_ref(), &blob_key(&digest))
-            .await?
-            .map(|(_, len)| len)
-            .ok_or_else(|| ApiError::blob_unknown(&digest))?,
+            .await
+        {
+            Ok(found) => found
+                .map(|(_, len)| len)
+                .ok_or_else(|| ApiError::blob_unknown(&digest))?,
+            // Not available here now. Pushers HEAD every blob before uploading it, so a 503
+            // would stop every push for as long as the backend is down; re-uploading a blob the
+            // backend may already hold is harmless. A GET still reports the outage.
+            Err(error) => {
+                tracing::warn!(%digest, %error, "backend unreachable; HEAD from the store alone");
+                return Err(ApiError::blob_unknown(&digest));
+            }
+        },
     };
     Ok((StatusCode::OK, blob_headers(&digest, len, None)).into_response())
 }

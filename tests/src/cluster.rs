@@ -1,7 +1,8 @@
-//! A one-machine Shoal cluster of real binaries on loopback ports: origin, build-index and
-//! proxy, plus (for peer-to-peer tests) a tracker and N agents, each with its own config file and
-//! log file in a per-cluster temp dir. Tests kill, terminate and restart components through it and
-//! read their `/metrics`; dropping it kills every process it started.
+//! A one-machine Shoal cluster of real binaries on loopback ports: one origin (or a ring of
+//! several), build-index and proxy, plus (for peer-to-peer tests) a tracker and N agents, each
+//! with its own config file and log file in a per-cluster temp dir. Tests kill, terminate and
+//! restart components through it and read their `/metrics`; dropping it kills every process it
+//! started.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +16,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::binaries;
-use crate::configs::{self, P2pAddrs};
+use crate::configs;
 use crate::ports::free_loopback_addr_list;
 use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
 
@@ -31,7 +32,10 @@ const WRITEBACK_DEADLINE: Duration = Duration::from_secs(30);
 /// A process a [`Cluster`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
+    /// Origin 0, the only one of a single-origin cluster.
     Origin,
+    /// Origin `i` (from 1) of a ring: use [`Component::origin`], which maps 0 to `Origin`.
+    OriginN(usize),
     BuildIndex,
     Proxy,
     Tracker,
@@ -44,9 +48,17 @@ impl Component {
     pub const FOUNDATION: [Component; 3] =
         [Component::Origin, Component::BuildIndex, Component::Proxy];
 
+    /// Origin `i` (counted from 0) of the cluster.
+    pub fn origin(i: usize) -> Component {
+        match i {
+            0 => Component::Origin,
+            i => Component::OriginN(i),
+        }
+    }
+
     pub fn binary(self) -> &'static str {
         match self {
-            Component::Origin => "shoal-origin",
+            Component::Origin | Component::OriginN(_) => "shoal-origin",
             Component::BuildIndex => "shoal-build-index",
             Component::Proxy => "shoal-proxy",
             Component::Tracker => "shoal-tracker",
@@ -58,6 +70,7 @@ impl Component {
     pub fn name(self) -> String {
         match self {
             Component::Agent(i) => format!("shoal-agent-{i}"),
+            Component::OriginN(i) => format!("shoal-origin-{i}"),
             other => other.binary().to_owned(),
         }
     }
@@ -77,7 +90,16 @@ pub struct ClusterOptions {
     /// How many agents to start. With any, the cluster also runs a tracker and the origin seeds
     /// its blobs over its gRPC peer port.
     pub agents: usize,
-    /// Deep-merged over the origin's config, e.g. `{"p2p": {"egress_rate": "20MiB"}}`.
+    /// How many origins to start (at least 1). With more than one they form a ring (R = the
+    /// ring size up to 3, W = 2) sharing the backend, and every component lists them all.
+    pub origins: usize,
+    /// The `backend:` of every origin and the build-index, e.g. `{"s3": {…}}`; `Null` is a
+    /// filesystem backend under the cluster dir ([`Cluster::backend_dir`]).
+    pub backend: Value,
+    /// The build-index's `backend:` (its tag store) when it differs from `backend`; `Null` is
+    /// `backend`. A filesystem value keeps tag pushes working while the blob backend is down.
+    pub build_index_backend: Value,
+    /// Deep-merged over every origin's config, e.g. `{"p2p": {"egress_rate": "20MiB"}}`.
     pub origin_overrides: Value,
     /// Deep-merged over every agent's config.
     pub agent_overrides: Value,
@@ -90,6 +112,9 @@ impl Default for ClusterOptions {
         ClusterOptions {
             rust_log: "info".to_owned(),
             agents: 0,
+            origins: 1,
+            backend: Value::Null,
+            build_index_backend: Value::Null,
             origin_overrides: Value::Null,
             agent_overrides: Value::Null,
             agent_overrides_by_index: BTreeMap::new(),
@@ -152,68 +177,72 @@ impl Cluster {
             .tempdir()
             .context("creating the cluster temp dir")?;
         let p2p = options.agents > 0;
-        let mut ports =
-            free_loopback_addr_list(4 + if p2p { 1 + 2 * options.agents } else { 0 })?.into_iter();
+        let origins = options.origins.max(1);
+        let mut ports = free_loopback_addr_list(
+            2 + 2 * origins + if p2p { 1 + 2 * options.agents } else { 0 },
+        )?
+        .into_iter();
         let mut next_port = || ports.next().context("ran out of picked ports");
-        let (origin, build_index, proxy) = (next_port()?, next_port()?, next_port()?);
-        // The origin always serves its peer port; only p2p clusters have anyone to seed.
-        let origin_peer = next_port()?;
-        let p2p_addrs = if p2p {
-            Some(P2pAddrs {
-                tracker: next_port()?,
-                origin_peer,
-            })
-        } else {
-            None
+        let (build_index, proxy) = (next_port()?, next_port()?);
+        // Every origin serves its peer port; only p2p clusters have anyone to seed.
+        let origin_addrs = (0..origins)
+            .map(|_| Ok((next_port()?, next_port()?)))
+            .collect::<Result<Vec<(SocketAddr, SocketAddr)>>>()?;
+        let origin_https: Vec<SocketAddr> = origin_addrs.iter().map(|(http, _)| *http).collect();
+        let tracker = if p2p { Some(next_port()?) } else { None };
+        let backend_root = dir.path().join("backend");
+        std::fs::create_dir_all(&backend_root)
+            .with_context(|| format!("creating {}", backend_root.display()))?;
+        let backend = match &options.backend {
+            Value::Null => configs::filesystem_backend(&backend_root),
+            configured => configured.clone(),
         };
-        let backend = dir.path().join("backend");
-        let data = dir.path().join("origin-data");
-        for path in [&backend, &data] {
-            std::fs::create_dir_all(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-        }
+        let tag_backend = match &options.build_index_backend {
+            Value::Null => backend.clone(),
+            configured => configured.clone(),
+        };
 
-        let mut origin_config = configs::origin(origin, &data, &backend, p2p_addrs);
-        configs::merge(
-            &mut origin_config,
-            serde_json::json!({"peer_listen": origin_peer.to_string()}),
-        );
-        configs::merge(&mut origin_config, options.origin_overrides.clone());
         // (component, HTTP address, peer address, config)
         let mut planned = Vec::new();
-        if let Some(p2p) = p2p_addrs {
+        if let Some(tracker) = tracker {
             planned.push((
                 Component::Tracker,
-                p2p.tracker,
+                tracker,
                 None,
-                configs::tracker(p2p.tracker, origin, p2p.origin_peer),
+                configs::tracker(tracker, &origin_addrs),
             ));
         }
+        for (i, &(http, peer)) in origin_addrs.iter().enumerate() {
+            let data = origin_data_dir(dir.path(), i);
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            let mut config = configs::origin(http, peer, &data, &backend);
+            if origins > 1 {
+                configs::merge(&mut config, configs::origin_ring(&origin_https, http));
+            }
+            configs::merge(&mut config, options.origin_overrides.clone());
+            let peer_addr = p2p.then_some(peer);
+            planned.push((Component::origin(i), http, peer_addr, config));
+        }
         planned.extend([
-            (
-                Component::Origin,
-                origin,
-                p2p_addrs.map(|p| p.origin_peer),
-                origin_config,
-            ),
             (
                 Component::BuildIndex,
                 build_index,
                 None,
-                configs::build_index(build_index, origin, &backend),
+                configs::build_index(build_index, &origin_https, &tag_backend),
             ),
             (
                 Component::Proxy,
                 proxy,
                 None,
-                configs::proxy(proxy, origin, build_index),
+                configs::proxy(proxy, &origin_https, build_index),
             ),
         ]);
-        if let Some(p2p) = p2p_addrs {
+        if let Some(tracker) = tracker {
             for i in 0..options.agents {
                 let (listen, peer) = (next_port()?, next_port()?);
                 let data = dir.path().join(format!("agent-{i}-data"));
-                let mut config = configs::agent(listen, peer, p2p.tracker, build_index, &data);
+                let mut config = configs::agent(listen, peer, tracker, build_index, &data);
                 configs::merge(&mut config, options.agent_overrides.clone());
                 if let Some(overrides) = options.agent_overrides_by_index.get(&i) {
                     configs::merge(&mut config, overrides.clone());
@@ -259,6 +288,14 @@ impl Cluster {
         self.order.clone()
     }
 
+    /// How many origins the cluster runs.
+    pub fn origin_count(&self) -> usize {
+        self.order
+            .iter()
+            .filter(|c| matches!(c, Component::Origin | Component::OriginN(_)))
+            .count()
+    }
+
     /// How many agents the cluster runs.
     pub fn agent_count(&self) -> usize {
         self.order
@@ -292,6 +329,11 @@ impl Cluster {
         self.addr(Component::Origin)
     }
 
+    /// Origin `i`'s HTTP address (its internal blob API).
+    pub fn origin_addr_at(&self, i: usize) -> SocketAddr {
+        self.addr(Component::origin(i))
+    }
+
     pub fn build_index_addr(&self) -> SocketAddr {
         self.addr(Component::BuildIndex)
     }
@@ -311,9 +353,14 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// The origin's `data_dir`.
+    /// The origin's `data_dir` (origin 0's in a ring).
     pub fn origin_data_dir(&self) -> PathBuf {
-        self.dir.path().join("origin-data")
+        origin_data_dir(self.dir.path(), 0)
+    }
+
+    /// Origin `i`'s `data_dir`.
+    pub fn origin_data_dir_at(&self, i: usize) -> PathBuf {
+        origin_data_dir(self.dir.path(), i)
     }
 
     /// Agent `i`'s `data_dir` (its blob cache and partial downloads).
@@ -321,7 +368,8 @@ impl Cluster {
         self.dir.path().join(format!("agent-{i}-data"))
     }
 
-    /// The filesystem backend root shared by origin and build-index.
+    /// The filesystem backend root shared by the origins and the build-index (unused when
+    /// [`ClusterOptions::backend`] names another backend).
     pub fn backend_dir(&self) -> PathBuf {
         self.dir.path().join("backend")
     }
@@ -378,25 +426,41 @@ impl Cluster {
         Ok(total)
     }
 
-    /// Waits until the origin's write-back queue is empty, i.e. every committed blob has reached
-    /// the backend and its queue marker is gone, so the disk is quiet.
+    /// Waits until the write-back queue of every running origin is empty, i.e. every committed
+    /// blob has reached the backend and its queue marker is gone, so the disk is quiet.
     pub async fn wait_for_writeback(&self) -> Result<()> {
+        self.wait_for_writeback_within(WRITEBACK_DEADLINE).await
+    }
+
+    /// [`Cluster::wait_for_writeback`] with a deadline of the caller's choice (a backend that
+    /// just came back is retried with backoff).
+    pub async fn wait_for_writeback_within(&self, deadline: Duration) -> Result<()> {
         const METRIC: &str = "origin_writeback_queue_depth";
         let start = Instant::now();
-        loop {
-            match self.metric(Component::Origin, METRIC).await? {
-                Some(0.0) => return Ok(()),
-                Some(_) => {}
-                None => bail!("the origin does not export {METRIC}"),
+        let origins: Vec<Component> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|c| matches!(c, Component::Origin | Component::OriginN(_)))
+            .filter(|c| self.node(*c).process.is_some())
+            .collect();
+        for origin in origins {
+            loop {
+                match self.metric(origin, METRIC).await? {
+                    Some(0.0) => break,
+                    Some(_) => {}
+                    None => bail!("{origin} does not export {METRIC}"),
+                }
+                if start.elapsed() > deadline {
+                    bail!(
+                        "{origin}'s write-back queue did not drain within {deadline:?}\n{}",
+                        self.log_tails()
+                    );
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
             }
-            if start.elapsed() > WRITEBACK_DEADLINE {
-                bail!(
-                    "the origin's write-back queue did not drain within {WRITEBACK_DEADLINE:?}\n{}",
-                    self.log_tails()
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
+        Ok(())
     }
 
     /// Whether `component` was started and has not been killed, terminated or seen exiting.
@@ -491,6 +555,14 @@ impl Drop for Cluster {
         for node in self.nodes.values_mut() {
             drop(node.process.take());
         }
+    }
+}
+
+/// Origin `i`'s `data_dir` under the cluster dir (origin 0 keeps the single-origin name).
+fn origin_data_dir(dir: &Path, i: usize) -> PathBuf {
+    match i {
+        0 => dir.join("origin-data"),
+        i => dir.join(format!("origin-{i}-data")),
     }
 }
 

@@ -12,50 +12,57 @@ use serde_json::{Value, json};
 /// notices a dead origin) within a second or two rather than the production default.
 const ANNOUNCE_INTERVAL: &str = "1s";
 
-/// Where a p2p-enabled cluster's processes listen.
-#[derive(Debug, Clone, Copy)]
-pub struct P2pAddrs {
-    pub tracker: SocketAddr,
-    pub origin_peer: SocketAddr,
+/// The filesystem backend rooted at `root`, as a `backend:` value.
+pub fn filesystem_backend(root: &Path) -> Value {
+    json!({"filesystem": {"root": path(root)}})
 }
 
-pub fn origin(listen: SocketAddr, data: &Path, backend: &Path, p2p: Option<P2pAddrs>) -> Value {
-    let mut config = json!({
-        "listen": listen.to_string(),
-        "data_dir": path(data),
-        "backend": {"filesystem": {"root": path(backend)}},
-    });
-    if let Some(p2p) = p2p {
-        merge(
-            &mut config,
-            json!({
-                "peer_listen": p2p.origin_peer.to_string(),
-            }),
-        );
-    }
-    config
-}
-
-pub fn build_index(listen: SocketAddr, origin: SocketAddr, backend: &Path) -> Value {
+/// `backend` is a `backend:` value such as [`filesystem_backend`] returns.
+pub fn origin(listen: SocketAddr, peer_listen: SocketAddr, data: &Path, backend: &Value) -> Value {
     json!({
         "listen": listen.to_string(),
-        "origins": [origin.to_string()],
-        "backend": {"filesystem": {"root": path(backend)}},
+        "peer_listen": peer_listen.to_string(),
+        "data_dir": path(data),
+        "backend": backend,
     })
 }
 
-pub fn proxy(listen: SocketAddr, origin: SocketAddr, build_index: SocketAddr) -> Value {
+/// The `cluster:` section of origin `me` in a ring of `origins` (more than one): R is the ring
+/// size up to 3, W is 2.
+pub fn origin_ring(origins: &[SocketAddr], me: SocketAddr) -> Value {
+    json!({"cluster": {
+        "origins": addr_strings(origins),
+        "advertise": me.to_string(),
+        "replicas": origins.len().min(3),
+        "write_quorum": 2,
+    }})
+}
+
+pub fn build_index(listen: SocketAddr, origins: &[SocketAddr], backend: &Value) -> Value {
     json!({
         "listen": listen.to_string(),
-        "origins": [origin.to_string()],
+        "origins": addr_strings(origins),
+        "backend": backend,
+    })
+}
+
+pub fn proxy(listen: SocketAddr, origins: &[SocketAddr], build_index: SocketAddr) -> Value {
+    json!({
+        "listen": listen.to_string(),
+        "origins": addr_strings(origins),
         "build_index": build_index.to_string(),
     })
 }
 
-pub fn tracker(listen: SocketAddr, origin: SocketAddr, origin_peer: SocketAddr) -> Value {
+/// `origins` holds each origin's (HTTP, peer) address pair.
+pub fn tracker(listen: SocketAddr, origins: &[(SocketAddr, SocketAddr)]) -> Value {
+    let origins: Vec<Value> = origins
+        .iter()
+        .map(|(http, peer)| json!({"http": http.to_string(), "peer": peer.to_string()}))
+        .collect();
     json!({
         "listen": listen.to_string(),
-        "origins": [{"http": origin.to_string(), "peer": origin_peer.to_string()}],
+        "origins": origins,
         "announce_interval": ANNOUNCE_INTERVAL,
     })
 }
@@ -99,6 +106,12 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
+// Every component lists origins as the same `ip:port` strings: the origins' rendezvous ranking
+// hashes these exact strings.
+fn addr_strings(addrs: &[SocketAddr]) -> Vec<String> {
+    addrs.iter().map(ToString::to_string).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,12 +135,9 @@ mod tests {
 
     #[test]
     fn paths_with_spaces_and_colons_survive_yaml() {
-        let config = origin(
-            "127.0.0.1:1".parse().expect("addr"),
-            Path::new("/tmp/a b: c"),
-            Path::new("/tmp/#x"),
-            None,
-        );
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        let backend = filesystem_backend(Path::new("/tmp/#x"));
+        let config = origin(addr, addr, Path::new("/tmp/a b: c"), &backend);
         let text = to_yaml(&config).expect("yaml");
         let back: Value = serde_yaml_ng::from_str(&text).expect("parse");
         assert_eq!(back, config);

@@ -1,13 +1,14 @@
 //! The cross-component test harness: a [`Cluster`] of real Shoal binaries on loopback ports, the
-//! reference CNCF registry, helpers that run real clients (skopeo, docker, podman) and raw HTTP,
-//! the image and disk-snapshot utilities the acceptance tests in `tests/` share, and the
-//! network-namespace test bed with the swarm benchmark that runs on it.
+//! reference CNCF registry, moto's S3 server, helpers that run real clients (skopeo, docker,
+//! podman) and raw HTTP, the image and disk-snapshot utilities the acceptance tests in `tests/`
+//! share, and the network-namespace test bed with the swarm benchmark that runs on it.
 
 pub mod binaries;
 pub mod cluster;
 pub mod configs;
 pub mod containerd;
 pub mod images;
+pub mod moto;
 pub mod netbed;
 pub mod pattern;
 pub mod ports;

@@ -1,0 +1,498 @@
+//! The origin cluster end to end, with real binaries: a ring of three origins that loses an
+//! owner to SIGKILL while agents pull, an S3 backend (moto) that goes away under a push, content
+//! placed in S3 behind Shoal's back and pulled through, and an HTTP backend that serves corrupt
+//! bytes before it is fixed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::try_join_all;
+use serde_json::json;
+use shoal_client::{Image, ImageSpec, RegistryClient};
+use shoal_core::{Digest, Digester, rendezvous};
+use shoal_storage::{Backend, ByteStream, blob_key, tag_key};
+use shoal_tests::images::{file_digest, generate, layout_blobs};
+use shoal_tests::moto::Moto;
+use shoal_tests::pattern::Pattern;
+use shoal_tests::swarm::{ensure_same_image, pull_through_agent, push, wait_until};
+use shoal_tests::{Cluster, ClusterOptions, Component};
+use tokio_util::io::ReaderStream;
+
+const MIB: u64 = 1 << 20;
+/// Generous for a debug build on a loaded 2-core machine: background replication, fill-in and
+/// agents' downloads of a few MiB normally take well under a second.
+const DEADLINE: Duration = Duration::from_secs(90);
+/// A backend that just came back is retried with backoff (capped by the test's `retry_max`).
+const WRITEBACK_AFTER_OUTAGE: Duration = Duration::from_secs(120);
+/// Short write-back retries, so that a backend that comes back is noticed within seconds.
+fn fast_writeback_retries() -> serde_json::Value {
+    json!({"writeback": {"retry_initial": "200ms", "retry_max": "2s"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_return() -> Result<()>
+{
+    let mut cluster = Cluster::start(ClusterOptions {
+        origins: 3,
+        ..ClusterOptions::with_agents(3)
+    })
+    .await?;
+    let work = tempfile::tempdir()?;
+    let image = generate(
+        &work.path().join("image"),
+        ImageSpec {
+            layers: vec![3 * MIB + 5, 2 * MIB, 700 * 1024, 4096],
+            seed: 0x0c1_0001,
+            tag: "v1".to_owned(),
+        },
+    )
+    .await?;
+    push(&cluster, &image, "ring/app", "v1").await?;
+    let first = layout_blobs(&image.dir)?;
+
+    // R = 3 of 3: every origin owns every blob. The quorum (W = 2) acknowledged the push; the
+    // third copy arrives in the background.
+    wait_until(
+        &cluster,
+        DEADLINE,
+        "every origin stores every blob of the image",
+        async || all_stored(&cluster, &[0, 1, 2], first.keys()).await,
+    )
+    .await?;
+
+    // Kill the preferred owner of the largest layer: the first origin the proxy, the tracker and
+    // the other origins turn to for it.
+    let addrs: Vec<String> = (0..3)
+        .map(|i| cluster.origin_addr_at(i).to_string())
+        .collect();
+    let (largest, _) = *image
+        .layers
+        .iter()
+        .max_by_key(|(_, size)| *size)
+        .context("the image has layers")?;
+    let owners = rendezvous::owners(&largest, &addrs, 3);
+    let victim = addrs
+        .iter()
+        .position(|a| a == owners[0])
+        .context("the owner is one of the origins")?;
+    let victim_component = Component::origin(victim);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    cluster.kill(victim_component)?;
+
+    let pulls = (0..3).map(|i| {
+        let dest = work.path().join(format!("pulled-{i}"));
+        let cluster = &cluster;
+        async move { pull_through_agent(cluster, i, "ring/app", "v1", &dest).await }
+    });
+    for pulled in try_join_all(pulls).await? {
+        ensure_same_image(&image, &pulled)?;
+    }
+
+    // A new push with an origin down: sessions open on an origin that answers and the two
+    // survivors make the write quorum.
+    let second = generate(
+        &work.path().join("image-2"),
+        ImageSpec {
+            layers: vec![2 * MIB + 3, 100 * 1024],
+            seed: 0x0c1_0002,
+            tag: "v2".to_owned(),
+        },
+    )
+    .await?;
+    push(&cluster, &second, "ring/app", "v2").await?;
+    let pulled = pull_through_agent(
+        &cluster,
+        1,
+        "ring/app",
+        "v2",
+        &work.path().join("pulled-v2"),
+    )
+    .await?;
+    ensure_same_image(&second, &pulled)?;
+    let second_blobs = layout_blobs(&second.dir)?;
+    ensure!(
+        all_stored(&cluster, &survivors, second_blobs.keys()).await?,
+        "the second image is not on both surviving owners"
+    );
+
+    cluster.restart(victim_component).await?;
+    // What it held before the kill is still there; what was pushed meanwhile it fills in from
+    // the other owners on the first read.
+    ensure!(
+        all_stored(&cluster, &[victim], first.keys()).await?,
+        "origin {victim} lost blobs it held before SIGKILL"
+    );
+    let all: BTreeMap<Digest, u64> = first.into_iter().chain(second_blobs).collect();
+    for (digest, size) in &all {
+        let url = format!("http://{}/blobs/{digest}", cluster.origin_addr_at(victim));
+        let got = get_blob(&url).await?;
+        ensure!(
+            got == Fetched::Complete(*digest, *size),
+            "origin {victim} after its restart answered GET {digest} with {got:?}"
+        );
+    }
+    ensure!(
+        all_stored(&cluster, &[0, 1, 2], all.keys()).await?,
+        "after the restart some owner still lacks a blob"
+    );
+
+    cluster.wait_for_writeback().await?;
+    for digest in all.keys() {
+        let path = cluster.backend_dir().join(blob_key(digest));
+        ensure!(
+            file_digest(&path)? == *digest,
+            "the backend copy of {digest} is wrong"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_during_an_s3_outage_is_written_back_once_s3_returns() -> Result<()> {
+    let mut moto = Moto::start("shoal-outage").await?;
+    let work = tempfile::tempdir()?;
+    let cluster = Cluster::start(ClusterOptions {
+        origins: 3,
+        backend: moto.backend_config()?,
+        // Tags are the build-index's, written synchronously; this test is about blobs.
+        build_index_backend: json!({"filesystem": {"root": work.path().join("tags")}}),
+        origin_overrides: fast_writeback_retries(),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let image = generate(
+        &work.path().join("image"),
+        ImageSpec {
+            layers: vec![3 * MIB + 1, 512 * 1024],
+            seed: 0x0c1_0003,
+            tag: "v1".to_owned(),
+        },
+    )
+    .await?;
+
+    moto.stop()?;
+    push(&cluster, &image, "outage/app", "v1").await?;
+    ensure!(
+        writeback_queued(&cluster, 3).await? > 0.0,
+        "nothing is waiting for write-back although S3 is down"
+    );
+    moto.restart().await?;
+    cluster
+        .wait_for_writeback_within(WRITEBACK_AFTER_OUTAGE)
+        .await?;
+    ensure_in_s3(&moto, &image).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_queued_during_an_s3_outage_survives_sigkill_of_the_origin() -> Result<()> {
+    let mut moto = Moto::start("shoal-outage-kill").await?;
+    let work = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(ClusterOptions {
+        backend: moto.backend_config()?,
+        build_index_backend: json!({"filesystem": {"root": work.path().join("tags")}}),
+        origin_overrides: fast_writeback_retries(),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let image = generate(
+        &work.path().join("image"),
+        ImageSpec {
+            layers: vec![2 * MIB + 7, 300 * 1024],
+            seed: 0x0c1_0004,
+            tag: "v1".to_owned(),
+        },
+    )
+    .await?;
+
+    moto.stop()?;
+    push(&cluster, &image, "outage/kill", "v1").await?;
+    cluster.kill(Component::Origin)?;
+    cluster.restart(Component::Origin).await?;
+    let queued = writeback_queued(&cluster, 1).await?;
+    ensure!(
+        queued > 0.0,
+        "the restarted origin has no write-back queued: the queue did not survive SIGKILL"
+    );
+    moto.restart().await?;
+    cluster
+        .wait_for_writeback_within(WRITEBACK_AFTER_OUTAGE)
+        .await?;
+    ensure_in_s3(&moto, &image).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_placed_in_s3_behind_shoals_back_is_pulled_through() -> Result<()> {
+    let moto = Moto::start("shoal-direct").await?;
+    let cluster = Cluster::start(ClusterOptions {
+        backend: moto.backend_config()?,
+        ..ClusterOptions::with_agents(1)
+    })
+    .await?;
+    let work = tempfile::tempdir()?;
+    let image = generate(
+        &work.path().join("image"),
+        ImageSpec {
+            layers: vec![3 * MIB + 11, 64 * 1024],
+            seed: 0x0c1_0005,
+            tag: "v1".to_owned(),
+        },
+    )
+    .await?;
+    let s3 = moto.backend()?;
+    for (digest, size) in layout_blobs(&image.dir)? {
+        let file = tokio::fs::File::open(image.blob_path(&digest)).await?;
+        let body: ByteStream = ReaderStream::new(file).boxed();
+        s3.put(&blob_key(&digest), body, Some(size)).await?;
+    }
+    let repo = shoal_core::Name::parse("direct/app")?;
+    let tag = shoal_core::Tag::parse("v1")?;
+    let text = Bytes::from(image.manifest_digest.to_string());
+    let len = text.len() as u64;
+    s3.put(
+        &tag_key(&repo, &tag),
+        futures::stream::once(async move { Ok(text) }).boxed(),
+        Some(len),
+    )
+    .await?;
+
+    // One blob straight through the proxy, then the whole image through the agent and the proxy.
+    let (layer, size) = image.layers[0];
+    let got = get_blob(&format!(
+        "{}/v2/direct/app/blobs/{layer}",
+        cluster.proxy_url()
+    ))
+    .await?;
+    ensure!(
+        got == Fetched::Complete(layer, size),
+        "the proxy answered GET {layer} with {got:?}"
+    );
+    let pulled =
+        pull_through_agent(&cluster, 0, "direct/app", "v1", &work.path().join("agent")).await?;
+    ensure_same_image(&image, &pulled)?;
+    let pulled = RegistryClient::new(&cluster.proxy_url())?
+        .pull_image("direct/app", "v1", &work.path().join("proxy"), |_| {})
+        .await?;
+    ensure_same_image(&image, &pulled)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_backend_copy_fails_cleanly_and_is_not_kept() -> Result<()> {
+    let len = 3 * MIB + 17;
+    let blob = Bytes::from(Pattern::new(0x0c1_0006, len).range(0, len));
+    let digest = Digest::of(&blob);
+    let server = BlobServer::start(digest, blob.clone()).await?;
+    let cluster = Cluster::start(ClusterOptions {
+        backend: json!({"http": {"url": format!("http://{}/{{digest}}", server.addr)}}),
+        ..ClusterOptions::with_agents(1)
+    })
+    .await?;
+    let agent_url = format!("{}/v2/corrupt/app/blobs/{digest}", cluster.agent_url(0));
+    let proxy_url = format!("{}/v2/corrupt/app/blobs/{digest}", cluster.proxy_url());
+
+    for url in [&agent_url, &proxy_url] {
+        let got = tokio::time::timeout(DEADLINE, get_blob(url))
+            .await
+            .with_context(|| format!("GET {url} hung on a corrupt backend copy"))??;
+        ensure!(
+            matches!(got, Fetched::Status(status) if status >= 500) || got == Fetched::BodyError,
+            "GET {url} of a corrupt backend copy answered {got:?}, expected an error"
+        );
+    }
+    let mismatches = cluster
+        .metric_sum(
+            Component::Origin,
+            "origin_digest_mismatch_total",
+            &[("source", "backend")],
+        )
+        .await?;
+    ensure!(
+        mismatches >= 1.0,
+        "the origin did not count the backend's digest mismatch"
+    );
+    let stored = get_blob(&format!(
+        "http://{}/blobs/{digest}?replica=true",
+        cluster.origin_addr()
+    ))
+    .await?;
+    ensure!(
+        stored == Fetched::Status(404),
+        "the origin kept the corrupt copy: its store answered {stored:?}"
+    );
+
+    server.fixed.store(true, Ordering::SeqCst);
+    let served_before = server.gets.load(Ordering::SeqCst);
+    for url in [&agent_url, &proxy_url] {
+        let got = get_blob(url).await?;
+        ensure!(
+            got == Fetched::Complete(digest, blob.len() as u64),
+            "GET {url} after the backend was fixed answered {got:?}"
+        );
+    }
+    ensure!(
+        server.gets.load(Ordering::SeqCst) > served_before,
+        "the fixed backend was never asked again"
+    );
+    Ok(())
+}
+
+/// How a blob GET ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Fetched {
+    /// A 2xx with a complete body: what it hashed to and its length.
+    Complete(Digest, u64),
+    /// A non-2xx status.
+    Status(u16),
+    /// A 2xx whose body broke off.
+    BodyError,
+}
+
+/// GETs `url`, streaming and hashing the body.
+async fn get_blob(url: &str) -> Result<Fetched> {
+    let response = shoal_service::client::builder()
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !response.status().is_success() {
+        return Ok(Fetched::Status(response.status().as_u16()));
+    }
+    let mut body = response.bytes_stream();
+    let mut digester = Digester::new();
+    let mut length = 0u64;
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return Ok(Fetched::BodyError);
+        };
+        digester.update(&chunk);
+        length += chunk.len() as u64;
+    }
+    Ok(Fetched::Complete(digester.finish(), length))
+}
+
+/// Whether every origin in `origins` holds every blob of `digests` in its own store (not pulled
+/// through on demand), with the right bytes.
+async fn all_stored<'a>(
+    cluster: &Cluster,
+    origins: &[usize],
+    digests: impl Iterator<Item = &'a Digest> + Clone,
+) -> Result<bool> {
+    for &i in origins {
+        for digest in digests.clone() {
+            let url = format!(
+                "http://{}/blobs/{digest}?replica=true",
+                cluster.origin_addr_at(i)
+            );
+            match get_blob(&url).await? {
+                Fetched::Complete(got, _) if got == *digest => {}
+                Fetched::Status(404) => return Ok(false),
+                other => bail!("origin {i} answered GET {digest} with {other:?}"),
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Blobs waiting for write-back, summed over the first `origins` origins.
+async fn writeback_queued(cluster: &Cluster, origins: usize) -> Result<f64> {
+    let mut total = 0.0;
+    for i in 0..origins {
+        total += cluster
+            .metric_sum(Component::origin(i), "origin_writeback_queue_depth", &[])
+            .await?;
+    }
+    Ok(total)
+}
+
+/// Reads every blob of `image` back from the bucket, bypassing Shoal, and checks its bytes.
+async fn ensure_in_s3(moto: &Moto, image: &Image) -> Result<()> {
+    let s3 = moto.backend()?;
+    for (digest, size) in layout_blobs(&image.dir)? {
+        let mut body = s3
+            .get(&blob_key(&digest), None)
+            .await?
+            .with_context(|| format!("{digest} is not in S3 after the write-back"))?;
+        let mut digester = Digester::new();
+        let mut length = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.with_context(|| format!("reading {digest} from S3"))?;
+            digester.update(&chunk);
+            length += chunk.len() as u64;
+        }
+        ensure!(
+            digester.finish() == digest && length == size,
+            "S3 holds {length} bytes under {digest} that do not hash to it"
+        );
+    }
+    Ok(())
+}
+
+/// A read-only HTTP blob server on loopback standing in for an HTTP backend: it serves one blob
+/// at `/<digest>`, with its last byte flipped until `fixed` is set.
+struct BlobServer {
+    addr: SocketAddr,
+    fixed: Arc<AtomicBool>,
+    /// GETs of the blob answered so far.
+    gets: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlobServer {
+    async fn start(digest: Digest, blob: Bytes) -> Result<BlobServer> {
+        let mut corrupt = blob.to_vec();
+        *corrupt.last_mut().context("the blob is not empty")? ^= 0xff;
+        let corrupt = Bytes::from(corrupt);
+        let fixed = Arc::new(AtomicBool::new(false));
+        let gets = Arc::new(AtomicUsize::new(0));
+        let (served_fixed, served_gets) = (fixed.clone(), gets.clone());
+        let app = axum::Router::new().route(
+            "/{digest}",
+            axum::routing::get(
+                move |method: axum::http::Method,
+                      axum::extract::Path(path): axum::extract::Path<String>| {
+                    let (fixed, gets) = (served_fixed.clone(), served_gets.clone());
+                    let (blob, corrupt) = (blob.clone(), corrupt.clone());
+                    async move {
+                        if path != digest.to_string() {
+                            return Err(axum::http::StatusCode::NOT_FOUND);
+                        }
+                        if method == axum::http::Method::GET {
+                            gets.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(if fixed.load(Ordering::SeqCst) {
+                            blob
+                        } else {
+                            corrupt
+                        })
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                eprintln!("blob server stopped: {error}");
+            }
+        });
+        Ok(BlobServer {
+            addr,
+            fixed,
+            gets,
+            task,
+        })
+    }
+}
+
+impl Drop for BlobServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
