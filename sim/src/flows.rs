@@ -53,6 +53,9 @@ struct Flow {
     bound: Bound,
     /// The receiver's per-flow share, bytes per nanosecond (as of the last settle).
     down_share: f64,
+    /// The key the flow is filed under in its sender's `sender_bound` (a lower bound of
+    /// `down_share`) or `receiver_bound` (an upper bound) set.
+    filed: u64,
     /// Receiver-bound (and not yet rated) flows: bytes left at `last`, moving at `rate` bytes
     /// per nanosecond.
     remaining: f64,
@@ -96,11 +99,11 @@ struct Uplink {
     /// Bytes each sender-bound flow has moved since the start of the run, as of `last`.
     clock: f64,
     last: Nanos,
-    /// Sender-bound flows by (receiver share bits, id): the first ones flip to receiver-bound
-    /// when the sender's share rises above their receiver's.
+    /// Sender-bound flows by (a lower bound of their receiver's share, id): only the first
+    /// ones can flip to receiver-bound when the sender's share rises.
     sender_bound: BTreeSet<(u64, u32)>,
-    /// Receiver-bound flows by (receiver share bits, id): the last ones flip to sender-bound
-    /// when the sender's share falls to their receiver's.
+    /// Receiver-bound flows by (an upper bound of their receiver's share, id): only the last
+    /// ones can flip to sender-bound when the sender's share falls.
     receiver_bound: BTreeSet<(u64, u32)>,
     /// Sender-bound flows by (tag bits, id): the first one finishes next.
     tags: BTreeSet<(u64, u32)>,
@@ -113,6 +116,13 @@ struct Uplink {
 fn key(value: f64) -> u64 {
     value.max(0.0).to_bits()
 }
+
+/// How loosely a flow is filed by its receiver's share: a receiver's share moves by a few
+/// percent each time one of its few dozen flows starts or ends, and re-filing a flow on every
+/// such move cost two B-tree updates in a set of thousands. Filed at half (sender-bound) or
+/// twice (receiver-bound) its share, a flow is re-filed only when its share halves or doubles,
+/// or when the scan in `rebalance` reaches it and finds its true share.
+const FILING_SLACK: f64 = 2.0;
 
 /// A flow's identity as the engine sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +205,7 @@ impl Flows {
             live: true,
             bound: Bound::Unrated,
             down_share: 0.0,
+            filed: 0,
             remaining: bytes as f64,
             rate: 0.0,
             last: now,
@@ -313,7 +324,7 @@ impl Flows {
     fn unbind(&mut self, now: Nanos, id: u32) {
         let (sender, bound, down) = {
             let flow = &self.flows[id as usize];
-            (flow.sender, flow.bound, key(flow.down_share))
+            (flow.sender, flow.bound, flow.filed)
         };
         match bound {
             Bound::Unrated => {}
@@ -351,20 +362,26 @@ impl Flows {
             let flow = &self.flows[id as usize];
             (flow.sender, flow.down_share)
         };
-        let down = key(down_share);
         if self.uplinks[sender as usize].share <= down_share {
             self.advance_clock(now, sender);
             let uplink = &mut self.uplinks[sender as usize];
             let flow = &mut self.flows[id as usize];
             flow.bound = Bound::Sender;
             flow.tag = uplink.clock + flow.remaining;
-            uplink.sender_bound.insert((down, id));
+            // Never below the sender's share, so `rebalance` does not find it again at once.
+            flow.filed = key((down_share / FILING_SLACK).max(uplink.share));
+            uplink.sender_bound.insert((flow.filed, id));
             uplink.tags.insert((key(flow.tag), id));
             self.schedule_clock(now, sender, queue);
         } else {
+            let share = self.uplinks[sender as usize].share;
+            let flow = &mut self.flows[id as usize];
+            // Below the sender's share, so `rebalance` does not find it again at once.
+            let filed = down_share * FILING_SLACK;
+            flow.filed = key(if filed < share { filed } else { down_share });
             self.uplinks[sender as usize]
                 .receiver_bound
-                .insert((down, id));
+                .insert((flow.filed, id));
             let flow = &mut self.flows[id as usize];
             flow.bound = Bound::Receiver;
             flow.rate = down_share;
@@ -376,21 +393,31 @@ impl Flows {
     /// Gives a flow its receiver's new share, re-deciding which end bounds it.
     fn rebind(&mut self, now: Nanos, id: u32, down_share: f64, queue: &mut Queue) {
         let flow = &self.flows[id as usize];
-        let (sender, bound, old) = (flow.sender, flow.bound, key(flow.down_share));
-        let sender_bound = self.uplinks[sender as usize].share <= down_share;
+        let (sender, bound, filed) = (flow.sender, flow.bound, flow.filed);
+        let share = self.uplinks[sender as usize].share;
+        let sender_bound = share <= down_share;
         match (bound, sender_bound) {
             (Bound::Sender, true) => {
-                let set = &mut self.uplinks[sender as usize].sender_bound;
-                set.remove(&(old, id));
-                set.insert((key(down_share), id));
+                if down_share < f64::from_bits(filed) {
+                    let refiled = key((down_share / FILING_SLACK).max(share));
+                    let set = &mut self.uplinks[sender as usize].sender_bound;
+                    set.remove(&(filed, id));
+                    set.insert((refiled, id));
+                    self.flows[id as usize].filed = refiled;
+                }
                 self.flows[id as usize].down_share = down_share;
             }
             (Bound::Receiver, false) => {
                 // Stays receiver-bound: a new rate, keeping an earlier wake-up if it has one.
                 self.advance(now, id);
-                let set = &mut self.uplinks[sender as usize].receiver_bound;
-                set.remove(&(old, id));
-                set.insert((key(down_share), id));
+                if down_share > f64::from_bits(filed) {
+                    let loose = down_share * FILING_SLACK;
+                    let refiled = key(if loose < share { loose } else { down_share });
+                    let set = &mut self.uplinks[sender as usize].receiver_bound;
+                    set.remove(&(filed, id));
+                    set.insert((refiled, id));
+                    self.flows[id as usize].filed = refiled;
+                }
                 let flow = &mut self.flows[id as usize];
                 flow.down_share = down_share;
                 flow.rate = down_share;
@@ -408,18 +435,38 @@ impl Flows {
     /// other side of it.
     fn rebalance(&mut self, now: Nanos, node: u32, queue: &mut Queue) {
         let share = self.uplinks[node as usize].share;
-        // Sender-bound flows whose receiver offers less than the sender now does.
-        while let Some(&(down, id)) = self.uplinks[node as usize].sender_bound.first() {
-            if f64::from_bits(down) >= share {
+        // Sender-bound flows whose receiver may offer less than the sender now does.
+        while let Some(&(filed, id)) = self.uplinks[node as usize].sender_bound.first() {
+            if f64::from_bits(filed) >= share {
                 break;
+            }
+            let down_share = self.flows[id as usize].down_share;
+            let set = &mut self.uplinks[node as usize].sender_bound;
+            if down_share >= share {
+                // Filed loosely and still sender-bound: file it under a bound at the share.
+                let refiled = key((down_share / FILING_SLACK).max(share));
+                set.remove(&(filed, id));
+                set.insert((refiled, id));
+                self.flows[id as usize].filed = refiled;
+                continue;
             }
             self.unbind(now, id);
             self.bind(now, id, queue);
         }
-        // Receiver-bound flows whose receiver offers at least the sender's share now.
-        while let Some(&(down, id)) = self.uplinks[node as usize].receiver_bound.last() {
-            if f64::from_bits(down) < share {
+        // Receiver-bound flows whose receiver may offer at least the sender's share now.
+        while let Some(&(filed, id)) = self.uplinks[node as usize].receiver_bound.last() {
+            if f64::from_bits(filed) < share {
                 break;
+            }
+            let down_share = self.flows[id as usize].down_share;
+            let set = &mut self.uplinks[node as usize].receiver_bound;
+            if down_share < share {
+                let loose = down_share * FILING_SLACK;
+                let refiled = key(if loose < share { loose } else { down_share });
+                set.remove(&(filed, id));
+                set.insert((refiled, id));
+                self.flows[id as usize].filed = refiled;
+                continue;
             }
             self.unbind(now, id);
             self.bind(now, id, queue);

@@ -72,6 +72,9 @@ struct Args {
     /// Scheduler: endgame starts with this many pieces missing.
     #[arg(long, default_value_t = SchedulerConfig::default().endgame_pieces)]
     endgame_pieces: usize,
+    /// Scheduler: a request not delivered within this time is cancelled and counts as a failure.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    piece_timeout: Duration,
     /// Scheduler: consecutive failed requests after which a peer is dropped.
     #[arg(long, default_value_t = SchedulerConfig::default().max_failures)]
     max_failures: u32,
@@ -141,6 +144,7 @@ fn main() -> anyhow::Result<ExitCode> {
             pipeline: args.pipeline,
             endgame_pieces: args.endgame_pieces,
             max_failures: args.max_failures,
+            piece_timeout: args.piece_timeout,
             ..SchedulerConfig::default()
         },
         upload_slots: args.upload_slots,
