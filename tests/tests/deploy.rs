@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Components whose `origins:` accepts the DNS form (`{dns: {name, port, interval}}`): the chart's
 /// `membership.mode: dns` configs of these are started like the others. The rest are rendered
 /// and schema-checked only, until their configs take the DNS form too.
-const DNS_MEMBERSHIP_READY: &[&str] = &["tracker"];
+const DNS_MEMBERSHIP_READY: &[&str] = &["tracker", "build-index"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
