@@ -553,13 +553,11 @@ impl RegistryBackend {
         }
     }
 
-    /// A `Location` or `Link` target as an absolute URL.
+    /// A `Location` or `Link` target (absolute, or relative to the registry) as an absolute URL.
     fn absolute(&self, target: &str) -> String {
-        if target.starts_with("http://") || target.starts_with("https://") {
-            target.to_owned()
-        } else {
-            format!("{}{target}", self.shared.base)
-        }
+        reqwest::Url::parse(&self.shared.base)
+            .and_then(|base| base.join(target))
+            .map_or_else(|_| format!("{}{target}", self.shared.base), String::from)
     }
 
     /// A manifest's bytes by digest: written back by the origins as a blob, or pushed to the
@@ -574,7 +572,7 @@ impl RegistryBackend {
         };
         let mut bytes = BytesMut::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| remote("read manifest", repo, e))?;
+            let chunk = chunk.map_err(|e| remote("read manifest", &self.url(repo), e))?;
             if bytes.len() + chunk.len() > MAX_MANIFEST_SIZE {
                 return Err(remote(
                     "read manifest",
@@ -1004,6 +1002,16 @@ mod tests {
             Some("https://x/next")
         );
         assert_eq!(next_link(r#"<https://x/prev>; rel="prev""#), None);
+        let config = RegistryConfig {
+            url: "http://127.0.0.1:9/".to_owned(),
+            ..RegistryConfig::default()
+        };
+        let backend = RegistryBackend::new(&config).expect("backend");
+        assert_eq!(
+            backend.absolute("/v2/_catalog?last=b&n=2"),
+            "http://127.0.0.1:9/v2/_catalog?last=b&n=2"
+        );
+        assert_eq!(backend.absolute("https://other/up/1"), "https://other/up/1");
     }
 
     #[tokio::test]
