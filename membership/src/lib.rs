@@ -88,10 +88,6 @@ impl Membership {
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
     ) -> Result<Membership, MembershipError> {
-        let dns = match &config.source {
-            Source::Static(_) => None,
-            Source::Dns(dns) => Some((Dns::new(dns)?, dns.interval)),
-        };
         let mut group_state = Group {
             name: group,
             members: BTreeMap::new(),
@@ -99,11 +95,17 @@ impl Membership {
             health: config.health,
             metrics: metrics.clone(),
         };
-        match (&config.source, &dns) {
-            (Source::Static(members), _) => group_state.set_members(members.clone()),
-            (_, Some((dns, _))) => group_state.resolve(dns).await,
-            (Source::Dns(_), None) => unreachable!("a DNS source builds a resolver"),
-        }
+        let dns = match &config.source {
+            Source::Static(members) => {
+                group_state.set_members(members.clone());
+                None
+            }
+            Source::Dns(dns) => {
+                let resolver = Dns::new(dns)?;
+                group_state.resolve(&resolver).await;
+                Some((resolver, dns.interval))
+            }
+        };
         let (tx, snapshots) = watch::channel(Arc::new(group_state.snapshot()));
         group_state.publish_metrics();
         tokio::spawn(group_state.run(dns, http, tx, shutdown));
