@@ -28,14 +28,19 @@ pub fn origin(listen: SocketAddr, peer_listen: SocketAddr, data: &Path, backend:
 }
 
 /// The `cluster:` section of origin `me` in a ring of `origins` (more than one): R is the ring
-/// size up to 3, W is 2.
+/// size up to 3, W is 2. Replicas wait only a second before writing back (production waits
+/// 30 s for the committing origin's upload), so tests that wait for every queue to drain stay
+/// quick.
 pub fn origin_ring(origins: &[SocketAddr], me: SocketAddr) -> Value {
-    json!({"cluster": {
-        "origins": addr_strings(origins),
-        "advertise": me.to_string(),
-        "replicas": origins.len().min(3),
-        "write_quorum": 2,
-    }})
+    json!({
+        "cluster": {
+            "origins": addr_strings(origins),
+            "advertise": me.to_string(),
+            "replicas": origins.len().min(3),
+            "write_quorum": 2,
+        },
+        "writeback": {"replica_delay": "1s"},
+    })
 }
 
 pub fn build_index(listen: SocketAddr, origins: &[SocketAddr], backend: &Value) -> Value {
