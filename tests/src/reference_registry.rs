@@ -47,6 +47,12 @@ impl ReferenceRegistry {
 
     /// A registry that authenticates clients as `auth` says.
     pub async fn start_with(auth: RegistryAuth) -> Result<ReferenceRegistry> {
+        Self::start_configured(auth, "").await
+    }
+
+    /// A registry whose config also holds `extra`: top-level YAML sections such as
+    /// `notifications:`.
+    pub async fn start_configured(auth: RegistryAuth, extra: &str) -> Result<ReferenceRegistry> {
         let program = require("docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("shoal-reference-registry-")
@@ -83,7 +89,7 @@ impl ReferenceRegistry {
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
                  rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n\
-                 {auth_section}",
+                 {auth_section}{extra}",
                 quoted(&storage)
             ),
         )

@@ -6,9 +6,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::BytesMut;
+use futures::StreamExt;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -19,6 +20,8 @@ use super::{Preheater, QueueFull};
 /// Largest notification or preheat request body. Distribution sends one event per request
 /// (a few KiB with its references); Harbor batches a few.
 const MAX_BODY: usize = 1024 * 1024;
+/// How much of an oversized body is read (and dropped) so that its sender gets the 413.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// `POST /registry/notifications`, `POST /preheat` and `GET /preheat/{id}`.
 pub fn router(preheater: Preheater) -> Router {
@@ -181,8 +184,9 @@ fn same_secret(sent: &[u8], secret: &[u8]) -> bool {
             == 0
 }
 
-/// Reads at most [`MAX_BODY`] bytes; a larger body is refused with 413 (before reading it,
-/// when its length is declared).
+/// Reads at most [`MAX_BODY`] bytes; a larger body is refused with 413. The excess is read
+/// and dropped (up to [`DRAIN_LIMIT`]) before answering: a client still sending when the answer
+/// goes out would see a reset connection instead of the 413.
 #[allow(clippy::result_large_err)]
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Response> {
     let too_large = || {
@@ -195,17 +199,31 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Resp
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
         return Err(too_large());
     }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(failure(
-            StatusCode::BAD_REQUEST,
-            format!("reading the body failed: {error}"),
-        )),
+    let mut chunks = body.into_data_stream();
+    let mut buffer = BytesMut::new();
+    let mut total = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| {
+            failure(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body failed: {error}"),
+            )
+        })?;
+        total += chunk.len() as u64;
+        if total > DRAIN_LIMIT {
+            return Err(too_large());
+        }
+        if total <= MAX_BODY as u64 {
+            buffer.extend_from_slice(&chunk);
+        }
     }
+    if total > MAX_BODY as u64 {
+        return Err(too_large());
+    }
+    Ok(buffer.freeze())
 }
 
 #[cfg(test)]
@@ -238,7 +256,7 @@ mod tests {
         let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let nowhere = nowhere.local_addr().unwrap().to_string();
         let config = ProxyConfig {
-            origins: vec![nowhere.clone()],
+            origins: shoal_membership::MembersConfig::fixed([nowhere.clone()]),
             build_index: nowhere,
             preheat,
             ..ProxyConfig::default()
@@ -248,7 +266,16 @@ mod tests {
         let shutdown = CancellationToken::new();
         let preheater = Preheater::start(
             config.preheat.clone(),
-            Arc::new(Upstreams::new(http, &config)),
+            Arc::new(
+                Upstreams::start(
+                    http,
+                    &config,
+                    &shoal_membership::MembershipMetrics::default(),
+                    shutdown.clone(),
+                )
+                .await
+                .unwrap(),
+            ),
             metrics.clone(),
             shutdown.clone(),
         );
