@@ -371,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn bad_notifications_are_refused_with_a_reason() {
         let served = serve(PreheatConfig::default()).await;
-        let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        let cases = vec![
             (
                 vec![EVENTS_V1],
                 b"{not json".to_vec(),
