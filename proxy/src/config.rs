@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shoal_membership::MembersConfig;
 use shoal_service::LogConfig;
 
 /// Proxy settings. Every field has a default, so an empty file runs against the local dev cluster.
@@ -14,8 +15,9 @@ pub struct ProxyConfig {
     /// Registry V2 listen address.
     pub listen: SocketAddr,
     /// Origin nodes (`host:port` or `http://host:port`), in the same order on every proxy replica:
-    /// upload handles name an origin by its position in this list.
-    pub origins: Vec<String>,
+    /// upload handles name an origin by its position in this list, so it must be a static list
+    /// (`{static: [...], health: {...}}` tunes the health checks that put failing owners last).
+    pub origins: MembersConfig,
     /// Owners per blob (R), as the origins' `cluster.replicas`: reads try these origins in
     /// rendezvous order until one has the blob.
     pub replicas: usize,
@@ -30,7 +32,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
-            origins: vec!["127.0.0.1:15100".to_owned()],
+            origins: MembersConfig::fixed(["127.0.0.1:15100"]),
             replicas: 3,
             build_index: "127.0.0.1:15004".to_owned(),
             preheat: PreheatConfig::default(),
@@ -91,6 +93,8 @@ pub enum ConfigError {
     EmptyOrigin { index: usize },
     #[error("config field `origins`: {address:?} is listed twice")]
     DuplicateOrigin { address: String },
+    #[error("config field `origins`: {reason}")]
+    Origins { reason: String },
     #[error("config field `replicas`: must be at least 1")]
     NoReplicas,
     #[error("config field `build_index`: empty address")]
@@ -104,19 +108,28 @@ pub enum ConfigError {
 impl ProxyConfig {
     /// Checks what serde cannot: a usable, duplicate-free origin list and a build-index address.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.origins.is_empty() {
+        let Some(origins) = self.origins.static_members() else {
+            return Err(ConfigError::Origins {
+                reason: "must be a static list: upload handles name an origin by its position"
+                    .into(),
+            });
+        };
+        if origins.is_empty() {
             return Err(ConfigError::NoOrigins);
         }
-        for (index, address) in self.origins.iter().enumerate() {
+        for (index, address) in origins.iter().enumerate() {
             if address.trim().is_empty() {
                 return Err(ConfigError::EmptyOrigin { index });
             }
-            if self.origins[..index].contains(address) {
+            if origins[..index].contains(address) {
                 return Err(ConfigError::DuplicateOrigin {
                     address: address.clone(),
                 });
             }
         }
+        self.origins
+            .validate()
+            .map_err(|reason| ConfigError::Origins { reason })?;
         if self.replicas == 0 {
             return Err(ConfigError::NoReplicas);
         }
@@ -153,7 +166,7 @@ mod tests {
         let config: ProxyConfig = shoal_service::config::parse("", "proxy.yaml").unwrap();
         assert_eq!(config, ProxyConfig::default());
         assert_eq!(config.listen.to_string(), "127.0.0.1:15000");
-        assert_eq!(config.origins, ["127.0.0.1:15100"]);
+        assert_eq!(config.origins, MembersConfig::fixed(["127.0.0.1:15100"]));
         assert_eq!(config.build_index, "127.0.0.1:15004");
         config.validate().unwrap();
     }
@@ -169,7 +182,7 @@ mod tests {
     #[test]
     fn unusable_origin_lists_are_rejected() {
         let with = |origins: &[&str]| ProxyConfig {
-            origins: origins.iter().map(|o| o.to_string()).collect(),
+            origins: MembersConfig::fixed(origins.iter().copied()),
             ..ProxyConfig::default()
         };
         assert!(matches!(with(&[]).validate(), Err(ConfigError::NoOrigins)));
@@ -182,6 +195,10 @@ mod tests {
             Err(ConfigError::DuplicateOrigin { .. })
         ));
         with(&["a:1", "b:1"]).validate().unwrap();
+        let dns: ProxyConfig =
+            shoal_service::config::parse("origins: {dns: {name: o, port: 1}}\n", "proxy.yaml")
+                .unwrap();
+        assert!(matches!(dns.validate(), Err(ConfigError::Origins { .. })));
         let no_replicas = ProxyConfig {
             replicas: 0,
             ..ProxyConfig::default()

@@ -62,8 +62,14 @@ pub async fn run(
     let http = shoal_service::client::builder()
         .build()
         .context("building the HTTP client for origins and build-index")?;
-    let (metrics, registry) = ProxyMetrics::register(MetricsBuilder::new("proxy"));
-    let upstreams = Arc::new(Upstreams::new(http, &config));
+    let mut builder = MetricsBuilder::new("proxy");
+    let membership_metrics = shoal_membership::MembershipMetrics::register(builder.registry());
+    let (metrics, registry) = ProxyMetrics::register(builder);
+    let upstreams = Arc::new(
+        Upstreams::start(http, &config, &membership_metrics, shutdown.clone())
+            .await
+            .context("health-checking the origins (config field `origins`)")?,
+    );
     let preheater = preheat::Preheater::start(
         config.preheat.clone(),
         upstreams.clone(),

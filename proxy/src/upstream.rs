@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shoal_api::{ApiError, BuildIndexClient, OriginClient};
 use shoal_core::{Digest, Name, rendezvous};
+use shoal_membership::{Membership, MembershipError, MembershipMetrics};
+use shoal_service::CancellationToken;
 
 use crate::config::ProxyConfig;
 
@@ -21,29 +23,40 @@ pub struct Upstreams {
     addresses: Vec<String>,
     origins: Vec<OriginClient>,
     replicas: usize,
+    /// Health checks of the origins: owners failing them are tried last.
+    members: Membership,
     build_index: BuildIndexClient,
     /// Where the next upload session starts looking, so sessions spread over the origins.
     next_session: Arc<AtomicUsize>,
 }
 
 impl Upstreams {
-    /// `config` must have passed [`ProxyConfig::validate`], so the origin list is not empty.
-    pub fn new(http: reqwest::Client, config: &ProxyConfig) -> Self {
-        let origins = config
-            .origins
+    /// `config` must have passed [`ProxyConfig::validate`], so the origin list is static and not
+    /// empty. Health checks run until `shutdown`.
+    pub async fn start(
+        http: reqwest::Client,
+        config: &ProxyConfig,
+        metrics: &MembershipMetrics,
+        shutdown: CancellationToken,
+    ) -> Result<Self, MembershipError> {
+        let addresses = config.origins.static_members().unwrap_or_default().to_vec();
+        let origins = addresses
             .iter()
             .map(|address| OriginClient::new(http.clone(), address))
             .collect();
-        Self {
-            addresses: config.origins.clone(),
+        let members =
+            Membership::start("origins", &config.origins, http.clone(), metrics, shutdown).await?;
+        Ok(Self {
+            addresses,
             origins,
             replicas: config.replicas,
+            members,
             build_index: BuildIndexClient::new(http, &config.build_index),
             next_session: Arc::default(),
-        }
+        })
     }
 
-    /// The owners of `digest`, most preferred first.
+    /// The owners of `digest`, healthy ones first, otherwise most preferred first.
     pub fn owners(&self, digest: &Digest) -> Vec<&OriginClient> {
         self.owner_slots(digest)
             .into_iter()
@@ -51,9 +64,13 @@ impl Upstreams {
             .collect()
     }
 
-    /// The config positions of the owners of `digest`, most preferred first.
+    /// The config positions of the owners of `digest`, healthy ones first, otherwise most
+    /// preferred first.
     fn owner_slots(&self, digest: &Digest) -> Vec<usize> {
-        rendezvous::owners(digest, &self.addresses, self.replicas)
+        let owners = rendezvous::owners(digest, &self.addresses, self.replicas);
+        self.members
+            .snapshot()
+            .healthy_first(owners)
             .into_iter()
             .filter_map(|owner| self.addresses.iter().position(|a| a == owner))
             .collect()
@@ -204,12 +221,16 @@ impl fmt::Display for UploadHandle {
 mod tests {
     use super::*;
 
-    fn upstreams(origins: &[&str]) -> Upstreams {
+    async fn upstreams(origins: &[&str]) -> Upstreams {
         let config = ProxyConfig {
-            origins: origins.iter().map(|o| o.to_string()).collect(),
+            origins: shoal_membership::MembersConfig::fixed(origins.iter().copied()),
             ..ProxyConfig::default()
         };
-        Upstreams::new(shoal_service::client::builder().build().unwrap(), &config)
+        let http = shoal_service::client::builder().build().unwrap();
+        let metrics = MembershipMetrics::default();
+        Upstreams::start(http, &config, &metrics, CancellationToken::new())
+            .await
+            .unwrap()
     }
 
     #[test]
@@ -234,9 +255,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sessions_on_unknown_origins_are_not_found() {
-        let upstreams = upstreams(&["127.0.0.1:1", "127.0.0.1:2"]);
+    #[tokio::test]
+    async fn sessions_on_unknown_origins_are_not_found() {
+        let upstreams = upstreams(&["127.0.0.1:1", "127.0.0.1:2"]).await;
         let known = UploadHandle::parse("1-abc").unwrap();
         let (origin, id) = upstreams.session(&known).unwrap();
         assert_eq!(origin.base(), "http://127.0.0.1:2");
@@ -260,7 +281,7 @@ mod tests {
     #[tokio::test]
     async fn reads_fail_over_in_rendezvous_order() {
         let addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
-        let upstreams = upstreams(&addresses);
+        let upstreams = upstreams(&addresses).await;
         let digest = Digest::of(b"layer");
         let ranked: Vec<String> = rendezvous::owners(&digest, &addresses, 3)
             .iter()
@@ -324,10 +345,10 @@ mod tests {
         assert_eq!(calls.into_inner(), 1);
     }
 
-    #[test]
-    fn blobs_go_to_their_rendezvous_owners_in_order() {
+    #[tokio::test]
+    async fn blobs_go_to_their_rendezvous_owners_in_order() {
         let addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"];
-        let upstreams = upstreams(&addresses);
+        let upstreams = upstreams(&addresses).await;
         for byte in 0..32u8 {
             let digest = Digest::of(&[byte]);
             let owners: Vec<String> = rendezvous::owners(&digest, &addresses, 3)
@@ -359,11 +380,65 @@ mod tests {
             }),
         );
         let server = tokio::spawn(async move { axum::serve(live, app).await });
-        let upstreams = upstreams(&[&down, &live_addr]);
+        let upstreams = upstreams(&[&down, &live_addr]).await;
         let name = Name::parse("team/app").unwrap();
         let handle = upstreams.start_session(&name).await;
         server.abort();
         assert_eq!(handle.unwrap().to_string(), "1-7b3e", "origin 0 is down");
+    }
+
+    #[tokio::test]
+    async fn owners_failing_health_checks_are_tried_last() {
+        let [down] = free_port_addrs();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let server = tokio::spawn(async move { axum::serve(live, app).await });
+        let config = ProxyConfig {
+            origins: shoal_membership::MembersConfig {
+                source: shoal_membership::Source::Static(vec![down.clone(), live_addr.clone()]),
+                health: shoal_membership::HealthConfig {
+                    interval: std::time::Duration::from_millis(20),
+                    ..Default::default()
+                },
+            },
+            replicas: 2,
+            ..ProxyConfig::default()
+        };
+        let http = shoal_service::client::builder().build().unwrap();
+        let shutdown = CancellationToken::new();
+        let upstreams = Upstreams::start(
+            http,
+            &config,
+            &MembershipMetrics::default(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let digest = (0..=255u8)
+            .map(|byte| Digest::of(&[byte]))
+            .find(|digest| *rendezvous::owners(digest, &[&down, &live_addr], 1)[0] == &down)
+            .unwrap();
+        // Rendezvous ranks the dead origin first; once its health checks fail it goes last.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while upstreams.members.snapshot().is_healthy(&down) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never marked unhealthy"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(upstreams.owner_slots(&digest), [1, 0]);
+        let first = upstreams
+            .read_blob(&digest, |origin| {
+                let base = origin.base().to_owned();
+                async move { Ok(Some(base)) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(first, Some(format!("http://{live_addr}")));
+        shutdown.cancel();
+        server.abort();
     }
 
     /// Addresses nothing listens on: bound, then released.

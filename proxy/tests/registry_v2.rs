@@ -40,7 +40,7 @@ impl Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = ProxyConfig {
-            origins: vec![origin_addr.to_string()],
+            origins: vec![origin_addr.to_string()].into(),
             build_index: index_addr.to_string(),
             ..ProxyConfig::default()
         };
