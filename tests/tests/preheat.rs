@@ -2,8 +2,8 @@
 //! cluster and notifies a Shoal proxy of every push. After `skopeo copy` of an image into that
 //! registry, every blob of the image and its metainfo are on every owning origin before anyone
 //! pulls, and a pull through an agent then makes no origin fetch anything. A Harbor-style
-//! payload posted to the proxy does the same; bad webhook bodies are answered fast with 4xx or
-//! 200-and-ignored, and the proxy keeps running.
+//! payload for an index posted to the proxy does the same for the index and its image. Bad
+//! webhook bodies are answered fast with 4xx or 200-and-ignored, and the proxy keeps running.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -266,7 +266,32 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
         &format!("{}/library/harbor:v2", registry.addr()),
     )
     .await?;
-    for digest in layout_blobs(&harbor_image.dir)?.keys() {
+    // An index over it, so the job has to walk to the child manifest.
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": harbor_image.manifest_digest.to_string(),
+            "size": harbor_image.manifest_bytes.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    }))?;
+    let index_digest = Digest::of(&index);
+    let response = http
+        .put(format!(
+            "{}/v2/library/harbor/manifests/multi",
+            registry.url()
+        ))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .await?;
+    ensure!(response.status() == 201, "PUT index: {}", response.status());
+    for digest in layout_blobs(&harbor_image.dir)?
+        .keys()
+        .chain([&index_digest])
+    {
         ensure!(
             !(0..ORIGINS).any(|i| stored_with_metainfo(&cluster, i, digest).unwrap_or(true)),
             "{digest} reached an origin before the Harbor payload"
@@ -278,11 +303,11 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
         "TimeStamp": 1_700_000_000,
         "Action": "push",
         "Target": {
-            "MediaType": "application/vnd.oci.image.manifest.v1+json",
-            "Digest": harbor_image.manifest_digest.to_string(),
+            "MediaType": "application/vnd.oci.image.index.v1+json",
+            "Digest": index_digest.to_string(),
             "Repository": "library/harbor",
-            "Tag": "v2",
-            "Url": format!("{}/v2/library/harbor/manifests/v2", registry.url()),
+            "Tag": "multi",
+            "Url": format!("{}/v2/library/harbor/manifests/multi", registry.url()),
         }
     }]});
     let proxy_url = format!("http://{}", cluster.proxy_addr());
@@ -302,8 +327,17 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
         .as_str()
         .with_context(|| format!("no job in {answer}"))?;
     let progress = wait_for_job(&http, &proxy_url, id).await?;
-    ensure!(progress["blobs_done"] == 4, "{progress}");
+    ensure!(
+        progress["blobs_total"] == 5 && progress["blobs_done"] == 5,
+        "index, manifest, config and two layers: {progress}"
+    );
     ensure_on_every_origin(&cluster, &harbor_image)?;
+    for i in 0..ORIGINS {
+        ensure!(
+            stored_with_metainfo(&cluster, i, &index_digest)?,
+            "origin {i} lacks the index"
+        );
+    }
     Ok(())
 }
 
