@@ -801,6 +801,99 @@ mod tests {
         assert_times(&done, &[(1, 0.1), (2, 0.2)]);
     }
 
+    /// The same flows by brute force: every flow re-rated at every start and finish.
+    fn reference(links: &[Link], starts: &[(f64, u32, u32, f64)]) -> Vec<f64> {
+        let mut remaining: Vec<f64> = starts.iter().map(|s| s.3).collect();
+        let mut done = vec![f64::NAN; starts.len()];
+        let mut now = 0.0_f64;
+        loop {
+            let active: Vec<usize> = (0..starts.len())
+                .filter(|&i| starts[i].0 <= now && done[i].is_nan())
+                .collect();
+            let count = |f: &dyn Fn(usize) -> bool| active.iter().filter(|&&j| f(j)).count() as f64;
+            let rates: Vec<f64> = active
+                .iter()
+                .map(|&i| {
+                    let (_, sender, receiver, _) = starts[i];
+                    let up = links[sender as usize].up / count(&|j| starts[j].1 == sender);
+                    let down = links[receiver as usize].down / count(&|j| starts[j].2 == receiver);
+                    up.min(down)
+                })
+                .collect();
+            let next_start = starts
+                .iter()
+                .map(|s| s.0)
+                .filter(|&t| t > now)
+                .fold(f64::INFINITY, f64::min);
+            let next_finish = active
+                .iter()
+                .zip(&rates)
+                .map(|(&i, &rate)| now + remaining[i] / rate)
+                .fold(f64::INFINITY, f64::min);
+            let next = next_start.min(next_finish);
+            if next.is_infinite() {
+                return done;
+            }
+            for (&i, &rate) in active.iter().zip(&rates) {
+                remaining[i] -= rate * (next - now);
+                if remaining[i] <= 1e-3 {
+                    done[i] = next;
+                }
+            }
+            now = next;
+        }
+    }
+
+    #[test]
+    fn random_flows_finish_when_re_rating_every_flow_says_they_do() {
+        use rand::rngs::Xoshiro256PlusPlus;
+        use rand::{RngExt, SeedableRng};
+
+        for seed in 0..20 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            // Nodes 0..3 send, 3..8 receive; rates 10–200 MB/s so both ends bind some flows.
+            let list: Vec<Link> = (0..8)
+                .map(|_| Link {
+                    up: rng.random_range(10..200) as f64 * 1e6,
+                    down: rng.random_range(10..200) as f64 * 1e6,
+                })
+                .collect();
+            let starts: Vec<(f64, u32, u32, f64)> = (0..40)
+                .map(|_| {
+                    (
+                        rng.random_range(0..200) as f64 / 1000.0,
+                        rng.random_range(0..3),
+                        rng.random_range(3..8),
+                        rng.random_range(1..20) as f64 * 1e6,
+                    )
+                })
+                .collect();
+            let expected = reference(&list, &starts);
+            let mut flows = Flows::new(list.clone(), None);
+            let mut queue = Queue::default();
+            for &(at, ..) in &starts {
+                queue.push((at * 1e9) as Nanos, SimEvent::Tick { node: 0 });
+            }
+            let mut started = vec![false; starts.len()];
+            let done = run(&mut flows, &mut queue, |time, flows| {
+                for (i, &(at, sender, receiver, bytes)) in starts.iter().enumerate() {
+                    if !started[i] && (at * 1e9) as Nanos <= time {
+                        started[i] = true;
+                        flows.start(time, sender, receiver, i as u32, bytes as u64);
+                    }
+                }
+            });
+            assert_eq!(done.len(), starts.len(), "seed {seed}");
+            for (piece, time) in done {
+                let want = expected[piece as usize] * 1e9;
+                assert!(
+                    (time as f64 - want).abs() < 10_000.0,
+                    "seed {seed}: flow {piece} finished at {time} ns, re-rating says {want} ns"
+                );
+            }
+        }
+    }
+
     #[test]
     fn thousands_of_flows_at_one_sender_cost_a_handful_of_events() {
         // Processor sharing: 2,000 equal flows at a 1 GB/s sender all finish at 2 s together,
