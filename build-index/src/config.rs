@@ -2,6 +2,7 @@
 //! manifests and blobs that tags point at, and which backend persists the tags.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use shoal_membership::MembersConfig;
@@ -31,6 +32,10 @@ pub struct BuildIndexConfig {
     /// Namespace → backend routes, as the origins': a repository's tags go to the first route
     /// whose regex matches its whole name. When non-empty they replace `backend`.
     pub backends: Vec<RouteConfig>,
+    /// Where tags are kept durably while their backend is unreachable, until written back (so a
+    /// push succeeds during a backend outage; other build-index nodes see such a tag once it is
+    /// written back). Absent: a tag write fails when its backend does.
+    pub pending_dir: Option<PathBuf>,
     pub log: LogConfig,
 }
 
@@ -42,6 +47,7 @@ impl Default for BuildIndexConfig {
             replicas: 3,
             backend: BackendConfig::default(),
             backends: Vec::new(),
+            pending_dir: None,
             log: LogConfig::default(),
         }
     }

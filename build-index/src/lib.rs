@@ -59,8 +59,15 @@ pub async fn run(
     .await
     .context("following the origins (config field `origins`)")?;
 
+    let mut tags = tags::TagStore::new(backends);
+    if let Some(dir) = &config.pending_dir {
+        tags = tags
+            .with_pending_dir(dir)
+            .context("opening the pending-tags directory (config field `pending_dir`)")?;
+        tokio::spawn(tags.clone().write_back(shutdown.clone()));
+    }
     let state = routes::AppState {
-        tags: tags::TagStore::new(backends),
+        tags,
         origins: Arc::new(verify::Origins::new(http, members, config.replicas)),
         metrics: tag_metrics,
     };

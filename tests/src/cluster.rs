@@ -229,7 +229,12 @@ impl Cluster {
                 Component::BuildIndex,
                 build_index,
                 None,
-                configs::build_index(build_index, &origin_https, &tag_backend),
+                configs::build_index(
+                    build_index,
+                    &origin_https,
+                    &tag_backend,
+                    &dir.path().join("build-index-pending"),
+                ),
             ),
             (
                 Component::Proxy,

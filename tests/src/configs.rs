@@ -43,11 +43,18 @@ pub fn origin_ring(origins: &[SocketAddr], me: SocketAddr) -> Value {
     })
 }
 
-pub fn build_index(listen: SocketAddr, origins: &[SocketAddr], backend: &Value) -> Value {
+/// A build-index that keeps tags it cannot write to `backend` in `pending_dir` until it can.
+pub fn build_index(
+    listen: SocketAddr,
+    origins: &[SocketAddr],
+    backend: &Value,
+    pending_dir: &Path,
+) -> Value {
     json!({
         "listen": listen.to_string(),
         "origins": addr_strings(origins),
         "backend": backend,
+        "pending_dir": pending_dir,
     })
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use shoal_client::{Image, ImageSpec, RegistryClient};
 use shoal_core::{Digest, Digester, rendezvous};
@@ -159,9 +159,8 @@ async fn a_push_during_an_s3_outage_is_written_back_once_s3_returns() -> Result<
     let work = tempfile::tempdir()?;
     let cluster = Cluster::start(ClusterOptions {
         origins: 3,
+        // The build-index keeps its tags in S3 too: it holds the tag locally until S3 returns.
         backend: moto.backend_config()?,
-        // Tags are the build-index's, written synchronously; this test is about blobs.
-        build_index_backend: json!({"filesystem": {"root": work.path().join("tags")}}),
         origin_overrides: fast_writeback_retries(),
         ..ClusterOptions::default()
     })
@@ -186,7 +185,33 @@ async fn a_push_during_an_s3_outage_is_written_back_once_s3_returns() -> Result<
     cluster
         .wait_for_writeback_within(WRITEBACK_AFTER_OUTAGE)
         .await?;
-    ensure_in_s3(&moto, &image).await
+    ensure_in_s3(&moto, &image).await?;
+    // The tag accepted during the outage reaches S3 as well.
+    let key = tag_key(
+        &shoal_core::Name::parse("outage/app")?,
+        &shoal_core::Tag::parse("v1")?,
+    );
+    let s3 = moto.backend()?;
+    let deadline = std::time::Instant::now() + WRITEBACK_AFTER_OUTAGE;
+    loop {
+        if let Some(body) = s3.get(&key, None).await? {
+            let text: Vec<u8> = body
+                .map(|chunk| chunk.map(|c| c.to_vec()))
+                .try_concat()
+                .await?;
+            ensure!(
+                text == image.manifest_digest.to_string().as_bytes(),
+                "S3 holds tag {key} as {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the tag pushed during the outage never reached S3"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,7 +103,9 @@ impl Layout {
                 binary: "shoal-build-index",
                 addr: BUILD_INDEX,
                 config: format!(
-                    "listen: {BUILD_INDEX}\norigins: [{ring}]\nbackend:\n  filesystem:\n    root: {backend}\n"
+                    "listen: {BUILD_INDEX}\norigins: [{ring}]\nbackend:\n  filesystem:\n    root: {backend}\n\
+                     pending_dir: {}\n",
+                    yaml_path(&self.data.join("build-index-pending"))
                 ),
             },
             Component {
