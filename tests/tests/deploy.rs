@@ -68,9 +68,11 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
     if map.contains_key("peer_listen") {
         map.insert("peer_listen".into(), addrs[1].to_string().into());
     }
-    if map.contains_key("data_dir") {
-        let data = work.join("data");
-        map.insert("data_dir".into(), data.display().to_string().into());
+    for dir in ["data_dir", "pending_dir"] {
+        if map.contains_key(dir) {
+            let data = work.join(dir);
+            map.insert(dir.into(), data.display().to_string().into());
+        }
     }
     // A DNS membership source asks a local port where nothing answers, never the machine's
     // resolver: the rendered cluster names exist only inside Kubernetes.
