@@ -17,7 +17,8 @@
 //! earliest tag has a wake-up in the event queue. Flows bound by their receiver's share
 //! (receivers carry a few dozen flows at most) keep a rate and wake-up of their own, as before.
 //! Which end bounds a flow is re-decided when either share changes: each sender keeps its flows
-//! ordered by their receiver's share, so the few that flip are found at the ends of that order.
+//! ordered by (a loose bound of) their receiver's share, so the few that flip are found at the
+//! ends of that order.
 //! A start or finish at a hot origin thus costs O(log flows) instead of O(flows); the rates are
 //! exactly those of the per-flow model.
 //!
