@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use shoal_membership::MembersConfig;
@@ -36,7 +37,43 @@ pub struct BuildIndexConfig {
     /// push succeeds during a backend outage; other build-index nodes see such a tag once it is
     /// written back). Absent: a tag write fails when its backend does.
     pub pending_dir: Option<PathBuf>,
+    /// Tags copied to other clusters by repository rule. Absent: nothing is replicated.
+    pub replication: Option<ReplicationConfig>,
     pub log: LogConfig,
+}
+
+/// Cross-cluster replication: a stored tag whose repository matches a rule is copied (blobs,
+/// manifests, then the tag) to each of the rule's remote proxies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Where pending jobs are kept, one small file per (remote, repository, tag), so a restart
+    /// loses none.
+    pub queue_dir: PathBuf,
+    pub rules: Vec<ReplicationRule>,
+    /// First pause after a failed attempt; doubled per failure up to `retry_max`.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+/// A remote that is down is retried quickly at first, then at most every few minutes so a long
+/// outage does not flood its proxy with doomed attempts.
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationRule {
+    /// Regex matched against the whole repository name (`repl/.*`).
+    pub repository: String,
+    /// Base URLs of the remote clusters' proxies (`http://host:port`).
+    pub remotes: Vec<String>,
 }
 
 impl Default for BuildIndexConfig {
@@ -48,6 +85,7 @@ impl Default for BuildIndexConfig {
             backend: BackendConfig::default(),
             backends: Vec::new(),
             pending_dir: None,
+            replication: None,
             log: LogConfig::default(),
         }
     }
@@ -85,8 +123,53 @@ impl BuildIndexConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        if let Some(replication) = &self.replication {
+            replication.validate()?;
+        }
         Ok(())
     }
+}
+
+impl ReplicationConfig {
+    fn validate(&self) -> Result<(), InvalidConfig> {
+        let invalid = |field: String, reason: String| InvalidConfig {
+            field: format!("replication.{field}"),
+            reason,
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            if let Err(error) = whole_name_regex(&rule.repository) {
+                return Err(invalid(format!("rules[{i}].repository"), error.to_string()));
+            }
+            if rule.remotes.is_empty() {
+                return Err(invalid(
+                    format!("rules[{i}].remotes"),
+                    "at least one remote proxy URL is required".into(),
+                ));
+            }
+            for (j, remote) in rule.remotes.iter().enumerate() {
+                let url_ok = reqwest::Url::parse(remote)
+                    .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host());
+                if !url_ok {
+                    return Err(invalid(
+                        format!("rules[{i}].remotes[{j}]"),
+                        format!("`{remote}` is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+        }
+        if self.retry_initial.is_zero() || self.retry_initial > self.retry_max {
+            return Err(invalid(
+                "retry_initial".into(),
+                "must be above zero and at most `retry_max`".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A rule's regex, anchored so it must match the whole repository name.
+pub fn whole_name_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 #[cfg(test)]
@@ -153,5 +236,31 @@ mod tests {
         .unwrap()
         .origins;
         assert_eq!(config.validate().unwrap_err().field, "origins.dns.port");
+    }
+
+    #[test]
+    fn replication_rules_are_checked_by_field() {
+        let parse = |yaml: &str| {
+            shoal_service::config::parse::<BuildIndexConfig>(yaml, "t")
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+        };
+        let good = "replication:\n  queue_dir: /q\n  retry_initial: 2s\n  rules:\n    - repository: 'repl/.*'\n      remotes: ['http://b:5000']\n";
+        parse(good).unwrap();
+        let error = parse(&good.replace("repl/.*", "repl/(")).unwrap_err();
+        assert!(error.contains("replication.rules[0].repository"), "{error}");
+        let error = parse(&good.replace("http://b:5000", "b:5000")).unwrap_err();
+        assert!(error.contains("replication.rules[0].remotes[0]"), "{error}");
+        let error = parse(&good.replace("remotes:", "remote:")).unwrap_err();
+        assert!(error.contains("remote"), "{error}");
+        let error = parse(&good.replace("2s", "10m")).unwrap_err();
+        assert!(error.contains("replication.retry_initial"), "{error}");
+    }
+
+    #[test]
+    fn rule_regexes_match_the_whole_name() {
+        let regex = whole_name_regex("repl/.*").unwrap();
+        assert!(regex.is_match("repl/app"));
+        assert!(!regex.is_match("other/repl/app"));
     }
 }

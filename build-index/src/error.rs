@@ -59,6 +59,20 @@ pub enum Error {
     /// A tag object in the backend does not hold a digest.
     #[error("stored tag {key} is corrupt: {reason}")]
     CorruptTag { key: String, reason: String },
+    /// The replication queue directory could not be read or written.
+    #[error("replication queue {path}: {source}")]
+    Queue {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote cluster's proxy refused or failed a replication step.
+    #[error("replicating to {remote}: {step} failed: {reason}")]
+    Remote {
+        remote: String,
+        step: String,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -80,7 +94,9 @@ impl Error {
             | Error::OriginCorrupt { .. }
             | Error::NoOrigins
             | Error::Backend { .. }
-            | Error::CorruptTag { .. } => ErrorCode::Unavailable,
+            | Error::CorruptTag { .. }
+            | Error::Queue { .. }
+            | Error::Remote { .. } => ErrorCode::Unavailable,
         }
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod metrics;
 mod pagination;
+mod replicate;
 mod routes;
 mod tags;
 mod verify;
@@ -25,6 +26,9 @@ pub use config::{BuildIndexConfig, InvalidConfig};
 /// A tag check fetches manifests (at most 4 MiB) and stats blobs; an origin slower than this to
 /// answer one of those requests is treated as unavailable rather than holding the PUT forever.
 const ORIGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replication streams whole blobs to remote proxies, so it bounds silence, not duration: a
+/// remote that sends nothing for this long is treated as down and the job retried.
+const REMOTE_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The sockets the build-index serves on, bound by the caller (tests bind `127.0.0.1:0`).
 pub struct Listeners {
@@ -47,6 +51,10 @@ pub async fn run(
 
     let mut metrics = MetricsBuilder::new("build-index");
     let tag_metrics = metrics::TagMetrics::register(metrics.registry());
+    let replication_metrics = config
+        .replication
+        .as_ref()
+        .map(|_| metrics::ReplicationMetrics::register(metrics.registry()));
     let membership_metrics = shoal_membership::MembershipMetrics::register(metrics.registry());
     let metrics = metrics.build();
     let members = shoal_membership::Membership::start(
@@ -66,9 +74,26 @@ pub async fn run(
             .context("opening the pending-tags directory (config field `pending_dir`)")?;
         tokio::spawn(tags.clone().write_back(shutdown.clone()));
     }
+    let origins = Arc::new(verify::Origins::new(http, members, config.replicas));
+    let replicator = match (&config.replication, replication_metrics) {
+        (Some(replication), Some(metrics)) => {
+            let remote_http = shoal_service::client::builder()
+                .read_timeout(REMOTE_READ_TIMEOUT)
+                .build()
+                .context("building the remote-proxy HTTP client")?;
+            let replicator =
+                replicate::Replicator::new(replication, origins.clone(), remote_http, metrics)
+                    .context("starting replication (config field `replication`)")?;
+            let replicator = Arc::new(replicator);
+            tokio::spawn(replicator.clone().run(shutdown.clone()));
+            Some(replicator)
+        }
+        _ => None,
+    };
     let state = routes::AppState {
         tags,
-        origins: Arc::new(verify::Origins::new(http, members, config.replicas)),
+        origins,
+        replicator,
         metrics: tag_metrics,
     };
     let app = shoal_service::http::with_common_routes(routes::router(state), metrics);

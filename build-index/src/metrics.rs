@@ -1,8 +1,10 @@
-//! The build-index's own metrics: tags accepted, and tags refused by Registry V2 error code.
+//! The build-index's own metrics: tags accepted, tags refused by Registry V2 error code, and
+//! cross-cluster replication progress.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shoal_core::ErrorCode;
 
@@ -47,5 +49,39 @@ impl TagMetrics {
                 code: code.as_str(),
             })
             .inc();
+    }
+}
+
+/// Cross-cluster replication progress.
+#[derive(Clone, Debug)]
+pub struct ReplicationMetrics {
+    pub pending: Gauge,
+    pub replicated: Counter,
+    pub failures: Counter,
+}
+
+impl ReplicationMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            pending: Gauge::default(),
+            replicated: Counter::default(),
+            failures: Counter::default(),
+        };
+        registry.register(
+            "build_index_replication_pending",
+            "Replication jobs (remote, repository, tag) waiting in the queue",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "build_index_replication_replicated",
+            "Tags copied to a remote cluster",
+            metrics.replicated.clone(),
+        );
+        registry.register(
+            "build_index_replication_failures",
+            "Replication attempts that failed and will be retried",
+            metrics.failures.clone(),
+        );
+        metrics
     }
 }

@@ -18,6 +18,7 @@ use tracing::info;
 use crate::error::Error;
 use crate::metrics::TagMetrics;
 use crate::pagination::{Page, PageQuery, PageRequest};
+use crate::replicate::Replicator;
 use crate::tags::TagStore;
 use crate::verify::Origins;
 
@@ -29,6 +30,8 @@ const MAX_DIGEST_BODY: usize = 1024;
 pub struct AppState {
     pub tags: TagStore,
     pub origins: Arc<Origins>,
+    /// Present when replication is configured.
+    pub replicator: Option<Arc<Replicator>>,
     pub metrics: TagMetrics,
 }
 
@@ -79,6 +82,10 @@ async fn put_tag_checked(state: &AppState, path: TagPath, body: Body) -> Result<
     let digest = Digest::parse(text.trim()).map_err(|e| Error::Digest(e.to_string()))?;
     state.origins.verify(&name, digest).await?;
     state.tags.put(&name, &tag, &digest).await?;
+    // Recorded before answering, so a tag the pusher saw accepted is never left unreplicated.
+    if let Some(replicator) = &state.replicator {
+        replicator.enqueue(&name, &tag, &digest).await?;
+    }
     info!(repo = %name, %tag, %digest, "tag written");
     Ok(())
 }

@@ -79,7 +79,7 @@ impl Origins {
 
     /// Checks the manifest `digest` of repository `name` and everything it references.
     pub async fn verify(&self, name: &Name, digest: Digest) -> Result<(), Error> {
-        let root = self
+        let (_, root) = self
             .fetch_manifest(name, digest, None)
             .await?
             .ok_or(Error::ManifestUnknown(digest))?;
@@ -135,7 +135,7 @@ impl Origins {
         parent: Digest,
         child: Descriptor,
     ) -> Result<(Digest, Manifest), Error> {
-        let manifest = self
+        let (_, manifest) = self
             .fetch_manifest(name, child.digest, Some(&child))
             .await?
             .ok_or(Error::BlobUnknown {
@@ -145,14 +145,33 @@ impl Origins {
         Ok((child.digest, manifest))
     }
 
-    /// Downloads and parses a manifest; `None` when the origins do not have it. `descriptor` is
-    /// what the referencing index says about it (size, media type), if any.
-    async fn fetch_manifest(
+    /// Opens a streamed download of `blob` from its owners; `None` when none has it.
+    pub async fn open_blob(
+        &self,
+        name: &Name,
+        blob: Digest,
+    ) -> Result<Option<reqwest::Response>, Error> {
+        let opened = self
+            .on_owners(blob, |origin| async move {
+                match origin.get_blob(&blob, Some(name), None).await {
+                    Ok(response) => Ok(Some(response)),
+                    Err(ApiError::Remote { status: 404, .. }) => Ok(None),
+                    Err(error) => Err(error),
+                }
+            })
+            .await?;
+        Ok(opened.map(|(response, _)| response))
+    }
+
+    /// Downloads and parses a manifest, returning its bytes too; `None` when the origins do not
+    /// have it. `descriptor` is what the referencing index says about it (size, media type), if
+    /// any.
+    pub async fn fetch_manifest(
         &self,
         name: &Name,
         digest: Digest,
         descriptor: Option<&Descriptor>,
-    ) -> Result<Option<Manifest>, Error> {
+    ) -> Result<Option<(bytes::Bytes, Manifest)>, Error> {
         let fetched = self
             .on_owners(digest, |origin| async move {
                 origin
@@ -198,7 +217,7 @@ impl Origins {
         }
         // The index's descriptor media type must agree with the child's own `mediaType`.
         Manifest::parse(&bytes, descriptor.map(|d| d.media_type.as_str()))
-            .map(Some)
+            .map(|manifest| Some((bytes, manifest)))
             .map_err(|e| Error::ManifestInvalid {
                 digest,
                 reason: e.to_string(),
