@@ -143,6 +143,8 @@ impl Replicator {
                     Ok(()) => {
                         backoff.remove(&file);
                         self.metrics.replicated.inc();
+                        // The next round recounts; until then this job is no longer pending.
+                        self.metrics.pending.dec();
                         info!(remote = %job.remote, repo = %job.repo, tag = %job.tag, digest = %job.digest, "tag replicated");
                         if let Err(error) = self.queue.complete(&file, &job).await {
                             warn!(%error, "cannot remove a finished replication job");

@@ -101,6 +101,8 @@ pub struct ClusterOptions {
     pub build_index_backend: Value,
     /// Deep-merged over every origin's config, e.g. `{"p2p": {"egress_rate": "20MiB"}}`.
     pub origin_overrides: Value,
+    /// Deep-merged over the build-index's config, e.g. `{"replication": {…}}`.
+    pub build_index_overrides: Value,
     /// Deep-merged over every agent's config.
     pub agent_overrides: Value,
     /// Deep-merged over one agent's config (after `agent_overrides`), by agent index.
@@ -116,6 +118,7 @@ impl Default for ClusterOptions {
             backend: Value::Null,
             build_index_backend: Value::Null,
             origin_overrides: Value::Null,
+            build_index_overrides: Value::Null,
             agent_overrides: Value::Null,
             agent_overrides_by_index: BTreeMap::new(),
         }
@@ -225,17 +228,16 @@ impl Cluster {
             planned.push((Component::origin(i), http, peer_addr, config));
         }
         planned.extend([
-            (
-                Component::BuildIndex,
-                build_index,
-                None,
-                configs::build_index(
+            (Component::BuildIndex, build_index, None, {
+                let mut config = configs::build_index(
                     build_index,
                     &origin_https,
                     &tag_backend,
                     &dir.path().join("build-index-pending"),
-                ),
-            ),
+                );
+                configs::merge(&mut config, options.build_index_overrides.clone());
+                config
+            }),
             (
                 Component::Proxy,
                 proxy,
