@@ -26,8 +26,8 @@ pub use config::{BuildIndexConfig, InvalidConfig};
 /// A tag check fetches manifests (at most 4 MiB) and stats blobs; an origin slower than this to
 /// answer one of those requests is treated as unavailable rather than holding the PUT forever.
 const ORIGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Replication streams whole blobs to remote proxies, so it bounds silence, not duration: a
-/// remote that sends nothing for this long is treated as down and the job retried.
+/// Replication streams whole blobs from the origins to remote proxies, so it bounds silence, not
+/// duration: a peer that sends nothing for this long is treated as down and the job retried.
 const REMOTE_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The sockets the build-index serves on, bound by the caller (tests bind `127.0.0.1:0`).
@@ -80,7 +80,7 @@ pub async fn run(
             let remote_http = shoal_service::client::builder()
                 .read_timeout(REMOTE_READ_TIMEOUT)
                 .build()
-                .context("building the remote-proxy HTTP client")?;
+                .context("building the replication HTTP client")?;
             let replicator =
                 replicate::Replicator::new(replication, origins.clone(), remote_http, metrics)
                     .context("starting replication (config field `replication`)")?;

@@ -244,14 +244,14 @@ impl Replicator {
         if remote.has_blob(&blob.digest).await? {
             return Ok(());
         }
-        let download =
-            self.origins
-                .open_blob(name, blob.digest)
-                .await?
-                .ok_or(Error::BlobUnknown {
-                    manifest,
-                    blob: blob.digest,
-                })?;
+        let download = self
+            .origins
+            .open_blob(&self.http, name, blob.digest)
+            .await?
+            .ok_or(Error::BlobUnknown {
+                manifest,
+                blob: blob.digest,
+            })?;
         remote.push_blob(&blob.digest, blob.size, download).await
     }
 }

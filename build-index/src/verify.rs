@@ -48,6 +48,20 @@ impl Origins {
     async fn on_owners<T, F, Fut>(
         &self,
         digest: Digest,
+        read: F,
+    ) -> Result<Option<(T, OriginClient)>, Error>
+    where
+        F: FnMut(OriginClient) -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        self.on_owners_with(&self.http, digest, read).await
+    }
+
+    /// [`Origins::on_owners`] through `http` instead of the lookup client.
+    async fn on_owners_with<T, F, Fut>(
+        &self,
+        http: &reqwest::Client,
+        digest: Digest,
         mut read: F,
     ) -> Result<Option<(T, OriginClient)>, Error>
     where
@@ -59,7 +73,7 @@ impl Origins {
         let snapshot = self.members.snapshot();
         let owners = rendezvous::owners(&digest, snapshot.members(), self.replicas);
         for addr in snapshot.healthy_first(owners) {
-            let client = OriginClient::new(self.http.clone(), addr);
+            let client = OriginClient::new(http.clone(), addr);
             match read(client.clone()).await {
                 Ok(Some(found)) => return Ok(Some((found, client))),
                 Ok(None) => answered = true,
@@ -145,14 +159,16 @@ impl Origins {
         Ok((child.digest, manifest))
     }
 
-    /// Opens a streamed download of `blob` from its owners; `None` when none has it.
+    /// Opens a streamed download of `blob` from its owners; `None` when none has it. `http` is
+    /// the caller's: a whole blob can take longer than the lookup client's request timeout.
     pub async fn open_blob(
         &self,
+        http: &reqwest::Client,
         name: &Name,
         blob: Digest,
     ) -> Result<Option<reqwest::Response>, Error> {
         let opened = self
-            .on_owners(blob, |origin| async move {
+            .on_owners_with(http, blob, |origin| async move {
                 match origin.get_blob(&blob, Some(name), None).await {
                     Ok(response) => Ok(Some(response)),
                     Err(ApiError::Remote { status: 404, .. }) => Ok(None),
