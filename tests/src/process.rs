@@ -141,6 +141,17 @@ impl Drop for Process {
 /// Polls `url` until it answers 200, failing early (with the log tail) when `process` exits
 /// and late when `deadline` passes.
 pub async fn wait_until_ready(process: &mut Process, url: &str, deadline: Duration) -> Result<()> {
+    wait_until_answers(process, url, reqwest::StatusCode::OK, deadline).await
+}
+
+/// Polls `url` until it answers `expected` (an authenticating registry is up once it answers
+/// 401), failing early (with the log tail) when `process` exits and late when `deadline` passes.
+pub async fn wait_until_answers(
+    process: &mut Process,
+    url: &str,
+    expected: reqwest::StatusCode,
+    deadline: Duration,
+) -> Result<()> {
     let http = shoal_service::client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -155,13 +166,13 @@ pub async fn wait_until_ready(process: &mut Process, url: &str, deadline: Durati
             );
         }
         if let Ok(response) = http.get(url).send().await
-            && response.status() == reqwest::StatusCode::OK
+            && response.status() == expected
         {
             return Ok(());
         }
         if start.elapsed() > deadline {
             bail!(
-                "{} did not answer 200 on {url} within {deadline:?}\n{}",
+                "{} did not answer {expected} on {url} within {deadline:?}\n{}",
                 process.spec.name,
                 process.log_tail()
             );

@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tempfile::TempDir;
 
 use crate::ports::free_loopback_addr;
-use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
+use crate::process::{Process, ProcessSpec, wait_until_answers, wait_until_ready};
 use crate::tools::require;
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -108,7 +108,15 @@ impl ReferenceRegistry {
                 wait_until_ready(&mut registry.process, &url, STARTUP_DEADLINE).await?;
             }
             // `/v2/` answers 401 until a client authenticates: that answer means ready.
-            _ => wait_until_challenging(&mut registry.process, &url).await?,
+            _ => {
+                wait_until_answers(
+                    &mut registry.process,
+                    &url,
+                    reqwest::StatusCode::UNAUTHORIZED,
+                    STARTUP_DEADLINE,
+                )
+                .await?
+            }
         }
         Ok(registry)
     }
@@ -124,34 +132,5 @@ impl ReferenceRegistry {
     /// Where the registry stores its data.
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("storage")
-    }
-}
-
-/// Polls `url` until it answers 401 (an authenticating registry is up).
-async fn wait_until_challenging(process: &mut Process, url: &str) -> Result<()> {
-    let http = shoal_service::client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .context("building the readiness client")?;
-    let start = Instant::now();
-    loop {
-        if let Some(status) = process.try_exit_status()? {
-            bail!(
-                "docker-registry exited with {status} while starting\n{}",
-                process.log_tail()
-            );
-        }
-        if let Ok(response) = http.get(url).send().await
-            && response.status() == reqwest::StatusCode::UNAUTHORIZED
-        {
-            return Ok(());
-        }
-        if start.elapsed() > STARTUP_DEADLINE {
-            bail!(
-                "docker-registry did not answer 401 on {url} within {STARTUP_DEADLINE:?}\n{}",
-                process.log_tail()
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

@@ -93,6 +93,20 @@ where
     run("skopeo", args).await
 }
 
+/// Copies tag `tag` of the OCI layout at `layout` to `docker://{remote}` with skopeo, digests
+/// preserved, over plain HTTP.
+pub async fn skopeo_push(layout: &Path, tag: &str, remote: &str) -> Result<()> {
+    skopeo([
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{remote}"),
+    ])
+    .await?;
+    Ok(())
+}
+
 /// `docker …` against the machine's Docker Engine.
 pub async fn docker<I, S>(args: I) -> Result<Output>
 where

@@ -17,7 +17,7 @@ use shoal_tests::images::{generate, layout_blobs, layout_manifest_digest};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
 use shoal_tests::reference_registry::RegistryAuth;
-use shoal_tests::tools::skopeo;
+use shoal_tests::tools::{skopeo, skopeo_push};
 use shoal_tests::{Cluster, ClusterOptions, Component, ReferenceRegistry, binaries, configs};
 
 const MIB: u64 = 1 << 20;
@@ -37,15 +37,7 @@ fn spec(seed: u64, tag: &str) -> ImageSpec {
 }
 
 async fn push(image: &Image, tag: &str, remote: &str) -> Result<()> {
-    skopeo([
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:{tag}", image.dir.display()),
-        &format!("docker://{remote}"),
-    ])
-    .await?;
-    Ok(())
+    skopeo_push(&image.dir, tag, remote).await
 }
 
 /// A second proxy in front of `cluster`, listening on `listen` (where the registry already

@@ -7,7 +7,7 @@ use anyhow::{Result, ensure};
 use serde_json::json;
 use shoal_client::{Image, ImageSpec};
 use shoal_tests::images::{generate, layout_blobs, layout_manifest_digest};
-use shoal_tests::tools::skopeo;
+use shoal_tests::tools::{skopeo, skopeo_push};
 use shoal_tests::{Cluster, ClusterOptions, Component, ReferenceRegistry};
 
 const MIB: u64 = 1 << 20;
@@ -21,15 +21,7 @@ fn spec(seed: u64, tag: &str) -> ImageSpec {
 }
 
 async fn push(image: &Image, tag: &str, remote: &str) -> Result<()> {
-    skopeo([
-        "copy",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:{tag}", image.dir.display()),
-        &format!("docker://{remote}"),
-    ])
-    .await?;
-    Ok(())
+    skopeo_push(&image.dir, tag, remote).await
 }
 
 /// Pulls `remote` into a fresh layout and checks it is `image`, byte for byte.
