@@ -130,7 +130,13 @@ pub async fn run(
     };
     let app = shoal_service::http::with_common_routes(routes::router(state), registry);
     let limiter = Limiter::new(config.p2p.egress_rate, config.p2p.chunk_size);
-    let peer = shoal_p2p::peer_service(engine.source(), limiter, p2p_metrics, config.testing);
+    let peer = shoal_p2p::peer_service(
+        engine.source(),
+        limiter,
+        config.p2p.upload_slots,
+        p2p_metrics,
+        config.testing,
+    );
     let peer_app = tonic::service::Routes::new(peer).into_axum_router();
 
     tracing::info!(

@@ -153,6 +153,9 @@ pub struct SeedConfig {
     pub egress_rate: Option<ByteSize>,
     /// Size of the `PieceChunk` messages piece bytes are sent in.
     pub chunk_size: ByteSize,
+    /// Pieces served at once; further requests are answered busy, so a flash crowd gets whole
+    /// pieces fast from a few slots instead of every piece slowly.
+    pub upload_slots: usize,
 }
 
 impl Default for SeedConfig {
@@ -161,6 +164,7 @@ impl Default for SeedConfig {
         SeedConfig {
             egress_rate: engine.egress_rate,
             chunk_size: engine.chunk_size,
+            upload_slots: engine.upload_slots,
         }
     }
 }
@@ -172,6 +176,7 @@ impl SeedConfig {
         P2pConfig {
             egress_rate: self.egress_rate,
             chunk_size: self.chunk_size,
+            upload_slots: self.upload_slots,
             ..P2pConfig::default()
         }
     }

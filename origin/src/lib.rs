@@ -116,6 +116,7 @@ pub async fn run(
     let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
         Arc::new(StoreSource(store.clone())),
         Limiter::new(seed.egress_rate, seed.chunk_size),
+        seed.upload_slots,
         p2p_metrics,
         Faults::default(),
     ))

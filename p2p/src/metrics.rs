@@ -23,6 +23,8 @@ pub struct P2pMetrics {
     pub(crate) resumed_bytes: Counter,
     pub(crate) peers_blacklisted: Counter,
     pub(crate) downloads_active: Gauge,
+    pub(crate) busy_answered: Counter,
+    pub(crate) busy_received: Counter,
 }
 
 impl P2pMetrics {
@@ -37,6 +39,8 @@ impl P2pMetrics {
             resumed_bytes: Counter::default(),
             peers_blacklisted: Counter::default(),
             downloads_active: Gauge::default(),
+            busy_answered: Counter::default(),
+            busy_received: Counter::default(),
         };
         registry.register(
             "p2p_pieces_received",
@@ -73,6 +77,16 @@ impl P2pMetrics {
             "Downloads in progress",
             metrics.downloads_active.clone(),
         );
+        registry.register(
+            "p2p_busy_answered",
+            "Piece requests refused as busy because every upload slot was taken",
+            metrics.busy_answered.clone(),
+        );
+        registry.register(
+            "p2p_busy_received",
+            "Piece requests a peer refused as busy",
+            metrics.busy_received.clone(),
+        );
         metrics
     }
 
@@ -102,6 +116,16 @@ impl P2pMetrics {
     /// Peers blacklisted for bad pieces so far.
     pub fn peers_blacklisted(&self) -> u64 {
         self.peers_blacklisted.get()
+    }
+
+    /// Piece requests refused as busy so far (as a server).
+    pub fn busy_answered(&self) -> u64 {
+        self.busy_answered.get()
+    }
+
+    /// Piece requests peers refused as busy so far (as a downloader).
+    pub fn busy_received(&self) -> u64 {
+        self.busy_received.get()
     }
 
     /// Piece bytes served so far.

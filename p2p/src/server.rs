@@ -7,22 +7,27 @@ use futures::StreamExt;
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_server::{Peer, PeerServer};
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::source::{PieceSource, piece_range};
 use crate::{Faults, Limiter, P2pError, P2pMetrics};
 
+/// The `RESOURCE_EXHAUSTED` message of a busy answer.
+pub(crate) const BUSY: &str = "busy: every upload slot is taken";
+
 /// Events and chunks buffered per stream: enough to keep the sender busy while one is on the
 /// wire, few enough that a slow reader holds only a handful of chunks in memory.
 const STREAM_BUFFER: usize = 4;
 
 /// The gRPC `Peer` service over `source`: egress limited by `limiter` (whose chunk size is the
-/// `PieceChunk` size), served bytes counted in `metrics`, `faults` for tests only.
+/// `PieceChunk` size), at most `upload_slots` pieces served at once (the rest are answered
+/// busy), served bytes counted in `metrics`, `faults` for tests only.
 pub fn peer_service(
     source: Arc<dyn PieceSource>,
     limiter: Limiter,
+    upload_slots: usize,
     metrics: P2pMetrics,
     faults: Faults,
 ) -> PeerServer<impl Peer> {
@@ -32,6 +37,7 @@ pub fn peer_service(
     PeerServer::new(PeerService {
         source,
         limiter,
+        slots: Arc::new(Semaphore::new(upload_slots)),
         metrics,
         faults,
     })
@@ -40,6 +46,8 @@ pub fn peer_service(
 struct PeerService {
     source: Arc<dyn PieceSource>,
     limiter: Limiter,
+    /// One permit per piece being served, held until its last chunk is sent.
+    slots: Arc<Semaphore>,
     metrics: P2pMetrics,
     faults: Faults,
 }
@@ -97,6 +105,12 @@ impl Peer for PeerService {
                 "piece {index} of {digest} is not held here"
             )));
         }
+        // Refuse rather than queue: a queued request shares the link with every other one and
+        // all of them slow down, while a refused one is asked of another holder at once.
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.busy_answered.inc();
+            return Err(Status::resource_exhausted(BUSY));
+        };
         let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(send_piece(
@@ -105,6 +119,7 @@ impl Peer for PeerService {
             self.limiter.clone(),
             self.metrics.clone(),
             self.faults,
+            slot,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -149,13 +164,15 @@ async fn notify(
     }
 }
 
-/// Streams one piece in chunks of at most the limiter's chunk size, paying egress per chunk.
+/// Streams one piece in chunks of at most the limiter's chunk size, paying egress per chunk;
+/// the upload slot is released when it ends.
 async fn send_piece(
     mut bytes: shoal_storage::ByteStream,
     tx: mpsc::Sender<Result<PieceChunk, Status>>,
     limiter: Limiter,
     metrics: P2pMetrics,
     faults: Faults,
+    _slot: OwnedSemaphorePermit,
 ) {
     let chunk_size = limiter.chunk_size();
     let mut offset = 0u64;

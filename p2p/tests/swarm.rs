@@ -170,6 +170,20 @@ impl Swarm {
         egress: Option<ByteSize>,
         faults: Faults,
     ) -> Result<Node> {
+        let slots = P2pConfig::default().upload_slots;
+        self.seeder_with_slots(blobs, origin, egress, faults, slots)
+            .await
+    }
+
+    /// Like [`Swarm::seeder`], serving at most `upload_slots` pieces at once.
+    async fn seeder_with_slots(
+        &mut self,
+        blobs: &[&[u8]],
+        origin: bool,
+        egress: Option<ByteSize>,
+        faults: Faults,
+        upload_slots: usize,
+    ) -> Result<Node> {
         let (_, store) = self.store().await?;
         for data in blobs {
             store
@@ -186,6 +200,7 @@ impl Swarm {
             .serve(Server::builder().add_service(peer_service(
                 source,
                 limiter,
+                upload_slots,
                 metrics.clone(),
                 faults,
             )))
@@ -236,6 +251,7 @@ impl Swarm {
             None => self.store().await?.1,
         };
         let metrics = P2pMetrics::new(&mut Registry::default());
+        let upload_slots = config.upload_slots;
         let engine = Engine::new(
             config,
             identity.clone(),
@@ -247,6 +263,7 @@ impl Swarm {
         let service = peer_service(
             engine.source(),
             Limiter::unlimited(ByteSize::kib(256)),
+            upload_slots,
             metrics.clone(),
             Faults::default(),
         );
@@ -437,6 +454,32 @@ async fn the_egress_limit_holds_for_a_large_transfer() -> Result<()> {
         elapsed >= Duration::from_millis(2500),
         "took only {elapsed:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seeder_out_of_upload_slots_answers_busy_and_the_download_still_completes() -> Result<()>
+{
+    let mut swarm = Swarm::new();
+    let data = blob(2 * MIB, 6);
+    let metainfo = metainfo_of(&data);
+    // One slot and 1 MiB/s: each 256 KiB piece holds the slot for ~0.25 s, so the downloader's
+    // pipeline of four always finds it taken.
+    let seeder = swarm
+        .seeder_with_slots(&[&data], true, Some(ByteSize::mib(1)), Faults::default(), 1)
+        .await?;
+    let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
+
+    let fetched = engine.fetch(&metainfo.digest(), None).await?;
+    assert!(collect(fetched.stream(0..u64::MAX)).await? == data);
+    let answered = seeder.metrics.busy_answered();
+    assert!(answered > 0, "the seeder never answered busy");
+    assert_eq!(node.metrics.busy_received(), answered);
+    // Busy is not a failure: the only seeder was never dropped or blacklisted.
+    assert_eq!(node.metrics.peers_blacklisted(), 0);
+    assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
     Ok(())
 }
 

@@ -77,6 +77,7 @@ fn fixture() -> Fixture {
         let service = peer_service(
             source,
             Limiter::unlimited(P2pConfig::default().chunk_size),
+            P2pConfig::default().upload_slots,
             P2pMetrics::new(&mut Registry::default()),
             Faults::default(),
         );

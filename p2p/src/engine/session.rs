@@ -173,6 +173,8 @@ enum Outcome {
     Corrupt(String),
     /// Transport error, or the peer lacks the piece.
     Failed(String),
+    /// The peer refused at once: its upload slots are all taken.
+    Busy,
 }
 
 impl PieceFetch {
@@ -188,6 +190,10 @@ impl PieceFetch {
             Outcome::Failed(reason) => {
                 tracing::debug!(digest = %self.partial.metainfo().digest(), %peer, piece, %reason, "piece request failed");
                 Event::PieceFailed { peer, piece }
+            }
+            Outcome::Busy => {
+                self.shared.metrics.busy_received.inc();
+                Event::PieceBusy { peer, piece }
             }
         };
         let _ = self.tx.send(Msg::Event(event));
@@ -211,6 +217,7 @@ impl PieceFetch {
         };
         let mut stream = match PeerClient::new(channel).get_piece(request).await {
             Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
             Err(status) => return Outcome::Failed(status.to_string()),
         };
         let mut bytes = BytesMut::with_capacity(length);

@@ -7,13 +7,17 @@
 //! Policy: connect to discovered agents up to `max_peers`; an origin is connected (possibly one
 //! connection beyond the cap) only as the last resort — once no agent connection is pending and
 //! either fewer than two connected agents hold pieces we miss, or some missing piece is held by
-//! no connected agent. While any agent is useful an origin gets one request at a time, and while
-//! two or more are, only pieces no agent holds. Pieces are requested rarest first (seeded
+//! no connected agent. An origin gets the full pipeline only while it is our only peer; beside
+//! any agent (a swarm, even one where nobody holds anything yet) it gets one request at a time,
+//! and while two or more agents are useful, only pieces no agent holds. Pieces are requested rarest first (seeded
 //! random tie-break), up to `pipeline` per peer, never twice except in endgame (at most
 //! `endgame_pieces` missing), where idle peers duplicate in-flight requests and the losers are
 //! cancelled. A corrupt piece blacklists its sender; failures and timeouts re-issue the piece
-//! elsewhere and `max_failures` in a row drop the peer. At the cap, each tick swaps one
-//! connected agent that has nothing for us for a waiting candidate.
+//! elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
+//! answers "busy": that is not a failure; the piece goes back to the pool at once (another
+//! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
+//! each busy answer in a row. At the cap, each tick swaps one connected agent that has nothing
+//! for us for a waiting candidate.
 //!
 //! Cost per event: a delivered piece costs O(max_peers + pipeline × log pieces); Tick, failures
 //! and departures refill every peer, O(max_peers × pipeline × log pieces) when peers hold most
@@ -32,8 +36,8 @@ mod tests;
 
 use std::time::Duration;
 
-use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Bitfield, PeerId};
 use thiserror::Error;
@@ -41,11 +45,15 @@ use thiserror::Error;
 use peers::{Candidates, Peer, Peers, Slot};
 use pieces::Pieces;
 
-/// Requests in flight at an origin while some connected agent holds pieces we miss. Agents
-/// pulling at once each fill a full pipeline at the origin with pieces none of them has yet,
-/// and many of those are the same pieces; one at a time halves the origin's share in the swarm
-/// simulation (`swarm_tests`) while an origin alone still gets the full pipeline.
+/// Requests in flight at an origin while we are connected to any agent. Agents pulling at once
+/// each filling a full pipeline at the origin put `pipeline` × N pieces in its queue before any
+/// of them can serve another: the first round then takes `pipeline` times longer, and past a
+/// few thousand agents outlasts `piece_timeout` (docs/BENCHMARKS.md, the piece-timeout cliff).
+/// An origin alone still gets the full pipeline.
 const ORIGIN_PIPELINE_BESIDE_AGENTS: usize = 1;
+/// Longest back-off after busy answers in a row: a flash crowd of thousands retrying a busy
+/// origin costs it a few thousand cheap refusals per second at most.
+const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(4);
 
 /// Tuning of one download. YAML durations are human-readable (`15s`, `1m`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +73,10 @@ pub struct SchedulerConfig {
     pub blacklist: Duration,
     /// Consecutive failed or timed-out requests before a peer is dropped.
     pub max_failures: u32,
+    /// Back-off after a peer's first busy answer (jittered ±50 %, doubling per busy answer in
+    /// a row up to 4 s).
+    #[serde(with = "humantime_serde")]
+    pub busy_backoff: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -88,6 +100,9 @@ impl Default for SchedulerConfig {
             // One failure can be a blip (a restart, a dropped stream); three in a row means the
             // peer cannot serve us.
             max_failures: 3,
+            // About one tick: a busy origin is asked again soon, and the jitter spreads a crowd's
+            // retries over the next ticks.
+            busy_backoff: Duration::from_millis(250),
         }
     }
 }
@@ -107,6 +122,7 @@ impl SchedulerConfig {
             ("pipeline", self.pipeline == 0),
             ("piece_timeout", self.piece_timeout.is_zero()),
             ("max_failures", self.max_failures == 0),
+            ("busy_backoff", self.busy_backoff.is_zero()),
         ];
         match zero.into_iter().find(|&(_, is_zero)| is_zero) {
             Some((field, _)) => Err(SchedulerConfigError::Zero { field }),
@@ -154,6 +170,11 @@ pub enum Event {
     },
     /// A request failed: transport error, or the peer lacks the piece.
     PieceFailed {
+        peer: PeerId,
+        piece: u32,
+    },
+    /// The peer refused the request at once because all its upload slots are taken.
+    PieceBusy {
         peer: PeerId,
         piece: u32,
     },
@@ -274,6 +295,7 @@ impl Scheduler {
                 }
                 self.fill_all(now_ms, &mut out);
             }
+            Event::PieceBusy { peer, piece } => self.on_busy(now_ms, &peer, piece, &mut out),
             Event::Tick => self.on_tick(now_ms, &mut out),
         }
         if self.is_complete() {
@@ -313,6 +335,8 @@ impl Scheduler {
             avoid: Default::default(),
             inflight: Vec::new(),
             failures: 0,
+            busy_until: 0,
+            busy_streak: 0,
             useful,
         });
         self.fill(now_ms, slot, out);
@@ -342,6 +366,7 @@ impl Scheduler {
         if let Some(peer) = deliverer.and_then(|slot| self.peers.get_mut(slot)) {
             peer.take_request(piece);
             peer.failures = 0;
+            peer.busy_streak = 0;
         }
         if !self.pieces.is_missing(piece) {
             // A late duplicate, or an index we never asked for: nothing changes but the
@@ -389,6 +414,30 @@ impl Scheduler {
         let until_ms = now_ms.saturating_add(millis(self.config.blacklist));
         self.candidates.blacklist(id.clone(), until_ms);
         out.push(Action::Blacklist { peer: id, until_ms });
+        self.fill_all(now_ms, out);
+    }
+
+    /// The peer is busy: the piece goes back to the pool for any other holder (an origin busy
+    /// for everyone is the normal state of a flash crowd, so no failure is counted), and the
+    /// peer rests for a jittered back-off so a crowd's retries do not arrive together.
+    fn on_busy(&mut self, now_ms: u64, id: &PeerId, piece: u32, out: &mut Vec<Action>) {
+        let Some(slot) = self.peers.slot(id) else {
+            return;
+        };
+        let base = millis(self.config.busy_backoff);
+        let jitter = self.rng.random_range(500..1500);
+        let Some(peer) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if !peer.take_request(piece) {
+            return;
+        }
+        let backoff = base
+            .saturating_mul(1 << peer.busy_streak.min(16))
+            .min(millis(MAX_BUSY_BACKOFF));
+        peer.busy_streak += 1;
+        peer.busy_until = now_ms.saturating_add(backoff * jitter / 1000);
+        self.pieces.unrequest(piece, slot);
         self.fill_all(now_ms, out);
     }
 
@@ -523,8 +572,12 @@ impl Scheduler {
         let Some(peer) = self.peers.get(slot) else {
             return;
         };
+        if now_ms < peer.busy_until {
+            return;
+        }
         let useful_agents = self.peers.useful_agents();
-        let depth = if peer.origin && useful_agents >= 1 {
+        let beside_agents = self.peers.len() > 1 || self.candidates.connecting_agents() > 0;
+        let depth = if peer.origin && beside_agents {
             ORIGIN_PIPELINE_BESIDE_AGENTS
         } else {
             self.config.pipeline

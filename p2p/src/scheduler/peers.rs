@@ -24,6 +24,10 @@ pub(super) struct Peer {
     pub(super) inflight: Vec<(u32, u64)>,
     /// Failed or timed-out requests since its last delivered piece.
     pub(super) failures: u32,
+    /// The peer answered "busy" (all its upload slots taken): no requests before this time.
+    pub(super) busy_until: u64,
+    /// Busy answers since its last delivered piece; each doubles the back-off.
+    pub(super) busy_streak: u32,
     /// Pieces it holds (and is not avoided for) that we are missing.
     pub(super) useful: u32,
 }

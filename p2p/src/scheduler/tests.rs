@@ -594,3 +594,183 @@ fn a_large_swarm_download_completes() {
     assert!(sim.run(100_000));
     assert!(sim.requests_to("origin").is_empty());
 }
+
+/// Connects `peer` (an agent or origin holding every one of `pieces` pieces) and returns the
+/// actions of its handshake.
+fn connect(
+    scheduler: &mut Scheduler,
+    now: u64,
+    peer: &PeerId,
+    origin: bool,
+    pieces: u32,
+) -> Vec<Action> {
+    scheduler.handle(
+        now,
+        Event::Discovered(vec![PeerCandidate {
+            id: peer.clone(),
+            origin,
+        }]),
+    );
+    scheduler.handle(
+        now,
+        Event::Connected {
+            peer: peer.clone(),
+            bitfield: Bitfield::full(pieces),
+        },
+    )
+}
+
+fn requested(actions: &[Action], to: &PeerId) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Request { peer, piece } if peer == to => Some(*piece),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_busy_peer_rests_for_its_back_off_and_is_never_dropped_for_it() {
+    let config = SchedulerConfig {
+        pipeline: 1,
+        endgame_pieces: 0,
+        ..config()
+    };
+    let backoff = millis(config.busy_backoff);
+    let mut scheduler = Scheduler::new(4, Bitfield::new(4), config.clone(), 20);
+    let origin = id("origin");
+    let first = connect(&mut scheduler, 0, &origin, true, 4);
+    let [piece] = requested(&first, &origin)[..] else {
+        panic!("{first:?}");
+    };
+    // Many more busy answers than `max_failures`: the origin stays, and each answer makes it
+    // rest at least half the (doubling) back-off before it is asked again.
+    let mut now = 0;
+    let mut asked = piece;
+    for streak in 0..(config.max_failures + 3) {
+        let out = scheduler.handle(
+            now,
+            Event::PieceBusy {
+                peer: origin.clone(),
+                piece: asked,
+            },
+        );
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Disconnect { .. })),
+            "dropped after {streak} busy answers: {out:?}"
+        );
+        assert!(
+            requested(&out, &origin).is_empty(),
+            "asked at once: {out:?}"
+        );
+        let floor = (backoff << streak).min(millis(MAX_BUSY_BACKOFF)) / 2;
+        let early = scheduler.handle(now + floor - 1, Event::Tick);
+        assert!(
+            requested(&early, &origin).is_empty(),
+            "asked during back-off: {early:?}"
+        );
+        now += 3 * floor + 1;
+        let again = requested(&scheduler.handle(now, Event::Tick), &origin);
+        let [next] = again[..] else {
+            panic!("not asked again after the back-off: {again:?}");
+        };
+        asked = next;
+    }
+    // A delivery resets the back-off: the next busy answer rests the peer the base time only.
+    scheduler.handle(
+        now,
+        Event::PieceDone {
+            peer: origin.clone(),
+            piece: asked,
+        },
+    );
+    let next = requested(&scheduler.handle(now, Event::Tick), &origin);
+    let [next] = next[..] else {
+        // The delivery itself refilled the slot.
+        return;
+    };
+    scheduler.handle(
+        now,
+        Event::PieceBusy {
+            peer: origin.clone(),
+            piece: next,
+        },
+    );
+    let again = scheduler.handle(now + backoff * 3 / 2 + 1, Event::Tick);
+    assert_eq!(requested(&again, &origin).len(), 1, "{again:?}");
+}
+
+#[test]
+fn a_busy_answer_sends_the_piece_to_another_holder_at_once() {
+    let config = SchedulerConfig {
+        pipeline: 1,
+        endgame_pieces: 0,
+        ..config()
+    };
+    let mut scheduler = Scheduler::new(2, Bitfield::new(2), config, 21);
+    let (a, b) = (id("a"), id("b"));
+    let to_a = connect(&mut scheduler, 0, &a, false, 2);
+    let [piece] = requested(&to_a, &a)[..] else {
+        panic!("{to_a:?}");
+    };
+    let to_b = connect(&mut scheduler, 1, &b, false, 2);
+    let [other] = requested(&to_b, &b)[..] else {
+        panic!("{to_b:?}");
+    };
+    assert_ne!(piece, other);
+    scheduler.handle(
+        2,
+        Event::PieceDone {
+            peer: b.clone(),
+            piece: other,
+        },
+    );
+    let out = scheduler.handle(
+        3,
+        Event::PieceBusy {
+            peer: a.clone(),
+            piece,
+        },
+    );
+    assert_eq!(out, vec![Action::Request { peer: b, piece }]);
+}
+
+#[test]
+fn an_origin_beside_agents_gets_one_request_even_before_any_agent_is_useful() {
+    // A flash crowd: every agent is as empty as we are, and the origin is the only source.
+    let mut scheduler = Scheduler::new(16, Bitfield::new(16), config(), 22);
+    let empty = id("empty-agent");
+    scheduler.handle(
+        0,
+        Event::Discovered(vec![
+            PeerCandidate {
+                id: empty.clone(),
+                origin: false,
+            },
+            PeerCandidate {
+                id: id("origin"),
+                origin: true,
+            },
+        ]),
+    );
+    scheduler.handle(
+        1,
+        Event::Connected {
+            peer: empty,
+            bitfield: Bitfield::new(16),
+        },
+    );
+    let out = scheduler.handle(
+        2,
+        Event::Connected {
+            peer: id("origin"),
+            bitfield: Bitfield::full(16),
+        },
+    );
+    assert_eq!(requested(&out, &id("origin")).len(), 1, "{out:?}");
+    // Alone, an origin gets the full pipeline.
+    let mut alone = Scheduler::new(16, Bitfield::new(16), config(), 22);
+    let out = connect(&mut alone, 0, &id("origin"), true, 16);
+    assert_eq!(requested(&out, &id("origin")).len(), config().pipeline);
+}
