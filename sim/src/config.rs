@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shoal_core::piece_length_for;
+use shoal_p2p::P2pConfig;
 use shoal_p2p::scheduler::SchedulerConfig;
 use thiserror::Error;
 
@@ -62,16 +63,11 @@ pub struct SimConfig {
     /// Agents arrive uniformly at random within this window (zero: all at once).
     pub arrival_spread: Duration,
     pub tracker: TrackerModel,
-    /// What-if: each node moves at most this many pieces at once and queues further requests
-    /// (None: every request is served at once, as Shoal's peer service does today).
-    pub upload_slots: Option<usize>,
-    /// What-if: an origin already uploading this many pieces answers further requests "busy"
-    /// (None: origins serve every request, as today). The scheduler has no busy answer, so the
-    /// simulated engine reports it as a failed request one round trip later.
-    pub origin_busy_after: Option<usize>,
-    /// What-if: the engine sends an agent's requests to origins one at a time, holding the
-    /// others until the one in flight is delivered (false: as the scheduler issues them).
-    pub one_origin_request: bool,
+    /// Pieces an agent uploads at once (its `p2p.upload_slots`); further requests are answered
+    /// busy one round trip later, as Shoal's peer service does.
+    pub upload_slots: usize,
+    /// The same for origins.
+    pub origin_upload_slots: usize,
     #[serde(skip)]
     pub scheduler: SchedulerConfig,
     /// How often the agent ticks its scheduler (the engine's 250 ms).
@@ -94,9 +90,8 @@ impl Default for SimConfig {
             latency: Duration::from_millis(1),
             arrival_spread: Duration::ZERO,
             tracker: TrackerModel::default(),
-            upload_slots: None,
-            origin_busy_after: None,
-            one_origin_request: false,
+            upload_slots: P2pConfig::default().upload_slots,
+            origin_upload_slots: P2pConfig::default().upload_slots,
             scheduler: SchedulerConfig::default(),
             tick: Duration::from_millis(250),
             time_limit: Duration::from_secs(3600),
@@ -144,8 +139,8 @@ impl SimConfig {
             ("peers", self.peers == 0),
             ("blob size", self.blob_size == 0),
             ("piece length", self.piece_length == Some(0)),
-            ("upload slots", self.upload_slots == Some(0)),
-            ("origin busy threshold", self.origin_busy_after == Some(0)),
+            ("upload slots", self.upload_slots == 0),
+            ("origin upload slots", self.origin_upload_slots == 0),
             ("origins", self.origins == 0),
             ("tracker replicas", self.tracker.replicas == 0),
             ("tracker handout limit", self.tracker.handout_limit == 0),

@@ -26,10 +26,10 @@
 //! a flow (or sender clock) that speeds up schedules a new, earlier one, so the queue does not
 //! fill with stale entries.
 //!
-//! Optionally a sender moves at most `upload_slots` pieces at once and queues further requests
-//! in arrival order — a what-if: Shoal's peer service today serves every request at once.
+//! Senders never queue: the swarm answers requests beyond a sender's upload slots "busy"
+//! before they become flows, as Shoal's peer service does.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use crate::queue::{Nanos, Queue, SimEvent};
 
@@ -71,8 +71,6 @@ struct Flow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Waiting for one of the sender's upload slots.
-    Queued,
     /// Moving bytes.
     Transferring,
     /// Finished, its last byte on the way to the receiver.
@@ -139,9 +137,6 @@ pub(crate) struct Flows {
     free: Vec<u32>,
     uplinks: Vec<Uplink>,
     downloads: Vec<Vec<u32>>,
-    /// Flows waiting for an upload slot, per sender (only with `upload_slots`).
-    waiting: Vec<VecDeque<u32>>,
-    upload_slots: usize,
     dirty: Vec<u32>,
     is_dirty: Vec<bool>,
     /// Bytes each node has sent (cancelled transfers included: they used the link).
@@ -149,8 +144,8 @@ pub(crate) struct Flows {
 }
 
 impl Flows {
-    /// Flows over `links` (one per node); `upload_slots` caps each sender's concurrent flows.
-    pub(crate) fn new(links: Vec<Link>, upload_slots: Option<usize>) -> Flows {
+    /// Flows over `links` (one per node).
+    pub(crate) fn new(links: Vec<Link>) -> Flows {
         let nodes = links.len();
         Flows {
             links,
@@ -163,8 +158,6 @@ impl Flows {
                 })
                 .collect(),
             downloads: vec![Vec::new(); nodes],
-            waiting: vec![VecDeque::new(); nodes],
-            upload_slots: upload_slots.unwrap_or(usize::MAX),
             dirty: Vec::new(),
             is_dirty: vec![false; nodes],
             sent: vec![0.0; nodes],
@@ -176,7 +169,7 @@ impl Flows {
         self.sent[node as usize]
     }
 
-    /// Pieces `node` is uploading right now (queued requests not included).
+    /// Pieces `node` is uploading right now.
     pub(crate) fn uploading(&self, node: u32) -> usize {
         self.uplinks[node as usize].flows
     }
@@ -202,7 +195,7 @@ impl Flows {
             receiver,
             piece,
             generation: 0,
-            state: State::Queued,
+            state: State::Transferring,
             live: true,
             bound: Bound::Unrated,
             down_share: 0.0,
@@ -226,11 +219,7 @@ impl Flows {
                 u32::try_from(self.flows.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        if self.uplinks[sender as usize].flows < self.upload_slots {
-            self.attach(now, id);
-        } else {
-            self.waiting[sender as usize].push_back(id);
-        }
+        self.attach(now, id);
         FlowRef {
             id,
             generation: self.flows[id as usize].generation,
@@ -259,12 +248,6 @@ impl Flows {
         let id = flow.id;
         match self.flows[id as usize].state {
             State::Transferring => self.detach(now, id),
-            State::Queued => {
-                let waiting = &mut self.waiting[self.flows[id as usize].sender as usize];
-                if let Some(at) = waiting.iter().position(|&x| x == id) {
-                    waiting.remove(at);
-                }
-            }
             State::Delivering => {}
         }
         self.flows[id as usize].live = false;
@@ -284,7 +267,7 @@ impl Flows {
         self.mark(receiver);
     }
 
-    /// Takes a transferring flow off its links; the sender's next waiting flow takes its slot.
+    /// Takes a transferring flow off its links.
     fn detach(&mut self, now: Nanos, id: u32) {
         self.unbind(now, id);
         let flow = &mut self.flows[id as usize];
@@ -297,9 +280,6 @@ impl Flows {
         }
         self.mark(sender);
         self.mark(receiver);
-        if let Some(next) = self.waiting[sender as usize].pop_front() {
-            self.attach(now, next);
-        }
     }
 
     /// Runs a sender's clock up to `now` at its current share, accounting the bytes moved.
@@ -685,7 +665,7 @@ mod tests {
     fn two_flows_share_a_sender_then_the_survivor_gets_the_whole_link() {
         // Sender 0 at 100 MB/s, receivers far faster: 50 MB/s each until the 10 MB flow is done
         // at 0.2 s; the 20 MB flow then has 10 MB left at 100 MB/s: done at 0.3 s.
-        let mut flows = Flows::new(links(&[(100e6, 1.0), (1.0, 1e9), (1.0, 1e9)]), None);
+        let mut flows = Flows::new(links(&[(100e6, 1.0), (1.0, 1e9), (1.0, 1e9)]));
         let mut queue = Queue::default();
         flows.start(0, 0, 1, 1, 10_000_000);
         flows.start(0, 0, 2, 2, 20_000_000);
@@ -701,10 +681,7 @@ mod tests {
         // 2 and 3 take 100 MB/s. Flow 2 (10 MB) is done at 0.1 s; flow 3 then gets 150 MB/s
         // with 30 MB left; flow 1 (10 MB at 50 MB/s) is done at 0.2 s; flow 3, 15 MB left,
         // then has the whole 300 MB/s: done at 0.25 s.
-        let mut flows = Flows::new(
-            links(&[(300e6, 1.0), (1.0, 50e6), (1.0, 1e9), (1.0, 1e9)]),
-            None,
-        );
+        let mut flows = Flows::new(links(&[(300e6, 1.0), (1.0, 50e6), (1.0, 1e9), (1.0, 1e9)]));
         let mut queue = Queue::default();
         flows.start(0, 0, 1, 1, 10_000_000);
         flows.start(0, 0, 2, 2, 10_000_000);
@@ -720,10 +697,7 @@ mod tests {
         // is sender-bound at first. Flow 2 (1 MB) is done at 0.03 s; the share rises to 50 MB/s
         // and flow 1 (7 MB left) moves at its receiver's 40 MB/s: done at 0.205 s. Flow 3 (9 MB
         // left at 50 MB/s) has 0.25 MB left then and the whole link: done at 0.2075 s.
-        let mut flows = Flows::new(
-            links(&[(100e6, 1.0), (1.0, 40e6), (1.0, 1e9), (1.0, 1e9)]),
-            None,
-        );
+        let mut flows = Flows::new(links(&[(100e6, 1.0), (1.0, 40e6), (1.0, 1e9), (1.0, 1e9)]));
         let mut queue = Queue::default();
         flows.start(0, 0, 1, 1, 8_000_000);
         flows.start(0, 0, 2, 2, 1_000_000);
@@ -738,16 +712,13 @@ mod tests {
         // (4 MB moved) three 1 GB/s receivers start 10 MB each: the share drops to 25 MB/s
         // and every flow is sender-bound. Flow 1 (6 MB left) is done at 0.34 s; the others
         // have 4 MB left then, at 33.3 MB/s each: done at 0.46 s.
-        let mut flows = Flows::new(
-            links(&[
-                (100e6, 1.0),
-                (1.0, 40e6),
-                (1.0, 1e9),
-                (1.0, 1e9),
-                (1.0, 1e9),
-            ]),
-            None,
-        );
+        let mut flows = Flows::new(links(&[
+            (100e6, 1.0),
+            (1.0, 40e6),
+            (1.0, 1e9),
+            (1.0, 1e9),
+            (1.0, 1e9),
+        ]));
         let mut queue = Queue::default();
         flows.start(0, 0, 1, 1, 10_000_000);
         // A tick at 0.1 s to start the others from.
@@ -766,7 +737,7 @@ mod tests {
     fn a_receiver_shares_its_link_among_its_senders() {
         // Receiver 2 at 100 MB/s from two 1 GB/s senders: 50 MB/s each; the 10 MB flow is done
         // at 0.2 s, the 20 MB one then gets 100 MB/s for its last 10 MB: done at 0.3 s.
-        let mut flows = Flows::new(links(&[(1e9, 1.0), (1e9, 1.0), (1.0, 100e6)]), None);
+        let mut flows = Flows::new(links(&[(1e9, 1.0), (1e9, 1.0), (1.0, 100e6)]));
         let mut queue = Queue::default();
         flows.start(0, 0, 2, 1, 10_000_000);
         flows.start(0, 1, 2, 2, 20_000_000);
@@ -778,7 +749,7 @@ mod tests {
     fn a_cancelled_flow_hands_its_share_back_and_counts_what_it_sent() {
         // Two 10 MB flows at 50 MB/s each; one is cancelled at 0.05 s (2.5 MB sent). The other,
         // 7.5 MB left, then has 100 MB/s: done at 0.125 s; the sender sent 12.5 MB in all.
-        let mut flows = Flows::new(links(&[(100e6, 1.0), (1.0, 1e9), (1.0, 1e9)]), None);
+        let mut flows = Flows::new(links(&[(100e6, 1.0), (1.0, 1e9), (1.0, 1e9)]));
         let mut queue = Queue::default();
         let cancelled = flows.start(0, 0, 1, 1, 10_000_000);
         flows.start(0, 0, 2, 2, 10_000_000);
@@ -790,16 +761,6 @@ mod tests {
         });
         assert_times(&done, &[(2, 0.125)]);
         assert!((flows.sent(0) - 12.5e6).abs() < 1.0, "{}", flows.sent(0));
-    }
-
-    #[test]
-    fn with_one_upload_slot_requests_are_served_in_turn() {
-        let mut flows = Flows::new(links(&[(100e6, 1.0), (1.0, 1e9), (1.0, 1e9)]), Some(1));
-        let mut queue = Queue::default();
-        flows.start(0, 0, 1, 1, 10_000_000);
-        flows.start(0, 0, 2, 2, 10_000_000);
-        let done = run(&mut flows, &mut queue, |_, _| {});
-        assert_times(&done, &[(1, 0.1), (2, 0.2)]);
     }
 
     /// The same flows by brute force: every flow re-rated at every start and finish.
@@ -870,7 +831,7 @@ mod tests {
                 })
                 .collect();
             let expected = reference(&list, &starts);
-            let mut flows = Flows::new(list.clone(), None);
+            let mut flows = Flows::new(list.clone());
             let mut queue = Queue::default();
             for &(at, ..) in &starts {
                 queue.push((at * 1e9) as Nanos, SimEvent::Tick { node: 0 });
@@ -901,7 +862,7 @@ mod tests {
         // from one clock wake-up, not one wake-up per flow per change.
         let mut list = vec![(1e9, 1.0)];
         list.extend(std::iter::repeat_n((1.0, 1e9), 2_000));
-        let mut flows = Flows::new(links(&list), None);
+        let mut flows = Flows::new(links(&list));
         let mut queue = Queue::default();
         for receiver in 1..=2_000 {
             flows.start(0, 0, receiver, receiver, 1_000_000);

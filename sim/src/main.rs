@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Parser;
+use shoal_p2p::P2pConfig;
 use shoal_p2p::scheduler::SchedulerConfig;
 use shoal_sim::{HandoutPolicy, SimConfig, TrackerModel, simulate};
 
@@ -47,19 +48,12 @@ struct Args {
     handout_limit: usize,
     #[arg(long, default_value = "3s", value_parser = duration)]
     announce_interval: Duration,
-    /// What-if: each node uploads at most this many pieces at once, queueing the rest (Shoal's
-    /// peer service has no such cap today).
-    #[arg(long)]
-    upload_slots: Option<usize>,
-    /// What-if: an origin uploading this many pieces answers further requests "busy" (reported
-    /// to the scheduler as a failed request; Shoal's origins have no such answer today).
-    #[arg(long)]
-    origin_busy_after: Option<usize>,
-    /// What-if: each agent has at most one request in flight at origins; the engine holds the
-    /// scheduler's further origin requests until it is delivered (the scheduler today keeps a
-    /// full pipeline at an origin while no agent is useful).
-    #[arg(long)]
-    one_origin_request: bool,
+    /// Pieces an agent uploads at once; more requests are answered busy (`p2p.upload_slots`).
+    #[arg(long, default_value_t = P2pConfig::default().upload_slots)]
+    upload_slots: usize,
+    /// Pieces an origin uploads at once (the origin's `p2p.upload_slots`).
+    #[arg(long, default_value_t = P2pConfig::default().upload_slots)]
+    origin_upload_slots: usize,
     /// Origins owning the blob (the tracker hands out only these).
     #[arg(long, default_value_t = 3)]
     replicas: u32,
@@ -148,8 +142,7 @@ fn main() -> anyhow::Result<ExitCode> {
             ..SchedulerConfig::default()
         },
         upload_slots: args.upload_slots,
-        origin_busy_after: args.origin_busy_after,
-        one_origin_request: args.one_origin_request,
+        origin_upload_slots: args.origin_upload_slots,
         time_limit: args.time_limit,
         seed: args.seed,
         ..SimConfig::default()

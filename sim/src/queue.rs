@@ -24,8 +24,8 @@ pub(crate) enum SimEvent {
     FlowWake { flow: u32 },
     /// Re-examine a sender's clock: its earliest sender-bound flow may have finished.
     ClockWake { node: u32 },
-    /// What-if: an origin's busy answer to `node`'s request reaches it.
-    Busy { node: u32, origin: u32, piece: u32 },
+    /// A sender's busy answer to `node`'s request reaches it.
+    Busy { node: u32, sender: u32, piece: u32 },
     /// The last byte of a piece reached the downloader.
     PieceArrived { flow: u32, generation: u32 },
     /// `node` verified `piece`: tell the peers holding a session with it.

@@ -65,8 +65,9 @@ pub struct Report {
     pub origin_egress_bytes: u64,
     /// Origin egress divided by S.
     pub origin_egress_ratio: f64,
-    /// Requests origins answered "busy" (only with the `origin_busy_after` what-if).
-    pub busy_answers: u64,
+    /// Requests answered "busy" for lack of an upload slot, by origins and by agents.
+    pub busy_from_origins: u64,
+    pub busy_from_agents: u64,
     /// Virtual time when the last agent completed (or the run stopped), seconds.
     pub virtual_seconds: f64,
     pub events: u64,
@@ -103,9 +104,11 @@ impl fmt::Display for Report {
             "origin egress {} bytes = {:.2} × S",
             self.origin_egress_bytes, self.origin_egress_ratio
         )?;
-        if self.busy_answers > 0 {
-            writeln!(f, "busy answers from origins: {}", self.busy_answers)?;
-        }
+        writeln!(
+            f,
+            "busy answers: {} from origins, {} from agents",
+            self.busy_from_origins, self.busy_from_agents
+        )?;
         write!(
             f,
             "{} events in {:.2} s wall time ({:.1} s virtual)",

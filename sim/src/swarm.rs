@@ -36,8 +36,6 @@ struct Node {
     completed: Option<Nanos>,
     /// This node's requests in flight: (sender, piece, transfer).
     requests: Vec<(u32, u32, FlowRef)>,
-    /// What-if `one_origin_request`: requests to origins held back, (origin, piece), in order.
-    held: Vec<(u32, u32)>,
     /// Agents holding a session with this agent, told about each piece it gains.
     subscribers: Vec<u32>,
 }
@@ -63,7 +61,8 @@ pub struct Swarm {
     scratch: Vec<u32>,
     /// Reused for the flows a sender's clock finishes at once.
     finished: Vec<FlowRef>,
-    busy_answers: u64,
+    busy_from_origins: u64,
+    busy_from_agents: u64,
 }
 
 impl Swarm {
@@ -129,7 +128,6 @@ impl Swarm {
                     arrived,
                     completed: None,
                     requests: Vec::new(),
-                    held: Vec::new(),
                     subscribers: Vec::new(),
                 }
             })
@@ -150,14 +148,15 @@ impl Swarm {
             ids,
             index,
             full: Bitfield::full(pieces),
-            flows: Flows::new(links, config.upload_slots),
+            flows: Flows::new(links),
             queue,
             rng,
             now: 0,
             complete: 0,
             scratch: Vec::new(),
             finished: Vec::new(),
-            busy_answers: 0,
+            busy_from_origins: 0,
+            busy_from_agents: 0,
             config,
         })
     }
@@ -254,11 +253,11 @@ impl Swarm {
             }
             SimEvent::Busy {
                 node,
-                origin,
+                sender,
                 piece,
             } => {
-                let peer = self.ids[origin as usize].clone();
-                self.send(node, Event::PieceFailed { peer, piece });
+                let peer = self.ids[sender as usize].clone();
+                self.send(node, Event::PieceBusy { peer, piece });
             }
             SimEvent::PieceArrived { flow, generation } => {
                 let flow = FlowRef {
@@ -273,7 +272,6 @@ impl Swarm {
                 self.nodes[receiver as usize]
                     .requests
                     .retain(|&(_, _, f)| f != flow);
-                self.release_held(receiver);
                 let newly = !self.have(receiver).get(piece);
                 let peer = self.ids[sender as usize].clone();
                 self.send(receiver, Event::PieceDone { peer, piece });
@@ -359,26 +357,26 @@ impl Swarm {
                     return;
                 };
                 let origin = sender < self.origins;
-                if origin
-                    && self
-                        .config
-                        .origin_busy_after
-                        .is_some_and(|cap| self.flows.uploading(sender) >= cap)
-                {
-                    // What-if: the origin refuses at once; the answer takes a round trip.
-                    self.busy_answers += 1;
+                let slots = if origin {
+                    self.config.origin_upload_slots
+                } else {
+                    self.config.upload_slots
+                };
+                if self.flows.uploading(sender) >= slots {
+                    // The sender refuses at once; the answer takes a round trip.
+                    if origin {
+                        self.busy_from_origins += 1;
+                    } else {
+                        self.busy_from_agents += 1;
+                    }
                     self.queue.push(
                         now + 2 * self.latency,
                         SimEvent::Busy {
                             node,
-                            origin: sender,
+                            sender,
                             piece,
                         },
                     );
-                    return;
-                }
-                if origin && self.config.one_origin_request && self.at_origin(node) {
-                    self.nodes[node as usize].held.push((sender, piece));
                     return;
                 }
                 self.request(node, sender, piece);
@@ -412,28 +410,7 @@ impl Swarm {
             .push((sender, piece, flow));
     }
 
-    /// Whether `node` has a request in flight at an origin.
-    fn at_origin(&self, node: u32) -> bool {
-        let origins = self.origins;
-        self.nodes[node as usize]
-            .requests
-            .iter()
-            .any(|&(sender, _, _)| sender < origins)
-    }
-
-    /// What-if `one_origin_request`: sends the next held origin request once none is in flight.
-    fn release_held(&mut self, node: u32) {
-        if self.nodes[node as usize].held.is_empty() || self.at_origin(node) {
-            return;
-        }
-        let (origin, piece) = self.nodes[node as usize].held.remove(0);
-        self.request(node, origin, piece);
-    }
-
     fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
-        self.nodes[node as usize]
-            .held
-            .retain(|&(sender, piece)| !matches(sender, piece));
         let requests = &mut self.nodes[node as usize].requests;
         let mut at = 0;
         while at < requests.len() {
@@ -445,7 +422,6 @@ impl Swarm {
                 at += 1;
             }
         }
-        self.release_held(node);
     }
 
     fn unsubscribe(&mut self, node: u32, peer: u32) {
@@ -478,7 +454,8 @@ impl Swarm {
             seconds,
             origin_egress_bytes: origin_egress.round() as u64,
             origin_egress_ratio: origin_egress / self.config.blob_size as f64,
-            busy_answers: self.busy_answers,
+            busy_from_origins: self.busy_from_origins,
+            busy_from_agents: self.busy_from_agents,
             virtual_seconds: self.now as f64 / 1e9,
             events: self.queue.processed(),
             wall_seconds: wall.as_secs_f64(),
