@@ -5,7 +5,8 @@
 //!
 //! Modules: `routes` dispatches `/v2/…` to `blobs` and `manifests`; `tags` resolves and caches
 //! tags; `namespace` maps containerd's `?ns=`; `cache` evicts; `errors` is the one place failures
-//! become Registry V2 JSON; `peer_id` names the agent in the swarm.
+//! become Registry V2 JSON; `peer_id` names the agent in the swarm; `preheat` fetches a whole
+//! image into the cache when the proxy asks (`POST /preheat`).
 
 mod blobs;
 mod cache;
@@ -15,6 +16,7 @@ mod manifests;
 mod metrics;
 mod namespace;
 mod peer_id;
+mod preheat;
 mod routes;
 mod tags;
 

@@ -48,7 +48,11 @@ pub async fn get(
 }
 
 /// The blob's bytes when it exists and is small enough to be a manifest.
-async fn read(state: &AppState, name: &Name, digest: &Digest) -> Result<Option<Bytes>, AgentError> {
+pub async fn read(
+    state: &AppState,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Option<Bytes>, AgentError> {
     let _reading = state.cache.reader(*digest);
     let blob = match state.engine.fetch(digest, Some(name)).await {
         Ok(blob) => blob,

@@ -1,5 +1,5 @@
 //! The agent's own metrics (HTTP ones come from shoal-service, piece exchange ones from
-//! shoal-p2p): blob requests by outcome and the disk cache's size and evictions.
+//! shoal-p2p): blob and preheat requests by outcome and the disk cache's size and evictions.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +32,30 @@ impl BlobResult {
     }
 }
 
+/// How a `POST /preheat` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PreheatResult {
+    /// Every blob of the image is in the store.
+    Ok,
+    /// The body, repository or digest did not parse; nothing was fetched.
+    BadRequest,
+    /// The manifest exists nowhere (or is no manifest).
+    NotFound,
+    /// Fetching a blob, the engine or the store failed.
+    Failed,
+}
+
+impl PreheatResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            PreheatResult::Ok => "ok",
+            PreheatResult::BadRequest => "bad_request",
+            PreheatResult::NotFound => "not_found",
+            PreheatResult::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -41,6 +65,7 @@ struct ResultLabels {
 #[derive(Debug, Clone, Default)]
 pub struct AgentMetrics {
     blob_requests: Family<ResultLabels, Counter>,
+    preheat_requests: Family<ResultLabels, Counter>,
     pub cache: CacheMetrics,
 }
 
@@ -53,6 +78,11 @@ impl AgentMetrics {
             "blob_requests",
             "Blob GET and HEAD requests, by result (hit, miss, not_found, error)",
             metrics.blob_requests.clone(),
+        );
+        agent.register(
+            "preheat_requests",
+            "POST /preheat requests, by result (ok, bad_request, not_found, failed)",
+            metrics.preheat_requests.clone(),
         );
         agent.register(
             "cache_bytes",
@@ -79,6 +109,14 @@ impl AgentMetrics {
             })
             .inc();
     }
+
+    pub fn preheat_request(&self, result: PreheatResult) {
+        self.preheat_requests
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
 }
 
 #[cfg(test)]
@@ -94,6 +132,7 @@ mod tests {
         metrics.blob_request(BlobResult::Hit);
         metrics.blob_request(BlobResult::NotFound);
         metrics.blob_request(BlobResult::NotFound);
+        metrics.preheat_request(PreheatResult::BadRequest);
         metrics.cache.bytes.set(7);
         metrics.cache.evictions.inc();
         metrics.cache.evicted_bytes.inc_by(9);
@@ -101,6 +140,7 @@ mod tests {
         for line in [
             "shoal_agent_blob_requests_total{result=\"hit\"} 1\n",
             "shoal_agent_blob_requests_total{result=\"not_found\"} 2\n",
+            "shoal_agent_preheat_requests_total{result=\"bad_request\"} 1\n",
             "shoal_agent_cache_bytes 7\n",
             "shoal_agent_cache_evictions_total 1\n",
             "shoal_agent_cache_evicted_bytes_total 9\n",

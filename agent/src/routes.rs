@@ -2,6 +2,7 @@
 //! the raw path into a [`V2Route`], resolves the repository (containerd's `?ns=`), dispatches
 //! on route and method, labels the response for the HTTP metrics and stamps the API version
 //! header. The agent is read-only: anything that would write answers 405 UNSUPPORTED.
+//! `POST /preheat` (outside `/v2/`) is the proxy's way to fill the cache ahead of a pull.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, post};
 use http::Method;
 use shoal_core::{ErrorCode, V2Route, parse_v2_path};
 use shoal_p2p::Engine;
@@ -21,7 +22,7 @@ use crate::errors::AgentError;
 use crate::metrics::AgentMetrics;
 use crate::namespace::Namespaces;
 use crate::tags::TagCache;
-use crate::{blobs, manifests};
+use crate::{blobs, manifests, preheat};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -36,7 +37,8 @@ pub struct AppState {
     pub metrics: AgentMetrics,
 }
 
-/// The `/v2/` API (without `/health` and `/metrics`, which shoal-service adds).
+/// The `/v2/` API and `POST /preheat` (without `/health` and `/metrics`, which shoal-service
+/// adds).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2", any(dispatch))
@@ -45,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(
             shoal_service::http::registry_api_version,
         ))
+        // Added after the layer: preheat is no Registry V2 endpoint.
+        .route("/preheat", post(preheat::handle))
         .with_state(state)
 }
 

@@ -64,6 +64,13 @@ pub struct Descriptor {
     pub size: u64,
 }
 
+/// The `platform` of an index entry: the OS and CPU its child manifest runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+}
+
 /// Why a manifest was rejected.
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -100,6 +107,8 @@ pub struct Manifest {
     config: Option<Descriptor>,
     layers: Vec<Descriptor>,
     children: Vec<Descriptor>,
+    /// The platform of each child, when its entry names one (same order as `children`).
+    platforms: Vec<Option<Platform>>,
 }
 
 impl Manifest {
@@ -128,11 +137,13 @@ impl Manifest {
         let media_type = resolve_media_type(&object, content_type)?;
         if media_type.is_index() {
             let children = descriptor_list(&object, "manifests")?;
+            let platforms = child_platforms(&object);
             Ok(Manifest {
                 media_type,
                 config: None,
                 layers: Vec::new(),
                 children,
+                platforms,
             })
         } else {
             let config = object.get("config").ok_or_else(|| missing("config"))?;
@@ -143,6 +154,7 @@ impl Manifest {
                 config: Some(config),
                 layers,
                 children: Vec::new(),
+                platforms: Vec::new(),
             })
         }
     }
@@ -170,6 +182,37 @@ impl Manifest {
     pub fn children(&self) -> &[Descriptor] {
         &self.children
     }
+
+    /// The children of an index whose entry names platform `os`/`architecture` (OCI names:
+    /// `linux`, `amd64`, `arm64`). Entries without a platform (attestations, say) never match.
+    pub fn children_for(&self, os: &str, architecture: &str) -> impl Iterator<Item = &Descriptor> {
+        self.children
+            .iter()
+            .zip(&self.platforms)
+            .filter(move |(_, platform)| {
+                platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == os && p.architecture == architecture)
+            })
+            .map(|(child, _)| child)
+    }
+}
+
+/// Each entry's `platform.os` and `platform.architecture`; an entry lacking either (or with
+/// other types) has none. Only a filter reads them, so they are not validated further.
+fn child_platforms(object: &Map<String, Value>) -> Vec<Option<Platform>> {
+    let entries = object.get("manifests").and_then(Value::as_array);
+    entries
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            let platform = entry.get("platform")?;
+            Some(Platform {
+                os: platform.get("os")?.as_str()?.to_owned(),
+                architecture: platform.get("architecture")?.as_str()?.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// The body's `mediaType` wins, then a manifest `Content-Type`, then the shape of the body.
@@ -428,6 +471,10 @@ mod tests {
             assert!(manifest.config().is_none());
             assert!(manifest.layers().is_empty());
             assert_eq!(manifest.blobs().count(), 0);
+            let amd64: Vec<_> = manifest.children_for("linux", "amd64").collect();
+            assert_eq!(amd64, [&manifest.children()[1]]);
+            assert_eq!(manifest.children_for("linux", "arm64").count(), 0);
+            assert_eq!(manifest.children_for("windows", "amd64").count(), 0);
         }
     }
 
