@@ -2,6 +2,7 @@
 //! build-index nodes it forwards to, and how it preheats pushed images.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -9,7 +10,7 @@ use shoal_membership::MembersConfig;
 use shoal_service::LogConfig;
 
 /// Proxy settings. Every field has a default, so an empty file runs against the local dev cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Registry V2 listen address.
@@ -42,7 +43,7 @@ impl Default for ProxyConfig {
 }
 
 /// `preheat:`: how registry push notifications and `POST /preheat` jobs are run.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PreheatConfig {
     /// Shared secret the webhook caller must send in `secret_header` (the bare value, or
@@ -66,6 +67,59 @@ pub struct PreheatConfig {
     pub retry_max: Duration,
     /// Finished jobs remembered for `GET /preheat/{id}`; the oldest are forgotten first.
     pub history: usize,
+    /// Where every job is kept as a JSON file, so that queued and running jobs resume after a
+    /// restart and finished ones stay readable. Give each replica its own.
+    pub state_dir: PathBuf,
+    /// Agents that also fetch each preheated image into their caches.
+    pub agents: PreheatAgentsConfig,
+}
+
+/// `preheat.agents:`: after the origins hold an image, this many agents fetch it too. The
+/// agents are picked by rendezvous hashing of the manifest digest, so each image lands on its
+/// own agents and a retried job asks the same ones.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreheatAgentsConfig {
+    /// The agents' HTTP (Registry V2) addresses, a static list or DNS (a headless Service over
+    /// the agent DaemonSet); empty: images are preheated on the origins only.
+    pub members: MembersConfig,
+    /// Agents per image.
+    pub count: usize,
+    /// Share of the healthy agents per image, from 0.0 to 1.0. The larger of `count` and
+    /// `ceil(share × healthy agents)` is used, capped at the healthy agents.
+    pub share: f64,
+    /// Agents asked at once per job.
+    pub concurrency: usize,
+    /// How long one agent may take to fetch a whole image before the request counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for PreheatAgentsConfig {
+    fn default() -> Self {
+        Self {
+            members: MembersConfig::default(),
+            count: 0,
+            share: 0.0,
+            concurrency: 4,
+            // A multi-GiB image over a busy node's link takes minutes.
+            timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl PreheatAgentsConfig {
+    /// Whether any agent preheats at all.
+    pub fn enabled(&self) -> bool {
+        !self.members.is_empty() && (self.count > 0 || self.share > 0.0)
+    }
+
+    /// Agents per image when `healthy` agents pass their health checks.
+    pub fn wanted(&self, healthy: usize) -> usize {
+        // Shares are at most 1.0 (validated), so the product fits any member count.
+        let by_share = (self.share * healthy as f64).ceil() as usize;
+        self.count.max(by_share).min(healthy)
+    }
 }
 
 impl Default for PreheatConfig {
@@ -80,6 +134,8 @@ impl Default for PreheatConfig {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             history: 1000,
+            state_dir: PathBuf::from("shoal-data/proxy/preheat"),
+            agents: PreheatAgentsConfig::default(),
         }
     }
 }
@@ -103,6 +159,16 @@ pub enum ConfigError {
     PreheatZero { field: &'static str },
     #[error("config field `preheat.secret_header`: {header:?} is not a valid header name")]
     PreheatHeader { header: String },
+    #[error("config field `preheat.state_dir`: must not be empty")]
+    PreheatStateDir,
+    #[error("config field `preheat.agents.share`: {share} is not between 0.0 and 1.0")]
+    PreheatAgentsShare { share: f64 },
+    #[error(
+        "config field `preheat.agents.members`: `count` or `share` asks for agents, but no members are listed"
+    )]
+    PreheatAgentsMissing,
+    #[error("config field `preheat.agents.members`: {reason}")]
+    PreheatAgentsMembers { reason: String },
 }
 
 impl ProxyConfig {
@@ -143,6 +209,7 @@ impl ProxyConfig {
             ("queue", preheat.queue),
             ("attempts", preheat.attempts as usize),
             ("history", preheat.history),
+            ("agents.concurrency", preheat.agents.concurrency),
         ] {
             if value == 0 {
                 return Err(ConfigError::PreheatZero { field });
@@ -153,6 +220,22 @@ impl ProxyConfig {
                 header: preheat.secret_header.clone(),
             });
         }
+        if preheat.state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::PreheatStateDir);
+        }
+        let agents = &preheat.agents;
+        if !(0.0..=1.0).contains(&agents.share) {
+            return Err(ConfigError::PreheatAgentsShare {
+                share: agents.share,
+            });
+        }
+        if agents.members.is_empty() && (agents.count > 0 || agents.share > 0.0) {
+            return Err(ConfigError::PreheatAgentsMissing);
+        }
+        agents
+            .members
+            .validate()
+            .map_err(|reason| ConfigError::PreheatAgentsMembers { reason })?;
         Ok(())
     }
 }
@@ -237,5 +320,76 @@ mod tests {
             ..PreheatConfig::default()
         });
         assert!(error.contains("preheat.secret_header"), "{error}");
+    }
+
+    #[test]
+    fn agent_preheat_settings_parse_and_are_checked() {
+        let yaml = "preheat:\n  state_dir: /var/lib/shoal/preheat\n  agents:\n    members: [a:1, b:1]\n    count: 1\n    share: 0.5\n";
+        let config: ProxyConfig = shoal_service::config::parse(yaml, "proxy.yaml").unwrap();
+        let agents = &config.preheat.agents;
+        assert_eq!(agents.members, MembersConfig::fixed(["a:1", "b:1"]));
+        assert_eq!((agents.count, agents.share), (1, 0.5));
+        assert!(agents.enabled());
+        assert_eq!(
+            config.preheat.state_dir,
+            PathBuf::from("/var/lib/shoal/preheat")
+        );
+        config.validate().unwrap();
+        assert!(!PreheatAgentsConfig::default().enabled());
+
+        let with = |agents: PreheatAgentsConfig| {
+            ProxyConfig {
+                preheat: PreheatConfig {
+                    agents,
+                    ..PreheatConfig::default()
+                },
+                ..ProxyConfig::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        let members = MembersConfig::fixed(["a:1"]);
+        for share in [1.5, -0.1, f64::NAN] {
+            let error = with(PreheatAgentsConfig {
+                members: members.clone(),
+                share,
+                ..PreheatAgentsConfig::default()
+            })
+            .unwrap_err();
+            assert!(error.contains("preheat.agents.share"), "{error}");
+        }
+        let error = with(PreheatAgentsConfig {
+            count: 2,
+            ..PreheatAgentsConfig::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("preheat.agents.members"), "{error}");
+        let error = with(PreheatAgentsConfig {
+            members,
+            concurrency: 0,
+            ..PreheatAgentsConfig::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("preheat.agents.concurrency"), "{error}");
+    }
+
+    #[test]
+    fn agents_wanted_is_the_larger_of_count_and_share_capped_at_the_healthy() {
+        let wanted = |count, share, healthy| {
+            PreheatAgentsConfig {
+                count,
+                share,
+                ..PreheatAgentsConfig::default()
+            }
+            .wanted(healthy)
+        };
+        assert_eq!(wanted(2, 0.0, 3), 2);
+        assert_eq!(wanted(2, 0.0, 1), 1, "capped at the healthy agents");
+        assert_eq!(wanted(0, 0.5, 3), 2, "the share rounds up");
+        assert_eq!(wanted(1, 0.5, 10), 5);
+        assert_eq!(wanted(6, 0.5, 10), 6);
+        assert_eq!(wanted(0, 1.0, 7), 7);
+        assert_eq!(wanted(0, 0.01, 200), 2);
+        assert_eq!(wanted(3, 1.0, 0), 0);
     }
 }

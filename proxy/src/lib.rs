@@ -1,11 +1,13 @@
 //! `shoal-proxy`: the Registry V2 front door. Clients push and pull through it with the
 //! distribution API; blob bytes stream to and from the origin that owns each digest, upload
-//! sessions live on origins, and tags go to the build-index. The proxy keeps no state of its own,
-//! so any number of replicas can run behind one address.
+//! sessions live on origins, and tags go to the build-index. The proxy keeps no state of its own
+//! beyond its preheat jobs (files under `preheat.state_dir`, one directory per replica), so any
+//! number of replicas can run behind one address.
 //!
 //! Resources are one module each (`base`, `blobs`, `uploads`, `manifests`, `tags`, `catalog`),
 //! dispatched by `routes`; `errors` turns every failure into the spec's JSON error body.
-//! `preheat` receives registry push notifications and has the origins pull pushed images in.
+//! `preheat` receives registry push notifications and has the origins (and optionally a few
+//! agents) pull pushed images in.
 
 mod base;
 mod blobs;
@@ -66,16 +68,31 @@ pub async fn run(
     let membership_metrics = shoal_membership::MembershipMetrics::register(builder.registry());
     let (metrics, registry) = ProxyMetrics::register(builder);
     let upstreams = Arc::new(
-        Upstreams::start(http, &config, &membership_metrics, shutdown.clone())
+        Upstreams::start(http.clone(), &config, &membership_metrics, shutdown.clone())
             .await
             .context("health-checking the origins (config field `origins`)")?,
     );
+    let agents = preheat::Agents::start(
+        &config.preheat.agents,
+        http,
+        &membership_metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("following the agents (config field `preheat.agents.members`)")?;
     let preheater = preheat::Preheater::start(
         config.preheat.clone(),
         upstreams.clone(),
+        agents,
         metrics.clone(),
         shutdown.clone(),
-    );
+    )
+    .with_context(|| {
+        format!(
+            "loading preheat jobs from {} (config field `preheat.state_dir`)",
+            config.preheat.state_dir.display()
+        )
+    })?;
     let state = AppState { upstreams, metrics };
     let app = shoal_service::http::with_common_routes(
         routes::router(state).merge(preheat::router(preheater)),

@@ -27,6 +27,12 @@ pub struct ProxyMetrics {
     /// Blobs (manifests included) that every owning origin holds with metainfo, counted once
     /// per job.
     pub preheat_blobs: Counter,
+    /// Unfinished jobs read back from `preheat.state_dir` at start and queued again.
+    pub preheat_jobs_resumed: Counter,
+    /// Agents that answered that they hold a preheated image.
+    pub preheat_agents_succeeded: Counter,
+    /// Agent preheat requests that failed (each retry counts).
+    pub preheat_agents_failed: Counter,
 }
 
 impl ProxyMetrics {
@@ -75,6 +81,21 @@ impl ProxyMetrics {
                 "Blobs preheated on all of their owning origins",
                 &metrics.preheat_blobs,
             ),
+            (
+                "preheat_jobs_resumed",
+                "Unfinished preheat jobs queued again after a restart",
+                &metrics.preheat_jobs_resumed,
+            ),
+            (
+                "preheat_agents_succeeded",
+                "Agents that fetched a preheated image into their caches",
+                &metrics.preheat_agents_succeeded,
+            ),
+            (
+                "preheat_agents_failed",
+                "Agent preheat requests that failed (each attempt counts)",
+                &metrics.preheat_agents_failed,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
@@ -115,6 +136,9 @@ mod tests {
             "shoal_proxy_preheat_jobs_succeeded_total 0\n",
             "shoal_proxy_preheat_jobs_failed_total 0\n",
             "shoal_proxy_preheat_events_ignored_total 0\n",
+            "shoal_proxy_preheat_jobs_resumed_total 0\n",
+            "shoal_proxy_preheat_agents_succeeded_total 0\n",
+            "shoal_proxy_preheat_agents_failed_total 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

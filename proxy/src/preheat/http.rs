@@ -244,6 +244,7 @@ mod tests {
         url: String,
         metrics: ProxyMetrics,
         shutdown: CancellationToken,
+        _state: tempfile::TempDir,
     }
 
     impl Drop for Served {
@@ -253,6 +254,11 @@ mod tests {
     }
 
     async fn serve(preheat: PreheatConfig) -> Served {
+        let state = tempfile::tempdir().unwrap();
+        let preheat = PreheatConfig {
+            state_dir: state.path().to_owned(),
+            ..preheat
+        };
         let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let nowhere = nowhere.local_addr().unwrap().to_string();
         let config = ProxyConfig {
@@ -276,9 +282,11 @@ mod tests {
                 .await
                 .unwrap(),
             ),
+            None,
             metrics.clone(),
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = router(preheater);
@@ -292,6 +300,7 @@ mod tests {
             url,
             metrics,
             shutdown,
+            _state: state,
         }
     }
 

@@ -1,13 +1,16 @@
 //! Preheat jobs: what each asks for, its progress as `GET /preheat/{id}` reports it, and the
-//! bounded table that remembers them.
+//! bounded table that remembers them. Every change to a job is written to its file in the
+//! [`JobStore`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, Name, Tag};
+
+use super::store::JobStore;
 
 /// The image a job preheats.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +61,7 @@ impl fmt::Display for Image {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Queued,
@@ -68,17 +71,25 @@ pub enum State {
 }
 
 /// What started a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+impl State {
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Webhook,
     Api,
 }
 
-/// A job's progress, as `GET /preheat/{id}` returns it.
-#[derive(Debug, Clone, Serialize)]
+/// A job's progress, as `GET /preheat/{id}` returns it and its file holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub id: String,
+    /// When the job was created, in milliseconds since the Unix epoch.
+    pub created: u64,
     pub image: String,
     pub source: Source,
     pub state: State,
@@ -90,55 +101,17 @@ pub struct Progress {
     pub blobs_total: usize,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The agents phase, once the job reached it with `preheat.agents` configured.
+    #[serde(default)]
+    pub agents: Option<AgentsProgress>,
 }
 
-/// A queued job and the progress record its worker updates.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: String,
-    pub image: Image,
-    pub progress: Arc<Mutex<Progress>>,
-}
-
-impl Job {
-    /// Applies `change` to the job's progress record.
-    pub fn update(&self, change: impl FnOnce(&mut Progress)) {
-        change(&mut self.progress.lock().expect("progress lock poisoned"));
-    }
-}
-
-/// Every job still queued or running, and the most recent finished ones.
-#[derive(Debug)]
-pub struct JobTable {
-    /// Ids are `<start time>-<sequence>`, so a restarted proxy never reuses one.
-    prefix: String,
-    next: u64,
-    jobs: HashMap<String, Arc<Mutex<Progress>>>,
-    order: VecDeque<String>,
-    history: usize,
-}
-
-impl JobTable {
-    /// Remembers at most `history` finished jobs.
-    pub fn new(history: usize) -> Self {
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Self {
-            prefix: format!("{started:x}"),
-            next: 1,
-            jobs: HashMap::new(),
-            order: VecDeque::new(),
-            history,
-        }
-    }
-
-    /// Creates a queued job for `image`.
-    pub fn create(&mut self, image: Image, source: Source) -> Job {
-        let id = format!("{}-{}", self.prefix, self.next);
-        self.next += 1;
-        let progress = Arc::new(Mutex::new(Progress {
-            id: id.clone(),
+impl Progress {
+    /// A queued job for `image`.
+    pub fn new(id: String, image: &Image, source: Source) -> Progress {
+        Progress {
+            id,
+            created: now_ms(),
             image: image.to_string(),
             source,
             state: State::Queued,
@@ -150,21 +123,162 @@ impl JobTable {
             blobs_total: 0,
             attempts: 0,
             last_error: None,
-        }));
+            agents: None,
+        }
+    }
+}
+
+/// Which agents fetch the image and how far they got (addresses as configured or resolved).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentsProgress {
+    /// Chosen once per job, so that retries (and a restarted proxy) ask the same agents.
+    pub selected: Vec<String>,
+    /// Agents that answered that they hold every blob.
+    pub done: Vec<String>,
+    /// Agents whose last request failed; retried with the job.
+    pub failed: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// The sequence number of a job id (`<prefix>-<sequence>`).
+fn sequence(id: &str) -> Option<u64> {
+    id.rsplit_once('-')?.1.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A queued job and the progress record its worker updates.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub image: Image,
+    pub progress: Arc<Mutex<Progress>>,
+    store: Arc<JobStore>,
+}
+
+impl Job {
+    /// Applies `change` to the job's progress record and writes it to the job's file.
+    pub fn update(&self, change: impl FnOnce(&mut Progress)) {
+        let snapshot = {
+            let mut progress = self.progress.lock().expect("progress lock poisoned");
+            change(&mut progress);
+            progress.clone()
+        };
+        // The job goes on without its file: it is then lost only if the proxy restarts.
+        if let Err(error) = self.store.save(&snapshot) {
+            tracing::warn!(job = %self.id, %error, "writing the preheat job file failed");
+        }
+    }
+
+    /// Applies `change` without writing the file, for counts that the next [`Job::update`]
+    /// writes anyway (a blob done, one of many per attempt).
+    pub fn update_in_memory(&self, change: impl FnOnce(&mut Progress)) {
+        change(&mut self.progress.lock().expect("progress lock poisoned"));
+    }
+
+    pub fn snapshot(&self) -> Progress {
+        self.progress
+            .lock()
+            .expect("progress lock poisoned")
+            .clone()
+    }
+}
+
+/// Every job still queued or running, and the most recent finished ones.
+#[derive(Debug)]
+pub struct JobTable {
+    /// Ids are `<start time in ms>-<sequence>`, so a restarted proxy never reuses one.
+    prefix: String,
+    next: u64,
+    jobs: HashMap<String, Arc<Mutex<Progress>>>,
+    /// Oldest first.
+    order: VecDeque<String>,
+    history: usize,
+    store: Arc<JobStore>,
+}
+
+impl JobTable {
+    /// Remembers at most `history` finished jobs, with their files in `store`.
+    pub fn new(history: usize, store: Arc<JobStore>) -> Self {
+        Self {
+            prefix: format!("{:x}", now_ms()),
+            next: 1,
+            jobs: HashMap::new(),
+            order: VecDeque::new(),
+            history,
+            store,
+        }
+    }
+
+    /// Creates a queued job for `image` and writes its file.
+    pub fn create(&mut self, image: Image, source: Source) -> Job {
+        let id = format!("{}-{}", self.prefix, self.next);
+        self.next += 1;
+        let job = self.insert(Progress::new(id, &image, source), image);
+        job.update(|_| {});
+        self.forget_old();
+        job
+    }
+
+    /// Takes back jobs read from their files, oldest first; returns those to run again.
+    /// Unfinished ones are queued again (a resumed job gets a fresh set of attempts), finished
+    /// ones are kept for `GET` up to the history. A file whose image no longer parses is
+    /// dropped.
+    pub fn restore(&mut self, mut loaded: Vec<Progress>) -> Vec<Job> {
+        loaded.sort_by_key(|progress| (progress.created, sequence(&progress.id).unwrap_or(0)));
+        let mut unfinished = Vec::new();
+        for mut progress in loaded {
+            // A restart within the same millisecond would otherwise hand out these ids again.
+            if let Some((prefix, number)) = progress.id.rsplit_once('-')
+                && prefix == self.prefix
+                && let Ok(number) = number.parse::<u64>()
+            {
+                self.next = self.next.max(number + 1);
+            }
+            let image = match Image::parse(&progress.image) {
+                Ok(image) => image,
+                Err(reason) => {
+                    tracing::warn!(job = %progress.id, image = %progress.image, %reason, "dropping a preheat job whose image does not parse");
+                    self.store.remove(&progress.id);
+                    continue;
+                }
+            };
+            let resume = !progress.state.is_finished();
+            if resume {
+                progress.state = State::Queued;
+            }
+            let job = self.insert(progress, image);
+            if resume {
+                job.update(|_| {});
+                unfinished.push(job);
+            }
+        }
+        self.forget_old();
+        unfinished
+    }
+
+    fn insert(&mut self, progress: Progress, image: Image) -> Job {
+        let id = progress.id.clone();
+        let progress = Arc::new(Mutex::new(progress));
         self.jobs.insert(id.clone(), progress.clone());
         self.order.push_back(id.clone());
-        self.forget_old();
         Job {
             id,
             image,
             progress,
+            store: self.store.clone(),
         }
     }
 
-    /// Drops a job that never made it into the queue.
+    /// Drops a job (and its file) that never made it into the queue.
     pub fn remove(&mut self, id: &str) {
         self.jobs.remove(id);
         self.order.retain(|other| other != id);
+        self.store.remove(id);
     }
 
     pub fn get(&self, id: &str) -> Option<Progress> {
@@ -172,14 +286,15 @@ impl JobTable {
         Some(progress.lock().expect("progress lock poisoned").clone())
     }
 
-    /// Forgets the oldest finished jobs beyond `history`. Unfinished jobs are bounded by the
-    /// queue and the workers, so they are always kept.
+    /// Forgets the oldest finished jobs beyond `history`, files included. Unfinished jobs are
+    /// bounded by the queue and the workers, so they are always kept.
     fn forget_old(&mut self) {
         let finished = |progress: &Arc<Mutex<Progress>>| {
-            matches!(
-                progress.lock().expect("progress lock poisoned").state,
-                State::Succeeded | State::Failed
-            )
+            progress
+                .lock()
+                .expect("progress lock poisoned")
+                .state
+                .is_finished()
         };
         let mut finished_count = self.jobs.values().filter(|p| finished(p)).count();
         while finished_count > self.history {
@@ -188,6 +303,7 @@ impl JobTable {
             };
             let id = self.order.remove(position).expect("position is in range");
             self.jobs.remove(&id);
+            self.store.remove(&id);
             finished_count -= 1;
         }
     }
@@ -222,9 +338,16 @@ mod tests {
         }
     }
 
+    fn store() -> (tempfile::TempDir, Arc<JobStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(JobStore::open(dir.path()).unwrap());
+        (dir, store)
+    }
+
     #[test]
     fn finished_jobs_beyond_the_history_are_forgotten_oldest_first() {
-        let mut table = JobTable::new(2);
+        let (_dir, store) = store();
+        let mut table = JobTable::new(2, store.clone());
         let image = Image::parse("a/b:v1").unwrap();
         let jobs: Vec<Job> = (0..4)
             .map(|_| table.create(image.clone(), Source::Api))
@@ -243,5 +366,44 @@ mod tests {
         assert!(table.get(&jobs[2].id).is_some());
         assert!(table.get(&jobs[3].id).is_some());
         assert_eq!(table.get(&newest.id).unwrap().state, State::Queued);
+        let mut on_disk: Vec<String> = store.load().unwrap().into_iter().map(|p| p.id).collect();
+        on_disk.sort();
+        let mut kept = vec![
+            jobs[0].id.clone(),
+            jobs[2].id.clone(),
+            jobs[3].id.clone(),
+            newest.id.clone(),
+        ];
+        kept.sort();
+        assert_eq!(on_disk, kept, "the forgotten job's file is deleted");
+    }
+
+    #[test]
+    fn restored_jobs_resume_unfinished_and_keep_the_newest_finished() {
+        let (_dir, store) = store();
+        let image = Image::parse("a/b:v1").unwrap();
+        let ids: Vec<String> = {
+            let mut before = JobTable::new(10, store.clone());
+            let jobs: Vec<Job> = (0..4)
+                .map(|_| before.create(image.clone(), Source::Api))
+                .collect();
+            jobs[0].update(|p| p.state = State::Running);
+            for job in &jobs[1..3] {
+                job.update(|p| p.state = State::Failed);
+            }
+            jobs.iter().map(|j| j.id.clone()).collect()
+        };
+        let mut after = JobTable::new(1, store.clone());
+        let mut loaded = store.load().unwrap();
+        loaded.reverse();
+        let resumed = after.restore(loaded);
+        let resumed: Vec<&str> = resumed.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(resumed, [ids[0].as_str(), ids[3].as_str()], "oldest first");
+        assert_eq!(after.get(&ids[0]).unwrap().state, State::Queued);
+        assert!(after.get(&ids[1]).is_none(), "beyond the history");
+        assert_eq!(after.get(&ids[2]).unwrap().state, State::Failed);
+        assert_eq!(store.load().unwrap().len(), 3, "the forgotten file is gone");
+        let new = after.create(image, Source::Webhook);
+        assert!(!ids.contains(&new.id), "a new id after a restart");
     }
 }

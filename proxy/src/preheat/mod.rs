@@ -1,15 +1,20 @@
 //! Preheat: registry push notifications (`POST /registry/notifications`) and the direct API
 //! (`POST /preheat`, `GET /preheat/{id}`) queue jobs; a few background workers run them, so
-//! the owning origins hold every blob of a pushed image, with metainfo, before anyone pulls.
+//! the owning origins hold every blob of a pushed image, with metainfo, before anyone pulls,
+//! and then (with `preheat.agents`) a few chosen agents hold it in their caches too.
 //!
 //! Requests only validate and enqueue: a registry's notification sender waits on the answer,
-//! and a slow answer stalls its queue of events.
+//! and a slow answer stalls its queue of events. Jobs live in files under `preheat.state_dir`,
+//! so a restarted proxy resumes the unfinished ones under their ids.
 
+mod agents;
 mod http;
 mod jobs;
 mod notification;
+mod store;
 mod worker;
 
+use std::io;
 use std::sync::{Arc, Mutex};
 
 use shoal_service::CancellationToken;
@@ -19,8 +24,10 @@ use crate::config::PreheatConfig;
 use crate::metrics::ProxyMetrics;
 use crate::upstream::Upstreams;
 
+pub use self::agents::Agents;
 pub use self::http::router;
 use self::jobs::{Image, Job, JobTable, Progress, Source};
+use self::store::JobStore;
 
 /// The job queue and table shared by the HTTP handlers.
 #[derive(Debug, Clone)]
@@ -36,29 +43,49 @@ pub struct Preheater {
 pub struct QueueFull;
 
 impl Preheater {
-    /// Starts `config.workers` workers that run queued jobs until `shutdown`.
+    /// Loads the jobs kept in `config.state_dir`, queues the unfinished ones again and starts
+    /// `config.workers` workers that run queued jobs until `shutdown`. Fails only when the
+    /// directory cannot be created or listed; unreadable job files are skipped.
     pub fn start(
         config: PreheatConfig,
         upstreams: Arc<Upstreams>,
+        agents: Option<Agents>,
         metrics: ProxyMetrics,
         shutdown: CancellationToken,
-    ) -> Preheater {
+    ) -> io::Result<Preheater> {
+        let store = Arc::new(JobStore::open(&config.state_dir)?);
+        let loaded = store.load()?;
+        let mut table = JobTable::new(config.history, store);
+        let resumed = table.restore(loaded);
         let (queue, receiver) = mpsc::channel(config.queue);
+        for job in resumed {
+            tracing::info!(job = %job.id, image = %job.image, "preheat resumed after a restart");
+            metrics.preheat_jobs_resumed.inc();
+            // More jobs were unfinished than the queue holds only when the workers had some
+            // besides a full queue.
+            if let Err(mpsc::error::TrySendError::Full(job)) = queue.try_send(job) {
+                job.update(|p| {
+                    p.state = jobs::State::Failed;
+                    p.last_error = Some("the queue was full when the proxy restarted".to_owned());
+                });
+            }
+        }
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let context = worker::Context {
             upstreams,
+            agents,
             metrics: metrics.clone(),
             config: config.clone(),
         };
         for _ in 0..config.workers {
             tokio::spawn(work(context.clone(), receiver.clone(), shutdown.clone()));
         }
-        Preheater {
+        Ok(Preheater {
             queue,
-            jobs: Arc::new(Mutex::new(JobTable::new(config.history))),
+            jobs: Arc::new(Mutex::new(table)),
             metrics,
             config,
-        }
+        })
     }
 
     /// Queues a job for `image` and returns its id.
@@ -84,8 +111,8 @@ impl Preheater {
     }
 }
 
-/// One worker: takes the next job, runs it, until shutdown. A job cut off by shutdown is
-/// marked failed; nothing it did is harmful to leave half done.
+/// One worker: takes the next job, runs it, until shutdown. A job cut off by shutdown stays
+/// running in its file, so the next start resumes it; nothing it did is harmful to repeat.
 async fn work(
     context: worker::Context,
     receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
@@ -98,13 +125,7 @@ async fn work(
         };
         let Some(job) = next else { return };
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                job.update(|p| {
-                    p.state = jobs::State::Failed;
-                    p.last_error = Some("the proxy shut down".to_owned());
-                });
-                return;
-            }
+            _ = shutdown.cancelled() => return,
             () = worker::run(&context, &job) => {}
         }
     }

@@ -1,7 +1,9 @@
 //! Running one preheat job: resolve the tag, read the manifest (and an index's child manifests)
 //! through the owning origins, then ask every owner of every referenced blob for its metainfo.
 //! An origin lacking a blob pulls it in (from another owner, else the backend) and computes the
-//! metainfo before answering, so once a job succeeds every owner holds every blob.
+//! metainfo before answering, so once a job succeeds every owner holds every blob. With
+//! `preheat.agents`, the chosen agents then fetch the image into their caches (from the origins
+//! that now hold it, and from each other).
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -11,7 +13,8 @@ use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, Name};
 
 use crate::config::PreheatConfig;
 use crate::metrics::ProxyMetrics;
-use crate::preheat::jobs::{ImageRef, Job, State};
+use crate::preheat::agents::Agents;
+use crate::preheat::jobs::{AgentsProgress, ImageRef, Job, State};
 use crate::upstream::Upstreams;
 
 /// An index of indexes is legal but rare; this bounds the walk over a malicious one.
@@ -40,6 +43,14 @@ pub enum PreheatError {
         #[source]
         source: ApiError,
     },
+    #[error("no agent passes its health checks")]
+    NoHealthyAgents,
+    #[error("{failed} of {selected} agents did not preheat the image: {last}")]
+    Agents {
+        failed: usize,
+        selected: usize,
+        last: String,
+    },
 }
 
 impl PreheatError {
@@ -56,20 +67,24 @@ impl PreheatError {
 #[derive(Debug, Clone)]
 pub struct Context {
     pub upstreams: std::sync::Arc<Upstreams>,
+    /// `None` when agent preheat is off.
+    pub agents: Option<Agents>,
     pub metrics: ProxyMetrics,
     pub config: PreheatConfig,
 }
 
-/// Runs `job` to success or until its attempts are used up, backing off between attempts.
+/// Runs `job` to success or until its attempts are used up, backing off between attempts. A
+/// job resumed after a restart counts on from its earlier attempts, with a fresh budget.
 pub async fn run(context: &Context, job: &Job) {
     let config = &context.config;
     let mut delay = config.retry_initial;
     // Blobs already preheated are not asked for again in later attempts.
     let mut done = HashSet::new();
+    let earlier = job.snapshot().attempts;
     for attempt in 1..=config.attempts {
         job.update(|p| {
             p.state = State::Running;
-            p.attempts = attempt;
+            p.attempts = earlier + attempt;
         });
         match attempt_once(context, job, &mut done).await {
             Ok(()) => {
@@ -136,7 +151,7 @@ async fn attempt_once(
             Ok(()) => {
                 done.insert(digest);
                 context.metrics.preheat_blobs.inc();
-                job.update(|p| p.blobs_done += 1);
+                job.update_in_memory(|p| p.blobs_done += 1);
             }
             // The other blobs go on; the next attempt retries only the failed ones.
             Err(error) => {
@@ -145,7 +160,84 @@ async fn attempt_once(
             }
         }
     }
-    failure.map_or(Ok(()), Err)
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    match &context.agents {
+        Some(agents) => on_agents(context, agents, job, top).await,
+        None => Ok(()),
+    }
+}
+
+/// Has the job's agents fetch the image; those done in an earlier attempt are not asked again.
+/// The agents are chosen on the first attempt that gets here and kept for the job's lifetime.
+async fn on_agents(
+    context: &Context,
+    agents: &Agents,
+    job: &Job,
+    top: Digest,
+) -> Result<(), PreheatError> {
+    let progress = match job.snapshot().agents {
+        Some(progress) => progress,
+        None => {
+            let selected = agents.select(&top);
+            if selected.is_empty() {
+                return Err(PreheatError::NoHealthyAgents);
+            }
+            tracing::info!(job = %job.id, image = %job.image, ?selected, "preheating on agents");
+            let progress = AgentsProgress {
+                selected,
+                ..AgentsProgress::default()
+            };
+            job.update(|p| p.agents = Some(progress.clone()));
+            progress
+        }
+    };
+    let pending: Vec<String> = progress
+        .selected
+        .iter()
+        .filter(|agent| !progress.done.contains(agent))
+        .cloned()
+        .collect();
+    let name = &job.image.name;
+    let mut results = futures::stream::iter(pending)
+        .map(|agent| async move {
+            let result = agents.preheat(&agent, name, &top).await;
+            (agent, result)
+        })
+        .buffer_unordered(agents.concurrency());
+    while let Some((agent, result)) = results.next().await {
+        let error = result.as_ref().err().map(ToString::to_string);
+        match &error {
+            None => {
+                context.metrics.preheat_agents_succeeded.inc();
+            }
+            Some(error) => {
+                context.metrics.preheat_agents_failed.inc();
+                tracing::info!(job = %job.id, %agent, %error, "agent preheat failed");
+            }
+        }
+        job.update(|p| {
+            let agents = p.agents.get_or_insert_with(AgentsProgress::default);
+            agents.failed.retain(|a| *a != agent);
+            match error {
+                None => agents.done.push(agent),
+                Some(error) => {
+                    agents.failed.push(agent);
+                    agents.last_error = Some(error);
+                }
+            }
+        });
+    }
+    let progress = job.snapshot().agents.unwrap_or_default();
+    if progress.failed.is_empty() {
+        return Ok(());
+    }
+    Err(PreheatError::Agents {
+        failed: progress.failed.len(),
+        selected: progress.selected.len(),
+        last: progress.last_error.unwrap_or_default(),
+    })
 }
 
 /// Every manifest reachable from `top` and every blob they reference.
