@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shoal_core::{Descriptor, Digest, Manifest, ManifestError, Name};
+use shoal_core::{Digest, Manifest, ManifestError, Name};
 use shoal_p2p::P2pError;
 use shoal_service::RouteLabel;
 
@@ -50,7 +50,7 @@ struct Summary {
     platform: String,
     /// Image manifests preheated (more than one only for an index of several matching images).
     images: usize,
-    /// Config and layer blobs of those images, now all in the store.
+    /// Blobs now in the store: the manifests read, and the configs and layers of the images.
     blobs: usize,
     /// Their total size.
     bytes: u64,
@@ -176,7 +176,8 @@ async fn preheat(state: &AppState, name: &Name, top: Digest) -> Result<Summary, 
         platform: format!("{os}/{architecture}"),
         ..Summary::default()
     };
-    let mut blobs: Vec<Descriptor> = Vec::new();
+    // Every blob to hold with its size: the manifests read, then configs and layers.
+    let mut blobs: Vec<(Digest, u64)> = Vec::new();
     let mut pending = vec![top];
     let mut read = 0;
     while let Some(digest) = pending.pop() {
@@ -184,42 +185,47 @@ async fn preheat(state: &AppState, name: &Name, top: Digest) -> Result<Summary, 
         if read > MAX_MANIFESTS {
             return Err(PreheatError::TooManyManifests);
         }
-        let manifest = read_manifest(state, name, digest).await?;
+        let (manifest, size) = read_manifest(state, name, digest).await?;
+        blobs.push((digest, size));
         if manifest.media_type().is_index() {
             pending.extend(manifest.children_for(os, architecture).map(|d| d.digest));
         } else {
             summary.images += 1;
             for blob in manifest.blobs() {
-                if !blobs.iter().any(|b| b.digest == blob.digest) {
-                    blobs.push(blob.clone());
+                if !blobs.iter().any(|(d, _)| *d == blob.digest) {
+                    blobs.push((blob.digest, blob.size));
                 }
             }
         }
     }
-    // By value: over borrowed descriptors, axum cannot prove the handler's future `Send`.
-    let digests: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
+    // Manifests are already local (reading one downloads it) but maybe not yet committed;
+    // fetching them again waits for that.
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
     let fetched: Vec<bool> = futures::stream::iter(digests)
         .map(|digest| fetch_blob(state, name, digest))
         .buffer_unordered(BLOB_CONCURRENCY)
         .try_collect()
         .await?;
     summary.blobs = blobs.len();
-    summary.bytes = blobs.iter().map(|b| b.size).sum();
+    summary.bytes = blobs.iter().map(|(_, size)| size).sum();
     summary.fetched = fetched.into_iter().filter(|&f| f).count();
     tracing::info!(repository = %name, digest = %top, ?summary, "preheated");
     Ok(summary)
 }
 
+/// The manifest and its size in bytes.
 async fn read_manifest(
     state: &AppState,
     name: &Name,
     digest: Digest,
-) -> Result<Manifest, PreheatError> {
+) -> Result<(Manifest, u64), PreheatError> {
     let bytes = manifests::read(state, name, &digest)
         .await
         .map_err(|error| PreheatError::Unavailable(format!("reading manifest {digest}: {error}")))?
         .ok_or(PreheatError::ManifestUnknown { digest })?;
-    Manifest::parse(&bytes, None).map_err(|source| PreheatError::NotAManifest { digest, source })
+    let manifest = Manifest::parse(&bytes, None)
+        .map_err(|source| PreheatError::NotAManifest { digest, source })?;
+    Ok((manifest, bytes.len() as u64))
 }
 
 /// Brings `digest` into the store through the engine; true when it was not there yet.

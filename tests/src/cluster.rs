@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::binaries;
@@ -238,12 +238,16 @@ impl Cluster {
                 configs::merge(&mut config, options.build_index_overrides.clone());
                 config
             }),
-            (
-                Component::Proxy,
-                proxy,
-                None,
-                configs::proxy(proxy, &origin_https, build_index),
-            ),
+            (Component::Proxy, proxy, None, {
+                let mut config = configs::proxy(proxy, &origin_https, build_index);
+                // Preheat job files, kept across a restart of the proxy like any data dir.
+                let state_dir = dir.path().join("proxy-preheat");
+                configs::merge(
+                    &mut config,
+                    json!({"preheat": {"state_dir": state_dir.display().to_string()}}),
+                );
+                config
+            }),
         ]);
         if let Some(tracker) = tracker {
             for i in 0..options.agents {

@@ -113,7 +113,9 @@ impl Layout {
                 binary: "shoal-proxy",
                 addr: PROXY,
                 config: format!(
-                    "listen: {PROXY}\norigins: [{ring}]\nbuild_index: \"{BUILD_INDEX}\"\n"
+                    "listen: {PROXY}\norigins: [{ring}]\nbuild_index: \"{BUILD_INDEX}\"\n\
+                     preheat:\n  state_dir: {}\n",
+                    yaml_path(&self.data.join("proxy-preheat"))
                 ),
             },
             Component {
