@@ -291,6 +291,24 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
                 f"{variant}: {component} origins do not follow membership.mode {merged['membership']['mode']}: {origins}",
             )
 
+    # Preheat into agents follows the agents' headless Service, which exists only when it is on.
+    wanted = merged["proxy"]["preheat"]["agents"]
+    preheats = int(wanted["count"]) > 0 or float(wanted["share"]) > 0
+    agents_service = find(objects, "Service", f"{RELEASE}-agents")
+    problems.check(
+        (agents_service is not None) == preheats
+        and (agents_service is None or agents_service["spec"].get("clusterIP") == "None"),
+        f"{variant}: the agents' headless Service does not follow proxy.preheat.agents: {wanted}",
+    )
+    for text in config_files(objects, "proxy").values():
+        preheat = yaml.safe_load(text).get("preheat", {})
+        members = preheat.get("agents", {}).get("members", {})
+        problems.check(
+            bool(preheat.get("state_dir"))
+            and (not preheats or f"{RELEASE}-agents." in members.get("dns", {}).get("name", "")),
+            f"{variant}: proxy preheat does not follow proxy.preheat: {preheat}",
+        )
+
     # Scratch space for running the scripts lives under OUT, which the caller cleans up.
     work = out / "work" / variant
     shutil.rmtree(work, ignore_errors=True)

@@ -22,6 +22,8 @@ struct Cluster {
     http: reqwest::Client,
     shutdown: CancellationToken,
     proxy: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The proxy's preheat job files.
+    _jobs: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -39,11 +41,13 @@ impl Cluster {
     ) -> Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let config = ProxyConfig {
+        let jobs = tempfile::tempdir().unwrap();
+        let mut config = ProxyConfig {
             origins: vec![origin_addr.to_string()].into(),
             build_index: index_addr.to_string(),
             ..ProxyConfig::default()
         };
+        config.preheat.state_dir = jobs.path().to_owned();
         let shutdown = CancellationToken::new();
         let listeners = Listeners { http: listener };
         let proxy = tokio::spawn(shoal_proxy::run(config, listeners, shutdown.clone()));
@@ -55,6 +59,7 @@ impl Cluster {
             http,
             shutdown,
             proxy,
+            _jobs: jobs,
         }
     }
 

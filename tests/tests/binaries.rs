@@ -127,6 +127,12 @@ fn localise(config: &mut Mapping, dir: &Path) -> Result<std::net::SocketAddr> {
         let data = dir.join("data").display().to_string();
         config.insert(string("data_dir".into()), string(data));
     }
+    if let Some(Value::Mapping(preheat)) = config.get_mut("preheat")
+        && preheat.contains_key("state_dir")
+    {
+        let jobs = dir.join("preheat").display().to_string();
+        preheat.insert(string("state_dir".into()), string(jobs));
+    }
     if let Some(Value::Mapping(backend)) = config.get_mut("backend")
         && let Some(Value::Mapping(filesystem)) = backend.get_mut("filesystem")
     {

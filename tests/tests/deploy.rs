@@ -82,6 +82,22 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
         let nowhere = free_loopback_addr_list(1)?[0].to_string();
         dns.insert("nameserver".into(), nowhere.into());
     }
+    // The proxy's preheat jobs and the agents it preheats into, likewise.
+    if let Some(preheat) = map.get_mut("preheat").and_then(Value::as_mapping_mut) {
+        if preheat.contains_key("state_dir") {
+            let jobs = work.join("preheat").display().to_string();
+            preheat.insert("state_dir".into(), jobs.into());
+        }
+        if let Some(dns) = preheat
+            .get_mut("agents")
+            .and_then(|agents| agents.get_mut("members"))
+            .and_then(|members| members.get_mut("dns"))
+            .and_then(Value::as_mapping_mut)
+        {
+            let nowhere = free_loopback_addr_list(1)?[0].to_string();
+            dns.insert("nameserver".into(), nowhere.into());
+        }
+    }
     if map.contains_key("backend") {
         let backend = mapping_at(map, "backend")?;
         if backend.contains_key("filesystem") {

@@ -42,7 +42,7 @@ async fn push(image: &Image, tag: &str, remote: &str) -> Result<()> {
 
 /// A second proxy in front of `cluster`, listening on `listen` (where the registry already
 /// sends its notifications) and requiring the shared secret. It runs the cluster proxy's
-/// config with those two changes.
+/// config with those two changes and a job directory of its own.
 async fn start_preheat_proxy(cluster: &Cluster, listen: std::net::SocketAddr) -> Result<Process> {
     let base = cluster.config_path(Component::Proxy);
     let text =
@@ -50,7 +50,13 @@ async fn start_preheat_proxy(cluster: &Cluster, listen: std::net::SocketAddr) ->
     let mut config: Value = serde_yaml_ng::from_str(&text).context("parsing the proxy config")?;
     configs::merge(
         &mut config,
-        json!({"listen": listen.to_string(), "preheat": {"secret": SECRET}}),
+        json!({
+            "listen": listen.to_string(),
+            "preheat": {
+                "secret": SECRET,
+                "state_dir": cluster.dir().join("preheat-proxy-jobs").display().to_string(),
+            },
+        }),
     );
     let path = cluster.dir().join("preheat-proxy.yaml");
     std::fs::write(&path, configs::to_yaml(&config)?)

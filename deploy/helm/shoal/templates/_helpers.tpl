@@ -38,6 +38,17 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "shoal.fullname" . }}-origins
 {{- end -}}
 
+{{/* The headless Service over the agent DaemonSet that the proxy preheats into; rendered only
+     when preheating into agents is on. */}}
+{{- define "shoal.agentHeadless" -}}
+{{ include "shoal.fullname" . }}-agents
+{{- end -}}
+
+{{- define "shoal.preheatAgents" -}}
+{{- $agents := .Values.proxy.preheat.agents -}}
+{{- if or (gt (int $agents.count) 0) (gt (float64 $agents.share) 0.0) -}}true{{- end -}}
+{{- end -}}
+
 {{/* The origins' host names, one per replica: "<pod>.<headless service>", which every pod of
      the namespace resolves through its DNS search path. Kept short on purpose: the tracker uses
      an origin's peer address as its peer id, which is at most 64 characters. */}}
