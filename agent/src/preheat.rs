@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shoal_core::{Digest, Manifest, ManifestError, Name};
+use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, Name};
 use shoal_p2p::P2pError;
 use shoal_service::RouteLabel;
 
@@ -219,6 +219,20 @@ async fn read_manifest(
     name: &Name,
     digest: Digest,
 ) -> Result<(Manifest, u64), PreheatError> {
+    // A digest naming a layer is no manifest: refuse it before downloading gigabytes. The
+    // metainfo is cached, so the fetch below does not ask the tracker again.
+    match state.engine.metainfo(&digest, Some(name)).await {
+        Ok(metainfo) if metainfo.length() > MAX_MANIFEST_SIZE as u64 => {
+            return Err(PreheatError::ManifestUnknown { digest });
+        }
+        Ok(_) => {}
+        Err(P2pError::NotFound { .. }) => return Err(PreheatError::ManifestUnknown { digest }),
+        Err(error) => {
+            return Err(PreheatError::Unavailable(format!(
+                "looking up manifest {digest}: {error}"
+            )));
+        }
+    }
     let bytes = manifests::read(state, name, &digest)
         .await
         .map_err(|error| PreheatError::Unavailable(format!("reading manifest {digest}: {error}")))?

@@ -31,9 +31,11 @@ const MIB: u64 = 1 << 20;
 const PREHEAT_DEADLINE: Duration = Duration::from_secs(120);
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The first layer is larger than any manifest may be, so an agent asked to preheat it as a
+/// manifest refuses it from its metainfo alone.
 fn spec(seed: u64, tag: &str) -> ImageSpec {
     ImageSpec {
-        layers: vec![2 * MIB + 7, 90_000],
+        layers: vec![5 * MIB + 7, 90_000],
         seed,
         tag: tag.to_owned(),
     }
@@ -235,6 +237,23 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
         "{metrics}"
     );
 
+    // A layer's digest is no manifest: refused, and the (large) layer is not downloaded.
+    let unchosen = agents
+        .iter()
+        .position(|a| !selected.contains(a))
+        .context("an agent not chosen")?;
+    let layer = image.layers[0].0;
+    let refused = http
+        .post(format!("{}/preheat", cluster.agent_url(unchosen)))
+        .json(&json!({"repository": "fleet/app", "digest": layer.to_string()}))
+        .send()
+        .await?;
+    ensure!(
+        refused.status() == 404,
+        "a layer as manifest: {}",
+        refused.status()
+    );
+
     // A pull through a preheated agent is served from its cache: no piece bytes from anyone.
     let chosen = agents
         .iter()
@@ -268,6 +287,13 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
         after == before,
         "the pull received {} piece bytes",
         after - before
+    );
+    let unchosen_received = cluster
+        .metric_sum(Component::Agent(unchosen), received, &[])
+        .await?;
+    ensure!(
+        unchosen_received == 0.0 && !stored(&cluster.agent_data_dir(unchosen), &layer),
+        "the refused layer was downloaded ({unchosen_received} bytes)"
     );
     proxy.kill()?;
     Ok(())

@@ -163,13 +163,14 @@ pub struct Job {
 impl Job {
     /// Applies `change` to the job's progress record and writes it to the job's file.
     pub fn update(&self, change: impl FnOnce(&mut Progress)) {
-        let snapshot = {
-            let mut progress = self.progress.lock().expect("progress lock poisoned");
-            change(&mut progress);
-            progress.clone()
-        };
-        // The job goes on without its file: it is then lost only if the proxy restarts.
-        if let Err(error) = self.store.save(&snapshot) {
+        self.update_in_memory(change);
+        self.save();
+    }
+
+    /// Writes the job's file. On failure the job goes on without it: it is then lost only if
+    /// the proxy restarts.
+    fn save(&self) {
+        if let Err(error) = self.store.save(&self.snapshot()) {
             tracing::warn!(job = %self.id, %error, "writing the preheat job file failed");
         }
     }
@@ -219,7 +220,7 @@ impl JobTable {
         let id = format!("{}-{}", self.prefix, self.next);
         self.next += 1;
         let job = self.insert(Progress::new(id, &image, source), image);
-        job.update(|_| {});
+        job.save();
         self.forget_old();
         job
     }
@@ -253,7 +254,7 @@ impl JobTable {
             }
             let job = self.insert(progress, image);
             if resume {
-                job.update(|_| {});
+                job.save();
                 unfinished.push(job);
             }
         }

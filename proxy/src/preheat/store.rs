@@ -56,7 +56,13 @@ impl JobStore {
     pub fn load(&self) -> io::Result<Vec<Progress>> {
         let mut jobs = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(error) => {
+                    tracing::warn!(dir = %self.dir.display(), %error, "skipping an unlistable entry of the preheat job directory");
+                    continue;
+                }
+            };
             let Some(id) = job_id(&path) else { continue };
             match read(&path, id) {
                 Ok(progress) => jobs.push(progress),
