@@ -59,6 +59,9 @@ pub struct SwarmParams {
 pub struct PullRun {
     /// Each agent's time from starting skopeo to its exit with the image complete, by agent.
     pub times: Vec<Duration>,
+    /// Share of the machine's CPU time (all cores) that was busy while the pulls ran: near 1.0
+    /// means the run measured this machine's CPU, not the links.
+    pub cpu_busy: f64,
 }
 
 impl PullRun {
@@ -110,12 +113,13 @@ impl SwarmReport {
         let row = |name: &str, run: &PullRun| {
             let (p50, p90, max) = (run.quantile(0.5), run.quantile(0.9), run.max());
             format!(
-                "| {name} | {:.1} s | {:.1} s | {:.1} s | {:.2}× | {:.2}× |\n",
+                "| {name} | {:.1} s | {:.1} s | {:.1} s | {:.2}× | {:.2}× | {:.0} % |\n",
                 p50.as_secs_f64(),
                 p90.as_secs_f64(),
                 max.as_secs_f64(),
                 p50.as_secs_f64() / limit,
                 p90.as_secs_f64() / limit,
+                run.cpu_busy * 100.0,
             )
         };
         let speedup =
@@ -124,8 +128,8 @@ impl SwarmReport {
             "### {} agents, {:.0} MiB in {} layers, {} agent links, {} origin link ({date})\n\n\
              ```sh\n{command}\n```\n\n\
              S = {} bytes, B = {}, S/B = {limit:.1} s. Tracker, build-index and proxy hosts: {}.\n\n\
-             | registry the agents' skopeo pulls from | p50 | p90 | max | p50 / (S/B) | p90 / (S/B) |\n\
-             |---|---|---|---|---|---|\n",
+             | registry the agents' skopeo pulls from | p50 | p90 | max | p50 / (S/B) | p90 / (S/B) | machine CPU busy |\n\
+             |---|---|---|---|---|---|---|\n",
             p.agents,
             self.image_bytes as f64 / f64::from(1 << 20),
             p.layers,
@@ -495,14 +499,57 @@ async fn pulls(
             Ok::<_, anyhow::Error>((started.elapsed(), dest))
         }
     });
+    let cpu_before = cpu_times()?;
     let done = try_join_all(runs).await?;
+    let cpu_busy = cpu_times()?.busy_since(cpu_before);
     let mut times = Vec::with_capacity(done.len());
     for (elapsed, dest) in done {
         ensure_same_layout(image, &dest)?;
         std::fs::remove_dir_all(&dest).with_context(|| format!("removing {}", dest.display()))?;
         times.push(elapsed);
     }
-    Ok(PullRun { times })
+    Ok(PullRun { times, cpu_busy })
+}
+
+/// The machine's CPU time so far, in clock ticks: (busy, total) over all cores.
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// The busy share of the time between `earlier` and this reading.
+    fn busy_since(self, earlier: CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.busy.saturating_sub(earlier.busy) as f64 / total as f64
+    }
+}
+
+/// Reads the aggregate `cpu` line of /proc/stat; idle and iowait are the time not busy.
+fn cpu_times() -> Result<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_cpu_line(&stat).context("no aggregate cpu line in /proc/stat")
+}
+
+fn parse_cpu_line(stat: &str) -> Option<CpuTimes> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice].
+    let counted = &fields[..fields.len().min(8)];
+    let total: u64 = counted.iter().sum();
+    let idle = counted.get(3)? + counted.get(4).copied().unwrap_or(0);
+    Some(CpuTimes {
+        busy: total - idle,
+        total,
+    })
 }
 
 /// The origin's (blob bytes served by any route, blobs pulled through from the backend).
@@ -524,4 +571,19 @@ async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<(
 
 fn path(path: &Path) -> String {
     path.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_busy_counts_everything_but_idle_and_iowait() {
+        let before = parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n").unwrap();
+        let after = parse_cpu_line("cpu  400 0 150 900 50 0 0 0 0 0\n").unwrap();
+        // 400 ticks busy (300 user + 100 system) of 500 elapsed.
+        assert!((after.busy_since(before) - 0.8).abs() < 1e-9);
+        assert!(parse_cpu_line("cpu0 1 2 3 4\n").is_none());
+        assert!(parse_cpu_line("cpu  1 x 3 4\n").is_none());
+    }
 }
