@@ -8,6 +8,7 @@
 //! - A job that cannot finish (its image is not in the backend yet) is still known after the
 //!   proxy is killed with SIGKILL and started again on the same `state_dir`, and completes once
 //!   the image is pushed.
+//! - An agent asked to preheat an index fetches only the image for its own platform.
 //! - Bad agent preheat requests are refused with 400 and fetch nothing; an invalid share stops
 //!   the proxy at start with an error naming the field.
 
@@ -367,6 +368,77 @@ async fn an_unfinished_job_survives_a_killed_proxy_and_completes() -> Result<()>
         "{metrics}"
     );
     proxy.kill()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_index_is_preheated_for_the_agents_own_platform_only() -> Result<()> {
+    let http = shoal_service::client::builder().build()?;
+    let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
+    let work = tempfile::tempdir()?;
+    let proxy = cluster.proxy_addr();
+    let ours = generate(&work.path().join("ours"), spec(0x1d01, "ours")).await?;
+    let other = generate(&work.path().join("other"), spec(0x1d02, "other")).await?;
+    skopeo_push(&ours.dir, "ours", &format!("{proxy}/multi/app:ours")).await?;
+    skopeo_push(&other.dir, "other", &format!("{proxy}/multi/app:other")).await?;
+    // The agent's own platform in OCI names, and one no test machine has.
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let entry = |image: &shoal_client::Image, architecture: &str| {
+        json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": image.manifest_digest.to_string(),
+            "size": image.manifest_bytes.len(),
+            "platform": {"architecture": architecture, "os": "linux"},
+        })
+    };
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&other, "s390x-test"), entry(&ours, architecture)],
+    }))?;
+    let index_digest = Digest::of(&index);
+    let response = http
+        .put(format!(
+            "{}/v2/multi/app/manifests/both",
+            cluster.proxy_url()
+        ))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .await?;
+    ensure!(response.status() == 201, "PUT index: {}", response.status());
+
+    let response = http
+        .post(format!("{}/preheat", cluster.agent_url(0)))
+        .json(&json!({"repository": "multi/app", "digest": index_digest.to_string()}))
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 200,
+        "agent preheat: {}",
+        response.status()
+    );
+    let summary: Value = response.json().await?;
+    ensure!(
+        summary["platform"] == format!("linux/{architecture}")
+            && summary["images"] == 1
+            && summary["blobs"] == 5,
+        "the index, our manifest, config and two layers: {summary}"
+    );
+    let data = cluster.agent_data_dir(0);
+    for digest in layout_blobs(&ours.dir)?.keys().chain([&index_digest]) {
+        ensure!(stored(&data, digest), "the agent lacks {digest}");
+    }
+    for digest in layout_blobs(&other.dir)?.keys() {
+        ensure!(
+            !stored(&data, digest),
+            "the other platform's {digest} was fetched"
+        );
+    }
     Ok(())
 }
 
