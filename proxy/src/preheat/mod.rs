@@ -61,8 +61,7 @@ impl Preheater {
         for job in resumed {
             tracing::info!(job = %job.id, image = %job.image, "preheat resumed after a restart");
             metrics.preheat_jobs_resumed.inc();
-            // More jobs were unfinished than the queue holds only when the workers had some
-            // besides a full queue.
+            // The workers may have been running a few jobs besides a full queue.
             if let Err(mpsc::error::TrySendError::Full(job)) = queue.try_send(job) {
                 job.update(|p| {
                     p.state = jobs::State::Failed;

@@ -207,16 +207,17 @@ async fn on_agents(
         })
         .buffer_unordered(agents.concurrency());
     while let Some((agent, result)) = results.next().await {
-        let error = result.as_ref().err().map(ToString::to_string);
-        match &error {
-            None => {
+        let error = match result {
+            Ok(()) => {
                 context.metrics.preheat_agents_succeeded.inc();
+                None
             }
-            Some(error) => {
+            Err(error) => {
                 context.metrics.preheat_agents_failed.inc();
                 tracing::info!(job = %job.id, %agent, %error, "agent preheat failed");
+                Some(error.to_string())
             }
-        }
+        };
         job.update(|p| {
             let agents = p.agents.get_or_insert_with(AgentsProgress::default);
             agents.failed.retain(|a| *a != agent);
