@@ -72,6 +72,9 @@ struct Args {
     /// Scheduler: consecutive failed requests after which a peer is dropped.
     #[arg(long, default_value_t = SchedulerConfig::default().max_failures)]
     max_failures: u32,
+    /// Scheduler: rest after a peer's first busy answer (doubling per busy answer in a row).
+    #[arg(long, default_value = "250ms", value_parser = duration)]
+    busy_backoff: Duration,
     /// Stop after this much virtual time.
     #[arg(long, default_value = "1h", value_parser = duration)]
     time_limit: Duration,
@@ -139,6 +142,7 @@ fn main() -> anyhow::Result<ExitCode> {
             endgame_pieces: args.endgame_pieces,
             max_failures: args.max_failures,
             piece_timeout: args.piece_timeout,
+            busy_backoff: args.busy_backoff,
             ..SchedulerConfig::default()
         },
         upload_slots: args.upload_slots,
