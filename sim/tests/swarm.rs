@@ -87,7 +87,9 @@ fn latency_costs_a_lone_agent_one_latency_per_pipeline_round() {
     // 191 pieces of 256 KiB, 4 in flight sharing the link finish together every ~10.5 ms; the
     // link then idles for the 1 ms the PieceDone takes (the model folds the request's own trip
     // into it) before the next requests' bytes flow.
-    let report = simulate(lone(Duration::from_millis(1))).expect("valid config");
+    let mut config = lone(Duration::from_millis(1));
+    config.scheduler.pipeline = 4;
+    let report = simulate(config).expect("valid config");
     let seconds = report.seconds.expect("it completes").max;
     let rounds = 191.0_f64 / 4.0;
     let expected = 0.5 + rounds * 0.001;

@@ -8,8 +8,13 @@ use proptest::prelude::*;
 use super::sim::{Behaviour, Sim, bits, id};
 use super::*;
 
+/// The small swarms below are worked out for 8 peers of 4 requests each, whatever the defaults.
 fn config() -> SchedulerConfig {
-    SchedulerConfig::default()
+    SchedulerConfig {
+        max_peers: 8,
+        pipeline: 4,
+        ..SchedulerConfig::default()
+    }
 }
 
 #[test]
@@ -500,7 +505,7 @@ fn config_reads_human_durations_and_rejects_unknown_fields() {
     assert_eq!(config.piece_timeout, Duration::from_secs(2));
     assert_eq!(config.blacklist, Duration::from_secs(300));
     assert_eq!(config.pipeline, 8);
-    assert_eq!(config.max_peers, 8);
+    assert_eq!(config.max_peers, SchedulerConfig::default().max_peers);
     assert!(serde_json::from_str::<SchedulerConfig>(r#"{"piece_timeout_ms": 5}"#).is_err());
     assert_eq!(SchedulerConfig::default().validate(), Ok(()));
     let zero = SchedulerConfig {
