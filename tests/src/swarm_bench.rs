@@ -297,6 +297,7 @@ async fn start(params: &SwarmParams, bed: &mut Netbed, work: &Path) -> Result<Sw
         "listen": at(&proxy, PROXY_PORT),
         "origins": [at(&origin, ORIGIN_PORT)],
         "build_index": at(&index, BUILD_INDEX_PORT),
+        "preheat": {"state_dir": path(&work.join("proxy-preheat"))},
     });
     processes.push(
         launcher
