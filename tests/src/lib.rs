@@ -1,7 +1,8 @@
 //! The cross-component test harness: a [`Cluster`] of real Shoal binaries on loopback ports, the
 //! reference CNCF registry, moto's S3 server, helpers that run real clients (skopeo, docker,
 //! podman) and raw HTTP, the image and disk-snapshot utilities the acceptance tests in `tests/`
-//! share, and the network-namespace test bed with the swarm benchmark that runs on it.
+//! share, a preheating proxy with its job API, and the network-namespace test bed with the swarm
+//! benchmark that runs on it.
 
 pub mod binaries;
 pub mod cluster;
@@ -12,6 +13,7 @@ pub mod moto;
 pub mod netbed;
 pub mod pattern;
 pub mod ports;
+pub mod preheat;
 pub mod process;
 pub mod raw_http;
 pub mod reference_registry;

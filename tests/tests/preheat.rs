@@ -5,26 +5,27 @@
 //! payload for an index posted to the proxy does the same for the index and its image. Bad
 //! webhook bodies are answered fast with 4xx or 200-and-ignored, and the proxy keeps running.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use shoal_client::{Image, ImageSpec};
 use shoal_core::Digest;
 use shoal_tests::cluster::sum_metric;
-use shoal_tests::images::{generate, layout_blobs, layout_manifest_digest};
+use shoal_tests::images::{generate, layout_blobs};
 use shoal_tests::ports::free_loopback_addr;
-use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
+use shoal_tests::preheat::{
+    PREHEAT_DEADLINE, blob_dir, cluster_over, index_entry, metrics_text, poll_job, put_index,
+    start_job, start_preheat_proxy, wait_for_job,
+};
 use shoal_tests::reference_registry::RegistryAuth;
-use shoal_tests::tools::{skopeo, skopeo_push};
-use shoal_tests::{Cluster, ClusterOptions, Component, ReferenceRegistry, binaries, configs};
+use shoal_tests::swarm::{ensure_same_layout, skopeo_pull_through_agent};
+use shoal_tests::tools::skopeo_push;
+use shoal_tests::{Cluster, ClusterOptions, Component, ReferenceRegistry};
 
 const MIB: u64 = 1 << 20;
 const ORIGINS: usize = 3;
 const SECRET: &str = "preheat-test-secret";
-/// Pulling a few MiB through three origins is quick; this allows for a loaded 2-core machine.
-const PREHEAT_DEADLINE: Duration = Duration::from_secs(120);
 /// The bound for answering a webhook.
 const ANSWER_BOUND: Duration = Duration::from_secs(1);
 
@@ -40,77 +41,18 @@ async fn push(image: &Image, tag: &str, remote: &str) -> Result<()> {
     skopeo_push(&image.dir, tag, remote).await
 }
 
-/// A second proxy in front of `cluster`, listening on `listen` (where the registry already
-/// sends its notifications) and requiring the shared secret. It runs the cluster proxy's
-/// config with those two changes and a job directory of its own.
-async fn start_preheat_proxy(cluster: &Cluster, listen: std::net::SocketAddr) -> Result<Process> {
-    let base = cluster.config_path(Component::Proxy);
-    let text =
-        std::fs::read_to_string(&base).with_context(|| format!("reading {}", base.display()))?;
-    let mut config: Value = serde_yaml_ng::from_str(&text).context("parsing the proxy config")?;
-    configs::merge(
-        &mut config,
-        json!({
-            "listen": listen.to_string(),
-            "preheat": {
-                "secret": SECRET,
-                "state_dir": cluster.dir().join("preheat-proxy-jobs").display().to_string(),
-            },
-        }),
-    );
-    let path = cluster.dir().join("preheat-proxy.yaml");
-    std::fs::write(&path, configs::to_yaml(&config)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    let mut process = Process::spawn(ProcessSpec {
-        name: "preheat-proxy".to_owned(),
-        program: binaries::path("shoal-proxy"),
-        args: vec!["--config".to_owned(), path.display().to_string()],
-        env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
-        log: cluster.dir().join("preheat-proxy.log"),
-    })?;
-    wait_until_ready(
-        &mut process,
-        &format!("http://{listen}/health"),
-        Duration::from_secs(30),
-    )
-    .await?;
-    Ok(process)
-}
-
 /// Whether origin `i`'s own store holds `digest` with its metainfo (files on disk, so asking
 /// does not make the origin fetch anything).
-fn stored_with_metainfo(cluster: &Cluster, i: usize, digest: &Digest) -> Result<bool> {
-    fn find(dir: &Path, name: &str) -> Result<Option<std::path::PathBuf>> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(None);
-        };
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
-            if path.is_dir() {
-                if path.file_name().is_some_and(|n| n == name) {
-                    return Ok(Some(path));
-                }
-                if let Some(found) = find(&path, name)? {
-                    return Ok(Some(found));
-                }
-            }
-        }
-        Ok(None)
-    }
-    let store = cluster.origin_data_dir_at(i).join("store");
-    Ok(match find(&store, &digest.hex())? {
-        Some(dir) => dir.join("data").is_file() && dir.join("metainfo.json").is_file(),
-        None => false,
-    })
+fn stored_with_metainfo(cluster: &Cluster, i: usize, digest: &Digest) -> bool {
+    let dir = blob_dir(&cluster.origin_data_dir_at(i), digest);
+    dir.join("data").is_file() && dir.join("metainfo.json").is_file()
 }
 
 fn ensure_on_every_origin(cluster: &Cluster, image: &Image) -> Result<()> {
     for digest in layout_blobs(&image.dir)?.keys() {
         for i in 0..ORIGINS {
             ensure!(
-                stored_with_metainfo(cluster, i, digest)?,
+                stored_with_metainfo(cluster, i, digest),
                 "origin {i} lacks {digest} or its metainfo"
             );
         }
@@ -128,32 +70,6 @@ async fn origin_fetches(cluster: &Cluster) -> Result<f64> {
     Ok(total)
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    ensure!(response.status() == 200, "GET {url}: {}", response.status());
-    Ok(response.json().await?)
-}
-
-/// Polls `GET /preheat/{id}` until the job finishes; fails unless it succeeded.
-async fn wait_for_job(http: &reqwest::Client, proxy: &str, id: &str) -> Result<Value> {
-    let start = Instant::now();
-    loop {
-        let progress = get_json(http, &format!("{proxy}/preheat/{id}")).await?;
-        match progress["state"].as_str() {
-            Some("succeeded") => return Ok(progress),
-            Some("failed") => bail!("preheat job failed: {progress}"),
-            _ if start.elapsed() > PREHEAT_DEADLINE => {
-                bail!("preheat job unfinished after {PREHEAT_DEADLINE:?}: {progress}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 #[tokio::test]
 async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() -> Result<()> {
     let http = shoal_service::client::builder().build()?;
@@ -169,13 +85,9 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
     );
     let registry =
         ReferenceRegistry::start_configured(RegistryAuth::Anonymous, &notifications).await?;
-    let cluster = Cluster::start(ClusterOptions {
-        origins: ORIGINS,
-        backend: json!({"registry": {"url": registry.url(), "manifest_wait": "60s"}}),
-        ..ClusterOptions::with_agents(1)
-    })
-    .await?;
-    let mut preheat_proxy = start_preheat_proxy(&cluster, preheat_listen).await?;
+    let cluster = cluster_over(&registry, ORIGINS, 1).await?;
+    let mut preheat_proxy =
+        start_preheat_proxy(&cluster, preheat_listen, json!({ "secret": SECRET })).await?;
     let preheat_url = format!("http://{preheat_listen}");
     let work = tempfile::tempdir()?;
 
@@ -184,7 +96,7 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
     push(&image, "v1", &format!("{}/preheat/app:v1", registry.addr())).await?;
     let start = Instant::now();
     loop {
-        let text = get_json_text(&http, &format!("{preheat_url}/metrics")).await?;
+        let text = metrics_text(&http, &preheat_url).await?;
         let failed = sum_metric(&text, "shoal_proxy_preheat_jobs_failed_total", &[]);
         ensure!(
             failed == 0.0,
@@ -206,22 +118,8 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
     // The first pull through an agent makes no origin fetch anything from the registry.
     let fetched_before = origin_fetches(&cluster).await?;
     let pulled = work.path().join("via-agent");
-    skopeo([
-        "copy",
-        "--src-tls-verify=false",
-        "--preserve-digests",
-        &format!(
-            "docker://{}/preheat/app:v1",
-            cluster.addr(Component::Agent(0))
-        ),
-        &format!("oci:{}:pulled", pulled.display()),
-    ])
-    .await?;
-    ensure!(layout_manifest_digest(&pulled)? == image.manifest_digest);
-    ensure!(
-        layout_blobs(&pulled)? == layout_blobs(&image.dir)?,
-        "pulled blobs differ"
-    );
+    skopeo_pull_through_agent(&cluster, 0, "preheat/app", "v1", &pulled).await?;
+    ensure_same_layout(&image, &pulled)?;
     let fetched_after = origin_fetches(&cluster).await?;
     ensure!(
         fetched_after == fetched_before,
@@ -230,20 +128,7 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
     );
 
     // The direct API resolves the tag through the build-index and finds it all in place.
-    let response = http
-        .post(format!("{preheat_url}/preheat"))
-        .json(&json!({"image": "preheat/app:v1"}))
-        .send()
-        .await?;
-    ensure!(
-        response.status() == 202,
-        "POST /preheat: {}",
-        response.status()
-    );
-    let id = response.json::<Value>().await?["id"]
-        .as_str()
-        .context("no job id")?
-        .to_owned();
+    let id = start_job(&http, &preheat_url, "preheat/app:v1").await?;
     let progress = wait_for_job(&http, &preheat_url, &id).await?;
     ensure!(
         progress["blobs_total"] == 4 && progress["blobs_done"] == 4,
@@ -265,33 +150,19 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
     )
     .await?;
     // An index over it, so the job has to walk to the child manifest.
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": harbor_image.manifest_digest.to_string(),
-            "size": harbor_image.manifest_bytes.len(),
-            "platform": {"architecture": "amd64", "os": "linux"},
-        }],
-    }))?;
-    let index_digest = Digest::of(&index);
-    let response = http
-        .put(format!(
-            "{}/v2/library/harbor/manifests/multi",
-            registry.url()
-        ))
-        .header("content-type", "application/vnd.oci.image.index.v1+json")
-        .body(index)
-        .send()
-        .await?;
-    ensure!(response.status() == 201, "PUT index: {}", response.status());
+    let index_digest = put_index(
+        &registry.url(),
+        "library/harbor",
+        "multi",
+        vec![index_entry(&harbor_image, "amd64")],
+    )
+    .await?;
     for digest in layout_blobs(&harbor_image.dir)?
         .keys()
         .chain([&index_digest])
     {
         ensure!(
-            !(0..ORIGINS).any(|i| stored_with_metainfo(&cluster, i, digest).unwrap_or(true)),
+            !(0..ORIGINS).any(|i| stored_with_metainfo(&cluster, i, digest)),
             "{digest} reached an origin before the Harbor payload"
         );
     }
@@ -332,21 +203,11 @@ async fn registry_pushes_are_preheated_on_every_owning_origin_before_any_pull() 
     ensure_on_every_origin(&cluster, &harbor_image)?;
     for i in 0..ORIGINS {
         ensure!(
-            stored_with_metainfo(&cluster, i, &index_digest)?,
+            stored_with_metainfo(&cluster, i, &index_digest),
             "origin {i} lacks the index"
         );
     }
     Ok(())
-}
-
-async fn get_json_text(http: &reqwest::Client, url: &str) -> Result<String> {
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    ensure!(response.status() == 200, "GET {url}: {}", response.status());
-    Ok(response.text().await?)
 }
 
 /// POSTs `body` to the webhook and returns the status and body, failing when the answer takes
@@ -474,18 +335,18 @@ async fn bad_webhook_bodies_are_answered_fast_and_change_nothing() -> Result<()>
     .await?;
     ensure!(status == 200, "{answer}");
     let id = answer["jobs"][0].as_str().context("no job id")?.to_owned();
-    let start = Instant::now();
-    loop {
-        let progress = get_json(&http, &format!("{}/preheat/{id}", cluster.proxy_url())).await?;
-        if progress["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("not readable"))
-        {
-            break;
-        }
-        ensure!(start.elapsed() < PREHEAT_DEADLINE, "{progress}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_job(
+        &http,
+        &cluster.proxy_url(),
+        &id,
+        "the job reported its repository as not readable",
+        |progress| {
+            Ok(progress["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not readable")))
+        },
+    )
+    .await?;
     ensure!(cluster.is_running(Component::Proxy)?, "the proxy died");
     Ok(())
 }

@@ -12,25 +12,26 @@
 //! - Bad agent preheat requests are refused with 400 and fetch nothing; an invalid share stops
 //!   the proxy at start with an error naming the field.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use shoal_client::ImageSpec;
 use shoal_core::Digest;
 use shoal_tests::cluster::sum_metric;
-use shoal_tests::images::{generate, layout_blobs, layout_manifest_digest};
+use shoal_tests::images::{generate, layout_blobs};
 use shoal_tests::ports::free_loopback_addr;
-use shoal_tests::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
-use shoal_tests::tools::{skopeo, skopeo_push};
+use shoal_tests::preheat::{
+    STARTUP_DEADLINE, cluster_over, index_entry, job_progress, metrics_text, poll_job,
+    preheat_proxy_config, put_index, spawn_preheat_proxy, start_job, start_preheat_proxy, stored,
+    wait_for_job,
+};
+use shoal_tests::process::{POLL_INTERVAL, Process, ProcessSpec};
+use shoal_tests::swarm::{ensure_same_layout, skopeo_pull_through_agent};
+use shoal_tests::tools::skopeo_push;
 use shoal_tests::{Cluster, ClusterOptions, Component, ReferenceRegistry, binaries, configs};
 
 const MIB: u64 = 1 << 20;
-/// Fetching a few MiB into an origin and two agents is quick; this allows for a loaded 2-core
-/// machine.
-const PREHEAT_DEADLINE: Duration = Duration::from_secs(120);
-const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The first layer is larger than any manifest may be, so an agent asked to preheat it as a
 /// manifest refuses it from its metainfo alone.
@@ -42,121 +43,19 @@ fn spec(seed: u64, tag: &str) -> ImageSpec {
     }
 }
 
-/// A cluster whose origins pull through from `registry`, with `agents` agents.
-async fn cluster_over(registry: &ReferenceRegistry, agents: usize) -> Result<Cluster> {
-    Cluster::start(ClusterOptions {
-        backend: json!({"registry": {"url": registry.url(), "manifest_wait": "60s"}}),
-        ..ClusterOptions::with_agents(agents)
-    })
-    .await
-}
-
-/// The config of a preheating proxy in front of `cluster`: the cluster proxy's config with its
-/// own listen address, job directory and `preheat` settings merged over it.
-fn preheat_proxy_config(
-    cluster: &Cluster,
-    listen: std::net::SocketAddr,
-    preheat: Value,
-) -> Result<PathBuf> {
-    let base = cluster.config_path(Component::Proxy);
-    let text =
-        std::fs::read_to_string(&base).with_context(|| format!("reading {}", base.display()))?;
-    let mut config: Value = serde_yaml_ng::from_str(&text).context("parsing the proxy config")?;
-    let state_dir = cluster.dir().join("preheat-proxy-jobs");
-    configs::merge(
-        &mut config,
-        json!({
-            "listen": listen.to_string(),
-            "preheat": {
-                "state_dir": state_dir.display().to_string(),
-                "retry_initial": "200ms",
-                "retry_max": "1s",
-            },
-        }),
-    );
-    configs::merge(&mut config, json!({ "preheat": preheat }));
-    let path = cluster.dir().join("preheat-proxy.yaml");
-    std::fs::write(&path, configs::to_yaml(&config)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
-async fn spawn_proxy(config: &Path, listen: std::net::SocketAddr, log: PathBuf) -> Result<Process> {
-    let mut process = Process::spawn(ProcessSpec {
-        name: "preheat-proxy".to_owned(),
-        program: binaries::path("shoal-proxy"),
-        args: vec!["--config".to_owned(), config.display().to_string()],
-        env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
-        log,
-    })?;
-    wait_until_ready(
-        &mut process,
-        &format!("http://{listen}/health"),
-        STARTUP_DEADLINE,
-    )
-    .await?;
-    Ok(process)
-}
-
-/// `POST /preheat` for `image`; returns the job id.
-async fn start_job(http: &reqwest::Client, proxy: &str, image: &str) -> Result<String> {
-    let response = http
-        .post(format!("{proxy}/preheat"))
-        .json(&json!({ "image": image }))
-        .send()
-        .await?;
-    ensure!(
-        response.status() == 202,
-        "POST /preheat: {}",
-        response.status()
-    );
-    let answer: Value = response.json().await?;
-    Ok(answer["id"].as_str().context("no job id")?.to_owned())
-}
-
-async fn progress(http: &reqwest::Client, proxy: &str, id: &str) -> Result<Value> {
-    let url = format!("{proxy}/preheat/{id}");
-    let response = http
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    ensure!(response.status() == 200, "GET {url}: {}", response.status());
-    Ok(response.json().await?)
-}
-
-/// Polls the job until it finishes; fails unless it succeeded.
-async fn wait_for_job(http: &reqwest::Client, proxy: &str, id: &str) -> Result<Value> {
-    let start = Instant::now();
-    loop {
-        let progress = progress(http, proxy, id).await?;
-        match progress["state"].as_str() {
-            Some("succeeded") => return Ok(progress),
-            Some("failed") => bail!("preheat job failed: {progress}"),
-            _ if start.elapsed() > PREHEAT_DEADLINE => {
-                bail!("preheat job unfinished after {PREHEAT_DEADLINE:?}: {progress}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-/// Where a store keeps a committed blob: `store/blobs/sha256/<2 hex>/<hex>/data`.
-fn stored(data_dir: &Path, digest: &Digest) -> bool {
-    let hex = digest.hex();
-    data_dir
-        .join("store/blobs/sha256")
-        .join(&hex[..2])
-        .join(&hex)
-        .join("data")
-        .is_file()
+/// `preheat` settings for a test's proxy: `extra` over job retries short enough that a job
+/// waiting for its image retries several times within the test.
+fn quick_retries(extra: Value) -> Value {
+    let mut preheat = json!({"retry_initial": "200ms", "retry_max": "1s"});
+    configs::merge(&mut preheat, extra);
+    preheat
 }
 
 #[tokio::test]
 async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
     let http = shoal_service::client::builder().build()?;
     let registry = ReferenceRegistry::start().await?;
-    let cluster = cluster_over(&registry, 3).await?;
+    let cluster = cluster_over(&registry, 1, 3).await?;
     let work = tempfile::tempdir()?;
     let image = generate(&work.path().join("pushed"), spec(0xa6e1, "v1")).await?;
     skopeo_push(
@@ -170,12 +69,12 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
         .map(|i| cluster.addr(Component::Agent(i)).to_string())
         .collect();
     let listen = free_loopback_addr()?;
-    let config = preheat_proxy_config(
+    let mut proxy = start_preheat_proxy(
         &cluster,
         listen,
-        json!({"agents": {"members": agents, "count": 2}}),
-    )?;
-    let mut proxy = spawn_proxy(&config, listen, cluster.dir().join("preheat-proxy.log")).await?;
+        quick_retries(json!({"agents": {"members": agents, "count": 2}})),
+    )
+    .await?;
     let proxy_url = format!("http://{listen}");
 
     let id = start_job(
@@ -229,10 +128,7 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
             ensure!(held == 0, "agent {i} was not chosen but holds {held} blobs");
         }
     }
-    let metrics = reqwest::get(format!("{proxy_url}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &proxy_url).await?;
     ensure!(
         sum_metric(&metrics, "shoal_proxy_preheat_agents_succeeded_total", &[]) == 2.0,
         "{metrics}"
@@ -265,22 +161,8 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
         .metric_sum(Component::Agent(chosen), received, &[])
         .await?;
     let pulled = work.path().join("pulled");
-    skopeo([
-        "copy",
-        "--src-tls-verify=false",
-        "--preserve-digests",
-        &format!(
-            "docker://{}/fleet/app:v1",
-            cluster.addr(Component::Agent(chosen))
-        ),
-        &format!("oci:{}:pulled", pulled.display()),
-    ])
-    .await?;
-    ensure!(layout_manifest_digest(&pulled)? == image.manifest_digest);
-    ensure!(
-        layout_blobs(&pulled)? == layout_blobs(&image.dir)?,
-        "pulled blobs differ"
-    );
+    skopeo_pull_through_agent(&cluster, chosen, "fleet/app", "v1", &pulled).await?;
+    ensure_same_layout(&image, &pulled)?;
     let after = cluster
         .metric_sum(Component::Agent(chosen), received, &[])
         .await?;
@@ -304,35 +186,28 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
 async fn an_unfinished_job_survives_a_killed_proxy_and_completes() -> Result<()> {
     let http = shoal_service::client::builder().build()?;
     let registry = ReferenceRegistry::start().await?;
-    let cluster = cluster_over(&registry, 0).await?;
+    let cluster = cluster_over(&registry, 1, 0).await?;
     let work = tempfile::tempdir()?;
     // Generated but not pushed: until it is, every attempt fails to read the manifest.
     let image = generate(&work.path().join("later"), spec(0xd0ab, "v1")).await?;
 
     let listen = free_loopback_addr()?;
-    let config = preheat_proxy_config(&cluster, listen, json!({"attempts": 10_000}))?;
+    let config =
+        preheat_proxy_config(&cluster, listen, quick_retries(json!({"attempts": 10_000})))?;
     let log = cluster.dir().join("preheat-proxy.log");
-    let mut proxy = spawn_proxy(&config, listen, log.clone()).await?;
+    let mut proxy = spawn_preheat_proxy(&config, listen, log.clone()).await?;
     let proxy_url = format!("http://{listen}");
     let image_ref = format!("durable/app@{}", image.manifest_digest);
     let id = start_job(&http, &proxy_url, &image_ref).await?;
-    let start = Instant::now();
-    loop {
-        let progress = progress(&http, &proxy_url, &id).await?;
+    poll_job(&http, &proxy_url, &id, "the job retried", |progress| {
         ensure!(progress["state"] != "succeeded", "{progress}");
-        if progress["attempts"].as_u64() >= Some(2) && !progress["last_error"].is_null() {
-            break;
-        }
-        ensure!(
-            start.elapsed() < PREHEAT_DEADLINE,
-            "the job never retried: {progress}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+        Ok(progress["attempts"].as_u64() >= Some(2) && !progress["last_error"].is_null())
+    })
+    .await?;
 
     proxy.kill()?;
-    let mut proxy = spawn_proxy(&config, listen, log).await?;
-    let resumed = progress(&http, &proxy_url, &id).await?;
+    let mut proxy = spawn_preheat_proxy(&config, listen, log).await?;
+    let resumed = job_progress(&http, &proxy_url, &id).await?;
     ensure!(resumed["image"] == image_ref.as_str(), "{resumed}");
     ensure!(
         matches!(resumed["state"].as_str(), Some("queued" | "running")),
@@ -359,10 +234,7 @@ async fn an_unfinished_job_survives_a_killed_proxy_and_completes() -> Result<()>
     {
         ensure!(stored(&origin, digest), "the origin lacks {digest}");
     }
-    let metrics = reqwest::get(format!("{proxy_url}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &proxy_url).await?;
     ensure!(
         sum_metric(&metrics, "shoal_proxy_preheat_jobs_resumed_total", &[]) == 1.0,
         "{metrics}"
@@ -387,30 +259,16 @@ async fn an_index_is_preheated_for_the_agents_own_platform_only() -> Result<()> 
         "aarch64" => "arm64",
         other => other,
     };
-    let entry = |image: &shoal_client::Image, architecture: &str| {
-        json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": image.manifest_digest.to_string(),
-            "size": image.manifest_bytes.len(),
-            "platform": {"architecture": architecture, "os": "linux"},
-        })
-    };
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [entry(&other, "s390x-test"), entry(&ours, architecture)],
-    }))?;
-    let index_digest = Digest::of(&index);
-    let response = http
-        .put(format!(
-            "{}/v2/multi/app/manifests/both",
-            cluster.proxy_url()
-        ))
-        .header("content-type", "application/vnd.oci.image.index.v1+json")
-        .body(index)
-        .send()
-        .await?;
-    ensure!(response.status() == 201, "PUT index: {}", response.status());
+    let index_digest = put_index(
+        &cluster.proxy_url(),
+        "multi/app",
+        "both",
+        vec![
+            index_entry(&other, "s390x-test"),
+            index_entry(&ours, architecture),
+        ],
+    )
+    .await?;
 
     let response = http
         .post(format!("{}/preheat", cluster.agent_url(0)))
