@@ -1,6 +1,7 @@
 //! What the peer-to-peer acceptance tests share: pushing an image through the proxy, pulling it
-//! or one blob through an agent (streamed and hashed, never held in memory), the bytes an
-//! origin has served by any route, and polling a cluster condition with a deadline.
+//! (through one agent or several at once, checked against what was pushed) or one blob through
+//! an agent (streamed and hashed, never held in memory), the bytes an origin has served by any
+//! route, and polling a cluster condition with a deadline.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -65,6 +66,40 @@ pub async fn skopeo_pull_through_agent(
     ])
     .await
     .with_context(|| format!("skopeo pulling {repo}:{tag} through agent {agent}"))?;
+    Ok(())
+}
+
+/// Pulls `repo:tag` through agent `agent` into `dest` (as [`pull_through_agent`]) and checks it
+/// is exactly `image`.
+pub async fn pull_through_agent_and_check(
+    cluster: &Cluster,
+    agent: usize,
+    image: &Image,
+    repo: &str,
+    tag: &str,
+    dest: &Path,
+) -> Result<()> {
+    let pulled = pull_through_agent(cluster, agent, repo, tag, dest).await?;
+    ensure_same_image(image, &pulled)
+}
+
+/// Pulls `repo:tag` through every agent of `agents` at once, each into `work/pulled-<agent>`,
+/// and checks that every copy is exactly `image`.
+pub async fn pull_through_agents_and_check(
+    cluster: &Cluster,
+    agents: impl IntoIterator<Item = usize>,
+    image: &Image,
+    repo: &str,
+    tag: &str,
+    work: &Path,
+) -> Result<()> {
+    let pulls = agents.into_iter().map(|i| {
+        let dest = work.join(format!("pulled-{i}"));
+        async move { pull_through_agent(cluster, i, repo, tag, &dest).await }
+    });
+    for pulled in futures::future::try_join_all(pulls).await? {
+        ensure_same_image(image, &pulled)?;
+    }
     Ok(())
 }
 

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use shoal_client::{Image, ImageSpec, RegistryClient};
@@ -20,7 +20,10 @@ use shoal_storage::{Backend, ByteStream, blob_key, tag_key};
 use shoal_tests::images::{file_digest, generate, layout_blobs};
 use shoal_tests::moto::Moto;
 use shoal_tests::pattern::Pattern;
-use shoal_tests::swarm::{ensure_same_image, pull_through_agent, push, wait_until};
+use shoal_tests::swarm::{
+    ensure_same_image, pull_through_agent, pull_through_agent_and_check,
+    pull_through_agents_and_check, push, wait_until,
+};
 use shoal_tests::{Cluster, ClusterOptions, Component};
 use tokio_util::io::ReaderStream;
 
@@ -30,10 +33,6 @@ const MIB: u64 = 1 << 20;
 const DEADLINE: Duration = Duration::from_secs(90);
 /// A backend that just came back is retried with backoff (capped by the test's `retry_max`).
 const WRITEBACK_AFTER_OUTAGE: Duration = Duration::from_secs(120);
-/// Short write-back retries, so that a backend that comes back is noticed within seconds.
-fn fast_writeback_retries() -> serde_json::Value {
-    json!({"writeback": {"retry_initial": "200ms", "retry_max": "2s"}})
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_return() -> Result<()>
@@ -85,14 +84,7 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     cluster.kill(victim_component)?;
 
-    let pulls = (0..3).map(|i| {
-        let dest = work.path().join(format!("pulled-{i}"));
-        let cluster = &cluster;
-        async move { pull_through_agent(cluster, i, "ring/app", "v1", &dest).await }
-    });
-    for pulled in try_join_all(pulls).await? {
-        ensure_same_image(&image, &pulled)?;
-    }
+    pull_through_agents_and_check(&cluster, 0..3, &image, "ring/app", "v1", work.path()).await?;
 
     // A new push with an origin down: sessions open on an origin that answers and the two
     // survivors make the write quorum.
@@ -106,15 +98,8 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
     )
     .await?;
     push(&cluster, &second, "ring/app", "v2").await?;
-    let pulled = pull_through_agent(
-        &cluster,
-        1,
-        "ring/app",
-        "v2",
-        &work.path().join("pulled-v2"),
-    )
-    .await?;
-    ensure_same_image(&second, &pulled)?;
+    let pulled = work.path().join("pulled-v2");
+    pull_through_agent_and_check(&cluster, 1, &second, "ring/app", "v2", &pulled).await?;
     let second_blobs = layout_blobs(&second.dir)?;
     ensure!(
         all_stored(&cluster, &survivors, second_blobs.keys()).await?,
@@ -155,43 +140,32 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_during_an_s3_outage_is_written_back_once_s3_returns() -> Result<()> {
-    let mut moto = Moto::start("shoal-outage").await?;
     let work = tempfile::tempdir()?;
-    let cluster = Cluster::start(ClusterOptions {
-        origins: 3,
-        // The build-index keeps its tags in S3 too: it holds the tag locally until S3 returns.
-        backend: moto.backend_config()?,
-        origin_overrides: fast_writeback_retries(),
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let image = generate(
-        &work.path().join("image"),
-        ImageSpec {
-            layers: vec![3 * MIB + 1, 512 * 1024],
-            seed: 0x0c1_0003,
-            tag: "v1".to_owned(),
+    let mut outage = S3Outage::push(
+        "shoal-outage",
+        ClusterOptions {
+            origins: 3,
+            // The build-index keeps its tags in S3 too: it holds the tag locally until S3
+            // returns.
+            ..ClusterOptions::default()
         },
+        work.path(),
+        vec![3 * MIB + 1, 512 * 1024],
+        0x0c1_0003,
+        "outage/app",
     )
     .await?;
-
-    moto.stop()?;
-    push(&cluster, &image, "outage/app", "v1").await?;
     ensure!(
-        writeback_queued(&cluster, 3).await? > 0.0,
+        writeback_queued(&outage.cluster, 3).await? > 0.0,
         "nothing is waiting for write-back although S3 is down"
     );
-    moto.restart().await?;
-    cluster
-        .wait_for_writeback_within(WRITEBACK_AFTER_OUTAGE)
-        .await?;
-    ensure_in_s3(&moto, &image).await?;
+    outage.end().await?;
     // The tag accepted during the outage reaches S3 as well.
     let key = tag_key(
         &shoal_core::Name::parse("outage/app")?,
         &shoal_core::Tag::parse("v1")?,
     );
-    let s3 = moto.backend()?;
+    let s3 = outage.moto.backend()?;
     let deadline = std::time::Instant::now() + WRITEBACK_AFTER_OUTAGE;
     loop {
         if let Some(body) = s3.get(&key, None).await? {
@@ -200,7 +174,7 @@ async fn a_push_during_an_s3_outage_is_written_back_once_s3_returns() -> Result<
                 .try_concat()
                 .await?;
             ensure!(
-                text == image.manifest_digest.to_string().as_bytes(),
+                text == outage.image.manifest_digest.to_string().as_bytes(),
                 "S3 holds tag {key} as {:?}",
                 String::from_utf8_lossy(&text)
             );
@@ -216,39 +190,27 @@ async fn a_push_during_an_s3_outage_is_written_back_once_s3_returns() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_back_queued_during_an_s3_outage_survives_sigkill_of_the_origin() -> Result<()> {
-    let mut moto = Moto::start("shoal-outage-kill").await?;
     let work = tempfile::tempdir()?;
-    let mut cluster = Cluster::start(ClusterOptions {
-        backend: moto.backend_config()?,
-        build_index_backend: json!({"filesystem": {"root": work.path().join("tags")}}),
-        origin_overrides: fast_writeback_retries(),
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let image = generate(
-        &work.path().join("image"),
-        ImageSpec {
-            layers: vec![2 * MIB + 7, 300 * 1024],
-            seed: 0x0c1_0004,
-            tag: "v1".to_owned(),
+    let mut outage = S3Outage::push(
+        "shoal-outage-kill",
+        ClusterOptions {
+            build_index_backend: json!({"filesystem": {"root": work.path().join("tags")}}),
+            ..ClusterOptions::default()
         },
+        work.path(),
+        vec![2 * MIB + 7, 300 * 1024],
+        0x0c1_0004,
+        "outage/kill",
     )
     .await?;
-
-    moto.stop()?;
-    push(&cluster, &image, "outage/kill", "v1").await?;
-    cluster.kill(Component::Origin)?;
-    cluster.restart(Component::Origin).await?;
-    let queued = writeback_queued(&cluster, 1).await?;
+    outage.cluster.kill(Component::Origin)?;
+    outage.cluster.restart(Component::Origin).await?;
+    let queued = writeback_queued(&outage.cluster, 1).await?;
     ensure!(
         queued > 0.0,
         "the restarted origin has no write-back queued: the queue did not survive SIGKILL"
     );
-    moto.restart().await?;
-    cluster
-        .wait_for_writeback_within(WRITEBACK_AFTER_OUTAGE)
-        .await?;
-    ensure_in_s3(&moto, &image).await
+    outage.end().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,6 +396,59 @@ async fn writeback_queued(cluster: &Cluster, origins: usize) -> Result<f64> {
             .await?;
     }
     Ok(total)
+}
+
+/// A cluster whose origins write back to S3 (moto), and an image pushed to it while S3 was down.
+struct S3Outage {
+    moto: Moto,
+    cluster: Cluster,
+    image: Image,
+}
+
+impl S3Outage {
+    /// Starts moto with `bucket` and a cluster of `options` over it, generates an image of
+    /// `layers` from `seed` under `work`, stops S3 and pushes the image as `repo:v1`.
+    async fn push(
+        bucket: &str,
+        options: ClusterOptions,
+        work: &Path,
+        layers: Vec<u64>,
+        seed: u64,
+        repo: &str,
+    ) -> Result<S3Outage> {
+        let mut moto = Moto::start(bucket).await?;
+        let cluster = Cluster::start(ClusterOptions {
+            backend: moto.backend_config()?,
+            // Short write-back retries, so that a backend that comes back is noticed within
+            // seconds.
+            origin_overrides: json!({"writeback": {"retry_initial": "200ms", "retry_max": "2s"}}),
+            ..options
+        })
+        .await?;
+        let spec = ImageSpec {
+            layers,
+            seed,
+            tag: "v1".to_owned(),
+        };
+        let image = generate(&work.join("image"), spec).await?;
+        moto.stop()?;
+        push(&cluster, &image, repo, "v1").await?;
+        Ok(S3Outage {
+            moto,
+            cluster,
+            image,
+        })
+    }
+
+    /// Brings S3 back, waits until the origins have written back what they queued and checks
+    /// that every blob of the image is in S3.
+    async fn end(&mut self) -> Result<()> {
+        self.moto.restart().await?;
+        self.cluster
+            .wait_for_writeback_within(WRITEBACK_AFTER_OUTAGE)
+            .await?;
+        ensure_in_s3(&self.moto, &self.image).await
+    }
 }
 
 /// Reads every blob of `image` back from the bucket, bypassing Shoal, and checks its bytes.

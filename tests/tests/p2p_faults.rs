@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use futures::future::try_join_all;
 use serde_json::json;
 use shoal_client::ImageSpec;
 use shoal_core::piece_length_for;
 use shoal_tests::images::generate;
-use shoal_tests::swarm::{ensure_same_image, fetch_blob, pull_through_agent, push, wait_until};
+use shoal_tests::swarm::{
+    ensure_same_image, fetch_blob, pull_through_agent_and_check, pull_through_agents_and_check,
+    push, wait_until,
+};
 use shoal_tests::{Cluster, ClusterOptions, Component};
 
 const MIB: u64 = 1 << 20;
@@ -41,24 +43,10 @@ async fn pieces_from_a_corrupting_peer_are_rejected_and_the_download_still_compl
 
     // Agent 0 completes first, so it is the complete peer the tracker hands out to the others;
     // it verifies what it receives and flips bytes only in what it serves.
-    let seeded = pull_through_agent(
-        &cluster,
-        0,
-        "faults/corrupt",
-        "v1",
-        &work.path().join("pulled-0"),
-    )
-    .await?;
-    ensure_same_image(&image, &seeded)?;
-
-    let pulls = (1..4).map(|i| {
-        let dest = work.path().join(format!("pulled-{i}"));
-        let cluster = &cluster;
-        async move { pull_through_agent(cluster, i, "faults/corrupt", "v1", &dest).await }
-    });
-    for copy in try_join_all(pulls).await? {
-        ensure_same_image(&image, &copy)?;
-    }
+    let repo = "faults/corrupt";
+    let seeded = work.path().join("pulled-0");
+    pull_through_agent_and_check(&cluster, 0, &image, repo, "v1", &seeded).await?;
+    pull_through_agents_and_check(&cluster, 1..4, &image, repo, "v1", work.path()).await?;
     let rejected = cluster
         .agents_metric_sum("p2p_pieces_rejected_total", &[])
         .await?;
@@ -165,15 +153,8 @@ async fn agents_finish_from_peers_after_the_only_origin_is_killed() -> Result<()
     )
     .await?;
     push(&cluster, &image, "faults/origin-loss", "v1").await?;
-    let complete = pull_through_agent(
-        &cluster,
-        0,
-        "faults/origin-loss",
-        "v1",
-        &work.path().join("pulled-0"),
-    )
-    .await?;
-    ensure_same_image(&image, &complete)?;
+    let pulled = work.path().join("pulled-0");
+    pull_through_agent_and_check(&cluster, 0, &image, "faults/origin-loss", "v1", &pulled).await?;
 
     let pulls = [1, 2].map(|i| {
         let url = cluster.agent_url(i);
