@@ -18,6 +18,15 @@ pub async fn generate(dir: &Path, spec: ImageSpec) -> Result<Image> {
         .context("generating the OCI layout")
 }
 
+/// The spec of an image of `layers` (their sizes in bytes) generated from `seed`, tagged `tag`.
+pub fn image_spec(layers: Vec<u64>, seed: u64, tag: &str) -> ImageSpec {
+    ImageSpec {
+        layers,
+        seed,
+        tag: tag.to_owned(),
+    }
+}
+
 /// The sha256 of a file, streamed.
 pub fn file_digest(path: &Path) -> Result<Digest> {
     let mut file =

@@ -116,6 +116,54 @@ where
     run("docker", args).await
 }
 
+/// The Docker daemon pushes and pulls itself, from its own network namespace: a registry on
+/// 127.0.0.1 (a cluster's, or a port compose published) is reachable only when that namespace is
+/// ours.
+pub fn ensure_docker_daemon_shares_our_loopback() -> Result<()> {
+    let pid = std::fs::read_to_string("/var/run/docker.pid")
+        .context("reading /var/run/docker.pid: is the Docker daemon running on this machine?")?;
+    let daemon_ns = std::fs::read_link(format!("/proc/{}/ns/net", pid.trim()))
+        .context("reading the Docker daemon's network namespace")?;
+    let our_ns = std::fs::read_link("/proc/self/ns/net").context("reading our netns")?;
+    if daemon_ns != our_ns {
+        bail!(
+            "the Docker daemon runs in network namespace {daemon_ns:?}, this test in {our_ns:?}: \
+             it cannot reach a registry on 127.0.0.1"
+        );
+    }
+    Ok(())
+}
+
+/// The ID (config digest) of the image Docker holds as `reference`.
+pub async fn docker_image_id(reference: &str) -> Result<String> {
+    Ok(
+        docker(["image", "inspect", "--format", "{{.Id}}", reference])
+            .await?
+            .stdout
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// Removes the Docker images a test created, even when it fails half way.
+pub struct DockerImages(pub Vec<String>);
+
+impl Drop for DockerImages {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        // Best effort, synchronously: a leftover image costs disk space, not correctness.
+        let result = std::process::Command::new("docker")
+            .args(["rmi", "--force"])
+            .args(&self.0)
+            .output();
+        if let Err(e) = result {
+            eprintln!("cleaning up docker images {:?}: {e}", self.0);
+        }
+    }
+}
+
 /// A podman with its own storage (`--root`, `--runroot`) and an empty registries config inside a
 /// directory the test owns, so it neither touches nor depends on the machine's podman state.
 #[derive(Debug)]

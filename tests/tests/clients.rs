@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use shoal_client::{Image, ImageSpec};
-use shoal_tests::images::{generate, layout_blobs, layout_manifest_digest};
-use shoal_tests::tools::{Podman, docker, skopeo};
+use shoal_tests::images::{generate, image_spec, layout_blobs, layout_manifest_digest};
+use shoal_tests::tools::{
+    DockerImages, Podman, docker, docker_image_id, ensure_docker_daemon_shares_our_loopback, skopeo,
+};
 use shoal_tests::{Cluster, ClusterOptions, ReferenceRegistry};
 
 const MIB: u64 = 1 << 20;
@@ -73,52 +75,6 @@ async fn skopeo_round_trip_against_the_reference_registry() -> Result<()> {
     skopeo_round_trip(&registry.addr().to_string(), &image, "v1", work.path()).await
 }
 
-/// Removes the Docker images a test created, even when it fails half way.
-struct DockerImages(Vec<String>);
-
-impl Drop for DockerImages {
-    fn drop(&mut self) {
-        if self.0.is_empty() {
-            return;
-        }
-        // Best effort, synchronously: a leftover image costs disk space, not correctness.
-        let result = std::process::Command::new("docker")
-            .args(["rmi", "--force"])
-            .args(&self.0)
-            .output();
-        if let Err(e) = result {
-            eprintln!("cleaning up docker images {:?}: {e}", self.0);
-        }
-    }
-}
-
-/// The Docker daemon pushes and pulls itself, from its own network namespace: a 127.0.0.1
-/// registry is reachable only when that namespace is ours.
-fn ensure_docker_daemon_shares_our_loopback() -> Result<()> {
-    let pid = std::fs::read_to_string("/var/run/docker.pid")
-        .context("reading /var/run/docker.pid: is the Docker daemon running on this machine?")?;
-    let daemon_ns = std::fs::read_link(format!("/proc/{}/ns/net", pid.trim()))
-        .context("reading the Docker daemon's network namespace")?;
-    let our_ns = std::fs::read_link("/proc/self/ns/net").context("reading our netns")?;
-    if daemon_ns != our_ns {
-        bail!(
-            "the Docker daemon runs in network namespace {daemon_ns:?}, this test in {our_ns:?}: \
-             it cannot reach the proxy on 127.0.0.1"
-        );
-    }
-    Ok(())
-}
-
-async fn docker_image_id(reference: &str) -> Result<String> {
-    Ok(
-        docker(["image", "inspect", "--format", "{{.Id}}", reference])
-            .await?
-            .stdout
-            .trim()
-            .to_owned(),
-    )
-}
-
 #[tokio::test]
 async fn docker_push_and_pull_through_the_proxy_keep_the_image_id() -> Result<()> {
     docker(["info"])
@@ -129,11 +85,7 @@ async fn docker_push_and_pull_through_the_proxy_keep_the_image_id() -> Result<()
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![6 * MIB, 200_000],
-            seed: 0x5e0_0002,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![6 * MIB, 200_000], 0x5e0_0002, "v1"),
     )
     .await?;
 
@@ -183,11 +135,7 @@ async fn podman_pulls_pushes_to_another_repo_and_pulls_back_the_same_image() -> 
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![5 * MIB, 300_000],
-            seed: 0x5e0_0003,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![5 * MIB, 300_000], 0x5e0_0003, "v1"),
     )
     .await?;
     let registry = cluster.proxy_addr();

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_yaml_ng::{Mapping, Value};
-use shoal_client::ImageSpec;
 use shoal_tests::binaries;
-use shoal_tests::images::{generate, layout_blobs};
+use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::ports::free_loopback_addr_list;
 use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
-use shoal_tests::tools::{docker, run_command, skopeo};
+use shoal_tests::tools::{
+    docker, docker_image_id, ensure_docker_daemon_shares_our_loopback, run_command, skopeo,
+};
 
 /// A debug binary starts in well under a second; the margin covers a loaded 2-core machine.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -264,21 +265,6 @@ impl Drop for ComposeCleanup {
     }
 }
 
-/// The Docker daemon pulls from its own network namespace: a 127.0.0.1 port published by compose
-/// is what it reaches, so it must share ours for the test to reach the same ports.
-fn ensure_docker_daemon_shares_our_loopback() -> Result<()> {
-    let pid = std::fs::read_to_string("/var/run/docker.pid")
-        .context("reading /var/run/docker.pid: is the Docker daemon running on this machine?")?;
-    let daemon_ns = std::fs::read_link(format!("/proc/{}/ns/net", pid.trim()))
-        .context("reading the Docker daemon's network namespace")?;
-    let our_ns = std::fs::read_link("/proc/self/ns/net").context("reading our netns")?;
-    ensure!(
-        daemon_ns == our_ns,
-        "the Docker daemon runs in network namespace {daemon_ns:?}, this test in {our_ns:?}"
-    );
-    Ok(())
-}
-
 async fn wait_for_health(url: &str, project: &str, env: &[(&str, String)]) -> Result<()> {
     let http = shoal_service::client::builder()
         .timeout(Duration::from_secs(2))
@@ -393,11 +379,7 @@ async fn compose_cluster_serves_a_docker_pull_through_an_agent_and_the_dashboard
     // Push through the proxy's published port.
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![4 * MIB, 150_000],
-            seed: 0x5e0_d301,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![4 * MIB, 150_000], 0x5e0_d301, "v1"),
     )
     .await?;
     let tag = format!("r{run}");
@@ -422,11 +404,7 @@ async fn compose_cluster_serves_a_docker_pull_through_an_agent_and_the_dashboard
             .unwrap_or_default();
         e.context(logs)
     })?;
-    let id = docker(["image", "inspect", "--format", "{{.Id}}", &pulled])
-        .await?
-        .stdout
-        .trim()
-        .to_owned();
+    let id = docker_image_id(&pulled).await?;
     ensure!(
         id == image.config.0.to_string(),
         "pulled image id {id}, pushed config {}",

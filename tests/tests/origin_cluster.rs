@@ -14,10 +14,10 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
-use shoal_client::{Image, ImageSpec, RegistryClient};
+use shoal_client::{Image, RegistryClient};
 use shoal_core::{Digest, Digester, rendezvous};
 use shoal_storage::{Backend, ByteStream, blob_key, tag_key};
-use shoal_tests::images::{file_digest, generate, layout_blobs};
+use shoal_tests::images::{file_digest, generate, image_spec, layout_blobs};
 use shoal_tests::moto::Moto;
 use shoal_tests::pattern::Pattern;
 use shoal_tests::swarm::{
@@ -45,11 +45,11 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![3 * MIB + 5, 2 * MIB, 700 * 1024, 4096],
-            seed: 0x0c1_0001,
-            tag: "v1".to_owned(),
-        },
+        image_spec(
+            vec![3 * MIB + 5, 2 * MIB, 700 * 1024, 4096],
+            0x0c1_0001,
+            "v1",
+        ),
     )
     .await?;
     push(&cluster, &image, "ring/app", "v1").await?;
@@ -90,11 +90,7 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
     // survivors make the write quorum.
     let second = generate(
         &work.path().join("image-2"),
-        ImageSpec {
-            layers: vec![2 * MIB + 3, 100 * 1024],
-            seed: 0x0c1_0002,
-            tag: "v2".to_owned(),
-        },
+        image_spec(vec![2 * MIB + 3, 100 * 1024], 0x0c1_0002, "v2"),
     )
     .await?;
     push(&cluster, &second, "ring/app", "v2").await?;
@@ -224,11 +220,7 @@ async fn an_image_placed_in_s3_behind_shoals_back_is_pulled_through() -> Result<
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![3 * MIB + 11, 64 * 1024],
-            seed: 0x0c1_0005,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![3 * MIB + 11, 64 * 1024], 0x0c1_0005, "v1"),
     )
     .await?;
     let s3 = moto.backend()?;
@@ -425,12 +417,7 @@ impl S3Outage {
             ..options
         })
         .await?;
-        let spec = ImageSpec {
-            layers,
-            seed,
-            tag: "v1".to_owned(),
-        };
-        let image = generate(&work.join("image"), spec).await?;
+        let image = generate(&work.join("image"), image_spec(layers, seed, "v1")).await?;
         moto.stop()?;
         push(&cluster, &image, repo, "v1").await?;
         Ok(S3Outage {

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use serde_json::json;
-use shoal_client::ImageSpec;
 use shoal_core::piece_length_for;
-use shoal_tests::images::generate;
+use shoal_tests::images::{generate, image_spec};
 use shoal_tests::swarm::{
     ensure_same_image, fetch_blob, pull_through_agent_and_check, pull_through_agents_and_check,
     push, wait_until,
@@ -32,11 +31,7 @@ async fn pieces_from_a_corrupting_peer_are_rejected_and_the_download_still_compl
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![40 * MIB, 3 * MIB],
-            seed: 0x5e0_0302,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![40 * MIB, 3 * MIB], 0x5e0_0302, "v1"),
     )
     .await?;
     push(&cluster, &image, "faults/corrupt", "v1").await?;
@@ -75,11 +70,7 @@ async fn an_agent_killed_mid_download_resumes_from_its_verified_pieces() -> Resu
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![96 * MIB],
-            seed: 0x5e0_0303,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![96 * MIB], 0x5e0_0303, "v1"),
     )
     .await?;
     push(&cluster, &image, "faults/resume", "v1").await?;
@@ -145,11 +136,7 @@ async fn agents_finish_from_peers_after_the_only_origin_is_killed() -> Result<()
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![72 * MIB, 2 * MIB],
-            seed: 0x5e0_0304,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![72 * MIB, 2 * MIB], 0x5e0_0304, "v1"),
     )
     .await?;
     push(&cluster, &image, "faults/origin-loss", "v1").await?;

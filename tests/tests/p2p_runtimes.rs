@@ -10,7 +10,7 @@ use shoal_client::{Image, ImageSpec};
 use shoal_tests::containerd::Containerd;
 use shoal_tests::images::generate;
 use shoal_tests::swarm::push;
-use shoal_tests::tools::{Podman, docker};
+use shoal_tests::tools::{DockerImages, Podman, docker, docker_image_id};
 use shoal_tests::{Cluster, ClusterOptions};
 
 const MIB: u64 = 1 << 20;
@@ -33,21 +33,6 @@ async fn cluster_with_image(work: &Path, repo: &str, seed: u64) -> Result<(Clust
     Ok((cluster, image))
 }
 
-/// Removes a Docker image the test pulled, even when it fails half way.
-struct DockerImage(String);
-
-impl Drop for DockerImage {
-    fn drop(&mut self) {
-        // Best effort, synchronously: a leftover image costs disk space, not correctness.
-        let result = std::process::Command::new("docker")
-            .args(["rmi", "--force", &self.0])
-            .output();
-        if let Err(e) = result {
-            eprintln!("cleaning up docker image {}: {e}", self.0);
-        }
-    }
-}
-
 #[tokio::test]
 async fn docker_pulls_from_an_agent_as_a_registry() -> Result<()> {
     docker(["info"])
@@ -57,13 +42,9 @@ async fn docker_pulls_from_an_agent_as_a_registry() -> Result<()> {
     let (cluster, image) = cluster_with_image(work.path(), "runtimes/docker", 0x5e0_0310).await?;
     // 127.0.0.0/8 registries are plain HTTP for the Docker Engine without any configuration.
     let reference = format!("{}/runtimes/docker:v1", cluster.addr(agent()));
-    let _cleanup = DockerImage(reference.clone());
+    let _cleanup = DockerImages(vec![reference.clone()]);
     docker(["pull", &reference]).await?;
-    let id = docker(["image", "inspect", "--format", "{{.Id}}", &reference])
-        .await?
-        .stdout
-        .trim()
-        .to_owned();
+    let id = docker_image_id(&reference).await?;
     ensure!(
         id == image.config.0.to_string(),
         "docker pulled image id {id}, expected the config digest {}",
