@@ -52,11 +52,7 @@ async fn skopeo_round_trip(registry: &str, image: &Image, tag: &str, work: &Path
 
 /// Three uncompressed layers, one of them over 64 MiB, so the big-blob paths are exercised.
 fn large_image_spec(tag: &str) -> ImageSpec {
-    ImageSpec {
-        layers: vec![64 * MIB + 12_345, 3 * MIB, 10_000],
-        seed: 0x5e0_0001,
-        tag: tag.to_owned(),
-    }
+    image_spec(vec![64 * MIB + 12_345, 3 * MIB, 10_000], 0x5e0_0001, tag)
 }
 
 #[tokio::test]

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use serde_json::json;
-use shoal_client::ImageSpec;
-use shoal_tests::images::generate;
+use shoal_tests::images::{generate, image_spec};
 use shoal_tests::swarm::{fetch_blob, push};
 use shoal_tests::{Cluster, ClusterOptions};
 
@@ -25,11 +24,7 @@ async fn a_seeder_limited_to_20_mib_per_second_takes_at_least_9_s_for_200_mib() 
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![200 * MIB],
-            seed: 0x5e0_0305,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![200 * MIB], 0x5e0_0305, "v1"),
     )
     .await?;
     push(&cluster, &image, "limits/egress", "v1").await?;

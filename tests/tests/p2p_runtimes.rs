@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use shoal_client::{Image, ImageSpec};
+use shoal_client::Image;
 use shoal_tests::containerd::Containerd;
-use shoal_tests::images::generate;
+use shoal_tests::images::{generate, image_spec};
 use shoal_tests::swarm::push;
 use shoal_tests::tools::{DockerImages, Podman, docker, docker_image_id};
 use shoal_tests::{Cluster, ClusterOptions};
@@ -22,11 +22,7 @@ async fn cluster_with_image(work: &Path, repo: &str, seed: u64) -> Result<(Clust
     let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
     let image = generate(
         &work.join("image"),
-        ImageSpec {
-            layers: vec![6 * MIB, 150_000],
-            seed,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![6 * MIB, 150_000], seed, "v1"),
     )
     .await?;
     push(&cluster, &image, repo, "v1").await?;

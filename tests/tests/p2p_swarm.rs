@@ -4,8 +4,7 @@
 
 use anyhow::{Result, ensure};
 use futures::future::try_join_all;
-use shoal_client::ImageSpec;
-use shoal_tests::images::generate;
+use shoal_tests::images::{generate, image_spec};
 use shoal_tests::swarm::{
     ensure_same_layout, origin_bytes_served, push, skopeo_pull_through_agent,
 };
@@ -24,11 +23,7 @@ async fn six_agents_pulling_at_once_get_most_bytes_from_each_other() -> Result<(
     // Two layers, 264 MiB in all: both use 1 MiB pieces, a few hundred per layer to spread.
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![200 * MIB, 64 * MIB + 4321],
-            seed: 0x5e0_0301,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![200 * MIB, 64 * MIB + 4321], 0x5e0_0301, "v1"),
     )
     .await?;
     let image_size: u64 =

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use shoal_client::{Image, ImageSpec};
 use shoal_core::Digest;
 use shoal_tests::cluster::sum_metric;
-use shoal_tests::images::{generate, layout_blobs};
+use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::preheat::{
     PREHEAT_DEADLINE, blob_dir, cluster_over, index_entry, metrics_text, poll_job, put_index,
@@ -30,11 +30,7 @@ const SECRET: &str = "preheat-test-secret";
 const ANSWER_BOUND: Duration = Duration::from_secs(1);
 
 fn spec(seed: u64, tag: &str) -> ImageSpec {
-    ImageSpec {
-        layers: vec![3 * MIB + 11, 70_000],
-        seed,
-        tag: tag.to_owned(),
-    }
+    image_spec(vec![3 * MIB + 11, 70_000], seed, tag)
 }
 
 async fn push(image: &Image, tag: &str, remote: &str) -> Result<()> {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use shoal_client::ImageSpec;
 use shoal_core::Digest;
 use shoal_tests::cluster::sum_metric;
-use shoal_tests::images::{generate, layout_blobs};
+use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::preheat::{
     STARTUP_DEADLINE, cluster_over, index_entry, job_progress, metrics_text, poll_job,
@@ -36,11 +36,7 @@ const MIB: u64 = 1 << 20;
 /// The first layer is larger than any manifest may be, so an agent asked to preheat it as a
 /// manifest refuses it from its metainfo alone.
 fn spec(seed: u64, tag: &str) -> ImageSpec {
-    ImageSpec {
-        layers: vec![5 * MIB + 7, 90_000],
-        seed,
-        tag: tag.to_owned(),
-    }
+    image_spec(vec![5 * MIB + 7, 90_000], seed, tag)
 }
 
 /// `preheat` settings for a test's proxy: `extra` over job retries short enough that a job

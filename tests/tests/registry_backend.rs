@@ -6,18 +6,14 @@
 use anyhow::{Result, ensure};
 use serde_json::json;
 use shoal_client::{Image, ImageSpec};
-use shoal_tests::images::{generate, layout_blobs, layout_manifest_digest};
+use shoal_tests::images::{generate, image_spec, layout_blobs, layout_manifest_digest};
 use shoal_tests::tools::{skopeo, skopeo_push};
 use shoal_tests::{Cluster, ClusterOptions, Component, ReferenceRegistry};
 
 const MIB: u64 = 1 << 20;
 
 fn spec(seed: u64, tag: &str) -> ImageSpec {
-    ImageSpec {
-        layers: vec![5 * MIB + 7, 40_000],
-        seed,
-        tag: tag.to_owned(),
-    }
+    image_spec(vec![5 * MIB + 7, 40_000], seed, tag)
 }
 
 async fn push(image: &Image, tag: &str, remote: &str) -> Result<()> {

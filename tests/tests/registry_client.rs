@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 
 use anyhow::{Result, ensure};
-use shoal_client::{ImageSpec, Progress, RegistryClient};
-use shoal_tests::images::{generate, layout_blobs};
+use shoal_client::{Progress, RegistryClient};
+use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::{Cluster, ClusterOptions, ReferenceRegistry};
 
 const MIB: u64 = 1 << 20;
@@ -16,12 +16,8 @@ async fn push_and_pull(base_url: &str) -> Result<()> {
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            // Over one PATCH chunk, so the multi-chunk upload path runs.
-            layers: vec![40 * MIB + 3, 2 * MIB, 0],
-            seed: 0xc1_1e47,
-            tag: "v1".to_owned(),
-        },
+        // Over one PATCH chunk, so the multi-chunk upload path runs.
+        image_spec(vec![40 * MIB + 3, 2 * MIB, 0], 0xc1_1e47, "v1"),
     )
     .await?;
     let client = RegistryClient::new(base_url)?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
-use shoal_client::{Image, ImageSpec, RegistryClient};
-use shoal_tests::images::generate;
+use shoal_client::{Image, RegistryClient};
+use shoal_tests::images::{generate, image_spec};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::swarm::{ensure_same_image, pull_through_agent, push, wait_until};
 use shoal_tests::{Cluster, ClusterOptions, Component, binaries};
@@ -22,15 +22,7 @@ const DEADLINE: Duration = Duration::from_secs(90);
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
 async fn image(dir: &Path, seed: u64, tag: &str) -> Result<Image> {
-    generate(
-        dir,
-        ImageSpec {
-            layers: vec![MIB + 7, 64 * 1024],
-            seed,
-            tag: tag.to_owned(),
-        },
-    )
-    .await
+    generate(dir, image_spec(vec![MIB + 7, 64 * 1024], seed, tag)).await
 }
 
 /// Waits until B's agent serves `repo:tag` as `image`, then checks every byte of it.

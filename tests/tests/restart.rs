@@ -2,8 +2,8 @@
 //! SIGTERM stops each component cleanly.
 
 use anyhow::{Result, ensure};
-use shoal_client::{ImageSpec, RegistryClient};
-use shoal_tests::images::{generate, layout_blobs};
+use shoal_client::RegistryClient;
+use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::v2::Registry;
 use shoal_tests::{Cluster, ClusterOptions, Component};
 
@@ -15,11 +15,7 @@ async fn a_pushed_image_survives_sigkill_of_every_component() -> Result<()> {
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![12 * MIB + 5, MIB, 4096],
-            seed: 0xdead_0001,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![12 * MIB + 5, MIB, 4096], 0xdead_0001, "v1"),
     )
     .await?;
     let client = RegistryClient::new(&cluster.proxy_url())?;
@@ -65,11 +61,7 @@ async fn sigterm_stops_every_component_with_exit_status_zero() -> Result<()> {
     let work = tempfile::tempdir()?;
     let image = generate(
         &work.path().join("image"),
-        ImageSpec {
-            layers: vec![MIB],
-            seed: 0xdead_0002,
-            tag: "v1".to_owned(),
-        },
+        image_spec(vec![MIB], 0xdead_0002, "v1"),
     )
     .await?;
     RegistryClient::new(&cluster.proxy_url())?
