@@ -1,11 +1,12 @@
 //! Test images and their comparison: generate an OCI layout with the client crate off the async
-//! runtime, list a layout's blobs, and hash files without reading them whole.
+//! runtime, list a layout's blobs, and hash files and streamed bodies without holding them whole.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use futures::{Stream, StreamExt};
 use shoal_client::{Image, ImageSpec};
 use shoal_core::{Digest, Digester};
 
@@ -25,6 +26,22 @@ pub fn image_spec(layers: Vec<u64>, seed: u64, tag: &str) -> ImageSpec {
         seed,
         tag: tag.to_owned(),
     }
+}
+
+/// The digest and length of a streamed body (an HTTP response, an S3 object), hashed chunk by
+/// chunk; the first chunk that fails ends it with that error.
+pub async fn stream_digest<B: AsRef<[u8]>, E>(
+    body: impl Stream<Item = Result<B, E>>,
+) -> Result<(Digest, u64), E> {
+    let mut body = std::pin::pin!(body);
+    let mut digester = Digester::new();
+    let mut length = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        digester.update(chunk.as_ref());
+        length += chunk.as_ref().len() as u64;
+    }
+    Ok((digester.finish(), length))
 }
 
 /// The sha256 of a file, streamed.

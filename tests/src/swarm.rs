@@ -7,12 +7,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use futures::StreamExt;
 use shoal_client::{Image, PulledImage, RegistryClient};
-use shoal_core::{Digest, Digester};
+use shoal_core::Digest;
 
 use crate::cluster::{Cluster, Component};
-use crate::images::{layout_blobs, layout_manifest_digest};
+use crate::images::{layout_blobs, layout_manifest_digest, stream_digest};
 use crate::process::POLL_INTERVAL;
 use crate::tools::skopeo;
 
@@ -150,15 +149,9 @@ pub async fn fetch_blob(base_url: &str, repo: &str, digest: &Digest) -> Result<(
         .await
         .and_then(reqwest::Response::error_for_status)
         .with_context(|| format!("GET {url}"))?;
-    let mut body = response.bytes_stream();
-    let mut digester = Digester::new();
-    let mut length = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| format!("reading the body of GET {url}"))?;
-        digester.update(&chunk);
-        length += chunk.len() as u64;
-    }
-    Ok((digester.finish(), length))
+    stream_digest(response.bytes_stream())
+        .await
+        .with_context(|| format!("reading the body of GET {url}"))
 }
 
 /// Blob bytes the origin has sent by any route: its HTTP API plus pieces it seeded over gRPC.

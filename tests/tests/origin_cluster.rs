@@ -15,9 +15,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use shoal_client::{Image, RegistryClient};
-use shoal_core::{Digest, Digester, rendezvous};
+use shoal_core::{Digest, rendezvous};
 use shoal_storage::{Backend, ByteStream, blob_key, tag_key};
-use shoal_tests::images::{file_digest, generate, image_spec, layout_blobs};
+use shoal_tests::images::{file_digest, generate, image_spec, layout_blobs, stream_digest};
 use shoal_tests::moto::Moto;
 use shoal_tests::pattern::Pattern;
 use shoal_tests::swarm::{
@@ -343,17 +343,10 @@ async fn get_blob(url: &str) -> Result<Fetched> {
     if !response.status().is_success() {
         return Ok(Fetched::Status(response.status().as_u16()));
     }
-    let mut body = response.bytes_stream();
-    let mut digester = Digester::new();
-    let mut length = 0u64;
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return Ok(Fetched::BodyError);
-        };
-        digester.update(&chunk);
-        length += chunk.len() as u64;
-    }
-    Ok(Fetched::Complete(digester.finish(), length))
+    Ok(match stream_digest(response.bytes_stream()).await {
+        Ok((digest, length)) => Fetched::Complete(digest, length),
+        Err(_) => Fetched::BodyError,
+    })
 }
 
 /// Whether every origin in `origins` holds every blob of `digests` in its own store (not pulled
@@ -442,19 +435,15 @@ impl S3Outage {
 async fn ensure_in_s3(moto: &Moto, image: &Image) -> Result<()> {
     let s3 = moto.backend()?;
     for (digest, size) in layout_blobs(&image.dir)? {
-        let mut body = s3
+        let body = s3
             .get(&blob_key(&digest), None)
             .await?
             .with_context(|| format!("{digest} is not in S3 after the write-back"))?;
-        let mut digester = Digester::new();
-        let mut length = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.with_context(|| format!("reading {digest} from S3"))?;
-            digester.update(&chunk);
-            length += chunk.len() as u64;
-        }
+        let (got, length) = stream_digest(body)
+            .await
+            .with_context(|| format!("reading {digest} from S3"))?;
         ensure!(
-            digester.finish() == digest && length == size,
+            got == digest && length == size,
             "S3 holds {length} bytes under {digest} that do not hash to it"
         );
     }

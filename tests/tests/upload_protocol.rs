@@ -3,10 +3,10 @@
 //! mounts, ranged blob reads, tag and catalog pagination, and manifests of all four media types.
 
 use anyhow::{Context, Result, ensure};
-use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
-use shoal_core::{Digest, Digester};
+use shoal_core::Digest;
+use shoal_tests::images::stream_digest;
 use shoal_tests::pattern::Pattern;
 use shoal_tests::snapshot::{diff, snapshot};
 use shoal_tests::v2::{Registry, expect_error, header};
@@ -90,22 +90,14 @@ async fn expect_blob(registry: &Registry, repo: &str, digest: &Digest, len: u64)
         response.status()
     );
     ensure!(header(&response, "docker-content-digest") == digest.to_string());
-    let mut body = response.bytes_stream();
-    let mut digester = Digester::new();
-    let mut received = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("reading the blob body")?;
-        received += chunk.len() as u64;
-        digester.update(&chunk);
-    }
+    let (received_digest, received) = stream_digest(response.bytes_stream())
+        .await
+        .context("reading the blob body")?;
     ensure!(
         received == len,
         "GET blob returned {received} bytes, expected {len}"
     );
-    ensure!(
-        digester.finish() == *digest,
-        "GET blob returned other bytes"
-    );
+    ensure!(received_digest == *digest, "GET blob returned other bytes");
 
     let head = registry
         .http
