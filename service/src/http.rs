@@ -1,5 +1,5 @@
 //! The HTTP surface every component shares: `GET /health`, `GET /metrics`, the metrics
-//! middleware around all routes, and [`serve`] with graceful shutdown.
+//! middleware around all routes, and [`serve`] (or [`serve_tls`]) with graceful shutdown.
 //!
 //! Metrics recorded per request (see [`crate::metrics`] for names): one count by route, method
 //! and status when the response headers are produced; request and response body bytes as they
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, RequestLabels, Route, RouteLabels, RouteMethodLabels};
+use crate::tls::TlsListener;
 
 mod counting;
 
@@ -81,6 +82,19 @@ pub async fn serve(
         }
     });
     axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// [`serve`] over TLS with `tls` (see [`crate::tls::TlsConfig::server_config`]): HTTP/2 or
+/// HTTP/1.1 as the client's ALPN asks.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    axum::serve(TlsListener::new(listener, tls)?, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -1,0 +1,210 @@
+//! Loading certificates and keys, and serving HTTPS over real sockets.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it, as PEM files.
+struct Certs {
+    dir: TempDir,
+    ca_pem: String,
+}
+
+impl Certs {
+    fn generate() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+        Self { dir, ca_pem }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self) -> TlsConfig {
+        TlsConfig {
+            cert: self.path("tls.crt"),
+            key: self.path("tls.key"),
+        }
+    }
+
+    fn client(&self) -> reqwest::ClientBuilder {
+        crate::client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+    }
+}
+
+#[test]
+fn installing_twice_leaves_a_provider() {
+    install_crypto_provider();
+    install_crypto_provider();
+    assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+}
+
+#[test]
+fn a_certificate_chain_and_key_load_with_h2_and_http1() {
+    let config = Certs::generate().config().server_config().unwrap();
+    assert_eq!(
+        config.alpn_protocols,
+        [b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+}
+
+#[test]
+fn a_missing_key_file_names_tls_key() {
+    let certs = Certs::generate();
+    let config = TlsConfig {
+        key: certs.path("absent.key"),
+        ..certs.config()
+    };
+    let error = config.server_config().unwrap_err();
+    assert!(
+        matches!(error, TlsError::Read { field: "key", .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("`tls.key`") && message.contains("absent.key"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_file_without_pem_blocks_names_tls_cert() {
+    let certs = Certs::generate();
+    std::fs::write(certs.path("garbage.crt"), "not a certificate\n").unwrap();
+    let config = TlsConfig {
+        cert: certs.path("garbage.crt"),
+        ..certs.config()
+    };
+    let error = config.server_config().unwrap_err();
+    assert!(matches!(error, TlsError::NoCertificate { .. }), "{error:?}");
+    assert!(error.to_string().contains("`tls.cert`"), "{error}");
+}
+
+#[test]
+fn a_truncated_pem_block_is_reported_as_invalid_pem() {
+    let certs = Certs::generate();
+    let pem = std::fs::read_to_string(certs.path("tls.crt")).unwrap();
+    std::fs::write(certs.path("cut.crt"), &pem[..pem.len() / 2]).unwrap();
+    let config = TlsConfig {
+        cert: certs.path("cut.crt"),
+        ..certs.config()
+    };
+    let error = config.server_config().unwrap_err();
+    assert!(
+        matches!(error, TlsError::Pem { field: "cert", .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_certificate_file_given_as_the_key_is_rejected() {
+    let certs = Certs::generate();
+    let config = TlsConfig {
+        key: certs.path("tls.crt"),
+        ..certs.config()
+    };
+    let error = config.server_config().unwrap_err();
+    assert!(matches!(error, TlsError::NoKey { .. }), "{error:?}");
+    assert!(error.to_string().contains("`tls.key`"), "{error}");
+}
+
+#[test]
+fn a_key_of_another_certificate_is_rejected() {
+    let certs = Certs::generate();
+    let other = Certs::generate();
+    let config = TlsConfig {
+        key: other.path("tls.key"),
+        ..certs.config()
+    };
+    let error = config.server_config().unwrap_err();
+    assert!(matches!(error, TlsError::Rejected(_)), "{error:?}");
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let error = serde_yaml_ng::from_str::<TlsConfig>("cert: a\nkey: b\nca: c\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("ca"), "{error}");
+}
+
+async fn start(certs: &Certs) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    tokio::spawn(crate::http::serve_tls(
+        listener,
+        certs.config().server_config().unwrap(),
+        app,
+        shutdown.clone(),
+    ));
+    (addr, shutdown)
+}
+
+#[tokio::test]
+async fn serves_http2_and_http1_to_a_client_trusting_the_ca() {
+    let certs = Certs::generate();
+    let (addr, shutdown) = start(&certs).await;
+    for (client, version) in [
+        (certs.client().build().unwrap(), http::Version::HTTP_2),
+        (
+            certs.client().http1_only().build().unwrap(),
+            http::Version::HTTP_11,
+        ),
+    ] {
+        let response = client
+            .get(format!("https://localhost:{}/", addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), version);
+        assert_eq!(response.text().await.unwrap(), "hello");
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_and_a_plain_http_request_do_not_stop_serving() {
+    let certs = Certs::generate();
+    let (addr, shutdown) = start(&certs).await;
+    // Connected but silent: its handshake waits in its own task.
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    // The server answers with a TLS alert or just closes; it never serves plain HTTP.
+    let _ = plain.read_to_end(&mut reply).await;
+    assert!(!reply.starts_with(b"HTTP/"), "{reply:?}");
+    let response = certs
+        .client()
+        .build()
+        .unwrap()
+        .get(format!("https://127.0.0.1:{}/", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "hello");
+    shutdown.cancel();
+}
