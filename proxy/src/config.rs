@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shoal_membership::MembersConfig;
 use shoal_service::LogConfig;
+use shoal_service::tls::TlsConfig;
 
 /// Proxy settings. Every field has a default, so an empty file runs against the local dev cluster.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -15,6 +16,9 @@ use shoal_service::LogConfig;
 pub struct ProxyConfig {
     /// Registry V2 listen address.
     pub listen: SocketAddr,
+    /// Serve HTTPS on `listen` with this certificate (`{cert, key}`, PEM files); absent, plain
+    /// HTTP. `docker push` to a registry that is not on localhost needs HTTPS.
+    pub tls: Option<TlsConfig>,
     /// Origin nodes (`host:port` or `http://host:port`), in the same order on every proxy replica:
     /// upload handles name an origin by its position in this list, so it must be a static list
     /// (`{static: [...], health: {...}}` tunes the health checks that put failing owners last).
@@ -33,6 +37,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
+            tls: None,
             origins: MembersConfig::fixed(["127.0.0.1:15100"]),
             replicas: 3,
             build_index: "127.0.0.1:15004".to_owned(),
@@ -260,6 +265,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("origin"), "{error}");
+    }
+
+    #[test]
+    fn tls_takes_a_cert_and_key_path() {
+        let config: ProxyConfig = shoal_service::config::parse(
+            "tls: {cert: /tls/tls.crt, key: /tls/tls.key}\n",
+            "proxy.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsConfig {
+                cert: "/tls/tls.crt".into(),
+                key: "/tls/tls.key".into(),
+            })
+        );
+        let error = shoal_service::config::parse::<ProxyConfig>("tls: {cert: a}\n", "proxy.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tls") && error.contains("key"), "{error}");
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // Read the certificate before anything starts, so a bad file stops the proxy at once.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls.server_config())
+        .transpose()?;
     let http = shoal_service::client::builder()
         .build()
         .context("building the HTTP client for origins and build-index")?;
@@ -100,11 +106,14 @@ pub async fn run(
     );
     tracing::info!(
         listen = %listeners.http.local_addr()?,
+        scheme = if tls.is_some() { "https" } else { "http" },
         origins = ?config.origins,
         build_index = %config.build_index,
         "proxy serving"
     );
-    shoal_service::http::serve(listeners.http, app, shutdown)
-        .await
-        .context("serving the registry API")
+    match tls {
+        Some(tls) => shoal_service::http::serve_tls(listeners.http, tls, app, shutdown).await,
+        None => shoal_service::http::serve(listeners.http, app, shutdown).await,
+    }
+    .context("serving the registry API")
 }
