@@ -146,24 +146,31 @@ fn unknown_fields_are_rejected() {
     assert!(error.contains("ca"), "{error}");
 }
 
-async fn start(certs: &Certs) -> (SocketAddr, CancellationToken) {
+async fn start(
+    certs: &Certs,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
-    tokio::spawn(crate::http::serve_tls(
+    let task = tokio::spawn(crate::http::serve_tls(
         listener,
         certs.config().server_config().unwrap(),
         app,
         shutdown.clone(),
     ));
-    (addr, shutdown)
+    (addr, shutdown, task)
 }
 
 #[tokio::test]
 async fn serves_http2_and_http1_to_a_client_trusting_the_ca() {
     let certs = Certs::generate();
-    let (addr, shutdown) = start(&certs).await;
+    let (addr, shutdown, task) = start(&certs).await;
+    let mut clients = Vec::new();
     for (client, version) in [
         (certs.client().build().unwrap(), http::Version::HTTP_2),
         (
@@ -178,14 +185,20 @@ async fn serves_http2_and_http1_to_a_client_trusting_the_ca() {
             .unwrap();
         assert_eq!(response.version(), version);
         assert_eq!(response.text().await.unwrap(), "hello");
+        clients.push(client);
     }
     shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_stalled_handshake_and_a_plain_http_request_do_not_stop_serving() {
     let certs = Certs::generate();
-    let (addr, shutdown) = start(&certs).await;
+    let (addr, shutdown, _task) = start(&certs).await;
     // Connected but silent: its handshake waits in its own task.
     let _silent = TcpStream::connect(addr).await.unwrap();
     let mut plain = TcpStream::connect(addr).await.unwrap();
