@@ -131,6 +131,26 @@ def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> No
     )
 
 
+def check_proxy_tls(deployment: dict, files: dict[str, str], tls: dict, problems: Problems, variant: str) -> None:
+    """proxy.tls: the Secret is mounted where proxy.yaml's `tls` points and the probes use HTTPS."""
+    config = yaml.safe_load(files.get("proxy.yaml", "{}")) or {}
+    container = pod_spec(deployment)["containers"][0]
+    schemes = {container[p]["httpGet"].get("scheme") for p in ("livenessProbe", "readinessProbe")}
+    if not tls["enabled"]:
+        problems.check("tls" not in config and schemes == {"HTTP"}, f"{variant}: proxy serves TLS though proxy.tls is off")
+        return
+    problems.check(schemes == {"HTTPS"}, f"{variant}: proxy probes are not HTTPS: {schemes}")
+    paths = config.get("tls") or {}
+    volume = next((v for v in pod_spec(deployment)["volumes"] if v.get("secret", {}).get("secretName") == tls["secretName"]), None)
+    mount = volume and next((m for m in container["volumeMounts"] if m["name"] == volume["name"]), None)
+    problems.check(
+        mount is not None
+        and paths.get("cert") == f"{mount['mountPath']}/tls.crt"
+        and paths.get("key") == f"{mount['mountPath']}/tls.key",
+        f"{variant}: proxy.yaml tls {paths} is not the mounted Secret {tls['secretName']}",
+    )
+
+
 def config_files(objects: list[dict], component: str) -> dict[str, str]:
     cm = find(objects, "ConfigMap", f"{RELEASE}-{component}")
     return dict(cm["data"]) if cm else {}
@@ -278,6 +298,10 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
                     env.get("SSL_CERT_FILE", "").startswith("/etc/shoal/ca/"),
                     f"{variant}: {obj['metadata']['name']} does not trust the CA secret",
                 )
+
+    deployment = find(objects, "Deployment", f"{RELEASE}-proxy")
+    if deployment is not None:
+        check_proxy_tls(deployment, config_files(objects, "proxy"), merged["proxy"]["tls"], problems, variant)
 
     dns = merged["membership"]["mode"] == "dns"
     for component in ("proxy", "build-index", "tracker"):

@@ -14,6 +14,7 @@ use shoal_tests::binaries;
 use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::ports::free_loopback_addr_list;
 use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
+use shoal_tests::tls::TestCerts;
 use shoal_tests::tools::{
     docker, docker_image_id, ensure_docker_daemon_shares_our_loopback, run_command, skopeo,
 };
@@ -55,7 +56,8 @@ fn mapping_at<'a>(map: &'a mut Mapping, key: &str) -> Result<&'a mut Mapping> {
 }
 
 /// Starts `shoal-<component>` with a config the chart rendered, changing only what cannot work
-/// on this machine (listen addresses, data and backend directories), and waits for `/health`.
+/// on this machine (listen addresses, data and backend directories, the TLS secret's files), and
+/// waits for `/health`.
 async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Path) -> Result<()> {
     let text = std::fs::read_to_string(rendered)
         .with_context(|| format!("reading {}", rendered.display()))?;
@@ -106,6 +108,16 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
             mapping_at(backend, "filesystem")?.insert("root".into(), root.into());
         }
     }
+    // The proxy's TLS secret exists only in a pod: serve a generated certificate instead.
+    let certs = match map.get_mut("tls").and_then(Value::as_mapping_mut) {
+        Some(tls) => {
+            let certs = TestCerts::generate(&work.join("tls"))?;
+            tls.insert("cert".into(), certs.cert().display().to_string().into());
+            tls.insert("key".into(), certs.key().display().to_string().into());
+            Some(certs)
+        }
+        None => None,
+    };
     let path = work.join("config.yaml");
     std::fs::write(&path, serde_yaml_ng::to_string(&config)?)?;
 
@@ -117,12 +129,18 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
         env: vec![("RUST_LOG".into(), "warn".into())],
         log: work.join("log"),
     })?;
-    wait_until_ready(
-        &mut process,
-        &format!("http://{}/health", addrs[0]),
-        STARTUP_DEADLINE,
-    )
-    .await?;
+    match &certs {
+        Some(certs) => {
+            let url = format!("https://{}/health", addrs[0]);
+            certs
+                .wait_until_ready(&mut process, &url, STARTUP_DEADLINE)
+                .await?;
+        }
+        None => {
+            let url = format!("http://{}/health", addrs[0]);
+            wait_until_ready(&mut process, &url, STARTUP_DEADLINE).await?;
+        }
+    }
     let status = process.terminate(Duration::from_secs(15))?;
     ensure!(
         status.success(),

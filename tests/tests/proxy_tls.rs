@@ -7,16 +7,15 @@
 //! proxy's graceful shutdown waits for our HTTP/2 client connections to answer its GOAWAY ping.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 use shoal_tests::images::{generate, image_spec};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::process::{POLL_INTERVAL, Process, ProcessSpec};
 use shoal_tests::swarm::ensure_same_layout;
+use shoal_tests::tls::TestCerts;
 use shoal_tests::tools::skopeo;
 use shoal_tests::{Cluster, ClusterOptions, Component, binaries, configs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,50 +23,11 @@ use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A CA (alone in `ca/ca.crt`, the layout of a containers-image cert dir) and a server
-/// certificate for 127.0.0.1 and localhost signed by it (`tls.crt`, `tls.key`).
-struct Certs {
-    dir: PathBuf,
-    ca_pem: String,
-}
-
-impl Certs {
-    fn generate(dir: &Path) -> Result<Certs> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate()?;
-        let cert = CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()])?
-            .signed_by(&key, &issuer)?;
-        std::fs::create_dir_all(dir.join("ca"))?;
-        std::fs::write(dir.join("ca/ca.crt"), &ca_pem)?;
-        std::fs::write(dir.join("tls.crt"), cert.pem())?;
-        std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-        Ok(Certs {
-            dir: dir.to_owned(),
-            ca_pem,
-        })
-    }
-
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.join("ca")
-    }
-
-    fn tls(&self) -> Value {
-        json!({
-            "cert": self.dir.join("tls.crt").display().to_string(),
-            "key": self.dir.join("tls.key").display().to_string(),
-        })
-    }
-
-    /// A client trusting only the CA.
-    fn client(&self) -> Result<reqwest::ClientBuilder> {
-        Ok(shoal_service::client::builder()
-            .timeout(Duration::from_secs(5))
-            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?]))
-    }
+fn tls(certs: &TestCerts) -> Value {
+    json!({
+        "cert": certs.cert().display().to_string(),
+        "key": certs.key().display().to_string(),
+    })
 }
 
 /// Writes the cluster proxy's config with `listen` and `tls` to `name` and starts a proxy
@@ -94,25 +54,6 @@ fn spawn_proxy(cluster: &Cluster, name: &str, listen: SocketAddr, tls: Value) ->
     })
 }
 
-/// Polls `https://…/health` with a client trusting the CA until it answers 200.
-async fn wait_until_ready(process: &mut Process, http: &reqwest::Client, url: &str) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = process.try_exit_status()? {
-            bail!("the proxy exited with {status}\n{}", process.log_tail());
-        }
-        if let Ok(response) = http.get(url).send().await
-            && response.status() == 200
-        {
-            return Ok(());
-        }
-        if start.elapsed() > DEADLINE {
-            bail!("{url} did not answer 200\n{}", process.log_tail());
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
 /// Waits for `process` to exit, failing if it is still running after the deadline.
 async fn wait_for_exit(process: &mut Process) -> Result<std::process::ExitStatus> {
     let start = Instant::now();
@@ -130,12 +71,13 @@ async fn wait_for_exit(process: &mut Process) -> Result<std::process::ExitStatus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pushes_and_pulls_through_a_tls_proxy_with_verification_on() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let certs = Certs::generate(&cluster.dir().join("certs"))?;
+    let certs = TestCerts::generate(&cluster.dir().join("certs"))?;
     let listen = free_loopback_addr()?;
-    let mut proxy = spawn_proxy(&cluster, "tls-proxy", listen, certs.tls())?;
-    let http = certs.client()?.build()?;
+    let mut proxy = spawn_proxy(&cluster, "tls-proxy", listen, tls(&certs))?;
     let base = format!("https://{listen}");
-    wait_until_ready(&mut proxy, &http, &format!("{base}/health")).await?;
+    certs
+        .wait_until_ready(&mut proxy, &format!("{base}/health"), DEADLINE)
+        .await?;
 
     let work = tempfile::tempdir()?;
     let image = generate(
@@ -187,13 +129,15 @@ async fn skopeo_pushes_and_pulls_through_a_tls_proxy_with_verification_on() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tls_proxy_serves_http2_and_http1_and_survives_plain_http() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let certs = Certs::generate(&cluster.dir().join("certs"))?;
+    let certs = TestCerts::generate(&cluster.dir().join("certs"))?;
     let listen = free_loopback_addr()?;
-    let mut proxy = spawn_proxy(&cluster, "tls-proxy", listen, certs.tls())?;
+    let mut proxy = spawn_proxy(&cluster, "tls-proxy", listen, tls(&certs))?;
     let http2 = certs.client()?.build()?;
     let http1 = certs.client()?.http1_only().build()?;
     let base = format!("https://localhost:{}", listen.port());
-    wait_until_ready(&mut proxy, &http2, &format!("{base}/health")).await?;
+    certs
+        .wait_until_ready(&mut proxy, &format!("{base}/health"), DEADLINE)
+        .await?;
 
     let mut plain = TcpStream::connect(listen).await?;
     plain
@@ -243,15 +187,15 @@ async fn the_tls_proxy_serves_http2_and_http1_and_survives_plain_http() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_or_a_garbage_certificate_stops_the_proxy_naming_the_field() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let certs = Certs::generate(&cluster.dir().join("certs"))?;
+    let certs = TestCerts::generate(&cluster.dir().join("certs"))?;
     let garbage = cluster.dir().join("garbage.crt");
     std::fs::write(
         &garbage,
         "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n",
     )?;
-    let mut missing_key = certs.tls();
+    let mut missing_key = tls(&certs);
     missing_key["key"] = json!(cluster.dir().join("absent.key").display().to_string());
-    let mut garbage_cert = certs.tls();
+    let mut garbage_cert = tls(&certs);
     garbage_cert["cert"] = json!(garbage.display().to_string());
 
     for (name, tls, field) in [

@@ -121,14 +121,20 @@ checksum/config: {{ .config | sha256sum }}
 
 {{/* Liveness and readiness on GET /health of the named container port. */}}
 {{- define "shoal.probes" -}}
+{{- $port := . -}}
+{{- $scheme := "HTTP" -}}
+{{- if kindIs "map" . -}}
+{{- $port = .port -}}
+{{- $scheme = .scheme -}}
+{{- end -}}
 livenessProbe:
-  httpGet: {path: /health, port: {{ . }}}
+  httpGet: {path: /health, port: {{ $port }}, scheme: {{ $scheme }}}
   initialDelaySeconds: 5
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 6
 readinessProbe:
-  httpGet: {path: /health, port: {{ . }}}
+  httpGet: {path: /health, port: {{ $port }}, scheme: {{ $scheme }}}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
