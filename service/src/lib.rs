@@ -1,6 +1,6 @@
 //! Plumbing every Shoal binary shares: config loading, tracing, the metrics registry and HTTP
-//! metrics middleware, serving with `/health` and `/metrics`, shutdown on signals, the rustls
-//! provider, the HTTP client builder and common CLI arguments.
+//! metrics middleware, serving with `/health` and `/metrics` (over plain HTTP or TLS), shutdown on
+//! signals, the rustls provider, the HTTP client builder and common CLI arguments.
 
 pub mod cli;
 pub mod client;
