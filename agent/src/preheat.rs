@@ -17,7 +17,9 @@ use futures::{StreamExt, TryStreamExt};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, Name};
+use shoal_core::{
+    Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestWalk, Name, TooManyManifests,
+};
 use shoal_p2p::P2pError;
 use shoal_service::RouteLabel;
 
@@ -71,8 +73,8 @@ enum PreheatError {
         #[source]
         source: ManifestError,
     },
-    #[error("the image references more than {MAX_MANIFESTS} manifests")]
-    TooManyManifests,
+    #[error(transparent)]
+    TooManyManifests(#[from] TooManyManifests),
     #[error("blob {digest} is unknown to the tracker")]
     BlobUnknown { digest: Digest },
     #[error("fetching {digest} failed: {reason}")]
@@ -90,7 +92,7 @@ impl PreheatError {
             PreheatError::ManifestUnknown { .. } | PreheatError::NotAManifest { .. } => {
                 StatusCode::NOT_FOUND
             }
-            PreheatError::TooManyManifests => StatusCode::UNPROCESSABLE_ENTITY,
+            PreheatError::TooManyManifests(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PreheatError::BlobUnknown { .. }
             | PreheatError::Fetch { .. }
             | PreheatError::NotCommitted { .. } => StatusCode::BAD_GATEWAY,
@@ -178,17 +180,12 @@ async fn preheat(state: &AppState, name: &Name, top: Digest) -> Result<Summary, 
     };
     // Every blob to hold with its size: the manifests read, then configs and layers.
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
-    let mut pending = vec![top];
-    let mut read = 0;
-    while let Some(digest) = pending.pop() {
-        read += 1;
-        if read > MAX_MANIFESTS {
-            return Err(PreheatError::TooManyManifests);
-        }
+    let mut walk = ManifestWalk::new(top, MAX_MANIFESTS);
+    while let Some(digest) = walk.next_manifest() {
         let (manifest, size) = read_manifest(state, name, digest).await?;
         blobs.push((digest, size));
         if manifest.media_type().is_index() {
-            pending.extend(manifest.children_for(os, architecture).map(|d| d.digest));
+            walk.queue(manifest.children_for(os, architecture).map(|d| d.digest))?;
         } else {
             summary.images += 1;
             for blob in manifest.blobs() {

@@ -299,6 +299,62 @@ fn descriptor(value: &Value, path: String) -> Result<Descriptor, ManifestError> 
     })
 }
 
+/// The walk over an image's manifests stopped at its bound: an index of indexes is legal but
+/// rare, and the bound keeps a malicious one from reading without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("the image references more than {limit} manifests")]
+pub struct TooManyManifests {
+    pub limit: usize,
+}
+
+/// A bounded walk from a top manifest through the child manifests of indexes: the caller reads
+/// each digest [`ManifestWalk::next_manifest`] hands out and queues the children it wants with
+/// [`ManifestWalk::queue`]. Each digest is handed out once, and at most `limit` in all.
+#[derive(Debug)]
+pub struct ManifestWalk {
+    pending: Vec<Digest>,
+    seen: Vec<Digest>,
+    limit: usize,
+}
+
+impl ManifestWalk {
+    pub fn new(top: Digest, limit: usize) -> ManifestWalk {
+        ManifestWalk {
+            pending: vec![top],
+            seen: vec![top],
+            limit,
+        }
+    }
+
+    /// The next manifest to read; None when every queued one was handed out.
+    pub fn next_manifest(&mut self) -> Option<Digest> {
+        self.pending.pop()
+    }
+
+    /// Queues the children not seen before; Err once more than `limit` manifests were queued.
+    pub fn queue(
+        &mut self,
+        children: impl IntoIterator<Item = Digest>,
+    ) -> Result<(), TooManyManifests> {
+        for child in children {
+            if self.seen.contains(&child) {
+                continue;
+            }
+            if self.seen.len() >= self.limit {
+                return Err(TooManyManifests { limit: self.limit });
+            }
+            self.seen.push(child);
+            self.pending.push(child);
+        }
+        Ok(())
+    }
+
+    /// Every manifest queued so far, the top one first.
+    pub fn manifests(&self) -> &[Digest] {
+        &self.seen
+    }
+}
+
 fn missing(field: &str) -> ManifestError {
     ManifestError::MissingField {
         field: field.to_owned(),
@@ -312,6 +368,25 @@ fn invalid(field: String, reason: &'static str) -> ManifestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_walk_hands_out_each_digest_once_and_stops_at_its_bound() {
+        let d = |n: u8| Digest::of(&[n]);
+        let mut walk = ManifestWalk::new(d(0), 3);
+        assert_eq!(walk.next_manifest(), Some(d(0)));
+        walk.queue([d(1), d(2), d(0), d(1)])
+            .expect("within the bound");
+        let mut handed = vec![walk.next_manifest().unwrap(), walk.next_manifest().unwrap()];
+        handed.sort();
+        let mut expected = vec![d(1), d(2)];
+        expected.sort();
+        assert_eq!(handed, expected);
+        assert_eq!(walk.next_manifest(), None);
+        assert_eq!(walk.manifests(), &[d(0), d(1), d(2)]);
+        // Seen ones never count again; a fourth new one is over the bound.
+        walk.queue([d(2)]).expect("already seen");
+        assert_eq!(walk.queue([d(3)]), Err(TooManyManifests { limit: 3 }));
+    }
 
     fn digest(seed: &str) -> String {
         Digest::of(seed.as_bytes()).to_string()

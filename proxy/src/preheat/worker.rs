@@ -9,7 +9,9 @@ use std::collections::{BTreeSet, HashSet};
 
 use futures::StreamExt;
 use shoal_api::ApiError;
-use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, Name};
+use shoal_core::{
+    Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestWalk, Name, TooManyManifests,
+};
 
 use crate::config::PreheatConfig;
 use crate::metrics::ProxyMetrics;
@@ -33,8 +35,8 @@ pub enum PreheatError {
         #[source]
         source: ManifestError,
     },
-    #[error("the image references more than {MAX_MANIFESTS} manifests")]
-    TooManyManifests,
+    #[error(transparent)]
+    TooManyManifests(#[from] TooManyManifests),
     #[error("origin {origin} cannot find blob {digest}")]
     BlobMissing { digest: Digest, origin: String },
     #[error("{what}: {source}")]
@@ -58,7 +60,7 @@ impl PreheatError {
     fn is_permanent(&self) -> bool {
         matches!(
             self,
-            PreheatError::NotAManifest { .. } | PreheatError::TooManyManifests
+            PreheatError::NotAManifest { .. } | PreheatError::TooManyManifests(_)
         )
     }
 }
@@ -247,22 +249,14 @@ async fn referenced(
     name: &Name,
     top: Digest,
 ) -> Result<BTreeSet<Digest>, PreheatError> {
-    let mut all = BTreeSet::from([top]);
-    let mut manifests = vec![top];
-    let mut read = 0;
-    while let Some(digest) = manifests.pop() {
-        read += 1;
-        if read > MAX_MANIFESTS {
-            return Err(PreheatError::TooManyManifests);
-        }
+    let mut all = BTreeSet::new();
+    let mut walk = ManifestWalk::new(top, MAX_MANIFESTS);
+    while let Some(digest) = walk.next_manifest() {
         let manifest = fetch_manifest(context, name, digest).await?;
         all.extend(manifest.blobs().map(|d| d.digest));
-        for child in manifest.children() {
-            if all.insert(child.digest) {
-                manifests.push(child.digest);
-            }
-        }
+        walk.queue(manifest.children().iter().map(|d| d.digest))?;
     }
+    all.extend(walk.manifests());
     Ok(all)
 }
 
