@@ -76,6 +76,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// For `map_err`: a backend operation, named by `action`, failed.
+    pub(crate) fn backend(action: &'static str) -> impl FnOnce(BackendError) -> Error {
+        move |source| Error::Backend { action, source }
+    }
+
     /// The Registry V2 code (and so the HTTP status) this failure is answered with.
     pub fn code(&self) -> ErrorCode {
         match self {

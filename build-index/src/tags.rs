@@ -56,10 +56,8 @@ impl TagStore {
 
     /// Keeps tags whose backend is unreachable in `dir` and writes them back later.
     pub fn with_pending_dir(mut self, dir: &Path) -> Result<Self, Error> {
-        let local = FilesystemBackend::new(dir).map_err(|source| Error::Backend {
-            action: "opening the pending-tags directory",
-            source,
-        })?;
+        let local = FilesystemBackend::new(dir)
+            .map_err(Error::backend("opening the pending-tags directory"))?;
         self.pending = Some(Arc::new(local));
         Ok(self)
     }
@@ -67,10 +65,7 @@ impl TagStore {
     fn backend(&self, name: &Name) -> Result<Arc<dyn Backend>, Error> {
         self.backends
             .route(Some(name))
-            .map_err(|source| Error::Backend {
-                action: "routing a repository",
-                source,
-            })
+            .map_err(Error::backend("routing a repository"))
     }
 
     /// Points `tag` at `digest`, replacing any previous value. The backend writes atomically, so a
@@ -92,10 +87,7 @@ impl TagStore {
                     })
                 });
         let Some(pending) = &self.pending else {
-            return written.map_err(|source| Error::Backend {
-                action: "writing a tag",
-                source,
-            });
+            return written.map_err(Error::backend("writing a tag"));
         };
         match written {
             Ok(()) => {
@@ -103,20 +95,14 @@ impl TagStore {
                 pending
                     .delete(&key)
                     .await
-                    .map_err(|source| Error::Backend {
-                        action: "clearing a pending tag",
-                        source,
-                    })?;
+                    .map_err(Error::backend("clearing a pending tag"))?;
                 Ok(())
             }
             Err(error) if transient(&error) => {
                 warn!(%key, %error, "tag backend unreachable: keeping the tag locally until it is written back");
                 write_digest(&**pending, &key, digest)
                     .await
-                    .map_err(|source| Error::Backend {
-                        action: "keeping a tag locally",
-                        source,
-                    })
+                    .map_err(Error::backend("keeping a tag locally"))
             }
             Err(source) => Err(Error::Backend {
                 action: "writing a tag",
@@ -148,10 +134,7 @@ impl TagStore {
         let keys = pending
             .list(REPOSITORIES_PREFIX)
             .await
-            .map_err(|source| Error::Backend {
-                action: "listing pending tags",
-                source,
-            })?;
+            .map_err(Error::backend("listing pending tags"))?;
         let mut left = 0;
         for key in keys {
             let Some((name, _)) = parse_tag_key(&key) else {
@@ -170,10 +153,7 @@ impl TagStore {
                     pending
                         .delete(&key)
                         .await
-                        .map_err(|source| Error::Backend {
-                            action: "clearing a pending tag",
-                            source,
-                        })?;
+                        .map_err(Error::backend("clearing a pending tag"))?;
                 }
                 Err(error) => {
                     debug!(key, %error, "pending tag still not written back");
@@ -204,20 +184,14 @@ impl TagStore {
             Some(pending) => pending
                 .delete(&key)
                 .await
-                .map_err(|source| Error::Backend {
-                    action: "deleting a pending tag",
-                    source,
-                })?,
+                .map_err(Error::backend("deleting a pending tag"))?,
             None => false,
         };
-        let in_backend =
-            self.backend(name)?
-                .delete(&key)
-                .await
-                .map_err(|source| Error::Backend {
-                    action: "deleting a tag",
-                    source,
-                })?;
+        let in_backend = self
+            .backend(name)?
+            .delete(&key)
+            .await
+            .map_err(Error::backend("deleting a tag"))?;
         Ok(was_pending || in_backend)
     }
 
@@ -287,10 +261,7 @@ async fn read_digest(backend: &dyn Backend, key: &str) -> Result<Option<Digest>,
     let stream = backend
         .get(&key, None)
         .await
-        .map_err(|source| Error::Backend {
-            action: "reading a tag",
-            source,
-        })?;
+        .map_err(Error::backend("reading a tag"))?;
     let Some(mut stream) = stream else {
         return Ok(None);
     };
@@ -317,10 +288,10 @@ async fn read_digest(backend: &dyn Backend, key: &str) -> Result<Option<Digest>,
 }
 
 async fn list(backend: &Arc<dyn Backend>, prefix: &str) -> Result<Vec<String>, Error> {
-    backend.list(prefix).await.map_err(|source| Error::Backend {
-        action: "listing tags",
-        source,
-    })
+    backend
+        .list(prefix)
+        .await
+        .map_err(Error::backend("listing tags"))
 }
 
 /// Splits `repositories/<repo>/_tags/<tag>` into its validated parts.
