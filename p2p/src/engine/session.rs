@@ -16,8 +16,10 @@ use tokio::sync::mpsc;
 use super::Shared;
 use crate::scheduler::Event;
 
-/// A peer must send its bitfield this soon after a session opens, or the connection fails.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
+/// the scheduler shuns the peer for a while). A healthy peer answers in milliseconds; a hung one
+/// (it accepts TCP, then says nothing) must not hold a connection slot for long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What tasks report to the driver.
 pub(crate) enum Msg {

@@ -5,8 +5,8 @@
 //! deterministically: all randomness comes from the seed.
 //!
 //! Policy: connect to discovered agents up to `max_peers`; an origin is connected (possibly one
-//! connection beyond the cap) only as the last resort — once no agent connection is pending and
-//! either fewer than two connected agents hold pieces we miss, or some missing piece is held by
+//! connection beyond the cap) only as the last resort — once no agent connection has been
+//! pending for less than a short grace (a hung peer's handshake never holds it up) and either fewer than two connected agents hold pieces we miss, or some missing piece is held by
 //! no connected agent. An origin gets the full pipeline only while it is our only peer; beside
 //! any agent (a swarm, even one where nobody holds anything yet) it gets one request at a time,
 //! and while two or more agents are useful, only pieces no agent holds. Pieces are requested rarest first (seeded
@@ -17,7 +17,7 @@
 //! answers "busy": that is not a failure; the piece goes back to the pool at once (another
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
 //! each busy answer in a row. At the cap, each tick swaps one connected agent that has nothing
-//! for us for a waiting candidate.
+//! for us for a waiting candidate. An agent we could not connect to is shunned for a while.
 //!
 //! Cost per event: a delivered piece costs O(max_peers + pipeline × log pieces); Tick, failures
 //! and departures refill every peer, O(max_peers × pipeline × log pieces) when peers hold most
@@ -51,6 +51,15 @@ use pieces::Pieces;
 /// few thousand agents outlasts `piece_timeout` (docs/BENCHMARKS.md, the piece-timeout cliff).
 /// An origin alone still gets the full pipeline.
 const ORIGIN_PIPELINE_BESIDE_AGENTS: usize = 1;
+/// How long a pending agent connection may hold up the decision to connect an origin. A
+/// healthy peer answers a handshake within milliseconds; one that accepts TCP and never answers
+/// (a hung node) would otherwise keep the origin unused until the handshake times out, and a
+/// tracker that keeps handing out such peers would keep it unused for ever.
+const CONNECT_GRACE: Duration = Duration::from_millis(500);
+/// An agent we could not connect to is not tried again for this long, even when the tracker
+/// hands it out again: hung peers re-announced by stale records must not take every connection
+/// slot round after round.
+const UNREACHABLE_SHUN: Duration = Duration::from_secs(15);
 /// Longest back-off after busy answers in a row: a flash crowd of thousands retrying a busy
 /// origin costs it a few thousand cheap refusals per second at most.
 const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(4);
@@ -276,11 +285,7 @@ impl Scheduler {
             Event::Connected { peer, bitfield } => {
                 self.on_connected(now_ms, peer, bitfield, &mut out)
             }
-            Event::ConnectFailed { peer } => {
-                if self.peers.slot(&peer).is_none() {
-                    self.candidates.forget(&peer);
-                }
-            }
+            Event::ConnectFailed { peer } => self.on_connect_failed(now_ms, peer),
             Event::Have { peer, piece } => self.on_have(now_ms, &peer, piece, &mut out),
             Event::Disconnected { peer } => {
                 if let Some(slot) = self.peers.slot(&peer) {
@@ -303,9 +308,29 @@ impl Scheduler {
         if self.is_complete() {
             self.finish(&mut out);
         } else {
-            self.connect(&mut out);
+            self.connect(now_ms, &mut out);
         }
         out
+    }
+
+    /// A connection attempt failed. An origin may be asked again at the next tracker answer;
+    /// an agent is shunned for a while (no Blacklist action: there is no session to close).
+    fn on_connect_failed(&mut self, now_ms: u64, peer: PeerId) {
+        if self.peers.slot(&peer).is_some() {
+            return;
+        }
+        if self.candidates.is_origin(&peer) == Some(false) {
+            let until = now_ms.saturating_add(millis(UNREACHABLE_SHUN));
+            self.candidates.blacklist(peer, until);
+        } else {
+            self.candidates.forget(&peer);
+        }
+    }
+
+    /// Whether an agent connection started less than [`CONNECT_GRACE`] ago is still pending.
+    fn agent_connection_fresh(&mut self, now_ms: u64) -> bool {
+        self.candidates
+            .agent_pending_since(now_ms.saturating_sub(millis(CONNECT_GRACE)))
     }
 
     fn on_connected(&mut self, now_ms: u64, id: PeerId, bitfield: Bitfield, out: &mut Vec<Action>) {
@@ -578,8 +603,12 @@ impl Scheduler {
             return;
         }
         let useful_agents = self.peers.useful_agents();
-        let beside_agents = self.peers.len() > 1 || self.candidates.connecting_agents() > 0;
-        let depth = if peer.origin && beside_agents {
+        let origin = peer.origin;
+        let beside_agents = self.peers.len() > 1 || (origin && self.agent_connection_fresh(now_ms));
+        let Some(peer) = self.peers.get(slot) else {
+            return;
+        };
+        let depth = if origin && beside_agents {
             ORIGIN_PIPELINE_BESIDE_AGENTS
         } else {
             self.config.pipeline
@@ -611,22 +640,23 @@ impl Scheduler {
     }
 
     /// Opens connections: agents up to `max_peers`, and one origin when agents cannot do it.
-    fn connect(&mut self, out: &mut Vec<Action>) {
+    fn connect(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         while self.peers.len() + self.candidates.connecting() < self.config.max_peers {
-            let Some(peer) = self.candidates.next(false) else {
+            let Some(peer) = self.candidates.next(false, now_ms) else {
                 break;
             };
             out.push(Action::Connect { peer });
         }
-        // Wait for pending agent handshakes before judging what agents can serve; then an
+        // Give fresh agent handshakes a moment before judging what agents can serve; then an
         // origin is the last resort, allowed one connection beyond the cap so it can always
-        // unblock a piece no connected agent holds.
-        let origin_needed = self.candidates.connecting_agents() == 0
-            && (self.pieces.agentless() > 0 || self.peers.useful_agents() < 2);
+        // unblock a piece no connected agent holds. Handshakes pending longer than the grace
+        // do not count: a peer that accepts TCP and never answers must not keep us from it.
+        let origin_needed = (self.pieces.agentless() > 0 || self.peers.useful_agents() < 2)
+            && !self.agent_connection_fresh(now_ms);
         if origin_needed
             && self.candidates.connecting_origins() == 0
             && !self.peers.has_origin()
-            && let Some(peer) = self.candidates.next(true)
+            && let Some(peer) = self.candidates.next(true, now_ms)
         {
             out.push(Action::Connect { peer });
         }

@@ -137,6 +137,8 @@ enum Phase {
 struct Known {
     origin: bool,
     phase: Phase,
+    /// When the current connection attempt started (meaningful while `Connecting`).
+    since: u64,
 }
 
 /// Peers we know of but may not be connected to, and the blacklist.
@@ -150,6 +152,9 @@ pub(super) struct Candidates {
     blacklist: HashMap<PeerId, u64>,
     connecting_agents: usize,
     connecting_origins: usize,
+    /// Connection attempts to agents in the order they started (ids may be stale: connected,
+    /// failed or restarted since), so the newest pending one is found in amortised O(1).
+    agent_attempts: VecDeque<(u64, PeerId)>,
 }
 
 impl Candidates {
@@ -178,13 +183,14 @@ impl Candidates {
                 Known {
                     origin: candidate.origin,
                     phase: Phase::Idle,
+                    since: 0,
                 },
             );
         }
     }
 
-    /// The next idle agent (or origin) to connect to, now marked as connecting.
-    pub(super) fn next(&mut self, origin: bool) -> Option<PeerId> {
+    /// The next idle agent (or origin) to connect to, now marked as connecting since `now_ms`.
+    pub(super) fn next(&mut self, origin: bool, now_ms: u64) -> Option<PeerId> {
         let queue = if origin {
             &mut self.idle_origins
         } else {
@@ -195,10 +201,12 @@ impl Candidates {
                 && known.phase == Phase::Idle
             {
                 known.phase = Phase::Connecting;
+                known.since = now_ms;
                 if origin {
                     self.connecting_origins += 1;
                 } else {
                     self.connecting_agents += 1;
+                    self.agent_attempts.push_back((now_ms, id.clone()));
                 }
                 return Some(id);
             }
@@ -224,6 +232,11 @@ impl Candidates {
             queue.pop_front();
         }
         false
+    }
+
+    /// Whether a known candidate is an origin; None for peers we do not know of.
+    pub(super) fn is_origin(&self, id: &PeerId) -> Option<bool> {
+        self.known.get(id).map(|known| known.origin)
     }
 
     /// A connection we asked for is up; returns whether the peer is an origin, or None when we
@@ -260,12 +273,26 @@ impl Candidates {
         self.connecting_agents + self.connecting_origins
     }
 
-    pub(super) fn connecting_agents(&self) -> usize {
-        self.connecting_agents
-    }
-
     pub(super) fn connecting_origins(&self) -> usize {
         self.connecting_origins
+    }
+
+    /// Whether an agent connection attempt started at or after `cutoff_ms` is still pending.
+    /// Entries are dropped from the front as they resolve or fall behind the cutoff (which only
+    /// moves forward), so the answer is whether any entry remains.
+    pub(super) fn agent_pending_since(&mut self, cutoff_ms: u64) -> bool {
+        while let Some((since, id)) = self.agent_attempts.front() {
+            let pending = self
+                .known
+                .get(id)
+                .is_some_and(|known| known.phase == Phase::Connecting && known.since == *since);
+            if pending && *since >= cutoff_ms {
+                break;
+            }
+            self.agent_attempts.pop_front();
+        }
+        // Whatever was popped was resolved or older than the cutoff, which only moves forward.
+        !self.agent_attempts.is_empty()
     }
 
     pub(super) fn blacklist(&mut self, id: PeerId, until_ms: u64) {

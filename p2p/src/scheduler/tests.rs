@@ -779,3 +779,65 @@ fn an_origin_beside_agents_gets_one_request_even_before_any_agent_is_useful() {
     let out = connect(&mut alone, 0, &id("origin"), true, 16);
     assert_eq!(requested(&out, &id("origin")).len(), config().pipeline);
 }
+
+fn connects(actions: &[Action]) -> Vec<PeerId> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Connect { peer } => Some(peer.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
+    // 100 hung agents (they accept TCP, then never send a bitfield) and one origin.
+    let hung: Vec<PeerId> = (0..100).map(|i| id(&format!("hung-{i}"))).collect();
+    let origin = id("origin");
+    let mut batch: Vec<PeerCandidate> = hung
+        .iter()
+        .map(|peer| PeerCandidate {
+            id: peer.clone(),
+            origin: false,
+        })
+        .collect();
+    batch.push(PeerCandidate {
+        id: origin.clone(),
+        origin: true,
+    });
+    let mut scheduler = Scheduler::new(16, Bitfield::new(16), config(), 23);
+    let first = connects(&scheduler.handle(0, Event::Discovered(batch.clone())));
+    assert_eq!(first.len(), config().max_peers, "{first:?}");
+    assert!(!first.contains(&origin), "origin before the agents answered");
+    // Within the grace the fresh handshakes are waited for.
+    assert!(connects(&scheduler.handle(250, Event::Tick)).is_empty());
+    // After it, the pending handshakes no longer keep the origin unused.
+    let later = connects(&scheduler.handle(750, Event::Tick));
+    assert_eq!(later, vec![origin.clone()]);
+    // Alone among stale handshakes, the origin gets the full pipeline.
+    let out = scheduler.handle(
+        760,
+        Event::Connected {
+            peer: origin.clone(),
+            bitfield: Bitfield::full(16),
+        },
+    );
+    assert_eq!(requested(&out, &origin).len(), config().pipeline, "{out:?}");
+
+    // The handshakes time out; the hung agents are not tried again when the tracker hands
+    // them out once more, and their slots (all but the origin's) go to the ones not tried yet.
+    let mut retried = Vec::new();
+    for peer in &first {
+        retried.extend(connects(&scheduler.handle(
+            10_000,
+            Event::ConnectFailed { peer: peer.clone() },
+        )));
+    }
+    retried.extend(connects(&scheduler.handle(10_100, Event::Discovered(batch))));
+    assert_eq!(retried.len(), config().max_peers - 1, "{retried:?}");
+    assert!(
+        retried.iter().all(|peer| !first.contains(peer)),
+        "a hung peer was retried at once: {retried:?}"
+    );
+}
