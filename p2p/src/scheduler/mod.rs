@@ -43,7 +43,7 @@ use shoal_core::{Bitfield, PeerId};
 use thiserror::Error;
 
 use peers::{Candidates, Peer, Peers, Slot};
-use pieces::Pieces;
+use pieces::{Order, Pieces};
 
 /// Requests in flight at an origin while we are connected to any agent. Agents pulling at once
 /// each filling a full pipeline at the origin put `pipeline` × N pieces in its queue before any
@@ -373,10 +373,13 @@ impl Scheduler {
         let Some(slot) = self.peers.slot(id) else {
             return;
         };
+        if !self.pieces.contains(piece) || !self.peers.set_have(slot, piece) {
+            return;
+        }
         let Some(peer) = self.peers.get_mut(slot) else {
             return;
         };
-        if !peer.bitfield.set(piece) || peer.avoid.contains_key(&piece) {
+        if peer.avoid.contains_key(&piece) {
             return;
         }
         if self.pieces.is_missing(piece) {
@@ -618,7 +621,15 @@ impl Scheduler {
             return;
         }
         let agentless_only = peer.origin && useful_agents >= 2;
-        let mut picks = self.pieces.pick(peer, want, agentless_only);
+        // With no other downloader connected, nobody gains from our pieces' diversity: take
+        // them in order, so the blob's digest is computed as they land (no re-read at commit)
+        // and a reader streaming the blob is never waiting behind a random piece.
+        let order = if self.peers.any_incomplete_agent() {
+            Order::RarestFirst
+        } else {
+            Order::Sequential
+        };
+        let mut picks = self.pieces.pick(peer, want, agentless_only, order);
         if picks.len() < want && self.in_endgame() {
             let more = want - picks.len();
             picks.extend(

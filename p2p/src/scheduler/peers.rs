@@ -52,10 +52,17 @@ pub(super) struct Peers {
     slots: Vec<Option<Peer>>,
     free: Vec<Slot>,
     index: HashMap<PeerId, Slot>,
+    /// Connected agents that do not hold every piece yet (downloaders like us).
+    incomplete_agents: usize,
+}
+
+fn is_incomplete_agent(peer: &Peer) -> bool {
+    !peer.origin && !peer.bitfield.is_complete()
 }
 
 impl Peers {
     pub(super) fn insert(&mut self, peer: Peer) -> Slot {
+        self.incomplete_agents += usize::from(is_incomplete_agent(&peer));
         let id = peer.id.clone();
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -73,6 +80,7 @@ impl Peers {
 
     pub(super) fn remove(&mut self, slot: Slot) -> Option<Peer> {
         let peer = self.slots.get_mut(slot)?.take()?;
+        self.incomplete_agents -= usize::from(is_incomplete_agent(&peer));
         self.index.remove(&peer.id);
         self.free.push(slot);
         Some(peer)
@@ -80,6 +88,25 @@ impl Peers {
 
     pub(super) fn slot(&self, id: &PeerId) -> Option<Slot> {
         self.index.get(id).copied()
+    }
+
+    /// Records that the peer in `slot` now holds `piece`; false when it already did (or the
+    /// slot is empty).
+    pub(super) fn set_have(&mut self, slot: Slot, piece: u32) -> bool {
+        let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        let was_incomplete = is_incomplete_agent(peer);
+        let newly = peer.bitfield.set(piece);
+        if was_incomplete && !is_incomplete_agent(peer) {
+            self.incomplete_agents -= 1;
+        }
+        newly
+    }
+
+    /// Whether any connected agent is still downloading: then piece diversity matters.
+    pub(super) fn any_incomplete_agent(&self) -> bool {
+        self.incomplete_agents > 0
     }
 
     pub(super) fn get(&self, slot: Slot) -> Option<&Peer> {

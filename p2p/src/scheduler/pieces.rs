@@ -1,6 +1,6 @@
 //! Piece bookkeeping for one download: which pieces we have, how many connected peers hold each
-//! missing piece (its rarity), which pieces are in flight at which peers, and the rarest-first
-//! pick order with a seeded random tie-break.
+//! missing piece (its rarity), which pieces are in flight at which peers, and the pick order:
+//! rarest first with a seeded random tie-break, or sequential for a lone downloader.
 //!
 //! Costs: availability changes and requests are O(log pieces) (one ordered-set update); a pick
 //! scans the ordered set of unrequested pieces only until it finds pieces the peer holds, or walks
@@ -20,6 +20,15 @@ struct Key {
     avail: u32,
     rank: u32,
     piece: u32,
+}
+
+/// Which unrequested piece to pick first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// Fewest agent holders first, random among equals: spreads a swarm's pieces.
+    RarestFirst,
+    /// Lowest index first: a lone downloader, whose pieces nobody else is waiting for.
+    Sequential,
 }
 
 pub(super) struct Pieces {
@@ -151,11 +160,27 @@ impl Pieces {
         self.inflight.remove(&piece).unwrap_or_default()
     }
 
-    /// Up to `want` unrequested pieces that `peer` holds, rarest first. With `agentless_only`
+    /// Up to `want` unrequested pieces that `peer` holds, in `order`. With `agentless_only`
     /// (an origin while agents can serve), only pieces no connected agent holds.
-    pub(super) fn pick(&self, peer: &Peer, want: usize, agentless_only: bool) -> Vec<u32> {
+    pub(super) fn pick(
+        &self,
+        peer: &Peer,
+        want: usize,
+        agentless_only: bool,
+        order: Order,
+    ) -> Vec<u32> {
         if want == 0 || peer.useful == 0 {
             return Vec::new();
+        }
+        if order == Order::Sequential {
+            // Only in-flight pieces (a few per peer) are skipped before the first pick.
+            return self
+                .have
+                .zeros()
+                .filter(|&piece| !self.inflight.contains_key(&piece) && peer.holds(piece))
+                .filter(|&piece| !agentless_only || self.avail[piece as usize] == 0)
+                .take(want)
+                .collect();
         }
         // A peer holding few pieces is cheaper to walk than the ordered set, which might have to
         // be scanned to its end before finding the few pieces it holds.

@@ -83,8 +83,9 @@ fn the_rarest_piece_is_requested_first() {
 #[test]
 fn ties_are_broken_by_the_seed() {
     let first_request = |seed| {
+        // An agent still downloading (a complete one would be asked in order).
         let mut sim = Sim::new(64, Bitfield::new(64), config(), seed);
-        sim.peer("a", Bitfield::full(64), false, Behaviour::Honest);
+        sim.peer("a", bits(64, 0..63), false, Behaviour::Honest);
         sim.discover();
         sim.step();
         sim.requests_to("a")
@@ -840,4 +841,59 @@ fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
         retried.iter().all(|peer| !first.contains(peer)),
         "a hung peer was retried at once: {retried:?}"
     );
+}
+
+#[test]
+fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
+    // Alone with an origin (or with complete seeders only): pieces in index order.
+    let mut lone = Scheduler::new(64, Bitfield::new(64), config(), 24);
+    let origin = id("origin");
+    let out = connect(&mut lone, 0, &origin, true, 64);
+    assert_eq!(requested(&out, &origin), vec![0, 1, 2, 3]);
+    let out = lone.handle(
+        5,
+        Event::PieceDone {
+            peer: origin.clone(),
+            piece: 1,
+        },
+    );
+    assert_eq!(requested(&out, &origin), vec![4]);
+
+    // Beside other downloaders: rarest first, random among equals.
+    let mut swarm = Scheduler::new(64, Bitfield::new(64), config(), 24);
+    let (a, b) = (id("a"), id("b"));
+    swarm.handle(
+        0,
+        Event::Discovered(vec![
+            PeerCandidate {
+                id: a.clone(),
+                origin: false,
+            },
+            PeerCandidate {
+                id: b.clone(),
+                origin: false,
+            },
+        ]),
+    );
+    let out = swarm.handle(
+        1,
+        Event::Connected {
+            peer: a.clone(),
+            bitfield: bits(64, 0..48),
+        },
+    );
+    let from_a = requested(&out, &a);
+    assert_eq!(from_a.len(), 4, "{out:?}");
+    assert_ne!(from_a, vec![0, 1, 2, 3], "in order although a swarm is around");
+    let out = swarm.handle(
+        2,
+        Event::Connected {
+            peer: b.clone(),
+            bitfield: bits(64, 16..64),
+        },
+    );
+    // Pieces 48..64 have one holder (b); 16..48 have two.
+    let from_b = requested(&out, &b);
+    assert_eq!(from_b.len(), 4, "{out:?}");
+    assert!(from_b.iter().all(|piece| (48..64).contains(piece)), "{from_b:?}");
 }
