@@ -1,23 +1,38 @@
 //! Peer-to-peer under faults, each with real processes: a peer that corrupts what it serves, an
-//! agent killed with SIGKILL in the middle of a download, and the only origin killed while
-//! agents are still downloading.
+//! agent killed with SIGKILL in the middle of a download, the only origin killed while agents
+//! are still downloading, and a swarm crowded with hung peers that accept connections and never
+//! answer.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
+use shoal_client::Image;
 use shoal_core::piece_length_for;
+use shoal_proto::v1::tracker_client::TrackerClient;
+use shoal_proto::v1::{AnnounceRequest, AnnounceResponse, PeerInfo};
 use shoal_tests::images::{generate, image_spec};
 use shoal_tests::swarm::{
     ensure_same_image, fetch_blob, pull_through_agent_and_check, pull_through_agents_and_check,
     push, wait_until,
 };
 use shoal_tests::{Cluster, ClusterOptions, Component};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 /// Far more than a debug build needs to start moving pieces on a loaded 2-core machine.
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
+/// More hung peers than the tracker hands out in one answer (30), so every announce an agent
+/// makes can come back full of them.
+const TARPITS: usize = 100;
+/// The tarpits' records are refreshed this often, as a hung node's announcer would keep them
+/// alive; well inside the tracker's 30 s peer TTL.
+const TARPIT_REANNOUNCE: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pieces_from_a_corrupting_peer_are_rejected_and_the_download_still_completes() -> Result<()>
@@ -177,6 +192,59 @@ async fn agents_finish_from_peers_after_the_only_origin_is_killed() -> Result<()
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_completes_from_the_origin_and_honest_peers_despite_100_tarpit_peers() -> Result<()>
+{
+    // A download that verifies no piece for this long fails. A healthy pull of this image takes
+    // well under a second, so only a download kept from its seeders can reach it; the default
+    // (60 s) would only make a failure slower to show.
+    let stall = json!({"p2p": {"stall_timeout": "20s"}});
+    let cluster = Cluster::start(ClusterOptions {
+        agent_overrides: stall,
+        ..ClusterOptions::with_agents(2)
+    })
+    .await?;
+    let work = tempfile::tempdir()?;
+    let image = generate(
+        &work.path().join("image"),
+        image_spec(vec![24 * MIB, MIB], 0x5e0_0306, "v1"),
+    )
+    .await?;
+    let repo = "faults/tarpit";
+    push(&cluster, &image, repo, "v1").await?;
+    let tarpits = Tarpits::start(&cluster, TARPITS, repo, &image).await?;
+
+    // Agent 0's swarm is the origin plus the tarpits: every byte must come from the origin.
+    pull_timed(&cluster, 0, &image, repo, &work.path().join("pulled-0")).await?;
+    let from_origin = cluster
+        .metric_sum(
+            Component::Agent(0),
+            "p2p_bytes_received_total",
+            &[("from", "origin")],
+        )
+        .await?;
+    let layer = image.layers[0].1 as f64;
+    ensure!(
+        from_origin >= layer,
+        "agent 0 received {from_origin} bytes from the origin, less than the {layer}-byte layer"
+    );
+
+    // Agent 1's swarm adds agent 0, a complete honest peer, to the origin and the tarpits.
+    pull_timed(&cluster, 1, &image, repo, &work.path().join("pulled-1")).await?;
+    for from in ["agent", "origin"] {
+        let bytes = cluster
+            .metric_sum(
+                Component::Agent(1),
+                "p2p_bytes_received_total",
+                &[("from", from)],
+            )
+            .await?;
+        eprintln!("agent 1 received {bytes} bytes from the {from}");
+    }
+
+    tarpits.close().await
+}
+
 /// Pieces the given agents have received and verified, in all.
 async fn pieces_received(cluster: &Cluster, agents: &[usize]) -> Result<f64> {
     let mut total = 0.0;
@@ -186,4 +254,143 @@ async fn pieces_received(cluster: &Cluster, agents: &[usize]) -> Result<f64> {
             .await?;
     }
     Ok(total)
+}
+
+/// [`pull_through_agent_and_check`] of `repo:v1` through agent `agent`, printing how long it
+/// took whether or not it succeeded.
+async fn pull_timed(
+    cluster: &Cluster,
+    agent: usize,
+    image: &Image,
+    repo: &str,
+    dest: &Path,
+) -> Result<()> {
+    let started = Instant::now();
+    let pulled = pull_through_agent_and_check(cluster, agent, image, repo, "v1", dest).await;
+    let outcome = if pulled.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    eprintln!(
+        "agent {agent}'s pull among {TARPITS} tarpits {outcome} after {:?}",
+        started.elapsed()
+    );
+    pulled
+}
+
+/// Hung peers: listeners that accept TCP connections and never read or write, announced at the
+/// tracker as complete seeders of every blob of an image and re-announced until closed.
+/// Dropped without [`Tarpits::close`] (a test failing early), the `JoinSet` aborts its tasks,
+/// which closes every listener and held connection all the same.
+struct Tarpits {
+    stop: CancellationToken,
+    /// One accept loop per tarpit, plus the re-announcer.
+    tasks: JoinSet<Result<()>>,
+}
+
+impl Tarpits {
+    /// Opens `count` tarpits on loopback and announces each as a complete seeder of every blob
+    /// of `image` (pushed as `repo`) before returning, so the agents' first announce meets them.
+    async fn start(cluster: &Cluster, count: usize, repo: &str, image: &Image) -> Result<Tarpits> {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut addrs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.push(listener.local_addr()?);
+            tasks.spawn(hold_connections(listener, stop.clone()));
+        }
+        let tracker = format!("http://{}", cluster.addr(Component::Tracker));
+        let tracker = TrackerClient::connect(tracker.clone())
+            .await
+            .with_context(|| format!("connecting to the tracker at {tracker}"))?;
+        // The tracker keys a swarm by digest alone; the namespace is what an agent pulling
+        // `repo` sends, and must merely parse.
+        let announces: Vec<AnnounceRequest> = image
+            .blobs()
+            .flat_map(|(digest, _)| {
+                addrs.iter().enumerate().map(|(i, addr)| AnnounceRequest {
+                    digest: digest.to_string(),
+                    namespace: repo.to_owned(),
+                    peer: Some(PeerInfo {
+                        peer_id: format!("tarpit-{i:03}"),
+                        addr: addr.to_string(),
+                        origin: false,
+                        complete: true,
+                    }),
+                })
+            })
+            .collect();
+        let answers = announce_all(&tracker, &announces).await?;
+        // Each swarm now holds every tarpit, so the answers name some of them: proof that the
+        // tracker took the records and hands them out.
+        let handed_out = answers
+            .iter()
+            .flat_map(|answer| &answer.peers)
+            .any(|peer| addrs.iter().any(|addr| peer.addr == addr.to_string()));
+        ensure!(
+            handed_out,
+            "the tracker handed out no tarpit in answer to the tarpits' announces"
+        );
+        tasks.spawn(reannounce(tracker, announces, stop.clone()));
+        Ok(Tarpits { stop, tasks })
+    }
+
+    /// Stops announcing and closes every listener and held connection; fails if an accept loop
+    /// or a re-announce failed.
+    async fn close(mut self) -> Result<()> {
+        self.stop.cancel();
+        while let Some(task) = self.tasks.join_next().await {
+            task.context("a tarpit task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// Accepts every connection to `listener` and holds it, never reading or writing, until `stop`.
+async fn hold_connections(listener: TcpListener, stop: CancellationToken) -> Result<()> {
+    let mut held: Vec<TcpStream> = Vec::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => held.push(accepted.context("tarpit accept")?.0),
+        }
+    }
+}
+
+/// Sends every announce of `announces` at once and returns the tracker's answers.
+async fn announce_all(
+    tracker: &TrackerClient<Channel>,
+    announces: &[AnnounceRequest],
+) -> Result<Vec<AnnounceResponse>> {
+    let calls = announces.iter().map(|announce| {
+        let mut tracker = tracker.clone();
+        async move {
+            let answer = tracker.announce(announce.clone()).await?;
+            Ok::<_, tonic::Status>(answer.into_inner())
+        }
+    });
+    futures::future::try_join_all(calls)
+        .await
+        .context("announcing the tarpits at the tracker")
+}
+
+/// Repeats `announces` every [`TARPIT_REANNOUNCE`] until `stop`.
+async fn reannounce(
+    tracker: TrackerClient<Channel>,
+    announces: Vec<AnnounceRequest>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let mut interval = tokio::time::interval(TARPIT_REANNOUNCE);
+    // The first tick is immediate, and the caller has just announced.
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = interval.tick() => {
+                announce_all(&tracker, &announces).await?;
+            }
+        }
+    }
 }
