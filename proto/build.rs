@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Piece bytes stay `bytes::Bytes` from the decoder to the store: no copy per chunk.
+    tonic_prost_build::configure()
+        .bytes(".shoal.v1.PieceChunk.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

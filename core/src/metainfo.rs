@@ -225,13 +225,20 @@ impl<'de> Deserialize<'de> for Metainfo {
     }
 }
 
+/// The whole blob's digest: computed while fed, or already known.
+#[derive(Debug)]
+enum Whole {
+    Hashing(Digester),
+    Verified(Digest),
+}
+
 /// Computes a [`Metainfo`] from a blob streamed in chunks of any size.
 #[derive(Debug)]
 pub struct MetainfoBuilder {
     length: u64,
     piece_length: u64,
     fed: u64,
-    whole: Digester,
+    whole: Whole,
     piece: Digester,
     piece_fed: u64,
     pieces: Vec<Digest>,
@@ -240,6 +247,16 @@ pub struct MetainfoBuilder {
 impl MetainfoBuilder {
     /// A builder for a blob of exactly `length` bytes.
     pub fn new(length: u64) -> MetainfoBuilder {
+        MetainfoBuilder::with_whole(length, Whole::Hashing(Digester::new()))
+    }
+
+    /// A builder for bytes already verified to hash to `digest` (a committed upload): only the
+    /// piece hashes are computed, one sha256 pass instead of two.
+    pub fn for_verified(length: u64, digest: Digest) -> MetainfoBuilder {
+        MetainfoBuilder::with_whole(length, Whole::Verified(digest))
+    }
+
+    fn with_whole(length: u64, whole: Whole) -> MetainfoBuilder {
         let piece_length = piece_length_for(length);
         // The count is ≤ MAX_PIECES, so reserving it up front is small and avoids regrowth.
         let capacity = usize::try_from(piece_count_for(length, piece_length)).unwrap_or(0);
@@ -247,7 +264,7 @@ impl MetainfoBuilder {
             length,
             piece_length,
             fed: 0,
-            whole: Digester::new(),
+            whole,
             piece: Digester::new(),
             piece_fed: 0,
             pieces: Vec::with_capacity(capacity),
@@ -262,7 +279,9 @@ impl MetainfoBuilder {
         let keep = usize::try_from(remaining).map_or(data.len(), |r| r.min(data.len()));
         self.fed = self.fed.saturating_add(data.len() as u64);
         let mut data = &data[..keep];
-        self.whole.update(data);
+        if let Whole::Hashing(whole) = &mut self.whole {
+            whole.update(data);
+        }
         while !data.is_empty() {
             let room = self.piece_length - self.piece_fed;
             let take = usize::try_from(room).map_or(data.len(), |room| room.min(data.len()));
@@ -289,8 +308,12 @@ impl MetainfoBuilder {
         if self.piece_fed > 0 {
             self.pieces.push(self.piece.finish());
         }
+        let digest = match self.whole {
+            Whole::Hashing(whole) => whole.finish(),
+            Whole::Verified(digest) => digest,
+        };
         Ok(Metainfo {
-            digest: self.whole.finish(),
+            digest,
             length: self.length,
             piece_length: self.piece_length,
             pieces: self.pieces,
@@ -408,6 +431,19 @@ mod tests {
             metainfo.piece_range(last),
             Some(last as u64 * (1 << 52)..u64::MAX)
         );
+    }
+
+    #[test]
+    fn a_verified_builder_computes_only_the_pieces() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let mut full = MetainfoBuilder::new(data.len() as u64);
+        full.update(&data);
+        let full = full.finish().expect("metainfo");
+        let mut pieces = MetainfoBuilder::for_verified(data.len() as u64, full.digest());
+        for chunk in data.chunks(100_000) {
+            pieces.update(chunk);
+        }
+        assert_eq!(pieces.finish().expect("metainfo"), full);
     }
 
     #[test]

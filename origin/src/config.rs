@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:15100");
         assert_eq!(config.peer_listen.to_string(), "127.0.0.1:15101");
         assert_eq!(config.p2p.egress_rate, None);
-        assert_eq!(config.p2p.chunk_size, ByteSize::kib(256));
+        assert_eq!(config.p2p.chunk_size, ByteSize::mib(1));
         assert_eq!(config.writeback.retry_initial, Duration::from_secs(1));
         assert_eq!(config.writeback.retry_max, Duration::from_secs(300));
         assert_eq!(config.uploads.idle_timeout, Duration::from_secs(3600));

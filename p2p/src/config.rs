@@ -12,9 +12,10 @@ use crate::scheduler::SchedulerConfig;
 /// Seeders keep announcing a completed blob this long after its last use, so that nodes pulling
 /// the same image a little later still find many sources.
 const DEFAULT_SEED_TTL: Duration = Duration::from_secs(10 * 60);
-/// Piece bytes travel in gRPC messages of this size: big enough that per-message overhead is
-/// negligible, far below tonic's 4 MiB decode limit, and the limiter's burst (one chunk).
-const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::kib(256);
+/// Piece bytes travel in gRPC messages of this size: big enough that per-message overhead
+/// (encode, frame, decode, one allocation) is negligible, a whole 1 MiB piece in one message,
+/// far below tonic's 4 MiB decode limit, and the limiter's burst (one chunk).
+const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::mib(1);
 /// A download that verifies no piece for this long fails, so the registry clients waiting on it
 /// get an error (and fall back or retry) instead of hanging; verified pieces stay on disk and the
 /// next request resumes from them. Long enough to ride out a slow tracker interval and reconnects.
@@ -135,7 +136,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_limits_must_be_positive() {
         let config = P2pConfig::default();
-        assert_eq!(config.chunk_size, ByteSize::kib(256));
+        assert_eq!(config.chunk_size, ByteSize::mib(1));
         assert_eq!(config.seed_ttl, Duration::from_secs(600));
         config.validate().expect("defaults are valid");
 

@@ -21,6 +21,7 @@ pub struct P2pMetrics {
     bytes_received: Family<FromLabels, Counter>,
     pub(crate) bytes_served: Counter,
     pub(crate) resumed_bytes: Counter,
+    pub(crate) digest_reread_bytes: Counter,
     pub(crate) peers_blacklisted: Counter,
     pub(crate) downloads_active: Gauge,
     pub(crate) busy_answered: Counter,
@@ -37,6 +38,7 @@ impl P2pMetrics {
             bytes_received: Family::default(),
             bytes_served: Counter::default(),
             resumed_bytes: Counter::default(),
+            digest_reread_bytes: Counter::default(),
             peers_blacklisted: Counter::default(),
             downloads_active: Gauge::default(),
             busy_answered: Counter::default(),
@@ -66,6 +68,11 @@ impl P2pMetrics {
             "p2p_resumed_bytes",
             "Verified bytes found on disk when a download started",
             metrics.resumed_bytes.clone(),
+        );
+        registry.register(
+            "p2p_digest_reread_bytes",
+            "Bytes read back from disk to check a download's digest (pieces that arrived out of order beyond the in-memory budget, or were resumed)",
+            metrics.digest_reread_bytes.clone(),
         );
         registry.register(
             "p2p_peers_blacklisted",

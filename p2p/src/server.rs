@@ -190,10 +190,11 @@ async fn send_piece(
             let chunk = data.split_to(data.len().min(chunk_size));
             limiter.acquire(chunk.len()).await;
             let len = chunk.len() as u64;
-            let mut data = chunk.to_vec();
-            if faults.corrupt_served_pieces {
-                corrupt(&mut data);
-            }
+            let data = if faults.corrupt_served_pieces {
+                corrupt(chunk)
+            } else {
+                chunk
+            };
             if tx.send(Ok(PieceChunk { offset, data })).await.is_err() {
                 return;
             }
@@ -204,8 +205,10 @@ async fn send_piece(
 }
 
 /// TEST-ONLY (`Faults::corrupt_served_pieces`): flips every bit of the chunk's first byte.
-fn corrupt(chunk: &mut [u8]) {
-    if let Some(first) = chunk.first_mut() {
+fn corrupt(chunk: bytes::Bytes) -> bytes::Bytes {
+    let mut data = bytes::BytesMut::from(chunk);
+    if let Some(first) = data.first_mut() {
         *first ^= 0xff;
     }
+    data.freeze()
 }

@@ -412,9 +412,10 @@ async fn a_new_engine_resumes_from_verified_pieces_on_disk() -> Result<()> {
         for piece in (0..pieces).step_by(2) {
             let range = metainfo.piece_range(piece as usize).context("piece")?;
             let bytes = Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]);
-            partial.write_piece(piece, bytes).await?;
+            partial.write_piece(piece, vec![bytes]).await?;
             written += range.end - range.start;
         }
+        partial.sync().await?;
     }
     drop(store);
 

@@ -2,19 +2,20 @@
 //! queue: I/O errors that carry their path, temporary files that clean up after themselves,
 //! durable atomic writes, and streaming a byte range out of a file.
 
-use std::io::{self, SeekFrom};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::fs::File;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::ByteStream;
 
-/// Blob bytes are read from disk in chunks of this size: large enough that the per-chunk
-/// syscall and blocking-pool hop is amortised, small enough that thousands of concurrent
-/// readers stay within a few hundred MiB of buffers.
+/// Hashing passes over a file (metainfo, a partial blob's digest) read chunks of this size:
+/// small enough to stay in cache between the read and the hash.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
 /// An I/O error together with what was being done and to which path.
@@ -134,24 +135,47 @@ pub(crate) async fn clear_dir(dir: &Path) -> Result<usize, IoError> {
     Ok(removed)
 }
 
-/// Streams `len` bytes of `file` starting at `start`, in [`READ_CHUNK`] pieces. A file shorter
+/// Streamed reads (blob GETs, pieces) are this large: a GiB costs a thousand blocking-pool hops
+/// instead of four thousand, and a reader holds at most a few MiB in flight.
+pub(crate) const STREAM_CHUNK: usize = 1024 * 1024;
+
+/// Streams `len` bytes of `file` starting at `start`, in [`STREAM_CHUNK`] reads. A file shorter
 /// than promised ends the stream with `UnexpectedEof` instead of silently returning fewer bytes.
-pub(crate) fn file_stream(mut file: File, start: u64, len: u64) -> ByteStream {
+pub(crate) fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> ByteStream {
     let opened = futures::stream::once(async move {
-        file.seek(SeekFrom::Start(start)).await?;
-        Ok::<_, io::Error>(futures::stream::try_unfold((file, len), read_chunk))
+        let file = Arc::new(file.into_std().await);
+        Ok::<_, io::Error>(positional_stream(file, path, start, start + len))
     });
     opened.try_flatten().boxed()
 }
 
-async fn read_chunk(
-    (mut file, remaining): (File, u64),
-) -> io::Result<Option<(Bytes, (File, u64))>> {
-    if remaining == 0 {
-        return Ok(None);
-    }
-    let want = usize::try_from(remaining).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
-    let mut buf = vec![0; want];
-    file.read_exact(&mut buf).await?;
-    Ok(Some((Bytes::from(buf), (file, remaining - want as u64))))
+/// Streams `start..end` of `file` with positional reads (no shared cursor, so one handle may
+/// serve many readers), in [`STREAM_CHUNK`] pieces.
+pub(crate) fn positional_stream(
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    start: u64,
+    end: u64,
+) -> ByteStream {
+    futures::stream::try_unfold(start, move |offset| {
+        let file = file.clone();
+        let path = path.clone();
+        async move {
+            if offset >= end {
+                return Ok(None);
+            }
+            let want = usize::try_from(end - offset).map_or(STREAM_CHUNK, |r| r.min(STREAM_CHUNK));
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; want];
+                file.read_exact_at(&mut buf, offset).map_err(|e| {
+                    io::Error::new(e.kind(), format!("read {}: {e}", path.display()))
+                })?;
+                Ok::<_, io::Error>(Bytes::from(buf))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            Ok(Some((chunk, offset + want as u64)))
+        }
+    })
+    .boxed()
 }

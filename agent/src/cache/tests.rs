@@ -108,7 +108,7 @@ async fn download(store: &BlobStore, data: &[u8]) -> shoal_storage::PartialBlob 
     let partial = store.partial(&metainfo.digest(), &metainfo).await.unwrap();
     let first = metainfo.piece_range(0).unwrap();
     let piece = bytes::Bytes::copy_from_slice(&data[first.start as usize..first.end as usize]);
-    partial.write_piece(0, piece).await.unwrap();
+    partial.write_piece(0, vec![piece]).await.unwrap();
     partial
 }
 

@@ -19,11 +19,16 @@ use crate::scheduler::{Action, Event, PeerCandidate, Scheduler};
 
 /// How often the scheduler checks timeouts and blacklist expiry.
 const TICK: Duration = Duration::from_millis(250);
+/// How often written pieces are made durable (the most a crash can cost a download).
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a download stands, as requesters see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum State {
     Running,
+    /// Every piece is in and the blob's digest matches; it is being made durable.
+    Verified,
+    /// Committed to the store.
     Complete,
     Failed(String),
 }
@@ -72,7 +77,7 @@ impl Download {
                 digest: self.digest,
                 reason: reason.clone(),
             }),
-            State::Running | State::Complete => Ok(()),
+            State::Running | State::Verified | State::Complete => Ok(()),
         }
     }
 }
@@ -84,14 +89,13 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
         .run()
         .await;
     let outcome = match outcome {
-        Ok(()) => download
-            .partial
-            .commit()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Ok(()) => verify_and_commit(&download).await,
         Err(reason) => Err(reason),
     };
+    shared
+        .metrics
+        .digest_reread_bytes
+        .inc_by(download.partial.reread_bytes());
     shared.metrics.downloads_active.dec();
     match outcome {
         Ok(()) => {
@@ -112,6 +116,19 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
     {
         downloads.remove(&digest);
     }
+}
+
+/// Checks the blob's digest (computed as pieces landed), lets requesters have its last bytes,
+/// then makes it durable: the fsync of a large blob is not on a requester's path.
+async fn verify_and_commit(download: &Download) -> Result<(), String> {
+    download.partial.verify().await.map_err(|e| e.to_string())?;
+    download.state.send_replace(State::Verified);
+    download
+        .partial
+        .commit()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Where a discovered peer listens, and what it is.
@@ -167,8 +184,8 @@ impl Driver {
             self.download.digest,
             self.namespace.clone(),
             self.tx.clone(),
-        ))
-        .abort_handle();
+        ));
+        let syncer = tokio::spawn(sync_periodically(self.download.partial.clone()));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shared.shutdown.clone();
@@ -195,9 +212,13 @@ impl Driver {
             }
         };
         announcer.abort();
+        syncer.abort();
         for handle in self.sessions.values().chain(self.requests.values()) {
             handle.abort();
         }
+        // Both loop until aborted; awaiting them only confirms they are gone.
+        let _ = announcer.await;
+        let _ = syncer.await;
         result
     }
 
@@ -325,6 +346,19 @@ impl Driver {
             }
             p != peer
         });
+    }
+}
+
+/// Makes written pieces durable about once a second, so a restart resumes from them; an fsync
+/// per piece would tie the download's speed to the disk's.
+async fn sync_periodically(partial: PartialBlob) {
+    let mut interval = tokio::time::interval(SYNC_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(e) = partial.sync().await {
+            tracing::warn!(digest = %partial.metainfo().digest(), error = %e, "cannot record downloaded pieces durably");
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_client::PeerClient;
 use shoal_proto::v1::{PeerInfo, PieceRequest, SessionRequest, session_event};
@@ -222,34 +221,34 @@ impl PieceFetch {
             Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
             Err(status) => return Outcome::Failed(status.to_string()),
         };
-        let mut bytes = BytesMut::with_capacity(length);
+        // The chunks are slices of what the decoder received; the store hashes and writes them
+        // as they are.
+        let mut chunks = Vec::new();
+        let mut received = 0;
         loop {
             let chunk = match stream.message().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(status) => return Outcome::Failed(status.to_string()),
             };
-            if chunk.offset != bytes.len() as u64 || bytes.len() + chunk.data.len() > length {
+            if chunk.offset != received as u64 || received + chunk.data.len() > length {
                 return Outcome::Corrupt(format!(
-                    "chunk of {} bytes at offset {} does not fit the {length}-byte piece (have {})",
+                    "chunk of {} bytes at offset {} does not fit the {length}-byte piece (have {received})",
                     chunk.data.len(),
                     chunk.offset,
-                    bytes.len()
                 ));
             }
             self.shared.ingress.acquire(chunk.data.len()).await;
             self.shared
                 .metrics
                 .received(self.origin, chunk.data.len() as u64);
-            bytes.extend_from_slice(&chunk.data);
+            received += chunk.data.len();
+            chunks.push(chunk.data);
         }
-        if bytes.len() != length {
-            return Outcome::Failed(format!(
-                "piece ended after {} of {length} bytes",
-                bytes.len()
-            ));
+        if received != length {
+            return Outcome::Failed(format!("piece ended after {received} of {length} bytes"));
         }
-        match self.partial.write_piece(self.piece, bytes.freeze()).await {
+        match self.partial.write_piece(self.piece, chunks).await {
             Ok(newly) => {
                 if newly {
                     self.shared.metrics.pieces_received.inc();

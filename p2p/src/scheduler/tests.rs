@@ -810,7 +810,10 @@ fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
     let mut scheduler = Scheduler::new(16, Bitfield::new(16), config(), 23);
     let first = connects(&scheduler.handle(0, Event::Discovered(batch.clone())));
     assert_eq!(first.len(), config().max_peers, "{first:?}");
-    assert!(!first.contains(&origin), "origin before the agents answered");
+    assert!(
+        !first.contains(&origin),
+        "origin before the agents answered"
+    );
     // Within the grace the fresh handshakes are waited for.
     assert!(connects(&scheduler.handle(250, Event::Tick)).is_empty());
     // After it, the pending handshakes no longer keep the origin unused.
@@ -830,12 +833,13 @@ fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
     // them out once more, and their slots (all but the origin's) go to the ones not tried yet.
     let mut retried = Vec::new();
     for peer in &first {
-        retried.extend(connects(&scheduler.handle(
-            10_000,
-            Event::ConnectFailed { peer: peer.clone() },
-        )));
+        retried.extend(connects(
+            &scheduler.handle(10_000, Event::ConnectFailed { peer: peer.clone() }),
+        ));
     }
-    retried.extend(connects(&scheduler.handle(10_100, Event::Discovered(batch))));
+    retried.extend(connects(
+        &scheduler.handle(10_100, Event::Discovered(batch)),
+    ));
     assert_eq!(retried.len(), config().max_peers - 1, "{retried:?}");
     assert!(
         retried.iter().all(|peer| !first.contains(peer)),
@@ -884,7 +888,11 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
     );
     let from_a = requested(&out, &a);
     assert_eq!(from_a.len(), 4, "{out:?}");
-    assert_ne!(from_a, vec![0, 1, 2, 3], "in order although a swarm is around");
+    assert_ne!(
+        from_a,
+        vec![0, 1, 2, 3],
+        "in order although a swarm is around"
+    );
     let out = swarm.handle(
         2,
         Event::Connected {
@@ -895,5 +903,8 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
     // Pieces 48..64 have one holder (b); 16..48 have two.
     let from_b = requested(&out, &b);
     assert_eq!(from_b.len(), 4, "{out:?}");
-    assert!(from_b.iter().all(|piece| (48..64).contains(piece)), "{from_b:?}");
+    assert!(
+        from_b.iter().all(|piece| (48..64).contains(piece)),
+        "{from_b:?}"
+    );
 }

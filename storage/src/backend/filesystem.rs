@@ -125,6 +125,7 @@ impl Backend for FilesystemBackend {
         let end = range.end.clamp(range.start, len);
         Ok(Some(fsutil::file_stream(
             file,
+            path,
             range.start,
             end - range.start,
         )))

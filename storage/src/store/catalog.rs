@@ -72,6 +72,7 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).ctx("rename away", &dir)?,
         }
+        self.forget_metainfo(digest);
         fsutil::fsync_dir(&self.layout.shard_dir(digest)).await?;
         tokio::fs::remove_dir_all(&doomed)
             .await

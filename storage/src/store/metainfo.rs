@@ -1,17 +1,45 @@
-//! Metainfo beside each blob: read from `metainfo.json`, or computed from the blob bytes on
-//! first request and stored atomically. Concurrent first requests share one computation.
+//! Metainfo beside each blob: written at commit (see [`write_metainfo_of`]), read from
+//! `metainfo.json` through an in-memory cache, or — for blobs stored without it — computed from
+//! the blob bytes on first request and stored atomically. Concurrent first requests share one
+//! computation.
 
 use std::io::{self, Read};
 use std::sync::Arc;
 
 use shoal_core::{Digest, Metainfo, MetainfoBuilder};
 
-use super::{BlobStore, StoreError, lock};
+use super::{BlobStore, Layout, StoreError, lock};
 use crate::fsutil::{self, IoContext, READ_CHUNK};
 
 impl BlobStore {
     /// The metainfo of a committed blob, or `None` when the store does not have the blob.
     pub async fn metainfo(&self, digest: &Digest) -> Result<Option<Metainfo>, StoreError> {
+        if let Some(metainfo) = lock(&self.metainfo_cache).get(digest) {
+            return Ok(Some(metainfo.clone()));
+        }
+        let metainfo = self.read_or_compute_metainfo(digest).await?;
+        if let Some(metainfo) = &metainfo {
+            lock(&self.metainfo_cache).put(*digest, metainfo.clone());
+        }
+        Ok(metainfo)
+    }
+
+    /// How many times metainfo was computed on demand from a stored blob's bytes (a blob
+    /// committed without it). Blobs this store committed never need it.
+    pub fn metainfo_computations(&self) -> u64 {
+        self.metainfo_computations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Forgets the cached metainfo of a blob that left the store.
+    pub(super) fn forget_metainfo(&self, digest: &Digest) {
+        lock(&self.metainfo_cache).pop(digest);
+    }
+
+    async fn read_or_compute_metainfo(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Metainfo>, StoreError> {
         if let Some(metainfo) = self.read_metainfo(digest).await? {
             return Ok(Some(metainfo));
         }
@@ -65,9 +93,8 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).ctx("open", &data_path)?,
         };
-        #[cfg(test)]
         self.metainfo_computations
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let expected = *digest;
         let path = data_path.clone();
         // Hashing a multi-GiB blob takes seconds: keep it off the async workers.
@@ -83,20 +110,13 @@ impl BlobStore {
 }
 
 fn build_metainfo(
-    mut file: std::fs::File,
+    file: std::fs::File,
     path: &std::path::Path,
     expected: Digest,
 ) -> Result<Metainfo, StoreError> {
     let len = file.metadata().ctx("stat", path)?.len();
     let mut builder = MetainfoBuilder::new(len);
-    let mut buf = vec![0; READ_CHUNK];
-    loop {
-        let n = file.read(&mut buf).ctx("read", path)?;
-        if n == 0 {
-            break;
-        }
-        builder.update(&buf[..n]);
-    }
+    read_into(file, path, |chunk| builder.update(chunk))?;
     let corrupt = |reason: String| StoreError::Corrupt {
         digest: expected,
         reason,
@@ -106,4 +126,46 @@ fn build_metainfo(
         return Err(corrupt(format!("bytes hash to {}", metainfo.digest())));
     }
     Ok(metainfo)
+}
+
+/// Computes the piece hashes of `path`, a file of `length` bytes already verified to hash to
+/// `digest`, and writes the metainfo beside the blob it is about to become. One sha256 pass.
+pub(super) async fn write_metainfo_of(
+    layout: &Layout,
+    path: &std::path::Path,
+    length: u64,
+    digest: Digest,
+) -> Result<(), StoreError> {
+    let file = std::fs::File::open(path).ctx("open", path)?;
+    let owned = path.to_path_buf();
+    let metainfo = tokio::task::spawn_blocking(move || {
+        let mut builder = MetainfoBuilder::for_verified(length, digest);
+        read_into(file, &owned, |chunk| builder.update(chunk))?;
+        builder.finish().map_err(|e| StoreError::Corrupt {
+            digest,
+            reason: e.to_string(),
+        })
+    })
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))
+    .ctx("compute metainfo of", path)??;
+    let tmp = layout.new_tmp_path("metainfo");
+    fsutil::write_atomic(tmp, &layout.metainfo_path(&digest), &metainfo.to_json()).await?;
+    Ok(())
+}
+
+/// Feeds every byte of `file` to `sink`, in [`READ_CHUNK`] reads.
+fn read_into(
+    mut file: std::fs::File,
+    path: &std::path::Path,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<(), StoreError> {
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf).ctx("read", path)?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink(&buf[..n]);
+    }
 }

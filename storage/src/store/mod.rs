@@ -2,7 +2,8 @@
 //!
 //! Layout under the store root:
 //! - `blobs/sha256/<first 2 hex>/<hex>/data` — committed blob bytes, immutable once renamed in;
-//! - `blobs/sha256/<first 2 hex>/<hex>/metainfo.json` — the blob's metainfo, computed on demand;
+//! - `blobs/sha256/<first 2 hex>/<hex>/metainfo.json` — the blob's metainfo, computed when the
+//!   blob is committed (or on first request for blobs stored without it);
 //! - `partial/<hex>/{data,bitfield}` — downloads in progress, kept across restarts so they
 //!   resume (see [`PartialBlob`]);
 //! - `uploads/<uuid>` — bytes of upload sessions in progress (session state lives in memory);
@@ -42,6 +43,8 @@ use upload::UploadSlot;
 
 const BLOB_FILE: &str = "data";
 const METAINFO_FILE: &str = "metainfo.json";
+/// Metainfo documents kept in memory (each at most ~130 KB of hashes, typically a few KB).
+const METAINFO_CACHE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1024).unwrap();
 
 /// Paths inside the store root. Every path is built from a parsed [`Digest`] or [`UploadId`],
 /// never from request text.
@@ -99,11 +102,15 @@ pub struct BlobStore {
     uploads: Mutex<HashMap<UploadId, Arc<UploadSlot>>>,
     /// Metainfo computations in flight, so concurrent callers for one digest share one pass.
     metainfo_flights: Mutex<HashMap<Digest, Arc<OnceCell<Option<Metainfo>>>>>,
+    /// Recently used metainfo: every piece request needs it, and parsing thousands of hashes
+    /// from JSON per piece would cost more than serving the piece.
+    metainfo_cache: Mutex<lru::LruCache<Digest, Metainfo>>,
+    /// Metainfo computed on demand (a blob committed without it); 0 on the serving path of
+    /// blobs this store committed.
     /// Partial downloads with a live handle, and the lock that serialises opening them.
     partials: partial::OpenPartials,
     partial_open: tokio::sync::Mutex<()>,
-    #[cfg(test)]
-    metainfo_computations: std::sync::atomic::AtomicUsize,
+    metainfo_computations: std::sync::atomic::AtomicU64,
 }
 
 impl BlobStore {
@@ -132,9 +139,9 @@ impl BlobStore {
             layout,
             uploads: Mutex::default(),
             metainfo_flights: Mutex::default(),
+            metainfo_cache: Mutex::new(lru::LruCache::new(METAINFO_CACHE)),
             partials: Mutex::default(),
             partial_open: tokio::sync::Mutex::default(),
-            #[cfg(test)]
             metainfo_computations: Default::default(),
         })
     }
@@ -163,7 +170,7 @@ impl BlobStore {
             Err(e) => return Err(e).ctx("open", &path)?,
         };
         let len = file.metadata().await.ctx("stat", &path)?.len();
-        Ok(Some(BlobFile { file, len }))
+        Ok(Some(BlobFile { file, path, len }))
     }
 }
 
@@ -177,6 +184,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct BlobFile {
     file: File,
+    path: PathBuf,
     len: u64,
 }
 
@@ -195,7 +203,7 @@ impl BlobFile {
     pub fn stream(self, range: Range<u64>) -> ByteStream {
         let end = range.end.min(self.len);
         let start = range.start.min(end);
-        fsutil::file_stream(self.file, start, end - start)
+        fsutil::file_stream(self.file, self.path, start, end - start)
     }
 }
 

@@ -2,21 +2,28 @@
 //!
 //! Layout under the store root: `partial/<hex>/data` (preallocated to the blob's length) and
 //! `partial/<hex>/bitfield` (which pieces are verified and durable). A piece is checked against
-//! its metainfo hash *before* it is written, the data file is fsynced before the bitfield that
-//! claims it, and only pieces whose bit is set can be read — so after a crash or restart,
-//! reopening the partial resumes from exactly the pieces that were verified and written.
-//! [`PartialBlob::commit`] checks the whole blob's sha256 and renames the data into `blobs/`.
+//! its metainfo hash *before* it is written and only written pieces can be read. The bitfield
+//! file is rewritten by [`PartialBlob::sync`] (the engine calls it about once a second, not per
+//! piece: an fsync per piece would tie the download to the disk), always after an fsync of the
+//! data it claims — so after a crash or restart, reopening the partial resumes from pieces that
+//! were verified and written, losing at most the ones since the last sync.
+//!
+//! The whole blob's sha256 is computed as pieces land: the verified prefix is hashed from the
+//! bytes in hand, pieces that arrive ahead of it are kept in memory (within a budget) or re-read
+//! from disk when the prefix reaches them. [`PartialBlob::verify`] finishes that digest and
+//! [`PartialBlob::commit`] renames the data into `blobs/`.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use shoal_core::{Bitfield, Digest, Digester, Metainfo};
 use tokio::sync::{Mutex as AsyncMutex, watch};
 
@@ -26,6 +33,9 @@ use crate::fsutil::{self, IoContext, READ_CHUNK};
 
 const DATA_FILE: &str = "data";
 const BITFIELD_FILE: &str = "bitfield";
+/// Bytes of pieces that arrived ahead of the hashed prefix kept in memory per download; beyond
+/// it they are re-read from the page cache when the prefix reaches them.
+const AHEAD_BUDGET: u64 = 16 * 1024 * 1024;
 
 impl Layout {
     pub(super) fn partials_dir(&self) -> PathBuf {
@@ -174,12 +184,29 @@ pub(super) struct Inner {
     /// file into `blobs/`, so readers that started on the partial keep reading.
     data: Arc<std::fs::File>,
     bitfield: std::fs::File,
-    /// Verified, durable pieces. The sender also lets downloaders and servers wait for pieces.
+    /// Verified, written pieces (readable now). The sender also lets downloaders and servers
+    /// wait for pieces.
     have: watch::Sender<Bitfield>,
-    /// Serialises "fsync data, then record pieces in the bitfield file" (see `persist`).
-    persist: AsyncMutex<()>,
+    /// The pieces the bitfield file claims; the lock serialises syncs and commit.
+    durable: AsyncMutex<Bitfield>,
+    /// The running digest of the verified prefix.
+    prefix: std::sync::Mutex<Prefix>,
     /// Bytes of verified pieces found on disk when this partial was opened.
     resumed_bytes: u64,
+    /// Bytes read back from disk to compute the blob's digest.
+    reread_bytes: AtomicU64,
+}
+
+/// The blob's sha256 over pieces `0..next`, and the written pieces past it.
+#[derive(Debug)]
+struct Prefix {
+    digester: Digester,
+    next: u32,
+    /// Written pieces past `next`, with their bytes while within [`AHEAD_BUDGET`].
+    ahead: BTreeMap<u32, Option<Vec<Bytes>>>,
+    ahead_bytes: u64,
+    /// The digest once every piece is hashed.
+    done: Option<Digest>,
 }
 
 impl Inner {
@@ -204,6 +231,14 @@ impl Inner {
         if resumed_bytes > 0 {
             tracing::info!(%digest, pieces = have.count(), resumed_bytes, "resuming partial download");
         }
+        let prefix = Prefix {
+            digester: Digester::new(),
+            next: 0,
+            // Resumed pieces are hashed from disk when the prefix reaches them.
+            ahead: have.ones().map(|piece| (piece, None)).collect(),
+            ahead_bytes: 0,
+            done: None,
+        };
         Ok(Inner {
             layout: layout.clone(),
             metainfo,
@@ -212,9 +247,11 @@ impl Inner {
             bitfield_path,
             data: Arc::new(data),
             bitfield,
+            durable: AsyncMutex::new(have.clone()),
             have: watch::Sender::new(have),
-            persist: AsyncMutex::new(()),
+            prefix: std::sync::Mutex::new(prefix),
             resumed_bytes,
+            reread_bytes: AtomicU64::new(0),
         })
     }
 }
@@ -306,10 +343,17 @@ impl PartialBlob {
         self.inner.resumed_bytes
     }
 
-    /// Verifies `data` as piece `index` and, when it matches, writes it and records it durably.
-    /// Returns `false` when the piece was already held (nothing written). A wrong length or hash
-    /// is [`StoreError::PieceMismatch`] and writes nothing.
-    pub async fn write_piece(&self, index: u32, data: Bytes) -> Result<bool, StoreError> {
+    /// Bytes read back from disk so far to compute the blob's digest (pieces that arrived
+    /// ahead of the hashed prefix beyond the in-memory budget, or were resumed).
+    pub fn reread_bytes(&self) -> u64 {
+        self.inner.reread_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Verifies `chunks` (the piece's bytes, in order) as piece `index` and, when they match,
+    /// writes them and makes the piece readable. Returns `false` when the piece was already held
+    /// (nothing changes). A wrong length or hash is [`StoreError::PieceMismatch`] and writes
+    /// nothing. Durability comes with the next [`PartialBlob::sync`].
+    pub async fn write_piece(&self, index: u32, chunks: Vec<Bytes>) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let digest = inner.metainfo.digest();
         let Some(range) = inner.metainfo.piece_range(index as usize) else {
@@ -322,33 +366,110 @@ impl PartialBlob {
         if inner.have.borrow().get(index) {
             return Ok(false);
         }
-        let file = inner.data.clone();
-        let metainfo = inner.metainfo.clone();
-        let path = inner.data_path.clone();
+        let this = self.clone();
         // Hashing a multi-MiB piece takes milliseconds: keep it and the write off the workers.
         blocking(move || {
-            if !metainfo.verify_piece(index as usize, &data) {
+            let inner = &this.inner;
+            let length: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let mut hasher = Digester::new();
+            for chunk in &chunks {
+                hasher.update(chunk);
+            }
+            let expected = inner.metainfo.piece_hash(index as usize);
+            if length != range.end - range.start || expected != Some(&hasher.finish()) {
                 return Err(StoreError::PieceMismatch { digest, index });
             }
-            file.write_all_at(&data, range.start).ctx("write", &path)?;
-            Ok(())
+            let mut offset = range.start;
+            for chunk in &chunks {
+                inner
+                    .data
+                    .write_all_at(chunk, offset)
+                    .ctx("write", &inner.data_path)?;
+                offset += chunk.len() as u64;
+            }
+            this.extend_prefix(index, Some(chunks))
         })
         .await?;
-        self.persist(index).await
+        Ok(inner.have.send_if_modified(|have| have.set(index)))
     }
 
-    /// Makes written piece `index` durable and visible: fsync the data, then set the bit in the
-    /// bitfield file. Writers that arrive while another one is syncing wait for the lock and
-    /// usually find their piece already covered by that sync (group commit).
-    async fn persist(&self, index: u32) -> Result<bool, StoreError> {
+    /// Records written piece `index` for the blob digest: hashes it at once when it continues
+    /// the prefix (then every piece that was waiting behind it), else keeps it for later.
+    fn extend_prefix(&self, index: u32, bytes: Option<Vec<Bytes>>) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let _guard = inner.persist.lock().await;
-        if inner.have.borrow().get(index) {
-            // A concurrent writer of the same piece recorded it first.
-            return Ok(false);
+        let mut prefix = lock(&inner.prefix);
+        if index < prefix.next || prefix.ahead.contains_key(&index) {
+            // A duplicate (endgame) of a piece already accounted for.
+            return Ok(());
         }
-        let mut next = inner.have.borrow().clone();
-        next.set(index);
+        let length = inner
+            .metainfo
+            .piece_range(index as usize)
+            .map_or(0, |r| r.end - r.start);
+        let keep = bytes.filter(|_| prefix.ahead_bytes + length <= AHEAD_BUDGET);
+        if keep.is_some() {
+            prefix.ahead_bytes += length;
+        }
+        prefix.ahead.insert(index, keep);
+        self.advance(&mut prefix)
+    }
+
+    /// Hashes the pieces waiting at the head of the prefix, in order.
+    fn advance(&self, prefix: &mut Prefix) -> Result<(), StoreError> {
+        while let Some(bytes) = {
+            let next = prefix.next;
+            prefix.ahead.remove(&next)
+        } {
+            match bytes {
+                Some(chunks) => {
+                    for chunk in &chunks {
+                        prefix.digester.update(chunk);
+                        prefix.ahead_bytes -= chunk.len() as u64;
+                    }
+                }
+                None => self.rehash_from_disk(prefix.next, &mut prefix.digester)?,
+            }
+            prefix.next += 1;
+        }
+        if prefix.next == piece_count(&self.inner.metainfo) && prefix.done.is_none() {
+            prefix.done = Some(std::mem::take(&mut prefix.digester).finish());
+        }
+        Ok(())
+    }
+
+    fn rehash_from_disk(&self, piece: u32, digester: &mut Digester) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(range) = inner.metainfo.piece_range(piece as usize) else {
+            return Ok(());
+        };
+        let mut buf = vec![0; READ_CHUNK];
+        let mut offset = range.start;
+        while offset < range.end {
+            let want =
+                usize::try_from(range.end - offset).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
+            inner
+                .data
+                .read_exact_at(&mut buf[..want], offset)
+                .ctx("read", &inner.data_path)?;
+            digester.update(&buf[..want]);
+            offset += want as u64;
+        }
+        inner
+            .reread_bytes
+            .fetch_add(range.end - range.start, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes the written pieces durable: fsync the data, then record them in the bitfield file.
+    /// Cheap when nothing changed since the last sync.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut durable = inner.durable.lock().await;
+        let now = inner.have.borrow().clone();
+        if now == *durable || !inner.dir.exists() {
+            // Nothing new, or committed (the directory is gone).
+            return Ok(());
+        }
         let data = inner.data.clone();
         let data_path = inner.data_path.clone();
         let bitfield = inner
@@ -356,7 +477,7 @@ impl PartialBlob {
             .try_clone()
             .ctx("open", &inner.bitfield_path)?;
         let bitfield_path = inner.bitfield_path.clone();
-        let bytes = next.as_bytes().to_vec();
+        let bytes = now.as_bytes().to_vec();
         blocking(move || {
             // The data must be durable before a bit claims it, or a crash could resume with a
             // bit set over bytes that never reached the disk.
@@ -370,10 +491,38 @@ impl PartialBlob {
             Ok(())
         })
         .await?;
-        inner.have.send_modify(|have| {
-            have.set(index);
-        });
-        Ok(true)
+        *durable = now;
+        Ok(())
+    }
+
+    /// Checks the whole blob's sha256 (computed as pieces landed; pieces not hashed yet are
+    /// read from disk). A mismatch deletes the partial: its pieces matched a metainfo that does
+    /// not describe this digest, and none of its bytes may be served as that digest.
+    pub async fn verify(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let digest = inner.metainfo.digest();
+        let missing = inner.have.borrow().zeros().count();
+        if missing > 0 {
+            return Err(StoreError::Incomplete { digest, missing });
+        }
+        let this = self.clone();
+        let actual = blocking(move || {
+            // Every piece is written, so those not hashed yet all wait in `ahead`.
+            let mut prefix = lock(&this.inner.prefix);
+            this.advance(&mut prefix)?;
+            Ok(prefix.done)
+        })
+        .await?;
+        let actual = actual.unwrap_or_else(|| Digester::new().finish());
+        if actual != digest {
+            let _durable = inner.durable.lock().await;
+            self.remove_dir().await?;
+            return Err(StoreError::DigestMismatch {
+                expected: digest,
+                actual,
+            });
+        }
+        Ok(())
     }
 
     /// Streams the bytes of `range` (clamped to the blob). Every piece the range touches must
@@ -395,7 +544,7 @@ impl PartialBlob {
                 });
             }
         }
-        Ok(positional_stream(
+        Ok(fsutil::positional_stream(
             inner.data.clone(),
             inner.data_path.clone(),
             start,
@@ -403,19 +552,15 @@ impl PartialBlob {
         ))
     }
 
-    /// Checks the whole blob's sha256 and moves it into `blobs/` (with its metainfo beside it),
-    /// removing the partial directory. Returns the blob length. Readers of this partial keep
-    /// reading from the same (renamed) file. A mismatch deletes the partial: its pieces matched a
-    /// metainfo that does not describe this digest.
+    /// Verifies the blob (see [`PartialBlob::verify`]) and moves it into `blobs/` (with its
+    /// metainfo beside it), removing the partial directory. Returns the blob length. Readers of
+    /// this partial keep reading from the same (renamed) file.
     pub async fn commit(&self) -> Result<u64, StoreError> {
+        self.verify().await?;
         let inner = &self.inner;
         let digest = inner.metainfo.digest();
-        // Hold the persist lock: no piece write may race the hash and rename.
-        let _guard = inner.persist.lock().await;
-        let missing = inner.have.borrow().zeros().count();
-        if missing > 0 {
-            return Err(StoreError::Incomplete { digest, missing });
-        }
+        // Hold the sync lock: no bitfield sync may race the rename.
+        let _durable = inner.durable.lock().await;
         let target = inner.layout.data_path(&digest);
         if tokio::fs::try_exists(&target).await.ctx("stat", &target)? {
             // Content-addressed: a committed copy (from this handle or another path) has the
@@ -424,17 +569,8 @@ impl PartialBlob {
             return Ok(inner.metainfo.length());
         }
         let data = inner.data.clone();
-        let path = inner.data_path.clone();
-        let length = inner.metainfo.length();
-        let actual = blocking(move || hash_file(&data, &path, length)).await?;
-        if actual != digest {
-            self.remove_dir().await?;
-            return Err(StoreError::DigestMismatch {
-                expected: digest,
-                actual,
-            });
-        }
-        inner.data.sync_all().ctx("fsync", &inner.data_path)?;
+        let data_path = inner.data_path.clone();
+        blocking(move || Ok(data.sync_all().ctx("fsync", &data_path)?)).await?;
         fsutil::create_dir_durable(&inner.layout.shard_dir(&digest)).await?;
         let blob_dir = inner.layout.blob_dir(&digest);
         fsutil::create_dir_durable(&blob_dir).await?;
@@ -451,7 +587,7 @@ impl PartialBlob {
             .ctx("rename into place", &target)?;
         fsutil::fsync_dir(&blob_dir).await?;
         self.remove_dir().await?;
-        Ok(length)
+        Ok(inner.metainfo.length())
     }
 
     async fn remove_dir(&self) -> Result<(), StoreError> {
@@ -462,45 +598,6 @@ impl PartialBlob {
             Err(e) => Err(e).ctx("remove", dir)?,
         }
     }
-}
-
-fn hash_file(file: &std::fs::File, path: &Path, length: u64) -> Result<Digest, StoreError> {
-    let mut digester = Digester::new();
-    let mut buf = vec![0; READ_CHUNK];
-    let mut offset = 0;
-    while offset < length {
-        let want = usize::try_from(length - offset).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
-        file.read_exact_at(&mut buf[..want], offset)
-            .ctx("read", path)?;
-        digester.update(&buf[..want]);
-        offset += want as u64;
-    }
-    Ok(digester.finish())
-}
-
-/// Streams `start..end` of `file` with positional reads, in [`READ_CHUNK`] pieces.
-fn positional_stream(file: Arc<std::fs::File>, path: PathBuf, start: u64, end: u64) -> ByteStream {
-    futures::stream::try_unfold(start, move |offset| {
-        let file = file.clone();
-        let path = path.clone();
-        async move {
-            if offset >= end {
-                return Ok(None);
-            }
-            let want = usize::try_from(end - offset).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
-            let chunk = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; want];
-                file.read_exact_at(&mut buf, offset).map_err(|e| {
-                    io::Error::new(e.kind(), format!("read {}: {e}", path.display()))
-                })?;
-                Ok::<_, io::Error>(Bytes::from(buf))
-            })
-            .await
-            .map_err(io::Error::other)??;
-            Ok(Some((chunk, offset + want as u64)))
-        }
-    })
-    .boxed()
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -255,13 +254,12 @@ async fn writer_verifies_and_cleans_up() {
         .await
         .expect("put again");
     assert_eq!(again, 1000);
-    let blob_files = files_under(&dir.path().join("blobs"));
-    assert_eq!(blob_files.len(), 1);
-    assert!(blob_files[0].ends_with(format!(
-        "sha256/{}/{}/data",
-        &digest.hex()[..2],
-        digest.hex()
-    )));
+    let mut blob_files = files_under(&dir.path().join("blobs"));
+    blob_files.sort();
+    let blob_dir = format!("sha256/{}/{}", &digest.hex()[..2], digest.hex());
+    assert_eq!(blob_files.len(), 2, "{blob_files:?}");
+    assert!(blob_files[0].ends_with(format!("{blob_dir}/data")));
+    assert!(blob_files[1].ends_with(format!("{blob_dir}/metainfo.json")));
     assert!(files_under(&dir.path().join("tmp")).is_empty());
 }
 
@@ -337,7 +335,7 @@ async fn truncated_blob_ends_the_stream_with_an_error() {
 }
 
 #[tokio::test]
-async fn metainfo_is_computed_once_and_matches_the_builder() {
+async fn metainfo_is_written_at_commit_or_computed_once_on_demand() {
     let (dir, store) = open_store().await;
     // Crosses several piece boundaries (256 KiB pieces at this size) and ends mid-piece.
     let data = blob(3 * 1024 * 1024 + 12_345, 6);
@@ -350,8 +348,26 @@ async fn metainfo_is_computed_once_and_matches_the_builder() {
     let mut builder = MetainfoBuilder::new(data.len() as u64);
     builder.update(&data);
     let expected = builder.finish().expect("metainfo");
+    let stored = dir.path().join(format!(
+        "blobs/sha256/{}/{}/metainfo.json",
+        &digest.hex()[..2],
+        digest.hex()
+    ));
+    // Commit wrote it: serving never hashes.
+    assert_eq!(
+        std::fs::read(&stored).expect("metainfo.json"),
+        expected.to_json()
+    );
+    assert_eq!(
+        store.metainfo(&digest).await.expect("metainfo"),
+        Some(expected.clone())
+    );
+    assert_eq!(store.metainfo_computations(), 0);
 
-    let store = Arc::new(store);
+    // A blob stored without it (an older version's store): concurrent first callers share
+    // one computation, which is stored.
+    std::fs::remove_file(&stored).expect("remove metainfo.json");
+    let store = Arc::new(BlobStore::open(dir.path()).await.expect("reopen"));
     let callers = (0..8).map(|_| {
         let store = store.clone();
         tokio::spawn(async move { store.metainfo(&digest).await })
@@ -360,23 +376,16 @@ async fn metainfo_is_computed_once_and_matches_the_builder() {
         let metainfo = result.expect("task").expect("metainfo").expect("present");
         assert_eq!(metainfo, expected);
     }
-    assert_eq!(store.metainfo_computations.load(Ordering::SeqCst), 1);
-    let stored = dir.path().join(format!(
-        "blobs/sha256/{}/{}/metainfo.json",
-        &digest.hex()[..2],
-        digest.hex()
-    ));
+    assert_eq!(store.metainfo_computations(), 1);
     assert_eq!(
         std::fs::read(&stored).expect("metainfo.json"),
         expected.to_json()
     );
-
-    // Later calls read the file.
     assert_eq!(
         store.metainfo(&digest).await.expect("metainfo"),
         Some(expected)
     );
-    assert_eq!(store.metainfo_computations.load(Ordering::SeqCst), 1);
+    assert_eq!(store.metainfo_computations(), 1);
     assert!(store.metainfo_flights.lock().expect("lock").is_empty());
     assert_eq!(
         store
@@ -402,6 +411,8 @@ async fn metainfo_of_a_corrupted_blob_is_an_error() {
         digest.hex()
     ));
     std::fs::write(&path, vec![0u8; 1000]).expect("corrupt");
+    // Computed on demand (as for a blob stored without metainfo), the corruption shows.
+    std::fs::remove_file(path.with_file_name("metainfo.json")).expect("remove metainfo");
     assert!(matches!(
         store.metainfo(&digest).await,
         Err(StoreError::Corrupt { .. })

@@ -1,6 +1,7 @@
 //! Staged writes and the commit path shared by upload sessions and [`BlobWriter`]: bytes go to
-//! a temporary file while their digest is computed on the fly (no second pass), and commit
-//! verifies the digest, fsyncs, renames into `blobs/` and fsyncs the directory.
+//! a temporary file while their digest is computed on the fly, and commit verifies the digest,
+//! fsyncs, writes the metainfo (piece hashes: one pass over the page cache), renames into
+//! `blobs/` and fsyncs the directory.
 
 use futures::StreamExt;
 use shoal_core::{Digest, Digester};
@@ -110,6 +111,8 @@ impl Layout {
         fsutil::create_dir_durable(&self.shard_dir(expected)).await?;
         let blob_dir = self.blob_dir(expected);
         fsutil::create_dir_durable(&blob_dir).await?;
+        // Metainfo now, while the bytes are in the page cache, so serving pieces never hashes.
+        super::metainfo::write_metainfo_of(self, temp.path(), len, *expected).await?;
         tokio::fs::rename(temp.path(), &data_path)
             .await
             .ctx("rename into place", &data_path)?;

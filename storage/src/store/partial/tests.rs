@@ -19,11 +19,14 @@ fn metainfo_of(data: &[u8]) -> Metainfo {
     builder.finish().expect("metainfo")
 }
 
-fn piece(data: &[u8], metainfo: &Metainfo, index: u32) -> Bytes {
+/// Piece `index` of `data` in two chunks, as pieces arrive off the wire.
+fn piece(data: &[u8], metainfo: &Metainfo, index: u32) -> Vec<Bytes> {
     let range = metainfo
         .piece_range(index as usize)
         .expect("piece in range");
-    Bytes::copy_from_slice(&data[range.start as usize..range.end as usize])
+    let bytes = Bytes::copy_from_slice(&data[range.start as usize..range.end as usize]);
+    let half = bytes.len() / 2;
+    vec![bytes.slice(..half), bytes.slice(half..)]
 }
 
 async fn read_all(stream: ByteStream) -> Vec<u8> {
@@ -106,19 +109,19 @@ async fn a_corrupt_piece_is_rejected_and_never_readable() {
         .await
         .expect("partial");
 
-    let mut bad = piece(&data, &metainfo, 1).to_vec();
+    let mut bad = piece(&data, &metainfo, 1).concat();
     bad[77] ^= 0x01;
     let err = partial
-        .write_piece(1, Bytes::from(bad))
+        .write_piece(1, vec![Bytes::from(bad)])
         .await
         .expect_err("corrupt piece");
     assert!(
         matches!(err, StoreError::PieceMismatch { index: 1, .. }),
         "{err}"
     );
-    let short = piece(&data, &metainfo, 1).slice(1..);
+    let short = Bytes::from(piece(&data, &metainfo, 1).concat()).slice(1..);
     let err = partial
-        .write_piece(1, short)
+        .write_piece(1, vec![short])
         .await
         .expect_err("short piece");
     assert!(
@@ -126,7 +129,7 @@ async fn a_corrupt_piece_is_rejected_and_never_readable() {
         "{err}"
     );
     let err = partial
-        .write_piece(5, Bytes::new())
+        .write_piece(5, vec![Bytes::new()])
         .await
         .expect_err("past the end");
     assert!(
@@ -190,6 +193,13 @@ async fn reopening_resumes_from_verified_pieces() {
                 .await
                 .expect("write");
         }
+        partial.sync().await.expect("sync");
+        // Written but never synced: readable now, not claimed by the bitfield file.
+        partial
+            .write_piece(1, piece(&data, &metainfo, 1))
+            .await
+            .expect("write");
+        assert!(partial.bitfield().get(1));
     }
     let store = BlobStore::open(dir.path()).await.expect("reopen");
     let partial = store.partial(&digest, &metainfo).await.expect("partial");
@@ -231,6 +241,7 @@ async fn a_damaged_bitfield_file_starts_over() {
             .write_piece(0, piece(&data, &metainfo, 0))
             .await
             .expect("write");
+        partial.sync().await.expect("sync");
     }
     let bitfield = dir
         .path()
@@ -301,4 +312,86 @@ async fn abandoned_downloads_are_listed_and_only_closed_ones_can_be_deleted() {
     // A new download of the same blob starts from nothing.
     let again = store.partial(&digest, &metainfo).await.expect("reopen");
     assert_eq!(again.resumed_bytes(), 0);
+}
+
+#[tokio::test]
+async fn the_blob_digest_is_computed_as_pieces_land_and_a_mismatch_is_never_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    // Whatever order pieces come in, the prefix digest keeps up without reading the disk.
+    let partial = store
+        .partial(&metainfo.digest(), &metainfo)
+        .await
+        .expect("partial");
+    for index in [1, 0, 4, 2, 3] {
+        partial
+            .write_piece(index, piece(&data, &metainfo, index))
+            .await
+            .expect("write");
+    }
+    partial.verify().await.expect("digest matches");
+    assert_eq!(partial.reread_bytes(), 0);
+
+    // A metainfo whose piece hashes describe these bytes but whose digest is another blob's,
+    // as a lying origin or tracker would hand out: every piece verifies, the blob does not.
+    let claimed = Digest::of(b"the blob the client asked for");
+    let lying = Metainfo::from_parts(
+        claimed,
+        metainfo.length(),
+        metainfo.piece_length(),
+        (0..5)
+            .map(|i| *metainfo.piece_hash(i).expect("piece hash"))
+            .collect(),
+    )
+    .expect("well-formed metainfo");
+    let partial = store.partial(&claimed, &lying).await.expect("partial");
+    for index in 0..5 {
+        partial
+            .write_piece(index, piece(&data, &lying, index))
+            .await
+            .expect("every piece matches its hash");
+    }
+    let err = partial.commit().await.expect_err("digest mismatch");
+    assert!(
+        matches!(err, StoreError::DigestMismatch { expected, actual } if expected == claimed && actual == metainfo.digest()),
+        "{err}"
+    );
+    assert_eq!(
+        partial.reread_bytes(),
+        0,
+        "caught without re-reading the blob"
+    );
+    assert_eq!(store.stat(&claimed).await.expect("stat"), None);
+    assert!(!dir.path().join("partial").join(claimed.hex()).exists());
+}
+
+#[tokio::test]
+async fn resumed_pieces_are_hashed_from_disk_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = blob();
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    {
+        let store = BlobStore::open(dir.path()).await.expect("open");
+        let partial = store.partial(&digest, &metainfo).await.expect("partial");
+        for index in [0, 1] {
+            partial
+                .write_piece(index, piece(&data, &metainfo, index))
+                .await
+                .expect("write");
+        }
+        partial.sync().await.expect("sync");
+    }
+    let store = BlobStore::open(dir.path()).await.expect("reopen");
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    for index in 2..5 {
+        partial
+            .write_piece(index, piece(&data, &metainfo, index))
+            .await
+            .expect("write");
+    }
+    partial.commit().await.expect("commit");
+    assert_eq!(partial.reread_bytes(), 2 * PIECE as u64);
 }
