@@ -115,6 +115,11 @@ impl P2pMetrics {
         self.pieces_rejected.get()
     }
 
+    /// Bytes read back from disk to check downloads' digests.
+    pub fn digest_reread_bytes(&self) -> u64 {
+        self.digest_reread_bytes.get()
+    }
+
     /// Verified bytes found on disk when downloads started.
     pub fn resumed_bytes(&self) -> u64 {
         self.resumed_bytes.get()

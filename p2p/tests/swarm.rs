@@ -669,3 +669,161 @@ async fn pieces_of_a_download_in_progress_are_served_onward() -> Result<()> {
     assert_eq!(node_b.metrics.bytes_received(false), len);
     Ok(())
 }
+
+/// An origin that lies: it hands out `claimed`'s metainfo built from the piece hashes of the
+/// blob it really holds, and serves that blob's pieces as `claimed`.
+struct LyingSource {
+    store: StoreSource,
+    real: Metainfo,
+    claimed: Metainfo,
+}
+
+#[tonic::async_trait]
+impl PieceSource for LyingSource {
+    async fn lookup(
+        &self,
+        digest: &Digest,
+    ) -> Option<(Metainfo, tokio::sync::watch::Receiver<shoal_core::Bitfield>)> {
+        if *digest != self.claimed.digest() {
+            return None;
+        }
+        let (_, real_have) = self.store.lookup(&self.real.digest()).await?;
+        Some((self.claimed.clone(), real_have))
+    }
+
+    async fn read_piece(
+        &self,
+        _digest: &Digest,
+        _metainfo: &Metainfo,
+        piece: u32,
+    ) -> Result<ByteStream, P2pError> {
+        self.store
+            .read_piece(&self.real.digest(), &self.real, piece)
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pieces_that_match_a_lying_metainfo_are_caught_by_the_blob_digest_and_never_served_whole()
+-> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(12 * MIB + 4321, 9);
+    let real = metainfo_of(&data);
+    let claimed_digest = Digest::of(b"the layer the client asked for");
+    let claimed = Metainfo::from_parts(
+        claimed_digest,
+        real.length(),
+        real.piece_length(),
+        (0..real.piece_count())
+            .filter_map(|i| real.piece_hash(i).copied())
+            .collect(),
+    )?;
+    let (_, origin_store) = swarm.store().await?;
+    origin_store
+        .put(
+            &real.digest(),
+            Box::pin(futures::stream::iter([Ok(Bytes::copy_from_slice(&data))])),
+        )
+        .await?;
+    let source: Arc<dyn PieceSource> = Arc::new(LyingSource {
+        store: StoreSource(origin_store),
+        real,
+        claimed: claimed.clone(),
+    });
+    let addr = swarm
+        .serve(Server::builder().add_service(peer_service(
+            source,
+            Limiter::unlimited(P2pConfig::default().chunk_size),
+            P2pConfig::default().upload_slots,
+            P2pMetrics::new(&mut Registry::default()),
+            Faults::default(),
+        )))
+        .await?;
+    let origin = Identity::random(addr.to_string(), true);
+    let tracker = swarm
+        .tracker(
+            vec![PeerInfo {
+                peer_id: origin.peer_id.to_string(),
+                addr: origin.addr.clone(),
+                origin: true,
+                complete: true,
+            }],
+            &[&claimed],
+        )
+        .await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
+
+    let blob = engine.fetch(&claimed_digest, None).await?;
+    let mut stream = blob.stream(0..u64::MAX);
+    let mut served = 0;
+    let error = loop {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => served += chunk.len(),
+            Ok(None) => bail!("the whole blob was served although its digest does not match"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        served < data.len(),
+        "{served} of {} bytes served",
+        data.len()
+    );
+    assert!(error.to_string().contains("digest"), "{error}");
+    assert_eq!(
+        node.metrics.pieces_received(),
+        claimed.piece_count() as u64,
+        "every piece matched its hash"
+    );
+    assert_eq!(node.metrics.pieces_rejected(), 0);
+    assert_eq!(
+        node.metrics.digest_reread_bytes(),
+        0,
+        "caught by the digest computed as pieces landed, not by re-reading the blob"
+    );
+    assert_eq!(node.store.stat(&claimed_digest).await?, None);
+    assert!(
+        node.store.list_partials().await?.is_empty(),
+        "the partial download was kept"
+    );
+    // A new request does not get the bytes either.
+    let again = engine.fetch(&claimed_digest, None).await;
+    if let Ok(blob) = again {
+        assert!(collect(blob.stream(0..u64::MAX)).await.is_err());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serving_the_pieces_of_a_committed_blob_never_hashes_and_a_lone_download_never_rereads()
+-> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(70 * MIB + 99, 11);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    // `put` commits the blob as an upload does on an origin.
+    let seeder = swarm
+        .seeder(&[&data], true, None, Faults::default())
+        .await?;
+    let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
+    let blob = engine.fetch(&digest, None).await?;
+    assert!(collect(blob.stream(0..u64::MAX)).await? == data);
+    assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
+    assert_eq!(
+        seeder.store.metainfo_computations(),
+        0,
+        "the seeder hashed a blob to serve its pieces"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.store.stat(&digest).await?.is_none() {
+        if Instant::now() > deadline {
+            bail!("the download was never committed to the store");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Alone with one seeder, pieces are asked for in order: the digest kept up with them.
+    assert_eq!(node.metrics.digest_reread_bytes(), 0);
+    Ok(())
+}

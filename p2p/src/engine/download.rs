@@ -89,13 +89,9 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
         .run()
         .await;
     let outcome = match outcome {
-        Ok(()) => verify_and_commit(&download).await,
+        Ok(()) => verify_and_commit(&shared, &download).await,
         Err(reason) => Err(reason),
     };
-    shared
-        .metrics
-        .digest_reread_bytes
-        .inc_by(download.partial.reread_bytes());
     shared.metrics.downloads_active.dec();
     match outcome {
         Ok(()) => {
@@ -120,8 +116,13 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
 
 /// Checks the blob's digest (computed as pieces landed), lets requesters have its last bytes,
 /// then makes it durable: the fsync of a large blob is not on a requester's path.
-async fn verify_and_commit(download: &Download) -> Result<(), String> {
-    download.partial.verify().await.map_err(|e| e.to_string())?;
+async fn verify_and_commit(shared: &Shared, download: &Download) -> Result<(), String> {
+    let verified = download.partial.verify().await;
+    shared
+        .metrics
+        .digest_reread_bytes
+        .inc_by(download.partial.reread_bytes());
+    verified.map_err(|e| e.to_string())?;
     download.state.send_replace(State::Verified);
     download
         .partial
