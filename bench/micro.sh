@@ -83,4 +83,4 @@ row "\`MetainfoBuilder\`: 256 MiB in 1 MiB updates (blob + piece sha256)" "$(div
 row "\`BlobStore\` upload: append 256 MiB + commit (verify, fsync, rename)" "$(divan_mbps upload_append_commit)" "\`dd bs=1M conv=fsync\`, 256 MiB, same filesystem" "$dd_write"
 row "\`BlobFile::stream\`: 256 MiB committed blob (page cache)" "$(divan_mbps blob_file_stream)" "\`dd bs=1M\` read to /dev/null (page cache)" "$dd_read"
 row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 1 in flight" "$(divan_mbps get_piece_serial)" "raw TCP loopback copy of 64 MiB" "$tcp"
-row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 4 in flight" "$(divan_mbps get_piece_pipelined_4)" "raw TCP loopback copy of 64 MiB" "$tcp"
+row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 2 in flight (\`pipeline\`)" "$(divan_mbps get_piece_pipelined)" "raw TCP loopback copy of 64 MiB" "$tcp"

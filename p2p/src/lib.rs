@@ -12,6 +12,7 @@ mod server;
 mod source;
 
 pub use config::{Faults, Identity, P2pConfig};
+pub use engine::tracker::channel as peer_channel;
 pub use engine::{Blob, Engine};
 pub use error::P2pError;
 pub use limiter::Limiter;

@@ -1,6 +1,7 @@
 //! The gRPC piece exchange: one `peer_service` (over a `StoreSource`, served as origins and
 //! agents serve it: an axum router through `shoal_service::http::serve`) on loopback serving every piece of a 64 MiB blob to a `PeerClient` GetPiece loop, one request at
-//! a time and with the scheduler's default pipeline of 4 in flight. The baseline, in the same
+//! a time and with the scheduler's default pipeline in flight, over the channel agents use
+//! (`shoal_p2p::peer_channel`). The baseline, in the same
 //! binary: the same number of bytes copied over a plain TCP loopback socket.
 
 use std::net::SocketAddr;
@@ -22,14 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// 64 MiB is the largest blob with 256 KiB pieces (the piece-length table): 256 pieces.
 const CHUNK: usize = MIB;
 const CHUNKS: usize = 64;
-/// The agents' HTTP/2 windows (`p2p/src/engine/tracker.rs`), so the client moves bytes as theirs do.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Read buffer of the TCP baseline: the size of one `PieceChunk` (`p2p.chunk_size` default).
 const TCP_BUFFER: usize = 256 * 1024;
 
@@ -87,14 +85,7 @@ fn fixture() -> Fixture {
         let addr = listener.local_addr().expect("read the bound address");
         let app = tonic::service::Routes::new(service).into_axum_router();
         tokio::spawn(shoal_service::http::serve(listener, app, shutdown.clone()));
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("a valid endpoint")
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect()
-            .await
-            .expect("connect to the peer service");
+        let channel = shoal_p2p::peer_channel(&addr.to_string()).expect("a valid endpoint");
         (metainfo, channel)
     });
     Fixture {
@@ -160,7 +151,7 @@ fn get_piece_serial(bencher: Bencher) {
 }
 
 #[divan::bench(sample_count = 10, sample_size = 1)]
-fn get_piece_pipelined_4(bencher: Bencher) {
+fn get_piece_pipelined(bencher: Bencher) {
     get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline);
 }
 

@@ -49,8 +49,9 @@ const MAX_FRAME: u32 = 1024 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A lazily connecting channel to `host:port` (no TLS inside the cluster).
-pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// A lazily connecting channel to `host:port` (no TLS inside the cluster), tuned for bulk piece
+/// transfer: what the engine uses for every peer and the tracker.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
