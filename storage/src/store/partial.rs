@@ -280,6 +280,17 @@ fn open_files(
         .open(bitfield_path)
         .ctx("open", bitfield_path)?;
     let stored = std::fs::read(bitfield_path).ctx("read", bitfield_path)?;
+    // Readers follow the download closely and would trigger readahead into the sparse part of
+    // the file: the kernel then zero-fills page-cache pages for holes that pieces overwrite a
+    // moment later (a third of an agent's CPU in a 1 GiB pull, docs/BENCHMARKS.md).
+    nix::fcntl::posix_fadvise(
+        &data,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+    )
+    .map_err(io::Error::from)
+    .ctx("advise", data_path)?;
     let data_len = data.metadata().ctx("stat", data_path)?.len();
     let have = match Bitfield::from_bytes(pieces, &stored) {
         Ok(have) if data_len == length => have,
