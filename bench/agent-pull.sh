@@ -8,6 +8,8 @@
 #   bench/agent-pull.sh [SIZE_MIB] [REPEATS]     (defaults: 1024 MiB, 3 repeats; medians reported)
 #
 #   SHOAL_BIN=dir   directory of release binaries (default: target/release)
+#   AGENT_EXTRA=yaml  appended to both agents' configs, to compare settings in one command
+#                   (e.g. AGENT_EXTRA='p2p: {scheduler: {pipeline: 4}}')
 #   PERF=1          also profile agent-0 and the origin with `perf record -g` during agent-0's cold
 #                   pull; the reports are copied to /tmp/agent-pull-perf-{agent,origin}.txt (and
 #                   …-flat.txt, …-full.txt); perf costs CPU itself, so that run's figures are not
@@ -117,6 +119,7 @@ peer_listen: 127.0.0.1:${agent_peer_ports[$i]}
 data_dir: $work/agent-$i
 tracker: "127.0.0.1:$tracker_port"
 build_index: "127.0.0.1:$index_port"
+${AGENT_EXTRA:-}
 YAML
 done
 start() { # name binary: starts it with its config and log in the work dir; sets $started
