@@ -138,6 +138,9 @@ pub(crate) async fn clear_dir(dir: &Path) -> Result<usize, IoError> {
 /// Streamed reads (blob GETs, pieces) are this large: a GiB costs a thousand blocking-pool hops
 /// instead of four thousand, and a reader holds at most a few MiB in flight.
 pub(crate) const STREAM_CHUNK: usize = 1024 * 1024;
+/// Reads in flight per stream: the disk (or page cache) read of the next chunk overlaps the
+/// socket write of this one.
+const READ_AHEAD: usize = 2;
 
 /// Streams `len` bytes of `file` starting at `start`, in [`STREAM_CHUNK`] reads. A file shorter
 /// than promised ends the stream with `UnexpectedEof` instead of silently returning fewer bytes.
@@ -150,32 +153,32 @@ pub(crate) fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> By
 }
 
 /// Streams `start..end` of `file` with positional reads (no shared cursor, so one handle may
-/// serve many readers), in [`STREAM_CHUNK`] pieces.
+/// serve many readers), in [`STREAM_CHUNK`] pieces, the next read already running while the
+/// reader sends the current chunk (at most [`READ_AHEAD`] chunks in memory per stream).
 pub(crate) fn positional_stream(
     file: Arc<std::fs::File>,
     path: PathBuf,
     start: u64,
     end: u64,
 ) -> ByteStream {
-    futures::stream::try_unfold(start, move |offset| {
-        let file = file.clone();
-        let path = path.clone();
-        async move {
-            if offset >= end {
-                return Ok(None);
-            }
+    let offsets = (start..end).step_by(STREAM_CHUNK);
+    futures::stream::iter(offsets)
+        .map(move |offset| {
+            let file = file.clone();
+            let path = path.clone();
             let want = usize::try_from(end - offset).map_or(STREAM_CHUNK, |r| r.min(STREAM_CHUNK));
-            let chunk = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; want];
-                file.read_exact_at(&mut buf, offset).map_err(|e| {
-                    io::Error::new(e.kind(), format!("read {}: {e}", path.display()))
-                })?;
-                Ok::<_, io::Error>(Bytes::from(buf))
-            })
-            .await
-            .map_err(io::Error::other)??;
-            Ok(Some((chunk, offset + want as u64)))
-        }
-    })
-    .boxed()
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0; want];
+                    file.read_exact_at(&mut buf, offset).map_err(|e| {
+                        io::Error::new(e.kind(), format!("read {}: {e}", path.display()))
+                    })?;
+                    Ok::<_, io::Error>(Bytes::from(buf))
+                })
+                .await
+                .map_err(io::Error::other)?
+            }
+        })
+        .buffered(READ_AHEAD)
+        .boxed()
 }
