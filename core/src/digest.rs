@@ -5,7 +5,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::Digest as _;
 use thiserror::Error;
 
 use crate::echo::truncate;
@@ -138,21 +137,120 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// Incremental sha256 over a stream of chunks.
-#[derive(Clone, Default)]
-pub struct Digester(sha2::Sha256);
+/// SHA-256's initial chaining value (FIPS 180-4, 5.3.3).
+const IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+const BLOCK: usize = 64;
+
+/// Incremental sha256 over a stream of chunks. At every 64-byte block boundary its state is a
+/// *chaining value* ([`Digester::chaining_value`]) from which hashing can resume elsewhere
+/// ([`Digester::resume`]): that is what lets a blob's pieces be verified one by one with each
+/// byte hashed once (see [`crate::Metainfo`]). The compression function is `sha2`'s (SHA-NI when
+/// the CPU has it); only the block buffering and padding live here.
+#[derive(Clone)]
+pub struct Digester {
+    state: [u32; 8],
+    buffer: [u8; BLOCK],
+    buffered: usize,
+    /// Bytes fed in all, including those before a resume.
+    length: u64,
+}
+
+impl Default for Digester {
+    fn default() -> Digester {
+        Digester::new()
+    }
+}
 
 impl Digester {
     pub fn new() -> Digester {
-        Digester(sha2::Sha256::new())
+        Digester {
+            state: IV,
+            buffer: [0; BLOCK],
+            buffered: 0,
+            length: 0,
+        }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
-        self.0.update(data);
+    /// Continues a hash whose first `length` bytes (a multiple of 64) ended in `chaining_value`.
+    /// None when `length` is not on a block boundary.
+    pub fn resume(chaining_value: &Digest, length: u64) -> Option<Digester> {
+        if !length.is_multiple_of(BLOCK as u64) {
+            return None;
+        }
+        let mut state = [0; 8];
+        for (word, bytes) in state.iter_mut().zip(chaining_value.0.chunks_exact(4)) {
+            *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        Some(Digester {
+            state,
+            buffer: [0; BLOCK],
+            buffered: 0,
+            length,
+        })
     }
 
-    pub fn finish(self) -> Digest {
-        Digest(self.0.finalize().into())
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.length += data.len() as u64;
+        if self.buffered > 0 {
+            let take = (BLOCK - self.buffered).min(data.len());
+            self.buffer[self.buffered..self.buffered + take].copy_from_slice(&data[..take]);
+            self.buffered += take;
+            data = &data[take..];
+            if self.buffered < BLOCK {
+                return;
+            }
+            sha2::block_api::compress256(&mut self.state, &[self.buffer]);
+            self.buffered = 0;
+        }
+        let (blocks, rest) = data.as_chunks::<BLOCK>();
+        sha2::block_api::compress256(&mut self.state, blocks);
+        self.buffer[..rest.len()].copy_from_slice(rest);
+        self.buffered = rest.len();
+    }
+
+    /// Bytes fed so far (counting those before a resume).
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// The state after the bytes fed so far, when they end on a block boundary.
+    pub fn chaining_value(&self) -> Option<Digest> {
+        (self.buffered == 0).then(|| Digest::from_words(&self.state))
+    }
+
+    pub fn finish(mut self) -> Digest {
+        let bits = self.length.wrapping_mul(8);
+        let mut tail = [0u8; 2 * BLOCK];
+        tail[..self.buffered].copy_from_slice(&self.buffer[..self.buffered]);
+        tail[self.buffered] = 0x80;
+        let used = if self.buffered + 9 <= BLOCK {
+            BLOCK
+        } else {
+            2 * BLOCK
+        };
+        tail[used - 8..used].copy_from_slice(&bits.to_be_bytes());
+        let (blocks, _) = tail[..used].as_chunks::<BLOCK>();
+        sha2::block_api::compress256(&mut self.state, blocks);
+        Digest::from_words(&self.state)
+    }
+}
+
+impl Digest {
+    fn from_words(words: &[u32; 8]) -> Digest {
+        let mut bytes = [0; 32];
+        for (out, word) in bytes.chunks_exact_mut(4).zip(words) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        Digest(bytes)
     }
 }
 
@@ -167,6 +265,49 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn reference(data: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(data).into())
+    }
+
+    proptest! {
+        #[test]
+        fn the_digester_is_sha256_however_it_is_fed_and_resumed(
+            data in proptest::collection::vec(any::<u8>(), 0..700),
+            cuts in proptest::collection::vec(0usize..700, 0..6),
+            resume_block in 0usize..12,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut digester = Digester::new();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([data.len()]) {
+                digester.update(&data[at..cut]);
+                at = cut;
+            }
+            prop_assert_eq!(digester.finish(), reference(&data));
+            // Resuming from the chaining value at any block boundary gives the same digest.
+            let split = (resume_block * 64).min(data.len() / 64 * 64);
+            let mut head = Digester::new();
+            head.update(&data[..split]);
+            let cv = head.chaining_value().expect("on a block boundary");
+            let mut tail = Digester::resume(&cv, split as u64).expect("block boundary");
+            tail.update(&data[split..]);
+            prop_assert_eq!(tail.finish(), reference(&data));
+        }
+    }
+
+    #[test]
+    fn chaining_values_exist_only_on_block_boundaries() {
+        let mut digester = Digester::new();
+        assert!(digester.chaining_value().is_some());
+        digester.update(&[1; 65]);
+        assert_eq!(digester.chaining_value(), None);
+        digester.update(&[1; 63]);
+        assert!(digester.chaining_value().is_some());
+        assert!(Digester::resume(&Digest::of(b""), 100).is_none());
+    }
 
     const EMPTY_SHA256: &str =
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -1,6 +1,14 @@
-//! Metainfo: the description of a blob as fixed-size pieces with one sha256 per piece, the
-//! piece-length table that keeps the piece count bounded, and the streaming builder that
-//! computes it. Peers verify every piece they receive against this.
+//! Metainfo: the description of a blob as fixed-size pieces, the piece-length table that keeps
+//! the piece count bounded, and the streaming builder that computes it. Peers verify every piece
+//! they receive against it.
+//!
+//! A piece's check value is not a hash of the piece alone but the blob's sha256 *chaining value*
+//! after it (the last piece's is the blob's digest itself): piece `i` is verified by resuming the
+//! blob's sha256 from piece `i - 1`'s value (the standard initial value for piece 0), feeding the
+//! piece and comparing. Pieces still verify one by one, in any order, and blame the peer that sent
+//! a bad one; and once every piece verified, the whole blob provably hashes to its digest — with
+//! each byte hashed once, where separate piece hashes cost a second sha256 pass over the blob.
+//! Piece lengths are multiples of sha256's 64-byte block, which this relies on.
 
 use std::ops::Range;
 
@@ -75,9 +83,20 @@ pub enum MetainfoError {
     },
     #[error("blob length mismatch: expected {expected} bytes, got {actual}")]
     LengthMismatch { expected: u64, actual: u64 },
+    #[error("metainfo's last piece value {last} is not the blob's digest {digest}")]
+    ChainEnd { digest: Digest, last: Digest },
+    #[error("metainfo scheme {0:?} is not {SCHEME:?}")]
+    Scheme(String),
 }
 
-/// A blob's piece layout and per-piece sha256 hashes.
+/// Names the piece-value scheme in the JSON form, so a document of another scheme (an older
+/// Shoal's per-piece hashes) is refused, and recomputed, instead of failing every piece.
+const SCHEME: &str = "sha256-chain";
+/// Chaining values are recorded at this granularity while a blob streams in with its length
+/// unknown; every piece length is a multiple of it.
+const MIN_PIECE_LENGTH: u64 = 256 * KIB;
+
+/// A blob's piece layout and per-piece check values (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metainfo {
     digest: Digest,
@@ -104,6 +123,8 @@ impl Metainfo {
         self.pieces.len()
     }
 
+    /// Piece `index`'s check value: the blob's sha256 chaining value after it (the blob's
+    /// digest for the last piece).
     pub fn piece_hash(&self, index: usize) -> Option<&Digest> {
         self.pieces.get(index)
     }
@@ -120,13 +141,33 @@ impl Metainfo {
         Some(start..end)
     }
 
-    /// Whether `bytes` is exactly piece `index`: right length and right sha256.
-    pub fn verify_piece(&self, index: usize, bytes: &[u8]) -> bool {
+    /// Whether `chunks`, in order, are exactly piece `index`: right length, and the blob's
+    /// sha256 resumed from the previous piece's value reaches this piece's value. Each byte is
+    /// hashed once.
+    pub fn verify_piece<B: AsRef<[u8]>>(&self, index: usize, chunks: &[B]) -> bool {
         let (Some(range), Some(expected)) = (self.piece_range(index), self.pieces.get(index))
         else {
             return false;
         };
-        bytes.len() as u64 == range.end - range.start && Digest::of(bytes) == *expected
+        let length: u64 = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
+        if length != range.end - range.start {
+            return false;
+        }
+        let digester = match index.checked_sub(1) {
+            None => Some(Digester::new()),
+            Some(previous) => Digester::resume(&self.pieces[previous], range.start),
+        };
+        let Some(mut digester) = digester else {
+            return false;
+        };
+        for chunk in chunks {
+            digester.update(chunk.as_ref());
+        }
+        if index + 1 == self.pieces.len() {
+            digester.finish() == *expected
+        } else {
+            digester.chaining_value().as_ref() == Some(expected)
+        }
     }
 
     /// Builds metainfo from its parts (as a peer protocol carries them), checking that the
@@ -152,6 +193,11 @@ impl Metainfo {
                 actual: pieces.len() as u64,
             });
         }
+        if let Some(&last) = pieces.last()
+            && last != digest
+        {
+            return Err(MetainfoError::ChainEnd { digest, last });
+        }
         Ok(Metainfo {
             digest,
             length,
@@ -166,7 +212,8 @@ impl Metainfo {
         Metainfo::try_from(wire)
     }
 
-    /// The JSON form: `{"digest":"sha256:…","length":N,"piece_length":N,"pieces":["<hex>",…]}`.
+    /// The JSON form: `{"scheme":"sha256-chain","digest":"sha256:…","length":N,"piece_length":N,
+    /// "pieces":["<hex>",…]}`.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self)
             .expect("metainfo holds only strings and integers, which always serialize")
@@ -176,6 +223,7 @@ impl Metainfo {
 /// The serde shape; pieces are bare hex (the algorithm is implied) to keep the document small.
 #[derive(Deserialize)]
 struct WireMetainfo {
+    scheme: String,
     digest: Digest,
     length: u64,
     piece_length: u64,
@@ -186,6 +234,9 @@ impl TryFrom<WireMetainfo> for Metainfo {
     type Error = MetainfoError;
 
     fn try_from(wire: WireMetainfo) -> Result<Self, Self::Error> {
+        if wire.scheme != SCHEME {
+            return Err(MetainfoError::Scheme(wire.scheme));
+        }
         let pieces = wire
             .pieces
             .iter()
@@ -209,7 +260,8 @@ impl Serialize for Metainfo {
             }
         }
 
-        let mut state = serializer.serialize_struct("Metainfo", 4)?;
+        let mut state = serializer.serialize_struct("Metainfo", 5)?;
+        state.serialize_field("scheme", SCHEME)?;
         state.serialize_field("digest", &self.digest)?;
         state.serialize_field("length", &self.length)?;
         state.serialize_field("piece_length", &self.piece_length)?;
@@ -225,99 +277,80 @@ impl<'de> Deserialize<'de> for Metainfo {
     }
 }
 
-/// The whole blob's digest: computed while fed, or already known.
-#[derive(Debug)]
-enum Whole {
-    Hashing(Digester),
-    Verified(Digest),
-}
-
-/// Computes a [`Metainfo`] from a blob streamed in chunks of any size.
-#[derive(Debug)]
+/// Computes a [`Metainfo`] from a blob streamed in chunks of any size, in one sha256 pass. The
+/// length may be unknown until the end (an upload): chaining values are recorded at every
+/// 256 KiB, and [`MetainfoBuilder::finish`] keeps those at the boundaries of the piece length
+/// the final length calls for (a few bytes of memory per KiB of blob: 128 KiB for 1 GiB).
+#[derive(Debug, Clone)]
 pub struct MetainfoBuilder {
-    length: u64,
-    piece_length: u64,
-    fed: u64,
-    whole: Whole,
-    piece: Digester,
-    piece_fed: u64,
-    pieces: Vec<Digest>,
+    expected: Option<u64>,
+    digester: Digester,
+    boundaries: Vec<Digest>,
 }
 
 impl MetainfoBuilder {
     /// A builder for a blob of exactly `length` bytes.
     pub fn new(length: u64) -> MetainfoBuilder {
-        MetainfoBuilder::with_whole(length, Whole::Hashing(Digester::new()))
-    }
-
-    /// A builder for bytes already verified to hash to `digest` (a committed upload): only the
-    /// piece hashes are computed, one sha256 pass instead of two.
-    pub fn for_verified(length: u64, digest: Digest) -> MetainfoBuilder {
-        MetainfoBuilder::with_whole(length, Whole::Verified(digest))
-    }
-
-    fn with_whole(length: u64, whole: Whole) -> MetainfoBuilder {
-        let piece_length = piece_length_for(length);
-        // The count is ≤ MAX_PIECES, so reserving it up front is small and avoids regrowth.
-        let capacity = usize::try_from(piece_count_for(length, piece_length)).unwrap_or(0);
         MetainfoBuilder {
-            length,
-            piece_length,
-            fed: 0,
-            whole,
-            piece: Digester::new(),
-            piece_fed: 0,
-            pieces: Vec::with_capacity(capacity),
+            expected: Some(length),
+            ..MetainfoBuilder::any_length()
         }
     }
 
-    /// Feeds the next bytes of the blob, closing pieces at their boundaries.
-    pub fn update(&mut self, data: &[u8]) {
-        // Bytes past the declared length are only counted, for finish's LengthMismatch: hashing
-        // them would be wasted work and could grow the piece list past its bound.
-        let remaining = self.length - self.fed.min(self.length);
-        let keep = usize::try_from(remaining).map_or(data.len(), |r| r.min(data.len()));
-        self.fed = self.fed.saturating_add(data.len() as u64);
-        let mut data = &data[..keep];
-        if let Whole::Hashing(whole) = &mut self.whole {
-            whole.update(data);
+    /// A builder for a blob whose length is known only once it is all fed.
+    pub fn any_length() -> MetainfoBuilder {
+        MetainfoBuilder {
+            expected: None,
+            digester: Digester::new(),
+            boundaries: Vec::new(),
         }
+    }
+
+    /// Bytes fed so far.
+    pub fn length(&self) -> u64 {
+        self.digester.length()
+    }
+
+    /// Feeds the next bytes of the blob, recording the chaining value at every 256 KiB.
+    pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let room = self.piece_length - self.piece_fed;
+            let room = MIN_PIECE_LENGTH - self.digester.length() % MIN_PIECE_LENGTH;
             let take = usize::try_from(room).map_or(data.len(), |room| room.min(data.len()));
             let (head, tail) = data.split_at(take);
-            self.piece.update(head);
-            self.piece_fed += take as u64;
-            if self.piece_fed == self.piece_length {
-                let done = std::mem::take(&mut self.piece);
-                self.pieces.push(done.finish());
-                self.piece_fed = 0;
+            self.digester.update(head);
+            if take as u64 == room
+                && let Some(value) = self.digester.chaining_value()
+            {
+                self.boundaries.push(value);
             }
             data = tail;
         }
     }
 
     /// The metainfo, or `LengthMismatch` when the bytes fed differ from the declared length.
-    pub fn finish(mut self) -> Result<Metainfo, MetainfoError> {
-        if self.fed != self.length {
+    pub fn finish(self) -> Result<Metainfo, MetainfoError> {
+        let length = self.digester.length();
+        if let Some(expected) = self.expected
+            && expected != length
+        {
             return Err(MetainfoError::LengthMismatch {
-                expected: self.length,
-                actual: self.fed,
+                expected,
+                actual: length,
             });
         }
-        if self.piece_fed > 0 {
-            self.pieces.push(self.piece.finish());
+        let piece_length = piece_length_for(length);
+        let count = usize::try_from(piece_count_for(length, piece_length)).unwrap_or(usize::MAX);
+        // Piece lengths are powers of two of at least 256 KiB, so every piece boundary is a
+        // recorded one: piece i ends at boundary (i + 1) × step − 1.
+        let step = usize::try_from(piece_length / MIN_PIECE_LENGTH).unwrap_or(usize::MAX);
+        let digest = self.digester.finish();
+        let mut pieces: Vec<Digest> = (1..count)
+            .filter_map(|i| self.boundaries.get(i * step - 1).copied())
+            .collect();
+        if count > 0 {
+            pieces.push(digest);
         }
-        let digest = match self.whole {
-            Whole::Hashing(whole) => whole.finish(),
-            Whole::Verified(digest) => digest,
-        };
-        Ok(Metainfo {
-            digest,
-            length: self.length,
-            piece_length: self.piece_length,
-            pieces: self.pieces,
-        })
+        Metainfo::from_parts(digest, length, piece_length, pieces)
     }
 }
 
@@ -377,7 +410,7 @@ mod tests {
         assert_eq!(metainfo.piece_count(), 0);
         assert_eq!(metainfo.digest(), Digest::of(b""));
         assert_eq!(metainfo.piece_range(0), None);
-        assert!(!metainfo.verify_piece(0, b""));
+        assert!(!metainfo.verify_piece(0, &[b""]));
         let back = Metainfo::from_json(&metainfo.to_json()).expect("roundtrip");
         assert_eq!(back, metainfo);
     }
@@ -399,27 +432,71 @@ mod tests {
         for i in 0..3 {
             let range = metainfo.piece_range(i).expect("in range");
             let bytes = &data[range.start as usize..range.end as usize];
-            assert_eq!(metainfo.piece_hash(i), Some(&Digest::of(bytes)));
-            assert!(metainfo.verify_piece(i, bytes));
+            // Each value is the blob's sha256 state after the piece; the last, its digest.
+            let mut prefix = Digester::new();
+            prefix.update(&data[..range.end as usize]);
+            let expected = if i == 2 {
+                Digest::of(&data)
+            } else {
+                prefix
+                    .chaining_value()
+                    .expect("piece ends on a block boundary")
+            };
+            assert_eq!(metainfo.piece_hash(i), Some(&expected));
+            assert!(metainfo.verify_piece(i, &[bytes]));
+            // However the piece is chunked.
+            let (a, b) = bytes.split_at(bytes.len() / 3);
+            assert!(metainfo.verify_piece(i, &[a, b]));
         }
         assert!(
-            !metainfo.verify_piece(0, &data[piece..2 * piece]),
+            !metainfo.verify_piece(0, &[&data[piece..2 * piece]]),
             "wrong piece"
         );
         assert!(
-            !metainfo.verify_piece(2, &data[2 * piece..2 * piece + 999]),
+            !metainfo.verify_piece(1, &[&data[..piece]]),
+            "another piece in its place"
+        );
+        assert!(
+            !metainfo.verify_piece(2, &[&data[2 * piece..2 * piece + 999]]),
             "short piece"
         );
-        assert!(!metainfo.verify_piece(3, b""), "no such piece");
+        assert!(!metainfo.verify_piece(3, &[b""]), "no such piece");
         let mut corrupt = data[..piece].to_vec();
         corrupt[17] ^= 1;
-        assert!(!metainfo.verify_piece(0, &corrupt));
+        assert!(!metainfo.verify_piece(0, &[&corrupt]));
+    }
+
+    #[test]
+    fn a_chain_that_does_not_end_in_the_digest_is_refused() {
+        let data = blob(600_000);
+        let real = build(&data);
+        let pieces: Vec<Digest> = (0..real.piece_count())
+            .filter_map(|i| real.piece_hash(i).copied())
+            .collect();
+        let claimed = Digest::of(b"another blob");
+        assert!(matches!(
+            Metainfo::from_parts(claimed, real.length(), real.piece_length(), pieces.clone()),
+            Err(MetainfoError::ChainEnd { .. })
+        ));
+        // A liar that ends the chain in the claimed digest: its other pieces verify against
+        // the lie, the last one cannot.
+        let mut lying = pieces;
+        *lying.last_mut().expect("pieces") = claimed;
+        let lying = Metainfo::from_parts(claimed, real.length(), real.piece_length(), lying)
+            .expect("well-formed");
+        let last = lying.piece_count() - 1;
+        for i in 0..lying.piece_count() {
+            let range = lying.piece_range(i).expect("in range");
+            let bytes = &data[range.start as usize..range.end as usize];
+            assert_eq!(lying.verify_piece(i, &[bytes]), i != last, "piece {i}");
+        }
     }
 
     #[test]
     fn last_piece_of_the_largest_blob_ends_at_its_length() {
-        let hash = Digest::of(b"p").hex();
+        let hash = Digest::of(b"x").hex();
         let json = serde_json::json!({
+            "scheme": "sha256-chain",
             "digest": Digest::of(b"x").to_string(),
             "length": u64::MAX,
             "piece_length": 1u64 << 52,
@@ -434,16 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn a_verified_builder_computes_only_the_pieces() {
-        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
-        let mut full = MetainfoBuilder::new(data.len() as u64);
-        full.update(&data);
-        let full = full.finish().expect("metainfo");
-        let mut pieces = MetainfoBuilder::for_verified(data.len() as u64, full.digest());
-        for chunk in data.chunks(100_000) {
-            pieces.update(chunk);
+    fn a_builder_of_unknown_length_matches_one_of_known_length() {
+        for len in [0, 1, 256 * 1024, 700_000, 70 * 1024 * 1024 + 3] {
+            let data = blob(len);
+            let mut any = MetainfoBuilder::any_length();
+            for chunk in data.chunks(100_003) {
+                any.update(chunk);
+            }
+            assert_eq!(any.finish().expect("metainfo"), build(&data), "{len} bytes");
         }
-        assert_eq!(pieces.finish().expect("metainfo"), full);
     }
 
     #[test]
@@ -477,6 +553,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "scheme": "sha256-chain",
                 "digest": Digest::of(b"hello").to_string(),
                 "length": 5,
                 "piece_length": 256 * KIB,
@@ -486,12 +563,30 @@ mod tests {
     }
 
     #[test]
+    fn documents_of_another_scheme_are_refused() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&build(b"hello").to_json()).expect("valid json");
+        json["scheme"] = "sha256-pieces".into();
+        assert!(matches!(
+            Metainfo::from_json(json.to_string().as_bytes()),
+            Err(MetainfoError::Scheme(scheme)) if scheme == "sha256-pieces"
+        ));
+        // An older Shoal's document has no scheme at all.
+        json.as_object_mut().expect("object").remove("scheme");
+        assert!(matches!(
+            Metainfo::from_json(json.to_string().as_bytes()),
+            Err(MetainfoError::Json(_))
+        ));
+    }
+
+    #[test]
     fn json_validation_rejects_inconsistent_documents() {
         let hash = Digest::of(b"x").hex();
         let digest = Digest::of(b"x").to_string();
         let doc = |length: u64, piece_length: u64, pieces: Vec<&str>| {
             serde_json::json!({
-                "digest": digest, "length": length, "piece_length": piece_length, "pieces": pieces,
+                "scheme": "sha256-chain", "digest": digest, "length": length,
+                "piece_length": piece_length, "pieces": pieces,
             })
             .to_string()
         };
@@ -569,10 +664,10 @@ mod tests {
             }
             let chunked = builder.finish().expect("length matches");
             prop_assert_eq!(&chunked, &build(&data));
-            let expected: Vec<Digest> = data.chunks(256 * KIB as usize).map(Digest::of).collect();
-            prop_assert_eq!(chunked.piece_count(), expected.len());
-            for (i, hash) in expected.iter().enumerate() {
-                prop_assert_eq!(chunked.piece_hash(i), Some(hash));
+            prop_assert_eq!(chunked.piece_count(), data.len().div_ceil(256 * KIB as usize));
+            for i in 0..chunked.piece_count() {
+                let range = chunked.piece_range(i).expect("in range");
+                prop_assert!(chunked.verify_piece(i, &[&data[range.start as usize..range.end as usize]]));
             }
             prop_assert_eq!(chunked.digest(), Digest::of(&data));
         }
@@ -584,8 +679,9 @@ mod tests {
         ) {
             let piece_length = piece_length_for(len);
             let count = piece_count_for(len, piece_length) as usize;
-            let hash = Digest::of(b"p").hex();
+            let hash = Digest::of(b"x").hex();
             let doc = |length: u64, piece_length: u64| serde_json::json!({
+                "scheme": "sha256-chain",
                 "digest": Digest::of(b"x").to_string(),
                 "length": length,
                 "piece_length": piece_length,

@@ -75,7 +75,7 @@ async fn stored_blobs_are_seeded_as_verified_pieces_and_counted() {
             assert_eq!(chunk.offset as usize, piece.len());
             piece.extend_from_slice(&chunk.data);
         }
-        assert!(metainfo.verify_piece(index, &piece), "piece {index}");
+        assert!(metainfo.verify_piece(index, &[&piece]), "piece {index}");
         served += piece.len();
     }
     assert_eq!(served, data.len());

@@ -21,7 +21,6 @@ pub struct P2pMetrics {
     bytes_received: Family<FromLabels, Counter>,
     pub(crate) bytes_served: Counter,
     pub(crate) resumed_bytes: Counter,
-    pub(crate) digest_reread_bytes: Counter,
     pub(crate) peers_blacklisted: Counter,
     pub(crate) downloads_active: Gauge,
     pub(crate) busy_answered: Counter,
@@ -38,7 +37,6 @@ impl P2pMetrics {
             bytes_received: Family::default(),
             bytes_served: Counter::default(),
             resumed_bytes: Counter::default(),
-            digest_reread_bytes: Counter::default(),
             peers_blacklisted: Counter::default(),
             downloads_active: Gauge::default(),
             busy_answered: Counter::default(),
@@ -68,11 +66,6 @@ impl P2pMetrics {
             "p2p_resumed_bytes",
             "Verified bytes found on disk when a download started",
             metrics.resumed_bytes.clone(),
-        );
-        registry.register(
-            "p2p_digest_reread_bytes",
-            "Bytes read back from disk to check a download's digest (pieces that arrived out of order beyond the in-memory budget, or were resumed)",
-            metrics.digest_reread_bytes.clone(),
         );
         registry.register(
             "p2p_peers_blacklisted",
@@ -113,11 +106,6 @@ impl P2pMetrics {
     /// Pieces rejected for a bad hash so far.
     pub fn pieces_rejected(&self) -> u64 {
         self.pieces_rejected.get()
-    }
-
-    /// Bytes read back from disk to check downloads' digests.
-    pub fn digest_reread_bytes(&self) -> u64 {
-        self.digest_reread_bytes.get()
     }
 
     /// Verified bytes found on disk when downloads started.

@@ -26,8 +26,6 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum State {
     Running,
-    /// Every piece is in and the blob's digest matches; it is being made durable.
-    Verified,
     /// Committed to the store.
     Complete,
     Failed(String),
@@ -77,7 +75,7 @@ impl Download {
                 digest: self.digest,
                 reason: reason.clone(),
             }),
-            State::Running | State::Verified | State::Complete => Ok(()),
+            State::Running | State::Complete => Ok(()),
         }
     }
 }
@@ -89,7 +87,14 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
         .run()
         .await;
     let outcome = match outcome {
-        Ok(()) => verify_and_commit(&shared, &download).await,
+        // Every piece verified is the whole blob verified (the metainfo's sha256 chain);
+        // requesters already have their bytes, so the commit's fsync is off their path.
+        Ok(()) => download
+            .partial
+            .commit()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Err(reason) => Err(reason),
     };
     shared.metrics.downloads_active.dec();
@@ -112,24 +117,6 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
     {
         downloads.remove(&digest);
     }
-}
-
-/// Checks the blob's digest (computed as pieces landed), lets requesters have its last bytes,
-/// then makes it durable: the fsync of a large blob is not on a requester's path.
-async fn verify_and_commit(shared: &Shared, download: &Download) -> Result<(), String> {
-    let verified = download.partial.verify().await;
-    shared
-        .metrics
-        .digest_reread_bytes
-        .inc_by(download.partial.reread_bytes());
-    verified.map_err(|e| e.to_string())?;
-    download.state.send_replace(State::Verified);
-    download
-        .partial
-        .commit()
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// Where a discovered peer listens, and what it is.

@@ -622,8 +622,8 @@ impl Scheduler {
         }
         let agentless_only = peer.origin && useful_agents >= 2;
         // With no other downloader connected, nobody gains from our pieces' diversity: take
-        // them in order, so the blob's digest is computed as they land (no re-read at commit)
-        // and a reader streaming the blob is never waiting behind a random piece.
+        // them in order, so a reader streaming the blob (the runtime pulling through us) gets
+        // bytes as they land instead of waiting behind random pieces.
         let order = if self.peers.any_incomplete_agent() {
             Order::RarestFirst
         } else {

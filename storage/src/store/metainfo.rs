@@ -1,4 +1,4 @@
-//! Metainfo beside each blob: written at commit (see [`write_metainfo_of`]), read from
+//! Metainfo beside each blob: written at commit (computed while the bytes streamed in), read from
 //! `metainfo.json` through an in-memory cache, or — for blobs stored without it — computed from
 //! the blob bytes on first request and stored atomically. Concurrent first requests share one
 //! computation.
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use shoal_core::{Digest, Metainfo, MetainfoBuilder};
 
-use super::{BlobStore, Layout, StoreError, lock};
+use super::{BlobStore, StoreError, lock};
 use crate::fsutil::{self, IoContext, READ_CHUNK};
 
 impl BlobStore {
@@ -126,32 +126,6 @@ fn build_metainfo(
         return Err(corrupt(format!("bytes hash to {}", metainfo.digest())));
     }
     Ok(metainfo)
-}
-
-/// Computes the piece hashes of `path`, a file of `length` bytes already verified to hash to
-/// `digest`, and writes the metainfo beside the blob it is about to become. One sha256 pass.
-pub(super) async fn write_metainfo_of(
-    layout: &Layout,
-    path: &std::path::Path,
-    length: u64,
-    digest: Digest,
-) -> Result<(), StoreError> {
-    let file = std::fs::File::open(path).ctx("open", path)?;
-    let owned = path.to_path_buf();
-    let metainfo = tokio::task::spawn_blocking(move || {
-        let mut builder = MetainfoBuilder::for_verified(length, digest);
-        read_into(file, &owned, |chunk| builder.update(chunk))?;
-        builder.finish().map_err(|e| StoreError::Corrupt {
-            digest,
-            reason: e.to_string(),
-        })
-    })
-    .await
-    .map_err(|e| io::Error::other(e.to_string()))
-    .ctx("compute metainfo of", path)??;
-    let tmp = layout.new_tmp_path("metainfo");
-    fsutil::write_atomic(tmp, &layout.metainfo_path(&digest), &metainfo.to_json()).await?;
-    Ok(())
 }
 
 /// Feeds every byte of `file` to `sink`, in [`READ_CHUNK`] reads.

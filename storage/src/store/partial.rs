@@ -8,18 +8,15 @@
 //! data it claims — so after a crash or restart, reopening the partial resumes from pieces that
 //! were verified and written, losing at most the ones since the last sync.
 //!
-//! The whole blob's sha256 is computed as pieces land: the verified prefix is hashed from the
-//! bytes in hand, pieces that arrive ahead of it are kept in memory (within a budget) or re-read
-//! from disk when the prefix reaches them. [`PartialBlob::verify`] finishes that digest and
+//! Each piece is verified against the blob's sha256 chain (see [`Metainfo`]): once every piece
+//! is in, the blob hashes to its digest, with no pass over it at commit.
 //! [`PartialBlob::commit`] renames the data into `blobs/`.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
@@ -29,13 +26,10 @@ use tokio::sync::{Mutex as AsyncMutex, watch};
 
 use super::{BlobStore, Layout, StoreError, lock};
 use crate::ByteStream;
-use crate::fsutil::{self, IoContext, READ_CHUNK};
+use crate::fsutil::{self, IoContext};
 
 const DATA_FILE: &str = "data";
 const BITFIELD_FILE: &str = "bitfield";
-/// Bytes of pieces that arrived ahead of the hashed prefix kept in memory per download; beyond
-/// it they are re-read from the page cache when the prefix reaches them.
-const AHEAD_BUDGET: u64 = 16 * 1024 * 1024;
 
 impl Layout {
     pub(super) fn partials_dir(&self) -> PathBuf {
@@ -189,24 +183,8 @@ pub(super) struct Inner {
     have: watch::Sender<Bitfield>,
     /// The pieces the bitfield file claims; the lock serialises syncs and commit.
     durable: AsyncMutex<Bitfield>,
-    /// The running digest of the verified prefix.
-    prefix: std::sync::Mutex<Prefix>,
     /// Bytes of verified pieces found on disk when this partial was opened.
     resumed_bytes: u64,
-    /// Bytes read back from disk to compute the blob's digest.
-    reread_bytes: AtomicU64,
-}
-
-/// The blob's sha256 over pieces `0..next`, and the written pieces past it.
-#[derive(Debug)]
-struct Prefix {
-    digester: Digester,
-    next: u32,
-    /// Written pieces past `next`, with their bytes while within [`AHEAD_BUDGET`].
-    ahead: BTreeMap<u32, Option<Vec<Bytes>>>,
-    ahead_bytes: u64,
-    /// The digest once every piece is hashed.
-    done: Option<Digest>,
 }
 
 impl Inner {
@@ -231,14 +209,6 @@ impl Inner {
         if resumed_bytes > 0 {
             tracing::info!(%digest, pieces = have.count(), resumed_bytes, "resuming partial download");
         }
-        let prefix = Prefix {
-            digester: Digester::new(),
-            next: 0,
-            // Resumed pieces are hashed from disk when the prefix reaches them.
-            ahead: have.ones().map(|piece| (piece, None)).collect(),
-            ahead_bytes: 0,
-            done: None,
-        };
         Ok(Inner {
             layout: layout.clone(),
             metainfo,
@@ -249,9 +219,7 @@ impl Inner {
             bitfield,
             durable: AsyncMutex::new(have.clone()),
             have: watch::Sender::new(have),
-            prefix: std::sync::Mutex::new(prefix),
             resumed_bytes,
-            reread_bytes: AtomicU64::new(0),
         })
     }
 }
@@ -354,12 +322,6 @@ impl PartialBlob {
         self.inner.resumed_bytes
     }
 
-    /// Bytes read back from disk so far to compute the blob's digest (pieces that arrived
-    /// ahead of the hashed prefix beyond the in-memory budget, or were resumed).
-    pub fn reread_bytes(&self) -> u64 {
-        self.inner.reread_bytes.load(Ordering::Relaxed)
-    }
-
     /// Verifies `chunks` (the piece's bytes, in order) as piece `index` and, when they match,
     /// writes them and makes the piece readable. Returns `false` when the piece was already held
     /// (nothing changes). A wrong length or hash is [`StoreError::PieceMismatch`] and writes
@@ -381,13 +343,7 @@ impl PartialBlob {
         // Hashing a multi-MiB piece takes milliseconds: keep it and the write off the workers.
         blocking(move || {
             let inner = &this.inner;
-            let length: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            let mut hasher = Digester::new();
-            for chunk in &chunks {
-                hasher.update(chunk);
-            }
-            let expected = inner.metainfo.piece_hash(index as usize);
-            if length != range.end - range.start || expected != Some(&hasher.finish()) {
+            if !inner.metainfo.verify_piece(index as usize, &chunks) {
                 return Err(StoreError::PieceMismatch { digest, index });
             }
             let mut offset = range.start;
@@ -398,77 +354,10 @@ impl PartialBlob {
                     .ctx("write", &inner.data_path)?;
                 offset += chunk.len() as u64;
             }
-            this.extend_prefix(index, Some(chunks))
+            Ok(())
         })
         .await?;
         Ok(inner.have.send_if_modified(|have| have.set(index)))
-    }
-
-    /// Records written piece `index` for the blob digest: hashes it at once when it continues
-    /// the prefix (then every piece that was waiting behind it), else keeps it for later.
-    fn extend_prefix(&self, index: u32, bytes: Option<Vec<Bytes>>) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let mut prefix = lock(&inner.prefix);
-        if index < prefix.next || prefix.ahead.contains_key(&index) {
-            // A duplicate (endgame) of a piece already accounted for.
-            return Ok(());
-        }
-        let length = inner
-            .metainfo
-            .piece_range(index as usize)
-            .map_or(0, |r| r.end - r.start);
-        let keep = bytes.filter(|_| prefix.ahead_bytes + length <= AHEAD_BUDGET);
-        if keep.is_some() {
-            prefix.ahead_bytes += length;
-        }
-        prefix.ahead.insert(index, keep);
-        self.advance(&mut prefix)
-    }
-
-    /// Hashes the pieces waiting at the head of the prefix, in order.
-    fn advance(&self, prefix: &mut Prefix) -> Result<(), StoreError> {
-        while let Some(bytes) = {
-            let next = prefix.next;
-            prefix.ahead.remove(&next)
-        } {
-            match bytes {
-                Some(chunks) => {
-                    for chunk in &chunks {
-                        prefix.digester.update(chunk);
-                        prefix.ahead_bytes -= chunk.len() as u64;
-                    }
-                }
-                None => self.rehash_from_disk(prefix.next, &mut prefix.digester)?,
-            }
-            prefix.next += 1;
-        }
-        if prefix.next == piece_count(&self.inner.metainfo) && prefix.done.is_none() {
-            prefix.done = Some(std::mem::take(&mut prefix.digester).finish());
-        }
-        Ok(())
-    }
-
-    fn rehash_from_disk(&self, piece: u32, digester: &mut Digester) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let Some(range) = inner.metainfo.piece_range(piece as usize) else {
-            return Ok(());
-        };
-        let mut buf = vec![0; READ_CHUNK];
-        let mut offset = range.start;
-        while offset < range.end {
-            let want =
-                usize::try_from(range.end - offset).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
-            inner
-                .data
-                .read_exact_at(&mut buf[..want], offset)
-                .ctx("read", &inner.data_path)?;
-            digester.update(&buf[..want]);
-            offset += want as u64;
-        }
-        inner
-            .reread_bytes
-            .fetch_add(range.end - range.start, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Makes the written pieces durable: fsync the data, then record them in the bitfield file.
@@ -506,31 +395,20 @@ impl PartialBlob {
         Ok(())
     }
 
-    /// Checks the whole blob's sha256 (computed as pieces landed; pieces not hashed yet are
-    /// read from disk). A mismatch deletes the partial: its pieces matched a metainfo that does
-    /// not describe this digest, and none of its bytes may be served as that digest.
-    pub async fn verify(&self) -> Result<(), StoreError> {
+    /// Whether the blob is whole: every piece verified, which proves its digest (the last
+    /// piece's check is the digest itself), or an empty blob whose digest is the empty one.
+    fn verify(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         let digest = inner.metainfo.digest();
         let missing = inner.have.borrow().zeros().count();
         if missing > 0 {
             return Err(StoreError::Incomplete { digest, missing });
         }
-        let this = self.clone();
-        let actual = blocking(move || {
-            // Every piece is written, so those not hashed yet all wait in `ahead`.
-            let mut prefix = lock(&this.inner.prefix);
-            this.advance(&mut prefix)?;
-            Ok(prefix.done)
-        })
-        .await?;
-        let actual = actual.unwrap_or_else(|| Digester::new().finish());
-        if actual != digest {
-            let _durable = inner.durable.lock().await;
-            self.remove_dir().await?;
+        let empty = Digester::new().finish();
+        if inner.metainfo.length() == 0 && digest != empty {
             return Err(StoreError::DigestMismatch {
                 expected: digest,
-                actual,
+                actual: empty,
             });
         }
         Ok(())
@@ -563,11 +441,11 @@ impl PartialBlob {
         ))
     }
 
-    /// Verifies the blob (see [`PartialBlob::verify`]) and moves it into `blobs/` (with its
+    /// Checks the blob is whole (see [`PartialBlob::verify`]) and moves it into `blobs/` (with its
     /// metainfo beside it), removing the partial directory. Returns the blob length. Readers of
     /// this partial keep reading from the same (renamed) file.
     pub async fn commit(&self) -> Result<u64, StoreError> {
-        self.verify().await?;
+        self.verify()?;
         let inner = &self.inner;
         let digest = inner.metainfo.digest();
         // Hold the sync lock: no bitfield sync may race the rename.

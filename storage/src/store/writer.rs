@@ -1,10 +1,12 @@
 //! Staged writes and the commit path shared by upload sessions and [`BlobWriter`]: bytes go to
-//! a temporary file while their digest is computed on the fly, and commit verifies the digest,
-//! fsyncs, writes the metainfo (piece hashes: one pass over the page cache), renames into
+//! a temporary file while their digest and piece values are computed on the fly (one sha256
+//! pass, no re-read), and commit verifies the digest, fsyncs, writes the metainfo, renames into
 //! `blobs/` and fsyncs the directory.
 
+use std::io;
+
 use futures::StreamExt;
-use shoal_core::{Digest, Digester};
+use shoal_core::{Digest, Metainfo, MetainfoBuilder};
 use tokio::fs::File;
 use tokio::io::AsyncWriteExt;
 
@@ -16,7 +18,9 @@ use crate::fsutil::{self, IoContext, TempPath};
 pub(crate) struct Staged {
     file: File,
     temp: TempPath,
-    digester: Digester,
+    /// The running digest and the piece values, so commit writes the metainfo without
+    /// reading the bytes again.
+    metainfo: MetainfoBuilder,
     len: u64,
 }
 
@@ -38,7 +42,7 @@ impl Staged {
         Ok(Staged {
             file,
             temp,
-            digester: Digester::new(),
+            metainfo: MetainfoBuilder::any_length(),
             len: 0,
         })
     }
@@ -53,9 +57,9 @@ impl Staged {
             .write_all(data)
             .await
             .ctx("write", self.temp.path())?;
-        // Hashing inline keeps the one-pass guarantee; chunks are small (tens to hundreds of
-        // KiB) so each update is well under a millisecond with an optimised sha2.
-        self.digester.update(data);
+        // Hashing inline keeps the one-pass guarantee (digest and piece values alike); chunks
+        // are small (tens to hundreds of KiB) so each update is well under a millisecond.
+        self.metainfo.update(data);
         self.len += data.len() as u64;
         Ok(())
     }
@@ -85,10 +89,14 @@ impl Layout {
         let Staged {
             mut file,
             temp,
-            digester,
+            metainfo,
             len,
         } = staged;
-        let actual = digester.finish();
+        let metainfo: Metainfo = metainfo
+            .finish()
+            .map_err(|e| io::Error::other(e.to_string()))
+            .ctx("compute metainfo of", temp.path())?;
+        let actual = metainfo.digest();
         if actual != *expected {
             return Err(StoreError::DigestMismatch {
                 expected: *expected,
@@ -111,8 +119,9 @@ impl Layout {
         fsutil::create_dir_durable(&self.shard_dir(expected)).await?;
         let blob_dir = self.blob_dir(expected);
         fsutil::create_dir_durable(&blob_dir).await?;
-        // Metainfo now, while the bytes are in the page cache, so serving pieces never hashes.
-        super::metainfo::write_metainfo_of(self, temp.path(), len, *expected).await?;
+        // Metainfo first, so serving pieces never hashes and a visible blob always has it.
+        let tmp = self.new_tmp_path("metainfo");
+        fsutil::write_atomic(tmp, &self.metainfo_path(expected), &metainfo.to_json()).await?;
         tokio::fs::rename(temp.path(), &data_path)
             .await
             .ctx("rename into place", &data_path)?;

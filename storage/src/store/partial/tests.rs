@@ -315,83 +315,39 @@ async fn abandoned_downloads_are_listed_and_only_closed_ones_can_be_deleted() {
 }
 
 #[tokio::test]
-async fn the_blob_digest_is_computed_as_pieces_land_and_a_mismatch_is_never_committed() {
+async fn a_lying_metainfo_never_completes_and_its_last_piece_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = BlobStore::open(dir.path()).await.expect("open");
     let data = blob();
     let metainfo = metainfo_of(&data);
-    // Whatever order pieces come in, the prefix digest keeps up without reading the disk.
-    let partial = store
-        .partial(&metainfo.digest(), &metainfo)
-        .await
-        .expect("partial");
-    for index in [1, 0, 4, 2, 3] {
-        partial
-            .write_piece(index, piece(&data, &metainfo, index))
-            .await
-            .expect("write");
-    }
-    partial.verify().await.expect("digest matches");
-    assert_eq!(partial.reread_bytes(), 0);
-
-    // A metainfo whose piece hashes describe these bytes but whose digest is another blob's,
-    // as a lying origin or tracker would hand out: every piece verifies, the blob does not.
+    // The metainfo of these bytes, claimed for another digest, as a lying origin or tracker
+    // would hand it out (its chain must end in the claimed digest to be accepted at all).
     let claimed = Digest::of(b"the blob the client asked for");
-    let lying = Metainfo::from_parts(
-        claimed,
-        metainfo.length(),
-        metainfo.piece_length(),
-        (0..5)
-            .map(|i| *metainfo.piece_hash(i).expect("piece hash"))
-            .collect(),
-    )
-    .expect("well-formed metainfo");
+    let mut values: Vec<Digest> = (0..5)
+        .map(|i| *metainfo.piece_hash(i).expect("piece value"))
+        .collect();
+    values[4] = claimed;
+    let lying = Metainfo::from_parts(claimed, metainfo.length(), metainfo.piece_length(), values)
+        .expect("well-formed metainfo");
     let partial = store.partial(&claimed, &lying).await.expect("partial");
-    for index in 0..5 {
+    for index in 0..4 {
         partial
             .write_piece(index, piece(&data, &lying, index))
             .await
-            .expect("every piece matches its hash");
+            .expect("these pieces match the lie");
     }
-    let err = partial.commit().await.expect_err("digest mismatch");
+    let err = partial
+        .write_piece(4, piece(&data, &lying, 4))
+        .await
+        .expect_err("the last piece's check is the digest itself");
     assert!(
-        matches!(err, StoreError::DigestMismatch { expected, actual } if expected == claimed && actual == metainfo.digest()),
+        matches!(err, StoreError::PieceMismatch { index: 4, .. }),
         "{err}"
     );
-    assert_eq!(
-        partial.reread_bytes(),
-        0,
-        "caught without re-reading the blob"
+    let err = partial.commit().await.expect_err("never whole");
+    assert!(
+        matches!(err, StoreError::Incomplete { missing: 1, .. }),
+        "{err}"
     );
     assert_eq!(store.stat(&claimed).await.expect("stat"), None);
-    assert!(!dir.path().join("partial").join(claimed.hex()).exists());
-}
-
-#[tokio::test]
-async fn resumed_pieces_are_hashed_from_disk_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = blob();
-    let metainfo = metainfo_of(&data);
-    let digest = metainfo.digest();
-    {
-        let store = BlobStore::open(dir.path()).await.expect("open");
-        let partial = store.partial(&digest, &metainfo).await.expect("partial");
-        for index in [0, 1] {
-            partial
-                .write_piece(index, piece(&data, &metainfo, index))
-                .await
-                .expect("write");
-        }
-        partial.sync().await.expect("sync");
-    }
-    let store = BlobStore::open(dir.path()).await.expect("reopen");
-    let partial = store.partial(&digest, &metainfo).await.expect("partial");
-    for index in 2..5 {
-        partial
-            .write_piece(index, piece(&data, &metainfo, index))
-            .await
-            .expect("write");
-    }
-    partial.commit().await.expect("commit");
-    assert_eq!(partial.reread_bytes(), 2 * PIECE as u64);
 }
