@@ -1,5 +1,5 @@
 //! Piece hashing: sha256 alone (`Digester`) and the metainfo computation (`MetainfoBuilder`,
-//! which hashes every byte twice: once for the whole-blob digest, once for its piece), over a
+//! one sha256 pass that records the chaining values piece checks are made of), over a
 //! 256 MiB blob fed in 1 MiB updates as an upload or a backend read feeds them.
 //! Baseline (in `bench/micro.sh`): `openssl dgst -sha256` over 256 MiB on the same machine.
 
