@@ -1,7 +1,7 @@
 //! The cross-component test harness: a [`Cluster`] of real Shoal binaries on loopback ports, the
 //! reference CNCF registry, moto's S3 server, helpers that run real clients (skopeo, docker,
 //! podman) and raw HTTP, the image and disk-snapshot utilities the acceptance tests in `tests/`
-//! share, a preheating proxy with its job API, test certificates for TLS listeners, and the
+//! share, a preheating proxy with its job API, test certificates for TLS listeners, hung (tarpit) peers, and the
 //! network-namespace test bed with the swarm benchmark that runs on it.
 
 pub mod binaries;
@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod svg_plot;
 pub mod swarm;
 pub mod swarm_bench;
+pub mod tarpit;
 pub mod tls;
 pub mod tools;
 pub mod v2;

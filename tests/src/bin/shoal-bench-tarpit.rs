@@ -1,0 +1,90 @@
+//! `shoal-bench-tarpit`: how much hung peers (they accept TCP and never answer) slow a pull
+//! through an agent, against the same pull with none, measured in one run. Each repeat pushes two
+//! fresh images of the same size through the proxy; agent 0 pulls the first with a clean swarm,
+//! then the second with `--tarpits` hung peers announced (and re-announced) as complete seeders of
+//! its every blob. Uses the component binaries next to this one; prints a Markdown table.
+//!
+//!     cargo build --release --bins
+//!     target/release/shoal-bench-tarpit --tarpits 100 --layer-mib 64 --repeats 3
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use shoal_tests::images::{generate, image_spec};
+use shoal_tests::swarm::{pull_through_agent_and_check, push};
+use shoal_tests::tarpit::Tarpits;
+use shoal_tests::{Cluster, ClusterOptions};
+
+const MIB: u64 = 1 << 20;
+
+/// Times a pull with and without hung peers in the swarm.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Hung peers announced for every blob of the second image.
+    #[arg(long, default_value_t = 100)]
+    tarpits: usize,
+    /// Size of each image's one layer, in MiB.
+    #[arg(long, default_value_t = 64)]
+    layer_mib: u64,
+    /// Pairs of pulls (at least one); the median ratio is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    shoal_service::tls::install_crypto_provider();
+    let args = Args::parse();
+    let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
+    let work = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for repeat in 0..args.repeats {
+        let mut times = [Duration::ZERO; 2];
+        for (with_tarpits, time) in [false, true].into_iter().zip(&mut times) {
+            let name = if with_tarpits { "tarpits" } else { "clean" };
+            let seed = 0x7a2_0000 + repeat * 2 + u64::from(with_tarpits);
+            let image = generate(
+                &work.path().join(format!("{name}-{repeat}")),
+                image_spec(vec![args.layer_mib * MIB], seed, "v1"),
+            )
+            .await?;
+            let repo = format!("bench/{name}-{repeat}");
+            push(&cluster, &image, &repo, "v1").await?;
+            let tarpits = match with_tarpits {
+                true => Some(Tarpits::start(&cluster, args.tarpits, &repo, &image).await?),
+                false => None,
+            };
+            let dest = work.path().join(format!("pulled-{name}-{repeat}"));
+            let started = Instant::now();
+            pull_through_agent_and_check(&cluster, 0, &image, &repo, "v1", &dest).await?;
+            *time = started.elapsed();
+            if let Some(tarpits) = tarpits {
+                tarpits.close().await?;
+            }
+            eprintln!("repeat {repeat}: {name} pull in {:.2} s", time.as_secs_f64());
+        }
+        rows.push(times);
+    }
+    println!(
+        "{} MiB layer, {} hung peers, {} repeats, {} cores.\n",
+        args.layer_mib,
+        args.tarpits,
+        args.repeats,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!("| repeat | clean pull | with hung peers | ratio |\n|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for (repeat, [clean, hung]) in rows.iter().enumerate() {
+        let ratio = hung.as_secs_f64() / clean.as_secs_f64();
+        ratios.push(ratio);
+        println!(
+            "| {repeat} | {:.2} s | {:.2} s | {ratio:.2}× |",
+            clean.as_secs_f64(),
+            hung.as_secs_f64()
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("\nMedian ratio: {:.2}×", ratios[ratios.len() / 2]);
+    Ok(())
+}
