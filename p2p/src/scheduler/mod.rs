@@ -51,11 +51,13 @@ use pieces::{Order, Pieces};
 /// few thousand agents outlasts `piece_timeout` (docs/BENCHMARKS.md, the piece-timeout cliff).
 /// An origin alone still gets the full pipeline.
 const ORIGIN_PIPELINE_BESIDE_AGENTS: usize = 1;
-/// How long a pending agent connection may hold up the decision to connect an origin. A
-/// healthy peer answers a handshake within milliseconds; one that accepts TCP and never answers
-/// (a hung node) would otherwise keep the origin unused until the handshake times out, and a
-/// tracker that keeps handing out such peers would keep it unused for ever.
-const CONNECT_GRACE: Duration = Duration::from_millis(500);
+/// How long a pending agent connection may hold up the decision to connect an origin (checked
+/// at the engine's 250 ms ticks, so the first tick after a connect already decides). A healthy
+/// peer answers a handshake within milliseconds; one that accepts TCP and never answers (a hung
+/// node) would otherwise keep the origin unused until the handshake times out, and a tracker
+/// that keeps handing out such peers would keep it unused for ever. Every blob of a pull pays
+/// it once when hung peers are around (`shoal-bench-tarpit`, docs/BENCHMARKS.md).
+const CONNECT_GRACE: Duration = Duration::from_millis(250);
 /// An agent we could not connect to is not tried again for this long, even when the tracker
 /// hands it out again: hung peers re-announced by stale records must not take every connection
 /// slot round after round.
@@ -330,7 +332,7 @@ impl Scheduler {
     /// Whether an agent connection started less than [`CONNECT_GRACE`] ago is still pending.
     fn agent_connection_fresh(&mut self, now_ms: u64) -> bool {
         self.candidates
-            .agent_pending_since(now_ms.saturating_sub(millis(CONNECT_GRACE)))
+            .agent_pending_within(now_ms, millis(CONNECT_GRACE))
     }
 
     fn on_connected(&mut self, now_ms: u64, id: PeerId, bitfield: Bitfield, out: &mut Vec<Action>) {

@@ -304,21 +304,20 @@ impl Candidates {
         self.connecting_origins
     }
 
-    /// Whether an agent connection attempt started at or after `cutoff_ms` is still pending.
-    /// Entries are dropped from the front as they resolve or fall behind the cutoff (which only
-    /// moves forward), so the answer is whether any entry remains.
-    pub(super) fn agent_pending_since(&mut self, cutoff_ms: u64) -> bool {
+    /// Whether an agent connection attempt started less than `grace_ms` before `now_ms` is still
+    /// pending. Entries are dropped from the front as they resolve or grow older than that (the
+    /// clock only moves forward), so the answer is whether any entry remains.
+    pub(super) fn agent_pending_within(&mut self, now_ms: u64, grace_ms: u64) -> bool {
         while let Some((since, id)) = self.agent_attempts.front() {
             let pending = self
                 .known
                 .get(id)
                 .is_some_and(|known| known.phase == Phase::Connecting && known.since == *since);
-            if pending && *since >= cutoff_ms {
+            if pending && since.saturating_add(grace_ms) > now_ms {
                 break;
             }
             self.agent_attempts.pop_front();
         }
-        // Whatever was popped was resolved or older than the cutoff, which only moves forward.
         !self.agent_attempts.is_empty()
     }
 

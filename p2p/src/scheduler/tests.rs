@@ -815,13 +815,13 @@ fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
         "origin before the agents answered"
     );
     // Within the grace the fresh handshakes are waited for.
-    assert!(connects(&scheduler.handle(250, Event::Tick)).is_empty());
-    // After it, the pending handshakes no longer keep the origin unused.
-    let later = connects(&scheduler.handle(750, Event::Tick));
+    assert!(connects(&scheduler.handle(100, Event::Tick)).is_empty());
+    // From its end, the pending handshakes no longer keep the origin unused.
+    let later = connects(&scheduler.handle(250, Event::Tick));
     assert_eq!(later, vec![origin.clone()]);
     // Alone among stale handshakes, the origin gets the full pipeline.
     let out = scheduler.handle(
-        760,
+        260,
         Event::Connected {
             peer: origin.clone(),
             bitfield: Bitfield::full(16),
