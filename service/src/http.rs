@@ -1,5 +1,6 @@
 //! The HTTP surface every component shares: `GET /health`, `GET /metrics`, the metrics
-//! middleware around all routes, and [`serve`] (or [`serve_tls`]) with graceful shutdown.
+//! middleware around all routes, and [`serve`] (or [`serve_tls`], [`serve_with`]) with the
+//! [`ListenerLimits`] of every listener and graceful shutdown.
 //!
 //! Metrics recorded per request (see [`crate::metrics`] for names): one count by route, method
 //! and status when the response headers are produced; request and response body bytes as they
@@ -18,19 +19,22 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponseParts, Response, ResponseParts};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use http::header::{CONTENT_RANGE, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, StatusCode};
 use shoal_core::{ErrorCode, error_body};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, RequestLabels, Route, RouteLabels, RouteMethodLabels};
-use crate::tls::TlsListener;
 
+mod connection;
 mod counting;
+mod limits;
+mod server;
 
 use counting::{CountingBody, RequestBytes, ResponseTally};
+pub use limits::ListenerLimits;
 
 /// Content type of `GET /metrics`.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -68,22 +72,14 @@ pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
         .layer(middleware::from_fn_with_state(metrics, record))
 }
 
-/// Serves `app` on `listener` (with `TCP_NODELAY`) until `shutdown` is cancelled, then stops
-/// accepting and waits for in-flight requests to finish.
+/// Serves `app` on `listener` with the default [`ListenerLimits`] until `shutdown` is
+/// cancelled, then stops accepting and waits for in-flight requests to finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    // Piece and manifest exchanges are small request/response pairs; Nagle would delay them.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(listener, None, app, ListenerLimits::default(), shutdown).await
 }
 
 /// [`serve`] over TLS with `tls` (see [`crate::tls::TlsConfig::server_config`]): HTTP/2 or
@@ -94,9 +90,36 @@ pub async fn serve_tls(
     app: Router,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    axum::serve(TlsListener::new(listener, tls)?, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(
+        listener,
+        Some(tls),
+        app,
+        ListenerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `app` on `listener`, over TLS when `tls` is given, within `limits`:
+/// - HTTP/1.1 and HTTP/2 (h2c, or h2 by ALPN) on the one port, with `TCP_NODELAY`;
+/// - a connection that takes longer than the header-read timeout to send a request's headers,
+///   or stays idle between requests longer than the idle timeout, is closed; a request in flight
+///   is never cut;
+/// - at most `limits.max_connections` connections at once; beyond that, new connections are
+///   answered with 503 and closed, and accept errors (out of file descriptors) pause accepting
+///   briefly instead of spinning.
+///
+/// When `shutdown` is cancelled it stops accepting, lets in-flight requests finish (HTTP/2
+/// clients get a GOAWAY), and returns once every connection has closed.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let tls = tls.map(TlsAcceptor::from);
+    server::run(listener, tls, app, limits, shutdown).await
 }
 
 /// Middleware for Registry V2 routers (proxy, agent): every response carries

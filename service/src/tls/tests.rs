@@ -6,6 +6,7 @@ use axum::Router;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -219,5 +220,47 @@ async fn a_stalled_handshake_and_a_plain_http_request_do_not_stop_serving() {
         .await
         .unwrap();
     assert_eq!(response.text().await.unwrap(), "hello");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_tls_listener_answers_connections_beyond_its_limit_with_503() {
+    let certs = Certs::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}/",
+        listener.local_addr().unwrap().port()
+    );
+    let limits = crate::http::ListenerLimits {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::http::serve_with(
+        listener,
+        Some(certs.config().server_config().unwrap()),
+        app,
+        limits,
+        shutdown.clone(),
+    ));
+    // Its pooled connection takes the only slot.
+    let first = certs.client().build().unwrap();
+    assert_eq!(first.get(&url).send().await.unwrap().status(), 200);
+
+    let second = certs.client().build().unwrap();
+    let refused = second.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.text().await.unwrap().contains("UNAVAILABLE"));
+
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while second.get(&url).send().await.unwrap().status() != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused after the first client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     shutdown.cancel();
 }
