@@ -16,3 +16,4 @@ pub use config::{ConfigError, LogConfig, LogFormat};
 pub use http::RouteLabel;
 pub use metrics::{Metrics, MetricsBuilder};
 pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
