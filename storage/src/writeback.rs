@@ -219,8 +219,11 @@ impl WriteBack {
     }
 
     /// Uploads pending blobs until `shutdown` is cancelled, each to the backend its push's
-    /// namespace routes to (a single backend converts into a catch-all router). Uploads still running at shutdown are
-    /// abandoned; their markers stay, so they are redone after the restart.
+    /// namespace routes to (a single backend converts into a catch-all router). At shutdown no
+    /// new upload starts and this returns once the uploads in flight have ended, so a SIGTERM
+    /// does not cut a write-back that is about to finish. A caller that stops waiting (drops this
+    /// future at its shutdown deadline) abandons them; their markers stay, so they are redone
+    /// after the restart.
     pub async fn run(
         self: Arc<Self>,
         store: Arc<BlobStore>,
@@ -250,18 +253,31 @@ impl WriteBack {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
                 () = timer => {}
-                Some(joined) = tasks.join_next_with_id() => {
-                    let (id, result) = match joined {
-                        Ok((id, result)) => (id, result),
-                        Err(e) => (e.id(), Err(Failure::Panicked(e.to_string()))),
-                    };
-                    if let Some(digest) = running.remove(&id) {
-                        self.finish(digest, result);
-                    }
-                }
+                Some(joined) = tasks.join_next_with_id() => self.settle(joined, &mut running),
             }
         }
-        tasks.shutdown().await;
+        if !running.is_empty() {
+            let digests: Vec<String> = running.values().map(Digest::to_string).collect();
+            tracing::info!(?digests, "shutdown: finishing the write-backs in flight");
+        }
+        while let Some(joined) = tasks.join_next_with_id().await {
+            self.settle(joined, &mut running);
+        }
+    }
+
+    /// Records how one upload task ended.
+    fn settle(
+        &self,
+        joined: Result<(Id, Result<(), Failure>), tokio::task::JoinError>,
+        running: &mut HashMap<Id, Digest>,
+    ) {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) => (e.id(), Err(Failure::Panicked(e.to_string()))),
+        };
+        if let Some(digest) = running.remove(&id) {
+            self.finish(digest, result);
+        }
     }
 
     /// Marks up to `slots` due items as running (oldest first) and returns them with their
@@ -718,5 +734,90 @@ mod tests {
         assert!(queue.is_pending(&digest));
         assert_eq!(queue.stats().depth, 1);
         assert!(!dir.join("abc.1234.tmp").exists());
+    }
+
+    /// A filesystem backend whose puts wait for a permit.
+    #[derive(Debug)]
+    struct GatedBackend {
+        inner: FilesystemBackend,
+        puts_started: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl Backend for GatedBackend {
+        async fn stat(&self, key: &str) -> Result<Option<u64>, BackendError> {
+            self.inner.stat(key).await
+        }
+        async fn get(
+            &self,
+            key: &str,
+            range: Option<Range<u64>>,
+        ) -> Result<Option<ByteStream>, BackendError> {
+            self.inner.get(key, range).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: ByteStream,
+            length: Option<u64>,
+        ) -> Result<(), BackendError> {
+            self.puts_started.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.gate.acquire().await.expect("gate open");
+            self.inner.put(key, body, length).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+            self.inner.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+            self.inner.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_the_uploads_in_flight_finish() {
+        let fx = Fixture::new(0).await;
+        let digest = fx.add_blob(b"in flight at shutdown").await;
+        let queue = fx.queue().await;
+        queue.enqueue(&digest, None).await.expect("enqueue");
+        let backend = Arc::new(GatedBackend {
+            inner: FilesystemBackend::new(fx.dir.path().join("gated")).expect("backend"),
+            puts_started: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let token = CancellationToken::new();
+        let routed: Arc<dyn Backend> = backend.clone();
+        let worker = tokio::spawn(queue.clone().run(fx.store.clone(), routed, token.clone()));
+        wait_for("the upload to start", || {
+            backend.puts_started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+
+        token.cancel();
+        // The worker cannot end while the put waits; give it every chance to (wrongly) return.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !worker.is_finished(),
+            "the worker returned with an upload in flight"
+        );
+        backend.gate.add_permits(1);
+        worker.await.expect("worker");
+        assert!(!queue.is_pending(&digest));
+        assert!(
+            !fx.queue_dir()
+                .join(format!("{}.json", digest.hex()))
+                .exists()
+        );
+        assert_eq!(
+            backend.stat(&blob_key(&digest)).await.expect("stat"),
+            Some(21)
+        );
+        assert_eq!(
+            backend.puts_started.load(Ordering::SeqCst),
+            1,
+            "no new upload starts after shutdown"
+        );
     }
 }
