@@ -26,7 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{Engine, Identity, Limiter, P2pMetrics};
-use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
 
@@ -66,7 +67,8 @@ impl Listeners {
 }
 
 /// Serves the registry API and the peer service until `shutdown` is cancelled, then lets
-/// in-flight requests finish before returning.
+/// in-flight requests finish and waits (at most [`DRAIN_DEADLINE`]) for the background tasks:
+/// the cache sweeper and the engine's download drivers and seed announcers.
 pub async fn run(
     config: AgentConfig,
     listeners: Listeners,
@@ -101,6 +103,7 @@ pub async fn run(
         addr: config.advertised(),
         origin: false,
     };
+    let tasks = TaskTracker::new();
     let engine = Engine::new(
         config.p2p.clone(),
         identity,
@@ -108,13 +111,14 @@ pub async fn run(
         config.tracker.clone(),
         p2p_metrics.clone(),
         shutdown.clone(),
+        &tasks,
     );
     let cache = Arc::new(Cache::new(
         store.clone(),
         &config.cache,
         metrics.cache.clone(),
     ));
-    let sweeper = tokio::spawn(cache.clone().run(shutdown.clone()));
+    tasks.spawn(cache.clone().run(shutdown.clone()));
 
     let http = shoal_service::client::builder()
         .build()
@@ -169,9 +173,9 @@ pub async fn run(
         shoal_service::http::serve(listeners.http, app, shutdown.clone()),
         peer_served,
     );
-    // Stop the other listener and the sweeper too when one listener failed on its own.
+    // Stop the other listener and the background tasks too when one listener failed on its own.
     shutdown.cancel();
-    sweeper.await.context("cache sweeper panicked")?;
+    shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "agent").await;
     served.context("serving")?;
     tracing::info!("agent stopped");
     Ok(())

@@ -83,6 +83,8 @@ impl Peer for PeerService {
             .ok_or(P2pError::NotFound { digest })?;
         tracing::debug!(%digest, %caller, addr = %request.addr, "session opened");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // Untracked: the task feeds this response stream and ends with it, and the server's
+        // graceful shutdown waits for (or, in the agent, cuts) the stream.
         tokio::spawn(notify(have, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -113,6 +115,7 @@ impl Peer for PeerService {
         };
         let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // Untracked, like `notify`: bounded by this response stream.
         tokio::spawn(send_piece(
             bytes,
             tx,

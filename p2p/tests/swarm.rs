@@ -26,6 +26,7 @@ use shoal_proto::v1::{
 use shoal_storage::{BlobStore, ByteStream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::{Request, Response, Status};
@@ -99,6 +100,8 @@ impl Tracker for FixedTracker {
 /// One test's sockets and temp dirs; everything stops when it is dropped.
 struct Swarm {
     shutdown: CancellationToken,
+    /// Every engine's background tasks.
+    tasks: TaskTracker,
     dirs: Vec<tempfile::TempDir>,
 }
 
@@ -130,6 +133,7 @@ impl Swarm {
     fn new() -> Swarm {
         Swarm {
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             dirs: Vec::new(),
         }
     }
@@ -259,6 +263,7 @@ impl Swarm {
             tracker.to_owned(),
             metrics.clone(),
             self.shutdown.clone(),
+            &self.tasks,
         );
         let service = peer_service(
             engine.source(),
@@ -431,6 +436,69 @@ async fn a_new_engine_resumes_from_verified_pieces_on_disk() -> Result<()> {
         data.len() as u64 - written,
         "only the missing pieces were fetched"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_ends_every_engine_task_and_keeps_the_verified_pieces() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(16 * MIB, 9);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    // A slow seeder, so the download is still running when shutdown comes.
+    let seeder = swarm
+        .seeder(&[&data], false, Some(ByteSize::mib(2)), Faults::default())
+        .await?;
+    let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    let (root, store) = swarm.store().await?;
+    drop(store);
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm
+        .engine(listener, identity, &tracker, Some(&root))
+        .await?;
+
+    // A blob already in the store is seeded when used: that starts an announcer.
+    let local = blob(MIB, 10);
+    let local_digest = Digest::of(&local);
+    node.store
+        .put(
+            &local_digest,
+            Box::pin(futures::stream::iter([Ok(Bytes::from(local))])),
+        )
+        .await?;
+    engine.fetch(&local_digest, None).await?;
+    let _downloading = engine.fetch(&digest, None).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.metrics.bytes_received(false) < 2 * MIB as u64 {
+        if Instant::now() > deadline {
+            bail!("the download made no progress");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(
+        swarm.tasks.len(),
+        2,
+        "the download's driver and the seed announcer run on the tracker"
+    );
+    swarm.shutdown.cancel();
+    swarm.tasks.close();
+    tokio::time::timeout(Duration::from_secs(10), swarm.tasks.wait())
+        .await
+        .context("engine tasks still running 10 s after shutdown")?;
+    drop(engine);
+
+    // The pieces verified before shutdown are on disk for the next start.
+    let store = BlobStore::open(&root).await?;
+    ensure_partial_resumes(&store, &metainfo).await
+}
+
+async fn ensure_partial_resumes(store: &BlobStore, metainfo: &Metainfo) -> Result<()> {
+    let partial = store.partial(&metainfo.digest(), metainfo).await?;
+    let resumed = partial.resumed_bytes();
+    if resumed == 0 || resumed >= metainfo.length() {
+        bail!("{resumed} bytes of {} resumed", metainfo.length());
+    }
     Ok(())
 }
 

@@ -58,7 +58,9 @@ impl Download {
             .resumed_bytes
             .inc_by(self.partial.resumed_bytes());
         shared.metrics.downloads_active.inc();
-        tokio::spawn(drive(shared.clone(), self.clone(), namespace));
+        shared
+            .tasks
+            .spawn(drive(shared.clone(), self.clone(), namespace));
     }
 
     pub(crate) fn touch(&self) {
@@ -166,6 +168,9 @@ impl Driver {
     }
 
     /// Feeds events until the scheduler reports Complete. Err on shutdown.
+    ///
+    /// The announcer, the syncer, sessions and piece fetches are plain tasks rather than tracked
+    /// ones: this driver (which is tracked) aborts them all before it returns.
     async fn run(mut self) -> Result<(), String> {
         let announcer = tokio::spawn(announce(
             self.shared.clone(),
@@ -207,6 +212,12 @@ impl Driver {
         // Both loop until aborted; awaiting them only confirms they are gone.
         let _ = announcer.await;
         let _ = syncer.await;
+        if result.is_err() {
+            // Record every piece verified so far, so the next start resumes from all of them.
+            if let Err(e) = self.download.partial.sync().await {
+                tracing::warn!(digest = %self.download.digest, error = %e, "cannot record downloaded pieces durably");
+            }
+        }
         result
     }
 

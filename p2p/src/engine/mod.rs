@@ -1,6 +1,10 @@
 //! The engine agents run: one shared download per blob (metainfo and peers from the tracker,
 //! pieces from peers through the [`Scheduler`](crate::scheduler::Scheduler)), seeding after
 //! completion, and a [`PieceSource`] over both the store and downloads in progress.
+//!
+//! The engine's long-lived tasks (one driver per download, one announcer per seeded blob) run on
+//! the [`TaskTracker`] it is given and end soon after the shutdown token is cancelled, so the
+//! component drains them with its other background tasks.
 
 mod blob;
 mod download;
@@ -18,6 +22,7 @@ use shoal_core::{Digest, Metainfo, Name};
 use shoal_storage::BlobStore;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
 pub use blob::Blob;
@@ -43,6 +48,8 @@ pub(crate) struct Shared {
     tracker: Tracker,
     metrics: P2pMetrics,
     shutdown: CancellationToken,
+    /// Where download drivers and seed announcers run.
+    tasks: TaskTracker,
     /// Bandwidth for all pieces this node receives.
     ingress: Limiter,
     metainfo: Mutex<LruCache<Digest, Metainfo>>,
@@ -62,7 +69,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     /// An engine downloading into and seeding from `store`, finding peers through the tracker
-    /// at `tracker` (`host:port`). Background tasks stop when `shutdown` is cancelled.
+    /// at `tracker` (`host:port`). Background tasks run on `tasks` and stop when `shutdown` is
+    /// cancelled: a download in progress keeps its verified pieces on disk for the next start.
     pub fn new(
         config: P2pConfig,
         identity: Identity,
@@ -70,6 +78,7 @@ impl Engine {
         tracker: String,
         metrics: P2pMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Arc<Engine> {
         let ingress = Limiter::new(config.ingress_rate, config.chunk_size);
         let cache = NonZeroUsize::new(METAINFO_CACHE).unwrap_or(NonZeroUsize::MIN);
@@ -81,6 +90,7 @@ impl Engine {
                 tracker: Tracker::new(tracker),
                 metrics,
                 shutdown,
+                tasks: tasks.clone(),
                 ingress,
                 metainfo: Mutex::new(LruCache::new(cache)),
                 downloads: Mutex::default(),

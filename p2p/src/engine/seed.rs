@@ -35,7 +35,7 @@ impl Shared {
         }
         let last_use = Arc::new(Mutex::new(used));
         seeds.insert(*digest, last_use.clone());
-        tokio::spawn(announce(
+        self.tasks.spawn(announce(
             self.clone(),
             *digest,
             namespace.cloned(),
@@ -52,11 +52,14 @@ async fn announce(
     last_use: Arc<Mutex<Instant>>,
 ) {
     loop {
-        let interval = match shared
-            .tracker
-            .announce(&digest, namespace.as_ref(), &shared.identity, true)
-            .await
-        {
+        let announced = tokio::select! {
+            // A tracker that does not answer must not hold up shutdown until its timeout.
+            () = shared.shutdown.cancelled() => return,
+            announced = shared
+                .tracker
+                .announce(&digest, namespace.as_ref(), &shared.identity, true) => announced,
+        };
+        let interval = match announced {
             Ok(announced) => announced.interval,
             Err(e) => {
                 tracing::debug!(%digest, error = %e, "seeding announce failed; retrying");

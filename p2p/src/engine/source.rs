@@ -50,7 +50,8 @@ impl PieceSource for EngineSource {
 
 /// Relays `have` until shutdown, then closes. A partial download's own watch lives as long as
 /// any requester holds the blob, so sessions following it directly could keep the peer
-/// service (and its graceful shutdown) waiting indefinitely.
+/// service (and its graceful shutdown) waiting indefinitely. The relay is an untracked task: it
+/// ends with the session it feeds (or at shutdown), and the peer server waits for sessions.
 fn until_shutdown(
     mut have: watch::Receiver<Bitfield>,
     shutdown: &CancellationToken,
