@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::BackendRouter;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -35,7 +36,9 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
-/// Serves the tag API until `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves the tag API until `shutdown` is cancelled, then finishes in-flight requests and gives
+/// the background tasks (pending-tag write-back, a replication job in progress) up to
+/// [`DRAIN_DEADLINE`] to end.
 pub async fn run(
     config: BuildIndexConfig,
     listeners: Listeners,
@@ -57,12 +60,14 @@ pub async fn run(
         .map(|_| metrics::ReplicationMetrics::register(metrics.registry()));
     let membership_metrics = shoal_membership::MembershipMetrics::register(metrics.registry());
     let metrics = metrics.build();
+    let tasks = TaskTracker::new();
     let members = shoal_membership::Membership::start(
         "origins",
         &config.origins,
         http.clone(),
         &membership_metrics,
         shutdown.clone(),
+        &tasks,
     )
     .await
     .context("following the origins (config field `origins`)")?;
@@ -72,7 +77,7 @@ pub async fn run(
         tags = tags
             .with_pending_dir(dir)
             .context("opening the pending-tags directory (config field `pending_dir`)")?;
-        tokio::spawn(tags.clone().write_back(shutdown.clone()));
+        tasks.spawn(tags.clone().write_back(shutdown.clone()));
     }
     let origins = Arc::new(verify::Origins::new(http, members, config.replicas));
     let replicator = match (&config.replication, replication_metrics) {
@@ -85,7 +90,7 @@ pub async fn run(
                 replicate::Replicator::new(replication, origins.clone(), remote_http, metrics)
                     .context("starting replication (config field `replication`)")?;
             let replicator = Arc::new(replicator);
-            tokio::spawn(replicator.clone().run(shutdown.clone()));
+            tasks.spawn(replicator.clone().run(shutdown.clone()));
             Some(replicator)
         }
         _ => None,
@@ -103,9 +108,11 @@ pub async fn run(
         .local_addr()
         .context("reading the listener address")?;
     info!(%addr, origins = ?config.origins, "build-index listening");
-    shoal_service::http::serve(listeners.http, app, shutdown)
-        .await
-        .context("serving the build-index HTTP API")?;
+    let served = shoal_service::http::serve(listeners.http, app, shutdown.clone()).await;
+    // Stop the background tasks too when serving failed on its own.
+    shutdown.cancel();
+    shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "build-index").await;
+    served.context("serving the build-index HTTP API")?;
     info!("build-index stopped");
     Ok(())
 }

@@ -108,7 +108,8 @@ impl Replicator {
         Ok(())
     }
 
-    /// Runs queued jobs (those left by an earlier run first) until `shutdown`.
+    /// Runs queued jobs (those left by an earlier run first) until `shutdown`; the job in
+    /// progress then finishes before this returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // Per queue file: the job that failed, how often, and when to try it again.
         let mut backoff: HashMap<String, (Job, u32, Instant)> = HashMap::new();
@@ -135,10 +136,13 @@ impl Replicator {
                     }
                     _ => 0,
                 };
-                let result = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    result = self.copy(&job) => result,
-                };
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                // Not raced against shutdown: the job in progress may finish within the
+                // component's drain deadline; cut off there, it stays queued and is redone
+                // (every step is idempotent).
+                let result = self.copy(&job).await;
                 match result {
                     Ok(()) => {
                         backoff.remove(&file);

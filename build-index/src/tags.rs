@@ -111,7 +111,8 @@ impl TagStore {
         }
     }
 
-    /// Writes every pending tag back to its backend, retrying until `shutdown`.
+    /// Writes every pending tag back to its backend, retrying until `shutdown` (a round in
+    /// progress finishes first).
     pub async fn write_back(self, shutdown: CancellationToken) {
         let Some(pending) = self.pending.clone() else {
             return;

@@ -1,7 +1,7 @@
 //! The live member list of a group of nodes (the origin ring, build-index nodes), from a static
 //! list or a DNS name, with active `GET /health` checks.
 //!
-//! [`Membership::start`] spawns one task per group that re-resolves the DNS name every
+//! [`Membership::start`] spawns one task per group (on the caller's [`TaskTracker`]) that re-resolves the DNS name every
 //! `dns.interval` (keeping the last good answer when resolution fails or comes back empty) and
 //! probes every member every `health.interval`. Each change is published as a new immutable
 //! [`Snapshot`]: readers take one with [`Membership::snapshot`] (an `Arc` clone) and can await
@@ -19,6 +19,7 @@ use futures::future::join_all;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::{DnsConfig, HealthConfig, MembersConfig, Source};
 pub use health::Health;
@@ -80,13 +81,15 @@ pub struct Membership {
 impl Membership {
     /// Starts following `config` for the group named `group` (a metrics label, e.g.
     /// `"origins"`). A DNS source is resolved once before this returns, so the first snapshot
-    /// already holds the members when DNS answers. `http` sends the health probes.
+    /// already holds the members when DNS answers. `http` sends the health probes. The group's
+    /// task runs on `tasks` until `shutdown`.
     pub async fn start(
         group: &'static str,
         config: &MembersConfig,
         http: reqwest::Client,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Membership, MembershipError> {
         let mut group_state = Group {
             name: group,
@@ -108,7 +111,7 @@ impl Membership {
         };
         let (tx, snapshots) = watch::channel(Arc::new(group_state.snapshot()));
         group_state.publish_metrics();
-        tokio::spawn(group_state.run(dns, http, tx, shutdown));
+        tasks.spawn(group_state.run(dns, http, tx, shutdown));
         Ok(Membership { snapshots })
     }
 

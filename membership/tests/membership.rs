@@ -18,6 +18,7 @@ use shoal_membership::{
     DnsConfig, HealthConfig, MembersConfig, Membership, MembershipMetrics, Snapshot, Source,
 };
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const NAME: &str = "origin.shoal.test";
 
@@ -227,9 +228,16 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
     let metrics = MembershipMetrics::register(&mut registry);
     let shutdown = CancellationToken::new();
     let http = client();
-    let mut membership = Membership::start("origins", &config, http, &metrics, shutdown.clone())
-        .await
-        .expect("start");
+    let mut membership = Membership::start(
+        "origins",
+        &config,
+        http,
+        &metrics,
+        shutdown.clone(),
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
 
     // Resolved before `start` returned, sorted.
     assert_eq!(membership.snapshot().members(), [member(1), member(2)]);
@@ -275,9 +283,16 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
         }),
         health: quick_health(),
     };
-    let mut restarted = Membership::start("origins", &config, client(), &metrics, shutdown.clone())
-        .await
-        .expect("start");
+    let mut restarted = Membership::start(
+        "origins",
+        &config,
+        client(),
+        &metrics,
+        shutdown.clone(),
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
     wait_for(&mut restarted, "a restarted DNS server", |s| {
         s.members() == [member(2)]
     })
@@ -296,10 +311,17 @@ async fn a_member_whose_health_check_fails_turns_unhealthy_and_recovers() {
     let mut registry = Registry::default();
     let metrics = MembershipMetrics::register(&mut registry);
     let shutdown = CancellationToken::new();
-    let mut membership =
-        Membership::start("origins", &config, client(), &metrics, shutdown.clone())
-            .await
-            .expect("start");
+    let tasks = TaskTracker::new();
+    let mut membership = Membership::start(
+        "origins",
+        &config,
+        client(),
+        &metrics,
+        shutdown.clone(),
+        &tasks,
+    )
+    .await
+    .expect("start");
     assert_eq!(membership.snapshot().members(), members);
     assert!(membership.snapshot().is_healthy(&members[1]));
 
@@ -338,7 +360,13 @@ async fn a_member_whose_health_check_fails_turns_unhealthy_and_recovers() {
         |s| !s.is_healthy(&members[0]),
     )
     .await;
+
+    // The group's task ends at shutdown although `membership` is still held.
     shutdown.cancel();
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .expect("the membership task ends at shutdown");
 }
 
 fn client() -> reqwest::Client {

@@ -29,7 +29,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
 use shoal_p2p::{Faults, Limiter, P2pMetrics, StoreSource};
-use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::{BackendRouter, BlobStore, WriteBack};
 use tokio::net::TcpListener;
 
@@ -57,10 +58,14 @@ pub(crate) struct Origin {
     ring: Option<replicate::Ring>,
     /// Pull-throughs in progress, shared by concurrent requests for one blob.
     flights: flights::Flights,
+    /// Background work that outlives a request (pull-through copies), drained at shutdown.
+    tasks: TaskTracker,
     metrics: OriginMetrics,
 }
 
-/// Runs the origin until `shutdown` is cancelled and in-flight requests have finished.
+/// Runs the origin until `shutdown` is cancelled and in-flight requests have finished, then gives
+/// its background tasks (write-back uploads, replica pushes, pull-through copies in flight) up to
+/// [`DRAIN_DEADLINE`] to end.
 pub async fn run(
     config: OriginConfig,
     listeners: Listeners,
@@ -92,21 +97,22 @@ pub async fn run(
     let http = shoal_service::client::builder()
         .build()
         .context("building the HTTP client for peer origins")?;
+    let tasks = TaskTracker::new();
     let ring = replicate::Ring::start(
         &http,
         &config.cluster,
         &membership_metrics,
         shutdown.clone(),
+        &tasks,
     )
     .await
     .context("starting the origin ring's membership")?;
-    let worker = tokio::spawn(writeback.clone().run(
-        store.clone(),
-        (*backends).clone(),
-        shutdown.clone(),
-    ));
-
-    tokio::spawn(expire_idle_uploads(
+    tasks.spawn(
+        writeback
+            .clone()
+            .run(store.clone(), (*backends).clone(), shutdown.clone()),
+    );
+    tasks.spawn(expire_idle_uploads(
         store.clone(),
         config.uploads.idle_timeout,
         shutdown.clone(),
@@ -129,6 +135,7 @@ pub async fn run(
         writeback_replica_delay: config.writeback.replica_delay,
         ring,
         flights: flights::Flights::default(),
+        tasks: tasks.clone(),
         metrics,
     });
     let app = shoal_service::http::with_common_routes(router(origin), registry.build());
@@ -153,9 +160,9 @@ pub async fn run(
                 .context("serving the gRPC peer service")
         },
     );
-    // Stop the write-back worker too when serving failed on its own.
+    // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
-    worker.await.context("write-back worker panicked")?;
+    shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "origin").await;
     served?;
     tracing::info!("origin stopped");
     Ok(())

@@ -1,9 +1,10 @@
 //! Pull-through: a blob the store lacks but the backend has is copied into the store, verified
 //! against its digest, and (for a plain GET) streamed to the client at the same time.
 //!
-//! The copy runs in its own task, so a client that disconnects does not abort storing. The
-//! last chunk is held back until the digest is verified: a client never receives a complete
-//! body whose bytes failed verification; it sees the stream end with an error instead.
+//! The copy runs in its own task (on the origin's tracker, so shutdown waits for it), so a client
+//! that disconnects does not abort storing. The last chunk is held back until the digest is
+//! verified: a client never receives a complete body whose bytes failed verification; it sees
+//! the stream end with an error instead.
 //!
 //! Concurrent requests for one missing blob share one copy (`flights`): the first streams it
 //! while it is stored; the others wait until it is stored and then read it from the store.
@@ -54,7 +55,9 @@ pub(crate) async fn stream(
         return Ok(None);
     };
     let (tx, rx) = mpsc::channel(FORWARD_BUFFER);
-    tokio::spawn(copy(origin.clone(), digest, source, writer, Some(tx), lead));
+    origin
+        .tasks
+        .spawn(copy(origin.clone(), digest, source, writer, Some(tx), lead));
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -81,7 +84,9 @@ pub(crate) async fn fetch(
         return Ok(false);
     };
     // Spawned so that the copy completes even if this request is abandoned.
-    let copy = tokio::spawn(copy(origin.clone(), digest, source, writer, None, lead));
+    let copy = origin
+        .tasks
+        .spawn(copy(origin.clone(), digest, source, writer, None, lead));
     match copy.await {
         Ok(Ok(_)) => Ok(true),
         Ok(Err(error @ StoreError::DigestMismatch { .. })) => {

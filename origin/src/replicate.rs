@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use shoal_api::OriginClient;
 use shoal_core::{Digest, ErrorCode, Name, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics};
-use shoal_service::CancellationToken;
+use shoal_service::{CancellationToken, TaskTracker};
 use shoal_storage::{BlobStore, ByteStream};
 use tokio::sync::mpsc;
 
@@ -37,6 +37,8 @@ pub(crate) struct Ring {
     members: Membership,
     replicas: usize,
     quorum: usize,
+    /// Where replica pushes run, so shutdown waits for those still going after an acknowledgement.
+    tasks: TaskTracker,
 }
 
 /// An owner to push to or fetch from.
@@ -54,18 +56,27 @@ impl Ring {
         config: &ClusterConfig,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Option<Ring>, MembershipError> {
         if config.origins.is_empty() {
             return Ok(None);
         }
-        let members =
-            Membership::start("origins", &config.origins, http.clone(), metrics, shutdown).await?;
+        let members = Membership::start(
+            "origins",
+            &config.origins,
+            http.clone(),
+            metrics,
+            shutdown,
+            tasks,
+        )
+        .await?;
         Ok(Some(Ring {
             me: config.advertise.clone(),
             http: http.clone(),
             members,
             replicas: config.replicas,
             quorum: config.write_quorum,
+            tasks: tasks.clone(),
         }))
     }
 
@@ -125,10 +136,11 @@ pub(crate) async fn replicate(
     }
     let (tx, mut rx) = mpsc::channel(targets.len());
     for target in targets {
-        // Each push is its own task so that it completes after the acknowledgement too.
+        // Each push is its own task so that it completes after the acknowledgement too (and
+        // shutdown waits for it: a push cut off would leave the owner to fill in on demand).
         let (tx, store, client, addr) = (tx.clone(), store.clone(), target.client, target.addr);
         let (digest, namespace) = (*digest, namespace.cloned());
-        tokio::spawn(async move {
+        ring.tasks.spawn(async move {
             let result = push(&store, &client, &digest, namespace.as_ref()).await;
             match &result {
                 Ok(()) => tracing::info!(%digest, to = %addr, "replicated"),
@@ -205,10 +217,16 @@ mod tests {
         };
         let http = shoal_service::client::builder().build().expect("client");
         let metrics = MembershipMetrics::default();
-        Ring::start(&http, &config, &metrics, CancellationToken::new())
-            .await
-            .expect("start")
-            .expect("ring")
+        Ring::start(
+            &http,
+            &config,
+            &metrics,
+            CancellationToken::new(),
+            &TaskTracker::new(),
+        )
+        .await
+        .expect("start")
+        .expect("ring")
     }
 
     #[tokio::test]

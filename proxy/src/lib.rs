@@ -27,7 +27,8 @@ mod upstream;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 
 pub use config::ProxyConfig;
@@ -54,7 +55,8 @@ impl Listeners {
 }
 
 /// Serves the Registry V2 API until `shutdown` is cancelled, then lets in-flight requests (an
-/// upload streaming to an origin, say) finish before returning.
+/// upload streaming to an origin, say) finish and waits (at most [`DRAIN_DEADLINE`]) for the
+/// background tasks: health checks and preheat workers.
 pub async fn run(
     config: ProxyConfig,
     listeners: Listeners,
@@ -73,16 +75,24 @@ pub async fn run(
     let mut builder = MetricsBuilder::new("proxy");
     let membership_metrics = shoal_membership::MembershipMetrics::register(builder.registry());
     let (metrics, registry) = ProxyMetrics::register(builder);
+    let tasks = TaskTracker::new();
     let upstreams = Arc::new(
-        Upstreams::start(http.clone(), &config, &membership_metrics, shutdown.clone())
-            .await
-            .context("health-checking the origins (config field `origins`)")?,
+        Upstreams::start(
+            http.clone(),
+            &config,
+            &membership_metrics,
+            shutdown.clone(),
+            &tasks,
+        )
+        .await
+        .context("health-checking the origins (config field `origins`)")?,
     );
     let agents = preheat::Agents::start(
         &config.preheat.agents,
         http,
         &membership_metrics,
         shutdown.clone(),
+        &tasks,
     )
     .await
     .context("following the agents (config field `preheat.agents.members`)")?;
@@ -92,6 +102,7 @@ pub async fn run(
         agents,
         metrics.clone(),
         shutdown.clone(),
+        &tasks,
     )
     .with_context(|| {
         format!(
@@ -111,9 +122,14 @@ pub async fn run(
         build_index = %config.build_index,
         "proxy serving"
     );
-    match tls {
-        Some(tls) => shoal_service::http::serve_tls(listeners.http, tls, app, shutdown).await,
-        None => shoal_service::http::serve(listeners.http, app, shutdown).await,
-    }
-    .context("serving the registry API")
+    let served = match tls {
+        Some(tls) => {
+            shoal_service::http::serve_tls(listeners.http, tls, app, shutdown.clone()).await
+        }
+        None => shoal_service::http::serve(listeners.http, app, shutdown.clone()).await,
+    };
+    // Stop the background tasks too when serving failed on its own.
+    shutdown.cancel();
+    shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "proxy").await;
+    served.context("serving the registry API")
 }

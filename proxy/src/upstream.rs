@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use shoal_api::{ApiError, BuildIndexClient, OriginClient};
 use shoal_core::{Digest, Name, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics};
-use shoal_service::CancellationToken;
+use shoal_service::{CancellationToken, TaskTracker};
 
 use crate::config::ProxyConfig;
 
@@ -32,20 +32,28 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// `config` must have passed [`ProxyConfig::validate`], so the origin list is static and not
-    /// empty. Health checks run until `shutdown`.
+    /// empty. Health checks run on `tasks` until `shutdown`.
     pub async fn start(
         http: reqwest::Client,
         config: &ProxyConfig,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Self, MembershipError> {
         let addresses = config.origins.static_members().unwrap_or_default().to_vec();
         let origins = addresses
             .iter()
             .map(|address| OriginClient::new(http.clone(), address))
             .collect();
-        let members =
-            Membership::start("origins", &config.origins, http.clone(), metrics, shutdown).await?;
+        let members = Membership::start(
+            "origins",
+            &config.origins,
+            http.clone(),
+            metrics,
+            shutdown,
+            tasks,
+        )
+        .await?;
         Ok(Self {
             addresses,
             origins,
@@ -228,9 +236,15 @@ mod tests {
         };
         let http = shoal_service::client::builder().build().unwrap();
         let metrics = MembershipMetrics::default();
-        Upstreams::start(http, &config, &metrics, CancellationToken::new())
-            .await
-            .unwrap()
+        Upstreams::start(
+            http,
+            &config,
+            &metrics,
+            CancellationToken::new(),
+            &TaskTracker::new(),
+        )
+        .await
+        .unwrap()
     }
 
     #[test]
@@ -412,6 +426,7 @@ mod tests {
             &config,
             &MembershipMetrics::default(),
             shutdown.clone(),
+            &TaskTracker::new(),
         )
         .await
         .unwrap();

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_proto::v1::tracker_server::TrackerServer;
-use shoal_service::{CancellationToken, MetricsBuilder};
+use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 
 pub use config::{InvalidConfig, OriginAddrs, OriginsConfig, StoreConfig, TrackerConfig};
@@ -36,7 +37,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
 }
 
-/// Serves the tracker until `shutdown` is cancelled, then finishes in-flight requests.
+/// Serves the tracker until `shutdown` is cancelled, then finishes in-flight requests and waits
+/// (at most [`DRAIN_DEADLINE`]) for its one background task, the origins' health checks.
 pub async fn run(
     config: TrackerConfig,
     listeners: Listeners,
@@ -59,6 +61,7 @@ pub async fn run(
     let mut registry = MetricsBuilder::new("tracker");
     let metrics = metrics::TrackerMetrics::register(registry.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
+    let tasks = TaskTracker::new();
     let origins = Arc::new(
         origins::Origins::start(
             &http,
@@ -66,6 +69,7 @@ pub async fn run(
             config.replicas,
             &membership_metrics,
             shutdown.clone(),
+            &tasks,
         )
         .await?,
     );
@@ -88,9 +92,11 @@ pub async fn run(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, origins = ?config.origins, store = ?config.store, "tracker serving");
-    shoal_service::http::serve(listeners.grpc, app, shutdown)
-        .await
-        .context("serving the tracker")?;
+    let served = shoal_service::http::serve(listeners.grpc, app, shutdown.clone()).await;
+    // Stop the background tasks too when serving failed on its own.
+    shutdown.cancel();
+    shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "tracker").await;
+    served.context("serving the tracker")?;
     tracing::info!("tracker stopped");
     Ok(())
 }

@@ -193,6 +193,7 @@ mod tests {
             1,
             &MembershipMetrics::default(),
             CancellationToken::new(),
+            &shoal_service::TaskTracker::new(),
         )
         .await
         .expect("origins");

@@ -6,7 +6,7 @@
 use shoal_api::OriginClient;
 use shoal_core::{Digest, PeerId, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics};
-use shoal_service::CancellationToken;
+use shoal_service::{CancellationToken, TaskTracker};
 
 use crate::config::{OriginAddrs, OriginsConfig};
 use crate::peers::PeerRecord;
@@ -41,13 +41,14 @@ pub struct Origins {
 }
 
 impl Origins {
-    /// Starts following `config`.
+    /// Starts following `config` (the membership task runs on `tasks` until `shutdown`).
     pub async fn start(
         http: &reqwest::Client,
         config: &OriginsConfig,
         replicas: usize,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Self, OriginsError> {
         if let OriginsConfig::Static(origins) = config {
             for (index, OriginAddrs { peer, .. }) in origins.iter().enumerate() {
@@ -64,6 +65,7 @@ impl Origins {
             http.clone(),
             metrics,
             shutdown,
+            tasks,
         )
         .await?;
         Ok(Origins {

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 use shoal_core::{Digest, Name, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics};
-use shoal_service::CancellationToken;
+use shoal_service::{CancellationToken, TaskTracker};
 
 use crate::config::PreheatAgentsConfig;
 
@@ -48,12 +48,20 @@ impl Agents {
         http: reqwest::Client,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Option<Agents>, MembershipError> {
         if !config.enabled() {
             return Ok(None);
         }
-        let members =
-            Membership::start("agents", &config.members, http.clone(), metrics, shutdown).await?;
+        let members = Membership::start(
+            "agents",
+            &config.members,
+            http.clone(),
+            metrics,
+            shutdown,
+            tasks,
+        )
+        .await?;
         Ok(Some(Agents {
             config: config.clone(),
             members,

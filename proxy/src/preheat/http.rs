@@ -231,7 +231,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use shoal_service::{CancellationToken, MetricsBuilder};
+    use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 
     use super::*;
     use crate::config::{PreheatConfig, ProxyConfig};
@@ -270,6 +270,7 @@ mod tests {
         let http = shoal_service::client::builder().build().unwrap();
         let (metrics, _) = ProxyMetrics::register(MetricsBuilder::new("proxy"));
         let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let preheater = Preheater::start(
             config.preheat.clone(),
             Arc::new(
@@ -278,6 +279,7 @@ mod tests {
                     &config,
                     &shoal_membership::MembershipMetrics::default(),
                     shutdown.clone(),
+                    &tasks,
                 )
                 .await
                 .unwrap(),
@@ -285,6 +287,7 @@ mod tests {
             None,
             metrics.clone(),
             shutdown.clone(),
+            &tasks,
         )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

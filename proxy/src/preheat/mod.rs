@@ -17,7 +17,7 @@ mod worker;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use shoal_service::CancellationToken;
+use shoal_service::{CancellationToken, TaskTracker};
 use tokio::sync::mpsc;
 
 use crate::config::PreheatConfig;
@@ -44,7 +44,7 @@ pub struct QueueFull;
 
 impl Preheater {
     /// Loads the jobs kept in `config.state_dir`, queues the unfinished ones again and starts
-    /// `config.workers` workers that run queued jobs until `shutdown`. Fails only when the
+    /// `config.workers` workers on `tasks` that run queued jobs until `shutdown`. Fails only when the
     /// directory cannot be created or listed; unreadable job files are skipped.
     pub fn start(
         config: PreheatConfig,
@@ -52,6 +52,7 @@ impl Preheater {
         agents: Option<Agents>,
         metrics: ProxyMetrics,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) -> io::Result<Preheater> {
         let store = Arc::new(JobStore::open(&config.state_dir)?);
         let loaded = store.load()?;
@@ -77,7 +78,7 @@ impl Preheater {
             config: config.clone(),
         };
         for _ in 0..config.workers {
-            tokio::spawn(work(context.clone(), receiver.clone(), shutdown.clone()));
+            tasks.spawn(work(context.clone(), receiver.clone(), shutdown.clone()));
         }
         Ok(Preheater {
             queue,
@@ -112,6 +113,9 @@ impl Preheater {
 
 /// One worker: takes the next job, runs it, until shutdown. A job cut off by shutdown stays
 /// running in its file, so the next start resumes it; nothing it did is harmful to repeat.
+/// Unlike a write-back, a job is not given the drain deadline to finish: it waits on retries
+/// with backoff and on agents for minutes, and every change to it is saved synchronously, so
+/// stopping it at any await point leaves its file consistent.
 async fn work(
     context: worker::Context,
     receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
