@@ -1,8 +1,9 @@
 //! The cross-component test harness: a [`Cluster`] of real Shoal binaries on loopback ports, the
 //! reference CNCF registry, moto's S3 server, helpers that run real clients (skopeo, docker,
 //! podman) and raw HTTP, the image and disk-snapshot utilities the acceptance tests in `tests/`
-//! share, a preheating proxy with its job API, test certificates for TLS listeners, hung (tarpit) peers, and the
-//! network-namespace test bed with the swarm benchmark that runs on it.
+//! share, `/proc` lookups for processes started indirectly, a preheating proxy with its job
+//! API, test certificates for TLS listeners, hung (tarpit) peers, and the network-namespace test
+//! bed with the swarm benchmark that runs on it.
 
 pub mod binaries;
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod pattern;
 pub mod ports;
 pub mod preheat;
 pub mod process;
+pub mod procfs;
 pub mod raw_http;
 pub mod reference_registry;
 pub mod snapshot;

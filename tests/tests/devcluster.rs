@@ -1,12 +1,18 @@
 //! `shoal devcluster --demo-once`: the README's first command, end to end on the fixed ports,
-//! with the default two agents pulling the demo image.
+//! with the default two agents pulling the demo image; and a devcluster stopped by SIGTERM
+//! while its components start leaves no child behind.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use shoal_tests::binaries;
+use shoal_tests::process::POLL_INTERVAL;
+use shoal_tests::procfs::{self, ProcessId};
 
 /// Both tests use the devcluster's fixed ports, so they take turns (nextest also runs this binary's
 /// tests in one group; this covers plain `cargo test`).
@@ -113,4 +119,122 @@ fn devcluster_refuses_a_taken_port_with_a_clear_message() {
     );
     assert!(stderr.contains("stopped origin-0"), "{stderr}");
     std::net::TcpListener::bind(("127.0.0.1", 15100)).expect("origin port freed");
+}
+
+/// SIGKILLs, on drop, the processes a devcluster under test started that are still alive (its
+/// children, found by PID or by the test's data dir on their command line), so a failing test
+/// does not leave servers holding the fixed ports.
+struct Orphans<'a> {
+    known: Vec<ProcessId>,
+    data: &'a Path,
+}
+
+impl Orphans<'_> {
+    fn alive(&self) -> Vec<ProcessId> {
+        let mut alive: Vec<ProcessId> = self
+            .known
+            .iter()
+            .copied()
+            .filter(|p| procfs::is_alive(*p))
+            .collect();
+        for process in procfs::processes_mentioning(self.data) {
+            if !alive.contains(&process) {
+                alive.push(process);
+            }
+        }
+        alive
+    }
+}
+
+impl Drop for Orphans<'_> {
+    fn drop(&mut self) {
+        for process in self.alive() {
+            let pid = i32::try_from(process.pid).expect("PID in range");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn sigterm_while_components_start_leaves_no_child_process() {
+    let _turn = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut devcluster = Command::new(binaries::path("shoal"))
+        .args(["devcluster", "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting shoal devcluster");
+    let started = Instant::now();
+    let mut orphans = Orphans {
+        known: Vec::new(),
+        data: data.path(),
+    };
+
+    // Half a second in, with at least one component spawned: the others are still starting.
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        orphans.known = procfs::children_of(devcluster.id());
+        if !orphans.known.is_empty() && started.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+        if let Some(status) = devcluster.try_wait().expect("polling shoal devcluster") {
+            panic!("shoal devcluster exited with {status} before starting a component");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shoal devcluster started no component within 60 s"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let pid = i32::try_from(devcluster.id()).expect("PID in range");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("sending SIGTERM to shoal devcluster");
+    eprintln!(
+        "SIGTERM after {:?} with {} component(s) spawned",
+        started.elapsed(),
+        orphans.known.len()
+    );
+
+    // Stopping waits for each component in turn (each drains for at most 10 s).
+    let stop_deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = devcluster.try_wait().expect("polling shoal devcluster") {
+            break status;
+        }
+        assert!(
+            Instant::now() < stop_deadline,
+            "shoal devcluster still running 120 s after SIGTERM"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let _ = devcluster
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout);
+    let _ = devcluster
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+
+    let gone_deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = orphans.alive();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < gone_deadline,
+            "children of shoal devcluster still alive after it exited with {status}: {alive:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    assert!(
+        status.success(),
+        "shoal devcluster did not stop cleanly on SIGTERM: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
 }

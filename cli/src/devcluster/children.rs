@@ -13,8 +13,9 @@ use super::layout::{Component, Layout};
 
 /// How long a component may take to answer `/health` after start; generous for debug builds on 2 cores.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a component may take to exit after SIGTERM before it is killed.
-const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a component may take to exit after SIGTERM before it is killed: its servers' drain
+/// plus up to `shoal_service::shutdown::DRAIN_DEADLINE` (10 s) for its background tasks.
+const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running component.
 pub struct Running {
@@ -23,14 +24,18 @@ pub struct Running {
     pub log: PathBuf,
 }
 
-/// All running components; stopping (or dropping) it stops them in reverse start order.
+/// All running components; [`Children::stop`] stops them in reverse start order (dropping it
+/// only SIGKILLs them, without waiting).
+#[derive(Default)]
 pub struct Children {
     running: Vec<Running>,
 }
 
 impl Children {
-    /// Starts every component in order, each once the previous one is healthy.
-    pub async fn start(layout: &Layout, bin_dir: &Path) -> anyhow::Result<Children> {
+    /// Starts every component in order, each once the previous one is healthy. Each child is
+    /// recorded here as soon as it is spawned, so whether this fails or is cancelled part-way,
+    /// [`Children::stop`] afterwards stops all that started; the caller must call it.
+    pub async fn start(&mut self, layout: &Layout, bin_dir: &Path) -> anyhow::Result<()> {
         for dir in [layout.config_dir(), layout.log_dir(), layout.backend_dir()] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -38,35 +43,25 @@ impl Children {
             .timeout(Duration::from_secs(2))
             .build()
             .context("building the HTTP client")?;
-        let mut children = Children {
-            running: Vec::new(),
-        };
         for component in layout.components() {
-            let running = match ensure_port_free(&component)
-                .and_then(|()| spawn(layout, bin_dir, component))
-            {
-                Ok(running) => running,
-                Err(e) => {
-                    children.stop().await;
-                    return Err(e);
-                }
-            };
+            ensure_port_free(&component)?;
+            // No await between spawning and recording the child.
+            let running = spawn(layout, bin_dir, component)?;
             let (name, addr, log) = (
                 running.component.name.clone(),
                 running.component.addr,
                 running.log.clone(),
             );
-            children.running.push(running);
-            if let Err(e) = children.wait_healthy(&http, addr).await {
+            self.running.push(running);
+            if let Err(e) = self.wait_healthy(&http, addr).await {
                 let tail = log_tail(&log);
-                children.stop().await;
                 bail!(
                     "{name} did not become healthy on {addr}: {e:#}\n--- {} ---\n{tail}",
                     log.display()
                 );
             }
         }
-        Ok(children)
+        Ok(())
     }
 
     pub fn running(&self) -> &[Running] {
@@ -98,7 +93,8 @@ impl Children {
         }
     }
 
-    /// Sends SIGTERM to every component (last started first) and waits; kills what does not exit in time.
+    /// Sends SIGTERM to every component (last started first) and waits; kills what does not exit
+    /// in time. Each child is waited for (and so reaped) by its PID before the next is stopped.
     pub async fn stop(&mut self) {
         while let Some(mut running) = self.running.pop() {
             let name = running.component.name.clone();

@@ -1,4 +1,8 @@
 //! `shoal devcluster`: every component as a child process on loopback with embedded defaults.
+//!
+//! SIGTERM and SIGINT are caught from the first line of [`run`], before any child starts, so
+//! whenever one arrives (starting, demo, running) every child started so far is stopped and
+//! waited for before this process exits: the default action would kill it and orphan them.
 
 mod children;
 mod demo;
@@ -7,7 +11,6 @@ mod layout;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
 
 use children::Children;
 use layout::Layout;
@@ -37,6 +40,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let stop = shoal_service::shutdown::on_signals();
     let bin_dir = match args.bin_dir {
         Some(dir) => dir,
         None => std::env::current_exe()
@@ -57,11 +61,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     println!("starting the Shoal devcluster in {}", data.display());
-    let mut cluster = Children::start(&layout, &bin_dir).await?;
+    // Every child lives in `cluster` from the moment it is spawned, so cancelling the start
+    // below (on a signal) leaves nothing behind that `stop` does not reach.
+    let mut cluster = Children::default();
+    let started = tokio::select! {
+        started = cluster.start(&layout, &bin_dir) => started,
+        () = stop.cancelled() => {
+            println!("stopping while starting");
+            cluster.stop().await;
+            return Ok(());
+        }
+    };
+    if let Err(e) = started {
+        cluster.stop().await;
+        return Err(e);
+    }
     print_table(&cluster);
 
     let outcome = if args.demo || args.demo_once {
-        demo::run(&layout).await
+        tokio::select! {
+            outcome = demo::run(&layout) => outcome,
+            () = stop.cancelled() => {
+                println!("stopping during the demo");
+                cluster.stop().await;
+                return Ok(());
+            }
+        }
     } else {
         Ok(())
     };
@@ -74,12 +99,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     println!("cluster running; Ctrl-C or SIGTERM stops it");
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
     let exited = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = term.recv() => break None,
+            () = stop.cancelled() => break None,
             _ = watch.tick() => if let Some(gone) = cluster.exited() { break Some(gone) },
         }
     };
