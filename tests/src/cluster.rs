@@ -22,8 +22,9 @@ use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
 
 /// A debug build starts in well under a second; the margin covers a loaded 2-core CI machine.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
-/// Time a component gets to finish in-flight work and exit after SIGTERM.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+/// Time a component gets to finish in-flight work and exit after SIGTERM: its servers' drain,
+/// then up to `shoal_service::shutdown::DRAIN_DEADLINE` (10 s) for its background tasks.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
 /// How many sets of ports [`Cluster::start`] tries before giving up.
 const PORT_ATTEMPTS: u32 = 3;
 /// Writing back a few small blobs to a local filesystem backend takes milliseconds.
@@ -496,6 +497,36 @@ impl Cluster {
             Some(mut process) => process.kill(),
             None => Ok(()),
         }
+    }
+
+    /// SIGTERM `component` without waiting; [`Cluster::wait_exit`] then collects its status.
+    pub fn send_sigterm(&mut self, component: Component) -> Result<()> {
+        match self
+            .nodes
+            .get_mut(&component)
+            .and_then(|node| node.process.as_mut())
+        {
+            Some(process) => process.send_sigterm(),
+            None => bail!("{component} is not running"),
+        }
+    }
+
+    /// Waits up to `deadline` for `component` to exit and returns its status; kills it and fails
+    /// when it does not exit in time.
+    pub fn wait_exit(&mut self, component: Component, deadline: Duration) -> Result<ExitStatus> {
+        let Some(mut process) = self
+            .nodes
+            .get_mut(&component)
+            .and_then(|node| node.process.take())
+        else {
+            bail!("{component} is not running");
+        };
+        process.wait_exit(deadline)
+    }
+
+    /// The file `component` logs to (appended across restarts).
+    pub fn log_path(&self, component: Component) -> PathBuf {
+        self.node(component).spec.log.clone()
     }
 
     /// SIGTERM `component` and wait (bounded) for its exit status.

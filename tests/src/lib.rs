@@ -2,8 +2,8 @@
 //! reference CNCF registry, moto's S3 server, helpers that run real clients (skopeo, docker,
 //! podman) and raw HTTP, the image and disk-snapshot utilities the acceptance tests in `tests/`
 //! share, `/proc` lookups for processes started indirectly, a preheating proxy with its job
-//! API, test certificates for TLS listeners, hung (tarpit) peers, and the network-namespace test
-//! bed with the swarm benchmark that runs on it.
+//! API, test certificates for TLS listeners, hung (tarpit) peers, a TCP relay that can hold an
+//! upload, and the network-namespace test bed with the swarm benchmark that runs on it.
 
 pub mod binaries;
 pub mod cluster;
@@ -19,6 +19,7 @@ pub mod process;
 pub mod procfs;
 pub mod raw_http;
 pub mod reference_registry;
+pub mod relay;
 pub mod snapshot;
 pub mod svg_plot;
 pub mod swarm;

@@ -76,6 +76,10 @@ impl Moto {
         Ok(moto)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://<addr>`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)

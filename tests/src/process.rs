@@ -95,13 +95,23 @@ impl Process {
     /// SIGTERM, then wait up to `deadline` for the exit status. Kills the process if it does
     /// not exit in time and reports that as an error.
     pub fn terminate(&mut self, deadline: Duration) -> Result<ExitStatus> {
+        self.send_sigterm()?;
+        self.wait_exit(deadline)
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&mut self) -> Result<()> {
         let Some(pid) = self.pid() else {
             bail!("{} is not running", self.spec.name);
         };
         // The PID is our own unreaped child, so it cannot name another process.
         let pid = Pid::from_raw(i32::try_from(pid).context("PID out of range")?);
-        kill(pid, Signal::SIGTERM)
-            .with_context(|| format!("sending SIGTERM to {}", self.spec.name))?;
+        kill(pid, Signal::SIGTERM).with_context(|| format!("sending SIGTERM to {}", self.spec.name))
+    }
+
+    /// Waits up to `deadline` for the exit status. Kills the process if it does not exit in
+    /// time and reports that as an error.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.try_exit_status()? {
