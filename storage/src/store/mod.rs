@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use shoal_core::{Digest, Metainfo};
-use tokio::fs::File;
 use tokio::sync::OnceCell;
 
 use crate::ByteStream;
@@ -164,13 +163,29 @@ impl BlobStore {
     /// Opens a committed blob for reading, or `None` when the store does not have it.
     pub async fn open_blob(&self, digest: &Digest) -> Result<Option<BlobFile>, StoreError> {
         let path = self.layout.data_path(digest);
-        let file = match File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).ctx("open", &path)?,
+        // Open and stat in one blocking-pool hop: a peer asks for every piece separately, and
+        // each hop is a thread wake-up on the serving path.
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(path)?;
+                let len = file.metadata()?.len();
+                Ok::<_, io::Error>((file, len))
+            })
+            .await
         };
-        let len = file.metadata().await.ctx("stat", &path)?.len();
-        Ok(Some(BlobFile { file, path, len }))
+        let opened = opened
+            .map_err(|e| io::Error::other(e.to_string()))
+            .ctx("open", &path)?;
+        match opened {
+            Ok((file, len)) => Ok(Some(BlobFile {
+                file: Arc::new(file),
+                path,
+                len,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("open", &path)?,
+        }
     }
 }
 
@@ -183,7 +198,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// An open committed blob. The file handle stays valid even if the blob is removed meanwhile.
 #[derive(Debug)]
 pub struct BlobFile {
-    file: File,
+    file: Arc<std::fs::File>,
     path: PathBuf,
     len: u64,
 }
@@ -203,7 +218,7 @@ impl BlobFile {
     pub fn stream(self, range: Range<u64>) -> ByteStream {
         let end = range.end.min(self.len);
         let start = range.start.min(end);
-        fsutil::file_stream(self.file, self.path, start, end - start)
+        fsutil::positional_stream(self.file, self.path, start, end)
     }
 }
 
