@@ -1,16 +1,21 @@
 //! The listener limits on a real `shoal-proxy` with its default limits: 2,000 idle connections
 //! and 500 slowloris ones (one header line every 5 s, as in the security review) are closed
-//! within the header-read timeout, while a push and a pull through the same listener succeed.
+//! within the header-read timeout, while a push and a pull through the same listener succeed;
+//! and a proxy out of file descriptors neither spins on accept errors nor floods its log, and
+//! serves again once connections close.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use futures::future::join_all;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use serde_json::{Value, json};
 use shoal_client::RegistryClient;
 use shoal_service::http::ListenerLimits;
 use shoal_tests::images::{generate, image_spec, layout_blobs};
-use shoal_tests::{Cluster, ClusterOptions};
+use shoal_tests::ports::free_loopback_addr;
+use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
+use shoal_tests::{Cluster, ClusterOptions, Component, binaries, configs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -149,5 +154,110 @@ async fn idle_and_slowloris_connections_are_closed_while_push_and_pull_succeed()
         .send()
         .await?;
     ensure!(response.status() == 200, "health: {}", response.status());
+    Ok(())
+}
+
+/// CPU time (user + system) `pid` has used, in clock ticks: 1/100 s on Linux (`USER_HZ`).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = &stat[stat.rfind(')').context("no command name in stat")? + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_out_of_file_descriptors_pauses_accepting_and_recovers() -> Result<()> {
+    // Room to start and reach the origin, not for the connections opened below.
+    const FD_LIMIT: usize = 128;
+    // Enough to run out, few enough that the rest fit in the listen backlog (128 for listeners
+    // bound through std) and connect at once.
+    const CONNECTIONS: usize = FD_LIMIT + 64;
+    const WATCH: Duration = Duration::from_secs(3);
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let listen = free_loopback_addr()?;
+    let mut config: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        cluster.config_path(Component::Proxy),
+    )?)?;
+    configs::merge(
+        &mut config,
+        json!({
+            "listen": listen.to_string(),
+            "preheat": {"state_dir": cluster.dir().join("limited-jobs").display().to_string()},
+        }),
+    );
+    let config_path = cluster.dir().join("limited-proxy.yaml");
+    std::fs::write(&config_path, configs::to_yaml(&config)?)?;
+    let log = cluster.dir().join("limited-proxy.log");
+    // prlimit sets the limit and then execs the proxy, keeping its PID.
+    let mut proxy = Process::spawn(ProcessSpec {
+        name: "limited-proxy".to_owned(),
+        program: "prlimit".into(),
+        args: vec![
+            format!("--nofile={FD_LIMIT}:{FD_LIMIT}"),
+            binaries::path("shoal-proxy").display().to_string(),
+            "--config".to_owned(),
+            config_path.display().to_string(),
+        ],
+        env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+        log: log.clone(),
+    })?;
+    let health = format!("http://{listen}/health");
+    wait_until_ready(&mut proxy, &health, Duration::from_secs(30)).await?;
+    let pid = proxy.pid().context("the proxy exited")?;
+
+    // The kernel completes these handshakes whether or not the proxy can accept them.
+    let mut held = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        held.push(TcpStream::connect(listen).await?);
+    }
+    let warning = "accepting connections failed; pausing";
+    let deadline = Instant::now() + MARGIN;
+    while !std::fs::read_to_string(&log)?.contains(warning) {
+        if Instant::now() > deadline {
+            bail!(
+                "the proxy never ran out of file descriptors\n{}",
+                proxy.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = cpu_ticks(pid)?;
+    tokio::time::sleep(WATCH).await;
+    let used = cpu_ticks(pid)? - before;
+    eprintln!("the proxy used {used} CPU ticks in {WATCH:?} out of file descriptors");
+    // A loop retrying accept at once would use a core (300 ticks), or a good part of one on a
+    // busy machine; pausing between attempts uses next to nothing.
+    ensure!(
+        used < 50,
+        "the proxy used {used} ticks of CPU in {WATCH:?} while out of file descriptors"
+    );
+    let warnings = std::fs::read_to_string(&log)?.matches(warning).count();
+    ensure!(
+        warnings <= 2,
+        "{warnings} accept warnings in {WATCH:?}; they should be rate-limited\n{}",
+        proxy.log_tail()
+    );
+
+    // Closing the connections frees descriptors (the proxy sees them close, or times them
+    // out), and it serves again.
+    drop(held);
+    let http = shoal_tests::v2::http();
+    let deadline = Instant::now() + ListenerLimits::default().header_read_timeout + MARGIN;
+    loop {
+        if let Ok(response) = http.get(&health).send().await
+            && response.status() == 200
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the proxy does not serve after the connections closed\n{}",
+                proxy.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
