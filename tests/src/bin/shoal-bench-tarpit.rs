@@ -62,7 +62,10 @@ async fn main() -> Result<()> {
             if let Some(tarpits) = tarpits {
                 tarpits.close().await?;
             }
-            eprintln!("repeat {repeat}: {name} pull in {:.2} s", time.as_secs_f64());
+            eprintln!(
+                "repeat {repeat}: {name} pull in {:.2} s",
+                time.as_secs_f64()
+            );
         }
         rows.push(times);
     }
