@@ -223,9 +223,15 @@ impl Clock {
         if self.busy {
             return None;
         }
+        // A timeout too long to add to the clock never expires.
         match self.header_since {
-            Some(since) if !http2 => Some((since + limits.header_read_timeout, Expiry::HeaderRead)),
-            _ => Some((self.idle_since + limits.idle_timeout, Expiry::Idle)),
+            Some(since) if !http2 => since
+                .checked_add(limits.header_read_timeout)
+                .map(|at| (at, Expiry::HeaderRead)),
+            _ => self
+                .idle_since
+                .checked_add(limits.idle_timeout)
+                .map(|at| (at, Expiry::Idle)),
         }
     }
 }
@@ -461,5 +467,17 @@ mod tests {
         );
         // HTTP/2 ignores bytes between streams (pings, window updates).
         assert!(matches!(clock.deadline(true, &limits), Some((t, Expiry::Idle)) if t == at(30)));
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_never_expires() {
+        let limits = ListenerLimits {
+            header_read_timeout: Duration::MAX,
+            idle_timeout: Duration::MAX,
+            max_connections: 1,
+        };
+        let clock = Clock::new(Instant::now());
+        assert!(clock.deadline(false, &limits).is_none());
+        assert!(clock.deadline(true, &limits).is_none());
     }
 }

@@ -62,7 +62,9 @@ pub(crate) async fn run(
     let local = listener.local_addr()?;
     let builder = Arc::new(connection::builder());
     let refusal_builder = Arc::new(refusal_builder());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let connections = TaskTracker::new();
     let mut accept_errors = Throttle::default();
