@@ -118,8 +118,32 @@ pub async fn serve_with(
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    raise_open_file_limit();
     let tls = tls.map(TlsAcceptor::from);
     server::run(listener, tls, app, limits, shutdown).await
+}
+
+/// Raises the process's soft limit on open files to its hard limit, once: a listener may hold
+/// thousands of connections, and the usual soft limit (1024) would run out long before
+/// `max_connections`, while the hard limit an operator set is the real bound (Go does the same).
+fn raise_open_file_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+            if soft < hard {
+                setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+            }
+            Ok((soft, hard))
+        });
+        match raised {
+            Ok((soft, hard)) if soft < hard => {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+        }
+    });
 }
 
 /// Middleware for Registry V2 routers (proxy, agent): every response carries

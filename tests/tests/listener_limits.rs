@@ -167,15 +167,12 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_out_of_file_descriptors_pauses_accepting_and_recovers() -> Result<()> {
-    // Room to start and reach the origin, not for the connections opened below.
-    const FD_LIMIT: usize = 128;
-    // Enough to run out, few enough that the rest fit in the listen backlog (128 for listeners
-    // bound through std) and connect at once.
-    const CONNECTIONS: usize = FD_LIMIT + 64;
-    const WATCH: Duration = Duration::from_secs(3);
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
+/// Starts another proxy of `cluster` under `prlimit --nofile=<nofile>` (prlimit sets the limit
+/// and then execs the proxy, keeping its PID); returns it with its address and log path.
+async fn spawn_proxy_with_nofile(
+    cluster: &Cluster,
+    nofile: &str,
+) -> Result<(Process, std::net::SocketAddr, std::path::PathBuf)> {
     let listen = free_loopback_addr()?;
     let mut config: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
         cluster.config_path(Component::Proxy),
@@ -190,12 +187,11 @@ async fn a_proxy_out_of_file_descriptors_pauses_accepting_and_recovers() -> Resu
     let config_path = cluster.dir().join("limited-proxy.yaml");
     std::fs::write(&config_path, configs::to_yaml(&config)?)?;
     let log = cluster.dir().join("limited-proxy.log");
-    // prlimit sets the limit and then execs the proxy, keeping its PID.
     let mut proxy = Process::spawn(ProcessSpec {
         name: "limited-proxy".to_owned(),
         program: "prlimit".into(),
         args: vec![
-            format!("--nofile={FD_LIMIT}:{FD_LIMIT}"),
+            format!("--nofile={nofile}"),
             binaries::path("shoal-proxy").display().to_string(),
             "--config".to_owned(),
             config_path.display().to_string(),
@@ -205,6 +201,39 @@ async fn a_proxy_out_of_file_descriptors_pauses_accepting_and_recovers() -> Resu
     })?;
     let health = format!("http://{listen}/health");
     wait_until_ready(&mut proxy, &health, Duration::from_secs(30)).await?;
+    Ok((proxy, listen, log))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_raises_its_soft_open_file_limit_to_the_hard_one() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let (proxy, _, _) = spawn_proxy_with_nofile(&cluster, "256:4096").await?;
+    let pid = proxy.pid().context("the proxy exited")?;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .context("no open-file limit in /proc/PID/limits")?;
+    let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    ensure!(
+        values == ["4096", "4096"],
+        "the proxy's open-file limit is {line:?}, expected soft 4096 (its hard limit)"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_out_of_file_descriptors_pauses_accepting_and_recovers() -> Result<()> {
+    // Room to start and reach the origin, not for the connections opened below.
+    const FD_LIMIT: usize = 128;
+    // Enough to run out, few enough that the rest fit in the listen backlog (128 for listeners
+    // bound through std) and connect at once.
+    const CONNECTIONS: usize = FD_LIMIT + 64;
+    const WATCH: Duration = Duration::from_secs(3);
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let (proxy, listen, log) =
+        spawn_proxy_with_nofile(&cluster, &format!("{FD_LIMIT}:{FD_LIMIT}")).await?;
+    let health = format!("http://{listen}/health");
     let pid = proxy.pid().context("the proxy exited")?;
 
     // The kernel completes these handshakes whether or not the proxy can accept them.
