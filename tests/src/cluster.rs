@@ -475,25 +475,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether `component` was started and has not been killed, terminated or seen exiting.
-    pub fn is_running(&mut self, component: Component) -> Result<bool> {
-        let Some(process) = self
-            .nodes
+    /// The process of `component` while it is running (started, not killed or terminated).
+    fn process(&mut self, component: Component) -> Option<&mut Process> {
+        self.nodes
             .get_mut(&component)
             .and_then(|node| node.process.as_mut())
-        else {
-            return Ok(false);
-        };
-        Ok(process.try_exit_status()?.is_none())
+    }
+
+    /// Takes the process of `component` out of the cluster, to stop it.
+    fn take_process(&mut self, component: Component) -> Option<Process> {
+        self.nodes
+            .get_mut(&component)
+            .and_then(|node| node.process.take())
+    }
+
+    /// Whether `component` was started and has not been killed, terminated or seen exiting.
+    pub fn is_running(&mut self, component: Component) -> Result<bool> {
+        match self.process(component) {
+            Some(process) => Ok(process.try_exit_status()?.is_none()),
+            None => Ok(false),
+        }
     }
 
     /// SIGKILL `component` and reap it.
     pub fn kill(&mut self, component: Component) -> Result<()> {
-        match self
-            .nodes
-            .get_mut(&component)
-            .and_then(|node| node.process.take())
-        {
+        match self.take_process(component) {
             Some(mut process) => process.kill(),
             None => Ok(()),
         }
@@ -501,11 +507,7 @@ impl Cluster {
 
     /// SIGTERM `component` without waiting; [`Cluster::wait_exit`] then collects its status.
     pub fn send_sigterm(&mut self, component: Component) -> Result<()> {
-        match self
-            .nodes
-            .get_mut(&component)
-            .and_then(|node| node.process.as_mut())
-        {
+        match self.process(component) {
             Some(process) => process.send_sigterm(),
             None => bail!("{component} is not running"),
         }
@@ -514,14 +516,10 @@ impl Cluster {
     /// Waits up to `deadline` for `component` to exit and returns its status; kills it and fails
     /// when it does not exit in time.
     pub fn wait_exit(&mut self, component: Component, deadline: Duration) -> Result<ExitStatus> {
-        let Some(mut process) = self
-            .nodes
-            .get_mut(&component)
-            .and_then(|node| node.process.take())
-        else {
-            bail!("{component} is not running");
-        };
-        process.wait_exit(deadline)
+        match self.take_process(component) {
+            Some(mut process) => process.wait_exit(deadline),
+            None => bail!("{component} is not running"),
+        }
     }
 
     /// The file `component` logs to (appended across restarts).
@@ -531,14 +529,10 @@ impl Cluster {
 
     /// SIGTERM `component` and wait (bounded) for its exit status.
     pub fn terminate(&mut self, component: Component) -> Result<ExitStatus> {
-        let Some(mut process) = self
-            .nodes
-            .get_mut(&component)
-            .and_then(|node| node.process.take())
-        else {
-            bail!("{component} is not running");
-        };
-        process.terminate(SHUTDOWN_DEADLINE)
+        match self.take_process(component) {
+            Some(mut process) => process.terminate(SHUTDOWN_DEADLINE),
+            None => bail!("{component} is not running"),
+        }
     }
 
     /// Starts `component` again (after [`Cluster::kill`] or [`Cluster::terminate`]) with the
