@@ -85,6 +85,8 @@ pub enum MetainfoError {
     LengthMismatch { expected: u64, actual: u64 },
     #[error("metainfo's last piece value {last} is not the blob's digest {digest}")]
     ChainEnd { digest: Digest, last: Digest },
+    #[error("a 0-byte blob cannot have digest {digest}")]
+    EmptyDigest { digest: Digest },
     #[error("metainfo scheme {0:?} is not {SCHEME:?}")]
     Scheme(String),
 }
@@ -198,6 +200,10 @@ impl Metainfo {
         {
             return Err(MetainfoError::ChainEnd { digest, last });
         }
+        // With no piece to check, the digest itself must be that of no bytes.
+        if pieces.is_empty() && digest != Digester::new().finish() {
+            return Err(MetainfoError::EmptyDigest { digest });
+        }
         Ok(Metainfo {
             digest,
             length,
@@ -286,6 +292,9 @@ pub struct MetainfoBuilder {
     expected: Option<u64>,
     digester: Digester,
     boundaries: Vec<Digest>,
+    /// Bytes fed past the declared length: only counted, for finish's `LengthMismatch`; hashing
+    /// them would be wasted work and could grow the boundary list past its bound.
+    excess: u64,
 }
 
 impl MetainfoBuilder {
@@ -303,16 +312,23 @@ impl MetainfoBuilder {
             expected: None,
             digester: Digester::new(),
             boundaries: Vec::new(),
+            excess: 0,
         }
     }
 
     /// Bytes fed so far.
     pub fn length(&self) -> u64 {
-        self.digester.length()
+        self.digester.length() + self.excess
     }
 
     /// Feeds the next bytes of the blob, recording the chaining value at every 256 KiB.
     pub fn update(&mut self, mut data: &[u8]) {
+        if let Some(expected) = self.expected {
+            let room = expected.saturating_sub(self.digester.length());
+            let keep = usize::try_from(room).map_or(data.len(), |room| room.min(data.len()));
+            self.excess += (data.len() - keep) as u64;
+            data = &data[..keep];
+        }
         while !data.is_empty() {
             let room = MIN_PIECE_LENGTH - self.digester.length() % MIN_PIECE_LENGTH;
             let take = usize::try_from(room).map_or(data.len(), |room| room.min(data.len()));
@@ -329,15 +345,14 @@ impl MetainfoBuilder {
 
     /// The metainfo, or `LengthMismatch` when the bytes fed differ from the declared length.
     pub fn finish(self) -> Result<Metainfo, MetainfoError> {
-        let length = self.digester.length();
+        let actual = self.length();
         if let Some(expected) = self.expected
-            && expected != length
+            && expected != actual
         {
-            return Err(MetainfoError::LengthMismatch {
-                expected,
-                actual: length,
-            });
+            return Err(MetainfoError::LengthMismatch { expected, actual });
         }
+        // No excess from here: every byte fed was hashed.
+        let length = self.digester.length();
         let piece_length = piece_length_for(length);
         let count = usize::try_from(piece_count_for(length, piece_length)).unwrap_or(usize::MAX);
         // Piece lengths are powers of two of at least 256 KiB, so every piece boundary is a
@@ -464,6 +479,15 @@ mod tests {
         let mut corrupt = data[..piece].to_vec();
         corrupt[17] ^= 1;
         assert!(!metainfo.verify_piece(0, &[&corrupt]));
+    }
+
+    #[test]
+    fn an_empty_blob_must_have_the_empty_digest() {
+        assert!(Metainfo::from_parts(Digest::of(b""), 0, 256 * KIB, vec![]).is_ok());
+        assert!(matches!(
+            Metainfo::from_parts(Digest::of(b"x"), 0, 256 * KIB, vec![]),
+            Err(MetainfoError::EmptyDigest { .. })
+        ));
     }
 
     #[test]

@@ -14,10 +14,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::ByteStream;
 
-/// Hashing passes over a file (metainfo, a partial blob's digest) read chunks of this size:
-/// small enough to stay in cache between the read and the hash.
-pub(crate) const READ_CHUNK: usize = 256 * 1024;
-
 /// An I/O error together with what was being done and to which path.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {action} {}: {source}", path.display())]
@@ -137,7 +133,7 @@ pub(crate) async fn clear_dir(dir: &Path) -> Result<usize, IoError> {
 
 /// Streamed reads (blob GETs, pieces) are this large: a GiB costs a thousand blocking-pool hops
 /// instead of four thousand, and a reader holds at most a few MiB in flight.
-pub(crate) const STREAM_CHUNK: usize = 1024 * 1024;
+const STREAM_CHUNK: usize = 1024 * 1024;
 /// Reads in flight per stream: the disk (or page cache) read of the next chunk overlaps the
 /// socket write of this one.
 const READ_AHEAD: usize = 2;

@@ -214,9 +214,7 @@ impl Driver {
         let _ = syncer.await;
         if result.is_err() {
             // Record every piece verified so far, so the next start resumes from all of them.
-            if let Err(e) = self.download.partial.sync().await {
-                tracing::warn!(digest = %self.download.digest, error = %e, "cannot record downloaded pieces durably");
-            }
+            sync_logged(&self.download.partial).await;
         }
         result
     }
@@ -355,9 +353,14 @@ async fn sync_periodically(partial: PartialBlob) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(e) = partial.sync().await {
-            tracing::warn!(digest = %partial.metainfo().digest(), error = %e, "cannot record downloaded pieces durably");
-        }
+        sync_logged(&partial).await;
+    }
+}
+
+/// [`PartialBlob::sync`], logging a failure: the download goes on, a restart may redo pieces.
+async fn sync_logged(partial: &PartialBlob) {
+    if let Err(e) = partial.sync().await {
+        tracing::warn!(digest = %partial.metainfo().digest(), error = %e, "cannot record downloaded pieces durably");
     }
 }
 

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder};
 
 use super::{BlobStore, StoreError, lock};
-use crate::fsutil::{self, IoContext, READ_CHUNK};
+use crate::fsutil::{self, IoContext};
+
+/// The hashing pass over a blob stored without metainfo reads chunks of this size: small enough
+/// to stay in cache between the read and the hash.
+const READ_CHUNK: usize = 256 * 1024;
 
 impl BlobStore {
     /// The metainfo of a committed blob, or `None` when the store does not have the blob.
@@ -110,13 +114,20 @@ impl BlobStore {
 }
 
 fn build_metainfo(
-    file: std::fs::File,
+    mut file: std::fs::File,
     path: &std::path::Path,
     expected: Digest,
 ) -> Result<Metainfo, StoreError> {
     let len = file.metadata().ctx("stat", path)?.len();
     let mut builder = MetainfoBuilder::new(len);
-    read_into(file, path, |chunk| builder.update(chunk))?;
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf).ctx("read", path)?;
+        if n == 0 {
+            break;
+        }
+        builder.update(&buf[..n]);
+    }
     let corrupt = |reason: String| StoreError::Corrupt {
         digest: expected,
         reason,
@@ -126,20 +137,4 @@ fn build_metainfo(
         return Err(corrupt(format!("bytes hash to {}", metainfo.digest())));
     }
     Ok(metainfo)
-}
-
-/// Feeds every byte of `file` to `sink`, in [`READ_CHUNK`] reads.
-fn read_into(
-    mut file: std::fs::File,
-    path: &std::path::Path,
-    mut sink: impl FnMut(&[u8]),
-) -> Result<(), StoreError> {
-    let mut buf = vec![0; READ_CHUNK];
-    loop {
-        let n = file.read(&mut buf).ctx("read", path)?;
-        if n == 0 {
-            return Ok(());
-        }
-        sink(&buf[..n]);
-    }
 }

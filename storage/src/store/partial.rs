@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use shoal_core::{Bitfield, Digest, Digester, Metainfo};
+use shoal_core::{Bitfield, Digest, Metainfo};
 use tokio::sync::{Mutex as AsyncMutex, watch};
 
 use super::{BlobStore, Layout, StoreError, lock};
@@ -366,8 +366,8 @@ impl PartialBlob {
         let inner = &self.inner;
         let mut durable = inner.durable.lock().await;
         let now = inner.have.borrow().clone();
-        if now == *durable || !inner.dir.exists() {
-            // Nothing new, or committed (the directory is gone).
+        if now == *durable {
+            // Nothing new since the last sync, or committed (commit records every piece).
             return Ok(());
         }
         let data = inner.data.clone();
@@ -392,25 +392,6 @@ impl PartialBlob {
         })
         .await?;
         *durable = now;
-        Ok(())
-    }
-
-    /// Whether the blob is whole: every piece verified, which proves its digest (the last
-    /// piece's check is the digest itself), or an empty blob whose digest is the empty one.
-    fn verify(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let digest = inner.metainfo.digest();
-        let missing = inner.have.borrow().zeros().count();
-        if missing > 0 {
-            return Err(StoreError::Incomplete { digest, missing });
-        }
-        let empty = Digester::new().finish();
-        if inner.metainfo.length() == 0 && digest != empty {
-            return Err(StoreError::DigestMismatch {
-                expected: digest,
-                actual: empty,
-            });
-        }
         Ok(())
     }
 
@@ -441,20 +422,26 @@ impl PartialBlob {
         ))
     }
 
-    /// Checks the blob is whole (see [`PartialBlob::verify`]) and moves it into `blobs/` (with its
-    /// metainfo beside it), removing the partial directory. Returns the blob length. Readers of
-    /// this partial keep reading from the same (renamed) file.
+    /// Checks every piece is in — each verified against the blob's sha256 chain, so the blob is
+    /// its digest — and moves it into `blobs/` (with its metainfo beside it), removing the partial
+    /// directory. Returns the blob length. Readers of this partial keep reading from the same
+    /// (renamed) file.
     pub async fn commit(&self) -> Result<u64, StoreError> {
-        self.verify()?;
         let inner = &self.inner;
         let digest = inner.metainfo.digest();
         // Hold the sync lock: no bitfield sync may race the rename.
-        let _durable = inner.durable.lock().await;
+        let mut durable = inner.durable.lock().await;
+        let have = inner.have.borrow().clone();
+        let missing = have.zeros().count();
+        if missing > 0 {
+            return Err(StoreError::Incomplete { digest, missing });
+        }
         let target = inner.layout.data_path(&digest);
         if tokio::fs::try_exists(&target).await.ctx("stat", &target)? {
             // Content-addressed: a committed copy (from this handle or another path) has the
             // same bytes; only the partial files remain to clean up.
             self.remove_dir().await?;
+            *durable = have;
             return Ok(inner.metainfo.length());
         }
         let data = inner.data.clone();
@@ -476,6 +463,8 @@ impl PartialBlob {
             .ctx("rename into place", &target)?;
         fsutil::fsync_dir(&blob_dir).await?;
         self.remove_dir().await?;
+        // Nothing is left for a sync to record.
+        *durable = have;
         Ok(inner.metainfo.length())
     }
 

@@ -21,14 +21,13 @@ pub(crate) struct Staged {
     /// The running digest and the piece values, so commit writes the metainfo without
     /// reading the bytes again.
     metainfo: MetainfoBuilder,
-    len: u64,
 }
 
 impl std::fmt::Debug for Staged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Staged")
             .field("path", &self.temp.path())
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -43,12 +42,11 @@ impl Staged {
             file,
             temp,
             metainfo: MetainfoBuilder::any_length(),
-            len: 0,
         })
     }
 
     pub(crate) fn len(&self) -> u64 {
-        self.len
+        self.metainfo.length()
     }
 
     /// Appends `data`. On error the staged bytes may be partially written and must be discarded.
@@ -60,7 +58,6 @@ impl Staged {
         // Hashing inline keeps the one-pass guarantee (digest and piece values alike); chunks
         // are small (tens to hundreds of KiB) so each update is well under a millisecond.
         self.metainfo.update(data);
-        self.len += data.len() as u64;
         Ok(())
     }
 
@@ -90,7 +87,6 @@ impl Layout {
             mut file,
             temp,
             metainfo,
-            len,
         } = staged;
         let metainfo: Metainfo = metainfo
             .finish()
@@ -109,7 +105,7 @@ impl Layout {
             .ctx("stat", &data_path)?
         {
             // Content-addressed: an existing blob with this digest has these very bytes.
-            return Ok(len);
+            return Ok(metainfo.length());
         }
         file.flush().await.ctx("write", temp.path())?;
         // The data must be on disk before the rename makes it visible, or a crash could expose
@@ -127,7 +123,7 @@ impl Layout {
             .ctx("rename into place", &data_path)?;
         temp.persist();
         fsutil::fsync_dir(&blob_dir).await?;
-        Ok(len)
+        Ok(metainfo.length())
     }
 }
 
