@@ -35,20 +35,9 @@ if [[ $perf == 1 ]] && ! command -v perf >/dev/null; then
     perf=0
 fi
 
-work=$(mktemp -d /tmp/shoal-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url
-    for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done
-    echo "no answer from $1" >&2; return 1
-}
 # One gauge or counter from a /metrics page, summed over the label sets that contain `label` (all
 # when empty); 0 when absent. The registries add a `shoal_` prefix and `_total` to counters.
 metric() { # url name [label]
@@ -143,19 +132,6 @@ for url in "$origin" "http://127.0.0.1:$tracker_port" "http://127.0.0.1:$index_p
     wait_http "$url/health"
 done
 
-# One push: POST a session, PATCH the whole file (streamed by curl -T), PUT ?digest=. Prints seconds.
-push() { # base_url repo
-    local start loc
-    start=$EPOCHREALTIME
-    loc=$(curl -fsS -X POST -D - -o /dev/null "$1/v2/$2/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-    [[ $loc == http* ]] || loc="$1$loc"
-    loc=$(curl -fsS -X PATCH -T "$blob" -H 'Content-Type: application/octet-stream' -D - -o /dev/null "$loc" \
-        | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-    [[ $loc == http* ]] || loc="$1$loc"
-    case $loc in *\?*) sep='&' ;; *) sep='?' ;; esac
-    curl -fsS -X PUT -o /dev/null "$loc${sep}digest=$digest"
-    awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.4f\n", b - a}'
-}
 
 # Measuring a step: a snapshot before and after of the clock, the CPU ticks (utime + stime) of
 # every process we watch and the machine's /proc/stat counters. Only bash builtins, no forks, so
@@ -291,7 +267,6 @@ echo "cached GETs from agent-0 and GETs through the proxy" >&2
 for _ in $(seq 1 "$repeats"); do timed "$r/agent0-cached" get_raw "$agent0/v2/$repo/blobs/$digest"; done
 for _ in $(seq 1 "$repeats"); do timed "$r/proxy" get_raw "$proxy/v2/$repo/blobs/$digest"; done
 
-peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 rss_agent0=$(peak_rss_mib "$agent0_pid"); rss_agent1=$(peak_rss_mib "$agent1_pid")
 rss_origin=$(peak_rss_mib "$origin_pid"); rss_proxy=$(peak_rss_mib "$proxy_pid")
 

@@ -17,20 +17,9 @@ for b in shoal-origin shoal-build-index shoal-proxy; do
 done
 command -v docker-registry >/dev/null || { echo "docker-registry not installed (scripts/install-deps)" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/shoal-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url
-    for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done
-    echo "no answer from $1" >&2; return 1
-}
 now() { date +%s.%N; }
 
 echo "generating a ${size_mib} MiB blob" >&2
@@ -80,20 +69,6 @@ wait_http "http://127.0.0.1:$reg_port/v2/"
 wait_http "http://127.0.0.1:$proxy_port/v2/"
 wait_http "http://127.0.0.1:$origin_port/health"
 
-# One push: POST a session, PATCH the whole file (streamed by curl -T), PUT ?digest=. Prints seconds.
-push() { # base_url repo
-    local start loc end
-    start=$(now)
-    loc=$(curl -fsS -X POST -D - -o /dev/null "$1/v2/$2/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-    [[ $loc == http* ]] || loc="$1$loc"
-    loc=$(curl -fsS -X PATCH -T "$blob" -H 'Content-Type: application/octet-stream' -D - -o /dev/null "$loc" \
-        | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-    [[ $loc == http* ]] || loc="$1$loc"
-    case $loc in *\?*) sep='&' ;; *) sep='?' ;; esac
-    curl -fsS -X PUT -o /dev/null "$loc${sep}digest=$digest"
-    end=$(now)
-    awk -v a="$start" -v b="$end" 'BEGIN {printf "%.4f\n", b - a}'
-}
 pull() { # base_url repo
     local start end got
     start=$(now)
@@ -103,7 +78,6 @@ pull() { # base_url repo
     awk -v a="$start" -v b="$end" 'BEGIN {printf "%.4f\n", b - a}'
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 reg=http://127.0.0.1:$reg_port
 sho=http://127.0.0.1:$proxy_port
