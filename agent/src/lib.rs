@@ -3,27 +3,28 @@
 //! local store, or piece by piece from other agents and the origins, every piece verified; the
 //! agent seeds what it has on its gRPC `Peer` listener and keeps its disk cache within budget.
 //!
-//! Modules: `routes` dispatches `/v2/…` to `blobs` and `manifests`; `tags` resolves and caches
-//! tags; `namespace` maps containerd's `?ns=`; `cache` evicts; `errors` is the one place failures
-//! become Registry V2 JSON; `peer_id` names the agent in the swarm; `preheat` fetches a whole
-//! image into the cache when the proxy asks (`POST /preheat`).
+//! Modules: `registry` implements the read side of shoal-registry-server's backend over
+//! `state`; `manifests` reads manifests whole; `tags` resolves and caches tags; `namespace` maps
+//! containerd's `?ns=`; `cache` evicts; `peer_id` names the agent in the swarm; `preheat` fetches
+//! a whole image into the cache when the proxy asks (`POST /preheat`, beside the `/v2/` API).
 
-mod blobs;
 mod cache;
 pub mod config;
-mod errors;
 mod manifests;
 mod metrics;
 mod namespace;
 mod peer_id;
 mod preheat;
-mod routes;
+mod registry;
+mod state;
 mod tags;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
+use axum::routing::post;
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{Engine, Identity, Limiter, P2pMetrics};
 use shoal_service::shutdown::DRAIN_DEADLINE;
@@ -36,7 +37,7 @@ pub use config::AgentConfig;
 use crate::cache::Cache;
 use crate::metrics::AgentMetrics;
 use crate::namespace::Namespaces;
-use crate::routes::AppState;
+use crate::state::AppState;
 use crate::tags::TagCache;
 
 /// How long pieces in flight to other peers may take to finish after shutdown starts. Peer
@@ -134,7 +135,14 @@ pub async fn run(
         namespaces: Arc::new(Namespaces::new(config.namespaces.hosts.clone())),
         metrics,
     };
-    let app = shoal_service::http::with_common_routes(routes::router(state), registry);
+    // Preheat is no Registry V2 endpoint: beside the router, without its API version header.
+    let preheat = Router::new()
+        .route("/preheat", post(preheat::handle))
+        .with_state(state.clone());
+    let app = shoal_service::http::with_common_routes(
+        shoal_registry_server::router(state).merge(preheat),
+        registry,
+    );
     let limiter = Limiter::new(config.p2p.egress_rate, config.p2p.chunk_size);
     let peer = shoal_p2p::peer_service(
         engine.source(),

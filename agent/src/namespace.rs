@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use percent_encoding::percent_decode_str;
 use shoal_core::{Name, NameError};
 
 /// Host → repository prefix, from `namespaces.hosts`.
@@ -25,28 +24,15 @@ impl Namespaces {
         Namespaces { hosts }
     }
 
-    /// The repository a request for `name` with the raw query string `query` reads.
-    pub fn resolve(&self, name: Name, query: Option<&str>) -> Result<Name, NameError> {
-        let prefix = ns_param(query).and_then(|host| self.hosts.get(&host));
+    /// The repository a request for `name` with the decoded `ns` query parameter reads.
+    pub fn resolve(&self, name: Name, ns: Option<&str>) -> Result<Name, NameError> {
+        // Hosts are case-insensitive: keys are in lower case.
+        let prefix = ns.and_then(|host| self.hosts.get(&host.to_ascii_lowercase()));
         match prefix {
             Some(prefix) => Name::parse(&format!("{prefix}/{name}")),
             None => Ok(name),
         }
     }
-}
-
-/// The decoded value of the first `ns` parameter, if any. Hosts are case-insensitive, so it is
-/// lower-cased to match the configured keys.
-fn ns_param(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let value = pair.strip_prefix("ns=")?;
-        let value = value.replace('+', " ");
-        Some(
-            percent_decode_str(&value)
-                .decode_utf8_lossy()
-                .to_ascii_lowercase(),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -67,28 +53,23 @@ mod tests {
     #[test]
     fn mapped_hosts_prefix_the_repository() {
         let resolved = mapped()
-            .resolve(name("team/app"), Some("ns=registry.example%3A5000"))
+            .resolve(name("team/app"), Some("registry.example:5000"))
             .unwrap();
         assert_eq!(resolved.as_str(), "mirror/example/team/app");
         let resolved = mapped()
-            .resolve(name("library/busybox"), Some("x=1&ns=Docker.IO"))
+            .resolve(name("library/busybox"), Some("Docker.IO"))
             .unwrap();
         assert_eq!(resolved.as_str(), "hub/library/busybox");
     }
 
     #[test]
     fn unmapped_or_absent_hosts_leave_the_name_alone() {
-        for query in [
-            None,
-            Some(""),
-            Some("ns=127.0.0.1%3A5999"),
-            Some("nsx=docker.io"),
-        ] {
-            let resolved = mapped().resolve(name("test/smoke"), query).unwrap();
-            assert_eq!(resolved.as_str(), "test/smoke", "{query:?}");
+        for ns in [None, Some(""), Some("127.0.0.1:5999")] {
+            let resolved = mapped().resolve(name("test/smoke"), ns).unwrap();
+            assert_eq!(resolved.as_str(), "test/smoke", "{ns:?}");
         }
         let resolved = Namespaces::default()
-            .resolve(name("test/smoke"), Some("ns=docker.io"))
+            .resolve(name("test/smoke"), Some("docker.io"))
             .unwrap();
         assert_eq!(resolved.as_str(), "test/smoke");
     }
@@ -98,6 +79,6 @@ mod tests {
         let long = "a".repeat(200);
         let namespaces = Namespaces::new(BTreeMap::from([("h".to_owned(), name(&long))]));
         let path_name = name(&"b".repeat(100));
-        assert!(namespaces.resolve(path_name, Some("ns=h")).is_err());
+        assert!(namespaces.resolve(path_name, Some("h")).is_err());
     }
 }

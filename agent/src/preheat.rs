@@ -25,7 +25,7 @@ use shoal_service::RouteLabel;
 
 use crate::manifests;
 use crate::metrics::PreheatResult;
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// Blobs fetched at once: enough to overlap the small config with the layers and keep a few
 /// downloads busy, few enough that a preheat does not crowd out the node's own pulls.

@@ -1,6 +1,7 @@
 //! HTTP byte ranges: the `Range` request header of blob GETs (RFC 9110 §14) and the
 //! `Content-Range` header of upload PATCH chunks. Only single ranges are supported.
 
+use std::fmt;
 use std::ops::Range;
 
 use thiserror::Error;
@@ -85,6 +86,18 @@ impl ByteRange {
             ByteRange::From(first) => Ok(first..len),
             ByteRange::Suffix(0) => Err(unsatisfiable),
             ByteRange::Suffix(n) => Ok(len.saturating_sub(n)..len),
+        }
+    }
+}
+
+/// The header value: `bytes=first-last`, `bytes=first-` or `bytes=-n`, which
+/// [`ByteRange::parse`] reads back (the proxy forwards a client's range to the origin this way).
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ByteRange::Bounded { first, last } => write!(f, "bytes={first}-{last}"),
+            ByteRange::From(first) => write!(f, "bytes={first}-"),
+            ByteRange::Suffix(n) => write!(f, "bytes=-{n}"),
         }
     }
 }
@@ -290,6 +303,13 @@ mod tests {
             );
             prop_assert_eq!(ByteRange::parse(&format!("bytes={first}-")), Ok(ByteRange::From(first)));
             prop_assert_eq!(ByteRange::parse(&format!("bytes=-{n}")), Ok(ByteRange::Suffix(n)));
+        }
+
+        #[test]
+        fn displayed_ranges_parse_back(header in "bytes=[0-9]{0,4}-[0-9]{0,4}") {
+            if let Ok(range) = ByteRange::parse(&header) {
+                prop_assert_eq!(ByteRange::parse(&range.to_string()), Ok(range));
+            }
         }
 
         #[test]

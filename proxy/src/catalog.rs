@@ -4,13 +4,12 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::header::LINK;
 use serde_json::json;
+use shoal_registry_server::{Query, RegistryError};
 
-use crate::errors::ProxyError;
 use crate::pagination::PageRequest;
-use crate::query::Query;
-use crate::routes::AppState;
+use crate::state::AppState;
 
-pub async fn list(state: &AppState, query: &Query) -> Result<Response, ProxyError> {
+pub async fn list(state: &AppState, query: &Query) -> Result<Response, RegistryError> {
     let request = PageRequest::from_query(query)?;
     let page = state
         .upstreams

@@ -4,22 +4,21 @@
 //! beyond its preheat jobs (files under `preheat.state_dir`, one directory per replica), so any
 //! number of replicas can run behind one address.
 //!
-//! Resources are one module each (`base`, `blobs`, `uploads`, `manifests`, `tags`, `catalog`),
-//! dispatched by `routes`; `errors` turns every failure into the spec's JSON error body.
+//! The Registry V2 routing, errors and common responses are shoal-registry-server's; `registry`
+//! implements its backend over `state` with one module per resource (`blobs`, `uploads`,
+//! `manifests`, `tags`, `catalog`).
 //! `preheat` receives registry push notifications and has the origins (and optionally a few
 //! agents) pull pushed images in.
 
-mod base;
 mod blobs;
 mod catalog;
 pub mod config;
-mod errors;
 mod manifests;
 mod metrics;
 mod pagination;
 mod preheat;
-mod query;
-mod routes;
+mod registry;
+mod state;
 mod tags;
 mod uploads;
 mod upstream;
@@ -34,7 +33,7 @@ use tokio::net::TcpListener;
 pub use config::ProxyConfig;
 
 use crate::metrics::ProxyMetrics;
-use crate::routes::AppState;
+use crate::state::AppState;
 use crate::upstream::Upstreams;
 
 /// The proxy's pre-bound sockets.
@@ -112,7 +111,7 @@ pub async fn run(
     })?;
     let state = AppState { upstreams, metrics };
     let app = shoal_service::http::with_common_routes(
-        routes::router(state).merge(preheat::router(preheater)),
+        shoal_registry_server::router(state).merge(preheat::router(preheater)),
         registry,
     );
     tracing::info!(

@@ -17,9 +17,9 @@ use serde_json::json;
 use shoal_api::ApiError;
 use shoal_api::wire::DOCKER_CONTENT_DIGEST;
 use shoal_core::{Digest, ErrorCode, MAX_MANIFEST_SIZE, Manifest, Name, Reference, Tag};
+use shoal_registry_server::{RegistryError, StoredManifest};
 
-use crate::errors::ProxyError;
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// Concurrent origin stats while checking a pushed manifest's references: enough to hide
 /// round trips for images with dozens of layers without flooding the origins.
@@ -27,37 +27,27 @@ const STAT_CONCURRENCY: usize = 16;
 /// Concurrent tag lookups while deleting a manifest by digest.
 const UNTAG_CONCURRENCY: usize = 8;
 
-/// `GET` and `HEAD`: the stored bytes with the media type they declare. The same response
-/// serves both; the HTTP layer drops the body of a HEAD and keeps its `Content-Length`.
+/// `GET` and `HEAD`: the stored manifest, `None` when the reference or the blob is unknown.
 pub async fn get(
     state: &AppState,
     name: &Name,
     reference: &Reference,
-) -> Result<Response, ProxyError> {
-    let digest = resolve(state, name, reference).await?;
+) -> Result<Option<StoredManifest>, RegistryError> {
+    let Some(digest) = resolve(state, name, reference).await? else {
+        return Ok(None);
+    };
     let fetched = state
         .upstreams
         .read_blob(&digest, |origin| {
             origin.get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
         })
         .await;
-    let bytes = match fetched {
-        Ok(Some(bytes)) => bytes,
+    match fetched {
+        Ok(bytes) => Ok(bytes.map(|bytes| StoredManifest { digest, bytes })),
         // Too large to be a manifest: whatever it is, it cannot be served as one.
-        Ok(None) | Err(ApiError::TooLarge { .. }) => return Err(unknown(reference)),
-        Err(error) => return Err(error.into()),
-    };
-    // The stored bytes decide the media type; a digest naming a layer is no manifest.
-    let manifest = Manifest::parse(&bytes, None).map_err(|_| unknown(reference))?;
-    let headers = [
-        (
-            CONTENT_TYPE.as_str(),
-            manifest.media_type().as_str().to_owned(),
-        ),
-        (DOCKER_CONTENT_DIGEST, digest.to_string()),
-        (CONTENT_LENGTH.as_str(), bytes.len().to_string()),
-    ];
-    Ok((headers, bytes).into_response())
+        Err(ApiError::TooLarge { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// `PUT`: validates, stores the manifest blob, then points the tag at it.
@@ -67,16 +57,16 @@ pub async fn put(
     reference: &Reference,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ProxyError> {
+) -> Result<Response, RegistryError> {
     let bytes = read_manifest(headers, body).await?;
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let manifest = Manifest::parse(&bytes, content_type)
-        .map_err(|error| ProxyError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
+        .map_err(|error| RegistryError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
     let digest = Digest::of(&bytes);
     if let Reference::Digest(expected) = reference
         && *expected != digest
     {
-        return Err(ProxyError::new(
+        return Err(RegistryError::new(
             ErrorCode::DigestInvalid,
             format!("manifest digest is {digest}, not {expected}"),
         ));
@@ -107,11 +97,11 @@ pub async fn delete(
     state: &AppState,
     name: &Name,
     reference: &Reference,
-) -> Result<Response, ProxyError> {
+) -> Result<Response, RegistryError> {
     match reference {
         Reference::Tag(tag) => {
             if !state.upstreams.build_index().delete_tag(name, tag).await? {
-                return Err(unknown(reference));
+                return Err(RegistryError::manifest_unknown(reference));
             }
         }
         Reference::Digest(digest) => {
@@ -120,7 +110,7 @@ pub async fn delete(
                 .read_blob(digest, |origin| origin.stat_blob(digest, Some(name)))
                 .await?;
             if stored.is_none() {
-                return Err(unknown(reference));
+                return Err(RegistryError::manifest_unknown(reference));
             }
             untag(state, name, digest).await?;
         }
@@ -128,26 +118,22 @@ pub async fn delete(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+/// The digest `reference` names; `None` for an unknown tag.
 async fn resolve(
     state: &AppState,
     name: &Name,
     reference: &Reference,
-) -> Result<Digest, ProxyError> {
+) -> Result<Option<Digest>, RegistryError> {
     match reference {
-        Reference::Digest(digest) => Ok(*digest),
-        Reference::Tag(tag) => state
-            .upstreams
-            .build_index()
-            .get_tag(name, tag)
-            .await?
-            .ok_or_else(|| unknown(reference)),
+        Reference::Digest(digest) => Ok(Some(*digest)),
+        Reference::Tag(tag) => Ok(state.upstreams.build_index().get_tag(name, tag).await?),
     }
 }
 
 /// Reads the request body, refusing more than [`MAX_MANIFEST_SIZE`] bytes before buffering them.
-async fn read_manifest(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ProxyError> {
+async fn read_manifest(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, RegistryError> {
     let too_large = || {
-        ProxyError::new(
+        RegistryError::new(
             ErrorCode::ManifestInvalid,
             format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"),
         )
@@ -162,7 +148,7 @@ async fn read_manifest(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
     match Limited::new(body, MAX_MANIFEST_SIZE).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(ProxyError::new(
+        Err(error) => Err(RegistryError::new(
             ErrorCode::ManifestInvalid,
             format!("reading the manifest failed: {error}"),
         )),
@@ -175,7 +161,7 @@ async fn check_references(
     state: &AppState,
     name: &Name,
     manifest: &Manifest,
-) -> Result<(), ProxyError> {
+) -> Result<(), RegistryError> {
     let referenced: BTreeSet<(Digest, u64)> = manifest
         .blobs()
         .chain(manifest.children())
@@ -193,14 +179,14 @@ async fn check_references(
     while let Some((digest, size, stored)) = stats.next().await {
         match stored? {
             None => {
-                return Err(ProxyError::new(
+                return Err(RegistryError::new(
                     ErrorCode::ManifestBlobUnknown,
                     format!("referenced blob {digest} is unknown"),
                 )
                 .with_detail(json!({ "digest": digest.to_string() })));
             }
             Some(length) if length != size => {
-                return Err(ProxyError::new(
+                return Err(RegistryError::new(
                     ErrorCode::ManifestInvalid,
                     format!("descriptor of {digest} says {size} bytes, the blob has {length}"),
                 )
@@ -214,7 +200,7 @@ async fn check_references(
 
 /// Deletes each of `name`'s tags that points at `digest`. A tag re-pointed between the lookup
 /// and the delete is deleted anyway; the build-index has no compare-and-delete.
-async fn untag(state: &AppState, name: &Name, digest: &Digest) -> Result<(), ProxyError> {
+async fn untag(state: &AppState, name: &Name, digest: &Digest) -> Result<(), RegistryError> {
     let build_index = state.upstreams.build_index();
     let tags = all_tags(state, name).await?;
     futures::stream::iter(tags)
@@ -231,7 +217,7 @@ async fn untag(state: &AppState, name: &Name, digest: &Digest) -> Result<(), Pro
 }
 
 /// Every tag of `name`, page by page.
-async fn all_tags(state: &AppState, name: &Name) -> Result<Vec<Tag>, ProxyError> {
+async fn all_tags(state: &AppState, name: &Name) -> Result<Vec<Tag>, RegistryError> {
     let mut tags = Vec::new();
     let mut last: Option<String> = None;
     loop {
@@ -253,13 +239,6 @@ async fn all_tags(state: &AppState, name: &Name) -> Result<Vec<Tag>, ProxyError>
             _ => return Ok(tags),
         }
     }
-}
-
-fn unknown(reference: &Reference) -> ProxyError {
-    ProxyError::new(
-        ErrorCode::ManifestUnknown,
-        format!("manifest {reference} is unknown"),
-    )
 }
 
 #[cfg(test)]

@@ -4,9 +4,7 @@
 use shoal_api::Page;
 use shoal_api::wire::encode;
 use shoal_core::ErrorCode;
-
-use crate::errors::ProxyError;
-use crate::query::Query;
+use shoal_registry_server::{Query, RegistryError};
 
 /// What page the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -19,13 +17,13 @@ pub struct PageRequest {
 
 impl PageRequest {
     /// Reads `n` and `last`; empty values count as absent.
-    pub fn from_query(query: &Query) -> Result<PageRequest, ProxyError> {
+    pub fn from_query(query: &Query) -> Result<PageRequest, RegistryError> {
         let n = match query.get("n").filter(|n| !n.is_empty()) {
             None => None,
             // The spec has no code for a bad page size (distribution's PAGINATION_NUMBER_INVALID
             // is not in it); SIZE_INVALID is the closest 400.
             Some(n) => Some(n.parse().map_err(|_| {
-                ProxyError::new(
+                RegistryError::new(
                     ErrorCode::SizeInvalid,
                     format!("query parameter n must be a non-negative integer, got {n:?}"),
                 )

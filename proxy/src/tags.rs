@@ -5,13 +5,12 @@ use axum::response::{IntoResponse, Response};
 use http::header::LINK;
 use serde_json::json;
 use shoal_core::{ErrorCode, Name};
+use shoal_registry_server::{Query, RegistryError};
 
-use crate::errors::ProxyError;
 use crate::pagination::PageRequest;
-use crate::query::Query;
-use crate::routes::AppState;
+use crate::state::AppState;
 
-pub async fn list(state: &AppState, name: &Name, query: &Query) -> Result<Response, ProxyError> {
+pub async fn list(state: &AppState, name: &Name, query: &Query) -> Result<Response, RegistryError> {
     let request = PageRequest::from_query(query)?;
     let page = state
         .upstreams
@@ -19,7 +18,7 @@ pub async fn list(state: &AppState, name: &Name, query: &Query) -> Result<Respon
         .list_tags(name, request.n, request.last.as_deref())
         .await?
         .ok_or_else(|| {
-            ProxyError::new(
+            RegistryError::new(
                 ErrorCode::NameUnknown,
                 format!("repository {name} has no tags"),
             )

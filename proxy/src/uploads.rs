@@ -11,11 +11,10 @@ use prometheus_client::metrics::counter::Counter;
 use shoal_api::ApiError;
 use shoal_api::wire::DOCKER_CONTENT_DIGEST;
 use shoal_core::{ContentRange, Digest, ErrorCode, Name};
+use shoal_registry_server::{Query, RegistryError};
 
-use crate::errors::ProxyError;
 use crate::metrics::counted;
-use crate::query::Query;
-use crate::routes::AppState;
+use crate::state::AppState;
 use crate::upstream::UploadHandle;
 
 /// Names the upload session in every upload response.
@@ -27,7 +26,7 @@ pub async fn start(
     name: &Name,
     query: &Query,
     body: Body,
-) -> Result<Response, ProxyError> {
+) -> Result<Response, RegistryError> {
     if let (Some(mount), Some(from)) = (query.get("mount"), query.get("from"))
         && let Some(response) = mount_blob(state, name, mount, from).await?
     {
@@ -51,7 +50,7 @@ async fn mount_blob(
     name: &Name,
     mount: &str,
     from: &str,
-) -> Result<Option<Response>, ProxyError> {
+) -> Result<Option<Response>, RegistryError> {
     let (Ok(digest), Ok(from)) = (Digest::parse(mount), Name::parse(from)) else {
         return Ok(None);
     };
@@ -69,7 +68,7 @@ pub async fn patch(
     id: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ProxyError> {
+) -> Result<Response, RegistryError> {
     let handle = parse_handle(id)?;
     let (origin, origin_id) = state
         .upstreams
@@ -91,14 +90,14 @@ pub async fn commit(
     id: &str,
     query: &Query,
     body: Body,
-) -> Result<Response, ProxyError> {
+) -> Result<Response, RegistryError> {
     let handle = parse_handle(id)?;
     let (origin, origin_id) = state
         .upstreams
         .session(&handle)
         .ok_or_else(unknown_upload)?;
     let digest = query.get("digest").ok_or_else(|| {
-        ProxyError::new(
+        RegistryError::new(
             ErrorCode::DigestInvalid,
             "the digest query parameter is required to complete an upload",
         )
@@ -115,7 +114,7 @@ pub async fn commit(
 }
 
 /// `GET /v2/<name>/blobs/uploads/<id>`: how much the session holds, so a client can resume.
-pub async fn status(state: &AppState, name: &Name, id: &str) -> Result<Response, ProxyError> {
+pub async fn status(state: &AppState, name: &Name, id: &str) -> Result<Response, RegistryError> {
     let handle = parse_handle(id)?;
     let (origin, origin_id) = state
         .upstreams
@@ -129,7 +128,7 @@ pub async fn status(state: &AppState, name: &Name, id: &str) -> Result<Response,
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`.
-pub async fn cancel(state: &AppState, id: &str) -> Result<Response, ProxyError> {
+pub async fn cancel(state: &AppState, id: &str) -> Result<Response, RegistryError> {
     let handle = parse_handle(id)?;
     let (origin, origin_id) = state
         .upstreams
@@ -145,7 +144,7 @@ pub async fn cancel(state: &AppState, id: &str) -> Result<Response, ProxyError> 
 /// Where a `PATCH` chunk claims to start, from its optional `Content-Range: a-b`. The origin
 /// compares it with the session's length atomically; here only the header's own consistency is
 /// checked: a `Content-Length` sent alongside must equal the span's length.
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
     let Some(value) = headers.get(CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -154,12 +153,12 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
         .ok()
         .and_then(|text| ContentRange::parse(text).ok())
         .ok_or_else(|| {
-            ProxyError::new(ErrorCode::RangeInvalid, "malformed Content-Range header")
+            RegistryError::new(ErrorCode::RangeInvalid, "malformed Content-Range header")
         })?;
     if let Some(length) = headers.get(CONTENT_LENGTH) {
         let length: Option<u64> = length.to_str().ok().and_then(|text| text.parse().ok());
         if length != Some(range.len()) {
-            return Err(ProxyError::new(
+            return Err(RegistryError::new(
                 ErrorCode::SizeInvalid,
                 format!(
                     "Content-Length does not match Content-Range {}-{} ({} bytes)",
@@ -207,17 +206,17 @@ fn held_range(length: u64) -> String {
     format!("0-{}", length.saturating_sub(1))
 }
 
-fn parse_handle(id: &str) -> Result<UploadHandle, ProxyError> {
+fn parse_handle(id: &str) -> Result<UploadHandle, RegistryError> {
     UploadHandle::parse(id).ok_or_else(unknown_upload)
 }
 
-fn unknown_upload() -> ProxyError {
-    ProxyError::new(ErrorCode::BlobUploadUnknown, "upload session is unknown")
+fn unknown_upload() -> RegistryError {
+    RegistryError::new(ErrorCode::BlobUploadUnknown, "upload session is unknown")
 }
 
 /// A session the origin no longer knows (expired, committed, cancelled) is an unknown upload,
 /// whatever code the 404 carried.
-fn upload_error(error: ApiError) -> ProxyError {
+fn upload_error(error: ApiError) -> RegistryError {
     match error {
         ApiError::Remote { status: 404, .. } => unknown_upload(),
         other => other.into(),

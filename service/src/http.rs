@@ -19,9 +19,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponseParts, Response, ResponseParts};
 use axum::routing::get;
-use http::header::{CONTENT_RANGE, CONTENT_TYPE};
-use http::{HeaderName, HeaderValue, StatusCode};
-use shoal_core::{ErrorCode, error_body};
+use http::header::CONTENT_TYPE;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -144,45 +142,6 @@ fn raise_open_file_limit() {
             Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
         }
     });
-}
-
-/// Middleware for Registry V2 routers (proxy, agent): every response carries
-/// `Docker-Distribution-API-Version: registry/2.0`, which docker checks on `/v2/`.
-/// Use with `axum::middleware::from_fn(registry_api_version)`.
-pub async fn registry_api_version(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        HeaderName::from_static("docker-distribution-api-version"),
-        HeaderValue::from_static("registry/2.0"),
-    );
-    response
-}
-
-/// A Registry V2 error response (proxy, agent): the spec's `{"errors":[…]}` JSON body with the
-/// code's status, logged at warn for server errors and debug for rejections. A 416 names the blob's
-/// length in `Content-Range` when known (RFC 9110 §15.5.17), so the client can retry.
-pub fn registry_error(
-    code: ErrorCode,
-    message: &str,
-    detail: Option<serde_json::Value>,
-    unsatisfiable_length: Option<u64>,
-) -> Response {
-    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
-        tracing::warn!(error = message, code = code.as_str(), "request failed");
-    } else {
-        tracing::debug!(error = message, code = code.as_str(), "request rejected");
-    }
-    let mut response = Response::new(Body::from(error_body(code, message, detail)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(length) = unsatisfiable_length
-        && let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}"))
-    {
-        headers.insert(CONTENT_RANGE, value);
-    }
-    response
 }
 
 async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {

@@ -1,0 +1,13 @@
+//! What the Registry V2 handlers share: the clients for the origins and the build-index, and
+//! the proxy's counters. [`crate::registry`] serves the API over it.
+
+use std::sync::Arc;
+
+use crate::metrics::ProxyMetrics;
+use crate::upstream::Upstreams;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: ProxyMetrics,
+}

@@ -1,0 +1,191 @@
+//! The headers and response shapes every Registry V2 server answers with: blob headers, the
+//! `Range` of a blob `GET`, manifest responses and the API version header.
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use shoal_api::wire::DOCKER_CONTENT_DIGEST;
+use shoal_core::{ByteRange, Digest, ErrorCode, Manifest, Reference};
+
+use crate::backend::StoredManifest;
+use crate::error::RegistryError;
+
+/// Blobs are opaque bytes to the registry; the manifest says what they are.
+const BLOB_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Every response carries `Docker-Distribution-API-Version: registry/2.0`, which docker checks
+/// on `/v2/`. Use with `axum::middleware::from_fn(api_version)`.
+pub(crate) async fn api_version(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+/// The headers every successful blob response carries.
+fn blob_headers(digest: &Digest) -> [(&'static str, String); 3] {
+    [
+        (DOCKER_CONTENT_DIGEST, digest.to_string()),
+        (ACCEPT_RANGES.as_str(), "bytes".to_owned()),
+        (CONTENT_TYPE.as_str(), BLOB_CONTENT_TYPE.to_owned()),
+    ]
+}
+
+/// A blob `GET`: the backend's status, length and body with the blob headers.
+pub(crate) fn blob(digest: &Digest, body: Response) -> Response {
+    (blob_headers(digest), body).into_response()
+}
+
+/// A blob `HEAD`: its length and the blob headers.
+pub(crate) fn blob_head(digest: &Digest, length: u64) -> Response {
+    let length = [(CONTENT_LENGTH.as_str(), length.to_string())];
+    (StatusCode::OK, blob_headers(digest), length).into_response()
+}
+
+/// The stored bytes with the media type they declare, or MANIFEST_UNKNOWN. The same response
+/// serves `GET` and `HEAD`; the HTTP layer drops the body of a HEAD and keeps its
+/// `Content-Length`.
+pub(crate) fn manifest(
+    reference: &Reference,
+    stored: Option<StoredManifest>,
+) -> Result<Response, RegistryError> {
+    let StoredManifest { digest, bytes } =
+        stored.ok_or_else(|| RegistryError::manifest_unknown(reference))?;
+    // The stored bytes decide the media type; a digest naming a layer is no manifest.
+    let manifest =
+        Manifest::parse(&bytes, None).map_err(|_| RegistryError::manifest_unknown(reference))?;
+    let headers = [
+        (
+            CONTENT_TYPE.as_str(),
+            manifest.media_type().as_str().to_owned(),
+        ),
+        (DOCKER_CONTENT_DIGEST, digest.to_string()),
+        (CONTENT_LENGTH.as_str(), bytes.len().to_string()),
+    ];
+    Ok((headers, bytes).into_response())
+}
+
+/// The requested range, if any. One that is not a single valid byte range is refused with 416
+/// RANGE_INVALID, as the origin and the distribution registry do (RFC 9110 §14.2 allows either
+/// ignoring or rejecting it).
+pub(crate) fn requested_range(headers: &HeaderMap) -> Result<Option<ByteRange>, RegistryError> {
+    let Some(value) = headers.get(RANGE) else {
+        return Ok(None);
+    };
+    let malformed = |reason: String| RegistryError::new(ErrorCode::RangeInvalid, reason);
+    let text = value
+        .to_str()
+        .map_err(|_| malformed("Range header is not ASCII".to_owned()))?;
+    ByteRange::parse(text)
+        .map(Some)
+        .map_err(|error| malformed(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn with_range(value: &'static [u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, HeaderValue::from_bytes(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn single_ranges_parse() {
+        assert_eq!(requested_range(&HeaderMap::new()).unwrap(), None);
+        for (value, expected) in [
+            (
+                &b"bytes=0-99"[..],
+                ByteRange::Bounded { first: 0, last: 99 },
+            ),
+            (b"bytes=100-", ByteRange::From(100)),
+            (b"bytes=-5", ByteRange::Suffix(5)),
+            (b"Bytes= 7 - 7 ", ByteRange::Bounded { first: 7, last: 7 }),
+            (
+                b"bytes=0-18446744073709551615",
+                ByteRange::Bounded {
+                    first: 0,
+                    last: u64::MAX,
+                },
+            ),
+        ] {
+            assert_eq!(
+                requested_range(&with_range(value)).unwrap(),
+                Some(expected),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn anything_else_is_range_invalid() {
+        for value in [
+            &b"bytes=5-1"[..],
+            b"items=0-1",
+            b"bytes=0-1,4-5",
+            b"bytes=x-",
+            b"bytes=-",
+            b"bytes=",
+            b"bytes=0-18446744073709551616",
+            b"bytes=\xff-",
+        ] {
+            let error = requested_range(&with_range(value)).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::RangeInvalid, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn manifests_are_served_with_their_own_media_type() {
+        let bytes = Bytes::from_static(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+        );
+        let digest = Digest::of(&bytes);
+        let reference = Reference::Digest(digest);
+        let stored = StoredManifest {
+            digest,
+            bytes: bytes.clone(),
+        };
+        let response = manifest(&reference, Some(stored)).unwrap();
+        let headers = response.headers();
+        assert_eq!(
+            headers[CONTENT_TYPE],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(headers[DOCKER_CONTENT_DIGEST], digest.to_string().as_str());
+        assert_eq!(headers[CONTENT_LENGTH], bytes.len().to_string().as_str());
+    }
+
+    #[test]
+    fn absent_manifests_and_layers_are_manifest_unknown() {
+        let layer = Bytes::from_static(b"\x1f\x8b not a manifest");
+        let digest = Digest::of(&layer);
+        let reference = Reference::Digest(digest);
+        let stored = StoredManifest {
+            digest,
+            bytes: layer,
+        };
+        for stored in [None, Some(stored)] {
+            let error = manifest(&reference, stored).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::ManifestUnknown);
+        }
+    }
+
+    #[test]
+    fn blob_responses_carry_the_blob_headers() {
+        let digest = Digest::of(b"layer");
+        let response = blob_head(&digest, 5);
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers[DOCKER_CONTENT_DIGEST], digest.to_string().as_str());
+        assert_eq!(headers[ACCEPT_RANGES], "bytes");
+        assert_eq!(headers[CONTENT_TYPE], "application/octet-stream");
+        assert_eq!(headers[CONTENT_LENGTH], "5");
+    }
+}
