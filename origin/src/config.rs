@@ -186,7 +186,7 @@ impl SeedConfig {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WriteBackConfig {
-    /// Delay before the first retry of a failed upload; doubles per failure.
+    /// Delay before the first retry of a failed upload; doubles per failure, with jitter.
     #[serde(with = "humantime_serde")]
     pub retry_initial: Duration,
     /// Upper bound of the retry delay.
@@ -203,8 +203,8 @@ impl Default for WriteBackConfig {
     fn default() -> Self {
         let policy = RetryPolicy::default();
         WriteBackConfig {
-            retry_initial: policy.initial,
-            retry_max: policy.max,
+            retry_initial: policy.min_delay,
+            retry_max: policy.max_delay,
             replica_delay: Duration::from_secs(30),
         }
     }
@@ -213,8 +213,9 @@ impl Default for WriteBackConfig {
 impl From<WriteBackConfig> for RetryPolicy {
     fn from(config: WriteBackConfig) -> Self {
         RetryPolicy {
-            initial: config.retry_initial,
-            max: config.retry_max,
+            min_delay: config.retry_initial,
+            max_delay: config.retry_max,
+            max_attempts: None,
         }
     }
 }

@@ -106,6 +106,13 @@ impl From<BackendError> for ApiError {
     }
 }
 
+/// The write-back queue could not record a commit: the push is not acknowledged.
+impl From<shoal_jobs::JobsError> for ApiError {
+    fn from(error: shoal_jobs::JobsError) -> Self {
+        ApiError::internal(&error)
+    }
+}
+
 impl From<DigestError> for ApiError {
     fn from(error: DigestError) -> Self {
         ApiError::new(ErrorCode::DigestInvalid, error.to_string())

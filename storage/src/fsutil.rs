@@ -1,6 +1,6 @@
-//! Small filesystem helpers shared by the store, the filesystem backend and the write-back
-//! queue: I/O errors that carry their path, temporary files that clean up after themselves,
-//! durable atomic writes, and streaming a byte range out of a file.
+//! Small filesystem helpers shared by the store and the filesystem backend: durable directories,
+//! clearing a directory, and streaming a byte range out of a file (I/O errors with their path,
+//! temporary files and durable atomic writes come from `shoal_jobs`).
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -10,77 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::fs::File;
-use tokio::io::AsyncWriteExt;
 
 use crate::ByteStream;
 
-/// An I/O error together with what was being done and to which path.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot {action} {}: {source}", path.display())]
-pub struct IoError {
-    pub action: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-/// Attaches an action and a path to an `io::Result`.
-pub(crate) trait IoContext<T> {
-    fn ctx(self, action: &'static str, path: &Path) -> Result<T, IoError>;
-}
-
-impl<T> IoContext<T> for io::Result<T> {
-    fn ctx(self, action: &'static str, path: &Path) -> Result<T, IoError> {
-        self.map_err(|source| IoError {
-            action,
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-}
-
-/// A file path that is deleted when dropped, unless [`TempPath::persist`] was called.
-/// Keeps failed or abandoned writes from leaving partial files behind.
-#[derive(Debug)]
-pub(crate) struct TempPath {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempPath {
-    pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path, armed: true }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Disarms the guard (the file was renamed away or must be kept).
-    pub(crate) fn persist(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: the file may never have been created.
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// A unique name for a temporary file.
-pub(crate) fn temp_name(hint: &str) -> String {
-    format!("{hint}.{}.tmp", uuid::Uuid::new_v4().simple())
-}
-
-/// Fsyncs a directory so that entries created or renamed in it survive a crash.
-pub(crate) async fn fsync_dir(dir: &Path) -> Result<(), IoError> {
-    let handle = File::open(dir).await.ctx("open directory", dir)?;
-    handle.sync_all().await.ctx("fsync directory", dir)
-}
+// The durable-file primitives live with the job queue, whose markers need them too.
+pub use shoal_jobs::IoError;
+pub(crate) use shoal_jobs::{IoContext, TempPath, fsync_dir, temp_name, write_atomic};
 
 /// Creates `dir` if missing; when it was created, fsyncs its parent so the new entry is durable.
 pub(crate) async fn create_dir_durable(dir: &Path) -> Result<(), IoError> {
@@ -91,24 +26,6 @@ pub(crate) async fn create_dir_durable(dir: &Path) -> Result<(), IoError> {
         },
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e).ctx("create directory", dir),
-    }
-}
-
-/// Writes `data` to `target` atomically and durably: write `tmp`, fsync, rename, fsync the
-/// target's directory. `tmp` must be on the same filesystem as `target`.
-pub(crate) async fn write_atomic(tmp: PathBuf, target: &Path, data: &[u8]) -> Result<(), IoError> {
-    let tmp = TempPath::new(tmp);
-    let mut file = File::create(tmp.path()).await.ctx("create", tmp.path())?;
-    file.write_all(data).await.ctx("write", tmp.path())?;
-    file.sync_all().await.ctx("fsync", tmp.path())?;
-    drop(file);
-    tokio::fs::rename(tmp.path(), target)
-        .await
-        .ctx("rename into place", target)?;
-    tmp.persist();
-    match target.parent() {
-        Some(dir) => fsync_dir(dir).await,
-        None => Ok(()),
     }
 }
 
