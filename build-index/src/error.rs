@@ -60,12 +60,8 @@ pub enum Error {
     #[error("stored tag {key} is corrupt: {reason}")]
     CorruptTag { key: String, reason: String },
     /// The replication queue directory could not be read or written.
-    #[error("replication queue {path}: {source}")]
-    Queue {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("replication queue: {0}")]
+    Queue(#[from] shoal_jobs::JobsError),
     /// A remote cluster's proxy refused or failed a replication step.
     #[error("replicating to {remote}: {step} failed: {reason}")]
     Remote {
@@ -100,7 +96,7 @@ impl Error {
             | Error::NoOrigins
             | Error::Backend { .. }
             | Error::CorruptTag { .. }
-            | Error::Queue { .. }
+            | Error::Queue(_)
             | Error::Remote { .. } => ErrorCode::Unavailable,
         }
     }

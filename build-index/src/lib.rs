@@ -54,12 +54,7 @@ pub async fn run(
 
     let mut metrics = MetricsBuilder::new("build-index");
     let tag_metrics = metrics::TagMetrics::register(metrics.registry());
-    let replication_metrics = config
-        .replication
-        .as_ref()
-        .map(|_| metrics::ReplicationMetrics::register(metrics.registry()));
     let membership_metrics = shoal_membership::MembershipMetrics::register(metrics.registry());
-    let metrics = metrics.build();
     let tasks = TaskTracker::new();
     let members = shoal_membership::Membership::start(
         "origins",
@@ -80,21 +75,25 @@ pub async fn run(
         tasks.spawn(tags.clone().write_back(shutdown.clone()));
     }
     let origins = Arc::new(verify::Origins::new(http, members, config.replicas));
-    let replicator = match (&config.replication, replication_metrics) {
-        (Some(replication), Some(metrics)) => {
+    let replicator = match &config.replication {
+        Some(replication) => {
             let remote_http = shoal_service::client::builder()
                 .read_timeout(REMOTE_READ_TIMEOUT)
                 .build()
                 .context("building the replication HTTP client")?;
-            let replicator =
-                replicate::Replicator::new(replication, origins.clone(), remote_http, metrics)
-                    .context("starting replication (config field `replication`)")?;
+            let replicator = replicate::Replicator::open(replication, origins.clone(), remote_http)
+                .await
+                .context("starting replication (config field `replication`)")?;
             let replicator = Arc::new(replicator);
+            metrics
+                .registry()
+                .register_collector(Box::new(metrics::ReplicationCollector(replicator.clone())));
             tasks.spawn(replicator.clone().run(shutdown.clone()));
             Some(replicator)
         }
-        _ => None,
+        None => None,
     };
+    let metrics = metrics.build();
     let state = routes::AppState {
         tags,
         origins,

@@ -1,12 +1,17 @@
 //! The build-index's own metrics: tags accepted, tags refused by Registry V2 error code, and
 //! cross-cluster replication progress.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shoal_core::ErrorCode;
+
+use crate::replicate::Replicator;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
@@ -52,36 +57,36 @@ impl TagMetrics {
     }
 }
 
-/// Cross-cluster replication progress.
-#[derive(Clone, Debug)]
-pub struct ReplicationMetrics {
-    pub pending: Gauge,
-    pub replicated: Counter,
-    pub failures: Counter,
-}
+/// Cross-cluster replication progress, read from the replication queue on each scrape.
+#[derive(Debug)]
+pub struct ReplicationCollector(pub Arc<Replicator>);
 
-impl ReplicationMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            pending: Gauge::default(),
-            replicated: Counter::default(),
-            failures: Counter::default(),
-        };
-        registry.register(
+impl Collector for ReplicationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        let pending =
+            ConstGauge::new(i64::try_from(stats.queued + stats.running).unwrap_or(i64::MAX));
+        pending.encode(encoder.encode_descriptor(
             "build_index_replication_pending",
             "Replication jobs (remote, repository, tag) waiting in the queue",
-            metrics.pending.clone(),
-        );
-        registry.register(
+            None,
+            pending.metric_type(),
+        )?)?;
+        let replicated = ConstCounter::new(stats.succeeded);
+        replicated.encode(encoder.encode_descriptor(
             "build_index_replication_replicated",
             "Tags copied to a remote cluster",
-            metrics.replicated.clone(),
-        );
-        registry.register(
+            None,
+            replicated.metric_type(),
+        )?)?;
+        // Replication never gives up: every failed attempt is retried.
+        let failures = ConstCounter::new(stats.retries + stats.failed);
+        failures.encode(encoder.encode_descriptor(
             "build_index_replication_failures",
             "Replication attempts that failed and will be retried",
-            metrics.failures.clone(),
-        );
-        metrics
+            None,
+            failures.metric_type(),
+        )?)?;
+        Ok(())
     }
 }

@@ -1,12 +1,9 @@
 //! Cross-cluster replication: a stored tag whose repository matches a rule becomes one job per
-//! remote, kept durably in the queue directory before the PUT is answered; a background worker
-//! copies each job's image to the remote proxy over Registry V2 (blobs, then manifests by digest,
-//! then the tag) and retries failures with exponential backoff.
+//! remote on a `shoal_jobs` queue, kept durably in the queue directory before the PUT is
+//! answered; the queue copies each job's image to the remote proxy over Registry V2 (blobs, then
+//! manifests by digest, then the tag) and retries failures with the shared backoff.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use regex::Regex;
@@ -14,48 +11,83 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Descriptor, Digest, Manifest, Name, Tag};
+use shoal_jobs::{Failure, Job, Queue, RetryPolicy, Stats};
 use shoal_service::CancellationToken;
-use tokio::sync::{Mutex, Notify};
-use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{ReplicationConfig, whole_name_regex};
 use crate::error::Error;
-use crate::metrics::ReplicationMetrics;
 use crate::verify::Origins;
 
 /// Indexes may nest; the build-index refuses deeper trees when tagging, so none is replicated.
 const MAX_INDEX_DEPTH: usize = 4;
 /// How much of a remote's error body is quoted in a failure message.
 const MAX_ERROR_TEXT: usize = 512;
+/// Copies in flight at once: one, so a remote cluster's proxy sees one image stream from this
+/// build-index at a time (a failing copy waits out its backoff without holding up the others).
+const MAX_CONCURRENT_COPIES: usize = 1;
 
-/// One tag to copy to one remote. Kept as text on disk; parsed again when run.
+/// One tag to copy to one remote: the marker `<sha256 of remote, repository and tag>.json`, so a
+/// newer digest for the same tag replaces a pending older one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Job {
+struct Replication {
     remote: String,
-    repo: String,
-    tag: String,
-    digest: String,
+    repo: Name,
+    tag: Tag,
+    digest: Digest,
+}
+
+/// Copying a tag's image from the local origins to a remote cluster's proxy.
+struct TagCopy {
+    origins: Arc<Origins>,
+    http: reqwest::Client,
+}
+
+impl Job for TagCopy {
+    type Payload = Replication;
+    const NAME: &'static str = "replication";
+
+    fn key(job: &Replication) -> String {
+        let key = format!("{}\n{}\n{}", job.remote, job.repo, job.tag);
+        Digest::of(key.as_bytes()).hex()
+    }
+
+    /// Every failure is retried: a remote that refuses today may be fixed by its operator.
+    async fn run(&self, job: &Replication) -> Result<(), Failure> {
+        let (remote, repo, tag, digest) = (&job.remote, &job.repo, &job.tag, &job.digest);
+        match self.copy(job).await {
+            Ok(()) => {
+                info!(%remote, %repo, %tag, %digest, "tag replicated");
+                Ok(())
+            }
+            Err(error) => Err(Failure::retry(format!(
+                "replicating {repo}:{tag} to {remote}: {error}"
+            ))),
+        }
+    }
 }
 
 /// Copies tags to remote clusters by rule.
 pub struct Replicator {
     rules: Vec<(Regex, Vec<String>)>,
-    queue: Queue,
-    origins: Arc<Origins>,
-    http: reqwest::Client,
-    metrics: ReplicationMetrics,
-    wake: Notify,
-    retry_initial: Duration,
-    retry_max: Duration,
+    queue: Arc<Queue<TagCopy>>,
+    copy: Arc<TagCopy>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Replicator {
-    pub fn new(
+    /// Compiles the rules and opens the queue, queueing again the jobs an earlier run left.
+    pub async fn open(
         config: &ReplicationConfig,
         origins: Arc<Origins>,
         http: reqwest::Client,
-        metrics: ReplicationMetrics,
     ) -> Result<Self, Error> {
         let rules = config
             .rules
@@ -70,133 +102,67 @@ impl Replicator {
                 Ok((regex, rule.remotes.clone()))
             })
             .collect::<Result<_, Error>>()?;
-        let queue = Queue::open(&config.queue_dir)?;
+        let policy = RetryPolicy {
+            min_delay: config.retry_initial,
+            max_delay: config.retry_max,
+            max_attempts: None,
+        };
+        let queue = Queue::open(&config.queue_dir, policy, MAX_CONCURRENT_COPIES).await?;
         Ok(Self {
             rules,
-            queue,
-            origins,
-            http,
-            metrics,
-            wake: Notify::new(),
-            retry_initial: config.retry_initial,
-            retry_max: config.retry_max,
+            queue: Arc::new(queue),
+            copy: Arc::new(TagCopy { origins, http }),
         })
     }
 
-    /// Records a job for every remote whose rule matches `name`, durably, and wakes the worker.
-    /// A newer digest for the same (remote, repository, tag) replaces a pending older one.
+    /// Records a job for every remote whose rule matches `name`, durably. A newer digest for
+    /// the same (remote, repository, tag) replaces a pending older one.
     pub async fn enqueue(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), Error> {
-        let mut queued = false;
         for (regex, remotes) in &self.rules {
             if !regex.is_match(name.as_str()) {
                 continue;
             }
             for remote in remotes {
-                let job = Job {
+                let job = Replication {
                     remote: remote.trim_end_matches('/').to_owned(),
-                    repo: name.to_string(),
-                    tag: tag.to_string(),
-                    digest: digest.to_string(),
+                    repo: name.clone(),
+                    tag: tag.clone(),
+                    digest: *digest,
                 };
-                self.queue.write(&job).await?;
-                queued = true;
+                self.queue.enqueue(job).await?;
             }
-        }
-        if queued {
-            self.wake.notify_one();
         }
         Ok(())
     }
 
-    /// Runs queued jobs (those left by an earlier run first) until `shutdown`; the job in
-    /// progress then finishes before this returns.
+    /// Runs queued jobs (those left by an earlier run included) until `shutdown`; the copy in
+    /// progress then finishes before this returns (cut off at the drain deadline, it stays
+    /// queued and is redone: every step is idempotent).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        // Per queue file: the job that failed, how often, and when to try it again.
-        let mut backoff: HashMap<String, (Job, u32, Instant)> = HashMap::new();
-        loop {
-            let jobs = match self.queue.list().await {
-                Ok(jobs) => jobs,
-                Err(error) => {
-                    warn!(%error, "cannot read the replication queue");
-                    Vec::new()
-                }
-            };
-            self.metrics.pending.set(jobs.len() as i64);
-            backoff.retain(|file, _| jobs.iter().any(|(f, _)| f == file));
-            let mut next_try: Option<Instant> = None;
-            for (file, job) in jobs {
-                let failures = match backoff.get(&file) {
-                    // A changed digest is a new job: it starts without backoff.
-                    Some((failed, failures, at)) if *failed == job => {
-                        if *at > Instant::now() {
-                            next_try = Some(next_try.map_or(*at, |t| t.min(*at)));
-                            continue;
-                        }
-                        *failures
-                    }
-                    _ => 0,
-                };
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                // Not raced against shutdown: the job in progress may finish within the
-                // component's drain deadline; cut off there, it stays queued and is redone
-                // (every step is idempotent).
-                let result = self.copy(&job).await;
-                match result {
-                    Ok(()) => {
-                        backoff.remove(&file);
-                        self.metrics.replicated.inc();
-                        // The next round recounts; until then this job is no longer pending.
-                        self.metrics.pending.dec();
-                        info!(remote = %job.remote, repo = %job.repo, tag = %job.tag, digest = %job.digest, "tag replicated");
-                        if let Err(error) = self.queue.complete(&file, &job).await {
-                            warn!(%error, "cannot remove a finished replication job");
-                        }
-                    }
-                    Err(error) => {
-                        self.metrics.failures.inc();
-                        let delay = self
-                            .retry_initial
-                            .saturating_mul(2u32.saturating_pow(failures.min(30)))
-                            .min(self.retry_max);
-                        warn!(remote = %job.remote, repo = %job.repo, tag = %job.tag, %error, retry_in = ?delay, "replication failed");
-                        let at = Instant::now() + delay;
-                        next_try = Some(next_try.map_or(at, |t| t.min(at)));
-                        backoff.insert(file, (job, failures + 1, at));
-                    }
-                }
-            }
-            let pause = async {
-                match next_try {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = pause => {}
-            }
-        }
+        self.queue.clone().run(self.copy.clone(), shutdown).await;
     }
 
+    /// The queue's depth and counters, for metrics.
+    pub fn stats(&self) -> Stats {
+        self.queue.stats()
+    }
+}
+
+impl TagCopy {
     /// Copies the job's manifest tree and then the tag to its remote.
-    async fn copy(&self, job: &Job) -> Result<(), Error> {
-        let name = Name::parse(&job.repo)?;
-        let tag = Tag::parse(&job.tag)?;
-        let digest = Digest::parse(&job.digest).map_err(|e| Error::Digest(e.to_string()))?;
+    async fn copy(&self, job: &Replication) -> Result<(), Error> {
         let remote = Remote {
             http: &self.http,
             base: &job.remote,
-            repo: &name,
+            repo: &job.repo,
         };
-        let (bytes, manifest) = self.copy_manifest(&name, digest, None, &remote, 0).await?;
+        let (bytes, manifest) = self
+            .copy_manifest(&job.repo, job.digest, None, &remote, 0)
+            .await?;
         remote
-            .put_manifest(tag.as_str(), manifest.media_type().as_str(), bytes)
+            .put_manifest(job.tag.as_str(), manifest.media_type().as_str(), bytes)
             .await
     }
-
     /// Copies a manifest's blobs and children, then the manifest by digest; returns it so the
     /// caller can tag the root.
     fn copy_manifest<'a>(
@@ -394,136 +360,48 @@ fn full_error(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// The durable job queue: `<dir>/<hash of remote, repository, tag>.json`, each written to a
-/// temporary file, synced and renamed into place, so a crash leaves the old job or the new one.
-struct Queue {
-    dir: PathBuf,
-    /// Serialises writes with the removal of finished jobs, so a job replaced while it ran is
-    /// never removed in place of its replacement.
-    lock: Mutex<()>,
-}
-
-const JOB_SUFFIX: &str = ".json";
-const TEMP_SUFFIX: &str = ".tmp";
-
-impl Queue {
-    fn open(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Queue {
-            path: dir.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            lock: Mutex::new(()),
-        })
-    }
-
-    fn file_name(job: &Job) -> String {
-        let key = format!("{}\n{}\n{}", job.remote, job.repo, job.tag);
-        format!("{}{JOB_SUFFIX}", Digest::of(key.as_bytes()).hex())
-    }
-
-    async fn write(&self, job: &Job) -> Result<(), Error> {
-        let _writing = self.lock.lock().await;
-        let path = self.dir.join(Self::file_name(job));
-        let temp = path.with_extension(TEMP_SUFFIX.trim_start_matches('.'));
-        let bytes = serde_json::to_vec(job).expect("a job serialises");
-        let dir = self.dir.clone();
-        let target = path.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &target)?;
-            // The rename is durable only once the directory entry is.
-            std::fs::File::open(&dir)?.sync_all()
-        })
-        .await
-        .expect("the queue write does not panic")
-        .map_err(|source| Error::Queue { path, source })
-    }
-
-    /// Every pending job with its file name; unreadable files are logged and skipped.
-    async fn list(&self) -> Result<Vec<(String, Job)>, Error> {
-        let queue_error = |source| Error::Queue {
-            path: self.dir.clone(),
-            source,
-        };
-        let mut entries = tokio::fs::read_dir(&self.dir).await.map_err(queue_error)?;
-        let mut jobs = Vec::new();
-        while let Some(entry) = entries.next_entry().await.map_err(queue_error)? {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if !file.ends_with(JOB_SUFFIX) {
-                continue;
-            }
-            match tokio::fs::read(entry.path())
-                .await
-                .map(|bytes| serde_json::from_slice::<Job>(&bytes).map_err(std::io::Error::other))
-            {
-                Ok(Ok(job)) => jobs.push((file, job)),
-                Ok(Err(error)) | Err(error) => {
-                    warn!(path = %entry.path().display(), %error, "skipping an unreadable replication job");
-                }
-            }
-        }
-        jobs.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(jobs)
-    }
-
-    /// Removes a finished job unless a newer digest replaced it meanwhile.
-    async fn complete(&self, file: &str, job: &Job) -> Result<(), Error> {
-        let _writing = self.lock.lock().await;
-        let path = self.dir.join(file);
-        let current = match tokio::fs::read(&path).await {
-            Ok(bytes) => serde_json::from_slice::<Job>(&bytes).ok(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(Error::Queue { path, source }),
-        };
-        if current.as_ref() != Some(job) {
-            return Ok(());
-        }
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(|source| Error::Queue { path, source })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn job(digest: &str) -> Job {
-        Job {
+    fn job(digest: &[u8]) -> Replication {
+        Replication {
             remote: "http://b:5000".into(),
-            repo: "repl/app".into(),
-            tag: "v1".into(),
-            digest: digest.into(),
+            repo: Name::parse("repl/app").unwrap(),
+            tag: Tag::parse("v1").unwrap(),
+            digest: Digest::of(digest),
         }
     }
 
+    /// The name earlier versions gave this job's file: sha256 of "remote\nrepo\ntag".
+    const FILE: &str = "f1546645c921f40d560d0ec27acfd05c015019dfc54ea2a742ea352e56221ab1.json";
+
     #[tokio::test]
-    async fn a_newer_digest_replaces_the_pending_job_and_survives_reopening() {
+    async fn a_newer_digest_replaces_the_job_of_its_remote_and_tag_in_the_file_of_earlier_versions()
+    {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
-        queue.write(&job("sha256:old")).await.unwrap();
-        queue.write(&job("sha256:new")).await.unwrap();
-        let jobs = Queue::open(dir.path()).unwrap().list().await.unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].1, job("sha256:new"));
+        let policy = RetryPolicy::default();
+        let queue = Queue::<TagCopy>::open(dir.path(), policy, 1).await.unwrap();
+        queue.enqueue(job(b"old")).await.unwrap();
+        queue.enqueue(job(b"new")).await.unwrap();
+        let on_disk: Replication =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        assert_eq!(on_disk, job(b"new"));
+        let reopened = Queue::<TagCopy>::open(dir.path(), policy, 1).await.unwrap();
+        assert_eq!(reopened.payloads(), [job(b"new")]);
     }
 
     #[tokio::test]
-    async fn finishing_an_old_job_keeps_its_replacement() {
+    async fn a_job_file_written_by_an_earlier_version_is_queued_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
-        queue.write(&job("sha256:old")).await.unwrap();
-        let (file, old) = queue.list().await.unwrap().remove(0);
-        queue.write(&job("sha256:new")).await.unwrap();
-        queue.complete(&file, &old).await.unwrap();
-        assert_eq!(queue.list().await.unwrap().len(), 1);
-        let (file, new) = queue.list().await.unwrap().remove(0);
-        queue.complete(&file, &new).await.unwrap();
-        assert!(queue.list().await.unwrap().is_empty());
+        let digest = Digest::of(b"manifest");
+        let old = format!(
+            r#"{{"remote":"http://b:5000","repo":"repl/app","tag":"v1","digest":"{digest}"}}"#
+        );
+        std::fs::write(dir.path().join(FILE), old).unwrap();
+        let queue = Queue::<TagCopy>::open(dir.path(), RetryPolicy::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(queue.payloads(), [job(b"manifest")]);
     }
 }
