@@ -64,7 +64,9 @@ pub async fn length(
 ) -> Result<Option<u64>, RegistryError> {
     Ok(state
         .upstreams
-        .read_blob(digest, |origin| origin.stat_blob(digest, Some(name)))
+        .read_blob(digest, |origin| async move {
+            origin.stat_blob(digest, Some(name)).await
+        })
         .await?)
 }
 

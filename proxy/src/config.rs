@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use shoal_api::OriginsConfig;
 use shoal_membership::MembersConfig;
 use shoal_service::LogConfig;
 use shoal_service::tls::TlsConfig;
+
+use crate::upstream::MAX_ORIGIN_ADDR_LEN;
 
 /// Proxy settings. Every field has a default, so an empty file runs against the local dev cluster.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -19,10 +22,10 @@ pub struct ProxyConfig {
     /// Serve HTTPS on `listen` with this certificate (`{cert, key}`, PEM files); absent, plain
     /// HTTP. `docker push` to a registry that is not on localhost needs HTTPS.
     pub tls: Option<TlsConfig>,
-    /// Origin nodes (`host:port` or `http://host:port`), in the same order on every proxy replica:
-    /// upload handles name an origin by its position in this list, so it must be a static list
-    /// (`{static: [...], health: {...}}` tunes the health checks that put failing owners last).
-    pub origins: MembersConfig,
+    /// The origin cluster (`host:port` or `http://host:port` members, the strings every
+    /// component ranks): a static list or `{dns: {name, port}}`, health-checked (owners failing
+    /// their checks are tried last). Upload handles name an origin by its address.
+    pub origins: OriginsConfig,
     /// Owners per blob (R), as the origins' `cluster.replicas`: reads try these origins in
     /// rendezvous order until one has the blob.
     pub replicas: usize,
@@ -38,7 +41,7 @@ impl Default for ProxyConfig {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
             tls: None,
-            origins: MembersConfig::fixed(["127.0.0.1:15100"]),
+            origins: OriginsConfig::fixed(["127.0.0.1:15100"]),
             replicas: 3,
             build_index: "127.0.0.1:15004".to_owned(),
             preheat: PreheatConfig::default(),
@@ -179,13 +182,8 @@ pub enum ConfigError {
 impl ProxyConfig {
     /// Checks what serde cannot: a usable, duplicate-free origin list and a build-index address.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let Some(origins) = self.origins.static_members() else {
-            return Err(ConfigError::Origins {
-                reason: "must be a static list: upload handles name an origin by its position"
-                    .into(),
-            });
-        };
-        if origins.is_empty() {
+        let origins = self.origins.members().static_members().unwrap_or_default();
+        if self.origins.is_empty() {
             return Err(ConfigError::NoOrigins);
         }
         for (index, address) in origins.iter().enumerate() {
@@ -195,6 +193,13 @@ impl ProxyConfig {
             if origins[..index].contains(address) {
                 return Err(ConfigError::DuplicateOrigin {
                     address: address.clone(),
+                });
+            }
+            if address.len() > MAX_ORIGIN_ADDR_LEN {
+                return Err(ConfigError::Origins {
+                    reason: format!(
+                        "{address:?} is longer than the {MAX_ORIGIN_ADDR_LEN} characters an upload handle can name"
+                    ),
                 });
             }
         }
@@ -290,7 +295,7 @@ mod tests {
     #[test]
     fn unusable_origin_lists_are_rejected() {
         let with = |origins: &[&str]| ProxyConfig {
-            origins: MembersConfig::fixed(origins.iter().copied()),
+            origins: OriginsConfig::fixed(origins.iter().copied()),
             ..ProxyConfig::default()
         };
         assert!(matches!(with(&[]).validate(), Err(ConfigError::NoOrigins)));
@@ -306,7 +311,12 @@ mod tests {
         let dns: ProxyConfig =
             shoal_service::config::parse("origins: {dns: {name: o, port: 1}}\n", "proxy.yaml")
                 .unwrap();
-        assert!(matches!(dns.validate(), Err(ConfigError::Origins { .. })));
+        dns.validate().unwrap();
+        let long = format!("{}:1", "o".repeat(MAX_ORIGIN_ADDR_LEN));
+        assert!(matches!(
+            with(&[&long]).validate(),
+            Err(ConfigError::Origins { .. })
+        ));
         let no_replicas = ProxyConfig {
             replicas: 0,
             ..ProxyConfig::default()

@@ -38,8 +38,10 @@ pub async fn get(
     };
     let fetched = state
         .upstreams
-        .read_blob(&digest, |origin| {
-            origin.get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+        .read_blob(&digest, |origin| async move {
+            origin
+                .get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+                .await
         })
         .await;
     match fetched {
@@ -107,7 +109,9 @@ pub async fn delete(
         Reference::Digest(digest) => {
             let stored = state
                 .upstreams
-                .read_blob(digest, |origin| origin.stat_blob(digest, Some(name)))
+                .read_blob(digest, |origin| async move {
+                    origin.stat_blob(digest, Some(name)).await
+                })
                 .await?;
             if stored.is_none() {
                 return Err(RegistryError::manifest_unknown(reference));
@@ -171,7 +175,9 @@ async fn check_references(
         .map(|(digest, size)| async move {
             let stored = state
                 .upstreams
-                .read_blob(&digest, |origin| origin.stat_blob(&digest, Some(name)))
+                .read_blob(&digest, |origin| async move {
+                    origin.stat_blob(&digest, Some(name)).await
+                })
                 .await;
             (digest, size, stored)
         })

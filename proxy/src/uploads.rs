@@ -56,7 +56,10 @@ async fn mount_blob(
     };
     let present = state
         .upstreams
-        .read_blob(&digest, |origin| origin.stat_blob(&digest, Some(&from)))
+        .read_blob(&digest, |origin| {
+            let from = &from;
+            async move { origin.stat_blob(&digest, Some(from)).await }
+        })
         .await?;
     Ok(present.map(|_| created(name, &digest)))
 }

@@ -262,7 +262,7 @@ mod tests {
         let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let nowhere = nowhere.local_addr().unwrap().to_string();
         let config = ProxyConfig {
-            origins: shoal_membership::MembersConfig::fixed([nowhere.clone()]),
+            origins: shoal_api::OriginsConfig::fixed([nowhere.clone()]),
             build_index: nowhere,
             preheat,
             ..ProxyConfig::default()

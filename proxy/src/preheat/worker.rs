@@ -268,8 +268,10 @@ async fn fetch_manifest(
 ) -> Result<Manifest, PreheatError> {
     let bytes = context
         .upstreams
-        .read_blob(&digest, |origin| {
-            origin.get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+        .read_blob(&digest, |origin| async move {
+            origin
+                .get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+                .await
         })
         .await
         .map_err(|source| PreheatError::Upstream {
