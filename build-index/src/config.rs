@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shoal_membership::MembersConfig;
+use shoal_api::OriginsConfig;
 use shoal_service::LogConfig;
 use shoal_storage::{BackendConfig, RouteConfig};
 
@@ -24,7 +24,7 @@ pub struct BuildIndexConfig {
     /// HTTP addresses (`host:port` or `http://…`) of the origin cluster, or
     /// `{dns: {name, port}}`; health-checked. A tag is accepted only once its manifest and blobs
     /// are found on the origin owning each digest.
-    pub origins: MembersConfig,
+    pub origins: OriginsConfig,
     /// Owners per digest (R), as the origins' `cluster.replicas`: lookups try these origins in
     /// rendezvous order.
     pub replicas: usize,
@@ -80,7 +80,7 @@ impl Default for BuildIndexConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
-            origins: MembersConfig::fixed([DEFAULT_ORIGIN]),
+            origins: OriginsConfig::fixed([DEFAULT_ORIGIN]),
             replicas: 3,
             backend: BackendConfig::default(),
             backends: Vec::new(),
@@ -174,6 +174,8 @@ pub fn whole_name_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
 
 #[cfg(test)]
 mod tests {
+    use shoal_membership::MembersConfig;
+
     use super::*;
 
     #[test]
@@ -223,11 +225,11 @@ mod tests {
     #[test]
     fn empty_or_blank_origins_are_refused_by_field() {
         let mut config = BuildIndexConfig {
-            origins: MembersConfig::default(),
+            origins: MembersConfig::default().into(),
             ..Default::default()
         };
         assert_eq!(config.validate().unwrap_err().field, "origins");
-        config.origins = MembersConfig::fixed(["a:1", " "]);
+        config.origins = MembersConfig::fixed(["a:1", " "]).into();
         assert_eq!(config.validate().unwrap_err().field, "origins[1]");
         config.origins = shoal_service::config::parse::<BuildIndexConfig>(
             "origins: {dns: {name: origin.shoal, port: 0}}\n",

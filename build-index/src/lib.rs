@@ -56,10 +56,10 @@ pub async fn run(
     let tag_metrics = metrics::TagMetrics::register(metrics.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(metrics.registry());
     let tasks = TaskTracker::new();
-    let members = shoal_membership::Membership::start(
-        "origins",
+    let cluster = shoal_api::OriginCluster::start(
+        http,
         &config.origins,
-        http.clone(),
+        config.replicas,
         &membership_metrics,
         shutdown.clone(),
         &tasks,
@@ -74,7 +74,7 @@ pub async fn run(
             .context("opening the pending-tags directory (config field `pending_dir`)")?;
         tasks.spawn(tags.clone().write_back(shutdown.clone()));
     }
-    let origins = Arc::new(verify::Origins::new(http, members, config.replicas));
+    let origins = Arc::new(verify::Origins::new(cluster));
     let replicator = match &config.replication {
         Some(replication) => {
             let remote_http = shoal_service::client::builder()

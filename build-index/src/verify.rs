@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use shoal_api::{ApiError, OriginClient};
-use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Name, rendezvous};
-use shoal_membership::Membership;
+use shoal_api::{ApiError, OriginClient, OriginCluster};
+use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Name};
 
 use crate::error::Error;
 
@@ -23,22 +22,15 @@ const MANIFEST_CONCURRENCY: usize = 4;
 /// instead of being followed without bound.
 const MAX_INDEX_DEPTH: usize = 4;
 
-/// The origin cluster, as seen by the build-index: a live member list (static or DNS,
-/// health-checked).
+/// The origin cluster, as seen by the build-index: the one origin-cluster client (live
+/// membership, static or DNS, health-checked).
 pub struct Origins {
-    http: reqwest::Client,
-    members: Membership,
-    replicas: usize,
+    cluster: OriginCluster,
 }
 
 impl Origins {
-    /// `replicas` is the origins' R: how many owners each digest has.
-    pub fn new(http: reqwest::Client, members: Membership, replicas: usize) -> Self {
-        Self {
-            http,
-            members,
-            replicas,
-        }
+    pub fn new(cluster: OriginCluster) -> Self {
+        Self { cluster }
     }
 
     /// Runs `read` on the owners of `digest` (healthy ones first, otherwise in rendezvous
@@ -54,41 +46,7 @@ impl Origins {
         F: FnMut(OriginClient) -> Fut,
         Fut: Future<Output = Result<Option<T>, ApiError>>,
     {
-        self.on_owners_with(&self.http, digest, read).await
-    }
-
-    /// [`Origins::on_owners`] through `http` instead of the lookup client.
-    async fn on_owners_with<T, F, Fut>(
-        &self,
-        http: &reqwest::Client,
-        digest: Digest,
-        mut read: F,
-    ) -> Result<Option<(T, OriginClient)>, Error>
-    where
-        F: FnMut(OriginClient) -> Fut,
-        Fut: Future<Output = Result<Option<T>, ApiError>>,
-    {
-        let mut answered = false;
-        let mut failure = None;
-        let snapshot = self.members.snapshot();
-        let owners = rendezvous::owners(&digest, snapshot.members(), self.replicas);
-        for addr in snapshot.healthy_first(owners) {
-            let client = OriginClient::new(http.clone(), addr);
-            match read(client.clone()).await {
-                Ok(Some(found)) => return Ok(Some((found, client))),
-                Ok(None) => answered = true,
-                Err(source) if fails_over(&source) => {
-                    tracing::warn!(%digest, origin = client.base(), error = %source, "origin lookup failed; trying the next owner");
-                    failure = Some(origin_error(&client, digest, source));
-                }
-                Err(source) => return Err(origin_error(&client, digest, source)),
-            }
-        }
-        match failure {
-            Some(error) if !answered => Err(error),
-            None if !answered => Err(Error::NoOrigins),
-            _ => Ok(None),
-        }
+        on_cluster(&self.cluster, digest, read).await
     }
 
     /// Checks the manifest `digest` of repository `name` and everything it references.
@@ -167,15 +125,15 @@ impl Origins {
         name: &Name,
         blob: Digest,
     ) -> Result<Option<reqwest::Response>, Error> {
-        let opened = self
-            .on_owners_with(http, blob, |origin| async move {
-                match origin.get_blob(&blob, Some(name), None).await {
-                    Ok(response) => Ok(Some(response)),
-                    Err(ApiError::Remote { status: 404, .. }) => Ok(None),
-                    Err(error) => Err(error),
-                }
-            })
-            .await?;
+        let cluster = self.cluster.with_http(http.clone());
+        let opened = on_cluster(&cluster, blob, |origin| async move {
+            match origin.get_blob(&blob, Some(name), None).await {
+                Ok(response) => Ok(Some(response)),
+                Err(ApiError::Remote { status: 404, .. }) => Ok(None),
+                Err(error) => Err(error),
+            }
+        })
+        .await?;
         Ok(opened.map(|(response, _)| response))
     }
 
@@ -266,20 +224,25 @@ impl Origins {
     }
 }
 
-/// Whether a failed lookup is worth repeating on another owner: the origin was unreachable,
-/// broke off, or failed on its side.
-fn fails_over(error: &ApiError) -> bool {
-    match error {
-        ApiError::Transport { .. } | ApiError::Protocol { .. } => true,
-        ApiError::Remote { status, .. } => *status >= 500,
-        ApiError::RangeNotSatisfiable { .. } | ApiError::TooLarge { .. } => false,
-    }
-}
-
-fn origin_error(origin: &OriginClient, digest: Digest, source: ApiError) -> Error {
-    Error::OriginUnavailable {
-        origin: origin.base().to_owned(),
-        digest,
-        source,
-    }
+/// [`Origins::on_owners`] over `cluster`, with the failure that ended the read named by origin.
+async fn on_cluster<T, F, Fut>(
+    cluster: &OriginCluster,
+    digest: Digest,
+    read: F,
+) -> Result<Option<(T, OriginClient)>, Error>
+where
+    F: FnMut(OriginClient) -> Fut,
+    Fut: Future<Output = Result<Option<T>, ApiError>>,
+{
+    cluster
+        .read(&digest, read)
+        .await
+        .map_err(|failure| match failure.last() {
+            Some((origin, source)) => Error::OriginUnavailable {
+                origin,
+                digest,
+                source,
+            },
+            None => Error::NoOrigins,
+        })
 }
