@@ -59,8 +59,8 @@ pub enum Error {
     /// A tag object in the backend does not hold a digest.
     #[error("stored tag {key} is corrupt: {reason}")]
     CorruptTag { key: String, reason: String },
-    /// The replication queue directory could not be read or written.
-    #[error("replication queue: {0}")]
+    /// A job queue (pending tags, replication) could not be read or written.
+    #[error("job queue: {0}")]
     Queue(#[from] shoal_jobs::JobsError),
     /// A remote cluster's proxy refused or failed a replication step.
     #[error("replicating to {remote}: {step} failed: {reason}")]

@@ -71,6 +71,7 @@ pub async fn run(
     if let Some(dir) = &config.pending_dir {
         tags = tags
             .with_pending_dir(dir)
+            .await
             .context("opening the pending-tags directory (config field `pending_dir`)")?;
         tasks.spawn(tags.clone().write_back(shutdown.clone()));
     }

@@ -2,6 +2,11 @@
 //! tag (`repositories/<repo>/_tags/<tag>` holding the digest text), and the listings derived from
 //! the backend's key space (a repository's tags, the catalog of repositories). A repository's
 //! tags live in the backend its name routes to.
+//!
+//! With a `pending_dir`, a tag whose backend is unreachable is accepted anyway and kept on a
+//! `shoal_jobs` queue there, one marker `<sha256 of "repo:tag">.json` per tag, until it is
+//! written back. Versions before the queue kept such tags as `repositories/<repo>/_tags/<tag>`
+//! files under the same directory; those are queued when it is opened.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -10,14 +15,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, stream};
+use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, Name, Tag};
+use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy};
 use shoal_service::CancellationToken;
 use shoal_storage::{
     Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
     tag_key,
 };
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::error::Error;
 
@@ -27,10 +34,18 @@ const TAGS_SEPARATOR: &str = "/_tags/";
 /// A tag object holds `sha256:` + 64 hex characters; anything much larger is not a tag.
 const MAX_TAG_OBJECT: usize = 1024;
 
-/// How long a tag write waits for its backend before the tag is kept locally instead.
-const INLINE_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Pause between write-back rounds of pending tags while some remain.
-const RETRY_PERIOD: Duration = Duration::from_secs(1);
+/// How long a tag write waits for its backend before the tag is kept locally instead (and how
+/// long a write-back may hold the tag writes, which it serialises with).
+const BACKEND_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retries of pending tags: a tag is a few bytes, so a backend that returns is noticed within
+/// half a minute even after a long outage.
+const PENDING_RETRY: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(30),
+    max_attempts: None,
+};
+/// Pending tags written back at once: one, as write-backs are serialised with tag writes.
+const PENDING_CONCURRENCY: usize = 1;
 
 /// Tags stored in the backends their repositories route to.
 #[derive(Clone)]
@@ -38,10 +53,59 @@ pub struct TagStore {
     backends: Arc<BackendRouter>,
     /// Tags accepted while their backend was unreachable, durable on local disk until written
     /// back (`pending_dir`); without it a backend failure fails the tag write.
-    pending: Option<Arc<FilesystemBackend>>,
+    pending: Option<Arc<Queue<TagWriteBack>>>,
     /// Serialises tag writes and their write-back, so a retry of an older value can never land
     /// after a newer one.
     writes: Arc<Mutex<()>>,
+}
+
+/// A tag kept locally until its backend has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingTag {
+    repo: Name,
+    tag: Tag,
+    digest: Digest,
+}
+
+/// The queue key of a pending tag: flat, and the same for every digest of one tag, so a newer
+/// digest replaces a pending older one (`:` is in neither a name nor a tag).
+fn pending_key(repo: &Name, tag: &Tag) -> String {
+    Digest::of(format!("{repo}:{tag}").as_bytes()).hex()
+}
+
+/// Writing a pending tag back to its backend.
+struct TagWriteBack(TagStore);
+
+impl Job for TagWriteBack {
+    type Payload = PendingTag;
+    const NAME: &'static str = "pending tag";
+
+    fn key(pending: &PendingTag) -> String {
+        pending_key(&pending.repo, &pending.tag)
+    }
+
+    /// Every failure is retried: a route that fails may be fixed by the backend's return or
+    /// the operator.
+    async fn run(&self, pending: &PendingTag) -> Result<(), Failure> {
+        let store = &self.0;
+        let _writing = store.writes.lock().await;
+        // A put since this attempt was taken wrote a newer value or queued one: this one must
+        // not land after it.
+        let current = store
+            .pending
+            .as_ref()
+            .and_then(|queue| queue.get(&pending_key(&pending.repo, &pending.tag)));
+        if current.as_ref() != Some(pending) {
+            return Ok(());
+        }
+        let key = tag_key(&pending.repo, &pending.tag);
+        let backend = store.backend(&pending.repo).map_err(Failure::retry)?;
+        write_tag(&*backend, &key, &pending.digest)
+            .await
+            .map_err(|error| Failure::retry(format!("writing back tag {key}: {error}")))?;
+        info!(key, digest = %pending.digest, "pending tag written back");
+        Ok(())
+    }
 }
 
 impl TagStore {
@@ -54,11 +118,13 @@ impl TagStore {
         }
     }
 
-    /// Keeps tags whose backend is unreachable in `dir` and writes them back later.
-    pub fn with_pending_dir(mut self, dir: &Path) -> Result<Self, Error> {
-        let local = FilesystemBackend::new(dir)
-            .map_err(Error::backend("opening the pending-tags directory"))?;
-        self.pending = Some(Arc::new(local));
+    /// Keeps tags whose backend is unreachable in `dir` and writes them back later (once
+    /// [`TagStore::write_back`] runs). Tags an earlier run left there, in either layout, are
+    /// queued again.
+    pub async fn with_pending_dir(mut self, dir: &Path) -> Result<Self, Error> {
+        let queue = Queue::open(dir, PENDING_RETRY, PENDING_CONCURRENCY).await?;
+        import_old_layout(dir, &queue).await?;
+        self.pending = Some(Arc::new(queue));
         Ok(self)
     }
 
@@ -71,38 +137,29 @@ impl TagStore {
     /// Points `tag` at `digest`, replacing any previous value. The backend writes atomically, so a
     /// reader sees the old digest or the new one, never a mix. When the backend cannot be reached
     /// and a pending directory is configured, the tag is kept there durably (and this node serves
-    /// it) until the write-back loop gets it into the backend.
+    /// it) until the write-back gets it into the backend.
     pub async fn put(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), Error> {
         let key = tag_key(name, tag);
         let backend = self.backend(name)?;
         let _writing = self.writes.lock().await;
-        let written =
-            tokio::time::timeout(INLINE_WRITE_TIMEOUT, write_digest(&*backend, &key, digest))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(BackendError::Remote {
-                        operation: "put",
-                        url: key.clone(),
-                        reason: format!("no answer within {INLINE_WRITE_TIMEOUT:?}"),
-                    })
-                });
+        let written = write_tag(&*backend, &key, digest).await;
         let Some(pending) = &self.pending else {
             return written.map_err(Error::backend("writing a tag"));
         };
         match written {
             Ok(()) => {
                 // The backend now has the newest value; an older pending one must not follow it.
-                pending
-                    .delete(&key)
-                    .await
-                    .map_err(Error::backend("clearing a pending tag"))?;
+                pending.remove(&pending_key(name, tag)).await?;
                 Ok(())
             }
             Err(error) if transient(&error) => {
                 warn!(%key, %error, "tag backend unreachable: keeping the tag locally until it is written back");
-                write_digest(&**pending, &key, digest)
-                    .await
-                    .map_err(Error::backend("keeping a tag locally"))
+                let pending_tag = PendingTag {
+                    repo: name.clone(),
+                    tag: tag.clone(),
+                    digest: *digest,
+                };
+                Ok(pending.enqueue(pending_tag).await?)
             }
             Err(source) => Err(Error::Backend {
                 action: "writing a tag",
@@ -111,105 +168,65 @@ impl TagStore {
         }
     }
 
-    /// Writes every pending tag back to its backend, retrying until `shutdown` (a round in
+    /// Writes every pending tag back to its backend, retrying until `shutdown` (a write in
     /// progress finishes first).
     pub async fn write_back(self, shutdown: CancellationToken) {
         let Some(pending) = self.pending.clone() else {
             return;
         };
-        loop {
-            match self.write_back_round(&pending).await {
-                Ok(0) => {}
-                Ok(left) => debug!(left, "pending tags not written back yet"),
-                Err(error) => warn!(%error, "pending tags write-back failed"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RETRY_PERIOD) => {}
-            }
-        }
-    }
-
-    /// One pass over the pending tags; returns how many are still pending.
-    async fn write_back_round(&self, pending: &FilesystemBackend) -> Result<usize, Error> {
-        let keys = pending
-            .list(REPOSITORIES_PREFIX)
-            .await
-            .map_err(Error::backend("listing pending tags"))?;
-        let mut left = 0;
-        for key in keys {
-            let Some((name, _)) = parse_tag_key(&key) else {
-                warn!(key, "ignoring a pending file that is not a tag");
-                continue;
-            };
-            let _writing = self.writes.lock().await;
-            // Re-read under the lock: a newer put may have replaced or cleared it.
-            let Some(digest) = read_digest(pending, &key).await? else {
-                continue;
-            };
-            let backend = self.backend(&name)?;
-            match write_digest(&*backend, &key, &digest).await {
-                Ok(()) => {
-                    info!(key, %digest, "pending tag written back");
-                    pending
-                        .delete(&key)
-                        .await
-                        .map_err(Error::backend("clearing a pending tag"))?;
-                }
-                Err(error) => {
-                    debug!(key, %error, "pending tag still not written back");
-                    left += 1;
-                }
-            }
-        }
-        Ok(left)
+        pending.run(Arc::new(TagWriteBack(self)), shutdown).await;
     }
 
     /// The digest `tag` points at, or `None` when the tag does not exist. A tag kept locally
     /// while its backend was unreachable is the newest value this node accepted.
     pub async fn get(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, Error> {
-        let key = tag_key(name, tag);
         if let Some(pending) = &self.pending
-            && let Some(digest) = read_digest(&**pending, &key).await?
+            && let Some(kept) = pending.get(&pending_key(name, tag))
         {
-            return Ok(Some(digest));
+            return Ok(Some(kept.digest));
         }
-        read_digest(&*self.backend(name)?, &key).await
+        read_digest(&*self.backend(name)?, &tag_key(name, tag)).await
     }
 
     /// Removes a tag; `false` when it did not exist.
     pub async fn delete(&self, name: &Name, tag: &Tag) -> Result<bool, Error> {
-        let key = tag_key(name, tag);
         let _writing = self.writes.lock().await;
         let was_pending = match &self.pending {
-            Some(pending) => pending
-                .delete(&key)
-                .await
-                .map_err(Error::backend("deleting a pending tag"))?,
+            Some(pending) => pending.remove(&pending_key(name, tag)).await?,
             None => false,
         };
         let in_backend = self
             .backend(name)?
-            .delete(&key)
+            .delete(&tag_key(name, tag))
             .await
             .map_err(Error::backend("deleting a tag"))?;
         Ok(was_pending || in_backend)
     }
 
+    /// The tags kept locally, in no particular order.
+    fn pending_tags(&self) -> Vec<PendingTag> {
+        self.pending
+            .as_ref()
+            .map_or_else(Vec::new, |queue| queue.payloads())
+    }
+
     /// The repository's tags, sorted; empty when it has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<String>, Error> {
         let prefix = format!("{REPOSITORIES_PREFIX}{}{TAGS_SEPARATOR}", name.as_str());
-        let mut keys = list(&self.backend(name)?, &prefix).await?;
-        if let Some(pending) = &self.pending {
-            keys.extend(list(&(pending.clone() as Arc<dyn Backend>), &prefix).await?);
-        }
-        let tags: BTreeSet<String> = keys
+        let keys = list(&self.backend(name)?, &prefix).await?;
+        let mut tags: BTreeSet<String> = keys
             .iter()
             .filter_map(|key| {
                 let tag = key.strip_prefix(&prefix)?;
                 Tag::parse(tag).is_ok().then(|| tag.to_owned())
             })
             .collect();
+        let pending = self.pending_tags().into_iter();
+        tags.extend(
+            pending
+                .filter(|p| p.repo == *name)
+                .map(|p| p.tag.to_string()),
+        );
         Ok(tags.into_iter().collect())
     }
 
@@ -219,10 +236,7 @@ impl TagStore {
         for backend in self.backends.backends() {
             keys.extend(list(backend, REPOSITORIES_PREFIX).await?);
         }
-        if let Some(pending) = &self.pending {
-            keys.extend(list(&(pending.clone() as Arc<dyn Backend>), REPOSITORIES_PREFIX).await?);
-        }
-        let repos: BTreeSet<String> = keys
+        let mut repos: BTreeSet<String> = keys
             .iter()
             .filter_map(|key| match parse_tag_key(key) {
                 Some((name, _)) => Some(name.as_str().to_owned()),
@@ -232,8 +246,48 @@ impl TagStore {
                 }
             })
             .collect();
+        repos.extend(self.pending_tags().into_iter().map(|p| p.repo.to_string()));
         Ok(repos.into_iter().collect())
     }
+}
+
+/// Queues the tags an earlier version kept under `dir` in a filesystem backend's layout
+/// (`repositories/<repo>/_tags/<tag>` holding the digest), removing each once its marker is
+/// durable, and then the emptied layout. A crash in between only queues a tag again.
+async fn import_old_layout(dir: &Path, queue: &Queue<TagWriteBack>) -> Result<(), Error> {
+    let layout = dir.join(REPOSITORIES_PREFIX);
+    if !layout.is_dir() {
+        return Ok(());
+    }
+    let old = FilesystemBackend::new(dir)
+        .map_err(Error::backend("opening pending tags of an earlier version"))?;
+    let keys = old
+        .list(REPOSITORIES_PREFIX)
+        .await
+        .map_err(Error::backend("listing pending tags of an earlier version"))?;
+    let mut left = 0;
+    for key in keys {
+        let Some((repo, tag)) = parse_tag_key(&key) else {
+            warn!(key, "leaving a pending file that is not a tag");
+            left += 1;
+            continue;
+        };
+        if let Some(digest) = read_digest(&old, &key).await? {
+            queue.enqueue(PendingTag { repo, tag, digest }).await?;
+            info!(key, %digest, "pending tag of an earlier version queued");
+        }
+        old.delete(&key).await.map_err(Error::backend(
+            "removing a pending tag of an earlier version",
+        ))?;
+    }
+    if left == 0 {
+        // Only the directories of the old layout remain.
+        tokio::fs::remove_dir_all(&layout)
+            .await
+            .ctx("remove", &layout)
+            .map_err(JobsError::from)?;
+    }
+    Ok(())
 }
 
 /// Whether a failed write may succeed later (the backend was unreachable or failed on its
@@ -245,15 +299,21 @@ fn transient(error: &BackendError) -> bool {
     )
 }
 
-async fn write_digest(
-    backend: &dyn Backend,
-    key: &str,
-    digest: &Digest,
-) -> Result<(), BackendError> {
+/// Writes a tag object, failing as unreachable when the backend does not answer within
+/// [`BACKEND_WRITE_TIMEOUT`].
+async fn write_tag(backend: &dyn Backend, key: &str, digest: &Digest) -> Result<(), BackendError> {
     let text = Bytes::from(digest.to_string());
     let len = text.len() as u64;
     let body: ByteStream = Box::pin(stream::once(async move { Ok(text) }));
-    backend.put(key, body, Some(len)).await
+    tokio::time::timeout(BACKEND_WRITE_TIMEOUT, backend.put(key, body, Some(len)))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BackendError::Remote {
+                operation: "put",
+                url: key.to_owned(),
+                reason: format!("no answer within {BACKEND_WRITE_TIMEOUT:?}"),
+            })
+        })
 }
 
 /// The digest a tag object holds, or `None` when there is none under `key`.
@@ -381,6 +441,27 @@ mod tests {
         }
     }
 
+    /// Runs the write-back of `store`'s pending tags until the token is cancelled.
+    fn start_write_back(store: &TagStore) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let token = CancellationToken::new();
+        let worker = tokio::spawn(store.clone().write_back(token.clone()));
+        (token, worker)
+    }
+
+    async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let polled = async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(10), polled).await;
+        waited.unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    fn queue_stats(store: &TagStore) -> shoal_jobs::Stats {
+        store.pending.as_ref().expect("pending dir").stats()
+    }
+
     #[tokio::test]
     async fn tags_written_during_a_backend_outage_are_kept_locally_then_written_back() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -388,6 +469,7 @@ mod tests {
         let backend = FilesystemBackend::new(&root).expect("backend");
         let store = TagStore::new(Arc::new(backend) as Arc<dyn Backend>)
             .with_pending_dir(&dir.path().join("pending"))
+            .await
             .expect("pending dir");
         let name = Name::parse("team/app").expect("name");
         let (v1, v2) = (
@@ -407,21 +489,60 @@ mod tests {
             .await
             .expect("accepted during the outage");
         assert_eq!(store.get(&name, &v1).await.expect("get"), Some(old));
-        assert_eq!(store.write_back_round_for_test().await, 2, "still pending");
+        let (token, worker) = start_write_back(&store);
+        wait_for("both write-backs to fail", || {
+            queue_stats(&store).retries >= 2
+        })
+        .await;
+        token.cancel();
+        worker.await.expect("write-back");
+        assert_eq!(store.pending_tags().len(), 2, "still pending");
 
         break_backend(&root, false);
         // A newer value written directly must not be overwritten by the older pending one.
         store.put(&name, &v1, &new).await.expect("put");
-        assert_eq!(store.write_back_round_for_test().await, 0);
+        let (token, worker) = start_write_back(&store);
+        wait_for("the write-back", || store.pending_tags().is_empty()).await;
+        token.cancel();
+        worker.await.expect("write-back");
         assert_eq!(in_backend(&v1), Some(new.to_string()));
         assert_eq!(in_backend(&v2), Some(old.to_string()));
         assert_eq!(store.get(&name, &v1).await.expect("get"), Some(new));
         assert_eq!(store.tags(&name).await.expect("tags"), ["v1", "v2"]);
-        let pending = dir.path().join("pending").join(REPOSITORIES_PREFIX);
         assert!(
-            !pending.exists() || list_files(&pending).is_empty(),
+            list_files(&dir.path().join("pending")).is_empty(),
             "nothing is left pending"
         );
+    }
+
+    #[tokio::test]
+    async fn pending_tags_kept_by_an_earlier_version_are_queued_at_open_and_written_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("backend");
+        let backend = FilesystemBackend::new(&root).expect("backend");
+        let pending_dir = dir.path().join("pending");
+        let name = Name::parse("team/app").expect("name");
+        let tag = Tag::parse("v1").expect("tag");
+        let digest = Digest::of(b"manifest");
+        // The layout earlier versions left: a filesystem backend rooted at the pending dir.
+        let old = FilesystemBackend::new(&pending_dir).expect("old layout");
+        write_tag(&old, &tag_key(&name, &tag), &digest)
+            .await
+            .expect("old pending tag");
+
+        let store = TagStore::new(Arc::new(backend) as Arc<dyn Backend>)
+            .with_pending_dir(&pending_dir)
+            .await
+            .expect("pending dir");
+        assert!(!pending_dir.join(REPOSITORIES_PREFIX).exists(), "imported");
+        assert_eq!(store.get(&name, &tag).await.expect("get"), Some(digest));
+        assert_eq!(store.repositories().await.expect("catalog"), ["team/app"]);
+        let (token, worker) = start_write_back(&store);
+        wait_for("the write-back", || store.pending_tags().is_empty()).await;
+        token.cancel();
+        worker.await.expect("write-back");
+        let written = std::fs::read_to_string(root.join(tag_key(&name, &tag)));
+        assert_eq!(written.expect("in the backend"), digest.to_string());
     }
 
     #[tokio::test]
@@ -450,12 +571,5 @@ mod tests {
             }
         }
         files
-    }
-
-    impl TagStore {
-        async fn write_back_round_for_test(&self) -> usize {
-            let pending = self.pending.clone().expect("pending dir");
-            self.write_back_round(&pending).await.expect("round")
-        }
     }
 }
