@@ -1,15 +1,12 @@
 //! The tracker's configuration file (`--config`): where to listen, the origin cluster, how long
 //! peers stay in a swarm, how many peers one announce hands out, and where peers are stored.
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+pub use shoal_api::{OriginAddrs, OriginsConfig};
 use shoal_core::PeerId;
-use shoal_membership::{DnsConfig, HealthConfig, MembersConfig, Source};
 use shoal_service::LogConfig;
 
 /// `shoal-tracker --config tracker.yaml`.
@@ -18,9 +15,11 @@ use shoal_service::LogConfig;
 pub struct TrackerConfig {
     /// Address of the gRPC `Tracker` service and of `/health` and `/metrics` (one port).
     pub listen: SocketAddr,
-    /// The origin cluster. Rendezvous hashing over the `http` addresses picks a digest's owners,
-    /// the same ranking the build-index and proxy use; owners whose `/health` fails are handed
-    /// out and asked last.
+    /// The origin cluster, with each origin's peer address: `{http, peer}` pairs, or members
+    /// (static or `dns`) with `peer_port`. Rendezvous hashing over the `http` addresses picks a
+    /// digest's owners, the same ranking every component uses; owners whose `/health` fails are
+    /// handed out and asked last.
+    #[serde(deserialize_with = "OriginsConfig::deserialize_with_peers")]
     pub origins: OriginsConfig,
     /// Owners per digest: how many origins are handed out as seeders and asked for metainfo.
     pub replicas: usize,
@@ -44,7 +43,7 @@ impl Default for TrackerConfig {
     fn default() -> Self {
         TrackerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15003)),
-            origins: OriginsConfig::Static(vec![OriginAddrs {
+            origins: OriginsConfig::listed(vec![OriginAddrs {
                 http: "127.0.0.1:15100".into(),
                 peer: "127.0.0.1:15101".into(),
             }]),
@@ -55,116 +54,6 @@ impl Default for TrackerConfig {
             store: StoreConfig::Memory,
             metainfo_cache: 10_000,
             log: LogConfig::default(),
-        }
-    }
-}
-
-/// One origin's two addresses.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct OriginAddrs {
-    /// `host:port` (or `http://…`) of its HTTP API, where metainfo is fetched.
-    pub http: String,
-    /// `host:port` of its gRPC `Peer` service, handed to peers as a seeder. It is also the
-    /// origin's peer id, so it must be a valid one (`[A-Za-z0-9._:-]`, at most 64 characters).
-    pub peer: String,
-}
-
-/// The origin cluster: a list of address pairs, or
-/// `{dns: {name, port, interval, nameserver}, peer_port: 15101, health: {…}}` where each A/AAAA
-/// record is one origin at `ip:port` (HTTP) and `ip:peer_port` (gRPC peer).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OriginsConfig {
-    Static(Vec<OriginAddrs>),
-    Dns {
-        /// The `http` addresses: a DNS source and its health checks.
-        members: MembersConfig,
-        peer_port: u16,
-    },
-}
-
-impl OriginsConfig {
-    /// The origins' HTTP addresses as a membership source (static lists keep their order).
-    pub fn members(&self) -> MembersConfig {
-        match self {
-            OriginsConfig::Static(origins) => {
-                MembersConfig::fixed(origins.iter().map(|o| o.http.clone()))
-            }
-            OriginsConfig::Dns { members, .. } => members.clone(),
-        }
-    }
-
-    /// The peer address of the origin whose HTTP address is `http`.
-    pub fn peer_of(&self, http: &str) -> Option<String> {
-        match self {
-            OriginsConfig::Static(origins) => origins
-                .iter()
-                .find(|o| o.http == http)
-                .map(|o| o.peer.clone()),
-            OriginsConfig::Dns { peer_port, .. } => {
-                let addr: SocketAddr = http.parse().ok()?;
-                Some(SocketAddr::new(addr.ip(), *peer_port).to_string())
-            }
-        }
-    }
-}
-
-/// The DNS form of `origins`.
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct DnsOrigins {
-    dns: DnsConfig,
-    peer_port: u16,
-    #[serde(default)]
-    health: HealthConfig,
-}
-
-impl<'de> Deserialize<'de> for OriginsConfig {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FormVisitor;
-
-        impl<'de> Visitor<'de> for FormVisitor {
-            type Value = OriginsConfig;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of {http, peer} or a map with `dns` and `peer_port`")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<OriginsConfig, A::Error> {
-                let origins =
-                    Vec::<OriginAddrs>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-                Ok(OriginsConfig::Static(origins))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OriginsConfig, A::Error> {
-                let form = DnsOrigins::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(OriginsConfig::Dns {
-                    members: MembersConfig {
-                        source: Source::Dns(form.dns),
-                        health: form.health,
-                    },
-                    peer_port: form.peer_port,
-                })
-            }
-        }
-
-        deserializer.deserialize_any(FormVisitor)
-    }
-}
-
-impl Serialize for OriginsConfig {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            OriginsConfig::Static(origins) => origins.serialize(serializer),
-            OriginsConfig::Dns { members, peer_port } => {
-                let mut map = serializer.serialize_map(Some(3))?;
-                if let Source::Dns(dns) = &members.source {
-                    map.serialize_entry("dns", dns)?;
-                }
-                map.serialize_entry("peer_port", peer_port)?;
-                map.serialize_entry("health", &members.health)?;
-                map.end()
-            }
         }
     }
 }
@@ -201,27 +90,29 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidConfig
 impl TrackerConfig {
     /// Checks what the types alone cannot express.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        let origins = match &self.origins {
-            OriginsConfig::Static(origins) => origins.as_slice(),
-            OriginsConfig::Dns { members, peer_port } => {
-                if *peer_port == 0 {
-                    return Err(invalid("origins.peer_port", "must not be 0"));
-                }
-                members.validate().map_err(|reason| {
-                    // `dns.port: must not be 0` → field `origins.dns.port`.
-                    let (field, reason) = reason.split_once(": ").unwrap_or(("", &reason));
-                    invalid(format!("origins.{field}"), reason)
-                })?;
-                &[]
-            }
-        };
-        if matches!(self.origins, OriginsConfig::Static(_)) && origins.is_empty() {
+        self.origins.validate().map_err(|reason| {
+            // `dns.port: must not be 0` → field `origins.dns.port`; `[1]: …` → `origins[1]`.
+            let (field, reason) = reason.split_once(": ").unwrap_or(("", &reason));
+            let separator = if field.starts_with('[') || field.is_empty() {
+                ""
+            } else {
+                "."
+            };
+            invalid(format!("origins{separator}{field}"), reason)
+        })?;
+        if self.origins.is_empty() {
             return Err(invalid(
                 "origins",
                 "at least one origin is required to serve metainfo",
             ));
         }
-        for (i, origin) in origins.iter().enumerate() {
+        if !self.origins.knows_peers() {
+            return Err(invalid(
+                "origins.peer_port",
+                "list each origin as {http, peer} or set peer_port: peers need the origins' peer addresses",
+            ));
+        }
+        for (i, origin) in self.origins.listed_peers().iter().enumerate() {
             if origin.http.is_empty() || origin.http.chars().any(char::is_whitespace) {
                 return Err(invalid(
                     format!("origins[{i}].http"),
@@ -341,7 +232,7 @@ mod tests {
         let config: TrackerConfig = shoal_service::config::parse(yaml, "t").expect("parse");
         config.validate().expect("valid");
         let members = config.origins.members();
-        let Source::Dns(dns) = &members.source else {
+        let shoal_membership::Source::Dns(dns) = &members.source else {
             panic!("{members:?}")
         };
         assert_eq!((dns.name.as_str(), dns.port), ("origin.shoal", 15100));
@@ -379,14 +270,14 @@ mod tests {
         let base = TrackerConfig::default();
         assert_eq!(
             field(TrackerConfig {
-                origins: OriginsConfig::Static(vec![]),
+                origins: OriginsConfig::listed(vec![]),
                 ..base.clone()
             }),
             "origins"
         );
         assert_eq!(
             field(TrackerConfig {
-                origins: OriginsConfig::Static(vec![OriginAddrs {
+                origins: OriginsConfig::listed(vec![OriginAddrs {
                     http: "a:1".into(),
                     peer: "[::1]:15101".into()
                 }]),

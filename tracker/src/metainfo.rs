@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
+use shoal_api::ApiError;
 use shoal_core::{Digest, Metainfo, Name};
 
 use crate::metrics::{MetainfoResult, TrackerMetrics};
@@ -100,34 +101,32 @@ async fn fetch(
     digest: Digest,
     namespace: Option<Name>,
 ) -> Result<Arc<Metainfo>, LookupError> {
-    let mut absent = false;
-    let mut failures = Vec::new();
-    for origin in origins.owners(&digest) {
-        match origin.client.metainfo(&digest, namespace.as_ref()).await {
-            Ok(Some(metainfo)) if metainfo.digest() == digest => return Ok(Arc::new(metainfo)),
-            Ok(Some(metainfo)) => failures.push(format!(
-                "{} answered metainfo of {} instead",
-                origin.client.base(),
-                metainfo.digest()
-            )),
-            Ok(None) => absent = true,
-            Err(error) => {
-                tracing::warn!(origin = origin.client.base(), %digest, %error, "metainfo fetch failed, trying the next owner");
-                failures.push(error.to_string());
+    let found = origins
+        .cluster()
+        .read(&digest, |origin| {
+            let namespace = namespace.clone();
+            async move {
+                match origin.metainfo(&digest, namespace.as_ref()).await? {
+                    Some(metainfo) if metainfo.digest() != digest => Err(ApiError::Protocol {
+                        service: "origin".into(),
+                        reason: format!(
+                            "{} answered metainfo of {} instead",
+                            origin.base(),
+                            metainfo.digest()
+                        ),
+                    }),
+                    found => Ok(found),
+                }
             }
-        }
-    }
-    if absent {
-        Err(LookupError::NotFound(digest))
-    } else {
-        Err(LookupError::Unavailable {
-            digest,
-            reason: if failures.is_empty() {
-                "no origins are configured".into()
-            } else {
-                failures.join("; ")
-            },
         })
+        .await;
+    match found {
+        Ok(Some((metainfo, _))) => Ok(Arc::new(metainfo)),
+        Ok(None) => Err(LookupError::NotFound(digest)),
+        Err(failure) => Err(LookupError::Unavailable {
+            digest,
+            reason: failure.to_string(),
+        }),
     }
 }
 
@@ -186,7 +185,7 @@ mod tests {
     async fn cache(addr: &str) -> MetainfoCache {
         let origins = Origins::start(
             &shoal_service::client::builder().build().expect("client"),
-            &OriginsConfig::Static(vec![OriginAddrs {
+            &OriginsConfig::listed(vec![OriginAddrs {
                 http: addr.into(),
                 peer: "127.0.0.1:1".into(),
             }]),

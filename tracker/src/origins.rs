@@ -1,20 +1,18 @@
-//! The origin cluster as the tracker sees it: each origin's HTTP client (for metainfo) and its
-//! peer record (handed out as a seeder), and which origins own a digest. The member list is
-//! live (static or DNS, health-checked); owners are ranked over all members and the healthy
-//! ones come first.
+//! The origin cluster as the tracker sees it: the one origin-cluster client (owners ranked over
+//! the live membership, static or DNS, healthy ones first) plus each origin's peer record,
+//! handed out as a seeder.
 
-use shoal_api::OriginClient;
-use shoal_core::{Digest, PeerId, rendezvous};
-use shoal_membership::{Membership, MembershipError, MembershipMetrics};
+use shoal_api::OriginCluster;
+use shoal_core::{Digest, PeerId};
+use shoal_membership::{MembershipError, MembershipMetrics};
 use shoal_service::{CancellationToken, TaskTracker};
 
-use crate::config::{OriginAddrs, OriginsConfig};
+use crate::config::OriginsConfig;
 use crate::peers::PeerRecord;
 
-/// One origin.
+/// One origin as a seeder.
 #[derive(Debug)]
 pub struct Origin {
-    pub client: OriginClient,
     /// Its `Peer` service; the peer id is the address itself.
     pub peer: PeerRecord,
 }
@@ -35,9 +33,7 @@ pub enum OriginsError {
 #[derive(Debug)]
 pub struct Origins {
     config: OriginsConfig,
-    members: Membership,
-    http: reqwest::Client,
-    replicas: usize,
+    cluster: OriginCluster,
 }
 
 impl Origins {
@@ -50,51 +46,43 @@ impl Origins {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, OriginsError> {
-        if let OriginsConfig::Static(origins) = config {
-            for (index, OriginAddrs { peer, .. }) in origins.iter().enumerate() {
-                PeerId::parse(peer).map_err(|source| OriginsError::BadPeer {
-                    index,
-                    addr: peer.clone(),
-                    source,
-                })?;
-            }
+        for (index, origin) in config.listed_peers().into_iter().enumerate() {
+            PeerId::parse(&origin.peer).map_err(|source| OriginsError::BadPeer {
+                index,
+                addr: origin.peer.clone(),
+                source,
+            })?;
         }
-        let members = Membership::start(
-            "origins",
-            &config.members(),
-            http.clone(),
-            metrics,
-            shutdown,
-            tasks,
-        )
-        .await?;
+        let cluster =
+            OriginCluster::start(http.clone(), config, replicas, metrics, shutdown, tasks).await?;
         Ok(Origins {
             config: config.clone(),
-            members,
-            http: http.clone(),
-            replicas,
+            cluster,
         })
     }
 
-    /// The origins owning `digest`: healthy ones first, otherwise most preferred first.
+    /// The origin cluster client.
+    pub fn cluster(&self) -> &OriginCluster {
+        &self.cluster
+    }
+
+    /// The origins owning `digest` as seeders: healthy ones first, otherwise most preferred
+    /// first.
     pub fn owners(&self, digest: &Digest) -> Vec<Origin> {
-        let snapshot = self.members.snapshot();
-        let owners = rendezvous::owners(digest, snapshot.members(), self.replicas);
-        snapshot
-            .healthy_first(owners)
+        self.cluster
+            .owners(digest)
             .into_iter()
-            .filter_map(|http| {
-                let addr = self.config.peer_of(http)?;
+            .filter_map(|owner| {
+                let addr = self.config.peer_of(&owner.addr)?;
                 let id = match PeerId::parse(&addr) {
                     Ok(id) => id,
                     // An IPv6 answer cannot be a peer id (`[`, `]`); such an origin is skipped.
                     Err(error) => {
-                        tracing::warn!(origin = %http, peer = %addr, %error, "origin's peer address is not a valid peer id; skipped");
+                        tracing::warn!(origin = %owner.addr, peer = %addr, %error, "origin's peer address is not a valid peer id; skipped");
                         return None;
                     }
                 };
                 Some(Origin {
-                    client: OriginClient::new(self.http.clone(), http),
                     peer: PeerRecord {
                         id,
                         addr,

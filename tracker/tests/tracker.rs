@@ -136,7 +136,7 @@ async fn announces_hand_out_the_owning_origins_first_then_complete_peers_never_t
         origin_addrs("10.0.0.3:15100", "10.0.0.3:15101"),
     ];
     let tracker = Tracker::start(TrackerConfig {
-        origins: OriginsConfig::Static(origins.clone()),
+        origins: OriginsConfig::listed(origins.clone()),
         replicas: 2,
         announce_interval: Duration::from_millis(1500),
         ..TrackerConfig::default()
@@ -278,7 +278,7 @@ async fn metainfo_comes_from_an_owner_with_failover_and_is_cached() {
     serve_origin(listener, Arc::clone(&origin));
 
     let tracker = Tracker::start(TrackerConfig {
-        origins: OriginsConfig::Static(vec![
+        origins: OriginsConfig::listed(vec![
             origin_addrs(&dead, "127.0.0.1:15101"),
             origin_addrs(&live, "127.0.0.1:15111"),
         ]),
@@ -335,7 +335,7 @@ async fn metainfo_comes_from_an_owner_with_failover_and_is_cached() {
 #[tokio::test]
 async fn metainfo_is_unavailable_when_no_owner_answers() {
     let tracker = Tracker::start(TrackerConfig {
-        origins: OriginsConfig::Static(vec![
+        origins: OriginsConfig::listed(vec![
             origin_addrs(&dead_addr().await, "127.0.0.1:15101"),
             origin_addrs(&dead_addr().await, "127.0.0.1:15111"),
         ]),
