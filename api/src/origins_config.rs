@@ -76,11 +76,6 @@ impl OriginsConfig {
         &self.members
     }
 
-    /// True for an empty static list.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// The static members with their listed peer addresses, for checking them.
     pub fn listed_peers(&self) -> Vec<OriginAddrs> {
         match (&self.peers, self.members.static_members()) {
@@ -169,6 +164,23 @@ impl From<MembersConfig> for OriginsConfig {
 impl From<Vec<String>> for OriginsConfig {
     fn from(members: Vec<String>) -> Self {
         OriginsConfig::fixed(members)
+    }
+}
+
+/// An origins config is a member list with peer addresses beside it: everything a member list
+/// answers (`static_members`, `health`, `is_empty`) it answers too. A peer address listed for a
+/// member that is later replaced is simply not found ([`OriginsConfig::peer_of`] is `None`).
+impl std::ops::Deref for OriginsConfig {
+    type Target = MembersConfig;
+
+    fn deref(&self) -> &MembersConfig {
+        &self.members
+    }
+}
+
+impl std::ops::DerefMut for OriginsConfig {
+    fn deref_mut(&mut self) -> &mut MembersConfig {
+        &mut self.members
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shoal_membership::MembersConfig;
+use shoal_api::OriginsConfig;
 use shoal_p2p::P2pConfig;
 use shoal_service::{ByteSize, LogConfig};
 use shoal_storage::{BackendConfig, RetryPolicy, RouteConfig};
@@ -83,7 +83,7 @@ pub struct ClusterConfig {
     /// (rendezvous hashing ranks these strings): a static list, or `{dns: {name, port}}` whose
     /// A/AAAA records give `ip:port` members; health-checked on `GET /health`. An empty list:
     /// this origin is alone and replicates nothing.
-    pub origins: MembersConfig,
+    pub origins: OriginsConfig,
     /// This origin's own entry in `origins` (with DNS: its `ip:port`, e.g. the pod IP).
     pub advertise: String,
     /// Owners per blob (R).
@@ -96,7 +96,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            origins: MembersConfig::default(),
+            origins: OriginsConfig::default(),
             advertise: String::new(),
             replicas: 3,
             write_quorum: 2,
@@ -118,7 +118,7 @@ impl ClusterConfig {
         self.origins
             .validate()
             .map_err(|error| format!("cluster.origins{}", field_suffix(&error)))?;
-        match self.origins.static_members() {
+        match self.origins.members().static_members() {
             Some([]) => Ok(()),
             Some(members) if !members.contains(&self.advertise) => Err(format!(
                 "cluster.advertise ({:?}) must be one of cluster.origins",
@@ -312,7 +312,7 @@ mod tests {
         assert!(check(|c| c.write_quorum = 0).contains("write_quorum"));
         assert!(check(|c| c.replicas = 0).contains("replicas"));
         assert!(
-            check(|c| c.origins = MembersConfig::fixed(["a:1", "b:1", "a:1"])).contains("twice")
+            check(|c| c.origins = OriginsConfig::fixed(["a:1", "b:1", "a:1"])).contains("twice")
         );
         assert!(check(|c| c.origins.health.fall = 0).starts_with("cluster.origins.health.fall"));
 

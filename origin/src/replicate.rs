@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use shoal_api::OriginClient;
-use shoal_core::{Digest, ErrorCode, Name, rendezvous};
-use shoal_membership::{Membership, MembershipError, MembershipMetrics};
+use shoal_api::OriginCluster;
+use shoal_api::cluster::{WritePlan, write_quorum};
+use shoal_core::{Digest, ErrorCode, Name};
+use shoal_membership::{MembershipError, MembershipMetrics};
 use shoal_service::{CancellationToken, TaskTracker};
 use shoal_storage::{BlobStore, ByteStream};
-use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 use crate::errors::ApiError;
@@ -27,25 +28,16 @@ const PUSH_ATTEMPTS: u32 = 3;
 /// Pause before the second attempt; doubles after each failure.
 const PUSH_BACKOFF: Duration = Duration::from_millis(500);
 
-/// This origin's view of the ring: owners are ranked over the live membership, so a member
-/// that appears in DNS becomes an owner at once (and fills in on demand), and members whose
-/// health checks fail are tried last.
+/// This origin's view of the ring, through the one origin-cluster client: owners are ranked
+/// over the live membership, so a member that appears in DNS becomes an owner at once (and
+/// fills in on demand), and members whose health checks fail are tried last.
 #[derive(Debug)]
 pub(crate) struct Ring {
     me: String,
-    http: reqwest::Client,
-    members: Membership,
-    replicas: usize,
+    cluster: OriginCluster,
     quorum: usize,
     /// Where replica pushes run, so shutdown waits for those still going after an acknowledgement.
     tasks: TaskTracker,
-}
-
-/// An owner to push to or fetch from.
-#[derive(Debug)]
-struct Member {
-    addr: String,
-    client: OriginClient,
 }
 
 impl Ring {
@@ -61,10 +53,10 @@ impl Ring {
         if config.origins.is_empty() {
             return Ok(None);
         }
-        let members = Membership::start(
-            "origins",
-            &config.origins,
+        let cluster = OriginCluster::start(
             http.clone(),
+            &config.origins,
+            config.replicas,
             metrics,
             shutdown,
             tasks,
@@ -72,39 +64,22 @@ impl Ring {
         .await?;
         Ok(Some(Ring {
             me: config.advertise.clone(),
-            http: http.clone(),
-            members,
-            replicas: config.replicas,
+            cluster,
             quorum: config.write_quorum,
             tasks: tasks.clone(),
         }))
     }
 
-    /// The owners of `digest` other than this origin, healthy ones first and otherwise in
-    /// rendezvous order, and how many of them must confirm before a commit here is acknowledged.
-    fn targets(&self, digest: &Digest) -> (Vec<Member>, usize) {
-        let snapshot = self.members.snapshot();
-        let owners = rendezvous::owners(digest, snapshot.members(), self.replicas);
-        let quorum = self.quorum.min(owners.len());
-        let (mine, others): (Vec<&String>, Vec<&String>) =
-            owners.into_iter().partition(|addr| **addr == self.me);
-        let others = snapshot
-            .healthy_first(others)
-            .into_iter()
-            .map(|addr| Member {
-                addr: addr.clone(),
-                client: OriginClient::new(self.http.clone(), addr),
-            })
-            .collect();
-        // This origin already holds the blob; it counts toward W only when it is an owner.
-        (others, quorum.saturating_sub(mine.len()))
+    /// The owners of `digest` other than this origin, and how many of them must confirm before
+    /// a commit here is acknowledged.
+    fn plan(&self, digest: &Digest) -> WritePlan {
+        self.cluster.write_plan(digest, &self.me, self.quorum)
     }
 
     /// A stream of `digest` from the first other owner whose store has it, with its length.
     /// Failing peers are skipped; `None` when no peer has it.
     pub(crate) async fn fetch_from_peers(&self, digest: &Digest) -> Option<(u64, ByteStream)> {
-        let (owners, _) = self.targets(digest);
-        for peer in owners {
+        for peer in self.plan(digest).targets {
             match peer.client.get_replica(digest).await {
                 Ok(Some(response)) => {
                     let Some(len) = response.content_length() else {
@@ -130,44 +105,23 @@ pub(crate) async fn replicate(
     digest: &Digest,
     namespace: Option<&Name>,
 ) -> Result<(), ApiError> {
-    let (targets, needed) = ring.targets(digest);
-    if targets.is_empty() {
-        return Ok(());
-    }
-    let (tx, mut rx) = mpsc::channel(targets.len());
-    for target in targets {
-        // Each push is its own task so that it completes after the acknowledgement too (and
-        // shutdown waits for it: a push cut off would leave the owner to fill in on demand).
-        let (tx, store, client, addr) = (tx.clone(), store.clone(), target.client, target.addr);
-        let (digest, namespace) = (*digest, namespace.cloned());
-        ring.tasks.spawn(async move {
-            let result = push(&store, &client, &digest, namespace.as_ref()).await;
+    // Each push is its own task so that it completes after the acknowledgement too (and
+    // shutdown waits for it: a push cut off would leave the owner to fill in on demand).
+    write_quorum(ring.plan(digest), &ring.tasks, |target| {
+        let (store, digest, namespace) = (store.clone(), *digest, namespace.cloned());
+        async move {
+            let result = push(&store, &target.client, &digest, namespace.as_ref()).await;
             match &result {
-                Ok(()) => tracing::info!(%digest, to = %addr, "replicated"),
-                Err(error) => tracing::warn!(%digest, to = %addr, %error, "replication failed"),
+                Ok(()) => tracing::info!(%digest, to = %target.addr, "replicated"),
+                Err(error) => {
+                    tracing::warn!(%digest, to = %target.addr, %error, "replication failed")
+                }
             }
-            // The committing request may have stopped listening once the quorum was reached.
-            let _ = tx.send(result).await;
-        });
-    }
-    drop(tx);
-    let (mut acked, mut failures) = (0, Vec::new());
-    while acked < needed {
-        match rx.recv().await {
-            Some(Ok(())) => acked += 1,
-            Some(Err(error)) => failures.push(error),
-            None => {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "{digest} reached {acked} of the {needed} other owners the write quorum needs: {}",
-                        failures.join("; ")
-                    ),
-                ));
-            }
+            result
         }
-    }
-    Ok(())
+    })
+    .await
+    .map_err(|error| ApiError::new(ErrorCode::Unavailable, format!("{digest} {error}")))
 }
 
 /// Streams the stored blob to one peer, retrying with backoff.
@@ -204,13 +158,14 @@ async fn push(
 
 #[cfg(test)]
 mod tests {
-    use shoal_membership::MembersConfig;
+    use shoal_api::OriginsConfig;
+    use shoal_core::rendezvous;
 
     use super::*;
 
     async fn ring(me: &str, replicas: usize, quorum: usize) -> Ring {
         let config = ClusterConfig {
-            origins: MembersConfig::fixed(["a:1", "b:1", "c:1", "d:1"]),
+            origins: OriginsConfig::fixed(["a:1", "b:1", "c:1", "d:1"]),
             advertise: me.into(),
             replicas,
             write_quorum: quorum,
@@ -238,16 +193,16 @@ mod tests {
             let outsider = nodes.iter().find(|n| !owners.contains(n)).expect("4 > 3");
 
             let owner = ring(owners[1], 3, 2).await;
-            let (targets, needed) = owner.targets(&digest);
-            let addrs: Vec<&str> = targets.iter().map(|m| m.addr.as_str()).collect();
+            let plan = owner.plan(&digest);
+            let addrs: Vec<&str> = plan.targets.iter().map(|m| m.addr.as_str()).collect();
             assert_eq!(addrs, [*owners[0], *owners[2]]);
-            assert_eq!(needed, 1);
+            assert_eq!(plan.needed, 1);
 
             // A session origin that is not an owner sends to all R and waits for W of them.
             let outside = ring(outsider, 3, 2).await;
-            let (targets, needed) = outside.targets(&digest);
-            assert_eq!(targets.len(), 3);
-            assert_eq!(needed, 2);
+            let plan = outside.plan(&digest);
+            assert_eq!(plan.targets.len(), 3);
+            assert_eq!(plan.needed, 2);
         }
     }
 
@@ -255,8 +210,8 @@ mod tests {
     async fn the_quorum_is_capped_by_the_ring_size() {
         let digest = Digest::of(b"x");
         let small = ring("a:1", 8, 8).await;
-        let (targets, needed) = small.targets(&digest);
-        assert_eq!(targets.len(), 3);
-        assert_eq!(needed, 3);
+        let plan = small.plan(&digest);
+        assert_eq!(plan.targets.len(), 3);
+        assert_eq!(plan.needed, 3);
     }
 }

@@ -52,7 +52,7 @@ async fn the_ring_follows_dns_records_and_a_new_member_fills_in() {
         let origins = cluster_members.clone();
         ring.push(
             TestOrigin::start_on(http, move |config| {
-                config.cluster.origins = origins;
+                config.cluster.origins = origins.into();
                 config.cluster.advertise = advertise;
                 config.cluster.replicas = 3;
                 // Every owner holds a blob before its PUT returns, so absence is meaningful.
