@@ -63,20 +63,21 @@ pub struct PreheatConfig {
     pub workers: usize,
     /// Metainfo requests in flight per job (each makes an origin pull a blob from the backend).
     pub blob_concurrency: usize,
-    /// Jobs waiting for a worker; a webhook arriving when the queue is full gets 503 and the
-    /// registry sends it again later.
+    /// Jobs waiting to run or to be retried; a webhook arriving when the queue is full gets 503
+    /// and the registry sends it again later.
     pub queue: usize,
     /// Attempts per job before it is marked failed (the manifest may not be readable yet).
     pub attempts: u32,
-    /// Wait before the second attempt; doubles up to `retry_max`.
+    /// Wait before the second attempt; doubles (with jitter) up to `retry_max`.
     #[serde(with = "humantime_serde")]
     pub retry_initial: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
     /// Finished jobs remembered for `GET /preheat/{id}`; the oldest are forgotten first.
     pub history: usize,
-    /// Where every job is kept as a JSON file, so that queued and running jobs resume after a
-    /// restart and finished ones stay readable. Give each replica its own.
+    /// Where every job's progress is kept as a JSON file, and the queue of unfinished jobs in
+    /// `queue/`, so that queued and running jobs resume after a restart and finished ones stay
+    /// readable. Give each replica its own.
     pub state_dir: PathBuf,
     /// Agents that also fetch each preheated image into their caches.
     pub agents: PreheatAgentsConfig,

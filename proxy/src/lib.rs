@@ -103,6 +103,7 @@ pub async fn run(
         shutdown.clone(),
         &tasks,
     )
+    .await
     .with_context(|| {
         format!(
             "loading preheat jobs from {} (config field `preheat.state_dir`)",

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::jobs::{Image, ImageRef, Source};
 use super::notification::{self, Action};
-use super::{Preheater, QueueFull};
+use super::{EnqueueError, Preheater};
 
 /// Largest notification or preheat request body. Distribution sends one event per request
 /// (a few KiB with its references); Harbor batches a few.
@@ -78,11 +78,11 @@ async fn notifications(
                     name: push.repository,
                     reference: ImageRef::Digest(push.digest),
                 };
-                match preheater.enqueue(image, Source::Webhook) {
+                match preheater.enqueue(image, Source::Webhook).await {
                     Ok(id) => ids.push(id),
                     // The registry sends the notification again later; jobs already queued
                     // from it run twice then, which is harmless.
-                    Err(QueueFull) => return queue_full(),
+                    Err(error) => return not_queued(error),
                 }
             }
         }
@@ -120,13 +120,13 @@ async fn create(State(preheater): State<Preheater>, headers: HeaderMap, body: Bo
             );
         }
     };
-    match preheater.enqueue(image, Source::Api) {
+    match preheater.enqueue(image, Source::Api).await {
         Ok(id) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "id": id, "status": format!("/preheat/{id}") })),
         )
             .into_response(),
-        Err(QueueFull) => queue_full(),
+        Err(error) => not_queued(error),
     }
 }
 
@@ -140,11 +140,8 @@ async fn status(State(preheater): State<Preheater>, Path(id): Path<String>) -> R
     }
 }
 
-fn queue_full() -> Response {
-    failure(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the preheat queue is full; try again later",
-    )
+fn not_queued(error: EnqueueError) -> Response {
+    failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
 }
 
 /// Checks the shared secret when one is configured.
@@ -289,6 +286,7 @@ mod tests {
             shutdown.clone(),
             &tasks,
         )
+        .await
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -378,6 +376,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(missing.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_leaves_its_record_as_history_and_no_queue_marker() {
+        let served = serve(PreheatConfig {
+            attempts: 1,
+            ..PreheatConfig::default()
+        })
+        .await;
+        let accepted: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/preheat", served.url))
+            .json(&json!({"image": "team/app:v1"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = accepted["id"].as_str().unwrap();
+        let state = served._state.path();
+        let marker = state.join("queue").join(format!("{id}.json"));
+        let record = state.join(format!("{id}.json"));
+        // Nothing answers at the build-index's address, so the only attempt fails.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while served.metrics.preheat_jobs_failed.get() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the job never failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!marker.exists(), "the queue let go of the job");
+        let kept: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(kept["state"], "failed", "{kept}");
     }
 
     #[tokio::test]

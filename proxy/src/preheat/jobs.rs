@@ -1,8 +1,9 @@
-//! Preheat jobs: what each asks for, its progress as `GET /preheat/{id}` reports it, and the
-//! bounded table that remembers them. Every change to a job is written to its file in the
-//! [`JobStore`].
+//! Preheat jobs: what each asks for (the [`Marker`] the queue keeps until the job is over), its
+//! progress as `GET /preheat/{id}` reports it, and the bounded table that remembers them. Every
+//! change to a job's progress is written to its own file in the [`JobStore`], which stays as
+//! history once the marker is gone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,8 +13,9 @@ use shoal_core::{Digest, Name, Tag};
 
 use super::store::JobStore;
 
-/// The image a job preheats.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The image a job preheats; its text form (`repo:tag`, `repo@digest`) on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Image {
     pub name: Name,
     pub reference: ImageRef,
@@ -49,6 +51,20 @@ impl Image {
         };
         let name = Name::parse(name).map_err(|e| e.to_string())?;
         Ok(Image { name, reference })
+    }
+}
+
+impl TryFrom<String> for Image {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Image, String> {
+        Image::parse(&text)
+    }
+}
+
+impl From<Image> for String {
+    fn from(image: Image) -> String {
+        image.to_string()
     }
 }
 
@@ -151,12 +167,22 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A queued job and the progress record its worker updates.
+/// A job on the queue, as its marker holds it until the job succeeds or fails for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    pub id: String,
+    pub image: Image,
+    pub source: Source,
+}
+
+/// A job and the progress record its attempts update.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
     pub image: Image,
     pub progress: Arc<Mutex<Progress>>,
+    /// Blobs every owner holds, not asked for again by later attempts of the job.
+    pub preheated: Arc<Mutex<HashSet<Digest>>>,
     store: Arc<JobStore>,
 }
 
@@ -187,6 +213,22 @@ impl Job {
             .expect("progress lock poisoned")
             .clone()
     }
+
+    pub fn marker(&self) -> Marker {
+        Marker {
+            id: self.id.clone(),
+            image: self.image.clone(),
+            source: self.snapshot().source,
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.progress
+            .lock()
+            .expect("progress lock poisoned")
+            .state
+            .is_finished()
+    }
 }
 
 /// Every job still queued or running, and the most recent finished ones.
@@ -195,7 +237,7 @@ pub struct JobTable {
     /// Ids are `<start time in ms>-<sequence>`, so a restarted proxy never reuses one.
     prefix: String,
     next: u64,
-    jobs: HashMap<String, Arc<Mutex<Progress>>>,
+    jobs: HashMap<String, Job>,
     /// Oldest first.
     order: VecDeque<String>,
     history: usize,
@@ -264,15 +306,28 @@ impl JobTable {
 
     fn insert(&mut self, progress: Progress, image: Image) -> Job {
         let id = progress.id.clone();
-        let progress = Arc::new(Mutex::new(progress));
-        self.jobs.insert(id.clone(), progress.clone());
-        self.order.push_back(id.clone());
-        Job {
-            id,
+        let job = Job {
+            id: id.clone(),
             image,
-            progress,
+            progress: Arc::new(Mutex::new(progress)),
+            preheated: Arc::default(),
             store: self.store.clone(),
+        };
+        self.jobs.insert(id.clone(), job.clone());
+        self.order.push_back(id);
+        job
+    }
+
+    /// The job a queue marker names; a marker without a record (its file was lost) gets a
+    /// fresh queued one.
+    pub fn job(&mut self, marker: &Marker) -> Job {
+        if let Some(job) = self.jobs.get(&marker.id) {
+            return job.clone();
         }
+        let progress = Progress::new(marker.id.clone(), &marker.image, marker.source);
+        let job = self.insert(progress, marker.image.clone());
+        job.save();
+        job
     }
 
     /// Drops a job (and its file) that never made it into the queue.
@@ -283,23 +338,16 @@ impl JobTable {
     }
 
     pub fn get(&self, id: &str) -> Option<Progress> {
-        let progress = self.jobs.get(id)?;
-        Some(progress.lock().expect("progress lock poisoned").clone())
+        Some(self.jobs.get(id)?.snapshot())
     }
 
     /// Forgets the oldest finished jobs beyond `history`, files included. Unfinished jobs are
     /// bounded by the queue and the workers, so they are always kept.
     fn forget_old(&mut self) {
-        let finished = |progress: &Arc<Mutex<Progress>>| {
-            progress
-                .lock()
-                .expect("progress lock poisoned")
-                .state
-                .is_finished()
-        };
-        let mut finished_count = self.jobs.values().filter(|p| finished(p)).count();
+        let mut finished_count = self.jobs.values().filter(|job| job.is_finished()).count();
         while finished_count > self.history {
-            let Some(position) = self.order.iter().position(|id| finished(&self.jobs[id])) else {
+            let Some(position) = self.order.iter().position(|id| self.jobs[id].is_finished())
+            else {
                 return;
             };
             let id = self.order.remove(position).expect("position is in range");

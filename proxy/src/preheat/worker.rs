@@ -12,6 +12,7 @@ use shoal_api::ApiError;
 use shoal_core::{
     Digest, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestWalk, Name, TooManyManifests,
 };
+use shoal_jobs::Failure;
 
 use crate::config::PreheatConfig;
 use crate::metrics::ProxyMetrics;
@@ -65,7 +66,7 @@ impl PreheatError {
     }
 }
 
-/// What a worker needs to run jobs.
+/// What an attempt needs.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub upstreams: std::sync::Arc<Upstreams>,
@@ -75,44 +76,49 @@ pub struct Context {
     pub config: PreheatConfig,
 }
 
-/// Runs `job` to success or until its attempts are used up, backing off between attempts. A
-/// job resumed after a restart counts on from its earlier attempts, with a fresh budget.
-pub async fn run(context: &Context, job: &Job) {
-    let config = &context.config;
-    let mut delay = config.retry_initial;
+/// One attempt of `job`: a failure that another attempt cannot fix is permanent, any other is
+/// retried by the queue until `preheat.attempts` are used up. A job resumed after a restart
+/// counts on from its earlier attempts, with a fresh budget.
+pub async fn attempt(context: &Context, job: &Job) -> Result<(), Failure> {
+    job.update(|p| {
+        p.state = State::Running;
+        p.attempts += 1;
+    });
     // Blobs already preheated are not asked for again in later attempts.
-    let mut done = HashSet::new();
-    let earlier = job.snapshot().attempts;
-    for attempt in 1..=config.attempts {
-        job.update(|p| {
-            p.state = State::Running;
-            p.attempts = earlier + attempt;
-        });
-        match attempt_once(context, job, &mut done).await {
-            Ok(()) => {
-                job.update(|p| {
-                    p.state = State::Succeeded;
-                    p.last_error = None;
-                });
-                context.metrics.preheat_jobs_succeeded.inc();
-                tracing::info!(job = %job.id, image = %job.image, blobs = done.len(), "preheat succeeded");
-                return;
-            }
-            Err(error) => {
-                let message = error.to_string();
-                job.update(|p| p.last_error = Some(message.clone()));
-                if error.is_permanent() || attempt == config.attempts {
-                    job.update(|p| p.state = State::Failed);
-                    context.metrics.preheat_jobs_failed.inc();
-                    tracing::warn!(job = %job.id, image = %job.image, attempt, error = %message, "preheat failed");
-                    return;
-                }
-                tracing::info!(job = %job.id, image = %job.image, attempt, error = %message, retry_in = ?delay, "preheat attempt failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(config.retry_max);
+    let mut done = job
+        .preheated
+        .lock()
+        .expect("preheated lock poisoned")
+        .clone();
+    let result = attempt_once(context, job, &mut done).await;
+    let blobs = done.len();
+    *job.preheated.lock().expect("preheated lock poisoned") = done;
+    match result {
+        Ok(()) => {
+            job.update(|p| {
+                p.state = State::Succeeded;
+                p.last_error = None;
+            });
+            context.metrics.preheat_jobs_succeeded.inc();
+            tracing::info!(job = %job.id, image = %job.image, blobs, "preheat succeeded");
+            Ok(())
+        }
+        Err(error) => {
+            job.update(|p| p.last_error = Some(error.to_string()));
+            match error.is_permanent() {
+                true => Err(Failure::permanent(error)),
+                false => Err(Failure::retry(error)),
             }
         }
     }
+}
+
+/// Marks `job` failed once the queue gave up on it.
+pub fn gave_up(context: &Context, job: &Job, failure: &Failure) {
+    job.update(|p| p.state = State::Failed);
+    context.metrics.preheat_jobs_failed.inc();
+    let attempts = job.snapshot().attempts;
+    tracing::warn!(job = %job.id, image = %job.image, attempts, error = %failure, "preheat failed");
 }
 
 async fn attempt_once(
