@@ -33,22 +33,6 @@ impl Origins {
         Self { cluster }
     }
 
-    /// Runs `read` on the owners of `digest` (healthy ones first, otherwise in rendezvous
-    /// order) and returns the first answer that found it, with the origin that gave it. Owners
-    /// that are unreachable, failing on their side, or lacking the digest pass on to the next;
-    /// `None` when every owner that answered lacks it, the last failure when none answered.
-    async fn on_owners<T, F, Fut>(
-        &self,
-        digest: Digest,
-        read: F,
-    ) -> Result<Option<(T, OriginClient)>, Error>
-    where
-        F: FnMut(OriginClient) -> Fut,
-        Fut: Future<Output = Result<Option<T>, ApiError>>,
-    {
-        on_cluster(&self.cluster, digest, read).await
-    }
-
     /// Checks the manifest `digest` of repository `name` and everything it references.
     pub async fn verify(&self, name: &Name, digest: Digest) -> Result<(), Error> {
         let (_, root) = self
@@ -126,7 +110,7 @@ impl Origins {
         blob: Digest,
     ) -> Result<Option<reqwest::Response>, Error> {
         let cluster = self.cluster.with_http(http.clone());
-        let opened = on_cluster(&cluster, blob, |origin| async move {
+        let opened = on_owners(&cluster, blob, |origin| async move {
             match origin.get_blob(&blob, Some(name), None).await {
                 Ok(response) => Ok(Some(response)),
                 Err(ApiError::Remote { status: 404, .. }) => Ok(None),
@@ -146,13 +130,12 @@ impl Origins {
         digest: Digest,
         descriptor: Option<&Descriptor>,
     ) -> Result<Option<(bytes::Bytes, Manifest)>, Error> {
-        let fetched = self
-            .on_owners(digest, |origin| async move {
-                origin
-                    .get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
-                    .await
-            })
-            .await;
+        let fetched = on_owners(&self.cluster, digest, |origin| async move {
+            origin
+                .get_small_blob(&digest, Some(name), MAX_MANIFEST_SIZE)
+                .await
+        })
+        .await;
         let (bytes, origin) = match fetched {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(None),
@@ -206,11 +189,10 @@ impl Origins {
         blob: Digest,
         size: u64,
     ) -> Result<(), Error> {
-        let stat = self
-            .on_owners(blob, |origin| async move {
-                origin.stat_blob(&blob, Some(name)).await
-            })
-            .await?;
+        let stat = on_owners(&self.cluster, blob, |origin| async move {
+            origin.stat_blob(&blob, Some(name)).await
+        })
+        .await?;
         match stat {
             Some((len, _)) if len == size => Ok(()),
             Some((len, _)) => Err(Error::ManifestInvalid {
@@ -224,8 +206,12 @@ impl Origins {
     }
 }
 
-/// [`Origins::on_owners`] over `cluster`, with the failure that ended the read named by origin.
-async fn on_cluster<T, F, Fut>(
+/// Runs `read` on the owners of `digest` (healthy ones first, otherwise in rendezvous order) and
+/// returns the first answer that found it, with the origin that gave it. Owners that are
+/// unreachable, failing on their side, or lacking the digest pass on to the next; `None` when
+/// every owner that answered lacks it, the failure that ended the read (named by origin) when
+/// none answered.
+async fn on_owners<T, F, Fut>(
     cluster: &OriginCluster,
     digest: Digest,
     read: F,

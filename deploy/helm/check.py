@@ -305,8 +305,8 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
 
     dns = merged["membership"]["mode"] == "dns"
     for component in ("proxy", "build-index", "tracker"):
-        # The proxy's upload handles name origins by list position: it always gets the list.
-        follows = dns and component != "proxy"
+        # Upload handles name an origin by its address, so the proxy follows DNS like the others.
+        follows = dns
         for text in config_files(objects, component).values():
             origins = yaml.safe_load(text).get("origins")
             problems.check(
@@ -340,8 +340,7 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
     variant_dir = out / variant
     variant_dir.mkdir(parents=True, exist_ok=True)
     configs = []
-    # The DNS variant changes only how build-index and tracker find the origins (the proxy's
-    # static config is written too, to prove it still starts next to them).
+    # The DNS variant changes only how proxy, build-index and tracker find the origins.
     for component in DNS_COMPONENTS if dns else COMPONENTS:
         if component == "agent":
             path = render_agent_config(objects, work, problems, variant)
