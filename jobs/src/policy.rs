@@ -1,10 +1,11 @@
 //! The one retry policy: delays doubling from `min_delay` to `max_delay`, each with random
 //! jitter (so jobs that failed together, say during a backend outage, do not retry in lockstep),
-//! and an optional cap on attempts. The delays come from `backon`.
+//! and an optional cap on attempts. The delays come from `backon`. Queued jobs retry under it,
+//! and so does work a caller waits on ([`RetryPolicy::retry`]).
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 
 /// When to retry a failed job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,37 @@ impl RetryPolicy {
             delays: builder.build(),
             max_delay: self.max_delay,
         }
+    }
+}
+
+impl RetryPolicy {
+    /// Runs `attempt` until it succeeds, fails with an error `retryable` refuses, or the attempts
+    /// are used up, waiting the policy's delays in between: for work a caller waits on (a replica
+    /// push before a commit is acknowledged) rather than leaves on a queue.
+    pub async fn retry<T, E, Fut>(
+        &self,
+        attempt: impl FnMut() -> Fut,
+        retryable: impl FnMut(&E) -> bool,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        attempt
+            .retry(Delays(*self))
+            .sleep(tokio::time::sleep)
+            .when(retryable)
+            .await
+    }
+}
+
+/// The policy as `backon` takes it.
+struct Delays(RetryPolicy);
+
+impl BackoffBuilder for Delays {
+    type Backoff = Backoff;
+
+    fn build(self) -> Backoff {
+        self.0.backoff()
     }
 }
 
@@ -93,6 +125,31 @@ mod tests {
             "no jitter: every first delay was {:?}",
             firsts[0]
         );
+    }
+
+    #[tokio::test]
+    async fn retry_stops_at_success_a_final_error_or_the_last_attempt() {
+        let policy = RetryPolicy {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_attempts: Some(3),
+        };
+        let attempts = std::cell::Cell::new(0);
+        let count = || {
+            attempts.set(attempts.get() + 1);
+            attempts.get()
+        };
+        let flaky = policy.retry(
+            || async { if count() < 2 { Err("down") } else { Ok(()) } },
+            |_| true,
+        );
+        assert_eq!(flaky.await, Ok(()));
+        assert_eq!(attempts.replace(0), 2);
+        let down = policy.retry(|| async { Err::<(), _>(count()) }, |_| true);
+        assert_eq!(down.await, Err(3));
+        assert_eq!(attempts.replace(0), 3);
+        let refused = policy.retry(|| async { Err::<(), _>(count()) }, |_| false);
+        assert_eq!(refused.await, Err(1));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use shoal_api::OriginClient;
 use shoal_api::OriginCluster;
 use shoal_api::cluster::{WritePlan, write_quorum};
 use shoal_core::{Digest, ErrorCode, Name};
+use shoal_jobs::RetryPolicy;
 use shoal_membership::{MembershipError, MembershipMetrics};
 use shoal_service::{CancellationToken, TaskTracker};
 use shoal_storage::{BlobStore, ByteStream};
@@ -22,11 +23,14 @@ use shoal_storage::{BlobStore, ByteStream};
 use crate::config::ClusterConfig;
 use crate::errors::ApiError;
 
-/// Attempts per replica push: a peer that restarts or blips gets a few chances before the blob
-/// is left to be filled in on demand.
-const PUSH_ATTEMPTS: u32 = 3;
-/// Pause before the second attempt; doubles after each failure.
-const PUSH_BACKOFF: Duration = Duration::from_millis(500);
+/// Retries of one replica push, under the shared policy: a peer that restarts or blips gets three
+/// attempts, half a second and then about a second apart, before the blob is left to be filled
+/// in on demand.
+const PUSH_RETRY: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_millis(500),
+    max_delay: Duration::from_secs(2),
+    max_attempts: Some(3),
+};
 
 /// This origin's view of the ring, through the one origin-cluster client: owners are ranked
 /// over the live membership, so a member that appears in DNS becomes an owner at once (and
@@ -124,36 +128,45 @@ pub(crate) async fn replicate(
     .map_err(|error| ApiError::new(ErrorCode::Unavailable, format!("{digest} {error}")))
 }
 
-/// Streams the stored blob to one peer, retrying with backoff.
+/// Why one replica push attempt failed.
+enum PushFailure {
+    /// The peer failed: another attempt may succeed.
+    Peer(String),
+    /// The blob cannot be read here: no attempt will.
+    Store(String),
+}
+
+/// Streams the stored blob to one peer, retrying under [`PUSH_RETRY`] while the peer fails.
 async fn push(
     store: &BlobStore,
     client: &OriginClient,
     digest: &Digest,
     namespace: Option<&Name>,
 ) -> Result<(), String> {
-    let mut delay = PUSH_BACKOFF;
-    let mut attempt = 1;
-    loop {
+    let attempt = || async {
         let file = match store.open_blob(digest).await {
             Ok(Some(file)) => file,
-            Ok(None) => return Err(format!("{digest} is no longer in the store")),
-            Err(error) => return Err(format!("opening {digest}: {error}")),
+            Ok(None) => {
+                return Err(PushFailure::Store(format!(
+                    "{digest} is no longer in the store"
+                )));
+            }
+            Err(error) => return Err(PushFailure::Store(format!("opening {digest}: {error}"))),
         };
         let len = file.len();
         let body = reqwest::Body::wrap_stream(file.stream(0..len));
-        match client.put_replica(digest, namespace, body).await {
-            Ok(()) => return Ok(()),
-            Err(error) if attempt >= PUSH_ATTEMPTS => {
-                return Err(format!("{}: {error}", client.base()));
-            }
-            Err(error) => {
-                tracing::debug!(%digest, to = client.base(), %error, attempt, "replica push failed; retrying");
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
-        attempt += 1;
-    }
+        client
+            .put_replica(digest, namespace, body)
+            .await
+            .map_err(|error| {
+                tracing::debug!(%digest, to = client.base(), %error, "replica push failed");
+                PushFailure::Peer(format!("{}: {error}", client.base()))
+            })
+    };
+    PUSH_RETRY
+        .retry(attempt, |failure| matches!(failure, PushFailure::Peer(_)))
+        .await
+        .map_err(|(PushFailure::Peer(message) | PushFailure::Store(message))| message)
 }
 
 #[cfg(test)]
