@@ -65,9 +65,11 @@ pub(crate) fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> By
     opened.try_flatten().boxed()
 }
 
-/// Streams `start..end` of `file` with positional reads (no shared cursor, so one handle may
-/// serve many readers), in [`STREAM_CHUNK`] pieces, the next read already running while the
-/// reader sends the current chunk (at most [`READ_AHEAD`] chunks in memory per stream).
+/// Streams `start..end` of `file` in [`STREAM_CHUNK`] pieces: resident ones mapped without a copy
+/// (`shoal_mapped`), others with positional reads (no shared cursor, so one handle may serve many
+/// readers), the next read already running while the reader sends the current chunk (at most
+/// [`READ_AHEAD`] chunks in memory per stream). The file must never shrink (see
+/// `shoal_mapped::resident`).
 pub(crate) fn positional_stream(
     file: Arc<std::fs::File>,
     path: PathBuf,
@@ -81,6 +83,13 @@ pub(crate) fn positional_stream(
             let path = path.clone();
             let want = usize::try_from(end - offset).map_or(STREAM_CHUNK, |r| r.min(STREAM_CHUNK));
             async move {
+                // Resident bytes are sent straight from the page cache; the rest are read off
+                // the runtime, since touching them could wait on the disk.
+                if let Some(bytes) = shoal_mapped::resident(&file, offset, want)
+                    .map_err(|e| io::Error::new(e.kind(), format!("map {}: {e}", path.display())))?
+                {
+                    return Ok(bytes);
+                }
                 tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0; want];
                     file.read_exact_at(&mut buf, offset).map_err(|e| {
