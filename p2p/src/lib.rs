@@ -10,6 +10,7 @@ mod metrics;
 pub mod scheduler;
 mod server;
 mod source;
+mod wire;
 
 pub use config::{Faults, Identity, P2pConfig};
 pub use engine::tracker::channel as peer_channel;

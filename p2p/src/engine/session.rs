@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::scheduler::Event;
+use crate::wire;
 
 /// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
 /// the scheduler shuns the peer for a while). A healthy peer answers in milliseconds; a hung one
@@ -216,12 +217,12 @@ impl PieceFetch {
             index: self.piece,
             peer_id: self.shared.identity.peer_id.to_string(),
         };
-        let mut stream = match PeerClient::new(channel).get_piece(request).await {
-            Ok(response) => response.into_inner(),
+        let mut stream = match wire::get_piece(channel, &request, length).await {
+            Ok(stream) => stream,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
             Err(status) => return Outcome::Failed(status.to_string()),
         };
-        // The chunks are slices of what the decoder received; the store hashes and writes them
+        // The chunks are slices of the frames HTTP/2 received; the store hashes and writes them
         // as they are.
         let mut chunks = Vec::new();
         let mut received = 0;
@@ -231,19 +232,17 @@ impl PieceFetch {
                 Ok(None) => break,
                 Err(status) => return Outcome::Failed(status.to_string()),
             };
-            if chunk.offset != received as u64 || received + chunk.data.len() > length {
+            let len = chunk.len();
+            if chunk.offset != received as u64 || received + len > length {
                 return Outcome::Corrupt(format!(
-                    "chunk of {} bytes at offset {} does not fit the {length}-byte piece (have {received})",
-                    chunk.data.len(),
+                    "chunk of {len} bytes at offset {} does not fit the {length}-byte piece (have {received})",
                     chunk.offset,
                 ));
             }
-            self.shared.ingress.acquire(chunk.data.len()).await;
-            self.shared
-                .metrics
-                .received(self.origin, chunk.data.len() as u64);
-            received += chunk.data.len();
-            chunks.push(chunk.data);
+            self.shared.ingress.acquire(len).await;
+            self.shared.metrics.received(self.origin, len as u64);
+            received += len;
+            chunks.extend(chunk.data);
         }
         if received != length {
             return Outcome::Failed(format!("piece ended after {received} of {length} bytes"));

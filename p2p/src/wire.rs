@@ -1,0 +1,302 @@
+//! The client side of `GetPiece` without tonic's message reassembly: the response's HTTP/2 DATA
+//! frames are kept as the `Bytes` hyper delivered, and each `PieceChunk`'s data is a list of
+//! slices of them. tonic would copy every received byte into one buffer per message first (a
+//! memmove of the whole blob, and a fresh multi-MiB allocation per chunk). The wire format is
+//! gRPC's: any gRPC server (ours is tonic's generated one) answers it.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use prost::Message;
+use prost::encoding::{WireType, decode_key, decode_varint};
+use shoal_proto::v1::PieceRequest;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tower::ServiceExt;
+
+const GET_PIECE: &str = "/shoal.v1.Peer/GetPiece";
+/// A gRPC message's prefix: the compressed flag and the length.
+const MESSAGE_HEADER: usize = 5;
+/// Fields of `PieceChunk` (peer.proto).
+const OFFSET_FIELD: u32 = 1;
+const DATA_FIELD: u32 = 2;
+
+/// One `PieceChunk` as slices of the received frames.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub offset: u64,
+    pub data: Vec<Bytes>,
+}
+
+impl Chunk {
+    pub(crate) fn len(&self) -> usize {
+        self.data.iter().map(Bytes::len).sum()
+    }
+}
+
+/// The chunks of one `GetPiece` answer, read as they arrive.
+pub(crate) struct PieceStream {
+    body: Body,
+    frames: Frames,
+    /// No chunk may be longer: bounds what a misbehaving peer can make us buffer.
+    max_message: usize,
+}
+
+/// Calls `GetPiece` and returns its chunk stream, or the call's status (busy, not found, …).
+/// Chunks longer than `max_chunk` bytes end the stream with an error.
+pub(crate) async fn get_piece(
+    channel: Channel,
+    request: &PieceRequest,
+    max_chunk: usize,
+) -> Result<PieceStream, Status> {
+    let mut body = BytesMut::with_capacity(MESSAGE_HEADER + request.encoded_len());
+    body.extend_from_slice(&[0]);
+    body.extend_from_slice(&(request.encoded_len() as u32).to_be_bytes());
+    request
+        .encode(&mut body)
+        .map_err(|e| Status::internal(format!("encoding the piece request: {e}")))?;
+    let http = http::Request::post(GET_PIECE)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Body::new(http_body_util::Full::new(body.freeze())))
+        .map_err(|e| Status::internal(format!("building the piece request: {e}")))?;
+    let response = channel
+        .oneshot(http)
+        .await
+        .map_err(|e| Status::unavailable(format!("piece request: {e}")))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "piece request answered HTTP {}",
+            response.status()
+        )));
+    }
+    // A call refused at once (busy, not found) answers with its status in the headers.
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status);
+    }
+    Ok(PieceStream {
+        body: response.into_body(),
+        frames: Frames::default(),
+        // The chunk's own field keys and lengths are a few bytes beyond its data.
+        max_message: max_chunk + 32,
+    })
+}
+
+impl PieceStream {
+    /// The next chunk; `None` once the call ended with status OK.
+    pub(crate) async fn message(&mut self) -> Result<Option<Chunk>, Status> {
+        if !self.fill(MESSAGE_HEADER).await? {
+            return if self.frames.remaining() == 0 {
+                Ok(None)
+            } else {
+                Err(Status::internal(
+                    "piece stream ended inside a message header",
+                ))
+            };
+        }
+        let compressed = self.frames.get_u8();
+        let len = self.frames.get_u32() as usize;
+        if compressed != 0 {
+            return Err(Status::internal(
+                "piece chunk is compressed; none was negotiated",
+            ));
+        }
+        if len > self.max_message {
+            return Err(Status::out_of_range(format!(
+                "piece chunk of {len} bytes exceeds {} bytes",
+                self.max_message
+            )));
+        }
+        if !self.fill(len).await? {
+            return Err(Status::internal("piece stream ended inside a chunk"));
+        }
+        let mut message = self.frames.split(len);
+        parse_chunk(&mut message).map(Some)
+    }
+
+    /// Buffers at least `n` bytes; false when the body ended first. The body's end carries the
+    /// call's status, which must be OK.
+    async fn fill(&mut self, n: usize) -> Result<bool, Status> {
+        while self.frames.remaining() < n {
+            let Some(frame) = self.body.frame().await else {
+                return Err(Status::internal("piece stream ended without a status"));
+            };
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(data) => self.frames.push(data),
+                Err(frame) => {
+                    let status = frame
+                        .trailers_ref()
+                        .and_then(Status::from_header_map)
+                        .unwrap_or_else(|| Status::internal("piece stream trailers lack a status"));
+                    return if status.code() == tonic::Code::Ok {
+                        Ok(false)
+                    } else {
+                        Err(status)
+                    };
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Parses a `PieceChunk` whose bytes are `message`, keeping its data as slices.
+fn parse_chunk(message: &mut Frames) -> Result<Chunk, Status> {
+    let malformed = |e: prost::DecodeError| Status::internal(format!("malformed piece chunk: {e}"));
+    let mut chunk = Chunk {
+        offset: 0,
+        data: Vec::new(),
+    };
+    while message.has_remaining() {
+        let (field, wire_type) = decode_key(message).map_err(malformed)?;
+        match (field, wire_type) {
+            (OFFSET_FIELD, WireType::Varint) => {
+                chunk.offset = decode_varint(message).map_err(malformed)?
+            }
+            (DATA_FIELD, WireType::LengthDelimited) => {
+                let len = decode_varint(message).map_err(malformed)?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&len| len <= message.remaining())
+                    .ok_or_else(|| Status::internal("piece chunk data overruns its message"))?;
+                // proto3: a repeated scalar field's last value wins.
+                chunk.data = message.split(len).frames.into();
+            }
+            (_, wire_type) => {
+                prost::encoding::skip_field(
+                    wire_type,
+                    field,
+                    message,
+                    prost::encoding::DecodeContext::default(),
+                )
+                .map_err(malformed)?;
+            }
+        }
+    }
+    Ok(chunk)
+}
+
+/// Received bytes as the frames they came in, read through [`Buf`] and split without copying.
+#[derive(Debug, Default)]
+struct Frames {
+    frames: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Frames {
+    fn push(&mut self, frame: Bytes) {
+        if !frame.is_empty() {
+            self.remaining += frame.len();
+            self.frames.push_back(frame);
+        }
+    }
+
+    /// The next `n` bytes (at most what is buffered), as slices of the frames.
+    fn split(&mut self, mut n: usize) -> Frames {
+        let mut taken = Frames::default();
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
+            let part = if front.len() <= n {
+                self.frames.pop_front().expect("front exists")
+            } else {
+                front.split_to(n)
+            };
+            n -= part.len();
+            self.remaining -= part.len();
+            taken.push(part);
+        }
+        taken
+    }
+}
+
+impl Buf for Frames {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.frames.front().map_or(&[], |frame| frame.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let front = self.frames.front_mut().expect("advance within remaining");
+            let step = cnt.min(front.len());
+            front.advance(step);
+            if front.is_empty() {
+                self.frames.pop_front();
+            }
+            cnt -= step;
+            self.remaining -= step;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::v1::PieceChunk;
+
+    /// `message` encoded as a gRPC response body, cut into frames of `frame` bytes.
+    fn framed(message: &PieceChunk, frame: usize) -> Frames {
+        let mut encoded = vec![0];
+        encoded.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+        message.encode(&mut encoded).unwrap();
+        let encoded = Bytes::from(encoded);
+        let mut frames = Frames::default();
+        for start in (0..encoded.len()).step_by(frame) {
+            frames.push(encoded.slice(start..(start + frame).min(encoded.len())));
+        }
+        frames
+    }
+
+    #[test]
+    fn a_chunk_parses_from_any_framing_into_slices_of_the_frames() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let message = PieceChunk {
+            offset: 1 << 40,
+            data: Bytes::from(data.clone()),
+        };
+        for frame in [1, 3, 4096, 16_384, 70_000, 1 << 20] {
+            let mut frames = framed(&message, frame);
+            assert_eq!(frames.get_u8(), 0);
+            let len = frames.get_u32() as usize;
+            assert_eq!(len, frames.remaining());
+            let chunk = parse_chunk(&mut frames.split(len)).unwrap();
+            assert_eq!(chunk.offset, 1 << 40, "frame {frame}");
+            assert_eq!(chunk.data.concat(), data, "frame {frame}");
+            assert_eq!(chunk.len(), data.len());
+            // Slices, not copies: as many as the frames the data spans (at most).
+            assert!(chunk.data.len() <= data.len().div_ceil(frame) + 1);
+        }
+    }
+
+    #[test]
+    fn an_empty_chunk_and_unknown_fields_parse() {
+        let mut frames = Frames::default();
+        // Field 9 (varint 7), then field 1 (offset 5): no data field at all.
+        frames.push(Bytes::from_static(&[0x48, 0x07, 0x08, 0x05]));
+        let chunk = parse_chunk(&mut frames).unwrap();
+        assert_eq!(chunk.offset, 5);
+        assert_eq!(chunk.len(), 0);
+    }
+
+    #[test]
+    fn data_that_overruns_its_message_is_refused() {
+        let mut frames = Frames::default();
+        // Field 2, length 10, but only 3 bytes follow.
+        frames.push(Bytes::from_static(&[0x12, 0x0a, 1, 2, 3]));
+        let error = parse_chunk(&mut frames).unwrap_err();
+        assert!(error.message().contains("overruns"), "{error}");
+        let mut truncated = Frames::default();
+        truncated.push(Bytes::from_static(&[0x08]));
+        assert!(parse_chunk(&mut truncated).is_err());
+    }
+}
