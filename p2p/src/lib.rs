@@ -20,3 +20,4 @@ pub use limiter::Limiter;
 pub use metrics::P2pMetrics;
 pub use server::peer_service;
 pub use source::{PieceSource, StoreSource};
+pub use wire::PeerServer;

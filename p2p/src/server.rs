@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use shoal_core::{Bitfield, Digest, PeerId};
-use shoal_proto::v1::peer_server::{Peer, PeerServer};
+use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::source::{PieceSource, piece_range};
-use crate::{Faults, Limiter, P2pError, P2pMetrics};
+use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 
 /// The `RESOURCE_EXHAUSTED` message of a busy answer.
 pub(crate) const BUSY: &str = "busy: every upload slot is taken";
@@ -30,20 +30,20 @@ pub fn peer_service(
     upload_slots: usize,
     metrics: P2pMetrics,
     faults: Faults,
-) -> PeerServer<impl Peer> {
+) -> PeerServer {
     if faults.corrupt_served_pieces {
         tracing::warn!("TEST-ONLY fault injection: every piece this peer serves will be corrupted");
     }
-    PeerServer::new(PeerService {
+    PeerServer::new(Arc::new(PeerService {
         source,
         limiter,
         slots: Arc::new(Semaphore::new(upload_slots)),
         metrics,
         faults,
-    })
+    }))
 }
 
-struct PeerService {
+pub(crate) struct PeerService {
     source: Arc<dyn PieceSource>,
     limiter: Limiter,
     /// One permit per piece being served, held until its last chunk is sent.
@@ -93,7 +93,17 @@ impl Peer for PeerService {
         &self,
         request: Request<PieceRequest>,
     ) -> Result<Response<Self::GetPieceStream>, Status> {
-        let request = request.into_inner();
+        let chunks = self.start_piece(request.into_inner()).await?;
+        Ok(Response::new(ReceiverStream::new(chunks)))
+    }
+}
+
+impl PeerService {
+    /// Starts serving a piece: its chunks (or an error) arrive on the receiver.
+    pub(crate) async fn start_piece(
+        &self,
+        request: PieceRequest,
+    ) -> Result<mpsc::Receiver<Result<PieceChunk, Status>>, Status> {
         let digest = parse_digest(&request.digest)?;
         let index = request.index;
         let (metainfo, have) = self
@@ -124,7 +134,7 @@ impl Peer for PeerService {
             self.faults,
             slot,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
 

@@ -1,24 +1,40 @@
-//! The client side of `GetPiece` without tonic's message reassembly: the response's HTTP/2 DATA
-//! frames are kept as the `Bytes` hyper delivered, and each `PieceChunk`'s data is a list of
-//! slices of them. tonic would copy every received byte into one buffer per message first (a
-//! memmove of the whole blob, and a fresh multi-MiB allocation per chunk). The wire format is
-//! gRPC's: any gRPC server (ours is tonic's generated one) answers it.
+//! `GetPiece` framed by hand on both ends, so piece bytes are never copied in user space; the
+//! wire format is gRPC's, and every other call goes through tonic's generated code.
+//! - Client: the response's HTTP/2 DATA frames are kept as the `Bytes` hyper delivered, and each
+//!   `PieceChunk`'s data is a list of slices of them. tonic would copy every received byte into
+//!   one buffer per message first (a memmove of the whole blob, and a fresh multi-MiB allocation
+//!   per chunk).
+//! - Server: each chunk goes out as two body frames, its few header bytes and its data as read
+//!   (for a resident blob, pages of the page cache), which HTTP/2 writes to the socket as they
+//!   are. tonic would encode every chunk into a fresh buffer first (a copy of every served byte).
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
-use prost::encoding::{WireType, decode_key, decode_varint};
-use shoal_proto::v1::PieceRequest;
+use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+use shoal_proto::v1::{PieceChunk, PieceRequest, peer_server};
+use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
+use tonic::server::NamedService;
 use tonic::transport::Channel;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
+
+use crate::server::PeerService;
 
 const GET_PIECE: &str = "/shoal.v1.Peer/GetPiece";
 /// A gRPC message's prefix: the compressed flag and the length.
 const MESSAGE_HEADER: usize = 5;
+/// A `PieceRequest` is a digest, an index and a peer id: far below this.
+const MAX_REQUEST: usize = 4096;
 /// Fields of `PieceChunk` (peer.proto).
 const OFFSET_FIELD: u32 = 1;
 const DATA_FIELD: u32 = 2;
@@ -239,10 +255,146 @@ impl Buf for Frames {
     }
 }
 
+/// The `Peer` gRPC service: `GetPiece` answered here, everything else by tonic's generated
+/// server over the same [`PeerService`].
+#[derive(Clone)]
+pub struct PeerServer {
+    service: Arc<PeerService>,
+    generated: peer_server::PeerServer<PeerService>,
+}
+
+impl PeerServer {
+    pub(crate) fn new(service: Arc<PeerService>) -> PeerServer {
+        PeerServer {
+            generated: peer_server::PeerServer::from_arc(service.clone()),
+            service,
+        }
+    }
+}
+
+impl NamedService for PeerServer {
+    const NAME: &'static str = peer_server::SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for PeerServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Neither path has back-pressure of its own: upload slots answer busy instead.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != GET_PIECE {
+            return Box::pin(self.generated.call(request));
+        }
+        let service = self.service.clone();
+        Box::pin(async move {
+            let response = match read_request(request.into_body()).await {
+                Ok(request) => service.start_piece(request).await,
+                Err(status) => Err(status),
+            };
+            Ok(match response {
+                Ok(chunks) => http::Response::builder()
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .body(Body::new(ChunkFrames {
+                        chunks,
+                        data: None,
+                        ended: false,
+                    }))
+                    .expect("static headers are valid"),
+                // Trailers-only: the status in the headers, as tonic answers.
+                Err(status) => status.into_http(),
+            })
+        })
+    }
+}
+
+/// Decodes the single `PieceRequest` of a call's body.
+async fn read_request(body: Body) -> Result<PieceRequest, Status> {
+    let mut bytes = http_body_util::Limited::new(body, MESSAGE_HEADER + MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("reading the piece request: {e}")))?
+        .to_bytes();
+    if bytes.len() < MESSAGE_HEADER {
+        return Err(Status::invalid_argument("piece request without a message"));
+    }
+    let compressed = bytes.get_u8();
+    let len = bytes.get_u32() as usize;
+    if compressed != 0 || len != bytes.len() {
+        return Err(Status::invalid_argument(
+            "piece request must be one uncompressed message",
+        ));
+    }
+    PieceRequest::decode(bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed piece request: {e}")))
+}
+
+/// A `GetPiece` response body: two frames per chunk (header bytes, then the data untouched),
+/// then the call's status as trailers.
+struct ChunkFrames {
+    chunks: mpsc::Receiver<Result<PieceChunk, Status>>,
+    /// The current chunk's data, sent after its header.
+    data: Option<Bytes>,
+    ended: bool,
+}
+
+impl http_body::Body for ChunkFrames {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(this.chunks.poll_recv(cx)) {
+            Some(Ok(chunk)) => {
+                let header = chunk_header(&chunk);
+                this.data = Some(chunk.data).filter(|data| !data.is_empty());
+                return Poll::Ready(Some(Ok(Frame::data(header))));
+            }
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        this.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(e) = status.add_header(&mut trailers) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+}
+
+/// Everything of `chunk`'s gRPC message but its data bytes: the message prefix, the offset
+/// field and the data field's key and length (field order and encoding as prost's).
+fn chunk_header(chunk: &PieceChunk) -> Bytes {
+    let mut header = BytesMut::with_capacity(32);
+    header.put_u8(0);
+    header.put_u32(chunk.encoded_len() as u32);
+    if chunk.offset != 0 {
+        encode_key(OFFSET_FIELD, WireType::Varint, &mut header);
+        encode_varint(chunk.offset, &mut header);
+    }
+    if !chunk.data.is_empty() {
+        encode_key(DATA_FIELD, WireType::LengthDelimited, &mut header);
+        encode_varint(chunk.data.len() as u64, &mut header);
+    }
+    header.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::v1::PieceChunk;
 
     /// `message` encoded as a gRPC response body, cut into frames of `frame` bytes.
     fn framed(message: &PieceChunk, frame: usize) -> Frames {
@@ -275,6 +427,22 @@ mod tests {
             assert_eq!(chunk.len(), data.len());
             // Slices, not copies: as many as the frames the data spans (at most).
             assert!(chunk.data.len() <= data.len().div_ceil(frame) + 1);
+        }
+    }
+
+    #[test]
+    fn a_chunk_header_and_its_data_are_the_message_prost_encodes() {
+        for (offset, len) in [(0, 0), (0, 5), (7, 0), (1 << 33, 300), (1, 1 << 20)] {
+            let chunk = PieceChunk {
+                offset,
+                data: Bytes::from(vec![9; len]),
+            };
+            let mut sent = chunk_header(&chunk).to_vec();
+            sent.extend_from_slice(&chunk.data);
+            let mut expected = vec![0];
+            expected.extend_from_slice(&(chunk.encoded_len() as u32).to_be_bytes());
+            chunk.encode(&mut expected).unwrap();
+            assert_eq!(sent, expected, "offset {offset} len {len}");
         }
     }
 
