@@ -20,4 +20,4 @@ pub use limiter::Limiter;
 pub use metrics::P2pMetrics;
 pub use server::peer_service;
 pub use source::{PieceSource, StoreSource};
-pub use wire::PeerServer;
+pub use wire::{Chunk, PeerServer, PieceStream, get_piece};

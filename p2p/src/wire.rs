@@ -41,19 +41,20 @@ const DATA_FIELD: u32 = 2;
 
 /// One `PieceChunk` as slices of the received frames.
 #[derive(Debug)]
-pub(crate) struct Chunk {
+pub struct Chunk {
     pub offset: u64,
     pub data: Vec<Bytes>,
 }
 
 impl Chunk {
-    pub(crate) fn len(&self) -> usize {
+    /// The chunk's length in bytes.
+    pub fn length(&self) -> usize {
         self.data.iter().map(Bytes::len).sum()
     }
 }
 
 /// The chunks of one `GetPiece` answer, read as they arrive.
-pub(crate) struct PieceStream {
+pub struct PieceStream {
     body: Body,
     frames: Frames,
     /// No chunk may be longer: bounds what a misbehaving peer can make us buffer.
@@ -62,7 +63,7 @@ pub(crate) struct PieceStream {
 
 /// Calls `GetPiece` and returns its chunk stream, or the call's status (busy, not found, …).
 /// Chunks longer than `max_chunk` bytes end the stream with an error.
-pub(crate) async fn get_piece(
+pub async fn get_piece(
     channel: Channel,
     request: &PieceRequest,
     max_chunk: usize,
@@ -104,7 +105,7 @@ pub(crate) async fn get_piece(
 
 impl PieceStream {
     /// The next chunk; `None` once the call ended with status OK.
-    pub(crate) async fn message(&mut self) -> Result<Option<Chunk>, Status> {
+    pub async fn message(&mut self) -> Result<Option<Chunk>, Status> {
         if !self.fill(MESSAGE_HEADER).await? {
             return if self.frames.remaining() == 0 {
                 Ok(None)
@@ -424,7 +425,7 @@ mod tests {
             let chunk = parse_chunk(&mut frames.split(len)).unwrap();
             assert_eq!(chunk.offset, 1 << 40, "frame {frame}");
             assert_eq!(chunk.data.concat(), data, "frame {frame}");
-            assert_eq!(chunk.len(), data.len());
+            assert_eq!(chunk.length(), data.len());
             // Slices, not copies: as many as the frames the data spans (at most).
             assert!(chunk.data.len() <= data.len().div_ceil(frame) + 1);
         }
@@ -453,7 +454,7 @@ mod tests {
         frames.push(Bytes::from_static(&[0x48, 0x07, 0x08, 0x05]));
         let chunk = parse_chunk(&mut frames).unwrap();
         assert_eq!(chunk.offset, 5);
-        assert_eq!(chunk.len(), 0);
+        assert_eq!(chunk.length(), 0);
     }
 
     #[test]

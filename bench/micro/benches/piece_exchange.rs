@@ -1,7 +1,8 @@
 //! The gRPC piece exchange: one `peer_service` (over a `StoreSource`, served as origins and
-//! agents serve it: an axum router through `shoal_service::http::serve`) on loopback serving every piece of a 64 MiB blob to a `PeerClient` GetPiece loop, one request at
-//! a time and with the scheduler's default pipeline in flight, over the channel agents use
-//! (`shoal_p2p::peer_channel`). The baseline, in the same
+//! agents serve it: an axum router through `shoal_service::http::serve`) on loopback serving
+//! every piece of a 64 MiB blob to a GetPiece loop of the agents' own client
+//! (`shoal_p2p::get_piece`), one request at a time and with the scheduler's default pipeline in
+//! flight, over the channel agents use (`shoal_p2p::peer_channel`). The baseline, in the same
 //! binary: the same number of bytes copied over a plain TCP loopback socket.
 
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use shoal_core::Metainfo;
 use shoal_microbench::{MIB, RepeatedBlob};
 use shoal_p2p::{Faults, Limiter, P2pConfig, P2pMetrics, PieceSource, StoreSource, peer_service};
 use shoal_proto::v1::PieceRequest;
-use shoal_proto::v1::peer_client::PeerClient;
 use shoal_storage::BlobStore;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -115,13 +115,10 @@ async fn get_piece(
         index,
         peer_id: "microbench".to_owned(),
     };
-    let mut stream = PeerClient::new(channel)
-        .get_piece(request)
-        .await?
-        .into_inner();
+    let mut stream = shoal_p2p::get_piece(channel, &request, CHUNK).await?;
     let mut received = 0;
     while let Some(chunk) = stream.message().await? {
-        received += chunk.data.len() as u64;
+        received += chunk.length() as u64;
     }
     Ok(received)
 }

@@ -232,7 +232,7 @@ impl PieceFetch {
                 Ok(None) => break,
                 Err(status) => return Outcome::Failed(status.to_string()),
             };
-            let len = chunk.len();
+            let len = chunk.length();
             if chunk.offset != received as u64 || received + len > length {
                 return Outcome::Corrupt(format!(
                     "chunk of {len} bytes at offset {} does not fit the {length}-byte piece (have {received})",
