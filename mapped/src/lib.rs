@@ -45,7 +45,8 @@ pub fn resident(file: &File, offset: u64, len: usize) -> io::Result<Option<Bytes
         return Ok(None);
     }
     // Maps every page in one call, instead of a fault per 64 KiB when the bytes are first read.
-    map.advise(Advice::PopulateRead)?;
+    // Only an optimisation: kernels before 5.14 refuse it, and the pages then fault in as read.
+    let _ = map.advise(Advice::PopulateRead);
     Ok(Some(Bytes::from_owner(Range { map, lead, len })))
 }
 

@@ -84,10 +84,10 @@ pub(crate) fn positional_stream(
             let want = usize::try_from(end - offset).map_or(STREAM_CHUNK, |r| r.min(STREAM_CHUNK));
             async move {
                 // Resident bytes are sent straight from the page cache; the rest are read off
-                // the runtime, since touching them could wait on the disk.
-                if let Some(bytes) = shoal_mapped::resident(&file, offset, want)
-                    .map_err(|e| io::Error::new(e.kind(), format!("map {}: {e}", path.display())))?
-                {
+                // the runtime, since touching them could wait on the disk. A file that cannot be
+                // mapped (some network and FUSE filesystems) is read too, and pread reports
+                // any real I/O error.
+                if let Ok(Some(bytes)) = shoal_mapped::resident(&file, offset, want) {
                     return Ok(bytes);
                 }
                 tokio::task::spawn_blocking(move || {
