@@ -69,8 +69,7 @@ pub async fn get_piece(
     max_chunk: usize,
 ) -> Result<PieceStream, Status> {
     let mut body = BytesMut::with_capacity(MESSAGE_HEADER + request.encoded_len());
-    body.extend_from_slice(&[0]);
-    body.extend_from_slice(&(request.encoded_len() as u32).to_be_bytes());
+    put_message_header(request.encoded_len(), &mut body);
     request
         .encode(&mut body)
         .map_err(|e| Status::internal(format!("encoding the piece request: {e}")))?;
@@ -376,12 +375,17 @@ impl http_body::Body for ChunkFrames {
     }
 }
 
+/// Writes the prefix of an uncompressed gRPC message of `len` bytes.
+fn put_message_header(len: usize, buf: &mut impl BufMut) {
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+}
+
 /// Everything of `chunk`'s gRPC message but its data bytes: the message prefix, the offset
 /// field and the data field's key and length (field order and encoding as prost's).
 fn chunk_header(chunk: &PieceChunk) -> Bytes {
     let mut header = BytesMut::with_capacity(32);
-    header.put_u8(0);
-    header.put_u32(chunk.encoded_len() as u32);
+    put_message_header(chunk.encoded_len(), &mut header);
     if chunk.offset != 0 {
         encode_key(OFFSET_FIELD, WireType::Varint, &mut header);
         encode_varint(chunk.offset, &mut header);
@@ -399,8 +403,8 @@ mod tests {
 
     /// `message` encoded as a gRPC response body, cut into frames of `frame` bytes.
     fn framed(message: &PieceChunk, frame: usize) -> Frames {
-        let mut encoded = vec![0];
-        encoded.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+        let mut encoded = Vec::new();
+        put_message_header(message.encoded_len(), &mut encoded);
         message.encode(&mut encoded).unwrap();
         let encoded = Bytes::from(encoded);
         let mut frames = Frames::default();
