@@ -16,7 +16,6 @@
 use std::fmt;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shoal_membership::{DnsConfig, HealthConfig, MembersConfig, Source};
 
@@ -317,30 +316,23 @@ impl<'de> Deserialize<'de> for OriginsConfig {
     }
 }
 
+/// What an origins config adds to its member list's map form.
+#[derive(Serialize)]
+struct PeerPort {
+    peer_port: u16,
+}
+
 impl Serialize for OriginsConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let default_health = self.members.health == HealthConfig::default();
-        match (&self.members.source, &self.peers) {
-            (Source::Static(_), Peers::Unknown) if default_health => {
-                self.members.serialize(serializer)
-            }
-            (Source::Static(_), Peers::Listed(_)) if default_health => {
-                self.listed_peers().serialize(serializer)
-            }
-            (source, peers) => {
-                let mut map = serializer.serialize_map(None)?;
-                match (source, peers) {
-                    (Source::Static(_), Peers::Listed(_)) => {
-                        map.serialize_entry("static", &self.listed_peers())?;
-                    }
-                    (Source::Static(members), _) => map.serialize_entry("static", members)?,
-                    (Source::Dns(dns), _) => map.serialize_entry("dns", dns)?,
-                }
-                if let Peers::Port(port) = peers {
-                    map.serialize_entry("peer_port", port)?;
-                }
-                map.serialize_entry("health", &self.members.health)?;
-                map.end()
+        let extra = self.peer_port().map(|peer_port| PeerPort { peer_port });
+        match &self.peers {
+            Peers::Listed(_) => self
+                .members
+                .written(&self.listed_peers(), extra)
+                .serialize(serializer),
+            Peers::Unknown | Peers::Port(_) => {
+                let members = self.members.static_members().unwrap_or_default();
+                self.members.written(members, extra).serialize(serializer)
             }
         }
     }

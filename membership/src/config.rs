@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A group's members and their health checks.
@@ -208,21 +207,57 @@ impl<'de> Deserialize<'de> for MembersConfig {
     }
 }
 
+/// A member list as written: the plain list, or the map form. A config that wraps a member list
+/// and adds to it (the origins' peer addresses) is written through [`MembersConfig::written`]
+/// too, so the two keep one shape.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Written<'a, E, X> {
+    /// A static source with default health checks and nothing added.
+    List(&'a [E]),
+    /// `static` or `dns`, the fields the wrapping config adds, then `health`.
+    Map {
+        #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+        fixed: Option<&'a [E]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dns: Option<&'a DnsConfig>,
+        #[serde(flatten)]
+        extra: Option<X>,
+        health: &'a HealthConfig,
+    },
+}
+
+impl MembersConfig {
+    /// This list as written, with `entries` standing for the static members (the same members,
+    /// written with more per member: the origins' `{http, peer}` pairs) and `extra` fields beside
+    /// `health`. The plain list when the source is static and nothing else is set, so configs
+    /// written by tools stay the short form.
+    pub fn written<'a, E, X>(&'a self, entries: &'a [E], extra: Option<X>) -> Written<'a, E, X> {
+        let health = &self.health;
+        match &self.source {
+            Source::Static(_) if extra.is_none() && *health == HealthConfig::default() => {
+                Written::List(entries)
+            }
+            Source::Static(_) => Written::Map {
+                fixed: Some(entries),
+                dns: None,
+                extra,
+                health,
+            },
+            Source::Dns(dns) => Written::Map {
+                fixed: None,
+                dns: Some(dns),
+                extra,
+                health,
+            },
+        }
+    }
+}
+
 impl Serialize for MembersConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // The plain list when nothing else is set, so configs written by tools stay the short form.
-        if let Source::Static(members) = &self.source
-            && self.health == HealthConfig::default()
-        {
-            return members.serialize(serializer);
-        }
-        let mut map = serializer.serialize_map(Some(2))?;
-        match &self.source {
-            Source::Static(members) => map.serialize_entry("static", members)?,
-            Source::Dns(dns) => map.serialize_entry("dns", dns)?,
-        }
-        map.serialize_entry("health", &self.health)?;
-        map.end()
+        let members = self.static_members().unwrap_or_default();
+        self.written(members, None::<()>).serialize(serializer)
     }
 }
 
