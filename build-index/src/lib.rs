@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_jobs::StatsCollector;
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::BackendRouter;
@@ -74,6 +75,10 @@ pub async fn run(
             .await
             .context("opening the pending-tags directory (config field `pending_dir`)")?;
         tasks.spawn(tags.clone().write_back(shutdown.clone()));
+        if let Some(stats) = tags.pending_stats() {
+            let collector = StatsCollector::new(metrics::TAG_WRITEBACK, stats);
+            metrics.registry().register_collector(collector);
+        }
     }
     let origins = Arc::new(verify::Origins::new(cluster));
     let replicator = match &config.replication {
@@ -86,9 +91,9 @@ pub async fn run(
                 .await
                 .context("starting replication (config field `replication`)")?;
             let replicator = Arc::new(replicator);
-            metrics
-                .registry()
-                .register_collector(Box::new(metrics::ReplicationCollector(replicator.clone())));
+            let queue = replicator.clone();
+            let collector = StatsCollector::new(metrics::REPLICATION, move || queue.stats());
+            metrics.registry().register_collector(collector);
             tasks.spawn(replicator.clone().run(shutdown.clone()));
             Some(replicator)
         }

@@ -1,17 +1,13 @@
-//! The build-index's own metrics: tags accepted, tags refused by Registry V2 error code, and
-//! cross-cluster replication progress.
+//! The build-index's own metrics: tags accepted, tags refused by Registry V2 error code, and the
+//! progress of its two queues (pending tags, cross-cluster replication) under `shoal_jobs`'
+//! naming pattern.
 
-use std::sync::Arc;
-
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shoal_core::ErrorCode;
-
-use crate::replicate::Replicator;
+use shoal_jobs::StatsNames;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
@@ -57,36 +53,23 @@ impl TagMetrics {
     }
 }
 
-/// Cross-cluster replication progress, read from the replication queue on each scrape.
-#[derive(Debug)]
-pub struct ReplicationCollector(pub Arc<Replicator>);
+/// Cross-cluster replication progress (`replicate`), read from its queue on each scrape.
+pub const REPLICATION: StatsNames = StatsNames {
+    prefix: "build_index_replication",
+    pending_help: "Replication jobs (remote, repository, tag) waiting in the queue",
+    done: "replicated",
+    done_help: "Tags copied to a remote cluster",
+    // Replication never gives up: every failed attempt is retried.
+    failures_help: "Replication attempts that failed and will be retried",
+};
 
-impl Collector for ReplicationCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self.0.stats();
-        let pending =
-            ConstGauge::new(i64::try_from(stats.queued + stats.running).unwrap_or(i64::MAX));
-        pending.encode(encoder.encode_descriptor(
-            "build_index_replication_pending",
-            "Replication jobs (remote, repository, tag) waiting in the queue",
-            None,
-            pending.metric_type(),
-        )?)?;
-        let replicated = ConstCounter::new(stats.succeeded);
-        replicated.encode(encoder.encode_descriptor(
-            "build_index_replication_replicated",
-            "Tags copied to a remote cluster",
-            None,
-            replicated.metric_type(),
-        )?)?;
-        // Replication never gives up: every failed attempt is retried.
-        let failures = ConstCounter::new(stats.retries + stats.failed);
-        failures.encode(encoder.encode_descriptor(
-            "build_index_replication_failures",
-            "Replication attempts that failed and will be retried",
-            None,
-            failures.metric_type(),
-        )?)?;
-        Ok(())
-    }
-}
+/// Tags accepted while their backend was unreachable (`tags`, `pending_dir`), read from their
+/// queue on each scrape.
+pub const TAG_WRITEBACK: StatsNames = StatsNames {
+    prefix: "build_index_tag_writeback",
+    pending_help: "Tags kept in pending_dir until their backend has them",
+    done: "written",
+    done_help: "Pending tags written back to their backend",
+    // Pending tags are never given up: every failed attempt is retried.
+    failures_help: "Pending-tag write-backs that failed and will be retried",
+};

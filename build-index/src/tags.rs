@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, Name, Tag};
-use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy};
+use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy, Stats};
 use shoal_service::CancellationToken;
 use shoal_storage::{
     Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
@@ -126,6 +126,12 @@ impl TagStore {
         import_old_layout(dir, &queue).await?;
         self.pending = Some(Arc::new(queue));
         Ok(self)
+    }
+
+    /// A reading of the pending-tags queue for metrics; `None` without a `pending_dir`.
+    pub fn pending_stats(&self) -> Option<impl Fn() -> Stats + Send + Sync + 'static> {
+        let queue = self.pending.clone()?;
+        Some(move || queue.stats())
     }
 
     fn backend(&self, name: &Name) -> Result<Arc<dyn Backend>, Error> {

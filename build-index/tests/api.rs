@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use reqwest::header::LINK;
 use shoal_api::ApiError;
@@ -66,6 +68,87 @@ async fn a_tag_points_at_its_manifest_once_put() {
         metrics.contains("shoal_build_index_tags_put_total 2\n"),
         "{metrics}"
     );
+    index.stop().await;
+}
+
+/// The value of an unlabelled metric sample on the build-index's `/metrics`.
+async fn metric(index: &BuildIndex, sample: &str) -> Option<f64> {
+    let (_, _, text) = send(http_client().get(index.url("/metrics"))).await;
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// Polls `sample` until `holds` accepts its value; fails the test after a deadline.
+async fn wait_metric(index: &BuildIndex, sample: &str, holds: impl Fn(f64) -> bool) {
+    // Pending tags are retried after 1 s, 2 s, 4 s… (with jitter): a few retries fit easily.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = metric(index, sample).await;
+        if value.is_some_and(&holds) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting on {sample} (last {value:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn tags_kept_during_a_backend_outage_are_counted_by_the_pending_tags_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = FakeOrigin::start().await;
+    let root = dir.path().join("backend");
+    let index = BuildIndex::start_with(&root, vec![origin.addr.to_string()], |config| {
+        config.pending_dir = Some(dir.path().join("pending"));
+    })
+    .await;
+    for sample in [
+        "shoal_build_index_tag_writeback_pending",
+        "shoal_build_index_tag_writeback_written_total",
+        "shoal_build_index_tag_writeback_failures_total",
+    ] {
+        assert_eq!(metric(&index, sample).await, Some(0.0), "{sample}");
+    }
+
+    // The backend's root turns into a file: every tag write fails, so the tag is kept pending.
+    std::fs::remove_dir_all(&root).expect("remove backend");
+    std::fs::write(&root, b"not a directory").expect("block backend");
+    let manifest = Digest::of(&push_image(&origin, "app"));
+    let (repo, latest) = (name("team/app"), tag("latest"));
+    index
+        .client
+        .put_tag(&repo, &latest, &manifest)
+        .await
+        .expect("accepted while the backend is down");
+    assert_eq!(
+        metric(&index, "shoal_build_index_tag_writeback_pending").await,
+        Some(1.0)
+    );
+    wait_metric(
+        &index,
+        "shoal_build_index_tag_writeback_failures_total",
+        |failures| failures >= 1.0,
+    )
+    .await;
+
+    std::fs::remove_file(&root).expect("unblock backend");
+    shoal_storage::FilesystemBackend::new(&root).expect("restore backend");
+    wait_metric(
+        &index,
+        "shoal_build_index_tag_writeback_written_total",
+        |written| written == 1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&index, "shoal_build_index_tag_writeback_pending").await,
+        Some(0.0)
+    );
+    let written = std::fs::read_to_string(root.join(shoal_storage::tag_key(&repo, &latest)));
+    assert_eq!(written.expect("in the backend"), manifest.to_string());
     index.stop().await;
 }
 

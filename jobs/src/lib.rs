@@ -6,14 +6,17 @@
 //! that answers afterwards never acknowledges work a crash could lose; [`Queue::open`] queues
 //! every marker found on disk again. [`Queue::run`] runs due jobs a few at a time, retries
 //! failures under one [`RetryPolicy`] (doubling delays with jitter, from `backon`) and removes a
-//! job's marker once it succeeded or failed for good.
+//! job's marker once it succeeded or failed for good. [`StatsCollector`] puts a queue's
+//! [`Stats`] on a metrics page under one naming pattern.
 
 mod durable;
 mod error;
+mod metrics;
 mod policy;
 mod queue;
 
 pub use durable::{IoContext, IoError, TEMP_SUFFIX, TempPath, fsync_dir, temp_name, write_atomic};
 pub use error::{BoxError, Failure, JobsError};
+pub use metrics::{StatsCollector, StatsNames};
 pub use policy::RetryPolicy;
 pub use queue::{Job, Queue, Stats};

@@ -110,9 +110,18 @@ pub struct BuildIndex {
 impl BuildIndex {
     /// Starts a build-index storing tags under `backend_root` and checking against `origins`.
     pub async fn start(backend_root: &Path, origins: Vec<String>) -> BuildIndex {
+        BuildIndex::start_with(backend_root, origins, |_| {}).await
+    }
+
+    /// Like [`BuildIndex::start`], with the config changed by `edit`.
+    pub async fn start_with(
+        backend_root: &Path,
+        origins: Vec<String>,
+        edit: impl FnOnce(&mut BuildIndexConfig),
+    ) -> BuildIndex {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let config = BuildIndexConfig {
+        let mut config = BuildIndexConfig {
             listen: addr,
             origins: origins.into(),
             backend: BackendConfig::Filesystem {
@@ -120,6 +129,7 @@ impl BuildIndex {
             },
             ..Default::default()
         };
+        edit(&mut config);
         let shutdown = CancellationToken::new();
         // The listener is bound already, so requests queue until `run` accepts them.
         let task = tokio::spawn(shoal_build_index::run(
