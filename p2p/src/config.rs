@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 use shoal_core::PeerId;
-
-use crate::scheduler::SchedulerConfig;
+use shoal_swarm::scheduler::SchedulerConfig;
+use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
 
 /// Seeders keep announcing a completed blob this long after its last use, so that nodes pulling
 /// the same image a little later still find many sources.
@@ -20,10 +20,6 @@ const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::mib(1);
 /// get an error (and fall back or retry) instead of hanging; verified pieces stay on disk and the
 /// next request resumes from them. Long enough to ride out a slow tracker interval and reconnects.
 const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pieces served at once; further requests are answered "busy" at once. Every upload in flight
-/// shares the link: 32 pieces of 4 MiB on a 100 Mbit/s link take 11 s, inside the 15 s piece
-/// timeout, and on a fast link 32 keep it full; beyond that, queueing more only delays them all.
-const DEFAULT_UPLOAD_SLOTS: usize = 32;
 /// gRPC's default maximum message size; chunks must stay below it with room for framing.
 const MAX_CHUNK_SIZE: ByteSize = ByteSize::mib(2);
 

@@ -1,13 +1,12 @@
-//! The peer-to-peer engine shared by agents and origins (contracts: `docs/p2p.md`): the pure
-//! piece [`scheduler`], the gRPC `Peer` service over a [`PieceSource`], bandwidth [`Limiter`]s,
-//! and the [`Engine`] that downloads blobs from peers and seeds them.
+//! The peer-to-peer engine shared by agents and origins (contracts: `docs/p2p.md`): the gRPC
+//! `Peer` service over a [`PieceSource`], bandwidth [`Limiter`]s, and the [`Engine`] that
+//! downloads blobs from peers and seeds them, driving the pure piece scheduler of `shoal-swarm`.
 
 mod config;
 mod engine;
 mod error;
 mod limiter;
 mod metrics;
-pub mod scheduler;
 mod server;
 mod source;
 mod wire;

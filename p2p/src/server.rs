@@ -7,7 +7,8 @@ use futures::StreamExt;
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use shoal_swarm::slots::{UploadSlot, UploadSlots};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -37,7 +38,7 @@ pub fn peer_service(
     PeerServer::new(Arc::new(PeerService {
         source,
         limiter,
-        slots: Arc::new(Semaphore::new(upload_slots)),
+        slots: UploadSlots::new(upload_slots),
         metrics,
         faults,
     }))
@@ -46,8 +47,8 @@ pub fn peer_service(
 pub(crate) struct PeerService {
     source: Arc<dyn PieceSource>,
     limiter: Limiter,
-    /// One permit per piece being served, held until its last chunk is sent.
-    slots: Arc<Semaphore>,
+    /// One slot per piece being served, held until its last chunk is sent.
+    slots: Arc<UploadSlots>,
     metrics: P2pMetrics,
     faults: Faults,
 }
@@ -117,9 +118,8 @@ impl PeerService {
                 "piece {index} of {digest} is not held here"
             )));
         }
-        // Refuse rather than queue: a queued request shares the link with every other one and
-        // all of them slow down, while a refused one is asked of another holder at once.
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+        // Refuse rather than queue (`shoal_swarm::slots`): another holder is asked at once.
+        let Some(slot) = self.slots.try_take() else {
             self.metrics.busy_answered.inc();
             return Err(Status::resource_exhausted(BUSY));
         };
@@ -185,7 +185,7 @@ async fn send_piece(
     limiter: Limiter,
     metrics: P2pMetrics,
     faults: Faults,
-    _slot: OwnedSemaphorePermit,
+    _slot: UploadSlot,
 ) {
     let chunk_size = limiter.chunk_size();
     let mut offset = 0u64;

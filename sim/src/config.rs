@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shoal_core::piece_length_for;
-use shoal_p2p::P2pConfig;
-use shoal_p2p::scheduler::SchedulerConfig;
+use shoal_swarm::scheduler::SchedulerConfig;
+use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
 use thiserror::Error;
 
 /// How the tracker picks the peers one announce answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum HandoutPolicy {
-    /// Shoal's tracker (`tracker/src/handout.rs`): the owning origins first, then complete
+    /// Shoal's tracker (`shoal_swarm::handout`): the owning origins first, then complete
     /// peers, then the rest, a random sample within each class.
     OriginsFirst,
     /// A uniform random sample of origins and peers alike (a baseline to compare against).
@@ -90,8 +90,8 @@ impl Default for SimConfig {
             latency: Duration::from_millis(1),
             arrival_spread: Duration::ZERO,
             tracker: TrackerModel::default(),
-            upload_slots: P2pConfig::default().upload_slots,
-            origin_upload_slots: P2pConfig::default().upload_slots,
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
+            origin_upload_slots: DEFAULT_UPLOAD_SLOTS,
             scheduler: SchedulerConfig::default(),
             tick: Duration::from_millis(250),
             time_limit: Duration::from_secs(3600),
@@ -114,7 +114,7 @@ pub enum ConfigError {
         max: u64,
     },
     #[error("scheduler: {0}")]
-    Scheduler(#[from] shoal_p2p::scheduler::SchedulerConfigError),
+    Scheduler(#[from] shoal_swarm::scheduler::SchedulerConfigError),
 }
 
 impl SimConfig {

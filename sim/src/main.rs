@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Parser;
-use shoal_p2p::P2pConfig;
-use shoal_p2p::scheduler::SchedulerConfig;
 use shoal_sim::{HandoutPolicy, SimConfig, TrackerModel, simulate};
+use shoal_swarm::scheduler::SchedulerConfig;
+use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
 
 /// Simulates N agents pulling one blob through Shoal's scheduler, in virtual time.
 #[derive(Parser, Debug)]
@@ -49,10 +49,10 @@ struct Args {
     #[arg(long, default_value = "3s", value_parser = duration)]
     announce_interval: Duration,
     /// Pieces an agent uploads at once; more requests are answered busy (`p2p.upload_slots`).
-    #[arg(long, default_value_t = P2pConfig::default().upload_slots)]
+    #[arg(long, default_value_t = DEFAULT_UPLOAD_SLOTS)]
     upload_slots: usize,
     /// Pieces an origin uploads at once (the origin's `p2p.upload_slots`).
-    #[arg(long, default_value_t = P2pConfig::default().upload_slots)]
+    #[arg(long, default_value_t = DEFAULT_UPLOAD_SLOTS)]
     origin_upload_slots: usize,
     /// Origins owning the blob (the tracker hands out only these).
     #[arg(long, default_value_t = 3)]

@@ -1,5 +1,5 @@
 //! The simulated swarm: origins and agents exchanging pieces, each agent driven by the real
-//! `shoal_p2p::scheduler::Scheduler`. This module plays the engine's part (what
+//! `shoal_swarm::scheduler::Scheduler`. This module plays the engine's part (what
 //! `p2p/src/engine/download.rs` does with sockets): it turns the scheduler's actions into
 //! sessions and piece transfers in the bandwidth model and feeds their outcomes back as events,
 //! with the engine's timing — a session is up one round trip after Connect, a piece's PieceDone
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use shoal_core::{Bitfield, PeerId};
-use shoal_p2p::scheduler::{Action, Event, PeerCandidate, Scheduler};
+use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
+use shoal_swarm::slots;
 
 use crate::config::{ConfigError, SimConfig};
 use crate::flows::{FlowRef, Flows, Link};
@@ -362,8 +363,9 @@ impl Swarm {
                 } else {
                     self.config.upload_slots
                 };
-                if self.flows.uploading(sender) >= slots {
-                    // The sender refuses at once; the answer takes a round trip.
+                if slots::busy(self.flows.uploading(sender), slots) {
+                    // The sender refuses at once, as the peer service does; the answer takes a
+                    // round trip.
                     if origin {
                         self.busy_from_origins += 1;
                     } else {

@@ -1,13 +1,9 @@
-//! The tracker model: which agents have announced, whether complete, and the handout policy.
-//!
-//! `shoal-tracker`'s `handout` is private to that crate and takes the whole swarm as a `Vec` per
-//! announce (O(swarm) each, O(swarm²) per announce round at 15,000 peers), so this module
-//! re-implements the same policy over index lists: the owning origins first, then complete
-//! peers, then the rest, a uniform sample within each class, never the caller, at most `limit`.
+//! The tracker model: which agents have announced and whether complete, kept as index lists
+//! so that an announce costs O(limit) at 15,000 peers; the answer is `shoal_swarm::handout`,
+//! the policy `shoal-tracker` runs, over those lists.
 
-use rand::RngExt;
 use rand::rngs::Xoshiro256PlusPlus;
-use rand::seq::SliceRandom;
+use shoal_swarm::handout::{self, Class, Classes};
 
 use crate::config::HandoutPolicy;
 
@@ -76,59 +72,49 @@ impl Tracker {
 
     /// The peers an announce of `caller` is answered with.
     pub(crate) fn handout(&self, caller: u32, rng: &mut Xoshiro256PlusPlus) -> Vec<u32> {
-        let mut out = Vec::with_capacity(self.limit);
+        let is_caller = |&&node: &&u32| node == caller;
         match self.policy {
             HandoutPolicy::OriginsFirst => {
-                for class in [&self.owners, &self.complete, &self.partial] {
-                    let room = self.limit - out.len();
-                    sample(class.len(), |i| class[i], room, caller, &mut out, rng);
-                }
+                let classes = Classes {
+                    origins: self.owners.as_slice(),
+                    complete: self.complete.as_slice(),
+                    partial: self.partial.as_slice(),
+                };
+                let is_origin = |&&node: &&u32| self.owners.contains(&node);
+                handout::handout(classes, is_caller, is_origin, self.limit, rng)
+                    .into_iter()
+                    .map(|chosen| *chosen.peer)
+                    .collect()
             }
             HandoutPolicy::Random => {
-                let (a, b) = (self.owners.len(), self.complete.len());
-                let all = a + b + self.partial.len();
-                let at = |i: usize| {
-                    if i < a {
-                        self.owners[i]
-                    } else if i < a + b {
-                        self.complete[i - a]
-                    } else {
-                        self.partial[i - a - b]
-                    }
-                };
-                sample(all, at, self.limit, caller, &mut out, rng);
+                let mut out = Vec::with_capacity(self.limit);
+                handout::sample(&Everyone(self), is_caller, self.limit, rng, &mut out);
+                out.into_iter().copied().collect()
             }
         }
-        out
     }
 }
 
-/// Appends up to `want` distinct members of a class of `len` (member `i` is `at(i)`), never
-/// `caller`, uniformly at random. Small classes are shuffled; large ones sampled by rejection,
-/// so the cost is O(want) however large the swarm.
-fn sample(
-    len: usize,
-    at: impl Fn(usize) -> u32,
-    want: usize,
-    caller: u32,
-    out: &mut Vec<u32>,
-    rng: &mut Xoshiro256PlusPlus,
-) {
-    if want == 0 || len == 0 {
-        return;
+/// Origins and agents as one class, for the `random` baseline.
+struct Everyone<'a>(&'a Tracker);
+
+impl<'a> Class for Everyone<'a> {
+    type Member = &'a u32;
+
+    fn len(&self) -> usize {
+        let t = self.0;
+        t.owners.len() + t.complete.len() + t.partial.len()
     }
-    if len <= 4 * want {
-        let mut members: Vec<u32> = (0..len).map(&at).filter(|&m| m != caller).collect();
-        let (chosen, _) = members.partial_shuffle(rng, want);
-        out.extend_from_slice(chosen);
-        return;
-    }
-    // More than 4× `want` members: rejection hits a taken one under 1/4 of the time.
-    let start = out.len();
-    while out.len() - start < want {
-        let member = at(rng.random_range(0..len));
-        if member != caller && !out[start..].contains(&member) {
-            out.push(member);
+
+    fn member(&self, index: usize) -> &'a u32 {
+        let t = self.0;
+        let (a, b) = (t.owners.len(), t.complete.len());
+        if index < a {
+            &t.owners[index]
+        } else if index < a + b {
+            &t.complete[index - a]
+        } else {
+            &t.partial[index - a - b]
         }
     }
 }

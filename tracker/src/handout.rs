@@ -1,23 +1,15 @@
-//! The handout policy: which peers one announce answers with. A pure function of the swarm, the
-//! digest's owning origins and a random source, so it is tested with a seeded rng.
-//!
-//! Order: the owning origins first (always complete, and the seeders of last resort a downloader
-//! needs when no agent has a piece yet), then complete peers, then the rest; a random sample
-//! within each class, so every downloader sees a different slice of a large swarm and load
-//! spreads; never the caller itself; at most `limit` in all.
+//! The tracker's side of the handout: its peer store's records as the classes of
+//! `shoal_swarm::handout`, which holds the policy (owning origins first, then complete peers,
+//! then the rest; a random sample within each class; never the caller; at most `limit`).
 
 use rand::Rng;
-use rand::seq::SliceRandom;
 use shoal_core::PeerId;
+use shoal_swarm::handout::{self as policy, Classes};
 
 use crate::peers::PeerRecord;
 
 /// One peer handed to the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handout {
-    pub peer: PeerRecord,
-    pub origin: bool,
-}
+pub type Handout = policy::Handout<PeerRecord>;
 
 /// Up to `limit` peers for the announce of `caller` (who serves on `caller_addr`). `origins` are
 /// the digest's owners as complete peer records; `swarm` is every live member, caller included.
@@ -32,32 +24,31 @@ pub fn handout<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Vec<Handout> {
     let is_caller = |peer: &PeerRecord| peer.id == *caller || peer.addr == caller_addr;
-    let mut origins: Vec<PeerRecord> = origins.into_iter().filter(|p| !is_caller(p)).collect();
     let is_origin = |peer: &PeerRecord| {
         origins
             .iter()
-            .any(|o| o.id == peer.id || o.addr == peer.addr)
+            .any(|o| !is_caller(o) && (o.id == peer.id || o.addr == peer.addr))
     };
-    let (mut complete, mut partial): (Vec<PeerRecord>, Vec<PeerRecord>) = swarm
-        .into_iter()
-        .filter(|p| !is_caller(p) && !is_origin(p))
-        .partition(|p| p.complete);
-
-    let mut chosen = Vec::with_capacity(limit.min(origins.len() + complete.len() + partial.len()));
-    for (class, origin) in [
-        (&mut origins, true),
-        (&mut complete, false),
-        (&mut partial, false),
-    ] {
-        let room = limit - chosen.len();
-        if room == 0 {
-            break;
-        }
-        // Shuffling only the first `room` places draws a uniform random sample of that size.
-        let (sample, _) = class.partial_shuffle(rng, room);
-        chosen.extend(sample.iter().cloned().map(|peer| Handout { peer, origin }));
-    }
-    chosen
+    let (complete, partial): (Vec<PeerRecord>, Vec<PeerRecord>) =
+        swarm.into_iter().partition(|p| p.complete);
+    let classes = Classes {
+        origins: origins.as_slice(),
+        complete: complete.as_slice(),
+        partial: partial.as_slice(),
+    };
+    policy::handout(
+        classes,
+        |peer| is_caller(peer),
+        |peer| is_origin(peer),
+        limit,
+        rng,
+    )
+    .into_iter()
+    .map(|chosen| Handout {
+        peer: chosen.peer.clone(),
+        origin: chosen.origin,
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use shoal_core::{Digest, Name, PeerId};
 use shoal_proto::v1::PeerInfo;
 use shoal_storage::PartialBlob;
+use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -15,7 +16,6 @@ use super::session::{self, Msg};
 use super::tracker::FALLBACK_INTERVAL;
 use super::{Shared, lock};
 use crate::P2pError;
-use crate::scheduler::{Action, Event, PeerCandidate, Scheduler};
 
 /// How often the scheduler checks timeouts and blacklist expiry.
 const TICK: Duration = Duration::from_millis(250);

@@ -1,5 +1,5 @@
 //! The engine agents run: one shared download per blob (metainfo and peers from the tracker,
-//! pieces from peers through the [`Scheduler`](crate::scheduler::Scheduler)), seeding after
+//! pieces from peers through the [`Scheduler`](shoal_swarm::scheduler::Scheduler)), seeding after
 //! completion, and a [`PieceSource`] over both the store and downloads in progress.
 //!
 //! The engine's long-lived tasks (one driver per download, one announcer per seeded blob) run on

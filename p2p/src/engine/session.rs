@@ -10,10 +10,10 @@ use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_client::PeerClient;
 use shoal_proto::v1::{PeerInfo, PieceRequest, SessionRequest, session_event};
 use shoal_storage::{PartialBlob, StoreError};
+use shoal_swarm::scheduler::Event;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::scheduler::Event;
 use crate::wire;
 
 /// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
