@@ -79,7 +79,7 @@ pub fn handout<C: Class, R: Rng + ?Sized>(
         .collect()
 }
 
-/// Appends to `out` up to `want` distinct members of `class` that `skip` refuses not, uniformly at
+/// Appends to `out` up to `want` distinct members of `class` not refused by `skip`, uniformly at
 /// random. A class of at most 4 × `want` is filtered and shuffled; a larger one is sampled by
 /// rejection, O(want) however large the swarm (a drawn member is refused under a quarter of the
 /// time while few are skipped; should `len` draws be refused, the rest is filtered and shuffled).
@@ -116,7 +116,7 @@ pub fn sample<C: Class, R: Rng + ?Sized>(
     shuffle_in(class, 0..len, &skip, want, rng, out);
 }
 
-/// Appends up to `want` of the members at `indices` that `skip` refuses not, shuffled. Shuffling
+/// Appends up to `want` of the members at `indices` not refused by `skip`, shuffled. Shuffling
 /// only the first `want` places draws a uniform random sample of that size.
 fn shuffle_in<C: Class, R: Rng + ?Sized>(
     class: &C,
