@@ -1,9 +1,13 @@
 //! The gRPC `Peer` service: sessions (bitfield, then have/complete notices) and piece requests
 //! answered in rate-limited chunks, over any [`PieceSource`].
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
@@ -18,8 +22,8 @@ use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 /// The `RESOURCE_EXHAUSTED` message of a busy answer.
 pub(crate) const BUSY: &str = "busy: every upload slot is taken";
 
-/// Events and chunks buffered per stream: enough to keep the sender busy while one is on the
-/// wire, few enough that a slow reader holds only a handful of chunks in memory.
+/// Session events buffered per stream: enough to keep the sender busy while one is on the wire,
+/// few enough that a slow reader holds only a handful in memory.
 const STREAM_BUFFER: usize = 4;
 
 /// The gRPC `Peer` service over `source`: egress limited by `limiter` (whose chunk size is the
@@ -68,7 +72,7 @@ fn event(event: session_event::Event) -> Result<SessionEvent, Status> {
 #[tonic::async_trait]
 impl Peer for PeerService {
     type SessionStream = ReceiverStream<Result<SessionEvent, Status>>;
-    type GetPieceStream = ReceiverStream<Result<PieceChunk, Status>>;
+    type GetPieceStream = PieceChunks;
 
     async fn session(
         &self,
@@ -94,17 +98,13 @@ impl Peer for PeerService {
         &self,
         request: Request<PieceRequest>,
     ) -> Result<Response<Self::GetPieceStream>, Status> {
-        let chunks = self.start_piece(request.into_inner()).await?;
-        Ok(Response::new(ReceiverStream::new(chunks)))
+        Ok(Response::new(self.start_piece(request.into_inner()).await?))
     }
 }
 
 impl PeerService {
-    /// Starts serving a piece: its chunks (or an error) arrive on the receiver.
-    pub(crate) async fn start_piece(
-        &self,
-        request: PieceRequest,
-    ) -> Result<mpsc::Receiver<Result<PieceChunk, Status>>, Status> {
+    /// Starts serving a piece: its chunks (or an error) come from the returned stream.
+    pub(crate) async fn start_piece(&self, request: PieceRequest) -> Result<PieceChunks, Status> {
         let digest = parse_digest(&request.digest)?;
         let index = request.index;
         let (metainfo, have) = self
@@ -124,17 +124,16 @@ impl PeerService {
             return Err(Status::resource_exhausted(BUSY));
         };
         let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        // Untracked, like `notify`: bounded by this response stream.
-        tokio::spawn(send_piece(
-            bytes,
-            tx,
-            self.limiter.clone(),
-            self.metrics.clone(),
-            self.faults,
-            slot,
-        ));
-        Ok(rx)
+        Ok(PieceChunks {
+            bytes: Some(bytes),
+            pending: Bytes::new(),
+            waiting: None,
+            offset: 0,
+            limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
+            faults: self.faults,
+            _slot: slot,
+        })
     }
 }
 
@@ -177,48 +176,69 @@ async fn notify(
     }
 }
 
-/// Streams one piece in chunks of at most the limiter's chunk size, paying egress per chunk;
-/// the upload slot is released when it ends.
-async fn send_piece(
-    mut bytes: shoal_storage::ByteStream,
-    tx: mpsc::Sender<Result<PieceChunk, Status>>,
+/// One piece as `PieceChunk`s of at most the limiter's chunk size, each paying egress before it
+/// is yielded. Polled by the response body itself: no task and no channel per piece, whose
+/// wake-ups cost more than a small piece's bytes. The upload slot is released when it drops.
+pub(crate) struct PieceChunks {
+    /// The piece's bytes still to be read; None once they ended or failed.
+    bytes: Option<shoal_storage::ByteStream>,
+    /// Read but not yet cut into chunks.
+    pending: Bytes,
+    /// A chunk waiting for the limiter.
+    waiting: Option<(Bytes, BoxFuture<'static, ()>)>,
+    offset: u64,
     limiter: Limiter,
     metrics: P2pMetrics,
     faults: Faults,
     _slot: UploadSlot,
-) {
-    let chunk_size = limiter.chunk_size();
-    let mut offset = 0u64;
-    while let Some(read) = bytes.next().await {
-        let mut data = match read {
-            Ok(data) => data,
-            Err(e) => {
-                let _ = tx
-                    .send(Err(Status::internal(format!("reading the piece: {e}"))))
-                    .await;
-                return;
+}
+
+impl Stream for PieceChunks {
+    type Item = Result<PieceChunk, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some((_, admitted)) = &mut this.waiting {
+                ready!(admitted.as_mut().poll(cx));
+                let (chunk, _) = this.waiting.take().expect("a chunk is waiting");
+                let len = chunk.len() as u64;
+                let data = if this.faults.corrupt_served_pieces {
+                    corrupt(chunk)
+                } else {
+                    chunk
+                };
+                let offset = this.offset;
+                this.offset += len;
+                this.metrics.bytes_served.inc_by(len);
+                return Poll::Ready(Some(Ok(PieceChunk { offset, data })));
             }
-        };
-        while !data.is_empty() {
-            let chunk = data.split_to(data.len().min(chunk_size));
-            limiter.acquire(chunk.len()).await;
-            let len = chunk.len() as u64;
-            let data = if faults.corrupt_served_pieces {
-                corrupt(chunk)
-            } else {
-                chunk
+            if !this.pending.is_empty() {
+                let take = this.pending.len().min(this.limiter.chunk_size());
+                let chunk = this.pending.split_to(take);
+                let limiter = this.limiter.clone();
+                this.waiting = Some((chunk, Box::pin(async move { limiter.acquire(take).await })));
+                continue;
+            }
+            let Some(bytes) = &mut this.bytes else {
+                return Poll::Ready(None);
             };
-            if tx.send(Ok(PieceChunk { offset, data })).await.is_err() {
-                return;
+            match ready!(bytes.poll_next_unpin(cx)) {
+                Some(Ok(data)) => this.pending = data,
+                Some(Err(e)) => {
+                    this.bytes = None;
+                    return Poll::Ready(Some(Err(Status::internal(format!(
+                        "reading the piece: {e}"
+                    )))));
+                }
+                None => this.bytes = None,
             }
-            metrics.bytes_served.inc_by(len);
-            offset += len;
         }
     }
 }
 
 /// TEST-ONLY (`Faults::corrupt_served_pieces`): flips every bit of the chunk's first byte.
-fn corrupt(chunk: bytes::Bytes) -> bytes::Bytes {
+fn corrupt(chunk: Bytes) -> Bytes {
     let mut data = bytes::BytesMut::from(chunk);
     if let Some(first) = data.first_mut() {
         *first ^= 0xff;

@@ -15,20 +15,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
 use shoal_proto::v1::{PieceChunk, PieceRequest, peer_server};
-use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::Channel;
 use tower::{Service, ServiceExt};
 
-use crate::server::PeerService;
+use crate::server::{PeerService, PieceChunks};
 
 const GET_PIECE: &str = "/shoal.v1.Peer/GetPiece";
 /// A gRPC message's prefix: the compressed flag and the length.
@@ -336,7 +336,7 @@ async fn read_request(body: Body) -> Result<PieceRequest, Status> {
 /// A `GetPiece` response body: two frames per chunk (header bytes, then the data untouched),
 /// then the call's status as trailers.
 struct ChunkFrames {
-    chunks: mpsc::Receiver<Result<PieceChunk, Status>>,
+    chunks: PieceChunks,
     /// The current chunk's data, sent after its header.
     data: Option<Bytes>,
     ended: bool,
@@ -357,7 +357,7 @@ impl http_body::Body for ChunkFrames {
         if this.ended {
             return Poll::Ready(None);
         }
-        let status = match ready!(this.chunks.poll_recv(cx)) {
+        let status = match ready!(this.chunks.poll_next_unpin(cx)) {
             Some(Ok(chunk)) => {
                 let header = chunk_header(&chunk);
                 this.data = Some(chunk.data).filter(|data| !data.is_empty());

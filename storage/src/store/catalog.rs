@@ -73,6 +73,7 @@ impl BlobStore {
             Err(e) => return Err(e).ctx("rename away", &dir)?,
         }
         self.forget_metainfo(digest);
+        self.forget_open_file(digest);
         fsutil::fsync_dir(&self.layout.shard_dir(digest)).await?;
         tokio::fs::remove_dir_all(&doomed)
             .await
@@ -115,6 +116,9 @@ mod tests {
         assert!(!store.delete(&a).await.unwrap());
         assert_eq!(store.stat(&a).await.unwrap(), None);
         assert_eq!(store.metainfo(&a).await.unwrap(), None);
+        // The open-file cache held it; a deleted blob is never opened again.
+        assert!(store.open_blob(&a).await.unwrap().is_none());
+        assert!(store.open_blob(&b).await.unwrap().is_some());
         let listed = store.list_blobs().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].digest, b);

@@ -44,6 +44,9 @@ const BLOB_FILE: &str = "data";
 const METAINFO_FILE: &str = "metainfo.json";
 /// Metainfo documents kept in memory (each at most ~130 KB of hashes, typically a few KB).
 const METAINFO_CACHE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1024).unwrap();
+/// Committed blobs kept open: the blobs a swarm is pulling at once, a small share of the
+/// process's file descriptors.
+const OPEN_FILES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(64).unwrap();
 
 /// Paths inside the store root. Every path is built from a parsed [`Digest`] or [`UploadId`],
 /// never from request text.
@@ -104,6 +107,9 @@ pub struct BlobStore {
     /// Recently used metainfo: every piece request needs it, and parsing thousands of hashes
     /// from JSON per piece would cost more than serving the piece.
     metainfo_cache: Mutex<lru::LruCache<Digest, Metainfo>>,
+    /// Recently opened committed blobs: a peer asks for every piece separately, and opening
+    /// the file each time is a blocking-pool hop (a thread wake-up) per piece.
+    open_files: Mutex<OpenFiles>,
     /// Metainfo computed on demand (a blob committed without it); 0 on the serving path of
     /// blobs this store committed.
     /// Partial downloads with a live handle, and the lock that serialises opening them.
@@ -139,6 +145,10 @@ impl BlobStore {
             uploads: Mutex::default(),
             metainfo_flights: Mutex::default(),
             metainfo_cache: Mutex::new(lru::LruCache::new(METAINFO_CACHE)),
+            open_files: Mutex::new(OpenFiles {
+                files: lru::LruCache::new(OPEN_FILES),
+                deletions: 0,
+            }),
             partials: Mutex::default(),
             partial_open: tokio::sync::Mutex::default(),
             metainfo_computations: Default::default(),
@@ -162,9 +172,15 @@ impl BlobStore {
 
     /// Opens a committed blob for reading, or `None` when the store does not have it.
     pub async fn open_blob(&self, digest: &Digest) -> Result<Option<BlobFile>, StoreError> {
+        let deletions = {
+            let mut open = lock(&self.open_files);
+            if let Some(file) = open.files.get(digest) {
+                return Ok(Some(file.clone()));
+            }
+            open.deletions
+        };
         let path = self.layout.data_path(digest);
-        // Open and stat in one blocking-pool hop: a peer asks for every piece separately, and
-        // each hop is a thread wake-up on the serving path.
+        // Open and stat in one blocking-pool hop.
         let opened = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
@@ -178,14 +194,30 @@ impl BlobStore {
             .map_err(|e| io::Error::other(e.to_string()))
             .ctx("open", &path)?;
         match opened {
-            Ok((file, len)) => Ok(Some(BlobFile {
-                file: Arc::new(file),
-                path,
-                len,
-            })),
+            Ok((file, len)) => {
+                let file = BlobFile {
+                    file: Arc::new(file),
+                    path,
+                    len,
+                };
+                let mut open = lock(&self.open_files);
+                // A delete since we looked may have removed what we opened: not kept then.
+                if open.deletions == deletions {
+                    open.files.put(*digest, file.clone());
+                }
+                Ok(Some(file))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).ctx("open", &path)?,
         }
+    }
+
+    /// Drops `digest` from the open files once its file is gone, so it is never served again
+    /// and its space is freed when the readers in progress finish.
+    fn forget_open_file(&self, digest: &Digest) {
+        let mut open = lock(&self.open_files);
+        open.deletions += 1;
+        open.files.pop(digest);
     }
 }
 
@@ -195,8 +227,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An open committed blob. The file handle stays valid even if the blob is removed meanwhile.
+/// The open-file cache of committed blobs, and a count of deletes: a file opened while a delete
+/// ran is not cached (it may be the deleted one).
 #[derive(Debug)]
+struct OpenFiles {
+    files: lru::LruCache<Digest, BlobFile>,
+    deletions: u64,
+}
+
+/// An open committed blob. The file handle stays valid even if the blob is removed meanwhile.
+#[derive(Debug, Clone)]
 pub struct BlobFile {
     file: Arc<std::fs::File>,
     path: PathBuf,
