@@ -87,6 +87,8 @@ struct Entry<P> {
     enqueued: SystemTime,
     not_before: Instant,
     running: bool,
+    /// Not attempted until released ([`Queue::enqueue_held`]).
+    held: bool,
     backoff: Backoff,
 }
 
@@ -214,6 +216,7 @@ impl<J: Job> Queue<J> {
             enqueued,
             not_before: Instant::now() + delay,
             running: false,
+            held: false,
             backoff: self.policy.backoff(),
         }
     }
@@ -248,6 +251,38 @@ impl<J: Job> Queue<J> {
         payload: J::Payload,
         delay: Duration,
     ) -> Result<(), JobsError> {
+        self.write(payload, delay, false).await
+    }
+
+    /// Like [`Queue::enqueue`], but no attempt starts until [`Queue::release`]: for work the
+    /// caller first does itself (a replica push a commit waits on) and whose marker must be
+    /// durable before it starts. The caller then [`Queue::remove`]s the job once its own attempt
+    /// succeeded, or releases it to the queue's retries. The hold is not kept on disk: after a
+    /// restart the job is attempted at once. A key already queued with an equal payload is left
+    /// as it is, not held.
+    pub async fn enqueue_held(&self, payload: J::Payload) -> Result<(), JobsError> {
+        self.write(payload, Duration::ZERO, true).await
+    }
+
+    /// Lets a held job run, at once; `false` when `key` is not held.
+    pub fn release(&self, key: &str) -> bool {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(key).filter(|e| e.held) else {
+            return false;
+        };
+        entry.held = false;
+        entry.not_before = Instant::now();
+        drop(entries);
+        self.wake.notify_one();
+        true
+    }
+
+    async fn write(
+        &self,
+        payload: J::Payload,
+        delay: Duration,
+        held: bool,
+    ) -> Result<(), JobsError> {
         let key = J::key(&payload);
         if !valid_key(&key) {
             return Err(JobsError::BadKey { job: J::NAME, key });
@@ -267,7 +302,8 @@ impl<J: Job> Queue<J> {
         })?;
         let target = self.marker_path(&key);
         write_atomic(self.dir.join(temp_name(&key)), &target, &json).await?;
-        let replacement = self.entry(payload, SystemTime::now(), delay);
+        let mut replacement = self.entry(payload, SystemTime::now(), delay);
+        replacement.held = held;
         let mut entries = self.entries();
         match entries.get_mut(&key) {
             // The attempt in flight (if any) finishes first; it then sees the new generation.
@@ -276,6 +312,7 @@ impl<J: Job> Queue<J> {
                 entry.generation = replacement.generation;
                 entry.backoff = replacement.backoff;
                 entry.not_before = replacement.not_before;
+                entry.held = replacement.held;
             }
             None => {
                 entries.insert(key, replacement);
@@ -392,7 +429,7 @@ impl<J: Job> Queue<J> {
         let mut entries = self.entries();
         let mut due: Vec<(SystemTime, &String)> = entries
             .iter()
-            .filter(|(_, e)| !e.running && e.not_before <= now)
+            .filter(|(_, e)| !e.running && !e.held && e.not_before <= now)
             .map(|(key, e)| (e.enqueued, key))
             .collect();
         due.sort();
@@ -415,7 +452,7 @@ impl<J: Job> Queue<J> {
         }
         let next_due = entries
             .values()
-            .filter(|e| !e.running && e.not_before > now)
+            .filter(|e| !e.running && !e.held && e.not_before > now)
             .map(|e| e.not_before)
             .min();
         (taken, next_due)

@@ -310,3 +310,43 @@ async fn a_key_that_is_not_a_plain_file_name_is_refused() {
         assert!(queue.enqueue(payload(id, 0)).await.is_err(), "{id:?}");
     }
 }
+
+#[tokio::test]
+async fn a_held_job_waits_for_its_release_and_runs_at_once_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), fast(None), 2).await;
+    let job = Arc::new(TestJob::default());
+    let (token, worker) = start(&queue, &job);
+    queue.enqueue_held(payload("held", 1)).await.expect("hold");
+    queue.enqueue_held(payload("done", 1)).await.expect("hold");
+    assert_eq!(marker(dir.path(), "held"), Some(payload("held", 1)));
+    // Another job runs meanwhile, so the worker has looked at the queue since.
+    queue.enqueue(payload("other", 1)).await.expect("enqueue");
+    wait_for("the other job", || job.done.lock().unwrap().len() == 1).await;
+    assert_eq!(job.started.load(Ordering::SeqCst), 1, "a held job ran");
+
+    // The caller did "done" itself; "held" it leaves to the queue.
+    assert!(queue.remove("done").await.expect("remove"));
+    assert!(queue.release("held"));
+    assert!(!queue.release("held"), "released twice");
+    wait_for("the released job", || job.done.lock().unwrap().len() == 2).await;
+    token.cancel();
+    worker.await.unwrap();
+    assert_eq!(
+        *job.done.lock().unwrap(),
+        [payload("other", 1), payload("held", 1)]
+    );
+
+    // The hold is not kept on disk: whoever held the job is gone after a restart.
+    queue.enqueue_held(payload("crash", 1)).await.expect("hold");
+    drop(queue);
+    let reopened = open(dir.path(), fast(None), 1).await;
+    let job = Arc::new(TestJob::default());
+    let (token, worker) = start(&reopened, &job);
+    wait_for("the job held before the restart", || {
+        job.done.lock().unwrap().len() == 1
+    })
+    .await;
+    token.cancel();
+    worker.await.unwrap();
+}

@@ -20,7 +20,8 @@ pub struct OriginConfig {
     /// Address of the gRPC `Peer` service that seeds every blob in the store to agents. The
     /// trackers list it (as this origin's `peer` address) and hand it out as a seeder.
     pub peer_listen: SocketAddr,
-    /// Holds the blob store (`store/`) and the write-back queue (`writeback/`).
+    /// Holds the blob store (`store/`), the write-back queue (`writeback/`) and, in a ring, the
+    /// queue of replica pushes not yet confirmed (`replication/`).
     pub data_dir: PathBuf,
     /// Where committed blobs are written back to and pulled through from.
     pub backend: BackendConfig,

@@ -8,7 +8,8 @@
 //! library over the store's complete blobs, so every blob the origin holds is seeded to agents
 //! (the trackers hand this origin out as a seeder; it never announces or downloads itself).
 //! With a `cluster:` ring configured, a committed blob is copied to its other rendezvous owners
-//! (`replicate`) before the commit is acknowledged.
+//! (`replicate`) before the commit is acknowledged, and pushes that did not get through are
+//! retried from a durable queue.
 
 mod blobs;
 pub mod config;
@@ -28,6 +29,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
+use shoal_jobs::StatsCollector;
 use shoal_p2p::{Faults, Limiter, P2pMetrics, StoreSource};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
@@ -101,12 +103,18 @@ pub async fn run(
     let ring = replicate::Ring::start(
         &http,
         &config.cluster,
+        store.clone(),
+        config.data_dir.join("replication"),
         &membership_metrics,
         shutdown.clone(),
         &tasks,
     )
     .await
-    .context("starting the origin ring's membership")?;
+    .context("starting the origin ring")?;
+    if let Some(ring) = &ring {
+        let collector = StatsCollector::new(metrics::REPLICATION, ring.queue_stats());
+        registry.registry().register_collector(collector);
+    }
     tasks.spawn(
         writeback
             .clone()

@@ -1,5 +1,5 @@
-//! The origin's own Prometheus metrics (the HTTP ones come from `shoal_service`). Write-back
-//! figures are read from the queue at scrape time, so they are never stale.
+//! The origin's own Prometheus metrics (the HTTP ones come from `shoal_service`). Write-back and
+//! replication figures are read from their queues at scrape time, so they are never stale.
 
 use std::sync::Arc;
 
@@ -9,7 +9,19 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use shoal_jobs::StatsNames;
 use shoal_storage::WriteBack;
+
+/// Replica pushes to the other owners of committed blobs (`replicate`), read from their queue on
+/// each scrape.
+pub(crate) const REPLICATION: StatsNames = StatsNames {
+    prefix: "origin_replication",
+    pending_help: "Replica pushes (blob, owner) not yet confirmed, in flight or queued for retries",
+    done: "replicated",
+    done_help: "Replica pushes completed from the queue (after the push a commit waited on failed)",
+    // A push is retried until it succeeds or its target is no longer an owner.
+    failures_help: "Queued replica push attempts that failed and will be retried",
+};
 
 /// Where bytes that failed digest verification came from.
 #[derive(Debug, Clone, Copy)]

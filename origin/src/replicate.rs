@@ -2,20 +2,27 @@
 //! of its rendezvous ranking; the origin that commits it (from an upload session or a whole-blob
 //! `PUT`) streams it from its store to every other owner (`PUT /blobs/{digest}?replica=true`),
 //! and the commit is acknowledged only once W owners hold the verified blob. The pushes still
-//! running at that point finish in the background. An owner that lacks a blob (it joined after
-//! the blob was written, or missed the push) fills in from the other owners' stores before it
-//! falls back to the backend.
+//! running at that point finish in the background.
+//!
+//! Every push is also a job on a durable `shoal_jobs` queue (`<data_dir>/replication/`, one
+//! marker per blob and owner) from the moment the replication is decided: an owner that is down
+//! or misses the push gets the blob once it is back, across restarts of this origin. An owner
+//! that lacks a blob all the same (it joined after the blob was written) fills in from the other
+//! owners' stores before it falls back to the backend.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use shoal_api::OriginClient;
 use shoal_api::OriginCluster;
 use shoal_api::cluster::{WritePlan, write_quorum};
 use shoal_core::{Digest, ErrorCode, Name};
-use shoal_jobs::RetryPolicy;
+use shoal_jobs::{Failure, Job, JobsError, Queue, RetryPolicy, Stats};
 use shoal_membership::{MembershipError, MembershipMetrics};
 use shoal_service::{CancellationToken, TaskTracker};
 use shoal_storage::{BlobStore, ByteStream};
@@ -23,14 +30,24 @@ use shoal_storage::{BlobStore, ByteStream};
 use crate::config::ClusterConfig;
 use crate::errors::ApiError;
 
-/// Retries of one replica push, under the shared policy: a peer that restarts or blips gets three
-/// attempts, half a second and then about a second apart, before the blob is left to be filled
-/// in on demand.
+/// Retries of the replica push a commit waits on, under the shared policy: a peer that restarts
+/// or blips gets three attempts, half a second and then about a second apart, before the push is
+/// left to the queue.
 const PUSH_RETRY: RetryPolicy = RetryPolicy {
     min_delay: Duration::from_millis(500),
     max_delay: Duration::from_secs(2),
     max_attempts: Some(3),
 };
+/// Retries of a queued replica push: an owner that is down is tried again forever (until it is
+/// no longer an owner), at least once a minute, so it gets its blobs within a minute of its return.
+const QUEUE_RETRY: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(60),
+    max_attempts: None,
+};
+/// Queued replica pushes at once: a returning owner is filled a few blobs at a time, without one
+/// origin's backlog saturating its link.
+const QUEUE_CONCURRENCY: usize = 4;
 
 /// This origin's view of the ring, through the one origin-cluster client: owners are ranked
 /// over the live membership, so a member that appears in DNS becomes an owner at once (and
@@ -42,36 +59,113 @@ pub(crate) struct Ring {
     quorum: usize,
     /// Where replica pushes run, so shutdown waits for those still going after an acknowledgement.
     tasks: TaskTracker,
+    /// Every push not yet confirmed, durable until it is.
+    queue: Arc<Queue<ReplicaPush>>,
+}
+
+/// One blob for one other owner: a queued replica push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Replica {
+    digest: Digest,
+    namespace: Option<Name>,
+    /// The owner's member address.
+    to: String,
+}
+
+impl Replica {
+    /// `<hex>-<16 hex of the owner address's sha256>`: a plain file name per blob and owner.
+    fn key(&self) -> String {
+        let to = Digest::of(self.to.as_bytes()).hex();
+        format!("{}-{}", self.digest.hex(), &to[..16])
+    }
+}
+
+/// Pushing a stored blob to one other owner.
+#[derive(Debug)]
+struct ReplicaPush {
+    store: Arc<BlobStore>,
+    cluster: OriginCluster,
+}
+
+impl Job for ReplicaPush {
+    type Payload = Replica;
+    const NAME: &'static str = "replica push";
+
+    fn key(replica: &Replica) -> String {
+        replica.key()
+    }
+
+    async fn run(&self, replica: &Replica) -> Result<(), Failure> {
+        let Replica { digest, to, .. } = replica;
+        // The ring may have changed since (a member removed, or one that outranks it added):
+        // whoever owns the blob now fills in on demand.
+        let owners = self.cluster.owners(digest);
+        let Some(owner) = owners.into_iter().find(|owner| owner.addr == *to) else {
+            tracing::info!(%digest, %to, "no longer an owner: replica push dropped");
+            return Ok(());
+        };
+        match push_once(
+            &self.store,
+            &owner.client,
+            digest,
+            replica.namespace.as_ref(),
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(%digest, %to, "replicated from the queue");
+                Ok(())
+            }
+            Err(PushFailure::Peer(message)) => Err(Failure::retry(message)),
+            Err(PushFailure::Store(message)) => Err(Failure::permanent(message)),
+        }
+    }
 }
 
 impl Ring {
-    /// Follows `config.origins`; `None` when the origin is configured alone. `config` must have
-    /// been validated.
+    /// Follows `config.origins` and runs the queued replica pushes kept in `queue_dir` until
+    /// `shutdown`; `None` when the origin is configured alone. `config` must have been validated.
     pub(crate) async fn start(
         http: &reqwest::Client,
         config: &ClusterConfig,
+        store: Arc<BlobStore>,
+        queue_dir: impl Into<PathBuf>,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
-    ) -> Result<Option<Ring>, MembershipError> {
+    ) -> Result<Option<Ring>, RingError> {
         if config.origins.is_empty() {
             return Ok(None);
         }
+        let queue = Queue::open(queue_dir, QUEUE_RETRY, QUEUE_CONCURRENCY).await?;
         let cluster = OriginCluster::start(
             http.clone(),
             &config.origins,
             config.replicas,
             metrics,
-            shutdown,
+            shutdown.clone(),
             tasks,
         )
         .await?;
+        let queue = Arc::new(queue);
+        let job = ReplicaPush {
+            store,
+            cluster: cluster.clone(),
+        };
+        tasks.spawn(queue.clone().run(Arc::new(job), shutdown));
         Ok(Some(Ring {
             me: config.advertise.clone(),
             cluster,
             quorum: config.write_quorum,
             tasks: tasks.clone(),
+            queue,
         }))
+    }
+
+    /// A reading of the replica-push queue for metrics.
+    pub(crate) fn queue_stats(&self) -> impl Fn() -> Stats + Send + Sync + 'static {
+        let queue = self.queue.clone();
+        move || queue.stats()
     }
 
     /// The owners of `digest` other than this origin, and how many of them must confirm before
@@ -102,6 +196,15 @@ impl Ring {
     }
 }
 
+/// Why the ring could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RingError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error("opening the replica-push queue: {0}")]
+    Queue(#[from] JobsError),
+}
+
 /// Copies the committed `digest` to its other owners and returns once enough of them hold it.
 pub(crate) async fn replicate(
     ring: &Ring,
@@ -109,16 +212,51 @@ pub(crate) async fn replicate(
     digest: &Digest,
     namespace: Option<&Name>,
 ) -> Result<(), ApiError> {
+    let plan = ring.plan(digest);
+    let replicas: Vec<Replica> = plan
+        .targets
+        .iter()
+        .map(|target| Replica {
+            digest: *digest,
+            namespace: namespace.cloned(),
+            to: target.addr.clone(),
+        })
+        .collect();
+    // Every push is durable before it starts, so before the commit is answered and whatever
+    // happens next: a crash mid-push or after the acknowledgement, or a quorum that fails (the
+    // blob stays committed here), leaves a marker for each owner that has not confirmed, and
+    // the queue pushes it after the restart. A marker written only after the quorum would miss
+    // a crash between the acknowledgement and its write. The markers are held: the queue
+    // takes over a push only once the direct attempt below has failed.
+    try_join_all(replicas.iter().map(|r| ring.queue.enqueue_held(r.clone()))).await?;
     // Each push is its own task so that it completes after the acknowledgement too (and
-    // shutdown waits for it: a push cut off would leave the owner to fill in on demand).
-    write_quorum(ring.plan(digest), &ring.tasks, |target| {
-        let (store, digest, namespace) = (store.clone(), *digest, namespace.cloned());
+    // shutdown waits for it: a push cut off keeps its marker and runs after the restart).
+    write_quorum(plan, &ring.tasks, |target| {
+        let (store, queue, digest, namespace) = (
+            store.clone(),
+            ring.queue.clone(),
+            *digest,
+            namespace.cloned(),
+        );
+        let key = Replica {
+            digest,
+            namespace: namespace.clone(),
+            to: target.addr.clone(),
+        }
+        .key();
         async move {
             let result = push(&store, &target.client, &digest, namespace.as_ref()).await;
             match &result {
-                Ok(()) => tracing::info!(%digest, to = %target.addr, "replicated"),
+                Ok(()) => {
+                    tracing::info!(%digest, to = %target.addr, "replicated");
+                    if let Err(error) = queue.remove(&key).await {
+                        // The queued push runs once more; the owner answers it at once.
+                        tracing::warn!(%digest, %error, "cannot drop a replica push that is done");
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(%digest, to = %target.addr, %error, "replication failed")
+                    tracing::warn!(%digest, to = %target.addr, %error, "replication failed; queued for retries");
+                    queue.release(&key);
                 }
             }
             result
@@ -143,30 +281,40 @@ async fn push(
     digest: &Digest,
     namespace: Option<&Name>,
 ) -> Result<(), String> {
-    let attempt = || async {
-        let file = match store.open_blob(digest).await {
-            Ok(Some(file)) => file,
-            Ok(None) => {
-                return Err(PushFailure::Store(format!(
-                    "{digest} is no longer in the store"
-                )));
-            }
-            Err(error) => return Err(PushFailure::Store(format!("opening {digest}: {error}"))),
-        };
-        let len = file.len();
-        let body = reqwest::Body::wrap_stream(file.stream(0..len));
-        client
-            .put_replica(digest, namespace, body)
-            .await
-            .map_err(|error| {
-                tracing::debug!(%digest, to = client.base(), %error, "replica push failed");
-                PushFailure::Peer(format!("{}: {error}", client.base()))
-            })
-    };
     PUSH_RETRY
-        .retry(attempt, |failure| matches!(failure, PushFailure::Peer(_)))
+        .retry(
+            || push_once(store, client, digest, namespace),
+            |failure| matches!(failure, PushFailure::Peer(_)),
+        )
         .await
         .map_err(|(PushFailure::Peer(message) | PushFailure::Store(message))| message)
+}
+
+/// One attempt: streams the stored blob to one peer.
+async fn push_once(
+    store: &BlobStore,
+    client: &OriginClient,
+    digest: &Digest,
+    namespace: Option<&Name>,
+) -> Result<(), PushFailure> {
+    let file = match store.open_blob(digest).await {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            return Err(PushFailure::Store(format!(
+                "{digest} is no longer in the store"
+            )));
+        }
+        Err(error) => return Err(PushFailure::Store(format!("opening {digest}: {error}"))),
+    };
+    let len = file.len();
+    let body = reqwest::Body::wrap_stream(file.stream(0..len));
+    client
+        .put_replica(digest, namespace, body)
+        .await
+        .map_err(|error| {
+            tracing::debug!(%digest, to = client.base(), %error, "replica push failed");
+            PushFailure::Peer(format!("{}: {error}", client.base()))
+        })
 }
 
 #[cfg(test)]
@@ -185,9 +333,15 @@ mod tests {
         };
         let http = shoal_service::client::builder().build().expect("client");
         let metrics = MembershipMetrics::default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path().join("store"))
+            .await
+            .expect("store");
         Ring::start(
             &http,
             &config,
+            Arc::new(store),
+            dir.path().join("replication"),
             &metrics,
             CancellationToken::new(),
             &TaskTracker::new(),
