@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use regex::Regex;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use shoal_core::{Descriptor, Digest, Manifest, Name, Tag};
+use shoal_core::{Descriptor, Digest, Manifest, Name, Reference, Tag};
 use shoal_jobs::{Failure, Job, Queue, RetryPolicy, Stats};
+use shoal_registry_client::RegistryClient;
 use shoal_service::CancellationToken;
 use tracing::info;
 
@@ -21,8 +21,6 @@ use crate::verify::Origins;
 
 /// Indexes may nest; the build-index refuses deeper trees when tagging, so none is replicated.
 const MAX_INDEX_DEPTH: usize = 4;
-/// How much of a remote's error body is quoted in a failure message.
-const MAX_ERROR_TEXT: usize = 512;
 /// Copies in flight at once: one, so a remote cluster's proxy sees one image stream from this
 /// build-index at a time (a failing copy waits out its backoff without holding up the others).
 const MAX_CONCURRENT_COPIES: usize = 1;
@@ -152,7 +150,8 @@ impl TagCopy {
     /// Copies the job's manifest tree and then the tag to its remote.
     async fn copy(&self, job: &Replication) -> Result<(), Error> {
         let remote = Remote {
-            http: &self.http,
+            client: RegistryClient::new(&job.remote, self.http.clone())
+                .map_err(|e| remote_error(&job.remote, "connecting", &e))?,
             base: &job.remote,
             repo: &job.repo,
         };
@@ -160,7 +159,11 @@ impl TagCopy {
             .copy_manifest(&job.repo, job.digest, None, &remote, 0)
             .await?;
         remote
-            .put_manifest(job.tag.as_str(), manifest.media_type().as_str(), bytes)
+            .put_manifest(
+                Reference::Tag(job.tag.clone()),
+                manifest.media_type().as_str(),
+                bytes,
+            )
             .await
     }
     /// Copies a manifest's blobs and children, then the manifest by digest; returns it so the
@@ -194,7 +197,7 @@ impl TagCopy {
             }
             remote
                 .put_manifest(
-                    &digest.to_string(),
+                    Reference::Digest(digest),
                     manifest.media_type().as_str(),
                     bytes.clone(),
                 )
@@ -211,7 +214,12 @@ impl TagCopy {
         blob: &Descriptor,
         remote: &Remote<'_>,
     ) -> Result<(), Error> {
-        if remote.has_blob(&blob.digest).await? {
+        let step = || format!("copying blob {}", blob.digest);
+        let present = remote.client.head_blob(remote.repo, &blob.digest).await;
+        if present
+            .map_err(|e| remote_error(remote.base, &step(), &e))?
+            .is_some()
+        {
             return Ok(());
         }
         let download = self
@@ -222,129 +230,43 @@ impl TagCopy {
                 manifest,
                 blob: blob.digest,
             })?;
-        remote.push_blob(&blob.digest, blob.size, download).await
+        // One upload session, filled and committed by one PUT streamed from the origin.
+        let body = download.bytes_stream().map_err(std::io::Error::other);
+        remote
+            .client
+            .push_blob(remote.repo, &blob.digest, body, Some(blob.size))
+            .await
+            .map_err(|e| remote_error(remote.base, &step(), &e))
     }
 }
 
 /// A remote cluster's proxy, for one repository.
 struct Remote<'a> {
-    http: &'a reqwest::Client,
+    client: RegistryClient,
     base: &'a str,
     repo: &'a Name,
 }
 
 impl Remote<'_> {
-    fn url(&self, path: &str) -> String {
-        format!("{}/v2/{}/{path}", self.base, self.repo)
-    }
-
-    fn failed(&self, step: String, reason: impl ToString) -> Error {
-        Error::Remote {
-            remote: self.base.to_owned(),
-            step,
-            reason: reason.to_string(),
-        }
-    }
-
-    /// Turns anything but `expected` into an error quoting the remote's answer.
-    async fn expect(
-        &self,
-        step: String,
-        response: Result<reqwest::Response, reqwest::Error>,
-        expected: StatusCode,
-    ) -> Result<reqwest::Response, Error> {
-        let response = response.map_err(|e| self.failed(step.clone(), full_error(&e)))?;
-        if response.status() == expected {
-            return Ok(response);
-        }
-        let status = response.status();
-        let mut text = response.text().await.unwrap_or_default();
-        text.truncate(text.floor_char_boundary(MAX_ERROR_TEXT));
-        Err(self.failed(step, format!("answered {status}: {text}")))
-    }
-
-    async fn has_blob(&self, digest: &Digest) -> Result<bool, Error> {
-        let url = self.url(&format!("blobs/{digest}"));
-        let step = format!("HEAD {url}");
-        let response = self
-            .http
-            .head(&url)
-            .send()
-            .await
-            .map_err(|e| self.failed(step.clone(), full_error(&e)))?;
-        match response.status() {
-            StatusCode::OK => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            status => Err(self.failed(step, format!("answered {status}"))),
-        }
-    }
-
-    /// One upload session: POST to open it, then a PUT `?digest=` carrying the whole blob,
-    /// streamed from the origin's response.
-    async fn push_blob(
-        &self,
-        digest: &Digest,
-        size: u64,
-        download: reqwest::Response,
-    ) -> Result<(), Error> {
-        let start = self.url("blobs/uploads/");
-        let response = self
-            .expect(
-                format!("POST {start}"),
-                self.http
-                    .post(&start)
-                    .header(CONTENT_LENGTH, 0)
-                    .send()
-                    .await,
-                StatusCode::ACCEPTED,
-            )
-            .await?;
-        let location = response
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| self.failed(format!("POST {start}"), "no Location header"))?;
-        let mut commit = Url::parse(&start)
-            .and_then(|base| base.join(location))
-            .map_err(|e| self.failed(format!("POST {start}"), format!("bad Location: {e}")))?;
-        commit
-            .query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
-        let body = reqwest::Body::wrap_stream(download.bytes_stream());
-        let request = self
-            .http
-            .put(commit.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, size)
-            .body(body);
-        self.expect(
-            format!("PUT {commit}"),
-            request.send().await,
-            StatusCode::CREATED,
-        )
-        .await?;
-        Ok(())
-    }
-
     async fn put_manifest(
         &self,
-        reference: &str,
+        reference: Reference,
         media_type: &str,
         bytes: bytes::Bytes,
     ) -> Result<(), Error> {
-        let url = self.url(&format!("manifests/{reference}"));
-        let request = self
-            .http
-            .put(&url)
-            .header(CONTENT_TYPE, media_type)
-            .body(bytes);
-        self.expect(
-            format!("PUT {url}"),
-            request.send().await,
-            StatusCode::CREATED,
-        )
-        .await?;
+        self.client
+            .put_manifest(self.repo, &reference, media_type, bytes)
+            .await
+            .map_err(|e| remote_error(self.base, &format!("putting manifest {reference}"), &e))?;
         Ok(())
+    }
+}
+
+fn remote_error(remote: &str, step: &str, error: &shoal_registry_client::Error) -> Error {
+    Error::Remote {
+        remote: remote.to_owned(),
+        step: step.to_owned(),
+        reason: full_error(error),
     }
 }
 

@@ -4,8 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use reqwest::StatusCode;
-use shoal_core::{Digest, ManifestError};
+use shoal_core::{Digest, ManifestError, NameError, ReferenceError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -20,25 +19,23 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("building the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
-    #[error("invalid registry URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("{method} {url}: {source}")]
-    Transport {
-        method: reqwest::Method,
-        url: String,
+    /// A request to the registry failed or was refused.
+    #[error(transparent)]
+    Registry(#[from] shoal_registry_client::Error),
+    #[error("{repo:?} is not a repository name: {source}")]
+    BadName {
+        repo: String,
         #[source]
-        source: reqwest::Error,
+        source: NameError,
     },
-    /// The registry answered with an unexpected status; `code` is the first error code of its
-    /// JSON error body (`BLOB_UNKNOWN`, `DIGEST_INVALID`, …) when it sent one.
-    #[error("{method} {url}: registry answered {status}{}: {message}", code_suffix(.code))]
-    Registry {
-        method: reqwest::Method,
-        url: String,
-        status: StatusCode,
-        code: Option<String>,
-        message: String,
+    #[error("{reference:?} is neither a tag nor a digest: {source}")]
+    BadReference {
+        reference: String,
+        #[source]
+        source: ReferenceError,
     },
+    #[error("{what} is not in the registry")]
+    NotFound { what: String },
     #[error("{context}: registry sent a malformed response: {reason}")]
     BadResponse { context: String, reason: String },
     #[error("blob {expected}: received bytes hash to {actual}")]
@@ -61,14 +58,10 @@ impl Error {
     /// The registry's error code, when the failure was a registry error response.
     pub fn registry_code(&self) -> Option<&str> {
         match self {
-            Error::Registry { code, .. } => code.as_deref(),
+            Error::Registry(error) => error.code(),
             _ => None,
         }
     }
-}
-
-fn code_suffix(code: &Option<String>) -> String {
-    code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
 }
 
 /// Maps an `io::Error` to [`Error::Io`] naming `path`.

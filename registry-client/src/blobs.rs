@@ -71,12 +71,14 @@ impl RegistryClient {
         let scope = Scope::repository(repo.as_str(), "pull");
         let response = self.send(Method::HEAD, &url, &scope, |r| r).await?;
         match response.status() {
-            StatusCode::OK => content_length(response.headers()).map(Some).ok_or_else(|| {
-                Error::BadResponse {
-                    context: format!("HEAD {url}"),
-                    reason: "no valid Content-Length".to_owned(),
-                }
-            }),
+            StatusCode::OK => {
+                content_length(response.headers())
+                    .map(Some)
+                    .ok_or_else(|| Error::BadResponse {
+                        context: format!("HEAD {url}"),
+                        reason: "no valid Content-Length".to_owned(),
+                    })
+            }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(unexpected(Method::HEAD, &url, response).await),
         }
@@ -237,7 +239,9 @@ impl Upload {
         let url = self.commit_url(digest);
         let response = self
             .client
-            .send(Method::PUT, &url, &self.scope, |r| r.header(CONTENT_LENGTH, 0))
+            .send(Method::PUT, &url, &self.scope, |r| {
+                r.header(CONTENT_LENGTH, 0)
+            })
             .await?;
         if response.status() != StatusCode::CREATED {
             return Err(unexpected(Method::PUT, &url, response).await);

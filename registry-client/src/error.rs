@@ -128,10 +128,7 @@ pub(crate) async fn unexpected(method: Method, url: &Url, response: Response) ->
             let message = parsed.errors[0].message.clone();
             (parsed.errors.into_iter().map(|e| e.code).collect(), message)
         }
-        _ => (
-            Vec::new(),
-            String::from_utf8_lossy(&body).trim().to_owned(),
-        ),
+        _ => (Vec::new(), String::from_utf8_lossy(&body).trim().to_owned()),
     };
     Error::Status {
         method,

@@ -149,16 +149,17 @@ impl RegistryClient {
         let mut retried = false;
         loop {
             let request = build(shared.http.request(method.clone(), url.clone()));
-            let response = shared
-                .auth
-                .authorize(request, scope)
-                .send()
-                .await
-                .map_err(|source| Error::Transport {
-                    method: method.clone(),
-                    url: url.to_string(),
-                    source,
-                })?;
+            let response =
+                shared
+                    .auth
+                    .authorize(request, scope)
+                    .send()
+                    .await
+                    .map_err(|source| Error::Transport {
+                        method: method.clone(),
+                        url: url.to_string(),
+                        source,
+                    })?;
             if response.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(response);
             }
@@ -248,10 +249,7 @@ mod unit_tests {
     fn urls_without_an_http_scheme_are_refused() {
         for bad in ["127.0.0.1:5000", "ftp://h/", "not a url"] {
             assert!(
-                matches!(
-                    RegistryClient::new(bad, http()),
-                    Err(Error::BadUrl { .. })
-                ),
+                matches!(RegistryClient::new(bad, http()), Err(Error::BadUrl { .. })),
                 "{bad}"
             );
         }
@@ -261,7 +259,10 @@ mod unit_tests {
     fn relative_locations_resolve_against_the_request() {
         let request = Url::parse("http://h/v2/a/blobs/uploads/").expect("url");
         let mut headers = HeaderMap::new();
-        headers.insert(LOCATION, "/v2/a/blobs/uploads/x?_state=1".parse().expect("value"));
+        headers.insert(
+            LOCATION,
+            "/v2/a/blobs/uploads/x?_state=1".parse().expect("value"),
+        );
         assert_eq!(
             location(&request, &headers).expect("location").as_str(),
             "http://h/v2/a/blobs/uploads/x?_state=1"

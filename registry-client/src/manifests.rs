@@ -44,11 +44,10 @@ impl RegistryClient {
             .await?;
         match response.status() {
             StatusCode::OK => {
-                let len =
-                    content_length(response.headers()).ok_or_else(|| Error::BadResponse {
-                        context: format!("HEAD {url}"),
-                        reason: "no valid Content-Length".to_owned(),
-                    })?;
+                let len = content_length(response.headers()).ok_or_else(|| Error::BadResponse {
+                    context: format!("HEAD {url}"),
+                    reason: "no valid Content-Length".to_owned(),
+                })?;
                 let digest = header_digest(response.headers(), &url)?;
                 Ok(Some(ManifestHead { len, digest }))
             }

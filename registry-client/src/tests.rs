@@ -49,7 +49,10 @@ async fn a_manifest_that_does_not_hash_to_the_requested_digest_is_rejected() {
         .get_manifest(&name("repo"), &Reference::Digest(wanted))
         .await
         .expect_err("mismatching manifest must fail");
-    assert!(matches!(err, Error::DigestMismatch { expected, .. } if expected == wanted), "{err}");
+    assert!(
+        matches!(err, Error::DigestMismatch { expected, .. } if expected == wanted),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -67,7 +70,10 @@ async fn lists_follow_relative_next_links_to_the_last_page() {
     }
     let app = axum::Router::new()
         .route("/v2/_catalog", get(catalog))
-        .route("/v2/gone/tags/list", get(|| async { StatusCode::NOT_FOUND }));
+        .route(
+            "/v2/gone/tags/list",
+            get(|| async { StatusCode::NOT_FOUND }),
+        );
     let registry = client(&serve(app).await, None);
     assert_eq!(registry.catalog().await.expect("catalog"), ["a", "b", "c"]);
     assert_eq!(registry.tags(&name("gone")).await.expect("tags"), None);

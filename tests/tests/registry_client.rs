@@ -1,5 +1,6 @@
 //! The `shoal-client` push/pull client against a real registry: first the CNCF reference
-//! registry (proving the client), then the Shoal proxy (proving the cluster).
+//! registry (proving the client), then the Shoal proxy (proving the cluster); and the
+//! registry client's cross-repository mount against the reference registry.
 
 use std::sync::Mutex;
 
@@ -88,4 +89,26 @@ async fn the_client_pushes_and_pulls_against_the_reference_registry() -> Result<
 async fn the_client_pushes_and_pulls_through_the_proxy() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     push_and_pull(&cluster.proxy_url()).await
+}
+
+#[tokio::test]
+async fn a_blob_mounts_from_another_repository_of_the_reference_registry() -> Result<()> {
+    use shoal_core::{Digest, Name};
+    use shoal_registry_client::{Mount, RegistryClient as Registry};
+
+    let registry = ReferenceRegistry::start().await?;
+    let http = shoal_service::client::builder().build()?;
+    let client = Registry::new(&registry.url(), http)?;
+    let (source, target) = (Name::parse("mount/source")?, Name::parse("mount/target")?);
+    let blob = bytes::Bytes::from(vec![7u8; 100_000]);
+    let digest = Digest::of(&blob);
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(blob.clone())]);
+    client
+        .push_blob(&source, &digest, body, Some(blob.len() as u64))
+        .await?;
+    ensure!(client.head_blob(&target, &digest).await?.is_none());
+    let mounted = client.mount_blob(&target, &digest, &source).await?;
+    ensure!(matches!(mounted, Mount::Mounted), "{mounted:?}");
+    ensure!(client.head_blob(&target, &digest).await? == Some(blob.len() as u64));
+    Ok(())
 }

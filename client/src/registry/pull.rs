@@ -5,13 +5,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use reqwest::{Method, Response, StatusCode, Url};
 use shoal_core::{Descriptor, Digest, Digester, Manifest};
+use shoal_registry_client::Blob;
 use tokio::fs::{self, File};
 use tokio::io::AsyncWriteExt;
 
 use super::manifest::parse_manifest;
-use super::{Progress, RegistryClient, registry_error};
+use super::{Progress, RegistryClient, name};
 use crate::error::{Error, io_context};
 use crate::oci;
 
@@ -110,6 +110,7 @@ impl RegistryClient {
         })
     }
 
+    /// Downloads blob `digest` (`size` bytes) into the layout at `dest_dir`, streaming it to a
     /// temporary file and hashing on the way; the file gets its final name only when digest
     /// and size match. A blob already present in the layout is not fetched again.
     pub async fn pull_blob(
@@ -125,27 +126,23 @@ impl RegistryClient {
             .await
             .map_err(io_context(&final_path))?
         {
-            progress(Progress::Finished {
-                digest: *digest,
-                total: size,
-                skipped: true,
-            });
+            progress(Progress::finished(digest, size, true));
             return Ok(());
         }
         progress(Progress::Started {
             digest: *digest,
             total: size,
         });
-        let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let response = self
-            .send(self.http.get(url.clone()), Method::GET, &url)
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(registry_error(Method::GET, &url, response).await);
-        }
+        let blob = self
+            .registry
+            .get_blob(&name(repo)?, digest, None)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("blob {repo}@{digest}"),
+            })?;
 
         let tmp_path = final_path.with_file_name(format!(".tmp-{}", digest.hex()));
-        let result = download(response, &url, &tmp_path, digest, size, progress).await;
+        let result = download(blob, &tmp_path, digest, size, progress).await;
         if let Err(e) = result {
             // Best effort: the download already failed, a leftover temp file is harmless.
             let _ = fs::remove_file(&tmp_path).await;
@@ -154,19 +151,14 @@ impl RegistryClient {
         fs::rename(&tmp_path, &final_path)
             .await
             .map_err(io_context(&final_path))?;
-        progress(Progress::Finished {
-            digest: *digest,
-            total: size,
-            skipped: false,
-        });
+        progress(Progress::finished(digest, size, false));
         Ok(())
     }
 }
 
-/// Streams `response` into `tmp_path`, checking the sha256 and length against `digest`/`size`.
+/// Streams `blob` into `tmp_path`, checking the sha256 and length against `digest`/`size`.
 async fn download(
-    response: Response,
-    url: &Url,
+    blob: Blob,
     tmp_path: &Path,
     digest: &Digest,
     size: u64,
@@ -175,13 +167,9 @@ async fn download(
     let mut file = File::create(tmp_path).await.map_err(io_context(tmp_path))?;
     let mut digester = Digester::new();
     let mut done = 0u64;
-    let mut body = response.bytes_stream();
+    let mut body = std::pin::pin!(blob.into_stream());
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|source| Error::Transport {
-            method: Method::GET,
-            url: url.to_string(),
-            source,
-        })?;
+        let chunk = chunk?;
         done += chunk.len() as u64;
         if done > size {
             return Err(Error::SizeMismatch {

@@ -4,15 +4,14 @@
 use std::path::Path;
 
 use futures::StreamExt;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
-use reqwest::{Method, StatusCode, Url};
 use shoal_core::Digest;
+use shoal_registry_client::Upload;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
 
-use super::{Progress, RegistryClient, registry_error};
+use super::{Progress, RegistryClient, name};
 use crate::error::{Error, io_context};
 use crate::oci::Image;
 
@@ -56,11 +55,7 @@ impl RegistryClient {
         progress: &impl Fn(Progress),
     ) -> Result<(), Error> {
         if self.blob_size(repo, digest).await?.is_some() {
-            progress(Progress::Finished {
-                digest: *digest,
-                total: size,
-                skipped: true,
-            });
+            progress(Progress::finished(digest, size, true));
             return Ok(());
         }
         progress(Progress::Started {
@@ -68,15 +63,7 @@ impl RegistryClient {
             total: size,
         });
 
-        let start_url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
-        let response = self
-            .send(self.http.post(start_url.clone()), Method::POST, &start_url)
-            .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            return Err(registry_error(Method::POST, &start_url, response).await);
-        }
-        let mut location = self.location(&start_url, response.headers())?;
-
+        let mut upload = self.registry.start_upload(&name(repo)?).await?;
         let mut offset = 0;
         while offset < size {
             let len = PATCH_CHUNK.min(size - offset);
@@ -87,98 +74,63 @@ impl RegistryClient {
                 len,
                 total: size,
             };
-            location = self.patch_chunk(&location, &chunk, progress).await?;
+            patch_chunk(&mut upload, &chunk, progress).await?;
             offset += len;
         }
-
-        let mut commit_url = location;
-        commit_url
-            .query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
-        let response = self
-            .send(
-                self.http.put(commit_url.clone()).header(CONTENT_LENGTH, 0),
-                Method::PUT,
-                &commit_url,
-            )
-            .await?;
-        if response.status() != StatusCode::CREATED {
-            return Err(registry_error(Method::PUT, &commit_url, response).await);
-        }
-        progress(Progress::Finished {
-            digest: *digest,
-            total: size,
-            skipped: false,
-        });
+        upload.commit(digest).await?;
+        progress(Progress::finished(digest, size, false));
         Ok(())
     }
+}
 
-    /// Sends `chunk` as one PATCH, reporting progress while the body streams. Returns the next
-    /// upload URL from the registry's `Location`.
-    async fn patch_chunk(
-        &self,
-        url: &Url,
-        chunk: &Chunk<'_>,
-        progress: &impl Fn(Progress),
-    ) -> Result<Url, Error> {
-        let Chunk {
-            digest,
-            path,
-            offset,
-            len,
+/// Sends `chunk` as one PATCH of `upload`, reporting progress while the body streams.
+async fn patch_chunk(
+    upload: &mut Upload,
+    chunk: &Chunk<'_>,
+    progress: &impl Fn(Progress),
+) -> Result<(), Error> {
+    let Chunk {
+        digest,
+        path,
+        offset,
+        len,
+        total,
+    } = *chunk;
+    let mut file = File::open(path).await.map_err(io_context(path))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(io_context(path))?;
+    // The body must be 'static, so it reports sent bytes over a channel that this task
+    // drains (calling `progress`) while the request is in flight.
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<u64>();
+    let body = ReaderStream::with_capacity(file.take(len), READ_BUFFER).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            // The receiver only goes away once the request is finished.
+            let _ = sent_tx.send(bytes.len() as u64);
+        }
+    });
+    let request = upload.patch(body, offset, len);
+    tokio::pin!(request);
+    let mut done = offset;
+    let result = loop {
+        tokio::select! {
+            result = &mut request => break result,
+            Some(n) = sent_rx.recv() => {
+                done += n;
+                progress(Progress::Advanced { digest: *digest, done, total });
+            }
+        }
+    };
+    // Counts sent just before the response arrived are still queued.
+    while let Ok(n) = sent_rx.try_recv() {
+        done += n;
+        progress(Progress::Advanced {
+            digest: *digest,
+            done,
             total,
-        } = *chunk;
-        let mut file = File::open(path).await.map_err(io_context(path))?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(io_context(path))?;
-        // The body must be 'static, so it reports sent bytes over a channel that this task
-        // drains (calling `progress`) while the request is in flight.
-        let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<u64>();
-        let body = ReaderStream::with_capacity(file.take(len), READ_BUFFER).inspect(move |chunk| {
-            if let Ok(bytes) = chunk {
-                // The receiver only goes away once the request is finished.
-                let _ = sent_tx.send(bytes.len() as u64);
-            }
         });
-        let request = self
-            .http
-            .patch(url.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, len)
-            .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
-            .body(reqwest::Body::wrap_stream(body))
-            .send();
-        tokio::pin!(request);
-        let mut done = offset;
-        let result = loop {
-            tokio::select! {
-                result = &mut request => break result,
-                Some(n) = sent_rx.recv() => {
-                    done += n;
-                    progress(Progress::Advanced { digest: *digest, done, total });
-                }
-            }
-        };
-        // Counts sent just before the response arrived are still queued.
-        while let Ok(n) = sent_rx.try_recv() {
-            done += n;
-            progress(Progress::Advanced {
-                digest: *digest,
-                done,
-                total,
-            });
-        }
-        let response = result.map_err(|source| Error::Transport {
-            method: Method::PATCH,
-            url: url.to_string(),
-            source,
-        })?;
-        if response.status() != StatusCode::ACCEPTED {
-            return Err(registry_error(Method::PATCH, url, response).await);
-        }
-        self.location(url, response.headers())
     }
+    Ok(result?)
 }
 
 /// One PATCH worth of a blob file: bytes `offset..offset + len` of the `total` at `path`.

@@ -1,4 +1,5 @@
-//! Failure paths of the client against a stand-in registry that serves corrupt data.
+//! Failure paths of the layout download against a stand-in registry that serves corrupt data
+//! (the registry client's own checks are tested in `shoal-registry-client`).
 
 use std::path::Path;
 
@@ -91,21 +92,8 @@ async fn a_blob_of_the_wrong_length_is_rejected() {
     assert!(layout_files(dest.path()).is_empty());
 }
 
-#[tokio::test]
-async fn a_manifest_that_does_not_hash_to_the_requested_digest_is_rejected() {
-    let client = RegistryClient::new(&serve_body(b"{}").await).expect("client");
-    let wanted = Digest::of(b"something else");
-    let err = client
-        .get_manifest("repo", &wanted.to_string())
-        .await
-        .expect_err("mismatching manifest must fail");
-    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-}
-
 #[test]
-fn a_bare_host_port_means_plain_http_and_paths_join_below_it() {
+fn a_bare_host_port_means_plain_http() {
     let client = RegistryClient::new("127.0.0.1:5000").expect("client");
     assert_eq!(client.base_url().as_str(), "http://127.0.0.1:5000/");
-    let url = client.url("v2/a/b/blobs/uploads/").expect("url");
-    assert_eq!(url.as_str(), "http://127.0.0.1:5000/v2/a/b/blobs/uploads/");
 }

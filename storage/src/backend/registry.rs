@@ -13,39 +13,36 @@
 //! | tag | put | the manifest's bytes read back from this registry by digest, `PUT /v2/<repo>/manifests/<tag>` |
 //! | tag | list | `/v2/<repo>/tags/list` and `/v2/_catalog`, page by page |
 //! | any | delete | `DELETE` where the registry allows it, else [`BackendError::Unsupported`] |
-
-mod auth;
+//!
+//! The requests, their authentication and their answers are `shoal-registry-client`'s; this
+//! module maps keys onto them and waits for a tag's content.
 
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, header};
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
-use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, MediaType, Name, Tag};
+use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, Name, Reference, Tag};
+use shoal_registry_client::{Credentials, Error as ClientError, Options, RegistryClient};
 
-use self::auth::{Auth, Scope};
-use super::http::{take_bytes, total_length};
+use super::http::take_bytes;
 use super::{Backend, BackendError, REPOSITORIES_PREFIX};
 use crate::ByteStream;
 
 const BLOB_PREFIX: &str = "blobs/sha256/";
 const TAGS_SEPARATOR: &str = "/_tags/";
-/// Page size asked of `tags/list` and `_catalog` (the CNCF registry's default maximum).
-const PAGE_SIZE: usize = 1000;
 /// A tag object is a digest's text; refuse to buffer anything much larger.
 const MAX_TAG_OBJECT: usize = 1024;
 /// First and longest pause while a tag put waits for the write-back to bring its manifest and
 /// blobs into the registry.
 const TAG_RETRY_INITIAL: Duration = Duration::from_millis(200);
 const TAG_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Error text kept from a registry's answer, enough for its JSON error codes.
-const MAX_ERROR_BODY: usize = 2048;
 
 /// `registry: { url: "https://registry.example", username: …, password: … }`.
 #[derive(Deserialize, Serialize, Clone, PartialEq, Eq)]
@@ -94,20 +91,11 @@ impl fmt::Debug for RegistryConfig {
     }
 }
 
-#[derive(Debug)]
-struct Shared {
-    /// The URL without a trailing `/`.
-    base: String,
-    client: Client,
-    auth: Auth,
-    timeout: Duration,
-    manifest_wait: Duration,
-}
-
 /// A registry as a backend, optionally bound to one repository. Cloning is cheap.
 #[derive(Debug, Clone)]
 pub struct RegistryBackend {
-    shared: Arc<Shared>,
+    client: RegistryClient,
+    manifest_wait: Duration,
     repository: Option<Name>,
 }
 
@@ -136,39 +124,6 @@ fn parse_key(key: &str) -> Result<Key, BackendError> {
     Ok(Key::Tag(name, tag))
 }
 
-/// A failed request, with the registry's error body (its JSON error codes) when it sent one.
-pub(super) async fn failure(
-    operation: &'static str,
-    url: &str,
-    response: Response,
-) -> BackendError {
-    let status = response.status();
-    let mut body = BytesMut::new();
-    let mut stream = response.bytes_stream();
-    while body.len() < MAX_ERROR_BODY
-        && let Some(Ok(chunk)) = stream.next().await
-    {
-        body.extend_from_slice(&chunk);
-    }
-    body.truncate(MAX_ERROR_BODY);
-    let text = String::from_utf8_lossy(&body);
-    let text = text.trim();
-    let reason = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        format!(
-            "the registry refused access (status {status}; check the backend's credentials): {text}"
-        )
-    } else if text.is_empty() {
-        format!("status {status}")
-    } else {
-        format!("status {status}: {text}")
-    };
-    BackendError::Remote {
-        operation,
-        url: url.to_owned(),
-        reason,
-    }
-}
-
 fn remote(operation: &'static str, url: &str, reason: impl fmt::Display) -> BackendError {
     BackendError::Remote {
         operation,
@@ -177,26 +132,20 @@ fn remote(operation: &'static str, url: &str, reason: impl fmt::Display) -> Back
     }
 }
 
-/// Every manifest media type, for `Accept`: without it a registry may refuse or convert.
-fn accept_manifests() -> String {
-    [
-        MediaType::OciManifest,
-        MediaType::OciIndex,
-        MediaType::DockerManifest,
-        MediaType::DockerManifestList,
-    ]
-    .map(MediaType::as_str)
-    .join(", ")
-}
-
-fn content_length(response: &Response) -> Option<u64> {
-    response
-        .headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// A failed blob upload: the body's own faults keep their kinds, the rest is the registry's.
+fn upload_failure(key: &str, error: ClientError) -> BackendError {
+    match error {
+        ClientError::Body(source) => BackendError::Body {
+            key: key.to_owned(),
+            source,
+        },
+        ClientError::LengthMismatch { expected, actual } => BackendError::LengthMismatch {
+            key: key.to_owned(),
+            expected,
+            actual,
+        },
+        error => remote("put", key, error),
+    }
 }
 
 /// Whether a registry's 4xx answer says a referenced manifest or blob is not there yet.
@@ -230,353 +179,175 @@ fn slice(stream: ByteStream, range: Range<u64>) -> ByteStream {
     take_bytes(skipped.boxed(), range.end.saturating_sub(range.start))
 }
 
-/// What went wrong with a body while it streamed to the registry.
-enum BodyFault {
-    Read(io::Error),
-    Length(u64),
-}
-
 impl RegistryBackend {
     /// Builds the client; makes no request.
     pub fn new(config: &RegistryConfig) -> Result<RegistryBackend, BackendError> {
-        let base = config.url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(remote(
-                "configure",
-                &config.url,
-                "the registry URL must start with http:// or https://",
-            ));
-        }
+        let url = &config.url;
         let password = match (&config.password, &config.password_env) {
             (Some(_), Some(_)) => {
                 return Err(remote(
                     "configure",
-                    &base,
+                    url,
                     "set password or password_env, not both",
                 ));
             }
             (Some(password), None) => Some(password.clone()),
             (None, Some(var)) => Some(
                 std::env::var(var)
-                    .map_err(|e| remote("configure", &base, format!("password_env {var}: {e}")))?,
+                    .map_err(|e| remote("configure", url, format!("password_env {var}: {e}")))?,
             ),
             (None, None) => None,
         };
         let credentials = match (&config.username, password) {
-            (Some(user), Some(password)) => Some((user.clone(), password)),
+            (Some(username), Some(password)) => Some(Credentials {
+                username: username.clone(),
+                password,
+            }),
             (None, None) => None,
             _ => {
                 return Err(remote(
                     "configure",
-                    &base,
+                    url,
                     "username and a password go together",
                 ));
             }
         };
-        let client = shoal_service::client::builder()
+        let http = shoal_service::client::builder()
             .connect_timeout(config.timeout)
             .read_timeout(config.timeout)
             .build()
-            .map_err(|e| remote("build HTTP client for", &base, e))?;
+            .map_err(|e| remote("build HTTP client for", url, e))?;
+        let options = Options {
+            credentials,
+            token_timeout: config.timeout,
+        };
+        let client = RegistryClient::with_options(url, http, options)
+            .map_err(|e| remote("configure", url, e))?;
         Ok(RegistryBackend {
-            shared: Arc::new(Shared {
-                base,
-                client,
-                auth: Auth::new(credentials),
-                timeout: config.timeout,
-                manifest_wait: config.manifest_wait,
-            }),
+            client,
+            manifest_wait: config.manifest_wait,
             repository: None,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/v2/{path}", self.shared.base)
-    }
-
-    /// Sends a request that can be rebuilt, answering one authentication challenge.
-    async fn send(
-        &self,
-        operation: &'static str,
-        scope: &Scope,
-        url: &str,
-        build: impl Fn(&Client) -> RequestBuilder,
-    ) -> Result<Response, BackendError> {
-        let shared = &self.shared;
-        let mut retried = false;
-        loop {
-            let request = shared.auth.authorize(build(&shared.client), scope);
-            let response = request
-                .send()
-                .await
-                .map_err(|e| remote(operation, url, e))?;
-            if response.status() != StatusCode::UNAUTHORIZED || retried {
-                return Ok(response);
-            }
-            if !shared
-                .auth
-                .challenged(&shared.client, &response, scope, shared.timeout)
-                .await?
-            {
-                return Ok(response);
-            }
-            retried = true;
-        }
-    }
-
-    /// The repository a blob request goes to: the scoped one.
-    fn repository(&self) -> Option<&str> {
-        self.repository.as_ref().map(Name::as_str)
-    }
-
-    async fn stat_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, BackendError> {
-        let scope = Scope::repository(repo, "pull");
-        let url = self.url(&format!("{repo}/blobs/{digest}"));
-        let response = self
-            .send("HEAD", &scope, &url, |client| client.head(&url))
-            .await?;
-        match response.status() {
-            StatusCode::OK => content_length(&response)
-                .map(Some)
-                .ok_or_else(|| remote("HEAD", &url, "no valid Content-Length")),
-            StatusCode::NOT_FOUND => self.stat_manifest(repo, &digest.to_string()).await,
-            _ => Err(failure("HEAD", &url, response).await),
-        }
-    }
-
-    /// The length of a manifest by tag or digest, and its digest.
-    async fn head_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<Option<(u64, Option<String>)>, BackendError> {
-        let scope = Scope::repository(repo, "pull");
-        let url = self.url(&format!("{repo}/manifests/{reference}"));
-        let response = self
-            .send("HEAD", &scope, &url, |client| {
-                client.head(&url).header(header::ACCEPT, accept_manifests())
-            })
-            .await?;
-        match response.status() {
-            StatusCode::OK => {
-                let len = content_length(&response)
-                    .ok_or_else(|| remote("HEAD", &url, "no valid Content-Length"))?;
-                let digest = response
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                Ok(Some((len, digest)))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(failure("HEAD", &url, response).await),
+    async fn stat_blob(&self, repo: &Name, digest: &Digest) -> Result<Option<u64>, BackendError> {
+        let key = || crate::blob_key(digest);
+        match self.client.head_blob(repo, digest).await {
+            Ok(Some(len)) => Ok(Some(len)),
+            // A registry serves manifests only from the manifests endpoint.
+            Ok(None) => self.stat_manifest(repo, &Reference::Digest(*digest)).await,
+            Err(e) => Err(remote("stat", &key(), e)),
         }
     }
 
     async fn stat_manifest(
         &self,
-        repo: &str,
-        reference: &str,
+        repo: &Name,
+        reference: &Reference,
     ) -> Result<Option<u64>, BackendError> {
-        Ok(self
-            .head_manifest(repo, reference)
-            .await?
-            .map(|(len, _)| len))
+        let head = self.client.head_manifest(repo, reference).await;
+        let head = head.map_err(|e| remote("stat", &format!("{repo}:{reference}"), e))?;
+        Ok(head.map(|head| head.len))
     }
 
     /// The digest a tag points at.
     async fn tag_digest(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, BackendError> {
-        let Some((_, digest)) = self.head_manifest(name.as_str(), tag.as_str()).await? else {
-            return Ok(None);
-        };
-        let url = self.url(&format!("{name}/manifests/{tag}"));
-        let digest = digest.ok_or_else(|| remote("HEAD", &url, "no Docker-Content-Digest"))?;
-        Digest::parse(&digest)
-            .map(Some)
-            .map_err(|e| remote("HEAD", &url, format!("bad Docker-Content-Digest: {e}")))
+        let key = crate::tag_key(name, tag);
+        let head = self
+            .client
+            .head_manifest(name, &Reference::Tag(tag.clone()))
+            .await
+            .map_err(|e| remote("stat", &key, e))?;
+        match head {
+            None => Ok(None),
+            Some(head) => head
+                .digest
+                .map(Some)
+                .ok_or_else(|| remote("stat", &key, "no Docker-Content-Digest")),
+        }
     }
 
     async fn get_blob(
         &self,
-        repo: &str,
+        repo: &Name,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Option<ByteStream>, BackendError> {
-        let scope = Scope::repository(repo, "pull");
-        let url = self.url(&format!("{repo}/blobs/{digest}"));
-        let response = self
-            .send("GET", &scope, &url, |client| {
-                let request = client.get(&url);
-                match &range {
-                    Some(range) => request.header(
-                        header::RANGE,
-                        format!("bytes={}-{}", range.start, range.end - 1),
-                    ),
-                    None => request,
-                }
-            })
-            .await?;
-        let key = || format!("{BLOB_PREFIX}{}", digest.hex());
-        match (response.status(), &range) {
-            (StatusCode::NOT_FOUND, _) => return self.get_manifest(repo, digest, range).await,
-            (StatusCode::OK, None) | (StatusCode::PARTIAL_CONTENT, Some(_)) => {}
-            (StatusCode::RANGE_NOT_SATISFIABLE, Some(range)) => {
-                let len = total_length(&response).unwrap_or_default();
-                if range.start == len {
+        let key = || crate::blob_key(digest);
+        let blob = match self.client.get_blob(repo, digest, range.clone()).await {
+            Ok(Some(blob)) => blob,
+            Ok(None) => return self.get_manifest(repo, digest, range).await,
+            Err(ClientError::RangeNotSatisfiable { start, len, .. }) => {
+                let len = len.unwrap_or_default();
+                if start == len {
                     return Ok(Some(futures::stream::empty().boxed()));
                 }
                 return Err(BackendError::RangeNotSatisfiable {
                     key: key(),
-                    start: range.start,
+                    start,
                     len,
                 });
             }
+            Err(e) => return Err(remote("get", &key(), e)),
+        };
+        let partial = blob.partial;
+        let body = blob.into_stream().map_err(io::Error::other).boxed();
+        Ok(Some(match range {
             // A registry that ignores Range sends everything: cut out the range ourselves.
-            (StatusCode::OK, Some(range)) => {
-                let body = response.bytes_stream().map_err(io::Error::other).boxed();
-                return Ok(Some(slice(body, range.clone())));
-            }
-            _ => return Err(failure("GET", &url, response).await),
-        }
-        Ok(Some(
-            response.bytes_stream().map_err(io::Error::other).boxed(),
-        ))
+            Some(range) if !partial => slice(body, range),
+            _ => body,
+        }))
     }
 
     /// A manifest by digest, ranged locally (registries do not range manifests).
     async fn get_manifest(
         &self,
-        repo: &str,
+        repo: &Name,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<Option<ByteStream>, BackendError> {
-        let scope = Scope::repository(repo, "pull");
-        let url = self.url(&format!("{repo}/manifests/{digest}"));
-        let response = self
-            .send("GET", &scope, &url, |client| {
-                client.get(&url).header(header::ACCEPT, accept_manifests())
-            })
-            .await?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(failure("GET", &url, response).await),
-        }
-        let len = content_length(&response);
-        let body = response.bytes_stream().map_err(io::Error::other).boxed();
-        let Some(range) = range else {
-            return Ok(Some(body));
+        let key = crate::blob_key(digest);
+        let fetched = self
+            .client
+            .get_manifest(repo, &Reference::Digest(*digest))
+            .await
+            .map_err(|e| remote("get", &key, e))?;
+        let Some(fetched) = fetched else {
+            return Ok(None);
         };
-        if let Some(len) = len
-            && range.start > len
-        {
+        let len = fetched.bytes.len() as u64;
+        let whole: ByteStream = futures::stream::once(async move { Ok(fetched.bytes) }).boxed();
+        let Some(range) = range else {
+            return Ok(Some(whole));
+        };
+        if range.start > len {
             return Err(BackendError::RangeNotSatisfiable {
-                key: format!("{BLOB_PREFIX}{}", digest.hex()),
+                key,
                 start: range.start,
                 len,
             });
         }
-        Ok(Some(slice(body, range)))
-    }
-
-    async fn put_blob(
-        &self,
-        key: &str,
-        repo: &str,
-        digest: &Digest,
-        body: ByteStream,
-        length: Option<u64>,
-    ) -> Result<(), BackendError> {
-        let scope = Scope::repository(repo, "pull,push");
-        let start_url = self.url(&format!("{repo}/blobs/uploads/"));
-        // Starting the upload has no body, so it also answers any authentication challenge
-        // before the blob's bytes start streaming (a streamed body cannot be sent twice).
-        let response = self
-            .send("start an upload at", &scope, &start_url, |client| {
-                client.post(&start_url).header(header::CONTENT_LENGTH, 0)
-            })
-            .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            return Err(failure("start an upload at", &start_url, response).await);
-        }
-        let location = response
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| remote("start an upload at", &start_url, "no Location"))?;
-        let location = self.absolute(location);
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let put_url = format!("{location}{separator}digest={digest}");
-
-        let fault = Arc::new(Mutex::new(None));
-        let counted = checked(body, length, fault.clone());
-        let mut request = self
-            .shared
-            .client
-            .put(&put_url)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(counted));
-        if let Some(length) = length {
-            request = request.header(header::CONTENT_LENGTH, length);
-        }
-        let result = self.shared.auth.authorize(request, &scope).send().await;
-        let fault = fault.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let outcome = match (fault, result) {
-            (Some(BodyFault::Read(source)), _) => Err(BackendError::Body {
-                key: key.to_owned(),
-                source,
-            }),
-            (Some(BodyFault::Length(actual)), _) => Err(BackendError::LengthMismatch {
-                key: key.to_owned(),
-                expected: length.unwrap_or_default(),
-                actual,
-            }),
-            (None, Err(e)) => Err(remote("upload", &put_url, e)),
-            (None, Ok(response)) if response.status() == StatusCode::CREATED => Ok(()),
-            (None, Ok(response)) => Err(failure("upload", &put_url, response).await),
-        };
-        if outcome.is_err() {
-            self.cancel_upload(&location, &scope).await;
-        }
-        outcome
-    }
-
-    /// Abandons an upload session; a failure only leaves a session the registry expires.
-    async fn cancel_upload(&self, location: &str, scope: &Scope) {
-        let result = self
-            .send("cancel upload", scope, location, |client| {
-                client.delete(location)
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "cancelling a registry upload failed");
-        }
-    }
-
-    /// A `Location` or `Link` target (absolute, or relative to the registry) as an absolute URL.
-    fn absolute(&self, target: &str) -> String {
-        reqwest::Url::parse(&self.shared.base)
-            .and_then(|base| base.join(target))
-            .map_or_else(|_| format!("{}{target}", self.shared.base), String::from)
+        Ok(Some(slice(whole, range)))
     }
 
     /// A manifest's bytes by digest: written back by the origins as a blob, or pushed to the
     /// registry as a manifest. `None` when neither is there (yet).
     async fn manifest_bytes(
         &self,
-        repo: &str,
+        repo: &Name,
         digest: &Digest,
     ) -> Result<Option<Bytes>, BackendError> {
+        let key = crate::blob_key(digest);
         let Some(mut stream) = self.get_blob(repo, digest, None).await? else {
             return Ok(None);
         };
         let mut bytes = BytesMut::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| remote("read manifest", &self.url(repo), e))?;
+            let chunk = chunk.map_err(|e| remote("read manifest", &key, e))?;
             if bytes.len() + chunk.len() > MAX_MANIFEST_SIZE {
                 return Err(remote(
                     "read manifest",
-                    &self.url(&format!("{repo}/blobs/{digest}")),
+                    &key,
                     format!("larger than {MAX_MANIFEST_SIZE} bytes"),
                 ));
             }
@@ -590,18 +361,18 @@ impl RegistryBackend {
     /// manifests in the repository. `Ok(Err(reason))` means content is not in the registry yet.
     async fn push_manifest(
         &self,
-        repo: &str,
-        reference: &str,
+        repo: &Name,
+        reference: &Reference,
         digest: &Digest,
     ) -> Result<Result<(), String>, BackendError> {
         let Some(bytes) = self.manifest_bytes(repo, digest).await? else {
             return Ok(Err(format!("manifest {digest} is not in the registry")));
         };
-        let url = self.url(&format!("{repo}/manifests/{reference}"));
+        let what = format!("{repo}:{reference}");
         let manifest = Manifest::parse(&bytes, None)
-            .map_err(|e| remote("push manifest", &url, format!("{digest}: {e}")))?;
+            .map_err(|e| remote("push manifest", &what, format!("{digest}: {e}")))?;
         for child in manifest.children() {
-            let child_ref = child.digest.to_string();
+            let child_ref = Reference::Digest(child.digest);
             if self.stat_manifest(repo, &child_ref).await?.is_none() {
                 // Boxed: the recursion is at most one level deep (an index of images).
                 let pushed = Box::pin(self.push_manifest(repo, &child_ref, &child.digest)).await?;
@@ -610,51 +381,43 @@ impl RegistryBackend {
                 }
             }
         }
-        let scope = Scope::repository(repo, "pull,push");
         let media_type = manifest.media_type().as_str();
-        let response = self
-            .send("push manifest", &scope, &url, |client| {
-                client
-                    .put(&url)
-                    .header(header::CONTENT_TYPE, media_type)
-                    .body(bytes.clone())
-            })
-            .await?;
-        match response.status() {
-            StatusCode::CREATED | StatusCode::OK => Ok(Ok(())),
-            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
-                let error = failure("push manifest", &url, response).await;
-                let text = error.to_string();
-                if is_missing_content(&text) {
-                    Ok(Err(text))
-                } else {
-                    Err(error)
-                }
+        match self
+            .client
+            .put_manifest(repo, reference, media_type, bytes)
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e)
+                if matches!(
+                    e.status(),
+                    Some(StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND)
+                ) && is_missing_content(&e.to_string()) =>
+            {
+                Ok(Err(e.to_string()))
             }
-            _ => Err(failure("push manifest", &url, response).await),
+            Err(e) => Err(remote("push manifest", &what, e)),
         }
     }
 
     /// Points `tag` at `digest`, waiting up to `manifest_wait` for the write-back to bring the
     /// manifest and everything it references into the registry.
     async fn put_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), BackendError> {
-        let deadline = tokio::time::Instant::now() + self.shared.manifest_wait;
+        let deadline = tokio::time::Instant::now() + self.manifest_wait;
         let mut pause = TAG_RETRY_INITIAL;
+        let reference = Reference::Tag(tag.clone());
         loop {
-            let reason = match self
-                .push_manifest(name.as_str(), tag.as_str(), digest)
-                .await?
-            {
+            let reason = match self.push_manifest(name, &reference, digest).await? {
                 Ok(()) => return Ok(()),
                 Err(reason) => reason,
             };
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(remote(
                     "tag",
-                    &self.url(&format!("{name}/manifests/{tag}")),
+                    &crate::tag_key(name, tag),
                     format!(
                         "content still missing after waiting {:?}: {reason}",
-                        self.shared.manifest_wait
+                        self.manifest_wait
                     ),
                 ));
             }
@@ -663,47 +426,13 @@ impl RegistryBackend {
         }
     }
 
-    /// Every entry of a paginated list (`tags/list` → `tags`, `_catalog` → `repositories`),
-    /// following `Link: <…>; rel="next"`. `None` when the repository is unknown.
-    async fn paginate(
-        &self,
-        scope: &Scope,
-        first: String,
-        field: &str,
-    ) -> Result<Option<Vec<String>>, BackendError> {
-        let mut entries = Vec::new();
-        let mut next = Some(first);
-        while let Some(url) = next.take() {
-            let response = self
-                .send("list", scope, &url, |client| client.get(&url))
-                .await?;
-            match response.status() {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND => return Ok(None),
-                _ => return Err(failure("list", &url, response).await),
-            }
-            next = response
-                .headers()
-                .get(header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .map(|target| self.absolute(&target));
-            let page: serde_json::Value =
-                response.json().await.map_err(|e| remote("list", &url, e))?;
-            if let Some(items) = page.get(field).and_then(|v| v.as_array()) {
-                entries.extend(items.iter().filter_map(|v| v.as_str().map(str::to_owned)));
-            }
-        }
-        Ok(Some(entries))
-    }
-
     /// The tag keys of `repo` that start with `prefix`.
     async fn tag_keys(&self, repo: &Name, prefix: &str) -> Result<Vec<String>, BackendError> {
-        let scope = Scope::repository(repo.as_str(), "pull");
-        let first = self.url(&format!("{repo}/tags/list?n={PAGE_SIZE}"));
         let tags = self
-            .paginate(&scope, first, "tags")
-            .await?
+            .client
+            .tags(repo)
+            .await
+            .map_err(|e| remote("list", prefix, e))?
             .unwrap_or_default();
         Ok(tags
             .into_iter()
@@ -713,72 +442,11 @@ impl RegistryBackend {
     }
 }
 
-/// The target of `rel="next"` in a `Link` header.
-fn next_link(value: &str) -> Option<String> {
-    value.split(',').find_map(|link| {
-        let (target, params) = link.split_once(';')?;
-        params
-            .split(';')
-            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
-            .then(|| {
-                target
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_owned()
-            })
-    })
-}
-
-/// Passes `body` through, recording a read error or a length other than `expected` in `fault`
-/// and failing the stream so the registry never commits it.
-fn checked(
-    body: ByteStream,
-    expected: Option<u64>,
-    fault: Arc<Mutex<Option<BodyFault>>>,
-) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let record = move |what: BodyFault| {
-        *fault.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
-    };
-    futures::stream::unfold(
-        (body, 0u64, Some(record)),
-        move |(mut body, seen, record)| async move {
-            let record = record?;
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    let seen = seen + chunk.len() as u64;
-                    if expected.is_some_and(|expected| seen > expected) {
-                        record(BodyFault::Length(seen));
-                        return Some((
-                            Err(io::Error::other("body longer than promised")),
-                            (body, seen, None),
-                        ));
-                    }
-                    Some((Ok(chunk), (body, seen, Some(record))))
-                }
-                Some(Err(e)) => {
-                    let message = e.to_string();
-                    record(BodyFault::Read(e));
-                    Some((Err(io::Error::other(message)), (body, seen, None)))
-                }
-                None if expected.is_some_and(|expected| seen != expected) => {
-                    record(BodyFault::Length(seen));
-                    Some((
-                        Err(io::Error::other("body shorter than promised")),
-                        (body, seen, None),
-                    ))
-                }
-                None => None,
-            }
-        },
-    )
-}
-
 #[async_trait]
 impl Backend for RegistryBackend {
     async fn stat(&self, key: &str) -> Result<Option<u64>, BackendError> {
         match parse_key(key)? {
-            Key::Blob(digest) => match self.repository() {
+            Key::Blob(digest) => match &self.repository {
                 Some(repo) => self.stat_blob(repo, &digest).await,
                 None => Ok(None),
             },
@@ -812,7 +480,7 @@ impl Backend for RegistryBackend {
             return Ok(Some(futures::stream::empty().boxed()));
         }
         match parsed {
-            Key::Blob(digest) => match self.repository() {
+            Key::Blob(digest) => match &self.repository {
                 Some(repo) => self.get_blob(repo, &digest, range).await,
                 None => Ok(None),
             },
@@ -846,11 +514,14 @@ impl Backend for RegistryBackend {
     ) -> Result<(), BackendError> {
         match parse_key(key)? {
             Key::Blob(digest) => {
-                let repo = self.repository().ok_or(BackendError::Unsupported {
+                let repo = self.repository.as_ref().ok_or(BackendError::Unsupported {
                     backend: "registry",
                     operation: "storing a blob without a repository",
                 })?;
-                self.put_blob(key, repo, &digest, body, length).await
+                self.client
+                    .push_blob(repo, &digest, body, length)
+                    .await
+                    .map_err(|e| upload_failure(key, e))
             }
             Key::Tag(name, tag) => {
                 let mut text = BytesMut::new();
@@ -883,40 +554,38 @@ impl Backend for RegistryBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let (repo, reference) = match parse_key(key)? {
-            Key::Blob(digest) => match &self.repository {
-                Some(repo) => (repo.clone(), digest.to_string()),
-                None => return Ok(false),
-            },
-            Key::Tag(name, tag) => (name, tag.as_str().to_owned()),
+        let (deleted, operation) = match parse_key(key)? {
+            Key::Blob(digest) => {
+                let Some(repo) = &self.repository else {
+                    return Ok(false);
+                };
+                (
+                    self.client.delete_blob(repo, &digest).await,
+                    "deleting a blob (deletes are disabled on this registry)",
+                )
+            }
+            Key::Tag(name, tag) => (
+                self.client
+                    .delete_manifest(&name, &Reference::Tag(tag))
+                    .await,
+                "deleting a tag (this registry deletes manifests only by digest)",
+            ),
         };
-        let kind = if key.starts_with(BLOB_PREFIX) {
-            "blobs"
-        } else {
-            "manifests"
-        };
-        let scope = Scope::repository(repo.as_str(), "delete");
-        let url = self.url(&format!("{repo}/{kind}/{reference}"));
-        let response = self
-            .send("DELETE", &scope, &url, |client| {
-                client.request(Method::DELETE, &url)
-            })
-            .await?;
-        match response.status() {
-            StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
+        match deleted {
+            Ok(deleted) => Ok(deleted),
             // Deletes disabled, or (distribution 2.x) tags that can only go with their manifest.
-            StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => {
+            Err(e)
+                if matches!(
+                    e.status(),
+                    Some(StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST)
+                ) =>
+            {
                 Err(BackendError::Unsupported {
                     backend: "registry",
-                    operation: if kind == "blobs" {
-                        "deleting a blob (deletes are disabled on this registry)"
-                    } else {
-                        "deleting a tag (this registry deletes manifests only by digest)"
-                    },
+                    operation,
                 })
             }
-            _ => Err(failure("DELETE", &url, response).await),
+            Err(e) => Err(remote("delete", key, e)),
         }
     }
 
@@ -934,11 +603,11 @@ impl Backend for RegistryBackend {
                 keys = self.tag_keys(&name, prefix).await?;
             }
         } else {
-            let first = self.url(&format!("_catalog?n={PAGE_SIZE}"));
             let repos = self
-                .paginate(&Scope::catalog(), first, "repositories")
-                .await?
-                .unwrap_or_default();
+                .client
+                .catalog()
+                .await
+                .map_err(|e| remote("list", prefix, e))?;
             for repo in repos {
                 // Only repositories whose tag keys can start with the prefix.
                 if !format!("{repo}{TAGS_SEPARATOR}").starts_with(rest) {
@@ -955,7 +624,8 @@ impl Backend for RegistryBackend {
 
     fn scoped(&self, namespace: Option<&Name>) -> Option<Arc<dyn Backend>> {
         Some(Arc::new(RegistryBackend {
-            shared: Arc::clone(&self.shared),
+            client: self.client.clone(),
+            manifest_wait: self.manifest_wait,
             repository: namespace.cloned(),
         }))
     }
@@ -989,29 +659,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn next_links_are_found_among_others() {
-        assert_eq!(
-            next_link(r#"</v2/_catalog?last=b&n=2>; rel="next""#).as_deref(),
-            Some("/v2/_catalog?last=b&n=2")
-        );
-        assert_eq!(
-            next_link(r#"<https://x/prev>; rel="prev", <https://x/next>; rel="next""#).as_deref(),
-            Some("https://x/next")
-        );
-        assert_eq!(next_link(r#"<https://x/prev>; rel="prev""#), None);
-        let config = RegistryConfig {
-            url: "http://127.0.0.1:9/".to_owned(),
-            ..RegistryConfig::default()
-        };
-        let backend = RegistryBackend::new(&config).expect("backend");
-        assert_eq!(
-            backend.absolute("/v2/_catalog?last=b&n=2"),
-            "http://127.0.0.1:9/v2/_catalog?last=b&n=2"
-        );
-        assert_eq!(backend.absolute("https://other/up/1"), "https://other/up/1");
     }
 
     #[tokio::test]
