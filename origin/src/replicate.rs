@@ -213,37 +213,32 @@ pub(crate) async fn replicate(
     namespace: Option<&Name>,
 ) -> Result<(), ApiError> {
     let plan = ring.plan(digest);
-    let replicas: Vec<Replica> = plan
-        .targets
-        .iter()
-        .map(|target| Replica {
-            digest: *digest,
-            namespace: namespace.cloned(),
-            to: target.addr.clone(),
-        })
-        .collect();
+    let replica = |to: &str| Replica {
+        digest: *digest,
+        namespace: namespace.cloned(),
+        to: to.to_owned(),
+    };
     // Every push is durable before it starts, so before the commit is answered and whatever
     // happens next: a crash mid-push or after the acknowledgement, or a quorum that fails (the
     // blob stays committed here), leaves a marker for each owner that has not confirmed, and
     // the queue pushes it after the restart. A marker written only after the quorum would miss
     // a crash between the acknowledgement and its write. The markers are held: the queue
     // takes over a push only once the direct attempt below has failed.
-    try_join_all(replicas.iter().map(|r| ring.queue.enqueue_held(r.clone()))).await?;
+    let markers = plan
+        .targets
+        .iter()
+        .map(|target| ring.queue.enqueue_held(replica(&target.addr)));
+    try_join_all(markers).await?;
     // Each push is its own task so that it completes after the acknowledgement too (and
     // shutdown waits for it: a push cut off keeps its marker and runs after the restart).
     write_quorum(plan, &ring.tasks, |target| {
+        let key = replica(&target.addr).key();
         let (store, queue, digest, namespace) = (
             store.clone(),
             ring.queue.clone(),
             *digest,
             namespace.cloned(),
         );
-        let key = Replica {
-            digest,
-            namespace: namespace.clone(),
-            to: target.addr.clone(),
-        }
-        .key();
         async move {
             let result = push(&store, &target.client, &digest, namespace.as_ref()).await;
             match &result {
