@@ -303,7 +303,7 @@ mod tests {
     }
 
     fn http() -> reqwest::Client {
-        shoal_service::client::builder().build().unwrap()
+        shoal_http_client::builder().build().unwrap()
     }
 
     fn failure(status: u16) -> ApiError {

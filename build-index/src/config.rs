@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shoal_api::OriginsConfig;
+use shoal_backends::{BackendConfig, RouteConfig};
 use shoal_service::LogConfig;
-use shoal_storage::{BackendConfig, RouteConfig};
 
 /// Default address of the tag API (`docs/internal-api.md`, "Build-index HTTP API").
 const DEFAULT_LISTEN: SocketAddr =

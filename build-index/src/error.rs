@@ -4,8 +4,8 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shoal_api::{ApiError, ErrorBody};
+use shoal_backends::BackendError;
 use shoal_core::{Digest, ErrorCode, NameError, TagError};
-use shoal_storage::BackendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_backends::BackendRouter;
 use shoal_jobs::StatsCollector;
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
-use shoal_storage::BackendRouter;
 use tokio::net::TcpListener;
 use tracing::info;
 

@@ -16,13 +16,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
-use shoal_core::{Digest, Name, Tag};
-use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy, Stats};
-use shoal_service::CancellationToken;
-use shoal_storage::{
+use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
     tag_key,
 };
+use shoal_core::{Digest, Name, Tag};
+use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy, Stats};
+use shoal_service::CancellationToken;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -396,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn tags_live_in_the_backend_their_repository_routes_to() {
-        use shoal_storage::{BackendConfig, NamespacePattern, RouteConfig};
+        use shoal_backends::{BackendConfig, NamespacePattern, RouteConfig};
         let dir = tempfile::tempdir().expect("tempdir");
         let route = |pattern: &str, sub: &str| RouteConfig {
             namespace: NamespacePattern::new(pattern).expect("regex"),

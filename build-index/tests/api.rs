@@ -136,7 +136,7 @@ async fn tags_kept_during_a_backend_outage_are_counted_by_the_pending_tags_metri
     .await;
 
     std::fs::remove_file(&root).expect("unblock backend");
-    shoal_storage::FilesystemBackend::new(&root).expect("restore backend");
+    shoal_backends::FilesystemBackend::new(&root).expect("restore backend");
     wait_metric(
         &index,
         "shoal_build_index_tag_writeback_written_total",
@@ -147,7 +147,7 @@ async fn tags_kept_during_a_backend_outage_are_counted_by_the_pending_tags_metri
         metric(&index, "shoal_build_index_tag_writeback_pending").await,
         Some(0.0)
     );
-    let written = std::fs::read_to_string(root.join(shoal_storage::tag_key(&repo, &latest)));
+    let written = std::fs::read_to_string(root.join(shoal_backends::tag_key(&repo, &latest)));
     assert_eq!(written.expect("in the backend"), manifest.to_string());
     index.stop().await;
 }

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use futures::TryStreamExt;
 use shoal_api::wire::DOCKER_CONTENT_DIGEST;
+use shoal_backends::blob_key;
 use shoal_core::{ByteRange, Digest, RangeError};
-use shoal_storage::{BlobFile, ByteStream, StoreError, blob_key};
+use shoal_storage::{BlobFile, ByteStream, StoreError};
 
 use crate::errors::ApiError;
 use crate::extract::{DigestParam, Params, body_stream};

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_api::OriginsConfig;
+use shoal_backends::{BackendConfig, RetryPolicy, RouteConfig};
 use shoal_p2p::P2pConfig;
 use shoal_service::{ByteSize, LogConfig};
-use shoal_storage::{BackendConfig, RetryPolicy, RouteConfig};
 
 /// `shoal-origin --config origin.yaml`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]

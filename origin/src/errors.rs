@@ -5,8 +5,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shoal_api::ErrorBody;
 use shoal_api::wire::UPLOAD_OFFSET;
+use shoal_backends::BackendError;
 use shoal_core::{Digest, DigestError, ErrorCode, NameError, RangeError};
-use shoal_storage::{BackendError, StoreError};
+use shoal_storage::StoreError;
 
 /// A failed request: what the client is told, plus an optional header (offsets, ranges).
 #[derive(Debug)]

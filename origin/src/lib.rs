@@ -29,11 +29,12 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
+use shoal_backends::{BackendRouter, WriteBack};
 use shoal_jobs::StatsCollector;
 use shoal_p2p::{Faults, Limiter, P2pMetrics, StoreSource};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
-use shoal_storage::{BackendRouter, BlobStore, WriteBack};
+use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
 
 pub use config::{ClusterConfig, OriginConfig, SeedConfig, UploadsConfig, WriteBackConfig};

@@ -9,8 +9,8 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use shoal_backends::WriteBack;
 use shoal_jobs::StatsNames;
-use shoal_storage::WriteBack;
 
 /// Replica pushes to the other owners of committed blobs (`replicate`), read from their queue on
 /// each scrape.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use shoal_backends::blob_key;
 use shoal_core::{Digest, ErrorCode, Name};
-use shoal_storage::{BlobWriter, ByteStream, StoreError, blob_key};
+use shoal_storage::{BlobWriter, ByteStream, StoreError};
 use tokio::sync::mpsc;
 
 use crate::Origin;

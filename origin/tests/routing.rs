@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use shoal_backends::{BackendConfig, NamespacePattern, RouteConfig, blob_key};
 use shoal_core::Digest;
 use shoal_origin::{Listeners, OriginConfig, WriteBackConfig};
 use shoal_service::CancellationToken;
-use shoal_storage::{BackendConfig, NamespacePattern, RouteConfig, blob_key};
 use tokio::net::TcpListener;
 
 struct Origin {

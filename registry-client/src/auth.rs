@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn authorize_sends_cached_tokens_and_learnt_basic_only() {
-        let client = shoal_service::client::builder().build().expect("client");
+        let client = shoal_http_client::builder().build().expect("client");
         let auth = Auth::new(Some(Credentials {
             username: "u".to_owned(),
             password: "p".to_owned(),

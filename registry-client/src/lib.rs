@@ -227,7 +227,7 @@ mod unit_tests {
     use super::*;
 
     fn http() -> reqwest::Client {
-        shoal_service::client::builder().build().expect("client")
+        shoal_http_client::builder().build().expect("client")
     }
 
     #[test]

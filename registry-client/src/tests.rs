@@ -29,7 +29,7 @@ async fn serve(app: axum::Router) -> String {
 }
 
 fn client(base: &str, credentials: Option<Credentials>) -> RegistryClient {
-    let http = shoal_service::client::builder().build().expect("http");
+    let http = shoal_http_client::builder().build().expect("http");
     let options = Options {
         credentials,
         ..Options::default()

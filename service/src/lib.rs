@@ -1,9 +1,10 @@
 //! Plumbing every Shoal binary shares: config loading, tracing, the metrics registry and HTTP
 //! metrics middleware, serving with `/health` and `/metrics` (over plain HTTP or TLS), shutdown on
-//! signals, the rustls provider, the HTTP client builder and common CLI arguments.
+//! signals, TLS listener config and common CLI arguments. The HTTP client builder and the rustls
+//! provider live in `shoal-http-client`, re-exported here as [`client`] and
+//! [`tls::install_crypto_provider`] for the components, which use both halves.
 
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -15,5 +16,6 @@ pub use bytesize::ByteSize;
 pub use config::{ConfigError, LogConfig, LogFormat};
 pub use http::RouteLabel;
 pub use metrics::{Metrics, MetricsBuilder};
+pub use shoal_http_client as client;
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;

@@ -1,8 +1,6 @@
-//! TLS: the process-wide rustls crypto provider and the `tls:` config section of a listener
-//! (a PEM certificate chain and key). Serving HTTPS is [`crate::http::serve_tls`]'s job.
-//!
-//! The workspace builds rustls with `ring` only (no aws-lc), so nothing picks a provider
-//! automatically; every binary installs this one before it builds a TLS client or server.
+//! TLS: the `tls:` config section of a listener (a PEM certificate chain and key). Serving HTTPS
+//! is [`crate::http::serve_tls`]'s job; the process-wide rustls crypto provider is installed by
+//! `shoal-http-client` (re-exported here as [`install_crypto_provider`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,15 +12,11 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
+pub use shoal_http_client::install_crypto_provider;
+
 /// A client that opens a connection and never finishes the handshake is dropped after this
 /// long; a real client on a slow link completes the few round trips well within it.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Installs rustls' `ring` provider as the process default. Safe to call any number of times.
-pub fn install_crypto_provider() {
-    // `Err` only means a provider is already installed, which is exactly what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// `tls:`: serve HTTPS with this certificate. Absent, the listener speaks plain HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

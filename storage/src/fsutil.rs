@@ -18,7 +18,7 @@ pub use shoal_jobs::IoError;
 pub(crate) use shoal_jobs::{IoContext, TempPath, fsync_dir, temp_name, write_atomic};
 
 /// Creates `dir` if missing; when it was created, fsyncs its parent so the new entry is durable.
-pub(crate) async fn create_dir_durable(dir: &Path) -> Result<(), IoError> {
+pub async fn create_dir_durable(dir: &Path) -> Result<(), IoError> {
     match tokio::fs::create_dir(dir).await {
         Ok(()) => match dir.parent() {
             Some(parent) => fsync_dir(parent).await,
@@ -57,7 +57,7 @@ const READ_AHEAD: usize = 2;
 
 /// Streams `len` bytes of `file` starting at `start`, in [`STREAM_CHUNK`] reads. A file shorter
 /// than promised ends the stream with `UnexpectedEof` instead of silently returning fewer bytes.
-pub(crate) fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> ByteStream {
+pub fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> ByteStream {
     let opened = futures::stream::once(async move {
         let file = Arc::new(file.into_std().await);
         Ok::<_, io::Error>(positional_stream(file, path, start, start + len))

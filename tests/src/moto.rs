@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use shoal_storage::{BackendConfig, S3Backend, S3Config};
+use shoal_backends::{BackendConfig, S3Backend, S3Config};
 use tempfile::TempDir;
 
 use crate::ports::free_loopback_addr;

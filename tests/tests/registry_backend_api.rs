@@ -19,11 +19,11 @@ use futures::{StreamExt, TryStreamExt};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::json;
-use shoal_core::{Digest, Name, Tag};
-use shoal_storage::{
+use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, RegistryBackend, RegistryConfig, blob_key,
     tag_key,
 };
+use shoal_core::{Digest, Name, Tag};
 use shoal_tests::ReferenceRegistry;
 use shoal_tests::reference_registry::RegistryAuth;
 use tokio_util::sync::CancellationToken;

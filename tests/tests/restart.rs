@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::TryStreamExt;
+use shoal_backends::{Backend, BackendConfig, S3Backend, blob_key};
 use shoal_client::RegistryClient;
 use shoal_core::Digest;
-use shoal_storage::{Backend, BackendConfig, S3Backend, blob_key};
 use shoal_tests::configs;
 use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::moto::Moto;

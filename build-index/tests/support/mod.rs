@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use shoal_api::{BuildIndexClient, ErrorBody};
+use shoal_backends::BackendConfig;
 use shoal_build_index::{BuildIndexConfig, Listeners};
 use shoal_core::{Digest, ErrorCode};
 use shoal_service::CancellationToken;
-use shoal_storage::BackendConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 

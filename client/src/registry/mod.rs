@@ -60,7 +60,7 @@ impl RegistryClient {
     /// A client for the registry at `base_url` (`http://127.0.0.1:15000`; a bare `host:port`
     /// means plain HTTP).
     pub fn new(base_url: &str) -> Result<Self, Error> {
-        let http = shoal_service::client::builder()
+        let http = shoal_http_client::builder()
             .build()
             .map_err(Error::HttpClient)?;
         Self::with_http_client(base_url, http)

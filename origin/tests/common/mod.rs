@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shoal_backends::BackendConfig;
 use shoal_core::Digest;
 use shoal_origin::{ClusterConfig, Listeners, OriginConfig, UploadsConfig, WriteBackConfig};
 use shoal_service::CancellationToken;
-use shoal_storage::BackendConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// under a second. Slowloris clients (one header line every few seconds) are cut off here.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Longer than the idle pool timeout of our clients (90 s for reqwest in `crate::client` and for
+/// Longer than the idle pool timeout of our clients (90 s for reqwest in `shoal_http_client` and for
 /// Go's `http.Transport`, used by docker and containerd), so that a client drops an idle
 /// connection before the server does and never sends a request on one being closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);

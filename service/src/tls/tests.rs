@@ -52,13 +52,6 @@ impl Certs {
 }
 
 #[test]
-fn installing_twice_leaves_a_provider() {
-    install_crypto_provider();
-    install_crypto_provider();
-    assert!(rustls::crypto::CryptoProvider::get_default().is_some());
-}
-
-#[test]
 fn a_certificate_chain_and_key_load_with_h2_and_http1() {
     let config = Certs::generate().config().server_config().unwrap();
     assert_eq!(

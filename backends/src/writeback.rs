@@ -7,6 +7,11 @@
 //! retries failures with the queue's backoff per item (one failing blob never holds up others),
 //! and deletes the marker once the backend has the blob. On restart [`WriteBack::open`] reloads
 //! the markers and the worker picks up where it left off.
+//!
+//! It lives with the backends rather than the store or the origin: it reads from a [`BlobStore`]
+//! and writes to a [`Backend`](crate::Backend), and this crate is the one that already sees both
+//! (backends build on `shoal-storage`, never the reverse), so the store stays free of remote
+//! clients and the origin only wires the queue up.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,10 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, Name};
 use shoal_jobs::{Failure, Job, JobsError, Queue};
+use shoal_storage::{BlobStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{BackendError, BackendRouter, blob_key};
-use crate::store::{BlobStore, StoreError};
+use crate::{BackendError, BackendRouter, blob_key};
 
 pub use shoal_jobs::RetryPolicy;
 
@@ -229,7 +234,7 @@ mod tests {
 
     use super::*;
     use crate::ByteStream;
-    use crate::backend::{Backend, FilesystemBackend};
+    use crate::{Backend, FilesystemBackend};
 
     /// A filesystem backend whose first `failing_puts` puts fail.
     #[derive(Debug)]
@@ -349,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_blob_goes_to_the_backend_its_namespace_routes_to() {
-        use crate::backend::{BackendConfig, NamespacePattern, RouteConfig};
+        use crate::{BackendConfig, NamespacePattern, RouteConfig};
         let fx = Fixture::new(0).await;
         let route = |pattern: &str, sub: &str| RouteConfig {
             namespace: NamespacePattern::new(pattern).expect("regex"),
@@ -381,7 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blob_no_route_matches_stays_queued() {
-        use crate::backend::{BackendConfig, NamespacePattern, RouteConfig};
+        use crate::{BackendConfig, NamespacePattern, RouteConfig};
         let fx = Fixture::new(0).await;
         let only_a = RouteConfig {
             namespace: NamespacePattern::new("team-a/.*").expect("regex"),

@@ -113,14 +113,13 @@ pub struct HttpBackend {
 impl HttpBackend {
     /// A backend reading from the URLs `template` produces.
     pub fn new(template: UrlTemplate) -> Result<HttpBackend, BackendError> {
-        let client =
-            shoal_service::client::builder()
-                .build()
-                .map_err(|e| BackendError::Remote {
-                    operation: "build HTTP client for",
-                    url: template.as_str().to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let client = shoal_http_client::builder()
+            .build()
+            .map_err(|e| BackendError::Remote {
+                operation: "build HTTP client for",
+                url: template.as_str().to_owned(),
+                reason: e.to_string(),
+            })?;
         Ok(HttpBackend { template, client })
     }
 

@@ -212,7 +212,7 @@ impl RegistryBackend {
                 ));
             }
         };
-        let http = shoal_service::client::builder()
+        let http = shoal_http_client::builder()
             .connect_timeout(config.timeout)
             .read_timeout(config.timeout)
             .build()

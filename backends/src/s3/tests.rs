@@ -47,7 +47,7 @@ async fn moto(bucket: &str) -> Moto {
         .spawn()
         .expect("start moto_server");
     let endpoint = format!("http://127.0.0.1:{port}");
-    let client = shoal_service::client::builder().build().expect("client");
+    let client = shoal_http_client::builder().build().expect("client");
     let deadline = Instant::now() + START_DEADLINE;
     // Creating the bucket doubles as the readiness probe.
     loop {

@@ -12,7 +12,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Backend, BackendError};
 use crate::ByteStream;
-use crate::fsutil::{self, IoContext, TempPath};
+use shoal_jobs::{IoContext, TempPath};
+use shoal_storage::fsutil;
 
 /// Temporary files of puts in progress. Reserved: no key may start with this component. Not
 /// cleared at start-up, because several processes may share one backend root; a crash can leave
@@ -140,7 +141,7 @@ impl Backend for FilesystemBackend {
         let path = self.path(key)?;
         let tmp_dir = self.root.join(TMP_DIR);
         let hint = key.rsplit('/').next().unwrap_or("object");
-        let temp = TempPath::new(tmp_dir.join(fsutil::temp_name(hint)));
+        let temp = TempPath::new(tmp_dir.join(shoal_jobs::temp_name(hint)));
         let mut file = File::create(temp.path()).await.ctx("create", temp.path())?;
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
@@ -169,7 +170,7 @@ impl Backend for FilesystemBackend {
             .ctx("rename into place", &path)?;
         temp.persist();
         match path.parent() {
-            Some(dir) => Ok(fsutil::fsync_dir(dir).await?),
+            Some(dir) => Ok(shoal_jobs::fsync_dir(dir).await?),
             None => Ok(()),
         }
     }

@@ -1,21 +1,30 @@
-//! The one way Shoal components build outgoing HTTP clients, so that timeouts and TLS setup
-//! are the same everywhere.
+//! The one way Shoal builds outgoing HTTP clients, so that timeouts and TLS setup are the same
+//! everywhere, and the process-wide rustls crypto provider they (and `shoal-service`'s TLS
+//! listeners) use. A crate of its own so that libraries which only make requests (backends,
+//! registry and origin clients) do not depend on the serving half in `shoal-service`.
+//!
+//! The workspace builds rustls with `ring` only (no aws-lc), so nothing picks a provider
+//! automatically; every binary installs this one before it builds a TLS client or server.
 
 use std::time::Duration;
-
-use crate::tls;
 
 /// Fail fast on unreachable peers; the caller then tries another origin or replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep idle connections for reuse between bursts of piece and blob requests.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Installs rustls' `ring` provider as the process default. Safe to call any number of times.
+pub fn install_crypto_provider() {
+    // `Err` only means a provider is already installed, which is exactly what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client builder with Shoal's defaults: rustls (ring) installed, 5 s connect timeout,
 /// `TCP_NODELAY`, 90 s idle pool timeout, user agent `shoal/<version>`. There is deliberately
 /// no overall request timeout: blob bodies may stream for minutes. Callers add per-request
 /// timeouts where a bound makes sense.
 pub fn builder() -> reqwest::ClientBuilder {
-    tls::install_crypto_provider();
+    install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -26,6 +35,13 @@ pub fn builder() -> reqwest::ClientBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn installing_twice_leaves_a_provider() {
+        install_crypto_provider();
+        install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
 
     #[test]
     fn builds_a_client_with_tls_available() {

@@ -1,12 +1,18 @@
 //! Long-term blob and tag storage behind the origin cluster: the [`Backend`] trait, the key
-//! layout shared by every component, the [`BackendConfig`] that selects an implementation, and
-//! the implementations themselves (one module each).
+//! layout shared by every component, the [`BackendConfig`] that selects an implementation, the
+//! implementations themselves (one module each), and the durable [`WriteBack`] queue that copies
+//! committed blobs from the local store (`shoal-storage`) to a backend.
+//!
+//! A crate of its own so the local store carries none of the remote clients (object_store,
+//! reqwest, the registry client): the agent and the p2p engine use the store alone. Backends
+//! build on the store crate for [`ByteStream`] and its file streaming, never the other way.
 
 mod filesystem;
 mod http;
 mod registry;
 mod router;
 mod s3;
+pub mod writeback;
 
 use std::fmt::Debug;
 use std::io;
@@ -18,14 +24,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, Name, Tag};
 
-use crate::ByteStream;
-use crate::fsutil::IoError;
+use shoal_jobs::IoError;
 
 pub use filesystem::FilesystemBackend;
 pub use http::{HttpBackend, UrlTemplate, UrlTemplateError};
 pub use registry::{RegistryBackend, RegistryConfig};
 pub use router::{BackendRouter, NamespacePattern, RouteConfig};
 pub use s3::{S3Backend, S3Config};
+pub use shoal_storage::ByteStream;
+pub use writeback::{RetryPolicy, WriteBack, WriteBackStats};
 
 /// Key prefix under which every repository's tags live.
 pub const REPOSITORIES_PREFIX: &str = "repositories/";

@@ -68,7 +68,7 @@ impl S3Backend {
     /// Builds the client; makes no request.
     pub fn new(config: &S3Config) -> Result<S3Backend, BackendError> {
         // reqwest is built with rustls but no provider: install the process-wide ring one.
-        shoal_service::tls::install_crypto_provider();
+        shoal_http_client::install_crypto_provider();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
             .with_region(config.region.as_deref().unwrap_or("us-east-1"))
