@@ -2,17 +2,13 @@
 //! HTTP servers answering `/health` on 127.0.0.x addresses.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
 use shoal_membership::{
     DnsConfig, HealthConfig, MembersConfig, Membership, MembershipMetrics, Snapshot, Source,
@@ -20,88 +16,12 @@ use shoal_membership::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use dnsmasq::Dnsmasq;
+
+#[path = "../../origin/tests/common/dnsmasq.rs"]
+mod dnsmasq;
+
 const NAME: &str = "origin.shoal.test";
-
-/// A dnsmasq answering for the names in one hosts file, killed on drop.
-struct Dnsmasq {
-    child: Child,
-    port: u16,
-    hosts: PathBuf,
-}
-
-impl Dnsmasq {
-    fn start(dir: &Path, hosts: &str) -> Dnsmasq {
-        let path = dir.join("hosts");
-        std::fs::write(&path, hosts).expect("write hosts");
-        let port = free_udp_port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--keep-in-foreground",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                "--pid-file=",
-                // Stay the invoking user, so the hosts file in a private temp dir stays readable
-                // after a reload.
-                "--user=root",
-                "--log-facility=-",
-                &format!("--addn-hosts={}", path.display()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq is installed (scripts/install-deps)");
-        let dns = Dnsmasq {
-            child,
-            port,
-            hosts: path,
-        };
-        // Listening once its UDP port can no longer be bound.
-        wait_until("dnsmasq to listen", || {
-            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
-        });
-        dns
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-
-    /// Rewrites the records and has dnsmasq reload them.
-    fn set_hosts(&self, hosts: &str) {
-        std::fs::write(&self.hosts, hosts).expect("write hosts");
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        kill(pid, Signal::SIGHUP).expect("SIGHUP dnsmasq");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// An HTTP server whose `/health` answers 200 or 503 as told.
 struct HealthServer {
@@ -213,7 +133,7 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
     let servers = health_servers(3).await;
     let port = servers[0].addr.port();
     let member = |o: u8| format!("127.0.0.{o}:{port}");
-    let mut dns = Dnsmasq::start(dir.path(), &hosts(&[2, 1]));
+    let dns = Dnsmasq::start(dir.path(), &hosts(&[2, 1]));
 
     let config = MembersConfig {
         source: Source::Dns(DnsConfig {
@@ -259,7 +179,7 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
     dns.set_hosts("127.0.0.9 other.shoal.test\n");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(membership.snapshot().members(), [member(1), member(3)]);
-    dns.stop();
+    drop(dns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(membership.snapshot().members(), [member(1), member(3)]);
     let text = encode(&registry);
