@@ -36,6 +36,7 @@ pub struct AgentConfig {
     pub tag_cache_ttl: Duration,
     pub namespaces: NamespacesConfig,
     pub cache: CacheConfig,
+    pub preheat: PreheatConfig,
     pub p2p: shoal_p2p::P2pConfig,
     /// TEST-ONLY fault injection (`corrupt_served_pieces`). Never set in production.
     pub testing: shoal_p2p::Faults,
@@ -55,6 +56,7 @@ impl Default for AgentConfig {
             tag_cache_ttl: Duration::from_secs(5),
             namespaces: NamespacesConfig::default(),
             cache: CacheConfig::default(),
+            preheat: PreheatConfig::default(),
             p2p: shoal_p2p::P2pConfig::default(),
             testing: shoal_p2p::Faults::default(),
             log: LogConfig::default(),
@@ -70,6 +72,27 @@ pub struct NamespacesConfig {
     /// `registry.example:5000: mirror/example` reads repository `mirror/example/app`. A host not
     /// listed is ignored and the path's name used as is.
     pub hosts: BTreeMap<String, Name>,
+}
+
+/// `preheat:`: who may make this agent fetch an image (`POST /preheat`, called by the proxy with
+/// `preheat.agents`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreheatConfig {
+    /// The proxy's `preheat.secret`, which it sends in `secret_header` (bare or `Bearer`). Empty:
+    /// `POST /preheat` is off (403), since one request makes the agent fetch a whole image.
+    pub secret: String,
+    /// The header the secret is read from: the proxy's `preheat.secret_header`.
+    pub secret_header: String,
+}
+
+impl Default for PreheatConfig {
+    fn default() -> Self {
+        PreheatConfig {
+            secret: String::new(),
+            secret_header: "Authorization".to_owned(),
+        }
+    }
 }
 
 /// The disk cache's byte budget and expiry.
@@ -161,6 +184,8 @@ pub enum ConfigError {
          address: peers cannot connect to it"
     )]
     WildcardAdvertised { listen: SocketAddr },
+    #[error("config field `preheat.secret_header`: {header:?} is not a valid header name")]
+    PreheatHeader { header: String },
 }
 
 impl AgentConfig {
@@ -192,6 +217,11 @@ impl AgentConfig {
             .any(|host| host.trim().is_empty())
         {
             return Err(ConfigError::EmptyHost);
+        }
+        if http::HeaderName::from_bytes(self.preheat.secret_header.as_bytes()).is_err() {
+            return Err(ConfigError::PreheatHeader {
+                header: self.preheat.secret_header.clone(),
+            });
         }
         if self.advertise_addr.is_none() && self.peer_listen.ip().is_unspecified() {
             return Err(ConfigError::WildcardAdvertised {

@@ -28,7 +28,7 @@ use axum::routing::post;
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{Engine, Identity, Limiter, P2pMetrics};
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
 
@@ -134,6 +134,8 @@ pub async fn run(
         )),
         namespaces: Arc::new(Namespaces::new(config.namespaces.hosts.clone())),
         metrics,
+        preheat_secret: SharedSecret::new(&config.preheat.secret_header, &config.preheat.secret)
+            .context("config field `preheat.secret_header`")?,
     };
     // Preheat is no Registry V2 endpoint: beside the router, without its API version header.
     let preheat = Router::new()

@@ -43,6 +43,8 @@ pub enum PreheatResult {
     NotFound,
     /// Fetching a blob, the engine or the store failed.
     Failed,
+    /// Refused: the secret was missing or wrong, or none is configured.
+    Unauthorized,
 }
 
 impl PreheatResult {
@@ -52,6 +54,7 @@ impl PreheatResult {
             PreheatResult::BadRequest => "bad_request",
             PreheatResult::NotFound => "not_found",
             PreheatResult::Failed => "failed",
+            PreheatResult::Unauthorized => "unauthorized",
         }
     }
 }
@@ -81,7 +84,7 @@ impl AgentMetrics {
         );
         agent.register(
             "preheat_requests",
-            "POST /preheat requests, by result (ok, bad_request, not_found, failed)",
+            "POST /preheat requests, by result (ok, bad_request, not_found, failed, unauthorized)",
             metrics.preheat_requests.clone(),
         );
         agent.register(

@@ -4,6 +4,9 @@
 //! come through the p2p engine exactly as in a pull (pieces from peers and origins, each
 //! verified); an index preheats only the image for this agent's own platform.
 //!
+//! It requires `preheat.secret` (the proxy's, in the same header): 401 without it, 403 when the
+//! agent has none configured (one request makes it fetch a whole image, so no secret means off).
+//!
 //! The answer comes once everything is in the store: 200 with a summary, 400 for a bad request
 //! (nothing fetched), 404 for an unknown manifest, 502 when a blob could not be fetched, 503
 //! when the engine or the store failed.
@@ -14,7 +17,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shoal_core::{
@@ -122,7 +125,21 @@ impl PreheatError {
 }
 
 /// `POST /preheat`.
-pub async fn handle(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let authorized = match &state.preheat_secret {
+        Some(secret) => secret
+            .check(&headers)
+            .map_err(|wrong| (StatusCode::UNAUTHORIZED, wrong.to_string())),
+        None => Err((
+            StatusCode::FORBIDDEN,
+            "POST /preheat is off: it needs `preheat.secret` in the agent's config".to_owned(),
+        )),
+    };
+    if let Err((status, message)) = authorized {
+        state.metrics.preheat_request(PreheatResult::Unauthorized);
+        let response = (status, axum::Json(json!({ "error": message })));
+        return (RouteLabel("preheat"), response).into_response();
+    }
     let outcome = match parse(&body) {
         Ok((name, digest)) => preheat(&state, &name, digest).await,
         Err(error) => Err(error),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use shoal_p2p::Engine;
+use shoal_service::SharedSecret;
 use shoal_storage::BlobStore;
 
 use crate::cache::Cache;
@@ -21,4 +22,6 @@ pub struct AppState {
     pub tags: Arc<TagCache>,
     pub namespaces: Arc<Namespaces>,
     pub metrics: AgentMetrics,
+    /// `preheat.secret`; `None` turns `POST /preheat` off.
+    pub preheat_secret: Option<SharedSecret>,
 }

@@ -47,6 +47,25 @@ impl ApiError {
             .with_header(header::CONTENT_RANGE, format!("bytes */{len}"))
     }
 
+    /// A pull-through of `digest` failed; nothing was stored. A full disk says so plainly: the
+    /// caller may find the blob on another origin, and this one serves it again once space is
+    /// freed.
+    pub(crate) fn pull_through_failed(digest: &Digest, error: &StoreError) -> Self {
+        match error {
+            StoreError::DigestMismatch { .. } => ApiError::backend_corrupt(digest, error),
+            _ if error.is_out_of_space() => ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this origin has no disk space to store {digest} from the backend: {error}"
+                ),
+            ),
+            _ => ApiError::new(
+                ErrorCode::Unavailable,
+                format!("pull-through of {digest} failed: {error}"),
+            ),
+        }
+    }
+
     /// The backend's copy of a blob does not match its digest; nothing was stored.
     pub(crate) fn backend_corrupt(digest: &Digest, error: &StoreError) -> Self {
         tracing::error!(%digest, %error, "backend copy of blob is corrupt");

@@ -6,6 +6,9 @@
 //! verified: a client never receives a complete body whose bytes failed verification; it sees
 //! the stream end with an error instead.
 //!
+//! The answer's headers wait until the blob can be stored: its whole length is preallocated and
+//! its first chunk written, so a full disk is a 503 before any body byte, never a 200 cut short.
+//!
 //! Concurrent requests for one missing blob share one copy (`flights`): the first streams it
 //! while it is stored; the others wait until it is stored and then read it from the store.
 
@@ -17,7 +20,7 @@ use futures::StreamExt;
 use shoal_backends::blob_key;
 use shoal_core::{Digest, ErrorCode, Name};
 use shoal_storage::{BlobWriter, ByteStream, StoreError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::Origin;
 use crate::errors::ApiError;
@@ -28,7 +31,12 @@ use crate::metrics::MismatchSource;
 /// a pull-through's memory bounded to a few MiB while absorbing jitter on either side.
 const FORWARD_BUFFER: usize = 16;
 
-type Sender = mpsc::Sender<io::Result<Bytes>>;
+/// The client a copy streams to: told once whether the blob can be stored (after its first
+/// chunk is on disk), then sent the bytes.
+struct Client {
+    ready: Option<oneshot::Sender<Result<(), ApiError>>>,
+    bytes: Option<mpsc::Sender<io::Result<Bytes>>>,
+}
 
 /// Starts copying `digest` from the backend into the store and returns its length and a
 /// stream of its bytes for the client; `None` when the backend does not have it.
@@ -56,9 +64,29 @@ pub(crate) async fn stream(
         return Ok(None);
     };
     let (tx, rx) = mpsc::channel(FORWARD_BUFFER);
-    origin
-        .tasks
-        .spawn(copy(origin.clone(), digest, source, writer, Some(tx), lead));
+    let (ready, started) = oneshot::channel();
+    let client = Client {
+        ready: Some(ready),
+        bytes: Some(tx),
+    };
+    origin.tasks.spawn(copy(
+        origin.clone(),
+        digest,
+        source,
+        writer,
+        Some(client),
+        lead,
+    ));
+    match started.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("pull-through of {digest} stopped before its first byte"),
+            ));
+        }
+    }
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -90,10 +118,7 @@ pub(crate) async fn fetch(
         .spawn(copy(origin.clone(), digest, source, writer, None, lead));
     match copy.await {
         Ok(Ok(_)) => Ok(true),
-        Ok(Err(error @ StoreError::DigestMismatch { .. })) => {
-            Err(ApiError::backend_corrupt(&digest, &error))
-        }
-        Ok(Err(error)) => Err(error.into()),
+        Ok(Err(error)) => Err(ApiError::pull_through_failed(&digest, &error)),
         Err(join) => Err(ApiError::new(
             ErrorCode::Unavailable,
             format!("pull-through of {digest} failed: {join}"),
@@ -125,7 +150,8 @@ async fn from_store(
 }
 
 /// Finds the blob on another owner of the ring, then in the backend `namespace` routes to
-/// (every backend in turn without one). Either source is verified as it is stored.
+/// (every backend in turn without one), and reserves room for it in the store. Either source is
+/// verified as it is stored.
 async fn open(
     origin: &Origin,
     digest: &Digest,
@@ -134,7 +160,7 @@ async fn open(
     if let Some(ring) = &origin.ring
         && let Some((len, source)) = ring.fetch_from_peers(digest).await
     {
-        let writer = origin.store.writer(*digest).await?;
+        let writer = staging(origin, digest, len).await?;
         return Ok(Some((len, source, writer)));
     }
     let key = blob_key(digest);
@@ -145,17 +171,32 @@ async fn open(
     let Some(source) = backend.get(&key, None).await? else {
         return Ok(None);
     };
-    let writer = origin.store.writer(*digest).await?;
+    let writer = staging(origin, digest, len).await?;
     Ok(Some((len, source, writer)))
 }
 
+/// A writer for `digest` with its `len` bytes preallocated: a full disk fails the request here.
+async fn staging(origin: &Origin, digest: &Digest, len: u64) -> Result<BlobWriter, ApiError> {
+    let staged = async {
+        let mut writer = origin.store.writer(*digest).await?;
+        writer.preallocate(len).await?;
+        Ok(writer)
+    };
+    staged.await.map_err(|error: StoreError| {
+        tracing::warn!(%digest, len, %error, "cannot store a blob pulled through");
+        ApiError::pull_through_failed(digest, &error)
+    })
+}
+
 /// Moves bytes from `source` into `writer` (and to `client` while it listens), then commits.
+/// The client is told it may start once the first chunk is on disk (or the blob is stored, for
+/// an empty one); a failure before then reaches it as an error response, not a cut body.
 async fn copy(
     origin: Arc<Origin>,
     digest: Digest,
     mut source: ByteStream,
     mut writer: BlobWriter,
-    mut client: Option<Sender>,
+    mut client: Option<Client>,
     lead: Lead,
 ) -> Result<u64, StoreError> {
     let mut held: Option<Bytes> = None;
@@ -163,8 +204,12 @@ async fn copy(
         while let Some(chunk) = source.next().await {
             let chunk = chunk.map_err(|source| StoreError::Body { source })?;
             writer.write(&chunk).await?;
-            if let Some(previous) = held.replace(chunk) {
-                forward(&mut client, Ok(previous)).await;
+            match held.replace(chunk) {
+                Some(previous) => forward(&mut client, Ok(previous)).await,
+                None => {
+                    writer.flush().await?;
+                    start(&mut client, Ok(()));
+                }
             }
         }
         writer.commit().await
@@ -178,6 +223,7 @@ async fn copy(
         Ok(len) => {
             origin.metrics.pulled_through();
             tracing::info!(%digest, len = *len, "pulled through from the backend");
+            start(&mut client, Ok(()));
             if let Some(last) = held {
                 forward(&mut client, Ok(last)).await;
             }
@@ -187,16 +233,34 @@ async fn copy(
                 origin.metrics.digest_mismatch(MismatchSource::Backend);
             }
             tracing::error!(%digest, %error, "pull-through from the backend failed; nothing stored");
-            let message = format!("pull-through of {digest} failed: {error}");
-            forward(&mut client, Err(io::Error::other(message))).await;
+            if !start(
+                &mut client,
+                Err(ApiError::pull_through_failed(&digest, error)),
+            ) {
+                let message = format!("pull-through of {digest} failed: {error}");
+                forward(&mut client, Err(io::Error::other(message))).await;
+            }
         }
     }
     stored
 }
 
+/// Tells a client still waiting for its headers how the copy started; `false` when it was told
+/// already (or there is none).
+fn start(client: &mut Option<Client>, outcome: Result<(), ApiError>) -> bool {
+    let Some(ready) = client.as_mut().and_then(|client| client.ready.take()) else {
+        return false;
+    };
+    if ready.send(outcome).is_err() {
+        // The request was abandoned while waiting: nobody reads the bytes.
+        *client = None;
+    }
+    true
+}
+
 /// Sends to the client unless it went away; a vanished client stops receiving, not the copy.
-async fn forward(client: &mut Option<Sender>, item: io::Result<Bytes>) {
-    if let Some(tx) = client
+async fn forward(client: &mut Option<Client>, item: io::Result<Bytes>) {
+    if let Some(tx) = client.as_ref().and_then(|client| client.bytes.as_ref())
         && tx.send(item).await.is_err()
     {
         *client = None;

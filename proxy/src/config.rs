@@ -54,8 +54,11 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PreheatConfig {
-    /// Shared secret the webhook caller must send in `secret_header` (the bare value, or
-    /// `Bearer <secret>`); empty accepts every caller.
+    /// Shared secret callers send in `secret_header` (the bare value, or `Bearer <secret>`).
+    /// The webhook and `GET /preheat/{id}` require it when set and are open when empty;
+    /// `POST /preheat` always requires it, so it is off while this is empty (no caller can
+    /// queue arbitrary images then). It is also what the proxy sends agents with
+    /// `preheat.agents` (their `preheat.secret` must be the same).
     pub secret: String,
     /// The header the secret is read from.
     pub secret_header: String,
@@ -63,9 +66,12 @@ pub struct PreheatConfig {
     pub workers: usize,
     /// Metainfo requests in flight per job (each makes an origin pull a blob from the backend).
     pub blob_concurrency: usize,
-    /// Jobs waiting to run or to be retried; a webhook arriving when the queue is full gets 503
-    /// and the registry sends it again later.
+    /// Webhook jobs not finished yet (waiting, running or between attempts); a webhook arriving
+    /// when there are this many gets 503 and the registry sends it again later.
     pub queue: usize,
+    /// The same bound for `POST /preheat` jobs, counted apart: manual jobs, however many, never
+    /// take the webhook's room.
+    pub api_queue: usize,
     /// Attempts per job before it is marked failed (the manifest may not be readable yet).
     pub attempts: u32,
     /// Wait before the second attempt; doubles (with jitter) up to `retry_max`.
@@ -139,6 +145,9 @@ impl Default for PreheatConfig {
             workers: 2,
             blob_concurrency: 8,
             queue: 1024,
+            // Operators queue a few images by hand; a script gone wrong should not fill the disk
+            // with job files.
+            api_queue: 64,
             attempts: 8,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
@@ -176,6 +185,10 @@ pub enum ConfigError {
         "config field `preheat.agents.members`: `count` or `share` asks for agents, but no members are listed"
     )]
     PreheatAgentsMissing,
+    #[error(
+        "config field `preheat.secret`: required with `preheat.agents` (agents accept POST /preheat only with their `preheat.secret`, which must be the same)"
+    )]
+    PreheatAgentsSecret,
     #[error("config field `preheat.agents.members`: {reason}")]
     PreheatAgentsMembers { reason: String },
 }
@@ -218,6 +231,7 @@ impl ProxyConfig {
             ("workers", preheat.workers),
             ("blob_concurrency", preheat.blob_concurrency),
             ("queue", preheat.queue),
+            ("api_queue", preheat.api_queue),
             ("attempts", preheat.attempts as usize),
             ("history", preheat.history),
             ("agents.concurrency", preheat.agents.concurrency),
@@ -242,6 +256,9 @@ impl ProxyConfig {
         }
         if agents.members.is_empty() && (agents.count > 0 || agents.share > 0.0) {
             return Err(ConfigError::PreheatAgentsMissing);
+        }
+        if agents.enabled() && preheat.secret.is_empty() {
+            return Err(ConfigError::PreheatAgentsSecret);
         }
         agents
             .members
@@ -360,7 +377,7 @@ mod tests {
 
     #[test]
     fn agent_preheat_settings_parse_and_are_checked() {
-        let yaml = "preheat:\n  state_dir: /var/lib/shoal/preheat\n  agents:\n    members: [a:1, b:1]\n    count: 1\n    share: 0.5\n";
+        let yaml = "preheat:\n  secret: s3cret\n  state_dir: /var/lib/shoal/preheat\n  agents:\n    members: [a:1, b:1]\n    count: 1\n    share: 0.5\n";
         let config: ProxyConfig = shoal_service::config::parse(yaml, "proxy.yaml").unwrap();
         let agents = &config.preheat.agents;
         assert_eq!(agents.members, MembersConfig::fixed(["a:1", "b:1"]));
@@ -377,6 +394,7 @@ mod tests {
             ProxyConfig {
                 preheat: PreheatConfig {
                     agents,
+                    secret: "s3cret".into(),
                     ..PreheatConfig::default()
                 },
                 ..ProxyConfig::default()
@@ -384,6 +402,15 @@ mod tests {
             .validate()
             .map_err(|e| e.to_string())
         };
+        let without_secret = ProxyConfig {
+            preheat: PreheatConfig {
+                secret: String::new(),
+                ..config.preheat.clone()
+            },
+            ..ProxyConfig::default()
+        };
+        let error = without_secret.validate().unwrap_err().to_string();
+        assert!(error.contains("preheat.secret"), "{error}");
         let members = MembersConfig::fixed(["a:1"]);
         for share in [1.5, -0.1, f64::NAN] {
             let error = with(PreheatAgentsConfig {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use tokio::net::TcpListener;
 
 pub use config::ProxyConfig;
@@ -86,8 +86,11 @@ pub async fn run(
         .await
         .context("health-checking the origins (config field `origins`)")?,
     );
+    let preheat_secret = SharedSecret::new(&config.preheat.secret_header, &config.preheat.secret)
+        .context("config field `preheat.secret_header`")?;
     let agents = preheat::Agents::start(
         &config.preheat.agents,
+        preheat_secret,
         http,
         &membership_metrics,
         shutdown.clone(),

@@ -3,7 +3,8 @@
 //! podman) and raw HTTP, the image and disk-snapshot utilities the acceptance tests in `tests/`
 //! share, `/proc` lookups for processes started indirectly, a preheating proxy with its job
 //! API, test certificates for TLS listeners, hung (tarpit) peers, a TCP relay that can hold an
-//! upload, and the network-namespace test bed with the swarm benchmark that runs on it.
+//! upload, a small tmpfs for full-disk tests, and the network-namespace test bed with the swarm
+//! benchmark that runs on it.
 
 pub mod binaries;
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod procfs;
 pub mod raw_http;
 pub mod reference_registry;
 pub mod relay;
+pub mod small_disk;
 pub mod snapshot;
 pub mod svg_plot;
 pub mod swarm;

@@ -23,8 +23,11 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const JOB_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
+/// The `preheat.secret` of the preheating proxies and of the agents of [`cluster_over`].
+pub const SECRET: &str = "preheat-test-secret";
+
 /// A cluster of `origins` origins and `agents` agents whose origins pull through from
-/// `registry`.
+/// `registry`; its agents take preheat requests with [`SECRET`].
 pub async fn cluster_over(
     registry: &ReferenceRegistry,
     origins: usize,
@@ -33,14 +36,15 @@ pub async fn cluster_over(
     Cluster::start(ClusterOptions {
         origins,
         backend: json!({"registry": {"url": registry.url(), "manifest_wait": "60s"}}),
+        agent_overrides: json!({"preheat": {"secret": SECRET}}),
         ..ClusterOptions::with_agents(agents)
     })
     .await
 }
 
 /// Writes the config of a preheating proxy in front of `cluster` and returns its path: the
-/// cluster proxy's config with its own listen address and job directory, and `preheat` merged
-/// over its `preheat` section.
+/// cluster proxy's config with its own listen address, job directory and [`SECRET`], and
+/// `preheat` merged over its `preheat` section.
 pub fn preheat_proxy_config(
     cluster: &Cluster,
     listen: SocketAddr,
@@ -55,7 +59,7 @@ pub fn preheat_proxy_config(
         &mut config,
         json!({
             "listen": listen.to_string(),
-            "preheat": {"state_dir": state_dir.display().to_string()},
+            "preheat": {"state_dir": state_dir.display().to_string(), "secret": SECRET},
         }),
     );
     configs::merge(&mut config, json!({ "preheat": preheat }));
@@ -98,10 +102,11 @@ pub async fn start_preheat_proxy(
     spawn_preheat_proxy(&config, listen, cluster.dir().join("preheat-proxy.log")).await
 }
 
-/// `POST /preheat` for `image` on the proxy at `proxy`; returns the job id.
+/// `POST /preheat` for `image` on the proxy at `proxy` (with [`SECRET`]); returns the job id.
 pub async fn start_job(http: &reqwest::Client, proxy: &str, image: &str) -> Result<String> {
     let response = http
         .post(format!("{proxy}/preheat"))
+        .bearer_auth(SECRET)
         .json(&json!({ "image": image }))
         .send()
         .await?;
@@ -114,10 +119,12 @@ pub async fn start_job(http: &reqwest::Client, proxy: &str, image: &str) -> Resu
     Ok(answer["id"].as_str().context("no job id")?.to_owned())
 }
 
-/// GETs `url`, failing unless it answers 200.
+/// GETs `url` (with [`SECRET`], which a proxy without one ignores), failing unless it answers
+/// 200.
 async fn get_ok(http: &reqwest::Client, url: &str) -> Result<reqwest::Response> {
     let response = http
         .get(url)
+        .bearer_auth(SECRET)
         .send()
         .await
         .with_context(|| format!("GET {url}"))?;

@@ -22,7 +22,7 @@ use shoal_tests::cluster::sum_metric;
 use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::preheat::{
-    STARTUP_DEADLINE, cluster_over, index_entry, job_progress, metrics_text, poll_job,
+    SECRET, STARTUP_DEADLINE, cluster_over, index_entry, job_progress, metrics_text, poll_job,
     preheat_proxy_config, put_index, spawn_preheat_proxy, start_job, start_preheat_proxy, stored,
     wait_for_job,
 };
@@ -138,6 +138,7 @@ async fn a_job_preheats_the_image_on_the_chosen_agents_only() -> Result<()> {
     let layer = image.layers[0].0;
     let refused = http
         .post(format!("{}/preheat", cluster.agent_url(unchosen)))
+        .bearer_auth(SECRET)
         .json(&json!({"repository": "fleet/app", "digest": layer.to_string()}))
         .send()
         .await?;
@@ -242,7 +243,11 @@ async fn an_unfinished_job_survives_a_killed_proxy_and_completes() -> Result<()>
 #[tokio::test]
 async fn an_index_is_preheated_for_the_agents_own_platform_only() -> Result<()> {
     let http = shoal_service::client::builder().build()?;
-    let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
+    let cluster = Cluster::start(ClusterOptions {
+        agent_overrides: json!({"preheat": {"secret": SECRET}}),
+        ..ClusterOptions::with_agents(1)
+    })
+    .await?;
     let work = tempfile::tempdir()?;
     let proxy = cluster.proxy_addr();
     let ours = generate(&work.path().join("ours"), spec(0x1d01, "ours")).await?;
@@ -268,6 +273,7 @@ async fn an_index_is_preheated_for_the_agents_own_platform_only() -> Result<()> 
 
     let response = http
         .post(format!("{}/preheat", cluster.agent_url(0)))
+        .bearer_auth(SECRET)
         .json(&json!({"repository": "multi/app", "digest": index_digest.to_string()}))
         .send()
         .await?;
@@ -299,9 +305,35 @@ async fn an_index_is_preheated_for_the_agents_own_platform_only() -> Result<()> 
 #[tokio::test]
 async fn bad_preheat_requests_and_settings_are_refused() -> Result<()> {
     let http = shoal_service::client::builder().build()?;
-    let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
+    // Agent 0 has the secret; agent 1 has none, so its preheat is off.
+    let cluster = Cluster::start(ClusterOptions {
+        agent_overrides_by_index: [(0, json!({"preheat": {"secret": SECRET}}))].into(),
+        ..ClusterOptions::with_agents(2)
+    })
+    .await?;
     let agent = cluster.agent_url(0);
     let digest = Digest::of(b"no such manifest").to_string();
+    let request = json!({"repository": "team/app", "digest": digest});
+    // One request makes an agent fetch a whole image: never without the secret.
+    for authorization in [None, Some("Bearer wrong"), Some("preheat-test-secre")] {
+        let mut refused = http.post(format!("{agent}/preheat")).json(&request);
+        if let Some(authorization) = authorization {
+            refused = refused.header("authorization", authorization);
+        }
+        let status = refused.send().await?.status();
+        ensure!(status == 401, "{authorization:?}: {status}");
+    }
+    let off = http
+        .post(format!("{}/preheat", cluster.agent_url(1)))
+        .bearer_auth(SECRET)
+        .json(&request)
+        .send()
+        .await?;
+    ensure!(
+        off.status() == 403,
+        "an agent without a secret: {}",
+        off.status()
+    );
     for (body, reason) in [
         ("{not json".to_owned(), "expected"),
         (
@@ -316,6 +348,7 @@ async fn bad_preheat_requests_and_settings_are_refused() -> Result<()> {
     ] {
         let response = http
             .post(format!("{agent}/preheat"))
+            .bearer_auth(SECRET)
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
@@ -327,7 +360,8 @@ async fn bad_preheat_requests_and_settings_are_refused() -> Result<()> {
     }
     let unknown = http
         .post(format!("{agent}/preheat"))
-        .json(&json!({"repository": "team/app", "digest": digest}))
+        .bearer_auth(SECRET)
+        .json(&request)
         .send()
         .await?;
     ensure!(
@@ -344,6 +378,17 @@ async fn bad_preheat_requests_and_settings_are_refused() -> Result<()> {
         )
         .await?;
     ensure!(refused == 4.0, "{refused} bad requests counted");
+    let unauthorized = cluster
+        .metric_sum(
+            component,
+            "shoal_agent_preheat_requests_total",
+            &[("result", "unauthorized")],
+        )
+        .await?;
+    ensure!(
+        unauthorized == 3.0,
+        "{unauthorized} unauthorized requests counted"
+    );
     let received = cluster
         .metric_sum(component, "shoal_p2p_bytes_received_total", &[])
         .await?;

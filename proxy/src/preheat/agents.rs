@@ -1,6 +1,7 @@
 //! Preheat into agents (`preheat.agents`): which agents fetch an image, and the request that
 //! makes one fetch it (`POST /preheat` on the agent's HTTP listener, answered once every blob
-//! is in its cache).
+//! is in its cache), which carries `preheat.secret` (agents refuse it without their own, equal
+//! `preheat.secret`).
 //!
 //! Agents are ranked by rendezvous hashing of (manifest digest, agent address) over the healthy
 //! agents: each image lands on its own agents, so preheats spread over the fleet, and the same
@@ -9,7 +10,7 @@
 use serde_json::{Value, json};
 use shoal_core::{Digest, Name, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics};
-use shoal_service::{CancellationToken, TaskTracker};
+use shoal_service::{CancellationToken, SharedSecret, TaskTracker};
 
 use crate::config::PreheatAgentsConfig;
 
@@ -22,6 +23,9 @@ pub struct Agents {
     config: PreheatAgentsConfig,
     members: Membership,
     http: reqwest::Client,
+    /// Sent with every request (`preheat.secret`, required by config validation when agents
+    /// preheat).
+    secret: Option<SharedSecret>,
 }
 
 /// Why an agent did not preheat an image.
@@ -45,6 +49,7 @@ impl Agents {
     /// Starts following `config.members`; `None` when agent preheat is off.
     pub async fn start(
         config: &PreheatAgentsConfig,
+        secret: Option<SharedSecret>,
         http: reqwest::Client,
         metrics: &MembershipMetrics,
         shutdown: CancellationToken,
@@ -66,6 +71,7 @@ impl Agents {
             config: config.clone(),
             members,
             http,
+            secret,
         }))
     }
 
@@ -93,14 +99,17 @@ impl Agents {
             agent: agent.to_owned(),
             source,
         };
-        let response = self
+        let mut request = self
             .http
             .post(format!("{}/preheat", base_url(agent)))
             .timeout(self.config.timeout)
-            .json(&json!({ "repository": name.as_str(), "digest": manifest.to_string() }))
-            .send()
-            .await
-            .map_err(transport)?;
+            .json(&json!({ "repository": name.as_str(), "digest": manifest.to_string() }));
+        if let Some(secret) = &self.secret
+            && let Ok(value) = secret.bearer()
+        {
+            request = request.header(secret.header(), value);
+        }
+        let response = request.send().await.map_err(transport)?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

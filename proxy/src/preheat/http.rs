@@ -1,5 +1,9 @@
 //! The preheat endpoints. They answer with small JSON bodies (`{"error": "…"}` on failure), not
 //! Registry V2 errors: their callers are registries' notification senders and operators.
+//!
+//! `preheat.secret` guards them all. Without one, the webhook and job status stay open (a
+//! registry on a private network needs no secret to notify), but `POST /preheat` is refused with
+//! 403: it would let anyone make the origins (and agents) fetch any image.
 
 use axum::Router;
 use axum::body::Body;
@@ -98,6 +102,15 @@ struct CreateRequest {
 
 /// `POST /preheat` with `{"image": "repo:tag"}` or `{"image": "repo@sha256:…"}`.
 async fn create(State(preheater): State<Preheater>, headers: HeaderMap, body: Body) -> Response {
+    if preheater.secret.is_none() {
+        return failure(
+            StatusCode::FORBIDDEN,
+            "POST /preheat is off: it needs `preheat.secret` in the proxy's config",
+        );
+    }
+    if let Err(response) = authorize(&preheater, &headers) {
+        return response;
+    }
     let body = match read_body(&headers, body).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -130,7 +143,14 @@ async fn create(State(preheater): State<Preheater>, headers: HeaderMap, body: Bo
     }
 }
 
-async fn status(State(preheater): State<Preheater>, Path(id): Path<String>) -> Response {
+async fn status(
+    State(preheater): State<Preheater>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = authorize(&preheater, &headers) {
+        return response;
+    }
     match preheater.progress(&id) {
         Some(progress) => axum::Json(progress).into_response(),
         None => failure(
@@ -147,38 +167,12 @@ fn not_queued(error: EnqueueError) -> Response {
 /// Checks the shared secret when one is configured.
 #[allow(clippy::result_large_err)]
 fn authorize(preheater: &Preheater, headers: &HeaderMap) -> Result<(), Response> {
-    let secret = &preheater.config.secret;
-    if secret.is_empty() {
-        return Ok(());
+    match &preheater.secret {
+        Some(secret) => secret
+            .check(headers)
+            .map_err(|wrong| failure(StatusCode::UNAUTHORIZED, wrong.to_string())),
+        None => Ok(()),
     }
-    let header = &preheater.config.secret_header;
-    let sent = headers
-        .get(header.as_str())
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let bare = sent
-        .strip_prefix(b"Bearer ")
-        .or_else(|| sent.strip_prefix(b"bearer "))
-        .unwrap_or(sent);
-    if same_secret(bare, secret.as_bytes()) {
-        Ok(())
-    } else {
-        Err(failure(
-            StatusCode::UNAUTHORIZED,
-            format!("missing or wrong secret in the {header} header"),
-        ))
-    }
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guess was
-/// right.
-fn same_secret(sent: &[u8], secret: &[u8]) -> bool {
-    sent.len() == secret.len()
-        && sent
-            .iter()
-            .zip(secret)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
 }
 
 /// Reads at most [`MAX_BODY`] bytes; a larger body is refused with 413. The excess is read
@@ -327,6 +321,20 @@ mod tests {
         (status, response.json().await.unwrap())
     }
 
+    const SECRET: &str = "s3cret";
+
+    async fn post_preheat(url: &str, authorization: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = reqwest::Client::new()
+            .post(format!("{url}/preheat"))
+            .json(&json!({"image": "team/app:v1"}));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     const EVENTS_V1: (&str, &str) = (
         "content-type",
         "application/vnd.docker.distribution.events.v1+json",
@@ -382,11 +390,13 @@ mod tests {
     async fn a_finished_job_leaves_its_record_as_history_and_no_queue_marker() {
         let served = serve(PreheatConfig {
             attempts: 1,
+            secret: SECRET.into(),
             ..PreheatConfig::default()
         })
         .await;
         let accepted: serde_json::Value = reqwest::Client::new()
             .post(format!("{}/preheat", served.url))
+            .bearer_auth(SECRET)
             .json(&json!({"image": "team/app:v1"}))
             .send()
             .await
@@ -487,11 +497,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_preheat_api_takes_image_references() {
-        let served = serve(PreheatConfig::default()).await;
+        let served = serve(PreheatConfig {
+            secret: SECRET.into(),
+            ..PreheatConfig::default()
+        })
+        .await;
         let client = reqwest::Client::new();
         let post = |body: serde_json::Value| {
             client
                 .post(format!("{}/preheat", served.url))
+                .bearer_auth(SECRET)
                 .json(&body)
                 .send()
         };
@@ -499,7 +514,13 @@ mod tests {
         assert_eq!(accepted.status(), 202);
         let answer: serde_json::Value = accepted.json().await.unwrap();
         let id = answer["id"].as_str().unwrap();
-        let progress: serde_json::Value = reqwest::get(format!("{}/preheat/{id}", served.url))
+        let status_url = format!("{}/preheat/{id}", served.url);
+        let unauthorized = client.get(&status_url).send().await.unwrap();
+        assert_eq!(unauthorized.status(), 401, "status needs the secret too");
+        let progress: serde_json::Value = client
+            .get(&status_url)
+            .bearer_auth(SECRET)
+            .send()
             .await
             .unwrap()
             .json()
@@ -515,5 +536,72 @@ mod tests {
             let refused = post(bad.clone()).await.unwrap();
             assert_eq!(refused.status(), 400, "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_preheat_api_needs_the_secret_and_is_off_without_one() {
+        let open = serve(PreheatConfig::default()).await;
+        let (status, answer) = post_preheat(&open.url, Some("Bearer anything")).await;
+        assert_eq!(status, 403, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("preheat.secret"),
+            "{answer}"
+        );
+
+        let served = serve(PreheatConfig {
+            secret: SECRET.into(),
+            ..PreheatConfig::default()
+        })
+        .await;
+        for refused in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cre"),
+            Some("Basic s3cret"),
+        ] {
+            let (status, answer) = post_preheat(&served.url, refused).await;
+            assert_eq!(status, 401, "{refused:?}: {answer}");
+        }
+        assert_eq!(served.metrics.preheat_jobs_queued.get(), 0);
+        for accepted in ["Bearer s3cret", "s3cret"] {
+            let (status, answer) = post_preheat(&served.url, Some(accepted)).await;
+            assert_eq!(status, 202, "{accepted}: {answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_api_jobs_leaves_the_webhook_its_own_room() {
+        let served = serve(PreheatConfig {
+            secret: SECRET.into(),
+            queue: 4,
+            api_queue: 4,
+            ..PreheatConfig::default()
+        })
+        .await;
+        let bearer = format!("Bearer {SECRET}");
+        let mut refused = 0;
+        for _ in 0..40 {
+            let (status, answer) = post_preheat(&served.url, Some(&bearer)).await;
+            match status {
+                202 => {}
+                503 => refused += 1,
+                other => panic!("{other}: {answer}"),
+            }
+        }
+        // Jobs against nowhere keep failing and waiting for retries, so none finishes meanwhile.
+        assert_eq!(refused, 36, "api jobs are bounded by preheat.api_queue");
+        let headers = [EVENTS_V1, ("authorization", bearer.as_str())];
+        for _ in 0..4 {
+            let body = serde_json::to_vec(&manifest_push()).unwrap();
+            let (status, answer) = post_notification(&served.url, &headers, body).await;
+            assert_eq!(status, 200, "the webhook still queues: {answer}");
+        }
+        let body = serde_json::to_vec(&manifest_push()).unwrap();
+        let (status, answer) = post_notification(&served.url, &headers, body).await;
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("webhook"),
+            "{answer}"
+        );
     }
 }

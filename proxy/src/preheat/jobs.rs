@@ -100,6 +100,15 @@ pub enum Source {
     Api,
 }
 
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Webhook => "webhook",
+            Source::Api => "POST /preheat",
+        })
+    }
+}
+
 /// A job's progress, as `GET /preheat/{id}` returns it and its file holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
@@ -316,6 +325,17 @@ impl JobTable {
         self.jobs.insert(id.clone(), job.clone());
         self.order.push_back(id);
         job
+    }
+
+    /// Jobs from `source` not finished yet (queued, running or waiting for a retry).
+    pub fn unfinished(&self, source: Source) -> usize {
+        self.jobs
+            .values()
+            .filter(|job| {
+                let progress = job.progress.lock().expect("progress lock poisoned");
+                progress.source == source && !progress.state.is_finished()
+            })
+            .count()
     }
 
     /// The job a queue marker names; a marker without a record (its file was lost) gets a

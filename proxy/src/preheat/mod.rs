@@ -3,6 +3,10 @@
 //! hold every blob of a pushed image, with metainfo, before anyone pulls, and then (with
 //! `preheat.agents`) a few chosen agents hold it in their caches too.
 //!
+//! The webhook and `GET /preheat/{id}` require `preheat.secret` when it is set; `POST /preheat`
+//! always does (it is off without one), and webhook and API jobs are bounded apart
+//! (`preheat.queue`, `preheat.api_queue`), so manual jobs cannot crowd out the webhook's.
+//!
 //! Requests only validate and enqueue: a registry's notification sender waits on the answer,
 //! and a slow answer stalls its queue of events. Jobs wait on a `shoal_jobs` queue whose markers
 //! live in `preheat.state_dir/queue` until a job succeeds or fails for good; each job's progress
@@ -19,7 +23,7 @@ mod worker;
 use std::sync::{Arc, Mutex};
 
 use shoal_jobs::{Failure, JobsError, Queue, RetryPolicy};
-use shoal_service::{CancellationToken, TaskTracker};
+use shoal_service::{CancellationToken, SharedSecret, TaskTracker};
 
 use crate::config::PreheatConfig;
 use crate::metrics::ProxyMetrics;
@@ -40,14 +44,17 @@ pub struct Preheater {
     jobs: Arc<Mutex<JobTable>>,
     metrics: ProxyMetrics,
     config: PreheatConfig,
+    /// `preheat.secret` with its header; `None` when none is set.
+    secret: Option<SharedSecret>,
 }
 
 /// Why a job was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    /// The queue holds `preheat.queue` jobs already.
-    #[error("the preheat queue is full; try again later")]
-    Full,
+    /// As many jobs from this source as its bound (`preheat.queue` or `preheat.api_queue`)
+    /// are unfinished.
+    #[error("the preheat queue for {0} jobs is full; try again later")]
+    Full(Source),
     #[error("cannot queue the preheat job: {0}")]
     Unwritable(#[from] JobsError),
 }
@@ -55,6 +62,8 @@ pub enum EnqueueError {
 /// Why preheat could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("config field `preheat.secret_header`: {0}")]
+    SecretHeader(#[from] ::http::Error),
     #[error("cannot read the preheat job files: {0}")]
     Files(#[from] std::io::Error),
     #[error(transparent)]
@@ -103,6 +112,7 @@ impl Preheater {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Preheater, StartError> {
+        let secret = SharedSecret::new(&config.secret_header, &config.secret)?;
         let policy = RetryPolicy {
             min_delay: config.retry_initial,
             max_delay: config.retry_max,
@@ -136,13 +146,18 @@ impl Preheater {
             jobs,
             metrics,
             config,
+            secret,
         })
     }
 
     /// Queues a job for `image` and returns its id once its marker is durable.
     async fn enqueue(&self, image: Image, source: Source) -> Result<String, EnqueueError> {
-        if self.queue.stats().queued >= self.config.queue {
-            return Err(EnqueueError::Full);
+        let bound = match source {
+            Source::Webhook => self.config.queue,
+            Source::Api => self.config.api_queue,
+        };
+        if self.table().unfinished(source) >= bound {
+            return Err(EnqueueError::Full(source));
         }
         let job = self.table().create(image, source);
         if let Err(error) = self.queue.enqueue(job.marker()).await {

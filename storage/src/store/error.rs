@@ -55,3 +55,16 @@ pub enum StoreError {
         metainfo_digest: Digest,
     },
 }
+
+impl StoreError {
+    /// The disk (or the process's quota on it) has no room for what was being written.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::Io(error) => matches!(
+                error.source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}

@@ -61,6 +61,38 @@ impl Staged {
         Ok(())
     }
 
+    /// Reserves disk space for `len` bytes without changing the file's length, so that a full
+    /// disk (or quota) shows here, before anything depends on the bytes fitting. A filesystem
+    /// that cannot preallocate is not an error: its writes report a full disk as they come.
+    pub(crate) async fn preallocate(&mut self, len: u64) -> Result<(), StoreError> {
+        let Ok(len) = i64::try_from(len) else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let file = self
+            .file
+            .try_clone()
+            .await
+            .ctx("preallocate", self.temp.path())?
+            .into_std()
+            .await;
+        tokio::task::spawn_blocking(move || reserve(&file, len))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|reserved| reserved)
+            .ctx("preallocate", self.temp.path())?;
+        Ok(())
+    }
+
+    /// Waits until every byte written so far has reached the file, surfacing the errors of
+    /// tokio's background writes.
+    pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
+        self.file.flush().await.ctx("write", self.temp.path())?;
+        Ok(())
+    }
+
     /// Appends every chunk of `body`. A failing body yields [`StoreError::Body`] and leaves the
     /// staged bytes consistent (all whole chunks received so far); a failing write yields
     /// [`StoreError::Io`] and the staged bytes must be discarded.
@@ -73,6 +105,23 @@ impl Staged {
         self.file.flush().await.ctx("write", self.temp.path())?;
         Ok(())
     }
+}
+
+/// `fallocate(FALLOC_FL_KEEP_SIZE)`: blocks are reserved but the length stays what was written,
+/// so a source shorter than announced cannot leave zeros in a blob.
+#[cfg(target_os = "linux")]
+fn reserve(file: &std::fs::File, len: i64) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FallocateFlags, fallocate};
+    match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, len) {
+        Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &std::fs::File, _len: i64) -> io::Result<()> {
+    Ok(())
 }
 
 impl Layout {
@@ -141,6 +190,17 @@ impl BlobWriter {
     /// Appends bytes to the blob.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.staged.write(data).await
+    }
+
+    /// Reserves disk space for the whole blob (`len` bytes), so that a full disk is known before
+    /// the first byte is written (see [`StoreError::is_out_of_space`]).
+    pub async fn preallocate(&mut self, len: u64) -> Result<(), StoreError> {
+        self.staged.preallocate(len).await
+    }
+
+    /// Waits until the bytes written so far are in the file, with their write errors.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        self.staged.flush().await
     }
 
     /// The number of bytes written so far.
