@@ -6,7 +6,7 @@ use shoal_core::{Digest, Metainfo, Name};
 
 use crate::error::ApiError;
 use crate::transport::{base_url, check_from, read_limited, send_to};
-use crate::wire::{UPLOAD_ID, UPLOAD_OFFSET, encode};
+use crate::wire::{CHUNK_LENGTH, CLIENT_ADDR, UPLOAD_ID, UPLOAD_OFFSET, encode};
 
 const SERVICE: &str = "origin";
 
@@ -31,38 +31,60 @@ impl OriginClient {
         &self.base
     }
 
-    /// Opens an upload session and returns its id.
-    pub async fn start_upload(&self, namespace: Option<&Name>) -> Result<String, ApiError> {
+    /// Opens an upload session bound to `namespace` and returns its id. `client` is the
+    /// address of the client a proxy opens it for (counted against the origin's per-client
+    /// bound when the origin trusts this caller to name it; a 429 TOOMANYREQUESTS beyond).
+    pub async fn start_upload(
+        &self,
+        namespace: Option<&Name>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<String, ApiError> {
         let url = with_namespace(format!("{}/uploads", self.base), namespace, '?');
-        let resp = send(self.http.post(url)).await?;
+        let mut req = self.http.post(url);
+        if let Some(client) = client {
+            req = req.header(CLIENT_ADDR, client.to_string());
+        }
+        let resp = send(req).await?;
         let resp = check(resp).await?;
         header_str(&resp, UPLOAD_ID).map(str::to_owned)
     }
 
-    /// Appends `body` to an upload. With `expected_offset`, the origin refuses (416) a chunk that does not
-    /// start where the upload currently ends. Returns the upload's new length.
+    /// Appends `body` to an upload of `namespace` (the one it was opened for). With
+    /// `expected_offset`, the origin refuses (416) a chunk that does not start where the upload
+    /// currently ends; with `chunk_length` too, one whose body is not exactly that long.
+    /// Returns the upload's new length.
     pub async fn patch_upload(
         &self,
         id: &str,
+        namespace: Option<&Name>,
         expected_offset: Option<u64>,
+        chunk_length: Option<u64>,
         body: reqwest::Body,
     ) -> Result<u64, ApiError> {
-        let mut req = self
-            .http
-            .patch(format!("{}/uploads/{}", self.base, encode(id)))
-            .body(body);
+        let url = with_namespace(
+            format!("{}/uploads/{}", self.base, encode(id)),
+            namespace,
+            '?',
+        );
+        let mut req = self.http.patch(url).body(body);
         if let Some(offset) = expected_offset {
             req = req.header(UPLOAD_OFFSET, offset);
+        }
+        if let Some(length) = chunk_length {
+            req = req.header(CHUNK_LENGTH, length);
         }
         let resp = check(send(req).await?).await?;
         upload_offset(&resp)
     }
 
-    /// The number of bytes an upload holds.
-    pub async fn upload_status(&self, id: &str) -> Result<u64, ApiError> {
-        let req = self
-            .http
-            .get(format!("{}/uploads/{}", self.base, encode(id)));
+    /// The number of bytes an upload of `namespace` holds.
+    pub async fn upload_status(&self, id: &str, namespace: Option<&Name>) -> Result<u64, ApiError> {
+        let url = with_namespace(
+            format!("{}/uploads/{}", self.base, encode(id)),
+            namespace,
+            '?',
+        );
+        let req = self.http.get(url);
         let resp = check(send(req).await?).await?;
         upload_offset(&resp)
     }
@@ -89,11 +111,14 @@ impl OriginClient {
         check(send(req).await?).await.map(drop)
     }
 
-    /// Abandons an upload.
-    pub async fn cancel_upload(&self, id: &str) -> Result<(), ApiError> {
-        let req = self
-            .http
-            .delete(format!("{}/uploads/{}", self.base, encode(id)));
+    /// Abandons an upload of `namespace`.
+    pub async fn cancel_upload(&self, id: &str, namespace: Option<&Name>) -> Result<(), ApiError> {
+        let url = with_namespace(
+            format!("{}/uploads/{}", self.base, encode(id)),
+            namespace,
+            '?',
+        );
+        let req = self.http.delete(url);
         check(send(req).await?).await.map(drop)
     }
 

@@ -8,6 +8,12 @@ use shoal_core::ErrorCode;
 pub const UPLOAD_ID: &str = "upload-id";
 /// Bytes received so far by an upload (responses), or where a chunk must start (PATCH requests).
 pub const UPLOAD_OFFSET: &str = "upload-offset";
+/// On a PATCH: the exact length of the chunk, which must start at `Upload-Offset` (from a
+/// Registry V2 `Content-Range`); a body of another length appends nothing (416).
+pub const CHUNK_LENGTH: &str = "chunk-length";
+/// On `POST /uploads`: the address of the client a proxy opens the session for, so the origin
+/// bounds sessions per real client. Trusted only from `uploads.trusted_forwarders`.
+pub const CLIENT_ADDR: &str = "shoal-client-addr";
 /// The digest of the content served or committed, as in Registry V2.
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 

@@ -1,7 +1,7 @@
 //! The origin's configuration file: every field has a default, so an empty file (or none) runs a
 //! single origin on loopback with a filesystem backend under `shoal-data/`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,6 +58,12 @@ impl OriginConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.uploads.idle_timeout.is_zero() {
             return Err("uploads.idle_timeout must be greater than zero".into());
+        }
+        if self.uploads.max_sessions == 0 || self.uploads.max_sessions_per_client == 0 {
+            return Err(
+                "uploads.max_sessions and uploads.max_sessions_per_client must be greater than zero"
+                    .into(),
+            );
         }
         let wb = &self.writeback;
         if wb.retry_initial.is_zero() {
@@ -222,20 +228,115 @@ impl From<WriteBackConfig> for RetryPolicy {
 }
 
 /// Upload sessions.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UploadsConfig {
     /// A session no request has touched for this long is discarded with its bytes (its client
     /// crashed or gave up). Generous, because a pusher may pause between layers.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Sessions open at once on this origin; beyond, `POST /uploads` answers 429. Idle sessions
+    /// hold no file descriptor, so this bounds memory and staged files, not descriptors.
+    pub max_sessions: usize,
+    /// Sessions open at once per client address (an IPv6 /64 counts as one client). A docker
+    /// push opens one per layer it sends at once (3 to 5), so this leaves room for a build
+    /// host running dozens of pushes while one client cannot take the whole of `max_sessions`.
+    pub max_sessions_per_client: usize,
+    /// Callers (addresses or CIDR blocks) trusted to name the client they open a session for
+    /// in the `Shoal-Client-Addr` header: the proxies. From anyone else the header is ignored
+    /// and the session counts against the caller's own address.
+    pub trusted_forwarders: Vec<Cidr>,
 }
 
 impl Default for UploadsConfig {
     fn default() -> Self {
         UploadsConfig {
             idle_timeout: Duration::from_secs(3600),
+            max_sessions: 8192,
+            max_sessions_per_client: 128,
+            // Proxies on the same host (the devcluster); a cluster lists its proxies' network.
+            trusted_forwarders: vec![
+                Cidr::new(Ipv4Addr::LOCALHOST.into(), 8),
+                Cidr::new(std::net::Ipv6Addr::LOCALHOST.into(), 128),
+            ],
         }
+    }
+}
+
+/// An address block written `10.0.0.0/8`, `fd00::/8`, or a single address (`10.0.0.7`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The block of addresses sharing the first `prefix` bits of `network` (capped at the
+    /// address length).
+    pub fn new(network: IpAddr, prefix: u8) -> Cidr {
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        Cidr {
+            network,
+            prefix: prefix.min(bits),
+        }
+    }
+
+    /// Whether `addr` lies in the block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.network, addr.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(addr)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(addr) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(addr)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(addr) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let invalid = || format!("{text:?} is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr.trim().parse().map_err(|_| invalid())?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(invalid)?,
+            None => bits,
+        };
+        Ok(Cidr::new(network, prefix))
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Cidr, String> {
+        text.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(cidr: Cidr) -> String {
+        format!("{}/{}", cidr.network, cidr.prefix)
     }
 }
 
@@ -271,6 +372,7 @@ mod tests {
         assert_eq!(config.writeback.retry_initial, Duration::from_millis(250));
         assert_eq!(config.writeback.retry_max, Duration::from_secs(60));
         assert_eq!(config.uploads.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(config.uploads.max_sessions, 8192);
     }
 
     #[test]
@@ -353,5 +455,64 @@ mod tests {
         );
         config.writeback.retry_initial = Duration::ZERO;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn upload_bounds_and_trusted_forwarders_parse() {
+        let yaml = "uploads:\n  max_sessions: 10\n  max_sessions_per_client: 2\n  trusted_forwarders: [10.1.0.0/16, 10.2.0.7, 'fd00::/8']\n";
+        let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
+        config.validate().expect("valid");
+        let uploads = &config.uploads;
+        assert_eq!(
+            (uploads.max_sessions, uploads.max_sessions_per_client),
+            (10, 2)
+        );
+        let trusted = |addr: &str| {
+            let addr: IpAddr = addr.parse().unwrap();
+            uploads
+                .trusted_forwarders
+                .iter()
+                .any(|net| net.contains(addr))
+        };
+        assert!(trusted("10.1.255.3"));
+        assert!(trusted("::ffff:10.1.0.1"));
+        assert!(trusted("10.2.0.7"));
+        assert!(!trusted("10.2.0.8"));
+        assert!(trusted("fd00::1234"));
+        assert!(
+            !trusted("127.0.0.1"),
+            "the default is replaced, not extended"
+        );
+        // The defaults trust loopback only.
+        let default = UploadsConfig::default();
+        assert!(
+            default
+                .trusted_forwarders
+                .iter()
+                .any(|n| n.contains("127.0.0.2".parse().unwrap()))
+        );
+        assert!(
+            default
+                .trusted_forwarders
+                .iter()
+                .any(|n| n.contains("::1".parse().unwrap()))
+        );
+        assert!(
+            !default
+                .trusted_forwarders
+                .iter()
+                .any(|n| n.contains("10.0.0.1".parse().unwrap()))
+        );
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/", "fd00::/129"] {
+            let yaml = format!("uploads:\n  trusted_forwarders: ['{bad}']\n");
+            let error = shoal_service::config::parse::<OriginConfig>(&yaml, "test")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("CIDR"), "{bad}: {error}");
+        }
+        let zero =
+            shoal_service::config::parse::<OriginConfig>("uploads:\n  max_sessions: 0\n", "test")
+                .unwrap();
+        assert!(zero.validate().is_err());
     }
 }

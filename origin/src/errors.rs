@@ -89,6 +89,12 @@ impl From<StoreError> for ApiError {
             StoreError::UploadUnknown { .. } => {
                 ApiError::new(ErrorCode::BlobUploadUnknown, error.to_string())
             }
+            StoreError::ChunkLengthMismatch { .. } => {
+                ApiError::new(ErrorCode::RangeInvalid, error.to_string())
+            }
+            StoreError::TooManyUploads { .. } => {
+                ApiError::new(ErrorCode::TooManyRequests, error.to_string())
+            }
             StoreError::Body { .. } => {
                 ApiError::new(ErrorCode::BlobUploadInvalid, error.to_string())
             }

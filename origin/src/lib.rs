@@ -57,6 +57,8 @@ pub(crate) struct Origin {
     writeback: Arc<WriteBack>,
     /// How long a replica's write-back waits for the committing origin's (`writeback.replica_delay`).
     writeback_replica_delay: std::time::Duration,
+    /// Upload session settings (`trusted_forwarders` is read per session start).
+    uploads: UploadsConfig,
     /// The other origins, when this one is part of a ring.
     ring: Option<replicate::Ring>,
     /// Pull-throughs in progress, shared by concurrent requests for one blob.
@@ -91,9 +93,13 @@ pub async fn run(
             .context("setting up the backends")?,
     );
 
+    store.set_upload_limits(shoal_storage::UploadLimits {
+        total: config.uploads.max_sessions,
+        per_client: config.uploads.max_sessions_per_client,
+    });
     let (store, writeback) = (Arc::new(store), Arc::new(writeback));
     let mut registry = MetricsBuilder::new("origin");
-    let metrics = OriginMetrics::register(registry.registry(), writeback.clone());
+    let metrics = OriginMetrics::register(registry.registry(), writeback.clone(), store.clone());
     // Includes `shoal_p2p_bytes_served_total`: blob bytes that left as pieces rather than HTTP.
     let p2p_metrics = P2pMetrics::new(registry.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
@@ -142,6 +148,7 @@ pub async fn run(
         backends,
         writeback,
         writeback_replica_delay: config.writeback.replica_delay,
+        uploads: config.uploads.clone(),
         ring,
         flights: flights::Flights::default(),
         tasks: tasks.clone(),

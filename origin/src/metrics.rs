@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shoal_backends::WriteBack;
 use shoal_jobs::StatsNames;
+use shoal_storage::BlobStore;
 
 /// Replica pushes to the other owners of committed blobs (`replicate`), read from their queue on
 /// each scrape.
@@ -50,11 +51,18 @@ pub(crate) struct OriginMetrics {
     uploads_committed: Counter,
     digest_mismatch: Family<SourceLabels, Counter>,
     pullthrough: Counter,
+    uploads_refused: Family<ScopeLabels, Counter>,
 }
+
+type ScopeLabels = [(&'static str, &'static str); 1];
 
 impl OriginMetrics {
     /// Registers the origin's metrics (names get the registry's `shoal_` prefix).
-    pub(crate) fn register(registry: &mut Registry, writeback: Arc<WriteBack>) -> Self {
+    pub(crate) fn register(
+        registry: &mut Registry,
+        writeback: Arc<WriteBack>,
+        store: Arc<BlobStore>,
+    ) -> Self {
         let metrics = OriginMetrics::default();
         registry.register(
             "origin_blob_bytes_served",
@@ -76,7 +84,13 @@ impl OriginMetrics {
             "Blobs pulled through from the backend and stored",
             metrics.pullthrough.clone(),
         );
+        registry.register(
+            "origin_upload_sessions_refused",
+            "Upload sessions refused (429) by the bound they hit: `client` or `total`",
+            metrics.uploads_refused.clone(),
+        );
         registry.register_collector(Box::new(WriteBackCollector(writeback)));
+        registry.register_collector(Box::new(UploadsCollector(store)));
         metrics
     }
 
@@ -91,6 +105,12 @@ impl OriginMetrics {
     pub(crate) fn digest_mismatch(&self, source: MismatchSource) {
         self.digest_mismatch
             .get_or_create(&[("source", source.label())])
+            .inc();
+    }
+
+    pub(crate) fn upload_refused(&self, scope: &'static str) {
+        self.uploads_refused
+            .get_or_create(&[("scope", scope)])
             .inc();
     }
 
@@ -133,6 +153,23 @@ impl Collector for WriteBackCollector {
             "Failed write-back attempts since start (each is retried)",
             None,
             failures.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Reports the open upload sessions on each scrape.
+#[derive(Debug)]
+struct UploadsCollector(Arc<BlobStore>);
+
+impl Collector for UploadsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let open = ConstGauge::new(i64::try_from(self.0.open_uploads()).unwrap_or(i64::MAX));
+        open.encode(encoder.encode_descriptor(
+            "origin_upload_sessions",
+            "Upload sessions open (started, not yet committed, cancelled or expired)",
+            None,
+            open.metric_type(),
         )?)?;
         Ok(())
     }

@@ -189,8 +189,8 @@ async fn staging(origin: &Origin, digest: &Digest, len: u64) -> Result<BlobWrite
 }
 
 /// Moves bytes from `source` into `writer` (and to `client` while it listens), then commits.
-/// The client is told it may start once the first chunk is on disk (or the blob is stored, for
-/// an empty one); a failure before then reaches it as an error response, not a cut body.
+/// The client is told it may start once two chunks are on disk (or the blob is stored, for a
+/// shorter one); a failure before then reaches it as an error response, not a cut body.
 async fn copy(
     origin: Arc<Origin>,
     digest: Digest,
@@ -205,11 +205,16 @@ async fn copy(
             let chunk = chunk.map_err(|source| StoreError::Body { source })?;
             writer.write(&chunk).await?;
             match held.replace(chunk) {
-                Some(previous) => forward(&mut client, Ok(previous)).await,
-                None => {
-                    writer.flush().await?;
-                    start(&mut client, Ok(()));
+                Some(previous) => {
+                    // Headers go once a second chunk is on disk: a blob of one chunk is
+                    // verified before them, so a corrupt one is an error response, not a cut body.
+                    if client.as_ref().is_some_and(|client| client.ready.is_some()) {
+                        writer.flush().await?;
+                        start(&mut client, Ok(()));
+                    }
+                    forward(&mut client, Ok(previous)).await;
                 }
+                None => writer.flush().await?,
             }
         }
         writer.commit().await

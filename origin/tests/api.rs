@@ -49,7 +49,7 @@ async fn chunked_upload_commits_and_is_written_back() {
     let data = blob(3 * 1024 * 1024 + 5, 1);
     let digest = Digest::of(&data);
     let id = start_upload(&origin).await;
-    let upload = origin.url(&format!("/uploads/{id}"));
+    let upload = origin.url(&format!("/uploads/{id}?namespace=library%2Falpine"));
 
     let (first, rest) = data.split_at(1000);
     let (second, last) = rest.split_at(rest.len() - 10);
@@ -82,9 +82,7 @@ async fn chunked_upload_commits_and_is_written_back() {
 
     let resp = origin
         .http
-        .put(format!(
-            "{upload}?digest={digest}&namespace=library%2Falpine"
-        ))
+        .put(format!("{upload}&digest={digest}"))
         .body(last.to_vec())
         .send()
         .await
@@ -131,7 +129,7 @@ async fn chunked_upload_commits_and_is_written_back() {
 async fn chunk_at_the_wrong_offset_is_refused_with_the_actual_offset() {
     let origin = TestOrigin::start().await;
     let id = start_upload(&origin).await;
-    let upload = origin.url(&format!("/uploads/{id}"));
+    let upload = origin.url(&format!("/uploads/{id}?namespace=library%2Falpine"));
     origin
         .http
         .patch(&upload)
@@ -159,7 +157,15 @@ async fn chunk_at_the_wrong_offset_is_refused_with_the_actual_offset() {
         .await
         .expect("patch");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(origin.api().upload_status(&id).await.expect("status"), 3);
+    let alpine = Name::parse("library/alpine").expect("name");
+    assert_eq!(
+        origin
+            .api()
+            .upload_status(&id, Some(&alpine))
+            .await
+            .expect("status"),
+        3
+    );
     origin.stop().await;
 }
 
@@ -167,7 +173,7 @@ async fn chunk_at_the_wrong_offset_is_refused_with_the_actual_offset() {
 async fn commit_with_the_wrong_digest_discards_the_upload() {
     let origin = TestOrigin::start().await;
     let id = start_upload(&origin).await;
-    let upload = origin.url(&format!("/uploads/{id}"));
+    let upload = origin.url(&format!("/uploads/{id}?namespace=library%2Falpine"));
     origin
         .http
         .patch(&upload)
@@ -178,7 +184,7 @@ async fn commit_with_the_wrong_digest_discards_the_upload() {
     let claimed = Digest::of(b"other bytes");
     let resp = origin
         .http
-        .put(format!("{upload}?digest={claimed}"))
+        .put(format!("{upload}&digest={claimed}"))
         .send()
         .await
         .expect("commit");
@@ -331,13 +337,22 @@ async fn typed_client_roundtrip() {
     let data = blob(300_000, 4);
     let digest = Digest::of(&data);
     let ns = Name::parse("library/busybox").expect("name");
-    let id = api.start_upload(Some(&ns)).await.expect("start");
+    let id = api.start_upload(Some(&ns), None).await.expect("start");
     let n = api
-        .patch_upload(&id, Some(0), data[..200_000].to_vec().into())
+        .patch_upload(
+            &id,
+            Some(&ns),
+            Some(0),
+            None,
+            data[..200_000].to_vec().into(),
+        )
         .await
         .expect("patch");
     assert_eq!(n, 200_000);
-    assert_eq!(api.upload_status(&id).await.expect("status"), 200_000);
+    assert_eq!(
+        api.upload_status(&id, Some(&ns)).await.expect("status"),
+        200_000
+    );
     api.commit_upload(
         &id,
         &digest,
@@ -356,9 +371,9 @@ async fn typed_client_roundtrip() {
         .expect("get");
     assert_eq!(resp.bytes().await.expect("body"), data[..10]);
 
-    let id = api.start_upload(None).await.expect("start");
-    api.cancel_upload(&id).await.expect("cancel");
-    let err = api.upload_status(&id).await.expect_err("cancelled");
+    let id = api.start_upload(None, None).await.expect("start");
+    api.cancel_upload(&id, None).await.expect("cancel");
+    let err = api.upload_status(&id, None).await.expect_err("cancelled");
     assert!(err.is(shoal_core::ErrorCode::BlobUploadUnknown), "{err}");
     origin.stop().await;
 }
@@ -425,10 +440,11 @@ async fn blob_only_in_the_backend_is_pulled_through() {
 #[tokio::test]
 async fn corrupt_backend_blob_fails_the_stream_and_stores_nothing() {
     let origin = TestOrigin::start().await;
-    let data = blob(600_000, 8);
+    // Over one 1 MiB read of the backend: the headers go before the last byte is checked.
+    let data = blob(2_600_000, 8);
     let digest = Digest::of(&data);
     let mut corrupt = data.clone();
-    corrupt[599_999] ^= 0xff;
+    corrupt[2_599_999] ^= 0xff;
     origin.put_in_backend(&digest, &corrupt);
 
     let resp = origin
@@ -451,6 +467,22 @@ async fn corrupt_backend_blob_fails_the_stream_and_stores_nothing() {
             .await,
         Some(1.0)
     );
+
+    // A blob of one read is verified before the headers: an error response.
+    let small = blob(600_000, 9);
+    let small_digest = Digest::of(&small);
+    let mut corrupt = small.clone();
+    corrupt[599_999] ^= 0xff;
+    origin.put_in_backend(&small_digest, &corrupt);
+    let resp = origin
+        .http
+        .get(origin.url(&format!("/blobs/{small_digest}")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(resp).await, "UNAVAILABLE");
+    assert!(!origin.store_blob(&small_digest).exists());
 
     // With a Range the blob is fetched first, so the failure is a proper error response.
     let resp = origin
@@ -514,7 +546,9 @@ async fn garbage_in_paths_and_queries_is_a_client_error() {
     let id = start_upload(&origin).await;
     let resp = origin
         .http
-        .put(origin.url(&format!("/uploads/{id}?digest=sha256:nothex")))
+        .put(origin.url(&format!(
+            "/uploads/{id}?digest=sha256:nothex&namespace=library%2Falpine"
+        )))
         .send()
         .await
         .expect("commit");
@@ -522,7 +556,7 @@ async fn garbage_in_paths_and_queries_is_a_client_error() {
     assert_eq!(error_code(resp).await, "DIGEST_INVALID");
     let resp = origin
         .http
-        .get(origin.url(&format!("/uploads/{id}")))
+        .get(origin.url(&format!("/uploads/{id}?namespace=library%2Falpine")))
         .send()
         .await
         .expect("status");
@@ -534,10 +568,11 @@ async fn garbage_in_paths_and_queries_is_a_client_error() {
 async fn abandoned_uploads_are_discarded() {
     let origin = TestOrigin::start_with(shoal_origin::UploadsConfig {
         idle_timeout: std::time::Duration::from_millis(100),
+        ..Default::default()
     })
     .await;
     let id = start_upload(&origin).await;
-    let upload = origin.url(&format!("/uploads/{id}"));
+    let upload = origin.url(&format!("/uploads/{id}?namespace=library%2Falpine"));
     origin
         .http
         .patch(&upload)

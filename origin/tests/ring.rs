@@ -21,8 +21,11 @@ async fn a_commit_is_acknowledged_once_the_write_quorum_holds_it() {
 
     // Through an upload session on one origin, as the proxy does.
     let api = ring[0].api();
-    let id = api.start_upload(Some(&namespace)).await.expect("start");
-    api.patch_upload(&id, Some(0), bytes.clone().into())
+    let id = api
+        .start_upload(Some(&namespace), None)
+        .await
+        .expect("start");
+    api.patch_upload(&id, Some(&namespace), Some(0), None, bytes.clone().into())
         .await
         .expect("patch");
     api.commit_upload(&id, &digest, Some(&namespace), None)

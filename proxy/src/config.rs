@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shoal_api::OriginsConfig;
 use shoal_membership::MembersConfig;
+use shoal_registry_server::AuthConfig;
 use shoal_service::LogConfig;
 use shoal_service::tls::TlsConfig;
 
@@ -33,6 +34,9 @@ pub struct ProxyConfig {
     pub build_index: String,
     /// The push-notification webhook and the preheat API.
     pub preheat: PreheatConfig,
+    /// Push and pull authentication of the Registry V2 API (`htpasswd` or `token`, and
+    /// per-repository `rules`); absent, every caller may push and pull.
+    pub auth: Option<AuthConfig>,
     pub log: LogConfig,
 }
 
@@ -45,6 +49,7 @@ impl Default for ProxyConfig {
             replicas: 3,
             build_index: "127.0.0.1:15004".to_owned(),
             preheat: PreheatConfig::default(),
+            auth: None,
             log: LogConfig::default(),
         }
     }
@@ -288,6 +293,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("origin"), "{error}");
+    }
+
+    #[test]
+    fn the_commented_auth_example_parses() {
+        // The `auth:` example of deploy/configs/proxy.yaml, uncommented (htpasswd variant).
+        let example = include_str!("../../deploy/configs/proxy.yaml");
+        let auth: String = example
+            .lines()
+            .skip_while(|line| !line.starts_with("# auth:"))
+            .take_while(|line| line.starts_with('#'))
+            .filter(|line| !line.trim_start_matches('#').trim_start().starts_with('#'))
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or("")))
+            .collect();
+        let config: ProxyConfig = shoal_service::config::parse(&auth, "proxy.yaml").unwrap();
+        let auth = config.auth.expect("an auth section");
+        assert!(auth.htpasswd.is_some() && auth.token.is_none());
+        assert_eq!(auth.rules.len(), 2);
+        assert_eq!(auth.groups["ci"], ["jenkins", "gitlab"]);
+
+        let error = shoal_service::config::parse::<ProxyConfig>(
+            "auth: {token: {realm: r, service: s, issuer: i, root_cert_bundel: b}}\n",
+            "proxy.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("auth.token"), "{error}");
     }
 
     #[test]

@@ -68,6 +68,17 @@ pub async fn run(
         .as_ref()
         .map(|tls| tls.server_config())
         .transpose()?;
+    // Read the htpasswd file or the token root bundle now too, for the same reason.
+    let auth = config
+        .auth
+        .as_ref()
+        .map(shoal_registry_server::Auth::load)
+        .transpose()?;
+    let auth_mode = match &config.auth {
+        None => "none",
+        Some(auth) if auth.htpasswd.is_some() => "htpasswd",
+        Some(_) => "token",
+    };
     let http = shoal_service::client::builder()
         .build()
         .context("building the HTTP client for origins and build-index")?;
@@ -115,7 +126,7 @@ pub async fn run(
     })?;
     let state = AppState { upstreams, metrics };
     let app = shoal_service::http::with_common_routes(
-        shoal_registry_server::router(state).merge(preheat::router(preheater)),
+        shoal_registry_server::router_with_auth(state, auth).merge(preheat::router(preheater)),
         registry,
     );
     tracing::info!(
@@ -123,6 +134,7 @@ pub async fn run(
         scheme = if tls.is_some() { "https" } else { "http" },
         origins = ?config.origins,
         build_index = %config.build_index,
+        auth = auth_mode,
         "proxy serving"
     );
     let served = match tls {

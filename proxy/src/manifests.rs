@@ -76,7 +76,7 @@ pub async fn put(
     check_references(state, name, &manifest).await?;
     state
         .upstreams
-        .put_blob(&digest, name, reqwest::Body::from(bytes))
+        .put_blob(&digest, name, None, reqwest::Body::from(bytes))
         .await?;
     if let Reference::Tag(tag) = reference {
         state

@@ -1,6 +1,8 @@
 //! The proxy's side of the shared Registry V2 layer: every operation, each answered by its
 //! resource module against the origins and the build-index.
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::response::Response;
@@ -68,9 +70,10 @@ impl RegistryBackend for AppState {
         &self,
         name: &Name,
         query: &Query,
+        client: Option<IpAddr>,
         body: Body,
     ) -> Result<Response, RegistryError> {
-        uploads::start(self, name, query, body).await
+        uploads::start(self, name, query, client, body).await
     }
 
     async fn patch_upload(
@@ -97,7 +100,7 @@ impl RegistryBackend for AppState {
         uploads::status(self, name, id).await
     }
 
-    async fn cancel_upload(&self, _name: &Name, id: &str) -> Result<Response, RegistryError> {
-        uploads::cancel(self, id).await
+    async fn cancel_upload(&self, name: &Name, id: &str) -> Result<Response, RegistryError> {
+        uploads::cancel(self, name, id).await
     }
 }

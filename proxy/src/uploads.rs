@@ -2,6 +2,15 @@
 //! body, or opens a session on an origin; `PATCH` appends chunks, `PUT` commits with the digest,
 //! `GET` reports progress and `DELETE` abandons. Bodies stream to the origin, which verifies the
 //! digest on commit and answers only once the blob is durable.
+//!
+//! The proxy keeps no session state, so it bounds nothing itself: it passes each client's
+//! address to the origin (`Shoal-Client-Addr`, trusted from the proxies' addresses in the
+//! origins' `uploads.trusted_forwarders`), which bounds sessions per client and in total and
+//! answers 429 beyond; the 429 is passed on. A session is bound to its repository on the
+//! origin: each request names the repository of its path, and another repository's path finds
+//! no session. A commit that fails for any reason closes the session.
+
+use std::net::IpAddr;
 
 use axum::body::{Body, HttpBody as _};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +34,7 @@ pub async fn start(
     state: &AppState,
     name: &Name,
     query: &Query,
+    client: Option<IpAddr>,
     body: Body,
 ) -> Result<Response, RegistryError> {
     if let (Some(mount), Some(from)) = (query.get("mount"), query.get("from"))
@@ -35,10 +45,13 @@ pub async fn start(
     if let Some(digest) = query.get("digest") {
         let digest = Digest::parse(digest)?;
         let body = upstream_body(body, state.metrics.blob_bytes_in.clone());
-        state.upstreams.put_blob(&digest, name, body).await?;
+        state
+            .upstreams
+            .put_blob(&digest, name, client, body)
+            .await?;
         return Ok(created(name, &digest));
     }
-    let handle = state.upstreams.start_session(name).await?;
+    let handle = state.upstreams.start_session(name, client).await?;
     Ok(progress(StatusCode::ACCEPTED, name, &handle, 0))
 }
 
@@ -77,10 +90,16 @@ pub async fn patch(
         .upstreams
         .session(&handle)
         .ok_or_else(unknown_upload)?;
-    let expected_offset = chunk_start(headers)?;
+    let span = chunk_span(headers)?;
     let body = upstream_body(body, state.metrics.blob_bytes_in.clone());
     let length = origin
-        .patch_upload(origin_id, expected_offset, body)
+        .patch_upload(
+            origin_id,
+            Some(name),
+            span.map(|(first, _)| first),
+            span.map(|(_, length)| length),
+            body,
+        )
         .await
         .map_err(upload_error)?;
     Ok(progress(StatusCode::ACCEPTED, name, &handle, length))
@@ -99,13 +118,23 @@ pub async fn commit(
         .upstreams
         .session(&handle)
         .ok_or_else(unknown_upload)?;
-    let digest = query.get("digest").ok_or_else(|| {
-        RegistryError::new(
-            ErrorCode::DigestInvalid,
-            "the digest query parameter is required to complete an upload",
-        )
-    })?;
-    let digest = Digest::parse(digest)?;
+    let digest = match query.get("digest").map(Digest::parse) {
+        Some(Ok(digest)) => digest,
+        refused => {
+            // A commit that cannot succeed closes the session, as every failed commit does (the
+            // origin refuses the cancel when the session is another repository's).
+            if let Err(error) = origin.cancel_upload(origin_id, Some(name)).await {
+                tracing::debug!(%error, "closing the session of a commit without a valid digest");
+            }
+            return Err(match refused {
+                Some(Err(error)) => error.into(),
+                _ => RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    "the digest query parameter is required to complete an upload",
+                ),
+            });
+        }
+    };
     // Most clients PATCH everything and commit with an empty body; don't open a stream for it.
     let body = (body.size_hint().exact() != Some(0))
         .then(|| upstream_body(body, state.metrics.blob_bytes_in.clone()));
@@ -124,30 +153,31 @@ pub async fn status(state: &AppState, name: &Name, id: &str) -> Result<Response,
         .session(&handle)
         .ok_or_else(unknown_upload)?;
     let length = origin
-        .upload_status(origin_id)
+        .upload_status(origin_id, Some(name))
         .await
         .map_err(upload_error)?;
     Ok(progress(StatusCode::NO_CONTENT, name, &handle, length))
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`.
-pub async fn cancel(state: &AppState, id: &str) -> Result<Response, RegistryError> {
+pub async fn cancel(state: &AppState, name: &Name, id: &str) -> Result<Response, RegistryError> {
     let handle = parse_handle(id)?;
     let (origin, origin_id) = state
         .upstreams
         .session(&handle)
         .ok_or_else(unknown_upload)?;
     origin
-        .cancel_upload(origin_id)
+        .cancel_upload(origin_id, Some(name))
         .await
         .map_err(upload_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Where a `PATCH` chunk claims to start, from its optional `Content-Range: a-b`. The origin
-/// compares it with the session's length atomically; here only the header's own consistency is
-/// checked: a `Content-Length` sent alongside must equal the span's length.
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
+/// Where a `PATCH` chunk claims to start and how long it is, from its optional
+/// `Content-Range: a-b`. The origin checks both against the session and the body atomically
+/// (416, nothing appended, when either is off); here only the headers' own consistency is
+/// checked: a `Content-Length` sent alongside must equal the span's length (416 too).
+fn chunk_span(headers: &HeaderMap) -> Result<Option<(u64, u64)>, RegistryError> {
     let Some(value) = headers.get(CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -162,7 +192,7 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
         let length: Option<u64> = length.to_str().ok().and_then(|text| text.parse().ok());
         if length != Some(range.len()) {
             return Err(RegistryError::new(
-                ErrorCode::SizeInvalid,
+                ErrorCode::RangeInvalid,
                 format!(
                     "Content-Length does not match Content-Range {}-{} ({} bytes)",
                     range.first,
@@ -172,7 +202,7 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
             ));
         }
     }
-    Ok(Some(range.first))
+    Ok(Some((range.first, range.len())))
 }
 
 /// The request body as a stream to the origin, counted as blob bytes in.
@@ -249,28 +279,28 @@ mod tests {
     #[test]
     fn chunks_without_content_range_append_anywhere() {
         let chunked = headers(&[]);
-        assert_eq!(chunk_start(&chunked).unwrap(), None);
+        assert_eq!(chunk_span(&chunked).unwrap(), None);
         let sized = headers(&[(CONTENT_LENGTH, "4198400")]);
-        assert_eq!(chunk_start(&sized).unwrap(), None);
+        assert_eq!(chunk_span(&sized).unwrap(), None);
     }
 
     #[test]
-    fn content_range_gives_the_expected_offset() {
+    fn content_range_gives_the_expected_offset_and_length() {
         let h = headers(&[(CONTENT_RANGE, "100-199"), (CONTENT_LENGTH, "100")]);
-        assert_eq!(chunk_start(&h).unwrap(), Some(100));
-        // Without a length (chunked transfer) the span cannot be cross-checked.
+        assert_eq!(chunk_span(&h).unwrap(), Some((100, 100)));
+        // Without a length (chunked transfer) the origin counts the body against the span.
         let h = headers(&[(CONTENT_RANGE, "bytes 0-9/*")]);
-        assert_eq!(chunk_start(&h).unwrap(), Some(0));
+        assert_eq!(chunk_span(&h).unwrap(), Some((0, 10)));
     }
 
     #[test]
     fn inconsistent_or_malformed_content_ranges_are_rejected() {
         let h = headers(&[(CONTENT_RANGE, "0-99"), (CONTENT_LENGTH, "99")]);
-        assert_eq!(chunk_start(&h).unwrap_err().code(), ErrorCode::SizeInvalid);
+        assert_eq!(chunk_span(&h).unwrap_err().code(), ErrorCode::RangeInvalid);
         for bad in ["9-0", "abc", "0-", "-5"] {
             let h = headers(&[(CONTENT_RANGE, bad)]);
             assert_eq!(
-                chunk_start(&h).unwrap_err().code(),
+                chunk_span(&h).unwrap_err().code(),
                 ErrorCode::RangeInvalid,
                 "{bad}"
             );

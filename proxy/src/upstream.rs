@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -100,8 +101,14 @@ impl Upstreams {
         &self.build_index
     }
 
-    /// Opens an upload session on the next origin in turn, or the first after it that answers.
-    pub async fn start_session(&self, namespace: &Name) -> Result<UploadHandle, ApiError> {
+    /// Opens an upload session for `client` on the next origin in turn, or the first after it
+    /// that answers. An origin at its session bound answers 429, which is passed on rather than
+    /// failed over: the bound is the origin cluster's answer to this client.
+    pub async fn start_session(
+        &self,
+        namespace: &Name,
+        client: Option<IpAddr>,
+    ) -> Result<UploadHandle, ApiError> {
         // The blob's digest is unknown until the upload is committed, so its owner cannot be
         // picked yet; the session's origin replicates to the owners on commit. Taking origins in
         // turn spreads the staging of pushed bytes (and their replication) over the ring.
@@ -115,7 +122,9 @@ impl Upstreams {
                 client,
             })
         });
-        self.open_session(in_turn, namespace).await
+        self.open_session_on(in_turn, namespace, client)
+            .await
+            .map(|(_, handle)| handle)
     }
 
     /// Stores a whole blob whose digest is known on the first of its owners that answers, in
@@ -125,48 +134,45 @@ impl Upstreams {
         &self,
         digest: &Digest,
         namespace: &Name,
+        client: Option<IpAddr>,
         body: reqwest::Body,
     ) -> Result<(), ApiError> {
         let owners = self.origins.owners(digest);
-        let (origin, handle) = self.open_session_on(owners, namespace).await?;
+        let (origin, handle) = self.open_session_on(owners, namespace, client).await?;
         let result = origin
             .commit_upload(&handle.id, digest, Some(namespace), Some(body))
             .await;
         if result.is_err() {
             // A rejected or broken-off body must leave nothing staged behind; the origin may
             // already have discarded the session, so a failure here changes nothing.
-            if let Err(error) = origin.cancel_upload(&handle.id).await {
+            if let Err(error) = origin.cancel_upload(&handle.id, Some(namespace)).await {
                 tracing::debug!(%digest, %error, "discarding a failed whole-blob upload");
             }
         }
         result
     }
 
-    async fn open_session(
-        &self,
-        origins: impl IntoIterator<Item = Owner>,
-        namespace: &Name,
-    ) -> Result<UploadHandle, ApiError> {
-        self.open_session_on(origins, namespace)
-            .await
-            .map(|(_, handle)| handle)
-    }
-
-    /// Opens a session on the first of `origins` that answers; the last error when none does.
+    /// Opens a session for `client` (the address the origin bounds sessions by) on the first of
+    /// `origins` that answers; the last error when none does.
     async fn open_session_on(
         &self,
         origins: impl IntoIterator<Item = Owner>,
         namespace: &Name,
+        client: Option<IpAddr>,
     ) -> Result<(OriginClient, UploadHandle), ApiError> {
         let mut failure = None;
-        for Owner { addr, client } in origins {
-            match client.start_upload(Some(namespace)).await {
+        for Owner {
+            addr,
+            client: origin,
+        } in origins
+        {
+            match origin.start_upload(Some(namespace), client).await {
                 Ok(id) => {
                     let handle = UploadHandle::new(addr, id)?;
-                    return Ok((client, handle));
+                    return Ok((origin, handle));
                 }
                 Err(error) if fails_over(&error) => {
-                    tracing::warn!(origin = client.base(), %error, "origin cannot open an upload; trying the next");
+                    tracing::warn!(origin = origin.base(), %error, "origin cannot open an upload; trying the next");
                     failure = Some(error);
                 }
                 Err(error) => return Err(error),
@@ -360,7 +366,7 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(live, app).await });
         let upstreams = upstreams(&[&down, &live_addr]).await;
         let name = Name::parse("team/app").unwrap();
-        let handle = upstreams.start_session(&name).await;
+        let handle = upstreams.start_session(&name, None).await;
         server.abort();
         let handle = handle.unwrap();
         assert_eq!(

@@ -341,8 +341,8 @@ async fn docker_shaped_chunked_patches_and_offsets() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong_length.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(wrong_length).await, "SIZE_INVALID");
+    assert_eq!(wrong_length.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(error_code(wrong_length).await, "RANGE_INVALID");
 
     let in_order = cluster
         .request(Method::PATCH, &location)
@@ -397,8 +397,10 @@ async fn bad_commits_are_digest_invalid_and_cancel_discards() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(error_code(response).await, "DIGEST_INVALID");
-        let cancelled = cluster.send(Method::DELETE, &location).await;
-        assert_eq!(cancelled.status(), StatusCode::NO_CONTENT);
+        // A failed commit closed the session.
+        let closed = cluster.send(Method::DELETE, &location).await;
+        assert_eq!(closed.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error_code(closed).await, "BLOB_UPLOAD_UNKNOWN");
     }
     assert_eq!(cluster.origin.upload_count(), 0);
 

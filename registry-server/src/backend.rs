@@ -82,11 +82,13 @@ pub trait RegistryBackend: Send + Sync + 'static {
         Err(RegistryError::unsupported(&Method::DELETE))
     }
 
-    /// `POST /v2/<name>/blobs/uploads/`: a session, a monolithic push or a mount.
+    /// `POST /v2/<name>/blobs/uploads/`: a session, a monolithic push or a mount. `client` is
+    /// the caller's address (when the listener knows it), for bounds on sessions per client.
     async fn start_upload(
         &self,
         _name: &Name,
         _query: &Query,
+        _client: Option<std::net::IpAddr>,
         _body: Body,
     ) -> Result<Response, RegistryError> {
         Err(RegistryError::unsupported(&Method::POST))

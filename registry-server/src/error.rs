@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::header::{CONTENT_RANGE, CONTENT_TYPE};
+use http::header::{CONTENT_RANGE, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 use shoal_api::ApiError;
@@ -20,6 +20,8 @@ pub struct RegistryError {
     /// For a 416: the blob's length, named in `Content-Range: bytes */LEN` (RFC 9110 §15.5.17)
     /// so the client can retry.
     unsatisfiable_length: Option<u64>,
+    /// For a 401: the `WWW-Authenticate` challenge telling the client how to log in.
+    challenge: Option<String>,
 }
 
 impl RegistryError {
@@ -29,7 +31,14 @@ impl RegistryError {
             message: message.into(),
             detail: None,
             unsatisfiable_length: None,
+            challenge: None,
         }
+    }
+
+    /// Attaches the `WWW-Authenticate` challenge of a 401.
+    pub fn with_challenge(mut self, challenge: String) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 
     /// Attaches the spec's free-form `detail` (e.g. the digest a manifest is missing).
@@ -137,6 +146,11 @@ impl IntoResponse for RegistryError {
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}"))
         {
             headers.insert(CONTENT_RANGE, value);
+        }
+        if let Some(challenge) = self.challenge
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(WWW_AUTHENTICATE, value);
         }
         response
     }

@@ -32,6 +32,11 @@ impl Query {
             .find(|(n, _)| n == name)
             .map(|(_, value)| value.as_str())
     }
+
+    /// Drops every value of `name` (a cross-repository mount the caller may not read from).
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
 }
 
 fn decode(s: &str) -> String {
@@ -58,6 +63,14 @@ mod tests {
         assert_eq!(query.get("flag"), Some(""));
         assert_eq!(query.get("sp"), Some("a b"));
         assert_eq!(query.get("missing"), None);
+    }
+
+    #[test]
+    fn removed_parameters_are_gone() {
+        let mut query = Query::parse(Some("from=a&mount=sha256%3Aab&from=b"));
+        query.remove("from");
+        assert_eq!(query.get("from"), None);
+        assert_eq!(query.get("mount"), Some("sha256:ab"));
     }
 
     #[test]

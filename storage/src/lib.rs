@@ -18,6 +18,7 @@ use futures::Stream;
 pub use fsutil::IoError;
 pub use store::{
     BlobFile, BlobStore, BlobWriter, PartialBlob, StoreError, StoredBlob, StoredPartial, UploadId,
+    UploadLimits, UploadOwner,
 };
 
 /// A stream of byte chunks, the unit in which blobs move between the store, backends and HTTP.

@@ -104,6 +104,8 @@ pub struct ClusterOptions {
     pub origin_overrides: Value,
     /// Deep-merged over the build-index's config, e.g. `{"replication": {…}}`.
     pub build_index_overrides: Value,
+    /// Deep-merged over the proxy's config, e.g. `{"auth": {…}}`.
+    pub proxy_overrides: Value,
     /// Deep-merged over every agent's config.
     pub agent_overrides: Value,
     /// Deep-merged over one agent's config (after `agent_overrides`), by agent index.
@@ -120,6 +122,7 @@ impl Default for ClusterOptions {
             build_index_backend: Value::Null,
             origin_overrides: Value::Null,
             build_index_overrides: Value::Null,
+            proxy_overrides: Value::Null,
             agent_overrides: Value::Null,
             agent_overrides_by_index: BTreeMap::new(),
         }
@@ -247,6 +250,7 @@ impl Cluster {
                     &mut config,
                     json!({"preheat": {"state_dir": state_dir.display().to_string()}}),
                 );
+                configs::merge(&mut config, options.proxy_overrides.clone());
                 config
             }),
         ]);
@@ -335,6 +339,11 @@ impl Cluster {
 
     pub fn proxy_addr(&self) -> SocketAddr {
         self.addr(Component::Proxy)
+    }
+
+    /// The PID of `component`'s process while it runs (for `/proc/<pid>/…`).
+    pub fn pid(&self, component: Component) -> Option<u32> {
+        self.nodes[&component].process.as_ref()?.pid()
     }
 
     pub fn origin_addr(&self) -> SocketAddr {

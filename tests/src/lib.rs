@@ -28,6 +28,7 @@ pub mod swarm;
 pub mod swarm_bench;
 pub mod tarpit;
 pub mod tls;
+pub mod token_server;
 pub mod tools;
 pub mod v2;
 

@@ -1,23 +1,15 @@
 //! The registry backend against a real CNCF registry (`docker-registry`): blobs, ranges, tags
 //! and listings round trip through the `Backend` API, anonymously, with HTTP basic auth against
-//! an htpasswd file, and with bearer tokens from a token server the registry trusts. Wrong
-//! credentials fail clearly and store nothing.
+//! an htpasswd file, and with bearer tokens from a token server the registry trusts
+//! (`shoal_tests::token_server`). Wrong credentials fail clearly and store nothing.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use axum::http::{StatusCode, header};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::json;
 use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, RegistryBackend, RegistryConfig, blob_key,
@@ -26,7 +18,7 @@ use shoal_backends::{
 use shoal_core::{Digest, Name, Tag};
 use shoal_tests::ReferenceRegistry;
 use shoal_tests::reference_registry::RegistryAuth;
-use tokio_util::sync::CancellationToken;
+use shoal_tests::token_server::{TokenServer, TokenUser};
 
 const USER: &str = "shoal";
 const PASSWORD: &str = "correct horse";
@@ -280,137 +272,19 @@ async fn basic_auth_round_trip_and_wrong_password_stores_nothing() -> Result<()>
     Ok(())
 }
 
-/// A token server the registry trusts: checks basic credentials, grants whatever scope is
-/// asked, and counts requests per scope.
-struct TokenServer {
-    addr: SocketAddr,
-    cert_pem: String,
-    requests: Arc<Mutex<HashMap<String, usize>>>,
-    shutdown: CancellationToken,
-}
-
-struct Issuer {
-    key: EcdsaKeyPair,
-    /// The certificate's DER, base64 (standard), for the JWT's `x5c` header.
-    x5c: String,
-    requests: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl TokenServer {
-    async fn start() -> Result<TokenServer> {
-        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert =
-            rcgen::CertificateParams::new(vec![ISSUER.to_owned()])?.self_signed(&key_pair)?;
-        let key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            &key_pair.serialize_der(),
-            &SystemRandom::new(),
-        )
-        .map_err(|e| anyhow::anyhow!("loading the issuer key: {e}"))?;
-        let requests = Arc::new(Mutex::new(HashMap::new()));
-        let issuer = Arc::new(Issuer {
-            key,
-            x5c: STANDARD.encode(cert.der()),
-            requests: requests.clone(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let app = axum::Router::new()
-            .route("/token", axum::routing::get(issue))
-            .with_state(issuer);
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                eprintln!("token server: {e}");
-            }
-        });
-        Ok(TokenServer {
-            addr,
-            cert_pem: cert.pem(),
-            requests,
-            shutdown,
-        })
-    }
-
-    fn requests_for(&self, scope: &str) -> usize {
-        let requests = self.requests.lock().expect("requests lock");
-        requests.get(scope).copied().unwrap_or_default()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn issue(
-    State(issuer): State<Arc<Issuer>>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let expected = format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}")));
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .is_some_and(|value| value.as_bytes() == expected.as_bytes());
-    if !authorized {
-        return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
-    }
-    let scope = query.get("scope").cloned().unwrap_or_default();
-    *issuer
-        .requests
-        .lock()
-        .expect("requests lock")
-        .entry(scope.clone())
-        .or_default() += 1;
-    let access: Vec<_> = scope
-        .split(' ')
-        .filter_map(|one| {
-            let (kind, rest) = one.split_once(':')?;
-            let (resource, actions) = rest.rsplit_once(':')?;
-            Some(json!({"type": kind, "name": resource, "actions": actions.split(',').collect::<Vec<_>>()}))
-        })
-        .collect();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let header = json!({"typ": "JWT", "alg": "ES256", "x5c": [issuer.x5c]});
-    let claims = json!({
-        "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
-        "iat": now, "jti": format!("{now}-{scope}"), "access": access,
-    });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = match issuer
-        .key
-        .sign(&SystemRandom::new(), signing_input.as_bytes())
-    {
-        Ok(signature) => signature,
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    let token = format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(signature.as_ref())
-    );
-    axum::Json(json!({"token": token, "expires_in": 300})).into_response()
-}
-
 #[tokio::test]
 async fn bearer_token_round_trip_caches_tokens_per_scope() -> Result<()> {
-    let tokens = TokenServer::start().await?;
+    let tokens = TokenServer::start(
+        ISSUER,
+        SERVICE,
+        vec![TokenUser::new(USER, PASSWORD, &["*"])],
+    )
+    .await?;
     let registry = ReferenceRegistry::start_with(RegistryAuth::Token {
-        realm: format!("http://{}/token", tokens.addr),
+        realm: tokens.realm(),
         service: SERVICE.to_owned(),
         issuer: ISSUER.to_owned(),
-        root_cert_pem: tokens.cert_pem.clone(),
+        root_cert_pem: tokens.cert_pem().to_owned(),
     })
     .await?;
     let router = backend(&registry.url(), Some((USER, PASSWORD)))?;
@@ -425,8 +299,7 @@ async fn bearer_token_round_trip_caches_tokens_per_scope() -> Result<()> {
     }
     ensure!(
         tokens.requests_for("repository:team/cached:pull") == 1,
-        "token requests: {:?}",
-        tokens.requests.lock().expect("requests lock")
+        "repeated reads asked for new tokens"
     );
 
     // A wrong password is refused by the token server; nothing is stored.

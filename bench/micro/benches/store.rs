@@ -57,7 +57,11 @@ fn upload_append_commit(bencher: Bencher) {
         })
         .bench_local_values(|()| {
             f.runtime.block_on(async {
-                let id = f.store.start_upload().await.expect("start the upload");
+                let id = f
+                    .store
+                    .start_upload(shoal_storage::UploadOwner::default())
+                    .await
+                    .expect("start the upload");
                 f.store
                     .append_upload(&id, Some(0), f.blob.stream())
                     .await

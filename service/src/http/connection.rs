@@ -85,6 +85,7 @@ pub(crate) async fn serve<I>(
     let service = Tracked {
         app,
         activity: Arc::clone(&activity),
+        peer,
     };
     let mut connection = pin!(builder.serve_connection(io, service));
     let mut clock = Clock::new(accepted);
@@ -266,6 +267,9 @@ impl Drop for InFlight {
 struct Tracked {
     app: Router,
     activity: Arc<Activity>,
+    /// The client's address, handed to handlers as axum's `ConnectInfo<SocketAddr>` (per-client
+    /// bounds, logs).
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -274,7 +278,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Future =
         Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let in_flight = InFlight::enter(Arc::clone(&self.activity));
         // A `Router` is always ready (its `poll_ready` returns at once), so it is called directly.
         let response = self.app.clone().call(request);

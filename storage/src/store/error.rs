@@ -18,8 +18,18 @@ pub enum StoreError {
     /// A chunk was sent for an offset other than where the upload currently ends.
     #[error("upload offset mismatch: chunk starts at {expected} but the upload has {actual} bytes")]
     OffsetMismatch { expected: u64, actual: u64 },
-    /// No upload session with this id exists (never started, finished, cancelled, or lost in a
-    /// restart).
+    /// A chunk declared to be `expected` bytes long carried `actual` (counted up to the first
+    /// byte too many). Nothing was appended.
+    #[error(
+        "chunk length mismatch: the chunk declared {expected} bytes but its body held {actual}"
+    )]
+    ChunkLengthMismatch { expected: u64, actual: u64 },
+    /// Opening another upload session would pass a bound on open sessions (`scope` is `client`
+    /// for the per-client bound, `total` for the store's). Nothing was created.
+    #[error("too many open upload sessions ({scope} limit {limit})")]
+    TooManyUploads { scope: &'static str, limit: usize },
+    /// No upload session with this id exists (never started, finished, cancelled, expired, lost
+    /// in a restart, or bound to another repository).
     #[error("upload {id} is unknown")]
     UploadUnknown { id: String },
     /// Reading the incoming byte stream failed (for example the client went away).

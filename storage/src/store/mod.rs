@@ -6,7 +6,8 @@
 //!   blob is committed (or on first request for blobs stored without it);
 //! - `partial/<hex>/{data,bitfield}` — downloads in progress, kept across restarts so they
 //!   resume (see [`PartialBlob`]);
-//! - `uploads/<uuid>` — bytes of upload sessions in progress (session state lives in memory);
+//! - `uploads/<uuid>` — bytes of upload sessions in progress (session state lives in memory; the
+//!   file is open only while a request appends to it);
 //! - `tmp/` — temporary files of [`BlobWriter`]s and metainfo writes.
 //!
 //! A blob only appears under `blobs/` after its digest was verified and its bytes fsynced, so a
@@ -35,10 +36,8 @@ use crate::fsutil::{self, IoContext};
 pub use catalog::StoredBlob;
 pub use error::StoreError;
 pub use partial::{PartialBlob, StoredPartial};
-pub use upload::UploadId;
+pub use upload::{UploadId, UploadLimits, UploadOwner};
 pub use writer::BlobWriter;
-
-use upload::UploadSlot;
 
 const BLOB_FILE: &str = "data";
 const METAINFO_FILE: &str = "metainfo.json";
@@ -101,7 +100,7 @@ pub struct BlobStore {
     layout: Layout,
     /// Upload sessions in progress. Each has its own async mutex so chunks of one upload apply
     /// in order while different uploads proceed in parallel.
-    uploads: Mutex<HashMap<UploadId, Arc<UploadSlot>>>,
+    uploads: Mutex<upload::Sessions>,
     /// Metainfo computations in flight, so concurrent callers for one digest share one pass.
     metainfo_flights: Mutex<HashMap<Digest, Arc<OnceCell<Option<Metainfo>>>>>,
     /// Recently used metainfo: every piece request needs it, and parsing thousands of hashes

@@ -51,7 +51,10 @@ async fn upload_in_uneven_chunks_then_commit() {
     let (dir, store) = open_store().await;
     let data = blob(300_000, 1);
     let digest = Digest::of(&data);
-    let id = store.start_upload().await.expect("start");
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     assert_eq!(store.upload_offset(&id).await.expect("offset"), 0);
 
     let mut offset = 0;
@@ -90,7 +93,10 @@ async fn upload_in_uneven_chunks_then_commit() {
 #[tokio::test]
 async fn digest_mismatch_discards_the_upload_and_stores_nothing() {
     let (dir, store) = open_store().await;
-    let id = store.start_upload().await.expect("start");
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     store
         .append_upload(&id, None, stream_of(vec![b"real bytes".to_vec()]))
         .await
@@ -115,7 +121,10 @@ async fn digest_mismatch_discards_the_upload_and_stores_nothing() {
 #[tokio::test]
 async fn offset_mismatch_changes_nothing() {
     let (_dir, store) = open_store().await;
-    let id = store.start_upload().await.expect("start");
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     store
         .append_upload(&id, Some(0), stream_of(vec![b"hello ".to_vec()]))
         .await
@@ -142,7 +151,10 @@ async fn offset_mismatch_changes_nothing() {
 #[tokio::test]
 async fn failing_body_keeps_the_whole_chunks_received() {
     let (_dir, store) = open_store().await;
-    let id = store.start_upload().await.expect("start");
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     let body: ByteStream = futures::stream::iter([
         Ok(Bytes::from_static(b"abc")),
         Err(io::Error::other("client went away")),
@@ -165,7 +177,10 @@ async fn failing_body_keeps_the_whole_chunks_received() {
 #[tokio::test]
 async fn cancel_and_unknown_uploads() {
     let (dir, store) = open_store().await;
-    let id = store.start_upload().await.expect("start");
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     store
         .append_upload(&id, None, stream_of(vec![b"x".to_vec()]))
         .await
@@ -196,7 +211,10 @@ async fn reopen_after_a_crash_discards_half_written_files() {
     let digest = Digest::of(&data);
     {
         let store = BlobStore::open(dir.path()).await.expect("open");
-        let id = store.start_upload().await.expect("start");
+        let id = store
+            .start_upload(UploadOwner::default())
+            .await
+            .expect("start");
         store
             .append_upload(&id, None, stream_of(vec![data[..5000].to_vec()]))
             .await
@@ -423,7 +441,10 @@ async fn metainfo_of_a_corrupted_blob_is_an_error() {
 #[tokio::test]
 async fn idle_uploads_expire_but_active_ones_stay() {
     let (dir, store) = open_store().await;
-    let idle = store.start_upload().await.expect("start");
+    let idle = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     store
         .append_upload(&idle, None, stream_of(vec![b"abandoned".to_vec()]))
         .await
@@ -435,7 +456,10 @@ async fn idle_uploads_expire_but_active_ones_stay() {
     assert_eq!(store.upload_offset(&idle).await.expect("offset"), 9);
 
     // A session whose request is still streaming is never expired.
-    let busy = store.start_upload().await.expect("start");
+    let busy = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -470,4 +494,232 @@ async fn idle_uploads_expire_but_active_ones_stay() {
     assert_eq!(append.await.expect("task").expect("append"), 4);
     assert_eq!(store.upload_offset(&busy).await.expect("offset"), 4);
     assert_eq!(files_under(&dir.path().join("uploads")).len(), 1);
+}
+
+/// Descriptors this process holds open on files under `dir`.
+fn open_fds_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().expect("canonical dir");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+#[tokio::test]
+async fn idle_upload_sessions_hold_no_file_descriptor() {
+    let (dir, store) = open_store().await;
+    let uploads = dir.path().join("uploads");
+    let data = blob(100_000, 7);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let id = store
+            .start_upload(UploadOwner::default())
+            .await
+            .expect("start");
+        store
+            .append_upload(&id, Some(0), stream_of(vec![data[..60_000].to_vec()]))
+            .await
+            .expect("append");
+        ids.push(id);
+    }
+    assert_eq!(open_fds_under(&uploads), 0, "idle sessions keep files open");
+    // A chunk after the file was closed continues exactly where the session ended, and the
+    // running digest spans both requests.
+    for id in &ids {
+        store
+            .append_upload(id, Some(60_000), stream_of(vec![data[60_000..].to_vec()]))
+            .await
+            .expect("append");
+    }
+    assert_eq!(open_fds_under(&uploads), 0);
+    for id in &ids {
+        assert_eq!(
+            store
+                .commit_upload(id, &Digest::of(&data))
+                .await
+                .expect("commit"),
+            100_000
+        );
+    }
+    let blob = store
+        .open_blob(&Digest::of(&data))
+        .await
+        .expect("open")
+        .expect("present");
+    assert_eq!(read_all(blob.stream(0..100_000)).await, data);
+}
+
+fn from(client: &str) -> UploadOwner {
+    UploadOwner {
+        client: Some(client.parse().expect("address")),
+        repository: None,
+    }
+}
+
+#[tokio::test]
+async fn open_sessions_are_bounded_per_client_and_in_total() {
+    let (dir, store) = open_store().await;
+    store.set_upload_limits(UploadLimits {
+        total: 5,
+        per_client: 2,
+    });
+    let a1 = store.start_upload(from("10.0.0.1")).await.expect("a1");
+    store.start_upload(from("10.0.0.1")).await.expect("a2");
+    let refused = store.start_upload(from("10.0.0.1")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::TooManyUploads {
+                scope: "client",
+                limit: 2
+            })
+        ),
+        "{refused:?}"
+    );
+    // IPv4-mapped IPv6 is the same client; other addresses of one IPv6 /64 are one client too.
+    assert!(store.start_upload(from("::ffff:10.0.0.1")).await.is_err());
+    store.start_upload(from("2001:db8::1")).await.expect("v6 1");
+    store.start_upload(from("2001:db8::2")).await.expect("v6 2");
+    assert!(store.start_upload(from("2001:db8::ffff:3")).await.is_err());
+    store.start_upload(from("10.0.0.2")).await.expect("b1");
+    let full = store.start_upload(from("10.0.0.3")).await;
+    assert!(
+        matches!(
+            full,
+            Err(StoreError::TooManyUploads {
+                scope: "total",
+                limit: 5
+            })
+        ),
+        "{full:?}"
+    );
+    // Refused starts created nothing.
+    assert_eq!(files_under(&dir.path().join("uploads")).len(), 5);
+    assert_eq!(store.open_uploads(), 5);
+
+    // Every way a session ends gives its place back.
+    store.cancel_upload(&a1).await.expect("cancel");
+    let a3 = store
+        .start_upload(from("10.0.0.1"))
+        .await
+        .expect("a3 after cancel");
+    assert!(store.commit_upload(&a3, &Digest::of(b"x")).await.is_err());
+    let a4 = store
+        .start_upload(from("10.0.0.1"))
+        .await
+        .expect("a4 after failed commit");
+    store
+        .commit_upload(&a4, &Digest::of(b""))
+        .await
+        .expect("commit");
+    store
+        .start_upload(from("10.0.0.1"))
+        .await
+        .expect("a5 after commit");
+    assert_eq!(store.expire_uploads(std::time::Duration::ZERO), 5);
+    assert_eq!(store.open_uploads(), 0);
+    store
+        .start_upload(from("10.0.0.1"))
+        .await
+        .expect("after expiry");
+    store
+        .start_upload(from("10.0.0.1"))
+        .await
+        .expect("after expiry");
+}
+
+#[tokio::test]
+async fn sessions_are_bound_to_their_repository() {
+    let (_dir, store) = open_store().await;
+    let team = shoal_core::Name::parse("team/app").unwrap();
+    let other = shoal_core::Name::parse("other/app").unwrap();
+    let id = store
+        .start_upload(UploadOwner {
+            client: None,
+            repository: Some(team.clone()),
+        })
+        .await
+        .expect("start");
+    store
+        .check_upload(&id, Some(&team))
+        .expect("own repository");
+    for wrong in [Some(&other), None] {
+        assert!(matches!(
+            store.check_upload(&id, wrong),
+            Err(StoreError::UploadUnknown { .. })
+        ));
+    }
+    let unbound = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
+    store.check_upload(&unbound, None).expect("unbound");
+    assert!(store.check_upload(&unbound, Some(&team)).is_err());
+}
+
+#[tokio::test]
+async fn a_chunk_of_the_wrong_length_or_offset_appends_nothing() {
+    let (_dir, store) = open_store().await;
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
+    assert_eq!(
+        store
+            .append_upload_chunk(&id, 0, 6, stream_of(vec![b"hel".to_vec(), b"lo ".to_vec()]))
+            .await
+            .expect("exact chunk"),
+        6
+    );
+    // Starts past the end.
+    assert!(matches!(
+        store
+            .append_upload_chunk(&id, 10, 3, stream_of(vec![b"abc".to_vec()]))
+            .await,
+        Err(StoreError::OffsetMismatch {
+            expected: 10,
+            actual: 6
+        })
+    ));
+    // Shorter than declared.
+    assert!(matches!(
+        store
+            .append_upload_chunk(&id, 6, 10, stream_of(vec![b"wor".to_vec()]))
+            .await,
+        Err(StoreError::ChunkLengthMismatch {
+            expected: 10,
+            actual: 3
+        })
+    ));
+    // Longer than declared: refused at the first byte too many.
+    assert!(matches!(
+        store
+            .append_upload_chunk(&id, 6, 2, stream_of(vec![b"w".to_vec(), b"orld".to_vec()]))
+            .await,
+        Err(StoreError::ChunkLengthMismatch { expected: 2, .. })
+    ));
+    // Broken off midway.
+    let broken = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"wo")),
+        Err(io::Error::other("client went away")),
+    ])
+    .boxed();
+    assert!(matches!(
+        store.append_upload_chunk(&id, 6, 5, broken).await,
+        Err(StoreError::Body { .. })
+    ));
+    assert_eq!(store.upload_offset(&id).await.expect("offset"), 6);
+    store
+        .append_upload_chunk(&id, 6, 5, stream_of(vec![b"world".to_vec()]))
+        .await
+        .expect("the right chunk");
+    // The running digest never saw the refused bytes.
+    assert_eq!(
+        store
+            .commit_upload(&id, &Digest::of(b"hello world"))
+            .await
+            .expect("commit"),
+        11
+    );
 }

@@ -7,8 +7,8 @@ use std::io;
 
 use futures::StreamExt;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder};
-use tokio::fs::File;
-use tokio::io::AsyncWriteExt;
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::{BlobStore, Layout, StoreError};
 use crate::ByteStream;
@@ -16,7 +16,9 @@ use crate::fsutil::{self, IoContext, TempPath};
 
 /// Bytes written so far to a temporary file, with their running digest.
 pub(crate) struct Staged {
-    file: File,
+    /// Open while bytes are being written. Upload sessions [`close`](Staged::close) it between
+    /// requests, so an idle session holds no file descriptor; the next write reopens it.
+    file: Option<File>,
     temp: TempPath,
     /// The running digest and the piece values, so commit writes the metainfo without
     /// reading the bytes again.
@@ -39,7 +41,7 @@ impl Staged {
         let temp = TempPath::new(path);
         let file = File::create(temp.path()).await.ctx("create", temp.path())?;
         Ok(Staged {
-            file,
+            file: Some(file),
             temp,
             metainfo: MetainfoBuilder::any_length(),
         })
@@ -49,9 +51,39 @@ impl Staged {
         self.metainfo.length()
     }
 
+    /// The open file, reopened (positioned at the end of the bytes staged so far) if it was
+    /// closed.
+    async fn file(&mut self) -> Result<&mut File, StoreError> {
+        if self.file.is_none() {
+            let path = self.temp.path();
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .await
+                .ctx("open", path)?;
+            // Positional: whatever a failed write left past the staged length is overwritten.
+            file.seek(io::SeekFrom::Start(self.len()))
+                .await
+                .ctx("seek", path)?;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    /// Flushes and closes the file; the next write reopens it. Written bytes stay in the page
+    /// cache until commit fsyncs the file (through a new descriptor: fsync covers the file, not
+    /// the descriptor).
+    pub(crate) async fn close(&mut self) -> Result<(), StoreError> {
+        if let Some(mut file) = self.file.take() {
+            file.flush().await.ctx("write", self.temp.path())?;
+        }
+        Ok(())
+    }
+
     /// Appends `data`. On error the staged bytes may be partially written and must be discarded.
     pub(crate) async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.file
+        self.file()
+            .await?
             .write_all(data)
             .await
             .ctx("write", self.temp.path())?;
@@ -72,7 +104,8 @@ impl Staged {
             return Ok(());
         }
         let file = self
-            .file
+            .file()
+            .await?
             .try_clone()
             .await
             .ctx("preallocate", self.temp.path())?
@@ -89,7 +122,9 @@ impl Staged {
     /// Waits until every byte written so far has reached the file, surfacing the errors of
     /// tokio's background writes.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        self.file.flush().await.ctx("write", self.temp.path())?;
+        if let Some(file) = &mut self.file {
+            file.flush().await.ctx("write", self.temp.path())?;
+        }
         Ok(())
     }
 
@@ -102,8 +137,58 @@ impl Staged {
             self.write(&chunk).await?;
         }
         // tokio's File completes writes in the background; flushing surfaces their errors now.
-        self.file.flush().await.ctx("write", self.temp.path())?;
+        if let Some(file) = &mut self.file {
+            file.flush().await.ctx("write", self.temp.path())?;
+        }
         Ok(())
+    }
+
+    /// Appends `body`, which must be exactly `length` bytes, or nothing: a shorter, longer or
+    /// broken-off body leaves the staged bytes and their running digest as they were.
+    pub(crate) async fn write_exact(
+        &mut self,
+        length: u64,
+        mut body: ByteStream,
+    ) -> Result<(), StoreError> {
+        let start = self.len();
+        let before = self.metainfo.clone();
+        let mut received = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(source) => {
+                    failure = Some(StoreError::Body { source });
+                    break;
+                }
+            };
+            received += chunk.len() as u64;
+            if received > length {
+                break;
+            }
+            self.write(&chunk).await?;
+        }
+        if failure.is_none() && received == length {
+            if let Some(file) = &mut self.file {
+                file.flush().await.ctx("write", self.temp.path())?;
+            }
+            return Ok(());
+        }
+        // Back to where the chunk started: the file is cut to the old length and reopened
+        // (positioned there) by the next write.
+        self.metainfo = before;
+        self.close().await?;
+        let path = self.temp.path();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .ctx("open", path)?;
+        file.set_len(start).await.ctx("truncate", path)?;
+        Err(failure.unwrap_or(StoreError::ChunkLengthMismatch {
+            expected: length,
+            actual: received,
+        }))
     }
 }
 
@@ -133,7 +218,7 @@ impl Layout {
         expected: &Digest,
     ) -> Result<u64, StoreError> {
         let Staged {
-            mut file,
+            file,
             temp,
             metainfo,
         } = staged;
@@ -156,6 +241,15 @@ impl Layout {
             // Content-addressed: an existing blob with this digest has these very bytes.
             return Ok(metainfo.length());
         }
+        let mut file = match file {
+            Some(file) => file,
+            // An upload session's file is closed between requests.
+            None => OpenOptions::new()
+                .write(true)
+                .open(temp.path())
+                .await
+                .ctx("open", temp.path())?,
+        };
         file.flush().await.ctx("write", temp.path())?;
         // The data must be on disk before the rename makes it visible, or a crash could expose
         // a blob whose bytes were never written.
