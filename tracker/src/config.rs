@@ -1,5 +1,6 @@
 //! The tracker's configuration file (`--config`): where to listen, the origin cluster, how long
-//! peers stay in a swarm, how many peers one announce hands out, and where peers are stored.
+//! peers stay in a swarm, how many peers one announce hands out, where peers are stored, and the
+//! limits that keep one client from exhausting the tracker.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct TrackerConfig {
     pub store: StoreConfig,
     /// Metainfo documents kept in memory (least recently used are dropped first).
     pub metainfo_cache: usize,
+    /// Announce rates and record counts one client cannot exceed.
+    pub limits: LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -53,9 +56,64 @@ impl Default for TrackerConfig {
             handout_limit: 30,
             store: StoreConfig::Memory,
             metainfo_cache: 10_000,
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
         }
     }
+}
+
+/// Bounds on what announces may cost, so that no single client can exhaust the tracker's CPU or
+/// memory. An announce over a rate limit is answered `RESOURCE_EXHAUSTED` with a retry hint; a
+/// new peer beyond a record cap still gets its handout but is not recorded (see
+/// `docs/p2p.md`, "tracker").
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Announces of one peer id. An agent announces every blob it downloads or seeds once per
+    /// `announce_interval`, so the default rate covers 300 such blobs at the default 3 s
+    /// interval, and a missed announce is caught up well within `peer_ttl`.
+    pub announce_per_peer: RateConfig,
+    /// Announces from one source IP address, whatever peer ids they carry: a client cannot
+    /// escape the per-peer limit by making up ids. Several agents behind one address (a
+    /// devcluster on loopback, a NAT) share it.
+    pub announce_per_address: RateConfig,
+    /// Peers recorded per blob. Beyond it a new peer is not recorded (it still gets its
+    /// handout, and members already recorded stay as long as they announce); the blob's owning
+    /// origins are always recorded.
+    pub peers_per_digest: usize,
+    /// Peer records in total, over every blob (a record is one peer in one blob's swarm). Beyond
+    /// it new records are refused as above until old ones expire.
+    pub records: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            announce_per_peer: RateConfig {
+                rate: 100,
+                burst: 500,
+            },
+            announce_per_address: RateConfig {
+                rate: 500,
+                burst: 2_500,
+            },
+            // A random handout of 30 needs nowhere near this many candidates; a fleet-wide pull
+            // of one layer by more nodes still works (the rest fetch from the recorded ones).
+            peers_per_digest: 10_000,
+            // About 600 bytes each in memory (measured: 300,000 single-peer swarms took 174 MB),
+            // so the cap holds the store near 600 MB, under the Helm chart's 1 GiB limit. One
+            // address alone fills at most `announce_per_address` × `peer_ttl` of it.
+            records: 1_000_000,
+        }
+    }
+}
+
+/// A token bucket: `rate` per second sustained, up to `burst` at once.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub rate: u32,
+    pub burst: u32,
 }
 
 /// The peer store.
@@ -158,6 +216,35 @@ impl TrackerConfig {
         {
             return Err(invalid("store.redis.url", error.to_string()));
         }
+        self.limits.validate()
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), InvalidConfig> {
+        for (field, limit) in [
+            ("announce_per_peer", self.announce_per_peer),
+            ("announce_per_address", self.announce_per_address),
+        ] {
+            if limit.rate == 0 {
+                return Err(invalid(
+                    format!("limits.{field}.rate"),
+                    "must be at least 1",
+                ));
+            }
+            if limit.burst == 0 {
+                return Err(invalid(
+                    format!("limits.{field}.burst"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.peers_per_digest == 0 {
+            return Err(invalid("limits.peers_per_digest", "must be at least 1"));
+        }
+        if self.records == 0 {
+            return Err(invalid("limits.records", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -181,7 +268,65 @@ mod tests {
         assert_eq!(config.handout_limit, 30);
         assert_eq!(config.store, StoreConfig::Memory);
         assert_eq!(config.metainfo_cache, 10_000);
+        let limits = &config.limits;
+        assert_eq!(
+            limits.announce_per_peer,
+            RateConfig {
+                rate: 100,
+                burst: 500
+            }
+        );
+        assert_eq!(
+            limits.announce_per_address,
+            RateConfig {
+                rate: 500,
+                burst: 2_500
+            }
+        );
+        assert_eq!(limits.peers_per_digest, 10_000);
+        assert_eq!(limits.records, 1_000_000);
         config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn limits_parse_and_zero_is_refused_by_field() {
+        let yaml = "limits:\n  announce_per_peer: {rate: 5, burst: 10}\n  records: 20\n";
+        let config: TrackerConfig = shoal_service::config::parse(yaml, "t").expect("parse");
+        assert_eq!(
+            config.limits.announce_per_peer,
+            RateConfig { rate: 5, burst: 10 }
+        );
+        assert_eq!(config.limits.records, 20);
+        assert_eq!(config.limits.peers_per_digest, 10_000, "the rest default");
+
+        let error = shoal_service::config::parse::<TrackerConfig>(
+            "limits:\n  announce_per_peer: {rate: 5}\n",
+            "t",
+        )
+        .expect_err("burst is required with rate")
+        .to_string();
+        assert!(error.contains("burst"), "{error}");
+
+        let field = |yaml: &str| {
+            shoal_service::config::parse::<TrackerConfig>(yaml, "t")
+                .expect("parse")
+                .validate()
+                .expect_err("invalid")
+                .field
+        };
+        assert_eq!(
+            field("limits: {announce_per_address: {rate: 0, burst: 1}}"),
+            "limits.announce_per_address.rate"
+        );
+        assert_eq!(
+            field("limits: {announce_per_peer: {rate: 1, burst: 0}}"),
+            "limits.announce_per_peer.burst"
+        );
+        assert_eq!(
+            field("limits: {peers_per_digest: 0}"),
+            "limits.peers_per_digest"
+        );
+        assert_eq!(field("limits: {records: 0}"), "limits.records");
     }
 
     #[test]

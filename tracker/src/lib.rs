@@ -2,11 +2,15 @@
 //! blob they download or seed and get back a sample of its swarm (the owning origins first) and
 //! when to announce again; `GetMetainfo` serves piece hashes, fetched from the owning origins and
 //! cached. The gRPC `Tracker` service and `/health`, `/metrics` share one listener (HTTP/1 and
-//! h2c). Contracts: `docs/p2p.md` ("tracker") and `proto/proto/shoal/v1/tracker.proto`.
+//! h2c). Announces are held to rate limits per peer and per address, and the peer store to caps
+//! on records per swarm and in total (`config.limits`). Contracts: `docs/p2p.md` ("tracker")
+//! and `proto/proto/shoal/v1/tracker.proto`.
 
+mod addr;
 pub mod config;
 mod error;
 mod handout;
+mod limits;
 mod metainfo;
 mod metrics;
 mod origins;
@@ -23,14 +27,25 @@ use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 
-pub use config::{InvalidConfig, OriginAddrs, OriginsConfig, StoreConfig, TrackerConfig};
-pub use peers::{MemoryStore, PeerRecord, PeerStore, RedisStore, StoreError};
+pub use config::{
+    InvalidConfig, LimitsConfig, OriginAddrs, OriginsConfig, RateConfig, StoreConfig, TrackerConfig,
+};
+pub use error::RETRY_PUSHBACK;
+pub use peers::{
+    Admission, Announced, MemoryStore, PeerRecord, PeerStore, RecordLimits, RedisStore, StoreError,
+};
+
+use crate::limits::{AnnounceLimiter, PRUNE_INTERVAL};
 
 /// Metainfo of a blob the origin must first pull through from the backend and hash can take a
 /// while for multi-gigabyte layers; beyond this the origin is treated as unavailable.
 const ORIGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// A dead origin must not stall failover to the next owner.
 const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest gRPC request decoded. The largest valid request (an announce with a 255-byte
+/// namespace, a 64-byte peer id and a 259-byte address) is well under 1 KiB; anything bigger is
+/// refused from its length prefix, before it is buffered.
+const MAX_REQUEST_SIZE: usize = 4 * 1024;
 
 /// The socket the tracker serves on, bound by the caller (tests bind `127.0.0.1:0`).
 pub struct Listeners {
@@ -38,17 +53,22 @@ pub struct Listeners {
 }
 
 /// Serves the tracker until `shutdown` is cancelled, then finishes in-flight requests and waits
-/// (at most [`DRAIN_DEADLINE`]) for its one background task, the origins' health checks.
+/// (at most [`DRAIN_DEADLINE`]) for its background tasks: the origins' health checks and the
+/// pruning of rate-limit buckets.
 pub async fn run(
     config: TrackerConfig,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let record_limits = RecordLimits {
+        per_swarm: config.limits.peers_per_digest,
+        total: config.limits.records,
+    };
     let store: Arc<dyn PeerStore> = match &config.store {
-        StoreConfig::Memory => Arc::new(MemoryStore::new(config.peer_ttl)),
+        StoreConfig::Memory => Arc::new(MemoryStore::new(config.peer_ttl, record_limits)),
         StoreConfig::Redis { url } => Arc::new(
-            RedisStore::connect(url, config.peer_ttl)
+            RedisStore::connect(url, config.peer_ttl, record_limits)
                 .await
                 .context("connecting to the redis peer store (config field `store.redis.url`)")?,
         ),
@@ -75,8 +95,11 @@ pub async fn run(
     );
     let capacity = NonZeroUsize::new(config.metainfo_cache)
         .context("config field `metainfo_cache` must be at least 1")?;
+    let limiter = Arc::new(AnnounceLimiter::new(&config.limits));
+    tasks.spawn(prune_limits(Arc::clone(&limiter), shutdown.clone()));
     let service = service::TrackerService {
         store,
+        limiter,
         metainfo: metainfo::MetainfoCache::new(Arc::clone(&origins), capacity, metrics.clone()),
         origins,
         handout_limit: config.handout_limit,
@@ -84,7 +107,10 @@ pub async fn run(
             .context("config field `announce_interval` is too long")?,
         metrics,
     };
-    let grpc = tonic::service::Routes::new(TrackerServer::new(service)).into_axum_router();
+    let grpc = tonic::service::Routes::new(
+        TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_SIZE),
+    )
+    .into_axum_router();
     let app = shoal_service::http::with_common_routes(grpc, registry.build());
 
     let addr = listeners
@@ -99,4 +125,16 @@ pub async fn run(
     served.context("serving the tracker")?;
     tracing::info!("tracker stopped");
     Ok(())
+}
+
+/// Forgets idle rate-limit buckets every [`PRUNE_INTERVAL`] until `shutdown`.
+async fn prune_limits(limiter: Arc<AnnounceLimiter>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => limiter.prune(),
+        }
+    }
 }

@@ -1,10 +1,15 @@
-//! The tracker's own metrics: announces, swarm sizes, and metainfo requests by outcome.
+//! The tracker's own metrics: announces, swarm sizes, records held and refused, announces over
+//! a rate limit, and metainfo requests by outcome.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::limits::LimitedBy;
+use crate::peers::Admission;
 
 /// Swarm sizes are observed per announce; powers of two up to 4096 cover a single node up to a
 /// whole fleet pulling one layer, with a handful of buckets (bounded cardinality, unlike a
@@ -45,10 +50,23 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabels {
+    by: &'static str,
+}
+
 #[derive(Clone, Debug)]
 pub struct TrackerMetrics {
     announces: Counter,
     swarm_peers: Histogram,
+    records: Gauge,
+    records_refused: Family<ReasonLabels, Counter>,
+    announces_limited: Family<ByLabels, Counter>,
     metainfo_requests: Family<ResultLabels, Counter>,
 }
 
@@ -58,12 +76,30 @@ impl TrackerMetrics {
         let metrics = TrackerMetrics {
             announces: Counter::default(),
             swarm_peers: Histogram::new(SWARM_BUCKETS),
+            records: Gauge::default(),
+            records_refused: Family::default(),
+            announces_limited: Family::default(),
             metainfo_requests: Family::default(),
         };
         registry.register(
             "tracker_announces",
-            "Announces recorded",
+            "Announces answered (recorded or not)",
             metrics.announces.clone(),
+        );
+        registry.register(
+            "tracker_records",
+            "Peer records held over every swarm (one peer in one blob's swarm), as of the last announce",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "tracker_records_refused",
+            "Announces answered without recording the peer, by reason (swarm_full, store_full)",
+            metrics.records_refused.clone(),
+        );
+        registry.register(
+            "tracker_announces_limited",
+            "Announces refused with RESOURCE_EXHAUSTED, by the limit hit (peer, address)",
+            metrics.announces_limited.clone(),
         );
         registry.register(
             "tracker_swarm_peers",
@@ -78,9 +114,25 @@ impl TrackerMetrics {
         metrics
     }
 
-    pub fn announced(&self, swarm_size: usize) {
+    /// An announce answered with a swarm of `swarm_size` live members, leaving `records` in the
+    /// store.
+    pub fn announced(&self, swarm_size: usize, admission: Admission, records: usize) {
         self.announces.inc();
         self.swarm_peers.observe(swarm_size as f64);
+        self.records.set(i64::try_from(records).unwrap_or(i64::MAX));
+        if admission != Admission::Recorded {
+            self.records_refused
+                .get_or_create(&ReasonLabels {
+                    reason: admission.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn limited(&self, by: LimitedBy) {
+        self.announces_limited
+            .get_or_create(&ByLabels { by: by.as_str() })
+            .inc();
     }
 
     pub fn metainfo(&self, result: MetainfoResult) {

@@ -1,8 +1,11 @@
-//! The gRPC `Tracker` service: parses requests into domain types, records announces in the peer
-//! store, answers with the handout policy's pick, and serves metainfo from the cache.
+//! The gRPC `Tracker` service: parses requests into domain types, holds announces to their rate
+//! limits, records them in the peer store, answers with the handout policy's pick, and serves
+//! metainfo from the cache.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
 use shoal_core::{Digest, Metainfo, Name, PeerId};
 use shoal_proto::v1::tracker_server::Tracker;
 use shoal_proto::v1::{
@@ -10,18 +13,18 @@ use shoal_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::addr;
 use crate::error::TrackerError;
 use crate::handout::handout;
+use crate::limits::AnnounceLimiter;
 use crate::metainfo::MetainfoCache;
 use crate::metrics::{MetainfoResult, TrackerMetrics};
 use crate::origins::Origins;
 use crate::peers::{PeerRecord, PeerStore};
 
-/// Longest peer address accepted: a DNS name (253) plus a port.
-const MAX_ADDR_LEN: usize = 260;
-
 pub struct TrackerService {
     pub store: Arc<dyn PeerStore>,
+    pub limiter: Arc<AnnounceLimiter>,
     pub origins: Arc<Origins>,
     pub metainfo: MetainfoCache,
     pub handout_limit: usize,
@@ -35,28 +38,40 @@ impl Tracker for TrackerService {
         &self,
         request: Request<AnnounceRequest>,
     ) -> Result<Response<AnnounceResponse>, Status> {
+        let from = source_ip(&request);
         let request = request.into_inner();
         let digest = parse_digest(&request.digest)?;
         parse_namespace(&request.namespace)?;
         let peer = parse_peer(request.peer)?;
+        self.limiter.check(&peer.id, from).map_err(|limited| {
+            self.metrics.limited(limited.by);
+            TrackerError::RateLimited(limited)
+        })?;
 
-        let swarm = self
-            .store
-            .announce(&digest, &peer)
-            .await
-            .map_err(TrackerError::from)?;
-        self.metrics.announced(swarm.len());
-        let origins = self
+        let origins: Vec<PeerRecord> = self
             .origins
             .owners(&digest)
             .into_iter()
-            .map(|origin| origin.peer.clone())
+            .map(|origin| origin.peer)
             .collect();
+        let is_origin = origins
+            .iter()
+            .any(|origin| origin.id == peer.id && origin.addr == peer.addr);
+        let announced = self
+            .store
+            .announce(&digest, &peer, is_origin)
+            .await
+            .map_err(TrackerError::from)?;
+        self.metrics.announced(
+            announced.swarm.len(),
+            announced.admission,
+            announced.records,
+        );
         let chosen = handout(
             &peer.id,
             &peer.addr,
             origins,
-            swarm,
+            announced.swarm,
             self.handout_limit,
             &mut rand::rng(),
         );
@@ -94,6 +109,16 @@ impl Tracker for TrackerService {
     }
 }
 
+/// The client's IP address: from the connection info the HTTP server attaches (or tonic's own
+/// server, in tests that use it); `None` when neither is there.
+fn source_ip<T>(request: &Request<T>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .or_else(|| request.remote_addr().map(|addr| addr.ip()))
+}
+
 fn to_proto(metainfo: &Metainfo) -> MetainfoResponse {
     MetainfoResponse {
         digest: metainfo.digest().to_string(),
@@ -123,7 +148,7 @@ fn parse_namespace(namespace: &str) -> Result<Option<Name>, TrackerError> {
 fn parse_peer(peer: Option<PeerInfo>) -> Result<PeerRecord, TrackerError> {
     let peer = peer.ok_or_else(|| TrackerError::invalid("peer", "is required"))?;
     let id = PeerId::parse(&peer.peer_id).map_err(|e| TrackerError::invalid("peer.peer_id", e))?;
-    check_addr(&peer.addr).map_err(|reason| TrackerError::invalid("peer.addr", reason))?;
+    addr::check(&peer.addr).map_err(|reason| TrackerError::invalid("peer.addr", reason))?;
     // `origin` is ignored: only the configured origins are handed out as origins, so a peer
     // cannot make itself every downloader's seeder of last resort.
     Ok(PeerRecord {
@@ -133,46 +158,9 @@ fn parse_peer(peer: Option<PeerInfo>) -> Result<PeerRecord, TrackerError> {
     })
 }
 
-/// A `host:port` other peers can dial: a non-empty host without spaces and a non-zero port.
-fn check_addr(addr: &str) -> Result<(), String> {
-    let shown = || addr.chars().take(64).collect::<String>();
-    if addr.len() > MAX_ADDR_LEN {
-        return Err(format!("longer than {MAX_ADDR_LEN} bytes"));
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{:?} is not host:port", shown()));
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{:?} has no valid host", shown()));
-    }
-    match port.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(()),
-        _ => Err(format!("{:?} has no valid port", shown())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peer_addresses_must_be_dialable_host_ports() {
-        for good in ["127.0.0.1:16001", "agent-3.example:1", "[::1]:16001"] {
-            assert!(check_addr(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "host",
-            ":16001",
-            "host:0",
-            "host:http",
-            "ho st:1",
-            "h:99999",
-        ] {
-            assert!(check_addr(bad).is_err(), "{bad}");
-        }
-        assert!(check_addr(&format!("{}:1", "a".repeat(300))).is_err());
-    }
 
     #[test]
     fn announces_need_a_peer_with_a_valid_id() {
@@ -183,7 +171,16 @@ mod tests {
             origin: true,
             complete: false,
         };
-        assert!(parse_peer(Some(peer("bad id"))).is_err());
+        for bad in ["bad id", "", "tab\tid", "slash/id", "ünï", &"a".repeat(65)] {
+            let error = parse_peer(Some(peer(bad))).expect_err(bad).to_string();
+            assert!(error.starts_with("peer.peer_id: "), "{error}");
+        }
+        let mut bad_addr = peer("agent-1");
+        bad_addr.addr = "0.0.0.0:16001".into();
+        let error = parse_peer(Some(bad_addr))
+            .expect_err("bad addr")
+            .to_string();
+        assert!(error.starts_with("peer.addr: "), "{error}");
         let record = parse_peer(Some(peer("agent-1"))).expect("valid");
         assert_eq!(record.id.as_str(), "agent-1");
     }

@@ -1,8 +1,9 @@
 //! The tracker over the network: a real tracker in process on `127.0.0.1:0`, driven with the
 //! generated tonic client and plain HTTP, in front of origin doubles that serve metainfo.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,59 +14,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder, rendezvous};
-use shoal_proto::v1::tracker_client::TrackerClient;
-use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, PeerInfo};
-use shoal_service::CancellationToken;
-use shoal_tracker::{Listeners, OriginAddrs, OriginsConfig, TrackerConfig};
+use shoal_proto::v1::{MetainfoRequest, PeerInfo};
+use shoal_tracker::{OriginAddrs, OriginsConfig, TrackerConfig};
 use tokio::net::TcpListener;
 use tonic::Code;
-use tonic::transport::Channel;
 
-/// A tracker serving in this process; stopped on drop.
-struct Tracker {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl Tracker {
-    async fn start(config: TrackerConfig) -> Tracker {
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = grpc.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(error) = shoal_tracker::run(config, Listeners { grpc }, token).await {
-                panic!("tracker failed: {error:#}");
-            }
-        });
-        Tracker { addr, shutdown }
-    }
-
-    async fn client(&self) -> TrackerClient<Channel> {
-        TrackerClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the tracker")
-    }
-
-    async fn http_get(&self, path: &str) -> (StatusCode, String) {
-        let client = shoal_service::client::builder()
-            .build()
-            .expect("HTTP client");
-        let response = client
-            .get(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .expect("HTTP request");
-        let status = response.status();
-        (status, response.text().await.expect("body"))
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+use crate::common::{Tracker, announce};
 
 /// An origin's HTTP API reduced to `GET /blobs/{digest}/metainfo`, counting requests.
 #[derive(Default)]
@@ -108,19 +62,6 @@ fn origin_addrs(http: &str, peer: &str) -> OriginAddrs {
     OriginAddrs {
         http: http.into(),
         peer: peer.into(),
-    }
-}
-
-fn announce(digest: &Digest, id: &str, complete: bool) -> AnnounceRequest {
-    AnnounceRequest {
-        digest: digest.to_string(),
-        namespace: "library/alpine".into(),
-        peer: Some(PeerInfo {
-            peer_id: id.into(),
-            addr: format!("{id}.agents:16001"),
-            origin: false,
-            complete,
-        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Swarms: which peers announced which blob recently. A peer stays in a blob's swarm for the
-//! store's TTL after its last announce. Two stores implement the same trait: one in memory (the
-//! default) and one in Redis (shared by several trackers, kept across restarts).
+//! store's TTL after its last announce, and each store caps its records per swarm and in total
+//! ([`RecordLimits`]). Two stores implement the same trait: one in memory (the default) and one
+//! in Redis (shared by several trackers, kept across restarts).
 
 mod memory;
 mod redis;
@@ -22,6 +23,49 @@ pub struct PeerRecord {
     pub complete: bool,
 }
 
+/// How many records a store keeps. Past either cap a new record is refused (nothing is
+/// evicted): peers already recorded keep their place as long as they announce, and the refused
+/// peer still gets its handout from the swarm as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// Members of one swarm; the digest's owning origins are recorded even beyond it.
+    pub per_swarm: usize,
+    /// Records over every swarm.
+    pub total: usize,
+}
+
+/// Whether an announce's record was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Recorded or refreshed.
+    Recorded,
+    /// The swarm already holds `per_swarm` other members.
+    SwarmFull,
+    /// The store already holds `total` records.
+    StoreFull,
+}
+
+impl Admission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admission::Recorded => "recorded",
+            Admission::SwarmFull => "swarm_full",
+            Admission::StoreFull => "store_full",
+        }
+    }
+}
+
+/// What an announce did to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// Every live member of the swarm, the caller included if it was recorded, in no order.
+    pub swarm: Vec<PeerRecord>,
+    pub admission: Admission,
+    /// Live records over every swarm after this announce (a store may count expired ones it has
+    /// not swept yet).
+    pub records: usize,
+}
+
 /// A swarm store that could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,11 +76,13 @@ pub enum StoreError {
 #[async_trait]
 pub trait PeerStore: Send + Sync + 'static {
     /// Records `peer` in the swarm of `digest` (replacing its previous record) until the TTL
-    /// passes without another announce, and returns every live member of the swarm, `peer`
-    /// included, in no particular order.
+    /// passes without another announce, within the store's [`RecordLimits`], and returns every
+    /// live member of the swarm. A member already recorded is always refreshed; `origin` (the
+    /// peer is one of the digest's owning origins) exempts it from the per-swarm cap.
     async fn announce(
         &self,
         digest: &Digest,
         peer: &PeerRecord,
-    ) -> Result<Vec<PeerRecord>, StoreError>;
+        origin: bool,
+    ) -> Result<Announced, StoreError>;
 }

@@ -2,12 +2,13 @@
 //!
 //! Each swarm is two keys: a sorted set `shoal:tracker:swarm:<hex>` of peer ids scored by their
 //! expiry (unix milliseconds), and a hash `shoal:tracker:peers:<hex>` from peer id to its record
-//! (`{"addr":…,"complete":…}`). An announce runs as one MULTI/EXEC: drop expired members, add or
-//! refresh the caller, push both keys' expiry to one TTL from now (so an abandoned swarm vanishes
-//! on its own), and read the swarm back. Trackers sharing a Redis should have synchronised
-//! clocks, since expiry scores come from the tracker's clock.
+//! (`{"addr":…,"complete":…}`). One more sorted set, `shoal:tracker:records`, holds every record
+//! of every swarm (`<hex>/<peer id>`, scored by the same expiry), so the total is one `ZCARD`
+//! that corrects itself as records expire. An announce runs as one Lua script ([`ANNOUNCE`]):
+//! drop expired members, admit the caller within the caps, push the keys' expiry to one TTL from
+//! now (so an abandoned swarm vanishes on its own), and read the swarm back. Trackers sharing a
+//! Redis should have synchronised clocks, since expiry scores come from the tracker's clock.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, PeerId};
 
-use super::{PeerRecord, PeerStore, StoreError};
+use super::{Admission, Announced, PeerRecord, PeerStore, RecordLimits, StoreError};
 
 /// A tracker that cannot reach Redis answers UNAVAILABLE after this long instead of holding
 /// announces; peers retry at their next interval.
@@ -25,6 +26,53 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// within seconds anyway, so retrying longer only holds its request.
 const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// Every record of every swarm, for the total cap.
+const RECORDS_KEY: &str = "shoal:tracker:records";
+
+/// One announce, atomically (a script runs alone in Redis, so trackers sharing it cannot both
+/// take the last place under a cap). Sent with `EVAL`, which Redis compiles once and caches.
+///
+/// KEYS: swarm set, peers hash, records set. ARGV: now (ms), expiry (ms), TTL (ms), peer id,
+/// record JSON, per-swarm cap, total cap, `1` for an origin, the record's name in the records
+/// set. Returns the admission, the live records in total, and the swarm as id, JSON pairs.
+const ANNOUNCE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+local admission = 'recorded'
+if not redis.call('ZSCORE', KEYS[1], ARGV[4]) then
+  if ARGV[8] ~= '1' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[6]) then
+    admission = 'swarm_full'
+  elseif redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then
+    admission = 'store_full'
+  end
+end
+if admission == 'recorded' then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[9])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+-- Records of expired members linger in the hash until the whole key expires: drop them here, so
+-- a busy swarm's hash does not grow with every peer that ever joined.
+local live = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  live[id] = true
+end
+local swarm = {}
+local fields = redis.call('HGETALL', KEYS[2])
+for i = 1, #fields, 2 do
+  if live[fields[i]] then
+    swarm[#swarm + 1] = fields[i]
+    swarm[#swarm + 1] = fields[i + 1]
+  else
+    redis.call('HDEL', KEYS[2], fields[i])
+  end
+end
+return {admission, redis.call('ZCARD', KEYS[3]), swarm}
+"#;
 
 /// What the hash holds per peer; the id is the field name.
 #[derive(Serialize, Deserialize)]
@@ -37,6 +85,7 @@ struct Stored {
 #[derive(Clone)]
 pub struct RedisStore {
     ttl: Duration,
+    limits: RecordLimits,
     conn: ConnectionManager,
 }
 
@@ -44,13 +93,18 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("ttl", &self.ttl)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
     /// Connects to `url` (`redis://host:port[/db]`); the connection reconnects by itself later.
-    pub async fn connect(url: &str, ttl: Duration) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        ttl: Duration,
+        limits: RecordLimits,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -58,7 +112,7 @@ impl RedisStore {
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(RECONNECT_MAX_DELAY);
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(RedisStore { ttl, conn })
+        Ok(RedisStore { ttl, limits, conn })
     }
 }
 
@@ -74,9 +128,9 @@ impl PeerStore for RedisStore {
         &self,
         digest: &Digest,
         peer: &PeerRecord,
-    ) -> Result<Vec<PeerRecord>, StoreError> {
-        let swarm_key = format!("shoal:tracker:swarm:{}", digest.hex());
-        let peers_key = format!("shoal:tracker:peers:{}", digest.hex());
+        origin: bool,
+    ) -> Result<Announced, StoreError> {
+        let hex = digest.hex();
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let now = unix_ms(SystemTime::now());
         let record = serde_json::to_string(&Stored {
@@ -86,51 +140,51 @@ impl PeerStore for RedisStore {
         .expect("a struct of a string and a bool serialises");
 
         let mut conn = self.conn.clone();
-        let (live, records): (Vec<String>, HashMap<String, String>) = redis::pipe()
-            .atomic()
-            .zrembyscore(&swarm_key, "-inf", now)
-            .ignore()
-            .zadd(&swarm_key, peer.id.as_str(), now.saturating_add(ttl_ms))
-            .ignore()
-            .hset(&peers_key, peer.id.as_str(), record)
-            .ignore()
-            .pexpire(&swarm_key, ttl_ms)
-            .ignore()
-            .pexpire(&peers_key, ttl_ms)
-            .ignore()
-            .zrange(&swarm_key, 0, -1)
-            .hgetall(&peers_key)
+        let (admission, records, fields): (String, usize, Vec<String>) = redis::cmd("EVAL")
+            .arg(ANNOUNCE)
+            .arg(3)
+            .arg(format!("shoal:tracker:swarm:{hex}"))
+            .arg(format!("shoal:tracker:peers:{hex}"))
+            .arg(RECORDS_KEY)
+            .arg(now)
+            .arg(now.saturating_add(ttl_ms))
+            .arg(ttl_ms)
+            .arg(peer.id.as_str())
+            .arg(record)
+            .arg(self.limits.per_swarm)
+            .arg(self.limits.total)
+            .arg(u8::from(origin))
+            .arg(format!("{hex}/{}", peer.id))
             .query_async(&mut conn)
             .await?;
+        let admission = match admission.as_str() {
+            "swarm_full" => Admission::SwarmFull,
+            "store_full" => Admission::StoreFull,
+            _ => Admission::Recorded,
+        };
 
-        let mut swarm = Vec::with_capacity(live.len());
-        for id in &live {
-            let parsed = records.get(id).and_then(|json| {
-                let stored: Stored = serde_json::from_str(json).ok()?;
-                Some(PeerRecord {
-                    id: PeerId::parse(id).ok()?,
+        let mut swarm = Vec::with_capacity(fields.len() / 2);
+        for pair in fields.chunks_exact(2) {
+            let (id, json) = (&pair[0], &pair[1]);
+            let parsed = serde_json::from_str::<Stored>(json)
+                .ok()
+                .zip(PeerId::parse(id).ok());
+            match parsed {
+                Some((stored, id)) => swarm.push(PeerRecord {
+                    id,
                     addr: stored.addr,
                     complete: stored.complete,
-                })
-            });
-            match parsed {
-                Some(record) => swarm.push(record),
+                }),
                 None => {
                     tracing::warn!(%digest, peer = %id, "skipping an unreadable peer record in redis")
                 }
             }
         }
-        // Records of expired members linger in the hash until the whole key expires; drop them
-        // now so a busy swarm's hash does not grow with every peer that ever joined.
-        let stale: Vec<&String> = records.keys().filter(|id| !live.contains(id)).collect();
-        if !stale.is_empty() {
-            redis::cmd("HDEL")
-                .arg(&peers_key)
-                .arg(stale)
-                .exec_async(&mut conn)
-                .await?;
-        }
-        Ok(swarm)
+        Ok(Announced {
+            swarm,
+            admission,
+            records,
+        })
     }
 }
 
@@ -188,6 +242,11 @@ mod tests {
         }
     }
 
+    const ROOMY: RecordLimits = RecordLimits {
+        per_swarm: 1_000,
+        total: 1_000,
+    };
+
     fn peer(id: &str, complete: bool) -> PeerRecord {
         PeerRecord {
             id: PeerId::parse(id).expect("peer id"),
@@ -205,31 +264,45 @@ mod tests {
     async fn swarms_live_in_redis_and_members_expire() {
         let server = Server::start().await;
         let ttl = Duration::from_millis(300);
-        let store = RedisStore::connect(&server.url, ttl)
+        let store = RedisStore::connect(&server.url, ttl, ROOMY)
             .await
             .expect("connect");
         let (one, two) = (Digest::of(b"one"), Digest::of(b"two"));
 
-        store.announce(&one, &peer("a", false)).await.unwrap();
-        store.announce(&two, &peer("b", false)).await.unwrap();
-        let swarm = store.announce(&one, &peer("a", true)).await.unwrap();
+        store
+            .announce(&one, &peer("a", false), false)
+            .await
+            .unwrap();
+        store
+            .announce(&two, &peer("b", false), false)
+            .await
+            .unwrap();
+        let announced = store.announce(&one, &peer("a", true), false).await.unwrap();
         assert_eq!(
-            swarm,
+            announced.swarm,
             vec![peer("a", true)],
             "a re-announce replaces the record"
         );
+        assert_eq!(announced.records, 2);
 
         // A second tracker on the same Redis sees the same swarm.
-        let other = RedisStore::connect(&server.url, ttl)
+        let other = RedisStore::connect(&server.url, ttl, ROOMY)
             .await
             .expect("connect");
-        let swarm = other.announce(&one, &peer("c", false)).await.unwrap();
-        assert_eq!(ids(swarm), ["a", "c"]);
+        let announced = other
+            .announce(&one, &peer("c", false), false)
+            .await
+            .unwrap();
+        assert_eq!(ids(announced.swarm), ["a", "c"]);
 
         // Keep announcing c until a, silent since, has expired; its record is dropped too.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let swarm = store.announce(&one, &peer("c", false)).await.unwrap();
+            let swarm = store
+                .announce(&one, &peer("c", false), false)
+                .await
+                .unwrap()
+                .swarm;
             if ids(swarm.clone()) == ["c"] {
                 break;
             }
@@ -270,8 +343,115 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let result =
-            RedisStore::connect(&format!("redis://127.0.0.1:{port}"), Duration::from_secs(1)).await;
+        let result = RedisStore::connect(
+            &format!("redis://127.0.0.1:{port}"),
+            Duration::from_secs(1),
+            ROOMY,
+        )
+        .await;
         assert!(result.is_err());
+    }
+
+    #[tokio::test]
+    async fn full_swarms_and_a_full_store_refuse_new_records_across_trackers() {
+        let server = Server::start().await;
+        let ttl = Duration::from_millis(800);
+        let limits = RecordLimits {
+            per_swarm: 2,
+            total: 5,
+        };
+        let store = RedisStore::connect(&server.url, ttl, limits)
+            .await
+            .expect("connect");
+        let other = RedisStore::connect(&server.url, ttl, limits)
+            .await
+            .expect("connect");
+        let blob = Digest::of(b"blob");
+
+        store
+            .announce(&blob, &peer("a", false), false)
+            .await
+            .unwrap();
+        other
+            .announce(&blob, &peer("b", false), false)
+            .await
+            .unwrap();
+        let refused = store
+            .announce(&blob, &peer("c", false), false)
+            .await
+            .unwrap();
+        assert_eq!(refused.admission, Admission::SwarmFull);
+        assert_eq!(ids(refused.swarm), ["a", "b"], "c still sees the swarm");
+        let refreshed = other
+            .announce(&blob, &peer("a", true), false)
+            .await
+            .unwrap();
+        assert_eq!(refreshed.admission, Admission::Recorded);
+        let origin = store
+            .announce(&blob, &peer("o1", true), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            origin.admission,
+            Admission::Recorded,
+            "origins go beyond the cap"
+        );
+        assert_eq!(ids(origin.swarm), ["a", "b", "o1"]);
+        assert_eq!(origin.records, 3);
+
+        // Made-up digests fill the store up to its total, then are refused, leaving no keys.
+        let mut admissions = Vec::new();
+        for i in 0..10u32 {
+            let fake = Digest::of(&i.to_be_bytes());
+            let announced = other
+                .announce(&fake, &peer("fake", true), false)
+                .await
+                .unwrap();
+            assert!(announced.records <= 5, "{announced:?}");
+            admissions.push(announced.admission);
+        }
+        assert_eq!(
+            admissions
+                .iter()
+                .filter(|a| **a == Admission::Recorded)
+                .count(),
+            2
+        );
+        assert!(admissions[2..].iter().all(|a| *a == Admission::StoreFull));
+        let mut conn = store.conn.clone();
+        let fake = Digest::of(&9u32.to_be_bytes());
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("shoal:tracker:swarm:{}", fake.hex()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!exists, "a refused record creates no swarm");
+        let refreshed = store
+            .announce(&blob, &peer("b", false), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            refreshed.admission,
+            Admission::Recorded,
+            "members refresh when full"
+        );
+
+        // The total counts live records only: once the others expire there is room again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let announced = store
+                .announce(&Digest::of(b"new"), &peer("honest", false), false)
+                .await
+                .unwrap();
+            if announced.admission == Admission::Recorded {
+                assert!(announced.records <= 5);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "records never expired: {announced:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
