@@ -52,9 +52,6 @@ pub struct SwarmParams {
     pub binaries: PathBuf,
     /// `RUST_LOG` for the components.
     pub rust_log: String,
-    /// Whether each set of pulls first writes and deletes as many bytes as it will write (see
-    /// [`warm_page_cache`]).
-    pub warm: bool,
 }
 
 /// One set of N concurrent pulls.
@@ -130,8 +127,7 @@ impl SwarmReport {
         let mut text = format!(
             "### {} agents, {:.0} MiB in {} layers, {} agent links, {} origin link ({date})\n\n\
              ```sh\n{command}\n```\n\n\
-             S = {} bytes, B = {}, S/B = {limit:.1} s. Tracker, build-index and proxy hosts: {}. \
-             Page cache {} before each set of pulls.\n\n\
+             S = {} bytes, B = {}, S/B = {limit:.1} s. Tracker, build-index and proxy hosts: {}.\n\n\
              | registry the agents' skopeo pulls from | p50 | p90 | max | p50 / (S/B) | p90 / (S/B) | machine CPU busy |\n\
              |---|---|---|---|---|---|---|\n",
             p.agents,
@@ -142,11 +138,6 @@ impl SwarmReport {
             self.image_bytes,
             rate_text(p.agent_rate),
             rate_text(p.service_rate),
-            if p.warm {
-                "warmed (the bytes the pulls write, written and deleted)"
-            } else {
-                "not warmed"
-            },
         );
         text.push_str(&row(
             "Shoal: each agent (p2p swarm, one origin)",
@@ -241,8 +232,6 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         );
     let origin_http = SocketAddr::new(swarm.origin.addr.into(), ORIGIN_PORT);
     let before = origin_counters(&swarm.http, origin_http).await?;
-    // Agents and their skopeo clients each write every image byte; the registry's clients only.
-    warm_page_cache(params, work.path(), 2 * params.agents as u64 * image_bytes).await?;
     eprintln!("swarm bench: {} pulls through the agents", params.agents);
     let shoal = pulls(swarm, &image, work.path(), deadline, |i| {
         SocketAddr::new(swarm.agents[i].addr.into(), AGENT_PORT)
@@ -256,7 +245,6 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         shoal.max(),
         after.0 - before.0
     );
-    warm_page_cache(params, work.path(), params.agents as u64 * image_bytes).await?;
     eprintln!("swarm bench: {} pulls from docker-registry", params.agents);
     let baseline = pulls(swarm, &image, work.path(), deadline, |_| registry).await?;
     Ok(SwarmReport {
@@ -267,32 +255,6 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         backend_pullthroughs: after.1 - before.1,
         registry: baseline,
     })
-}
-
-/// Writes `bytes` of zeros into a file in `dir` and deletes it, unless `params.warm` is off.
-/// This VM hands freed guest memory back to its host (free page reporting), and a page the
-/// kernel takes from the free lists after that costs a host page fault on first touch: writing
-/// the pulls' page cache on such pages measured 3–10× the CPU of writing recycled ones. A
-/// long-running node recycles its page cache, so each set of pulls starts on pages freed a moment
-/// before, not on the VM's cold pages (the same step as `bench/agent-pull.sh`'s `WARM`).
-async fn warm_page_cache(params: &SwarmParams, dir: &Path, bytes: u64) -> Result<()> {
-    if !params.warm {
-        return Ok(());
-    }
-    let path = dir.join("warm");
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let zeros = vec![0u8; 1 << 20];
-        let mut file = std::fs::File::create(&path).context("creating the warm-up file")?;
-        let mut written = 0;
-        while written < bytes {
-            std::io::Write::write_all(&mut file, &zeros).context("writing the warm-up file")?;
-            written += zeros.len() as u64;
-        }
-        drop(file);
-        std::fs::remove_file(&path).context("removing the warm-up file")
-    })
-    .await
-    .context("the warm-up task")?
 }
 
 /// Creates the hosts and starts tracker, build-index, proxy, origin (with the registry beside

@@ -30,7 +30,6 @@ async fn three_shaped_agents_pull_through_shoal_and_the_registry_and_the_bed_is_
         service_rate: Rate::mbit(1000),
         binaries,
         rust_log: "warn".to_owned(),
-        warm: false,
     };
     let report = swarm_bench::run(&params).await?;
     eprintln!("{}", report.markdown("(smoke test)", "now", None));

@@ -49,10 +49,6 @@ struct Args {
     /// `RUST_LOG` for the components.
     #[arg(long, default_value = "warn")]
     rust_log: String,
-    /// Skip writing and deleting each set of pulls' bytes first (the VM's cold pages then cost
-    /// the pulls a host page fault per page written; see `warm_page_cache`).
-    #[arg(long)]
-    no_warm: bool,
 }
 
 #[tokio::main]
@@ -76,7 +72,6 @@ async fn main() -> Result<()> {
         service_rate: args.service_rate,
         binaries,
         rust_log: args.rust_log.clone(),
-        warm: !args.no_warm,
     };
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
