@@ -73,9 +73,10 @@ pub struct LimitsConfig {
     /// `announce_interval`, so the default rate covers 300 such blobs at the default 3 s
     /// interval, and a missed announce is caught up well within `peer_ttl`.
     pub announce_per_peer: RateConfig,
-    /// Announces from one source IP address, whatever peer ids they carry: a client cannot
-    /// escape the per-peer limit by making up ids. Several agents behind one address (a
-    /// devcluster on loopback, a NAT) share it.
+    /// Announces and metainfo requests from one source IP address, whatever peer ids they
+    /// carry: a client cannot escape the per-peer limit by making up ids, nor make the origins
+    /// look up made-up digests without bound. Several agents behind one address (a devcluster
+    /// on loopback, a NAT) share it.
     pub announce_per_address: RateConfig,
     /// Peers recorded per blob. Beyond it a new peer is not recorded (it still gets its
     /// handout, and members already recorded stay as long as they announce); the blob's owning

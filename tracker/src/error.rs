@@ -18,7 +18,7 @@ pub enum TrackerError {
     InvalidArgument { field: &'static str, reason: String },
     /// Over an announce-rate limit; the peer should wait `retry_after`.
     #[error(
-        "too many announces from this {}; retry in {} ms",
+        "too many requests from this {}; retry in {} ms",
         .0.by.as_str(),
         retry_ms(.0)
     )]

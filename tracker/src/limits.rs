@@ -44,7 +44,7 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
-/// The per-peer and per-address announce buckets.
+/// The per-peer announce buckets and the per-address buckets of announces and metainfo requests.
 pub struct AnnounceLimiter<C: Clock = DefaultClock> {
     peers: Keyed<PeerId, C>,
     addresses: Keyed<IpAddr, C>,
@@ -68,18 +68,25 @@ impl<C: Clock + Clone> AnnounceLimiter<C> {
     /// Takes one announce from `from`'s bucket (when the source address is known), then from
     /// `peer`'s. The address goes first so that an address over its limit adds no peer keys.
     pub fn check(&self, peer: &PeerId, from: Option<IpAddr>) -> Result<(), Limited> {
-        if let Some(ip) = from {
-            self.addresses
-                .check_key(&address_key(ip))
-                .map_err(|not_until| Limited {
-                    by: LimitedBy::Address,
-                    retry_after: not_until.wait_time_from(self.addresses.clock().now()),
-                })?;
-        }
+        self.check_address(from)?;
         self.peers.check_key(peer).map_err(|not_until| Limited {
             by: LimitedBy::Peer,
             retry_after: not_until.wait_time_from(self.peers.clock().now()),
         })
+    }
+
+    /// Takes one request from `from`'s bucket alone: a metainfo request names no peer, and each
+    /// one for a made-up digest costs the origins a lookup.
+    pub fn check_address(&self, from: Option<IpAddr>) -> Result<(), Limited> {
+        let Some(ip) = from else {
+            return Ok(());
+        };
+        self.addresses
+            .check_key(&address_key(ip))
+            .map_err(|not_until| Limited {
+                by: LimitedBy::Address,
+                retry_after: not_until.wait_time_from(self.addresses.clock().now()),
+            })
     }
 
     /// Forgets every bucket that is back at its full burst (indistinguishable from a new one).

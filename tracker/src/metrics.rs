@@ -31,6 +31,8 @@ pub enum MetainfoResult {
     Unavailable,
     /// The request was malformed.
     Invalid,
+    /// Refused: its source address is over its request rate.
+    Limited,
 }
 
 impl MetainfoResult {
@@ -41,6 +43,7 @@ impl MetainfoResult {
             MetainfoResult::NotFound => "not_found",
             MetainfoResult::Unavailable => "unavailable",
             MetainfoResult::Invalid => "invalid",
+            MetainfoResult::Limited => "limited",
         }
     }
 }

@@ -94,6 +94,12 @@ impl Tracker for TrackerService {
         &self,
         request: Request<MetainfoRequest>,
     ) -> Result<Response<MetainfoResponse>, Status> {
+        self.limiter
+            .check_address(source_ip(&request))
+            .map_err(|limited| {
+                self.metrics.metainfo(MetainfoResult::Limited);
+                TrackerError::RateLimited(limited)
+            })?;
         let request = request.into_inner();
         let parsed = parse_digest(&request.digest)
             .and_then(|digest| Ok((digest, parse_namespace(&request.namespace)?)));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use shoal_core::Digest;
+use shoal_proto::v1::MetainfoRequest;
 use shoal_proto::v1::tracker_client::TrackerClient;
 use shoal_tracker::{RETRY_PUSHBACK, RateConfig, TrackerConfig};
 use tonic::Code;
@@ -152,6 +153,21 @@ async fn made_up_peer_ids_from_one_address_share_its_limit() {
         .announce(announce(&layer, "neighbour", false))
         .await
         .expect("another address is served");
+    // Metainfo requests draw on the same address bucket: each costs the origins a lookup.
+    let metainfo = |digest: &Digest| MetainfoRequest {
+        digest: digest.to_string(),
+        namespace: String::new(),
+    };
+    let refused_metainfo = flooder
+        .get_metainfo(metainfo(&layer))
+        .await
+        .expect_err("the flooding address is over its rate");
+    assert_eq!(refused_metainfo.code(), Code::ResourceExhausted);
+    let neighbours = neighbour.get_metainfo(metainfo(&layer)).await;
+    assert!(
+        !matches!(&neighbours, Err(status) if status.code() == Code::ResourceExhausted),
+        "{neighbours:?}"
+    );
 
     let (_, metrics) = tracker.http_get("/metrics").await;
     assert_eq!(
