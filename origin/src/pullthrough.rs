@@ -7,7 +7,8 @@
 //! the stream end with an error instead.
 //!
 //! The answer's headers wait until the blob can be stored: its whole length is preallocated and
-//! its first chunk written, so a full disk is a 503 before any body byte, never a 200 cut short.
+//! its first two chunks written (a shorter blob is verified and stored first), so a full disk is
+//! a 503 before any body byte, never a 200 cut short.
 //!
 //! Concurrent requests for one missing blob share one copy (`flights`): the first streams it
 //! while it is stored; the others wait until it is stored and then read it from the store.
@@ -204,17 +205,14 @@ async fn copy(
         while let Some(chunk) = source.next().await {
             let chunk = chunk.map_err(|source| StoreError::Body { source })?;
             writer.write(&chunk).await?;
-            match held.replace(chunk) {
-                Some(previous) => {
-                    // Headers go once a second chunk is on disk: a blob of one chunk is
-                    // verified before them, so a corrupt one is an error response, not a cut body.
-                    if client.as_ref().is_some_and(|client| client.ready.is_some()) {
-                        writer.flush().await?;
-                        start(&mut client, Ok(()));
-                    }
-                    forward(&mut client, Ok(previous)).await;
+            if let Some(previous) = held.replace(chunk) {
+                // Headers go once a second chunk is on disk: a blob of one chunk is verified
+                // before them, so a corrupt one is an error response, not a cut body.
+                if client.as_ref().is_some_and(|client| client.ready.is_some()) {
+                    writer.flush().await?;
+                    start(&mut client, Ok(()));
                 }
-                None => writer.flush().await?,
+                forward(&mut client, Ok(previous)).await;
             }
         }
         writer.commit().await
