@@ -13,11 +13,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep idle connections for reuse between bursts of piece and blob requests.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Installs rustls' `ring` provider as the process default. Safe to call any number of times.
-pub fn install_crypto_provider() {
-    // `Err` only means a provider is already installed, which is exactly what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use shoal_tls::install_crypto_provider;
 
 /// A client builder with Shoal's defaults: rustls (ring) installed, 5 s connect timeout,
 /// `TCP_NODELAY`, 90 s idle pool timeout, user agent `shoal/<version>`. There is deliberately
@@ -30,6 +26,21 @@ pub fn builder() -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+}
+
+/// [`builder`] for calls to other components: with mutual TLS (`tls.ca` set), over the
+/// cluster's TLS (servers verified by CA and role, this component's certificate presented);
+/// without, as the URLs say.
+pub fn cluster_builder(
+    tls: Option<&shoal_tls::TlsConfig>,
+    servers: shoal_tls::Roles,
+) -> Result<reqwest::ClientBuilder, shoal_tls::TlsError> {
+    let builder = builder();
+    let Some(config) = tls.map(|tls| tls.client(servers, &[b"h2", b"http/1.1"])).transpose()?.flatten()
+    else {
+        return Ok(builder);
+    };
+    Ok(builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&config)))
 }
 
 #[cfg(test)]

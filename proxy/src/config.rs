@@ -333,6 +333,8 @@ mod tests {
             Some(TlsConfig {
                 cert: "/tls/tls.crt".into(),
                 key: "/tls/tls.key".into(),
+                ca: None,
+                identities: Default::default(),
             })
         );
         let error = shoal_service::config::parse::<ProxyConfig>("tls: {cert: a}\n", "proxy.yaml")

@@ -66,7 +66,7 @@ pub async fn run(
     let tls = config
         .tls
         .as_ref()
-        .map(|tls| tls.server_config())
+        .map(|tls| tls.server())
         .transpose()?;
     // Read the htpasswd file or the token root bundle now too, for the same reason.
     let auth = config

@@ -1,6 +1,7 @@
 //! The HTTP surface every component shares: `GET /health`, `GET /metrics`, the metrics
 //! middleware around all routes, and [`serve`] (or [`serve_tls`], [`serve_with`]) with the
-//! [`ListenerLimits`] of every listener and graceful shutdown.
+//! [`ListenerLimits`] of every listener and graceful shutdown; [`with_access`] admits callers
+//! by the role their certificate names under mutual TLS.
 //!
 //! Metrics recorded per request (see [`crate::metrics`] for names): one count by route, method
 //! and status when the response headers are produced; request and response body bytes as they
@@ -21,15 +22,18 @@ use axum::response::{IntoResponseParts, Response, ResponseParts};
 use axum::routing::get;
 use http::header::CONTENT_TYPE;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, RequestLabels, Route, RouteLabels, RouteMethodLabels};
 
+mod access;
 mod connection;
 mod counting;
 mod limits;
 mod server;
+
+pub use access::{Access, with_access};
+pub use shoal_tls::{Caller, ServerTls};
 
 use counting::{CountingBody, RequestBytes, ResponseTally};
 pub use limits::ListenerLimits;
@@ -80,11 +84,11 @@ pub async fn serve(
     serve_with(listener, None, app, ListenerLimits::default(), shutdown).await
 }
 
-/// [`serve`] over TLS with `tls` (see [`crate::tls::TlsConfig::server_config`]): HTTP/2 or
+/// [`serve`] over TLS with `tls` (see [`crate::tls::TlsConfig::server`]): HTTP/2 or
 /// HTTP/1.1 as the client's ALPN asks.
 pub async fn serve_tls(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
     app: Router,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -99,6 +103,8 @@ pub async fn serve_tls(
 }
 
 /// Serves `app` on `listener`, over TLS when `tls` is given, within `limits`:
+/// - every request carries the [`Caller`] (a request extension): who the client's certificate
+///   says it is, under mutual TLS (see [`with_access`]);
 /// - HTTP/1.1 and HTTP/2 (h2c, or h2 by ALPN) on the one port, with `TCP_NODELAY`;
 /// - a connection that takes longer than the header-read timeout to send a request's headers,
 ///   or stays idle between requests longer than the idle timeout, is closed; a request in flight
@@ -111,14 +117,23 @@ pub async fn serve_tls(
 /// clients get a GOAWAY), and returns once every connection has closed.
 pub async fn serve_with(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
     app: Router,
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     raise_open_file_limit();
-    let tls = tls.map(TlsAcceptor::from);
     server::run(listener, tls, app, limits, shutdown).await
+}
+
+/// [`serve`], over TLS when the component's `tls:` section is set.
+pub async fn serve_maybe_tls(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    app: Router,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(listener, tls, app, ListenerLimits::default(), shutdown).await
 }
 
 /// Raises the process's soft limit on open files to its hard limit, once: a listener may hold

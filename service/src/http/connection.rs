@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use super::limits::ListenerLimits;
+use crate::tls::Caller;
 
 /// Unanswered pings find peers that vanished (a crashed node, a half-open partition) while a
 /// stream is open; without them a stalled download would hold its connection until TCP gives up
@@ -69,9 +70,11 @@ pub(crate) fn builder() -> auto::Builder<TokioExecutor> {
 /// `shutdown` is cancelled and the requests in flight finish. `accepted` is when the TCP
 /// connection was accepted: the header-read timeout of a new connection counts from there, so
 /// it includes a TLS handshake.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<I>(
     io: I,
     peer: SocketAddr,
+    caller: Caller,
     builder: &auto::Builder<TokioExecutor>,
     app: Router,
     limits: ListenerLimits,
@@ -86,6 +89,7 @@ pub(crate) async fn serve<I>(
         app,
         activity: Arc::clone(&activity),
         peer,
+        caller,
     };
     let mut connection = pin!(builder.serve_connection(io, service));
     let mut clock = Clock::new(accepted);
@@ -270,6 +274,8 @@ struct Tracked {
     /// The client's address, handed to handlers as axum's `ConnectInfo<SocketAddr>` (per-client
     /// bounds, logs).
     peer: SocketAddr,
+    /// Who the client's certificate says it is (under mutual TLS), for [`super::with_access`].
+    caller: Caller,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -282,6 +288,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
+        request.extensions_mut().insert(self.caller);
         let in_flight = InFlight::enter(Arc::clone(&self.activity));
         // A `Router` is always ready (its `poll_ready` returns at once), so it is called directly.
         let response = self.app.clone().call(request);

@@ -34,7 +34,14 @@ use tokio_util::task::TaskTracker;
 
 use super::connection;
 use super::limits::ListenerLimits;
-use crate::tls::HANDSHAKE_TIMEOUT;
+use crate::tls::{Caller, HANDSHAKE_TIMEOUT, Identities, ServerTls};
+
+/// A TLS listener's acceptor, and how to read client roles under mutual TLS.
+#[derive(Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    identities: Option<Arc<Identities>>,
+}
 
 /// Connections over the limit answered with a 503 at once; more are closed unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
@@ -54,12 +61,16 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// returns once all are closed.
 pub(crate) async fn run(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ServerTls>,
     app: Router,
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
+    let tls = tls.map(|tls| Tls {
+        acceptor: TlsAcceptor::from(tls.config),
+        identities: tls.identities,
+    });
     let builder = Arc::new(connection::builder());
     let refusal_builder = Arc::new(refusal_builder());
     let slots = Arc::new(Semaphore::new(
@@ -137,7 +148,7 @@ pub(crate) async fn run(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
     limits: ListenerLimits,
@@ -145,17 +156,27 @@ async fn serve_connection(
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) {
-    let Some(acceptor) = tls else {
-        connection::serve(stream, peer, &builder, app, limits, accepted, &shutdown).await;
+    let Some(tls) = tls else {
+        let caller = Caller::Unchecked;
+        connection::serve(stream, peer, caller, &builder, app, limits, accepted, &shutdown).await;
         return;
     };
     let handshake = tokio::select! {
         () = shutdown.cancelled() => return,
-        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)) => handshake,
     };
     match handshake {
         Ok(Ok(stream)) => {
-            connection::serve(stream, peer, &builder, app, limits, accepted, &shutdown).await;
+            let caller = match &tls.identities {
+                None => Caller::Unchecked,
+                Some(identities) => match stream.get_ref().1.peer_certificates() {
+                    // The verifier has checked the chain to the cluster CA.
+                    Some([cert, ..]) => Caller::Verified(identities.roles_of(cert)),
+                    _ => Caller::Anonymous,
+                },
+            };
+            connection::serve(stream, peer, caller, &builder, app, limits, accepted, &shutdown)
+                .await;
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -172,15 +193,15 @@ fn refusal_builder() -> auto::Builder<TokioExecutor> {
 /// Answers a connection over the limit with a 503, within [`REFUSAL_DEADLINE`].
 async fn refuse(
     stream: TcpStream,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     _permit: OwnedSemaphorePermit,
 ) {
     let refusal = async {
         match tls {
             None => answer_busy(stream, &builder).await,
-            Some(acceptor) => {
-                if let Ok(stream) = acceptor.accept(stream).await {
+            Some(tls) => {
+                if let Ok(stream) = tls.acceptor.accept(stream).await {
                     answer_busy(stream, &builder).await;
                 }
             }

@@ -1,6 +1,9 @@
 //! Loading certificates and keys, and serving HTTPS over real sockets.
 
+use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Router;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -42,6 +45,8 @@ impl Certs {
         TlsConfig {
             cert: self.path("tls.crt"),
             key: self.path("tls.key"),
+            ca: None,
+            identities: Default::default(),
         }
     }
 
@@ -53,7 +58,7 @@ impl Certs {
 
 #[test]
 fn a_certificate_chain_and_key_load_with_h2_and_http1() {
-    let config = Certs::generate().config().server_config().unwrap();
+    let config = Certs::generate().config().server().unwrap().config;
     assert_eq!(
         config.alpn_protocols,
         [b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -67,7 +72,7 @@ fn a_missing_key_file_names_tls_key() {
         key: certs.path("absent.key"),
         ..certs.config()
     };
-    let error = config.server_config().unwrap_err();
+    let error = config.server().unwrap_err();
     assert!(
         matches!(error, TlsError::Read { field: "key", .. }),
         "{error:?}"
@@ -87,7 +92,7 @@ fn a_file_without_pem_blocks_names_tls_cert() {
         cert: certs.path("garbage.crt"),
         ..certs.config()
     };
-    let error = config.server_config().unwrap_err();
+    let error = config.server().unwrap_err();
     assert!(matches!(error, TlsError::NoCertificate { .. }), "{error:?}");
     assert!(error.to_string().contains("`tls.cert`"), "{error}");
 }
@@ -101,7 +106,7 @@ fn a_truncated_pem_block_is_reported_as_invalid_pem() {
         cert: certs.path("cut.crt"),
         ..certs.config()
     };
-    let error = config.server_config().unwrap_err();
+    let error = config.server().unwrap_err();
     assert!(
         matches!(error, TlsError::Pem { field: "cert", .. }),
         "{error:?}"
@@ -115,7 +120,7 @@ fn a_certificate_file_given_as_the_key_is_rejected() {
         key: certs.path("tls.crt"),
         ..certs.config()
     };
-    let error = config.server_config().unwrap_err();
+    let error = config.server().unwrap_err();
     assert!(matches!(error, TlsError::NoKey { .. }), "{error:?}");
     assert!(error.to_string().contains("`tls.key`"), "{error}");
 }
@@ -128,16 +133,16 @@ fn a_key_of_another_certificate_is_rejected() {
         key: other.path("tls.key"),
         ..certs.config()
     };
-    let error = config.server_config().unwrap_err();
+    let error = config.server().unwrap_err();
     assert!(matches!(error, TlsError::Rejected(_)), "{error:?}");
 }
 
 #[test]
 fn unknown_fields_are_rejected() {
-    let error = serde_yaml_ng::from_str::<TlsConfig>("cert: a\nkey: b\nca: c\n")
+    let error = serde_yaml_ng::from_str::<TlsConfig>("cert: a\nkey: b\ncacert: c\n")
         .unwrap_err()
         .to_string();
-    assert!(error.contains("ca"), "{error}");
+    assert!(error.contains("cacert"), "{error}");
 }
 
 async fn start(
@@ -153,7 +158,7 @@ async fn start(
     let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
     let task = tokio::spawn(crate::http::serve_tls(
         listener,
-        certs.config().server_config().unwrap(),
+        certs.config().server().unwrap(),
         app,
         shutdown.clone(),
     ));
@@ -232,7 +237,7 @@ async fn a_tls_listener_answers_connections_beyond_its_limit_with_503() {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::http::serve_with(
         listener,
-        Some(certs.config().server_config().unwrap()),
+        Some(certs.config().server().unwrap()),
         app,
         limits,
         shutdown.clone(),
@@ -256,4 +261,76 @@ async fn a_tls_listener_answers_connections_beyond_its_limit_with_503() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
+}
+
+/// Mutual TLS on a real listener: a client is admitted by the role its certificate names,
+/// per method; no certificate, or one of another role, gets 403 DENIED (gRPC: status 7).
+#[tokio::test]
+async fn mutual_tls_admits_callers_by_role() {
+    use shoal_tls::generate::Authority;
+    use shoal_tls::{Role, Roles};
+
+    let ca = Authority::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ca.write(&dir.path().join("origin"), Role::Origin).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}/blobs", listener.local_addr().unwrap().port());
+    let app = Router::new().route(
+        "/blobs",
+        axum::routing::get(|| async { "read" }).put(|| async { "written" }),
+    );
+    let access = crate::http::Access {
+        read: Roles::ANY,
+        write: Roles::of(&[Role::Proxy, Role::Origin]),
+    };
+    let app = crate::http::with_common_routes(
+        crate::http::with_access(app, access),
+        crate::MetricsBuilder::new("test").build(),
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(crate::http::serve_tls(
+        listener,
+        server.server().unwrap(),
+        app,
+        shutdown.clone(),
+    ));
+    let client_of = |role: Role| {
+        let config = ca.write(&dir.path().join(role.as_str()), role).unwrap();
+        crate::client::cluster_builder(Some(&config), Roles::of(&[Role::Origin]))
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+    let ca_only = reqwest::Certificate::from_pem(ca.ca_pem().as_bytes()).unwrap();
+    let anonymous = crate::client::builder()
+        .tls_certs_only([ca_only])
+        .build()
+        .unwrap();
+
+    let proxy = client_of(Role::Proxy);
+    assert_eq!(proxy.put(&url).send().await.unwrap().status(), 200);
+    let agent = client_of(Role::Agent);
+    assert_eq!(agent.get(&url).send().await.unwrap().status(), 200);
+    let refused = agent.put(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("DENIED") && body.contains("agent"), "{body}");
+    assert_eq!(anonymous.get(&url).send().await.unwrap().status(), 403);
+    let health = url.replace("/blobs", "/health");
+    assert_eq!(anonymous.get(&health).send().await.unwrap().status(), 200, "probes need no certificate");
+    let grpc = anonymous
+        .post(&url)
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(grpc.headers()["grpc-status"], "7");
+
+    shutdown.cancel();
+    drop((proxy, agent, anonymous));
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
