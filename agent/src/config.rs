@@ -4,14 +4,14 @@
 //! cluster.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use shoal_core::{Name, PeerId};
 use shoal_service::{ByteSize, LogConfig};
+use shoal_storage::cache::{Budget, Percent};
 
 /// `shoal-agent --config agent.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +111,18 @@ pub struct CacheConfig {
     pub ttl: Duration,
 }
 
+impl CacheConfig {
+    /// The budget the shared store cache enforces.
+    pub fn budget(&self) -> Budget {
+        Budget::new(
+            self.capacity.as_u64(),
+            self.high_watermark,
+            self.low_watermark,
+            Some(self.ttl),
+        )
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -118,50 +130,6 @@ impl Default for CacheConfig {
             high_watermark: Percent(90),
             low_watermark: Percent(75),
             ttl: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-/// A share from 0 to 100, written `90%` (or a plain `90`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Percent(pub u8);
-
-impl Percent {
-    /// This share of `total`, rounded down.
-    pub fn of(self, total: u64) -> u64 {
-        (u128::from(total) * u128::from(self.0) / 100) as u64
-    }
-}
-
-impl fmt::Display for Percent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}%", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Percent {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        let value = match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => n,
-            Raw::Text(text) => text
-                .trim()
-                .strip_suffix('%')
-                .unwrap_or(text.trim())
-                .trim()
-                .parse()
-                .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a percentage")))?,
-        };
-        match u8::try_from(value) {
-            Ok(percent) if percent <= 100 => Ok(Percent(percent)),
-            _ => Err(serde::de::Error::custom(format!(
-                "{value}% is not between 0% and 100%"
-            ))),
         }
     }
 }
@@ -324,12 +292,5 @@ mod tests {
         ));
         config.advertise_addr = Some("10.0.0.7:16001".into());
         config.validate().unwrap();
-    }
-
-    #[test]
-    fn percentages_take_their_share() {
-        assert_eq!(Percent(90).of(1000), 900);
-        assert_eq!(Percent(100).of(u64::MAX), u64::MAX);
-        assert_eq!(Percent(0).of(u64::MAX), 0);
     }
 }

@@ -5,10 +5,10 @@
 //!
 //! Modules: `registry` implements the read side of shoal-registry-server's backend over
 //! `state`; `manifests` reads manifests whole; `tags` resolves and caches tags; `namespace` maps
-//! containerd's `?ns=`; `cache` evicts; `peer_id` names the agent in the swarm; `preheat` fetches
+//! containerd's `?ns=`; the disk cache is shoal-storage's `cache` (no pins: every blob exists
+//! elsewhere); `peer_id` names the agent in the swarm; `preheat` fetches
 //! a whole image into the cache when the proxy asks (`POST /preheat`, beside the `/v2/` API).
 
-mod cache;
 pub mod config;
 mod manifests;
 mod metrics;
@@ -30,11 +30,11 @@ use shoal_p2p::{Engine, Identity, Limiter, P2pMetrics};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use shoal_storage::BlobStore;
+use shoal_storage::cache::{Cache, Unpinned};
 use tokio::net::TcpListener;
 
 pub use config::AgentConfig;
 
-use crate::cache::Cache;
 use crate::metrics::AgentMetrics;
 use crate::namespace::Namespaces;
 use crate::state::AppState;
@@ -116,7 +116,8 @@ pub async fn run(
     );
     let cache = Arc::new(Cache::new(
         store.clone(),
-        &config.cache,
+        config.cache.budget(),
+        Unpinned,
         metrics.cache.clone(),
     ));
     tasks.spawn(cache.clone().run(shutdown.clone()));

@@ -5,8 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-
-use crate::cache::CacheMetrics;
+use shoal_storage::cache::CacheMetrics;
 
 /// How a blob request (GET or HEAD) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,21 +86,7 @@ impl AgentMetrics {
             "POST /preheat requests, by result (ok, bad_request, not_found, failed, unauthorized)",
             metrics.preheat_requests.clone(),
         );
-        agent.register(
-            "cache_bytes",
-            "Bytes of complete blobs in the disk cache after the last sweep",
-            metrics.cache.bytes.clone(),
-        );
-        agent.register(
-            "cache_evictions",
-            "Blobs evicted from the disk cache",
-            metrics.cache.evictions.clone(),
-        );
-        agent.register(
-            "cache_evicted_bytes",
-            "Bytes of blobs evicted from the disk cache",
-            metrics.cache.evicted_bytes.clone(),
-        );
+        metrics.cache.register(agent);
         metrics
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use shoal_p2p::Engine;
 use shoal_service::SharedSecret;
 use shoal_storage::BlobStore;
+use shoal_storage::cache::Cache;
 
-use crate::cache::Cache;
 use crate::metrics::AgentMetrics;
 use crate::namespace::Namespaces;
 use crate::tags::TagCache;

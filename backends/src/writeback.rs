@@ -178,6 +178,15 @@ impl WriteBack {
         self.queue.contains(&digest.hex())
     }
 
+    /// Every blob that still has to reach the backend, in no particular order.
+    pub fn pending(&self) -> Vec<Digest> {
+        self.queue
+            .payloads()
+            .into_iter()
+            .map(|marker| marker.digest)
+            .collect()
+    }
+
     /// The queue's current depth, age and counters.
     pub fn stats(&self) -> WriteBackStats {
         let stats = self.queue.stats();

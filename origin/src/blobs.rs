@@ -14,6 +14,7 @@ use shoal_backends::blob_key;
 use shoal_core::{ByteRange, Digest, RangeError};
 use shoal_storage::{BlobFile, ByteStream, StoreError};
 
+use crate::capacity::Reading;
 use crate::errors::ApiError;
 use crate::extract::{DigestParam, Params, body_stream};
 use crate::metrics::MismatchSource;
@@ -74,8 +75,10 @@ pub(crate) async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let range = requested_range(&headers)?;
+    // Taken before the lookup so that eviction cannot take the blob under this response.
+    let reading = origin.reading(digest);
     if let Some(file) = origin.store.open_blob(&digest).await? {
-        return serve_file(&origin, &digest, file, range);
+        return serve_file(&origin, &digest, file, range, reading);
     }
     if params.replica {
         // A peer origin filling in asks for this store's copy only, so misses never bounce
@@ -93,7 +96,7 @@ pub(crate) async fn get(
             .open_blob(&digest)
             .await?
             .ok_or_else(|| ApiError::blob_unknown(&digest))?;
-        return serve_file(&origin, &digest, file, range);
+        return serve_file(&origin, &digest, file, range, reading);
     }
     let (len, stream) = pullthrough::stream(&origin, digest, params.namespace.as_ref())
         .await?
@@ -103,6 +106,7 @@ pub(crate) async fn get(
         StatusCode::OK,
         blob_headers(&digest, len, None),
         stream,
+        reading,
     ))
 }
 
@@ -122,6 +126,7 @@ fn serve_file(
     digest: &Digest,
     file: BlobFile,
     range: Option<ByteRange>,
+    reading: Reading,
 ) -> Result<Response, ApiError> {
     let len = file.len();
     let Some(range) = range else {
@@ -131,6 +136,7 @@ fn serve_file(
             StatusCode::OK,
             headers,
             file.stream(0..len),
+            reading,
         ));
     };
     let bytes = range.resolve(len)?;
@@ -141,6 +147,7 @@ fn serve_file(
         StatusCode::PARTIAL_CONTENT,
         headers,
         file.stream(bytes),
+        reading,
     ))
 }
 
@@ -162,14 +169,19 @@ fn blob_headers(digest: &Digest, content_length: u64, content_range: Option<Stri
     AppendHeaders(headers)
 }
 
-/// A streamed blob response whose bytes are counted as they go out.
+/// A streamed blob response whose bytes are counted as they go out; `reading` lives as long as
+/// the body: until the last byte is sent or the client goes away.
 fn blob_response(
     origin: &Origin,
     status: StatusCode,
     headers: Headers,
     bytes: ByteStream,
+    reading: Reading,
 ) -> Response {
     let metrics = origin.metrics.clone();
-    let counted = bytes.inspect_ok(move |chunk| metrics.served(chunk.len()));
+    let counted = bytes.inspect_ok(move |chunk| {
+        let _reading = &reading;
+        metrics.served(chunk.len());
+    });
     (status, headers, Body::from_stream(counted)).into_response()
 }

@@ -10,6 +10,7 @@ use shoal_api::OriginsConfig;
 use shoal_backends::{BackendConfig, RetryPolicy, RouteConfig};
 use shoal_p2p::P2pConfig;
 use shoal_service::{ByteSize, LogConfig};
+use shoal_storage::cache::{Budget, Percent};
 
 /// `shoal-origin --config origin.yaml`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -33,6 +34,7 @@ pub struct OriginConfig {
     pub uploads: UploadsConfig,
     pub p2p: SeedConfig,
     pub cluster: ClusterConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
 }
 
@@ -48,6 +50,7 @@ impl Default for OriginConfig {
             uploads: UploadsConfig::default(),
             p2p: SeedConfig::default(),
             cluster: ClusterConfig::default(),
+            cache: CacheConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -77,6 +80,7 @@ impl OriginConfig {
             ));
         }
         self.cluster.validate()?;
+        self.cache.validate()?;
         self.p2p.engine().validate()
     }
 }
@@ -148,6 +152,53 @@ fn field_suffix(error: &str) -> String {
         error.to_owned()
     } else {
         format!(".{error}")
+    }
+}
+
+/// The store as a bounded cache in front of the backend (`cache:`): the agent's `cache.*` fields
+/// without the TTL (an origin keeps a blob while it has room, however old).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of complete blobs the store aims to stay under; absent: unlimited (every blob
+    /// stays). Blobs not yet in the backend are kept whatever this says.
+    pub capacity: Option<ByteSize>,
+    /// Eviction starts when the store holds more than this share of `capacity` …
+    pub high_watermark: Percent,
+    /// … and stops once it holds at most this share.
+    pub low_watermark: Percent,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: None,
+            high_watermark: Percent(90),
+            low_watermark: Percent(75),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The budget to enforce; `None` when the capacity is unlimited.
+    pub fn budget(&self) -> Option<Budget> {
+        let capacity = self.capacity?.as_u64();
+        Some(Budget::new(
+            capacity,
+            self.high_watermark,
+            self.low_watermark,
+            None,
+        ))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.low_watermark >= self.high_watermark {
+            return Err(format!(
+                "cache.low_watermark ({}) must be below cache.high_watermark ({})",
+                self.low_watermark, self.high_watermark
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -430,6 +481,31 @@ mod tests {
                 .expect_err("no advertise")
                 .contains("advertise")
         );
+    }
+
+    #[test]
+    fn the_cache_is_unlimited_by_default_and_takes_the_agents_units() {
+        assert_eq!(OriginConfig::default().cache.budget(), None);
+        let yaml = "cache:\n  capacity: 300MiB\n  high_watermark: 80%\n  low_watermark: 50\n";
+        let config: OriginConfig = shoal_service::config::parse(yaml, "test").expect("parse");
+        config.validate().expect("valid");
+        let budget = config.cache.budget().expect("bounded");
+        let mib = 1024 * 1024;
+        assert_eq!((budget.high, budget.low), (240 * mib, 150 * mib));
+        assert_eq!(budget.ttl, None, "an origin keeps blobs however old");
+
+        let mut inverted = config;
+        inverted.cache.low_watermark = Percent(80);
+        assert!(
+            inverted
+                .validate()
+                .expect_err("low = high")
+                .contains("cache.low_watermark")
+        );
+        let error = shoal_service::config::parse::<OriginConfig>("cache:\n  ttl: 1h\n", "t")
+            .expect_err("no TTL on origins")
+            .to_string();
+        assert!(error.contains("cache"), "{error}");
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! (the trackers hand this origin out as a seeder; it never announces or downloads itself).
 //! With a `cluster:` ring configured, a committed blob is copied to its other rendezvous owners
 //! (`replicate`) before the commit is acknowledged, and pushes that did not get through are
-//! retried from a durable queue.
+//! retried from a durable queue. With `cache.capacity` set the store is a bounded cache in front
+//! of the backend (`capacity`): least recently read blobs that the backend holds are evicted.
 
 mod blobs;
+mod capacity;
 pub mod config;
 mod errors;
 mod extract;
@@ -30,14 +32,17 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
 use shoal_backends::{BackendRouter, WriteBack};
+use shoal_core::Digest;
 use shoal_jobs::StatsCollector;
-use shoal_p2p::{Faults, Limiter, P2pMetrics, StoreSource};
+use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, StoreSource};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
 
-pub use config::{ClusterConfig, OriginConfig, SeedConfig, UploadsConfig, WriteBackConfig};
+pub use config::{
+    CacheConfig, ClusterConfig, OriginConfig, SeedConfig, UploadsConfig, WriteBackConfig,
+};
 
 use metrics::OriginMetrics;
 
@@ -63,9 +68,25 @@ pub(crate) struct Origin {
     ring: Option<replicate::Ring>,
     /// Pull-throughs in progress, shared by concurrent requests for one blob.
     flights: flights::Flights,
+    /// Keeps the store within `cache.capacity`; `None` when unlimited.
+    cache: Option<Arc<capacity::StoreCache>>,
     /// Background work that outlives a request (pull-through copies), drained at shutdown.
     tasks: TaskTracker,
     metrics: OriginMetrics,
+}
+
+impl Origin {
+    /// Marks `digest` as being read by a response until the guard is dropped (with a capacity).
+    fn reading(&self, digest: Digest) -> capacity::Reading {
+        self.cache.as_ref().map(|cache| cache.reader(digest))
+    }
+
+    /// The store just gained a blob: the cache checks its budget soon.
+    fn stored(&self) {
+        if let Some(cache) = &self.cache {
+            cache.wake();
+        }
+    }
 }
 
 /// Runs the origin until `shutdown` is cancelled and in-flight requests have finished, then gives
@@ -133,9 +154,33 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let cache = config.cache.budget().map(|budget| {
+        let pins = capacity::BackendPins {
+            writeback: writeback.clone(),
+            replication: ring.as_ref().map(replicate::Ring::pending_pushes),
+            backends: backends.clone(),
+        };
+        let cache_metrics = metrics::register_cache(registry.registry());
+        Arc::new(capacity::StoreCache::new(
+            store.clone(),
+            budget,
+            pins,
+            cache_metrics,
+        ))
+    });
+    if let Some(cache) = &cache {
+        tasks.spawn(cache.clone().run(shutdown.clone()));
+    }
+    let source: Arc<dyn PieceSource> = match &cache {
+        Some(cache) => Arc::new(capacity::ReadCounted {
+            source: StoreSource(store.clone()),
+            cache: cache.clone(),
+        }),
+        None => Arc::new(StoreSource(store.clone())),
+    };
     let seed = config.p2p.engine();
     let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
-        Arc::new(StoreSource(store.clone())),
+        source,
         Limiter::new(seed.egress_rate, seed.chunk_size),
         seed.upload_slots,
         p2p_metrics,
@@ -151,6 +196,7 @@ pub async fn run(
         uploads: config.uploads.clone(),
         ring,
         flights: flights::Flights::default(),
+        cache,
         tasks: tasks.clone(),
         metrics,
     });

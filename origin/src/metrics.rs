@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use shoal_backends::WriteBack;
 use shoal_jobs::StatsNames;
 use shoal_storage::BlobStore;
+use shoal_storage::cache::CacheMetrics;
 
 /// Replica pushes to the other owners of committed blobs (`replicate`), read from their queue on
 /// each scrape.
@@ -117,6 +118,19 @@ impl OriginMetrics {
     pub(crate) fn pulled_through(&self) {
         self.pullthrough.inc();
     }
+}
+
+/// Registers the store cache's metrics as `shoal_origin_cache_*` (with `cache.capacity` only).
+pub(crate) fn register_cache(registry: &mut Registry) -> CacheMetrics {
+    let metrics = CacheMetrics::default();
+    let origin = registry.sub_registry_with_prefix("origin");
+    metrics.register(origin);
+    origin.register(
+        "cache_pinned_bytes",
+        "Bytes of blobs kept in the store because their write-back or replica pushes are pending, or the backend lacks them",
+        metrics.pinned_bytes.clone(),
+    );
+    metrics
 }
 
 /// Reports the write-back queue's state on each scrape.

@@ -225,6 +225,7 @@ async fn copy(
     match &stored {
         Ok(len) => {
             origin.metrics.pulled_through();
+            origin.stored();
             tracing::info!(%digest, len = *len, "pulled through from the backend");
             start(&mut client, Ok(()));
             if let Some(last) = held {

@@ -162,6 +162,11 @@ impl Ring {
         }))
     }
 
+    /// The blobs with replica pushes still queued, for eviction to keep.
+    pub(crate) fn pending_pushes(&self) -> PendingPushes {
+        PendingPushes(self.queue.clone())
+    }
+
     /// A reading of the replica-push queue for metrics.
     pub(crate) fn queue_stats(&self) -> impl Fn() -> Stats + Send + Sync + 'static {
         let queue = self.queue.clone();
@@ -193,6 +198,17 @@ impl Ring {
             }
         }
         None
+    }
+}
+
+/// The replica-push queue as eviction sees it: which blobs it still has to read from the store.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingPushes(Arc<Queue<ReplicaPush>>);
+
+impl PendingPushes {
+    /// Every blob with a push to some owner not yet confirmed.
+    pub(crate) fn digests(&self) -> impl Iterator<Item = Digest> {
+        self.0.payloads().into_iter().map(|replica| replica.digest)
     }
 }
 
@@ -319,7 +335,8 @@ mod tests {
 
     use super::*;
 
-    async fn ring(me: &str, replicas: usize, quorum: usize) -> Ring {
+    /// A ring of four with `me` in it, and the directory holding its queue.
+    async fn ring(me: &str, replicas: usize, quorum: usize) -> (tempfile::TempDir, Ring) {
         let config = ClusterConfig {
             origins: OriginsConfig::fixed(["a:1", "b:1", "c:1", "d:1"]),
             advertise: me.into(),
@@ -332,7 +349,7 @@ mod tests {
         let store = BlobStore::open(dir.path().join("store"))
             .await
             .expect("store");
-        Ring::start(
+        let ring = Ring::start(
             &http,
             &config,
             Arc::new(store),
@@ -343,7 +360,8 @@ mod tests {
         )
         .await
         .expect("start")
-        .expect("ring")
+        .expect("ring");
+        (dir, ring)
     }
 
     #[tokio::test]
@@ -354,14 +372,14 @@ mod tests {
             let owners = rendezvous::owners(&digest, &nodes, 3);
             let outsider = nodes.iter().find(|n| !owners.contains(n)).expect("4 > 3");
 
-            let owner = ring(owners[1], 3, 2).await;
+            let (_dir, owner) = ring(owners[1], 3, 2).await;
             let plan = owner.plan(&digest);
             let addrs: Vec<&str> = plan.targets.iter().map(|m| m.addr.as_str()).collect();
             assert_eq!(addrs, [*owners[0], *owners[2]]);
             assert_eq!(plan.needed, 1);
 
             // A session origin that is not an owner sends to all R and waits for W of them.
-            let outside = ring(outsider, 3, 2).await;
+            let (_dir, outside) = ring(outsider, 3, 2).await;
             let plan = outside.plan(&digest);
             assert_eq!(plan.targets.len(), 3);
             assert_eq!(plan.needed, 2);
@@ -369,9 +387,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queued_pushes_are_pending_until_removed() {
+        let (_dir, ring) = ring("a:1", 3, 2).await;
+        let digest = Digest::of(b"late owner");
+        let replica = Replica {
+            digest,
+            namespace: None,
+            to: "b:1".into(),
+        };
+        assert_eq!(ring.pending_pushes().digests().count(), 0);
+        ring.queue
+            .enqueue_held(replica.clone())
+            .await
+            .expect("enqueue");
+        let pending: Vec<Digest> = ring.pending_pushes().digests().collect();
+        assert_eq!(pending, [digest]);
+        ring.queue.remove(&replica.key()).await.expect("remove");
+        assert_eq!(ring.pending_pushes().digests().count(), 0);
+    }
+
+    #[tokio::test]
     async fn the_quorum_is_capped_by_the_ring_size() {
         let digest = Digest::of(b"x");
-        let small = ring("a:1", 8, 8).await;
+        let (_dir, small) = ring("a:1", 8, 8).await;
         let plan = small.plan(&digest);
         assert_eq!(plan.targets.len(), 3);
         assert_eq!(plan.needed, 3);

@@ -205,6 +205,7 @@ pub(crate) async fn acknowledge(
         .enqueue_after(digest, namespace, delay)
         .await?;
     origin.metrics.committed();
+    origin.stored();
     tracing::info!(%digest, namespace = namespace.map(Name::as_str), "blob committed");
     let headers = [
         (DOCKER_CONTENT_DIGEST, digest.to_string()),

@@ -222,7 +222,7 @@ impl BlobStore {
 
 /// Locks a std mutex, ignoring poisoning: the maps it guards stay consistent because every
 /// critical section is a single insert, lookup or removal.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -1,10 +1,8 @@
 //! The cache against a real on-disk store.
 
 use futures::StreamExt;
-use shoal_service::ByteSize;
 
 use super::*;
-use crate::config::Percent;
 
 async fn store_with(blobs: &[&'static [u8]]) -> (tempfile::TempDir, Arc<BlobStore>, Vec<Digest>) {
     let dir = tempfile::tempdir().unwrap();
@@ -19,13 +17,21 @@ async fn store_with(blobs: &[&'static [u8]]) -> (tempfile::TempDir, Arc<BlobStor
     (dir, store, digests)
 }
 
-fn config(capacity: u64, high: u8, low: u8, ttl: Duration) -> CacheConfig {
-    CacheConfig {
-        capacity: ByteSize::b(capacity),
-        high_watermark: Percent(high),
-        low_watermark: Percent(low),
-        ttl,
-    }
+/// An unpinned cache over `store`, as the agent runs it.
+fn cache(store: &Arc<BlobStore>, capacity: u64, high: u8, low: u8, ttl: Duration) -> Cache {
+    cache_with(store, capacity, high, low, ttl, CacheMetrics::default())
+}
+
+fn cache_with(
+    store: &Arc<BlobStore>,
+    capacity: u64,
+    high: u8,
+    low: u8,
+    ttl: Duration,
+    metrics: CacheMetrics,
+) -> Cache {
+    let budget = Budget::new(capacity, Percent(high), Percent(low), Some(ttl));
+    Cache::new(store.clone(), budget, Unpinned, metrics)
 }
 
 async fn present(store: &BlobStore, digests: &[Digest]) -> Vec<bool> {
@@ -45,9 +51,12 @@ async fn over_budget_the_least_recently_used_idle_blobs_are_deleted() {
     let (_dir, store, digests) = store_with(&[A, B, C, D]).await;
     let metrics = CacheMetrics::default();
     // 400 bytes against high 90% of 400 = 360 and low 50% = 200.
-    let cache = Arc::new(Cache::new(
-        store.clone(),
-        &config(400, 90, 50, Duration::from_secs(3600)),
+    let cache = Arc::new(cache_with(
+        &store,
+        400,
+        90,
+        50,
+        Duration::from_secs(3600),
         metrics.clone(),
     ));
     // Use order: A (held open), then B, C, D; A is the oldest use but is being read.
@@ -71,9 +80,12 @@ async fn over_budget_the_least_recently_used_idle_blobs_are_deleted() {
 async fn idle_blobs_past_their_ttl_go_and_read_ones_stay() {
     let (_dir, store, digests) = store_with(&[b"one", b"two"]).await;
     let metrics = CacheMetrics::default();
-    let cache = Arc::new(Cache::new(
-        store.clone(),
-        &config(1 << 30, 90, 75, Duration::from_nanos(1)),
+    let cache = Arc::new(cache_with(
+        &store,
+        1 << 30,
+        90,
+        75,
+        Duration::from_nanos(1),
         metrics.clone(),
     ));
     let reading = cache.reader(digests[1]);
@@ -89,11 +101,7 @@ async fn idle_blobs_past_their_ttl_go_and_read_ones_stay() {
 #[tokio::test]
 async fn blobs_found_on_disk_at_start_are_budgeted_too() {
     let (_dir, store, digests) = store_with(&[&[1; 60], &[2; 60]]).await;
-    let cache = Cache::new(
-        store.clone(),
-        &config(100, 90, 50, Duration::from_secs(3600)),
-        CacheMetrics::default(),
-    );
+    let cache = cache(&store, 100, 90, 50, Duration::from_secs(3600));
     // Nobody has touched either blob since start-up; one must go to get under 50 bytes… and
     // both do, since 60 alone is still above the low watermark.
     assert_eq!(cache.sweep().await.unwrap(), 2);
@@ -101,7 +109,7 @@ async fn blobs_found_on_disk_at_start_are_budgeted_too() {
 }
 
 /// A download of `data` with its first piece written, as the p2p engine leaves one.
-async fn download(store: &BlobStore, data: &[u8]) -> shoal_storage::PartialBlob {
+async fn download(store: &BlobStore, data: &[u8]) -> crate::PartialBlob {
     let mut builder = shoal_core::MetainfoBuilder::new(data.len() as u64);
     builder.update(data);
     let metainfo = builder.finish().unwrap();
@@ -117,9 +125,12 @@ async fn downloads_in_progress_count_against_the_budget() {
     let (_dir, store, digests) = store_with(&[&[1; 100], &[2; 100]]).await;
     let metrics = CacheMetrics::default();
     // 200 bytes of blobs fit under high 90% of 400; a 200-byte download in progress does not.
-    let cache = Arc::new(Cache::new(
-        store.clone(),
-        &config(400, 90, 80, Duration::from_secs(3600)),
+    let cache = Arc::new(cache_with(
+        &store,
+        400,
+        90,
+        80,
+        Duration::from_secs(3600),
         metrics.clone(),
     ));
     drop(cache.reader(digests[0]));
@@ -141,11 +152,7 @@ async fn downloads_in_progress_count_against_the_budget() {
 #[tokio::test]
 async fn an_abandoned_download_goes_after_the_ttl_and_an_open_one_stays() {
     let (_dir, store, _) = store_with(&[]).await;
-    let cache = Arc::new(Cache::new(
-        store.clone(),
-        &config(1 << 30, 90, 75, Duration::from_nanos(1)),
-        CacheMetrics::default(),
-    ));
+    let cache = Arc::new(cache(&store, 1 << 30, 90, 75, Duration::from_nanos(1)));
     let open = download(&store, &[4; 300]).await;
     let abandoned = download(&store, &[5; 300]).await;
     let abandoned_digest = abandoned.metainfo().digest();

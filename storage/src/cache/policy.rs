@@ -1,17 +1,38 @@
-//! The eviction policy as a pure function: given what the cache holds, who is reading what and
-//! when each blob was last used, which blobs go. No disk, no clock, no locks.
+//! The eviction policy as a pure function: given what the cache holds, who is reading what,
+//! what its owner pins and when each blob was last used, which blobs go. No disk, no clock, no
+//! locks.
 
 use std::time::{Duration, Instant};
 
 use shoal_core::Digest;
+
+use super::Percent;
 
 /// The byte budget: above `high` bytes eviction starts, and it goes on down to `low`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     pub high: u64,
     pub low: u64,
-    /// A blob unused for this long goes even when the cache is under budget.
-    pub ttl: Duration,
+    /// A blob unused for this long goes even when the cache is under budget; `None`: only the
+    /// byte budget evicts.
+    pub ttl: Option<Duration>,
+}
+
+impl Budget {
+    /// The budget of a `cache:` config section: watermarks as shares of `capacity`.
+    pub fn new(capacity: u64, high: Percent, low: Percent, ttl: Option<Duration>) -> Budget {
+        Budget {
+            high: high.of(capacity),
+            low: low.of(capacity),
+            ttl,
+        }
+    }
+
+    /// Whether a blob last used at `last_used` has outlived the TTL at `now`.
+    pub fn expired(&self, last_used: Instant, now: Instant) -> bool {
+        self.ttl
+            .is_some_and(|ttl| now.saturating_duration_since(last_used) >= ttl)
+    }
 }
 
 /// One complete blob in the cache.
@@ -22,18 +43,27 @@ pub struct Entry {
     pub last_used: Instant,
     /// Responses streaming this blob right now; such a blob is never evicted.
     pub readers: usize,
+    /// Kept by the cache's owner whatever its age (an origin's blob not yet in its backend).
+    pub pinned: bool,
+}
+
+impl Entry {
+    fn held(&self) -> bool {
+        self.readers > 0 || self.pinned
+    }
 }
 
 /// The blobs to delete, in the order to delete them: first every idle blob past its TTL, then,
 /// if the rest still exceeds `budget.high`, idle blobs least recently used first until at most
-/// `budget.low` bytes remain (or nothing idle is left).
+/// `budget.low` bytes remain (or nothing idle is left). Blobs being read or pinned are never
+/// picked, but their bytes count.
 pub fn evictions(entries: &[Entry], now: Instant, budget: Budget) -> Vec<Digest> {
-    let mut idle: Vec<&Entry> = entries.iter().filter(|e| e.readers == 0).collect();
+    let mut idle: Vec<&Entry> = entries.iter().filter(|e| !e.held()).collect();
     idle.sort_by_key(|e| (e.last_used, e.digest));
     let mut total: u64 = entries.iter().map(|e| e.length).sum();
     let mut doomed = Vec::new();
     idle.retain(|e| {
-        let expired = now.saturating_duration_since(e.last_used) >= budget.ttl;
+        let expired = budget.expired(e.last_used, now);
         if expired {
             total -= e.length;
             doomed.push(e.digest);
@@ -62,7 +92,7 @@ mod tests {
         Budget {
             high,
             low,
-            ttl: 24 * HOUR,
+            ttl: Some(24 * HOUR),
         }
     }
 
@@ -73,6 +103,7 @@ mod tests {
             length,
             last_used: now - age,
             readers,
+            pinned: false,
         }
     }
 
@@ -148,5 +179,47 @@ mod tests {
         let reversed = [entries[1].clone(), entries[0].clone()];
         assert_eq!(first, evictions(&reversed, now, budget(15, 10)));
         assert_eq!(first.len(), 1);
+    }
+
+    #[test]
+    fn pinned_blobs_are_never_evicted_and_the_next_least_recently_used_go_instead() {
+        let now = Instant::now() + 48 * HOUR;
+        let mut entries = [
+            entry(now, 1, 40, 30 * HOUR, 0),
+            entry(now, 2, 40, 3 * HOUR, 0),
+            entry(now, 3, 40, 2 * HOUR, 0),
+            entry(now, 4, 40, HOUR, 0),
+        ];
+        entries[0].pinned = true;
+        entries[1].pinned = true;
+        // 160 > 150: the pinned oldest two stay (even past the TTL), so 3 goes, then 4, and
+        // the pinned 80 bytes still count, leaving 80 over the low watermark of 50.
+        assert_eq!(ids(&evictions(&entries, now, budget(150, 50))), [3, 4]);
+    }
+
+    #[test]
+    fn without_a_ttl_only_the_budget_evicts() {
+        let now = Instant::now() + 48 * HOUR;
+        let entries = [entry(now, 1, 10, 47 * HOUR, 0), entry(now, 2, 10, HOUR, 0)];
+        let unlimited_age = Budget {
+            high: 100,
+            low: 50,
+            ttl: None,
+        };
+        assert!(evictions(&entries, now, unlimited_age).is_empty());
+        let tight = Budget {
+            high: 15,
+            ..unlimited_age
+        };
+        assert_eq!(
+            ids(&evictions(&entries, now, Budget { low: 10, ..tight })),
+            [1]
+        );
+    }
+
+    #[test]
+    fn a_budget_takes_its_watermarks_as_shares_of_the_capacity() {
+        let budget = Budget::new(1000, Percent(90), Percent(75), None);
+        assert_eq!((budget.high, budget.low, budget.ttl), (900, 750, None));
     }
 }
