@@ -4,8 +4,9 @@
 //! A blob GET streams from the p2p engine: from the local store, or in order as its pieces
 //! arrive from peers while it downloads, `Range` included. A HEAD never starts a download: the
 //! local store or the tracker's metainfo answers. A blob that exists nowhere is a prompt 404, so
-//! runtimes fall back to their upstream. A tag is resolved through the build-index (cached
-//! briefly); the manifest itself is a blob like any other (`manifests`).
+//! runtimes fall back to their upstream. A tag, or a manifest asked for by digest, is resolved
+//! through the build-index (cached for `tag_cache_ttl`, so a deleted manifest is served for at
+//! most that long); the manifest itself is a blob like any other (`manifests`).
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -32,12 +33,8 @@ impl RegistryBackend for AppState {
         name: &Name,
         reference: &Reference,
     ) -> Result<Option<StoredManifest>, RegistryError> {
-        let digest = match reference {
-            Reference::Digest(digest) => *digest,
-            Reference::Tag(tag) => match self.tags.resolve(name, tag).await? {
-                Some(digest) => digest,
-                None => return Ok(None),
-            },
+        let Some(digest) = self.tags.resolve(name, reference).await? else {
+            return Ok(None);
         };
         let bytes = manifests::read(self, name, &digest).await?;
         Ok(bytes.map(|bytes| StoredManifest { digest, bytes }))

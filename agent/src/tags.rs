@@ -1,7 +1,9 @@
-//! Tag resolution: `repo:tag` → manifest digest through the build-index, remembered for a short
-//! TTL so that a node pulling many images (or many clients asking for the same tag at once) does
-//! not ask the build-index every time. Unknown tags are not remembered: a tag pushed a moment
-//! later must be visible on the next pull.
+//! Manifest references: `repo:tag` → manifest digest, and whether a manifest asked for by digest
+//! is recorded in the repository (deleted ones are not), through the build-index, remembered
+//! for a short TTL so that a node pulling many images (or many clients asking for the same
+//! manifest at once) does not ask the build-index every time. A deleted tag or manifest is
+//! therefore still served for at most that TTL. Unknown references are not remembered: a
+//! manifest pushed a moment later must be visible on the next pull.
 
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
@@ -9,15 +11,17 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use shoal_api::{ApiError, BuildIndexClient};
-use shoal_core::{Digest, Name, Tag};
+use shoal_core::{Digest, Name, Reference, Tag};
 
-/// Distinct tags remembered at once; a node rarely pulls more than a few hundred images.
+/// Distinct references remembered at once; a node rarely pulls more than a few hundred images.
 const CAPACITY: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero");
 
-/// Where tags are looked up; the build-index in production, a table in tests.
+/// Where references are looked up; the build-index in production, a table in tests.
 #[async_trait::async_trait]
 pub trait TagSource: Send + Sync + 'static {
     async fn get_tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError>;
+    /// Whether the manifest `digest` is recorded in `name`.
+    async fn has_manifest(&self, name: &Name, digest: &Digest) -> Result<bool, ApiError>;
 }
 
 #[async_trait::async_trait]
@@ -25,13 +29,17 @@ impl TagSource for BuildIndexClient {
     async fn get_tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
         BuildIndexClient::get_tag(self, name, tag).await
     }
+
+    async fn has_manifest(&self, name: &Name, digest: &Digest) -> Result<bool, ApiError> {
+        Ok(self.manifest(name, digest).await?.is_some())
+    }
 }
 
-/// Resolved tags with their expiry.
+/// Resolved references with their expiry.
 pub struct TagCache {
     source: Box<dyn TagSource>,
     ttl: Duration,
-    entries: Mutex<LruCache<(Name, Tag), (Digest, Instant)>>,
+    entries: Mutex<LruCache<(Name, Reference), (Digest, Instant)>>,
 }
 
 impl std::fmt::Debug for TagCache {
@@ -51,16 +59,28 @@ impl TagCache {
         }
     }
 
-    /// The digest `name:tag` points at, or `None` when the tag does not exist.
-    pub async fn resolve(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
-        let key = (name.clone(), tag.clone());
+    /// The manifest digest `reference` names in `name`: a tag's target, or the digest itself
+    /// when the repository records it; `None` otherwise.
+    pub async fn resolve(
+        &self,
+        name: &Name,
+        reference: &Reference,
+    ) -> Result<Option<Digest>, ApiError> {
+        let key = (name.clone(), reference.clone());
         let now = Instant::now();
         if let Some((digest, expires)) = self.lock().get(&key)
             && *expires > now
         {
             return Ok(Some(*digest));
         }
-        let resolved = self.source.get_tag(name, tag).await?;
+        let resolved = match reference {
+            Reference::Tag(tag) => self.source.get_tag(name, tag).await?,
+            Reference::Digest(digest) => self
+                .source
+                .has_manifest(name, digest)
+                .await?
+                .then_some(*digest),
+        };
         let mut entries = self.lock();
         match resolved {
             Some(digest) => {
@@ -73,7 +93,7 @@ impl TagCache {
         Ok(resolved)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<(Name, Tag), (Digest, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<(Name, Reference), (Digest, Instant)>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -109,12 +129,19 @@ mod tests {
             self.lookups.fetch_add(1, Ordering::SeqCst);
             Ok(self.tags.lock().unwrap().get(tag.as_str()).copied())
         }
+
+        /// A manifest is recorded while the table holds it under its digest's text.
+        async fn has_manifest(&self, _: &Name, digest: &Digest) -> Result<bool, ApiError> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let tags = self.tags.lock().unwrap();
+            Ok(tags.get(&digest.to_string()) == Some(digest))
+        }
     }
 
-    fn key(tag: &str) -> (Name, Tag) {
+    fn key(tag: &str) -> (Name, Reference) {
         (
             Name::parse("library/app").unwrap(),
-            Tag::parse(tag).unwrap(),
+            Reference::Tag(Tag::parse(tag).unwrap()),
         )
     }
 
@@ -156,5 +183,31 @@ mod tests {
         let digest = Digest::of(b"pushed");
         table.set("later", Some(digest));
         assert_eq!(cache.resolve(&name, &tag).await.unwrap(), Some(digest));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_manifest_is_served_by_digest_until_the_ttl_passes() {
+        let table = Table::default();
+        let digest = Digest::of(b"manifest");
+        table.set(&digest.to_string(), Some(digest));
+        let name = Name::parse("library/app").unwrap();
+        let by_digest = Reference::Digest(digest);
+        let cached = TagCache::new(table.clone(), Duration::from_secs(3600));
+        let expiring = TagCache::new(table.clone(), Duration::ZERO);
+        for cache in [&cached, &expiring] {
+            assert_eq!(
+                cache.resolve(&name, &by_digest).await.unwrap(),
+                Some(digest)
+            );
+        }
+        table.set(&digest.to_string(), None);
+        assert_eq!(
+            cached.resolve(&name, &by_digest).await.unwrap(),
+            Some(digest)
+        );
+        assert_eq!(expiring.resolve(&name, &by_digest).await.unwrap(), None);
+        // A digest never recorded is unknown, and not remembered as such.
+        let other = Reference::Digest(Digest::of(b"other"));
+        assert_eq!(cached.resolve(&name, &other).await.unwrap(), None);
     }
 }

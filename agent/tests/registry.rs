@@ -62,6 +62,19 @@ async fn tag(
     }
 }
 
+/// A manifest is recorded in a repository while one of its tags points at it.
+async fn record(
+    State(tags): State<Tags>,
+    Path((repo, digest)): Path<(String, String)>,
+) -> (StatusCode, String) {
+    if tags.iter().any(|((r, _), d)| *r == repo && *d == digest) {
+        let record = r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        (StatusCode::OK, record.to_owned())
+    } else {
+        (StatusCode::NOT_FOUND, String::new())
+    }
+}
+
 async fn serve(app: axum::Router) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -134,6 +147,7 @@ async fn start_agent() -> Result<Agent> {
     let build_index = serve(
         axum::Router::new()
             .route("/v1/repositories/{repo}/tags/{tag}", get(tag))
+            .route("/v1/repositories/{repo}/manifests/{digest}", get(record))
             .with_state(tags),
     )
     .await?;

@@ -2,7 +2,7 @@
 
 use reqwest::{StatusCode, header};
 use serde::Deserialize;
-use shoal_core::{Digest, Name, Tag};
+use shoal_core::{Digest, ManifestRecord, Name, Tag};
 
 use crate::error::ApiError;
 use crate::transport::{base_url, check_from, read_limited, send_to};
@@ -67,6 +67,47 @@ impl BuildIndexClient {
         check(resp).await.map(|_| true)
     }
 
+    /// Records the manifest `digest` as pushed into `name`. The build-index refuses it when the
+    /// manifest or anything it references is missing.
+    pub async fn put_manifest(&self, name: &Name, digest: &Digest) -> Result<(), ApiError> {
+        let req = self.http.put(self.manifest_url(name, digest));
+        check(send(req).await?).await.map(drop)
+    }
+
+    /// The record of manifest `digest` in `name`, or `None` when it was never pushed there or
+    /// was deleted.
+    pub async fn manifest(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, ApiError> {
+        let resp = send(self.http.get(self.manifest_url(name, digest))).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = read_limited(SERVICE, check(resp).await?, 64 * 1024).await?;
+        parse_json(&body).map(Some)
+    }
+
+    /// Deletes manifest `digest` from `name`: its record and every tag pointing at it. Returns
+    /// the tags removed; `None` when the repository has neither.
+    pub async fn delete_manifest(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        #[derive(Deserialize)]
+        struct Untagged {
+            untagged: Vec<String>,
+        }
+        let resp = send(self.http.delete(self.manifest_url(name, digest))).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = read_limited(SERVICE, check(resp).await?, PAGE_LIMIT).await?;
+        parse_json::<Untagged>(&body).map(|u| Some(u.untagged))
+    }
+
     /// A page of `name`'s tags in lexical order after `last`; `None` when the repository has no tags.
     pub async fn list_tags(
         &self,
@@ -113,6 +154,14 @@ impl BuildIndexClient {
             items: repos.repositories,
             next_last,
         })
+    }
+
+    fn manifest_url(&self, name: &Name, digest: &Digest) -> String {
+        format!(
+            "{}/v1/repositories/{}/manifests/{digest}",
+            self.base,
+            encode(name.as_str())
+        )
     }
 
     fn tag_url(&self, name: &Name, tag: &Tag) -> String {

@@ -52,6 +52,17 @@ pub fn tag_key(name: &Name, tag: &Tag) -> String {
     )
 }
 
+/// The backend key of the record of a manifest pushed into a repository:
+/// `repositories/<repo>/_manifests/sha256/<hex>` (`_manifests`, like `_tags`, cannot be a
+/// repository name component).
+pub fn manifest_key(name: &Name, digest: &Digest) -> String {
+    format!(
+        "{REPOSITORIES_PREFIX}{}/_manifests/sha256/{}",
+        name.as_str(),
+        digest.hex()
+    )
+}
+
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -193,6 +204,13 @@ mod tests {
             "repositories/library/ubuntu/_tags/22.04"
         );
         assert!(tag_key(&name, &tag).starts_with(REPOSITORIES_PREFIX));
+        assert_eq!(
+            manifest_key(&name, &digest),
+            format!(
+                "repositories/library/ubuntu/_manifests/sha256/{}",
+                digest.hex()
+            )
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! | tag | stat / get | `HEAD /v2/<repo>/manifests/<tag>`; the object is the digest text |
 //! | tag | put | the manifest's bytes read back from this registry by digest, `PUT /v2/<repo>/manifests/<tag>` |
 //! | tag | list | `/v2/<repo>/tags/list` and `/v2/_catalog`, page by page |
+//! | manifest record | stat / get | `GET /v2/<repo>/manifests/<digest>`; the object is a `ManifestRecord` of its media type |
+//! | manifest record | put | the manifest pushed by digest, as a tag put does |
+//! | manifest record | list | none: a registry cannot list a repository's manifests |
 //! | any | delete | `DELETE` where the registry allows it, else [`BackendError::Unsupported`] |
 //!
 //! The requests, their authentication and their answers are `shoal-registry-client`'s; this
@@ -28,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
-use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, Name, Reference, Tag};
+use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestRecord, Name, Reference, Tag};
 use shoal_registry_client::{Credentials, Error as ClientError, Options, RegistryClient};
 
 use super::http::take_bytes;
@@ -37,6 +40,7 @@ use crate::ByteStream;
 
 const BLOB_PREFIX: &str = "blobs/sha256/";
 const TAGS_SEPARATOR: &str = "/_tags/";
+const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
 /// A tag object is a digest's text; refuse to buffer anything much larger.
 const MAX_TAG_OBJECT: usize = 1024;
 /// First and longest pause while a tag put waits for the write-back to bring its manifest and
@@ -103,6 +107,8 @@ pub struct RegistryBackend {
 enum Key {
     Blob(Digest),
     Tag(Name, Tag),
+    /// The record of a manifest pushed into a repository.
+    Manifest(Name, Digest),
 }
 
 fn parse_key(key: &str) -> Result<Key, BackendError> {
@@ -115,10 +121,18 @@ fn parse_key(key: &str) -> Result<Key, BackendError> {
             .map(Key::Blob)
             .map_err(|_| invalid("not a sha256 blob key"));
     }
-    let (repo, tag) = key
+    let rest = key
         .strip_prefix(REPOSITORIES_PREFIX)
-        .and_then(|rest| rest.split_once(TAGS_SEPARATOR))
-        .ok_or_else(|| invalid("a registry holds only blob and tag keys"))?;
+        .ok_or_else(|| invalid("a registry holds only blob, tag and manifest record keys"))?;
+    if let Some((repo, hex)) = rest.split_once(MANIFESTS_SEPARATOR) {
+        let name = Name::parse(repo).map_err(|_| invalid("not a repository name"))?;
+        let digest = Digest::parse(&format!("sha256:{hex}"))
+            .map_err(|_| invalid("not a sha256 manifest record key"))?;
+        return Ok(Key::Manifest(name, digest));
+    }
+    let (repo, tag) = rest
+        .split_once(TAGS_SEPARATOR)
+        .ok_or_else(|| invalid("a registry holds only blob, tag and manifest record keys"))?;
     let name = Name::parse(repo).map_err(|_| invalid("not a repository name"))?;
     let tag = Tag::parse(tag).map_err(|_| invalid("not a tag"))?;
     Ok(Key::Tag(name, tag))
@@ -400,21 +414,27 @@ impl RegistryBackend {
         }
     }
 
-    /// Points `tag` at `digest`, waiting up to `manifest_wait` for the write-back to bring the
-    /// manifest and everything it references into the registry.
-    async fn put_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), BackendError> {
+    /// Stores the manifest `digest` under `reference` (a tag, or its own digest for a record),
+    /// waiting up to `manifest_wait` for the write-back to bring the manifest and everything it
+    /// references into the registry. `key` names the object in errors.
+    async fn put_manifest(
+        &self,
+        name: &Name,
+        reference: &Reference,
+        digest: &Digest,
+        key: &str,
+    ) -> Result<(), BackendError> {
         let deadline = tokio::time::Instant::now() + self.manifest_wait;
         let mut pause = TAG_RETRY_INITIAL;
-        let reference = Reference::Tag(tag.clone());
         loop {
-            let reason = match self.push_manifest(name, &reference, digest).await? {
+            let reason = match self.push_manifest(name, reference, digest).await? {
                 Ok(()) => return Ok(()),
                 Err(reason) => reason,
             };
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(remote(
                     "tag",
-                    &crate::tag_key(name, tag),
+                    key,
                     format!(
                         "content still missing after waiting {:?}: {reason}",
                         self.manifest_wait
@@ -424,6 +444,31 @@ impl RegistryBackend {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(TAG_RETRY_MAX);
         }
+    }
+
+    /// The record object of manifest `digest` in `repo` (its media type, read from the manifest
+    /// the registry serves), or `None` when the repository lacks it.
+    async fn manifest_record(
+        &self,
+        repo: &Name,
+        digest: &Digest,
+    ) -> Result<Option<Bytes>, BackendError> {
+        let key = crate::manifest_key(repo, digest);
+        let fetched = self
+            .client
+            .get_manifest(repo, &Reference::Digest(*digest))
+            .await
+            .map_err(|e| remote("get", &key, e))?;
+        let Some(fetched) = fetched else {
+            return Ok(None);
+        };
+        let manifest = Manifest::parse(&fetched.bytes, fetched.media_type.as_deref())
+            .map_err(|e| remote("get", &key, e))?;
+        let record = ManifestRecord {
+            media_type: manifest.media_type().as_str().to_owned(),
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| remote("get", &key, e))?;
+        Ok(Some(Bytes::from(json)))
     }
 
     /// The tag keys of `repo` that start with `prefix`.
@@ -454,6 +499,10 @@ impl Backend for RegistryBackend {
                 .tag_digest(&name, &tag)
                 .await?
                 .map(|digest| digest.to_string().len() as u64)),
+            Key::Manifest(name, digest) => Ok(self
+                .manifest_record(&name, &digest)
+                .await?
+                .map(|record| record.len() as u64)),
         }
     }
 
@@ -479,31 +528,35 @@ impl Backend for RegistryBackend {
             }
             return Ok(Some(futures::stream::empty().boxed()));
         }
-        match parsed {
-            Key::Blob(digest) => match &self.repository {
-                Some(repo) => self.get_blob(repo, &digest, range).await,
-                None => Ok(None),
-            },
-            Key::Tag(name, tag) => {
-                let Some(digest) = self.tag_digest(&name, &tag).await? else {
-                    return Ok(None);
+        let object = match parsed {
+            Key::Blob(digest) => {
+                return match &self.repository {
+                    Some(repo) => self.get_blob(repo, &digest, range).await,
+                    None => Ok(None),
                 };
-                let text = Bytes::from(digest.to_string());
-                let len = text.len() as u64;
-                let whole: ByteStream = futures::stream::once(async move { Ok(text) }).boxed();
-                Ok(Some(match range {
-                    Some(range) if range.start > len => {
-                        return Err(BackendError::RangeNotSatisfiable {
-                            key: key.to_owned(),
-                            start: range.start,
-                            len,
-                        });
-                    }
-                    Some(range) => slice(whole, range),
-                    None => whole,
-                }))
             }
-        }
+            Key::Tag(name, tag) => self
+                .tag_digest(&name, &tag)
+                .await?
+                .map(|digest| Bytes::from(digest.to_string())),
+            Key::Manifest(name, digest) => self.manifest_record(&name, &digest).await?,
+        };
+        let Some(object) = object else {
+            return Ok(None);
+        };
+        let len = object.len() as u64;
+        let whole: ByteStream = futures::stream::once(async move { Ok(object) }).boxed();
+        Ok(Some(match range {
+            Some(range) if range.start > len => {
+                return Err(BackendError::RangeNotSatisfiable {
+                    key: key.to_owned(),
+                    start: range.start,
+                    len,
+                });
+            }
+            Some(range) => slice(whole, range),
+            None => whole,
+        }))
     }
 
     async fn put(
@@ -548,7 +601,13 @@ impl Backend for RegistryBackend {
                     .ok()
                     .and_then(|text| Digest::parse(text.trim()).ok())
                     .ok_or_else(|| remote("tag", key, "a tag object must hold a sha256 digest"))?;
-                self.put_tag(&name, &tag, &digest).await
+                self.put_manifest(&name, &Reference::Tag(tag), &digest, key)
+                    .await
+            }
+            // The record is the manifest itself in the repository, its media type included.
+            Key::Manifest(name, digest) => {
+                self.put_manifest(&name, &Reference::Digest(digest), &digest, key)
+                    .await
             }
         }
     }
@@ -569,6 +628,12 @@ impl Backend for RegistryBackend {
                     .delete_manifest(&name, &Reference::Tag(tag))
                     .await,
                 "deleting a tag (this registry deletes manifests only by digest)",
+            ),
+            Key::Manifest(name, digest) => (
+                self.client
+                    .delete_manifest(&name, &Reference::Digest(digest))
+                    .await,
+                "deleting a manifest (deletes are disabled on this registry)",
             ),
         };
         match deleted {
@@ -648,11 +713,16 @@ mod tests {
             parse_key(&crate::tag_key(&name, &tag)),
             Ok(Key::Tag(n, t)) if n == name && t == tag
         ));
+        assert!(matches!(
+            parse_key(&crate::manifest_key(&name, &digest)),
+            Ok(Key::Manifest(n, d)) if n == name && d == digest
+        ));
         for bad in [
             "blobs/sha256/zz",
             "other/x",
             "repositories/team/app",
             "repositories/A/_tags/v1",
+            "repositories/team/app/_manifests/sha256/zz",
         ] {
             assert!(
                 matches!(parse_key(bad), Err(BackendError::InvalidKey { .. })),

@@ -56,9 +56,9 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
-    /// A tag object in the backend does not hold a digest.
-    #[error("stored tag {key} is corrupt: {reason}")]
-    CorruptTag { key: String, reason: String },
+    /// A tag object in the backend does not hold a digest, or a record no record.
+    #[error("stored object {key} is corrupt: {reason}")]
+    CorruptEntry { key: String, reason: String },
     /// A job queue (pending tags, replication) could not be read or written.
     #[error("job queue: {0}")]
     Queue(#[from] shoal_jobs::JobsError),
@@ -95,7 +95,7 @@ impl Error {
             | Error::OriginCorrupt { .. }
             | Error::NoOrigins
             | Error::Backend { .. }
-            | Error::CorruptTag { .. }
+            | Error::CorruptEntry { .. }
             | Error::Queue(_)
             | Error::Remote { .. } => ErrorCode::Unavailable,
         }

@@ -1,12 +1,14 @@
-//! The build-index: Shoal's `repo:tag → manifest digest` table. Tags are accepted only once the
-//! manifest and everything it references are on the origin cluster, persisted in the backend
-//! (`repositories/<repo>/_tags/<tag>`), and served over the HTTP API documented in
-//! `docs/internal-api.md` ("Build-index HTTP API").
+//! The build-index: Shoal's `repo:tag → manifest digest` table and the records of the manifests
+//! pushed into each repository. Tags and records are accepted only once the manifest and
+//! everything it references are on the origin cluster, persisted in the backend
+//! (`repositories/<repo>/_tags/<tag>`, `repositories/<repo>/_manifests/sha256/<hex>`), and
+//! served over the HTTP API documented in `docs/internal-api.md` ("Build-index HTTP API").
 
 mod config;
 mod error;
 mod metrics;
 mod pagination;
+mod records;
 mod replicate;
 mod routes;
 mod tags;

@@ -1,5 +1,6 @@
 //! The build-index HTTP API (`docs/internal-api.md`, "Build-index HTTP API"): tag put, get and
-//! delete, a repository's tag list and the repository catalog.
+//! delete, manifest record put, get and delete, a repository's tag list and the repository
+//! catalog.
 
 use std::sync::Arc;
 
@@ -18,8 +19,9 @@ use tracing::info;
 use crate::error::Error;
 use crate::metrics::TagMetrics;
 use crate::pagination::{Page, PageQuery, PageRequest};
+use crate::records;
 use crate::replicate::Replicator;
-use crate::tags::TagStore;
+use crate::tags::{Entry, TagStore, Value};
 use crate::verify::Origins;
 
 /// A PUT body is one digest (71 bytes); anything past this is not a digest.
@@ -42,6 +44,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/repositories/{repo}/tags/{tag}",
             get(get_tag).put(put_tag).delete(delete_tag),
+        )
+        .route(
+            "/v1/repositories/{repo}/manifests/{digest}",
+            get(get_record).put(put_record).delete(delete_record),
         )
         .with_state(state)
 }
@@ -80,8 +86,18 @@ async fn put_tag_checked(state: &AppState, path: TagPath, body: Body) -> Result<
         })?;
     let text = std::str::from_utf8(&body).map_err(|_| Error::Digest("body is not UTF-8".into()))?;
     let digest = Digest::parse(text.trim()).map_err(|e| Error::Digest(e.to_string()))?;
-    state.origins.verify(&name, digest).await?;
-    state.tags.put(&name, &tag, &digest).await?;
+    // The records first: a tag's target always has its record.
+    records::record_tree(&state.tags, &state.origins, &name, digest).await?;
+    state
+        .tags
+        .put(
+            &name,
+            Value::Tag {
+                tag: tag.clone(),
+                digest,
+            },
+        )
+        .await?;
     // Recorded before answering, so a tag the pusher saw accepted is never left unreplicated.
     if let Some(replicator) = &state.replicator {
         replicator.enqueue(&name, &tag, &digest).await?;
@@ -102,11 +118,48 @@ async fn get_tag(State(state): State<AppState>, path: TagPath) -> Result<Respons
 
 async fn delete_tag(State(state): State<AppState>, path: TagPath) -> Result<StatusCode, Error> {
     let (name, tag) = parse_tag_path(path)?;
-    if !state.tags.delete(&name, &tag).await? {
+    if !state.tags.delete(&name, &Entry::Tag(tag.clone())).await? {
         return Err(Error::TagUnknown(format!("{name}:{tag}")));
     }
     info!(repo = %name, %tag, "tag deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+type RecordPath = Result<Path<(String, String)>, PathRejection>;
+
+fn parse_record_path(path: RecordPath) -> Result<(Name, Digest), Error> {
+    let Path((repo, digest)) = path.map_err(|e| Error::PathInvalid(e.body_text()))?;
+    let name = Name::parse(&repo)?;
+    let digest = Digest::parse(&digest).map_err(|e| Error::Digest(e.to_string()))?;
+    Ok((name, digest))
+}
+
+/// Records a manifest pushed by digest once it and everything it references are on the origins.
+async fn put_record(State(state): State<AppState>, path: RecordPath) -> Result<StatusCode, Error> {
+    let (name, digest) = parse_record_path(path)?;
+    records::record_tree(&state.tags, &state.origins, &name, digest).await?;
+    info!(repo = %name, %digest, "manifest recorded");
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_record(State(state): State<AppState>, path: RecordPath) -> Result<Response, Error> {
+    let (name, digest) = parse_record_path(path)?;
+    let record = records::find(&state.tags, &state.origins, &name, &digest)
+        .await?
+        .ok_or(Error::ManifestUnknown(digest))?;
+    Ok(axum::Json(record).into_response())
+}
+
+#[derive(Serialize)]
+struct Untagged {
+    untagged: Vec<String>,
+}
+
+async fn delete_record(State(state): State<AppState>, path: RecordPath) -> Result<Response, Error> {
+    let (name, digest) = parse_record_path(path)?;
+    let untagged = records::delete(&state.tags, &state.origins, &name, &digest).await?;
+    let untagged = untagged.iter().map(Tag::to_string).collect();
+    Ok(axum::Json(Untagged { untagged }).into_response())
 }
 
 #[derive(Serialize)]

@@ -1,12 +1,16 @@
-//! The tag table: `repo:tag → manifest digest`, persisted in the backend as one small object per
-//! tag (`repositories/<repo>/_tags/<tag>` holding the digest text), and the listings derived from
-//! the backend's key space (a repository's tags, the catalog of repositories). A repository's
-//! tags live in the backend its name routes to.
+//! The tag table: `repo:tag → manifest digest`, and the records of the manifests pushed into
+//! each repository (`repo → manifest digest`, with its media type), persisted in the backend
+//! as one small object each (`repositories/<repo>/_tags/<tag>` holding the digest text,
+//! `repositories/<repo>/_manifests/sha256/<hex>` holding a JSON `ManifestRecord`), and the
+//! listings derived from the backend's key space (a repository's tags, the catalog of
+//! repositories). Tags and records are one kind of [`Entry`], written, kept pending and
+//! deleted by the same code. A repository's entries live in the backend its name routes to.
 //!
-//! With a `pending_dir`, a tag whose backend is unreachable is accepted anyway and kept on a
-//! `shoal_jobs` queue there, one marker `<sha256 of "repo:tag">.json` per tag, until it is
-//! written back. Versions before the queue kept such tags as `repositories/<repo>/_tags/<tag>`
-//! files under the same directory; those are queued when it is opened.
+//! With a `pending_dir`, an entry whose backend is unreachable is accepted anyway and kept on a
+//! `shoal_jobs` queue there, one marker per entry (`<sha256 of "repo:tag">.json` for a tag,
+//! `<sha256 of "repo@digest">.json` for a record), until it is written back. Versions before
+//! the queue kept such tags as `repositories/<repo>/_tags/<tag>` files under the same
+//! directory; those are queued when it is opened.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -18,9 +22,9 @@ use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
-    tag_key,
+    manifest_key, tag_key,
 };
-use shoal_core::{Digest, Name, Tag};
+use shoal_core::{Digest, ManifestRecord, Name, Tag};
 use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy, Stats};
 use shoal_service::CancellationToken;
 use tokio::sync::Mutex;
@@ -31,8 +35,11 @@ use crate::error::Error;
 /// Separates the repository from the tag in a tag key. `_tags` cannot be a repository name
 /// component (components start with `[a-z0-9]`), so the first match is the boundary.
 const TAGS_SEPARATOR: &str = "/_tags/";
-/// A tag object holds `sha256:` + 64 hex characters; anything much larger is not a tag.
-const MAX_TAG_OBJECT: usize = 1024;
+/// The same for manifest records (`…/_manifests/sha256/<hex>`).
+const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
+/// A tag object holds `sha256:` + 64 hex characters and a record one media type; anything
+/// much larger is neither.
+const MAX_ENTRY_OBJECT: usize = 1024;
 
 /// How long a tag write waits for its backend before the tag is kept locally instead (and how
 /// long a write-back may hold the tag writes, which it serialises with).
@@ -47,63 +54,118 @@ const PENDING_RETRY: RetryPolicy = RetryPolicy {
 /// Pending tags written back at once: one, as write-backs are serialised with tag writes.
 const PENDING_CONCURRENCY: usize = 1;
 
-/// Tags stored in the backends their repositories route to.
+/// Tags and manifest records stored in the backends their repositories route to.
 #[derive(Clone)]
 pub struct TagStore {
     backends: Arc<BackendRouter>,
-    /// Tags accepted while their backend was unreachable, durable on local disk until written
-    /// back (`pending_dir`); without it a backend failure fails the tag write.
-    pending: Option<Arc<Queue<TagWriteBack>>>,
-    /// Serialises tag writes and their write-back, so a retry of an older value can never land
-    /// after a newer one.
+    /// Entries accepted while their backend was unreachable, durable on local disk until
+    /// written back (`pending_dir`); without it a backend failure fails the write.
+    pending: Option<Arc<Queue<EntryWriteBack>>>,
+    /// Serialises entry writes and their write-back, so a retry of an older value can never
+    /// land after a newer one.
     writes: Arc<Mutex<()>>,
 }
 
-/// A tag kept locally until its backend has it.
+/// What a repository holds in the store: a tag, or the record of a manifest pushed into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Tag(Tag),
+    Manifest(Digest),
+}
+
+impl Entry {
+    fn key(&self, repo: &Name) -> String {
+        match self {
+            Entry::Tag(tag) => tag_key(repo, tag),
+            Entry::Manifest(digest) => manifest_key(repo, digest),
+        }
+    }
+
+    /// The queue key of a pending entry: flat, and the same for every value of one entry, so a
+    /// newer value replaces a pending older one (`:` and `@` are in neither a name nor a tag).
+    fn pending_key(&self, repo: &Name) -> String {
+        let id = match self {
+            Entry::Tag(tag) => format!("{repo}:{tag}"),
+            Entry::Manifest(digest) => format!("{repo}@{digest}"),
+        };
+        Digest::of(id.as_bytes()).hex()
+    }
+}
+
+/// An entry with its value: what a write stores.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct PendingTag {
+#[serde(untagged)]
+pub enum Value {
+    Tag {
+        tag: Tag,
+        digest: Digest,
+    },
+    Manifest {
+        manifest: Digest,
+        record: ManifestRecord,
+    },
+}
+
+impl Value {
+    fn entry(&self) -> Entry {
+        match self {
+            Value::Tag { tag, .. } => Entry::Tag(tag.clone()),
+            Value::Manifest { manifest, .. } => Entry::Manifest(*manifest),
+        }
+    }
+
+    /// The backend object: a tag's digest text, a record's JSON.
+    fn object(&self) -> Bytes {
+        match self {
+            Value::Tag { digest, .. } => Bytes::from(digest.to_string()),
+            Value::Manifest { record, .. } => {
+                Bytes::from(serde_json::to_vec(record).expect("a record serialises"))
+            }
+        }
+    }
+}
+
+/// An entry kept locally until its backend has it. A tag's marker is `{"repo","tag","digest"}`,
+/// as versions before manifest records wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
     repo: Name,
-    tag: Tag,
-    digest: Digest,
+    #[serde(flatten)]
+    value: Value,
 }
 
-/// The queue key of a pending tag: flat, and the same for every digest of one tag, so a newer
-/// digest replaces a pending older one (`:` is in neither a name nor a tag).
-fn pending_key(repo: &Name, tag: &Tag) -> String {
-    Digest::of(format!("{repo}:{tag}").as_bytes()).hex()
-}
+/// Writing a pending entry back to its backend.
+struct EntryWriteBack(TagStore);
 
-/// Writing a pending tag back to its backend.
-struct TagWriteBack(TagStore);
-
-impl Job for TagWriteBack {
-    type Payload = PendingTag;
+impl Job for EntryWriteBack {
+    type Payload = Pending;
     const NAME: &'static str = "pending tag";
 
-    fn key(pending: &PendingTag) -> String {
-        pending_key(&pending.repo, &pending.tag)
+    fn key(pending: &Pending) -> String {
+        pending.value.entry().pending_key(&pending.repo)
     }
 
     /// Every failure is retried: a route that fails may be fixed by the backend's return or
     /// the operator.
-    async fn run(&self, pending: &PendingTag) -> Result<(), Failure> {
+    async fn run(&self, pending: &Pending) -> Result<(), Failure> {
         let store = &self.0;
         let _writing = store.writes.lock().await;
+        let entry = pending.value.entry();
         // A put since this attempt was taken wrote a newer value or queued one: this one must
         // not land after it.
         let current = store
             .pending
             .as_ref()
-            .and_then(|queue| queue.get(&pending_key(&pending.repo, &pending.tag)));
+            .and_then(|queue| queue.get(&entry.pending_key(&pending.repo)));
         if current.as_ref() != Some(pending) {
             return Ok(());
         }
-        let key = tag_key(&pending.repo, &pending.tag);
+        let key = entry.key(&pending.repo);
         let backend = store.backend(&pending.repo).map_err(Failure::retry)?;
-        write_tag(&*backend, &key, &pending.digest)
+        write_object(&*backend, &key, pending.value.object())
             .await
-            .map_err(|error| Failure::retry(format!("writing back tag {key}: {error}")))?;
-        info!(key, digest = %pending.digest, "pending tag written back");
+            .map_err(|error| Failure::retry(format!("writing back {key}: {error}")))?;
+        info!(key, "pending entry written back");
         Ok(())
     }
 }
@@ -140,77 +202,106 @@ impl TagStore {
             .map_err(Error::backend("routing a repository"))
     }
 
-    /// Points `tag` at `digest`, replacing any previous value. The backend writes atomically, so a
-    /// reader sees the old digest or the new one, never a mix. When the backend cannot be reached
-    /// and a pending directory is configured, the tag is kept there durably (and this node serves
-    /// it) until the write-back gets it into the backend.
-    pub async fn put(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), Error> {
-        let key = tag_key(name, tag);
+    /// Stores `value` (points a tag at a digest, or records a manifest), replacing any previous
+    /// value of its entry. The backend writes atomically, so a reader sees the old value or the
+    /// new one, never a mix. When the backend cannot be reached and a pending directory is
+    /// configured, the entry is kept there durably (and this node serves it) until the
+    /// write-back gets it into the backend.
+    pub async fn put(&self, name: &Name, value: Value) -> Result<(), Error> {
+        let entry = value.entry();
+        let key = entry.key(name);
         let backend = self.backend(name)?;
         let _writing = self.writes.lock().await;
-        let written = write_tag(&*backend, &key, digest).await;
+        let written = write_object(&*backend, &key, value.object()).await;
         let Some(pending) = &self.pending else {
-            return written.map_err(Error::backend("writing a tag"));
+            return written.map_err(Error::backend("writing a tag or manifest record"));
         };
         match written {
             Ok(()) => {
                 // The backend now has the newest value; an older pending one must not follow it.
-                pending.remove(&pending_key(name, tag)).await?;
+                pending.remove(&entry.pending_key(name)).await?;
                 Ok(())
             }
             Err(error) if transient(&error) => {
-                warn!(%key, %error, "tag backend unreachable: keeping the tag locally until it is written back");
-                let pending_tag = PendingTag {
-                    repo: name.clone(),
-                    tag: tag.clone(),
-                    digest: *digest,
-                };
-                Ok(pending.enqueue(pending_tag).await?)
+                warn!(%key, %error, "tag backend unreachable: keeping the entry locally until it is written back");
+                let repo = name.clone();
+                Ok(pending.enqueue(Pending { repo, value }).await?)
             }
             Err(source) => Err(Error::Backend {
-                action: "writing a tag",
+                action: "writing a tag or manifest record",
                 source,
             }),
         }
     }
 
-    /// Writes every pending tag back to its backend, retrying until `shutdown` (a write in
+    /// Writes every pending entry back to its backend, retrying until `shutdown` (a write in
     /// progress finishes first).
     pub async fn write_back(self, shutdown: CancellationToken) {
         let Some(pending) = self.pending.clone() else {
             return;
         };
-        pending.run(Arc::new(TagWriteBack(self)), shutdown).await;
+        pending.run(Arc::new(EntryWriteBack(self)), shutdown).await;
     }
 
     /// The digest `tag` points at, or `None` when the tag does not exist. A tag kept locally
     /// while its backend was unreachable is the newest value this node accepted.
     pub async fn get(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, Error> {
-        if let Some(pending) = &self.pending
-            && let Some(kept) = pending.get(&pending_key(name, tag))
-        {
-            return Ok(Some(kept.digest));
+        let entry = Entry::Tag(tag.clone());
+        match self.pending_value(name, &entry) {
+            Some(Value::Tag { digest, .. }) => return Ok(Some(digest)),
+            Some(Value::Manifest { .. }) | None => {}
         }
-        read_digest(&*self.backend(name)?, &tag_key(name, tag)).await
+        let key = entry.key(name);
+        let text = read_object(&*self.backend(name)?, &key).await?;
+        text.map(|text| digest_object(&key, &text)).transpose()
     }
 
-    /// Removes a tag; `false` when it did not exist.
-    pub async fn delete(&self, name: &Name, tag: &Tag) -> Result<bool, Error> {
+    /// The record of manifest `digest` pushed into `name`, or `None` when there is none.
+    pub async fn record(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, Error> {
+        let entry = Entry::Manifest(*digest);
+        match self.pending_value(name, &entry) {
+            Some(Value::Manifest { record, .. }) => return Ok(Some(record)),
+            Some(Value::Tag { .. }) | None => {}
+        }
+        let key = entry.key(name);
+        let Some(json) = read_object(&*self.backend(name)?, &key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| Error::CorruptEntry {
+                key,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The value this node keeps locally for `entry`, if any.
+    fn pending_value(&self, name: &Name, entry: &Entry) -> Option<Value> {
+        let pending = self.pending.as_ref()?.get(&entry.pending_key(name))?;
+        Some(pending.value)
+    }
+
+    /// Removes a tag or a manifest record; `false` when it did not exist.
+    pub async fn delete(&self, name: &Name, entry: &Entry) -> Result<bool, Error> {
         let _writing = self.writes.lock().await;
         let was_pending = match &self.pending {
-            Some(pending) => pending.remove(&pending_key(name, tag)).await?,
+            Some(pending) => pending.remove(&entry.pending_key(name)).await?,
             None => false,
         };
         let in_backend = self
             .backend(name)?
-            .delete(&tag_key(name, tag))
+            .delete(&entry.key(name))
             .await
-            .map_err(Error::backend("deleting a tag"))?;
+            .map_err(Error::backend("deleting a tag or manifest record"))?;
         Ok(was_pending || in_backend)
     }
 
-    /// The tags kept locally, in no particular order.
-    fn pending_tags(&self) -> Vec<PendingTag> {
+    /// The entries kept locally, in no particular order.
+    fn pending_entries(&self) -> Vec<Pending> {
         self.pending
             .as_ref()
             .map_or_else(Vec::new, |queue| queue.payloads())
@@ -227,13 +318,22 @@ impl TagStore {
                 Tag::parse(tag).is_ok().then(|| tag.to_owned())
             })
             .collect();
-        let pending = self.pending_tags().into_iter();
         tags.extend(
-            pending
-                .filter(|p| p.repo == *name)
-                .map(|p| p.tag.to_string()),
+            self.pending_tags(Some(name))
+                .map(|(_, tag)| tag.to_string()),
         );
         Ok(tags.into_iter().collect())
+    }
+
+    /// The tags kept locally (of repository `name`, or of all), as `(repository, tag)`.
+    fn pending_tags(&self, name: Option<&Name>) -> impl Iterator<Item = (Name, Tag)> {
+        let pending = self.pending_entries().into_iter();
+        pending.filter_map(move |p| match p.value {
+            Value::Tag { tag, .. } if name.is_none_or(|name| *name == p.repo) => {
+                Some((p.repo, tag))
+            }
+            _ => None,
+        })
     }
 
     /// Every repository that has at least one tag in any backend, sorted.
@@ -246,13 +346,17 @@ impl TagStore {
             .iter()
             .filter_map(|key| match parse_tag_key(key) {
                 Some((name, _)) => Some(name.as_str().to_owned()),
+                None if is_record_key(key) => None,
                 None => {
-                    warn!(key, "ignoring a backend key that is not a tag");
+                    warn!(
+                        key,
+                        "ignoring a backend key that is neither a tag nor a record"
+                    );
                     None
                 }
             })
             .collect();
-        repos.extend(self.pending_tags().into_iter().map(|p| p.repo.to_string()));
+        repos.extend(self.pending_tags(None).map(|(repo, _)| repo.to_string()));
         Ok(repos.into_iter().collect())
     }
 }
@@ -260,7 +364,7 @@ impl TagStore {
 /// Queues the tags an earlier version kept under `dir` in a filesystem backend's layout
 /// (`repositories/<repo>/_tags/<tag>` holding the digest), removing each once its marker is
 /// durable, and then the emptied layout. A crash in between only queues a tag again.
-async fn import_old_layout(dir: &Path, queue: &Queue<TagWriteBack>) -> Result<(), Error> {
+async fn import_old_layout(dir: &Path, queue: &Queue<EntryWriteBack>) -> Result<(), Error> {
     let layout = dir.join(REPOSITORIES_PREFIX);
     if !layout.is_dir() {
         return Ok(());
@@ -278,8 +382,10 @@ async fn import_old_layout(dir: &Path, queue: &Queue<TagWriteBack>) -> Result<()
             left += 1;
             continue;
         };
-        if let Some(digest) = read_digest(&old, &key).await? {
-            queue.enqueue(PendingTag { repo, tag, digest }).await?;
+        if let Some(text) = read_object(&old, &key).await? {
+            let digest = digest_object(&key, &text)?;
+            let value = Value::Tag { tag, digest };
+            queue.enqueue(Pending { repo, value }).await?;
             info!(key, %digest, "pending tag of an earlier version queued");
         }
         old.delete(&key).await.map_err(Error::backend(
@@ -305,12 +411,11 @@ fn transient(error: &BackendError) -> bool {
     )
 }
 
-/// Writes a tag object, failing as unreachable when the backend does not answer within
+/// Writes an entry's object, failing as unreachable when the backend does not answer within
 /// [`BACKEND_WRITE_TIMEOUT`].
-async fn write_tag(backend: &dyn Backend, key: &str, digest: &Digest) -> Result<(), BackendError> {
-    let text = Bytes::from(digest.to_string());
-    let len = text.len() as u64;
-    let body: ByteStream = Box::pin(stream::once(async move { Ok(text) }));
+async fn write_object(backend: &dyn Backend, key: &str, object: Bytes) -> Result<(), BackendError> {
+    let len = object.len() as u64;
+    let body: ByteStream = Box::pin(stream::once(async move { Ok(object) }));
     tokio::time::timeout(BACKEND_WRITE_TIMEOUT, backend.put(key, body, Some(len)))
         .await
         .unwrap_or_else(|_| {
@@ -322,36 +427,39 @@ async fn write_tag(backend: &dyn Backend, key: &str, digest: &Digest) -> Result<
         })
 }
 
-/// The digest a tag object holds, or `None` when there is none under `key`.
-async fn read_digest(backend: &dyn Backend, key: &str) -> Result<Option<Digest>, Error> {
-    let key = key.to_owned();
+/// The object under `key` (a tag or a record), or `None` when there is none.
+async fn read_object(backend: &dyn Backend, key: &str) -> Result<Option<Bytes>, Error> {
     let stream = backend
-        .get(&key, None)
+        .get(key, None)
         .await
-        .map_err(Error::backend("reading a tag"))?;
+        .map_err(Error::backend("reading a tag or manifest record"))?;
     let Some(mut stream) = stream else {
         return Ok(None);
     };
-    let mut text = BytesMut::new();
+    let corrupt = |reason| Error::CorruptEntry {
+        key: key.to_owned(),
+        reason,
+    };
+    let mut object = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::CorruptTag {
-            key: key.clone(),
-            reason: format!("read failed: {e}"),
-        })?;
-        if text.len() + chunk.len() > MAX_TAG_OBJECT {
-            return Err(Error::CorruptTag {
-                key,
-                reason: format!("larger than {MAX_TAG_OBJECT} bytes"),
-            });
+        let chunk = chunk.map_err(|e| corrupt(format!("read failed: {e}")))?;
+        if object.len() + chunk.len() > MAX_ENTRY_OBJECT {
+            return Err(corrupt(format!("larger than {MAX_ENTRY_OBJECT} bytes")));
         }
-        text.extend_from_slice(&chunk);
+        object.extend_from_slice(&chunk);
     }
-    let digest = std::str::from_utf8(&text)
+    Ok(Some(object.freeze()))
+}
+
+/// The digest a tag object holds.
+fn digest_object(key: &str, text: &[u8]) -> Result<Digest, Error> {
+    std::str::from_utf8(text)
         .map_err(|_| "not UTF-8".to_owned())
-        .and_then(|s| Digest::parse(s.trim()).map_err(|e| e.to_string()));
-    digest
-        .map(Some)
-        .map_err(|reason| Error::CorruptTag { key, reason })
+        .and_then(|s| Digest::parse(s.trim()).map_err(|e| e.to_string()))
+        .map_err(|reason| Error::CorruptEntry {
+            key: key.to_owned(),
+            reason,
+        })
 }
 
 async fn list(backend: &Arc<dyn Backend>, prefix: &str) -> Result<Vec<String>, Error> {
@@ -359,6 +467,15 @@ async fn list(backend: &Arc<dyn Backend>, prefix: &str) -> Result<Vec<String>, E
         .list(prefix)
         .await
         .map_err(Error::backend("listing tags"))
+}
+
+/// Whether `key` is a manifest record's (`repositories/<repo>/_manifests/sha256/<hex>`).
+fn is_record_key(key: &str) -> bool {
+    key.strip_prefix(REPOSITORIES_PREFIX)
+        .and_then(|rest| rest.split_once(MANIFESTS_SEPARATOR))
+        .is_some_and(|(repo, hex)| {
+            Name::parse(repo).is_ok() && Digest::parse(&format!("sha256:{hex}")).is_ok()
+        })
 }
 
 /// Splits `repositories/<repo>/_tags/<tag>` into its validated parts.
@@ -371,6 +488,11 @@ fn parse_tag_key(key: &str) -> Option<(Name, Tag)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tagged(tag: &Tag, digest: Digest) -> Value {
+        let tag = tag.clone();
+        Value::Tag { tag, digest }
+    }
 
     #[test]
     fn tag_keys_split_into_repository_and_tag() {
@@ -416,8 +538,8 @@ mod tests {
         );
         let tag = Tag::parse("v1").expect("tag");
         let digest = Digest::of(b"manifest");
-        store.put(&a, &tag, &digest).await.expect("put a");
-        store.put(&b, &tag, &digest).await.expect("put b");
+        store.put(&a, tagged(&tag, digest)).await.expect("put a");
+        store.put(&b, tagged(&tag, digest)).await.expect("put b");
         let in_backend =
             |sub: &str, name: &Name| dir.path().join(sub).join(tag_key(name, &tag)).is_file();
         assert!(in_backend("a", &a) && !in_backend("b", &a));
@@ -430,7 +552,7 @@ mod tests {
         );
         let unrouted = Name::parse("team-c/app").expect("name");
         assert!(matches!(
-            store.put(&unrouted, &tag, &digest).await,
+            store.put(&unrouted, tagged(&tag, digest)).await,
             Err(Error::Backend { .. })
         ));
     }
@@ -487,11 +609,11 @@ mod tests {
 
         break_backend(&root, true);
         store
-            .put(&name, &v1, &old)
+            .put(&name, tagged(&v1, old))
             .await
             .expect("accepted during the outage");
         store
-            .put(&name, &v2, &old)
+            .put(&name, tagged(&v2, old))
             .await
             .expect("accepted during the outage");
         assert_eq!(store.get(&name, &v1).await.expect("get"), Some(old));
@@ -502,13 +624,13 @@ mod tests {
         .await;
         token.cancel();
         worker.await.expect("write-back");
-        assert_eq!(store.pending_tags().len(), 2, "still pending");
+        assert_eq!(store.pending_entries().len(), 2, "still pending");
 
         break_backend(&root, false);
         // A newer value written directly must not be overwritten by the older pending one.
-        store.put(&name, &v1, &new).await.expect("put");
+        store.put(&name, tagged(&v1, new)).await.expect("put");
         let (token, worker) = start_write_back(&store);
-        wait_for("the write-back", || store.pending_tags().is_empty()).await;
+        wait_for("the write-back", || store.pending_entries().is_empty()).await;
         token.cancel();
         worker.await.expect("write-back");
         assert_eq!(in_backend(&v1), Some(new.to_string()));
@@ -532,7 +654,7 @@ mod tests {
         let digest = Digest::of(b"manifest");
         // The layout earlier versions left: a filesystem backend rooted at the pending dir.
         let old = FilesystemBackend::new(&pending_dir).expect("old layout");
-        write_tag(&old, &tag_key(&name, &tag), &digest)
+        write_object(&old, &tag_key(&name, &tag), digest.to_string().into())
             .await
             .expect("old pending tag");
 
@@ -544,7 +666,7 @@ mod tests {
         assert_eq!(store.get(&name, &tag).await.expect("get"), Some(digest));
         assert_eq!(store.repositories().await.expect("catalog"), ["team/app"]);
         let (token, worker) = start_write_back(&store);
-        wait_for("the write-back", || store.pending_tags().is_empty()).await;
+        wait_for("the write-back", || store.pending_entries().is_empty()).await;
         token.cancel();
         worker.await.expect("write-back");
         let written = std::fs::read_to_string(root.join(tag_key(&name, &tag)));
@@ -561,7 +683,7 @@ mod tests {
         let name = Name::parse("team/app").expect("name");
         let tag = Tag::parse("v1").expect("tag");
         assert!(matches!(
-            store.put(&name, &tag, &Digest::of(b"x")).await,
+            store.put(&name, tagged(&tag, Digest::of(b"x"))).await,
             Err(Error::Backend { .. })
         ));
     }

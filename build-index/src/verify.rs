@@ -8,7 +8,7 @@ use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use shoal_api::{ApiError, OriginClient, OriginCluster};
-use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, Name};
+use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, MediaType, Name};
 
 use crate::error::Error;
 
@@ -33,12 +33,19 @@ impl Origins {
         Self { cluster }
     }
 
-    /// Checks the manifest `digest` of repository `name` and everything it references.
-    pub async fn verify(&self, name: &Name, digest: Digest) -> Result<(), Error> {
+    /// Checks the manifest `digest` of repository `name` and everything it references; returns
+    /// every manifest of the tree (the root first, then an index's children) with its media
+    /// type.
+    pub async fn verify(
+        &self,
+        name: &Name,
+        digest: Digest,
+    ) -> Result<Vec<(Digest, MediaType)>, Error> {
         let (_, root) = self
             .fetch_manifest(name, digest, None)
             .await?
             .ok_or(Error::ManifestUnknown(digest))?;
+        let mut manifests = vec![(digest, root.media_type())];
 
         // Walk the tree level by level: an image manifest has no children, an index has one
         // level of them (more only when indexes nest). Blobs are collected and deduplicated
@@ -75,13 +82,15 @@ impl Origins {
                 .buffer_unordered(MANIFEST_CONCURRENCY)
                 .try_collect()
                 .await?;
+            manifests.extend(level.iter().map(|(child, m)| (*child, m.media_type())));
         }
 
         stream::iter(blobs)
             .map(|((blob, size), manifest)| self.check_blob(name, manifest, blob, size))
             .buffer_unordered(STAT_CONCURRENCY)
             .try_collect::<()>()
-            .await
+            .await?;
+        Ok(manifests)
     }
 
     /// A child manifest of the index `parent`: it must exist, match its descriptor and parse.

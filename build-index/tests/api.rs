@@ -10,8 +10,8 @@ use reqwest::header::LINK;
 use shoal_api::ApiError;
 use shoal_core::{Digest, ErrorCode, Name, Tag};
 use support::{
-    BuildIndex, FakeOrigin, OCI_INDEX, error_code, http_client, image_manifest, index_manifest,
-    push_image, send,
+    BuildIndex, FakeOrigin, OCI_INDEX, OCI_MANIFEST, error_code, http_client, image_manifest,
+    index_manifest, push_image, send,
 };
 
 fn name(s: &str) -> Name {
@@ -124,9 +124,10 @@ async fn tags_kept_during_a_backend_outage_are_counted_by_the_pending_tags_metri
         .put_tag(&repo, &latest, &manifest)
         .await
         .expect("accepted while the backend is down");
+    // The tag and the record of its manifest.
     assert_eq!(
         metric(&index, "shoal_build_index_tag_writeback_pending").await,
-        Some(1.0)
+        Some(2.0)
     );
     wait_metric(
         &index,
@@ -140,7 +141,7 @@ async fn tags_kept_during_a_backend_outage_are_counted_by_the_pending_tags_metri
     wait_metric(
         &index,
         "shoal_build_index_tag_writeback_written_total",
-        |written| written == 1.0,
+        |written| written == 2.0,
     )
     .await;
     assert_eq!(
@@ -149,6 +150,12 @@ async fn tags_kept_during_a_backend_outage_are_counted_by_the_pending_tags_metri
     );
     let written = std::fs::read_to_string(root.join(shoal_backends::tag_key(&repo, &latest)));
     assert_eq!(written.expect("in the backend"), manifest.to_string());
+    let record = index
+        .client
+        .manifest(&repo, &manifest)
+        .await
+        .expect("record");
+    assert_eq!(record.expect("recorded").media_type, OCI_MANIFEST);
     index.stop().await;
 }
 

@@ -148,6 +148,7 @@ fn descriptor(media_type: &str, (digest, size): &(Digest, u64)) -> Descriptor {
         media_type: media_type.to_owned(),
         digest: *digest,
         size: *size,
+        urls: Vec::new(),
     }
 }
 

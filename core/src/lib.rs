@@ -19,8 +19,8 @@ pub use bitfield::{Bitfield, BitfieldError};
 pub use digest::{Digest, DigestError, Digester};
 pub use error::{ErrorCode, error_body};
 pub use manifest::{
-    Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestWalk, MediaType, Platform,
-    TooManyManifests,
+    Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestRecord, ManifestWalk,
+    MediaType, Platform, TooManyManifests,
 };
 pub use metainfo::{MAX_PIECES, Metainfo, MetainfoBuilder, MetainfoError, piece_length_for};
 pub use name::{Name, NameError, Reference, ReferenceError, Tag, TagError};

@@ -62,6 +62,36 @@ pub struct Descriptor {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
+    /// Where a client fetches the content instead of from the registry (OCI `urls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+}
+
+/// Media type prefixes of layers that may not be pushed to a registry: OCI's deprecated
+/// non-distributable layers and Docker's foreign (Windows base) layers.
+const NON_DISTRIBUTABLE_PREFIXES: [&str; 2] = [
+    "application/vnd.oci.image.layer.nondistributable.",
+    "application/vnd.docker.image.rootfs.foreign.",
+];
+
+impl Descriptor {
+    /// Whether the registry need not hold this layer: it names external `urls` or has a
+    /// non-distributable media type, so clients fetch it from elsewhere.
+    pub fn is_non_distributable(&self) -> bool {
+        !self.urls.is_empty()
+            || NON_DISTRIBUTABLE_PREFIXES.iter().any(|prefix| {
+                self.media_type.len() >= prefix.len()
+                    && self.media_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+            })
+    }
+}
+
+/// What the build-index records of a manifest pushed into a repository (the backend object
+/// `repositories/<repo>/_manifests/sha256/<hex>`, and its API's answer): the digest is the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestRecord {
+    pub media_type: String,
 }
 
 /// The `platform` of an index entry: the OS and CPU its child manifest runs on.
@@ -173,9 +203,16 @@ impl Manifest {
         &self.layers
     }
 
-    /// Every blob an image manifest references: the config, then the layers.
+    /// Every blob an image manifest references that the registry must hold: the config, then
+    /// the layers that are not [non-distributable](Descriptor::is_non_distributable).
     pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config.iter().chain(self.layers.iter())
+        let layers = self.layers.iter().filter(|l| !l.is_non_distributable());
+        self.config.iter().chain(layers)
+    }
+
+    /// The layers clients fetch from elsewhere (their `urls`), which the registry need not hold.
+    pub fn non_distributable_layers(&self) -> impl Iterator<Item = &Descriptor> {
+        self.layers.iter().filter(|l| l.is_non_distributable())
     }
 
     /// The child manifests of an index; empty for an image manifest.
@@ -267,8 +304,8 @@ fn descriptor_list(
         .collect()
 }
 
-/// Reads the three descriptor fields Shoal needs; others (annotations, platform, urls) are
-/// allowed and ignored.
+/// Reads the descriptor fields Shoal needs (media type, digest, size, urls); others
+/// (annotations, platform) are allowed and ignored.
 fn descriptor(value: &Value, path: String) -> Result<Descriptor, ManifestError> {
     let object = value
         .as_object()
@@ -292,10 +329,20 @@ fn descriptor(value: &Value, path: String) -> Result<Descriptor, ManifestError> 
     let size = field("size")?
         .as_u64()
         .ok_or_else(|| invalid(format!("{path}.size"), "must be a non-negative integer"))?;
+    let urls = match object.get("urls") {
+        None => Vec::new(),
+        Some(Value::Array(urls)) => urls
+            .iter()
+            .map(|url| url.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| invalid(format!("{path}.urls"), "must be strings"))?,
+        Some(_) => return Err(invalid(format!("{path}.urls"), "must be an array")),
+    };
     Ok(Descriptor {
         media_type,
         digest,
         size,
+        urls,
     })
 }
 
@@ -687,11 +734,49 @@ mod tests {
     }
 
     #[test]
+    fn layers_with_urls_or_a_non_distributable_media_type_are_not_blobs_to_hold() {
+        let (config, plain, foreign, hosted, windows) = (
+            digest("config"),
+            digest("plain"),
+            digest("foreign"),
+            digest("hosted"),
+            digest("windows"),
+        );
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":1,"digest":"{config}"}},
+            "layers":[
+              {{"mediaType":"application/vnd.oci.image.layer.v1.tar","size":1,"digest":"{plain}"}},
+              {{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","size":1,"digest":"{foreign}"}},
+              {{"mediaType":"application/vnd.oci.image.layer.v1.tar","size":1,"digest":"{hosted}","urls":["https://x.example/l"]}},
+              {{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","size":1,"digest":"{windows}"}}
+            ]}}"#
+        );
+        let manifest = Manifest::parse(body.as_bytes(), None).expect("valid");
+        let held: Vec<String> = manifest.blobs().map(|d| d.digest.to_string()).collect();
+        assert_eq!(held, [config.clone(), plain]);
+        let elsewhere: Vec<String> = manifest
+            .non_distributable_layers()
+            .map(|d| d.digest.to_string())
+            .collect();
+        assert_eq!(elsewhere, [foreign, hosted.clone(), windows]);
+        let urls = &manifest.layers()[2].urls;
+        assert_eq!(urls, &["https://x.example/l"]);
+
+        let bad = body.replace(r#"["https://x.example/l"]"#, "[1]");
+        assert!(matches!(
+            Manifest::parse(bad.as_bytes(), None),
+            Err(ManifestError::InvalidField { field, .. }) if field == "layers[2].urls"
+        ));
+    }
+
+    #[test]
     fn descriptor_serde_uses_oci_field_names() {
         let descriptor = Descriptor {
             media_type: "application/vnd.oci.image.layer.v1.tar".to_owned(),
             digest: Digest::of(b"d"),
             size: 3,
+            urls: Vec::new(),
         };
         let json = serde_json::to_value(&descriptor).expect("serialize");
         assert_eq!(json["mediaType"], "application/vnd.oci.image.layer.v1.tar");

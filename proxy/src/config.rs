@@ -13,6 +13,7 @@ use shoal_service::LogConfig;
 use shoal_service::tls::TlsConfig;
 
 use crate::upstream::MAX_ORIGIN_ADDR_LEN;
+pub use crate::validation::{ManifestValidation, Pattern, UrlPolicy, ValidationConfig};
 
 /// Proxy settings. Every field has a default, so an empty file runs against the local dev cluster.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -21,7 +22,9 @@ pub struct ProxyConfig {
     /// Registry V2 listen address.
     pub listen: SocketAddr,
     /// Serve HTTPS on `listen` with this certificate (`{cert, key}`, PEM files); absent, plain
-    /// HTTP. `docker push` to a registry that is not on localhost needs HTTPS.
+    /// HTTP. `docker push` to a registry that is not on localhost needs HTTPS. With `tls.ca`,
+    /// the proxy also presents this certificate to origins and the build-index (mutual TLS);
+    /// registry clients on `listen` need none.
     pub tls: Option<TlsConfig>,
     /// The origin cluster (`host:port` or `http://host:port` members, the strings every
     /// component ranks): a static list or `{dns: {name, port}}`, health-checked (owners failing
@@ -37,6 +40,9 @@ pub struct ProxyConfig {
     /// Push and pull authentication of the Registry V2 API (`htpasswd` or `token`, and
     /// per-repository `rules`); absent, every caller may push and pull.
     pub auth: Option<AuthConfig>,
+    /// Which external URLs pushed manifests' non-distributable layers may name
+    /// (`manifests.urls.allow` / `deny` regexes); none by default.
+    pub validation: ValidationConfig,
     pub log: LogConfig,
 }
 
@@ -50,6 +56,7 @@ impl Default for ProxyConfig {
             build_index: "127.0.0.1:15004".to_owned(),
             preheat: PreheatConfig::default(),
             auth: None,
+            validation: ValidationConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -22,6 +22,7 @@ mod state;
 mod tags;
 mod uploads;
 mod upstream;
+mod validation;
 
 use std::sync::Arc;
 
@@ -124,7 +125,11 @@ pub async fn run(
             config.preheat.state_dir.display()
         )
     })?;
-    let state = AppState { upstreams, metrics };
+    let state = AppState {
+        upstreams,
+        metrics,
+        manifest_urls: Arc::new(config.validation.manifests.urls.clone()),
+    };
     let app = shoal_service::http::with_common_routes(
         shoal_registry_server::router_with_auth(state, auth).merge(preheat::router(preheater)),
         registry,

@@ -1,22 +1,25 @@
-//! `/v2/<name>/manifests/<reference>`: manifests are stored as blobs on their owning origin and
-//! tags live in the build-index. A push is accepted only when every blob and child manifest it
-//! references exists, so a tag never points at something unpullable.
+//! `/v2/<name>/manifests/<reference>`: manifests are stored as blobs on their owning origin;
+//! tags, and the record of each manifest pushed into a repository, live in the build-index. A
+//! push is accepted only when every blob and child manifest it references exists, so a tag
+//! never points at something unpullable. A manifest is served by digest only in a repository
+//! holding its record.
 //!
-//! Deleting removes tags only: blobs, manifests included, stay in the content-addressed store
-//! (shared across repositories). Garbage collection of unreferenced blobs is not implemented.
+//! Deleting by digest removes the record and every tag pointing at it; by tag, that tag. The
+//! bytes stay in the content-addressed store (shared across repositories): garbage collection
+//! is not implemented.
 
 use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use shoal_api::ApiError;
 use shoal_api::wire::DOCKER_CONTENT_DIGEST;
-use shoal_core::{Digest, ErrorCode, MAX_MANIFEST_SIZE, Manifest, Name, Reference, Tag};
+use shoal_core::{Digest, ErrorCode, MAX_MANIFEST_SIZE, Manifest, Name, Reference};
 use shoal_registry_server::{RegistryError, StoredManifest};
 
 use crate::state::AppState;
@@ -24,8 +27,6 @@ use crate::state::AppState;
 /// Concurrent origin stats while checking a pushed manifest's references: enough to hide
 /// round trips for images with dozens of layers without flooding the origins.
 const STAT_CONCURRENCY: usize = 16;
-/// Concurrent tag lookups while deleting a manifest by digest.
-const UNTAG_CONCURRENCY: usize = 8;
 
 /// `GET` and `HEAD`: the stored manifest, `None` when the reference or the blob is unknown.
 pub async fn get(
@@ -52,7 +53,8 @@ pub async fn get(
     }
 }
 
-/// `PUT`: validates, stores the manifest blob, then points the tag at it.
+/// `PUT`: validates, stores the manifest blob, then records it in the repository: by tag, the
+/// build-index records it with the tag; by digest, on its own.
 pub async fn put(
     state: &AppState,
     name: &Name,
@@ -73,17 +75,16 @@ pub async fn put(
             format!("manifest digest is {digest}, not {expected}"),
         ));
     }
+    state.manifest_urls.check(&manifest)?;
     check_references(state, name, &manifest).await?;
     state
         .upstreams
         .put_blob(&digest, name, None, reqwest::Body::from(bytes))
         .await?;
-    if let Reference::Tag(tag) = reference {
-        state
-            .upstreams
-            .build_index()
-            .put_tag(name, tag, &digest)
-            .await?;
+    let build_index = state.upstreams.build_index();
+    match reference {
+        Reference::Tag(tag) => build_index.put_tag(name, tag, &digest).await?,
+        Reference::Digest(_) => build_index.put_manifest(name, &digest).await?,
     }
     state.metrics.manifests_put.inc();
     let headers = [
@@ -93,44 +94,38 @@ pub async fn put(
     Ok((StatusCode::CREATED, headers).into_response())
 }
 
-/// `DELETE`: by tag removes that tag; by digest removes every tag of the repository pointing
-/// at the manifest.
+/// `DELETE`: by tag removes that tag; by digest removes the manifest's record in the repository
+/// and every tag of it pointing at the manifest.
 pub async fn delete(
     state: &AppState,
     name: &Name,
     reference: &Reference,
 ) -> Result<Response, RegistryError> {
-    match reference {
-        Reference::Tag(tag) => {
-            if !state.upstreams.build_index().delete_tag(name, tag).await? {
-                return Err(RegistryError::manifest_unknown(reference));
-            }
-        }
-        Reference::Digest(digest) => {
-            let stored = state
-                .upstreams
-                .read_blob(digest, |origin| async move {
-                    origin.stat_blob(digest, Some(name)).await
-                })
-                .await?;
-            if stored.is_none() {
-                return Err(RegistryError::manifest_unknown(reference));
-            }
-            untag(state, name, digest).await?;
-        }
+    let build_index = state.upstreams.build_index();
+    let found = match reference {
+        Reference::Tag(tag) => build_index.delete_tag(name, tag).await?,
+        Reference::Digest(digest) => build_index.delete_manifest(name, digest).await?.is_some(),
+    };
+    if !found {
+        return Err(RegistryError::manifest_unknown(reference));
     }
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// The digest `reference` names; `None` for an unknown tag.
+/// The digest `reference` names in `name`; `None` for an unknown tag or a manifest the
+/// repository has no record of.
 async fn resolve(
     state: &AppState,
     name: &Name,
     reference: &Reference,
 ) -> Result<Option<Digest>, RegistryError> {
+    let build_index = state.upstreams.build_index();
     match reference {
-        Reference::Digest(digest) => Ok(Some(*digest)),
-        Reference::Tag(tag) => Ok(state.upstreams.build_index().get_tag(name, tag).await?),
+        Reference::Digest(digest) => {
+            let record = build_index.manifest(name, digest).await?;
+            Ok(record.map(|_| *digest))
+        }
+        Reference::Tag(tag) => Ok(build_index.get_tag(name, tag).await?),
     }
 }
 
@@ -161,6 +156,7 @@ async fn read_manifest(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
 
 /// Every blob and child manifest must exist on its owning origin with the size the descriptor
 /// claims; clients check sizes on pull, so a wrong one would make the image unpullable.
+/// Non-distributable layers are not checked: clients fetch them from their URLs.
 async fn check_references(
     state: &AppState,
     name: &Name,
@@ -202,49 +198,6 @@ async fn check_references(
         }
     }
     Ok(())
-}
-
-/// Deletes each of `name`'s tags that points at `digest`. A tag re-pointed between the lookup
-/// and the delete is deleted anyway; the build-index has no compare-and-delete.
-async fn untag(state: &AppState, name: &Name, digest: &Digest) -> Result<(), RegistryError> {
-    let build_index = state.upstreams.build_index();
-    let tags = all_tags(state, name).await?;
-    futures::stream::iter(tags)
-        .map(|tag| async move {
-            if build_index.get_tag(name, &tag).await? == Some(*digest) {
-                build_index.delete_tag(name, &tag).await?;
-            }
-            Ok::<_, ApiError>(())
-        })
-        .buffer_unordered(UNTAG_CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
-    Ok(())
-}
-
-/// Every tag of `name`, page by page.
-async fn all_tags(state: &AppState, name: &Name) -> Result<Vec<Tag>, RegistryError> {
-    let mut tags = Vec::new();
-    let mut last: Option<String> = None;
-    loop {
-        let Some(page) = state
-            .upstreams
-            .build_index()
-            .list_tags(name, None, last.as_deref())
-            .await?
-        else {
-            return Ok(tags);
-        };
-        // Tags the build-index holds were validated on the way in; skip any that are not.
-        tags.extend(page.items.iter().filter_map(|tag| Tag::parse(tag).ok()));
-        match page.next_last {
-            // Pages are sorted, so a cursor that does not move forward would loop forever.
-            Some(next) if last.as_ref().is_none_or(|previous| next > *previous) => {
-                last = Some(next);
-            }
-            _ => return Ok(tags),
-        }
-    }
 }
 
 #[cfg(test)]

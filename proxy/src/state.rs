@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use crate::metrics::ProxyMetrics;
 use crate::upstream::Upstreams;
+use crate::validation::UrlPolicy;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     pub metrics: ProxyMetrics,
+    /// `validation.manifests.urls`.
+    pub manifest_urls: Arc<UrlPolicy>,
 }

@@ -588,6 +588,10 @@ async fn deleting_by_digest_removes_every_tag_pointing_at_it() {
         .send(Method::DELETE, &format!("/v2/r/manifests/{digest}"))
         .await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    let gone = cluster
+        .send(Method::GET, &format!("/v2/r/manifests/{digest}"))
+        .await;
+    assert_eq!(error_code(gone).await, "MANIFEST_UNKNOWN");
     let tags: Value = cluster
         .send(Method::GET, "/v2/r/tags/list")
         .await

@@ -96,6 +96,7 @@ impl RegistryClient {
                 media_type: top.media_type.clone(),
                 digest: top.digest,
                 size: top.bytes.len() as u64,
+                urls: Vec::new(),
             },
         )?;
         write_file(&dest_dir.join("index.json"), &index).await?;

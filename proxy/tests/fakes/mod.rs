@@ -217,10 +217,12 @@ impl FakeOrigin {
     }
 }
 
-/// In-memory build-index: `repo → tag → digest`, sorted for paging.
+/// In-memory build-index: `repo → tag → digest`, sorted for paging, and the manifest records
+/// `(repo, digest)` (a tag put records its manifest, as the real one does).
 #[derive(Clone, Default)]
 pub struct FakeBuildIndex {
     tags: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+    records: Arc<Mutex<std::collections::BTreeSet<(String, String)>>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +243,12 @@ impl FakeBuildIndex {
                     .get(Self::get_tag)
                     .delete(Self::delete_tag),
             )
+            .route(
+                "/v1/repositories/{repo}/manifests/{digest}",
+                put(Self::put_record)
+                    .get(Self::get_record)
+                    .delete(Self::delete_record),
+            )
             .with_state(index.clone());
         (index, serve(app).await)
     }
@@ -254,9 +262,57 @@ impl FakeBuildIndex {
         Path((repo, tag)): Path<(String, String)>,
         body: String,
     ) -> Response {
+        let record = (repo.clone(), body.clone());
+        index.records.lock().unwrap().insert(record);
         let mut tags = index.tags.lock().unwrap();
         tags.entry(repo).or_default().insert(tag, body);
         StatusCode::CREATED.into_response()
+    }
+
+    async fn put_record(
+        State(index): State<FakeBuildIndex>,
+        Path((repo, digest)): Path<(String, String)>,
+    ) -> Response {
+        index.records.lock().unwrap().insert((repo, digest));
+        StatusCode::CREATED.into_response()
+    }
+
+    async fn get_record(
+        State(index): State<FakeBuildIndex>,
+        Path(record): Path<(String, String)>,
+    ) -> Response {
+        if index.records.lock().unwrap().contains(&record) {
+            Json(serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json" }))
+                .into_response()
+        } else {
+            error(ErrorCode::ManifestUnknown, "no such manifest")
+        }
+    }
+
+    /// Removes the record and every tag of the repository pointing at the digest.
+    async fn delete_record(
+        State(index): State<FakeBuildIndex>,
+        Path((repo, digest)): Path<(String, String)>,
+    ) -> Response {
+        let recorded = index
+            .records
+            .lock()
+            .unwrap()
+            .remove(&(repo.clone(), digest.clone()));
+        let mut untagged = Vec::new();
+        if let Some(tags) = index.tags.lock().unwrap().get_mut(&repo) {
+            tags.retain(|tag, target| {
+                let keep = *target != digest;
+                if !keep {
+                    untagged.push(tag.clone());
+                }
+                keep
+            });
+        }
+        if !recorded && untagged.is_empty() {
+            return error(ErrorCode::ManifestUnknown, "no such manifest");
+        }
+        Json(serde_json::json!({ "untagged": untagged })).into_response()
     }
 
     async fn get_tag(

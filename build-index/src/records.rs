@@ -1,0 +1,130 @@
+//! The records of the manifests pushed into each repository: a manifest is readable by digest
+//! in a repository only while its record there exists, and deleting it by digest removes the
+//! record and every tag of the repository pointing at it. Records are [`Entry::Manifest`]s of
+//! the tag store, persisted and kept pending exactly as tags are.
+//!
+//! A tag PUT records every manifest of the tree it points at (an index's children first, the
+//! root last), so a tagged manifest always has its record. Manifests tagged before records
+//! existed have none: the first lookup that misses in a repository adopts them, recording the
+//! tree of every tag target that lacks a record (see `adopt_legacy`).
+
+use std::collections::BTreeSet;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use shoal_core::{Digest, ManifestRecord, MediaType, Name, Tag};
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::tags::{Entry, TagStore, Value};
+use crate::verify::Origins;
+
+/// Tags read at once while looking for the ones pointing at a digest.
+const TAG_READ_CONCURRENCY: usize = 16;
+
+/// Checks the manifest tree `digest` names on the origins and records each of its manifests in
+/// `name`, the root last.
+pub async fn record_tree(
+    tags: &TagStore,
+    origins: &Origins,
+    name: &Name,
+    digest: Digest,
+) -> Result<(), Error> {
+    let tree = origins.verify(name, digest).await?;
+    for (manifest, media_type) in tree.into_iter().rev() {
+        tags.put(name, record(manifest, media_type)).await?;
+    }
+    Ok(())
+}
+
+fn record(manifest: Digest, media_type: MediaType) -> Value {
+    let record = ManifestRecord {
+        media_type: media_type.as_str().to_owned(),
+    };
+    Value::Manifest { manifest, record }
+}
+
+/// The record of `digest` in `name`, adopting the repository's manifests tagged before records
+/// existed when there is none.
+pub async fn find(
+    tags: &TagStore,
+    origins: &Origins,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Option<ManifestRecord>, Error> {
+    if let Some(record) = tags.record(name, digest).await? {
+        return Ok(Some(record));
+    }
+    adopt_legacy(tags, origins, name).await?;
+    tags.record(name, digest).await
+}
+
+/// Deletes the manifest `digest` from `name`: every tag pointing at it, then its record (in
+/// that order, so a crash in between leaves the manifest readable and the delete repeatable,
+/// never a tag whose target is gone). Returns the tags removed; MANIFEST_UNKNOWN when the
+/// repository has neither a record of it nor a tag pointing at it.
+pub async fn delete(
+    tags: &TagStore,
+    origins: &Origins,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Vec<Tag>, Error> {
+    let targets = adopt_legacy(tags, origins, name).await?;
+    let mut untagged = Vec::new();
+    for (tag, target) in targets {
+        if target == *digest && tags.delete(name, &Entry::Tag(tag.clone())).await? {
+            untagged.push(tag);
+        }
+    }
+    let recorded = tags.delete(name, &Entry::Manifest(*digest)).await?;
+    if !recorded && untagged.is_empty() {
+        return Err(Error::ManifestUnknown(*digest));
+    }
+    info!(repo = %name, %digest, ?untagged, "manifest deleted");
+    Ok(untagged)
+}
+
+/// Records the trees of the tag targets of `name` that have no record (tagged before records
+/// existed; a tag written since always has one) and returns every tag with its target. A tree
+/// the origins no longer hold whole is left as it is, and its manifests stay unreadable by
+/// digest.
+async fn adopt_legacy(
+    tags: &TagStore,
+    origins: &Origins,
+    name: &Name,
+) -> Result<Vec<(Tag, Digest)>, Error> {
+    let targets = tag_targets(tags, name).await?;
+    let roots: BTreeSet<Digest> = targets.iter().map(|(_, digest)| *digest).collect();
+    for root in roots {
+        if tags.record(name, &root).await?.is_some() {
+            continue;
+        }
+        match record_tree(tags, origins, name, root).await {
+            Ok(()) => {
+                info!(repo = %name, digest = %root, "manifest tagged before records existed recorded")
+            }
+            Err(
+                error @ (Error::ManifestUnknown(_)
+                | Error::BlobUnknown { .. }
+                | Error::ManifestInvalid { .. }),
+            ) => {
+                warn!(repo = %name, digest = %root, %error, "tagged manifest not recorded: incomplete on the origins");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(targets)
+}
+
+/// Every tag of `name` with the digest it points at.
+async fn tag_targets(tags: &TagStore, name: &Name) -> Result<Vec<(Tag, Digest)>, Error> {
+    let names = tags.tags(name).await?;
+    stream::iter(names.into_iter().filter_map(|tag| Tag::parse(&tag).ok()))
+        .map(|tag| async move {
+            let target = tags.get(name, &tag).await?;
+            Ok::<_, Error>(target.map(|digest| (tag, digest)))
+        })
+        .buffer_unordered(TAG_READ_CONCURRENCY)
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await
+}
