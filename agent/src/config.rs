@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shoal_core::{Name, PeerId};
+use shoal_service::tls::TlsConfig;
 use shoal_service::{ByteSize, LogConfig};
 use shoal_storage::cache::{Budget, Percent};
 
@@ -40,6 +41,10 @@ pub struct AgentConfig {
     pub p2p: shoal_p2p::P2pConfig,
     /// TEST-ONLY fault injection (`corrupt_served_pieces`). Never set in production.
     pub testing: shoal_p2p::Faults,
+    /// `tls:` on the peer listener and for calls to the tracker, peers and the build-index;
+    /// with `tls.ca`, mutual TLS: pieces only to agents and origins. The registry listener
+    /// (`listen`, the node's runtime) stays plain HTTP.
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
 }
 
@@ -59,6 +64,7 @@ impl Default for AgentConfig {
             preheat: PreheatConfig::default(),
             p2p: shoal_p2p::P2pConfig::default(),
             testing: shoal_p2p::Faults::default(),
+            tls: None,
             log: LogConfig::default(),
         }
     }

@@ -26,8 +26,10 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::post;
 use shoal_api::BuildIndexClient;
-use shoal_p2p::{Engine, Identity, Limiter, P2pMetrics};
+use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
+use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::tls::{Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use shoal_storage::BlobStore;
 use shoal_storage::cache::{Cache, Unpinned};
@@ -104,12 +106,23 @@ pub async fn run(
         addr: config.advertised(),
         origin: false,
     };
+    let peer_tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls.server())
+        .transpose()
+        .context("loading the TLS certificate")?;
+    let cluster_tls =
+        ClusterTls::from_config(config.tls.as_ref()).context("loading the TLS certificate")?;
     let tasks = TaskTracker::new();
     let engine = Engine::new(
         config.p2p.clone(),
         identity,
         store.clone(),
-        config.tracker.clone(),
+        Network {
+            tracker: config.tracker.clone(),
+            tls: cluster_tls,
+        },
         p2p_metrics.clone(),
         shutdown.clone(),
         &tasks,
@@ -122,9 +135,11 @@ pub async fn run(
     ));
     tasks.spawn(cache.clone().run(shutdown.clone()));
 
-    let http = shoal_service::client::builder()
-        .build()
-        .context("building the HTTP client for the build-index")?;
+    let http =
+        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::BuildIndex]))
+            .context("loading the TLS certificate")?
+            .build()
+            .context("building the HTTP client for the build-index")?;
     let state = AppState {
         engine: engine.clone(),
         store,
@@ -154,7 +169,11 @@ pub async fn run(
         p2p_metrics,
         config.testing,
     );
-    let peer_app = tonic::service::Routes::new(peer).into_axum_router();
+    // Under mutual TLS, pieces go to agents and origins only.
+    let peer_app = with_access(
+        tonic::service::Routes::new(peer).into_axum_router(),
+        Access::only(Roles::of(&[Role::Agent, Role::Origin])),
+    );
 
     tracing::info!(
         listen = %listeners.http.local_addr()?,
@@ -167,7 +186,12 @@ pub async fn run(
         "agent serving"
     );
     let peer_served = async {
-        let serving = shoal_service::http::serve(listeners.peer, peer_app, shutdown.clone());
+        let serving = shoal_service::http::serve_maybe_tls(
+            listeners.peer,
+            peer_tls,
+            peer_app,
+            shutdown.clone(),
+        );
         let drained = async {
             shutdown.cancelled().await;
             tokio::time::sleep(PEER_DRAIN).await;

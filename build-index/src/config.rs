@@ -9,6 +9,7 @@ use serde::Deserialize;
 use shoal_api::OriginsConfig;
 use shoal_backends::{BackendConfig, RouteConfig};
 use shoal_service::LogConfig;
+use shoal_service::tls::TlsConfig;
 
 /// Default address of the tag API (`docs/internal-api.md`, "Build-index HTTP API").
 const DEFAULT_LISTEN: SocketAddr =
@@ -39,6 +40,9 @@ pub struct BuildIndexConfig {
     pub pending_dir: Option<PathBuf>,
     /// Tags copied to other clusters by repository rule. Absent: nothing is replicated.
     pub replication: Option<ReplicationConfig>,
+    /// `tls:` on the listener; with `tls.ca`, mutual TLS: tag writes only from proxies and
+    /// build-indexes, reads from any cluster role.
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
 }
 
@@ -86,6 +90,7 @@ impl Default for BuildIndexConfig {
             backends: Vec::new(),
             pending_dir: None,
             replication: None,
+            tls: None,
             log: LogConfig::default(),
         }
     }

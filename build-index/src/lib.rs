@@ -20,7 +20,9 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal_backends::BackendRouter;
 use shoal_jobs::StatsCollector;
+use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::tls::{Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -39,6 +41,13 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
+/// Under mutual TLS: any cluster component reads tags; proxies (pushes) and build-indexes
+/// (replication) write them.
+const ACCESS: Access = Access {
+    read: Roles::ANY,
+    write: Roles::of(&[Role::Proxy, Role::BuildIndex]),
+};
+
 /// Serves the tag API until `shutdown` is cancelled, then finishes in-flight requests and gives
 /// the background tasks (pending-tag write-back, a replication job in progress) up to
 /// [`DRAIN_DEADLINE`] to end.
@@ -50,10 +59,18 @@ pub async fn run(
     config.validate()?;
     let backends = BackendRouter::from_config(&config.backend, &config.backends)
         .context("opening the tag backends (config fields `backend`, `backends`)")?;
-    let http = shoal_service::client::builder()
-        .timeout(ORIGIN_REQUEST_TIMEOUT)
-        .build()
-        .context("building the origin HTTP client")?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls.server())
+        .transpose()
+        .context("loading the TLS certificate")?;
+    let http =
+        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::Origin]))
+            .context("loading the TLS certificate")?
+            .timeout(ORIGIN_REQUEST_TIMEOUT)
+            .build()
+            .context("building the origin HTTP client")?;
 
     let mut metrics = MetricsBuilder::new("build-index");
     let tag_metrics = metrics::TagMetrics::register(metrics.registry());
@@ -108,14 +125,18 @@ pub async fn run(
         replicator,
         metrics: tag_metrics,
     };
-    let app = shoal_service::http::with_common_routes(routes::router(state), metrics);
+    let app = shoal_service::http::with_common_routes(
+        with_access(routes::router(state), ACCESS),
+        metrics,
+    );
 
     let addr = listeners
         .http
         .local_addr()
         .context("reading the listener address")?;
     info!(%addr, origins = ?config.origins, "build-index listening");
-    let served = shoal_service::http::serve(listeners.http, app, shutdown.clone()).await;
+    let served =
+        shoal_service::http::serve_maybe_tls(listeners.http, tls, app, shutdown.clone()).await;
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "build-index").await;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use shoal_api::OriginsConfig;
 use shoal_backends::{BackendConfig, RetryPolicy, RouteConfig};
 use shoal_p2p::P2pConfig;
+use shoal_service::tls::TlsConfig;
 use shoal_service::{ByteSize, LogConfig};
 use shoal_storage::cache::{Budget, Percent};
 
@@ -34,6 +35,9 @@ pub struct OriginConfig {
     pub uploads: UploadsConfig,
     pub p2p: SeedConfig,
     pub cluster: ClusterConfig,
+    /// `tls:` on both listeners; with `tls.ca`, mutual TLS: uploads and replication only from
+    /// proxies and origins, pieces only to agents and origins, reads from any cluster role.
+    pub tls: Option<TlsConfig>,
     pub cache: CacheConfig,
     pub log: LogConfig,
 }
@@ -50,6 +54,7 @@ impl Default for OriginConfig {
             uploads: UploadsConfig::default(),
             p2p: SeedConfig::default(),
             cluster: ClusterConfig::default(),
+            tls: None,
             cache: CacheConfig::default(),
             log: LogConfig::default(),
         }

@@ -35,7 +35,9 @@ use shoal_backends::{BackendRouter, WriteBack};
 use shoal_core::Digest;
 use shoal_jobs::StatsCollector;
 use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, StoreSource};
+use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::tls::{Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
@@ -124,9 +126,17 @@ pub async fn run(
     // Includes `shoal_p2p_bytes_served_total`: blob bytes that left as pieces rather than HTTP.
     let p2p_metrics = P2pMetrics::new(registry.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
-    let http = shoal_service::client::builder()
-        .build()
-        .context("building the HTTP client for peer origins")?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls.server())
+        .transpose()
+        .context("loading the TLS certificate")?;
+    let http =
+        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::Origin]))
+            .context("loading the TLS certificate")?
+            .build()
+            .context("building the HTTP client for peer origins")?;
     let tasks = TaskTracker::new();
     let ring = replicate::Ring::start(
         &http,
@@ -200,7 +210,11 @@ pub async fn run(
         tasks: tasks.clone(),
         metrics,
     });
-    let app = shoal_service::http::with_common_routes(router(origin), registry.build());
+    let app = shoal_service::http::with_common_routes(
+        with_access(router(origin), ACCESS),
+        registry.build(),
+    );
+    let peer_app = with_access(peer_app, Access::only(PIECE_CALLERS));
     let addr = listeners
         .http
         .local_addr()
@@ -212,14 +226,19 @@ pub async fn run(
     tracing::info!(%addr, %peer_addr, data_dir = %config.data_dir.display(), "origin serving");
     let served = tokio::try_join!(
         async {
-            shoal_service::http::serve(listeners.http, app, shutdown.clone())
+            shoal_service::http::serve_maybe_tls(listeners.http, tls.clone(), app, shutdown.clone())
                 .await
                 .context("serving HTTP")
         },
         async {
-            shoal_service::http::serve(listeners.peer, peer_app, shutdown.clone())
-                .await
-                .context("serving the gRPC peer service")
+            shoal_service::http::serve_maybe_tls(
+                listeners.peer,
+                tls.clone(),
+                peer_app,
+                shutdown.clone(),
+            )
+            .await
+            .context("serving the gRPC peer service")
         },
     );
     // Stop the background tasks too when serving failed on its own.
@@ -248,6 +267,16 @@ async fn expire_idle_uploads(store: Arc<BlobStore>, idle: Duration, shutdown: Ca
         }
     }
 }
+
+/// Under mutual TLS: any cluster component reads blobs and metainfo; uploads, replicated
+/// blobs and deletes come from proxies and other origins only.
+const ACCESS: Access = Access {
+    read: Roles::ANY,
+    write: Roles::of(&[Role::Proxy, Role::Origin]),
+};
+
+/// Under mutual TLS, pieces go to agents and origins only.
+const PIECE_CALLERS: Roles = Roles::of(&[Role::Agent, Role::Origin]);
 
 fn router(origin: Arc<Origin>) -> Router {
     Router::new()

@@ -12,8 +12,8 @@ mod source;
 mod wire;
 
 pub use config::{Faults, Identity, P2pConfig};
-pub use engine::tracker::channel as peer_channel;
-pub use engine::{Blob, Engine};
+pub use engine::tracker::{channel as peer_channel, channel_with as peer_channel_with};
+pub use engine::{Blob, ClusterTls, Engine, Network};
 pub use error::P2pError;
 pub use limiter::Limiter;
 pub use metrics::P2pMetrics;

@@ -14,8 +14,8 @@ use futures::TryStreamExt;
 use prometheus_client::registry::Registry;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder, PeerId};
 use shoal_p2p::{
-    Engine, Faults, Identity, Limiter, P2pConfig, P2pError, P2pMetrics, PieceSource, StoreSource,
-    peer_service,
+    Engine, Faults, Identity, Limiter, Network, P2pConfig, P2pError, P2pMetrics, PieceSource,
+    StoreSource, peer_service,
 };
 use shoal_proto::v1::peer_client::PeerClient;
 use shoal_proto::v1::tracker_server::{Tracker, TrackerServer};
@@ -260,7 +260,10 @@ impl Swarm {
             config,
             identity.clone(),
             store.clone(),
-            tracker.to_owned(),
+            Network {
+                tracker: tracker.to_owned(),
+                tls: None,
+            },
             metrics.clone(),
             self.shutdown.clone(),
             &self.tasks,

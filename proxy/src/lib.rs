@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::tls::{Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use tokio::net::TcpListener;
 
@@ -64,11 +65,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     // Read the certificate before anything starts, so a bad file stops the proxy at once.
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|tls| tls.server())
-        .transpose()?;
+    let tls = config.tls.as_ref().map(|tls| tls.server()).transpose()?;
     // Read the htpasswd file or the token root bundle now too, for the same reason.
     let auth = config
         .auth
@@ -80,9 +77,12 @@ pub async fn run(
         Some(auth) if auth.htpasswd.is_some() => "htpasswd",
         Some(_) => "token",
     };
-    let http = shoal_service::client::builder()
-        .build()
-        .context("building the HTTP client for origins and build-index")?;
+    let http = shoal_service::client::cluster_builder(
+        config.tls.as_ref(),
+        Roles::of(&[Role::Origin, Role::BuildIndex]),
+    )?
+    .build()
+    .context("building the HTTP client for origins and build-index")?;
     let mut builder = MetricsBuilder::new("proxy");
     let membership_metrics = shoal_membership::MembershipMetrics::register(builder.registry());
     let (metrics, registry) = ProxyMetrics::register(builder);

@@ -12,13 +12,16 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shoal_tls::generate::Authority;
+use shoal_tls::{Role, TlsConfig};
 use tempfile::TempDir;
 
 use crate::binaries;
 use crate::configs;
 use crate::ports::free_loopback_addr_list;
-use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_ready};
+use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_answers_via};
 
 /// A debug build starts in well under a second; the margin covers a loaded 2-core CI machine.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -54,6 +57,17 @@ impl Component {
         match i {
             0 => Component::Origin,
             i => Component::OriginN(i),
+        }
+    }
+
+    /// The role its certificate names under mutual TLS.
+    pub fn role(self) -> Role {
+        match self {
+            Component::Origin | Component::OriginN(_) => Role::Origin,
+            Component::BuildIndex => Role::BuildIndex,
+            Component::Proxy => Role::Proxy,
+            Component::Tracker => Role::Tracker,
+            Component::Agent(_) => Role::Agent,
         }
     }
 
@@ -110,6 +124,11 @@ pub struct ClusterOptions {
     pub agent_overrides: Value,
     /// Deep-merged over one agent's config (after `agent_overrides`), by agent index.
     pub agent_overrides_by_index: BTreeMap<usize, Value>,
+    /// Mutual TLS everywhere: a fresh CA in the cluster dir issues each component a certificate
+    /// naming its role (`<dir>/tls/<component>/`), every internal address is `https://`, and
+    /// the proxy serves HTTPS ([`Cluster::proxy_url`], [`Cluster::ca_dir`]). Agents' registry
+    /// listeners stay plain HTTP.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -125,6 +144,7 @@ impl Default for ClusterOptions {
             proxy_overrides: Value::Null,
             agent_overrides: Value::Null,
             agent_overrides_by_index: BTreeMap::new(),
+            tls: false,
         }
     }
 }
@@ -156,6 +176,11 @@ pub struct Cluster {
     /// agents last.
     nodes: BTreeMap<Component, Node>,
     order: Vec<Component>,
+    /// Health checks and `/metrics` reads (trusting the cluster CA under TLS).
+    http: reqwest::Client,
+    tls: bool,
+    /// The cluster CA under [`ClusterOptions::tls`], for issuing replacement certificates.
+    authority: Option<Authority>,
     // Declared last so it is removed after the processes using it are gone.
     dir: TempDir,
 }
@@ -267,6 +292,33 @@ impl Cluster {
             }
         }
 
+        let tls_root = dir.path().join("tls");
+        let authority = if options.tls {
+            let authority = Authority::new().context("generating the cluster CA")?;
+            std::fs::create_dir_all(tls_root.join("ca"))?;
+            std::fs::write(tls_root.join("ca/ca.crt"), authority.ca_pem())?;
+            for (component, _, _, config) in &mut planned {
+                let tls = authority.write(&tls_root.join(component.name()), component.role())?;
+                let https = |addr: &SocketAddr| format!("https://{addr}");
+                configs::merge(
+                    config,
+                    configs::tls_overrides(*component, &tls, &origin_addrs, build_index, https),
+                );
+            }
+            Some(authority)
+        } else {
+            None
+        };
+        let http =
+            match &authority {
+                Some(authority) => shoal_service::client::builder().tls_certs_only([
+                    reqwest::Certificate::from_pem(authority.ca_pem().as_bytes())?,
+                ]),
+                None => shoal_service::client::builder(),
+            }
+            .timeout(Duration::from_secs(5))
+            .build()?;
+
         let mut nodes = BTreeMap::new();
         let mut order = Vec::new();
         for (component, addr, peer_addr, config) in planned {
@@ -292,7 +344,14 @@ impl Cluster {
             );
         }
 
-        let mut cluster = Cluster { nodes, order, dir };
+        let mut cluster = Cluster {
+            nodes,
+            order,
+            http,
+            tls: options.tls,
+            authority,
+            dir,
+        };
         for component in cluster.order.clone() {
             cluster.launch(component).await?;
         }
@@ -359,9 +418,60 @@ impl Cluster {
         self.addr(Component::BuildIndex)
     }
 
-    /// `http://<proxy>`, the registry base URL.
+    /// `http://<proxy>` (`https://` under [`ClusterOptions::tls`]), the registry base URL.
     pub fn proxy_url(&self) -> String {
-        format!("http://{}", self.proxy_addr())
+        format!("{}://{}", self.scheme(Component::Proxy), self.proxy_addr())
+    }
+
+    /// Under [`ClusterOptions::tls`], a directory holding only the CA (`ca.crt`), for skopeo's
+    /// `--dest-cert-dir` / `--src-cert-dir`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("tls/ca")
+    }
+
+    /// The `tls:` files (`tls.crt`, `tls.key`, `ca.crt`) `component` runs with under
+    /// [`ClusterOptions::tls`].
+    pub fn tls_dir(&self, component: Component) -> PathBuf {
+        self.dir.path().join("tls").join(component.name())
+    }
+
+    /// The `tls:` config `component` runs with under [`ClusterOptions::tls`]: its certificate
+    /// as a client identity, for tests that call components as one of them.
+    pub fn tls_config(&self, component: Component) -> TlsConfig {
+        let dir = self.tls_dir(component);
+        TlsConfig {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: Some(dir.join("ca.crt")),
+            identities: Default::default(),
+        }
+    }
+
+    /// Issues `component` a new certificate of the cluster CA and swaps it into the files it
+    /// runs with (each file replaced by a rename, as a Kubernetes Secret volume does); returns
+    /// the new certificate (PEM). Only under [`ClusterOptions::tls`].
+    pub fn rotate_certificate(&self, component: Component) -> Result<String> {
+        let authority = self
+            .authority
+            .as_ref()
+            .context("this cluster runs without TLS")?;
+        let issued = authority.issue(Some(component.role()), &["127.0.0.1", "localhost"])?;
+        let dir = self.tls_dir(component);
+        for (name, pem) in [("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)] {
+            let staged = dir.join(format!(".{name}.new"));
+            std::fs::write(&staged, pem)?;
+            std::fs::rename(&staged, dir.join(name))?;
+        }
+        Ok(issued.cert_pem)
+    }
+
+    /// The scheme of `component`'s HTTP listener.
+    fn scheme(&self, component: Component) -> &'static str {
+        if self.tls && !matches!(component, Component::Agent(_)) {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// `http://<agent i>`, the agent's Registry V2 read API.
@@ -402,10 +512,12 @@ impl Cluster {
 
     /// `component`'s `/metrics` text.
     pub async fn metrics_text(&self, component: Component) -> Result<String> {
-        let url = format!("http://{}/metrics", self.addr(component));
-        shoal_service::client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?
+        let url = format!(
+            "{}://{}/metrics",
+            self.scheme(component),
+            self.addr(component)
+        );
+        self.http
             .get(&url)
             .send()
             .await
@@ -577,13 +689,14 @@ impl Cluster {
     }
 
     async fn launch(&mut self, component: Component) -> Result<()> {
+        let scheme = self.scheme(component);
         let node = self
             .nodes
             .get_mut(&component)
             .with_context(|| format!("this cluster runs no {component}"))?;
-        let url = format!("http://{}/health", node.addr);
+        let url = format!("{scheme}://{}/health", node.addr);
         let process = node.process.insert(Process::spawn(node.spec.clone())?);
-        wait_until_ready(process, &url, STARTUP_DEADLINE).await
+        wait_until_answers_via(&self.http, process, &url, StatusCode::OK, STARTUP_DEADLINE).await
     }
 }
 

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
+use shoal_tls::TlsConfig;
+
+use crate::cluster::Component;
 
 /// The tracker tells peers to re-announce this often: short, so a test's swarm forms (and
 /// notices a dead origin) within a second or two rather than the production default.
@@ -122,6 +125,43 @@ fn path(p: &Path) -> String {
 // hashes these exact strings.
 fn addr_strings(addrs: &[SocketAddr]) -> Vec<String> {
     addrs.iter().map(ToString::to_string).collect()
+}
+
+/// What [`crate::cluster::ClusterOptions::tls`] changes in `component`'s config: its `tls:`
+/// section, and every HTTP address it calls as `https(addr)`. Plain `host:port` gRPC addresses
+/// (the tracker, peers) stay as they are: the component's `tls.ca` puts them on TLS.
+pub fn tls_overrides(
+    component: Component,
+    tls: &TlsConfig,
+    origins: &[(SocketAddr, SocketAddr)],
+    build_index: SocketAddr,
+    https: impl Fn(&SocketAddr) -> String,
+) -> Value {
+    let origin_urls: Vec<String> = origins.iter().map(|(http, _)| https(http)).collect();
+    let section = serde_json::to_value(tls).unwrap_or(Value::Null);
+    let addresses = match component {
+        Component::Origin | Component::OriginN(_) if origins.len() > 1 => {
+            let index = match component {
+                Component::OriginN(i) => i,
+                _ => 0,
+            };
+            json!({"cluster": {"origins": origin_urls, "advertise": https(&origins[index].0)}})
+        }
+        Component::Origin | Component::OriginN(_) => Value::Null,
+        Component::BuildIndex => json!({"origins": origin_urls}),
+        Component::Proxy => json!({"origins": origin_urls, "build_index": https(&build_index)}),
+        Component::Tracker => {
+            let pairs: Vec<Value> = origins
+                .iter()
+                .map(|(http, peer)| json!({"http": https(http), "peer": peer.to_string()}))
+                .collect();
+            json!({"origins": pairs})
+        }
+        Component::Agent(_) => json!({"build_index": https(&build_index)}),
+    };
+    let mut config = json!({"tls": section});
+    merge(&mut config, addresses);
+    config
 }
 
 #[cfg(test)]

@@ -166,6 +166,17 @@ pub async fn wait_until_answers(
         .timeout(Duration::from_secs(2))
         .build()
         .context("building the readiness client")?;
+    wait_until_answers_via(&http, process, url, expected, deadline).await
+}
+
+/// [`wait_until_answers`] with the client `http` (one trusting a test CA, say).
+pub async fn wait_until_answers_via(
+    http: &reqwest::Client,
+    process: &mut Process,
+    url: &str,
+    expected: reqwest::StatusCode,
+    deadline: Duration,
+) -> Result<()> {
     let start = Instant::now();
     loop {
         if let Some(status) = process.try_exit_status()? {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use shoal_api::{OriginAddrs, OriginsConfig};
 use shoal_core::PeerId;
 use shoal_service::LogConfig;
+use shoal_service::tls::TlsConfig;
 
 /// `shoal-tracker --config tracker.yaml`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -39,6 +40,9 @@ pub struct TrackerConfig {
     pub metainfo_cache: usize,
     /// Announce rates and record counts one client cannot exceed.
     pub limits: LimitsConfig,
+    /// `tls:` on the listener; with `tls.ca`, mutual TLS: only agents and origins announce and
+    /// ask for metainfo.
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
 }
 
@@ -57,6 +61,7 @@ impl Default for TrackerConfig {
             store: StoreConfig::Memory,
             metainfo_cache: 10_000,
             limits: LimitsConfig::default(),
+            tls: None,
             log: LogConfig::default(),
         }
     }

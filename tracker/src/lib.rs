@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_proto::v1::tracker_server::TrackerServer;
+use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
+use shoal_service::tls::{Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 
@@ -73,11 +75,19 @@ pub async fn run(
                 .context("connecting to the redis peer store (config field `store.redis.url`)")?,
         ),
     };
-    let http = shoal_service::client::builder()
-        .timeout(ORIGIN_REQUEST_TIMEOUT)
-        .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
-        .build()
-        .context("building the origin HTTP client")?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls.server())
+        .transpose()
+        .context("loading the TLS certificate")?;
+    let http =
+        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::Origin]))
+            .context("loading the TLS certificate")?
+            .timeout(ORIGIN_REQUEST_TIMEOUT)
+            .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
+            .build()
+            .context("building the origin HTTP client")?;
     let mut registry = MetricsBuilder::new("tracker");
     let metrics = metrics::TrackerMetrics::register(registry.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
@@ -111,6 +121,8 @@ pub async fn run(
         TrackerServer::new(service).max_decoding_message_size(MAX_REQUEST_SIZE),
     )
     .into_axum_router();
+    // Under mutual TLS, only agents and origins announce and ask for metainfo.
+    let grpc = with_access(grpc, Access::only(Roles::of(&[Role::Agent, Role::Origin])));
     let app = shoal_service::http::with_common_routes(grpc, registry.build());
 
     let addr = listeners
@@ -118,7 +130,8 @@ pub async fn run(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, origins = ?config.origins, store = ?config.store, "tracker serving");
-    let served = shoal_service::http::serve(listeners.grpc, app, shutdown.clone()).await;
+    let served =
+        shoal_service::http::serve_maybe_tls(listeners.grpc, tls, app, shutdown.clone()).await;
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "tracker").await;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use lru::LruCache;
 use shoal_core::{Digest, Metainfo, Name};
 use shoal_storage::BlobStore;
+use shoal_tls::{Role, Roles};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,6 +61,46 @@ pub(crate) struct Shared {
     seeds: Seeds,
     /// One HTTP/2 channel per peer address, shared by all sessions and piece requests to it.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Under mutual TLS, how peer connections are made (peers must be agents or origins).
+    peer_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Where the engine finds the swarm and how it connects to it.
+#[derive(Clone, Debug)]
+pub struct Network {
+    /// The tracker's `host:port`.
+    pub tracker: String,
+    /// Mutual TLS for the tracker and peers; `None`: plain gRPC.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The engine's TLS under mutual TLS: for the tracker (which must show the tracker role) and
+/// for peers (agents or origins).
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    pub tracker: Arc<rustls::ClientConfig>,
+    pub peers: Arc<rustls::ClientConfig>,
+}
+
+impl ClusterTls {
+    /// `None` without `tls.ca` (no mutual TLS: plain gRPC as before).
+    pub fn from_config(
+        tls: Option<&shoal_tls::TlsConfig>,
+    ) -> Result<Option<ClusterTls>, shoal_tls::TlsError> {
+        let Some(tls) = tls else {
+            return Ok(None);
+        };
+        let client = |roles: &[Role]| tls.client(Roles::of(roles), &[b"h2"]);
+        Ok(
+            match (
+                client(&[Role::Tracker])?,
+                client(&[Role::Agent, Role::Origin])?,
+            ) {
+                (Some(tracker), Some(peers)) => Some(ClusterTls { tracker, peers }),
+                _ => None,
+            },
+        )
+    }
 }
 
 /// Locks a std mutex, ignoring poisoning: every critical section is a single map operation.
@@ -69,25 +110,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     /// An engine downloading into and seeding from `store`, finding peers through the tracker
-    /// at `tracker` (`host:port`). Background tasks run on `tasks` and stop when `shutdown` is
+    /// at `network`'s tracker, over mutual TLS when it says so. Background tasks run on `tasks` and stop when `shutdown` is
     /// cancelled: a download in progress keeps its verified pieces on disk for the next start.
     pub fn new(
         config: P2pConfig,
         identity: Identity,
         store: Arc<BlobStore>,
-        tracker: String,
+        network: Network,
         metrics: P2pMetrics,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Arc<Engine> {
         let ingress = Limiter::new(config.ingress_rate, config.chunk_size);
+        let tls = network.tls;
         let cache = NonZeroUsize::new(METAINFO_CACHE).unwrap_or(NonZeroUsize::MIN);
         Arc::new(Engine {
             shared: Arc::new(Shared {
                 config,
                 identity,
                 store,
-                tracker: Tracker::new(tracker),
+                tracker: Tracker::new(network.tracker, tls.as_ref().map(|tls| &tls.tracker)),
                 metrics,
                 shutdown,
                 tasks: tasks.clone(),
@@ -96,6 +138,7 @@ impl Engine {
                 downloads: Mutex::default(),
                 seeds: Seeds::default(),
                 channels: Mutex::default(),
+                peer_tls: tls.map(|tls| tls.peers),
             }),
         })
     }
@@ -210,7 +253,7 @@ impl Shared {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = tracker::channel(addr)?;
+        let channel = tracker::channel_with(addr, self.peer_tls.as_ref())?;
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

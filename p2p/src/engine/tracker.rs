@@ -1,7 +1,12 @@
 //! The engine's side of the tracker protocol: announces and metainfo, with the wire metainfo
 //! checked and converted into [`Metainfo`].
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 
 use shoal_core::{Digest, Metainfo, Name};
 use shoal_proto::v1::tracker_client::TrackerClient as Grpc;
@@ -49,10 +54,20 @@ const MAX_FRAME: u32 = 1024 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A lazily connecting channel to `host:port` (no TLS inside the cluster), tuned for bulk piece
-/// transfer: what the engine uses for every peer and the tracker.
+/// A lazily connecting plain-text channel to `host:port`, tuned for bulk piece transfer.
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    channel_with(addr, None)
+}
+
+/// A lazily connecting channel to `host:port`, over TLS with `tls` (mutual TLS inside the
+/// cluster), tuned for bulk piece transfer: what the engine uses for every peer and the
+/// tracker. The connect timeout covers the TLS handshake, so a peer that accepts TCP and never
+/// answers fails the connection within it.
+pub fn channel_with(
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -60,13 +75,50 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .connect_lazy())
+        .max_frame_size(MAX_FRAME);
+    Ok(match tls {
+        None => endpoint.connect_lazy(),
+        Some(config) => endpoint.connect_with_connector_lazy(tls_connector(Arc::clone(config))),
+    })
+}
+
+/// Connects TCP (`TCP_NODELAY`) and then TLS to the URI's `host:port`; the server name
+/// offered is the host, though the cluster's verifier checks the CA and role, not the name.
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let invalid = |what: &str| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what} in {uri}"))
+            };
+            let host = uri.host().ok_or_else(|| invalid("no host"))?;
+            let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let name =
+                ServerName::try_from(host.clone()).map_err(|_| invalid("a bad host name"))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(TokioIo::new(connector.connect(name, tcp).await?))
+        }
+    })
 }
 
 impl Tracker {
-    pub(crate) fn new(addr: String) -> Tracker {
-        let client = channel(&addr)
+    pub(crate) fn new(addr: String, tls: Option<&Arc<rustls::ClientConfig>>) -> Tracker {
+        let client = channel_with(&addr, tls)
             .map(Grpc::new)
             .map_err(|e| format!("bad tracker address: {e}"));
         Tracker { addr, client }
