@@ -36,7 +36,10 @@ pub fn cluster_builder(
     servers: shoal_tls::Roles,
 ) -> Result<reqwest::ClientBuilder, shoal_tls::TlsError> {
     let builder = builder();
-    let Some(config) = tls.map(|tls| tls.client(servers, &[b"h2", b"http/1.1"])).transpose()?.flatten()
+    let Some(config) = tls
+        .map(|tls| tls.client(servers, &[b"h2", b"http/1.1"]))
+        .transpose()?
+        .flatten()
     else {
         return Ok(builder);
     };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identities, Role, Roles};
 use crate::keys::{KeyFiles, read_certs};
@@ -19,7 +19,7 @@ use crate::verify::RoleVerifier;
 /// plain HTTP. With `ca`, mutual TLS inside the cluster: the component asks its clients for a
 /// certificate of that CA (endpoints then admit callers by role), and presents this
 /// certificate when it calls other components, whom it verifies against the same CA.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, the server's certificate first (a Kubernetes TLS secret's `tls.crt`).
@@ -27,10 +27,10 @@ pub struct TlsConfig {
     /// PEM private key, PKCS#8, PKCS#1 or SEC1 (a Kubernetes TLS secret's `tls.key`).
     pub key: PathBuf,
     /// PEM bundle of the cluster CA (a cert-manager secret's `ca.crt`): turns on mutual TLS.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// Extra subject alternative names (URI or DNS) → role, besides `spiffe://shoal/<role>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub identities: BTreeMap<String, Role>,
 }
 

@@ -1,9 +1,9 @@
 //! The pieces of mutual TLS with real certificates: roles read from SANs, the role check on
 //! servers, and a certificate reloaded when its files change.
 
-use std::collections::BTreeMap;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::collections::BTreeMap;
 
 use rustls::client::danger::ServerCertVerifier;
 
@@ -30,7 +30,11 @@ fn roles_come_from_spiffe_uris_and_the_identities_map() {
         mapped.roles_of(&der(&none.cert_pem)),
         Roles::of(&[Role::Agent])
     );
-    assert!(identities.roles_of(&CertificateDer::from(vec![1, 2, 3])).is_empty());
+    assert!(
+        identities
+            .roles_of(&CertificateDer::from(vec![1, 2, 3]))
+            .is_empty()
+    );
 }
 
 #[test]
@@ -50,7 +54,9 @@ fn role_names_parse_from_config() {
     )
     .unwrap();
     assert_eq!(config.identities["spiffe://x/sa/p"], Role::BuildIndex);
-    assert!(serde_yaml_ng::from_str::<TlsConfig>("{cert: a, key: b, identities: {x: admin}}").is_err());
+    assert!(
+        serde_yaml_ng::from_str::<TlsConfig>("{cert: a, key: b, identities: {x: admin}}").is_err()
+    );
 }
 
 /// The client side's check of a server: chains to the CA and names an expected role; the host
@@ -61,7 +67,12 @@ fn servers_are_verified_by_ca_and_role_not_by_name() {
     let ca = Authority::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = ca.write(dir.path(), Role::Agent).unwrap();
-    assert!(config.client(Roles::of(&[Role::Tracker]), &[b"h2"]).unwrap().is_some());
+    assert!(
+        config
+            .client(Roles::of(&[Role::Tracker]), &[b"h2"])
+            .unwrap()
+            .is_some()
+    );
     let roots = config.roots(config.ca.as_deref().unwrap()).unwrap();
     let verifier =
         verify::RoleVerifier::new(roots, Identities::default(), Roles::of(&[Role::Tracker]));
@@ -74,13 +85,21 @@ fn servers_are_verified_by_ca_and_role_not_by_name() {
             UnixTime::now(),
         )
     };
-    let tracker = ca.issue(Some(Role::Tracker), &["elsewhere.example"]).unwrap();
+    let tracker = ca
+        .issue(Some(Role::Tracker), &["elsewhere.example"])
+        .unwrap();
     assert!(verify(&tracker.cert_pem).is_ok());
     let agent = ca.issue(Some(Role::Agent), &["10.1.2.3"]).unwrap();
-    assert!(verify(&agent.cert_pem).is_err(), "an agent cannot pose as the tracker");
+    assert!(
+        verify(&agent.cert_pem).is_err(),
+        "an agent cannot pose as the tracker"
+    );
     let stranger = Authority::new().unwrap();
     let forged = stranger.issue(Some(Role::Tracker), &["10.1.2.3"]).unwrap();
-    assert!(verify(&forged.cert_pem).is_err(), "another CA's certificate");
+    assert!(
+        verify(&forged.cert_pem).is_err(),
+        "another CA's certificate"
+    );
 }
 
 #[test]
@@ -100,7 +119,10 @@ fn bad_files_are_named() {
     let mut config = ca.write(dir.path(), Role::Origin).unwrap();
     config.ca = Some(dir.path().join("missing.crt"));
     let error = config.server().unwrap_err().to_string();
-    assert!(error.contains("tls.ca") && error.contains("missing.crt"), "{error}");
+    assert!(
+        error.contains("tls.ca") && error.contains("missing.crt"),
+        "{error}"
+    );
     let other = ca.issue(Some(Role::Origin), &["x"]).unwrap();
     std::fs::write(dir.path().join("tls.key"), other.key_pem).unwrap();
     let error = config.server().unwrap_err().to_string();

@@ -60,7 +60,9 @@ impl ServerCertVerifier for RoleVerifier {
         )?;
         let roles = self.identities.roles_of(end_entity);
         if !roles.intersects(self.expected) {
-            return Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+            return Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -158,7 +158,10 @@ async fn serve_connection(
 ) {
     let Some(tls) = tls else {
         let caller = Caller::Unchecked;
-        connection::serve(stream, peer, caller, &builder, app, limits, accepted, &shutdown).await;
+        connection::serve(
+            stream, peer, caller, &builder, app, limits, accepted, &shutdown,
+        )
+        .await;
         return;
     };
     let handshake = tokio::select! {
@@ -175,8 +178,10 @@ async fn serve_connection(
                     _ => Caller::Anonymous,
                 },
             };
-            connection::serve(stream, peer, caller, &builder, app, limits, accepted, &shutdown)
-                .await;
+            connection::serve(
+                stream, peer, caller, &builder, app, limits, accepted, &shutdown,
+            )
+            .await;
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -274,7 +274,10 @@ async fn mutual_tls_admits_callers_by_role() {
     let dir = tempfile::tempdir().unwrap();
     let server = ca.write(&dir.path().join("origin"), Role::Origin).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://127.0.0.1:{}/blobs", listener.local_addr().unwrap().port());
+    let url = format!(
+        "https://127.0.0.1:{}/blobs",
+        listener.local_addr().unwrap().port()
+    );
     let app = Router::new().route(
         "/blobs",
         axum::routing::get(|| async { "read" }).put(|| async { "written" }),
@@ -317,7 +320,11 @@ async fn mutual_tls_admits_callers_by_role() {
     assert!(body.contains("DENIED") && body.contains("agent"), "{body}");
     assert_eq!(anonymous.get(&url).send().await.unwrap().status(), 403);
     let health = url.replace("/blobs", "/health");
-    assert_eq!(anonymous.get(&health).send().await.unwrap().status(), 200, "probes need no certificate");
+    assert_eq!(
+        anonymous.get(&health).send().await.unwrap().status(),
+        200,
+        "probes need no certificate"
+    );
     let grpc = anonymous
         .post(&url)
         .header("content-type", "application/grpc")
