@@ -4,7 +4,8 @@
 //! filesystem backend:
 //!
 //! 1. with the backend up, the store goes back under its high watermark and every image still
-//!    pulls byte-identical: evicted blobs come back through pull-through;
+//!    pulls byte-identical, through an agent (pieces seeded by the origin) and through the proxy:
+//!    evicted blobs come back through pull-through;
 //! 2. with the backend refusing writes (reads still work), new pushes stay in the store however
 //!    far over the budget they take it, while blobs the backend holds keep being evicted;
 //! 3. with the backend stopped (reads fail too), nothing is evicted and new pushes still pull;
@@ -46,7 +47,7 @@ async fn a_bounded_origin_keeps_pulls_working_and_never_evicts_what_its_backend_
             // A backend that comes back is retried within a second.
             "writeback": {"retry_initial": "100ms", "retry_max": "1s"},
         }),
-        ..ClusterOptions::default()
+        ..ClusterOptions::with_agents(1)
     })
     .await?;
     let client = RegistryClient::new(&cluster.proxy_url())?;
@@ -66,6 +67,13 @@ async fn a_bounded_origin_keeps_pulls_working_and_never_evicts_what_its_backend_
     )
     .await?;
     ensure!(evictions(&cluster).await? > 0.0, "nothing was evicted");
+    // Through an agent: metainfo pulls an evicted blob back in, then the origin seeds pieces.
+    let agent = RegistryClient::new(&cluster.agent_url(0))?;
+    pushed.pull(&agent, work.path(), 3).await?;
+    let seeded = cluster
+        .metric_sum(Component::Origin, "p2p_bytes_served_total", &[])
+        .await?;
+    ensure!(seeded > 0.0, "the agent got no piece from the origin");
     pushed.pull_all(&client, work.path()).await?;
     let pulled_through = cluster
         .metric_sum(Component::Origin, "origin_pullthrough_total", &[])
@@ -188,9 +196,14 @@ impl Images {
         Ok(())
     }
 
-    /// Pulls every image through the proxy and checks it byte for byte against what was pushed.
+    /// Pulls every image and checks it byte for byte against what was pushed.
     async fn pull_all(&self, client: &RegistryClient, work: &Path) -> Result<()> {
-        for (tag, image) in &self.0 {
+        self.pull(client, work, self.0.len()).await
+    }
+
+    /// Pulls the first `count` images (by tag) and checks them byte for byte.
+    async fn pull(&self, client: &RegistryClient, work: &Path, count: usize) -> Result<()> {
+        for (tag, image) in self.0.iter().take(count) {
             let dest = work.join("pulled").join(tag);
             if dest.exists() {
                 std::fs::remove_dir_all(&dest)?;
