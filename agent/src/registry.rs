@@ -14,7 +14,7 @@ use axum::response::Response;
 use futures::StreamExt;
 use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE};
-use shoal_core::{ByteRange, Digest, Name, Reference};
+use shoal_core::{ByteRange, Digest, Name, Reference, Referrer};
 use shoal_p2p::P2pError;
 use shoal_registry_server::{Query, RegistryBackend, RegistryError, StoredManifest};
 
@@ -38,6 +38,15 @@ impl RegistryBackend for AppState {
         };
         let bytes = manifests::read(self, name, &digest).await?;
         Ok(bytes.map(|bytes| StoredManifest { digest, bytes }))
+    }
+
+    /// Read from the build-index on every request, as the proxy does.
+    async fn referrers(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<Vec<Referrer>, RegistryError> {
+        Ok(self.tags.referrers(name, digest).await?)
     }
 
     async fn get_blob(

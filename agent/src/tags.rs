@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use shoal_api::{ApiError, BuildIndexClient};
-use shoal_core::{Digest, Name, Reference, Tag};
+use shoal_core::{Digest, Name, Reference, Referrer, Tag};
 
 /// Distinct references remembered at once; a node rarely pulls more than a few hundred images.
 const CAPACITY: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero");
@@ -22,6 +22,8 @@ pub trait TagSource: Send + Sync + 'static {
     async fn get_tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError>;
     /// Whether the manifest `digest` is recorded in `name`.
     async fn has_manifest(&self, name: &Name, digest: &Digest) -> Result<bool, ApiError>;
+    /// The manifests of `name` whose `subject` is `digest`.
+    async fn referrers(&self, name: &Name, digest: &Digest) -> Result<Vec<Referrer>, ApiError>;
 }
 
 #[async_trait::async_trait]
@@ -32,6 +34,10 @@ impl TagSource for BuildIndexClient {
 
     async fn has_manifest(&self, name: &Name, digest: &Digest) -> Result<bool, ApiError> {
         Ok(self.manifest(name, digest).await?.is_some())
+    }
+
+    async fn referrers(&self, name: &Name, digest: &Digest) -> Result<Vec<Referrer>, ApiError> {
+        BuildIndexClient::referrers(self, name, digest).await
     }
 }
 
@@ -93,6 +99,12 @@ impl TagCache {
         Ok(resolved)
     }
 
+    /// The manifests of `name` whose `subject` is `digest`, asked for every time: a new
+    /// signature must be listed on the next request.
+    pub async fn referrers(&self, name: &Name, digest: &Digest) -> Result<Vec<Referrer>, ApiError> {
+        self.source.referrers(name, digest).await
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<(Name, Reference), (Digest, Instant)>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -128,6 +140,10 @@ mod tests {
         async fn get_tag(&self, _: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
             Ok(self.tags.lock().unwrap().get(tag.as_str()).copied())
+        }
+
+        async fn referrers(&self, _: &Name, _: &Digest) -> Result<Vec<Referrer>, ApiError> {
+            Ok(Vec::new())
         }
 
         /// A manifest is recorded while the table holds it under its digest's text.

@@ -2,7 +2,7 @@
 
 use reqwest::{StatusCode, header};
 use serde::Deserialize;
-use shoal_core::{Digest, ManifestRecord, Name, Tag};
+use shoal_core::{Digest, ManifestRecord, Name, Referrer, Tag};
 
 use crate::error::ApiError;
 use crate::transport::{base_url, check_from, read_limited, send_to};
@@ -106,6 +106,26 @@ impl BuildIndexClient {
         }
         let body = read_limited(SERVICE, check(resp).await?, PAGE_LIMIT).await?;
         parse_json::<Untagged>(&body).map(|u| Some(u.untagged))
+    }
+
+    /// The manifests of `name` whose `subject` is `digest` (OCI 1.1 referrers).
+    pub async fn referrers(&self, name: &Name, digest: &Digest) -> Result<Vec<Referrer>, ApiError> {
+        #[derive(Deserialize)]
+        struct Referrers {
+            manifests: Vec<Referrer>,
+        }
+        let url = format!(
+            "{}/v1/repositories/{}/referrers/{digest}",
+            self.base,
+            encode(name.as_str())
+        );
+        let body = read_limited(
+            SERVICE,
+            check(send(self.http.get(url)).await?).await?,
+            PAGE_LIMIT,
+        )
+        .await?;
+        parse_json::<Referrers>(&body).map(|r| r.manifests)
     }
 
     /// A page of `name`'s tags in lexical order after `last`; `None` when the repository has no tags.

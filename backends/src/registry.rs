@@ -32,7 +32,9 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use shoal_core::{Digest, MAX_MANIFEST_SIZE, Manifest, ManifestRecord, Name, Reference, Tag};
-use shoal_registry_client::{Credentials, Error as ClientError, Options, RegistryClient};
+use shoal_registry_client::{
+    Credentials, Error as ClientError, FetchedManifest, Options, RegistryClient,
+};
 
 use super::http::take_bytes;
 use super::{Backend, BackendError, REPOSITORIES_PREFIX};
@@ -321,12 +323,7 @@ impl RegistryBackend {
         range: Option<Range<u64>>,
     ) -> Result<Option<ByteStream>, BackendError> {
         let key = crate::blob_key(digest);
-        let fetched = self
-            .client
-            .get_manifest(repo, &Reference::Digest(*digest))
-            .await
-            .map_err(|e| remote("get", &key, e))?;
-        let Some(fetched) = fetched else {
+        let Some(fetched) = self.manifest_by_digest(repo, digest, &key).await? else {
             return Ok(None);
         };
         let len = fetched.bytes.len() as u64;
@@ -446,6 +443,19 @@ impl RegistryBackend {
         }
     }
 
+    /// The manifest `digest` of `repo` as the registry serves it; `key` names it in errors.
+    async fn manifest_by_digest(
+        &self,
+        repo: &Name,
+        digest: &Digest,
+        key: &str,
+    ) -> Result<Option<FetchedManifest>, BackendError> {
+        self.client
+            .get_manifest(repo, &Reference::Digest(*digest))
+            .await
+            .map_err(|e| remote("get", key, e))
+    }
+
     /// The record object of manifest `digest` in `repo` (its media type, read from the manifest
     /// the registry serves), or `None` when the repository lacks it.
     async fn manifest_record(
@@ -454,19 +464,12 @@ impl RegistryBackend {
         digest: &Digest,
     ) -> Result<Option<Bytes>, BackendError> {
         let key = crate::manifest_key(repo, digest);
-        let fetched = self
-            .client
-            .get_manifest(repo, &Reference::Digest(*digest))
-            .await
-            .map_err(|e| remote("get", &key, e))?;
-        let Some(fetched) = fetched else {
+        let Some(fetched) = self.manifest_by_digest(repo, digest, &key).await? else {
             return Ok(None);
         };
         let manifest = Manifest::parse(&fetched.bytes, fetched.media_type.as_deref())
             .map_err(|e| remote("get", &key, e))?;
-        let record = ManifestRecord {
-            media_type: manifest.media_type().as_str().to_owned(),
-        };
+        let record = ManifestRecord::new(&manifest, fetched.bytes.len() as u64);
         let json = serde_json::to_vec(&record).map_err(|e| remote("get", &key, e))?;
         Ok(Some(Bytes::from(json)))
     }

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use shoal_core::{Digest, ManifestRecord, MediaType, Name, Tag};
+use shoal_core::{Digest, ManifestRecord, Name, Referrer, Tag};
 use tracing::{info, warn};
 
 use crate::error::Error;
@@ -30,17 +30,10 @@ pub async fn record_tree(
     digest: Digest,
 ) -> Result<(), Error> {
     let tree = origins.verify(name, digest).await?;
-    for (manifest, media_type) in tree.into_iter().rev() {
-        tags.put(name, record(manifest, media_type)).await?;
+    for (manifest, record) in tree.into_iter().rev() {
+        tags.put(name, Value::Manifest { manifest, record }).await?;
     }
     Ok(())
-}
-
-fn record(manifest: Digest, media_type: MediaType) -> Value {
-    let record = ManifestRecord {
-        media_type: media_type.as_str().to_owned(),
-    };
-    Value::Manifest { manifest, record }
 }
 
 /// The record of `digest` in `name`, adopting the repository's manifests tagged before records
@@ -81,6 +74,20 @@ pub async fn delete(
     }
     info!(repo = %name, %digest, ?untagged, "manifest deleted");
     Ok(untagged)
+}
+
+/// The manifests of `name` whose `subject` is `digest`, in digest order.
+pub async fn referrers(
+    tags: &TagStore,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Vec<Referrer>, Error> {
+    let records = tags.records(name).await?;
+    Ok(records
+        .into_iter()
+        .filter(|(_, record)| record.subject == Some(*digest))
+        .map(|(manifest, record)| record.referrer(manifest))
+        .collect())
 }
 
 /// Records the trees of the tag targets of `name` that have no record (tagged before records

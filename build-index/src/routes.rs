@@ -49,6 +49,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/repositories/{repo}/manifests/{digest}",
             get(get_record).put(put_record).delete(delete_record),
         )
+        .route(
+            "/v1/repositories/{repo}/referrers/{digest}",
+            get(list_referrers),
+        )
         .with_state(state)
 }
 
@@ -148,6 +152,21 @@ async fn get_record(State(state): State<AppState>, path: RecordPath) -> Result<R
         .await?
         .ok_or(Error::ManifestUnknown(digest))?;
     Ok(axum::Json(record).into_response())
+}
+
+#[derive(Serialize)]
+struct Referrers {
+    manifests: Vec<shoal_core::Referrer>,
+}
+
+/// The manifests of the repository whose `subject` is the digest (none is an empty list).
+async fn list_referrers(
+    State(state): State<AppState>,
+    path: RecordPath,
+) -> Result<Response, Error> {
+    let (name, digest) = parse_record_path(path)?;
+    let manifests = records::referrers(&state.tags, &name, &digest).await?;
+    Ok(axum::Json(Referrers { manifests }).into_response())
 }
 
 #[derive(Serialize)]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
@@ -41,6 +41,8 @@ const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
 /// much larger is neither.
 const MAX_ENTRY_OBJECT: usize = 1024;
 
+/// Records read at once while listing a repository's manifests.
+const RECORD_READ_CONCURRENCY: usize = 16;
 /// How long a tag write waits for its backend before the tag is kept locally instead (and how
 /// long a write-back may hold the tag writes, which it serialises with).
 const BACKEND_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -277,6 +279,37 @@ impl TagStore {
                 key,
                 reason: e.to_string(),
             })
+    }
+
+    /// Every manifest recorded in `name` with its record, in digest order. A registry backend
+    /// cannot list a repository's manifests: there, only records kept pending are found.
+    pub async fn records(&self, name: &Name) -> Result<Vec<(Digest, ManifestRecord)>, Error> {
+        let prefix = format!(
+            "{REPOSITORIES_PREFIX}{}{MANIFESTS_SEPARATOR}",
+            name.as_str()
+        );
+        let keys = list(&self.backend(name)?, &prefix).await?;
+        let mut digests: BTreeSet<Digest> = keys
+            .iter()
+            .filter_map(|key| Digest::parse(&format!("sha256:{}", key.strip_prefix(&prefix)?)).ok())
+            .collect();
+        for pending in self.pending_entries() {
+            if let Value::Manifest { manifest, .. } = pending.value
+                && pending.repo == *name
+            {
+                digests.insert(manifest);
+            }
+        }
+        let records = stream::iter(digests)
+            .map(|digest| async move {
+                let record = self.record(name, &digest).await?;
+                Ok::<_, Error>(record.map(|record| (digest, record)))
+            })
+            .buffered(RECORD_READ_CONCURRENCY)
+            .try_filter_map(|found| async move { Ok(found) })
+            .try_collect()
+            .await?;
+        Ok(records)
     }
 
     /// The value this node keeps locally for `entry`, if any.

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use shoal_api::{ApiError, OriginClient, OriginCluster};
-use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, MediaType, Name};
+use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, ManifestRecord, Name};
 
 use crate::error::Error;
 
@@ -34,18 +34,17 @@ impl Origins {
     }
 
     /// Checks the manifest `digest` of repository `name` and everything it references; returns
-    /// every manifest of the tree (the root first, then an index's children) with its media
-    /// type.
+    /// the record of every manifest of the tree (the root first, then an index's children).
     pub async fn verify(
         &self,
         name: &Name,
         digest: Digest,
-    ) -> Result<Vec<(Digest, MediaType)>, Error> {
-        let (_, root) = self
+    ) -> Result<Vec<(Digest, ManifestRecord)>, Error> {
+        let (bytes, root) = self
             .fetch_manifest(name, digest, None)
             .await?
             .ok_or(Error::ManifestUnknown(digest))?;
-        let mut manifests = vec![(digest, root.media_type())];
+        let mut manifests = Vec::new();
 
         // Walk the tree level by level: an image manifest has no children, an index has one
         // level of them (more only when indexes nest). Blobs are collected and deduplicated
@@ -53,10 +52,11 @@ impl Origins {
         // from (blob, size) to the first manifest found referencing it, named in errors.
         let mut blobs = BTreeMap::new();
         let mut seen = HashSet::from([digest]);
-        let mut level = vec![(digest, root)];
+        let mut level = vec![(digest, root, bytes.len() as u64)];
         for depth in 0.. {
             let mut children = Vec::new();
-            for (manifest_digest, manifest) in &level {
+            for (manifest_digest, manifest, size) in &level {
+                manifests.push((*manifest_digest, ManifestRecord::new(manifest, *size)));
                 for blob in manifest.blobs() {
                     blobs
                         .entry((blob.digest, blob.size))
@@ -82,7 +82,6 @@ impl Origins {
                 .buffer_unordered(MANIFEST_CONCURRENCY)
                 .try_collect()
                 .await?;
-            manifests.extend(level.iter().map(|(child, m)| (*child, m.media_type())));
         }
 
         stream::iter(blobs)
@@ -99,7 +98,7 @@ impl Origins {
         name: &Name,
         parent: Digest,
         child: Descriptor,
-    ) -> Result<(Digest, Manifest), Error> {
+    ) -> Result<(Digest, Manifest, u64), Error> {
         let (_, manifest) = self
             .fetch_manifest(name, child.digest, Some(&child))
             .await?
@@ -107,7 +106,8 @@ impl Origins {
                 manifest: parent,
                 blob: child.digest,
             })?;
-        Ok((child.digest, manifest))
+        // `fetch_manifest` checked the size against the descriptor.
+        Ok((child.digest, manifest, child.size))
     }
 
     /// Opens a streamed download of `blob` from its owners; `None` when none has it. `http` is

@@ -20,7 +20,7 @@ pub use digest::{Digest, DigestError, Digester};
 pub use error::{ErrorCode, error_body};
 pub use manifest::{
     Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestRecord, ManifestWalk,
-    MediaType, Platform, TooManyManifests,
+    MediaType, Platform, Referrer, TooManyManifests,
 };
 pub use metainfo::{MAX_PIECES, Metainfo, MetainfoBuilder, MetainfoError, piece_length_for};
 pub use name::{Name, NameError, Reference, ReferenceError, Tag, TagError};

@@ -88,10 +88,59 @@ impl Descriptor {
 
 /// What the build-index records of a manifest pushed into a repository (the backend object
 /// `repositories/<repo>/_manifests/sha256/<hex>`, and its API's answer): the digest is the key.
+/// Records written before referrers existed hold the media type alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ManifestRecord {
     pub media_type: String,
+    /// The manifest's length in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// The manifest this one refers to (OCI 1.1 `subject`): a signature, an SBOM, an attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Map<String, Value>>,
+}
+
+impl ManifestRecord {
+    /// The record of `manifest`, `size` bytes long.
+    pub fn new(manifest: &Manifest, size: u64) -> ManifestRecord {
+        ManifestRecord {
+            media_type: manifest.media_type().as_str().to_owned(),
+            size,
+            subject: manifest.subject().map(|subject| subject.digest),
+            artifact_type: manifest.artifact_type().map(str::to_owned),
+            annotations: manifest.annotations().cloned(),
+        }
+    }
+
+    /// The manifest's entry in its subject's referrers list.
+    pub fn referrer(&self, digest: Digest) -> Referrer {
+        Referrer {
+            media_type: self.media_type.clone(),
+            digest,
+            size: self.size,
+            artifact_type: self.artifact_type.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
+/// A descriptor of the OCI referrers list (`GET /v2/<name>/referrers/<digest>`): a manifest whose
+/// `subject` is the digest asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referrer {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Map<String, Value>>,
 }
 
 /// The `platform` of an index entry: the OS and CPU its child manifest runs on.
@@ -139,6 +188,11 @@ pub struct Manifest {
     children: Vec<Descriptor>,
     /// The platform of each child, when its entry names one (same order as `children`).
     platforms: Vec<Option<Platform>>,
+    /// OCI 1.1: the manifest this one refers to.
+    subject: Option<Descriptor>,
+    /// OCI 1.1 `artifactType`.
+    artifact_type: Option<String>,
+    annotations: Option<Map<String, Value>>,
 }
 
 impl Manifest {
@@ -165,6 +219,20 @@ impl Manifest {
             None => return Err(missing("schemaVersion")),
         }
         let media_type = resolve_media_type(&object, content_type)?;
+        let subject = match object.get("subject") {
+            Some(subject) => Some(descriptor(subject, "subject".to_owned())?),
+            None => None,
+        };
+        let artifact_type = match object.get("artifactType") {
+            None => None,
+            Some(Value::String(artifact_type)) => Some(artifact_type.clone()),
+            Some(_) => return Err(invalid("artifactType".to_owned(), "must be a string")),
+        };
+        let annotations = match object.get("annotations") {
+            None => None,
+            Some(Value::Object(annotations)) => Some(annotations.clone()),
+            Some(_) => return Err(invalid("annotations".to_owned(), "must be an object")),
+        };
         if media_type.is_index() {
             let children = descriptor_list(&object, "manifests")?;
             let platforms = child_platforms(&object);
@@ -174,6 +242,9 @@ impl Manifest {
                 layers: Vec::new(),
                 children,
                 platforms,
+                subject,
+                artifact_type,
+                annotations,
             })
         } else {
             let config = object.get("config").ok_or_else(|| missing("config"))?;
@@ -185,12 +256,33 @@ impl Manifest {
                 layers,
                 children: Vec::new(),
                 platforms: Vec::new(),
+                subject,
+                artifact_type,
+                annotations,
             })
         }
     }
 
     pub fn media_type(&self) -> MediaType {
         self.media_type
+    }
+
+    /// The manifest this one refers to (OCI 1.1 `subject`), if any.
+    pub fn subject(&self) -> Option<&Descriptor> {
+        self.subject.as_ref()
+    }
+
+    /// What kind of artifact this is, as the referrers list reports it: `artifactType`, else an
+    /// image manifest's config media type (OCI distribution spec, "Listing Referrers").
+    pub fn artifact_type(&self) -> Option<&str> {
+        self.artifact_type
+            .as_deref()
+            .or_else(|| self.config.as_ref().map(|c| c.media_type.as_str()))
+    }
+
+    /// The manifest's `annotations`, if any.
+    pub fn annotations(&self) -> Option<&Map<String, Value>> {
+        self.annotations.as_ref()
     }
 
     /// The image config; `None` for an index.
@@ -768,6 +860,46 @@ mod tests {
             Manifest::parse(bad.as_bytes(), None),
             Err(ManifestError::InvalidField { field, .. }) if field == "layers[2].urls"
         ));
+    }
+
+    #[test]
+    fn records_carry_the_subject_artifact_type_and_annotations_of_an_artifact() {
+        let (config, subject) = (digest("config"), digest("subject"));
+        let artifact = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "artifactType":"application/vnd.example.sbom",
+            "config":{{"mediaType":"application/vnd.oci.empty.v1+json","size":2,"digest":"{config}"}},
+            "layers":[],
+            "subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":7,"digest":"{subject}"}},
+            "annotations":{{"created":"today"}}}}"#
+        );
+        let manifest = Manifest::parse(artifact.as_bytes(), None).expect("valid");
+        let record = ManifestRecord::new(&manifest, artifact.len() as u64);
+        assert_eq!(record.subject.map(|d| d.to_string()), Some(subject));
+        assert_eq!(
+            record.artifact_type.as_deref(),
+            Some("application/vnd.example.sbom")
+        );
+        assert_eq!(record.annotations.as_ref().unwrap()["created"], "today");
+        let referrer = record.referrer(Digest::of(artifact.as_bytes()));
+        assert_eq!(referrer.size, artifact.len() as u64);
+        // Without artifactType, an image manifest's config media type stands for it.
+        let image = artifact.replace(r#""artifactType":"application/vnd.example.sbom","#, "");
+        let manifest = Manifest::parse(image.as_bytes(), None).expect("valid");
+        assert_eq!(
+            manifest.artifact_type(),
+            Some("application/vnd.oci.empty.v1+json")
+        );
+        // A record written before referrers existed reads back without them.
+        let old: ManifestRecord =
+            serde_json::from_str(r#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#)
+                .expect("old record");
+        assert_eq!((old.size, old.subject), (0, None));
+        let bad = artifact.replace(
+            r#""annotations":{"created":"today"}"#,
+            r#""annotations":[]"#,
+        );
+        assert!(Manifest::parse(bad.as_bytes(), None).is_err());
     }
 
     #[test]

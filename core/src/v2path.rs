@@ -28,6 +28,8 @@ pub enum V2Route {
     UploadStart { name: Name },
     /// `/v2/<name>/blobs/uploads/<id>`
     Upload { name: Name, id: String },
+    /// `/v2/<name>/referrers/<digest>` (OCI 1.1)
+    Referrers { name: Name, digest: Digest },
 }
 
 /// Why a path is not a valid Registry V2 route.
@@ -102,6 +104,13 @@ pub fn parse_v2_path(path: &str) -> Result<V2Route, V2PathError> {
     if let Some(name) = head.strip_suffix("/blobs") {
         let name = Name::parse(name)?;
         return Ok(V2Route::Blob {
+            name,
+            digest: Digest::parse(last)?,
+        });
+    }
+    if let Some(name) = head.strip_suffix("/referrers") {
+        let name = Name::parse(name)?;
+        return Ok(V2Route::Referrers {
             name,
             digest: Digest::parse(last)?,
         });
@@ -295,6 +304,7 @@ mod tests {
             let cases = [
                 (format!("/v2/{name}/tags/list"), V2Route::TagsList { name: name.clone() }),
                 (format!("/v2/{name}/blobs/{digest}"), V2Route::Blob { name: name.clone(), digest }),
+                (format!("/v2/{name}/referrers/{digest}"), V2Route::Referrers { name: name.clone(), digest }),
                 (format!("/v2/{name}/blobs/uploads/"), V2Route::UploadStart { name: name.clone() }),
                 (format!("/v2/{name}/blobs/uploads/{id}"), V2Route::Upload { name: name.clone(), id: id.clone() }),
                 (

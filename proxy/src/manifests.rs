@@ -24,6 +24,8 @@ use shoal_registry_server::{RegistryError, StoredManifest};
 
 use crate::state::AppState;
 
+/// Answers a manifest PUT that carries a `subject` (OCI distribution spec 1.1).
+const OCI_SUBJECT: http::HeaderName = http::HeaderName::from_static("oci-subject");
 /// Concurrent origin stats while checking a pushed manifest's references: enough to hide
 /// round trips for images with dozens of layers without flooding the origins.
 const STAT_CONCURRENCY: usize = 16;
@@ -91,7 +93,14 @@ pub async fn put(
         (LOCATION.as_str(), format!("/v2/{name}/manifests/{digest}")),
         (DOCKER_CONTENT_DIGEST, digest.to_string()),
     ];
-    Ok((StatusCode::CREATED, headers).into_response())
+    let mut response = (StatusCode::CREATED, headers).into_response();
+    // OCI 1.1: the registry lists the manifest among its subject's referrers.
+    if let Some(subject) = manifest.subject()
+        && let Ok(value) = http::HeaderValue::from_str(&subject.digest.to_string())
+    {
+        response.headers_mut().insert(OCI_SUBJECT, value);
+    }
+    Ok(response)
 }
 
 /// `DELETE`: by tag removes that tag; by digest removes the manifest's record in the repository

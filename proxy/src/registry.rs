@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::response::Response;
 use http::HeaderMap;
-use shoal_core::{ByteRange, Digest, Name, Reference};
+use shoal_core::{ByteRange, Digest, Name, Reference, Referrer};
 use shoal_registry_server::{Query, RegistryBackend, RegistryError, StoredManifest};
 
 use crate::state::AppState;
@@ -56,6 +56,14 @@ impl RegistryBackend for AppState {
         body: Body,
     ) -> Result<Response, RegistryError> {
         manifests::put(self, name, reference, headers, body).await
+    }
+
+    async fn referrers(
+        &self,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<Vec<Referrer>, RegistryError> {
+        Ok(self.upstreams.build_index().referrers(name, digest).await?)
     }
 
     async fn delete_manifest(

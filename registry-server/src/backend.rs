@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use shoal_core::{ByteRange, Digest, Name, Reference};
+use shoal_core::{ByteRange, Digest, Name, Reference, Referrer};
 
 use crate::error::RegistryError;
 use crate::query::Query;
@@ -71,6 +71,16 @@ pub trait RegistryBackend: Send + Sync + 'static {
         _body: Body,
     ) -> Result<Response, RegistryError> {
         Err(RegistryError::unsupported(&Method::PUT))
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`: the manifests of `name` whose `subject` is `digest`;
+    /// the shared layer filters them and answers the image index.
+    async fn referrers(
+        &self,
+        _name: &Name,
+        _digest: &Digest,
+    ) -> Result<Vec<Referrer>, RegistryError> {
+        Err(RegistryError::unsupported(&Method::GET))
     }
 
     /// `DELETE /v2/<name>/manifests/<reference>`.

@@ -38,6 +38,8 @@ pub enum Endpoint {
     UploadStatus { name: Name, id: String },
     /// `DELETE /v2/<name>/blobs/uploads/<id>`
     CancelUpload { name: Name, id: String },
+    /// `GET /v2/<name>/referrers/<digest>` (OCI 1.1)
+    Referrers { name: Name, digest: Digest },
 }
 
 /// Metrics label of a path that is no Registry V2 route.
@@ -84,6 +86,9 @@ impl Endpoint {
             (V2Route::Upload { name, id }, m) if m == Method::DELETE => {
                 Endpoint::CancelUpload { name, id }
             }
+            (V2Route::Referrers { name, digest }, &Method::GET) => {
+                Endpoint::Referrers { name, digest }
+            }
             (_, method) => return Err(RegistryError::unsupported(method)),
         };
         Ok(endpoint)
@@ -106,6 +111,7 @@ impl Endpoint {
             Endpoint::CommitUpload { .. } => "upload_commit",
             Endpoint::UploadStatus { .. } => "upload_status",
             Endpoint::CancelUpload { .. } => "upload_cancel",
+            Endpoint::Referrers { .. } => "referrers",
         }
     }
 }
@@ -223,7 +229,18 @@ mod tests {
             (
                 Method::DELETE,
                 format!("/v2/team/sub/app/blobs/uploads/{id}"),
-                Endpoint::CancelUpload { name: nested, id },
+                Endpoint::CancelUpload {
+                    name: nested.clone(),
+                    id,
+                },
+            ),
+            (
+                Method::GET,
+                format!("/v2/team/sub/app/referrers/{digest}"),
+                Endpoint::Referrers {
+                    name: nested,
+                    digest,
+                },
             ),
         ];
         let mut labels = std::collections::HashSet::new();
@@ -232,7 +249,7 @@ mod tests {
             assert_eq!(endpoint, expected, "{method} {path}");
             labels.insert(endpoint.label());
         }
-        assert_eq!(labels.len(), 14, "every endpoint has a label of its own");
+        assert_eq!(labels.len(), 15, "every endpoint has a label of its own");
     }
 
     #[test]
@@ -248,6 +265,7 @@ mod tests {
             (Method::GET, "/v2/a/blobs/uploads/".to_owned()),
             (Method::POST, "/v2/a/blobs/uploads/abc".to_owned()),
             (Method::OPTIONS, "/v2/a/manifests/v1".to_owned()),
+            (Method::PUT, format!("/v2/a/referrers/{digest}")),
         ] {
             let error = parse(&method, &path).unwrap_err();
             assert_eq!(error.code(), ErrorCode::Unsupported, "{method} {path}");

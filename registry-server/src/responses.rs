@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use shoal_api::wire::DOCKER_CONTENT_DIGEST;
-use shoal_core::{ByteRange, Digest, ErrorCode, Manifest, Reference};
+use shoal_core::{ByteRange, Digest, ErrorCode, Manifest, MediaType, Reference, Referrer};
 
 use crate::backend::StoredManifest;
 use crate::error::RegistryError;
@@ -67,6 +67,31 @@ pub(crate) fn manifest(
         (CONTENT_LENGTH.as_str(), bytes.len().to_string()),
     ];
     Ok((headers, bytes).into_response())
+}
+
+/// The OCI 1.1 referrers list: an image index of `referrers`, only those of `artifact_type`
+/// when the client asked for one (then saying so in `OCI-Filters-Applied`).
+pub(crate) fn referrers(mut referrers: Vec<Referrer>, artifact_type: Option<&str>) -> Response {
+    if let Some(wanted) = artifact_type {
+        referrers.retain(|r| r.artifact_type.as_deref() == Some(wanted));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MediaType::OciIndex.as_str(),
+        "manifests": referrers,
+    });
+    let mut response = (
+        [(CONTENT_TYPE.as_str(), MediaType::OciIndex.as_str())],
+        index.to_string(),
+    )
+        .into_response();
+    if artifact_type.is_some() {
+        response.headers_mut().insert(
+            HeaderName::from_static("oci-filters-applied"),
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    response
 }
 
 /// The requested range, if any. One that is not a single valid byte range is refused with 416
@@ -175,6 +200,46 @@ mod tests {
             let error = manifest(&reference, stored).unwrap_err();
             assert_eq!(error.code(), ErrorCode::ManifestUnknown);
         }
+    }
+
+    #[tokio::test]
+    async fn referrers_are_an_index_filtered_by_artifact_type_on_request() {
+        let referrer = |artifact_type: &str, seed: &[u8]| Referrer {
+            media_type: MediaType::OciManifest.as_str().to_owned(),
+            digest: Digest::of(seed),
+            size: 10,
+            artifact_type: Some(artifact_type.to_owned()),
+            annotations: None,
+        };
+        let all = vec![
+            referrer("application/sbom", b"a"),
+            referrer("application/sig", b"b"),
+        ];
+        let body = |response: Response| async move {
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let unfiltered = referrers(all.clone(), None);
+        assert_eq!(
+            unfiltered.headers()[CONTENT_TYPE],
+            MediaType::OciIndex.as_str()
+        );
+        assert!(unfiltered.headers().get("oci-filters-applied").is_none());
+        assert_eq!(
+            body(unfiltered).await["manifests"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let filtered = referrers(all, Some("application/sig"));
+        assert_eq!(filtered.headers()["oci-filters-applied"], "artifactType");
+        let index = body(filtered).await;
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(index["manifests"][0]["artifactType"], "application/sig");
+        assert_eq!(index["schemaVersion"], 2);
     }
 
     #[test]

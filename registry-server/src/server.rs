@@ -183,6 +183,10 @@ async fn handle<B: RegistryBackend>(
             backend.commit_upload(&name, &id, query, body).await
         }
         Endpoint::UploadStatus { name, id } => backend.upload_status(&repository(name)?, &id).await,
+        Endpoint::Referrers { name, digest } => {
+            let referrers = backend.referrers(&repository(name)?, &digest).await?;
+            Ok(responses::referrers(referrers, query.get("artifactType")))
+        }
         Endpoint::CancelUpload { name, id } => backend.cancel_upload(&repository(name)?, &id).await,
     }
 }

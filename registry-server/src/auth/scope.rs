@@ -98,7 +98,8 @@ impl Required {
             | Endpoint::GetManifest { name, .. }
             | Endpoint::HeadManifest { name, .. }
             | Endpoint::GetBlob { name, .. }
-            | Endpoint::HeadBlob { name, .. } => (name, Action::Pull),
+            | Endpoint::HeadBlob { name, .. }
+            | Endpoint::Referrers { name, .. } => (name, Action::Pull),
             Endpoint::PutManifest { name, .. }
             | Endpoint::StartUpload { name }
             | Endpoint::PatchUpload { name, .. }
