@@ -400,6 +400,24 @@ mod tests {
     }
 
     #[test]
+    fn https_dns_members_keep_their_peer_addresses() {
+        let config =
+            parse("origins: {dns: {name: o.test, port: 15100, scheme: https}, peer_port: 15101}\n")
+                .unwrap();
+        let Source::Dns(dns) = &config.members().source else {
+            panic!("{config:?}")
+        };
+        for (ip, peer) in [
+            ("10.1.2.3", "10.1.2.3:15101"),
+            ("fd00::1", "[fd00::1]:15101"),
+        ] {
+            let member = dns.member(ip.parse().unwrap());
+            assert!(member.starts_with("https://"), "{member}");
+            assert_eq!(config.peer_of(&member).as_deref(), Some(peer));
+        }
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let error = parse("origins:\n  - {http: a:1, peer: a:2, pear: x}\n").unwrap_err();
         assert!(error.contains("pear"), "{error}");

@@ -9,10 +9,11 @@
 //! origins:
 //!   dns: {name: origin.shoal.svc.cluster.local, port: 15100, interval: 10s}
 //!   health: {interval: 5s, timeout: 2s, fall: 2, rise: 1}
+//! origins: {dns: {name: origin.shoal.svc.cluster.local, port: 15100, scheme: https}}
 //! ```
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
@@ -40,20 +41,51 @@ impl Default for Source {
     }
 }
 
-/// `dns: {name, port, interval, nameserver}`.
+/// `dns: {name, port, scheme, interval, nameserver}`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Resolved for A and AAAA records; each address with `port` is one member (`ip:port`,
-    /// `[ip6]:port`).
+    /// `[ip6]:port`, or with `scheme: https` `https://ip:port`).
     pub name: String,
     pub port: u16,
+    /// How the members are called. `https` when they serve TLS (mutual TLS inside the
+    /// cluster), so that they are written as a static list of `https://` addresses would be.
+    #[serde(default, skip_serializing_if = "Scheme::is_http")]
+    pub scheme: Scheme,
     /// How often the name is resolved again. A failed or empty answer keeps the last good one.
     #[serde(default = "default_dns_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// The DNS server to ask instead of the system's (`/etc/resolv.conf`).
     #[serde(default)]
     pub nameserver: Option<SocketAddr>,
+}
+
+/// `dns.scheme`: plain HTTP members are written `ip:port`, as they always were, so the strings
+/// rendezvous hashing ranks stay what they were; TLS members `https://ip:port`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn is_http(&self) -> bool {
+        *self == Scheme::Http
+    }
+}
+
+impl DnsConfig {
+    /// The member an address of the answer stands for.
+    pub fn member(&self, ip: IpAddr) -> String {
+        let addr = SocketAddr::new(ip, self.port);
+        match self.scheme {
+            Scheme::Http => addr.to_string(),
+            Scheme::Https => format!("https://{addr}"),
+        }
+    }
 }
 
 /// Re-resolving every 10 s follows a scaled StatefulSet within seconds without loading the DNS.
@@ -320,6 +352,34 @@ mod tests {
     }
 
     #[test]
+    fn dns_members_carry_the_scheme_only_for_https() {
+        let config = parse("origins: {dns: {name: o.test, port: 15100}}\n").unwrap();
+        let Source::Dns(dns) = &config.source else {
+            panic!("{config:?}")
+        };
+        assert_eq!(dns.scheme, Scheme::Http);
+        assert_eq!(dns.member("10.1.2.3".parse().unwrap()), "10.1.2.3:15100");
+        assert_eq!(dns.member("fd00::1".parse().unwrap()), "[fd00::1]:15100");
+
+        let config = parse("origins: {dns: {name: o.test, port: 15100, scheme: https}}\n").unwrap();
+        let Source::Dns(dns) = &config.source else {
+            panic!("{config:?}")
+        };
+        assert_eq!(dns.scheme, Scheme::Https);
+        assert_eq!(
+            dns.member("10.1.2.3".parse().unwrap()),
+            "https://10.1.2.3:15100"
+        );
+        assert_eq!(
+            dns.member("fd00::1".parse().unwrap()),
+            "https://[fd00::1]:15100"
+        );
+
+        let error = parse("origins: {dns: {name: o.test, port: 1, scheme: ftp}}\n").unwrap_err();
+        assert!(error.contains("`origins.dns.scheme`"), "{error}");
+    }
+
+    #[test]
     fn the_static_map_form_carries_health_settings() {
         let config = parse("origins: {static: [a:1], health: {rise: 2}}\n").unwrap();
         assert_eq!(config.static_members().unwrap(), ["a:1"]);
@@ -368,12 +428,16 @@ mod tests {
             "origins: [a:1, b:2]\n",
             "origins: {static: [a:1], health: {rise: 2}}\n",
             "origins: {dns: {name: x, port: 1, nameserver: 127.0.0.1:53}}\n",
+            "origins: {dns: {name: x, port: 1, scheme: https}}\n",
         ] {
             let config = shoal_service::config::parse::<Component>(yaml, "c").unwrap();
             let text = serde_yaml_ng::to_string(&config).unwrap();
             let again = shoal_service::config::parse::<Component>(&text, "c").unwrap();
             assert_eq!(config, again, "{text}");
         }
+        let plain = parse("origins: {dns: {name: x, port: 1}}\n").unwrap();
+        let text = serde_yaml_ng::to_string(&plain).unwrap();
+        assert!(!text.contains("scheme"), "{text}");
         let text = serde_yaml_ng::to_string(&MembersConfig::fixed(["a:1"])).unwrap();
         assert_eq!(text, "- a:1\n");
     }

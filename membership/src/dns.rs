@@ -1,6 +1,6 @@
 //! Resolving a DNS name to member addresses with hickory-resolver.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -18,8 +18,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Dns {
     resolver: TokioResolver,
-    name: String,
-    port: u16,
+    config: DnsConfig,
 }
 
 impl Dns {
@@ -60,28 +59,24 @@ impl Dns {
             })?;
         Ok(Dns {
             resolver,
-            name: config.name.clone(),
-            port: config.port,
+            config: config.clone(),
         })
     }
 
-    /// The sorted, deduplicated `ip:port` members, or why there are none this round (an empty
-    /// answer counts as a failure).
+    /// The members ([`DnsConfig::member`]) sorted by address and deduplicated, or why there
+    /// are none this round (an empty answer counts as a failure).
     pub(crate) async fn resolve(&self) -> Result<Vec<String>, String> {
         let lookup = self
             .resolver
-            .lookup_ip(self.name.as_str())
+            .lookup_ip(self.config.name.as_str())
             .await
             .map_err(|error| error.to_string())?;
-        let mut addrs: Vec<SocketAddr> = lookup
-            .iter()
-            .map(|ip| SocketAddr::new(ip, self.port))
-            .collect();
-        addrs.sort();
-        addrs.dedup();
-        if addrs.is_empty() {
+        let mut ips: Vec<IpAddr> = lookup.iter().collect();
+        ips.sort();
+        ips.dedup();
+        if ips.is_empty() {
             return Err("the answer holds no A or AAAA records".into());
         }
-        Ok(addrs.iter().map(SocketAddr::to_string).collect())
+        Ok(ips.into_iter().map(|ip| self.config.member(ip)).collect())
     }
 }

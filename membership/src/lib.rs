@@ -21,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{DnsConfig, HealthConfig, MembersConfig, Source, Written};
+pub use config::{DnsConfig, HealthConfig, MembersConfig, Scheme, Source, Written};
 pub use health::Health;
 pub use metrics::MembershipMetrics;
 

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use shoal_membership::{
-    DnsConfig, HealthConfig, MembersConfig, Membership, MembershipMetrics, Snapshot, Source,
+    DnsConfig, HealthConfig, MembersConfig, Membership, MembershipMetrics, Scheme, Snapshot, Source,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -139,6 +139,7 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
         source: Source::Dns(DnsConfig {
             name: NAME.into(),
             port,
+            scheme: Scheme::Http,
             interval: Duration::from_millis(100),
             nameserver: Some(dns.addr()),
         }),
@@ -162,6 +163,29 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
     // Resolved before `start` returned, sorted.
     assert_eq!(membership.snapshot().members(), [member(1), member(2)]);
     assert!(encode(&registry).contains("membership_members{group=\"origins\"} 2\n"));
+
+    // Members that serve TLS are written as a static list of them would be.
+    let mut https = config.clone();
+    if let Source::Dns(dns) = &mut https.source {
+        dns.scheme = Scheme::Https;
+    }
+    let tls_group = Membership::start(
+        "tls-origins",
+        &https,
+        client(),
+        &metrics,
+        shutdown.clone(),
+        &TaskTracker::new(),
+    )
+    .await
+    .expect("start");
+    assert_eq!(
+        tls_group.snapshot().members(),
+        [
+            format!("https://{}", member(1)),
+            format!("https://{}", member(2))
+        ]
+    );
 
     dns.set_hosts(&hosts(&[1, 2, 3]));
     wait_for(&mut membership, "the added record", |s| {
@@ -198,6 +222,7 @@ async fn members_follow_the_dns_records_and_outlive_a_dns_outage() {
         source: Source::Dns(DnsConfig {
             name: NAME.into(),
             port,
+            scheme: Scheme::Http,
             interval: Duration::from_millis(100),
             nameserver: Some(dns.addr()),
         }),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::dnsmasq::Dnsmasq;
 use common::{TestOrigin, blob};
 use shoal_core::{Digest, rendezvous};
-use shoal_membership::{DnsConfig, HealthConfig, MembersConfig, Source};
+use shoal_membership::{DnsConfig, HealthConfig, MembersConfig, Scheme, Source};
 use tokio::net::TcpListener;
 
 const NAME: &str = "origin.shoal.test";
@@ -38,6 +38,7 @@ async fn the_ring_follows_dns_records_and_a_new_member_fills_in() {
         source: Source::Dns(DnsConfig {
             name: NAME.into(),
             port,
+            scheme: Scheme::Http,
             interval: Duration::from_millis(100),
             nameserver: Some(dns.addr()),
         }),
