@@ -9,10 +9,14 @@ and `kubernetes-validate` (Kubernetes OpenAPI schemas, bundled: no cluster, no n
 are installed into ~/.cache/shoal/helm-venv by scripts/install-deps.
 
 For each variant (the chart's defaults; deploy/helm/all-options.yaml, which turns on every
-option; and `membership.mode: dns`) it: lints the chart (strict); renders it; validates every object against the Kubernetes
-schema in strict mode (unknown fields are errors); checks the facts the design relies on (agent
+option; `membership.mode: dns`; deploy/helm/mtls-cert-manager.yaml and mtls-secrets.yaml, mutual
+TLS from cert-manager or existing Secrets with htpasswd or token authentication) it: lints the
+chart (strict); renders it; validates every object against the Kubernetes schema in strict mode
+(unknown fields are errors; cert-manager Certificates, whose CRD schema is not bundled, against
+the fields and values cert-manager v1 accepts); checks the facts the design relies on (agent
 DaemonSet, origin StatefulSet with volume claims and a headless Service, probes on /health,
-resource requests, scrape annotations, TLS and host networking when asked); runs the agent's
+resource requests, scrape annotations, TLS and host networking when asked, with mutual TLS every
+component's certificate, `tls:` section and https:// addresses, and the proxy's auth); runs the agent's
 config-rendering init command and the node-setup script for real with `sh` against temporary
 directories (install, reinstall, restore: the backup comes back byte for byte); and writes
 OUT/configs.json listing each rendered component config. It also proves its own checks can
@@ -27,6 +31,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,12 +45,24 @@ import yaml
 HERE = Path(__file__).resolve().parent
 CHART = HERE / "shoal"
 ALL_OPTIONS = HERE / "all-options.yaml"
+MTLS_VARIANTS = {"mtls-cert-manager": HERE / "mtls-cert-manager.yaml", "mtls-secrets": HERE / "mtls-secrets.yaml"}
 RELEASE = "shoal"
 NAMESPACE = "shoal-system"
 # Oldest Kubernetes version the chart is validated against (a current, supported release).
 KUBE_VERSION = "1.30.0"
 COMPONENTS = ("origin", "build-index", "proxy", "tracker", "agent")
 DNS_COMPONENTS = ("build-index", "proxy", "tracker")
+# Values key and certificate role of each component, and the port its probes use.
+MTLS_ROLES = {"origin": "origin", "buildIndex": "build-index", "tracker": "tracker", "proxy": "proxy", "agent": "agent"}
+MTLS_DIR = "/etc/shoal/mtls"
+# What cert-manager v1 accepts in the fields the chart renders (its CRD schema is not bundled).
+CERTIFICATE_SPEC = {"secretName", "issuerRef", "duration", "renewBefore", "privateKey", "usages", "uris", "dnsNames"}
+KEY_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}
 # Values the agent's init container substitutes from the downward API.
 POD_ENV = {"POD_IP": "10.1.2.3", "NODE_IP": "127.0.0.1", "NODE_NAME": "node-7"}
 
@@ -85,7 +102,39 @@ def render(values: dict | None) -> list[dict]:
 
 
 def validate(obj: dict) -> None:
+    if obj.get("apiVersion") == "cert-manager.io/v1":
+        validate_certificate(obj)
+        return
     kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def validate_certificate(obj: dict) -> None:
+    """A cert-manager Certificate, by the rules of its CRD for the fields the chart renders."""
+    errors = []
+    spec = obj.get("spec") or {}
+    if obj.get("kind") != "Certificate":
+        errors.append(f"kind {obj.get('kind')} is not Certificate")
+    errors += [f"spec.{key}: not a field the chart may render" for key in set(spec) - CERTIFICATE_SPEC]
+    if not isinstance(spec.get("secretName"), str) or not spec.get("secretName"):
+        errors.append("spec.secretName: required")
+    issuer = spec.get("issuerRef") or {}
+    if not issuer.get("name") or set(issuer) - {"name", "kind", "group"}:
+        errors.append(f"spec.issuerRef: needs a name and only name, kind, group: {issuer}")
+    for field in ("duration", "renewBefore"):
+        if field in spec and not re.fullmatch(r"(\d+(\.\d+)?(ns|us|ms|s|m|h))+", str(spec[field])):
+            errors.append(f"spec.{field}: {spec[field]!r} is not a Go duration")
+    key = spec.get("privateKey") or {}
+    if key.get("algorithm") not in (None, "RSA", "ECDSA", "Ed25519") or key.get("rotationPolicy") not in (None, "Never", "Always"):
+        errors.append(f"spec.privateKey: {key}")
+    if not set(spec.get("usages") or []) <= KEY_USAGES:
+        errors.append(f"spec.usages: unknown usages {set(spec['usages']) - KEY_USAGES}")
+    for field in ("uris", "dnsNames"):
+        if not all(isinstance(v, str) and v for v in spec.get(field) or []):
+            errors.append(f"spec.{field}: not a list of strings")
+    if not (spec.get("uris") or spec.get("dnsNames")):
+        errors.append("spec: a certificate needs at least one subject alternative name")
+    if errors:
+        raise ValueError("; ".join(errors))
 
 
 def describe(error: Exception) -> str:
@@ -131,24 +180,154 @@ def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> No
     )
 
 
-def check_proxy_tls(deployment: dict, files: dict[str, str], tls: dict, problems: Problems, variant: str) -> None:
+def probe_schemes(workload: dict) -> set:
+    container = pod_spec(workload)["containers"][0]
+    return {container[p]["httpGet"].get("scheme") for p in ("livenessProbe", "readinessProbe")}
+
+
+def mount_of_secret(workload: dict, secret: str) -> dict | None:
+    """The container's mount of the Secret volume named `secret`."""
+    volume = next((v for v in pod_spec(workload)["volumes"] if v.get("secret", {}).get("secretName") == secret), None)
+    container = pod_spec(workload)["containers"][0]
+    return volume and next((m for m in container["volumeMounts"] if m["name"] == volume["name"]), None)
+
+
+def check_proxy_tls(deployment: dict, files: dict[str, str], tls: dict, mtls: bool, problems: Problems, variant: str) -> None:
     """proxy.tls: the Secret is mounted where proxy.yaml's `tls` points and the probes use HTTPS."""
     config = yaml.safe_load(files.get("proxy.yaml", "{}")) or {}
-    container = pod_spec(deployment)["containers"][0]
-    schemes = {container[p]["httpGet"].get("scheme") for p in ("livenessProbe", "readinessProbe")}
+    schemes = probe_schemes(deployment)
+    if mtls:
+        return  # the proxy serves its mTLS certificate: check_mtls checks it
     if not tls["enabled"]:
         problems.check("tls" not in config and schemes == {"HTTP"}, f"{variant}: proxy serves TLS though proxy.tls is off")
         return
     problems.check(schemes == {"HTTPS"}, f"{variant}: proxy probes are not HTTPS: {schemes}")
     paths = config.get("tls") or {}
-    volume = next((v for v in pod_spec(deployment)["volumes"] if v.get("secret", {}).get("secretName") == tls["secretName"]), None)
-    mount = volume and next((m for m in container["volumeMounts"] if m["name"] == volume["name"]), None)
+    mount = mount_of_secret(deployment, tls["secretName"])
     problems.check(
         mount is not None
         and paths.get("cert") == f"{mount['mountPath']}/tls.crt"
         and paths.get("key") == f"{mount['mountPath']}/tls.key",
         f"{variant}: proxy.yaml tls {paths} is not the mounted Secret {tls['secretName']}",
     )
+
+
+def check_proxy_auth(deployment: dict, files: dict[str, str], auth: dict, problems: Problems, variant: str) -> None:
+    """proxy.auth: proxy.yaml's `auth` names the file of the mounted Secret, with the rules."""
+    config = (yaml.safe_load(files.get("proxy.yaml", "{}")) or {}).get("auth")
+    if auth["htpasswd"]["existingSecret"]:
+        secret, key, field = auth["htpasswd"]["existingSecret"], "htpasswd", ("htpasswd", "path")
+    elif auth["token"]["rootCertBundleSecret"]:
+        secret, key, field = auth["token"]["rootCertBundleSecret"], auth["token"]["rootCertBundleKey"], ("token", "root_cert_bundle")
+    else:
+        problems.check(config is None, f"{variant}: proxy.yaml has auth though proxy.auth is off: {config}")
+        return
+    if not problems.check(config is not None, f"{variant}: proxy.yaml has no auth section"):
+        return
+    mount = mount_of_secret(deployment, secret)
+    problems.check(
+        mount is not None and config.get(field[0], {}).get(field[1]) == f"{mount['mountPath']}/{key}",
+        f"{variant}: proxy.yaml auth.{'.'.join(field)} is not key {key} of the mounted Secret {secret}: {config}",
+    )
+    problems.check(config.get("rules", []) == auth["rules"], f"{variant}: proxy auth rules {config.get('rules')}")
+    problems.check(config.get("groups", {}) == auth["groups"], f"{variant}: proxy auth groups {config.get('groups')}")
+    if "token" in config:
+        wanted = {k: auth["token"][k] for k in ("realm", "service", "issuer")}
+        problems.check(
+            {k: config["token"].get(k) for k in wanted} == wanted, f"{variant}: proxy auth token {config['token']}"
+        )
+
+
+def internal_addresses(component: str, config: dict) -> tuple[list[str], list[str]]:
+    """The HTTP addresses a component calls other components at, and its gRPC ones."""
+    def origins(value) -> list[str]:
+        if isinstance(value, dict) and "dns" in value:
+            dns = value["dns"]
+            return [f"{dns.get('scheme', 'http')}://<ip>:{dns['port']}".replace("http://", "")]
+        members = value.get("static", []) if isinstance(value, dict) else value or []
+        return [m["http"] if isinstance(m, dict) else m for m in members]
+
+    http = origins(config.get("origins"))
+    grpc = []
+    if component == "origin":
+        http += config["cluster"]["origins"] + [config["cluster"]["advertise"]]
+    if component in ("proxy", "agent"):
+        http.append(config["build_index"])
+    if component == "agent":
+        grpc.append(config["tracker"])
+    if component == "tracker":
+        value = config["origins"]
+        members = value.get("static", []) if isinstance(value, dict) else value
+        grpc += [m["peer"] for m in members if isinstance(m, dict)]
+    return http, grpc
+
+
+def check_mtls(objects: list[dict], merged: dict, problems: Problems, variant: str) -> None:
+    """mtls.enabled: every component mounts its certificate's Secret (an existing one or a
+    Certificate naming its role), its config's `tls:` section points there with the CA, its
+    internal HTTP addresses are https:// and its gRPC ones host:port, and the probes of every
+    TLS listener use HTTPS."""
+    mtls = merged["mtls"]
+    workloads = {
+        "origin": find(objects, "StatefulSet", f"{RELEASE}-origin"),
+        "buildIndex": find(objects, "Deployment", f"{RELEASE}-build-index"),
+        "tracker": find(objects, "Deployment", f"{RELEASE}-tracker"),
+        "proxy": find(objects, "Deployment", f"{RELEASE}-proxy"),
+        "agent": find(objects, "DaemonSet", f"{RELEASE}-agent"),
+    }
+    certificates = [o for o in objects if o["kind"] == "Certificate"]
+    for key, role in MTLS_ROLES.items():
+        name = f"{variant}: {role}"
+        secret = mtls["existingSecrets"][key]
+        if not secret:
+            certificate = next((c for c in certificates if c["metadata"]["name"] == f"{RELEASE}-{role}-mtls"), None)
+            if not problems.check(certificate is not None, f"{name}: no existing Secret and no Certificate"):
+                continue
+            spec = certificate["spec"]
+            secret = spec["secretName"]
+            problems.check(spec.get("uris") == [f"spiffe://shoal/{role}"], f"{name}: Certificate uris {spec.get('uris')}")
+            problems.check(
+                {"server auth", "client auth"} <= set(spec.get("usages", [])), f"{name}: Certificate usages {spec.get('usages')}"
+            )
+            problems.check(
+                spec["issuerRef"] == mtls["certManager"]["issuerRef"], f"{name}: Certificate issuer {spec['issuerRef']}"
+            )
+            if role == "proxy":
+                problems.check(
+                    set(mtls["certManager"]["proxyDnsNames"]) <= set(spec.get("dnsNames", [])),
+                    f"{name}: the proxy's public names are not in its Certificate: {spec.get('dnsNames')}",
+                )
+        else:
+            problems.check(
+                not any(c["metadata"]["name"] == f"{RELEASE}-{role}-mtls" for c in certificates),
+                f"{name}: a Certificate is rendered though mtls.existingSecrets.{key} is set",
+            )
+        workload = workloads[key]
+        if not problems.check(workload is not None, f"{name}: no workload"):
+            continue
+        mount = mount_of_secret(workload, secret)
+        if not problems.check(mount is not None and mount["mountPath"] == MTLS_DIR, f"{name}: Secret {secret} not mounted at {MTLS_DIR}"):
+            continue
+        volume = next(v for v in pod_spec(workload)["volumes"] if v.get("secret", {}).get("secretName") == secret)
+        problems.check("items" not in volume["secret"], f"{name}: the certificate's Secret is mounted by items (renewals would not reach the pod)")
+        component = "build-index" if key == "buildIndex" else role
+        for file, text in config_files(objects, component).items():
+            config = yaml.safe_load(text)
+            wanted = {"cert": f"{MTLS_DIR}/tls.crt", "key": f"{MTLS_DIR}/tls.key", "ca": f"{MTLS_DIR}/ca.crt"}
+            if mtls["identities"]:
+                wanted["identities"] = mtls["identities"]
+            problems.check(config.get("tls") == wanted, f"{name}: {file} tls {config.get('tls')}, wanted {wanted}")
+            http, grpc = internal_addresses(role, config)
+            problems.check(all(a.startswith("https://") for a in http), f"{name}: {file} calls over plain HTTP: {http}")
+            problems.check(not any("://" in a for a in grpc), f"{name}: {file} gRPC addresses carry a scheme: {grpc}")
+        # The agent's registry port stays plain HTTP (its callers are the node's runtime).
+        wanted_scheme = {"HTTP"} if role == "agent" else {"HTTPS"}
+        problems.check(probe_schemes(workload) == wanted_scheme, f"{name}: probes {probe_schemes(workload)}, wanted {wanted_scheme}")
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        problems.check(
+            (annotations.get("prometheus.io/scheme") == "https") == (role != "agent"),
+            f"{name}: scrape scheme {annotations.get('prometheus.io/scheme')}",
+        )
 
 
 def config_files(objects: list[dict], component: str) -> dict[str, str]:
@@ -301,7 +480,10 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
 
     deployment = find(objects, "Deployment", f"{RELEASE}-proxy")
     if deployment is not None:
-        check_proxy_tls(deployment, config_files(objects, "proxy"), merged["proxy"]["tls"], problems, variant)
+        check_proxy_tls(deployment, config_files(objects, "proxy"), merged["proxy"]["tls"], merged["mtls"]["enabled"], problems, variant)
+        check_proxy_auth(deployment, config_files(objects, "proxy"), merged["proxy"]["auth"], problems, variant)
+    if merged["mtls"]["enabled"]:
+        check_mtls(objects, merged, problems, variant)
 
     dns = merged["membership"]["mode"] == "dns"
     for component in ("proxy", "build-index", "tracker"):
@@ -341,7 +523,7 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
     variant_dir.mkdir(parents=True, exist_ok=True)
     configs = []
     # The DNS variant changes only how proxy, build-index and tracker find the origins.
-    for component in DNS_COMPONENTS if dns else COMPONENTS:
+    for component in DNS_COMPONENTS if variant == "dns" else COMPONENTS:
         if component == "agent":
             path = render_agent_config(objects, work, problems, variant)
             if path:
@@ -362,11 +544,36 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
 
 
 def checks_can_fail(problems: Problems) -> None:
-    """The checks above must be able to fail: a template error and a schema violation."""
+    """The checks above must be able to fail: template errors (values the chart refuses) and
+    schema violations (a Deployment, a Certificate)."""
+    refused = {
+        "membership.mode bogus": {"membership": {"mode": "bogus"}},
+        "mtls without issuer or Secrets": {"mtls": {"enabled": True}},
+        "mtls with proxy.tls": {
+            "mtls": {"enabled": True, "certManager": {"issuerRef": {"name": "ca"}}},
+            "proxy": {"tls": {"enabled": True}},
+        },
+        "htpasswd and token": {
+            "proxy": {"auth": {"htpasswd": {"existingSecret": "a"}, "token": {"rootCertBundleSecret": "b", "realm": "r", "service": "s", "issuer": "i"}}}
+        },
+        "token without realm": {"proxy": {"auth": {"token": {"rootCertBundleSecret": "b", "service": "s", "issuer": "i"}}}},
+        "rules without auth": {"proxy": {"auth": {"rules": [{"repository": ".*"}]}}},
+    }
+    for what, values in refused.items():
+        try:
+            render(values)
+            problems.items.append(f"self-check: {what} did not fail the render")
+        except helm.HelmError:
+            pass
+    certificate = copy.deepcopy(
+        next(o for o in render(yaml.safe_load(MTLS_VARIANTS["mtls-cert-manager"].read_text())) if o["kind"] == "Certificate")
+    )
+    certificate["spec"]["usages"].append("server-auth")
+    certificate["spec"]["isCA"] = "yes"
     try:
-        render({"membership": {"mode": "bogus"}})
-        problems.items.append("self-check: a template `fail` did not fail the render")
-    except helm.HelmError:
+        validate(certificate)
+        problems.items.append("self-check: a malformed Certificate passed validation")
+    except ValueError:
         pass
     deployment = copy.deepcopy(find(render(None), "Deployment", f"{RELEASE}-proxy"))
     deployment["spec"]["replicas"] = "two"
@@ -389,6 +596,7 @@ def main() -> int:
         "all-options": yaml.safe_load(ALL_OPTIONS.read_text()),
         "dns": {"membership": {"mode": "dns"}},
     }
+    variants.update({name: yaml.safe_load(path.read_text()) for name, path in MTLS_VARIANTS.items()})
     for variant, values in variants.items():
         try:
             configs += check_variant(variant, values, args.out, problems)

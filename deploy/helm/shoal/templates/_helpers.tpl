@@ -65,16 +65,24 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson $hosts -}}
 {{- end -}}
 
+{{/* How internal HTTP addresses are written: "https://" with mutual TLS, else bare host:port. */}}
+{{- define "shoal.httpScheme" -}}
+{{- if .Values.mtls.enabled -}}https://{{- end -}}
+{{- end -}}
+
 {{/* `origins:` of proxy and build-index, wrapped as {"origins": …} JSON: the static list, or DNS
      over the headless Service. */}}
 {{- define "shoal.originMembers" -}}
 {{- if eq .Values.membership.mode "dns" -}}
 {{- $dns := dict "name" (printf "%s.%s.svc.%s" (include "shoal.originHeadless" .) .Release.Namespace .Values.clusterDomain) "port" 15100 "interval" .Values.membership.dnsInterval -}}
+{{- if .Values.mtls.enabled -}}
+{{- $_ := set $dns "scheme" "https" -}}
+{{- end -}}
 {{- dict "origins" (dict "dns" $dns) | toJson -}}
 {{- else if eq .Values.membership.mode "static" -}}
 {{- $list := list -}}
 {{- range (include "shoal.originHosts" . | fromJsonArray) -}}
-{{- $list = append $list (printf "%s:15100" .) -}}
+{{- $list = append $list (printf "%s%s:15100" (include "shoal.httpScheme" $) .) -}}
 {{- end -}}
 {{- dict "origins" $list | toJson -}}
 {{- else -}}
@@ -82,13 +90,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Pod annotations: Prometheus scraping on the component's HTTP port, and a config checksum so
-     that a changed ConfigMap rolls the pods. (dict "root" $ "port" 15100 "config" "<text>") */}}
+{{/* Pod annotations: Prometheus scraping on the component's HTTP port (over HTTPS when "https"),
+     and a config checksum so that a changed ConfigMap rolls the pods.
+     (dict "root" $ "port" 15100 "config" "<text>" "https" true) */}}
 {{- define "shoal.podAnnotations" -}}
 {{- if .root.Values.metrics.scrapeAnnotations -}}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
+{{- if .https }}
+prometheus.io/scheme: https
+{{- end }}
 {{ end -}}
 checksum/config: {{ .config | sha256sum }}
 {{- end -}}
@@ -147,4 +159,53 @@ http://127.0.0.1:{{ .Values.agent.registryPort }}
 {{- else -}}
 http://__NODE_IP__:{{ .Values.agent.hostPort }}
 {{- end -}}
+{{- end -}}
+
+
+{{/* Mutual TLS. Components by their values key; the role is what their certificate names. */}}
+{{- define "shoal.mtlsComponents" -}}
+{{- toJson (dict "origin" "origin" "buildIndex" "build-index" "tracker" "tracker" "proxy" "proxy" "agent" "agent") -}}
+{{- end -}}
+
+{{/* The Secret holding a component's certificate: (dict "root" $ "component" "buildIndex"). */}}
+{{- define "shoal.mtlsSecret" -}}
+{{- $role := get (include "shoal.mtlsComponents" .root | fromJson) .component -}}
+{{- get .root.Values.mtls.existingSecrets .component | default (printf "%s-%s-mtls" (include "shoal.fullname" .root) $role) -}}
+{{- end -}}
+
+{{/* What mutual TLS needs from the values; called by every template that renders it. */}}
+{{- define "shoal.mtlsValidate" -}}
+{{- if .Values.mtls.enabled -}}
+{{- if .Values.proxy.tls.enabled -}}
+{{- fail "mtls.enabled and proxy.tls.enabled: with mutual TLS the proxy serves its mTLS certificate on its public port too (one tls section); turn proxy.tls off and put the proxy's public names in mtls.certManager.proxyDnsNames, or bring that certificate as mtls.existingSecrets.proxy" -}}
+{{- end -}}
+{{- range $component, $role := include "shoal.mtlsComponents" . | fromJson -}}
+{{- if and (not (get $.Values.mtls.existingSecrets $component)) (not $.Values.mtls.certManager.issuerRef.name) -}}
+{{- fail (printf "mtls.enabled: set mtls.existingSecrets.%s or mtls.certManager.issuerRef.name" $component) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's `tls:` section with mutual TLS, as JSON: the Secret's files where
+     shoal.mtlsVolumeMounts puts them. */}}
+{{- define "shoal.mtlsConfig" -}}
+{{- $tls := dict "cert" "/etc/shoal/mtls/tls.crt" "key" "/etc/shoal/mtls/tls.key" "ca" "/etc/shoal/mtls/ca.crt" -}}
+{{- with .Values.mtls.identities -}}
+{{- $_ := set $tls "identities" . -}}
+{{- end -}}
+{{- toJson $tls -}}
+{{- end -}}
+
+{{/* The certificate's volume and mount, when mtls.enabled. The whole Secret is mounted (no
+     items, no subPath), so the kubelet updates the files on renewal and the component reloads
+     them. (dict "root" $ "component" "origin") */}}
+{{- define "shoal.mtlsVolumeMounts" -}}
+- {name: mtls, mountPath: /etc/shoal/mtls, readOnly: true}
+{{- end -}}
+
+{{- define "shoal.mtlsVolumes" -}}
+- name: mtls
+  secret:
+    secretName: {{ include "shoal.mtlsSecret" . }}
 {{- end -}}
