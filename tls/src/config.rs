@@ -69,6 +69,17 @@ pub struct ServerTls {
 }
 
 impl TlsConfig {
+    /// The files of a Kubernetes TLS Secret mounted at `dir` (`tls.crt`, `tls.key`, `ca.crt`),
+    /// with mutual TLS.
+    pub fn in_dir(dir: &Path) -> TlsConfig {
+        TlsConfig {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: Some(dir.join("ca.crt")),
+            identities: BTreeMap::new(),
+        }
+    }
+
     /// The listener config: HTTP/2 and HTTP/1.1 by ALPN, the certificate reloaded when its
     /// files change. With `ca`, clients are asked for a certificate of the CA; one that offers
     /// none still connects (health probes, metrics scrapers), and endpoints decide by

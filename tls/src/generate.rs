@@ -63,14 +63,12 @@ impl Authority {
             .issue(Some(role), &["127.0.0.1", "localhost"])
             .map_err(std::io::Error::other)?;
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("ca.crt"), &self.pem)?;
-        std::fs::write(dir.join("tls.crt"), issued.cert_pem)?;
-        std::fs::write(dir.join("tls.key"), issued.key_pem)?;
-        Ok(TlsConfig {
-            cert: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-            ca: Some(dir.join("ca.crt")),
-            identities: Default::default(),
-        })
+        let config = TlsConfig::in_dir(dir);
+        if let Some(ca) = &config.ca {
+            std::fs::write(ca, &self.pem)?;
+        }
+        std::fs::write(&config.cert, issued.cert_pem)?;
+        std::fs::write(&config.key, issued.key_pem)?;
+        Ok(config)
     }
 }

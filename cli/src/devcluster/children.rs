@@ -9,6 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use super::certs;
 use super::layout::{Component, Layout};
 
 /// How long a component may take to answer `/health` after start; generous for debug builds on 2 cores.
@@ -32,31 +33,42 @@ pub struct Children {
 }
 
 impl Children {
-    /// Starts every component in order, each once the previous one is healthy. Each child is
-    /// recorded here as soon as it is spawned, so whether this fails or is cancelled part-way,
-    /// [`Children::stop`] afterwards stops all that started; the caller must call it.
+    /// Starts every component in order, each once the previous one is healthy (under `--tls`,
+    /// after issuing every certificate). Each child is recorded here as soon as it is spawned,
+    /// so whether this fails or is cancelled part-way, [`Children::stop`] afterwards stops all
+    /// that started; the caller must call it.
     pub async fn start(&mut self, layout: &Layout, bin_dir: &Path) -> anyhow::Result<()> {
         for dir in [layout.config_dir(), layout.log_dir(), layout.backend_dir()] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let http = shoal_service::client::builder()
+        let components = layout.components();
+        if layout.tls {
+            // Components reload certificate files when they change: a devcluster already
+            // running on this data dir would start presenting certificates of the new CA that
+            // its peers do not trust. Refuse before writing any.
+            for component in &components {
+                ensure_port_free(component)?;
+            }
+            certs::generate(layout)?;
+        }
+        let http = certs::client(layout)?
             .timeout(Duration::from_secs(2))
             .build()
             .context("building the HTTP client")?;
-        for component in layout.components() {
+        for component in components {
             ensure_port_free(&component)?;
             // No await between spawning and recording the child.
             let running = spawn(layout, bin_dir, component)?;
-            let (name, addr, log) = (
+            let (name, url, log) = (
                 running.component.name.clone(),
-                running.component.addr,
+                running.component.url.clone(),
                 running.log.clone(),
             );
             self.running.push(running);
-            if let Err(e) = self.wait_healthy(&http, addr).await {
+            if let Err(e) = self.wait_healthy(&http, &url).await {
                 let tail = log_tail(&log);
                 bail!(
-                    "{name} did not become healthy on {addr}: {e:#}\n--- {} ---\n{tail}",
+                    "{name} did not become healthy on {url}: {e:#}\n--- {} ---\n{tail}",
                     log.display()
                 );
             }
@@ -68,12 +80,8 @@ impl Children {
         &self.running
     }
 
-    async fn wait_healthy(
-        &mut self,
-        http: &reqwest::Client,
-        addr: std::net::SocketAddr,
-    ) -> anyhow::Result<()> {
-        let url = format!("http://{addr}/health");
+    async fn wait_healthy(&mut self, http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+        let url = format!("{base}/health");
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
         loop {
             if let Some(last) = self.running.last_mut()

@@ -1,5 +1,6 @@
 //! The devcluster demo: generate an image, push it through the proxy, pull it back through the
-//! proxy and through every agent, and verify each copy.
+//! proxy and through every agent, and verify each copy. Under `--tls` the proxy is reached over
+//! HTTPS trusting the devcluster's CA; agents' registries are plain HTTP either way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +13,7 @@ use shoal_client::oci::{Image, ImageSpec, write_layout};
 use shoal_client::registry::{Progress, RegistryClient};
 use shoal_core::Digest;
 
+use super::certs;
 use super::layout::{Layout, PROXY, agent};
 
 const REPO: &str = "shoal/demo";
@@ -45,8 +47,14 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
         .await
         .context("image generator panicked")??;
 
-    let client = RegistryClient::new(&format!("http://{PROXY}"))?;
-    println!("demo: pushing {REPO}:{TAG} to the proxy at {PROXY}");
+    let http = certs::client(layout)?
+        .build()
+        .context("building the HTTP client")?;
+    let client = RegistryClient::with_http_client(&layout.url(PROXY), http)?;
+    println!(
+        "demo: pushing {REPO}:{TAG} to the proxy at {}",
+        client.base_url()
+    );
     let bars = Bars::new("push".to_owned());
     let pushed = client
         .push_image(&image, REPO, TAG, |p| bars.update(p))

@@ -4,6 +4,7 @@
 //! whenever one arrives (starting, demo, running) every child started so far is stopped and
 //! waited for before this process exits: the default action would kill it and orphan them.
 
+mod certs;
 mod children;
 mod demo;
 mod layout;
@@ -37,6 +38,10 @@ pub struct Args {
     /// Run the demo, stop the cluster and exit (0 when the demo succeeded). For scripts and CI.
     #[arg(long)]
     demo_once: bool,
+    /// Mutual TLS between every component: a new CA and a certificate per component under
+    /// DATA/tls/ at each start; every listener but the agents' registries serves HTTPS.
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,6 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", args.data.display()))?;
     let layout = Layout {
         origins: args.origins,
+        tls: args.tls,
         ..Layout::new(&data, args.agents)
     };
 
@@ -76,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cluster.stop().await;
         return Err(e);
     }
-    print_table(&cluster);
+    print_table(&cluster, &layout);
 
     let outcome = if args.demo || args.demo_once {
         tokio::select! {
@@ -114,18 +120,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn print_table(cluster: &Children) {
-    println!("{:<14} {:<22} log", "component", "address");
+fn print_table(cluster: &Children, layout: &Layout) {
+    println!("{:<14} {:<23} log", "component", "address");
     for running in cluster.running() {
         println!(
-            "{:<14} {:<22} {}",
+            "{:<14} {:<23} {}",
             running.component.name,
-            format!("http://{}", running.component.addr),
+            running.component.url,
             running.log.display()
         );
     }
+    let trust = if layout.tls {
+        println!(
+            "CA:    {} (new at every start)",
+            certs::ca_file(layout).display()
+        );
+        format!("--dest-cert-dir {}", layout.ca_dir().display())
+    } else {
+        "--dest-tls-verify=false".to_owned()
+    };
     println!(
-        "push:  skopeo copy --dest-tls-verify=false oci:DIR:TAG docker://{}/REPO:TAG",
+        "push:  skopeo copy {trust} oci:DIR:TAG docker://{}/REPO:TAG",
         layout::PROXY
     );
     println!("pull:  docker pull {}/REPO:TAG", layout::PROXY);
