@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shoal_core::{Name, PeerId};
+use shoal_core::{Cidr, Name, PeerId};
 use shoal_service::tls::TlsConfig;
 use shoal_service::{ByteSize, LogConfig};
 use shoal_storage::cache::{Budget, Percent};
@@ -35,6 +35,10 @@ pub struct AgentConfig {
     /// How long a resolved tag is reused before asking the build-index again.
     #[serde(with = "humantime_serde")]
     pub tag_cache_ttl: Duration,
+    /// Addresses or CIDR blocks allowed to use the registry listener (pulls, `POST /preheat`):
+    /// the node's own runtimes, when `listen` is on an address others can reach. Empty: anyone.
+    /// `/health` and `/metrics` stay open to probes and scrapers.
+    pub allowed_clients: Vec<Cidr>,
     pub namespaces: NamespacesConfig,
     pub cache: CacheConfig,
     pub preheat: PreheatConfig,
@@ -59,6 +63,7 @@ impl Default for AgentConfig {
             tracker: "127.0.0.1:15003".to_owned(),
             build_index: "127.0.0.1:15004".to_owned(),
             tag_cache_ttl: Duration::from_secs(5),
+            allowed_clients: Vec::new(),
             namespaces: NamespacesConfig::default(),
             cache: CacheConfig::default(),
             preheat: PreheatConfig::default(),
@@ -267,6 +272,23 @@ mod tests {
             let error = parse(yaml).unwrap_err();
             assert!(error.contains(field), "{yaml:?}: {error}");
         }
+    }
+
+    #[test]
+    fn allowed_clients_are_addresses_or_blocks() {
+        let config: AgentConfig = shoal_service::config::parse(
+            "allowed_clients: [10.0.0.0/8, \"fd00::1\"]\n",
+            "agent.yaml",
+        )
+        .unwrap();
+        assert_eq!(config.allowed_clients.len(), 2);
+        let error = shoal_service::config::parse::<AgentConfig>(
+            "allowed_clients: [10.0.0.0/40]\n",
+            "agent.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("allowed_clients"), "{error}");
     }
 
     #[test]

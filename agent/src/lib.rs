@@ -27,7 +27,7 @@ use axum::Router;
 use axum::routing::post;
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
-use shoal_service::http::{Access, with_access};
+use shoal_service::http::{Access, with_access, with_source_allow_list};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
@@ -158,7 +158,10 @@ pub async fn run(
         .route("/preheat", post(preheat::handle))
         .with_state(state.clone());
     let app = shoal_service::http::with_common_routes(
-        shoal_registry_server::router(state).merge(preheat),
+        with_source_allow_list(
+            shoal_registry_server::router(state).merge(preheat),
+            &config.allowed_clients,
+        ),
         registry,
     );
     let limiter = Limiter::new(config.p2p.egress_rate, config.p2p.chunk_size);

@@ -4,6 +4,7 @@
 //! async.
 
 pub mod bitfield;
+pub mod cidr;
 pub mod digest;
 mod echo;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod rendezvous;
 pub mod v2path;
 
 pub use bitfield::{Bitfield, BitfieldError};
+pub use cidr::Cidr;
 pub use digest::{Digest, DigestError, Digester};
 pub use error::{ErrorCode, error_body};
 pub use manifest::{

@@ -1,13 +1,14 @@
 //! The origin's configuration file: every field has a default, so an empty file (or none) runs a
 //! single origin on loopback with a filesystem backend under `shoal-data/`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_api::OriginsConfig;
 use shoal_backends::{BackendConfig, RetryPolicy, RouteConfig};
+use shoal_core::Cidr;
 use shoal_p2p::P2pConfig;
 use shoal_service::tls::TlsConfig;
 use shoal_service::{ByteSize, LogConfig};
@@ -319,83 +320,6 @@ impl Default for UploadsConfig {
     }
 }
 
-/// An address block written `10.0.0.0/8`, `fd00::/8`, or a single address (`10.0.0.7`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// The block of addresses sharing the first `prefix` bits of `network` (capped at the
-    /// address length).
-    pub fn new(network: IpAddr, prefix: u8) -> Cidr {
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        Cidr {
-            network,
-            prefix: prefix.min(bits),
-        }
-    }
-
-    /// Whether `addr` lies in the block (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        match (self.network, addr.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(addr)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(addr) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(addr) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Cidr, String> {
-        let invalid = || format!("{text:?} is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let network: IpAddr = addr.trim().parse().map_err(|_| invalid())?;
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(prefix) => prefix
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(invalid)?,
-            None => bits,
-        };
-        Ok(Cidr::new(network, prefix))
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Cidr, String> {
-        text.parse()
-    }
-}
-
-impl From<Cidr> for String {
-    fn from(cidr: Cidr) -> String {
-        format!("{}/{}", cidr.network, cidr.prefix)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,7 +473,7 @@ mod tests {
             (10, 2)
         );
         let trusted = |addr: &str| {
-            let addr: IpAddr = addr.parse().unwrap();
+            let addr: std::net::IpAddr = addr.parse().unwrap();
             uploads
                 .trusted_forwarders
                 .iter()

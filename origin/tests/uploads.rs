@@ -9,9 +9,9 @@ use std::path::Path;
 
 use common::{TestOrigin, files_under};
 use reqwest::StatusCode;
+use shoal_core::Cidr;
 use shoal_core::{Digest, Name};
 use shoal_origin::UploadsConfig;
-use shoal_origin::config::Cidr;
 
 async fn error_code(resp: reqwest::Response) -> String {
     let body: serde_json::Value = resp.json().await.expect("json error body");

@@ -32,7 +32,7 @@ mod counting;
 mod limits;
 mod server;
 
-pub use access::{Access, with_access};
+pub use access::{Access, with_access, with_source_allow_list};
 pub use shoal_tls::{Caller, ServerTls};
 
 use counting::{CountingBody, RequestBytes, ResponseTally};

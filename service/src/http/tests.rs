@@ -292,3 +292,26 @@ async fn serve_returns_after_the_token_is_cancelled() {
         "listener closed after shutdown"
     );
 }
+
+/// The source allow list admits clients by address; `/health` and `/metrics`, added after it,
+/// stay open.
+#[tokio::test]
+async fn the_source_allow_list_admits_listed_addresses_only() {
+    let routes = || Router::new().route("/v2/", axum::routing::get(|| async { "{}" }));
+    let elsewhere = ["10.0.0.0/8".parse().unwrap()];
+    let refused = Server::start(with_source_allow_list(routes(), &elsewhere)).await;
+    let response = refused.get("/v2/").await;
+    assert_eq!(response.status(), 403);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("DENIED") && body.contains("127.0.0.1"),
+        "{body}"
+    );
+    assert_eq!(refused.get("/health").await.status(), 200);
+
+    let loopback = ["127.0.0.1".parse().unwrap()];
+    let admitted = Server::start(with_source_allow_list(routes(), &loopback)).await;
+    assert_eq!(admitted.get("/v2/").await.status(), 200);
+    let open = Server::start(with_source_allow_list(routes(), &[])).await;
+    assert_eq!(open.get("/v2/").await.status(), 200);
+}
