@@ -10,16 +10,12 @@
 
 use std::collections::BTreeSet;
 
-use futures::{StreamExt, TryStreamExt, stream};
 use shoal_core::{Digest, ManifestRecord, Name, Referrer, Tag};
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::tags::{Entry, TagStore, Value};
+use crate::tags::{Entry, TagStore, Value, lookup_all};
 use crate::verify::Origins;
-
-/// Tags read at once while looking for the ones pointing at a digest.
-const TAG_READ_CONCURRENCY: usize = 16;
 
 /// Checks the manifest tree `digest` names on the origins and records each of its manifests in
 /// `name`, the root last.
@@ -125,13 +121,6 @@ async fn adopt_legacy(
 /// Every tag of `name` with the digest it points at.
 async fn tag_targets(tags: &TagStore, name: &Name) -> Result<Vec<(Tag, Digest)>, Error> {
     let names = tags.tags(name).await?;
-    stream::iter(names.into_iter().filter_map(|tag| Tag::parse(&tag).ok()))
-        .map(|tag| async move {
-            let target = tags.get(name, &tag).await?;
-            Ok::<_, Error>(target.map(|digest| (tag, digest)))
-        })
-        .buffer_unordered(TAG_READ_CONCURRENCY)
-        .try_filter_map(|found| async move { Ok(found) })
-        .try_collect()
-        .await
+    let names = names.into_iter().filter_map(|tag| Tag::parse(&tag).ok());
+    lookup_all(names, |tag| async move { tags.get(name, &tag).await }).await
 }

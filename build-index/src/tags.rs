@@ -41,8 +41,8 @@ const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
 /// much larger is neither.
 const MAX_ENTRY_OBJECT: usize = 1024;
 
-/// Records read at once while listing a repository's manifests.
-const RECORD_READ_CONCURRENCY: usize = 16;
+/// Tags or records read at once while listing a repository's.
+const LOOKUP_CONCURRENCY: usize = 16;
 /// How long a tag write waits for its backend before the tag is kept locally instead (and how
 /// long a write-back may hold the tag writes, which it serialises with).
 const BACKEND_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -300,16 +300,11 @@ impl TagStore {
                 digests.insert(manifest);
             }
         }
-        let records = stream::iter(digests)
-            .map(|digest| async move {
-                let record = self.record(name, &digest).await?;
-                Ok::<_, Error>(record.map(|record| (digest, record)))
-            })
-            .buffered(RECORD_READ_CONCURRENCY)
-            .try_filter_map(|found| async move { Ok(found) })
-            .try_collect()
-            .await?;
-        Ok(records)
+        lookup_all(
+            digests,
+            |digest| async move { self.record(name, &digest).await },
+        )
+        .await
     }
 
     /// The value this node keeps locally for `entry`, if any.
@@ -392,6 +387,26 @@ impl TagStore {
         repos.extend(self.pending_tags(None).map(|(repo, _)| repo.to_string()));
         Ok(repos.into_iter().collect())
     }
+}
+
+/// Looks `keys` up a few at a time and keeps those found, in order, with what was found.
+pub(crate) async fn lookup_all<K, V, Fut>(
+    keys: impl IntoIterator<Item = K>,
+    lookup: impl Fn(K) -> Fut,
+) -> Result<Vec<(K, V)>, Error>
+where
+    K: Clone,
+    Fut: Future<Output = Result<Option<V>, Error>>,
+{
+    stream::iter(keys)
+        .map(|key| {
+            let found = lookup(key.clone());
+            async move { Ok::<_, Error>(found.await?.map(|value| (key, value))) }
+        })
+        .buffered(LOOKUP_CONCURRENCY)
+        .try_filter_map(|found| async move { Ok(found) })
+        .try_collect()
+        .await
 }
 
 /// Queues the tags an earlier version kept under `dir` in a filesystem backend's layout
