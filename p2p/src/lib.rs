@@ -20,3 +20,11 @@ pub use metrics::P2pMetrics;
 pub use server::peer_service;
 pub use source::{PieceSource, StoreSource};
 pub use wire::{Chunk, PeerServer, PieceStream, get_piece};
+
+/// The checks the `Peer` service runs on each request before it looks anything up, for the
+/// fuzz targets (`fuzz/`); the service itself calls the same functions.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::server::{parse_digest, parse_session_request};
+    pub use crate::wire::{MAX_REQUEST, MESSAGE_HEADER, parse_request};
+}

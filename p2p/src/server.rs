@@ -57,12 +57,20 @@ pub(crate) struct PeerService {
     faults: Faults,
 }
 
-fn parse_digest(text: &str) -> Result<Digest, Status> {
+pub fn parse_digest(text: &str) -> Result<Digest, Status> {
     Digest::parse(text).map_err(|e| Status::invalid_argument(format!("digest {text:?}: {e}")))
 }
 
 fn parse_peer(text: &str) -> Result<PeerId, Status> {
     PeerId::parse(text).map_err(|e| Status::invalid_argument(format!("peer_id {text:?}: {e}")))
+}
+
+/// The blob a session is about and the caller's id, as every `Session` call is checked.
+pub fn parse_session_request(request: &SessionRequest) -> Result<(Digest, PeerId), Status> {
+    Ok((
+        parse_digest(&request.digest)?,
+        parse_peer(&request.peer_id)?,
+    ))
 }
 
 fn event(event: session_event::Event) -> Result<SessionEvent, Status> {
@@ -79,8 +87,7 @@ impl Peer for PeerService {
         request: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let request = request.into_inner();
-        let digest = parse_digest(&request.digest)?;
-        let caller = parse_peer(&request.peer_id)?;
+        let (digest, caller) = parse_session_request(&request)?;
         let (_, have) = self
             .source
             .lookup(&digest)

@@ -32,9 +32,9 @@ use crate::server::{PeerService, PieceChunks};
 
 const GET_PIECE: &str = "/shoal.v1.Peer/GetPiece";
 /// A gRPC message's prefix: the compressed flag and the length.
-const MESSAGE_HEADER: usize = 5;
+pub const MESSAGE_HEADER: usize = 5;
 /// A `PieceRequest` is a digest, an index and a peer id: far below this.
-const MAX_REQUEST: usize = 4096;
+pub const MAX_REQUEST: usize = 4096;
 /// Fields of `PieceChunk` (peer.proto).
 const OFFSET_FIELD: u32 = 1;
 const DATA_FIELD: u32 = 2;
@@ -94,15 +94,22 @@ pub async fn get_piece(
     {
         return Err(status);
     }
-    Ok(PieceStream {
-        body: response.into_body(),
-        frames: Frames::default(),
-        // The chunk's own field keys and lengths are a few bytes beyond its data.
-        max_message: max_chunk + 32,
-    })
+    Ok(PieceStream::new(response.into_body(), max_chunk))
 }
 
 impl PieceStream {
+    /// The chunks of a `GetPiece` response `body` whose call was answered OK; chunks longer
+    /// than `max_chunk` bytes end the stream with an error. Public for the fuzz targets.
+    #[doc(hidden)]
+    pub fn new(body: Body, max_chunk: usize) -> PieceStream {
+        PieceStream {
+            body,
+            frames: Frames::default(),
+            // The chunk's own field keys and lengths are a few bytes beyond its data.
+            max_message: max_chunk + 32,
+        }
+    }
+
     /// The next chunk; `None` once the call ended with status OK.
     pub async fn message(&mut self) -> Result<Option<Chunk>, Status> {
         if !self.fill(MESSAGE_HEADER).await? {
@@ -314,11 +321,16 @@ impl Service<http::Request<Body>> for PeerServer {
 
 /// Decodes the single `PieceRequest` of a call's body.
 async fn read_request(body: Body) -> Result<PieceRequest, Status> {
-    let mut bytes = http_body_util::Limited::new(body, MESSAGE_HEADER + MAX_REQUEST)
+    let bytes = http_body_util::Limited::new(body, MESSAGE_HEADER + MAX_REQUEST)
         .collect()
         .await
         .map_err(|e| Status::invalid_argument(format!("reading the piece request: {e}")))?
         .to_bytes();
+    parse_request(bytes)
+}
+
+/// Decodes a `GetPiece` call's body: one uncompressed gRPC message holding a `PieceRequest`.
+pub fn parse_request(mut bytes: Bytes) -> Result<PieceRequest, Status> {
     if bytes.len() < MESSAGE_HEADER {
         return Err(Status::invalid_argument("piece request without a message"));
     }
@@ -399,6 +411,8 @@ fn chunk_header(chunk: &PieceChunk) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// `message` encoded as a gRPC response body, cut into frames of `frame` bytes.
@@ -471,5 +485,38 @@ mod tests {
         let mut truncated = Frames::default();
         truncated.push(Bytes::from_static(&[0x08]));
         assert!(parse_chunk(&mut truncated).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_parse_back_however_the_frames_are_cut(
+            offset in any::<u64>(),
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(1usize..64, 1..8),
+        ) {
+            let message = PieceChunk { offset, data: Bytes::from(data.clone()) };
+            let encoded = message.encode_to_vec();
+            let mut frames = Frames::default();
+            let (mut start, mut sizes) = (0, cuts.iter().cycle());
+            while start < encoded.len() {
+                let end = (start + sizes.next().expect("cycle")).min(encoded.len());
+                frames.push(Bytes::copy_from_slice(&encoded[start..end]));
+                start = end;
+            }
+            let chunk = parse_chunk(&mut frames).expect("an encoded chunk parses");
+            prop_assert_eq!(chunk.offset, offset);
+            prop_assert_eq!(chunk.data.concat(), data);
+        }
+
+        #[test]
+        fn arbitrary_messages_parse_or_fail_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut frames = Frames::default();
+            frames.push(Bytes::from(bytes.clone()));
+            if let Ok(chunk) = parse_chunk(&mut frames) {
+                prop_assert!(chunk.length() <= bytes.len());
+            }
+        }
     }
 }

@@ -24,6 +24,13 @@ mod uploads;
 mod upstream;
 mod validation;
 
+/// The parsers of the preheat requests (a registry's notification envelope, `POST /preheat`'s
+/// image), for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::preheat::{Image, notification};
+}
+
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -91,6 +91,8 @@ fn check_name(name: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -155,5 +157,50 @@ mod tests {
     fn errors_quote_a_bounded_prefix() {
         let error = check(&format!("{}:0", "x".repeat(200))).expect_err("port 0");
         assert!(error.len() < 120, "{error}");
+    }
+
+    fn dialable_ip() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<Ipv4Addr>().prop_map(IpAddr::V4),
+            any::<Ipv6Addr>().prop_map(IpAddr::V6),
+        ]
+        .prop_filter("dialable", |ip| check_ip(*ip).is_ok())
+        .prop_map(|ip| match ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        })
+    }
+
+    const DNS_NAME: &str =
+        "[a-z0-9_]([a-z0-9_-]{0,20}[a-z0-9_])?(\\.[a-z0-9_]([a-z0-9_-]{0,20}[a-z0-9_])?){0,4}\\.?";
+
+    proptest! {
+        #[test]
+        fn dialable_host_ports_are_accepted(
+            host in prop_oneof![dialable_ip(), DNS_NAME.prop_filter("not an IPv4 lookalike", |name| {
+                !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            })],
+            port in 1u16..,
+        ) {
+            let addr = format!("{host}:{port}");
+            prop_assert_eq!(check(&addr), Ok(()), "{}", addr);
+        }
+
+        #[test]
+        fn accepted_addresses_have_a_port_and_a_bounded_length(addr in "\\PC{0,80}") {
+            match check(&addr) {
+                Ok(()) => {
+                    let (host, port) = addr.rsplit_once(':').expect("host:port");
+                    prop_assert!(!host.is_empty());
+                    prop_assert!(port.parse::<u16>().is_ok_and(|port| port > 0));
+                    prop_assert!(addr.len() <= MAX_ADDR_LEN);
+                }
+                Err(reason) => {
+                    // At most the first 64 characters are quoted, whatever the input's length.
+                    let quoted: String = addr.chars().take(64).collect();
+                    prop_assert!(reason.len() <= format!("{quoted:?}").len() + 100, "{}", reason);
+                }
+            }
+        }
     }
 }

@@ -49,6 +49,30 @@ const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// refused from its length prefix, before it is buffered.
 const MAX_REQUEST_SIZE: usize = 4 * 1024;
 
+/// The checks a request passes before it reaches the limiter, the peer store or the origins,
+/// for the fuzz targets (`fuzz/`); the service itself calls the same functions.
+#[doc(hidden)]
+pub mod fuzzing {
+    use shoal_core::{Digest, Name};
+    use shoal_proto::v1::{AnnounceRequest, MetainfoRequest};
+    use tonic::Status;
+
+    use crate::PeerRecord;
+
+    /// Longer requests are refused before they are decoded.
+    pub const MAX_REQUEST_SIZE: usize = super::MAX_REQUEST_SIZE;
+
+    pub fn parse_announce(request: AnnounceRequest) -> Result<(Digest, PeerRecord), Status> {
+        crate::service::parse_announce(request).map_err(Status::from)
+    }
+
+    pub fn parse_metainfo_request(
+        request: &MetainfoRequest,
+    ) -> Result<(Digest, Option<Name>), Status> {
+        crate::service::parse_metainfo_request(request).map_err(Status::from)
+    }
+}
+
 /// The socket the tracker serves on, bound by the caller (tests bind `127.0.0.1:0`).
 pub struct Listeners {
     pub grpc: TcpListener,

@@ -39,10 +39,7 @@ impl Tracker for TrackerService {
         request: Request<AnnounceRequest>,
     ) -> Result<Response<AnnounceResponse>, Status> {
         let from = source_ip(&request);
-        let request = request.into_inner();
-        let digest = parse_digest(&request.digest)?;
-        parse_namespace(&request.namespace)?;
-        let peer = parse_peer(request.peer)?;
+        let (digest, peer) = parse_announce(request.into_inner())?;
         self.limiter.check(&peer.id, from).map_err(|limited| {
             self.metrics.limited(limited.by);
             TrackerError::RateLimited(limited)
@@ -100,12 +97,10 @@ impl Tracker for TrackerService {
                 self.metrics.metainfo(MetainfoResult::Limited);
                 TrackerError::RateLimited(limited)
             })?;
-        let request = request.into_inner();
-        let parsed = parse_digest(&request.digest)
-            .and_then(|digest| Ok((digest, parse_namespace(&request.namespace)?)));
-        let (digest, namespace) = parsed.inspect_err(|_| {
-            self.metrics.metainfo(MetainfoResult::Invalid);
-        })?;
+        let (digest, namespace) =
+            parse_metainfo_request(&request.into_inner()).inspect_err(|_| {
+                self.metrics.metainfo(MetainfoResult::Invalid);
+            })?;
         let metainfo = self
             .metainfo
             .get(digest, namespace)
@@ -135,6 +130,27 @@ fn to_proto(metainfo: &Metainfo) -> MetainfoResponse {
             .map(|hash| hash.as_bytes().to_vec())
             .collect(),
     }
+}
+
+/// An announce as domain types: the digest and the announcing peer, its namespace checked.
+/// Every announce passes here before it reaches the rate limiter and the peer store.
+pub(crate) fn parse_announce(
+    request: AnnounceRequest,
+) -> Result<(Digest, PeerRecord), TrackerError> {
+    let digest = parse_digest(&request.digest)?;
+    parse_namespace(&request.namespace)?;
+    let peer = parse_peer(request.peer)?;
+    Ok((digest, peer))
+}
+
+/// A metainfo request's digest and namespace.
+pub(crate) fn parse_metainfo_request(
+    request: &MetainfoRequest,
+) -> Result<(Digest, Option<Name>), TrackerError> {
+    Ok((
+        parse_digest(&request.digest)?,
+        parse_namespace(&request.namespace)?,
+    ))
 }
 
 fn parse_digest(digest: &str) -> Result<Digest, TrackerError> {

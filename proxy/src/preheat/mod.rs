@@ -16,7 +16,7 @@
 mod agents;
 mod http;
 mod jobs;
-mod notification;
+pub mod notification;
 mod store;
 mod worker;
 
@@ -31,7 +31,8 @@ use crate::upstream::Upstreams;
 
 pub use self::agents::Agents;
 pub use self::http::router;
-use self::jobs::{Image, JobTable, Marker, Progress, Source, State};
+pub use self::jobs::Image;
+use self::jobs::{JobTable, Marker, Progress, Source, State};
 use self::store::JobStore;
 
 /// The queue's directory under `preheat.state_dir`, beside the jobs' progress files.

@@ -122,6 +122,7 @@ fn classify(index: usize, event: Event) -> Result<Action, NotificationError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::{Value, json};
 
     use super::*;
@@ -254,6 +255,67 @@ mod tests {
         }
         for refused in ["text/plain", "application/x-www-form-urlencoded", ""] {
             assert!(!accepts_content_type(refused), "{refused}");
+        }
+    }
+
+    /// One event: (action, media type, repository, digest bytes, Harbor's capitalised keys).
+    fn event() -> impl Strategy<Value = (String, String, String, [u8; 32], bool)> {
+        (
+            prop_oneof![Just("push"), Just("PUSH"), Just("pull"), Just("delete")],
+            prop_oneof![
+                Just("application/vnd.docker.distribution.manifest.v2+json"),
+                Just("application/vnd.docker.distribution.manifest.list.v2+json"),
+                Just("application/vnd.oci.image.manifest.v1+json"),
+                Just("application/vnd.oci.image.index.v1+json"),
+                Just("application/octet-stream"),
+            ],
+            "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
+            any::<[u8; 32]>(),
+            any::<bool>(),
+        )
+            .prop_map(|(action, media_type, repository, digest, harbor)| {
+                (
+                    action.to_owned(),
+                    media_type.to_owned(),
+                    repository,
+                    digest,
+                    harbor,
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_pushes_and_only_they_are_preheated(events in proptest::collection::vec(event(), 0..6)) {
+            let body: Vec<Value> = events
+                .iter()
+                .map(|(action, media_type, repository, digest, harbor)| {
+                    let digest = Digest::from_bytes(*digest).to_string();
+                    if *harbor {
+                        json!({"Action": action, "Target": {"MediaType": media_type, "Repository": repository, "Digest": digest}})
+                    } else {
+                        json!({"action": action, "target": {"mediaType": media_type, "repository": repository, "digest": digest}})
+                    }
+                })
+                .collect();
+            let actions = parse_value(&json!({ "events": body })).expect("a well-formed envelope");
+            prop_assert_eq!(actions.len(), events.len());
+            for ((action, media_type, repository, digest, _), parsed) in events.iter().zip(actions) {
+                let expected = if action.eq_ignore_ascii_case("push") && MediaType::parse(media_type).is_some() {
+                    Action::Preheat(ManifestPush {
+                        repository: Name::parse(repository).expect("generated names are valid"),
+                        digest: Digest::from_bytes(*digest),
+                    })
+                } else {
+                    Action::Ignore
+                };
+                prop_assert_eq!(parsed, expected);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bodies_parse_or_fail_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&body);
         }
     }
 }
