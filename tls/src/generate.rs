@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use rcgen::string::Ia5String;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType,
+};
 
 use crate::{Role, TlsConfig};
 
@@ -26,6 +28,7 @@ impl Authority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = common_name("Shoal cluster CA");
         let pem = params.self_signed(&key)?.pem();
         Ok(Authority {
             issuer: Issuer::new(params, key),
@@ -44,6 +47,10 @@ impl Authority {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        // rcgen gives every certificate the same default subject; a leaf whose subject equals
+        // its issuer's looks self-signed to OpenSSL (curl refuses it), so each gets its own.
+        params.distinguished_name =
+            common_name(role.map_or("Shoal component", |role| role.as_str()));
         if let Some(role) = role {
             params
                 .subject_alt_names
@@ -71,4 +78,10 @@ impl Authority {
         std::fs::write(&config.key, issued.key_pem)?;
         Ok(config)
     }
+}
+
+fn common_name(name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn
 }
