@@ -29,7 +29,7 @@ use crate::store::lock;
 use crate::{BlobStore, StoreError, StoredPartial};
 
 pub use percent::Percent;
-pub use policy::{Budget, Entry, evictions};
+pub use policy::{Budget, Entry, Walk};
 
 /// Any error a [`Pins`] check reports; the sweep logs it.
 pub type PinError = Box<dyn std::error::Error + Send + Sync>;
@@ -218,64 +218,45 @@ impl<P: Pins> Cache<P> {
             pinned: false,
         }));
         let mut evicted = 0;
-        let mut budget = self.budget;
-        // Each pass deletes what the policy picks until one of its picks must stay after all;
-        // that one is marked held and the policy asked again, so the next candidate goes instead.
-        'plan: loop {
-            let doomed = evictions(&entries, now, budget);
-            // A pass that evicts for size goes on down to the low watermark: the passes after a
-            // refusal must not stop at the high one.
-            let sizing = entries
-                .iter()
-                .any(|e| !budget.expired(e.last_used, now) && doomed.contains(&e.digest));
-            if sizing {
-                budget.high = budget.low;
+        let mut kept: u64 = 0;
+        let mut walk = Walk::new(&entries, now, self.budget);
+        while let Some((digest, length)) = walk.next() {
+            // A response may have started reading it since the listing.
+            if self.is_read(&digest) {
+                continue;
             }
-            for digest in doomed {
-                let at = entries
-                    .iter()
-                    .position(|e| e.digest == digest)
-                    .expect("the policy picks listed entries");
-                let length = entries[at].length;
-                let download = downloads.iter().any(|p| p.digest == digest);
-                // A response may have started reading it since the listing.
-                if self.is_read(&digest) {
-                    entries[at].readers += 1;
-                    continue 'plan;
-                }
-                if !download {
-                    match self.pins.may_evict(&digest, length).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            entries[at].pinned = true;
-                            continue 'plan;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%digest, %error, "cannot tell whether a blob may be evicted: nothing more goes until the next sweep");
-                            break 'plan;
-                        }
+            let download = downloads.iter().any(|p| p.digest == digest);
+            if !download {
+                match self.pins.may_evict(&digest, length).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        kept += length;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%digest, %error, "cannot tell whether a blob may be evicted: nothing more goes until the next sweep");
+                        break;
                     }
                 }
-                let deleted = if download {
-                    self.store.delete_partial(&digest).await?
-                } else {
-                    self.store.delete(&digest).await?
-                };
-                entries.swap_remove(at);
-                if deleted {
-                    lock(&self.usage).remove(&digest);
-                    evicted += 1;
-                    self.metrics.evictions.inc();
-                    self.metrics.evicted_bytes.inc_by(length);
-                    tracing::debug!(%digest, length, "evicted from the store");
-                }
             }
-            break;
+            let deleted = if download {
+                self.store.delete_partial(&digest).await?
+            } else {
+                self.store.delete(&digest).await?
+            };
+            // Gone either way: a blob deleted meanwhile no longer takes room.
+            walk.gone(length);
+            if deleted {
+                lock(&self.usage).remove(&digest);
+                evicted += 1;
+                self.metrics.evictions.inc();
+                self.metrics.evicted_bytes.inc_by(length);
+                tracing::debug!(%digest, length, "evicted from the store");
+            }
         }
-        let total: u64 = entries.iter().map(|e| e.length).sum();
         let pinned: u64 = entries.iter().filter(|e| e.pinned).map(|e| e.length).sum();
-        self.metrics.bytes.set(gauge(total));
-        self.metrics.pinned_bytes.set(gauge(pinned));
+        self.metrics.bytes.set(gauge(walk.total()));
+        self.metrics.pinned_bytes.set(gauge(pinned + kept));
         Ok(evicted)
     }
 

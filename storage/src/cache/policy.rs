@@ -1,6 +1,5 @@
-//! The eviction policy as a pure function: given what the cache holds, who is reading what,
-//! what its owner pins and when each blob was last used, which blobs go. No disk, no clock, no
-//! locks.
+//! The eviction policy, pure: given what the cache holds, who is reading what, what its owner
+//! pins and when each blob was last used, which blobs go, in order. No disk, no clock, no locks.
 
 use std::time::{Duration, Instant};
 
@@ -53,38 +52,95 @@ impl Entry {
     }
 }
 
-/// The blobs to delete, in the order to delete them: first every idle blob past its TTL, then,
-/// if the rest still exceeds `budget.high`, idle blobs least recently used first until at most
-/// `budget.low` bytes remain (or nothing idle is left). Blobs being read or pinned are never
-/// picked, but their bytes count.
-pub fn evictions(entries: &[Entry], now: Instant, budget: Budget) -> Vec<Digest> {
-    let mut idle: Vec<&Entry> = entries.iter().filter(|e| !e.held()).collect();
-    idle.sort_by_key(|e| (e.last_used, e.digest));
-    let mut total: u64 = entries.iter().map(|e| e.length).sum();
-    let mut doomed = Vec::new();
-    idle.retain(|e| {
-        let expired = budget.expired(e.last_used, now);
-        if expired {
-            total -= e.length;
-            doomed.push(e.digest);
-        }
-        !expired
-    });
-    if total > budget.high {
-        for entry in idle {
-            if total <= budget.low {
-                break;
-            }
-            total -= entry.length;
-            doomed.push(entry.digest);
+/// The policy, one candidate at a time: first every idle blob past its TTL, then, if the rest
+/// still exceeds `budget.high`, idle blobs least recently used first until at most `budget.low`
+/// bytes remain (or nothing idle is left). Blobs being read or pinned are never picked, but
+/// their bytes count. The caller may keep a candidate after all (a read started since the
+/// listing, a veto from the cache's owner): its bytes still count, so the walk goes on to the
+/// next candidate until the budget is met.
+#[derive(Debug)]
+pub struct Walk {
+    /// Idle blobs: the expired ones by age, then the others by age (digest, length, expired).
+    candidates: std::vec::IntoIter<(Digest, u64, bool)>,
+    total: u64,
+    budget: Budget,
+    /// Evicting for size has begun: it goes on down to the low watermark.
+    sizing: bool,
+}
+
+impl Walk {
+    pub fn new(entries: &[Entry], now: Instant, budget: Budget) -> Walk {
+        let mut idle: Vec<(bool, Instant, Digest, u64)> = entries
+            .iter()
+            .filter(|e| !e.held())
+            .map(|e| {
+                (
+                    !budget.expired(e.last_used, now),
+                    e.last_used,
+                    e.digest,
+                    e.length,
+                )
+            })
+            .collect();
+        idle.sort();
+        Walk {
+            candidates: idle
+                .into_iter()
+                .map(|(fresh, _, digest, length)| (digest, length, !fresh))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            total: entries.iter().map(|e| e.length).sum(),
+            budget,
+            sizing: false,
         }
     }
-    doomed
+
+    /// The last candidate left the store.
+    pub fn gone(&mut self, length: u64) {
+        self.total = self.total.saturating_sub(length);
+    }
+
+    /// Bytes still held: every entry's, less those gone.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// The next blob to delete and its length; `None` once the budget is met. Report each one that
+/// left the store with [`Walk::gone`] before asking for the next.
+impl Iterator for Walk {
+    type Item = (Digest, u64);
+
+    fn next(&mut self) -> Option<(Digest, u64)> {
+        let (digest, length, expired) = self.candidates.next()?;
+        if !expired {
+            // Every expired candidate came first, so this is the budget after expiry.
+            if !self.sizing && self.total <= self.budget.high {
+                return None;
+            }
+            self.sizing = true;
+            if self.total <= self.budget.low {
+                return None;
+            }
+        }
+        Some((digest, length))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blobs to delete, in order, when every candidate goes.
+    fn evictions(entries: &[Entry], now: Instant, budget: Budget) -> Vec<Digest> {
+        let mut walk = Walk::new(entries, now, budget);
+        let mut doomed = Vec::new();
+        while let Some((digest, length)) = walk.next() {
+            walk.gone(length);
+            doomed.push(digest);
+        }
+        doomed
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -221,5 +277,28 @@ mod tests {
     fn a_budget_takes_its_watermarks_as_shares_of_the_capacity() {
         let budget = Budget::new(1000, Percent(90), Percent(75), None);
         assert_eq!((budget.high, budget.low, budget.ttl), (900, 750, None));
+    }
+
+    #[test]
+    fn a_candidate_kept_after_all_still_counts_and_the_walk_goes_on_to_the_low_watermark() {
+        let now = Instant::now() + 48 * HOUR;
+        let entries = [
+            entry(now, 1, 40, 4 * HOUR, 0),
+            entry(now, 2, 40, 3 * HOUR, 0),
+            entry(now, 3, 40, 2 * HOUR, 0),
+            entry(now, 4, 40, HOUR, 0),
+        ];
+        assert_eq!(ids(&evictions(&entries, now, budget(150, 50))), [1, 2, 3]);
+        // The oldest stays after all: 160 bytes are still held, so three others go.
+        let mut walk = Walk::new(&entries, now, budget(150, 50));
+        let (kept, _) = walk.next().expect("over budget");
+        let mut gone = Vec::new();
+        while let Some((digest, length)) = walk.next() {
+            walk.gone(length);
+            gone.push(digest);
+        }
+        assert_eq!(ids(&[kept]), [1]);
+        assert_eq!(ids(&gone), [2, 3, 4]);
+        assert_eq!(walk.total(), 40);
     }
 }
