@@ -1,6 +1,7 @@
 //! The deployment artefacts in `deploy/` work: the Helm chart renders, lints and validates
 //! offline (a real Helm v4 renderer from PyPI) and every component config it renders starts the
-//! real binary; the compose cluster, built from the local scratch image, serves a `docker pull`
+//! real binary (with mutual TLS, on generated certificates of its role; with the proxy's auth,
+//! challenging and admitting as rendered); the compose cluster, built from the local scratch image, serves a `docker pull`
 //! through an agent container; and the Grafana dashboard queries only metrics that the running
 //! components export.
 
@@ -9,15 +10,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use reqwest::StatusCode;
 use serde_yaml_ng::{Mapping, Value};
 use shoal_tests::binaries;
 use shoal_tests::images::{generate, image_spec, layout_blobs};
 use shoal_tests::ports::free_loopback_addr_list;
-use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
+use shoal_tests::process::{Process, ProcessSpec, wait_until_answers_via};
 use shoal_tests::tls::TestCerts;
 use shoal_tests::tools::{
     docker, docker_image_id, ensure_docker_daemon_shares_our_loopback, run_command, skopeo,
 };
+use shoal_tls::Role;
+use shoal_tls::generate::Authority;
 
 /// A debug binary starts in well under a second; the margin covers a loaded 2-core machine.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -55,8 +59,101 @@ fn mapping_at<'a>(map: &'a mut Mapping, key: &str) -> Result<&'a mut Mapping> {
         .with_context(|| format!("`{key}` is not a mapping"))
 }
 
+/// The user the proxy's rendered `auth.htpasswd` admits here (the Secret exists only in a pod).
+const USER: (&str, &str) = ("chart-test", "chart-test-password");
+
+/// The Secrets a rendered config reads exist only in a pod: write stand-ins into `work` and
+/// point the config at them. The `tls:` section gets a certificate of the component's role from
+/// a fresh cluster CA when it asks for mutual TLS (`ca`), else a server certificate for the
+/// proxy's public listener; `auth` gets an htpasswd file admitting [`USER`] or a token root
+/// bundle. Returns a client that trusts the listener's CA (no client certificate: the probes
+/// have none either).
+fn stand_in_secrets(component: &str, map: &mut Mapping, work: &Path) -> Result<reqwest::Client> {
+    let client = shoal_service::client::builder().timeout(Duration::from_secs(2));
+    // HTTP/1.1: see TestCerts::wait_until_ready (a server shutting down closes idle HTTP/1.1
+    // connections by itself).
+    let client = match map.get_mut("tls").and_then(Value::as_mapping_mut) {
+        Some(tls) if tls.contains_key("ca") => {
+            let role = Role::ALL
+                .into_iter()
+                .find(|role| role.as_str() == component)
+                .with_context(|| format!("no role for {component}"))?;
+            let authority = Authority::new()?;
+            let files = authority.write(&work.join("mtls"), role)?;
+            let ca = files.ca.context("Authority::write sets ca")?;
+            tls.insert("cert".into(), files.cert.display().to_string().into());
+            tls.insert("key".into(), files.key.display().to_string().into());
+            tls.insert("ca".into(), ca.display().to_string().into());
+            let root = reqwest::Certificate::from_pem(authority.ca_pem().as_bytes())?;
+            client.tls_certs_only([root]).http1_only()
+        }
+        Some(tls) => {
+            let certs = TestCerts::generate(&work.join("tls"))?;
+            tls.insert("cert".into(), certs.cert().display().to_string().into());
+            tls.insert("key".into(), certs.key().display().to_string().into());
+            certs.client()?.http1_only()
+        }
+        None => client,
+    };
+    if let Some(auth) = map.get_mut("auth").and_then(Value::as_mapping_mut) {
+        if let Some(htpasswd) = auth.get_mut("htpasswd").and_then(Value::as_mapping_mut) {
+            let hash =
+                bcrypt::hash_with_result(USER.1, 4)?.format_for_version(bcrypt::Version::TwoY);
+            let path = work.join("htpasswd");
+            std::fs::write(&path, format!("{}:{hash}\n", USER.0))?;
+            htpasswd.insert("path".into(), path.display().to_string().into());
+        }
+        if let Some(token) = auth.get_mut("token").and_then(Value::as_mapping_mut) {
+            let path = work.join("token-root.pem");
+            std::fs::write(&path, Authority::new()?.ca_pem())?;
+            token.insert("root_cert_bundle".into(), path.display().to_string().into());
+        }
+    }
+    Ok(client.build()?)
+}
+
+/// The proxy's rendered `auth` is in force: `/v2/` without credentials is a 401 whose challenge
+/// names the rendered realm, and with htpasswd [`USER`] logs in.
+async fn check_auth(http: &reqwest::Client, base: &str, auth: &Mapping) -> Result<()> {
+    let url = format!("{base}/v2/");
+    let anonymous = http.get(&url).send().await?;
+    let challenge = anonymous
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (scheme, section) = match auth.get("htpasswd") {
+        Some(htpasswd) => ("Basic", htpasswd),
+        None => (
+            "Bearer",
+            auth.get("token").context("auth has htpasswd or token")?,
+        ),
+    };
+    let realm = section["realm"].as_str().context("auth realm")?;
+    ensure!(
+        anonymous.status() == 401 && challenge.starts_with(&format!("{scheme} realm=\"{realm}\"")),
+        "anonymous /v2/ answered {} with challenge {challenge:?}",
+        anonymous.status()
+    );
+    if scheme == "Basic" {
+        let login = http
+            .get(&url)
+            .basic_auth(USER.0, Some(USER.1))
+            .send()
+            .await?;
+        ensure!(
+            login.status() == 200,
+            "{} logging in as {}",
+            login.status(),
+            USER.0
+        );
+    }
+    Ok(())
+}
+
 /// Starts `shoal-<component>` with a config the chart rendered, changing only what cannot work
-/// on this machine (listen addresses, data and backend directories, the TLS secret's files), and
+/// on this machine (listen addresses, data and backend directories, the Secrets' files), and
 /// waits for `/health`.
 async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Path) -> Result<()> {
     let text = std::fs::read_to_string(rendered)
@@ -108,16 +205,13 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
             mapping_at(backend, "filesystem")?.insert("root".into(), root.into());
         }
     }
-    // The proxy's TLS secret exists only in a pod: serve a generated certificate instead.
-    let certs = match map.get_mut("tls").and_then(Value::as_mapping_mut) {
-        Some(tls) => {
-            let certs = TestCerts::generate(&work.join("tls"))?;
-            tls.insert("cert".into(), certs.cert().display().to_string().into());
-            tls.insert("key".into(), certs.key().display().to_string().into());
-            Some(certs)
-        }
-        None => None,
+    let http = stand_in_secrets(component, map, work)?;
+    // The agent's `listen` is its registry port, which stays plain HTTP under mutual TLS.
+    let base = match map.contains_key("tls") && component != "agent" {
+        true => format!("https://{}", addrs[0]),
+        false => format!("http://{}", addrs[0]),
     };
+    let auth = map.get("auth").and_then(Value::as_mapping).cloned();
     let path = work.join("config.yaml");
     std::fs::write(&path, serde_yaml_ng::to_string(&config)?)?;
 
@@ -129,17 +223,17 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
         env: vec![("RUST_LOG".into(), "warn".into())],
         log: work.join("log"),
     })?;
-    match &certs {
-        Some(certs) => {
-            let url = format!("https://{}/health", addrs[0]);
-            certs
-                .wait_until_ready(&mut process, &url, STARTUP_DEADLINE)
-                .await?;
-        }
-        None => {
-            let url = format!("http://{}/health", addrs[0]);
-            wait_until_ready(&mut process, &url, STARTUP_DEADLINE).await?;
-        }
+    let health = format!("{base}/health");
+    wait_until_answers_via(
+        &http,
+        &mut process,
+        &health,
+        StatusCode::OK,
+        STARTUP_DEADLINE,
+    )
+    .await?;
+    if let Some(auth) = &auth {
+        check_auth(&http, &base, auth).await?;
     }
     let status = process.terminate(Duration::from_secs(15))?;
     ensure!(
@@ -181,6 +275,8 @@ async fn helm_chart_renders_validates_and_its_configs_start_the_binaries() -> Re
         ("default", &all[..]),
         ("all-options", &all[..]),
         ("dns", &["build-index", "proxy", "tracker"][..]),
+        ("mtls-cert-manager", &all[..]),
+        ("mtls-secrets", &all[..]),
     ];
     for (variant, components) in expected {
         for component in components {
