@@ -113,6 +113,18 @@ impl TokenServer {
         &self.cert_pem
     }
 
+    /// The signing key as a JSON Web Key Set (one P-256 key, `kid` = `kid`), for a registry
+    /// configured with `auth.token.jwks` instead of the root bundle.
+    pub fn jwks(&self, kid: &str) -> Value {
+        // An uncompressed P-256 point: 0x04, then X and Y, 32 bytes each.
+        let point = ring::signature::KeyPair::public_key(&self.issuer.key).as_ref();
+        json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        }]})
+    }
+
     /// Token requests made with this `scope` parameter.
     pub fn requests_for(&self, scope: &str) -> usize {
         let requests = self.issuer.requests.lock().expect("requests lock");

@@ -400,6 +400,44 @@ async fn token_logins_push_and_pull_and_refuse_pull_only_and_expired_tokens() ->
     Ok(())
 }
 
+/// The same token server's key given as a JWKS (`auth.token.jwks`) instead of a certificate:
+/// its tokens push and pull, a pull-only token cannot push.
+#[tokio::test]
+async fn a_jwks_of_the_token_servers_key_verifies_its_tokens() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let writer = Login {
+        user: "writer",
+        password: "correct horse",
+    };
+    let reader = Login {
+        user: "reader",
+        password: "battery staple",
+    };
+    let tokens = TokenServer::start(
+        ISSUER,
+        SERVICE,
+        vec![
+            TokenUser::new(writer.user, writer.password, &["pull", "push"]),
+            TokenUser::new(reader.user, reader.password, &["pull"]),
+        ],
+    )
+    .await?;
+    let jwks = work.path().join("jwks.json");
+    std::fs::write(&jwks, tokens.jwks("token-key-1").to_string())?;
+    let cluster = cluster_with_auth(json!({
+        "token": {"realm": tokens.realm(), "service": SERVICE, "issuer": ISSUER,
+                  "jwks": jwks.display().to_string()},
+    }))
+    .await?;
+    let registry = cluster.proxy_addr().to_string();
+    let image = test_image(work.path(), 0x5e0_a0f1).await?;
+    let denied = skopeo_round_trip(&registry, reader, &image, work.path()).await;
+    let message = format!("{:#}", denied.expect_err("a pull-only token pushed"));
+    ensure!(message.contains("denied"), "{message}");
+    skopeo_round_trip(&registry, writer, &image, work.path()).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn without_auth_the_proxy_stays_open() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;

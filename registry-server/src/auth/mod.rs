@@ -71,8 +71,28 @@ pub struct TokenConfig {
     pub service: String,
     /// The tokens' required `iss`.
     pub issuer: String,
-    /// PEM certificates whose keys may sign tokens; read at start.
-    pub root_cert_bundle: PathBuf,
+    /// PEM certificates whose keys may sign tokens; read at start. Exactly one of this and
+    /// `jwks`.
+    #[serde(default)]
+    pub root_cert_bundle: Option<PathBuf>,
+    /// A JSON Web Key Set file (`{"keys": [...]}`, EC or RSA keys) whose keys may sign tokens,
+    /// chosen by the token's `kid` when the keys name one; read at start.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+}
+
+impl TokenConfig {
+    /// The key file and its config field: the root bundle or the JWKS.
+    fn keys(&self) -> Result<(&'static str, &PathBuf), AuthError> {
+        match (&self.root_cert_bundle, &self.jwks) {
+            (Some(bundle), None) => Ok(("auth.token.root_cert_bundle", bundle)),
+            (None, Some(jwks)) => Ok(("auth.token.jwks", jwks)),
+            _ => Err(AuthError::Invalid {
+                field: "auth.token".to_owned(),
+                reason: "set exactly one of `root_cert_bundle` and `jwks`".to_owned(),
+            }),
+        }
+    }
 }
 
 /// Why the auth config could not be loaded; names the field.
@@ -125,7 +145,10 @@ impl Auth {
         };
         let text = match (&config.htpasswd, &config.token) {
             (Some(htpasswd), None) => read("auth.htpasswd.path", &htpasswd.path)?,
-            (None, Some(token)) => read("auth.token.root_cert_bundle", &token.root_cert_bundle)?,
+            (None, Some(token)) => {
+                let (field, path) = token.keys()?;
+                read(field, path)?
+            }
             _ => String::new(),
         };
         Auth::from_text(config, &text)
@@ -156,8 +179,13 @@ impl Auth {
                         return Err(invalid(field, "must not be empty".to_owned()));
                     }
                 }
-                let verifier = TokenVerifier::new(&token.service, &token.issuer, text)
-                    .map_err(|e| invalid("auth.token.root_cert_bundle", e))?;
+                let (field, _) = token.keys()?;
+                let verifier = if token.jwks.is_some() {
+                    TokenVerifier::from_jwks(&token.service, &token.issuer, text)
+                } else {
+                    TokenVerifier::new(&token.service, &token.issuer, text)
+                }
+                .map_err(|e| invalid(field, e))?;
                 (
                     Mode::Token(verifier),
                     Scheme::Bearer {

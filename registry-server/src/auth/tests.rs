@@ -376,6 +376,22 @@ fn configs_name_what_is_wrong() {
         &cert,
         "auth.groups",
     );
+    let keys = |extra: Value| {
+        let mut token = json!({"realm": "r", "service": "s", "issuer": "i"});
+        token
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({ "token": token })
+    };
+    for both_or_none in [json!({"root_cert_bundle": "b", "jwks": "k"}), json!({})] {
+        bad(
+            keys(both_or_none),
+            &cert,
+            "`auth.token`: set exactly one of",
+        );
+    }
+    bad(keys(json!({"jwks": "k"})), &cert, "auth.token.jwks");
 
     let error = Auth::load(
         &serde_json::from_value(json!({"htpasswd": {"path": "/nonexistent/htpasswd"}})).unwrap(),

@@ -1,5 +1,6 @@
 //! `auth.token`: bearer tokens of the Docker Registry token spec. A token is a JWT signed by the
-//! token server with the key of one of the certificates in the root bundle (ES256/384,
+//! token server with the key of one of the certificates in the root bundle, or one of the keys
+//! of a JWKS (picked by `kid` when the keys have one) (ES256/384,
 //! RS256/384/512, PS256/384/512), for `aud` = the service, from `iss` = the issuer, within
 //! `nbf`..`exp` (60 s of clock skew allowed), and grants what its `access` claim lists.
 
@@ -7,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -91,7 +93,8 @@ impl Grant {
 pub(crate) struct TokenVerifier {
     service: String,
     issuer: String,
-    keys: Vec<DecodingKey>,
+    /// Each key with its `kid` (JWKS keys may name one; bundle certificates do not).
+    keys: Vec<(Option<String>, DecodingKey)>,
     /// sha256(token) → its grant.
     verified: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
 }
@@ -110,17 +113,42 @@ impl TokenVerifier {
             let key = DecodingKey::from_ec_pem(one.as_bytes())
                 .or_else(|_| DecodingKey::from_rsa_pem(one.as_bytes()))
                 .map_err(|e| format!("certificate {}: no EC or RSA public key: {e}", i + 1))?;
-            keys.push(key);
+            keys.push((None, key));
         }
         if keys.is_empty() {
             return Err("no CERTIFICATE in the bundle".to_owned());
         }
-        Ok(TokenVerifier {
+        Ok(Self::with_keys(service, issuer, keys))
+    }
+
+    /// Reads every key of the JSON Web Key Set `jwks`; an empty set, or a key that is neither
+    /// EC nor RSA, is an error (an HMAC key must never verify tokens).
+    pub(crate) fn from_jwks(service: &str, issuer: &str, jwks: &str) -> Result<Self, String> {
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| format!("not a JWKS: {e}"))?;
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            if !matches!(
+                jwk.algorithm,
+                AlgorithmParameters::EllipticCurve(_) | AlgorithmParameters::RSA(_)
+            ) {
+                return Err(format!("key {}: neither EC nor RSA", i + 1));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {}: {e}", i + 1))?;
+            keys.push((jwk.common.key_id.clone(), key));
+        }
+        if keys.is_empty() {
+            return Err("the key set holds no key".to_owned());
+        }
+        Ok(Self::with_keys(service, issuer, keys))
+    }
+
+    fn with_keys(service: &str, issuer: &str, keys: Vec<(Option<String>, DecodingKey)>) -> Self {
+        TokenVerifier {
             service: service.to_owned(),
             issuer: issuer.to_owned(),
             keys,
             verified: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The grant of `token` if it is valid now.
@@ -158,7 +186,19 @@ impl TokenVerifier {
         validation.leeway = LEEWAY_SECS;
         let family = header.alg.family();
         let mut refused = TokenError::Signature;
-        for key in self.keys.iter().filter(|key| key.family() == family) {
+        // A token naming a `kid` is checked against that key alone when the keys name theirs.
+        let named = header
+            .kid
+            .as_deref()
+            .filter(|kid| self.keys.iter().any(|(id, _)| id.as_deref() == Some(kid)));
+        let candidates = self
+            .keys
+            .iter()
+            .filter(|(id, key)| {
+                key.family() == family && (named.is_none() || id.as_deref() == named)
+            })
+            .map(|(_, key)| key);
+        for key in candidates {
             match jsonwebtoken::decode::<Grant>(token, key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => match e.kind() {
@@ -361,6 +401,66 @@ pub(crate) mod tests {
                 .unwrap()
                 .allows("repository", "a", "pull")
         );
+    }
+
+    /// `issuer`'s public key as a JWKS entry named `kid`.
+    fn jwk(issuer: &Issuer, kid: &str) -> Value {
+        let mut jwk = serde_json::to_value(
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&issuer.key, Algorithm::ES256).unwrap(),
+        )
+        .unwrap();
+        jwk["kid"] = json!(kid);
+        jwk
+    }
+
+    /// `issuer`'s token with `kid` in its header.
+    fn token_with_kid(issuer: &Issuer, kid: &str) -> String {
+        let claims: Value = {
+            let token = issuer.token(pull("a"), json!({}));
+            let payload = token.split('.').nth(1).unwrap();
+            serde_json::from_slice(
+                &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims, &issuer.key).unwrap()
+    }
+
+    #[test]
+    fn jwks_keys_verify_tokens_chosen_by_kid() {
+        let (first, second) = (Issuer::new(), Issuer::new());
+        let jwks = json!({"keys": [jwk(&first, "one"), jwk(&second, "two")]}).to_string();
+        let verifier = TokenVerifier::from_jwks(SERVICE, ISSUER, &jwks).unwrap();
+        for (issuer, kid) in [(&first, "one"), (&second, "two")] {
+            let grant = verifier.verify(&token_with_kid(issuer, kid)).unwrap();
+            assert!(grant.allows("repository", "a", "pull"));
+        }
+        // Without a kid, any key of the set may have signed it.
+        assert!(verifier.verify(&second.token(pull("a"), json!({}))).is_ok());
+        // A kid naming another key of the set than the signer's is refused.
+        assert_eq!(
+            verifier.verify(&token_with_kid(&first, "two")).unwrap_err(),
+            TokenError::Signature
+        );
+        let stranger = Issuer::new();
+        assert_eq!(
+            verifier
+                .verify(&token_with_kid(&stranger, "one"))
+                .unwrap_err(),
+            TokenError::Signature
+        );
+    }
+
+    #[test]
+    fn key_sets_without_usable_keys_are_refused() {
+        assert!(TokenVerifier::from_jwks(SERVICE, ISSUER, r#"{"keys": []}"#).is_err());
+        assert!(TokenVerifier::from_jwks(SERVICE, ISSUER, "garbage").is_err());
+        let hmac = r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]}"#;
+        let error = TokenVerifier::from_jwks(SERVICE, ISSUER, hmac).unwrap_err();
+        assert!(error.contains("neither EC nor RSA"), "{error}");
     }
 
     #[test]
