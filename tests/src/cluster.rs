@@ -438,13 +438,7 @@ impl Cluster {
     /// The `tls:` config `component` runs with under [`ClusterOptions::tls`]: its certificate
     /// as a client identity, for tests that call components as one of them.
     pub fn tls_config(&self, component: Component) -> TlsConfig {
-        let dir = self.tls_dir(component);
-        TlsConfig {
-            cert: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-            ca: Some(dir.join("ca.crt")),
-            identities: Default::default(),
-        }
+        TlsConfig::in_dir(&self.tls_dir(component))
     }
 
     /// Issues `component` a new certificate of the cluster CA and swaps it into the files it

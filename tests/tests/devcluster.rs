@@ -1,6 +1,7 @@
 //! `shoal devcluster --demo-once`: the README's first command, end to end on the fixed ports,
-//! with the default two agents pulling the demo image; and a devcluster stopped by SIGTERM
-//! while its components start leaves no child behind.
+//! with the default two agents pulling the demo image, in plain HTTP and with `--tls` (mutual
+//! TLS between every component); and a devcluster stopped by SIGTERM while its components
+//! start leaves no child behind.
 
 use std::io::Read;
 use std::path::Path;
@@ -21,13 +22,18 @@ static FIXED_PORTS: Mutex<()> = Mutex::new(());
 /// A debug build on 2 cores generating, pushing and pulling ~32 MiB stays far below this.
 const DEADLINE: Duration = Duration::from_secs(300);
 
-#[test]
-fn devcluster_demo_pushes_pulls_verifies_and_stops_everything() {
-    let _turn = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tempdir");
+/// Runs `shoal devcluster --demo-once` with `args` on `data` and checks it succeeded: its
+/// stdout and stderr.
+fn demo_once(data: &Path, args: &[&str]) -> (String, String) {
+    // Whatever fails below, no component outlives this run.
+    let _orphans = Orphans {
+        known: Vec::new(),
+        data,
+    };
     let mut child = Command::new(binaries::path("shoal"))
         .args(["devcluster", "--demo-once", "--data"])
-        .arg(data.path())
+        .arg(data)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -62,6 +68,37 @@ fn devcluster_demo_pushes_pulls_verifies_and_stops_everything() {
         status.success(),
         "exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    (stdout, stderr)
+}
+
+/// Every component of the default devcluster stopped cleanly and freed its fixed ports.
+fn assert_stopped_everything(stderr: &str) {
+    for name in [
+        "agent-1",
+        "agent-0",
+        "tracker",
+        "proxy",
+        "build-index",
+        "origin-0",
+    ] {
+        assert!(
+            stderr.contains(&format!("stopped {name}")),
+            "{name} not stopped cleanly:\n{stderr}"
+        );
+    }
+    for port in [
+        15000, 15003, 15004, 15100, 15101, 16000, 16001, 16010, 16011,
+    ] {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} still taken after devcluster exit: {e}"));
+    }
+}
+
+#[test]
+fn devcluster_demo_pushes_pulls_verifies_and_stops_everything() {
+    let _turn = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tempdir");
+    let (stdout, stderr) = demo_once(data.path(), &[]);
 
     for line in [
         "origin-0       http://127.0.0.1:15100",
@@ -79,23 +116,65 @@ fn devcluster_demo_pushes_pulls_verifies_and_stops_everything() {
     // pulled through the proxy and each agent.
     assert_eq!(stdout.matches(" bytes done").count(), 12, "{stdout}");
     assert_eq!(stdout.matches("pull agent-1 ").count(), 3, "{stdout}");
-    for name in ["agent-1", "agent-0", "proxy", "build-index", "origin-0"] {
-        assert!(
-            stderr.contains(&format!("stopped {name}")),
-            "{name} not stopped cleanly:\n{stderr}"
-        );
-    }
-    // Every child is gone: the fixed ports are free again.
-    for port in [15000, 15004, 15100, 16000, 16001, 16010, 16011] {
-        std::net::TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("port {port} still taken after devcluster exit: {e}"));
-    }
+    assert!(!stdout.contains("https://"), "{stdout}");
+    assert_stopped_everything(&stderr);
     // The pushed tag persisted in the filesystem backend under the data directory.
     assert!(
         data.path()
             .join("backend/repositories/shoal/demo/_tags/latest")
             .is_file()
     );
+}
+
+#[test]
+fn devcluster_tls_demo_runs_every_link_over_mutual_tls() {
+    let _turn = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tempdir");
+    let (stdout, stderr) = demo_once(data.path(), &["--tls"]);
+
+    let data = data.path().canonicalize().expect("data dir");
+    let push_hint = format!(
+        "push:  skopeo copy --dest-cert-dir {} oci:DIR:TAG docker://127.0.0.1:15000/REPO:TAG",
+        data.join("tls/ca").display()
+    );
+    for line in [
+        "origin-0       https://127.0.0.1:15100",
+        "build-index    https://127.0.0.1:15004",
+        "proxy          https://127.0.0.1:15000",
+        "tracker        https://127.0.0.1:15003",
+        // The node's registry listener stays plain HTTP.
+        "agent-0        http://127.0.0.1:16000",
+        "agent-1        http://127.0.0.1:16010",
+        &push_hint,
+        "demo: pushing shoal/demo:latest to the proxy at https://127.0.0.1:15000",
+        "demo: OK via proxy: shoal/demo:latest = sha256:",
+        "demo: OK via agent-0: shoal/demo:latest = sha256:",
+        "demo: OK via agent-1: shoal/demo:latest = sha256:",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    // The agents' pulls went through the tracker, the origin's seeder and the build-index, all
+    // of which ran with the CA and their own role certificate.
+    for name in [
+        "origin-0",
+        "build-index",
+        "proxy",
+        "tracker",
+        "agent-0",
+        "agent-1",
+    ] {
+        let dir = data.join("tls").join(name);
+        let config = std::fs::read_to_string(data.join(format!("config/{name}.yaml")))
+            .expect("component config");
+        assert!(
+            config.contains(&format!("  ca: \"{}\"", dir.join("ca.crt").display())),
+            "{name}:\n{config}"
+        );
+        for file in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(dir.join(file).is_file(), "{name} has no {file}");
+        }
+    }
+    assert_stopped_everything(&stderr);
 }
 
 #[test]
