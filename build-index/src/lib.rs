@@ -106,9 +106,14 @@ pub async fn run(
                 .read_timeout(REMOTE_READ_TIMEOUT)
                 .build()
                 .context("building the replication HTTP client")?;
-            let replicator = replicate::Replicator::open(replication, origins.clone(), remote_http)
-                .await
-                .context("starting replication (config field `replication`)")?;
+            let replicator = replicate::Replicator::open(
+                replication,
+                origins.clone(),
+                tags.clone(),
+                remote_http,
+            )
+            .await
+            .context("starting replication (config field `replication`)")?;
             let replicator = Arc::new(replicator);
             let queue = replicator.clone();
             let collector = StatsCollector::new(metrics::REPLICATION, move || queue.stats());

@@ -1,7 +1,9 @@
 //! Cross-cluster replication: a stored tag whose repository matches a rule becomes one job per
 //! remote on a `shoal_jobs` queue, kept durably in the queue directory before the PUT is
 //! answered; the queue copies each job's image to the remote proxy over Registry V2 (blobs, then
-//! manifests by digest, then the tag) and retries failures with the shared backoff.
+//! manifests by digest, then the manifests whose `subject` is the tagged one, then the tag) and
+//! retries failures with the shared backoff. A referrer pushed after the job ran follows with the
+//! tag's next job.
 
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use tracing::info;
 
 use crate::config::{ReplicationConfig, whole_name_regex};
 use crate::error::Error;
+use crate::records;
+use crate::tags::TagStore;
 use crate::verify::Origins;
 
 /// Indexes may nest; the build-index refuses deeper trees when tagging, so none is replicated.
@@ -35,9 +39,11 @@ struct Replication {
     digest: Digest,
 }
 
-/// Copying a tag's image from the local origins to a remote cluster's proxy.
+/// Copying a tag's image, and its referrers, from the local origins to a remote cluster's proxy.
 struct TagCopy {
     origins: Arc<Origins>,
+    /// Where the referrers of the tagged manifest are listed.
+    tags: TagStore,
     http: reqwest::Client,
 }
 
@@ -85,6 +91,7 @@ impl Replicator {
     pub async fn open(
         config: &ReplicationConfig,
         origins: Arc<Origins>,
+        tags: TagStore,
         http: reqwest::Client,
     ) -> Result<Self, Error> {
         let rules = config
@@ -109,7 +116,11 @@ impl Replicator {
         Ok(Self {
             rules,
             queue: Arc::new(queue),
-            copy: Arc::new(TagCopy { origins, http }),
+            copy: Arc::new(TagCopy {
+                origins,
+                tags,
+                http,
+            }),
         })
     }
 
@@ -147,7 +158,7 @@ impl Replicator {
 }
 
 impl TagCopy {
-    /// Copies the job's manifest tree and then the tag to its remote.
+    /// Copies the job's manifest tree, its referrers and then the tag to its remote.
     async fn copy(&self, job: &Replication) -> Result<(), Error> {
         let remote = Remote {
             client: RegistryClient::new(&job.remote, self.http.clone())
@@ -158,6 +169,11 @@ impl TagCopy {
         let (bytes, manifest) = self
             .copy_manifest(&job.repo, job.digest, None, &remote, 0)
             .await?;
+        // Before the tag: whoever pulls it there finds its signatures and SBOMs too.
+        for referrer in records::referrers(&self.tags, &job.repo, &job.digest).await? {
+            self.copy_manifest(&job.repo, referrer.digest, None, &remote, 0)
+                .await?;
+        }
         remote
             .put_manifest(
                 Reference::Tag(job.tag.clone()),

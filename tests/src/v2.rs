@@ -1,5 +1,6 @@
 //! Small helpers for raw Registry V2 requests in tests: a client that shows responses exactly as
-//! sent (no redirects followed), error-code extraction, upload sessions and monolithic pushes.
+//! sent (no redirects followed), error-code extraction, upload sessions and monolithic pushes,
+//! OCI 1.1 artifacts and their referrers lists.
 
 use anyhow::{Context, Result, ensure};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -130,6 +131,88 @@ impl Registry {
             response.text().await.unwrap_or_default()
         );
         Ok(response)
+    }
+}
+
+impl Registry {
+    /// Pushes an OCI 1.1 artifact of `artifact_type` (one blob of `payload`, annotated with its
+    /// kind) whose `subject` is the image manifest `subject` (`subject_size` bytes), by digest;
+    /// checks the `OCI-Subject` answer and returns the artifact's digest.
+    pub async fn push_artifact(
+        &self,
+        repo: &str,
+        artifact_type: &str,
+        payload: &[u8],
+        subject: Digest,
+        subject_size: u64,
+    ) -> Result<Digest> {
+        const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+        let empty = self.push_blob(repo, b"{}").await?;
+        let blob = self.push_blob(repo, payload).await?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2},
+            "layers": [{"mediaType": artifact_type, "digest": blob.to_string(), "size": payload.len()}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": subject_size},
+            "annotations": {"org.example.kind": artifact_type},
+        }))?;
+        let digest = Digest::of(&manifest);
+        let response = self
+            .put_manifest(repo, &digest.to_string(), OCI_MANIFEST, &manifest)
+            .await?;
+        ensure!(
+            header(&response, "oci-subject") == subject.to_string(),
+            "OCI-Subject {:?}",
+            header(&response, "oci-subject")
+        );
+        Ok(digest)
+    }
+
+    /// The referrers of `subject` in `repo` (only those of `artifact_type` when given), their
+    /// digests sorted, after checking the image index, the filter header and that each entry
+    /// carries the annotation [`Registry::push_artifact`] gives it.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Digest>> {
+        let mut url = self.url(&format!("v2/{repo}/referrers/{subject}"));
+        if let Some(artifact_type) = artifact_type {
+            url.query_pairs_mut()
+                .append_pair("artifactType", artifact_type);
+        }
+        let response = self.http.get(url).send().await?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "referrers: {}",
+            response.status()
+        );
+        ensure!(header(&response, "content-type") == "application/vnd.oci.image.index.v1+json");
+        let filtered = header(&response, "oci-filters-applied").to_owned();
+        let expected = if artifact_type.is_some() {
+            "artifactType"
+        } else {
+            ""
+        };
+        ensure!(filtered == expected, "OCI-Filters-Applied {filtered:?}");
+        let index: serde_json::Value = response.json().await?;
+        let mut digests = Vec::new();
+        for entry in index["manifests"]
+            .as_array()
+            .context("no manifests array")?
+        {
+            let kind = entry["artifactType"].as_str().context("no artifactType")?;
+            ensure!(entry["annotations"]["org.example.kind"] == kind, "{entry}");
+            ensure!(artifact_type.is_none_or(|wanted| wanted == kind), "{entry}");
+            digests.push(Digest::parse(
+                entry["digest"].as_str().context("no digest")?,
+            )?);
+        }
+        digests.sort();
+        Ok(digests)
     }
 }
 

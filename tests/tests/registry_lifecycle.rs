@@ -2,7 +2,7 @@
 //! by digest takes it away from the proxy at once and from an agent within its cache TTL, while
 //! an image sharing its layers, and the same manifest in another repository, still pull
 //! byte-identical; manifests with non-distributable layers are accepted under the URL policy and
-//! read back unchanged.
+//! read back unchanged; OCI 1.1 referrers are listed (and filtered) by the proxy and an agent.
 
 use std::path::Path;
 use std::time::Duration;
@@ -313,87 +313,6 @@ async fn non_distributable_layers_are_accepted_under_the_url_policy_and_read_bac
     Ok(())
 }
 
-/// Pushes an OCI 1.1 artifact of `artifact_type` (one blob of `payload`) whose `subject` is the
-/// manifest `subject` (`subject_size` bytes); checks the `OCI-Subject` answer and returns the
-/// artifact's digest.
-async fn push_artifact(
-    registry: &Registry,
-    repo: &str,
-    artifact_type: &str,
-    payload: &[u8],
-    subject: Digest,
-    subject_size: u64,
-) -> Result<Digest> {
-    let empty = registry.push_blob(repo, b"{}").await?;
-    let blob = registry.push_blob(repo, payload).await?;
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": artifact_type,
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2},
-        "layers": [{"mediaType": artifact_type, "digest": blob.to_string(), "size": payload.len()}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": subject_size},
-        "annotations": {"org.example.kind": artifact_type},
-    }))?;
-    let digest = Digest::of(&manifest);
-    let response = registry
-        .put_manifest(repo, &digest.to_string(), OCI_MANIFEST, &manifest)
-        .await?;
-    ensure!(
-        header(&response, "oci-subject") == subject.to_string(),
-        "OCI-Subject {:?}",
-        header(&response, "oci-subject")
-    );
-    Ok(digest)
-}
-
-/// The referrers `registry` lists for `subject` (with the `artifactType` filter when given):
-/// their digests, sorted, after checking the index and the filter header.
-async fn referrers(
-    registry: &Registry,
-    repo: &str,
-    subject: Digest,
-    artifact_type: Option<&str>,
-) -> Result<Vec<Digest>> {
-    let mut url = registry.url(&format!("v2/{repo}/referrers/{subject}"));
-    if let Some(artifact_type) = artifact_type {
-        url.query_pairs_mut()
-            .append_pair("artifactType", artifact_type);
-    }
-    let response = registry.http.get(url).send().await?;
-    ensure!(
-        response.status() == StatusCode::OK,
-        "referrers: {}",
-        response.status()
-    );
-    ensure!(header(&response, "content-type") == "application/vnd.oci.image.index.v1+json");
-    let filtered = header(&response, "oci-filters-applied").to_owned();
-    ensure!(
-        filtered
-            == if artifact_type.is_some() {
-                "artifactType"
-            } else {
-                ""
-            },
-        "OCI-Filters-Applied {filtered:?}"
-    );
-    let index: serde_json::Value = response.json().await?;
-    let mut digests = Vec::new();
-    for entry in index["manifests"]
-        .as_array()
-        .context("no manifests array")?
-    {
-        let kind = entry["artifactType"].as_str().context("no artifactType")?;
-        ensure!(entry["annotations"]["org.example.kind"] == kind, "{entry}");
-        ensure!(artifact_type.is_none_or(|wanted| wanted == kind), "{entry}");
-        digests.push(Digest::parse(
-            entry["digest"].as_str().context("no digest")?,
-        )?);
-    }
-    digests.sort();
-    Ok(digests)
-}
-
 #[tokio::test]
 async fn referrers_list_the_artifacts_of_a_subject_on_the_proxy_and_an_agent() -> Result<()> {
     let cluster = Cluster::start(options()).await?;
@@ -416,34 +335,31 @@ async fn referrers_list_the_artifacts_of_a_subject_on_the_proxy_and_an_agent() -
     let subject_size = image.manifest_bytes.len() as u64;
 
     for registry in [&proxy, &agent] {
-        ensure!(referrers(registry, repo, subject, None).await?.is_empty());
+        ensure!(registry.referrers(repo, subject, None).await?.is_empty());
     }
     const SBOM: &str = "application/vnd.example.sbom+json";
     const SIGNATURE: &str = "application/vnd.example.signature";
-    let sbom = push_artifact(
-        &proxy,
-        repo,
-        SBOM,
-        b"{\"packages\":[]}",
-        subject,
-        subject_size,
-    )
-    .await?;
-    let signature =
-        push_artifact(&proxy, repo, SIGNATURE, b"signed", subject, subject_size).await?;
+    let sbom = proxy
+        .push_artifact(repo, SBOM, b"{\"packages\":[]}", subject, subject_size)
+        .await?;
+    let signature = proxy
+        .push_artifact(repo, SIGNATURE, b"signed", subject, subject_size)
+        .await?;
     let mut both = vec![sbom, signature];
     both.sort();
     for registry in [&proxy, &agent] {
-        ensure!(referrers(registry, repo, subject, None).await? == both);
-        ensure!(referrers(registry, repo, subject, Some(SBOM)).await? == [sbom]);
+        ensure!(registry.referrers(repo, subject, None).await? == both);
+        ensure!(registry.referrers(repo, subject, Some(SBOM)).await? == [sbom]);
         ensure!(
-            referrers(registry, repo, subject, Some("application/none"))
+            registry
+                .referrers(repo, subject, Some("application/none"))
                 .await?
                 .is_empty()
         );
         // Referrers are per repository.
         ensure!(
-            referrers(registry, "life/other", subject, None)
+            registry
+                .referrers("life/other", subject, None)
                 .await?
                 .is_empty()
         );
@@ -460,7 +376,7 @@ async fn referrers_list_the_artifacts_of_a_subject_on_the_proxy_and_an_agent() -
         deleted.status()
     );
     for registry in [&proxy, &agent] {
-        ensure!(referrers(registry, repo, subject, None).await? == [signature]);
+        ensure!(registry.referrers(repo, subject, None).await? == [signature]);
     }
     Ok(())
 }

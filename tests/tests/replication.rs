@@ -1,7 +1,8 @@
 //! Cross-cluster replication end to end, with real binaries: cluster A's build-index copies tags
 //! of repositories matching its rule to cluster B's proxy, so they become pullable through B's
-//! agent; a changed tag follows; other repositories stay home; a job survives SIGKILL of A's
-//! build-index while B is unreachable; and an invalid rule stops the binary naming the field.
+//! agent; a changed tag follows, and so do the tagged manifest's referrers; other repositories
+//! stay home; a job survives SIGKILL of A's build-index while B is unreachable; and an invalid
+//! rule stops the binary naming the field.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use shoal_client::{Image, RegistryClient};
 use shoal_tests::images::{generate, image_spec};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::swarm::{ensure_same_image, pull_through_agent, push, wait_until};
+use shoal_tests::v2::Registry;
 use shoal_tests::{Cluster, ClusterOptions, Component, binaries};
 
 const MIB: u64 = 1 << 20;
@@ -131,6 +133,50 @@ async fn tags_matching_a_rule_reach_the_remote_cluster_and_survive_a_build_index
 
     a.stop_all()?;
     b.stop_all()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_referrers_of_a_replicated_tag_follow_it_to_the_remote_cluster() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let b = Cluster::start(ClusterOptions::default()).await?;
+    let a = Cluster::start(ClusterOptions {
+        build_index_overrides: json!({"replication": {
+            "queue_dir": work.path().join("replication-queue"),
+            "retry_initial": "200ms",
+            "retry_max": "1s",
+            "rules": [{"repository": "repl/.*", "remotes": [b.proxy_url()]}],
+        }}),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let (a_proxy, b_proxy) = (
+        Registry::new(&a.proxy_url())?,
+        Registry::new(&b.proxy_url())?,
+    );
+    let repo = "repl/signed";
+    let image = image(&work.path().join("image"), 0x4e9_0010, "v1").await?;
+    push(&a, &image, repo, "v1").await?;
+    let (subject, subject_size) = (image.manifest_digest, image.manifest_bytes.len() as u64);
+    let signature = a_proxy
+        .push_artifact(
+            repo,
+            "application/vnd.example.signature",
+            b"signed",
+            subject,
+            subject_size,
+        )
+        .await?;
+
+    // Pushing the tag again queues it again: this time its referrer goes along.
+    let media_type = image.manifest_media_type().as_str();
+    a_proxy
+        .put_manifest(repo, "v1", media_type, &image.manifest_bytes)
+        .await?;
+    wait_until(&b, DEADLINE, "B lists the signature", async || {
+        Ok(b_proxy.referrers(repo, subject, None).await? == [signature])
+    })
+    .await?;
     Ok(())
 }
 
