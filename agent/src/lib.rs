@@ -29,7 +29,7 @@ use shoal_api::BuildIndexClient;
 use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
 use shoal_service::http::{Access, with_access, with_source_allow_list};
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::tls::{Role, Roles};
+use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use shoal_storage::BlobStore;
 use shoal_storage::cache::{Cache, Unpinned};
@@ -106,14 +106,8 @@ pub async fn run(
         addr: config.advertised(),
         origin: false,
     };
-    let peer_tls = config
-        .tls
-        .as_ref()
-        .map(|tls| tls.server())
-        .transpose()
-        .context("loading the TLS certificate")?;
-    let cluster_tls =
-        ClusterTls::from_config(config.tls.as_ref()).context("loading the TLS certificate")?;
+    let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
+    let cluster_tls = ClusterTls::from_config(tls.config())?;
     let tasks = TaskTracker::new();
     let engine = Engine::new(
         config.p2p.clone(),
@@ -135,11 +129,10 @@ pub async fn run(
     ));
     tasks.spawn(cache.clone().run(shutdown.clone()));
 
-    let http =
-        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::BuildIndex]))
-            .context("loading the TLS certificate")?
-            .build()
-            .context("building the HTTP client for the build-index")?;
+    let http = tls
+        .client(Roles::of(&[Role::BuildIndex]))?
+        .build()
+        .context("building the HTTP client for the build-index")?;
     let state = AppState {
         engine: engine.clone(),
         store,
@@ -191,7 +184,7 @@ pub async fn run(
     let peer_served = async {
         let serving = shoal_service::http::serve_maybe_tls(
             listeners.peer,
-            peer_tls,
+            tls.server.clone(),
             peer_app,
             shutdown.clone(),
         );

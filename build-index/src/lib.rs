@@ -22,7 +22,7 @@ use shoal_backends::BackendRouter;
 use shoal_jobs::StatsCollector;
 use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::tls::{Role, Roles};
+use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -59,18 +59,12 @@ pub async fn run(
     config.validate()?;
     let backends = BackendRouter::from_config(&config.backend, &config.backends)
         .context("opening the tag backends (config fields `backend`, `backends`)")?;
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|tls| tls.server())
-        .transpose()
-        .context("loading the TLS certificate")?;
-    let http =
-        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::Origin]))
-            .context("loading the TLS certificate")?
-            .timeout(ORIGIN_REQUEST_TIMEOUT)
-            .build()
-            .context("building the origin HTTP client")?;
+    let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
+    let http = tls
+        .client(Roles::of(&[Role::Origin]))?
+        .timeout(ORIGIN_REQUEST_TIMEOUT)
+        .build()
+        .context("building the origin HTTP client")?;
 
     let mut metrics = MetricsBuilder::new("build-index");
     let tag_metrics = metrics::TagMetrics::register(metrics.registry());
@@ -141,7 +135,8 @@ pub async fn run(
         .context("reading the listener address")?;
     info!(%addr, origins = ?config.origins, "build-index listening");
     let served =
-        shoal_service::http::serve_maybe_tls(listeners.http, tls, app, shutdown.clone()).await;
+        shoal_service::http::serve_maybe_tls(listeners.http, tls.server, app, shutdown.clone())
+            .await;
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "build-index").await;

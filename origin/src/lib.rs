@@ -37,7 +37,7 @@ use shoal_jobs::StatsCollector;
 use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, StoreSource};
 use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::tls::{Role, Roles};
+use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
@@ -126,17 +126,11 @@ pub async fn run(
     // Includes `shoal_p2p_bytes_served_total`: blob bytes that left as pieces rather than HTTP.
     let p2p_metrics = P2pMetrics::new(registry.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|tls| tls.server())
-        .transpose()
-        .context("loading the TLS certificate")?;
-    let http =
-        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::Origin]))
-            .context("loading the TLS certificate")?
-            .build()
-            .context("building the HTTP client for peer origins")?;
+    let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
+    let http = tls
+        .client(Roles::of(&[Role::Origin]))?
+        .build()
+        .context("building the HTTP client for peer origins")?;
     let tasks = TaskTracker::new();
     let ring = replicate::Ring::start(
         &http,
@@ -226,14 +220,19 @@ pub async fn run(
     tracing::info!(%addr, %peer_addr, data_dir = %config.data_dir.display(), "origin serving");
     let served = tokio::try_join!(
         async {
-            shoal_service::http::serve_maybe_tls(listeners.http, tls.clone(), app, shutdown.clone())
-                .await
-                .context("serving HTTP")
+            shoal_service::http::serve_maybe_tls(
+                listeners.http,
+                tls.server.clone(),
+                app,
+                shutdown.clone(),
+            )
+            .await
+            .context("serving HTTP")
         },
         async {
             shoal_service::http::serve_maybe_tls(
                 listeners.peer,
-                tls.clone(),
+                tls.server.clone(),
                 peer_app,
                 shutdown.clone(),
             )

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::tls::{Role, Roles};
+use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
 use tokio::net::TcpListener;
 
@@ -72,7 +72,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     // Read the certificate before anything starts, so a bad file stops the proxy at once.
-    let tls = config.tls.as_ref().map(|tls| tls.server()).transpose()?;
+    let tls = ComponentTls::load(config.tls.as_ref())?;
     // Read the htpasswd file or the token root bundle now too, for the same reason.
     let auth = config
         .auth
@@ -84,12 +84,10 @@ pub async fn run(
         Some(auth) if auth.htpasswd.is_some() => "htpasswd",
         Some(_) => "token",
     };
-    let http = shoal_service::client::cluster_builder(
-        config.tls.as_ref(),
-        Roles::of(&[Role::Origin, Role::BuildIndex]),
-    )?
-    .build()
-    .context("building the HTTP client for origins and build-index")?;
+    let http = tls
+        .client(Roles::of(&[Role::Origin, Role::BuildIndex]))?
+        .build()
+        .context("building the HTTP client for origins and build-index")?;
     let mut builder = MetricsBuilder::new("proxy");
     let membership_metrics = shoal_membership::MembershipMetrics::register(builder.registry());
     let (metrics, registry) = ProxyMetrics::register(builder);
@@ -143,13 +141,13 @@ pub async fn run(
     );
     tracing::info!(
         listen = %listeners.http.local_addr()?,
-        scheme = if tls.is_some() { "https" } else { "http" },
+        scheme = if tls.server.is_some() { "https" } else { "http" },
         origins = ?config.origins,
         build_index = %config.build_index,
         auth = auth_mode,
         "proxy serving"
     );
-    let served = match tls {
+    let served = match tls.server {
         Some(tls) => {
             shoal_service::http::serve_tls(listeners.http, tls, app, shutdown.clone()).await
         }

@@ -25,7 +25,7 @@ use anyhow::Context;
 use shoal_proto::v1::tracker_server::TrackerServer;
 use shoal_service::http::{Access, with_access};
 use shoal_service::shutdown::DRAIN_DEADLINE;
-use shoal_service::tls::{Role, Roles};
+use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 
@@ -99,19 +99,13 @@ pub async fn run(
                 .context("connecting to the redis peer store (config field `store.redis.url`)")?,
         ),
     };
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|tls| tls.server())
-        .transpose()
-        .context("loading the TLS certificate")?;
-    let http =
-        shoal_service::client::cluster_builder(config.tls.as_ref(), Roles::of(&[Role::Origin]))
-            .context("loading the TLS certificate")?
-            .timeout(ORIGIN_REQUEST_TIMEOUT)
-            .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
-            .build()
-            .context("building the origin HTTP client")?;
+    let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
+    let http = tls
+        .client(Roles::of(&[Role::Origin]))?
+        .timeout(ORIGIN_REQUEST_TIMEOUT)
+        .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
+        .build()
+        .context("building the origin HTTP client")?;
     let mut registry = MetricsBuilder::new("tracker");
     let metrics = metrics::TrackerMetrics::register(registry.registry());
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
@@ -155,7 +149,8 @@ pub async fn run(
         .context("reading the listen address")?;
     tracing::info!(%addr, origins = ?config.origins, store = ?config.store, "tracker serving");
     let served =
-        shoal_service::http::serve_maybe_tls(listeners.grpc, tls, app, shutdown.clone()).await;
+        shoal_service::http::serve_maybe_tls(listeners.grpc, tls.server, app, shutdown.clone())
+            .await;
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "tracker").await;
