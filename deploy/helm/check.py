@@ -52,7 +52,7 @@ NAMESPACE = "shoal-system"
 KUBE_VERSION = "1.30.0"
 COMPONENTS = ("origin", "build-index", "proxy", "tracker", "agent")
 DNS_COMPONENTS = ("build-index", "proxy", "tracker")
-# Values key and certificate role of each component, and the port its probes use.
+# Values key (mtls.existingSecrets.<key>) and certificate role of each component.
 MTLS_ROLES = {"origin": "origin", "buildIndex": "build-index", "tracker": "tracker", "proxy": "proxy", "agent": "agent"}
 MTLS_DIR = "/etc/shoal/mtls"
 # What cert-manager v1 accepts in the fields the chart renders (its CRD schema is not bundled).
@@ -242,8 +242,10 @@ def internal_addresses(component: str, config: dict) -> tuple[list[str], list[st
     """The HTTP addresses a component calls other components at, and its gRPC ones."""
     def origins(value) -> list[str]:
         if isinstance(value, dict) and "dns" in value:
+            # What a resolved member looks like (DnsConfig::member).
             dns = value["dns"]
-            return [f"{dns.get('scheme', 'http')}://<ip>:{dns['port']}".replace("http://", "")]
+            scheme = "https://" if dns.get("scheme") == "https" else ""
+            return [f"{scheme}<ip>:{dns['port']}"]
         members = value.get("static", []) if isinstance(value, dict) else value or []
         return [m["http"] if isinstance(m, dict) else m for m in members]
 

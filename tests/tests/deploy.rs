@@ -6,11 +6,13 @@
 //! components export.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use reqwest::StatusCode;
+use rustls::pki_types::ServerName;
 use serde_yaml_ng::{Mapping, Value};
 use shoal_tests::binaries;
 use shoal_tests::images::{generate, image_spec, layout_blobs};
@@ -20,8 +22,9 @@ use shoal_tests::tls::TestCerts;
 use shoal_tests::tools::{
     docker, docker_image_id, ensure_docker_daemon_shares_our_loopback, run_command, skopeo,
 };
-use shoal_tls::Role;
 use shoal_tls::generate::Authority;
+use shoal_tls::{Role, Roles, TlsConfig};
+use tokio::net::TcpStream;
 
 /// A debug binary starts in well under a second; the margin covers a loaded 2-core machine.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -66,12 +69,12 @@ const USER: (&str, &str) = ("chart-test", "chart-test-password");
 /// point the config at them. The `tls:` section gets a certificate of the component's role from
 /// a fresh cluster CA when it asks for mutual TLS (`ca`), else a server certificate for the
 /// proxy's public listener; `auth` gets an htpasswd file admitting [`USER`] or a token root
-/// bundle. Returns a client that trusts the listener's CA (no client certificate: the probes
-/// have none either).
-fn stand_in_secrets(component: &str, map: &mut Mapping, work: &Path) -> Result<reqwest::Client> {
+/// bundle.
+fn stand_in_secrets(component: &str, map: &mut Mapping, work: &Path) -> Result<StandIns> {
     let client = shoal_service::client::builder().timeout(Duration::from_secs(2));
     // HTTP/1.1: see TestCerts::wait_until_ready (a server shutting down closes idle HTTP/1.1
     // connections by itself).
+    let mut mtls = None;
     let client = match map.get_mut("tls").and_then(Value::as_mapping_mut) {
         Some(tls) if tls.contains_key("ca") => {
             let role = Role::ALL
@@ -80,10 +83,11 @@ fn stand_in_secrets(component: &str, map: &mut Mapping, work: &Path) -> Result<r
                 .with_context(|| format!("no role for {component}"))?;
             let authority = Authority::new()?;
             let files = authority.write(&work.join("mtls"), role)?;
-            let ca = files.ca.context("Authority::write sets ca")?;
+            let ca = files.ca.as_ref().context("Authority::write sets ca")?;
             tls.insert("cert".into(), files.cert.display().to_string().into());
             tls.insert("key".into(), files.key.display().to_string().into());
             tls.insert("ca".into(), ca.display().to_string().into());
+            mtls = Some((files, role));
             let root = reqwest::Certificate::from_pem(authority.ca_pem().as_bytes())?;
             client.tls_certs_only([root]).http1_only()
         }
@@ -109,7 +113,33 @@ fn stand_in_secrets(component: &str, map: &mut Mapping, work: &Path) -> Result<r
             token.insert("root_cert_bundle".into(), path.display().to_string().into());
         }
     }
-    Ok(client.build()?)
+    Ok(StandIns {
+        http: client.build()?,
+        mtls,
+    })
+}
+
+/// What [`stand_in_secrets`] wrote.
+struct StandIns {
+    /// Trusts the listener's CA; no client certificate, as the probes have none.
+    http: reqwest::Client,
+    /// With mutual TLS, the component's certificate files and its role.
+    mtls: Option<(TlsConfig, Role)>,
+}
+
+/// The peer port (gRPC) serves TLS with a certificate of `role` from the cluster CA: a client
+/// presenting the component's own certificate completes the handshake, verifying the server as
+/// components verify each other (CA and role).
+async fn check_peer_tls(addr: SocketAddr, files: &TlsConfig, role: Role) -> Result<()> {
+    let client = files
+        .client(Roles::of(&[role]), &[b"h2"])?
+        .context("the config has a CA")?;
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(client)
+        .connect(ServerName::try_from("127.0.0.1")?, tcp)
+        .await
+        .with_context(|| format!("TLS handshake with the {role} peer port {addr}"))?;
+    Ok(())
 }
 
 /// The proxy's rendered `auth` is in force: `/v2/` without credentials is a 401 whose challenge
@@ -205,13 +235,18 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
             mapping_at(backend, "filesystem")?.insert("root".into(), root.into());
         }
     }
-    let http = stand_in_secrets(component, map, work)?;
+    let stand_ins = stand_in_secrets(component, map, work)?;
+    let http = &stand_ins.http;
     // The agent's `listen` is its registry port, which stays plain HTTP under mutual TLS.
     let base = match map.contains_key("tls") && component != "agent" {
         true => format!("https://{}", addrs[0]),
         false => format!("http://{}", addrs[0]),
     };
     let auth = map.get("auth").and_then(Value::as_mapping).cloned();
+    let peer_tls = stand_ins
+        .mtls
+        .as_ref()
+        .filter(|_| map.contains_key("peer_listen"));
     let path = work.join("config.yaml");
     std::fs::write(&path, serde_yaml_ng::to_string(&config)?)?;
 
@@ -225,7 +260,7 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
     })?;
     let health = format!("{base}/health");
     wait_until_answers_via(
-        &http,
+        http,
         &mut process,
         &health,
         StatusCode::OK,
@@ -233,7 +268,10 @@ async fn start_with_rendered_config(component: &str, rendered: &Path, work: &Pat
     )
     .await?;
     if let Some(auth) = &auth {
-        check_auth(&http, &base, auth).await?;
+        check_auth(http, &base, auth).await?;
+    }
+    if let Some((files, role)) = peer_tls {
+        check_peer_tls(addrs[1], files, *role).await?;
     }
     let status = process.terminate(Duration::from_secs(15))?;
     ensure!(
