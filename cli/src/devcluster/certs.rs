@@ -20,7 +20,7 @@ pub fn generate(layout: &Layout) -> anyhow::Result<()> {
     let authority = Authority::new().context("generating the devcluster CA")?;
     let ca_dir = layout.ca_dir();
     std::fs::create_dir_all(&ca_dir).with_context(|| format!("creating {}", ca_dir.display()))?;
-    std::fs::write(ca_file(layout), authority.ca_pem())
+    std::fs::write(layout.ca_file(), authority.ca_pem())
         .with_context(|| format!("writing the CA into {}", ca_dir.display()))?;
     for component in layout.components() {
         let dir = layout.component_tls_dir(&component.name);
@@ -35,11 +35,6 @@ pub fn generate(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CA certificate clients trust under `--tls`.
-pub fn ca_file(layout: &Layout) -> std::path::PathBuf {
-    layout.ca_dir().join("ca.crt")
-}
-
 /// A client builder for the devcluster's listeners: under `--tls` it trusts the devcluster's
 /// CA only, and presents no certificate (health checks and registry clients need none).
 pub fn client(layout: &Layout) -> anyhow::Result<reqwest::ClientBuilder> {
@@ -47,7 +42,7 @@ pub fn client(layout: &Layout) -> anyhow::Result<reqwest::ClientBuilder> {
     if !layout.tls {
         return Ok(builder);
     }
-    let path = ca_file(layout);
+    let path = layout.ca_file();
     let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let ca = reqwest::Certificate::from_pem(&pem)
         .with_context(|| format!("{} is not a PEM certificate", path.display()))?;

@@ -100,6 +100,11 @@ impl Layout {
         self.tls_dir().join("ca")
     }
 
+    /// The CA certificate clients trust under `--tls`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca_dir().join("ca.crt")
+    }
+
     /// Where the component called `name` finds its `tls.crt`, `tls.key` and `ca.crt`.
     pub fn component_tls_dir(&self, name: &str) -> PathBuf {
         self.tls_dir().join(name)

@@ -1,4 +1,5 @@
-//! `shoal devcluster`: every component as a child process on loopback with embedded defaults.
+//! `shoal devcluster`: every component as a child process on loopback with embedded defaults
+//! (plain HTTP; with `--tls`, mutual TLS between them, see `certs`).
 //!
 //! SIGTERM and SIGINT are caught from the first line of [`run`], before any child starts, so
 //! whenever one arrives (starting, demo, running) every child started so far is stopped and
@@ -131,10 +132,7 @@ fn print_table(cluster: &Children, layout: &Layout) {
         );
     }
     let trust = if layout.tls {
-        println!(
-            "CA:    {} (new at every start)",
-            certs::ca_file(layout).display()
-        );
+        println!("CA:    {} (new at every start)", layout.ca_file().display());
         format!("--dest-cert-dir {}", layout.ca_dir().display())
     } else {
         "--dest-tls-verify=false".to_owned()
