@@ -3,10 +3,8 @@
 //! without a restart. Used as the server's certificate and as the client's identity.
 
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
 
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
@@ -16,41 +14,25 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{TlsError, pem_error};
-
-/// How often the files are looked at (two `stat`s), at most: handshakes in between reuse the
-/// last answer, and a rotation is picked up within this long.
-const RECHECK: Duration = Duration::from_secs(1);
+use crate::watch::FileWatch;
 
 pub(crate) struct KeyFiles {
     cert: PathBuf,
     key: PathBuf,
-    state: Mutex<Loaded>,
+    watch: FileWatch,
+    current: Mutex<Arc<CertifiedKey>>,
 }
-
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    stamp: Stamp,
-    checked: Instant,
-}
-
-/// What tells that a file changed: its modification time, length and inode (a Kubernetes
-/// Secret volume swaps a symlink, which changes the inode the path resolves to).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp([Option<(SystemTime, u64, u64)>; 2]);
 
 impl KeyFiles {
     /// Reads the pair now; a missing, unreadable or mismatched pair is an error.
     pub(crate) fn load(cert: &Path, key: &Path) -> Result<KeyFiles, TlsError> {
-        let stamp = stamp(cert, key);
+        let watch = FileWatch::new([cert.to_owned(), key.to_owned()]);
         let loaded = read_pair(cert, key)?;
         Ok(KeyFiles {
             cert: cert.to_owned(),
             key: key.to_owned(),
-            state: Mutex::new(Loaded {
-                key: Arc::new(loaded),
-                stamp,
-                checked: Instant::now(),
-            }),
+            watch,
+            current: Mutex::new(Arc::new(loaded)),
         })
     }
 
@@ -58,32 +40,25 @@ impl KeyFiles {
     /// A changed pair that does not load (half written, key and certificate not matching yet)
     /// keeps the previous one in use until the files change again.
     pub(crate) fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if now.duration_since(state.checked) >= RECHECK {
-            state.checked = now;
-            self.reload_if_changed(&mut state);
+        if self.watch.changed() {
+            self.reload();
         }
-        Arc::clone(&state.key)
+        Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Looks at the files now, whenever they were last looked at.
     #[cfg(test)]
     pub(crate) fn check_now(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        self.reload_if_changed(&mut state);
+        if self.watch.changed_now() {
+            self.reload();
+        }
     }
 
-    fn reload_if_changed(&self, state: &mut Loaded) {
-        let stamp = stamp(&self.cert, &self.key);
-        if stamp == state.stamp {
-            return;
-        }
-        state.stamp = stamp;
+    fn reload(&self) {
         match read_pair(&self.cert, &self.key) {
             Ok(key) => {
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                state.key = Arc::new(key);
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
             }
             Err(error) => tracing::warn!(
                 %error,
@@ -120,15 +95,6 @@ impl ResolvesClientCert for KeyFiles {
     fn has_certs(&self) -> bool {
         true
     }
-}
-
-fn stamp(cert: &Path, key: &Path) -> Stamp {
-    let of = |path: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len(), meta.ino()))
-    };
-    Stamp([of(cert), of(key)])
 }
 
 fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {

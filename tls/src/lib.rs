@@ -12,6 +12,7 @@ mod config;
 mod identity;
 mod keys;
 mod verify;
+pub mod watch;
 
 #[cfg(feature = "generate")]
 pub mod generate;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use config::{ServerTls, TlsConfig, TlsError};
 pub use identity::{Caller, Identities, Role, Roles};
+pub use watch::FileWatch;
 
 /// A client that opens a connection and never finishes the handshake is dropped after this
 /// long; a real client on a slow link completes the few round trips well within it.

@@ -13,7 +13,7 @@ mod token;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,6 +21,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use serde::Deserialize;
 use shoal_core::ErrorCode;
+use shoal_service::tls::FileWatch;
 
 use crate::error::RegistryError;
 
@@ -128,9 +129,21 @@ enum Mode {
 /// The loaded auth config: credentials, the challenge scheme and the rules.
 #[derive(Debug)]
 pub struct Auth {
-    mode: Mode,
+    /// The users or signing keys, replaced when their file changes.
+    mode: RwLock<Arc<Mode>>,
     scheme: Scheme,
     rules: Rules,
+    /// Present when loaded from a file ([`Auth::load`]).
+    reload: Option<Reload>,
+}
+
+/// The htpasswd or key file behind [`Auth::mode`], read again when it changes.
+#[derive(Debug)]
+struct Reload {
+    config: AuthConfig,
+    field: &'static str,
+    path: PathBuf,
+    watch: FileWatch,
 }
 
 impl Auth {
@@ -143,24 +156,86 @@ impl Auth {
                 source,
             })
         };
-        let text = match (&config.htpasswd, &config.token) {
-            (Some(htpasswd), None) => read("auth.htpasswd.path", &htpasswd.path)?,
-            (None, Some(token)) => {
-                let (field, path) = token.keys()?;
-                read(field, path)?
-            }
-            _ => String::new(),
+        let source = match (&config.htpasswd, &config.token) {
+            (Some(htpasswd), None) => Some(("auth.htpasswd.path", &htpasswd.path)),
+            (None, Some(token)) => Some(token.keys()?),
+            _ => None,
         };
-        Auth::from_text(config, &text)
+        let Some((field, path)) = source else {
+            return Auth::from_text(config, "");
+        };
+        // Watched from before the read, so a change during it is seen at the next look.
+        let watch = FileWatch::new([path.clone()]);
+        let mut auth = Auth::from_text(config, &read(field, path)?)?;
+        auth.reload = Some(Reload {
+            config: config.clone(),
+            field,
+            path: path.clone(),
+            watch,
+        });
+        Ok(auth)
+    }
+
+    /// The users or keys now: read again first when their file changed (looked at no more
+    /// than once a second). A changed file that does not load keeps the previous contents in
+    /// use, with a warning, until it changes again.
+    fn mode(&self) -> Arc<Mode> {
+        if let Some(reload) = &self.reload
+            && reload.watch.changed()
+        {
+            self.reload(reload);
+        }
+        Arc::clone(&self.mode.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn reload(&self, reload: &Reload) {
+        let loaded = std::fs::read_to_string(&reload.path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Self::mode_of(&reload.config, &text).map_err(|e| e.to_string()));
+        match loaded {
+            Ok((mode, _)) => {
+                tracing::info!(file = %reload.path.display(), "auth file reloaded");
+                *self.mode.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(mode);
+            }
+            Err(error) => tracing::warn!(
+                field = reload.field,
+                file = %reload.path.display(),
+                %error,
+                "auth file changed but does not load; keeping the previous one"
+            ),
+        }
+    }
+
+    /// Looks at the file now, whatever the interval: for tests.
+    #[cfg(test)]
+    fn check_file_now(&self) {
+        if let Some(reload) = &self.reload
+            && reload.watch.changed_now()
+        {
+            self.reload(reload);
+        }
     }
 
     /// [`Auth::load`] with the file `config` names already read as `text`.
     fn from_text(config: &AuthConfig, text: &str) -> Result<Auth, AuthError> {
+        let (mode, scheme) = Self::mode_of(config, text)?;
+        Self::check_rules_fit(config, &mode)?;
+        let rules = Rules::new(&config.rules, &config.groups)?;
+        Ok(Auth {
+            mode: RwLock::new(Arc::new(mode)),
+            scheme,
+            rules,
+            reload: None,
+        })
+    }
+
+    /// The users or keys of `text`, the file `config` names, and the challenge scheme.
+    fn mode_of(config: &AuthConfig, text: &str) -> Result<(Mode, Scheme), AuthError> {
         let invalid = |field: &str, reason: String| AuthError::Invalid {
             field: field.to_owned(),
             reason,
         };
-        let (mode, scheme) = match (&config.htpasswd, &config.token) {
+        Ok(match (&config.htpasswd, &config.token) {
             (Some(htpasswd), None) => (
                 Mode::Htpasswd(Arc::new(
                     Htpasswd::parse(text).map_err(|e| invalid("auth.htpasswd.path", e))?,
@@ -200,6 +275,14 @@ impl Auth {
                     "set exactly one of `htpasswd` and `token`".to_owned(),
                 ));
             }
+        })
+    }
+
+    /// With tokens, the token server decides who may push: rules may only open pulls.
+    fn check_rules_fit(config: &AuthConfig, mode: &Mode) -> Result<(), AuthError> {
+        let invalid = |field: &str, reason: String| AuthError::Invalid {
+            field: field.to_owned(),
+            reason,
         };
         if matches!(mode, Mode::Token(_)) {
             if !config.groups.is_empty() {
@@ -226,12 +309,7 @@ impl Auth {
                 }
             }
         }
-        let rules = Rules::new(&config.rules, &config.groups)?;
-        Ok(Auth {
-            mode,
-            scheme,
-            rules,
-        })
+        Ok(())
     }
 
     /// Who sent `headers`: anonymous without an `Authorization` header; a 401 with the
@@ -247,7 +325,7 @@ impl Auth {
         let value = value.to_str().unwrap_or("");
         let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
         let credentials = credentials.trim();
-        match &self.mode {
+        match &*self.mode() {
             Mode::Htpasswd(file) if scheme.eq_ignore_ascii_case("basic") => {
                 let decoded = STANDARD
                     .decode(credentials)

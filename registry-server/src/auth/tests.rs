@@ -400,3 +400,48 @@ fn configs_name_what_is_wrong() {
     .to_string();
     assert!(error.contains("auth.htpasswd.path") && error.contains("/nonexistent/htpasswd"));
 }
+
+/// An edited htpasswd file takes effect without a restart: a removed user (even one whose
+/// password was just verified) is refused, a new one admitted; a broken edit keeps the last
+/// good file.
+#[tokio::test]
+async fn an_edited_htpasswd_file_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    std::fs::write(&path, htpasswd_line("alice", "a-pass")).unwrap();
+    let config: AuthConfig =
+        serde_json::from_value(json!({"htpasswd": {"path": path.display().to_string()}})).unwrap();
+    let auth = Auth::load(&config).unwrap();
+    let login = |user: &str, password: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(AUTHORIZATION, basic(user, password).parse().unwrap());
+        headers
+    };
+    let who = |caller: Result<Caller, RegistryError>| match caller {
+        Ok(Caller::User(user)) => Some(user),
+        _ => None,
+    };
+    let alice = login("alice", "a-pass");
+    let bob = login("bob", "b-pass");
+    assert_eq!(
+        who(auth.authenticate(&alice, &Required::Login).await).as_deref(),
+        Some("alice")
+    );
+    assert_eq!(who(auth.authenticate(&bob, &Required::Login).await), None);
+
+    std::fs::write(&path, htpasswd_line("bob", "b-pass")).unwrap();
+    auth.check_file_now();
+    assert_eq!(
+        who(auth.authenticate(&bob, &Required::Login).await).as_deref(),
+        Some("bob")
+    );
+    assert_eq!(who(auth.authenticate(&alice, &Required::Login).await), None);
+
+    std::fs::write(&path, "bob:plain-text-password\n").unwrap();
+    auth.check_file_now();
+    assert_eq!(
+        who(auth.authenticate(&bob, &Required::Login).await).as_deref(),
+        Some("bob"),
+        "a file that does not load keeps the previous one"
+    );
+}
