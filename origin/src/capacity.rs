@@ -26,6 +26,7 @@ use shoal_storage::cache::{Cache, PinError, Pins, ReadGuard};
 use tokio::sync::watch;
 
 use crate::replicate::PendingPushes;
+use crate::{Origin, pullthrough};
 
 /// The store's cache, when `cache.capacity` bounds it.
 pub(crate) type StoreCache = Cache<BackendPins>;
@@ -64,17 +65,32 @@ impl Pins for BackendPins {
     }
 }
 
-/// The store's blobs as seeded to agents, each piece served counting as a read of its blob.
+/// The store's blobs as seeded to agents, each piece served counting as a read of its blob. A
+/// blob evicted here is pulled back in when a peer asks for it: the trackers still hand this
+/// origin out as its seeder, and serve the metainfo they cached while it was here.
 #[derive(Debug)]
-pub(crate) struct ReadCounted {
-    pub(crate) source: StoreSource,
-    pub(crate) cache: Arc<StoreCache>,
+pub(crate) struct ReadCounted(pub(crate) Arc<Origin>);
+
+impl ReadCounted {
+    fn store(&self) -> StoreSource {
+        StoreSource(self.0.store.clone())
+    }
 }
 
 #[async_trait]
 impl PieceSource for ReadCounted {
     async fn lookup(&self, digest: &Digest) -> Option<(Metainfo, watch::Receiver<Bitfield>)> {
-        self.source.lookup(digest).await
+        if let Some(found) = self.store().lookup(digest).await {
+            return Some(found);
+        }
+        match pullthrough::fetch(&self.0, *digest, None).await {
+            Ok(true) => self.store().lookup(digest).await,
+            Ok(false) => None,
+            Err(error) => {
+                tracing::warn!(%digest, ?error, "cannot pull a blob back in for a peer");
+                None
+            }
+        }
     }
 
     async fn read_piece(
@@ -84,8 +100,10 @@ impl PieceSource for ReadCounted {
         piece: u32,
     ) -> Result<ByteStream, P2pError> {
         // A piece is one positional read of an open file, which an eviction does not cut.
-        self.cache.touch(*digest);
-        self.source.read_piece(digest, metainfo, piece).await
+        if let Some(cache) = &self.0.cache {
+            cache.touch(*digest);
+        }
+        self.store().read_piece(digest, metainfo, piece).await
     }
 }
 

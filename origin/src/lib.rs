@@ -175,23 +175,6 @@ pub async fn run(
     if let Some(cache) = &cache {
         tasks.spawn(cache.clone().run(shutdown.clone()));
     }
-    let source: Arc<dyn PieceSource> = match &cache {
-        Some(cache) => Arc::new(capacity::ReadCounted {
-            source: StoreSource(store.clone()),
-            cache: cache.clone(),
-        }),
-        None => Arc::new(StoreSource(store.clone())),
-    };
-    let seed = config.p2p.engine();
-    let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
-        source,
-        Limiter::new(seed.egress_rate, seed.chunk_size),
-        seed.upload_slots,
-        p2p_metrics,
-        Faults::default(),
-    ))
-    .into_axum_router();
-
     let origin = Arc::new(Origin {
         store,
         backends,
@@ -204,6 +187,19 @@ pub async fn run(
         tasks: tasks.clone(),
         metrics,
     });
+    let source: Arc<dyn PieceSource> = match &origin.cache {
+        Some(_) => Arc::new(capacity::ReadCounted(origin.clone())),
+        None => Arc::new(StoreSource(origin.store.clone())),
+    };
+    let seed = config.p2p.engine();
+    let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
+        source,
+        Limiter::new(seed.egress_rate, seed.chunk_size),
+        seed.upload_slots,
+        p2p_metrics,
+        Faults::default(),
+    ))
+    .into_axum_router();
     let app = shoal_service::http::with_common_routes(
         with_access(router(origin), ACCESS),
         registry.build(),

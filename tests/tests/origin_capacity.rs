@@ -5,7 +5,8 @@
 //!
 //! 1. with the backend up, the store goes back under its high watermark and every image still
 //!    pulls byte-identical, through an agent (pieces seeded by the origin) and through the proxy:
-//!    evicted blobs come back through pull-through;
+//!    evicted blobs come back through pull-through, also when an agent asks the origin for
+//!    pieces of a blob it evicted (the tracker still has its metainfo);
 //! 2. with the backend refusing writes (reads still work), new pushes stay in the store however
 //!    far over the budget they take it, while blobs the backend holds keep being evicted;
 //! 3. with the backend stopped (reads fail too), nothing is evicted and new pushes still pull;
@@ -40,14 +41,14 @@ const DEADLINE: Duration = Duration::from_secs(90);
 async fn a_bounded_origin_keeps_pulls_working_and_never_evicts_what_its_backend_lacks() -> Result<()>
 {
     let work = tempfile::tempdir()?;
-    let cluster = Cluster::start(ClusterOptions {
+    let mut cluster = Cluster::start(ClusterOptions {
         build_index_backend: configs::filesystem_backend(&work.path().join("tags")),
         origin_overrides: json!({
             "cache": {"capacity": "30MiB"},
             // A backend that comes back is retried within a second.
             "writeback": {"retry_initial": "100ms", "retry_max": "1s"},
         }),
-        ..ClusterOptions::with_agents(1)
+        ..ClusterOptions::with_agents(2)
     })
     .await?;
     let client = RegistryClient::new(&cluster.proxy_url())?;
@@ -82,6 +83,21 @@ async fn a_bounded_origin_keeps_pulls_working_and_never_evicts_what_its_backend_
         pulled_through > 0.0,
         "no evicted blob came back through pull-through"
     );
+    // The first image, read least recently, is evicted again, and the only agent holding it
+    // stops: another agent gets the metainfo the tracker cached and asks the origin, which
+    // pulls the blob back in for it.
+    let first = pushed.first();
+    wait_until(
+        &cluster,
+        DEADLINE,
+        "the first image is evicted again",
+        async || Ok(first.stored(&store).is_empty()),
+    )
+    .await?;
+    cluster.kill(Component::Agent(0))?;
+    first
+        .pull_all(&RegistryClient::new(&cluster.agent_url(1))?, work.path())
+        .await?;
 
     // 2. The backend refuses writes (its staging directory is a file now), reads still work.
     let backend = cluster.backend_dir();
@@ -236,20 +252,42 @@ impl Images {
             .collect()
     }
 
+    /// The first image (by tag) alone.
+    fn first(&self) -> Images {
+        Images(
+            self.0
+                .iter()
+                .take(1)
+                .map(|(t, i)| (t.clone(), i.clone()))
+                .collect(),
+        )
+    }
+
+    /// The blobs of these images that are in the origin's store.
+    fn stored(&self, store: &Path) -> Vec<Digest> {
+        self.blobs()
+            .into_keys()
+            .filter(|digest| {
+                let hex = digest.hex();
+                let data = store
+                    .join("blobs/sha256")
+                    .join(&hex[..2])
+                    .join(&hex)
+                    .join("data");
+                data.is_file()
+            })
+            .collect()
+    }
+
     /// Every blob of these images is in the origin's store.
     fn ensure_stored(&self, store: &Path) -> Result<()> {
-        for digest in self.blobs().keys() {
-            let hex = digest.hex();
-            let data = store
-                .join("blobs/sha256")
-                .join(&hex[..2])
-                .join(&hex)
-                .join("data");
-            ensure!(
-                data.is_file(),
-                "{digest} was evicted before the backend had it"
-            );
-        }
+        let stored = self.stored(store).len();
+        let all = self.blobs().len();
+        ensure!(
+            stored == all,
+            "{} blobs evicted before the backend had them",
+            all - stored
+        );
         Ok(())
     }
 }
