@@ -1,6 +1,7 @@
 //! Every component's config file as `shoal_service::config::parse` reads it, then the
 //! component's own `validate`.
 
+use serde::de::DeserializeOwned;
 use shoal_agent::AgentConfig;
 use shoal_build_index::BuildIndexConfig;
 use shoal_origin::OriginConfig;
@@ -16,33 +17,21 @@ pub fn run(data: &[u8]) {
     let Ok(yaml) = std::str::from_utf8(yaml) else {
         return;
     };
-    let source = "fuzz.yaml";
-    // `validate` is each component's own check of what serde cannot express.
     match component % 5 {
-        0 => {
-            if let Ok(config) = parse::<ProxyConfig>(yaml, source) {
-                let _ = config.validate();
-            }
-        }
-        1 => {
-            if let Ok(config) = parse::<OriginConfig>(yaml, source) {
-                let _ = config.validate();
-            }
-        }
-        2 => {
-            if let Ok(config) = parse::<BuildIndexConfig>(yaml, source) {
-                let _ = config.validate();
-            }
-        }
-        3 => {
-            if let Ok(config) = parse::<TrackerConfig>(yaml, source) {
-                let _ = config.validate();
-            }
-        }
-        _ => {
-            if let Ok(config) = parse::<AgentConfig>(yaml, source) {
-                let _ = config.validate();
-            }
-        }
+        0 => parse_and_validate(yaml, ProxyConfig::validate),
+        1 => parse_and_validate(yaml, OriginConfig::validate),
+        2 => parse_and_validate(yaml, BuildIndexConfig::validate),
+        3 => parse_and_validate(yaml, TrackerConfig::validate),
+        _ => parse_and_validate(yaml, AgentConfig::validate),
+    }
+}
+
+/// `validate` is each component's check of what serde cannot express.
+fn parse_and_validate<T: DeserializeOwned + Default, E>(
+    yaml: &str,
+    validate: fn(&T) -> Result<(), E>,
+) {
+    if let Ok(config) = parse::<T>(yaml, "fuzz.yaml") {
+        let _ = validate(&config);
     }
 }
