@@ -23,7 +23,7 @@ pub struct Target {
     pub run: fn(&[u8]),
 }
 
-/// Every target, in the order `scripts/fuzz` runs them.
+/// Every target; each has a cargo-fuzz binary of its name in `fuzz/fuzz_targets/`.
 pub const TARGETS: &[Target] = &[
     Target {
         name: "digest",
