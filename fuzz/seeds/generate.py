@@ -153,6 +153,7 @@ def main():
         ("route-words", 0, f"/v2/a/blobs/b/blobs/{LAYER}"), ("traversal", 0, "/v2/../etc/blobs/uploads/"),
         ("encoded-slash", 0, "/v2/a%2Fb/manifests/latest"), ("options", 6, "/v2/team/app/tags/list"),
         ("scope", 0, "/token?scope=repository:team/app:pull,push%20registry:catalog:*&service=shoal"),
+        ("referrers", 0, f"/v2/team/app/referrers/{LAYER}?artifactType=application%2Fvnd.example.sbom"),
         ("bad-digest", 0, "/v2/a/blobs/sha256:abc"), ("long-upload-id", 4, "/v2/a/blobs/uploads/" + "x" * 129),
     ]:
         write("registry_path", name, bytes([method]) + target.encode())

@@ -65,7 +65,9 @@ fn check_route(path: &str, route: &V2Route) {
         V2Route::Upload { name, id } => {
             assert!(path.ends_with(&format!("{name}/blobs/uploads/{id}")))
         }
-        // The base and the catalog have no parameters; a route added later gets its arm here.
-        _ => {}
+        V2Route::Referrers { name, digest } => {
+            assert!(path.ends_with(&format!("{name}/referrers/{digest}")))
+        }
+        V2Route::Base | V2Route::Catalog => {}
     }
 }
