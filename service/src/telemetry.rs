@@ -1,5 +1,7 @@
 //! Process-wide tracing setup: where log lines go and which ones are kept.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -8,7 +10,7 @@ use crate::config::{LogConfig, LogFormat};
 const DEFAULT_FILTER: &str = "info";
 
 /// Installs the global tracing subscriber: text or JSON lines on stderr, filtered by `RUST_LOG`
-/// (default `info`). Calling it again (as tests do) leaves the first subscriber in place.
+/// (default `info`), coloured only when stderr is a terminal. Calling it again (as tests do) leaves the first subscriber in place.
 pub fn init(log: &LogConfig) {
     let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
@@ -16,6 +18,8 @@ pub fn init(log: &LogConfig) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never in files or log collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let installed = match log.format {
         LogFormat::Text => builder.try_init(),

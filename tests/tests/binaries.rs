@@ -165,6 +165,7 @@ fn localise(config: &mut Mapping, dir: &Path) -> Result<std::net::SocketAddr> {
     Ok(listen)
 }
 
+/// Also: with stderr going to a file, log lines carry no ANSI colour codes.
 #[tokio::test]
 async fn every_example_config_starts_its_component() -> Result<()> {
     let configs_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/configs");
@@ -209,6 +210,14 @@ async fn every_example_config_starts_its_component() -> Result<()> {
             status.success(),
             "{binary} with {} exited with {status} on SIGTERM\n{}",
             path.display(),
+            process.log_tail()
+        );
+        // Its stderr went to a file: log lines carry no terminal colour codes.
+        let log = std::fs::read(dir.path().join("log"))?;
+        ensure!(!log.is_empty(), "{binary} logged nothing");
+        ensure!(
+            !log.contains(&0x1b),
+            "{binary} wrote ANSI escape codes to a file\n{}",
             process.log_tail()
         );
         started += 1;
