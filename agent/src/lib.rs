@@ -15,6 +15,7 @@ mod metrics;
 mod namespace;
 mod peer_id;
 mod preheat;
+mod ready;
 mod registry;
 mod state;
 mod tags;
@@ -27,7 +28,7 @@ use axum::Router;
 use axum::routing::post;
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
-use shoal_service::http::{Access, with_access, with_source_allow_list};
+use shoal_service::http::{Access, with_access, with_readiness, with_source_allow_list};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
@@ -39,6 +40,7 @@ pub use config::AgentConfig;
 
 use crate::metrics::AgentMetrics;
 use crate::namespace::Namespaces;
+use crate::ready::Readiness;
 use crate::state::AppState;
 use crate::tags::TagCache;
 
@@ -150,10 +152,21 @@ pub async fn run(
     let preheat = Router::new()
         .route("/preheat", post(preheat::handle))
         .with_state(state.clone());
+    let readiness = Readiness::new(
+        tls.client(Roles::of(&[Role::Tracker, Role::BuildIndex]))?
+            .build()
+            .context("building the HTTP client for readiness probes")?,
+        &config.tracker,
+        &config.build_index,
+        config.tls.as_ref().is_some_and(|tls| tls.mutual()),
+    );
     let app = shoal_service::http::with_common_routes(
-        with_source_allow_list(
-            shoal_registry_server::router(state).merge(preheat),
-            &config.allowed_clients,
+        with_readiness(
+            with_source_allow_list(
+                shoal_registry_server::router(state).merge(preheat),
+                &config.allowed_clients,
+            ),
+            move || readiness.clone().check(),
         ),
         registry,
     );

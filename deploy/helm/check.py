@@ -14,7 +14,7 @@ TLS from cert-manager or existing Secrets with htpasswd or token authentication)
 chart (strict); renders it; validates every object against the Kubernetes schema in strict mode
 (unknown fields are errors; cert-manager Certificates, whose CRD schema is not bundled, against
 the fields and values cert-manager v1 accepts); checks the facts the design relies on (agent
-DaemonSet, origin StatefulSet with volume claims and a headless Service, probes on /health,
+DaemonSet, origin StatefulSet with volume claims and a headless Service, probes on /livez and /health (agent: /readyz),
 resource requests, scrape annotations, TLS and host networking when asked, with mutual TLS every
 component's certificate, `tls:` section and https:// addresses, and the proxy's auth); runs the agent's
 config-rendering init command and the node-setup script for real with `sh` against temporary
@@ -156,7 +156,7 @@ def pod_spec(obj: dict) -> dict:
 
 
 def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> None:
-    """A Shoal workload: probes on /health, requests, scrape annotations, the Shoal image."""
+    """A Shoal workload: probes on /livez and /health (agent: /readyz), requests, scrape annotations, the Shoal image."""
     name = f"{variant}: {obj['kind']} {obj['metadata']['name']}"
     annotations = obj["spec"]["template"]["metadata"].get("annotations", {})
     problems.check(annotations.get("prometheus.io/scrape") == "true", f"{name}: no scrape annotation")
@@ -164,11 +164,14 @@ def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> No
     containers = pod_spec(obj)["containers"]
     problems.check(len(containers) == 1, f"{name}: expected one container")
     container = containers[0]
-    for probe in ("livenessProbe", "readinessProbe"):
+    # Liveness: the process serves; readiness: the agent's says whether its tracker and
+    # build-index answer (/readyz), the others' that they serve (/health).
+    ready = "/readyz" if obj["kind"] == "DaemonSet" else "/health"
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", ready)):
         get = container.get(probe, {}).get("httpGet", {})
         problems.check(
-            get.get("path") == "/health" and get.get("port") == port,
-            f"{name}: {probe} is not GET /health on port {port}: {get}",
+            get.get("path") == path and get.get("port") == port,
+            f"{name}: {probe} is not GET {path} on port {port}: {get}",
         )
     problems.check(
         {"cpu", "memory"} <= set(container.get("resources", {}).get("requests", {})),

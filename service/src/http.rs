@@ -1,4 +1,5 @@
-//! The HTTP surface every component shares: `GET /health`, `GET /metrics`, the metrics
+//! The HTTP surface every component shares: `GET /health` (and `/livez`), `GET /metrics`,
+//! `GET /readyz` where a component can tell ([`with_readiness`]), the metrics
 //! middleware around all routes, and [`serve`] (or [`serve_tls`], [`serve_with`]) with the
 //! [`ListenerLimits`] of every listener and graceful shutdown; [`with_access`] admits callers
 //! by the role their certificate names under mutual TLS.
@@ -10,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,12 +68,38 @@ impl IntoResponseParts for RouteLabel {
 pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
     let scrape = Arc::clone(&metrics);
     app.route("/health", get(|| async { "ok" }))
+        // Liveness: the process serves requests. Readiness, where a component has one, is
+        // `/readyz` ([`with_readiness`]).
+        .route("/livez", get(|| async { "ok" }))
         .route(
             "/metrics",
             get(move || async move { ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], scrape.encode()) }),
         )
         // `Router::layer` runs after routing, so `MatchedPath` is visible to the middleware.
         .layer(middleware::from_fn_with_state(metrics, record))
+}
+
+/// Adds `GET /readyz` to `app`: 200 `ready` while `check` says the component can serve (its
+/// dependencies answer), else 503 with the reason, for a readiness probe that takes the pod out
+/// of its Service while `/livez` keeps it alive. Add it before [`with_common_routes`], so it is
+/// counted like any route.
+pub fn with_readiness<F, Fut>(app: Router, check: F) -> Router
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    app.route(
+        "/readyz",
+        get(move || {
+            let check = check.clone();
+            async move {
+                match check().await {
+                    Ok(()) => (http::StatusCode::OK, "ready".to_owned()),
+                    Err(reason) => (http::StatusCode::SERVICE_UNAVAILABLE, reason),
+                }
+            }
+        }),
+    )
 }
 
 /// Serves `app` on `listener` with the default [`ListenerLimits`] until `shutdown` is

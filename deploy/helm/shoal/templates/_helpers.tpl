@@ -131,22 +131,26 @@ checksum/config: {{ .config | sha256sum }}
         path: {{ .Values.tls.caSecret.key }}
 {{- end -}}
 
-{{/* Liveness and readiness on GET /health of the named container port. */}}
+{{/* Liveness on GET /livez of the named container port; readiness on GET /health, or on the
+     component's own readiness path (`ready`: the agent's /readyz, which fails while its tracker
+     or build-index does not answer). */}}
 {{- define "shoal.probes" -}}
 {{- $port := . -}}
 {{- $scheme := "HTTP" -}}
+{{- $ready := "/health" -}}
 {{- if kindIs "map" . -}}
 {{- $port = .port -}}
-{{- $scheme = .scheme -}}
+{{- $scheme = .scheme | default "HTTP" -}}
+{{- $ready = .ready | default "/health" -}}
 {{- end -}}
 livenessProbe:
-  httpGet: {path: /health, port: {{ $port }}, scheme: {{ $scheme }}}
+  httpGet: {path: /livez, port: {{ $port }}, scheme: {{ $scheme }}}
   initialDelaySeconds: 5
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 6
 readinessProbe:
-  httpGet: {path: /health, port: {{ $port }}, scheme: {{ $scheme }}}
+  httpGet: {path: {{ $ready }}, port: {{ $port }}, scheme: {{ $scheme }}}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
