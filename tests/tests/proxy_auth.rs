@@ -35,6 +35,29 @@ impl Login<'_> {
     }
 }
 
+/// The token server's users: one who may push, one who may only pull.
+const WRITER: Login = Login {
+    user: "writer",
+    password: "correct horse",
+};
+const READER: Login = Login {
+    user: "reader",
+    password: "battery staple",
+};
+
+/// A token server issuing push and pull to [`WRITER`], pull only to [`READER`].
+async fn token_server() -> Result<TokenServer> {
+    TokenServer::start(
+        ISSUER,
+        SERVICE,
+        vec![
+            TokenUser::new(WRITER.user, WRITER.password, &["pull", "push"]),
+            TokenUser::new(READER.user, READER.password, &["pull"]),
+        ],
+    )
+    .await
+}
+
 async fn cluster_with_auth(auth: Value) -> Result<Cluster> {
     Cluster::start(ClusterOptions {
         proxy_overrides: json!({ "auth": auth }),
@@ -306,23 +329,8 @@ async fn htpasswd_logins_push_and_pull_with_docker_skopeo_and_podman() -> Result
 #[tokio::test]
 async fn token_logins_push_and_pull_and_refuse_pull_only_and_expired_tokens() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let writer = Login {
-        user: "writer",
-        password: "correct horse",
-    };
-    let reader = Login {
-        user: "reader",
-        password: "battery staple",
-    };
-    let tokens = TokenServer::start(
-        ISSUER,
-        SERVICE,
-        vec![
-            TokenUser::new(writer.user, writer.password, &["pull", "push"]),
-            TokenUser::new(reader.user, reader.password, &["pull"]),
-        ],
-    )
-    .await?;
+    let (writer, reader) = (WRITER, READER);
+    let tokens = token_server().await?;
     let bundle = work.path().join("token-root.pem");
     std::fs::write(&bundle, tokens.cert_pem())?;
     let cluster = cluster_with_auth(json!({
@@ -405,23 +413,8 @@ async fn token_logins_push_and_pull_and_refuse_pull_only_and_expired_tokens() ->
 #[tokio::test]
 async fn a_jwks_of_the_token_servers_key_verifies_its_tokens() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let writer = Login {
-        user: "writer",
-        password: "correct horse",
-    };
-    let reader = Login {
-        user: "reader",
-        password: "battery staple",
-    };
-    let tokens = TokenServer::start(
-        ISSUER,
-        SERVICE,
-        vec![
-            TokenUser::new(writer.user, writer.password, &["pull", "push"]),
-            TokenUser::new(reader.user, reader.password, &["pull"]),
-        ],
-    )
-    .await?;
+    let (writer, reader) = (WRITER, READER);
+    let tokens = token_server().await?;
     let jwks = work.path().join("jwks.json");
     std::fs::write(&jwks, tokens.jwks("token-key-1").to_string())?;
     let cluster = cluster_with_auth(json!({
