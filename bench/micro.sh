@@ -84,3 +84,4 @@ row "\`BlobStore\` upload: append 256 MiB + commit (verify, metainfo, fsync, ren
 row "\`BlobFile::stream\`: 256 MiB committed blob (page cache)" "$(divan_mbps blob_file_stream)" "\`dd bs=1M\` read to /dev/null (page cache)" "$dd_read"
 row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 1 in flight" "$(divan_mbps get_piece_serial)" "raw TCP loopback copy of 64 MiB" "$tcp"
 row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 2 in flight (\`pipeline\`)" "$(divan_mbps get_piece_pipelined)" "raw TCP loopback copy of 64 MiB" "$tcp"
+row "the same, 2 in flight, over mutual TLS (origin and agent certificates of one CA)" "$(divan_mbps get_piece_pipelined_mtls)" "raw TCP loopback copy of 64 MiB" "$tcp"

@@ -2,8 +2,10 @@
 //! agents serve it: an axum router through `shoal_service::http::serve`) on loopback serving
 //! every piece of a 64 MiB blob to a GetPiece loop of the agents' own client
 //! (`shoal_p2p::get_piece`), one request at a time and with the scheduler's default pipeline in
-//! flight, over the channel agents use (`shoal_p2p::peer_channel`). The baseline, in the same
-//! binary: the same number of bytes copied over a plain TCP loopback socket.
+//! flight, over the channel agents use (`shoal_p2p::peer_channel`), and pipelined again over
+//! mutual TLS (an origin's certificate served, an agent's presented, as a cluster with `tls.ca`
+//! runs). The baseline, in the same binary: the same number of bytes copied over a plain TCP
+//! loopback socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use shoal_microbench::{MIB, RepeatedBlob};
 use shoal_p2p::{Faults, Limiter, P2pConfig, P2pMetrics, PieceSource, StoreSource, peer_service};
 use shoal_proto::v1::PieceRequest;
 use shoal_storage::BlobStore;
+use shoal_tls::generate::Authority;
+use shoal_tls::{Role, Roles};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,9 +54,25 @@ impl Drop for Fixture {
     }
 }
 
-fn fixture() -> Fixture {
+/// `mtls`: serve and call over mutual TLS with certificates of a fresh CA.
+fn fixture(mtls: bool) -> Fixture {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("create a temporary directory under $TMPDIR");
+    let tls = mtls.then(|| {
+        let ca = Authority::new().expect("generate a CA");
+        let server = ca
+            .write(&dir.path().join("origin"), Role::Origin)
+            .expect("issue the origin's certificate");
+        let client = ca
+            .write(&dir.path().join("agent"), Role::Agent)
+            .expect("issue the agent's certificate");
+        let server = server.server().expect("load the origin's certificate");
+        let client = client
+            .client(Roles::of(&[Role::Origin]), &[b"h2"])
+            .expect("load the agent's certificate")
+            .expect("mutual TLS");
+        (server, client)
+    });
     let shutdown = CancellationToken::new();
     let (metainfo, channel) = runtime.block_on(async {
         let store = Arc::new(
@@ -84,8 +104,15 @@ fn fixture() -> Fixture {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("read the bound address");
         let app = tonic::service::Routes::new(service).into_axum_router();
-        tokio::spawn(shoal_service::http::serve(listener, app, shutdown.clone()));
-        let channel = shoal_p2p::peer_channel(&addr.to_string()).expect("a valid endpoint");
+        let (server, client) = tls.unzip();
+        tokio::spawn(shoal_service::http::serve_maybe_tls(
+            listener,
+            server,
+            app,
+            shutdown.clone(),
+        ));
+        let channel = shoal_p2p::peer_channel_with(&addr.to_string(), client.as_ref())
+            .expect("a valid endpoint");
         (metainfo, channel)
     });
     Fixture {
@@ -124,8 +151,8 @@ async fn get_piece(
 }
 
 /// Fetches every piece with `in_flight` requests outstanding and checks the total length.
-fn get_all_pieces(bencher: Bencher, in_flight: usize) {
-    let f = fixture();
+fn get_all_pieces(bencher: Bencher, in_flight: usize, mtls: bool) {
+    let f = fixture(mtls);
     let length = f.metainfo.length();
     let pieces = u32::try_from(f.metainfo.piece_count()).expect("at most MAX_PIECES pieces");
     bencher.counter(BytesCount::new(length)).bench_local(|| {
@@ -149,12 +176,17 @@ fn get_all_pieces(bencher: Bencher, in_flight: usize) {
 
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn get_piece_serial(bencher: Bencher) {
-    get_all_pieces(bencher, 1);
+    get_all_pieces(bencher, 1, false);
 }
 
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn get_piece_pipelined(bencher: Bencher) {
-    get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline);
+    get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline, false);
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn get_piece_pipelined_mtls(bencher: Bencher) {
+    get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline, true);
 }
 
 /// The baseline: a server writes the blob's bytes down a fresh loopback connection per sample,
