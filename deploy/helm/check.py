@@ -65,6 +65,11 @@ KEY_USAGES = {
 }
 # Values the agent's init container substitutes from the downward API.
 POD_ENV = {"POD_IP": "10.1.2.3", "NODE_IP": "127.0.0.1", "NODE_NAME": "node-7"}
+# The preheat Secret's value the init containers write into configs: quotes, a backslash, an
+# ampersand and the trailing newline of a Secret made from a file must all survive.
+PREHEAT_SECRET = "it's a \\secret & \"more\"\n"
+# The uid and gid both Dockerfiles run as.
+IMAGE_UID = 65532
 
 
 class Problems:
@@ -105,6 +110,9 @@ def validate(obj: dict) -> None:
     if obj.get("apiVersion") == "cert-manager.io/v1":
         validate_certificate(obj)
         return
+    if obj.get("apiVersion") == "monitoring.coreos.com/v1":
+        validate_monitoring(obj)
+        return
     kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
@@ -137,6 +145,127 @@ def validate_certificate(obj: dict) -> None:
         raise ValueError("; ".join(errors))
 
 
+# What the Prometheus Operator's v1 CRDs accept in the fields the chart renders (their schemas
+# are not bundled either).
+SERVICE_MONITOR_ENDPOINT = {"port", "path", "interval", "scheme", "tlsConfig", "relabelings"}
+ALERT_RULE = {"alert", "expr", "for", "labels", "annotations"}
+
+
+def validate_monitoring(obj: dict) -> None:
+    errors = []
+    spec = obj.get("spec") or {}
+    duration = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+    if obj.get("kind") == "ServiceMonitor":
+        errors += [f"spec.{k}: unknown" for k in set(spec) - {"selector", "namespaceSelector", "endpoints"}]
+        if not isinstance(spec.get("selector", {}).get("matchLabels"), dict):
+            errors.append("spec.selector.matchLabels: required")
+        for endpoint in spec.get("endpoints") or [None]:
+            if not isinstance(endpoint, dict) or not endpoint.get("port"):
+                errors.append(f"spec.endpoints: an endpoint needs a port: {endpoint}")
+                continue
+            errors += [f"spec.endpoints.{k}: unknown" for k in set(endpoint) - SERVICE_MONITOR_ENDPOINT]
+            if endpoint.get("scheme", "http") not in ("http", "https"):
+                errors.append(f"spec.endpoints.scheme: {endpoint['scheme']}")
+            if not duration.match(str(endpoint.get("interval", "0"))):
+                errors.append(f"spec.endpoints.interval: {endpoint['interval']}")
+    elif obj.get("kind") == "PrometheusRule":
+        for group in spec.get("groups") or [None]:
+            if not isinstance(group, dict) or not group.get("name") or not group.get("rules"):
+                errors.append(f"spec.groups: a group needs a name and rules: {group}")
+                continue
+            for rule in group["rules"]:
+                errors += [f"rule {rule.get('alert')}: {k} unknown" for k in set(rule) - ALERT_RULE]
+                if not rule.get("alert") or not isinstance(rule.get("expr"), str) or not duration.match(str(rule.get("for", "0"))):
+                    errors.append(f"rule {rule}: needs alert, expr and a duration in for")
+                if not all(isinstance(v, str) for v in {**rule.get("labels", {}), **rule.get("annotations", {})}.values()):
+                    errors.append(f"rule {rule.get('alert')}: labels and annotations must be strings")
+    else:
+        errors.append(f"kind {obj.get('kind')}: not one the chart renders")
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
+def check_monitoring(objects: list[dict], merged: dict, problems: Problems, variant: str) -> None:
+    """ServiceMonitors (one per Service, each keeping only its Service's endpoints, on a port
+    that Service has), the PrometheusRule's three alerts, the dashboard ConfigMap holding
+    deploy/grafana/shoal.json and the NetworkPolicies, each exactly when its value asks."""
+    metrics = merged["metrics"]
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    problems.check(bool(monitors) == metrics["serviceMonitor"]["enabled"], f"{variant}: {len(monitors)} ServiceMonitors")
+    for monitor in monitors:
+        service = find(objects, "Service", monitor["metadata"]["name"])
+        endpoint = monitor["spec"]["endpoints"][0]
+        problems.check(
+            service is not None
+            and any(p["name"] == endpoint["port"] for p in service["spec"]["ports"])
+            and endpoint["relabelings"][0]["regex"] == service["metadata"]["name"],
+            f"{variant}: ServiceMonitor {monitor['metadata']['name']} does not match a Service port",
+        )
+    rules = find(objects, "PrometheusRule", RELEASE)
+    problems.check((rules is not None) == metrics["prometheusRule"]["enabled"], f"{variant}: PrometheusRule")
+    if rules is not None:
+        alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"]}
+        problems.check(
+            alerts == {"ShoalOriginWritebackBacklog", "ShoalAgentBlobErrors", "ShoalTrackerDown"}, f"{variant}: alerts {alerts}"
+        )
+    dashboard = find(objects, "ConfigMap", f"{RELEASE}-dashboard")
+    problems.check((dashboard is not None) == metrics["grafanaDashboard"]["enabled"], f"{variant}: dashboard ConfigMap")
+    if dashboard is not None:
+        problems.check(
+            json.loads(dashboard["data"]["shoal.json"]) == json.loads((HERE.parent / "grafana" / "shoal.json").read_text()),
+            f"{variant}: the dashboard ConfigMap is not deploy/grafana/shoal.json",
+        )
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    problems.check(len(policies) == (5 if merged["networkPolicy"]["enabled"] else 0), f"{variant}: {len(policies)} NetworkPolicies")
+    for policy in policies:
+        selected = policy["spec"]["podSelector"]["matchLabels"]
+        problems.check(
+            any(pod_spec(o) and o["spec"]["selector"]["matchLabels"] == selected for o in objects if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet")),
+            f"{variant}: NetworkPolicy {policy['metadata']['name']} selects no workload",
+        )
+
+
+def check_credentials(objects: list[dict], merged: dict, problems: Problems, variant: str) -> None:
+    """backendCredentials.existingSecret reaches the origins and build-index as envFrom; each
+    component's env/envFrom reaches its container; the ServiceAccount carries its annotations;
+    with preheat.existingSecret no ConfigMap holds a preheat secret value, and the proxy and
+    agents read the Secret's key in their render-config init container."""
+    account = find(objects, "ServiceAccount", merged["serviceAccount"]["name"] or RELEASE)
+    problems.check(
+        (account is not None) == merged["serviceAccount"]["create"]
+        and (account is None or account["metadata"]["annotations"] == merged["serviceAccount"]["annotations"]),
+        f"{variant}: ServiceAccount {account}",
+    )
+    secret = merged["backendCredentials"]["existingSecret"]
+    for key, kind, name in (("origin", "StatefulSet", "origin"), ("buildIndex", "Deployment", "build-index"), ("tracker", "Deployment", "tracker"), ("proxy", "Deployment", "proxy"), ("agent", "DaemonSet", "agent")):
+        workload = find(objects, kind, f"{RELEASE}-{name}")
+        if workload is None:
+            continue
+        container = main_container(workload)
+        values = merged[key]
+        wanted_from = ([{"secretRef": {"name": secret}}] if secret and key in ("origin", "buildIndex") else []) + values["envFrom"]
+        problems.check(container.get("envFrom", []) == wanted_from, f"{variant}: {name} envFrom {container.get('envFrom')}")
+        problems.check(
+            all(e in container.get("env", []) for e in values["env"]), f"{variant}: {name} env lacks {values['env']}"
+        )
+    preheat = merged["proxy"]["preheat"]
+    if preheat["existingSecret"]:
+        for obj in objects:
+            if obj["kind"] == "ConfigMap":
+                problems.check(
+                    all("preheat" not in (yaml.safe_load(t) or {}) or yaml.safe_load(t)["preheat"].get("secret") in (None, "__PREHEAT_SECRET__")
+                        for k, t in obj["data"].items() if k.endswith((".yaml", ".yaml.template"))),
+                    f"{variant}: ConfigMap {obj['metadata']['name']} holds a preheat secret value",
+                )
+        for kind, name in (("Deployment", "proxy"), ("DaemonSet", "agent")):
+            init = next((c for c in pod_spec(find(objects, kind, f"{RELEASE}-{name}")).get("initContainers", []) if c["name"] == "render-config"), {})
+            ref = next((e["valueFrom"]["secretKeyRef"] for e in init.get("env", []) if e["name"] == "PREHEAT_SECRET"), None)
+            problems.check(
+                ref == {"name": preheat["existingSecret"], "key": preheat["existingSecretKey"]},
+                f"{variant}: {name} does not read the preheat Secret: {ref}",
+            )
+
+
 def describe(error: Exception) -> str:
     """The schema error's one-line message and where it is, not the whole schema."""
     caught = getattr(error, "caught", error)
@@ -155,19 +284,59 @@ def pod_spec(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]
 
 
+def main_container(obj: dict) -> dict:
+    """The Shoal component's container (the agent's pod also runs node-setup)."""
+    containers = pod_spec(obj)["containers"]
+    component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+    return next((c for c in containers if c["name"] == component), containers[0])
+
+
+def check_security(obj: dict, merged: dict, problems: Problems, variant: str) -> None:
+    """Every pod runs as the image's non-root uid with fsGroup and the chart's ServiceAccount;
+    every container drops all capabilities, cannot escalate and has a read-only root; only the
+    agent's cache-owner init container and the node-setup container run as root (they write
+    node files), cache-owner with CHOWN and DAC_READ_SEARCH only."""
+    name = f"{variant}: {obj['kind']} {obj['metadata']['name']}"
+    spec = pod_spec(obj)
+    pod = spec.get("securityContext", {})
+    wanted = merged["podSecurityContext"]
+    problems.check(
+        pod.get("runAsNonRoot") is True and pod.get("runAsUser") == IMAGE_UID and pod.get("fsGroup") == IMAGE_UID
+        and pod == wanted,
+        f"{name}: pod securityContext {pod}",
+    )
+    account = merged["serviceAccount"]["name"] or RELEASE
+    problems.check(spec.get("serviceAccountName") == account, f"{name}: serviceAccountName {spec.get('serviceAccountName')}")
+    root_containers = {"cache-owner": ["CHOWN", "DAC_READ_SEARCH"], "node-setup": None}
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        context = container.get("securityContext", {})
+        where = f"{name}: container {container['name']}"
+        problems.check(
+            context.get("allowPrivilegeEscalation") is False
+            and context.get("readOnlyRootFilesystem") is True
+            and context.get("capabilities", {}).get("drop") == ["ALL"],
+            f"{where}: securityContext {context}",
+        )
+        if container["name"] in root_containers:
+            problems.check(
+                context.get("runAsUser") == 0 and context.get("capabilities", {}).get("add") == root_containers[container["name"]],
+                f"{where}: runs as {context.get('runAsUser')} with {context.get('capabilities')}",
+            )
+        else:
+            problems.check("runAsUser" not in context, f"{where}: overrides the pod's user")
+
+
 def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> None:
     """A Shoal workload: probes on /livez and /health (agent: /readyz), requests, scrape annotations, the Shoal image."""
     name = f"{variant}: {obj['kind']} {obj['metadata']['name']}"
     annotations = obj["spec"]["template"]["metadata"].get("annotations", {})
     problems.check(annotations.get("prometheus.io/scrape") == "true", f"{name}: no scrape annotation")
     problems.check(annotations.get("prometheus.io/path") == "/metrics", f"{name}: no metrics path")
-    containers = pod_spec(obj)["containers"]
-    problems.check(len(containers) == 1, f"{name}: expected one container")
-    container = containers[0]
-    # Liveness: the process serves; readiness: the agent's says whether its tracker and
-    # build-index answer (/readyz), the others' that they serve (/health).
+    container = main_container(obj)
+    # Startup and liveness: the process serves; readiness: the agent's says whether its tracker
+    # and build-index answer (/readyz), the others' that they serve (/health).
     ready = "/readyz" if obj["kind"] == "DaemonSet" else "/health"
-    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", ready)):
+    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", ready)):
         get = container.get(probe, {}).get("httpGet", {})
         problems.check(
             get.get("path") == path and get.get("port") == port,
@@ -184,14 +353,14 @@ def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> No
 
 
 def probe_schemes(workload: dict) -> set:
-    container = pod_spec(workload)["containers"][0]
-    return {container[p]["httpGet"].get("scheme") for p in ("livenessProbe", "readinessProbe")}
+    container = main_container(workload)
+    return {container[p]["httpGet"].get("scheme") for p in ("startupProbe", "livenessProbe", "readinessProbe")}
 
 
 def mount_of_secret(workload: dict, secret: str) -> dict | None:
     """The container's mount of the Secret volume named `secret`."""
     volume = next((v for v in pod_spec(workload)["volumes"] if v.get("secret", {}).get("secretName") == secret), None)
-    container = pod_spec(workload)["containers"][0]
+    container = main_container(workload)
     return volume and next((m for m in container["volumeMounts"] if m["name"] == volume["name"]), None)
 
 
@@ -340,83 +509,144 @@ def config_files(objects: list[dict], component: str) -> dict[str, str]:
     return dict(cm["data"]) if cm else {}
 
 
-def render_agent_config(objects: list[dict], work: Path, problems: Problems, variant: str) -> Path | None:
-    """Runs the agent init container's own shell command with the pod's downward-API values."""
-    ds = find(objects, "DaemonSet", f"{RELEASE}-agent")
-    init = next((c for c in pod_spec(ds).get("initContainers", []) if c["name"] == "render-config"), None)
-    if not problems.check(init is not None, f"{variant}: agent has no render-config init container"):
+def render_config(objects: list[dict], workload: dict, component: str, work: Path, problems: Problems, variant: str) -> Path | None:
+    """Runs the workload's render-config init container command (its own shell text) with the
+    pod's downward-API values and the preheat Secret's value, and returns the config it wrote."""
+    init = next((c for c in pod_spec(workload).get("initContainers", []) if c["name"] == "render-config"), None)
+    if not problems.check(init is not None, f"{variant}: {component} has no render-config init container"):
         return None
-    template_dir = work / "agent-template"
-    out_dir = work / "agent-config"
+    template_dir = work / f"{component}-template"
+    out_dir = work / f"{component}-config"
     template_dir.mkdir()
     out_dir.mkdir()
-    for key, text in config_files(objects, "agent").items():
+    for key, text in config_files(objects, component).items():
         (template_dir / key).write_text(text)
     command = [
         part.replace("/etc/shoal-template", str(template_dir)).replace("/etc/shoal/", f"{out_dir}/")
         for part in init["command"]
     ]
     env = dict(os.environ, **POD_ENV)
+    if any(e["name"] == "PREHEAT_SECRET" for e in init.get("env", [])):
+        env["PREHEAT_SECRET"] = PREHEAT_SECRET
     result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if not problems.check(result.returncode == 0, f"{variant}: agent init command failed: {result.stderr}"):
+    if not problems.check(result.returncode == 0, f"{variant}: {component} init command failed: {result.stderr}"):
         return None
-    path = out_dir / "agent.yaml"
+    path = out_dir / f"{component}.yaml"
     text = path.read_text()
-    problems.check("__" not in text, f"{variant}: placeholders left in the agent config:\n{text}")
+    problems.check("__" not in text, f"{variant}: placeholders left in the {component} config:\n{text}")
     config = yaml.safe_load(text)
-    problems.check(config.get("peer_id") == POD_ENV["NODE_NAME"], f"{variant}: agent peer_id {config.get('peer_id')}")
+    if component == "agent":
+        problems.check(config.get("peer_id") == POD_ENV["NODE_NAME"], f"{variant}: agent peer_id {config.get('peer_id')}")
+    if "PREHEAT_SECRET" in env:
+        problems.check(
+            config.get("preheat", {}).get("secret") == PREHEAT_SECRET.rstrip("\n"),
+            f"{variant}: {component} preheat secret {config.get('preheat', {}).get('secret')!r}",
+        )
     return path
 
 
-def check_node_setup(objects: list[dict], work: Path, problems: Problems, variant: str) -> None:
-    """Runs the rendered node-setup script with `sh` against a fake containerd certs.d."""
-    script = config_files(objects, "node-setup").get("node-setup.sh")
-    if not problems.check(script is not None, f"{variant}: node-setup ConfigMap missing"):
+# A containerd 1.x config as `containerd config default` writes it, trimmed: the registry table
+# with an empty config_path.
+CONTAINERD_CONFIG = """version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.6"
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = ""
+"""
+
+
+def node_setup_env(container: dict, mounts: dict[str, Path]) -> dict[str, str]:
+    """The node-setup container's environment as the kubelet gives it (downward API from
+    POD_ENV, $(VAR) expanded), its mount paths mapped to `mounts`."""
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), entry["value"])
+        else:
+            value = POD_ENV["NODE_IP"]  # status.hostIP, the only field it reads
+        for mount, path in mounts.items():
+            if value.startswith(mount):
+                value = str(path) + value[len(mount):]
+        env[entry["name"]] = value
+    return env
+
+
+def check_node_setup(objects: list[dict], merged: dict, work: Path, problems: Problems, variant: str) -> None:
+    """Runs the node-setup container's script (from its ConfigMap) with `sh` and the container's
+    own environment against a fake node: containerd's certs.d with a file of the node's own, and
+    a containerd 1.x config without config_path. Install twice, restore: the node's files come
+    back byte for byte and what install created goes away."""
+    files = config_files(objects, "node-setup")
+    agent = find(objects, "DaemonSet", f"{RELEASE}-agent")
+    container = next((c for c in pod_spec(agent)["containers"] if c["name"] == "node-setup"), None)
+    if not problems.check(bool(files) and container is not None, f"{variant}: no node-setup ConfigMap or container"):
         return
-    ds = find(objects, "DaemonSet", f"{RELEASE}-node-setup")
-    if not problems.check(ds is not None, f"{variant}: node-setup DaemonSet missing"):
-        return
-    container = pod_spec(ds)["containers"][0]
     problems.check(
         container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
-        == ["sh", "/scripts/node-setup.sh", "restore"],
+        == ["sh", "/etc/shoal-node-setup/node-setup.sh", "restore"],
         f"{variant}: node-setup has no preStop restore hook",
     )
-    path = work / "node-setup.sh"
-    path.write_text(script)
-    certs = work / "certs.d"
-    existing = certs / "registry.example.com" / "hosts.toml"
+    problems.check(
+        container["command"][-1].startswith("sh /etc/shoal-node-setup/node-setup.sh install"),
+        f"{variant}: node-setup does not run install: {container['command']}",
+    )
+    node = work / "node"
+    scripts, certs, containerd = node / "node-setup", node / "certs.d", node / "containerd"
+    for directory in (scripts, certs, containerd):
+        directory.mkdir(parents=True)
+    for key, text in files.items():
+        (scripts / key).write_text(text)
+    mounts = {m["mountPath"]: {"node-setup": scripts, "certs": certs, "containerd-config": containerd}[m["name"]] for m in container["volumeMounts"]}
+    env = node_setup_env(container, mounts)
+    setup = merged["nodeSetup"]
+    registries = [(r["host"], r.get("server")) for r in setup["registries"]]
+    if setup["catchAll"]:
+        registries.append(("_default", None))
+    listed = [line.split() for line in (scripts / "registries").read_text().splitlines() if line.strip()]
+    problems.check(
+        listed == [[host] + ([server] if server else []) for host, server in registries],
+        f"{variant}: node-setup registries file {listed}, wanted {registries}",
+    )
+    existing = certs / registries[0][0] / "hosts.toml"
     existing.parent.mkdir(parents=True)
     original = 'server = "https://registry.example.com"\n# the node\'s own file\n'
     existing.write_text(original)
+    config = containerd / "config.toml"
+    config.write_text(CONTAINERD_CONFIG)
+    endpoint = "http://127.0.0.1:16000" if merged["agent"]["hostNetwork"] else f"http://{POD_ENV['NODE_IP']}:{merged['agent']['hostPort']}"
+    problems.check(env.get("AGENT_ENDPOINT") == endpoint, f"{variant}: node-setup endpoint {env.get('AGENT_ENDPOINT')}, wanted {endpoint}")
 
     def run(action: str) -> None:
-        env = dict(os.environ, CERTS_DIR=str(certs), NODE_IP=POD_ENV["NODE_IP"])
-        result = subprocess.run(["sh", str(path), action], env=env, capture_output=True, text=True)
+        result = subprocess.run(["sh", str(scripts / "node-setup.sh"), action], env=dict(os.environ, **env), capture_output=True, text=True)
         problems.check(result.returncode == 0, f"{variant}: node-setup {action} failed: {result.stderr}")
 
-    values = yaml.safe_load(ALL_OPTIONS.read_text())
-    registries = values["nodeSetup"]["registries"]
-    endpoint = "http://127.0.0.1:16000"
-    for _ in range(2):  # installing twice must keep the original backup
+    for _ in range(2):  # installing twice must keep the original backups
         run("install")
-        for registry in registries:
-            hosts = certs / registry["host"] / "hosts.toml"
+        for host, server in registries:
+            hosts = certs / host / "hosts.toml"
             if not problems.check(hosts.is_file(), f"{variant}: {hosts} not written"):
                 continue
             parsed = tomllib.loads(hosts.read_text())
-            problems.check(parsed.get("server") == registry["server"], f"{variant}: {hosts}: server {parsed.get('server')}")
+            problems.check(parsed.get("server") == server, f"{variant}: {hosts}: server {parsed.get('server')}")
             problems.check(
                 parsed.get("host", {}).get(endpoint, {}).get("capabilities") == ["pull", "resolve"],
                 f"{variant}: {hosts}: no pull/resolve host entry for {endpoint}: {parsed}",
             )
         backup = existing.with_name("hosts.toml.shoal-backup")
         problems.check(backup.is_file() and backup.read_text() == original, f"{variant}: backup not kept")
+        if setup["containerdConfig"]:
+            registry = tomllib.loads(config.read_text())["plugins"]["io.containerd.grpc.v1.cri"]["registry"]
+            problems.check(
+                registry.get("config_path") == setup["certsDir"], f"{variant}: containerd config_path {registry}"
+            )
     run("restore")
     problems.check(existing.read_text() == original, f"{variant}: restore did not bring the original back")
     problems.check(not existing.with_name("hosts.toml.shoal-backup").exists(), f"{variant}: backup left behind")
-    created = certs / "registry.internal:5000"
-    problems.check(not created.exists(), f"{variant}: restore left {created} behind")
+    problems.check(config.read_text() == CONTAINERD_CONFIG, f"{variant}: containerd's config not restored")
+    left = sorted(str(p.relative_to(node)) for d in (certs, containerd) for p in d.rglob("*") if p not in (existing, existing.parent))
+    problems.check(left == ["containerd/config.toml"], f"{variant}: restore left {left} behind")
 
 
 def check_variant(variant: str, values: dict | None, out: Path, problems: Problems) -> list[dict]:
@@ -429,6 +659,11 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
             problems.items.append(f"{variant}: {obj['kind']} {obj['metadata'].get('name')}: {describe(error)}")
 
     merged = helm.Chart.load(CHART).merge_values(values)
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
+            check_security(obj, merged, problems, variant)
+    check_monitoring(objects, merged, problems, variant)
+    check_credentials(objects, merged, problems, variant)
     agent = find(objects, "DaemonSet", f"{RELEASE}-agent")
     origin = find(objects, "StatefulSet", f"{RELEASE}-origin")
     if problems.check(agent is not None, f"{variant}: no agent DaemonSet"):
@@ -439,6 +674,18 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
             f"{variant}: agent cache is not the hostPath {merged['agent']['cache']['hostPath']}",
         )
         problems.check(spec.get("tolerations") == merged["agent"]["tolerations"], f"{variant}: agent tolerations")
+        problems.check(spec.get("priorityClassName") == merged["agent"]["priorityClassName"], f"{variant}: agent priorityClassName")
+        problems.check(agent["spec"]["updateStrategy"] == merged["agent"]["updateStrategy"], f"{variant}: agent updateStrategy")
+        # The kubelet creates the hostPath root-owned and applies no fsGroup: an init container
+        # chowns it before the agent (uid 65532) starts.
+        init = next((c for c in spec.get("initContainers", []) if c["name"] == "cache-owner"), None)
+        problems.check(
+            init is not None
+            and any(m["name"] == "cache" and m["mountPath"] == "/var/lib/shoal/agent" for m in init["volumeMounts"])
+            and f"chown -R \"$owner\" /var/lib/shoal/agent" in init["command"][-1]
+            and f'owner="{IMAGE_UID}:{IMAGE_UID}"' in init["command"][-1],
+            f"{variant}: agent cache is not chowned to {IMAGE_UID} by an init container",
+        )
         problems.check(bool(spec.get("hostNetwork")) == merged["agent"]["hostNetwork"], f"{variant}: agent hostNetwork")
         ports = spec["containers"][0]["ports"]
         problems.check(
@@ -448,6 +695,18 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
     if problems.check(origin is not None, f"{variant}: no origin StatefulSet"):
         check_workload(origin, "http", problems, variant)
         problems.check(origin["spec"]["replicas"] == merged["origin"]["replicas"], f"{variant}: origin replicas")
+        pdb = find(objects, "PodDisruptionBudget", f"{RELEASE}-origin")
+        problems.check(
+            (pdb is not None) == merged["origin"]["podDisruptionBudget"]["enabled"]
+            and (pdb is None or pdb["spec"]["selector"] == origin["spec"]["selector"]),
+            f"{variant}: origin PodDisruptionBudget {pdb}",
+        )
+        anti = pod_spec(origin).get("affinity", {}).get("podAntiAffinity", {})
+        wanted = {"soft": "preferredDuringSchedulingIgnoredDuringExecution", "hard": "requiredDuringSchedulingIgnoredDuringExecution"}
+        problems.check(
+            bool(merged["origin"]["affinity"]) or list(anti) == [wanted[k] for k in wanted if k == merged["origin"]["antiAffinity"]],
+            f"{variant}: origin anti-affinity {anti} for {merged['origin']['antiAffinity']}",
+        )
         problems.check(bool(origin["spec"].get("volumeClaimTemplates")), f"{variant}: origin has no volumeClaimTemplates")
         headless = find(objects, "Service", origin["spec"]["serviceName"])
         problems.check(
@@ -477,7 +736,7 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
     if merged["tls"]["caSecret"]["enabled"]:
         for obj in objects:
             if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet") and not obj["metadata"]["name"].endswith("node-setup"):
-                env = {e["name"]: e.get("value") for e in pod_spec(obj)["containers"][0].get("env", [])}
+                env = {e["name"]: e.get("value") for e in main_container(obj).get("env", [])}
                 problems.check(
                     env.get("SSL_CERT_FILE", "").startswith("/etc/shoal/ca/"),
                     f"{variant}: {obj['metadata']['name']} does not trust the CA secret",
@@ -485,8 +744,10 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
 
     deployment = find(objects, "Deployment", f"{RELEASE}-proxy")
     if deployment is not None:
-        check_proxy_tls(deployment, config_files(objects, "proxy"), merged["proxy"]["tls"], merged["mtls"]["enabled"], problems, variant)
-        check_proxy_auth(deployment, config_files(objects, "proxy"), merged["proxy"]["auth"], problems, variant)
+        # A config with the preheat Secret's placeholder is proxy.yaml.template.
+        files = {k.removesuffix(".template"): v for k, v in config_files(objects, "proxy").items()}
+        check_proxy_tls(deployment, files, merged["proxy"]["tls"], merged["mtls"]["enabled"], problems, variant)
+        check_proxy_auth(deployment, files, merged["proxy"]["auth"], problems, variant)
     if merged["mtls"]["enabled"]:
         check_mtls(objects, merged, problems, variant)
 
@@ -529,10 +790,12 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
     configs = []
     # The DNS variant changes only how proxy, build-index and tracker find the origins.
     for component in DNS_COMPONENTS if variant == "dns" else COMPONENTS:
-        if component == "agent":
-            path = render_agent_config(objects, work, problems, variant)
+        workload = find(objects, "DaemonSet" if component == "agent" else "Deployment", f"{RELEASE}-{component}")
+        renders = workload is not None and pod_spec(workload).get("initContainers")
+        if component in ("agent", "proxy") and renders:
+            path = render_config(objects, workload, component, work, problems, variant)
             if path:
-                target = variant_dir / "agent.yaml"
+                target = variant_dir / f"{component}.yaml"
                 target.write_text(path.read_text())
                 configs.append({"variant": variant, "component": component, "path": str(target)})
             continue
@@ -544,7 +807,10 @@ def check_variant(variant: str, values: dict | None, out: Path, problems: Proble
             target.write_text(text)
             configs.append({"variant": variant, "component": component, "path": str(target)})
     if merged["nodeSetup"]["enabled"]:
-        check_node_setup(objects, work, problems, variant)
+        check_node_setup(objects, merged, work, problems, variant)
+    # Every rendered object, for tests/tests/chart_docker.rs (which runs the workloads' container
+    # specs under Docker).
+    (variant_dir / "objects.json").write_text(json.dumps(objects, indent=1))
     return configs
 
 
@@ -563,6 +829,13 @@ def checks_can_fail(problems: Problems) -> None:
         },
         "token without realm": {"proxy": {"auth": {"token": {"rootCertBundleSecret": "b", "service": "s", "issuer": "i"}}}},
         "rules without auth": {"proxy": {"auth": {"rules": [{"repository": ".*"}]}}},
+        "preheat secret and existingSecret": {"proxy": {"preheat": {"secret": "a", "existingSecret": "b"}}},
+        # values.schema.json, which helm applies before rendering
+        "schema: replicas not a number": {"origin": {"replicas": "three"}},
+        "schema: unknown top-level key": {"nodesetup": {"enabled": False}},
+        "schema: nodeSetup.mode bogus": {"nodeSetup": {"mode": "bogus"}},
+        "schema: relative cache hostPath": {"agent": {"cache": {"hostPath": "cache"}}},
+        "schema: registry without host": {"nodeSetup": {"registries": [{"server": "https://r"}]}},
     }
     for what, values in refused.items():
         try:

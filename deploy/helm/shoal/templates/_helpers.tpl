@@ -29,8 +29,101 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{- define "shoal.helperImage" -}}
-{{ .Values.helperImage.repository }}:{{ .Values.helperImage.tag }}
+{{- define "shoal.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "shoal.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod-level fields every workload shares: (dict "root" $ "values" .Values.<component>). */}}
+{{- define "shoal.podSpec" -}}
+serviceAccountName: {{ include "shoal.serviceAccountName" .root }}
+automountServiceAccountToken: {{ .root.Values.serviceAccount.automountServiceAccountToken }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* A container's securityContext; `root` for the init and node-setup containers, which need
+     uid 0 (chown, the node's containerd files) but nothing else. (dict "root" $ "asRoot" true) */}}
+{{- define "shoal.containerSecurity" -}}
+{{- $context := deepCopy .root.Values.securityContext -}}
+{{- if .asRoot -}}
+{{- $_ := set $context "runAsUser" 0 -}}
+{{- $_ := set $context "runAsGroup" 0 -}}
+{{- $_ := set $context "runAsNonRoot" false -}}
+{{- with .capabilities -}}
+{{- $_ := set $context "capabilities" (dict "drop" (list "ALL") "add" .) -}}
+{{- end -}}
+{{- end -}}
+securityContext:
+  {{- toYaml $context | nindent 2 }}
+{{- end -}}
+
+{{/* Replaces __POD_IP__, __NODE_IP__, __NODE_NAME__ and __PREHEAT_SECRET__ (a single-quoted YAML
+     scalar) in every file of /etc/shoal-template, written to /etc/shoal (a config file has no
+     variables). Literal replacement: no character of a value is special. */}}
+{{- define "shoal.renderConfigScript" -}}
+for template in /etc/shoal-template/*.template; do
+  awk 'function swap(s, key, value,   i, out) {
+         out = "";
+         while ((i = index(s, key)) > 0) { out = out substr(s, 1, i - 1) value; s = substr(s, i + length(key)) }
+         return out s
+       }
+       BEGIN { secret = ENVIRON["PREHEAT_SECRET"]; sub(/\n+$/, "", secret); gsub(/\047/, "\047\047", secret) }
+       { line = swap($0, "__POD_IP__", ENVIRON["POD_IP"]); line = swap(line, "__NODE_IP__", ENVIRON["NODE_IP"]);
+         line = swap(line, "__NODE_NAME__", ENVIRON["NODE_NAME"]); print swap(line, "__PREHEAT_SECRET__", "\047" secret "\047") }' \
+    "$template" > "/etc/shoal/$(basename "$template" .template)"
+done
+{{- end -}}
+
+{{/* The init container that renders a component's config templates into the `config` volume.
+     (dict "root" $) */}}
+{{- define "shoal.renderConfigInit" -}}
+- name: render-config
+  image: {{ include "shoal.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: [sh, -c, {{ include "shoal.renderConfigScript" . | quote }}]
+  env:
+    - name: POD_IP
+      valueFrom:
+        fieldRef: {fieldPath: status.podIP}
+    - name: NODE_IP
+      valueFrom:
+        fieldRef: {fieldPath: status.hostIP}
+    - name: NODE_NAME
+      valueFrom:
+        fieldRef: {fieldPath: spec.nodeName}
+    {{- with .root.Values.proxy.preheat.existingSecret }}
+    - name: PREHEAT_SECRET
+      valueFrom:
+        secretKeyRef: {name: {{ . }}, key: {{ $.root.Values.proxy.preheat.existingSecretKey }}}
+    {{- end }}
+  {{- include "shoal.containerSecurity" (dict "root" .root) | nindent 2 }}
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {memory: 32Mi}
+  volumeMounts:
+    - {name: config-template, mountPath: /etc/shoal-template, readOnly: true}
+    - {name: config, mountPath: /etc/shoal}
+{{- end -}}
+
+{{/* The preheat secret as the config gets it: the placeholder the init container fills in from
+     `existingSecret`, else the value. */}}
+{{- define "shoal.preheatSecret" -}}
+{{- if .Values.proxy.preheat.existingSecret -}}
+__PREHEAT_SECRET__
+{{- else -}}
+{{- .Values.proxy.preheat.secret -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The origins' headless Service, which gives every StatefulSet pod a stable DNS name. */}}
@@ -105,13 +198,27 @@ prometheus.io/scheme: https
 checksum/config: {{ .config | sha256sum }}
 {{- end -}}
 
-{{/* Environment every Shoal container gets. */}}
+{{/* Environment every Shoal container gets, then the component's own `env` and `envFrom`, and
+     the backends' credentials where `backend` is set. (dict "root" $ "values" .Values.origin
+     "backend" true) */}}
 {{- define "shoal.env" -}}
-- name: RUST_LOG
-  value: {{ .Values.rustLog | quote }}
-{{- if .Values.tls.caSecret.enabled }}
-- name: SSL_CERT_FILE
-  value: /etc/shoal/ca/{{ .Values.tls.caSecret.key }}
+env:
+  - name: RUST_LOG
+    value: {{ .root.Values.rustLog | quote }}
+  {{- if .root.Values.tls.caSecret.enabled }}
+  - name: SSL_CERT_FILE
+    value: /etc/shoal/ca/{{ .root.Values.tls.caSecret.key }}
+  {{- end }}
+  {{- with .values.env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- $envFrom := .values.envFrom | default list -}}
+{{- if and .backend .root.Values.backendCredentials.existingSecret -}}
+{{- $envFrom = prepend $envFrom (dict "secretRef" (dict "name" .root.Values.backendCredentials.existingSecret)) -}}
+{{- end -}}
+{{- with $envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
 
@@ -131,9 +238,11 @@ checksum/config: {{ .config | sha256sum }}
         path: {{ .Values.tls.caSecret.key }}
 {{- end -}}
 
-{{/* Liveness on GET /livez of the named container port; readiness on GET /health, or on the
-     component's own readiness path (`ready`: the agent's /readyz, which fails while its tracker
-     or build-index does not answer). */}}
+{{/* Startup and liveness on GET /livez of the named container port (the process serves: a
+     failure restarts it); readiness on GET /health, or on the component's own readiness path
+     (`ready`: the agent's /readyz, which fails while its tracker or build-index does not answer:
+     the pod leaves the Services, the process is not restarted). The startup probe gives a slow
+     start (a big cache or store to scan) five minutes before liveness counts. */}}
 {{- define "shoal.probes" -}}
 {{- $port := . -}}
 {{- $scheme := "HTTP" -}}
@@ -143,9 +252,13 @@ checksum/config: {{ .config | sha256sum }}
 {{- $scheme = .scheme | default "HTTP" -}}
 {{- $ready = .ready | default "/health" -}}
 {{- end -}}
+startupProbe:
+  httpGet: {path: /livez, port: {{ $port }}, scheme: {{ $scheme }}}
+  periodSeconds: 2
+  timeoutSeconds: 3
+  failureThreshold: 150
 livenessProbe:
   httpGet: {path: /livez, port: {{ $port }}, scheme: {{ $scheme }}}
-  initialDelaySeconds: 5
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 6
@@ -156,13 +269,20 @@ readinessProbe:
   failureThreshold: 2
 {{- end -}}
 
-{{/* The agent's registry endpoint as the node's container runtime reaches it. */}}
+{{/* The agent's registry endpoint as the node's container runtime reaches it (NODE_IP: an
+     environment variable of the container, expanded by the kubelet). */}}
 {{- define "shoal.agentEndpoint" -}}
 {{- if .Values.agent.hostNetwork -}}
 http://127.0.0.1:{{ .Values.agent.registryPort }}
 {{- else -}}
-http://__NODE_IP__:{{ .Values.agent.hostPort }}
+http://$(NODE_IP):{{ .Values.agent.hostPort }}
 {{- end -}}
+{{- end -}}
+
+{{/* Volumes every workload has: the config, and /tmp (the root filesystem is read-only). */}}
+{{- define "shoal.tmpVolume" -}}
+- name: tmp
+  emptyDir: {sizeLimit: 64Mi}
 {{- end -}}
 
 
