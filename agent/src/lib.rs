@@ -109,7 +109,7 @@ pub async fn run(
         origin: false,
     };
     let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
-    let cluster_tls = ClusterTls::from_config(tls.config())?;
+    let cluster_tls = ClusterTls::new(tls.loaded());
     let tasks = TaskTracker::new();
     let engine = Engine::new(
         config.p2p.clone(),
@@ -132,7 +132,7 @@ pub async fn run(
     tasks.spawn(cache.clone().run(shutdown.clone()));
 
     let http = tls
-        .client(Roles::of(&[Role::BuildIndex]))?
+        .client(Roles::of(&[Role::BuildIndex]))
         .build()
         .context("building the HTTP client for the build-index")?;
     let state = AppState {
@@ -153,7 +153,7 @@ pub async fn run(
         .route("/preheat", post(preheat::handle))
         .with_state(state.clone());
     let readiness = Readiness::new(
-        tls.client(Roles::of(&[Role::Tracker, Role::BuildIndex]))?
+        tls.client(Roles::of(&[Role::Tracker, Role::BuildIndex]))
             .build()
             .context("building the HTTP client for readiness probes")?,
         &config.tracker,

@@ -28,16 +28,7 @@ impl Readiness {
     /// `tracker` and `build_index` as configured (`host:port`, or a URL for the build-index);
     /// `tls`: whether they serve mutual TLS (bare addresses then mean https).
     pub fn new(http: reqwest::Client, tracker: &str, build_index: &str, tls: bool) -> Readiness {
-        let health = |addr: &str| {
-            let addr = addr.trim_end_matches('/');
-            if addr.contains("://") {
-                format!("{addr}/health")
-            } else if tls {
-                format!("https://{addr}/health")
-            } else {
-                format!("http://{addr}/health")
-            }
-        };
+        let health = |addr: &str| format!("{}/health", shoal_http_client::base_url(addr, tls));
         Readiness {
             inner: Arc::new(Inner {
                 http,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use shoal_core::{Digest, ManifestRecord, Name, Referrer, Tag};
 
 use crate::error::ApiError;
-use crate::transport::{base_url, check_from, read_limited, send_to};
+use crate::transport::{check_from, read_limited, send_to};
 use crate::wire::encode;
 
 const SERVICE: &str = "build-index";
@@ -31,7 +31,7 @@ impl BuildIndexClient {
     pub fn new(http: reqwest::Client, addr: &str) -> Self {
         Self {
             http,
-            base: base_url(addr),
+            base: shoal_http_client::base_url(addr, false),
         }
     }
 

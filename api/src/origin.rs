@@ -5,7 +5,7 @@ use reqwest::{RequestBuilder, Response, StatusCode, header};
 use shoal_core::{Digest, Metainfo, Name};
 
 use crate::error::ApiError;
-use crate::transport::{base_url, check_from, read_limited, send_to};
+use crate::transport::{check_from, read_limited, send_to};
 use crate::wire::{CHUNK_LENGTH, CLIENT_ADDR, UPLOAD_ID, UPLOAD_OFFSET, encode};
 
 const SERVICE: &str = "origin";
@@ -22,7 +22,7 @@ impl OriginClient {
     pub fn new(http: reqwest::Client, addr: &str) -> Self {
         Self {
             http,
-            base: base_url(addr),
+            base: shoal_http_client::base_url(addr, false),
         }
     }
 

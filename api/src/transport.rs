@@ -1,19 +1,10 @@
-//! Request plumbing shared by the internal API clients: base URLs, error mapping, bounded body reads.
+//! Request plumbing shared by the internal API clients: error mapping, bounded body reads.
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use reqwest::{RequestBuilder, Response};
 
 use crate::error::ApiError;
-
-pub(crate) fn base_url(addr: &str) -> String {
-    let addr = addr.trim_end_matches('/');
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    }
-}
 
 pub(crate) async fn send_to(service: &str, req: RequestBuilder) -> Result<Response, ApiError> {
     req.send().await.map_err(|source| ApiError::Transport {

@@ -61,7 +61,7 @@ pub async fn run(
         .context("opening the tag backends (config fields `backend`, `backends`)")?;
     let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
     let http = tls
-        .client(Roles::of(&[Role::Origin]))?
+        .client(Roles::of(&[Role::Origin]))
         .timeout(ORIGIN_REQUEST_TIMEOUT)
         .build()
         .context("building the origin HTTP client")?;

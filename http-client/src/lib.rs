@@ -32,23 +32,42 @@ pub fn builder() -> reqwest::ClientBuilder {
 /// cluster's TLS (servers verified by CA and role, this component's certificate presented);
 /// without, as the URLs say.
 pub fn cluster_builder(
-    tls: Option<&shoal_tls::TlsConfig>,
+    tls: Option<&shoal_tls::LoadedTls>,
     servers: shoal_tls::Roles,
-) -> Result<reqwest::ClientBuilder, shoal_tls::TlsError> {
+) -> reqwest::ClientBuilder {
     let builder = builder();
-    let Some(config) = tls
-        .map(|tls| tls.client(servers, &[b"h2", b"http/1.1"]))
-        .transpose()?
-        .flatten()
-    else {
-        return Ok(builder);
-    };
-    Ok(builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&config)))
+    match tls.and_then(|tls| tls.client(servers, &[b"h2", b"http/1.1"])) {
+        Some(config) => builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&config)),
+        None => builder,
+    }
+}
+
+/// The base URL, without a trailing slash, of a component written `host:port` or with its
+/// scheme. A bare address means `https` where the caller knows the component serves TLS
+/// (`https`), `http` otherwise; a written scheme always wins.
+pub fn base_url(addr: &str, https: bool) -> String {
+    let addr = addr.trim_end_matches('/');
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_owned()
+    } else if https {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_accept_both_address_forms() {
+        assert_eq!(base_url("a:1", false), "http://a:1");
+        assert_eq!(base_url("a:1/", true), "https://a:1");
+        assert_eq!(base_url("http://a:1/", true), "http://a:1");
+        assert_eq!(base_url("https://a:1", false), "https://a:1");
+        assert_eq!(base_url("[::1]:1", false), "http://[::1]:1");
+    }
 
     #[test]
     fn installing_twice_leaves_a_provider() {

@@ -245,14 +245,9 @@ impl Group {
     }
 }
 
-/// Members are written `host:port` or with their scheme (`http://host:port`).
+/// Members are written `host:port` (plain HTTP) or with their scheme.
 fn health_url(member: &str) -> String {
-    let base = member.trim_end_matches('/');
-    if base.starts_with("http://") || base.starts_with("https://") {
-        format!("{base}/health")
-    } else {
-        format!("http://{base}/health")
-    }
+    format!("{}/health", shoal_http_client::base_url(member, false))
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ impl PieceSource for ReadCounted {
             Ok(true) => self.store().lookup(digest).await,
             Ok(false) => None,
             Err(error) => {
-                tracing::warn!(%digest, ?error, "cannot pull a blob back in for a peer");
+                tracing::warn!(%digest, %error, "cannot pull a blob back in for a peer");
                 None
             }
         }

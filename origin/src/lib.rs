@@ -128,7 +128,7 @@ pub async fn run(
     let membership_metrics = shoal_membership::MembershipMetrics::register(registry.registry());
     let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
     let http = tls
-        .client(Roles::of(&[Role::Origin]))?
+        .client(Roles::of(&[Role::Origin]))
         .build()
         .context("building the HTTP client for peer origins")?;
     let tasks = TaskTracker::new();

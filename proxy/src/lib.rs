@@ -85,7 +85,7 @@ pub async fn run(
         Some(_) => "token",
     };
     let http = tls
-        .client(Roles::of(&[Role::Origin, Role::BuildIndex]))?
+        .client(Roles::of(&[Role::Origin, Role::BuildIndex]))
         .build()
         .context("building the HTTP client for origins and build-index")?;
     let mut builder = MetricsBuilder::new("proxy");

@@ -12,27 +12,28 @@ mod tests;
 /// field): what its listeners serve, and how it calls the other components.
 #[derive(Debug, Clone, Default)]
 pub struct ComponentTls {
-    config: Option<TlsConfig>,
+    loaded: Option<LoadedTls>,
     /// Its listeners' TLS; `None`: plain HTTP.
     pub server: Option<ServerTls>,
 }
 
 impl ComponentTls {
     pub fn load(config: Option<&TlsConfig>) -> Result<ComponentTls, TlsError> {
+        let loaded = config.map(LoadedTls::load).transpose()?;
         Ok(ComponentTls {
-            server: config.map(TlsConfig::server).transpose()?,
-            config: config.cloned(),
+            server: loaded.as_ref().map(LoadedTls::server).transpose()?,
+            loaded,
         })
     }
 
     /// A client builder for calls to components of the `servers` roles: mutual TLS with
     /// `tls.ca`, otherwise as the URLs say.
-    pub fn client(&self, servers: Roles) -> Result<reqwest::ClientBuilder, TlsError> {
-        crate::client::cluster_builder(self.config.as_ref(), servers)
+    pub fn client(&self, servers: Roles) -> reqwest::ClientBuilder {
+        crate::client::cluster_builder(self.loaded.as_ref(), servers)
     }
 
-    /// The config, for parts that build their own connections (the p2p engine).
-    pub fn config(&self) -> Option<&TlsConfig> {
-        self.config.as_ref()
+    /// The loaded files, for parts that build their own connections (the p2p engine).
+    pub fn loaded(&self) -> Option<&LoadedTls> {
+        self.loaded.as_ref()
     }
 }

@@ -22,7 +22,7 @@ use shoal_tests::swarm::pull_through_agents_and_check;
 use shoal_tests::tools::skopeo;
 use shoal_tests::{Cluster, ClusterOptions, Component};
 use shoal_tls::generate::Authority;
-use shoal_tls::{Role, Roles, TlsConfig};
+use shoal_tls::{LoadedTls, Role, Roles, TlsConfig};
 use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -61,7 +61,7 @@ async fn push(cluster: &Cluster, work: &std::path::Path, repo: &str, seed: u64) 
 /// A client presenting `config`'s certificate, trusting servers of its CA that name `servers`.
 fn client_as(config: &TlsConfig, servers: &[Role]) -> Result<reqwest::Client> {
     Ok(
-        shoal_service::client::cluster_builder(Some(config), Roles::of(servers))?
+        shoal_service::client::cluster_builder(Some(&LoadedTls::load(config)?), Roles::of(servers))
             .timeout(Duration::from_secs(10))
             .build()?,
     )

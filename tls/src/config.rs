@@ -68,16 +68,29 @@ pub struct ServerTls {
     pub identities: Option<Arc<Identities>>,
 }
 
-impl TlsConfig {
-    /// The files of a Kubernetes TLS Secret mounted at `dir` (`tls.crt`, `tls.key`, `ca.crt`),
-    /// with mutual TLS.
-    pub fn in_dir(dir: &Path) -> TlsConfig {
-        TlsConfig {
-            cert: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-            ca: Some(dir.join("ca.crt")),
-            identities: BTreeMap::new(),
-        }
+/// A `tls:` section with its files read once: every listener and client built from it shares
+/// one certificate pair (one reload watch) and one CA bundle.
+#[derive(Debug, Clone)]
+pub struct LoadedTls {
+    config: TlsConfig,
+    keys: Arc<KeyFiles>,
+    roots: Option<Arc<RootCertStore>>,
+}
+
+impl LoadedTls {
+    /// Reads the certificate pair and the CA bundle; a missing or bad file is an error naming
+    /// its field.
+    pub fn load(config: &TlsConfig) -> Result<LoadedTls, TlsError> {
+        crate::install_crypto_provider();
+        Ok(LoadedTls {
+            keys: Arc::new(KeyFiles::load(&config.cert, &config.key)?),
+            roots: config
+                .ca
+                .as_deref()
+                .map(|ca| config.roots(ca))
+                .transpose()?,
+            config: config.clone(),
+        })
     }
 
     /// The listener config: HTTP/2 and HTTP/1.1 by ALPN, the certificate reloaded when its
@@ -85,24 +98,23 @@ impl TlsConfig {
     /// none still connects (health probes, metrics scrapers), and endpoints decide by
     /// [`crate::Caller`] what it may do.
     pub fn server(&self) -> Result<ServerTls, TlsError> {
-        crate::install_crypto_provider();
-        let keys = Arc::new(KeyFiles::load(&self.cert, &self.key)?);
-        let (mut config, identities) = match &self.ca {
+        let keys = Arc::clone(&self.keys);
+        let (mut config, identities) = match &self.roots {
             None => (
                 ServerConfig::builder()
                     .with_no_client_auth()
                     .with_cert_resolver(keys),
                 None,
             ),
-            Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder(self.roots(ca)?)
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder(Arc::clone(roots))
                     .allow_unauthenticated()
                     .build()
                     .map_err(|e| TlsError::Ca(e.to_string()))?;
                 let config = ServerConfig::builder()
                     .with_client_cert_verifier(verifier)
                     .with_cert_resolver(keys);
-                (config, Some(Arc::new(self.identities())))
+                (config, Some(Arc::new(self.config.identities())))
             }
         };
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -116,23 +128,47 @@ impl TlsConfig {
     /// go as their URLs say). Servers must chain to the CA and name one of `servers`; this
     /// component presents its certificate (reloaded on change). `alpn` is what the caller
     /// speaks (`h2` only for gRPC).
+    pub fn client(&self, servers: Roles, alpn: &[&[u8]]) -> Option<Arc<ClientConfig>> {
+        let roots = self.roots.as_ref()?;
+        let verifier = RoleVerifier::new(Arc::clone(roots), self.config.identities(), servers);
+        let mut config = ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::clone(&self.keys) as _);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Some(Arc::new(config))
+    }
+
+    /// Whether calls to other components use TLS with the cluster CA.
+    pub fn mutual(&self) -> bool {
+        self.roots.is_some()
+    }
+}
+
+impl TlsConfig {
+    /// The files of a Kubernetes TLS Secret mounted at `dir` (`tls.crt`, `tls.key`, `ca.crt`),
+    /// with mutual TLS.
+    pub fn in_dir(dir: &Path) -> TlsConfig {
+        TlsConfig {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: Some(dir.join("ca.crt")),
+            identities: BTreeMap::new(),
+        }
+    }
+
+    /// [`LoadedTls::server`] of this section, its files read now.
+    pub fn server(&self) -> Result<ServerTls, TlsError> {
+        LoadedTls::load(self)?.server()
+    }
+
+    /// [`LoadedTls::client`] of this section, its files read now.
     pub fn client(
         &self,
         servers: Roles,
         alpn: &[&[u8]],
     ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
-        let Some(ca) = &self.ca else {
-            return Ok(None);
-        };
-        crate::install_crypto_provider();
-        let keys = Arc::new(KeyFiles::load(&self.cert, &self.key)?);
-        let verifier = RoleVerifier::new(self.roots(ca)?, self.identities(), servers);
-        let mut config = ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(keys);
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Some(Arc::new(config)))
+        Ok(LoadedTls::load(self)?.client(servers, alpn))
     }
 
     /// Whether calls to other components use TLS with the cluster CA.

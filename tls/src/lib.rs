@@ -19,7 +19,7 @@ pub mod generate;
 
 use std::time::Duration;
 
-pub use config::{ServerTls, TlsConfig, TlsError};
+pub use config::{LoadedTls, ServerTls, TlsConfig, TlsError};
 pub use identity::{Caller, Identities, Role, Roles};
 pub use watch::FileWatch;
 

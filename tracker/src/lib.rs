@@ -101,7 +101,7 @@ pub async fn run(
     };
     let tls = ComponentTls::load(config.tls.as_ref()).context("loading the TLS certificate")?;
     let http = tls
-        .client(Roles::of(&[Role::Origin]))?
+        .client(Roles::of(&[Role::Origin]))
         .timeout(ORIGIN_REQUEST_TIMEOUT)
         .connect_timeout(ORIGIN_CONNECT_TIMEOUT)
         .build()

@@ -84,22 +84,12 @@ pub struct ClusterTls {
 
 impl ClusterTls {
     /// `None` without `tls.ca` (no mutual TLS: plain gRPC as before).
-    pub fn from_config(
-        tls: Option<&shoal_tls::TlsConfig>,
-    ) -> Result<Option<ClusterTls>, shoal_tls::TlsError> {
-        let Some(tls) = tls else {
-            return Ok(None);
-        };
-        let client = |roles: &[Role]| tls.client(Roles::of(roles), &[b"h2"]);
-        Ok(
-            match (
-                client(&[Role::Tracker])?,
-                client(&[Role::Agent, Role::Origin])?,
-            ) {
-                (Some(tracker), Some(peers)) => Some(ClusterTls { tracker, peers }),
-                _ => None,
-            },
-        )
+    pub fn new(tls: Option<&shoal_tls::LoadedTls>) -> Option<ClusterTls> {
+        let client = |roles: &[Role]| tls?.client(Roles::of(roles), &[b"h2"]);
+        Some(ClusterTls {
+            tracker: client(&[Role::Tracker])?,
+            peers: client(&[Role::Agent, Role::Origin])?,
+        })
     }
 }
 

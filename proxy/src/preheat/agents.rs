@@ -101,7 +101,10 @@ impl Agents {
         };
         let mut request = self
             .http
-            .post(format!("{}/preheat", base_url(agent)))
+            .post(format!(
+                "{}/preheat",
+                shoal_http_client::base_url(agent, false)
+            ))
             .timeout(self.config.timeout)
             .json(&json!({ "repository": name.as_str(), "digest": manifest.to_string() }));
         if let Some(secret) = &self.secret
@@ -129,16 +132,6 @@ pub fn choose(manifest: &Digest, healthy: &[&String], wanted: usize) -> Vec<Stri
         .into_iter()
         .map(|agent| (*agent).clone())
         .collect()
-}
-
-/// Members are written `host:port` or with their scheme.
-fn base_url(agent: &str) -> String {
-    let agent = agent.trim_end_matches('/');
-    if agent.starts_with("http://") || agent.starts_with("https://") {
-        agent.to_owned()
-    } else {
-        format!("http://{agent}")
-    }
 }
 
 /// The agent's `{"error": "…"}`, or the start of whatever else it sent.
@@ -207,7 +200,5 @@ mod tests {
         );
         assert_eq!(error_message(b"plain text"), "plain text");
         assert_eq!(error_message(&[b'x'; 2000]).len(), MAX_MESSAGE);
-        assert_eq!(base_url("a:1/"), "http://a:1");
-        assert_eq!(base_url("https://a:1"), "https://a:1");
     }
 }

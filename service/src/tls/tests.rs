@@ -299,8 +299,8 @@ async fn mutual_tls_admits_callers_by_role() {
     ));
     let client_of = |role: Role| {
         let config = ca.write(&dir.path().join(role.as_str()), role).unwrap();
-        crate::client::cluster_builder(Some(&config), Roles::of(&[Role::Origin]))
-            .unwrap()
+        let loaded = LoadedTls::load(&config).unwrap();
+        crate::client::cluster_builder(Some(&loaded), Roles::of(&[Role::Origin]))
             .build()
             .unwrap()
     };
