@@ -1,96 +1,180 @@
-//! Content digests: the `sha256:<hex>` identifier of every blob and piece, and the streaming hasher
-//! that produces it. Only sha256 exists in Shoal; other algorithms are rejected at parse time.
+//! Content digests: the `<algorithm>:<hex>` identifier of every blob and manifest (sha256, or
+//! sha512 as OCI image-spec 1.1 allows), the streaming [`Hasher`] for either, and the sha256
+//! [`Digester`] whose chaining values check pieces. Other algorithms are rejected at parse time.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Digest as _;
 use thiserror::Error;
 
 use crate::echo::truncate;
 
-/// The only algorithm Shoal accepts.
-const ALGORITHM: &str = "sha256";
-/// Length of a sha256 digest in lowercase hex.
-const HEX_LEN: usize = 64;
-const HEX_RULE: &str = "sha256 hex must be exactly 64 lowercase hexadecimal characters";
+/// A digest algorithm Shoal accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+
+    /// The name before the colon, also the directory and key segment of its blobs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// Length of its digests in lowercase hex.
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
+        }
+    }
+
+    fn hex_rule(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256 hex must be exactly 64 lowercase hexadecimal characters",
+            Algorithm::Sha512 => "sha512 hex must be exactly 128 lowercase hexadecimal characters",
+        }
+    }
+
+    /// The digest of `data` under this algorithm. For anything large, stream it through a
+    /// [`Hasher`].
+    pub fn digest(self, data: &[u8]) -> Digest {
+        let mut hasher = Hasher::new(self);
+        hasher.update(data);
+        hasher.finish()
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a digest string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DigestError {
-    #[error("unsupported digest algorithm {algorithm:?} (only sha256 is supported)")]
+    #[error("unsupported digest algorithm {algorithm:?} (only sha256 and sha512 are supported)")]
     UnsupportedAlgorithm { algorithm: String },
     #[error("malformed digest {input:?}: {reason}")]
     Malformed { input: String, reason: &'static str },
 }
 
-/// A sha256 content digest.
+/// A content digest: an algorithm and exactly its number of bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest([u8; 32]);
+pub struct Digest(Bytes);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Bytes {
+    Sha256([u8; 32]),
+    Sha512([u8; 64]),
+}
 
 impl Digest {
-    /// Parses `sha256:` followed by exactly 64 lowercase hex characters.
+    /// Parses `sha256:` followed by exactly 64 lowercase hex characters, or `sha512:` and 128.
     pub fn parse(s: &str) -> Result<Digest, DigestError> {
         let malformed = |reason| DigestError::Malformed {
             input: truncate(s),
             reason,
         };
-        let Some((algorithm, hex_part)) = s.split_once(':') else {
+        let Some((name, hex_part)) = s.split_once(':') else {
             return Err(malformed("expected <algorithm>:<hex>"));
         };
-        if algorithm != ALGORITHM {
+        let Some(algorithm) = Algorithm::from_name(name) else {
             // Only a plausible algorithm name is reported as "unsupported"; junk before the
             // colon is just a malformed digest.
-            return if is_algorithm_name(algorithm) {
+            return if is_algorithm_name(name) {
                 Err(DigestError::UnsupportedAlgorithm {
-                    algorithm: truncate(algorithm),
+                    algorithm: truncate(name),
                 })
             } else {
                 Err(malformed("invalid algorithm"))
             };
-        }
-        Digest::from_hex(hex_part).map_err(|_| malformed(HEX_RULE))
+        };
+        Digest::from_algorithm_hex(algorithm, hex_part).map_err(|_| malformed(algorithm.hex_rule()))
     }
 
     /// Parses the bare 64-character lowercase hex form used in metainfo piece lists.
     pub(crate) fn from_hex(hex_part: &str) -> Result<Digest, DigestError> {
+        Digest::from_algorithm_hex(Algorithm::Sha256, hex_part)
+    }
+
+    /// Parses a bare hex form as a store or queue key holds it: its length names the algorithm
+    /// (64 characters sha256, 128 sha512).
+    pub fn from_key_hex(hex_part: &str) -> Result<Digest, DigestError> {
+        let algorithm = if hex_part.len() == Algorithm::Sha512.hex_len() {
+            Algorithm::Sha512
+        } else {
+            Algorithm::Sha256
+        };
+        Digest::from_algorithm_hex(algorithm, hex_part)
+    }
+
+    fn from_algorithm_hex(algorithm: Algorithm, hex_part: &str) -> Result<Digest, DigestError> {
         let is_lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if hex_part.len() != HEX_LEN || !hex_part.bytes().all(is_lower_hex) {
-            return Err(DigestError::Malformed {
-                input: truncate(hex_part),
-                reason: HEX_RULE,
-            });
-        }
-        let mut bytes = [0u8; 32];
-        // Length and alphabet were checked above, so decoding cannot fail; map it anyway.
-        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| DigestError::Malformed {
+        let invalid = || DigestError::Malformed {
             input: truncate(hex_part),
-            reason: HEX_RULE,
-        })?;
-        Ok(Digest(bytes))
+            reason: algorithm.hex_rule(),
+        };
+        if hex_part.len() != algorithm.hex_len() || !hex_part.bytes().all(is_lower_hex) {
+            return Err(invalid());
+        }
+        // Length and alphabet were checked above, so decoding cannot fail; map it anyway.
+        Ok(Digest(match algorithm {
+            Algorithm::Sha256 => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| invalid())?;
+                Bytes::Sha256(bytes)
+            }
+            Algorithm::Sha512 => {
+                let mut bytes = [0u8; 64];
+                hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| invalid())?;
+                Bytes::Sha512(bytes)
+            }
+        }))
     }
 
-    /// The 64-character lowercase hex form, without the algorithm prefix.
+    pub fn algorithm(&self) -> Algorithm {
+        match self.0 {
+            Bytes::Sha256(_) => Algorithm::Sha256,
+            Bytes::Sha512(_) => Algorithm::Sha512,
+        }
+    }
+
+    /// The lowercase hex form, without the algorithm prefix (64 or 128 characters).
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex::encode(self.as_bytes())
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Bytes::Sha256(bytes) => bytes,
+            Bytes::Sha512(bytes) => bytes,
+        }
     }
 
+    /// A sha256 digest (or chaining value) from its bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Digest {
-        Digest(bytes)
+        Digest(Bytes::Sha256(bytes))
     }
 
     /// The sha256 of `data`. For anything that may be large, stream it through a [`Digester`].
     pub fn of(data: &[u8]) -> Digest {
-        let mut digester = Digester::new();
-        digester.update(data);
-        digester.finish()
+        Algorithm::Sha256.digest(data)
     }
 }
-
 /// The OCI algorithm grammar: `[a-z0-9]+(?:[.+_-][a-z0-9]+)*`.
 fn is_algorithm_name(s: &str) -> bool {
     let mut previous_was_separator = true;
@@ -114,7 +198,7 @@ impl FromStr for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{ALGORITHM}:{}", self.hex())
+        write!(f, "{}:{}", self.algorithm(), self.hex())
     }
 }
 
@@ -134,6 +218,49 @@ impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         Digest::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Streaming hash of a blob under its digest's algorithm. The dispatch is per chunk, not per
+/// byte, and sha256 is the [`Digester`] itself.
+#[derive(Debug, Clone)]
+pub struct Hasher(HasherState);
+
+#[derive(Clone)]
+enum HasherState {
+    Sha256(Digester),
+    Sha512(sha2::Sha512),
+}
+
+impl fmt::Debug for HasherState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HasherState::Sha256(digester) => digester.fmt(f),
+            HasherState::Sha512(_) => f.write_str("Hasher(sha512)"),
+        }
+    }
+}
+
+impl Hasher {
+    pub fn new(algorithm: Algorithm) -> Hasher {
+        Hasher(match algorithm {
+            Algorithm::Sha256 => HasherState::Sha256(Digester::new()),
+            Algorithm::Sha512 => HasherState::Sha512(sha2::Sha512::new()),
+        })
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            HasherState::Sha256(digester) => digester.update(data),
+            HasherState::Sha512(hasher) => hasher.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        match self.0 {
+            HasherState::Sha256(digester) => digester.finish(),
+            HasherState::Sha512(hasher) => Digest(Bytes::Sha512(hasher.finalize().into())),
+        }
     }
 }
 
@@ -181,13 +308,16 @@ impl Digester {
     }
 
     /// Continues a hash whose first `length` bytes (a multiple of 64) ended in `chaining_value`.
-    /// None when `length` is not on a block boundary.
+    /// None when `length` is not on a block boundary or the value is not a sha256 one.
     pub fn resume(chaining_value: &Digest, length: u64) -> Option<Digester> {
+        let Bytes::Sha256(value) = chaining_value.0 else {
+            return None;
+        };
         if !length.is_multiple_of(BLOCK as u64) {
             return None;
         }
         let mut state = [0; 8];
-        for (word, bytes) in state.iter_mut().zip(chaining_value.0.chunks_exact(4)) {
+        for (word, bytes) in state.iter_mut().zip(value.chunks_exact(4)) {
             *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
         Some(Digester {
@@ -250,7 +380,7 @@ impl Digest {
         for (out, word) in bytes.chunks_exact_mut(4).zip(words) {
             out.copy_from_slice(&word.to_be_bytes());
         }
-        Digest(bytes)
+        Digest::from_bytes(bytes)
     }
 }
 
@@ -268,7 +398,7 @@ mod tests {
 
     fn reference(data: &[u8]) -> Digest {
         use sha2::Digest as _;
-        Digest(sha2::Sha256::digest(data).into())
+        Digest::from_bytes(sha2::Sha256::digest(data).into())
     }
 
     proptest! {
@@ -327,17 +457,59 @@ mod tests {
         assert_eq!(digest, Digest::of(b""));
         assert_eq!(digest.to_string(), EMPTY_SHA256);
         assert_eq!(format!("{digest:?}"), EMPTY_SHA256);
-        assert_eq!(Digest::from_bytes(*digest.as_bytes()), digest);
+        assert_eq!(
+            Digest::from_bytes(digest.as_bytes().try_into().unwrap()),
+            digest
+        );
         assert_eq!(EMPTY_SHA256.parse::<Digest>(), Ok(digest));
+        assert_eq!(digest.algorithm(), Algorithm::Sha256);
+    }
+
+    const EMPTY_SHA512: &str = "sha512:cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";
+
+    #[test]
+    fn sha512_parses_displays_and_hashes() {
+        let digest = Digest::parse(EMPTY_SHA512).expect("valid sha512 digest");
+        assert_eq!(digest.algorithm(), Algorithm::Sha512);
+        assert_eq!(digest, Algorithm::Sha512.digest(b""));
+        assert_eq!(digest.to_string(), EMPTY_SHA512);
+        assert_eq!(format!("{digest:?}"), EMPTY_SHA512);
+        assert_eq!(digest.as_bytes().len(), 64);
+        assert_eq!(Digest::from_key_hex(&digest.hex()), Ok(digest));
+        assert_eq!(
+            Algorithm::Sha512.digest(b"abc").hex(),
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
+             2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+        );
+        // Same bytes, other algorithm: a different digest, never equal to the sha256 one.
+        assert_ne!(Algorithm::Sha512.digest(b"abc"), Digest::of(b"abc"));
+        // Each algorithm takes exactly its own hex length.
+        let hex64 = Digest::of(b"").hex();
+        assert!(Digest::parse(&format!("sha512:{hex64}")).is_err());
+        assert!(Digest::parse(&format!("sha256:{}", digest.hex())).is_err());
+        assert!(Digest::parse(&EMPTY_SHA512.to_uppercase()).is_err());
+        // A sha512 value is no sha256 chaining value.
+        assert!(Digester::resume(&digest, 0).is_none());
+    }
+
+    #[test]
+    fn sha512_serde_uses_the_string_form() {
+        let digest = Algorithm::Sha512.digest(b"layer");
+        let json = serde_json::to_string(&digest).expect("serialize");
+        assert_eq!(json, format!("\"{digest}\""));
+        assert_eq!(
+            serde_json::from_str::<Digest>(&json).expect("deserialize"),
+            digest
+        );
     }
 
     #[test]
     fn other_algorithms_are_unsupported() {
         for input in [
-            "sha512:abcd",
             "md5:d41d8cd98f00b204e9800998ecf8427e",
             "sha384:00",
             "blake3:00",
+            "sha384:38b060a751ac96384cd9327eb1b1e36a21fdb71114be07434c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898b95b",
         ] {
             assert!(
                 matches!(
@@ -408,9 +580,30 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_digest_roundtrips_through_text(bytes in any::<[u8; 32]>()) {
+        fn any_digest_roundtrips_through_text(bytes in any::<[u8; 32]>(), long in any::<[u8; 64]>()) {
             let digest = Digest::from_bytes(bytes);
             prop_assert_eq!(Digest::parse(&digest.to_string()), Ok(digest));
+            let digest = Digest(Bytes::Sha512(long));
+            prop_assert_eq!(Digest::parse(&digest.to_string()), Ok(digest));
+            prop_assert_eq!(Digest::from_key_hex(&digest.hex()), Ok(digest));
+        }
+
+        #[test]
+        fn the_hasher_matches_sha2_however_it_is_fed(
+            data in proptest::collection::vec(any::<u8>(), 0..700),
+            cut in 0usize..700,
+        ) {
+            let cut = cut.min(data.len());
+            for algorithm in Algorithm::ALL {
+                let mut hasher = Hasher::new(algorithm);
+                hasher.update(&data[..cut]);
+                hasher.update(&data[cut..]);
+                let expected = match algorithm {
+                    Algorithm::Sha256 => hex::encode(sha2::Sha256::digest(&data)),
+                    Algorithm::Sha512 => hex::encode(sha2::Sha512::digest(&data)),
+                };
+                prop_assert_eq!(hasher.finish().to_string(), format!("{algorithm}:{expected}"));
+            }
         }
 
         #[test]

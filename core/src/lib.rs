@@ -18,7 +18,7 @@ pub mod v2path;
 
 pub use bitfield::{Bitfield, BitfieldError};
 pub use cidr::Cidr;
-pub use digest::{Digest, DigestError, Digester};
+pub use digest::{Algorithm, Digest, DigestError, Digester, Hasher};
 pub use error::{ErrorCode, error_body};
 pub use manifest::{
     Descriptor, MAX_MANIFEST_SIZE, Manifest, ManifestError, ManifestRecord, ManifestWalk,

@@ -9,13 +9,18 @@
 //! a bad one; and once every piece verified, the whole blob provably hashes to its digest — with
 //! each byte hashed once, where separate piece hashes cost a second sha256 pass over the blob.
 //! Piece lengths are multiples of sha256's 64-byte block, which this relies on.
+//!
+//! Piece values are sha256 whatever the blob's digest algorithm. For a sha512 blob the chain
+//! still ends in the blob's sha256, which its digest does not name: the metainfo lists the
+//! sha512 digest, pieces verify against the sha256 chain as for any blob, and whoever assembles
+//! the whole blob checks its sha512 once at the end (one more pass, for sha512 blobs only).
 
 use std::ops::Range;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::digest::{Digest, DigestError, Digester};
+use crate::digest::{Algorithm, Digest, DigestError, Digester, Hasher};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -87,6 +92,8 @@ pub enum MetainfoError {
     ChainEnd { digest: Digest, last: Digest },
     #[error("a 0-byte blob cannot have digest {digest}")]
     EmptyDigest { digest: Digest },
+    #[error("metainfo piece {index} value {value} is not a sha256 chaining value")]
+    PieceAlgorithm { index: usize, value: Digest },
     #[error("metainfo scheme {0:?} is not {SCHEME:?}")]
     Scheme(String),
 }
@@ -108,7 +115,7 @@ pub struct Metainfo {
 }
 
 impl Metainfo {
-    /// Sha256 of the whole blob.
+    /// The whole blob's digest (sha256 or sha512).
     pub fn digest(&self) -> Digest {
         self.digest
     }
@@ -126,7 +133,7 @@ impl Metainfo {
     }
 
     /// Piece `index`'s check value: the blob's sha256 chaining value after it (the blob's
-    /// digest for the last piece).
+    /// sha256 for the last piece, which is its digest when that is a sha256 one).
     pub fn piece_hash(&self, index: usize) -> Option<&Digest> {
         self.pieces.get(index)
     }
@@ -195,13 +202,22 @@ impl Metainfo {
                 actual: pieces.len() as u64,
             });
         }
+        if let Some((index, &value)) = pieces
+            .iter()
+            .enumerate()
+            .find(|(_, value)| value.algorithm() != Algorithm::Sha256)
+        {
+            return Err(MetainfoError::PieceAlgorithm { index, value });
+        }
+        // The chain ends in the blob's sha256: checkable here only when that is its digest.
         if let Some(&last) = pieces.last()
+            && digest.algorithm() == Algorithm::Sha256
             && last != digest
         {
             return Err(MetainfoError::ChainEnd { digest, last });
         }
         // With no piece to check, the digest itself must be that of no bytes.
-        if pieces.is_empty() && digest != Digester::new().finish() {
+        if pieces.is_empty() && digest != digest.algorithm().digest(b"") {
             return Err(MetainfoError::EmptyDigest { digest });
         }
         Ok(Metainfo {
@@ -219,14 +235,15 @@ impl Metainfo {
     }
 
     /// The JSON form: `{"scheme":"sha256-chain","digest":"sha256:…","length":N,"piece_length":N,
-    /// "pieces":["<hex>",…]}`.
+    /// "pieces":["<hex>",…]}` (the digest may be `sha512:…`; pieces are sha256 hex either way).
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self)
             .expect("metainfo holds only strings and integers, which always serialize")
     }
 }
 
-/// The serde shape; pieces are bare hex (the algorithm is implied) to keep the document small.
+/// The serde shape; pieces are bare sha256 hex (the algorithm is implied) to keep the document
+/// small.
 #[derive(Deserialize)]
 struct WireMetainfo {
     scheme: String,
@@ -291,6 +308,8 @@ impl<'de> Deserialize<'de> for Metainfo {
 pub struct MetainfoBuilder {
     expected: Option<u64>,
     digester: Digester,
+    /// The blob's own hash when its algorithm is not sha256 (the chain is sha256 regardless).
+    other: Option<Hasher>,
     boundaries: Vec<Digest>,
     /// Bytes fed past the declared length: only counted, for finish's `LengthMismatch`; hashing
     /// them would be wasted work and could grow the boundary list past its bound.
@@ -298,10 +317,16 @@ pub struct MetainfoBuilder {
 }
 
 impl MetainfoBuilder {
-    /// A builder for a blob of exactly `length` bytes.
+    /// A builder for a sha256 blob of exactly `length` bytes.
     pub fn new(length: u64) -> MetainfoBuilder {
+        MetainfoBuilder::with_algorithm(Algorithm::Sha256, length)
+    }
+
+    /// A builder for a blob of exactly `length` bytes whose digest uses `algorithm`.
+    pub fn with_algorithm(algorithm: Algorithm, length: u64) -> MetainfoBuilder {
         MetainfoBuilder {
             expected: Some(length),
+            other: (algorithm != Algorithm::Sha256).then(|| Hasher::new(algorithm)),
             ..MetainfoBuilder::any_length()
         }
     }
@@ -311,6 +336,7 @@ impl MetainfoBuilder {
         MetainfoBuilder {
             expected: None,
             digester: Digester::new(),
+            other: None,
             boundaries: Vec::new(),
             excess: 0,
         }
@@ -328,6 +354,9 @@ impl MetainfoBuilder {
             let keep = usize::try_from(room).map_or(data.len(), |room| room.min(data.len()));
             self.excess += (data.len() - keep) as u64;
             data = &data[..keep];
+        }
+        if let Some(other) = &mut self.other {
+            other.update(data);
         }
         while !data.is_empty() {
             let room = MIN_PIECE_LENGTH - self.digester.length() % MIN_PIECE_LENGTH;
@@ -358,13 +387,14 @@ impl MetainfoBuilder {
         // Piece lengths are powers of two of at least 256 KiB, so every piece boundary is a
         // recorded one: piece i ends at boundary (i + 1) × step − 1.
         let step = usize::try_from(piece_length / MIN_PIECE_LENGTH).unwrap_or(usize::MAX);
-        let digest = self.digester.finish();
+        let sha256 = self.digester.finish();
         let mut pieces: Vec<Digest> = (1..count)
             .filter_map(|i| self.boundaries.get(i * step - 1).copied())
             .collect();
         if count > 0 {
-            pieces.push(digest);
+            pieces.push(sha256);
         }
+        let digest = self.other.map_or(sha256, Hasher::finish);
         Metainfo::from_parts(digest, length, piece_length, pieces)
     }
 }
@@ -479,6 +509,47 @@ mod tests {
         let mut corrupt = data[..piece].to_vec();
         corrupt[17] ^= 1;
         assert!(!metainfo.verify_piece(0, &[&corrupt]));
+    }
+
+    #[test]
+    fn a_sha512_blob_keeps_sha256_pieces() {
+        let data = blob(2 * 256 * 1024 + 999);
+        let mut builder = MetainfoBuilder::with_algorithm(Algorithm::Sha512, data.len() as u64);
+        for chunk in data.chunks(100_000) {
+            builder.update(chunk);
+        }
+        let metainfo = builder.finish().expect("length matches");
+        let sha256 = build(&data);
+        assert_eq!(metainfo.digest(), Algorithm::Sha512.digest(&data));
+        assert_eq!(metainfo.piece_count(), sha256.piece_count());
+        for i in 0..metainfo.piece_count() {
+            // The same sha256 chain as the sha256 blob of these bytes: its last value the sha256.
+            assert_eq!(metainfo.piece_hash(i), sha256.piece_hash(i));
+            let range = metainfo.piece_range(i).expect("piece");
+            assert!(metainfo.verify_piece(i, &[&data[range.start as usize..range.end as usize]]));
+        }
+        assert_eq!(
+            Metainfo::from_json(&metainfo.to_json()).expect("json"),
+            metainfo
+        );
+        // Pieces must be sha256 values.
+        let mut pieces: Vec<Digest> = (0..metainfo.piece_count())
+            .map(|i| *metainfo.piece_hash(i).expect("piece"))
+            .collect();
+        pieces[0] = Algorithm::Sha512.digest(b"x");
+        assert!(matches!(
+            Metainfo::from_parts(metainfo.digest(), data.len() as u64, 256 * KIB, pieces),
+            Err(MetainfoError::PieceAlgorithm { index: 0, .. })
+        ));
+        // An empty sha512 blob has the sha512 of nothing and no pieces.
+        let empty = MetainfoBuilder::with_algorithm(Algorithm::Sha512, 0)
+            .finish()
+            .expect("empty");
+        assert_eq!(empty.digest(), Algorithm::Sha512.digest(b""));
+        assert!(matches!(
+            Metainfo::from_parts(Algorithm::Sha512.digest(b"x"), 0, 256 * KIB, vec![]),
+            Err(MetainfoError::EmptyDigest { .. })
+        ));
     }
 
     #[test]

@@ -344,8 +344,13 @@ mod tests {
             Reference::parse("latest:"),
             Err(ReferenceError::Digest(_))
         ));
+        let long = crate::Algorithm::Sha512.digest(b"manifest");
+        assert_eq!(
+            Reference::parse(&long.to_string()),
+            Ok(Reference::Digest(long))
+        );
         assert!(matches!(
-            Reference::parse("sha512:00"),
+            Reference::parse("sha384:00"),
             Err(ReferenceError::Digest(
                 DigestError::UnsupportedAlgorithm { .. }
             ))

@@ -206,6 +206,14 @@ mod tests {
     #[test]
     fn names_may_contain_route_words() {
         let digest = Digest::of(b"blob");
+        let long = crate::Algorithm::Sha512.digest(b"blob");
+        assert_eq!(
+            parse_v2_path(&format!("/v2/a/blobs/{long}")),
+            Ok(V2Route::Blob {
+                name: name("a"),
+                digest: long
+            })
+        );
         assert_eq!(
             parse_v2_path(&format!("/v2/a/blobs/b/blobs/{digest}")),
             Ok(V2Route::Blob {
@@ -254,6 +262,7 @@ mod tests {
             ("/v2//manifests/latest", ErrorCode::NameInvalid),
             ("/v2/a/blobs/sha256:abc", ErrorCode::DigestInvalid),
             ("/v2/a/blobs/latest", ErrorCode::DigestInvalid),
+            ("/v2/a/manifests/sha384:00", ErrorCode::DigestInvalid),
             ("/v2/a/manifests/sha512:00", ErrorCode::DigestInvalid),
             ("/v2/a/manifests/-bad", ErrorCode::TagInvalid),
             ("/v2/a/manifests/", ErrorCode::TagInvalid),
