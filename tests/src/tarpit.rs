@@ -64,6 +64,7 @@ impl Tarpits {
                         origin: false,
                         complete: true,
                     }),
+                    progress: None,
                 })
             })
             .collect();

@@ -40,6 +40,8 @@ pub struct TrackerConfig {
     pub metainfo_cache: usize,
     /// Announce rates and record counts one client cannot exceed.
     pub limits: LimitsConfig,
+    /// The swarm view (`/ui`, `/v1/swarms`).
+    pub view: ViewConfig,
     /// `tls:` on the listener; with `tls.ca`, mutual TLS: only agents and origins announce and
     /// ask for metainfo.
     pub tls: Option<TlsConfig>,
@@ -61,6 +63,7 @@ impl Default for TrackerConfig {
             store: StoreConfig::Memory,
             metainfo_cache: 10_000,
             limits: LimitsConfig::default(),
+            view: ViewConfig::default(),
             tls: None,
             log: LogConfig::default(),
         }
@@ -110,6 +113,24 @@ impl Default for LimitsConfig {
             // so the cap holds the store near 600 MB, under the Helm chart's 1 GiB limit. One
             // address alone fills at most `announce_per_address` × `peer_ttl` of it.
             records: 1_000_000,
+        }
+    }
+}
+
+/// The swarm view's settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViewConfig {
+    /// A downloading peer whose piece count has not grown for this long is shown stalled. The
+    /// default is half the agents' default `p2p.stall_timeout` (60 s), where a download fails.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig {
+            stall_after: Duration::from_secs(30),
         }
     }
 }
@@ -216,6 +237,9 @@ impl TrackerConfig {
                 "peer_ttl",
                 "must be longer than announce_interval, or live peers drop out between announces",
             ));
+        }
+        if self.view.stall_after.is_zero() {
+            return Err(invalid("view.stall_after", "must be greater than zero"));
         }
         if let StoreConfig::Redis { url } = &self.store
             && let Err(error) = redis::Client::open(url.as_str())

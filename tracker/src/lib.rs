@@ -16,6 +16,7 @@ mod metrics;
 mod origins;
 mod peers;
 mod service;
+mod view;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 
 pub use config::{
-    InvalidConfig, LimitsConfig, OriginAddrs, OriginsConfig, RateConfig, StoreConfig, TrackerConfig,
+    InvalidConfig, LimitsConfig, OriginAddrs, OriginsConfig, RateConfig, StoreConfig,
+    TrackerConfig, ViewConfig,
 };
 pub use error::RETRY_PUSHBACK;
 pub use peers::{
@@ -63,7 +65,9 @@ pub mod fuzzing {
     pub const MAX_REQUEST_SIZE: usize = super::MAX_REQUEST_SIZE;
 
     pub fn parse_announce(request: AnnounceRequest) -> Result<(Digest, PeerRecord), Status> {
-        crate::service::parse_announce(request).map_err(Status::from)
+        crate::service::parse_announce(request)
+            .map(|announce| (announce.digest, announce.peer))
+            .map_err(Status::from)
     }
 
     pub fn parse_metainfo_request(
@@ -124,11 +128,32 @@ pub async fn run(
     let capacity = NonZeroUsize::new(config.metainfo_cache)
         .context("config field `metainfo_cache` must be at least 1")?;
     let limiter = Arc::new(AnnounceLimiter::new(&config.limits));
-    tasks.spawn(prune_limits(Arc::clone(&limiter), shutdown.clone()));
+    let board = Arc::new(view::Board::new(record_limits));
+    tasks.spawn(prune(
+        Arc::clone(&limiter),
+        Arc::clone(&board),
+        config.peer_ttl,
+        shutdown.clone(),
+    ));
+    let metainfo = Arc::new(metainfo::MetainfoCache::new(
+        Arc::clone(&origins),
+        capacity,
+        metrics.clone(),
+    ));
+    let view = view::router(
+        Arc::new(view::View {
+            board: Arc::clone(&board),
+            origins: Arc::clone(&origins),
+            metainfo: Arc::clone(&metainfo),
+            stall_after: config.view.stall_after,
+        }),
+        shutdown.clone(),
+    );
     let service = service::TrackerService {
         store,
         limiter,
-        metainfo: metainfo::MetainfoCache::new(Arc::clone(&origins), capacity, metrics.clone()),
+        metainfo,
+        board,
         origins,
         handout_limit: config.handout_limit,
         interval_ms: u32::try_from(config.announce_interval.as_millis())
@@ -141,7 +166,8 @@ pub async fn run(
     .into_axum_router();
     // Under mutual TLS, only agents and origins announce and ask for metainfo.
     let grpc = with_access(grpc, Access::only(Roles::of(&[Role::Agent, Role::Origin])));
-    let app = shoal_service::http::with_common_routes(grpc, registry.build());
+    // The swarm view only reads: open to any caller, like `/metrics` (see `view`).
+    let app = shoal_service::http::with_common_routes(grpc.merge(view), registry.build());
 
     let addr = listeners
         .grpc
@@ -159,14 +185,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Forgets idle rate-limit buckets every [`PRUNE_INTERVAL`] until `shutdown`.
-async fn prune_limits(limiter: Arc<AnnounceLimiter>, shutdown: CancellationToken) {
+/// Forgets idle rate-limit buckets, and the view's peers silent for `peer_ttl`, every
+/// [`PRUNE_INTERVAL`] until `shutdown`.
+async fn prune(
+    limiter: Arc<AnnounceLimiter>,
+    board: Arc<view::Board>,
+    peer_ttl: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => limiter.prune(),
+            _ = tick.tick() => {
+                limiter.prune();
+                board.prune(peer_ttl);
+            }
         }
     }
 }

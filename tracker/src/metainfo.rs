@@ -50,6 +50,13 @@ impl MetainfoCache {
         }
     }
 
+    /// The blob's length when its metainfo is cached, without fetching or refreshing it.
+    pub fn cached_length(&self, digest: &Digest) -> Option<u64> {
+        lock(&self.cache)
+            .peek(digest)
+            .map(|metainfo| metainfo.length())
+    }
+
     /// The metainfo of `digest`; `namespace` tells the origin which repository to pull it
     /// through for (it does not change the metainfo, so it is not part of the cache key).
     pub async fn get(

@@ -20,13 +20,15 @@ use crate::limits::AnnounceLimiter;
 use crate::metainfo::MetainfoCache;
 use crate::metrics::{MetainfoResult, TrackerMetrics};
 use crate::origins::Origins;
-use crate::peers::{PeerRecord, PeerStore};
+use crate::peers::{Admission, PeerRecord, PeerStore};
+use crate::view::{Board, Progress};
 
 pub struct TrackerService {
     pub store: Arc<dyn PeerStore>,
     pub limiter: Arc<AnnounceLimiter>,
     pub origins: Arc<Origins>,
-    pub metainfo: MetainfoCache,
+    pub metainfo: Arc<MetainfoCache>,
+    pub board: Arc<Board>,
     pub handout_limit: usize,
     pub interval_ms: u32,
     pub metrics: TrackerMetrics,
@@ -39,7 +41,12 @@ impl Tracker for TrackerService {
         request: Request<AnnounceRequest>,
     ) -> Result<Response<AnnounceResponse>, Status> {
         let from = source_ip(&request);
-        let (digest, peer) = parse_announce(request.into_inner())?;
+        let Announce {
+            digest,
+            namespace,
+            peer,
+            progress,
+        } = parse_announce(request.into_inner())?;
         self.limiter.check(&peer.id, from).map_err(|limited| {
             self.metrics.limited(limited.by);
             TrackerError::RateLimited(limited)
@@ -64,6 +71,10 @@ impl Tracker for TrackerService {
             announced.admission,
             announced.records,
         );
+        // The view shows what the store keeps, so it is held to the same limits.
+        if announced.admission == Admission::Recorded {
+            self.board.announce(digest, namespace, &peer, progress);
+        }
         let chosen = handout(
             &peer.id,
             &peer.addr,
@@ -132,15 +143,22 @@ fn to_proto(metainfo: &Metainfo) -> MetainfoResponse {
     }
 }
 
-/// An announce as domain types: the digest and the announcing peer, its namespace checked.
+/// An announce as domain types.
+pub(crate) struct Announce {
+    pub digest: Digest,
+    pub namespace: Option<Name>,
+    pub peer: PeerRecord,
+    pub progress: Option<Progress>,
+}
+
 /// Every announce passes here before it reaches the rate limiter and the peer store.
-pub(crate) fn parse_announce(
-    request: AnnounceRequest,
-) -> Result<(Digest, PeerRecord), TrackerError> {
-    let digest = parse_digest(&request.digest)?;
-    parse_namespace(&request.namespace)?;
-    let peer = parse_peer(request.peer)?;
-    Ok((digest, peer))
+pub(crate) fn parse_announce(request: AnnounceRequest) -> Result<Announce, TrackerError> {
+    Ok(Announce {
+        digest: parse_digest(&request.digest)?,
+        namespace: parse_namespace(&request.namespace)?,
+        peer: parse_peer(request.peer)?,
+        progress: request.progress.map(Progress::parse).transpose()?,
+    })
 }
 
 /// A metainfo request's digest and namespace.

@@ -153,6 +153,7 @@ impl Tracker {
                 origin: identity.origin,
                 complete,
             }),
+            progress: None,
         });
         request.set_timeout(ANNOUNCE_TIMEOUT);
         let response = self

@@ -155,6 +155,7 @@ pub fn announce(digest: &Digest, id: &str, complete: bool) -> AnnounceRequest {
             origin: false,
             complete,
         }),
+        progress: None,
     }
 }
 
