@@ -40,6 +40,9 @@ pub struct BuildIndexConfig {
     pub pending_dir: Option<PathBuf>,
     /// Tags copied to other clusters by repository rule. Absent: nothing is replicated.
     pub replication: Option<ReplicationConfig>,
+    /// Tags removed by repository rule, on a schedule and on demand (`POST /v1/retention`).
+    /// Absent: tags are only removed by deletes.
+    pub retention: Option<RetentionConfig>,
     /// `tls:` on the listener; with `tls.ca`, mutual TLS: tag writes only from proxies and
     /// build-indexes, reads from any cluster role.
     pub tls: Option<TlsConfig>,
@@ -90,6 +93,7 @@ impl Default for BuildIndexConfig {
             backends: Vec::new(),
             pending_dir: None,
             replication: None,
+            retention: None,
             tls: None,
             log: LogConfig::default(),
         }
@@ -131,7 +135,103 @@ impl BuildIndexConfig {
         if let Some(replication) = &self.replication {
             replication.validate()?;
         }
+        if let Some(retention) = &self.retention {
+            retention.validate()?;
+        }
         Ok(())
+    }
+}
+
+/// Retention: which tags of which repositories go, checked every `interval`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Time between scheduled runs (the first one interval after start).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The first rule whose `repository` matches a repository's whole name applies to it;
+    /// repositories no rule matches keep every tag.
+    pub rules: Vec<RetentionRuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleConfig {
+    /// Regex matched against the whole repository name.
+    pub repository: String,
+    /// Keep the newest N unprotected tags (by the time each was last written).
+    #[serde(default)]
+    pub keep_last: Option<i64>,
+    /// Remove unprotected tags last written longer ago than this.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Regexes over whole tag names that are never removed (and not counted by `keep_last`).
+    #[serde(default)]
+    pub protect: Vec<String>,
+    /// Also remove the record of a manifest once retention removed its last tag, so garbage
+    /// collection no longer keeps it.
+    #[serde(default)]
+    pub delete_untagged: bool,
+}
+
+impl RetentionConfig {
+    fn validate(&self) -> Result<(), InvalidConfig> {
+        self.compile().map(drop)
+    }
+
+    /// The rules with their regexes compiled and limits checked; the error names the field.
+    pub fn compile(&self) -> Result<Vec<crate::retention::Rule>, InvalidConfig> {
+        let invalid = |field: String, reason: String| InvalidConfig {
+            field: format!("retention.{field}"),
+            reason,
+        };
+        if self.interval.is_zero() {
+            return Err(invalid("interval".into(), "must be above zero".into()));
+        }
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, rule) in self.rules.iter().enumerate() {
+            let repository = whole_name_regex(&rule.repository)
+                .map_err(|e| invalid(format!("rules[{i}].repository"), e.to_string()))?;
+            let keep_last = match rule.keep_last {
+                None => None,
+                Some(n) if n >= 1 => Some(n as usize),
+                Some(n) => {
+                    return Err(invalid(
+                        format!("rules[{i}].keep_last"),
+                        format!("must be at least 1 (got {n}); leave it out to keep any number"),
+                    ));
+                }
+            };
+            if rule.ttl.is_some_and(|ttl| ttl.is_zero()) {
+                return Err(invalid(
+                    format!("rules[{i}].ttl"),
+                    "must be above zero".into(),
+                ));
+            }
+            if keep_last.is_none() && rule.ttl.is_none() {
+                return Err(invalid(
+                    format!("rules[{i}]"),
+                    "needs `keep_last`, `ttl` or both".into(),
+                ));
+            }
+            let protect = rule
+                .protect
+                .iter()
+                .enumerate()
+                .map(|(j, pattern)| {
+                    whole_name_regex(pattern)
+                        .map_err(|e| invalid(format!("rules[{i}].protect[{j}]"), e.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
+            rules.push(crate::retention::Rule {
+                repository,
+                keep_last,
+                ttl: rule.ttl,
+                protect,
+                delete_untagged: rule.delete_untagged,
+            });
+        }
+        Ok(rules)
     }
 }
 
@@ -172,7 +272,7 @@ impl ReplicationConfig {
     }
 }
 
-/// A rule's regex, anchored so it must match the whole repository name.
+/// A rule's regex, anchored so it must match the whole repository (or tag) name.
 pub fn whole_name_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }
@@ -262,6 +362,43 @@ mod tests {
         assert!(error.contains("remote"), "{error}");
         let error = parse(&good.replace("2s", "10m")).unwrap_err();
         assert!(error.contains("replication.retry_initial"), "{error}");
+    }
+
+    #[test]
+    fn retention_rules_are_checked_by_field() {
+        let parse = |yaml: &str| {
+            shoal_service::config::parse::<BuildIndexConfig>(yaml, "t")
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+        };
+        let good = "retention:\n  interval: 1h\n  rules:\n    - repository: 'team/.*'\n      keep_last: 2\n      ttl: 7d\n      protect: ['latest']\n";
+        parse(good).unwrap();
+        for (from, to, field) in [
+            ("team/.*", "team/(", "retention.rules[0].repository"),
+            ("'latest'", "'v[1'", "retention.rules[0].protect[0]"),
+            (
+                "keep_last: 2",
+                "keep_last: 0",
+                "retention.rules[0].keep_last",
+            ),
+            (
+                "keep_last: 2",
+                "keep_last: -3",
+                "retention.rules[0].keep_last",
+            ),
+            ("ttl: 7d", "ttl: 0s", "retention.rules[0].ttl"),
+            ("interval: 1h", "interval: 0s", "retention.interval"),
+            (
+                "      keep_last: 2\n      ttl: 7d\n",
+                "",
+                "retention.rules[0]",
+            ),
+        ] {
+            let error = parse(&good.replace(from, to)).unwrap_err();
+            assert!(error.contains(&format!("`{field}`")), "{to}: {error}");
+        }
+        let error = parse(&good.replace("ttl: 7d", "ttl: soon")).unwrap_err();
+        assert!(error.contains("ttl"), "{error}");
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub enum Error {
     /// A job queue (pending tags, replication) could not be read or written.
     #[error("job queue: {0}")]
     Queue(#[from] shoal_jobs::JobsError),
+    /// A retention run was asked for, but the config has no `retention` section.
+    #[error("retention is not configured (config field `retention`)")]
+    RetentionOff,
+    /// The query of a retention run is malformed.
+    #[error("invalid retention query: {0}")]
+    RetentionQuery(String),
     /// A remote cluster's proxy refused or failed a replication step.
     #[error("replicating to {remote}: {step} failed: {reason}")]
     Remote {
@@ -90,6 +96,7 @@ impl Error {
             Error::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,
             Error::BlobUnknown { .. } => ErrorCode::ManifestBlobUnknown,
             Error::NameUnknown(_) => ErrorCode::NameUnknown,
+            Error::RetentionOff | Error::RetentionQuery(_) => ErrorCode::Unsupported,
             // Our own dependencies failed, not the request: 503 tells callers to retry later.
             Error::OriginUnavailable { .. }
             | Error::OriginCorrupt { .. }

@@ -10,6 +10,7 @@ mod metrics;
 mod pagination;
 mod records;
 mod replicate;
+mod retention;
 mod routes;
 mod tags;
 mod verify;
@@ -27,7 +28,7 @@ use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use config::{BuildIndexConfig, InvalidConfig};
+pub use config::{BuildIndexConfig, InvalidConfig, RetentionConfig, RetentionRuleConfig};
 
 /// A tag check fetches manifests (at most 4 MiB) and stats blobs; an origin slower than this to
 /// answer one of those requests is treated as unavailable rather than holding the PUT forever.
@@ -117,11 +118,30 @@ pub async fn run(
         }
         None => None,
     };
+    let retention = match &config.retention {
+        Some(retention_config) => {
+            let rules = retention_config.compile()?;
+            let retention_metrics = metrics::RetentionMetrics::register(metrics.registry());
+            let retention = Arc::new(retention::Retention::new(
+                rules,
+                tags.clone(),
+                retention_metrics,
+            ));
+            tasks.spawn(
+                retention
+                    .clone()
+                    .run_scheduled(retention_config.interval, shutdown.clone()),
+            );
+            Some(retention)
+        }
+        None => None,
+    };
     let metrics = metrics.build();
     let state = routes::AppState {
         tags,
         origins,
         replicator,
+        retention,
         metrics: tag_metrics,
     };
     let app = shoal_service::http::with_common_routes(

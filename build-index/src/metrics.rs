@@ -53,6 +53,38 @@ impl TagMetrics {
     }
 }
 
+/// What retention removed.
+#[derive(Clone, Debug, Default)]
+pub struct RetentionMetrics {
+    tags: Counter,
+    records: Counter,
+}
+
+impl RetentionMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "build_index_retention_tags_removed",
+            "Tags removed by retention rules",
+            metrics.tags.clone(),
+        );
+        registry.register(
+            "build_index_retention_records_removed",
+            "Manifest records removed by retention (delete_untagged) once their last tag went",
+            metrics.records.clone(),
+        );
+        metrics
+    }
+
+    pub fn tag_removed(&self) {
+        self.tags.inc();
+    }
+
+    pub fn record_removed(&self) {
+        self.records.inc();
+    }
+}
+
 /// Cross-cluster replication progress (`replicate`), read from its queue on each scrape.
 pub const REPLICATION: StatsNames = StatsNames {
     prefix: "build_index_replication",

@@ -72,6 +72,16 @@ pub async fn delete(
     Ok(untagged)
 }
 
+/// Removes tag `tag` of `name` (its record stays): what a tag DELETE and retention both do.
+/// `false` when there was no such tag.
+pub async fn untag(tags: &TagStore, name: &Name, tag: &Tag) -> Result<bool, Error> {
+    let deleted = tags.delete(name, &Entry::Tag(tag.clone())).await?;
+    if deleted {
+        info!(repo = %name, %tag, "tag deleted");
+    }
+    Ok(deleted)
+}
+
 /// The manifests of `name` whose `subject` is `digest`, in digest order.
 pub async fn referrers(
     tags: &TagStore,
@@ -119,7 +129,7 @@ async fn adopt_legacy(
 }
 
 /// Every tag of `name` with the digest it points at.
-async fn tag_targets(tags: &TagStore, name: &Name) -> Result<Vec<(Tag, Digest)>, Error> {
+pub async fn tag_targets(tags: &TagStore, name: &Name) -> Result<Vec<(Tag, Digest)>, Error> {
     let names = tags.tags(name).await?;
     let names = names.into_iter().filter_map(|tag| Tag::parse(&tag).ok());
     lookup_all(names, |tag| async move { tags.get(name, &tag).await }).await

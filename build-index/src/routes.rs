@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_api::wire::encode;
 use shoal_core::{Digest, Name, Tag};
 use tracing::info;
@@ -21,7 +21,8 @@ use crate::metrics::TagMetrics;
 use crate::pagination::{Page, PageQuery, PageRequest};
 use crate::records;
 use crate::replicate::Replicator;
-use crate::tags::{Entry, TagStore, Value};
+use crate::retention::Retention;
+use crate::tags::{TagStore, Value};
 use crate::verify::Origins;
 
 /// A PUT body is one digest (71 bytes); anything past this is not a digest.
@@ -34,6 +35,8 @@ pub struct AppState {
     pub origins: Arc<Origins>,
     /// Present when replication is configured.
     pub replicator: Option<Arc<Replicator>>,
+    /// Present when retention is configured.
+    pub retention: Option<Arc<Retention>>,
     pub metrics: TagMetrics,
 }
 
@@ -53,7 +56,26 @@ pub fn router(state: AppState) -> Router {
             "/v1/repositories/{repo}/referrers/{digest}",
             get(list_referrers),
         )
+        .route("/v1/retention", axum::routing::post(run_retention))
         .with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Runs retention now (after a run in progress) and answers what it removed, or with
+/// `?dry_run=true` what it would remove.
+async fn run_retention(
+    State(state): State<AppState>,
+    query: Result<Query<RetentionQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(query) = query.map_err(|e| Error::RetentionQuery(e.body_text()))?;
+    let retention = state.retention.as_ref().ok_or(Error::RetentionOff)?;
+    Ok(axum::Json(retention.run(query.dry_run).await).into_response())
 }
 
 type TagPath = Result<Path<(String, String)>, PathRejection>;
@@ -122,10 +144,9 @@ async fn get_tag(State(state): State<AppState>, path: TagPath) -> Result<Respons
 
 async fn delete_tag(State(state): State<AppState>, path: TagPath) -> Result<StatusCode, Error> {
     let (name, tag) = parse_tag_path(path)?;
-    if !state.tags.delete(&name, &Entry::Tag(tag.clone())).await? {
+    if !records::untag(&state.tags, &name, &tag).await? {
         return Err(Error::TagUnknown(format!("{name}:{tag}")));
     }
-    info!(repo = %name, %tag, "tag deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

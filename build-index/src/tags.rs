@@ -11,14 +11,19 @@
 //! `<sha256 of "repo@digest">.json` for a record), until it is written back. Versions before
 //! the queue kept such tags as `repositories/<repo>/_tags/<tag>` files under the same
 //! directory; those are queued when it is opened.
+//!
+//! Beside each tag, the time it was last written (`repositories/<repo>/_tag_times/<tag>`, RFC
+//! 3339 text), which retention ranks tags by. Tags written before times were kept have none; a
+//! registry backend keeps none (its key space has no place for them).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt, stream};
+use humantime_serde::re::humantime;
 use serde::{Deserialize, Serialize};
 use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
@@ -37,6 +42,8 @@ use crate::error::Error;
 const TAGS_SEPARATOR: &str = "/_tags/";
 /// The same for manifest records (`…/_manifests/sha256/<hex>`).
 const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
+/// The same for the times tags were written (`…/_tag_times/<tag>`).
+const TAG_TIMES_SEPARATOR: &str = "/_tag_times/";
 /// A tag object holds `sha256:` + 64 hex characters and a record one media type; anything
 /// much larger is neither.
 const MAX_ENTRY_OBJECT: usize = 1024;
@@ -134,6 +141,13 @@ struct Pending {
     repo: Name,
     #[serde(flatten)]
     value: Value,
+    /// When a tag was written (markers of versions before tag times have none).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    updated_at: Option<SystemTime>,
 }
 
 /// Writing a pending entry back to its backend.
@@ -164,6 +178,11 @@ impl Job for EntryWriteBack {
         }
         let key = entry.key(&pending.repo);
         let backend = store.backend(&pending.repo).map_err(Failure::retry)?;
+        if let (Entry::Tag(tag), Some(time)) = (&entry, pending.updated_at) {
+            write_time(&*backend, &pending.repo, tag, time)
+                .await
+                .map_err(|error| Failure::retry(format!("writing back {key}'s time: {error}")))?;
+        }
         write_object(&*backend, &key, pending.value.object())
             .await
             .map_err(|error| Failure::retry(format!("writing back {key}: {error}")))?;
@@ -209,12 +228,22 @@ impl TagStore {
     /// new one, never a mix. When the backend cannot be reached and a pending directory is
     /// configured, the entry is kept there durably (and this node serves it) until the
     /// write-back gets it into the backend.
+    ///
+    /// A tag's time is written first, so a crash in between leaves a tag that looks newer than
+    /// it is (kept longer by retention), never one that looks older.
     pub async fn put(&self, name: &Name, value: Value) -> Result<(), Error> {
         let entry = value.entry();
         let key = entry.key(name);
         let backend = self.backend(name)?;
+        let updated_at = matches!(entry, Entry::Tag(_)).then(SystemTime::now);
         let _writing = self.writes.lock().await;
-        let written = write_object(&*backend, &key, value.object()).await;
+        let written = async {
+            if let (Entry::Tag(tag), Some(time)) = (&entry, updated_at) {
+                write_time(&*backend, name, tag, time).await?;
+            }
+            write_object(&*backend, &key, value.object()).await
+        }
+        .await;
         let Some(pending) = &self.pending else {
             return written.map_err(Error::backend("writing a tag or manifest record"));
         };
@@ -227,7 +256,12 @@ impl TagStore {
             Err(error) if transient(&error) => {
                 warn!(%key, %error, "tag backend unreachable: keeping the entry locally until it is written back");
                 let repo = name.clone();
-                Ok(pending.enqueue(Pending { repo, value }).await?)
+                let pending_entry = Pending {
+                    repo,
+                    value,
+                    updated_at,
+                };
+                Ok(pending.enqueue(pending_entry).await?)
             }
             Err(source) => Err(Error::Backend {
                 action: "writing a tag or manifest record",
@@ -256,6 +290,32 @@ impl TagStore {
         let key = entry.key(name);
         let text = read_object(&*self.backend(name)?, &key).await?;
         text.map(|text| digest_object(&key, &text)).transpose()
+    }
+
+    /// When `tag` was last written, or `None` when that is not known: the tag was written
+    /// before tag times were kept, or its backend (a registry) keeps none.
+    pub async fn updated_at(&self, name: &Name, tag: &Tag) -> Result<Option<SystemTime>, Error> {
+        let entry = Entry::Tag(tag.clone());
+        if let Some(pending) = self
+            .pending
+            .as_ref()
+            .and_then(|queue| queue.get(&entry.pending_key(name)))
+        {
+            return Ok(pending.updated_at);
+        }
+        let key = tag_time_key(name, tag);
+        let text = match read_object(&*self.backend(name)?, &key).await {
+            Err(Error::Backend { source, .. }) if keeps_no_times(&source) => return Ok(None),
+            other => other?,
+        };
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&text)
+            .map_err(|_| "not UTF-8".to_owned())
+            .and_then(|s| humantime::parse_rfc3339(s.trim()).map_err(|e| e.to_string()))
+            .map(Some)
+            .map_err(|reason| Error::CorruptEntry { key, reason })
     }
 
     /// The record of manifest `digest` pushed into `name`, or `None` when there is none.
@@ -313,18 +373,26 @@ impl TagStore {
         Some(pending.value)
     }
 
-    /// Removes a tag or a manifest record; `false` when it did not exist.
+    /// Removes a tag (then its time) or a manifest record; `false` when it did not exist.
     pub async fn delete(&self, name: &Name, entry: &Entry) -> Result<bool, Error> {
         let _writing = self.writes.lock().await;
         let was_pending = match &self.pending {
             Some(pending) => pending.remove(&entry.pending_key(name)).await?,
             None => false,
         };
-        let in_backend = self
-            .backend(name)?
+        let backend = self.backend(name)?;
+        let in_backend = backend
             .delete(&entry.key(name))
             .await
             .map_err(Error::backend("deleting a tag or manifest record"))?;
+        if let Entry::Tag(tag) = entry {
+            match backend.delete(&tag_time_key(name, tag)).await {
+                Err(error) if !keeps_no_times(&error) => {
+                    return Err(Error::backend("deleting a tag's time")(error));
+                }
+                _ => {}
+            }
+        }
         Ok(was_pending || in_backend)
     }
 
@@ -364,6 +432,23 @@ impl TagStore {
         })
     }
 
+    /// Every repository that has a tag or a manifest record in any backend (or pending), sorted:
+    /// what garbage collection marks from.
+    pub async fn all_repositories(&self) -> Result<Vec<Name>, Error> {
+        let mut repos = BTreeSet::new();
+        for backend in self.backends.backends() {
+            for key in list(backend, REPOSITORIES_PREFIX).await? {
+                let repo = key
+                    .strip_prefix(REPOSITORIES_PREFIX)
+                    .and_then(|rest| rest.split_once("/_"))
+                    .and_then(|(repo, _)| Name::parse(repo).ok());
+                repos.extend(repo);
+            }
+        }
+        repos.extend(self.pending_entries().into_iter().map(|p| p.repo));
+        Ok(repos.into_iter().collect())
+    }
+
     /// Every repository that has at least one tag in any backend, sorted.
     pub async fn repositories(&self) -> Result<Vec<String>, Error> {
         let mut keys = Vec::new();
@@ -374,7 +459,7 @@ impl TagStore {
             .iter()
             .filter_map(|key| match parse_tag_key(key) {
                 Some((name, _)) => Some(name.as_str().to_owned()),
-                None if is_record_key(key) => None,
+                None if is_record_key(key) || key.contains(TAG_TIMES_SEPARATOR) => None,
                 None => {
                     warn!(
                         key,
@@ -433,7 +518,14 @@ async fn import_old_layout(dir: &Path, queue: &Queue<EntryWriteBack>) -> Result<
         if let Some(text) = read_object(&old, &key).await? {
             let digest = digest_object(&key, &text)?;
             let value = Value::Tag { tag, digest };
-            queue.enqueue(Pending { repo, value }).await?;
+            let updated_at = None;
+            queue
+                .enqueue(Pending {
+                    repo,
+                    value,
+                    updated_at,
+                })
+                .await?;
             info!(key, %digest, "pending tag of an earlier version queued");
         }
         old.delete(&key).await.map_err(Error::backend(
@@ -473,6 +565,34 @@ async fn write_object(backend: &dyn Backend, key: &str, object: Bytes) -> Result
                 reason: format!("no answer within {BACKEND_WRITE_TIMEOUT:?}"),
             })
         })
+}
+
+/// The key of the time `tag` of `repo` was last written.
+fn tag_time_key(repo: &Name, tag: &Tag) -> String {
+    format!("{REPOSITORIES_PREFIX}{repo}{TAG_TIMES_SEPARATOR}{tag}")
+}
+
+/// Writes the time `tag` was written; a backend that keeps no times (a registry) is skipped.
+async fn write_time(
+    backend: &dyn Backend,
+    repo: &Name,
+    tag: &Tag,
+    time: SystemTime,
+) -> Result<(), BackendError> {
+    let text = humantime::format_rfc3339_millis(time).to_string();
+    match write_object(backend, &tag_time_key(repo, tag), Bytes::from(text)).await {
+        Err(error) if keeps_no_times(&error) => Ok(()),
+        written => written,
+    }
+}
+
+/// Whether a backend refused a tag time's key because it has no place for one (a registry
+/// maps only blobs, tags and manifests).
+fn keeps_no_times(error: &BackendError) -> bool {
+    matches!(
+        error,
+        BackendError::InvalidKey { .. } | BackendError::Unsupported { .. }
+    )
 }
 
 /// The object under `key` (a tag or a record), or `None` when there is none.
