@@ -4,7 +4,7 @@
 use std::io;
 use std::time::SystemTime;
 
-use shoal_core::Digest;
+use shoal_core::{Algorithm, Digest};
 
 use super::{BLOB_FILE, BlobStore, StoreError};
 use crate::fsutil::{self, IoContext};
@@ -24,8 +24,19 @@ impl BlobStore {
     /// Every committed blob, in no particular order. Entries that are not blob directories
     /// (stray files, names that are not digests) are skipped.
     pub async fn list_blobs(&self) -> Result<Vec<StoredBlob>, StoreError> {
-        let root = self.layout.digests_dir();
         let mut blobs = Vec::new();
+        for algorithm in Algorithm::ALL {
+            self.list_blobs_of(algorithm, &mut blobs).await?;
+        }
+        Ok(blobs)
+    }
+
+    async fn list_blobs_of(
+        &self,
+        algorithm: Algorithm,
+        blobs: &mut Vec<StoredBlob>,
+    ) -> Result<(), StoreError> {
+        let root = self.layout.digests_dir(algorithm);
         let mut shards = tokio::fs::read_dir(&root).await.ctx("list", &root)?;
         while let Some(shard) = shards.next_entry().await.ctx("list", &root)? {
             let shard_path = shard.path();
@@ -39,7 +50,7 @@ impl BlobStore {
                 let Some(digest) = entry
                     .file_name()
                     .to_str()
-                    .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+                    .and_then(|hex| Digest::parse(&format!("{algorithm}:{hex}")).ok())
                 else {
                     continue;
                 };
@@ -57,7 +68,7 @@ impl BlobStore {
                 });
             }
         }
-        Ok(blobs)
+        Ok(())
     }
 
     /// Removes a committed blob with its metainfo. Returns whether it was there. Readers that

@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use shoal_core::{Digest, Metainfo, MetainfoBuilder};
+use shoal_core::{Algorithm, Digest, Metainfo, MetainfoBuilder};
 
 use super::{BlobStore, StoreError, lock};
 use crate::fsutil::{self, IoContext};
@@ -114,12 +114,30 @@ impl BlobStore {
 }
 
 fn build_metainfo(
-    mut file: std::fs::File,
+    file: std::fs::File,
     path: &std::path::Path,
     expected: Digest,
 ) -> Result<Metainfo, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        digest: expected,
+        reason,
+    };
+    let metainfo =
+        hash_file(file, path, expected.algorithm())?.map_err(|e| corrupt(e.to_string()))?;
+    if metainfo.digest() != expected {
+        return Err(corrupt(format!("bytes hash to {}", metainfo.digest())));
+    }
+    Ok(metainfo)
+}
+
+/// One pass over `file` computing its metainfo for a digest of `algorithm`.
+fn hash_file(
+    mut file: std::fs::File,
+    path: &std::path::Path,
+    algorithm: Algorithm,
+) -> Result<Result<Metainfo, shoal_core::MetainfoError>, StoreError> {
     let len = file.metadata().ctx("stat", path)?.len();
-    let mut builder = MetainfoBuilder::new(len);
+    let mut builder = MetainfoBuilder::with_algorithm(algorithm, len);
     let mut buf = vec![0; READ_CHUNK];
     loop {
         let n = file.read(&mut buf).ctx("read", path)?;
@@ -128,13 +146,23 @@ fn build_metainfo(
         }
         builder.update(&buf[..n]);
     }
-    let corrupt = |reason: String| StoreError::Corrupt {
-        digest: expected,
-        reason,
-    };
-    let metainfo = builder.finish().map_err(|e| corrupt(e.to_string()))?;
-    if metainfo.digest() != expected {
-        return Err(corrupt(format!("bytes hash to {}", metainfo.digest())));
-    }
-    Ok(metainfo)
+    Ok(builder.finish())
+}
+
+/// The metainfo of the file at `path` for a digest of `algorithm`, hashed off the async
+/// workers: how a blob whose digest is not sha256 is checked once all its bytes are in (the
+/// streaming hash of uploads and the piece chain are sha256).
+pub(super) async fn metainfo_of_file(
+    path: &std::path::Path,
+    algorithm: Algorithm,
+) -> Result<Metainfo, StoreError> {
+    let file = std::fs::File::open(path).ctx("open", path)?;
+    let owned = path.to_owned();
+    let metainfo = tokio::task::spawn_blocking(move || hash_file(file, &owned, algorithm))
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .ctx("compute metainfo of", path)??;
+    Ok(metainfo
+        .map_err(|e| io::Error::other(e.to_string()))
+        .ctx("compute metainfo of", path)?)
 }

@@ -1,11 +1,12 @@
 //! The on-disk content-addressed blob store.
 //!
 //! Layout under the store root:
-//! - `blobs/sha256/<first 2 hex>/<hex>/data` — committed blob bytes, immutable once renamed in;
-//! - `blobs/sha256/<first 2 hex>/<hex>/metainfo.json` — the blob's metainfo, computed when the
-//!   blob is committed (or on first request for blobs stored without it);
+//! - `blobs/<algorithm>/<first 2 hex>/<hex>/data` — committed blob bytes (`sha256` or `sha512`),
+//!   immutable once renamed in;
+//! - `blobs/<algorithm>/<first 2 hex>/<hex>/metainfo.json` — the blob's metainfo, computed when
+//!   the blob is committed (or on first request for blobs stored without it);
 //! - `partial/<hex>/{data,bitfield}` — downloads in progress, kept across restarts so they
-//!   resume (see [`PartialBlob`]);
+//!   resume (see [`PartialBlob`]; the hex's length names the algorithm);
 //! - `uploads/<uuid>` — bytes of upload sessions in progress (session state lives in memory; the
 //!   file is open only while a request appends to it);
 //! - `tmp/` — temporary files of [`BlobWriter`]s and metainfo writes.
@@ -27,7 +28,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use shoal_core::{Digest, Metainfo};
+use shoal_core::{Algorithm, Digest, Metainfo};
 use tokio::sync::OnceCell;
 
 use crate::ByteStream;
@@ -55,8 +56,8 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    fn digests_dir(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+    fn digests_dir(&self, algorithm: Algorithm) -> PathBuf {
+        self.root.join("blobs").join(algorithm.as_str())
     }
 
     fn uploads_dir(&self) -> PathBuf {
@@ -69,7 +70,7 @@ impl Layout {
 
     fn shard_dir(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.digests_dir().join(&hex[..2])
+        self.digests_dir(digest.algorithm()).join(&hex[..2])
     }
 
     fn blob_dir(&self, digest: &Digest) -> PathBuf {
@@ -123,12 +124,12 @@ impl BlobStore {
     pub async fn open(root: impl Into<PathBuf>) -> Result<BlobStore, StoreError> {
         let layout = Layout { root: root.into() };
         // `partial/` is not cleared: its pieces are verified and durable, and resume downloads.
-        for dir in [
-            layout.digests_dir(),
+        let digests_dirs = Algorithm::ALL.map(|algorithm| layout.digests_dir(algorithm));
+        for dir in digests_dirs.into_iter().chain([
             layout.partials_dir(),
             layout.uploads_dir(),
             layout.tmp_dir(),
-        ] {
+        ]) {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .ctx("create directory", &dir)?;

@@ -9,7 +9,8 @@
 //! were verified and written, losing at most the ones since the last sync.
 //!
 //! Each piece is verified against the blob's sha256 chain (see [`Metainfo`]): once every piece
-//! is in, the blob hashes to its digest, with no pass over it at commit.
+//! is in, the blob hashes to its digest, with no pass over it at commit — unless the digest is a
+//! sha512 one, which the chain does not prove: commit hashes such a blob once more.
 //! [`PartialBlob::commit`] renames the data into `blobs/`.
 
 use std::collections::HashMap;
@@ -21,9 +22,10 @@ use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use shoal_core::{Bitfield, Digest, Metainfo};
+use shoal_core::{Algorithm, Bitfield, Digest, Metainfo};
 use tokio::sync::{Mutex as AsyncMutex, watch};
 
+use super::metainfo::metainfo_of_file;
 use super::{BlobStore, Layout, StoreError, lock};
 use crate::ByteStream;
 use crate::fsutil::{self, IoContext};
@@ -101,7 +103,7 @@ impl BlobStore {
             let Some(digest) = entry
                 .file_name()
                 .to_str()
-                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+                .and_then(|hex| Digest::from_key_hex(hex).ok())
             else {
                 continue;
             };
@@ -443,6 +445,19 @@ impl PartialBlob {
             self.remove_dir().await?;
             *durable = have;
             return Ok(inner.metainfo.length());
+        }
+        if digest.algorithm() != Algorithm::Sha256 {
+            let actual = metainfo_of_file(&inner.data_path, digest.algorithm())
+                .await?
+                .digest();
+            if actual != digest {
+                // Every piece matched a chain for other bytes: the metainfo lied. Start over.
+                self.remove_dir().await?;
+                return Err(StoreError::DigestMismatch {
+                    expected: digest,
+                    actual,
+                });
+            }
         }
         let data = inner.data.clone();
         let data_path = inner.data_path.clone();

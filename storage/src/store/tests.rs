@@ -723,3 +723,82 @@ async fn a_chunk_of_the_wrong_length_or_offset_appends_nothing() {
         11
     );
 }
+
+#[tokio::test]
+async fn sha512_blobs_upload_verify_and_list_under_their_algorithm() {
+    let (dir, store) = open_store().await;
+    let data = blob(600_000, 9);
+    let digest = shoal_core::Algorithm::Sha512.digest(&data);
+    // A chunked upload names its digest only at the end.
+    let id = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
+    for chunk in data.chunks(250_000) {
+        store
+            .append_upload(&id, None, stream_of(vec![chunk.to_vec()]))
+            .await
+            .expect("append");
+    }
+    let wrong = shoal_core::Algorithm::Sha512.digest(b"other bytes");
+    let id_wrong = store
+        .start_upload(UploadOwner::default())
+        .await
+        .expect("start");
+    store
+        .append_upload(&id_wrong, None, stream_of(vec![data.clone()]))
+        .await
+        .expect("append");
+    assert!(matches!(
+        store.commit_upload(&id_wrong, &wrong).await,
+        Err(StoreError::DigestMismatch { expected, actual }) if expected == wrong && actual == digest
+    ));
+    assert_eq!(store.stat(&wrong).await.expect("stat"), None);
+    assert_eq!(
+        store.commit_upload(&id, &digest).await.expect("commit"),
+        data.len() as u64
+    );
+    let file = store
+        .open_blob(&digest)
+        .await
+        .expect("open")
+        .expect("present");
+    assert_eq!(read_all(file.stream(0..u64::MAX)).await, data);
+    let metainfo = store
+        .metainfo(&digest)
+        .await
+        .expect("metainfo")
+        .expect("present");
+    assert_eq!(metainfo.digest(), digest);
+    assert_eq!(
+        metainfo.piece_hash(metainfo.piece_count() - 1),
+        Some(&Digest::of(&data)),
+        "pieces stay a sha256 chain"
+    );
+    assert!(
+        dir.path()
+            .join("blobs/sha512")
+            .join(&digest.hex()[..2])
+            .join(digest.hex())
+            .join("data")
+            .is_file()
+    );
+    // The same bytes under their sha256 are another blob; both are listed.
+    let short = Digest::of(&data);
+    store
+        .put(&short, stream_of(vec![data.clone()]))
+        .await
+        .expect("put sha256");
+    let mut listed: Vec<Digest> = store
+        .list_blobs()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|b| b.digest)
+        .collect();
+    listed.sort();
+    let mut expected = vec![short, digest];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+}

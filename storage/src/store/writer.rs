@@ -1,15 +1,16 @@
 //! Staged writes and the commit path shared by upload sessions and [`BlobWriter`]: bytes go to
 //! a temporary file while their digest and piece values are computed on the fly (one sha256
-//! pass, no re-read), and commit verifies the digest, fsyncs, writes the metainfo, renames into
+//! pass, no re-read; a sha512 digest costs one re-read at commit), and commit verifies the digest, fsyncs, writes the metainfo, renames into
 //! `blobs/` and fsyncs the directory.
 
 use std::io;
 
 use futures::StreamExt;
-use shoal_core::{Digest, Metainfo, MetainfoBuilder};
+use shoal_core::{Algorithm, Digest, Metainfo, MetainfoBuilder};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use super::metainfo::metainfo_of_file;
 use super::{BlobStore, Layout, StoreError};
 use crate::ByteStream;
 use crate::fsutil::{self, IoContext, TempPath};
@@ -222,10 +223,25 @@ impl Layout {
             temp,
             metainfo,
         } = staged;
-        let metainfo: Metainfo = metainfo
-            .finish()
-            .map_err(|e| io::Error::other(e.to_string()))
-            .ctx("compute metainfo of", temp.path())?;
+        let mut file = match file {
+            Some(file) => file,
+            // An upload session's file is closed between requests.
+            None => OpenOptions::new()
+                .write(true)
+                .open(temp.path())
+                .await
+                .ctx("open", temp.path())?,
+        };
+        file.flush().await.ctx("write", temp.path())?;
+        let metainfo: Metainfo = match expected.algorithm() {
+            Algorithm::Sha256 => metainfo
+                .finish()
+                .map_err(|e| io::Error::other(e.to_string()))
+                .ctx("compute metainfo of", temp.path())?,
+            // The bytes streamed through a sha256 builder (an upload names its digest only at
+            // the end): one more pass hashes them with the digest's algorithm.
+            algorithm => metainfo_of_file(temp.path(), algorithm).await?,
+        };
         let actual = metainfo.digest();
         if actual != *expected {
             return Err(StoreError::DigestMismatch {
@@ -241,16 +257,6 @@ impl Layout {
             // Content-addressed: an existing blob with this digest has these very bytes.
             return Ok(metainfo.length());
         }
-        let mut file = match file {
-            Some(file) => file,
-            // An upload session's file is closed between requests.
-            None => OpenOptions::new()
-                .write(true)
-                .open(temp.path())
-                .await
-                .ctx("open", temp.path())?,
-        };
-        file.flush().await.ctx("write", temp.path())?;
         // The data must be on disk before the rename makes it visible, or a crash could expose
         // a blob whose bytes were never written.
         file.sync_all().await.ctx("fsync", temp.path())?;

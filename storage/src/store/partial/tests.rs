@@ -351,3 +351,59 @@ async fn a_lying_metainfo_never_completes_and_its_last_piece_is_refused() {
     );
     assert_eq!(store.stat(&claimed).await.expect("stat"), None);
 }
+
+#[tokio::test]
+async fn a_sha512_download_is_checked_whole_at_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    let data = blob();
+    let sha512 = |data: &[u8]| {
+        let mut builder =
+            MetainfoBuilder::with_algorithm(shoal_core::Algorithm::Sha512, data.len() as u64);
+        builder.update(data);
+        builder.finish().expect("metainfo")
+    };
+    let metainfo = sha512(&data);
+    let digest = metainfo.digest();
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    for index in 0..metainfo.piece_count() as u32 {
+        partial
+            .write_piece(index, piece(&data, &metainfo, index))
+            .await
+            .expect("write");
+    }
+    assert_eq!(partial.commit().await.expect("commit"), data.len() as u64);
+    let file = store
+        .open_blob(&digest)
+        .await
+        .expect("open")
+        .expect("present");
+    assert_eq!(read_all(file.stream(0..u64::MAX)).await, data);
+
+    // A metainfo that names one sha512 with the chain of other bytes: every piece verifies, the
+    // whole does not, and nothing becomes visible.
+    let mut other = data.clone();
+    other[7] ^= 1;
+    let chain = sha512(&other);
+    let claimed = shoal_core::Algorithm::Sha512.digest(b"claimed");
+    let pieces = (0..chain.piece_count())
+        .map(|i| *chain.piece_hash(i).expect("piece"))
+        .collect();
+    let lying = Metainfo::from_parts(claimed, chain.length(), chain.piece_length(), pieces)
+        .expect("a sha512 digest cannot be checked against the chain");
+    let partial = store.partial(&claimed, &lying).await.expect("partial");
+    for index in 0..lying.piece_count() as u32 {
+        assert!(
+            partial
+                .write_piece(index, piece(&other, &lying, index))
+                .await
+                .expect("write")
+        );
+    }
+    assert!(matches!(
+        partial.commit().await,
+        Err(StoreError::DigestMismatch { expected, .. }) if expected == claimed
+    ));
+    assert_eq!(store.stat(&claimed).await.expect("stat"), None);
+    assert!(!dir.path().join("partial").join(claimed.hex()).exists());
+}
