@@ -10,15 +10,13 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use reqwest::{Client, StatusCode, header};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shoal_core::Algorithm;
 
-use super::{Backend, BackendError};
+use super::{BLOBS_PREFIX, Backend, BackendError};
 use crate::ByteStream;
 
-/// Key prefix of blob keys, whose last component is the digest's hex.
-const BLOB_PREFIX: &str = "blobs/sha256/";
-
 /// A URL with placeholders filled from a backend key: `{key}` (the whole key), and for blob keys
-/// `{hex}` (the digest's hex) and `{digest}` (`sha256:<hex>`).
+/// (`blobs/<algorithm>/<hex>`) `{hex}` (the digest's hex) and `{digest}` (`<algorithm>:<hex>`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct UrlTemplate(String);
 
@@ -61,19 +59,24 @@ impl UrlTemplate {
     /// The URL for `key`, or `None` when the template needs a digest and `key` is not a blob
     /// key (a blob-only mirror holds no tags).
     pub fn expand(&self, key: &str) -> Option<String> {
-        let hex = key
-            .strip_prefix(BLOB_PREFIX)
-            .filter(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        let blob = key
+            .strip_prefix(BLOBS_PREFIX)
+            .and_then(|path| path.split_once('/'))
+            .filter(|(algorithm, hex)| {
+                Algorithm::ALL.iter().any(|a| a.as_str() == *algorithm)
+                    && !hex.is_empty()
+                    && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
         let needs_digest = self.0.contains("{hex}") || self.0.contains("{digest}");
-        if needs_digest && hex.is_none() {
+        if needs_digest && blob.is_none() {
             return None;
         }
-        let hex = hex.unwrap_or_default();
+        let (algorithm, hex) = blob.unwrap_or_default();
         Some(
             self.0
                 .replace("{key}", key)
                 .replace("{hex}", hex)
-                .replace("{digest}", &format!("sha256:{hex}")),
+                .replace("{digest}", &format!("{algorithm}:{hex}")),
         )
     }
 

@@ -37,9 +37,31 @@ pub use writeback::{RetryPolicy, WriteBack, WriteBackStats};
 /// Key prefix under which every repository's tags live.
 pub const REPOSITORIES_PREFIX: &str = "repositories/";
 
-/// The backend key of a blob: `blobs/sha256/<hex>`.
+/// Key prefix of every blob: `blobs/<algorithm>/<hex>`.
+pub const BLOBS_PREFIX: &str = "blobs/";
+
+/// Separator between a repository and its manifest records' `<algorithm>/<hex>`.
+pub const MANIFESTS_SEPARATOR: &str = "/_manifests/";
+
+/// The backend key of a blob: `blobs/<algorithm>/<hex>` (`blobs/sha256/…`, `blobs/sha512/…`).
 pub fn blob_key(digest: &Digest) -> String {
-    format!("blobs/sha256/{}", digest.hex())
+    format!("{BLOBS_PREFIX}{}", digest_path(digest))
+}
+
+/// The digest a blob key names: the inverse of [`blob_key`].
+pub fn parse_blob_key(key: &str) -> Option<Digest> {
+    parse_digest_path(key.strip_prefix(BLOBS_PREFIX)?)
+}
+
+/// `<algorithm>/<hex>`, how blob and manifest record keys end.
+fn digest_path(digest: &Digest) -> String {
+    format!("{}/{}", digest.algorithm(), digest.hex())
+}
+
+/// The inverse of [`digest_path`]: the digest `path` names.
+pub fn parse_digest_path(path: &str) -> Option<Digest> {
+    let (algorithm, hex) = path.split_once('/')?;
+    Digest::parse(&format!("{algorithm}:{hex}")).ok()
 }
 
 /// The backend key of a tag: `repositories/<repo>/_tags/<tag>`. `_tags` cannot be a repository
@@ -53,14 +75,22 @@ pub fn tag_key(name: &Name, tag: &Tag) -> String {
 }
 
 /// The backend key of the record of a manifest pushed into a repository:
-/// `repositories/<repo>/_manifests/sha256/<hex>` (`_manifests`, like `_tags`, cannot be a
+/// `repositories/<repo>/_manifests/<algorithm>/<hex>` (`_manifests`, like `_tags`, cannot be a
 /// repository name component).
 pub fn manifest_key(name: &Name, digest: &Digest) -> String {
     format!(
-        "{REPOSITORIES_PREFIX}{}/_manifests/sha256/{}",
+        "{REPOSITORIES_PREFIX}{}{MANIFESTS_SEPARATOR}{}",
         name.as_str(),
-        digest.hex()
+        digest_path(digest)
     )
+}
+
+/// The repository and manifest a record key names: the inverse of [`manifest_key`].
+pub fn parse_manifest_key(key: &str) -> Option<(Name, Digest)> {
+    let (repo, path) = key
+        .strip_prefix(REPOSITORIES_PREFIX)?
+        .split_once(MANIFESTS_SEPARATOR)?;
+    Some((Name::parse(repo).ok()?, parse_digest_path(path)?))
 }
 
 /// Why a backend operation failed.
@@ -211,6 +241,35 @@ mod tests {
                 digest.hex()
             )
         );
+        let long = shoal_core::Algorithm::Sha512.digest(b"x");
+        assert_eq!(blob_key(&long), format!("blobs/sha512/{}", long.hex()));
+        assert_eq!(
+            manifest_key(&name, &long),
+            format!(
+                "repositories/library/ubuntu/_manifests/sha512/{}",
+                long.hex()
+            )
+        );
+        for digest in [digest, long] {
+            assert_eq!(parse_blob_key(&blob_key(&digest)), Some(digest));
+            assert_eq!(
+                parse_manifest_key(&manifest_key(&name, &digest)),
+                Some((name.clone(), digest))
+            );
+        }
+        for key in [
+            format!("blobs/sha512/{}", digest.hex()),
+            format!("blobs/sha384/{}", long.hex()),
+            format!("blobs/{}", digest.hex()),
+            format!(
+                "repositories/library/ubuntu/_manifests/sha512/{}",
+                digest.hex()
+            ),
+            format!("repositories/_manifests/sha256/{}", digest.hex()),
+        ] {
+            assert_eq!(parse_blob_key(&key), None, "{key}");
+            assert_eq!(parse_manifest_key(&key), None, "{key}");
+        }
     }
 
     #[test]

@@ -37,12 +37,13 @@ use shoal_registry_client::{
 };
 
 use super::http::take_bytes;
-use super::{Backend, BackendError, REPOSITORIES_PREFIX};
+use super::{
+    BLOBS_PREFIX, Backend, BackendError, MANIFESTS_SEPARATOR, REPOSITORIES_PREFIX, parse_blob_key,
+    parse_manifest_key,
+};
 use crate::ByteStream;
 
-const BLOB_PREFIX: &str = "blobs/sha256/";
 const TAGS_SEPARATOR: &str = "/_tags/";
-const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
 /// A tag object is a digest's text; refuse to buffer anything much larger.
 const MAX_TAG_OBJECT: usize = 1024;
 /// First and longest pause while a tag put waits for the write-back to bring its manifest and
@@ -118,18 +119,17 @@ fn parse_key(key: &str) -> Result<Key, BackendError> {
         key: key.chars().take(200).collect(),
         reason,
     };
-    if let Some(hex) = key.strip_prefix(BLOB_PREFIX) {
-        return Digest::parse(&format!("sha256:{hex}"))
+    if key.starts_with(BLOBS_PREFIX) {
+        return parse_blob_key(key)
             .map(Key::Blob)
-            .map_err(|_| invalid("not a sha256 blob key"));
+            .ok_or_else(|| invalid("not a sha256 or sha512 blob key"));
     }
     let rest = key
         .strip_prefix(REPOSITORIES_PREFIX)
         .ok_or_else(|| invalid("a registry holds only blob, tag and manifest record keys"))?;
-    if let Some((repo, hex)) = rest.split_once(MANIFESTS_SEPARATOR) {
-        let name = Name::parse(repo).map_err(|_| invalid("not a repository name"))?;
-        let digest = Digest::parse(&format!("sha256:{hex}"))
-            .map_err(|_| invalid("not a sha256 manifest record key"))?;
+    if rest.contains(MANIFESTS_SEPARATOR) {
+        let (name, digest) = parse_manifest_key(key)
+            .ok_or_else(|| invalid("not a repository's sha256 or sha512 manifest record key"))?;
         return Ok(Key::Manifest(name, digest));
     }
     let (repo, tag) = rest

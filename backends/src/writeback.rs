@@ -71,7 +71,7 @@ impl Job for BlobWriteBack {
 
     /// An unreadable marker named for a digest still gets its blob written back.
     fn rebuild(hex: &str) -> Option<Marker> {
-        let digest = Digest::parse(&format!("sha256:{hex}")).ok()?;
+        let digest = Digest::from_key_hex(hex).ok()?;
         Some(Marker {
             digest,
             namespace: None,

@@ -86,6 +86,11 @@ fn templates_expand_blob_keys_and_refuse_digests_for_other_keys() {
     );
     assert_eq!(digest.expand("repositories/a/_tags/v1"), None);
     assert_eq!(digest.expand("blobs/sha256/not-hex"), None);
+    assert_eq!(
+        digest.expand("blobs/sha512/cd34").as_deref(),
+        Some("https://m/v1/sha512:cd34")
+    );
+    assert_eq!(digest.expand("blobs/sha384/cd34"), None);
     let key = UrlTemplate::parse("http://m/{key}").expect("template");
     assert_eq!(
         key.expand("repositories/a/_tags/v1").as_deref(),
