@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::post;
+use axum::extract::State;
+use axum::routing::{get, post};
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
 use shoal_service::http::{Access, with_access, with_readiness, with_source_allow_list};
@@ -69,6 +70,12 @@ impl Listeners {
             .with_context(|| format!("binding the peer listener on {}", config.peer_listen))?;
         Ok(Listeners { http, peer })
     }
+}
+
+/// `GET /debug/downloads`: each blob this agent downloads or downloaded (the latest 256), with
+/// its pieces and the bytes it got from origins and from other agents.
+async fn downloads(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "downloads": state.engine.downloads() }))
 }
 
 /// Serves the registry API and the peer service until `shutdown` is cancelled, then lets
@@ -148,9 +155,11 @@ pub async fn run(
         preheat_secret: SharedSecret::new(&config.preheat.secret_header, &config.preheat.secret)
             .context("config field `preheat.secret_header`")?,
     };
-    // Preheat is no Registry V2 endpoint: beside the router, without its API version header.
+    // Preheat and the download report are no Registry V2 endpoints: beside the router, without
+    // its API version header.
     let preheat = Router::new()
         .route("/preheat", post(preheat::handle))
+        .route("/debug/downloads", get(downloads))
         .with_state(state.clone());
     let readiness = Readiness::new(
         tls.client(Roles::of(&[Role::Tracker, Role::BuildIndex]))

@@ -13,7 +13,7 @@ mod wire;
 
 pub use config::{Faults, Identity, P2pConfig};
 pub use engine::tracker::{channel as peer_channel, channel_with as peer_channel_with};
-pub use engine::{Blob, ClusterTls, Engine, Network};
+pub use engine::{Blob, ClusterTls, DownloadReport, Engine, Network, ReportState};
 pub use error::P2pError;
 pub use limiter::Limiter;
 pub use metrics::P2pMetrics;

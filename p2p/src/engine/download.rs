@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal_core::{Digest, Name, PeerId};
-use shoal_proto::v1::PeerInfo;
+use shoal_proto::v1::{PeerInfo, Progress};
 use shoal_storage::PartialBlob;
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::report::{DownloadReport, Received, ReportState, millis};
 use super::session::{self, Msg};
 use super::tracker::FALLBACK_INTERVAL;
 use super::{Shared, lock};
@@ -37,6 +38,11 @@ pub(crate) struct Download {
     pub(crate) partial: PartialBlob,
     pub(crate) state: watch::Sender<State>,
     last_use: Mutex<Instant>,
+    /// Piece bytes received, by sender kind.
+    pub(crate) received: Arc<Received>,
+    /// Pieces requested and not received yet, as of the driver's last tick (for announces).
+    in_flight: Mutex<Vec<u32>>,
+    started: (SystemTime, Instant),
 }
 
 impl Download {
@@ -47,7 +53,44 @@ impl Download {
             partial,
             state: watch::Sender::new(State::Running),
             last_use: Mutex::new(Instant::now()),
+            received: Arc::default(),
+            in_flight: Mutex::default(),
+            started: (SystemTime::now(), Instant::now()),
         })
+    }
+
+    /// Where the download stands, for `GET /debug/downloads`.
+    pub(crate) fn report(&self, state: ReportState) -> DownloadReport {
+        let have = self.partial.bitfield();
+        DownloadReport {
+            digest: self.digest.to_string(),
+            state,
+            length: self.partial.metainfo().length(),
+            piece_count: have.len(),
+            pieces: have.count(),
+            resumed_bytes: self.partial.resumed_bytes(),
+            bytes_from_origins: self.received.origins(),
+            bytes_from_peers: self.received.peers(),
+            started_at_unix_ms: millis(
+                self.started
+                    .0
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+            duration_ms: millis(self.started.1.elapsed()),
+        }
+    }
+
+    /// What an announce says of the download: the pieces held and in flight while it runs, only
+    /// the byte counts once complete.
+    pub(crate) fn progress(&self, complete: bool) -> Progress {
+        let have = self.partial.bitfield();
+        let in_flight = lock(&self.in_flight);
+        self.received.progress(
+            (!complete).then_some(&have),
+            have.len(),
+            if complete { &[] } else { &in_flight },
+        )
     }
 
     /// Starts the driver task. Called once, after the download is in the engine's map, so the
@@ -100,6 +143,12 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
         Err(reason) => Err(reason),
     };
     shared.metrics.downloads_active.dec();
+    let state = if outcome.is_ok() {
+        ReportState::Complete
+    } else {
+        ReportState::Failed
+    };
+    shared.finished(digest, download.report(state));
     match outcome {
         Ok(()) => {
             tracing::info!(%digest, "download complete");
@@ -174,7 +223,7 @@ impl Driver {
     async fn run(mut self) -> Result<(), String> {
         let announcer = tokio::spawn(announce(
             self.shared.clone(),
-            self.download.digest,
+            self.download.clone(),
             self.namespace.clone(),
             self.tx.clone(),
         ));
@@ -187,6 +236,7 @@ impl Driver {
             let event = tokio::select! {
                 () = shutdown.cancelled() => break Err("the engine is shutting down".to_owned()),
                 _ = tick.tick() => {
+                    self.publish_in_flight();
                     if self.last_progress.elapsed() > stall_timeout {
                         break Err(format!(
                             "no piece arrived for {stall_timeout:?} ({} peers known)",
@@ -217,6 +267,14 @@ impl Driver {
             sync_logged(&self.download.partial).await;
         }
         result
+    }
+
+    /// Pieces requested and not received yet, for the next announce.
+    fn publish_in_flight(&self) {
+        let mut pieces: Vec<u32> = self.requests.keys().map(|(_, piece)| *piece).collect();
+        pieces.sort_unstable();
+        pieces.dedup();
+        *lock(&self.download.in_flight) = pieces;
     }
 
     /// Turns a message from a task into a scheduler event, updating bookkeeping.
@@ -320,6 +378,7 @@ impl Driver {
         let task = session::PieceFetch {
             shared: self.shared.clone(),
             partial: self.download.partial.clone(),
+            received: self.download.received.clone(),
             peer: peer.clone(),
             addr: known.addr.clone(),
             origin: known.origin,
@@ -364,17 +423,26 @@ async fn sync_logged(partial: &PartialBlob) {
     }
 }
 
-/// Announces the download (as incomplete) at the tracker's interval and reports the peers.
+/// Announces the download (as incomplete, with its progress) at the tracker's interval and
+/// reports the peers.
 async fn announce(
     shared: Arc<Shared>,
-    digest: Digest,
+    download: Arc<Download>,
     namespace: Option<Name>,
     tx: mpsc::UnboundedSender<Msg>,
 ) {
+    let digest = download.digest;
     loop {
+        let progress = download.progress(false);
         let interval = match shared
             .tracker
-            .announce(&digest, namespace.as_ref(), &shared.identity, false)
+            .announce(
+                &digest,
+                namespace.as_ref(),
+                &shared.identity,
+                false,
+                Some(progress),
+            )
             .await
         {
             Ok(announced) => {

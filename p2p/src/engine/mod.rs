@@ -8,6 +8,7 @@
 
 mod blob;
 mod download;
+mod report;
 mod seed;
 mod session;
 mod source;
@@ -28,6 +29,7 @@ use tonic::transport::Channel;
 
 pub use blob::Blob;
 use download::Download;
+pub use report::{DownloadReport, ReportState};
 use seed::Seeds;
 use tracker::Tracker;
 
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     downloads: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Download>>>>>,
     /// Complete blobs being announced.
     seeds: Seeds,
+    /// Reports of the downloads that ended, the latest [`report::FINISHED_KEPT`].
+    finished: Mutex<LruCache<Digest, DownloadReport>>,
     /// One HTTP/2 channel per peer address, shared by all sessions and piece requests to it.
     channels: Mutex<HashMap<String, Channel>>,
     /// Under mutual TLS, how peer connections are made (peers must be agents or origins).
@@ -127,6 +131,9 @@ impl Engine {
                 metainfo: Mutex::new(LruCache::new(cache)),
                 downloads: Mutex::default(),
                 seeds: Seeds::default(),
+                finished: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(report::FINISHED_KEPT).unwrap_or(NonZeroUsize::MIN),
+                )),
                 channels: Mutex::default(),
                 peer_tls: tls.map(|tls| tls.peers),
             }),
@@ -152,6 +159,21 @@ impl Engine {
         let download = shared.download(digest, namespace).await?;
         download.check_failed()?;
         Ok(Blob::downloading(download))
+    }
+
+    /// The downloads in progress, then those that ended (most recent first): each blob's pieces
+    /// and bytes by sender, for `GET /debug/downloads`.
+    pub fn downloads(&self) -> Vec<DownloadReport> {
+        let running: Vec<Arc<Download>> = lock(&self.shared.downloads)
+            .values()
+            .filter_map(|cell| cell.get().cloned())
+            .collect();
+        let mut reports: Vec<DownloadReport> = running
+            .iter()
+            .map(|download| download.report(ReportState::Downloading))
+            .collect();
+        reports.extend(lock(&self.shared.finished).iter().map(|(_, r)| r.clone()));
+        reports
     }
 
     /// Metainfo via the tracker (cached), without downloading anything — for HEAD.
@@ -235,6 +257,11 @@ impl Shared {
         lock(&self.downloads)
             .get(digest)
             .and_then(|cell| cell.get().cloned())
+    }
+
+    /// Keeps the report of a download that ended.
+    fn finished(&self, digest: Digest, report: DownloadReport) {
+        lock(&self.finished).put(digest, report);
     }
 
     /// A channel to the peer at `addr` (`host:port`), reused across requests.

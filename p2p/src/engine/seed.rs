@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use shoal_core::{Digest, Name};
+use shoal_proto::v1::Progress;
 
 use super::download::Download;
 use super::tracker::FALLBACK_INTERVAL;
@@ -18,15 +19,27 @@ pub(crate) struct Seeds(Mutex<HashMap<Digest, Arc<Mutex<Instant>>>>);
 impl Shared {
     /// Seeds a complete local blob (or extends its seeding): it was just used.
     pub(crate) fn seed(self: &Arc<Self>, digest: &Digest, namespace: Option<&Name>) {
-        self.seed_since(digest, namespace, Instant::now());
+        self.seed_since(digest, namespace, Instant::now(), None);
     }
 
-    /// Seeds a blob whose download just completed.
+    /// Seeds a blob whose download just completed; its announces carry the download's byte
+    /// counts, so the tracker's view keeps where its bytes came from.
     pub(crate) fn seed_after(self: &Arc<Self>, download: &Download, namespace: Option<&Name>) {
-        self.seed_since(&download.digest, namespace, download.last_use());
+        self.seed_since(
+            &download.digest,
+            namespace,
+            download.last_use(),
+            Some(download.progress(true)),
+        );
     }
 
-    fn seed_since(self: &Arc<Self>, digest: &Digest, namespace: Option<&Name>, used: Instant) {
+    fn seed_since(
+        self: &Arc<Self>,
+        digest: &Digest,
+        namespace: Option<&Name>,
+        used: Instant,
+        progress: Option<Progress>,
+    ) {
         let mut seeds = lock(&self.seeds.0);
         if let Some(last_use) = seeds.get(digest) {
             let mut last_use = lock(last_use);
@@ -40,6 +53,7 @@ impl Shared {
             *digest,
             namespace.cloned(),
             last_use,
+            progress,
         ));
     }
 }
@@ -50,6 +64,7 @@ async fn announce(
     digest: Digest,
     namespace: Option<Name>,
     last_use: Arc<Mutex<Instant>>,
+    progress: Option<Progress>,
 ) {
     loop {
         let announced = tokio::select! {
@@ -57,7 +72,7 @@ async fn announce(
             () = shared.shutdown.cancelled() => return,
             announced = shared
                 .tracker
-                .announce(&digest, namespace.as_ref(), &shared.identity, true) => announced,
+                .announce(&digest, namespace.as_ref(), &shared.identity, true, progress.clone()) => announced,
         };
         let interval = match announced {
             Ok(announced) => announced.interval,

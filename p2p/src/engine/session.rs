@@ -14,6 +14,7 @@ use shoal_swarm::scheduler::Event;
 use tokio::sync::mpsc;
 
 use super::Shared;
+use super::report::Received;
 use crate::wire;
 
 /// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
@@ -161,6 +162,8 @@ impl OpenSession {
 pub(crate) struct PieceFetch {
     pub shared: Arc<Shared>,
     pub partial: PartialBlob,
+    /// The download's bytes by sender kind.
+    pub received: Arc<Received>,
     pub peer: PeerId,
     pub addr: String,
     pub origin: bool,
@@ -241,6 +244,7 @@ impl PieceFetch {
             }
             self.shared.ingress.acquire(len).await;
             self.shared.metrics.received(self.origin, len as u64);
+            self.received.add(self.origin, len as u64);
             received += len;
             chunks.extend(chunk.data);
         }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use shoal_core::{Digest, Metainfo, Name};
 use shoal_proto::v1::tracker_client::TrackerClient as Grpc;
-use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, MetainfoResponse, PeerInfo};
+use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, MetainfoResponse, PeerInfo, Progress};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -143,6 +143,7 @@ impl Tracker {
         namespace: Option<&Name>,
         identity: &Identity,
         complete: bool,
+        progress: Option<Progress>,
     ) -> Result<Announced, P2pError> {
         let mut request = tonic::Request::new(AnnounceRequest {
             digest: digest.to_string(),
@@ -153,7 +154,7 @@ impl Tracker {
                 origin: identity.origin,
                 complete,
             }),
-            progress: None,
+            progress,
         });
         request.set_timeout(ANNOUNCE_TIMEOUT);
         let response = self
