@@ -1,7 +1,7 @@
 //! The build-index: Shoal's `repo:tag → manifest digest` table and the records of the manifests
 //! pushed into each repository. Tags and records are accepted only once the manifest and
 //! everything it references are on the origin cluster, persisted in the backend
-//! (`repositories/<repo>/_tags/<tag>`, `repositories/<repo>/_manifests/sha256/<hex>`), and
+//! (`repositories/<repo>/_tags/<tag>`, `repositories/<repo>/_manifests/<algorithm>/<hex>`), and
 //! served over the HTTP API documented in `docs/internal-api.md` ("Build-index HTTP API").
 
 mod config;

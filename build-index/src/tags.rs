@@ -1,7 +1,7 @@
 //! The tag table: `repo:tag → manifest digest`, and the records of the manifests pushed into
 //! each repository (`repo → manifest digest`, with its media type), persisted in the backend
 //! as one small object each (`repositories/<repo>/_tags/<tag>` holding the digest text,
-//! `repositories/<repo>/_manifests/sha256/<hex>` holding a JSON `ManifestRecord`), and the
+//! `repositories/<repo>/_manifests/<algorithm>/<hex>` holding a JSON `ManifestRecord`), and the
 //! listings derived from the backend's key space (a repository's tags, the catalog of
 //! repositories). Tags and records are one kind of [`Entry`], written, kept pending and
 //! deleted by the same code. A repository's entries live in the backend its name routes to.
@@ -26,8 +26,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 use humantime_serde::re::humantime;
 use serde::{Deserialize, Serialize};
 use shoal_backends::{
-    Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, REPOSITORIES_PREFIX,
-    manifest_key, tag_key,
+    Backend, BackendError, BackendRouter, ByteStream, FilesystemBackend, MANIFESTS_SEPARATOR,
+    REPOSITORIES_PREFIX, manifest_key, parse_manifest_key, tag_key,
 };
 use shoal_core::{Digest, ManifestRecord, Name, Tag};
 use shoal_jobs::{Failure, IoContext, Job, JobsError, Queue, RetryPolicy, Stats};
@@ -40,12 +40,10 @@ use crate::error::Error;
 /// Separates the repository from the tag in a tag key. `_tags` cannot be a repository name
 /// component (components start with `[a-z0-9]`), so the first match is the boundary.
 const TAGS_SEPARATOR: &str = "/_tags/";
-/// The same for manifest records (`…/_manifests/sha256/<hex>`).
-const MANIFESTS_SEPARATOR: &str = "/_manifests/sha256/";
 /// The same for the times tags were written (`…/_tag_times/<tag>`).
 const TAG_TIMES_SEPARATOR: &str = "/_tag_times/";
-/// A tag object holds `sha256:` + 64 hex characters and a record one media type; anything
-/// much larger is neither.
+/// A tag object holds a digest (at most `sha512:` + 128 hex characters) and a record one media
+/// type; anything much larger is neither.
 const MAX_ENTRY_OBJECT: usize = 1024;
 
 /// Tags or records read at once while listing a repository's.
@@ -351,7 +349,7 @@ impl TagStore {
         let keys = list(&self.backend(name)?, &prefix).await?;
         let mut digests: BTreeSet<Digest> = keys
             .iter()
-            .filter_map(|key| Digest::parse(&format!("sha256:{}", key.strip_prefix(&prefix)?)).ok())
+            .filter_map(|key| parse_manifest_key(key).map(|(_, digest)| digest))
             .collect();
         for pending in self.pending_entries() {
             if let Value::Manifest { manifest, .. } = pending.value
@@ -637,13 +635,9 @@ async fn list(backend: &Arc<dyn Backend>, prefix: &str) -> Result<Vec<String>, E
         .map_err(Error::backend("listing tags"))
 }
 
-/// Whether `key` is a manifest record's (`repositories/<repo>/_manifests/sha256/<hex>`).
+/// Whether `key` is a manifest record's (`repositories/<repo>/_manifests/<algorithm>/<hex>`).
 fn is_record_key(key: &str) -> bool {
-    key.strip_prefix(REPOSITORIES_PREFIX)
-        .and_then(|rest| rest.split_once(MANIFESTS_SEPARATOR))
-        .is_some_and(|(repo, hex)| {
-            Name::parse(repo).is_ok() && Digest::parse(&format!("sha256:{hex}")).is_ok()
-        })
+    parse_manifest_key(key).is_some()
 }
 
 /// Splits `repositories/<repo>/_tags/<tag>` into its validated parts.

@@ -161,7 +161,7 @@ impl Origins {
         };
         // The origin verified the digest when the manifest was stored; checking again is cheap
         // and keeps a faulty origin from making a tag point at content it does not name.
-        let actual = Digest::of(&bytes);
+        let actual = digest.algorithm().digest(&bytes);
         if actual != digest {
             return Err(Error::OriginCorrupt {
                 origin: origin.base().to_owned(),

@@ -74,7 +74,9 @@ impl Image {
 
 /// Where the blob `digest` lives inside the OCI layout rooted at `dir`.
 pub fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs").join("sha256").join(digest.hex())
+    dir.join("blobs")
+        .join(digest.algorithm().as_str())
+        .join(digest.hex())
 }
 
 /// Writes the image described by `spec` as an OCI layout into `dir` (created if missing).

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::digest::{Digest, DigestError};
+use crate::digest::{Algorithm, Digest, DigestError};
 use crate::echo::truncate;
 
 /// The distribution spec's limit on a full repository name.
@@ -162,6 +162,15 @@ impl Reference {
             Ok(Reference::Digest(Digest::parse(s)?))
         } else {
             Ok(Reference::Tag(Tag::parse(s)?))
+        }
+    }
+
+    /// The digest of a manifest put under this reference: with the reference's algorithm when
+    /// it is a digest, sha256 under a tag.
+    pub fn digest_of(&self, manifest: &[u8]) -> Digest {
+        match self {
+            Reference::Digest(digest) => digest.algorithm().digest(manifest),
+            Reference::Tag(_) => Algorithm::Sha256.digest(manifest),
         }
     }
 }
@@ -348,6 +357,14 @@ mod tests {
         assert_eq!(
             Reference::parse(&long.to_string()),
             Ok(Reference::Digest(long))
+        );
+        assert_eq!(Reference::Digest(long).digest_of(b"manifest"), long);
+        assert_eq!(Reference::Digest(digest).digest_of(b"manifest"), digest);
+        assert_eq!(
+            Reference::parse("latest")
+                .expect("tag")
+                .digest_of(b"manifest"),
+            digest
         );
         assert!(matches!(
             Reference::parse("sha384:00"),

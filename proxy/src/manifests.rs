@@ -68,7 +68,8 @@ pub async fn put(
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let manifest = Manifest::parse(&bytes, content_type)
         .map_err(|error| RegistryError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
-    let digest = Digest::of(&bytes);
+    // By digest, the manifest is named with that digest's algorithm (sha256 or sha512).
+    let digest = reference.digest_of(&bytes);
     if let Reference::Digest(expected) = reference
         && *expected != digest
     {

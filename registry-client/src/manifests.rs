@@ -79,19 +79,20 @@ impl RegistryClient {
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
         let reported = header_digest(response.headers(), &url)?;
         let bytes = read_capped(response, &url).await?;
-        let digest = Digest::of(&bytes);
         let requested = match reference {
             Reference::Digest(digest) => Some(*digest),
             Reference::Tag(_) => None,
         };
+        // Each digest is checked with its own algorithm (sha256 or sha512).
         for expected in [requested, reported].into_iter().flatten() {
-            if expected != digest {
-                return Err(Error::DigestMismatch {
-                    expected,
-                    actual: digest,
-                });
+            let actual = expected.algorithm().digest(&bytes);
+            if expected != actual {
+                return Err(Error::DigestMismatch { expected, actual });
             }
         }
+        let digest = requested
+            .or(reported)
+            .unwrap_or_else(|| reference.digest_of(&bytes));
         Ok(Some(FetchedManifest {
             digest,
             media_type,
@@ -118,7 +119,7 @@ impl RegistryClient {
         if !matches!(response.status(), StatusCode::CREATED | StatusCode::OK) {
             return Err(unexpected(Method::PUT, &url, response).await);
         }
-        let expected = Digest::of(&bytes);
+        let expected = reference.digest_of(&bytes);
         if let Some(reported) = header_digest(response.headers(), &url)?
             && reported != expected
         {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use shoal_core::{Descriptor, Digest, Digester, Manifest};
+use shoal_core::{Algorithm, Descriptor, Digest, Hasher, Manifest};
 use shoal_registry_client::Blob;
 use tokio::fs::{self, File};
 use tokio::io::AsyncWriteExt;
@@ -39,10 +39,12 @@ impl RegistryClient {
         dest_dir: &Path,
         progress: impl Fn(Progress),
     ) -> Result<PulledImage, Error> {
-        let blobs_dir = dest_dir.join("blobs").join("sha256");
-        fs::create_dir_all(&blobs_dir)
-            .await
-            .map_err(io_context(&blobs_dir))?;
+        for algorithm in Algorithm::ALL {
+            let blobs_dir = dest_dir.join("blobs").join(algorithm.as_str());
+            fs::create_dir_all(&blobs_dir)
+                .await
+                .map_err(io_context(&blobs_dir))?;
+        }
 
         let top = self.get_manifest(repo, tag).await?;
         write_file(&oci::blob_path(dest_dir, &top.digest), &top.bytes).await?;
@@ -157,7 +159,7 @@ impl RegistryClient {
     }
 }
 
-/// Streams `blob` into `tmp_path`, checking the sha256 and length against `digest`/`size`.
+/// Streams `blob` into `tmp_path`, checking the digest (its own algorithm) and length against `digest`/`size`.
 async fn download(
     blob: Blob,
     tmp_path: &Path,
@@ -166,7 +168,7 @@ async fn download(
     progress: &impl Fn(Progress),
 ) -> Result<(), Error> {
     let mut file = File::create(tmp_path).await.map_err(io_context(tmp_path))?;
-    let mut digester = Digester::new();
+    let mut digester = Hasher::new(digest.algorithm());
     let mut done = 0u64;
     let mut body = std::pin::pin!(blob.into_stream());
     while let Some(chunk) = body.next().await {
