@@ -70,6 +70,13 @@ pub struct RegistryConfig {
     /// write them back asynchronously, so a tag can arrive first.
     #[serde(with = "humantime_serde")]
     pub manifest_wait: Duration,
+    /// The first components of Shoal's repository names that the registry's names lack: with
+    /// `docker.io`, Shoal's `docker.io/library/nginx` is the registry's `library/nginx`. Only
+    /// repositories under the prefix are read or written (route `<prefix>/.*` here).
+    pub strip_prefix: Option<String>,
+    /// A one-component name (after `strip_prefix`) is the registry's `library/<name>`, as on
+    /// Docker Hub.
+    pub library: bool,
 }
 
 impl Default for RegistryConfig {
@@ -81,6 +88,8 @@ impl Default for RegistryConfig {
             password_env: None,
             timeout: Duration::from_secs(30),
             manifest_wait: Duration::from_secs(60),
+            strip_prefix: None,
+            library: false,
         }
     }
 }
@@ -94,6 +103,8 @@ impl fmt::Debug for RegistryConfig {
             .field("password_env", &self.password_env)
             .field("timeout", &self.timeout)
             .field("manifest_wait", &self.manifest_wait)
+            .field("strip_prefix", &self.strip_prefix)
+            .field("library", &self.library)
             .finish()
     }
 }
@@ -103,7 +114,77 @@ impl fmt::Debug for RegistryConfig {
 pub struct RegistryBackend {
     client: RegistryClient,
     manifest_wait: Duration,
+    names: Names,
+    /// The registry's name of the repository this view is scoped to.
     repository: Option<Name>,
+}
+
+/// How Shoal's repository names map onto the registry's (`strip_prefix`, `library`).
+#[derive(Debug, Clone, Default)]
+struct Names {
+    /// `strip_prefix` with its trailing `/`.
+    prefix: Option<String>,
+    library: bool,
+}
+
+impl Names {
+    fn new(config: &RegistryConfig) -> Result<Names, BackendError> {
+        let prefix = match config.strip_prefix.as_deref().map(|p| p.trim_matches('/')) {
+            Some(prefix) => {
+                // Valid exactly when a name under it is.
+                Name::parse(&format!("{prefix}/x")).map_err(|e| {
+                    remote(
+                        "configure",
+                        &config.url,
+                        format!("strip_prefix {prefix:?}: {e}"),
+                    )
+                })?;
+                Some(format!("{prefix}/"))
+            }
+            None => None,
+        };
+        Ok(Names {
+            prefix,
+            library: config.library,
+        })
+    }
+
+    /// The registry's name for Shoal's `name`; `None` outside `strip_prefix`.
+    fn upstream(&self, name: &Name) -> Option<Name> {
+        let rest = match &self.prefix {
+            Some(prefix) => name.as_str().strip_prefix(prefix.as_str())?,
+            None => name.as_str(),
+        };
+        if self.library && !rest.contains('/') {
+            return Name::parse(&format!("library/{rest}")).ok();
+        }
+        Name::parse(rest).ok()
+    }
+
+    /// Shoal's name for the registry's `upstream` (as its catalog lists it).
+    fn shoal(&self, upstream: &str) -> Option<Name> {
+        Name::parse(&format!(
+            "{}{upstream}",
+            self.prefix.as_deref().unwrap_or("")
+        ))
+        .ok()
+    }
+
+    /// `key` with the registry's repository names.
+    fn key(&self, key: &str) -> Result<Key, BackendError> {
+        let upstream = |name: Name| {
+            self.upstream(&name)
+                .ok_or_else(|| BackendError::InvalidKey {
+                    key: key.chars().take(200).collect(),
+                    reason: "a repository outside this registry's strip_prefix",
+                })
+        };
+        Ok(match parse_key(key)? {
+            Key::Blob(digest) => Key::Blob(digest),
+            Key::Tag(name, tag) => Key::Tag(upstream(name)?, tag),
+            Key::Manifest(name, digest) => Key::Manifest(upstream(name)?, digest),
+        })
+    }
 }
 
 /// What a backend key names.
@@ -242,6 +323,7 @@ impl RegistryBackend {
         Ok(RegistryBackend {
             client,
             manifest_wait: config.manifest_wait,
+            names: Names::new(config)?,
             repository: None,
         })
     }
@@ -474,11 +556,14 @@ impl RegistryBackend {
         Ok(Some(Bytes::from(json)))
     }
 
-    /// The tag keys of `repo` that start with `prefix`.
+    /// The tag keys of Shoal's `repo` that start with `prefix`.
     async fn tag_keys(&self, repo: &Name, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let Some(upstream) = self.names.upstream(repo) else {
+            return Ok(Vec::new());
+        };
         let tags = self
             .client
-            .tags(repo)
+            .tags(&upstream)
             .await
             .map_err(|e| remote("list", prefix, e))?
             .unwrap_or_default();
@@ -493,7 +578,7 @@ impl RegistryBackend {
 #[async_trait]
 impl Backend for RegistryBackend {
     async fn stat(&self, key: &str) -> Result<Option<u64>, BackendError> {
-        match parse_key(key)? {
+        match self.names.key(key)? {
             Key::Blob(digest) => match &self.repository {
                 Some(repo) => self.stat_blob(repo, &digest).await,
                 None => Ok(None),
@@ -514,7 +599,7 @@ impl Backend for RegistryBackend {
         key: &str,
         range: Option<Range<u64>>,
     ) -> Result<Option<ByteStream>, BackendError> {
-        let parsed = parse_key(key)?;
+        let parsed = self.names.key(key)?;
         if let Some(range) = &range
             && range.end <= range.start
         {
@@ -568,7 +653,7 @@ impl Backend for RegistryBackend {
         mut body: ByteStream,
         length: Option<u64>,
     ) -> Result<(), BackendError> {
-        match parse_key(key)? {
+        match self.names.key(key)? {
             Key::Blob(digest) => {
                 let repo = self.repository.as_ref().ok_or(BackendError::Unsupported {
                     backend: "registry",
@@ -616,7 +701,7 @@ impl Backend for RegistryBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let (deleted, operation) = match parse_key(key)? {
+        let (deleted, operation) = match self.names.key(key)? {
             Key::Blob(digest) => {
                 let Some(repo) = &self.repository else {
                     return Ok(false);
@@ -676,14 +761,12 @@ impl Backend for RegistryBackend {
                 .catalog()
                 .await
                 .map_err(|e| remote("list", prefix, e))?;
-            for repo in repos {
+            for name in repos.iter().filter_map(|repo| self.names.shoal(repo)) {
                 // Only repositories whose tag keys can start with the prefix.
-                if !format!("{repo}{TAGS_SEPARATOR}").starts_with(rest) {
+                if !format!("{name}{TAGS_SEPARATOR}").starts_with(rest) {
                     continue;
                 }
-                if let Ok(name) = Name::parse(&repo) {
-                    keys.extend(self.tag_keys(&name, prefix).await?);
-                }
+                keys.extend(self.tag_keys(&name, prefix).await?);
             }
         }
         keys.sort();
@@ -694,7 +777,9 @@ impl Backend for RegistryBackend {
         Some(Arc::new(RegistryBackend {
             client: self.client.clone(),
             manifest_wait: self.manifest_wait,
-            repository: namespace.cloned(),
+            names: self.names.clone(),
+            // Outside `strip_prefix`: no repository, so blobs are absent.
+            repository: namespace.and_then(|name| self.names.upstream(name)),
         }))
     }
 }
@@ -702,6 +787,55 @@ impl Backend for RegistryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(strip_prefix: Option<&str>, library: bool) -> Result<Names, BackendError> {
+        Names::new(&RegistryConfig {
+            strip_prefix: strip_prefix.map(str::to_owned),
+            library,
+            ..RegistryConfig::default()
+        })
+    }
+
+    #[test]
+    fn names_strip_the_prefix_and_add_library() {
+        let name = |s: &str| Name::parse(s).expect("name");
+        let hub = names(Some("docker.io/"), true).expect("valid");
+        assert_eq!(
+            hub.upstream(&name("docker.io/nginx")),
+            Some(name("library/nginx"))
+        );
+        assert_eq!(
+            hub.upstream(&name("docker.io/library/nginx")),
+            Some(name("library/nginx"))
+        );
+        assert_eq!(
+            hub.upstream(&name("docker.io/team/app")),
+            Some(name("team/app"))
+        );
+        assert_eq!(hub.upstream(&name("quay.io/team/app")), None);
+        assert_eq!(hub.upstream(&name("docker.io")), None);
+        assert_eq!(
+            hub.shoal("library/nginx"),
+            Some(name("docker.io/library/nginx"))
+        );
+
+        let plain = names(None, false).expect("valid");
+        assert_eq!(plain.upstream(&name("app")), Some(name("app")));
+        assert_eq!(plain.shoal("team/app"), Some(name("team/app")));
+
+        let tag = Tag::parse("v1").expect("tag");
+        assert!(matches!(
+            hub.key(&crate::tag_key(&name("docker.io/nginx"), &tag)),
+            Ok(Key::Tag(n, _)) if n == name("library/nginx")
+        ));
+        assert!(matches!(
+            hub.key(&crate::tag_key(&name("other/nginx"), &tag)),
+            Err(BackendError::InvalidKey { .. })
+        ));
+        for bad in ["Docker.io", "a b", "x:5000"] {
+            assert!(names(Some(bad), false).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn keys_parse_into_blobs_and_tags() {

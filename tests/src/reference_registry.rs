@@ -133,4 +133,24 @@ impl ReferenceRegistry {
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("storage")
     }
+
+    /// The requests served so far, from the registry's access log (written at every log level):
+    /// method, path with query, status.
+    pub fn requests(&self) -> Result<Vec<(String, String, u16)>> {
+        let path = self.dir.path().join("registry.log");
+        let log = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        // `… "GET /v2/x/blobs/sha256:… HTTP/1.1" 200 157 "" "agent"`
+        Ok(log
+            .lines()
+            .filter_map(|line| {
+                let (_, request) = line.split_once(" \"")?;
+                let (request, rest) = request.split_once("\" ")?;
+                let mut words = request.split(' ');
+                let (method, path) = (words.next()?, words.next()?);
+                let status = rest.split(' ').next()?.parse().ok()?;
+                Some((method.to_owned(), path.to_owned(), status))
+            })
+            .collect())
+    }
 }
