@@ -4,9 +4,10 @@
 //! share, `/proc` lookups for processes started indirectly, a preheating proxy with its job
 //! API, test certificates for TLS listeners, hung (tarpit) peers, a TCP relay that can hold an
 //! upload, a small tmpfs for full-disk tests, and the network-namespace test bed with the swarm
-//! benchmark that runs on it.
+//! benchmark that runs on it, and a headless browser driven over WebDriver for page tests.
 
 pub mod binaries;
+pub mod browser;
 pub mod cluster;
 pub mod configs;
 pub mod containerd;

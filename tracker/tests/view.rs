@@ -82,9 +82,9 @@ async fn the_view_shows_announced_progress_and_refuses_malformed_requests() {
     assert_eq!(swarm["digest"], digest.to_string());
     assert_eq!(swarm["repository"], "library/alpine");
     assert_eq!(swarm["piece_count"], PIECES);
-    assert_eq!(swarm["peers"]["origins"], 1);
-    assert_eq!(swarm["peers"]["complete"], 1);
-    assert_eq!(swarm["peers"]["downloading"], 2);
+    assert_eq!(swarm["peer_counts"]["origins"], 1);
+    assert_eq!(swarm["peer_counts"]["complete"], 1);
+    assert_eq!(swarm["peer_counts"]["downloading"], 2);
     assert_eq!(swarm["bytes_from_origins"], 160);
     assert_eq!(swarm["bytes_from_peers"], 4900);
     let expected = f64::from(10 + 2048 + PIECES) / f64::from(3 * PIECES);
@@ -94,6 +94,8 @@ async fn the_view_shows_announced_progress_and_refuses_malformed_requests() {
     let (status, detail) = json(&tracker, &path).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["total"], 3);
+    assert_eq!(detail["peer_counts"]["downloading"], 2);
+    assert_eq!(detail["peer_counts"]["stalled"], 0);
     assert_eq!(detail["origins"][0]["addr"], "127.0.0.1:10");
     let peers = detail["peers"].as_array().expect("peers");
     let ids: Vec<&str> = peers

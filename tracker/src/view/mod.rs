@@ -84,7 +84,7 @@ pub struct SwarmSummary {
     /// The blob's length where this tracker holds its metainfo.
     pub size: Option<u64>,
     pub piece_count: Option<u32>,
-    pub peers: PeerCounts,
+    pub peer_counts: PeerCounts,
     /// Pieces held over pieces wanted by the swarm's peers (origins left out), 0 to 1.
     pub progress: f64,
     pub bytes_from_origins: u64,
@@ -231,7 +231,7 @@ impl View {
             repository: swarm.namespace.as_ref().map(ToString::to_string),
             size: self.metainfo.cached_length(digest),
             piece_count: swarm.piece_count,
-            peers: PeerCounts {
+            peer_counts: PeerCounts {
                 origins: self.origins.owners(digest).len(),
                 complete: swarm.complete,
                 downloading: members - swarm.complete,
