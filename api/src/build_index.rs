@@ -35,6 +35,14 @@ impl BuildIndexClient {
         }
     }
 
+    /// Garbage collection's calls to the build-index.
+    pub fn gc(&self) -> crate::gc::BuildIndexGc {
+        crate::gc::BuildIndexGc {
+            http: self.http.clone(),
+            base: self.base.clone(),
+        }
+    }
+
     /// Points `tag` at `digest`. The build-index refuses tags whose manifest or blobs are missing.
     pub async fn put_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), ApiError> {
         let req = self

@@ -7,6 +7,7 @@
 pub mod build_index;
 pub mod cluster;
 pub mod error;
+pub mod gc;
 pub mod origin;
 mod origins_config;
 mod transport;

@@ -31,6 +31,14 @@ impl OriginClient {
         &self.base
     }
 
+    /// Garbage collection's calls to this origin.
+    pub fn gc(&self) -> crate::gc::OriginGc {
+        crate::gc::OriginGc {
+            http: self.http.clone(),
+            base: self.base.clone(),
+        }
+    }
+
     /// Opens an upload session bound to `namespace` and returns its id. `client` is the
     /// address of the client a proxy opens it for (counted against the origin's per-client
     /// bound when the origin trusts this caller to name it; a 429 TOOMANYREQUESTS beyond).

@@ -173,6 +173,12 @@ impl WriteBack {
         self.queue.enqueue_after(marker, delay).await
     }
 
+    /// Drops the queued write-back of `digest` (garbage collection is deleting it); `false`
+    /// when none was queued. An upload in flight finishes.
+    pub async fn remove(&self, digest: &Digest) -> Result<bool, JobsError> {
+        self.queue.remove(&digest.hex()).await
+    }
+
     /// Whether `digest` still has to reach the backend (eviction must keep such blobs).
     pub fn is_pending(&self, digest: &Digest) -> bool {
         self.queue.contains(&digest.hex())

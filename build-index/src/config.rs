@@ -43,6 +43,8 @@ pub struct BuildIndexConfig {
     /// Tags removed by repository rule, on a schedule and on demand (`POST /v1/retention`).
     /// Absent: tags are only removed by deletes.
     pub retention: Option<RetentionConfig>,
+    /// Garbage collection of blobs (`gc::GcConfig`): grace, schedule, tombstone log.
+    pub gc: crate::gc::GcConfig,
     /// `tls:` on the listener; with `tls.ca`, mutual TLS: tag writes only from proxies and
     /// build-indexes, reads from any cluster role.
     pub tls: Option<TlsConfig>,
@@ -94,6 +96,7 @@ impl Default for BuildIndexConfig {
             pending_dir: None,
             replication: None,
             retention: None,
+            gc: crate::gc::GcConfig::default(),
             tls: None,
             log: LogConfig::default(),
         }
@@ -137,6 +140,12 @@ impl BuildIndexConfig {
         }
         if let Some(retention) = &self.retention {
             retention.validate()?;
+        }
+        if let Err((field, reason)) = self.gc.validate() {
+            return Err(InvalidConfig {
+                field: field.into(),
+                reason,
+            });
         }
         Ok(())
     }

@@ -59,6 +59,9 @@ pub enum Error {
     /// A tag object in the backend does not hold a digest, or a record no record.
     #[error("stored object {key} is corrupt: {reason}")]
     CorruptEntry { key: String, reason: String },
+    /// Garbage collection failed or refused (a blob delete of a referenced blob, say).
+    #[error(transparent)]
+    Gc(#[from] crate::gc::GcError),
     /// A job queue (pending tags, replication) could not be read or written.
     #[error("job queue: {0}")]
     Queue(#[from] shoal_jobs::JobsError),
@@ -96,6 +99,7 @@ impl Error {
             Error::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,
             Error::BlobUnknown { .. } => ErrorCode::ManifestBlobUnknown,
             Error::NameUnknown(_) => ErrorCode::NameUnknown,
+            Error::Gc(error) => error.code(),
             Error::RetentionOff | Error::RetentionQuery(_) => ErrorCode::Unsupported,
             // Our own dependencies failed, not the request: 503 tells callers to retry later.
             Error::OriginUnavailable { .. }

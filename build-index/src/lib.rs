@@ -6,6 +6,7 @@
 
 mod config;
 mod error;
+mod gc;
 mod metrics;
 mod pagination;
 mod records;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 pub use config::{BuildIndexConfig, InvalidConfig, RetentionConfig, RetentionRuleConfig};
+pub use gc::GcConfig;
 
 /// A tag check fetches manifests (at most 4 MiB) and stats blobs; an origin slower than this to
 /// answer one of those requests is treated as unavailable rather than holding the PUT forever.
@@ -94,7 +96,19 @@ pub async fn run(
             metrics.registry().register_collector(collector);
         }
     }
-    let origins = Arc::new(verify::Origins::new(cluster));
+    let origins = Arc::new(verify::Origins::new(
+        cluster,
+        gc::Gate::new(config.gc.grace),
+    ));
+    let collector = Arc::new(gc::Collector::new(
+        tags.clone(),
+        origins.clone(),
+        &config.gc,
+        metrics.registry(),
+    ));
+    if let Some(interval) = config.gc.interval {
+        tasks.spawn(collector.clone().schedule(interval, shutdown.clone()));
+    }
     let replicator = match &config.replication {
         Some(replication) => {
             let remote_http = shoal_service::client::builder()
@@ -145,7 +159,7 @@ pub async fn run(
         metrics: tag_metrics,
     };
     let app = shoal_service::http::with_common_routes(
-        with_access(routes::router(state), ACCESS),
+        with_access(routes::router(state).merge(gc::router(collector)), ACCESS),
         metrics,
     );
 

@@ -25,7 +25,13 @@ pub async fn record_tree(
     name: &Name,
     digest: Digest,
 ) -> Result<(), Error> {
+    // The push race with garbage collection is closed here (docs/gc.md): the check touches
+    // every blob on the origins (failing for one being swept), the pass keeps a mark from
+    // starting until the records are written, and a record must follow its touches within
+    // `gc.grace` (the window a sweep leaves touched blobs alone).
+    let pass = origins.gate.enter().await;
     let tree = origins.verify(name, digest).await?;
+    pass.check()?;
     for (manifest, record) in tree.into_iter().rev() {
         tags.put(name, Value::Manifest { manifest, record }).await?;
     }

@@ -11,6 +11,7 @@ use shoal_api::{ApiError, OriginClient, OriginCluster};
 use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, ManifestRecord, Name};
 
 use crate::error::Error;
+use crate::gc::Gate;
 
 /// Blob stats one tag check keeps in flight: enough to hide round trips for an image with dozens
 /// of layers, without flooding the origins.
@@ -26,11 +27,17 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// membership, static or DNS, health-checked).
 pub struct Origins {
     cluster: OriginCluster,
+    /// Orders manifest PUTs against garbage collection's marks.
+    pub gate: Gate,
 }
 
 impl Origins {
-    pub fn new(cluster: OriginCluster) -> Self {
-        Self { cluster }
+    pub fn new(cluster: OriginCluster, gate: Gate) -> Self {
+        Self { cluster, gate }
+    }
+
+    pub fn cluster(&self) -> &OriginCluster {
+        &self.cluster
     }
 
     /// Checks the manifest `digest` of repository `name` and everything it references; returns
@@ -84,6 +91,10 @@ impl Origins {
                 .await?;
         }
 
+        // The manifests are touched too: garbage collection must keep them as it keeps blobs.
+        for (manifest, record) in &manifests {
+            blobs.entry((*manifest, record.size)).or_insert(*manifest);
+        }
         stream::iter(blobs)
             .map(|((blob, size), manifest)| self.check_blob(name, manifest, blob, size))
             .buffer_unordered(STAT_CONCURRENCY)
@@ -190,7 +201,9 @@ impl Origins {
             })
     }
 
-    /// A blob `manifest` references must exist with the size its descriptor announces.
+    /// A blob `manifest` references must exist with the size its descriptor announces. It is
+    /// looked up with a touch, so garbage collection keeps it for its grace period
+    /// (`docs/gc.md`): a blob being swept is not found.
     async fn check_blob(
         &self,
         name: &Name,
@@ -199,11 +212,12 @@ impl Origins {
         size: u64,
     ) -> Result<(), Error> {
         let stat = on_owners(&self.cluster, blob, |origin| async move {
-            origin.stat_blob(&blob, Some(name)).await
+            origin.gc().touch(&blob, Some(name)).await
         })
         .await?;
         match stat {
             Some((len, _)) if len == size => Ok(()),
+            None if blob == manifest => Err(Error::ManifestUnknown(blob)),
             Some((len, _)) => Err(Error::ManifestInvalid {
                 digest: manifest,
                 reason: format!(

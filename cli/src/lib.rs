@@ -1,6 +1,7 @@
 //! `shoal`, the operator tool. Today it runs a whole cluster on one machine (`shoal devcluster`).
 
 pub mod devcluster;
+mod gc;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,8 @@ pub struct Cli {
 enum Command {
     /// Run a local cluster (build-index, origin, proxy) as child processes on loopback.
     Devcluster(devcluster::Args),
+    /// Garbage-collect blobs no tag or recorded manifest references (`--dry-run`: report only).
+    Gc(gc::Args),
 }
 
 impl Cli {
@@ -23,6 +26,7 @@ impl Cli {
         shoal_service::telemetry::init(&shoal_service::LogConfig::default());
         match self.command {
             Command::Devcluster(args) => devcluster::run(args).await,
+            Command::Gc(args) => gc::run(args).await,
         }
     }
 }

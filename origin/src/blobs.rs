@@ -11,7 +11,7 @@ use axum::response::{AppendHeaders, IntoResponse, Response};
 use futures::TryStreamExt;
 use shoal_api::wire::DOCKER_CONTENT_DIGEST;
 use shoal_backends::blob_key;
-use shoal_core::{ByteRange, Digest, RangeError};
+use shoal_core::{ByteRange, Digest, Name, RangeError};
 use shoal_storage::{BlobFile, ByteStream, StoreError};
 
 use crate::capacity::Reading;
@@ -44,26 +44,32 @@ pub(crate) async fn head(
     DigestParam(digest): DigestParam,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let len = match origin.store.stat(&digest).await? {
-        Some(len) => len,
-        None => match origin
-            .backends
-            .locate(params.namespace.as_ref(), &blob_key(&digest))
-            .await
-        {
-            Ok(found) => found
-                .map(|(_, len)| len)
-                .ok_or_else(|| ApiError::blob_unknown(&digest))?,
-            // Not available here now. Pushers HEAD every blob before uploading it, so a 503
-            // would stop every push for as long as the backend is down; re-uploading a blob the
-            // backend may already hold is harmless. A GET still reports the outage.
-            Err(error) => {
-                tracing::warn!(%digest, %error, "backend unreachable; HEAD from the store alone");
-                return Err(ApiError::blob_unknown(&digest));
-            }
-        },
-    };
+    let len = length(&origin, &digest, params.namespace.as_ref())
+        .await?
+        .ok_or_else(|| ApiError::blob_unknown(&digest))?;
     Ok((StatusCode::OK, blob_headers(&digest, len, None)).into_response())
+}
+
+/// The blob's length from the store or, failing that, the backend `namespace` routes to
+/// (every backend in turn without one); `None` when neither has it.
+pub(crate) async fn length(
+    origin: &Origin,
+    digest: &Digest,
+    namespace: Option<&Name>,
+) -> Result<Option<u64>, ApiError> {
+    if let Some(len) = origin.store.stat(digest).await? {
+        return Ok(Some(len));
+    }
+    match origin.backends.locate(namespace, &blob_key(digest)).await {
+        Ok(found) => Ok(found.map(|(_, len)| len)),
+        // Not available here now. Pushers HEAD every blob before uploading it, so a 503
+        // would stop every push for as long as the backend is down; re-uploading a blob the
+        // backend may already hold is harmless. A GET still reports the outage.
+        Err(error) => {
+            tracing::warn!(%digest, %error, "backend unreachable; answering from the store alone");
+            Ok(None)
+        }
+    }
 }
 
 /// `GET /blobs/{digest}?namespace=` with an optional single `Range`; the namespace picks the

@@ -18,6 +18,7 @@ pub mod config;
 mod errors;
 mod extract;
 mod flights;
+mod gc;
 mod metainfo;
 mod metrics;
 mod pullthrough;
@@ -30,7 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use shoal_backends::{BackendRouter, WriteBack};
 use shoal_core::Digest;
 use shoal_jobs::StatsCollector;
@@ -72,6 +73,8 @@ pub(crate) struct Origin {
     flights: flights::Flights,
     /// Keeps the store within `cache.capacity`; `None` when unlimited.
     cache: Option<Arc<capacity::StoreCache>>,
+    /// When blobs were last touched, and which are condemned (garbage collection).
+    touches: gc::Touches,
     /// Background work that outlives a request (pull-through copies), drained at shutdown.
     tasks: TaskTracker,
     metrics: OriginMetrics,
@@ -184,6 +187,7 @@ pub async fn run(
         ring,
         flights: flights::Flights::default(),
         cache,
+        touches: gc::Touches::default(),
         tasks: tasks.clone(),
         metrics,
     });
@@ -201,7 +205,8 @@ pub async fn run(
     ))
     .into_axum_router();
     let app = shoal_service::http::with_common_routes(
-        with_access(router(origin), ACCESS),
+        with_access(router(origin.clone()), ACCESS)
+            .merge(with_access(gc_router(origin), Access::only(GC_CALLERS))),
         registry.build(),
     );
     let peer_app = with_access(peer_app, Access::only(PIECE_CALLERS));
@@ -270,6 +275,10 @@ const ACCESS: Access = Access {
     write: Roles::of(&[Role::Proxy, Role::Origin]),
 };
 
+/// Under mutual TLS, garbage collection (touches before a manifest is recorded, sweeps) is the
+/// build-index's alone.
+const GC_CALLERS: Roles = Roles::of(&[Role::BuildIndex]);
+
 /// Under mutual TLS, pieces go to agents and origins only.
 const PIECE_CALLERS: Roles = Roles::of(&[Role::Agent, Role::Origin]);
 
@@ -291,5 +300,19 @@ fn router(origin: Arc<Origin>) -> Router {
         // Blob bodies are streamed to disk, never buffered, so the size limit meant for
         // in-memory extractors does not apply.
         .layer(DefaultBodyLimit::disable())
+        .with_state(origin)
+}
+
+/// Garbage collection's routes (`gc`), admitted apart from the rest.
+fn gc_router(origin: Arc<Origin>) -> Router {
+    Router::new()
+        .route("/blobs/{digest}/touch", post(gc::touch))
+        .route("/gc/store", get(gc::store_blobs))
+        .route("/gc/backend", get(gc::backend_blobs))
+        .route("/gc/blobs/{digest}", delete(gc::delete))
+        .route(
+            "/gc/blobs/{digest}/condemn",
+            post(gc::condemn).delete(gc::release),
+        )
         .with_state(origin)
 }

@@ -162,6 +162,16 @@ impl Ring {
         }))
     }
 
+    /// Drops every queued push of `digest` (garbage collection is deleting it).
+    pub(crate) async fn drop_pushes(&self, digest: &Digest) -> Result<(), shoal_jobs::JobsError> {
+        for replica in self.queue.payloads() {
+            if replica.digest == *digest {
+                self.queue.remove(&replica.key()).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The blobs with replica pushes still queued, for eviction to keep.
     pub(crate) fn pending_pushes(&self) -> PendingPushes {
         PendingPushes(self.queue.clone())

@@ -204,6 +204,7 @@ pub(crate) async fn acknowledge(
         .writeback
         .enqueue_after(digest, namespace, delay)
         .await?;
+    origin.touches.committed(*digest);
     origin.metrics.committed();
     origin.stored();
     tracing::info!(%digest, namespace = namespace.map(Name::as_str), "blob committed");

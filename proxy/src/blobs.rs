@@ -1,6 +1,7 @@
-//! `GET` and `HEAD /v2/<name>/blobs/<digest>`: blobs stream from their owning origin straight to
+//! `GET`, `HEAD` and `DELETE /v2/<name>/blobs/<digest>`: blobs stream from their owning origin straight to
 //! the client, honouring `Range`; nothing is buffered in the proxy. An owner that is down or lacks
-//! the blob passes the request on to the next owner.
+//! the blob passes the request on to the next owner. A delete is garbage collection's, run by
+//! the build-index (`docs/gc.md`).
 
 use axum::body::Body;
 use axum::response::Response;
@@ -73,6 +74,28 @@ pub async fn length(
 /// A missing blob is reported with the digest asked for.
 fn is_unknown(error: &ApiError) -> bool {
     error.is(ErrorCode::BlobUnknown) || matches!(error, ApiError::Remote { status: 404, .. })
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`, with `storage.delete.enabled`: the build-index deletes
+/// the blob from every origin and the backend unless a recorded manifest of any repository
+/// references it (403 DENIED, naming it). Blobs are shared by every repository, so the name
+/// only decides who may delete.
+pub async fn delete(state: &AppState, digest: &Digest) -> Result<Response, RegistryError> {
+    if !state.blob_delete {
+        return Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            "blob deletes are disabled (proxy config `storage.delete.enabled`)",
+        ));
+    }
+    state
+        .upstreams
+        .build_index()
+        .gc()
+        .delete_blob(digest)
+        .await?;
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::ACCEPTED;
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -43,7 +43,25 @@ pub struct ProxyConfig {
     /// Which external URLs pushed manifests' non-distributable layers may name
     /// (`manifests.urls.allow` / `deny` regexes); none by default.
     pub validation: ValidationConfig,
+    /// `storage.delete.enabled` (as distribution's): serve blob deletes. Off by default.
+    pub storage: StorageConfig,
     pub log: LogConfig,
+}
+
+/// `storage:`: what the registry API may change in storage.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub delete: DeleteConfig,
+}
+
+/// `storage.delete`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeleteConfig {
+    /// `DELETE /v2/<name>/blobs/<digest>` deletes the blob when no recorded manifest
+    /// references it; off, it answers 405 UNSUPPORTED.
+    pub enabled: bool,
 }
 
 impl Default for ProxyConfig {
@@ -57,6 +75,7 @@ impl Default for ProxyConfig {
             preheat: PreheatConfig::default(),
             auth: None,
             validation: ValidationConfig::default(),
+            storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -134,6 +134,7 @@ pub async fn run(
         upstreams,
         metrics,
         manifest_urls: Arc::new(config.validation.manifests.urls.clone()),
+        blob_delete: config.storage.delete.enabled,
     };
     let app = shoal_service::http::with_common_routes(
         shoal_registry_server::router_with_auth(state, auth).merge(preheat::router(preheater)),

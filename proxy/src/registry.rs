@@ -74,6 +74,10 @@ impl RegistryBackend for AppState {
         manifests::delete(self, name, reference).await
     }
 
+    async fn delete_blob(&self, _name: &Name, digest: &Digest) -> Result<Response, RegistryError> {
+        blobs::delete(self, digest).await
+    }
+
     async fn start_upload(
         &self,
         name: &Name,

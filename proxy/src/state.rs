@@ -13,4 +13,6 @@ pub struct AppState {
     pub metrics: ProxyMetrics,
     /// `validation.manifests.urls`.
     pub manifest_urls: Arc<UrlPolicy>,
+    /// `storage.delete.enabled`: blob deletes are served (405 UNSUPPORTED otherwise).
+    pub blob_delete: bool,
 }

@@ -92,6 +92,11 @@ pub trait RegistryBackend: Send + Sync + 'static {
         Err(RegistryError::unsupported(&Method::DELETE))
     }
 
+    /// `DELETE /v2/<name>/blobs/<digest>`.
+    async fn delete_blob(&self, _name: &Name, _digest: &Digest) -> Result<Response, RegistryError> {
+        Err(RegistryError::unsupported(&Method::DELETE))
+    }
+
     /// `POST /v2/<name>/blobs/uploads/`: a session, a monolithic push or a mount. `client` is
     /// the caller's address (when the listener knows it), for bounds on sessions per client.
     async fn start_upload(

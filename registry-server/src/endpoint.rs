@@ -28,6 +28,8 @@ pub enum Endpoint {
     GetBlob { name: Name, digest: Digest },
     /// `HEAD /v2/<name>/blobs/<digest>`
     HeadBlob { name: Name, digest: Digest },
+    /// `DELETE /v2/<name>/blobs/<digest>`
+    DeleteBlob { name: Name, digest: Digest },
     /// `POST /v2/<name>/blobs/uploads/`
     StartUpload { name: Name },
     /// `PATCH /v2/<name>/blobs/uploads/<id>`
@@ -73,6 +75,9 @@ impl Endpoint {
             (V2Route::Blob { name, digest }, m) if m == Method::HEAD => {
                 Endpoint::HeadBlob { name, digest }
             }
+            (V2Route::Blob { name, digest }, m) if m == Method::DELETE => {
+                Endpoint::DeleteBlob { name, digest }
+            }
             (V2Route::UploadStart { name }, &Method::POST) => Endpoint::StartUpload { name },
             (V2Route::Upload { name, id }, m) if m == Method::PATCH => {
                 Endpoint::PatchUpload { name, id }
@@ -106,6 +111,7 @@ impl Endpoint {
             Endpoint::DeleteManifest { .. } => "manifest_delete",
             Endpoint::GetBlob { .. } => "blob_get",
             Endpoint::HeadBlob { .. } => "blob_head",
+            Endpoint::DeleteBlob { .. } => "blob_delete",
             Endpoint::StartUpload { .. } => "upload_start",
             Endpoint::PatchUpload { .. } => "upload_patch",
             Endpoint::CommitUpload { .. } => "upload_commit",
@@ -196,6 +202,14 @@ mod tests {
                 },
             ),
             (
+                Method::DELETE,
+                format!("/v2/team/sub/app/blobs/{digest}"),
+                Endpoint::DeleteBlob {
+                    name: nested.clone(),
+                    digest,
+                },
+            ),
+            (
                 Method::POST,
                 "/v2/team/sub/app/blobs/uploads/".to_owned(),
                 Endpoint::StartUpload {
@@ -249,7 +263,7 @@ mod tests {
             assert_eq!(endpoint, expected, "{method} {path}");
             labels.insert(endpoint.label());
         }
-        assert_eq!(labels.len(), 15, "every endpoint has a label of its own");
+        assert_eq!(labels.len(), 16, "every endpoint has a label of its own");
     }
 
     #[test]
@@ -261,7 +275,6 @@ mod tests {
             (Method::PUT, "/v2/a/tags/list".to_owned()),
             (Method::POST, "/v2/a/manifests/v1".to_owned()),
             (Method::PUT, format!("/v2/a/blobs/{digest}")),
-            (Method::DELETE, format!("/v2/a/blobs/{digest}")),
             (Method::GET, "/v2/a/blobs/uploads/".to_owned()),
             (Method::POST, "/v2/a/blobs/uploads/abc".to_owned()),
             (Method::OPTIONS, "/v2/a/manifests/v1".to_owned()),

@@ -169,6 +169,9 @@ async fn handle<B: RegistryBackend>(
                 None => Err(RegistryError::blob_unknown(&digest)),
             }
         }
+        Endpoint::DeleteBlob { name, digest } => {
+            backend.delete_blob(&repository(name)?, &digest).await
+        }
         Endpoint::StartUpload { name } => {
             backend
                 .start_upload(&repository(name)?, query, client, body)

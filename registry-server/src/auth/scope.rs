@@ -106,7 +106,9 @@ impl Required {
             | Endpoint::CommitUpload { name, .. }
             | Endpoint::UploadStatus { name, .. }
             | Endpoint::CancelUpload { name, .. } => (name, Action::Push),
-            Endpoint::DeleteManifest { name, .. } => (name, Action::Delete),
+            Endpoint::DeleteManifest { name, .. } | Endpoint::DeleteBlob { name, .. } => {
+                (name, Action::Delete)
+            }
         };
         Required::Repository {
             name: name.clone(),
