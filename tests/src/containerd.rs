@@ -19,6 +19,7 @@ const NAMESPACE: &str = "shoal-test";
 
 pub struct Containerd {
     socket: PathBuf,
+    config: PathBuf,
     // Dropped first: the daemon dies before its directories go.
     process: Process,
 }
@@ -45,14 +46,43 @@ impl Containerd {
             ttrpc = toml_str(&dir.join("containerd-ttrpc.sock")),
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-        let mut process = Process::spawn(ProcessSpec {
+        let process = Process::spawn(ProcessSpec {
             name: "containerd".to_owned(),
             program: require("containerd"),
             args: vec!["--config".to_owned(), config.display().to_string()],
             env: Vec::new(),
             log: dir.join("containerd.log"),
         })?;
+        let mut containerd = Containerd {
+            socket,
+            config,
+            process,
+        };
+        containerd.wait_until_answering().await?;
+        Ok(containerd)
+    }
 
+    /// The config file containerd reads at start.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// Stops containerd (SIGTERM) and starts it again with its config file as it is now, as an
+    /// operator restarts it after editing the file.
+    pub async fn restart(&mut self) -> Result<()> {
+        let status = self.process.terminate(START_DEADLINE)?;
+        if !status.success() {
+            bail!(
+                "containerd exited with {status} on SIGTERM\n{}",
+                self.log_tail()
+            );
+        }
+        self.process = Process::spawn(self.process.spec().clone())?;
+        self.wait_until_answering().await
+    }
+
+    async fn wait_until_answering(&mut self) -> Result<()> {
+        let (socket, process) = (&self.socket, &mut self.process);
         let start = Instant::now();
         loop {
             if let Some(status) = process.try_exit_status()? {
@@ -63,9 +93,9 @@ impl Containerd {
             }
             if socket.exists() {
                 let mut version = Command::new(require("ctr"));
-                version.arg("--address").arg(&socket).arg("version");
+                version.arg("--address").arg(socket).arg("version");
                 if run_command(version).await.is_ok() {
-                    return Ok(Containerd { socket, process });
+                    return Ok(());
                 }
             }
             if start.elapsed() > START_DEADLINE {
