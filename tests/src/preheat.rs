@@ -217,11 +217,12 @@ pub async fn put_index(
 }
 
 /// Where the store of the component with data dir `data_dir` keeps committed blob `digest`:
-/// `store/blobs/sha256/<2 hex>/<hex>/`, holding `data` and `metainfo.json`.
+/// `store/blobs/<algorithm>/<2 hex>/<hex>/`, holding `data` and `metainfo.json`.
 pub fn blob_dir(data_dir: &Path, digest: &Digest) -> PathBuf {
     let hex = digest.hex();
     data_dir
-        .join("store/blobs/sha256")
+        .join("store/blobs")
+        .join(digest.algorithm().as_str())
         .join(&hex[..2])
         .join(&hex)
 }
