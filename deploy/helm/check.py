@@ -12,15 +12,20 @@ For each variant (the chart's defaults; deploy/helm/all-options.yaml, which turn
 option; `membership.mode: dns`; deploy/helm/mtls-cert-manager.yaml and mtls-secrets.yaml, mutual
 TLS from cert-manager or existing Secrets with htpasswd or token authentication) it: lints the
 chart (strict); renders it; validates every object against the Kubernetes schema in strict mode
-(unknown fields are errors; cert-manager Certificates, whose CRD schema is not bundled, against
-the fields and values cert-manager v1 accepts); checks the facts the design relies on (agent
-DaemonSet, origin StatefulSet with volume claims and a headless Service, probes on /livez and /health (agent: /readyz),
-resource requests, scrape annotations, TLS and host networking when asked, with mutual TLS every
-component's certificate, `tls:` section and https:// addresses, and the proxy's auth); runs the agent's
-config-rendering init command and the node-setup script for real with `sh` against temporary
-directories (install, reinstall, restore: the backup comes back byte for byte); and writes
-OUT/configs.json listing each rendered component config. It also proves its own checks can
-fail: a template `fail` and a schema violation must both be reported.
+(unknown fields are errors; cert-manager Certificates and the Prometheus Operator's objects,
+whose CRD schemas are not bundled, against the fields and values their v1 CRDs accept); checks
+the facts the design relies on (agent DaemonSet, origin StatefulSet with volume claims, a
+headless Service, PDB and anti-affinity, startup and liveness probes on /livez and readiness on
+/health (agent: /readyz), security contexts (uid 65532, fsGroup, read-only root, no
+capabilities; root only where node files are written), the ServiceAccount, credentials from
+existing Secrets, resource requests, scrape annotations, monitoring objects and NetworkPolicies
+when asked, TLS and host networking when asked, with mutual TLS every component's certificate,
+`tls:` section and https:// addresses, and the proxy's auth); runs the config-rendering init
+commands and the node-setup script for real with `sh` against temporary directories (install,
+reinstall, restore: every file comes back byte for byte); and writes OUT/configs.json listing
+each rendered component config and OUT/<variant>/objects.json with every rendered object. It
+also proves its own checks can fail: template `fail`s, values.schema.json refusals and schema
+violations must all be reported.
 
 Exit status 0 when everything holds; otherwise 1 with every problem listed.
 """
