@@ -12,7 +12,8 @@ use crate::peers::PeerRecord;
 pub type Handout = policy::Handout<PeerRecord>;
 
 /// Up to `limit` peers for the announce of `caller` (who serves on `caller_addr`). `origins` are
-/// the digest's owners as complete peer records; `swarm` is every live member, caller included.
+/// the digest's owners as complete peer records; `swarm` is the store's random sample of live
+/// members (complete ones first), caller included.
 /// A record naming the caller's id or its address is the caller (perhaps restarted under a new
 /// id), and a swarm member that is also an origin is handed out once, as an origin.
 pub fn handout<R: Rng + ?Sized>(

@@ -61,16 +61,16 @@ impl Tracker for TrackerService {
         let is_origin = origins
             .iter()
             .any(|origin| origin.id == peer.id && origin.addr == peer.addr);
+        // Room for the caller and the origins among the members sampled: the handout skips
+        // them.
+        let sample = self.handout_limit + origins.len() + 1;
         let announced = self
             .store
-            .announce(&digest, &peer, is_origin)
+            .announce(&digest, &peer, is_origin, sample)
             .await
             .map_err(TrackerError::from)?;
-        self.metrics.announced(
-            announced.swarm.len(),
-            announced.admission,
-            announced.records,
-        );
+        self.metrics
+            .announced(announced.swarm_size, announced.admission, announced.records);
         // The view shows what the store keeps, so it is held to the same limits.
         if announced.admission == Admission::Recorded {
             self.board.announce(digest, namespace, &peer, progress);
@@ -79,7 +79,7 @@ impl Tracker for TrackerService {
             &peer.id,
             &peer.addr,
             origins,
-            announced.swarm,
+            announced.sample,
             self.handout_limit,
             &mut rand::rng(),
         );

@@ -1,17 +1,22 @@
-//! The in-memory peer store: a map from digest to its swarm, each member with its expiry time,
-//! and a count of the records held so the caps cost nothing to check.
+//! The in-memory peer store: a map from digest to its swarm. A swarm keeps its members by id
+//! and, beside them, the ids of its complete and its other members in two vectors, so an
+//! announce samples either class in O(sample) however large the swarm. Expired members are
+//! dropped when a sample meets them, when a swarm at its cap needs their places, and by a sweep
+//! of every swarm once per TTL; a count of the records held makes the caps free to check.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rand::Rng;
 use shoal_core::{Digest, PeerId};
 
 use super::{Admission, Announced, PeerRecord, PeerStore, RecordLimits, StoreError};
 
-/// A full store sweeps expired records before refusing a new one, but at most this often: a
-/// sweep is one pass over every record, and a flood at the cap must not pay it per announce.
+/// A full store (or swarm) drops expired records before refusing a new one, but at most this
+/// often: that is a pass over every record (or member), and a flood at the cap must not pay it
+/// per announce.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Swarms kept in this process, forgotten on restart (peers rebuild them within one announce
@@ -25,7 +30,7 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    swarms: HashMap<Digest, HashMap<PeerId, Member>>,
+    swarms: HashMap<Digest, Swarm>,
     /// Members over every swarm, expired ones included until they are dropped.
     records: usize,
     /// When every swarm was last swept of expired members.
@@ -33,10 +38,146 @@ struct Inner {
 }
 
 #[derive(Debug)]
+struct Swarm {
+    members: HashMap<PeerId, Member>,
+    /// The ids of the complete members (`[COMPLETE]`) and of the others (`[PARTIAL]`), in no
+    /// order; a member's `slot` is its index in its class.
+    classes: [Vec<PeerId>; 2],
+    /// When this swarm's expired members were last all dropped.
+    last_expired: Instant,
+}
+
+const COMPLETE: usize = 0;
+const PARTIAL: usize = 1;
+
+#[derive(Debug)]
 struct Member {
     addr: String,
     complete: bool,
     expires: Instant,
+    slot: usize,
+}
+
+impl Member {
+    fn class(&self) -> usize {
+        if self.complete { COMPLETE } else { PARTIAL }
+    }
+}
+
+impl Swarm {
+    fn new(now: Instant) -> Swarm {
+        Swarm {
+            members: HashMap::new(),
+            classes: [Vec::new(), Vec::new()],
+            last_expired: now,
+        }
+    }
+
+    /// Records or refreshes `peer`; whether it is new.
+    fn upsert(&mut self, peer: &PeerRecord, expires: Instant) -> bool {
+        let class = if peer.complete { COMPLETE } else { PARTIAL };
+        if let Some(member) = self.members.get(&peer.id) {
+            if member.class() != class {
+                self.unslot(&peer.id);
+                self.slot(&peer.id, class);
+            }
+            let member = self.members.get_mut(&peer.id).expect("still a member");
+            member.addr.clone_from(&peer.addr);
+            member.complete = peer.complete;
+            member.expires = expires;
+            return false;
+        }
+        self.members.insert(
+            peer.id.clone(),
+            Member {
+                addr: peer.addr.clone(),
+                complete: peer.complete,
+                expires,
+                slot: 0,
+            },
+        );
+        self.slot(&peer.id, class);
+        true
+    }
+
+    /// Appends member `id` to `class`.
+    fn slot(&mut self, id: &PeerId, class: usize) {
+        let slot = self.classes[class].len();
+        self.classes[class].push(id.clone());
+        if let Some(member) = self.members.get_mut(id) {
+            member.slot = slot;
+        }
+    }
+
+    /// Takes member `id` out of its class, moving the class's last id into its slot.
+    fn unslot(&mut self, id: &PeerId) {
+        let Some(member) = self.members.get(id) else {
+            return;
+        };
+        let (class, slot) = (member.class(), member.slot);
+        self.classes[class].swap_remove(slot);
+        if let Some(moved) = self.classes[class].get(slot)
+            && let Some(moved) = self.members.get_mut(moved)
+        {
+            moved.slot = slot;
+        }
+    }
+
+    fn remove(&mut self, id: &PeerId) {
+        self.unslot(id);
+        self.members.remove(id);
+    }
+
+    /// Drops every expired member; how many went.
+    fn expire(&mut self, now: Instant) -> usize {
+        let expired: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, member)| member.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.remove(id);
+        }
+        self.last_expired = now;
+        expired.len()
+    }
+
+    /// Up to `want` live members, complete ones first, each class sampled uniformly; expired
+    /// members met on the way are dropped (the answer is short by them until the next
+    /// announce). Returns the sample, the entries read and how many were dropped.
+    fn sample<R: Rng + ?Sized>(
+        &mut self,
+        want: usize,
+        now: Instant,
+        rng: &mut R,
+    ) -> (Vec<PeerRecord>, usize, usize) {
+        let mut chosen = Vec::with_capacity(want.min(self.members.len()));
+        let mut expired = Vec::new();
+        let mut touched = 0;
+        for class in [COMPLETE, PARTIAL] {
+            let ids = &self.classes[class];
+            let amount = want.saturating_sub(chosen.len()).min(ids.len());
+            for index in rand::seq::index::sample(rng, ids.len(), amount) {
+                touched += 1;
+                let id = &ids[index];
+                let member = &self.members[id];
+                if member.expires <= now {
+                    expired.push(id.clone());
+                    continue;
+                }
+                chosen.push(PeerRecord {
+                    id: id.clone(),
+                    addr: member.addr.clone(),
+                    complete: member.complete,
+                });
+            }
+        }
+        for id in &expired {
+            self.remove(id);
+        }
+        (chosen, touched, expired.len())
+    }
 }
 
 impl MemoryStore {
@@ -73,8 +214,9 @@ impl PeerStore for MemoryStore {
         digest: &Digest,
         peer: &PeerRecord,
         origin: bool,
+        sample: usize,
     ) -> Result<Announced, StoreError> {
-        Ok(self.announce_at(digest, peer, origin, Instant::now()))
+        Ok(self.announce_at(digest, peer, origin, sample, Instant::now()))
     }
 }
 
@@ -85,19 +227,20 @@ impl MemoryStore {
         digest: &Digest,
         peer: &PeerRecord,
         origin: bool,
+        sample: usize,
         now: Instant,
     ) -> Announced {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         // Swarms nobody announces any more would otherwise stay forever: sweep them all once
         // per TTL, which costs one pass over the map per TTL however many announces arrive.
         if now.saturating_duration_since(inner.last_sweep) >= self.ttl {
             inner.sweep(now);
         }
-        inner.expire_swarm(digest, now);
         let known = inner
             .swarms
             .get(digest)
-            .is_some_and(|swarm| swarm.contains_key(&peer.id));
+            .is_some_and(|swarm| swarm.members.contains_key(&peer.id));
         let admission = if known {
             Admission::Recorded
         } else {
@@ -106,7 +249,16 @@ impl MemoryStore {
             {
                 inner.sweep(now);
             }
-            let members = inner.swarms.get(digest).map_or(0, HashMap::len);
+            if let Some(swarm) = inner.swarms.get_mut(digest)
+                && swarm.members.len() >= self.limits.per_swarm
+                && now.saturating_duration_since(swarm.last_expired) >= FULL_SWEEP_INTERVAL
+            {
+                inner.records -= swarm.expire(now);
+            }
+            let members = inner
+                .swarms
+                .get(digest)
+                .map_or(0, |swarm| swarm.members.len());
             if !origin && members >= self.limits.per_swarm {
                 Admission::SwarmFull
             } else if inner.records >= self.limits.total {
@@ -116,35 +268,32 @@ impl MemoryStore {
             }
         };
         if admission == Admission::Recorded {
-            let member = Member {
-                addr: peer.addr.clone(),
-                complete: peer.complete,
-                expires: now + self.ttl,
-            };
-            if inner
+            let swarm = inner
                 .swarms
                 .entry(*digest)
-                .or_default()
-                .insert(peer.id.clone(), member)
-                .is_none()
-            {
+                .or_insert_with(|| Swarm::new(now));
+            if swarm.upsert(peer, now + self.ttl) {
                 inner.records += 1;
             }
         }
-        let swarm = inner.swarms.get(digest).map_or_else(Vec::new, |swarm| {
-            swarm
-                .iter()
-                .map(|(id, member)| PeerRecord {
-                    id: id.clone(),
-                    addr: member.addr.clone(),
-                    complete: member.complete,
-                })
-                .collect()
-        });
+        let (chosen, touched, swarm_size) = match inner.swarms.get_mut(digest) {
+            Some(swarm) => {
+                let (chosen, touched, dropped) = swarm.sample(sample, now, &mut rand::rng());
+                inner.records -= dropped;
+                let size = swarm.members.len();
+                if size == 0 {
+                    inner.swarms.remove(digest);
+                }
+                (chosen, touched, size)
+            }
+            None => (Vec::new(), 0, 0),
+        };
         Announced {
-            swarm,
+            sample: chosen,
+            swarm_size,
             admission,
             records: inner.records,
+            touched,
         }
     }
 }
@@ -153,32 +302,21 @@ impl Inner {
     /// Drops every expired member, and every swarm left empty.
     fn sweep(&mut self, now: Instant) {
         self.swarms.retain(|_, swarm| {
-            swarm.retain(|_, member| member.expires > now);
-            !swarm.is_empty()
+            swarm.expire(now);
+            !swarm.members.is_empty()
         });
         self.swarms.shrink_to_fit();
-        self.records = self.swarms.values().map(HashMap::len).sum();
+        self.records = self.swarms.values().map(|swarm| swarm.members.len()).sum();
         self.last_sweep = now;
-    }
-
-    /// Drops the expired members of `digest`'s swarm, and the swarm if that empties it.
-    fn expire_swarm(&mut self, digest: &Digest, now: Instant) {
-        let Some(swarm) = self.swarms.get_mut(digest) else {
-            return;
-        };
-        let before = swarm.len();
-        swarm.retain(|_, member| member.expires > now);
-        let after = swarm.len();
-        if after == 0 {
-            self.swarms.remove(digest);
-        }
-        self.records -= before - after;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sample as large as any swarm here: the whole swarm.
+    const ALL: usize = 10_000;
 
     const ROOMY: RecordLimits = RecordLimits {
         per_swarm: 1_000,
@@ -203,14 +341,14 @@ mod tests {
         let store = MemoryStore::new(Duration::from_secs(30), ROOMY);
         let now = Instant::now();
         let (one, two) = (Digest::of(b"one"), Digest::of(b"two"));
-        store.announce_at(&one, &peer("a", false), false, now);
-        store.announce_at(&two, &peer("b", false), false, now);
-        let announced = store.announce_at(&one, &peer("a", true), false, now);
-        assert_eq!(announced.swarm, vec![peer("a", true)]);
+        store.announce_at(&one, &peer("a", false), false, ALL, now);
+        store.announce_at(&two, &peer("b", false), false, ALL, now);
+        let announced = store.announce_at(&one, &peer("a", true), false, ALL, now);
+        assert_eq!(announced.sample, vec![peer("a", true)]);
         assert_eq!(announced.admission, Admission::Recorded);
         assert_eq!(announced.records, 2, "a re-announce adds no record");
-        let announced = store.announce_at(&one, &peer("c", false), false, now);
-        assert_eq!(ids(announced.swarm), ["a", "c"]);
+        let announced = store.announce_at(&one, &peer("c", false), false, ALL, now);
+        assert_eq!(ids(announced.sample), ["a", "c"]);
         assert_eq!(announced.records, 3);
     }
 
@@ -220,10 +358,10 @@ mod tests {
         let start = Instant::now();
         let at = |secs| start + Duration::from_secs(secs);
         let digest = Digest::of(b"blob");
-        store.announce_at(&digest, &peer("old", false), false, at(0));
-        store.announce_at(&digest, &peer("young", false), false, at(20));
-        let announced = store.announce_at(&digest, &peer("new", false), false, at(31));
-        assert_eq!(ids(announced.swarm), ["new", "young"]);
+        store.announce_at(&digest, &peer("old", false), false, ALL, at(0));
+        store.announce_at(&digest, &peer("young", false), false, ALL, at(20));
+        let announced = store.announce_at(&digest, &peer("new", false), false, ALL, at(31));
+        assert_eq!(ids(announced.sample), ["new", "young"]);
         assert_eq!(announced.records, 2);
     }
 
@@ -232,11 +370,12 @@ mod tests {
         let store = MemoryStore::new(Duration::from_secs(30), ROOMY);
         let start = Instant::now();
         for i in 0..10u8 {
-            store.announce_at(&Digest::of(&[i]), &peer("a", false), false, start);
+            store.announce_at(&Digest::of(&[i]), &peer("a", false), false, ALL, start);
         }
         assert_eq!(store.swarm_count(), 10);
         let later = start + Duration::from_secs(31);
-        let announced = store.announce_at(&Digest::of(b"live"), &peer("b", false), false, later);
+        let announced =
+            store.announce_at(&Digest::of(b"live"), &peer("b", false), false, ALL, later);
         assert_eq!(store.swarm_count(), 1);
         assert_eq!(announced.records, 1);
     }
@@ -250,31 +389,31 @@ mod tests {
         let store = MemoryStore::new(Duration::from_secs(30), limits);
         let now = Instant::now();
         let digest = Digest::of(b"blob");
-        store.announce_at(&digest, &peer("a", false), false, now);
-        store.announce_at(&digest, &peer("b", false), false, now);
+        store.announce_at(&digest, &peer("a", false), false, ALL, now);
+        store.announce_at(&digest, &peer("b", false), false, ALL, now);
 
-        let refused = store.announce_at(&digest, &peer("c", false), false, now);
+        let refused = store.announce_at(&digest, &peer("c", false), false, ALL, now);
         assert_eq!(refused.admission, Admission::SwarmFull);
-        assert_eq!(ids(refused.swarm), ["a", "b"], "c still sees the swarm");
+        assert_eq!(ids(refused.sample), ["a", "b"], "c still sees the swarm");
         assert_eq!(refused.records, 2);
 
-        let refreshed = store.announce_at(&digest, &peer("a", true), false, now);
+        let refreshed = store.announce_at(&digest, &peer("a", true), false, ALL, now);
         assert_eq!(refreshed.admission, Admission::Recorded);
-        assert!(refreshed.swarm.contains(&peer("a", true)));
+        assert!(refreshed.sample.contains(&peer("a", true)));
 
-        let origin = store.announce_at(&digest, &peer("o1", true), true, now);
+        let origin = store.announce_at(&digest, &peer("o1", true), true, ALL, now);
         assert_eq!(origin.admission, Admission::Recorded);
-        assert_eq!(ids(origin.swarm), ["a", "b", "o1"]);
+        assert_eq!(ids(origin.sample), ["a", "b", "o1"]);
 
         // Other swarms are not affected, and a place frees up when a member expires.
-        let other = store.announce_at(&Digest::of(b"other"), &peer("c", false), false, now);
+        let other = store.announce_at(&Digest::of(b"other"), &peer("c", false), false, ALL, now);
         assert_eq!(other.admission, Admission::Recorded);
         let later = now + Duration::from_secs(20);
-        store.announce_at(&digest, &peer("a", true), false, later);
+        store.announce_at(&digest, &peer("a", true), false, ALL, later);
         let after = now + Duration::from_secs(31);
-        let admitted = store.announce_at(&digest, &peer("c", false), false, after);
+        let admitted = store.announce_at(&digest, &peer("c", false), false, ALL, after);
         assert_eq!(admitted.admission, Admission::Recorded, "b and o1 expired");
-        assert_eq!(ids(admitted.swarm), ["a", "c"]);
+        assert_eq!(ids(admitted.sample), ["a", "c"]);
     }
 
     #[test]
@@ -289,11 +428,11 @@ mod tests {
         let mut refused = 0;
         for i in 0..1_000u32 {
             let digest = Digest::of(&i.to_be_bytes());
-            let announced = store.announce_at(&digest, &peer("fake", true), false, at(25));
+            let announced = store.announce_at(&digest, &peer("fake", true), false, ALL, at(25));
             assert!(announced.records <= 100);
             if announced.admission == Admission::StoreFull {
                 refused += 1;
-                assert!(announced.swarm.is_empty(), "nobody else announced it");
+                assert!(announced.sample.is_empty(), "nobody else announced it");
             }
         }
         assert_eq!(refused, 900);
@@ -305,18 +444,92 @@ mod tests {
 
         // A recorded peer keeps refreshing, even at the cap (the periodic sweep runs here).
         let first = Digest::of(&0u32.to_be_bytes());
-        let announced = store.announce_at(&first, &peer("fake", true), false, at(31));
+        let announced = store.announce_at(&first, &peer("fake", true), false, ALL, at(31));
         assert_eq!(announced.admission, Admission::Recorded);
-        let announced =
-            store.announce_at(&Digest::of(b"new"), &peer("honest", false), false, at(31));
+        let announced = store.announce_at(
+            &Digest::of(b"new"),
+            &peer("honest", false),
+            false,
+            ALL,
+            at(31),
+        );
         assert_eq!(announced.admission, Admission::StoreFull);
 
         // Once the rest expire, a full store sweeps before its next periodic sweep is due and
         // takes new records again.
-        let announced =
-            store.announce_at(&Digest::of(b"new"), &peer("honest", false), false, at(56));
+        let announced = store.announce_at(
+            &Digest::of(b"new"),
+            &peer("honest", false),
+            false,
+            ALL,
+            at(56),
+        );
         assert_eq!(announced.admission, Admission::Recorded);
         assert_eq!(announced.records, 2);
         assert_eq!(store.swarm_count(), 2);
+    }
+
+    #[test]
+    fn an_announce_reads_a_sample_not_the_swarm() {
+        let limits = RecordLimits {
+            per_swarm: 20_000,
+            total: 20_000,
+        };
+        let store = MemoryStore::new(Duration::from_secs(30), limits);
+        let now = Instant::now();
+        let digest = Digest::of(b"crowd");
+        for i in 0..10_000u32 {
+            // Every tenth member holds the whole blob.
+            store.announce_at(
+                &digest,
+                &peer(&format!("p{i}"), i % 10 == 0),
+                false,
+                40,
+                now,
+            );
+        }
+        let announced = store.announce_at(&digest, &peer("caller", false), false, 40, now);
+        assert_eq!(announced.swarm_size, 10_001);
+        assert_eq!(announced.sample.len(), 40);
+        assert!(
+            announced.touched <= 40,
+            "read {} entries for a sample of 40",
+            announced.touched
+        );
+        // Complete members first: 1,000 of them, so the whole sample.
+        assert!(announced.sample.iter().all(|p| p.complete));
+        let distinct: std::collections::HashSet<_> =
+            announced.sample.iter().map(|p| p.id.clone()).collect();
+        assert_eq!(distinct.len(), 40, "no member twice");
+
+        // With fewer complete members than asked for, the rest are partial ones.
+        let small = Digest::of(b"small");
+        for i in 0..100u32 {
+            store.announce_at(&small, &peer(&format!("s{i}"), i < 3), false, 10, now);
+        }
+        let announced = store.announce_at(&small, &peer("s0", true), false, 10, now);
+        let complete = announced.sample.iter().filter(|p| p.complete).count();
+        assert_eq!((complete, announced.sample.len()), (3, 10));
+        assert!(announced.sample[..3].iter().all(|p| p.complete));
+    }
+
+    #[test]
+    fn a_member_that_completes_moves_class_and_expired_ones_leave_the_sample() {
+        let store = MemoryStore::new(Duration::from_secs(30), ROOMY);
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let digest = Digest::of(b"blob");
+        for id in ["a", "b", "c"] {
+            store.announce_at(&digest, &peer(id, false), false, ALL, at(0));
+        }
+        let announced = store.announce_at(&digest, &peer("b", true), false, ALL, at(10));
+        assert_eq!(announced.sample[0], peer("b", true));
+        assert_eq!(ids(announced.sample), ["a", "b", "c"]);
+        // a and c expire at 30; b, refreshed at 10, lives until 40.
+        let announced = store.announce_at(&digest, &peer("d", false), false, ALL, at(29));
+        assert_eq!(announced.swarm_size, 4);
+        let announced = store.announce_at(&digest, &peer("d", false), false, 2, at(31));
+        assert_eq!(ids(announced.sample), ["b", "d"]);
+        assert_eq!(announced.records, 2);
     }
 }

@@ -58,12 +58,18 @@ impl Admission {
 /// What an announce did to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announced {
-    /// Every live member of the swarm, the caller included if it was recorded, in no order.
-    pub swarm: Vec<PeerRecord>,
+    /// Up to the number of members asked for, live, the caller included if it was recorded:
+    /// complete members first, then the others, each a uniform random sample of its class.
+    pub sample: Vec<PeerRecord>,
+    /// Members of the swarm (a store may count expired ones it has not dropped yet).
+    pub swarm_size: usize,
     pub admission: Admission,
     /// Live records over every swarm after this announce (a store may count expired ones it has
     /// not swept yet).
     pub records: usize,
+    /// Member entries read to answer: bounded by the sample asked for, whatever the swarm's
+    /// size (what the tests check instead of timing).
+    pub touched: usize,
 }
 
 /// A swarm store that could not be read or written.
@@ -76,13 +82,15 @@ pub enum StoreError {
 #[async_trait]
 pub trait PeerStore: Send + Sync + 'static {
     /// Records `peer` in the swarm of `digest` (replacing its previous record) until the TTL
-    /// passes without another announce, within the store's [`RecordLimits`], and returns every
-    /// live member of the swarm. A member already recorded is always refreshed; `origin` (the
+    /// passes without another announce, within the store's [`RecordLimits`], and returns a
+    /// random sample of up to `sample` live members, complete ones first, in O(`sample`) work
+    /// whatever the swarm's size. A member already recorded is always refreshed; `origin` (the
     /// peer is one of the digest's owning origins) exempts it from the per-swarm cap.
     async fn announce(
         &self,
         digest: &Digest,
         peer: &PeerRecord,
         origin: bool,
+        sample: usize,
     ) -> Result<Announced, StoreError>;
 }

@@ -1,13 +1,19 @@
 //! The Redis peer store, for trackers that share swarms or keep them across restarts.
 //!
-//! Each swarm is two keys: a sorted set `shoal:tracker:swarm:<hex>` of peer ids scored by their
-//! expiry (unix milliseconds), and a hash `shoal:tracker:peers:<hex>` from peer id to its record
-//! (`{"addr":…,"complete":…}`). One more sorted set, `shoal:tracker:records`, holds every record
-//! of every swarm (`<hex>/<peer id>`, scored by the same expiry), so the total is one `ZCARD`
-//! that corrects itself as records expire. An announce runs as one Lua script ([`ANNOUNCE`]):
-//! drop expired members, admit the caller within the caps, push the keys' expiry to one TTL from
-//! now (so an abandoned swarm vanishes on its own), and read the swarm back. Trackers sharing a
-//! Redis should have synchronised clocks, since expiry scores come from the tracker's clock.
+//! Each swarm is three keys: two sorted sets of peer ids scored by their expiry (unix
+//! milliseconds), `shoal:tracker:v2:complete:<hex>` for members holding the whole blob and
+//! `shoal:tracker:v2:partial:<hex>` for the others, and a hash `shoal:tracker:v2:peers:<hex>`
+//! from peer id to its record (`{"addr":…,"complete":…}`). One more sorted set,
+//! `shoal:tracker:v2:records`, holds every record of every swarm (`<hex>/<peer id>`, scored by
+//! the same expiry), so the total is one `ZCARD` that corrects itself as records expire. An
+//! announce runs as one Lua script ([`ANNOUNCE`]): drop the expired members (a range of each
+//! set, and their records), admit the caller within the caps, push the keys' expiry to one TTL
+//! from now (so an abandoned swarm vanishes on its own), and sample the swarm with
+//! `ZRANDMEMBER`, complete members first: O(log n + expired + sample), never a read of the whole
+//! swarm. Trackers sharing a Redis should have synchronised clocks, since expiry scores come
+//! from the tracker's clock. (The `v2` keys replaced one set per swarm read whole on every
+//! announce; during a rolling upgrade old and new trackers see each other's peers only after
+//! the upgrade, within one announce interval.)
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,50 +34,73 @@ const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Every record of every swarm, for the total cap.
-const RECORDS_KEY: &str = "shoal:tracker:records";
+const RECORDS_KEY: &str = "shoal:tracker:v2:records";
 
 /// One announce, atomically (a script runs alone in Redis, so trackers sharing it cannot both
 /// take the last place under a cap). Sent with `EVAL`, which Redis compiles once and caches.
 ///
-/// KEYS: swarm set, peers hash, records set. ARGV: now (ms), expiry (ms), TTL (ms), peer id,
-/// record JSON, per-swarm cap, total cap, `1` for an origin, the record's name in the records
-/// set. Returns the admission, the live records in total, and the swarm as id, JSON pairs.
+/// KEYS: complete set, partial set, peers hash, records set. ARGV: now (ms), expiry (ms), TTL
+/// (ms), peer id, record JSON, per-swarm cap, total cap, `1` for an origin, the record's name
+/// in the records set, `1` for a complete peer, the sample size. Returns the admission, the live records in total, the swarm's size, the sample
+/// as id, JSON pairs, and the members read.
 const ANNOUNCE: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+-- unpack() is bounded by Lua's stack: pass long lists in slices.
+local function each_slice(list, f)
+  for i = 1, #list, 1000 do
+    f(unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+for k = 1, 2 do
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1])
+  if #gone > 0 then
+    each_slice(gone, function(...) redis.call('ZREM', KEYS[k], ...) end)
+    each_slice(gone, function(...) redis.call('HDEL', KEYS[3], ...) end)
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
+local mine, other = KEYS[2], KEYS[1]
+if ARGV[10] == '1' then
+  mine, other = KEYS[1], KEYS[2]
+end
 local admission = 'recorded'
-if not redis.call('ZSCORE', KEYS[1], ARGV[4]) then
-  if ARGV[8] ~= '1' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[6]) then
+if not (redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZSCORE', KEYS[2], ARGV[4])) then
+  local members = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+  if ARGV[8] ~= '1' and members >= tonumber(ARGV[6]) then
     admission = 'swarm_full'
-  elseif redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then
+  elseif redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then
     admission = 'store_full'
   end
 end
 if admission == 'recorded' then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[9])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
-end
--- Records of expired members linger in the hash until the whole key expires: drop them here, so
--- a busy swarm's hash does not grow with every peer that ever joined.
-local live = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  live[id] = true
-end
-local swarm = {}
-local fields = redis.call('HGETALL', KEYS[2])
-for i = 1, #fields, 2 do
-  if live[fields[i]] then
-    swarm[#swarm + 1] = fields[i]
-    swarm[#swarm + 1] = fields[i + 1]
-  else
-    redis.call('HDEL', KEYS[2], fields[i])
+  redis.call('ZREM', other, ARGV[4])
+  redis.call('ZADD', mine, ARGV[2], ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[9])
+  for k = 1, 4 do
+    redis.call('PEXPIRE', KEYS[k], ARGV[3])
   end
 end
-return {admission, redis.call('ZCARD', KEYS[3]), swarm}
+local size = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local ids = {}
+for k = 1, 2 do
+  local left = tonumber(ARGV[11]) - #ids
+  if left > 0 then
+    for _, id in ipairs(redis.call('ZRANDMEMBER', KEYS[k], left)) do
+      ids[#ids + 1] = id
+    end
+  end
+end
+local sample = {}
+if #ids > 0 then
+  local records = redis.call('HMGET', KEYS[3], unpack(ids))
+  for i, id in ipairs(ids) do
+    if records[i] then
+      sample[#sample + 1] = id
+      sample[#sample + 1] = records[i]
+    end
+  end
+end
+return {admission, redis.call('ZCARD', KEYS[4]), size, sample, #ids}
 "#;
 
 /// What the hash holds per peer; the id is the field name.
@@ -129,6 +158,7 @@ impl PeerStore for RedisStore {
         digest: &Digest,
         peer: &PeerRecord,
         origin: bool,
+        sample: usize,
     ) -> Result<Announced, StoreError> {
         let hex = digest.hex();
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
@@ -140,11 +170,13 @@ impl PeerStore for RedisStore {
         .expect("a struct of a string and a bool serialises");
 
         let mut conn = self.conn.clone();
-        let (admission, records, fields): (String, usize, Vec<String>) = redis::cmd("EVAL")
+        type Answer = (String, usize, usize, Vec<String>, usize);
+        let (admission, records, swarm_size, fields, touched): Answer = redis::cmd("EVAL")
             .arg(ANNOUNCE)
-            .arg(3)
-            .arg(format!("shoal:tracker:swarm:{hex}"))
-            .arg(format!("shoal:tracker:peers:{hex}"))
+            .arg(4)
+            .arg(format!("shoal:tracker:v2:complete:{hex}"))
+            .arg(format!("shoal:tracker:v2:partial:{hex}"))
+            .arg(format!("shoal:tracker:v2:peers:{hex}"))
             .arg(RECORDS_KEY)
             .arg(now)
             .arg(now.saturating_add(ttl_ms))
@@ -155,6 +187,8 @@ impl PeerStore for RedisStore {
             .arg(self.limits.total)
             .arg(u8::from(origin))
             .arg(format!("{hex}/{}", peer.id))
+            .arg(u8::from(peer.complete))
+            .arg(sample)
             .query_async(&mut conn)
             .await?;
         let admission = match admission.as_str() {
@@ -163,14 +197,14 @@ impl PeerStore for RedisStore {
             _ => Admission::Recorded,
         };
 
-        let mut swarm = Vec::with_capacity(fields.len() / 2);
+        let mut chosen = Vec::with_capacity(fields.len() / 2);
         for pair in fields.chunks_exact(2) {
             let (id, json) = (&pair[0], &pair[1]);
             let parsed = serde_json::from_str::<Stored>(json)
                 .ok()
                 .zip(PeerId::parse(id).ok());
             match parsed {
-                Some((stored, id)) => swarm.push(PeerRecord {
+                Some((stored, id)) => chosen.push(PeerRecord {
                     id,
                     addr: stored.addr,
                     complete: stored.complete,
@@ -181,9 +215,11 @@ impl PeerStore for RedisStore {
             }
         }
         Ok(Announced {
-            swarm,
+            sample: chosen,
+            swarm_size,
             admission,
             records,
+            touched,
         })
     }
 }
@@ -242,6 +278,9 @@ mod tests {
         }
     }
 
+    /// A sample as large as any swarm here: the whole swarm.
+    const ALL: usize = 1_000;
+
     const ROOMY: RecordLimits = RecordLimits {
         per_swarm: 1_000,
         total: 1_000,
@@ -270,16 +309,19 @@ mod tests {
         let (one, two) = (Digest::of(b"one"), Digest::of(b"two"));
 
         store
-            .announce(&one, &peer("a", false), false)
+            .announce(&one, &peer("a", false), false, ALL)
             .await
             .unwrap();
         store
-            .announce(&two, &peer("b", false), false)
+            .announce(&two, &peer("b", false), false, ALL)
             .await
             .unwrap();
-        let announced = store.announce(&one, &peer("a", true), false).await.unwrap();
+        let announced = store
+            .announce(&one, &peer("a", true), false, ALL)
+            .await
+            .unwrap();
         assert_eq!(
-            announced.swarm,
+            announced.sample,
             vec![peer("a", true)],
             "a re-announce replaces the record"
         );
@@ -290,19 +332,19 @@ mod tests {
             .await
             .expect("connect");
         let announced = other
-            .announce(&one, &peer("c", false), false)
+            .announce(&one, &peer("c", false), false, ALL)
             .await
             .unwrap();
-        assert_eq!(ids(announced.swarm), ["a", "c"]);
+        assert_eq!(ids(announced.sample), ["a", "c"]);
 
         // Keep announcing c until a, silent since, has expired; its record is dropped too.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let swarm = store
-                .announce(&one, &peer("c", false), false)
+                .announce(&one, &peer("c", false), false, ALL)
                 .await
                 .unwrap()
-                .swarm;
+                .sample;
             if ids(swarm.clone()) == ["c"] {
                 break;
             }
@@ -311,7 +353,7 @@ mod tests {
         }
         let mut conn = store.conn.clone();
         let fields: Vec<String> = redis::cmd("HKEYS")
-            .arg(format!("shoal:tracker:peers:{}", one.hex()))
+            .arg(format!("shoal:tracker:v2:peers:{}", one.hex()))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -319,7 +361,7 @@ mod tests {
 
         // Whole swarms vanish once nobody announces them.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let key = format!("shoal:tracker:swarm:{}", two.hex());
+        let key = format!("shoal:tracker:v2:partial:{}", two.hex());
         loop {
             let exists: bool = redis::cmd("EXISTS")
                 .arg(&key)
@@ -369,26 +411,26 @@ mod tests {
         let blob = Digest::of(b"blob");
 
         store
-            .announce(&blob, &peer("a", false), false)
+            .announce(&blob, &peer("a", false), false, ALL)
             .await
             .unwrap();
         other
-            .announce(&blob, &peer("b", false), false)
+            .announce(&blob, &peer("b", false), false, ALL)
             .await
             .unwrap();
         let refused = store
-            .announce(&blob, &peer("c", false), false)
+            .announce(&blob, &peer("c", false), false, ALL)
             .await
             .unwrap();
         assert_eq!(refused.admission, Admission::SwarmFull);
-        assert_eq!(ids(refused.swarm), ["a", "b"], "c still sees the swarm");
+        assert_eq!(ids(refused.sample), ["a", "b"], "c still sees the swarm");
         let refreshed = other
-            .announce(&blob, &peer("a", true), false)
+            .announce(&blob, &peer("a", true), false, ALL)
             .await
             .unwrap();
         assert_eq!(refreshed.admission, Admission::Recorded);
         let origin = store
-            .announce(&blob, &peer("o1", true), true)
+            .announce(&blob, &peer("o1", true), true, ALL)
             .await
             .unwrap();
         assert_eq!(
@@ -396,7 +438,7 @@ mod tests {
             Admission::Recorded,
             "origins go beyond the cap"
         );
-        assert_eq!(ids(origin.swarm), ["a", "b", "o1"]);
+        assert_eq!(ids(origin.sample), ["a", "b", "o1"]);
         assert_eq!(origin.records, 3);
 
         // Made-up digests fill the store up to its total, then are refused, leaving no keys.
@@ -404,7 +446,7 @@ mod tests {
         for i in 0..10u32 {
             let fake = Digest::of(&i.to_be_bytes());
             let announced = other
-                .announce(&fake, &peer("fake", true), false)
+                .announce(&fake, &peer("fake", true), false, ALL)
                 .await
                 .unwrap();
             assert!(announced.records <= 5, "{announced:?}");
@@ -427,7 +469,7 @@ mod tests {
             .unwrap();
         assert!(!exists, "a refused record creates no swarm");
         let refreshed = store
-            .announce(&blob, &peer("b", false), false)
+            .announce(&blob, &peer("b", false), false, ALL)
             .await
             .unwrap();
         assert_eq!(
@@ -440,7 +482,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let announced = store
-                .announce(&Digest::of(b"new"), &peer("honest", false), false)
+                .announce(&Digest::of(b"new"), &peer("honest", false), false, ALL)
                 .await
                 .unwrap();
             if announced.admission == Admission::Recorded {
@@ -453,5 +495,48 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn an_announce_reads_a_sample_not_the_swarm() {
+        let server = Server::start().await;
+        let limits = RecordLimits {
+            per_swarm: 5_000,
+            total: 5_000,
+        };
+        let store = RedisStore::connect(&server.url, Duration::from_secs(60), limits)
+            .await
+            .expect("connect");
+        let digest = Digest::of(b"crowd");
+        for i in 0..3_000u32 {
+            store
+                .announce(&digest, &peer(&format!("p{i}"), i % 100 == 0), false, 0)
+                .await
+                .unwrap();
+        }
+        let announced = store
+            .announce(&digest, &peer("caller", false), false, 40)
+            .await
+            .unwrap();
+        assert_eq!(announced.swarm_size, 3_001);
+        assert_eq!(announced.sample.len(), 40);
+        assert!(announced.touched <= 40, "read {}", announced.touched);
+        // The 30 complete members come first, then partial ones.
+        let complete = announced.sample.iter().filter(|p| p.complete).count();
+        assert_eq!(complete, 30);
+        assert!(announced.sample[..30].iter().all(|p| p.complete));
+
+        // A member that completes moves to the complete set.
+        store
+            .announce(&digest, &peer("p1", true), false, 0)
+            .await
+            .unwrap();
+        let announced = store
+            .announce(&digest, &peer("caller", false), false, 31)
+            .await
+            .unwrap();
+        assert!(announced.sample.iter().all(|p| p.complete));
+        assert!(announced.sample.contains(&peer("p1", true)));
+        assert_eq!(announced.swarm_size, 3_001, "moved, not added");
     }
 }
