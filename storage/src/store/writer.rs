@@ -1,7 +1,7 @@
 //! Staged writes and the commit path shared by upload sessions and [`BlobWriter`]: bytes go to
 //! a temporary file while their digest and piece values are computed on the fly (one sha256
-//! pass, no re-read; a sha512 digest costs one re-read at commit), and commit verifies the digest, fsyncs, writes the metainfo, renames into
-//! `blobs/` and fsyncs the directory.
+//! pass, no re-read; a sha512 digest costs one re-read at commit), and commit verifies the
+//! digest, fsyncs, writes the metainfo, renames into `blobs/` and fsyncs the directory.
 
 use std::io;
 
