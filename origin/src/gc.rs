@@ -252,7 +252,7 @@ pub(crate) async fn condemn(
     request: Result<Json<CondemnRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) =
-        request.map_err(|e| ApiError::new(ErrorCode::Unsupported, e.body_text()))?;
+        request.map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.body_text()))?;
     if let Err(reason) = origin.touches.condemn(digest, &request) {
         return Ok(Json(Condemned::Kept { reason }).into_response());
     }
@@ -291,7 +291,7 @@ type RunParam = Result<Query<RunQuery>, axum::extract::rejection::QueryRejection
 fn run_query(query: RunParam) -> Result<RunQuery, ApiError> {
     query
         .map(|Query(query)| query)
-        .map_err(|e| ApiError::new(ErrorCode::Unsupported, e.body_text()))
+        .map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.body_text()))
 }
 
 /// `DELETE /gc/blobs/{digest}?run=&backend=`: deletes a blob `run` condemned; 403 DENIED when
@@ -348,4 +348,108 @@ pub(crate) async fn release(
         origin.writeback.enqueue(&digest, None).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Touch tables of an origin that has been up for an hour.
+    fn up_an_hour() -> Touches {
+        Touches {
+            started: Instant::now() - Duration::from_secs(3600),
+            tables: Mutex::default(),
+        }
+    }
+
+    fn request(run: &str, window: Duration, dry_run: bool) -> CondemnRequest {
+        CondemnRequest {
+            run: run.into(),
+            untouched_for_ms: window.as_millis() as u64,
+            dry_run,
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_blob_touched_within_the_window_is_kept_and_an_untouched_one_condemned() {
+        let touches = up_an_hour();
+        let (touched, untouched) = (Digest::of(b"touched"), Digest::of(b"untouched"));
+        assert!(touches.touch(touched));
+        let kept = touches.condemn(touched, &request("r1", MINUTE, false));
+        assert!(kept.is_err_and(|reason| reason.contains("touched")));
+        touches
+            .condemn(untouched, &request("r1", MINUTE, false))
+            .expect("never touched: condemned");
+        // A commit counts as a touch too.
+        let committed = Digest::of(b"committed");
+        touches.committed(committed);
+        assert!(
+            touches
+                .condemn(committed, &request("r1", MINUTE, false))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_condemned_blob_refuses_touches_until_released_by_its_run() {
+        let touches = up_an_hour();
+        let digest = Digest::of(b"blob");
+        touches
+            .condemn(digest, &request("r1", MINUTE, false))
+            .expect("condemned");
+        assert!(!touches.touch(digest), "a touch of a condemned blob fails");
+        let other = touches.condemn(digest, &request("r2", MINUTE, false));
+        assert!(other.is_err_and(|reason| reason.contains("r1")));
+        assert!(
+            touches.may_delete(&digest, "r2").is_err(),
+            "only its run deletes"
+        );
+        touches
+            .may_delete(&digest, "r1")
+            .expect("its run may delete");
+        assert!(
+            !touches.release(&digest, "r2"),
+            "another run cannot release it"
+        );
+        assert!(!touches.touch(digest));
+        touches.release(&digest, "r1");
+        assert!(touches.touch(digest), "released");
+    }
+
+    #[test]
+    fn a_commit_while_condemned_stops_the_delete_and_is_reported_on_release() {
+        let touches = up_an_hour();
+        let digest = Digest::of(b"blob");
+        touches
+            .condemn(digest, &request("r1", MINUTE, false))
+            .expect("condemned");
+        touches.committed(digest);
+        assert!(touches.may_delete(&digest, "r1").is_err());
+        assert!(touches.release(&digest, "r1"), "the commit is reported");
+    }
+
+    #[test]
+    fn a_dry_run_condemns_nothing() {
+        let touches = up_an_hour();
+        let digest = Digest::of(b"blob");
+        touches
+            .condemn(digest, &request("r1", MINUTE, true))
+            .expect("would condemn");
+        assert!(touches.touch(digest));
+        assert!(touches.may_delete(&digest, "r1").is_err());
+    }
+
+    #[test]
+    fn an_origin_up_for_less_than_the_window_condemns_nothing() {
+        let touches = Touches::default();
+        let refused = touches.condemn(Digest::of(b"blob"), &request("r1", MINUTE, false));
+        assert!(refused.is_err_and(|reason| reason.contains("started")));
+        let too_long = up_an_hour().condemn(
+            Digest::of(b"blob"),
+            &request("r1", TOUCH_MEMORY + MINUTE, false),
+        );
+        assert!(too_long.is_err());
+    }
 }

@@ -518,6 +518,39 @@ async fn an_upload_held_open_across_a_sweep_completes_and_a_put_racing_a_sweep_f
         "release: {}",
         released.status()
     );
+    // Bad input to the collector and the origin is refused and changes nothing.
+    let build_index = format!("http://{}", cluster.build_index_addr());
+    let bad = http
+        .post(format!("{build_index}/v1/gc?dry_run=maybe"))
+        .send()
+        .await?;
+    expect_internal_error(bad, 400, "SIZE_INVALID").await?;
+    let bad = http
+        .delete(format!("{build_index}/v1/blobs/sha256:short"))
+        .send()
+        .await?;
+    expect_internal_error(bad, 400, "DIGEST_INVALID").await?;
+    let bad = http
+        .delete(format!("{origin}/gc/blobs/{racing}?run=another-run"))
+        .send()
+        .await?;
+    expect_internal_error(bad, 403, "DENIED").await?;
+    let bad = http
+        .post(format!("{origin}/gc/blobs/{racing}/condemn"))
+        .header(CONTENT_TYPE, "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    expect_internal_error(bad, 400, "NAME_INVALID").await?;
+    let head = http
+        .head(proxy.url(&format!("v2/gc/held/blobs/{racing}")))
+        .send()
+        .await?;
+    ensure!(
+        head.status() == StatusCode::OK,
+        "after bad input: {}",
+        head.status()
+    );
     // Released, the same PUT succeeds; its touch now keeps the blob from the next condemnation.
     proxy
         .put_manifest("gc/held", "racing", OCI_MANIFEST, &manifest)
@@ -526,6 +559,18 @@ async fn an_upload_held_open_across_a_sweep_completes_and_a_put_racing_a_sweep_f
     ensure!(
         answer["verdict"] == "kept",
         "a just-touched blob was condemned: {answer}"
+    );
+    Ok(())
+}
+
+/// Asserts an internal API's error (`{"code","message"}`) of `status`.
+async fn expect_internal_error(response: reqwest::Response, status: u16, code: &str) -> Result<()> {
+    let url = response.url().clone();
+    let actual = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    ensure!(
+        actual.as_u16() == status && body["code"] == code,
+        "{url}: expected {status} {code}, got {actual} {body}"
     );
     Ok(())
 }

@@ -95,6 +95,8 @@ pub enum GcError {
         "a manifest PUT took {elapsed:?} between checking its blobs and recording, longer than gc.grace ({grace:?}): retry the push"
     )]
     GraceExceeded { elapsed: Duration, grace: Duration },
+    #[error("invalid garbage-collection query: {0}")]
+    Query(String),
     #[error("a garbage collection is already running")]
     Busy,
     #[error(
@@ -134,6 +136,8 @@ impl GcError {
         match self {
             GcError::Referenced { .. } | GcError::Kept { .. } => ErrorCode::Denied,
             GcError::BlobUnknown(_) => ErrorCode::BlobUnknown,
+            // No spec code fits a bad query; SIZE_INVALID is the 400 the paging errors use.
+            GcError::Query(_) => ErrorCode::SizeInvalid,
             GcError::GraceExceeded { .. }
             | GcError::Busy
             | GcError::Unreadable { .. }
@@ -424,7 +428,7 @@ async fn collect(
     State(collector): State<Arc<Collector>>,
     query: Result<Query<CollectQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
-    let Query(query) = query.map_err(|e| Error::PageInvalid(e.body_text()))?;
+    let Query(query) = query.map_err(|e| GcError::Query(e.body_text()))?;
     let report = collector.collect(query.dry_run).await?;
     Ok(axum::Json(report).into_response())
 }
@@ -437,4 +441,47 @@ async fn delete_blob(
     let digest = Digest::parse(&digest).map_err(|e| Error::Digest(e.to_string()))?;
     let deleted = collector.delete_blob(digest).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(deleted)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn a_mark_starts_only_once_the_record_writes_in_flight_are_done() {
+        let gate = Gate::new(Duration::from_secs(60));
+        let pass = gate.enter().now_or_never().expect("no mark holds the gate");
+        assert!(
+            gate.mark_start().now_or_never().is_none(),
+            "a PUT is recording"
+        );
+        pass.check().expect("within the grace period");
+        drop(pass);
+        assert!(gate.mark_start().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_record_later_than_the_grace_period_after_its_touches_is_refused() {
+        let gate = Gate::new(Duration::ZERO);
+        let pass = gate.enter().now_or_never().expect("no mark holds the gate");
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(matches!(pass.check(), Err(GcError::GraceExceeded { .. })));
+    }
+
+    #[test]
+    fn config_values_that_cannot_work_are_refused_by_field() {
+        assert!(GcConfig::default().validate().is_ok());
+        let zero = GcConfig {
+            interval: Some(Duration::ZERO),
+            ..GcConfig::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().0, "gc.interval");
+        let long = GcConfig {
+            grace: Duration::from_secs(13 * 3600),
+            ..GcConfig::default()
+        };
+        assert_eq!(long.validate().unwrap_err().0, "gc.grace");
+    }
 }

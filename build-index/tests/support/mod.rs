@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use shoal_api::{BuildIndexClient, ErrorBody};
 use shoal_backends::BackendConfig;
@@ -50,6 +50,7 @@ impl FakeOrigin {
         let blobs = Blobs::default();
         let app = Router::new()
             .route("/blobs/{digest}", get(serve_blob))
+            .route("/blobs/{digest}/touch", post(touch_blob))
             .with_state(Arc::clone(&blobs));
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -96,6 +97,20 @@ async fn serve_blob(State(blobs): State<Blobs>, UrlPath(digest): UrlPath<String>
             ErrorBody::new(ErrorCode::BlobUnknown, "blob unknown").to_json(),
         )
             .into_response(),
+    }
+}
+
+/// `POST /blobs/{digest}/touch` (what a manifest check asks): the length as JSON, or the 404
+/// of a `GET`.
+async fn touch_blob(State(blobs): State<Blobs>, UrlPath(digest): UrlPath<String>) -> Response {
+    let size = Digest::parse(&digest)
+        .ok()
+        .and_then(|d| blobs.lock().expect("lock").get(&d).map(Bytes::len));
+    match size {
+        Some(size) => {
+            axum::Json(serde_json::json!({"digest": digest, "size": size})).into_response()
+        }
+        None => serve_blob(State(blobs), UrlPath(digest)).await,
     }
 }
 
