@@ -858,6 +858,18 @@ def checks_can_fail(problems: Problems) -> None:
         problems.items.append("self-check: a malformed Certificate passed validation")
     except ValueError:
         pass
+    all_options = render(yaml.safe_load(ALL_OPTIONS.read_text()))
+    for kind, break_it in (
+        ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].update(scheme="ftp", portz="http")),
+        ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].update({"for": "ten minutes"})),
+    ):
+        broken = copy.deepcopy(next(o for o in all_options if o["kind"] == kind))
+        break_it(broken)
+        try:
+            validate(broken)
+            problems.items.append(f"self-check: a malformed {kind} passed validation")
+        except ValueError:
+            pass
     deployment = copy.deepcopy(find(render(None), "Deployment", f"{RELEASE}-proxy"))
     deployment["spec"]["replicas"] = "two"
     deployment["spec"]["template"]["spec"]["containers"][0]["portz"] = []
