@@ -108,6 +108,7 @@ def main():
     # digest
     for name, text in [
         ("valid", LAYER), ("empty-blob", digest(b"")), ("sha512", "sha512:" + "ab" * 64),
+        ("sha384", "sha384:" + "ab" * 48),
         ("upper", LAYER.upper()), ("short", LAYER[:-1]), ("no-colon", LAYER[7:]),
         ("junk-algo", "sha 256:" + LAYER[7:]), ("empty", ""), ("long", LAYER + "0"),
     ]:

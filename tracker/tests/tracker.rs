@@ -244,7 +244,7 @@ async fn metainfo_comes_from_an_owner_with_failover_and_is_cached() {
     for (i, hash) in got.piece_hashes.iter().enumerate() {
         assert_eq!(
             Some(hash.as_slice()),
-            metainfo.piece_hash(i).map(|h| &h.as_bytes()[..])
+            metainfo.piece_hash(i).map(|h| h.as_bytes())
         );
     }
     client

@@ -11,6 +11,6 @@ pub fn run(data: &[u8]) {
     if let Ok(digest) = parsed {
         // Only the canonical form parses, so a digest re-displays as exactly its input.
         assert_eq!(digest.to_string(), text);
-        assert_eq!(format!("sha256:{}", digest.hex()), text);
+        assert_eq!(format!("{}:{}", digest.algorithm(), digest.hex()), text);
     }
 }
