@@ -9,6 +9,7 @@
 //! elsewhere); `peer_id` names the agent in the swarm; `preheat` fetches
 //! a whole image into the cache when the proxy asks (`POST /preheat`, beside the `/v2/` API).
 
+mod admin;
 pub mod config;
 mod manifests;
 mod metrics;
@@ -160,7 +161,8 @@ pub async fn run(
     let preheat = Router::new()
         .route("/preheat", post(preheat::handle))
         .route("/debug/downloads", get(downloads))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(admin::router(state.clone()));
     let readiness = Readiness::new(
         tls.client(Roles::of(&[Role::Tracker, Role::BuildIndex]))
             .build()

@@ -8,6 +8,8 @@
 //! through the build-index (cached for `tag_cache_ttl`, so a deleted manifest is served for at
 //! most that long); the manifest itself is a blob like any other (`manifests`).
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::response::Response;
@@ -55,6 +57,7 @@ impl RegistryBackend for AppState {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<Option<Response>, RegistryError> {
+        let arrived = Instant::now();
         let hit = is_local(self, digest).await;
         // Taken before the lookup so the cache cannot evict the blob under this response.
         let guard = self.cache.reader(*digest);
@@ -87,8 +90,12 @@ impl RegistryBackend for AppState {
         }
         // The guard lives as long as the body stream: until the last byte is sent or the client
         // goes away.
+        let mut first_byte = Some(self.metrics.clone());
         let body = blob.stream(span).map(move |chunk| {
             let _reading = &guard;
+            if let Some(metrics) = first_byte.take() {
+                metrics.blob_first_byte(arrived.elapsed());
+            }
             chunk
         });
         response

@@ -12,6 +12,7 @@
 //! retried from a durable queue. With `cache.capacity` set the store is a bounded cache in front
 //! of the backend (`capacity`): least recently read blobs that the backend holds are evicted.
 
+mod admin;
 mod blobs;
 mod capacity;
 pub mod config;
@@ -206,6 +207,7 @@ pub async fn run(
     .into_axum_router();
     let app = shoal_service::http::with_common_routes(
         with_access(router(origin.clone()), ACCESS)
+            .merge(with_access(admin::router(origin.clone()), ACCESS))
             .merge(with_access(gc_router(origin), Access::only(GC_CALLERS))),
         registry.build(),
     );

@@ -177,6 +177,19 @@ impl Ring {
         PendingPushes(self.queue.clone())
     }
 
+    /// This origin's entry, every member of the ring with whether its health checks pass, and
+    /// the replica pushes still queued (`GET /admin/status`).
+    pub(crate) fn status(&self) -> (&str, Vec<(String, bool)>, usize) {
+        let snapshot = self.cluster.snapshot();
+        let members = snapshot
+            .members()
+            .iter()
+            .map(|m| (m.clone(), snapshot.is_healthy(m)))
+            .collect();
+        let stats = self.queue.stats();
+        (&self.me, members, stats.queued + stats.running)
+    }
+
     /// A reading of the replica-push queue for metrics.
     pub(crate) fn queue_stats(&self) -> impl Fn() -> Stats + Send + Sync + 'static {
         let queue = self.queue.clone();

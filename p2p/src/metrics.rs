@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Where received bytes came from: another agent or an origin.
@@ -25,6 +26,30 @@ pub struct P2pMetrics {
     pub(crate) downloads_active: Gauge,
     pub(crate) busy_answered: Counter,
     pub(crate) busy_received: Counter,
+    pub(crate) download_duration: Histogram,
+    pub(crate) peers_connected: Gauge,
+}
+
+/// Download durations from a fraction of a second (a small layer on a LAN) to about 14 minutes
+/// (a multi-gigabyte layer on a slow link): 0.1 s doubling, 14 buckets.
+fn download_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.1, 2.0, 14)
+}
+
+/// Holds a gauge up by one for its lifetime (a task aborted mid-way drops it too).
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    pub(crate) fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl P2pMetrics {
@@ -41,6 +66,8 @@ impl P2pMetrics {
             downloads_active: Gauge::default(),
             busy_answered: Counter::default(),
             busy_received: Counter::default(),
+            download_duration: Histogram::new(download_buckets()),
+            peers_connected: Gauge::default(),
         };
         registry.register(
             "p2p_pieces_received",
@@ -86,6 +113,16 @@ impl P2pMetrics {
             "p2p_busy_received",
             "Piece requests a peer refused as busy",
             metrics.busy_received.clone(),
+        );
+        registry.register(
+            "p2p_download_duration_seconds",
+            "Time from a download's start until the blob was committed, for downloads that completed",
+            metrics.download_duration.clone(),
+        );
+        registry.register(
+            "p2p_peers_connected",
+            "Peer sessions open (one per peer per blob being downloaded)",
+            metrics.peers_connected.clone(),
         );
         metrics
     }

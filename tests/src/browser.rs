@@ -1,8 +1,10 @@
 //! A real browser for page tests: headless Chromium driven through Debian's `chromedriver` over
 //! the W3C WebDriver protocol (JSON over HTTP, spoken here with the reqwest client the harness
-//! already uses). The driver runs on a free loopback port and is killed on drop with the browser
-//! it started.
+//! already uses). The driver runs on a free loopback port; on drop the session is ended (which
+//! stops Chromium) and the driver killed, whether the test passed or not.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,8 +22,9 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// One browser window, headless.
 pub struct Browser {
     http: reqwest::Client,
-    /// `http://127.0.0.1:PORT/session/ID`.
-    session: String,
+    driver: SocketAddr,
+    /// `/session/ID`.
+    id: String,
     // Declared last: the driver goes after the session is closed.
     _driver: Process,
 }
@@ -67,7 +70,8 @@ impl Browser {
             .context("no sessionId in the new session")?;
         Ok(Browser {
             http,
-            session: format!("{base}/session/{id}"),
+            driver: addr,
+            id: id.to_owned(),
             _driver: process,
         })
     }
@@ -108,7 +112,7 @@ impl Browser {
         let value = command(
             &self.http,
             reqwest::Method::GET,
-            &format!("{}/screenshot", self.session),
+            &format!("{}/screenshot", self.session()),
             None,
         )
         .await?;
@@ -119,21 +123,37 @@ impl Browser {
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Ends the session (and the browser); the driver is killed on drop.
-    pub async fn close(self) -> Result<()> {
-        command(&self.http, reqwest::Method::DELETE, &self.session, None)
-            .await
-            .map(drop)
+    fn session(&self) -> String {
+        format!("http://{}/session/{}", self.driver, self.id)
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value> {
         command(
             &self.http,
             reqwest::Method::POST,
-            &format!("{}/{path}", self.session),
+            &format!("{}/{path}", self.session()),
             Some(body),
         )
         .await
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session, so the driver stops Chromium before it is killed itself (a killed
+    /// driver leaves its browser running). Blocking: drop cannot await.
+    fn drop(&mut self) {
+        let ended = TcpStream::connect_timeout(&self.driver, START_DEADLINE).and_then(|mut tcp| {
+            tcp.set_read_timeout(Some(START_DEADLINE))?;
+            write!(
+                tcp,
+                "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.id, self.driver
+            )?;
+            tcp.read_to_end(&mut Vec::new())
+        });
+        if let Err(e) = ended {
+            eprintln!("ending the Chromium session: {e}");
+        }
     }
 }
 

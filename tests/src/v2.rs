@@ -224,3 +224,35 @@ pub fn header<'a>(response: &'a Response, name: &str) -> &'a str {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
 }
+
+/// A small image of its own pushed by [`Registry::push_small_image`].
+#[derive(Debug, Clone)]
+pub struct SmallImage {
+    pub manifest: Digest,
+    pub layer: Digest,
+    pub layer_size: u64,
+}
+
+impl Registry {
+    /// Pushes an OCI image whose config and one layer are unique to `seed` as `repo:tag`.
+    pub async fn push_small_image(&self, repo: &str, tag: &str, seed: &str) -> Result<SmallImage> {
+        const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+        let config_bytes = format!("{{\"seed\":\"{seed}\"}}").into_bytes();
+        let config = self.push_blob(repo, &config_bytes).await?;
+        let layer_bytes = format!("layer of {seed}").repeat(64).into_bytes();
+        let layer = self.push_blob(repo, &layer_bytes).await?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": config_bytes.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": layer_bytes.len()}],
+        }))?;
+        self.put_manifest(repo, tag, OCI_MANIFEST, &manifest)
+            .await?;
+        Ok(SmallImage {
+            manifest: Digest::of(&manifest),
+            layer,
+            layer_size: layer_bytes.len() as u64,
+        })
+    }
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shoal_tests::binaries;
+use shoal_tests::cluster::sum_metric;
 use shoal_tests::process::POLL_INTERVAL;
 use shoal_tests::procfs::{self, ProcessId};
 
@@ -316,4 +317,121 @@ fn sigterm_while_components_start_leaves_no_child_process() {
         status.success(),
         "shoal devcluster did not stop cleanly on SIGTERM: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+}
+
+/// `shoal devcluster --demo` ends with a table per agent of where the image's pieces came from;
+/// while the cluster still runs, each row matches that agent's own byte and piece counters, and
+/// the swarm view it names answers.
+#[test]
+fn the_demos_closing_table_matches_the_agents_metrics() {
+    let _turn = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tempdir");
+    let stderr_path = data.path().join("devcluster.stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut devcluster = Command::new(binaries::path("shoal"))
+        .args(["devcluster", "--demo", "--data"])
+        .arg(data.path().join("cluster"))
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("starting shoal devcluster");
+    let _orphans = Orphans {
+        known: Vec::new(),
+        data: data.path(),
+    };
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = devcluster.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.starts_with("demo: the swarm view: "))
+    {
+        match lines.recv_timeout(POLL_INTERVAL) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                if let Some(status) = devcluster.try_wait().expect("polling") {
+                    panic!(
+                        "shoal devcluster exited with {status}:\n{}",
+                        seen.join("\n")
+                    );
+                }
+                assert!(Instant::now() < deadline, "no table:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("demo: the swarm view: http://127.0.0.1:15003/ui")
+    );
+    let rows: Vec<Vec<&str>> = seen
+        .iter()
+        .filter(|l| l.starts_with("demo: agent-"))
+        .map(|l| l.split_whitespace().skip(1).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", seen.join("\n"));
+    eprintln!("{}", seen.join("\n"));
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let get = |url: String| {
+        runtime.block_on(async {
+            let http = shoal_service::client::builder().build().expect("client");
+            let response = http.get(&url).send().await.expect(&url);
+            (response.status(), response.text().await.expect(&url))
+        })
+    };
+    let (status, page) = get("http://127.0.0.1:15003/ui".into());
+    assert!(
+        status.is_success() && page.contains("Shoal swarms"),
+        "{status}"
+    );
+    let mut from_peers = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let number = |column: usize| -> f64 { row[column].parse().expect(row[column]) };
+        let (_, metrics) = get(format!("http://127.0.0.1:{}/metrics", 16000 + 10 * i));
+        let metric = |name, labels: &[(&str, &str)]| sum_metric(&metrics, name, labels);
+        assert_eq!(row[0], format!("agent-{i}"));
+        assert_eq!(
+            number(1) + number(2),
+            metric("shoal_p2p_pieces_received_total", &[]),
+            "{row:?}"
+        );
+        assert_eq!(
+            number(3),
+            metric("shoal_p2p_bytes_received_total", &[("from", "agent")]),
+            "{row:?}"
+        );
+        assert_eq!(
+            number(4),
+            metric("shoal_p2p_bytes_received_total", &[("from", "origin")]),
+            "{row:?}"
+        );
+        from_peers += row[1].parse::<u64>().expect("pieces");
+    }
+    // The second agent pulls after the first: it finds pieces on its peer.
+    assert!(from_peers > 0, "{}", seen.join("\n"));
+
+    let pid = i32::try_from(devcluster.id()).expect("PID in range");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let stop_deadline = Instant::now() + Duration::from_secs(120);
+    while devcluster.try_wait().expect("polling").is_none() {
+        assert!(
+            Instant::now() < stop_deadline,
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    reader.join().expect("stdout reader");
+    assert_stopped_everything(&std::fs::read_to_string(&stderr_path).expect("stderr"));
 }

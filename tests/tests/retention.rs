@@ -17,25 +17,6 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// deadline for the poll on a loaded machine, not a timing claim.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Pushes a small image of its own (config and layer unique to `seed`) as `repo:tag`.
-async fn push(registry: &Registry, repo: &str, tag: &str, seed: &str) -> Result<Digest> {
-    let config = registry
-        .push_blob(repo, format!("{{\"seed\":\"{seed}\"}}").as_bytes())
-        .await?;
-    let layer_bytes = format!("layer of {seed}").into_bytes();
-    let layer = registry.push_blob(repo, &layer_bytes).await?;
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": seed.len() + 11},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": layer_bytes.len()}],
-    }))?;
-    registry
-        .put_manifest(repo, tag, OCI_MANIFEST, &manifest)
-        .await?;
-    Ok(Digest::of(&manifest))
-}
-
 async fn tags(registry: &Registry, repo: &str) -> Result<Vec<String>> {
     let response = registry
         .http
@@ -72,14 +53,13 @@ async fn keep_last_two_leaves_the_two_newest_tags_after_a_scheduled_run() -> Res
     let registry = Registry::new(&cluster.proxy_url())?;
     let mut digests = Vec::new();
     for i in 1..=5 {
-        digests.push(push(&registry, "ret/app", &format!("v{i}"), &format!("ret-{i}")).await?);
-        push(
-            &registry,
-            "keep/app",
-            &format!("v{i}"),
-            &format!("keep-{i}"),
-        )
-        .await?;
+        let image = registry
+            .push_small_image("ret/app", &format!("v{i}"), &format!("ret-{i}"))
+            .await?;
+        digests.push(image.manifest);
+        registry
+            .push_small_image("keep/app", &format!("v{i}"), &format!("keep-{i}"))
+            .await?;
     }
 
     let waited = tokio::time::timeout(DEADLINE, async {

@@ -145,10 +145,10 @@ async fn the_swarm_view_follows_a_three_agent_pull_in_a_browser() -> Result<()> 
         .await?;
     eprintln!("after the pulls: {done}");
     browser.screenshot(&artifacts.join("complete.png")).await?;
-    browser.close().await?;
+    drop(browser);
 
     // Each agent's per-blob report adds up to its byte counters.
-    let http = reqwest::Client::new();
+    let http = shoal_service::client::builder().build()?;
     for i in 0..AGENTS {
         let report: Value = http
             .get(format!("{}/debug/downloads", cluster.agent_url(i)))

@@ -1,11 +1,13 @@
 //! The devcluster demo: generate an image, push it through the proxy, pull it back through the
-//! proxy and through every agent, and verify each copy. Under `--tls` the proxy is reached over
-//! HTTPS trusting the devcluster's CA; agents' registries are plain HTTP either way.
+//! proxy and through every agent, and verify each copy; then a table per agent of where its
+//! pieces came from (each agent's `GET /debug/downloads`, for the image's blobs) and the swarm
+//! view's URL. Under `--tls` the proxy is reached over HTTPS trusting the devcluster's CA;
+//! agents' registries are plain HTTP either way.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -14,7 +16,7 @@ use shoal_client::registry::{Progress, RegistryClient};
 use shoal_core::Digest;
 
 use super::certs;
-use super::layout::{Layout, PROXY, agent};
+use super::layout::{Layout, PROXY, TRACKER, agent};
 
 const REPO: &str = "shoal/demo";
 const TAG: &str = "latest";
@@ -67,10 +69,65 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
     );
 
     pull_and_verify(&image, "proxy", &client, &dir.join("pulled")).await?;
+    let mut times = Vec::new();
     for i in 0..layout.agents {
         let client = RegistryClient::new(&format!("http://{}", agent(i)))?;
         let name = format!("agent-{i}");
+        let started = Instant::now();
         pull_and_verify(&image, &name, &client, &dir.join(format!("pulled-{name}"))).await?;
+        times.push(started.elapsed());
+    }
+    print_sources(&image, &times).await?;
+    println!("demo: the swarm view: {}/ui", layout.url(TRACKER));
+    Ok(())
+}
+
+/// The closing table: per agent, the pieces and bytes of the image's blobs (manifest included)
+/// it received from other agents and from origins, its pull's time and speed.
+async fn print_sources(image: &Image, times: &[Duration]) -> anyhow::Result<()> {
+    let mut blobs: HashSet<String> = image
+        .blobs()
+        .map(|(digest, _)| digest.to_string())
+        .collect();
+    blobs.insert(image.manifest_digest.to_string());
+    let size: u64 = image.blobs().map(|(_, size)| size).sum();
+    let http = shoal_service::client::builder()
+        .build()
+        .context("building the HTTP client")?;
+    println!(
+        "demo: {:<8} {:>12} {:>14} {:>12} {:>14} {:>8} {:>8}",
+        "agent", "pieces:peers", "pieces:origins", "bytes:peers", "bytes:origins", "time", "MB/s"
+    );
+    for (i, time) in (0..).zip(times) {
+        let url = format!("http://{}/debug/downloads", agent(i));
+        let report: serde_json::Value = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("asking {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        let sum = |field: &str| -> u64 {
+            report["downloads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["digest"].as_str().is_some_and(|d| blobs.contains(d)))
+                .filter_map(|d| d[field].as_u64())
+                .sum()
+        };
+        println!(
+            "demo: {:<8} {:>12} {:>14} {:>12} {:>14} {:>7.2}s {:>8.1}",
+            format!("agent-{i}"),
+            sum("pieces_from_peers"),
+            sum("pieces_from_origins"),
+            sum("bytes_from_peers"),
+            sum("bytes_from_origins"),
+            time.as_secs_f64(),
+            size as f64 / 1e6 / time.as_secs_f64().max(1e-3),
+        );
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 mod certs;
 mod children;
 mod demo;
-mod layout;
+pub(crate) mod layout;
 
 use std::path::PathBuf;
 

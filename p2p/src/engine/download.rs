@@ -69,6 +69,8 @@ impl Download {
             piece_count: have.len(),
             pieces: have.count(),
             resumed_bytes: self.partial.resumed_bytes(),
+            pieces_from_origins: self.received.pieces_from(true),
+            pieces_from_peers: self.received.pieces_from(false),
             bytes_from_origins: self.received.origins(),
             bytes_from_peers: self.received.peers(),
             started_at_unix_ms: millis(
@@ -151,6 +153,10 @@ async fn drive(shared: Arc<Shared>, download: Arc<Download>, namespace: Option<N
     shared.finished(digest, download.report(state));
     match outcome {
         Ok(()) => {
+            shared
+                .metrics
+                .download_duration
+                .observe(download.started.1.elapsed().as_secs_f64());
             tracing::info!(%digest, "download complete");
             // Seeding first: from here on the store serves the blob, and the download entry
             // may go.

@@ -15,17 +15,38 @@ pub(crate) const FINISHED_KEPT: usize = 256;
 /// Pieces in flight an announce lists; the tracker refuses more.
 const MAX_IN_FLIGHT: usize = 256;
 
-/// Piece bytes received for one blob, by sender kind.
+/// Piece bytes received for one blob, and pieces verified, by sender kind.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
     origins: AtomicU64,
     peers: AtomicU64,
+    pieces_from_origins: AtomicU64,
+    pieces_from_peers: AtomicU64,
 }
 
 impl Received {
     pub(crate) fn add(&self, origin: bool, bytes: u64) {
         let counter = if origin { &self.origins } else { &self.peers };
         counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a piece verified and written.
+    pub(crate) fn piece(&self, origin: bool) {
+        let counter = if origin {
+            &self.pieces_from_origins
+        } else {
+            &self.pieces_from_peers
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn pieces_from(&self, origin: bool) -> u64 {
+        let counter = if origin {
+            &self.pieces_from_origins
+        } else {
+            &self.pieces_from_peers
+        };
+        counter.load(Ordering::Relaxed)
     }
 
     pub(crate) fn origins(&self) -> u64 {
@@ -72,6 +93,9 @@ pub struct DownloadReport {
     pub pieces: u32,
     /// Pieces already on disk when the download (re)started.
     pub resumed_bytes: u64,
+    /// Pieces verified from each sender kind (a rejected piece counts its bytes, not here).
+    pub pieces_from_origins: u64,
+    pub pieces_from_peers: u64,
     pub bytes_from_origins: u64,
     pub bytes_from_peers: u64,
     pub started_at_unix_ms: u64,

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::report::Received;
+use crate::metrics::Held;
 use crate::wire;
 
 /// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
@@ -46,6 +47,7 @@ impl Session {
         let tx = self.tx.clone();
         let event = match self.open().await {
             Ok(mut stream) => {
+                let _connected = Held::new(&self.shared.metrics.peers_connected);
                 let _ = tx.send(Msg::Event(Event::Connected {
                     peer: peer.clone(),
                     bitfield: stream.have.clone(),
@@ -255,6 +257,7 @@ impl PieceFetch {
             Ok(newly) => {
                 if newly {
                     self.shared.metrics.pieces_received.inc();
+                    self.received.piece(self.origin);
                 }
                 Outcome::Done
             }

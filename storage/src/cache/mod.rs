@@ -105,6 +105,27 @@ impl CacheMetrics {
     }
 }
 
+/// A complete blob in the cache, as an operator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedBlob {
+    pub digest: Digest,
+    pub length: u64,
+    /// The last read (since start-up; before, the commit time stands in for it).
+    pub last_used: SystemTime,
+    /// Responses streaming it right now.
+    pub readers: usize,
+}
+
+/// What [`Cache::evict`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    Evicted,
+    /// The store holds no such complete blob.
+    Absent,
+    /// Being read or pinned: left where it is.
+    Held,
+}
+
 /// What the cache knows about a blob beyond the store's listing.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -171,6 +192,48 @@ impl<P: Pins> Cache<P> {
 
     fn is_read(&self, digest: &Digest) -> bool {
         lock(&self.usage).get(digest).is_some_and(|u| u.readers > 0)
+    }
+
+    /// Every complete blob with its length and last use, in digest order.
+    pub async fn blobs(&self) -> Result<Vec<CachedBlob>, StoreError> {
+        let mut stored = self.store.list_blobs().await?;
+        stored.sort_by_key(|blob| blob.digest);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let usage = lock(&self.usage);
+        Ok(stored
+            .into_iter()
+            .map(|blob| {
+                let used = usage.get(&blob.digest);
+                let last_used = used.map_or(blob.committed, |u| {
+                    wall.checked_sub(now.duration_since(u.last_used))
+                        .unwrap_or(wall)
+                });
+                CachedBlob {
+                    digest: blob.digest,
+                    length: blob.length,
+                    last_used,
+                    readers: used.map_or(0, |u| u.readers),
+                }
+            })
+            .collect())
+    }
+
+    /// Evicts `digest` now, as a sweep would, unless it is being read or pinned.
+    pub async fn evict(&self, digest: &Digest) -> Result<Eviction, StoreError> {
+        if self.is_read(digest) || self.pins.pinned().contains(digest) {
+            return Ok(Eviction::Held);
+        }
+        let Some(length) = self.store.stat(digest).await? else {
+            return Ok(Eviction::Absent);
+        };
+        if !self.store.delete(digest).await? {
+            return Ok(Eviction::Absent);
+        }
+        lock(&self.usage).remove(digest);
+        self.metrics.evictions.inc();
+        self.metrics.evicted_bytes.inc_by(length);
+        tracing::info!(%digest, length, "evicted on request");
+        Ok(Eviction::Evicted)
     }
 
     /// Deletes what the policy picks right now. Returns the number of blobs evicted.

@@ -168,3 +168,37 @@ async fn an_abandoned_download_goes_after_the_ttl_and_an_open_one_stays() {
     assert_eq!(left, [open.metainfo().digest()]);
     assert!(!left.contains(&abandoned_digest));
 }
+
+#[tokio::test]
+async fn blobs_are_listed_with_their_use_and_evicted_one_at_a_time_unless_read() {
+    const A: &[u8] = &[b'a'; 10];
+    const B: &[u8] = &[b'b'; 20];
+    let (_dir, store, digests) = store_with(&[A, B]).await;
+    let metrics = CacheMetrics::default();
+    let cache = Arc::new(cache_with(
+        &store,
+        1 << 20,
+        90,
+        50,
+        Duration::from_secs(3600),
+        metrics.clone(),
+    ));
+    let reading_a = cache.reader(digests[0]);
+    let mut listed = cache.blobs().await.unwrap();
+    listed.sort_by_key(|blob| blob.length);
+    let summary: Vec<(Digest, u64, usize)> = listed
+        .iter()
+        .map(|b| (b.digest, b.length, b.readers))
+        .collect();
+    assert_eq!(summary, [(digests[0], 10, 1), (digests[1], 20, 0)]);
+    assert!(listed[0].last_used <= SystemTime::now());
+
+    assert_eq!(cache.evict(&digests[0]).await.unwrap(), Eviction::Held);
+    assert_eq!(cache.evict(&digests[1]).await.unwrap(), Eviction::Evicted);
+    assert_eq!(cache.evict(&digests[1]).await.unwrap(), Eviction::Absent);
+    assert_eq!(present(&store, &digests).await, [true, false]);
+    assert_eq!(metrics.evicted_bytes.get(), 20);
+    drop(reading_a);
+    assert_eq!(cache.evict(&digests[0]).await.unwrap(), Eviction::Evicted);
+    assert!(cache.blobs().await.unwrap().is_empty());
+}

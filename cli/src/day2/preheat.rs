@@ -1,0 +1,80 @@
+//! `shoal preheat IMAGE`: asks the proxy to preheat an image (`POST /preheat`) and, unless
+//! `--no-wait`, follows the job (`GET /preheat/ID`) printing its progress until it ends.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::Deserialize;
+
+use super::{Endpoint, TargetArgs};
+
+/// How often the job's progress is read.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// `repository:tag` or `repository@sha256:…`, as pushed to Shoal.
+    image: String,
+    /// The proxy's `preheat.secret` (sent as `Authorization: Bearer …`).
+    #[arg(long, env = "SHOAL_PREHEAT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Print the job id and return without waiting for the job.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    targets: TargetArgs,
+}
+
+#[derive(Debug, Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Progress {
+    state: String,
+    blobs_done: usize,
+    blobs_total: usize,
+    last_error: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let proxy = Endpoint::new("proxy", &args.targets.resolve()?.proxy)?;
+    let auth = format!("Bearer {}", args.secret);
+    let request = proxy
+        .request(reqwest::Method::POST, "/preheat")
+        .header(reqwest::header::AUTHORIZATION, &auth)
+        .json(&serde_json::json!({ "image": args.image }));
+    let response = proxy.send(request).await?;
+    let Created { id } = proxy.json("/preheat", response).await?;
+    println!("preheat job {id} for {}", args.image);
+    if args.no_wait {
+        return Ok(());
+    }
+    let path = format!("/preheat/{id}");
+    let mut last = None;
+    loop {
+        let request = proxy
+            .request(reqwest::Method::GET, &path)
+            .header(reqwest::header::AUTHORIZATION, &auth);
+        let response = proxy.send(request).await?;
+        let progress: Progress = proxy.json(&path, response).await?;
+        if last.as_ref() != Some(&progress) {
+            println!(
+                "{}: {}/{} blobs on their origins",
+                progress.state, progress.blobs_done, progress.blobs_total
+            );
+        }
+        match progress.state.as_str() {
+            "succeeded" => return Ok(()),
+            "failed" => bail!(
+                "preheat of {} failed: {}",
+                args.image,
+                progress.last_error.as_deref().unwrap_or("no reason given")
+            ),
+            _ => {}
+        }
+        last = Some(progress);
+        tokio::time::sleep(POLL).await;
+    }
+}
