@@ -628,6 +628,10 @@ async fn compose_cluster_serves_a_docker_pull_through_an_agent_and_the_dashboard
         "shoal_origin_writeback_oldest_age_seconds",
         "shoal_tracker_swarm_peers_bucket",
         "shoal_agent_cache_bytes",
+        "shoal_p2p_download_duration_seconds_bucket",
+        "shoal_agent_blob_first_byte_seconds_bucket",
+        "shoal_p2p_downloads_active",
+        "shoal_p2p_peers_connected",
     ] {
         ensure!(
             queried.contains(required),
