@@ -98,3 +98,36 @@ pub fn layout_manifest_digest(dir: &Path) -> Result<Digest> {
         .with_context(|| format!("{} names no manifest", path.display()))?;
     Digest::parse(digest).with_context(|| format!("{}: bad digest", path.display()))
 }
+
+/// Pulls `docker://{registry}/{reference}` with skopeo (digests preserved) into a fresh layout
+/// under `work`, and checks that it is the image of manifest `manifest` with exactly `blobs`
+/// (digest → size, the manifest included), each byte-identical.
+pub async fn pull_identical(
+    registry: &str,
+    reference: &str,
+    work: &Path,
+    manifest: Digest,
+    blobs: &BTreeMap<Digest, u64>,
+) -> Result<()> {
+    let into =
+        work.join(format!("pulled-{registry}-{reference}").replace([':', '.', '/', '@'], "-"));
+    crate::tools::skopeo([
+        "copy",
+        "--src-tls-verify=false",
+        "--preserve-digests",
+        &format!("docker://{registry}/{reference}"),
+        &format!("oci:{}:pulled", into.display()),
+    ])
+    .await
+    .with_context(|| format!("pulling {reference} from {registry}"))?;
+    anyhow::ensure!(
+        layout_manifest_digest(&into)? == manifest,
+        "{registry}/{reference}: other manifest"
+    );
+    let received = layout_blobs(&into)?;
+    anyhow::ensure!(
+        received == *blobs,
+        "{registry}/{reference}: blobs differ\nexpected: {blobs:?}\nreceived: {received:?}"
+    );
+    Ok(())
+}

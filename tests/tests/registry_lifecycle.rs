@@ -4,16 +4,15 @@
 //! byte-identical; manifests with non-distributable layers are accepted under the URL policy and
 //! read back unchanged; OCI 1.1 referrers are listed (and filtered) by the proxy and an agent.
 
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
 use serde_json::json;
 use shoal_core::Digest;
-use shoal_tests::images::{generate, image_spec, layout_blobs, layout_manifest_digest};
-use shoal_tests::tools::{skopeo, skopeo_push};
+use shoal_tests::images::{generate, image_spec, layout_blobs, pull_identical};
+use shoal_tests::tools::skopeo_push;
 use shoal_tests::v2::{Registry, expect_error, header};
 use shoal_tests::{Cluster, ClusterOptions};
 
@@ -54,37 +53,6 @@ async fn manifest_status(registry: &Registry, repo: &str, reference: &str) -> Re
         get.status()
     );
     Ok(get.status())
-}
-
-/// Pulls `docker://{registry}/{reference}` with skopeo into a fresh layout under `work`; checks
-/// the manifest digest and that every blob is the one expected, byte for byte.
-async fn pull_identical(
-    registry: &str,
-    reference: &str,
-    work: &Path,
-    manifest: Digest,
-    blobs: &std::collections::BTreeMap<Digest, u64>,
-) -> Result<()> {
-    let into = work.join(format!("pulled-{registry}-{reference}").replace([':', '.', '/'], "-"));
-    skopeo([
-        "copy",
-        "--src-tls-verify=false",
-        "--preserve-digests",
-        &format!("docker://{registry}/{reference}"),
-        &format!("oci:{}:pulled", into.display()),
-    ])
-    .await
-    .with_context(|| format!("pulling {reference} from {registry}"))?;
-    ensure!(
-        layout_manifest_digest(&into)? == manifest,
-        "{registry}: other manifest"
-    );
-    let received = layout_blobs(&into)?;
-    ensure!(
-        received == *blobs,
-        "{registry}: blobs differ\nexpected: {blobs:?}\nreceived: {received:?}"
-    );
-    Ok(())
 }
 
 #[tokio::test]
