@@ -354,13 +354,16 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().field, "origins.dns.port");
     }
 
+    /// A config parsed and validated, or the error's text.
+    fn parse(yaml: &str) -> Result<BuildIndexConfig, String> {
+        let config = shoal_service::config::parse::<BuildIndexConfig>(yaml, "t")
+            .map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
     #[test]
     fn replication_rules_are_checked_by_field() {
-        let parse = |yaml: &str| {
-            shoal_service::config::parse::<BuildIndexConfig>(yaml, "t")
-                .map_err(|e| e.to_string())
-                .and_then(|c| c.validate().map_err(|e| e.to_string()))
-        };
         let good = "replication:\n  queue_dir: /q\n  retry_initial: 2s\n  rules:\n    - repository: 'repl/.*'\n      remotes: ['http://b:5000']\n";
         parse(good).unwrap();
         let error = parse(&good.replace("repl/.*", "repl/(")).unwrap_err();
@@ -375,11 +378,6 @@ mod tests {
 
     #[test]
     fn retention_rules_are_checked_by_field() {
-        let parse = |yaml: &str| {
-            shoal_service::config::parse::<BuildIndexConfig>(yaml, "t")
-                .map_err(|e| e.to_string())
-                .and_then(|c| c.validate().map_err(|e| e.to_string()))
-        };
         let good = "retention:\n  interval: 1h\n  rules:\n    - repository: 'team/.*'\n      keep_last: 2\n      ttl: 7d\n      protect: ['latest']\n";
         parse(good).unwrap();
         for (from, to, field) in [

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use shoal_core::Digest;
 
-use super::{Endpoint, TargetArgs, size};
+use super::{Endpoint, TargetArgs, parse_digest, size};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,10 +29,6 @@ enum Command {
         #[command(flatten)]
         targets: TargetArgs,
     },
-}
-
-fn parse_digest(text: &str) -> Result<Digest, String> {
-    Digest::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize)]

@@ -203,6 +203,11 @@ fn error_message(body: &str) -> String {
     body.trim().to_owned()
 }
 
+/// A digest argument (`sha256:…`), for clap.
+pub fn parse_digest(text: &str) -> Result<shoal_core::Digest, String> {
+    shoal_core::Digest::parse(text).map_err(|e| e.to_string())
+}
+
 /// `bytes` for people (`12.3 MiB`).
 pub fn size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).to_string()

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde::Deserialize;
 use shoal_core::Digest;
 
-use super::{Endpoint, TargetArgs, size};
+use super::{Endpoint, TargetArgs, parse_digest, size};
 
 /// Peers asked for per page: the tracker's largest page.
 const PAGE: usize = 500;
@@ -18,10 +18,6 @@ pub struct Args {
     digest: Digest,
     #[command(flatten)]
     targets: TargetArgs,
-}
-
-fn parse_digest(text: &str) -> Result<Digest, String> {
-    Digest::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize)]
