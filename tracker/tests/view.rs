@@ -190,3 +190,37 @@ async fn the_view_shows_announced_progress_and_refuses_malformed_requests() {
     let last: Value = serde_json::from_str(last).expect("event JSON");
     assert_eq!(last["bytes_from_peers"], 4000 + 2000);
 }
+
+/// A large swarm is served a page at a time, slowest first, and the pages cover every peer once.
+#[tokio::test]
+async fn a_large_swarm_is_paged_slowest_first() {
+    const PEERS: u32 = 1_000;
+    const LIMIT: usize = 300;
+    let tracker = Tracker::start(config()).await;
+    let mut client = tracker.client().await;
+    let digest = Digest::of(b"a layer a thousand nodes pull");
+    // Peer i holds i pieces: without rates yet, the slowest is the one holding fewest.
+    for i in (0..PEERS).rev() {
+        let mut request = announce(&digest, &format!("peer-{i:04}"), false);
+        request.progress = Some(progress(i, vec![], 0, 0));
+        client.announce(request).await.expect("announce");
+    }
+    let mut seen = Vec::new();
+    for offset in (0..PEERS as usize).step_by(LIMIT) {
+        let (status, page) = json(
+            &tracker,
+            &format!("/v1/swarms/{digest}?offset={offset}&limit={LIMIT}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["total"], PEERS);
+        let rows = page["peers"].as_array().expect("rows");
+        assert!(rows.len() <= LIMIT);
+        seen.extend(rows.iter().map(|r| r["pieces"].as_u64().expect("pieces")));
+    }
+    let expected: Vec<u64> = (0..u64::from(PEERS)).collect();
+    assert_eq!(seen, expected);
+    let (status, page) = json(&tracker, &format!("/v1/swarms/{digest}?offset=5000")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["peers"], Value::Array(vec![]));
+}

@@ -304,6 +304,11 @@ mod tests {
         }
     }
 
+    /// `id` announces `digest` as downloading, with `progress`.
+    fn downloading(board: &Board, digest: Digest, id: &str, progress: Progress) {
+        board.announce(digest, None, &peer(id, false), Some(progress));
+    }
+
     fn limits(per_swarm: usize, total: usize) -> RecordLimits {
         RecordLimits { per_swarm, total }
     }
@@ -312,24 +317,9 @@ mod tests {
     fn totals_follow_each_peers_latest_announce() {
         let board = Board::new(limits(10, 100));
         let digest = Digest::of(b"blob");
-        board.announce(
-            digest,
-            None,
-            &peer("a", false),
-            Some(progress(8, &[0, 1], 10, 0)),
-        );
-        board.announce(
-            digest,
-            None,
-            &peer("b", false),
-            Some(progress(8, &[2], 0, 5)),
-        );
-        board.announce(
-            digest,
-            None,
-            &peer("a", false),
-            Some(progress(8, &[0, 1, 3], 10, 7)),
-        );
+        downloading(&board, digest, "a", progress(8, &[0, 1], 10, 0));
+        downloading(&board, digest, "b", progress(8, &[2], 0, 5));
+        downloading(&board, digest, "a", progress(8, &[0, 1, 3], 10, 7));
         // A seeder's announce carries no bits: it holds every piece and keeps its byte counts.
         board.announce(digest, None, &peer("b", true), None);
         board.read(|swarms| {
@@ -348,18 +338,8 @@ mod tests {
     fn progress_with_another_piece_count_is_ignored() {
         let board = Board::new(limits(10, 100));
         let digest = Digest::of(b"blob");
-        board.announce(
-            digest,
-            None,
-            &peer("a", false),
-            Some(progress(8, &[0], 1, 0)),
-        );
-        board.announce(
-            digest,
-            None,
-            &peer("b", false),
-            Some(progress(9, &[0, 1], 1, 0)),
-        );
+        downloading(&board, digest, "a", progress(8, &[0], 1, 0));
+        downloading(&board, digest, "b", progress(9, &[0, 1], 1, 0));
         board.read(|swarms| {
             let swarm = &swarms[&digest];
             assert_eq!(swarm.piece_count, Some(8));
