@@ -750,3 +750,49 @@ async fn gc_runs_under_mutual_tls_and_its_origin_routes_admit_the_build_index_al
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn scheduled_runs_sweep_an_orphan_without_being_asked() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut options = options(Value::Null, &work.path().join("tombstones.jsonl"));
+    shoal_tests::configs::merge(
+        &mut options.build_index_overrides,
+        json!({"gc": {"interval": "1s"}}),
+    );
+    let cluster = Cluster::start(options).await?;
+    let proxy = Registry::new(&cluster.proxy_url())?;
+    let orphan = proxy
+        .push_blob("gc/sched", b"swept by the schedule")
+        .await?;
+    let layer = Pattern::new(0x7001, LAYER_LEN);
+    let image = push_image(&proxy, "gc/sched", Some("v1"), "sched", &[&layer]).await?;
+    let head = |digest: Digest| {
+        proxy
+            .http
+            .head(proxy.url(&format!("v2/gc/sched/blobs/{digest}")))
+            .send()
+    };
+    let start = Instant::now();
+    while head(orphan).await?.status() != StatusCode::NOT_FOUND {
+        ensure!(
+            start.elapsed() < DEADLINE,
+            "no scheduled run swept the orphan"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for blob in image.blobs.keys() {
+        ensure!(
+            head(*blob).await?.status() == StatusCode::OK,
+            "{blob} was swept"
+        );
+    }
+    let runs = cluster
+        .metric_sum(
+            Component::BuildIndex,
+            "build_index_gc_runs_total",
+            &[("result", "swept")],
+        )
+        .await?;
+    ensure!(runs >= 1.0, "scheduled runs counted: {runs}");
+    Ok(())
+}
