@@ -233,3 +233,45 @@ async fn day2_commands_against_a_cluster_and_with_components_down() -> Result<()
     cluster.stop_all()?;
     Ok(())
 }
+
+#[tokio::test]
+async fn status_shows_the_origin_ring_and_a_member_that_went_down() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        origins: 2,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let (first, second) = (cluster.origin_addr_at(0), cluster.origin_addr_at(1));
+    // This cluster runs no tracker and no agent: the targets file leaves them out.
+    let targets = cluster.dir().join("targets.yaml");
+    std::fs::write(
+        &targets,
+        format!(
+            "proxy: {}\nbuild_index: {}\norigins: [{first}, {second}]\ntracker: null\nagents: []\n",
+            cluster.proxy_addr(),
+            cluster.build_index_addr()
+        ),
+    )?;
+    let flags = vec!["--targets".to_owned(), targets.display().to_string()];
+    let both = shoal_until(&["status"], &flags, |out| {
+        out.stdout.matches("ring 2/2 healthy").count() == 2
+    })
+    .await?;
+    ensure!(both.success, "{}{}", both.stdout, both.stderr);
+    ensure!(both.stdout.lines().count() == 4, "{}", both.stdout);
+
+    cluster.kill(Component::origin(1))?;
+    // Once the first origin's health checks see the second gone, its ring line says so.
+    let one = shoal_until(&["status"], &flags, |out| {
+        out.stdout.contains("ring 1/2 healthy")
+    })
+    .await?;
+    one_line_down(&one, "origin", &second.to_string())?;
+    ensure!(
+        one.stdout.contains(&format!("{second} (down)")),
+        "{}",
+        one.stdout
+    );
+    cluster.stop_all()?;
+    Ok(())
+}

@@ -44,35 +44,46 @@ pub struct TargetArgs {
     agents: Vec<String>,
 }
 
-/// The `--targets` file, and the addresses the commands use.
+/// The `--targets` file, and the addresses the commands use. In the file, `null` (or `[]`)
+/// leaves a component out: a cluster without a tracker, say.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Targets {
-    pub proxy: String,
-    pub build_index: String,
+    pub proxy: Option<String>,
+    pub build_index: Option<String>,
     pub origins: Vec<String>,
-    pub tracker: String,
+    pub tracker: Option<String>,
     pub agents: Vec<String>,
 }
 
 impl Default for Targets {
     fn default() -> Self {
         Targets {
-            proxy: layout::PROXY.to_string(),
-            build_index: layout::BUILD_INDEX.to_string(),
+            proxy: Some(layout::PROXY.to_string()),
+            build_index: Some(layout::BUILD_INDEX.to_string()),
             origins: vec![layout::origin(0).to_string()],
-            tracker: layout::TRACKER.to_string(),
+            tracker: Some(layout::TRACKER.to_string()),
             agents: vec![layout::agent(0).to_string()],
         }
+    }
+}
+
+impl Targets {
+    /// The endpoint of a component the command needs, or an error saying how to give it.
+    pub fn endpoint(address: Option<&String>, component: &'static str) -> anyhow::Result<Endpoint> {
+        let addr = address.ok_or_else(|| {
+            anyhow!("no {component} address: pass --{component} HOST:PORT (or set it in --targets)")
+        })?;
+        Endpoint::new(component, addr)
     }
 }
 
 impl TargetArgs {
     pub fn resolve(&self) -> anyhow::Result<Targets> {
         let mut targets: Targets = shoal_service::config::load(self.targets.as_deref())?;
-        let set = |value: &Option<String>, field: &mut String| {
-            if let Some(value) = value {
-                value.clone_into(field);
+        let set = |value: &Option<String>, field: &mut Option<String>| {
+            if value.is_some() {
+                field.clone_from(value);
             }
         };
         set(&self.proxy, &mut targets.proxy);
@@ -231,11 +242,20 @@ mod tests {
             agents: vec!["a:1".into()],
         };
         let targets = args.resolve().unwrap();
-        assert_eq!(targets.proxy, "p:1");
-        assert_eq!(targets.build_index, "b:9");
+        assert_eq!(targets.proxy.as_deref(), Some("p:1"));
+        assert_eq!(targets.build_index.as_deref(), Some("b:9"));
         assert_eq!(targets.origins, ["o:1", "o:2"]);
         assert_eq!(targets.tracker, Targets::default().tracker);
         assert_eq!(targets.agents, ["a:1"]);
+
+        std::fs::write(&file, "tracker: null\nagents: []\n").unwrap();
+        let targets = TargetArgs {
+            agents: Vec::new(),
+            ..args.clone()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((targets.tracker, targets.agents), (None, Vec::new()));
 
         std::fs::write(&file, "proxies: p:1\n").unwrap();
         let error = args.resolve().unwrap_err().to_string();

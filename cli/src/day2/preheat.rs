@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Deserialize;
 
-use super::{Endpoint, TargetArgs};
+use super::{TargetArgs, Targets};
 
 /// How often the job's progress is read.
 const POLL: Duration = Duration::from_millis(500);
@@ -39,7 +39,7 @@ struct Progress {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let proxy = Endpoint::new("proxy", &args.targets.resolve()?.proxy)?;
+    let proxy = Targets::endpoint(args.targets.resolve()?.proxy.as_ref(), "proxy")?;
     let auth = format!("Bearer {}", args.secret);
     let request = proxy
         .request(reqwest::Method::POST, "/preheat")

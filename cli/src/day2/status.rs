@@ -70,11 +70,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn check(targets: &Targets) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (component, addr) in [
+    let singles = [
         ("proxy", &targets.proxy),
         ("build-index", &targets.build_index),
         ("tracker", &targets.tracker),
-    ] {
+    ];
+    for (component, addr) in singles
+        .into_iter()
+        .filter_map(|(component, addr)| Some((component, addr.as_ref()?)))
+    {
         let endpoint = Endpoint::new(component, addr)?;
         let state = health(&endpoint, "/health").await;
         rows.push(Row { endpoint, state });

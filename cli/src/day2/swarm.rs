@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde::Deserialize;
 use shoal_core::Digest;
 
-use super::{Endpoint, TargetArgs, parse_digest, size};
+use super::{TargetArgs, Targets, parse_digest, size};
 
 /// Peers asked for per page: the tracker's largest page.
 const PAGE: usize = 500;
@@ -47,7 +47,7 @@ struct Peer {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let tracker = Endpoint::new("tracker", &args.targets.resolve()?.tracker)?;
+    let tracker = Targets::endpoint(args.targets.resolve()?.tracker.as_ref(), "tracker")?;
     let mut swarm: Option<Swarm> = None;
     loop {
         let offset = swarm.as_ref().map_or(0, |s| s.peers.len());
