@@ -151,6 +151,13 @@ pub async fn run(
         let collector = StatsCollector::new(metrics::REPLICATION, ring.queue_stats());
         registry.registry().register_collector(collector);
     }
+    metrics.register_egress(
+        registry.registry(),
+        &p2p_metrics,
+        ring.as_ref()
+            .map(replicate::Ring::replicated)
+            .unwrap_or_default(),
+    );
     tasks.spawn(
         writeback
             .clone()

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use shoal_backends::WriteBack;
 use shoal_jobs::StatsNames;
+use shoal_p2p::P2pMetrics;
 use shoal_storage::BlobStore;
 use shoal_storage::cache::CacheMetrics;
 
@@ -117,6 +119,54 @@ impl OriginMetrics {
 
     pub(crate) fn pulled_through(&self) {
         self.pullthrough.inc();
+    }
+}
+
+/// Reports `shoal_origin_egress_bytes_total{reason}` on each scrape, from the counters that
+/// already count each kind of egress: `seed` (pieces served to peers, the engine's
+/// `shoal_p2p_bytes_served_total`), `pull_through` (blob bytes served over HTTP: the proxy
+/// pulling through the origin for its clients, and agents' and other origins' fallbacks) and
+/// `replication` (pushes to the other owners of committed blobs).
+#[derive(Debug)]
+struct EgressCollector {
+    http: Counter,
+    replicated: Counter,
+    p2p: P2pMetrics,
+}
+
+impl Collector for EgressCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "origin_egress_bytes",
+            "Bytes that left the origin, by reason: seed (pieces to peers), pull_through (blob GETs over HTTP), replication (pushes to the other owners)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, bytes) in [
+            ("seed", self.p2p.bytes_served()),
+            ("pull_through", self.http.get()),
+            ("replication", self.replicated.get()),
+        ] {
+            ConstCounter::new(bytes).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
+    }
+}
+
+impl OriginMetrics {
+    /// Registers `shoal_origin_egress_bytes_total{reason}` over the HTTP bytes served, `p2p`'s
+    /// pieces served and the ring's `replicated` bytes (zero for an origin alone).
+    pub(crate) fn register_egress(
+        &self,
+        registry: &mut Registry,
+        p2p: &P2pMetrics,
+        replicated: Counter,
+    ) {
+        registry.register_collector(Box::new(EgressCollector {
+            http: self.bytes_served.clone(),
+            replicated,
+            p2p: p2p.clone(),
+        }));
     }
 }
 

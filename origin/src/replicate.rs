@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use futures::{StreamExt, TryStreamExt};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use shoal_api::OriginClient;
 use shoal_api::OriginCluster;
@@ -61,6 +62,8 @@ pub(crate) struct Ring {
     tasks: TaskTracker,
     /// Every push not yet confirmed, durable until it is.
     queue: Arc<Queue<ReplicaPush>>,
+    /// Bytes pushed to other owners (`shoal_origin_egress_bytes_total{reason="replication"}`).
+    replicated: Counter,
 }
 
 /// One blob for one other owner: a queued replica push.
@@ -85,6 +88,7 @@ impl Replica {
 struct ReplicaPush {
     store: Arc<BlobStore>,
     cluster: OriginCluster,
+    replicated: Counter,
 }
 
 impl Job for ReplicaPush {
@@ -109,6 +113,7 @@ impl Job for ReplicaPush {
             &owner.client,
             digest,
             replica.namespace.as_ref(),
+            &self.replicated,
         )
         .await
         {
@@ -148,9 +153,11 @@ impl Ring {
         )
         .await?;
         let queue = Arc::new(queue);
+        let replicated = Counter::default();
         let job = ReplicaPush {
             store,
             cluster: cluster.clone(),
+            replicated: replicated.clone(),
         };
         tasks.spawn(queue.clone().run(Arc::new(job), shutdown));
         Ok(Some(Ring {
@@ -159,7 +166,13 @@ impl Ring {
             quorum: config.write_quorum,
             tasks: tasks.clone(),
             queue,
+            replicated,
         }))
+    }
+
+    /// Bytes pushed to the other owners so far (the counter itself, for metrics).
+    pub(crate) fn replicated(&self) -> Counter {
+        self.replicated.clone()
     }
 
     /// Drops every queued push of `digest` (garbage collection is deleting it).
@@ -272,14 +285,22 @@ pub(crate) async fn replicate(
     // shutdown waits for it: a push cut off keeps its marker and runs after the restart).
     write_quorum(plan, &ring.tasks, |target| {
         let key = replica(&target.addr).key();
-        let (store, queue, digest, namespace) = (
+        let (store, queue, digest, namespace, replicated) = (
             store.clone(),
             ring.queue.clone(),
             *digest,
             namespace.cloned(),
+            ring.replicated.clone(),
         );
         async move {
-            let result = push(&store, &target.client, &digest, namespace.as_ref()).await;
+            let result = push(
+                &store,
+                &target.client,
+                &digest,
+                namespace.as_ref(),
+                &replicated,
+            )
+            .await;
             match &result {
                 Ok(()) => {
                     tracing::info!(%digest, to = %target.addr, "replicated");
@@ -314,10 +335,11 @@ async fn push(
     client: &OriginClient,
     digest: &Digest,
     namespace: Option<&Name>,
+    replicated: &Counter,
 ) -> Result<(), String> {
     PUSH_RETRY
         .retry(
-            || push_once(store, client, digest, namespace),
+            || push_once(store, client, digest, namespace, replicated),
             |failure| matches!(failure, PushFailure::Peer(_)),
         )
         .await
@@ -330,6 +352,7 @@ async fn push_once(
     client: &OriginClient,
     digest: &Digest,
     namespace: Option<&Name>,
+    replicated: &Counter,
 ) -> Result<(), PushFailure> {
     let file = match store.open_blob(digest).await {
         Ok(Some(file)) => file,
@@ -341,7 +364,12 @@ async fn push_once(
         Err(error) => return Err(PushFailure::Store(format!("opening {digest}: {error}"))),
     };
     let len = file.len();
-    let body = reqwest::Body::wrap_stream(file.stream(0..len));
+    let replicated = replicated.clone();
+    // Counted as the bytes are read for sending: a push cut off counts what it sent.
+    let sent = file.stream(0..len).inspect_ok(move |chunk| {
+        replicated.inc_by(chunk.len() as u64);
+    });
+    let body = reqwest::Body::wrap_stream(sent);
     client
         .put_replica(digest, namespace, body)
         .await

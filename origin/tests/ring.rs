@@ -42,6 +42,13 @@ async fn a_commit_is_acknowledged_once_the_write_quorum_holds_it() {
     for origin in &ring {
         assert_eq!(std::fs::read(origin.store_blob(&digest)).unwrap(), bytes);
     }
+    // The committing origin pushed the blob to both other owners: its replication egress.
+    ring[0]
+        .wait_metric(
+            "shoal_origin_egress_bytes_total{reason=\"replication\"}",
+            2.0 * bytes.len() as f64,
+        )
+        .await;
 
     // A whole-blob PUT replicates too.
     let second = blob(10_000, 9);

@@ -82,6 +82,17 @@ async fn stored_blobs_are_seeded_as_verified_pieces_and_counted() {
     origin
         .wait_metric("shoal_p2p_bytes_served_total", data.len() as f64)
         .await;
+    // The same bytes are the origin's egress for seeding, and nothing else left.
+    origin
+        .wait_metric(
+            "shoal_origin_egress_bytes_total{reason=\"seed\"}",
+            data.len() as f64,
+        )
+        .await;
+    for other in ["pull_through", "replication"] {
+        let sample = format!("shoal_origin_egress_bytes_total{{reason=\"{other}\"}}");
+        assert_eq!(origin.metric(&sample).await, Some(0.0), "{sample}");
+    }
     origin.stop().await;
 }
 

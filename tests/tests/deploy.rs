@@ -632,6 +632,7 @@ async fn compose_cluster_serves_a_docker_pull_through_an_agent_and_the_dashboard
         "shoal_agent_blob_first_byte_seconds_bucket",
         "shoal_p2p_downloads_active",
         "shoal_p2p_peers_connected",
+        "shoal_origin_egress_bytes_total",
     ] {
         ensure!(
             queried.contains(required),
