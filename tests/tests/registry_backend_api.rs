@@ -1,6 +1,7 @@
-//! The registry backend against a real CNCF registry (`docker-registry`): blobs, ranges, tags
-//! and listings round trip through the `Backend` API, anonymously, with HTTP basic auth against
-//! an htpasswd file, and with bearer tokens from a token server the registry trusts
+//! The registry backend against a real CNCF registry (`docker-registry`): blobs (sha256 and
+//! sha512), ranges, tags and listings round trip through the `Backend` API, anonymously, with
+//! HTTP basic auth against an htpasswd file, and with bearer tokens from a token server the
+//! registry trusts
 //! (`shoal_tests::token_server`). Wrong credentials fail clearly and store nothing.
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use shoal_backends::{
     Backend, BackendError, BackendRouter, ByteStream, RegistryBackend, RegistryConfig, blob_key,
     tag_key,
 };
-use shoal_core::{Digest, Name, Tag};
+use shoal_core::{Algorithm, Digest, Name, Tag};
 use shoal_tests::ReferenceRegistry;
 use shoal_tests::reference_registry::RegistryAuth;
 use shoal_tests::token_server::{TokenServer, TokenUser};
@@ -323,5 +324,23 @@ async fn bearer_token_round_trip_caches_tokens_per_scope() -> Result<()> {
             .await?
             .is_none()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sha512_blob_round_trips_through_the_registry_backend() -> Result<()> {
+    let registry = ReferenceRegistry::start().await?;
+    let router = backend(&registry.url(), None)?;
+    let scoped = router.route(Some(&name("team/long")))?;
+    let layer = pattern(600_000, 5);
+    let key = blob_key(&Algorithm::Sha512.digest(&layer));
+    ensure!(key.starts_with("blobs/sha512/"), "{key}");
+    ensure!(scoped.stat(&key).await?.is_none());
+    scoped
+        .put(&key, body(&layer), Some(layer.len() as u64))
+        .await?;
+    ensure!(scoped.stat(&key).await? == Some(layer.len() as u64));
+    ensure!(read(scoped.get(&key, None).await?).await? == layer);
+    ensure!(read(scoped.get(&key, Some(1000..2000)).await?).await? == layer[1000..2000]);
     Ok(())
 }
