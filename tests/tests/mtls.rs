@@ -199,6 +199,15 @@ async fn internal_endpoints_refuse_callers_without_a_certificate_or_of_the_wrong
         .get_metainfo(metainfo)
         .await
         .context("an agent asks the tracker for metainfo")?;
+    // The swarm view only reads: a browser without a certificate opens it (docs/swarm-view.md).
+    for path in ["/ui", "/v1/swarms"] {
+        let status = nobody
+            .get(format!("https://{tracker}{path}"))
+            .send()
+            .await?
+            .status();
+        ensure!(status == 200, "{path} without a certificate: {status}");
+    }
 
     // Peers: pieces only to agents and origins.
     let peer = cluster
