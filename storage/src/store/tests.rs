@@ -40,6 +40,16 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Every byte of committed blob `digest`.
+pub(super) async fn read_blob(store: &BlobStore, digest: &Digest) -> Vec<u8> {
+    let file = store
+        .open_blob(digest)
+        .await
+        .expect("open")
+        .expect("present");
+    read_all(file.stream(0..u64::MAX)).await
+}
+
 async fn open_store() -> (tempfile::TempDir, BlobStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = BlobStore::open(dir.path()).await.expect("open store");
@@ -758,12 +768,7 @@ async fn sha512_blobs_upload_verify_and_list_under_their_algorithm() {
         store.commit_upload(&id, &digest).await.expect("commit"),
         data.len() as u64
     );
-    let file = store
-        .open_blob(&digest)
-        .await
-        .expect("open")
-        .expect("present");
-    assert_eq!(read_all(file.stream(0..u64::MAX)).await, data);
+    assert_eq!(read_blob(&store, &digest).await, data);
     let metainfo = store
         .metainfo(&digest)
         .await

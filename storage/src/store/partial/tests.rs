@@ -3,6 +3,7 @@ use futures::TryStreamExt;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder};
 
 use super::*;
+use crate::store::tests::read_blob;
 
 const PIECE: usize = 256 * 1024;
 
@@ -75,12 +76,7 @@ async fn pieces_in_any_order_then_commit_makes_the_blob_visible() {
         store.stat(&digest).await.expect("stat"),
         Some(data.len() as u64)
     );
-    let file = store
-        .open_blob(&digest)
-        .await
-        .expect("open")
-        .expect("present");
-    assert_eq!(read_all(file.stream(0..u64::MAX)).await, data);
+    assert_eq!(read_blob(&store, &digest).await, data);
     assert_eq!(
         store.metainfo(&digest).await.expect("metainfo"),
         Some(metainfo)
@@ -373,12 +369,7 @@ async fn a_sha512_download_is_checked_whole_at_commit() {
             .expect("write");
     }
     assert_eq!(partial.commit().await.expect("commit"), data.len() as u64);
-    let file = store
-        .open_blob(&digest)
-        .await
-        .expect("open")
-        .expect("present");
-    assert_eq!(read_all(file.stream(0..u64::MAX)).await, data);
+    assert_eq!(read_blob(&store, &digest).await, data);
 
     // A metainfo that names one sha512 with the chain of other bytes: every piece verifies, the
     // whole does not, and nothing becomes visible.
