@@ -19,6 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use futures::{StreamExt, stream};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +36,10 @@ use crate::tags::TagStore;
 use crate::verify::Origins;
 
 pub use tombstones::Tombstones;
+
+/// Unreferenced blobs swept at once: each is a few small requests to every origin, so a few in
+/// flight hide the round trips without crowding the origins' request queues.
+const SWEEP_CONCURRENCY: usize = 8;
 
 /// The longest `gc.grace`: origins remember touches for 24 h, and a run's window is its grace
 /// plus the time since its mark began.
@@ -323,8 +328,16 @@ impl Collector {
             kept: Vec::new(),
             bytes: 0,
         };
-        for (digest, _) in found.iter().filter(|(d, _)| !marked.blobs.contains_key(*d)) {
-            match sweep.sweep(digest).await {
+        let unmarked: Vec<Digest> = found
+            .into_keys()
+            .filter(|digest| !marked.blobs.contains_key(digest))
+            .collect();
+        let sweep = &sweep;
+        let mut outcomes = stream::iter(unmarked)
+            .map(|digest| async move { sweep.sweep(&digest).await })
+            .buffered(SWEEP_CONCURRENCY);
+        while let Some(outcome) = outcomes.next().await {
+            match outcome {
                 Ok(swept) => {
                     report.bytes += swept.size;
                     report.swept.push(swept);
