@@ -3,32 +3,36 @@
 
 use std::fmt::Write;
 
-use anyhow::Context;
-use bytesize::ByteSize;
+use anyhow::{Context, anyhow};
 use shoal_api::BuildIndexClient;
 use shoal_api::gc::GcReport;
 
+use crate::day2::{TargetArgs, size};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The build-index that runs the collection (`host:port` or `http://host:port`).
-    #[arg(long, default_value = "127.0.0.1:15004")]
-    build_index: String,
     /// Report what would be swept; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// The build-index runs the collection (`--build-index`, or `build_index` in `--targets`).
+    #[command(flatten)]
+    targets: TargetArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let build_index = args.targets.resolve()?.build_index.ok_or_else(|| {
+        anyhow!("no build-index address: pass --build-index HOST:PORT (or set it in --targets)")
+    })?;
     // A run reads every manifest and asks every origin about every unreferenced blob: no
     // overall timeout.
     let http = shoal_service::client::builder()
         .build()
         .context("building the HTTP client")?;
-    let report = BuildIndexClient::new(http, &args.build_index)
+    let report = BuildIndexClient::new(http, &build_index)
         .gc()
         .collect(args.dry_run)
         .await
-        .with_context(|| format!("garbage collection on {}", args.build_index))?;
+        .with_context(|| format!("garbage collection on the build-index at {build_index}"))?;
     print!("{}", render(&report));
     Ok(())
 }
@@ -46,7 +50,7 @@ fn render(report: &GcReport) -> String {
             out,
             "{verb:<11} {}  {} ({} bytes)",
             blob.digest,
-            ByteSize(blob.size),
+            size(blob.size),
             blob.size
         );
     }
@@ -66,7 +70,7 @@ fn render(report: &GcReport) -> String {
         report.marked,
         report.found,
         report.swept.len(),
-        ByteSize(report.bytes),
+        size(report.bytes),
         report.kept.len(),
     );
     out
