@@ -1,10 +1,11 @@
 //! sha512 content end to end, against a real cluster with raw HTTP: a config pushed in one PUT
-//! and a layer pushed in chunks, both named by sha512, and an OCI manifest referencing them
-//! pushed by its sha512 digest and by tag, all pull back byte-identical through the proxy and
-//! through an agent (which fetches the layer from the swarm: sha256 piece chain, sha512 checked
-//! whole); they land under `blobs/sha512/` in the agent's store and the backend. A wrong sha512
-//! (blob or manifest) is refused with DIGEST_INVALID and leaves nothing behind. skopeo (1.9.3
-//! here) fetches the raw manifest but cannot copy sha512 content, so pulls are raw HTTP.
+//! and a layer pushed in chunks, both named by sha512 (then a single-POST push and a
+//! cross-repository mount), and an OCI manifest referencing them pushed by its sha512 digest and
+//! by tag, all pull back byte-identical through the proxy and through an agent (which fetches
+//! the layer from the swarm: sha256 piece chain, sha512 checked whole); they land under
+//! `blobs/sha512/` in the agent's store and the backend. A wrong sha512 (blob or manifest) is
+//! refused with DIGEST_INVALID and leaves nothing behind. skopeo (1.9.3 here) fetches the raw
+//! manifest but cannot copy sha512 content, so pulls are raw HTTP.
 
 use std::time::{Duration, Instant};
 
@@ -244,6 +245,49 @@ async fn sha512_blobs_and_manifests_push_and_pull_through_the_proxy_and_an_agent
             )
             .await?;
         }
+    }
+
+    // A single-POST push and a cross-repository mount take sha512 digests too.
+    let other = "long/other";
+    let mut url = proxy.url(&format!("v2/{other}/blobs/uploads/"));
+    url.query_pairs_mut()
+        .append_pair("digest", &config_digest.to_string());
+    let response = proxy
+        .http
+        .post(url)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(config.clone())
+        .send()
+        .await?;
+    ensure!(
+        response.status() == StatusCode::CREATED,
+        "single POST: {}",
+        response.status()
+    );
+    let mut url = proxy.url(&format!("v2/{other}/blobs/uploads/"));
+    url.query_pairs_mut()
+        .append_pair("mount", &layer_digest.to_string())
+        .append_pair("from", REPO);
+    let response = proxy
+        .http
+        .post(url)
+        .header(CONTENT_LENGTH, 0)
+        .send()
+        .await?;
+    ensure!(
+        response.status() == StatusCode::CREATED,
+        "mount: {}",
+        response.status()
+    );
+    ensure!(header(&response, "docker-content-digest") == layer_digest.to_string());
+    for (digest, bytes) in [(config_digest, &config), (layer_digest, &layer)] {
+        get_identical(
+            &proxy,
+            &format!("v2/{other}/blobs/{digest}"),
+            bytes,
+            Some(&digest),
+        )
+        .await?;
     }
 
     // skopeo 1.9.3 reads the manifest by either reference but cannot copy or inspect sha512
