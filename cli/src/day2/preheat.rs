@@ -36,6 +36,14 @@ struct Progress {
     blobs_done: usize,
     blobs_total: usize,
     last_error: Option<String>,
+    /// The agents phase, with `preheat.agents` configured on the proxy.
+    agents: Option<Agents>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Agents {
+    selected: Vec<String>,
+    done: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -60,10 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let response = proxy.send(request).await?;
         let progress: Progress = proxy.json(&path, response).await?;
         if last.as_ref() != Some(&progress) {
-            println!(
-                "{}: {}/{} blobs on their origins",
-                progress.state, progress.blobs_done, progress.blobs_total
-            );
+            println!("{}", line(&progress));
         }
         match progress.state.as_str() {
             "succeeded" => return Ok(()),
@@ -76,5 +81,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         last = Some(progress);
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One progress line: `running: 2/5 blobs on their origins, 0/2 agents hold it`.
+fn line(progress: &Progress) -> String {
+    let agents = progress.agents.as_ref().map_or_else(String::new, |agents| {
+        let (done, selected) = (agents.done.len(), agents.selected.len());
+        format!(", {done}/{selected} agents hold it")
+    });
+    format!(
+        "{}: {}/{} blobs on their origins{agents}",
+        progress.state, progress.blobs_done, progress.blobs_total
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_count_blobs_and_agents() {
+        let job = r#"{"id":"p-1","state":"running","blobs_done":2,"blobs_total":5,"last_error":null,"image":"a:b",
+            "agents":{"selected":["a:1","a:2"],"done":["a:1"],"failed":[],"last_error":null}}"#;
+        let progress: Progress = serde_json::from_str(job).unwrap();
+        assert_eq!(
+            line(&progress),
+            "running: 2/5 blobs on their origins, 1/2 agents hold it"
+        );
+        let progress = Progress {
+            agents: None,
+            ..progress
+        };
+        assert_eq!(line(&progress), "running: 2/5 blobs on their origins");
     }
 }
