@@ -16,7 +16,6 @@ mod metrics;
 mod namespace;
 mod peer_id;
 mod preheat;
-mod ready;
 mod registry;
 mod state;
 mod tags;
@@ -33,7 +32,7 @@ use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
 use shoal_service::http::{Access, with_access, with_readiness, with_source_allow_list};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
-use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, Readiness, SharedSecret, TaskTracker};
 use shoal_storage::BlobStore;
 use shoal_storage::cache::{Cache, Unpinned};
 use tokio::net::TcpListener;
@@ -42,7 +41,6 @@ pub use config::AgentConfig;
 
 use crate::metrics::AgentMetrics;
 use crate::namespace::Namespaces;
-use crate::ready::Readiness;
 use crate::state::AppState;
 use crate::tags::TagCache;
 
@@ -163,21 +161,22 @@ pub async fn run(
         .route("/debug/downloads", get(downloads))
         .with_state(state.clone())
         .merge(admin::router(state.clone()));
-    let readiness = Readiness::new(
-        tls.client(Roles::of(&[Role::Tracker, Role::BuildIndex]))
-            .build()
-            .context("building the HTTP client for readiness probes")?,
-        &config.tracker,
-        &config.build_index,
-        config.tls.as_ref().is_some_and(|tls| tls.mutual()),
-    );
+    // Pulls need the tracker (peers, metainfo) and the build-index (tags, manifest records).
+    let probes = tls
+        .client(Roles::of(&[Role::Tracker, Role::BuildIndex]))
+        .build()
+        .context("building the HTTP client for readiness probes")?;
+    let mutual = config.tls.as_ref().is_some_and(|tls| tls.mutual());
+    let readiness = Readiness::default()
+        .health("tracker", probes.clone(), &config.tracker, mutual)
+        .health("build-index", probes, &config.build_index, mutual);
     let app = shoal_service::http::with_common_routes(
         with_readiness(
             with_source_allow_list(
                 shoal_registry_server::router(state).merge(preheat),
                 &config.allowed_clients,
             ),
-            move || readiness.clone().check(),
+            readiness,
         ),
         registry,
     );

@@ -63,13 +63,16 @@ async fn readyz_follows_the_tracker_and_livez_stays_up() -> Result<()> {
         .timeout(Duration::from_secs(5))
         .build()?;
 
-    ensure!(wait_for(&http, &format!("{base}/readyz"), 200).await? == "ready");
+    ensure!(wait_for(&http, &format!("{base}/readyz"), 200).await? == r#"{"ready":true}"#);
     ensure!(http.get(format!("{base}/livez")).send().await?.status() == 200);
 
     // The tracker goes away: not ready (naming it), still alive.
     tracker_task.abort();
-    let reason = wait_for(&http, &format!("{base}/readyz"), 503).await?;
-    ensure!(reason.contains("tracker"), "{reason}");
+    let reason: serde_json::Value =
+        serde_json::from_str(&wait_for(&http, &format!("{base}/readyz"), 503).await?)?;
+    ensure!(reason["ready"] == false, "{reason}");
+    ensure!(reason["failed"]["tracker"].is_string(), "{reason}");
+    ensure!(reason["failed"].get("build-index").is_none(), "{reason}");
     ensure!(http.get(format!("{base}/livez")).send().await?.status() == 200);
 
     shutdown.cancel();

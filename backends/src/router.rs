@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_core::Name;
+use shoal_core::{Digest, Name};
 
 use super::{Backend, BackendConfig, BackendError};
 
@@ -143,6 +143,17 @@ impl BackendRouter {
             }
         }
         Ok(None)
+    }
+
+    /// `Ok` when every route's backend answers a stat of one blob key (absent or present; the
+    /// key needs no repository, so a registry backend answers without being asked), else the
+    /// first error: readiness.
+    pub async fn answers(&self) -> Result<(), BackendError> {
+        let key = crate::blob_key(&Digest::of(b"shoal readiness probe"));
+        for backend in self.backends() {
+            scope(backend, None).stat(&key).await?;
+        }
+        Ok(())
     }
 
     /// Every route's backend in config order, for work that spans namespaces (a

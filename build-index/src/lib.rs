@@ -22,10 +22,11 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal_backends::BackendRouter;
 use shoal_jobs::StatsCollector;
-use shoal_service::http::{Access, with_access};
+use shoal_service::error::chain;
+use shoal_service::http::{Access, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
-use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, Readiness, TaskTracker};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -84,6 +85,19 @@ pub async fn run(
     .await
     .context("following the origins (config field `origins`)")?;
 
+    // Ready while tags can be written: to the backend, or (with `pending_dir`) kept pending
+    // for it, so a backend outage takes no build-index with a pending queue out of service.
+    let readiness = {
+        let backends = backends.clone();
+        Readiness::default().backend_or_queue(
+            "backend",
+            move || {
+                let backends = backends.clone();
+                async move { backends.answers().await.map_err(|e| chain(&e).to_string()) }
+            },
+            config.pending_dir.clone(),
+        )
+    };
     let mut tags = tags::TagStore::new(backends);
     if let Some(dir) = &config.pending_dir {
         tags = tags
@@ -159,7 +173,10 @@ pub async fn run(
         metrics: tag_metrics,
     };
     let app = shoal_service::http::with_common_routes(
-        with_access(routes::router(state).merge(gc::router(collector)), ACCESS),
+        with_readiness(
+            with_access(routes::router(state).merge(gc::router(collector)), ACCESS),
+            readiness,
+        ),
         metrics,
     );
 

@@ -16,7 +16,7 @@ chart (strict); renders it; validates every object against the Kubernetes schema
 whose CRD schemas are not bundled, against the fields and values their v1 CRDs accept); checks
 the facts the design relies on (agent DaemonSet, origin StatefulSet with volume claims, a
 headless Service, PDB and anti-affinity, startup and liveness probes on /livez and readiness on
-/health (agent: /readyz), security contexts (uid 65532, fsGroup, read-only root, no
+/readyz, security contexts (uid 65532, fsGroup, read-only root, no
 capabilities; root only where node files are written), the ServiceAccount, credentials from
 existing Secrets, resource requests, scrape annotations, monitoring objects and NetworkPolicies
 when asked, TLS and host networking when asked, with mutual TLS every component's certificate,
@@ -332,16 +332,14 @@ def check_security(obj: dict, merged: dict, problems: Problems, variant: str) ->
 
 
 def check_workload(obj: dict, port: str, problems: Problems, variant: str) -> None:
-    """A Shoal workload: probes on /livez and /health (agent: /readyz), requests, scrape annotations, the Shoal image."""
+    """A Shoal workload: probes on /livez and /readyz, requests, scrape annotations, the Shoal image."""
     name = f"{variant}: {obj['kind']} {obj['metadata']['name']}"
     annotations = obj["spec"]["template"]["metadata"].get("annotations", {})
     problems.check(annotations.get("prometheus.io/scrape") == "true", f"{name}: no scrape annotation")
     problems.check(annotations.get("prometheus.io/path") == "/metrics", f"{name}: no metrics path")
     container = main_container(obj)
-    # Startup and liveness: the process serves; readiness: the agent's says whether its tracker
-    # and build-index answer (/readyz), the others' that they serve (/health).
-    ready = "/readyz" if obj["kind"] == "DaemonSet" else "/health"
-    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", ready)):
+    # Startup and liveness: the process serves; readiness: what it depends on answers.
+    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         get = container.get(probe, {}).get("httpGet", {})
         problems.check(
             get.get("path") == path and get.get("port") == port,

@@ -37,10 +37,11 @@ use shoal_backends::{BackendRouter, WriteBack};
 use shoal_core::Digest;
 use shoal_jobs::StatsCollector;
 use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, StoreSource};
-use shoal_service::http::{Access, with_access};
+use shoal_service::error::chain;
+use shoal_service::http::{Access, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
-use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, Readiness, TaskTracker};
 use shoal_storage::BlobStore;
 use tokio::net::TcpListener;
 
@@ -186,6 +187,22 @@ pub async fn run(
     if let Some(cache) = &cache {
         tasks.spawn(cache.clone().run(shutdown.clone()));
     }
+    // Ready while blobs can be stored and reach the backend, at once or through the write-back
+    // queue: a backend outage leaves pushes working, so it takes no origin out of service (the
+    // write-back backlog metric and alert tell it).
+    let readiness = {
+        let backends = backends.clone();
+        Readiness::default()
+            .writable("store", store_dir)
+            .backend_or_queue(
+                "backend",
+                move || {
+                    let backends = backends.clone();
+                    async move { backends.answers().await.map_err(|e| chain(&e).to_string()) }
+                },
+                Some(queue_dir),
+            )
+    };
     let origin = Arc::new(Origin {
         store,
         backends,
@@ -213,9 +230,12 @@ pub async fn run(
     ))
     .into_axum_router();
     let app = shoal_service::http::with_common_routes(
-        with_access(router(origin.clone()), ACCESS)
-            .merge(with_access(admin::router(origin.clone()), ACCESS))
-            .merge(with_access(gc_router(origin), Access::only(GC_CALLERS))),
+        with_readiness(
+            with_access(router(origin.clone()), ACCESS)
+                .merge(with_access(admin::router(origin.clone()), ACCESS))
+                .merge(with_access(gc_router(origin), Access::only(GC_CALLERS))),
+            readiness,
+        ),
         registry.build(),
     );
     let peer_app = with_access(peer_app, Access::only(PIECE_CALLERS));

@@ -34,9 +34,10 @@ pub mod fuzzing {
 use std::sync::Arc;
 
 use anyhow::Context;
+use shoal_service::http::with_readiness;
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
-use shoal_service::{CancellationToken, MetricsBuilder, SharedSecret, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, Readiness, SharedSecret, TaskTracker};
 use tokio::net::TcpListener;
 
 pub use config::ProxyConfig;
@@ -103,6 +104,17 @@ pub async fn run(
         .await
         .context("health-checking the origins (config field `origins`)")?,
     );
+    // Ready while pushes and pulls can go through: the build-index and some origin answer.
+    let readiness = {
+        let mutual = config.tls.as_ref().is_some_and(|tls| tls.mutual());
+        let (probes, origins) = (http.clone(), upstreams.clone());
+        Readiness::default()
+            .health("build-index", http.clone(), &config.build_index, mutual)
+            .check("origins", move || {
+                let (probes, members) = (probes.clone(), origins.origin_members());
+                async move { any_answers(&probes, &members, mutual).await }
+            })
+    };
     let preheat_secret = SharedSecret::new(&config.preheat.secret_header, &config.preheat.secret)
         .context("config field `preheat.secret_header`")?;
     let agents = preheat::Agents::start(
@@ -137,7 +149,10 @@ pub async fn run(
         blob_delete: config.storage.delete.enabled,
     };
     let app = shoal_service::http::with_common_routes(
-        shoal_registry_server::router_with_auth(state, auth).merge(preheat::router(preheater)),
+        with_readiness(
+            shoal_registry_server::router_with_auth(state, auth).merge(preheat::router(preheater)),
+            readiness,
+        ),
         registry,
     );
     tracing::info!(
@@ -158,4 +173,24 @@ pub async fn run(
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "proxy").await;
     served.context("serving the registry API")
+}
+
+/// `Ok` when one of `origins` answers its `/health` (asked all at once), else why none did.
+async fn any_answers(http: &reqwest::Client, origins: &[String], tls: bool) -> Result<(), String> {
+    if origins.is_empty() {
+        return Err("no origin known".to_owned());
+    }
+    let asked = origins.iter().map(|origin| {
+        let url = format!("{}/health", shoal_http_client::base_url(origin, tls));
+        async move { shoal_service::ready::http_ok(http, &url).await }
+    });
+    let answers = futures::future::join_all(asked).await;
+    if answers.iter().any(Result::is_ok) {
+        return Ok(());
+    }
+    Err(answers
+        .into_iter()
+        .filter_map(Result::err)
+        .collect::<Vec<_>>()
+        .join("; "))
 }

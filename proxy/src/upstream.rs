@@ -97,6 +97,11 @@ impl Upstreams {
         }
     }
 
+    /// Every origin member, healthy or not (readiness asks each itself).
+    pub fn origin_members(&self) -> Vec<String> {
+        self.origins.snapshot().members().to_vec()
+    }
+
     pub fn build_index(&self) -> &BuildIndexClient {
         &self.build_index
     }

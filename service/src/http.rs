@@ -11,7 +11,6 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, RequestLabels, Route, RouteLabels, RouteMethodLabels};
+use crate::ready::Readiness;
 
 mod access;
 mod connection;
@@ -79,25 +79,21 @@ pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
         .layer(middleware::from_fn_with_state(metrics, record))
 }
 
-/// Adds `GET /readyz` to `app`: 200 `ready` while `check` says the component can serve (its
-/// dependencies answer), else 503 with the reason, for a readiness probe that takes the pod out
-/// of its Service while `/livez` keeps it alive. Add it before [`with_common_routes`], so it is
-/// counted like any route.
-pub fn with_readiness<F, Fut>(app: Router, check: F) -> Router
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
-{
+/// Adds `GET /readyz` to `app`: 200 while `readiness` says the component can serve (its
+/// dependencies answer), else 503 naming what failed (JSON, see [`crate::ready`]), for a
+/// readiness probe that takes the pod out of its Service while `/livez` keeps it alive. Add it
+/// before [`with_common_routes`], so it is counted like any route.
+pub fn with_readiness(app: Router, readiness: Readiness) -> Router {
     app.route(
         "/readyz",
-        get(move || {
-            let check = check.clone();
-            async move {
-                match check().await {
-                    Ok(()) => (http::StatusCode::OK, "ready".to_owned()),
-                    Err(reason) => (http::StatusCode::SERVICE_UNAVAILABLE, reason),
-                }
-            }
+        get(move || async move {
+            let report = readiness.report().await;
+            let status = if report.ready {
+                http::StatusCode::OK
+            } else {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(report))
         }),
     )
 }

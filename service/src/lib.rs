@@ -7,8 +7,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod ready;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
@@ -18,6 +20,7 @@ pub use bytesize::ByteSize;
 pub use config::{ConfigError, LogConfig, LogFormat};
 pub use http::RouteLabel;
 pub use metrics::{Metrics, MetricsBuilder};
+pub use ready::Readiness;
 pub use secret::SharedSecret;
 pub use shoal_http_client as client;
 pub use tokio_util::sync::CancellationToken;

@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_proto::v1::tracker_server::TrackerServer;
-use shoal_service::http::{Access, with_access};
+use shoal_service::error::chain;
+use shoal_service::http::{Access, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
-use shoal_service::{CancellationToken, MetricsBuilder, TaskTracker};
+use shoal_service::{CancellationToken, MetricsBuilder, Readiness, TaskTracker};
 use tokio::net::TcpListener;
 
 pub use config::{
@@ -149,6 +150,28 @@ pub async fn run(
         }),
         shutdown.clone(),
     );
+    // Ready while announces can be recorded and answered with a seeder: the peer store answers
+    // and some origin passes its health checks.
+    let readiness = {
+        let (peers, known) = (Arc::clone(&store), Arc::clone(&origins));
+        Readiness::default()
+            .check("peer-store", move || {
+                let peers = Arc::clone(&peers);
+                async move { peers.ping().await.map_err(|e| chain(&e).to_string()) }
+            })
+            .check("origins", move || {
+                let snapshot = known.cluster().snapshot();
+                let healthy = snapshot.healthy().count();
+                let members = snapshot.members().len();
+                async move {
+                    if healthy > 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("none of {members} known origins is healthy"))
+                    }
+                }
+            })
+    };
     let service = service::TrackerService {
         store,
         limiter,
@@ -167,7 +190,10 @@ pub async fn run(
     // Under mutual TLS, only agents and origins announce and ask for metainfo.
     let grpc = with_access(grpc, Access::only(Roles::of(&[Role::Agent, Role::Origin])));
     // The swarm view only reads: open to any caller, like `/metrics` (see `view`).
-    let app = shoal_service::http::with_common_routes(grpc.merge(view), registry.build());
+    let app = shoal_service::http::with_common_routes(
+        with_readiness(grpc.merge(view), readiness),
+        registry.build(),
+    );
 
     let addr = listeners
         .grpc

@@ -93,4 +93,9 @@ pub trait PeerStore: Send + Sync + 'static {
         origin: bool,
         sample: usize,
     ) -> Result<Announced, StoreError>;
+
+    /// `Ok` while the store answers (readiness); a store in this process always does.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -153,6 +153,12 @@ fn unix_ms(time: SystemTime) -> i64 {
 
 #[async_trait]
 impl PeerStore for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
     async fn announce(
         &self,
         digest: &Digest,

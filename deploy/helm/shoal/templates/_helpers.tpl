@@ -239,18 +239,16 @@ envFrom:
 {{- end -}}
 
 {{/* Startup and liveness on GET /livez of the named container port (the process serves: a
-     failure restarts it); readiness on GET /health, or on the component's own readiness path
-     (`ready`: the agent's /readyz, which fails while its tracker or build-index does not answer:
-     the pod leaves the Services, the process is not restarted). The startup probe gives a slow
-     start (a big cache or store to scan) five minutes before liveness counts. */}}
+     failure restarts it); readiness on GET /readyz, which fails while what the component
+     depends on does not answer (its store, backend, tracker, build-index or origins: the pod
+     leaves the Services, the process is not restarted). The startup probe gives a slow start (a
+     big cache or store to scan) five minutes before liveness counts. */}}
 {{- define "shoal.probes" -}}
 {{- $port := . -}}
 {{- $scheme := "HTTP" -}}
-{{- $ready := "/health" -}}
 {{- if kindIs "map" . -}}
 {{- $port = .port -}}
 {{- $scheme = .scheme | default "HTTP" -}}
-{{- $ready = .ready | default "/health" -}}
 {{- end -}}
 startupProbe:
   httpGet: {path: /livez, port: {{ $port }}, scheme: {{ $scheme }}}
@@ -263,7 +261,7 @@ livenessProbe:
   timeoutSeconds: 3
   failureThreshold: 6
 readinessProbe:
-  httpGet: {path: {{ $ready }}, port: {{ $port }}, scheme: {{ $scheme }}}
+  httpGet: {path: /readyz, port: {{ $port }}, scheme: {{ $scheme }}}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
