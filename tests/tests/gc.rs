@@ -340,19 +340,63 @@ async fn gc_sweeps_exactly_the_deleted_images_own_blobs_from_s3() -> Result<()> 
     sweeps_exactly_the_deleted_images_own_blobs(&cluster, &backend, &tombstones, work.path()).await
 }
 
-/// `POST /v1/gc` on the build-index directly: the report.
-async fn collect(cluster: &Cluster, dry_run: bool) -> Result<Value> {
-    let url = format!(
-        "http://{}/v1/gc?dry_run={dry_run}",
-        cluster.build_index_addr()
-    );
-    let response = reqwest::Client::new().post(&url).send().await?;
+/// `POST /v1/gc` (a run that sweeps) on the build-index at `base`, through `http`: the report.
+async fn collect(http: &reqwest::Client, base: &str) -> Result<Value> {
+    let response = http.post(format!("{base}/v1/gc")).send().await?;
     ensure!(
         response.status() == StatusCode::OK,
         "POST /v1/gc: {}",
         response.status()
     );
     Ok(response.json().await?)
+}
+
+/// Runs collections until one sweeps `orphan` (its grace period and the condemnation margin
+/// must pass first), then checks that it kept every blob of `kept` and that the proxy no
+/// longer has the orphan.
+async fn sweep_orphan_keeping(
+    http: &reqwest::Client,
+    base: &str,
+    proxy: &Registry,
+    orphan: Digest,
+    kept: &BTreeMap<Digest, u64>,
+) -> Result<()> {
+    let start = Instant::now();
+    let report = loop {
+        let report = collect(http, base).await?;
+        if swept_in(&report).contains(&orphan.to_string()) {
+            break report;
+        }
+        ensure!(
+            start.elapsed() < DEADLINE,
+            "the orphan was never swept: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    ensure_kept(&report, kept)?;
+    let status = blob_status(proxy, orphan).await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND,
+        "orphan after the sweep: {status}"
+    );
+    Ok(())
+}
+
+/// Fails when `report` swept a blob of `kept`.
+fn ensure_kept(report: &Value, kept: &BTreeMap<Digest, u64>) -> Result<()> {
+    let swept = swept_in(report);
+    ensure!(
+        kept.keys().all(|blob| !swept.contains(&blob.to_string())),
+        "a referenced blob was swept: {report}"
+    );
+    Ok(())
+}
+
+/// The status of `HEAD` of `digest` as a blob through `registry` (any repository will do:
+/// blobs are shared).
+async fn blob_status(registry: &Registry, digest: Digest) -> Result<StatusCode> {
+    let url = registry.url(&format!("v2/gc/any/blobs/{digest}"));
+    Ok(registry.http.head(url).send().await?.status())
 }
 
 fn swept_in(report: &Value) -> BTreeSet<String> {
@@ -396,27 +440,8 @@ async fn an_upload_held_open_across_a_sweep_completes_and_a_put_racing_a_sweep_f
     );
     let session = proxy.location(&patched)?;
 
-    let start = Instant::now();
-    loop {
-        let report = collect(&cluster, false).await?;
-        if swept_in(&report).contains(&orphan.to_string()) {
-            break;
-        }
-        ensure!(
-            start.elapsed() < DEADLINE,
-            "the orphan was never swept: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let head = http
-        .head(proxy.url(&format!("v2/gc/held/blobs/{orphan}")))
-        .send()
-        .await?;
-    ensure!(
-        head.status() == StatusCode::NOT_FOUND,
-        "orphan after the sweep: {}",
-        head.status()
-    );
+    let build_index = format!("http://{}", cluster.build_index_addr());
+    sweep_orphan_keeping(http, &build_index, &proxy, orphan, &BTreeMap::new()).await?;
 
     // The held upload completes, and so does its image.
     let digest = Digest::of(&bytes);
@@ -444,15 +469,7 @@ async fn an_upload_held_open_across_a_sweep_completes_and_a_put_racing_a_sweep_f
         &image,
     )
     .await?;
-    let report = collect(&cluster, false).await?;
-    let swept = swept_in(&report);
-    ensure!(
-        image
-            .blobs
-            .keys()
-            .all(|blob| !swept.contains(&blob.to_string())),
-        "a referenced blob was swept: {report}"
-    );
+    ensure_kept(&collect(http, &build_index).await?, &image.blobs)?;
 
     // A manifest PUT while its blob is being swept: a collector (this test, speaking the
     // origin's protocol) condemns the blob, and the PUT fails cleanly, recording nothing.
@@ -499,7 +516,6 @@ async fn an_upload_held_open_across_a_sweep_completes_and_a_put_racing_a_sweep_f
         released.status()
     );
     // Bad input to the collector and the origin is refused and changes nothing.
-    let build_index = format!("http://{}", cluster.build_index_addr());
     let bad = http
         .post(format!("{build_index}/v1/gc?dry_run=maybe"))
         .send()
@@ -522,15 +538,8 @@ async fn an_upload_held_open_across_a_sweep_completes_and_a_put_racing_a_sweep_f
         .send()
         .await?;
     expect_internal_error(bad, 400, "NAME_INVALID").await?;
-    let head = http
-        .head(proxy.url(&format!("v2/gc/held/blobs/{racing}")))
-        .send()
-        .await?;
-    ensure!(
-        head.status() == StatusCode::OK,
-        "after bad input: {}",
-        head.status()
-    );
+    let status = blob_status(&proxy, racing).await?;
+    ensure!(status == StatusCode::OK, "after bad input: {status}");
     // Released, the same PUT succeeds; its touch now keeps the blob from the next condemnation.
     proxy
         .put_manifest("gc/held", "racing", OCI_MANIFEST, &manifest)
@@ -575,16 +584,8 @@ async fn blob_delete_is_off_by_default_and_on_refuses_referenced_blobs() -> Resu
         "UNSUPPORTED",
     )
     .await?;
-    let head = proxy
-        .http
-        .head(proxy.url(&format!("v2/gc/del/blobs/{blob}")))
-        .send()
-        .await?;
-    ensure!(
-        head.status() == StatusCode::OK,
-        "after a refused delete: {}",
-        head.status()
-    );
+    let status = blob_status(&proxy, blob).await?;
+    ensure!(status == StatusCode::OK, "after a refused delete: {status}");
     drop(off);
 
     let on = Cluster::start(ClusterOptions {
@@ -634,15 +635,10 @@ async fn blob_delete_is_off_by_default_and_on_refuses_referenced_blobs() -> Resu
             status => bail!("blob delete: {status} {}", response.text().await?),
         }
     }
-    let head = proxy
-        .http
-        .head(proxy.url(&format!("v2/gc/del/blobs/{layer_digest}")))
-        .send()
-        .await?;
+    let status = blob_status(&proxy, layer_digest).await?;
     ensure!(
-        head.status() == StatusCode::NOT_FOUND,
-        "after the delete: {}",
-        head.status()
+        status == StatusCode::NOT_FOUND,
+        "after the delete: {status}"
     );
     ensure!(
         !backend_blobs(&shoal_backends::FilesystemBackend::new(on.backend_dir())?)
@@ -699,43 +695,8 @@ async fn gc_runs_under_mutual_tls_and_its_origin_routes_admit_the_build_index_al
     let image = push_image(&proxy, "gc/tls", Some("v1"), "tls", &[&layer]).await?;
 
     let as_build_index = tls_client(&cluster, Some(Component::BuildIndex))?;
-    let gc_url = format!("https://{}/v1/gc", cluster.build_index_addr());
-    let start = Instant::now();
-    let report = loop {
-        let response = as_build_index.post(&gc_url).send().await?;
-        ensure!(
-            response.status() == StatusCode::OK,
-            "POST /v1/gc: {}",
-            response.status()
-        );
-        let report: Value = response.json().await?;
-        if swept_in(&report).contains(&orphan.to_string()) {
-            break report;
-        }
-        ensure!(
-            start.elapsed() < DEADLINE,
-            "the orphan was never swept: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let swept = swept_in(&report);
-    ensure!(
-        image
-            .blobs
-            .keys()
-            .all(|blob| !swept.contains(&blob.to_string())),
-        "a referenced blob was swept: {report}"
-    );
-    let head = proxy
-        .http
-        .head(proxy.url(&format!("v2/gc/tls/blobs/{orphan}")))
-        .send()
-        .await?;
-    ensure!(
-        head.status() == StatusCode::NOT_FOUND,
-        "orphan: {}",
-        head.status()
-    );
+    let build_index = format!("https://{}", cluster.build_index_addr());
+    sweep_orphan_keeping(&as_build_index, &build_index, &proxy, orphan, &image.blobs).await?;
 
     // The origin's GC routes refuse every role but the build-index.
     let store = format!("https://{}/gc/store", cluster.origin_addr());
@@ -766,14 +727,8 @@ async fn scheduled_runs_sweep_an_orphan_without_being_asked() -> Result<()> {
         .await?;
     let layer = Pattern::new(0x7001, LAYER_LEN);
     let image = push_image(&proxy, "gc/sched", Some("v1"), "sched", &[&layer]).await?;
-    let head = |digest: Digest| {
-        proxy
-            .http
-            .head(proxy.url(&format!("v2/gc/sched/blobs/{digest}")))
-            .send()
-    };
     let start = Instant::now();
-    while head(orphan).await?.status() != StatusCode::NOT_FOUND {
+    while blob_status(&proxy, orphan).await? != StatusCode::NOT_FOUND {
         ensure!(
             start.elapsed() < DEADLINE,
             "no scheduled run swept the orphan"
@@ -782,7 +737,7 @@ async fn scheduled_runs_sweep_an_orphan_without_being_asked() -> Result<()> {
     }
     for blob in image.blobs.keys() {
         ensure!(
-            head(*blob).await?.status() == StatusCode::OK,
+            blob_status(&proxy, *blob).await? == StatusCode::OK,
             "{blob} was swept"
         );
     }
