@@ -335,6 +335,30 @@ mod tests {
     }
 
     #[test]
+    fn a_downloading_peer_is_stalled_once_its_pieces_stop_growing() {
+        let board = Board::new(limits(10, 100));
+        let digest = Digest::of(b"blob");
+        let stall_after = Duration::from_secs(30);
+        downloading(&board, digest, "a", progress(8, &[0], 1, 0));
+        board.announce(digest, None, &peer("b", true), None);
+        let stalled = |id: &str, at: Instant| {
+            board.read(|swarms| {
+                let peer = &swarms[&digest].peers[&PeerId::parse(id).expect("id")];
+                Swarm::is_stalled(peer, at, stall_after)
+            })
+        };
+        let later = Instant::now() + stall_after;
+        assert!(!stalled("a", Instant::now()));
+        assert!(stalled("a", later), "no new piece for stall_after");
+        assert!(!stalled("b", later), "a complete peer never stalls");
+        // Announcing the same pieces again is no progress; one more piece is.
+        downloading(&board, digest, "a", progress(8, &[0], 1, 0));
+        assert!(stalled("a", later));
+        downloading(&board, digest, "a", progress(8, &[0, 1], 2, 0));
+        assert!(!stalled("a", Instant::now() + stall_after / 2));
+    }
+
+    #[test]
     fn progress_with_another_piece_count_is_ignored() {
         let board = Board::new(limits(10, 100));
         let digest = Digest::of(b"blob");
