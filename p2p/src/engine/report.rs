@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shoal_core::Bitfield;
+use shoal_proto::MAX_IN_FLIGHT;
 use shoal_proto::v1::Progress;
 
 /// Finished downloads whose report is kept (the least recently finished go first).
 pub(crate) const FINISHED_KEPT: usize = 256;
-/// Pieces in flight an announce lists; the tracker refuses more.
-const MAX_IN_FLIGHT: usize = 256;
 
 /// Piece bytes received for one blob, and pieces verified, by sender kind.
 #[derive(Debug, Default)]

@@ -5,12 +5,9 @@
 use std::num::NonZeroU32;
 
 use shoal_core::{Bitfield, MAX_PIECES};
-use shoal_proto::v1;
+use shoal_proto::{MAX_IN_FLIGHT, v1};
 
 use crate::error::TrackerError;
-
-/// Pieces in flight an announce may list (the agent sends at most this many).
-pub const MAX_IN_FLIGHT: usize = 256;
 
 /// A downloader's progress on one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
