@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_backends::BackendRouter;
+use shoal_core::chain;
 use shoal_jobs::StatsCollector;
-use shoal_service::error::chain;
 use shoal_service::http::{Access, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
@@ -149,11 +149,10 @@ pub async fn run(
     let retention = match &config.retention {
         Some(retention_config) => {
             let rules = retention_config.compile()?;
-            let retention_metrics = metrics::RetentionMetrics::register(metrics.registry());
             let retention = Arc::new(retention::Retention::new(
                 rules,
                 tags.clone(),
-                retention_metrics,
+                tag_metrics.clone(),
             ));
             tasks.spawn(
                 retention

@@ -1,4 +1,5 @@
-//! The build-index's own metrics: tags accepted, tags refused by Registry V2 error code, and the
+//! The build-index's own metrics: tags accepted, tags refused by Registry V2 error code, tags
+//! and records removed by retention, and the
 //! progress of its two queues (pending tags, cross-cluster replication) under `shoal_jobs`'
 //! naming pattern.
 
@@ -18,6 +19,9 @@ struct CodeLabels {
 pub struct TagMetrics {
     put: Counter,
     rejected: Family<CodeLabels, Counter>,
+    /// Tags and manifest records removed by retention (`retention`).
+    retention_tags: Counter,
+    retention_records: Counter,
 }
 
 impl TagMetrics {
@@ -26,6 +30,8 @@ impl TagMetrics {
         let metrics = Self {
             put: Counter::default(),
             rejected: Family::default(),
+            retention_tags: Counter::default(),
+            retention_records: Counter::default(),
         };
         registry.register(
             "build_index_tags_put",
@@ -37,11 +43,29 @@ impl TagMetrics {
             "Tag writes refused, by Registry V2 error code",
             metrics.rejected.clone(),
         );
+        registry.register(
+            "build_index_retention_tags_removed",
+            "Tags removed by retention rules",
+            metrics.retention_tags.clone(),
+        );
+        registry.register(
+            "build_index_retention_records_removed",
+            "Manifest records removed by retention (delete_untagged) once their last tag went",
+            metrics.retention_records.clone(),
+        );
         metrics
     }
 
     pub fn tag_put(&self) {
         self.put.inc();
+    }
+
+    pub fn retention_tag_removed(&self) {
+        self.retention_tags.inc();
+    }
+
+    pub fn retention_record_removed(&self) {
+        self.retention_records.inc();
     }
 
     pub fn tag_rejected(&self, code: ErrorCode) {
@@ -50,38 +74,6 @@ impl TagMetrics {
                 code: code.as_str(),
             })
             .inc();
-    }
-}
-
-/// What retention removed.
-#[derive(Clone, Debug, Default)]
-pub struct RetentionMetrics {
-    tags: Counter,
-    records: Counter,
-}
-
-impl RetentionMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "build_index_retention_tags_removed",
-            "Tags removed by retention rules",
-            metrics.tags.clone(),
-        );
-        registry.register(
-            "build_index_retention_records_removed",
-            "Manifest records removed by retention (delete_untagged) once their last tag went",
-            metrics.records.clone(),
-        );
-        metrics
-    }
-
-    pub fn tag_removed(&self) {
-        self.tags.inc();
-    }
-
-    pub fn record_removed(&self) {
-        self.records.inc();
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::metrics::RetentionMetrics;
+use crate::metrics::TagMetrics;
 use crate::records;
 use crate::tags::{Entry, TagStore, lookup_all};
 
@@ -80,13 +80,13 @@ struct Candidate {
 pub struct Retention {
     rules: Vec<Rule>,
     tags: TagStore,
-    metrics: RetentionMetrics,
+    metrics: TagMetrics,
     /// One run at a time: a scheduled run and one asked for over HTTP never interleave.
     running: Mutex<()>,
 }
 
 impl Retention {
-    pub fn new(rules: Vec<Rule>, tags: TagStore, metrics: RetentionMetrics) -> Self {
+    pub fn new(rules: Vec<Rule>, tags: TagStore, metrics: TagMetrics) -> Self {
         Self {
             rules,
             tags,
@@ -185,7 +185,7 @@ impl Retention {
         for candidate in &doomed {
             // Gone already (deleted meanwhile) or not: either way it is not there any more.
             if !dry_run && records::untag(tags, name, &candidate.tag).await? {
-                self.metrics.tag_removed();
+                self.metrics.retention_tag_removed();
             }
             report.removed.push(RemovedTag {
                 tag: candidate.tag.to_string(),
@@ -213,7 +213,7 @@ impl Retention {
         for digest in untagged {
             if dry_run || tags.delete(name, &Entry::Manifest(digest)).await? {
                 if !dry_run {
-                    self.metrics.record_removed();
+                    self.metrics.retention_record_removed();
                     info!(repo = %name, %digest, "retention: untagged manifest record removed");
                 }
                 report.records_removed.push(digest);

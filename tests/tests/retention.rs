@@ -9,6 +9,7 @@ use anyhow::{Context, Result, ensure};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shoal_core::Digest;
+use shoal_tests::cluster::Component;
 use shoal_tests::v2::Registry;
 use shoal_tests::{Cluster, ClusterOptions};
 
@@ -62,14 +63,20 @@ async fn keep_last_two_leaves_the_two_newest_tags_after_a_scheduled_run() -> Res
             .await?;
     }
 
+    // A run removes the tags, then the records: it is over once the third record has gone.
+    const RECORDS_REMOVED: &str = "shoal_build_index_retention_records_removed_total";
     let waited = tokio::time::timeout(DEADLINE, async {
-        while tags(&registry, "ret/app").await?.len() > 2 {
+        while cluster
+            .metric(Component::BuildIndex, RECORDS_REMOVED)
+            .await?
+            != Some(3.0)
+        {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         anyhow::Ok(())
     })
     .await;
-    waited.context("no retention run removed the tags")??;
+    waited.context("no retention run removed the tags and their records")??;
     assert_eq!(tags(&registry, "ret/app").await?, ["v4", "v5"]);
     assert_eq!(tags(&registry, "keep/app").await?.len(), 5);
     for (i, digest) in digests.iter().enumerate() {
@@ -81,6 +88,14 @@ async fn keep_last_two_leaves_the_two_newest_tags_after_a_scheduled_run() -> Res
         let status = manifest_status(&registry, "ret/app", digest).await?;
         assert_eq!(status, expected, "v{} by digest", i + 1);
     }
+
+    let removed = cluster
+        .metric(
+            Component::BuildIndex,
+            "shoal_build_index_retention_tags_removed_total",
+        )
+        .await?;
+    assert_eq!(removed, Some(3.0));
 
     // On demand: a dry run finds nothing more to remove.
     let url = format!(
