@@ -218,7 +218,7 @@ where
             Ok(Some(found)) => return Ok(Some((found, client))),
             Ok(None) => answered = true,
             Err(error) if fails_over(&error) => {
-                tracing::warn!(%digest, origin = client.base(), %error, "origin read failed; trying the next owner");
+                tracing::warn!(%digest, origin = client.base(), error = %shoal_core::chain(&error), "origin read failed; trying the next owner");
                 failures.push((client.base().to_owned(), error));
             }
             Err(error) => {

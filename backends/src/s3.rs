@@ -304,7 +304,7 @@ async fn abort(upload: Option<WriteMultipart>) {
     if let Some(writer) = upload
         && let Err(e) = writer.abort().await
     {
-        tracing::warn!(error = %e, "aborting a multipart upload failed");
+        tracing::warn!(error = %shoal_core::chain(&e), "aborting a multipart upload failed");
     }
 }
 

@@ -126,7 +126,7 @@ async fn adopt_legacy(
                 | Error::BlobUnknown { .. }
                 | Error::ManifestInvalid { .. }),
             ) => {
-                warn!(repo = %name, digest = %root, %error, "tagged manifest not recorded: incomplete on the origins");
+                warn!(repo = %name, digest = %root, error = %shoal_core::chain(&error), "tagged manifest not recorded: incomplete on the origins");
             }
             Err(error) => return Err(error),
         }

@@ -252,7 +252,7 @@ impl TagStore {
                 Ok(())
             }
             Err(error) if transient(&error) => {
-                warn!(%key, %error, "tag backend unreachable: keeping the entry locally until it is written back");
+                warn!(%key, error = %shoal_core::chain(&error), "tag backend unreachable: keeping the entry locally until it is written back");
                 let repo = name.clone();
                 let pending_entry = Pending {
                     repo,

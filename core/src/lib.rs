@@ -4,6 +4,7 @@
 //! async.
 
 pub mod bitfield;
+pub mod chain;
 pub mod cidr;
 pub mod digest;
 mod echo;
@@ -17,6 +18,7 @@ pub mod rendezvous;
 pub mod v2path;
 
 pub use bitfield::{Bitfield, BitfieldError};
+pub use chain::chain;
 pub use cidr::Cidr;
 pub use digest::{Algorithm, Digest, DigestError, Digester, Hasher};
 pub use error::{ErrorCode, error_body};

@@ -181,7 +181,7 @@ impl<J: Job> Queue<J> {
                 Ok(payload) if J::key(&payload) == key => Some(payload),
                 parsed => {
                     let rebuilt = J::rebuild(key);
-                    tracing::warn!(job = J::NAME, path = %path.display(), error = ?parsed.err(), rebuilt = rebuilt.is_some(), "unreadable job marker");
+                    tracing::warn!(job = J::NAME, path = %path.display(), error = %parsed.err().map_or_else(|| "written for another key".to_owned(), |e| e.to_string()), rebuilt = rebuilt.is_some(), "unreadable job marker");
                     rebuilt
                 }
             };

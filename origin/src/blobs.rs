@@ -66,7 +66,7 @@ pub(crate) async fn length(
         // would stop every push for as long as the backend is down; re-uploading a blob the
         // backend may already hold is harmless. A GET still reports the outage.
         Err(error) => {
-            tracing::warn!(%digest, %error, "backend unreachable; answering from the store alone");
+            tracing::warn!(%digest, error = %shoal_core::chain(&error), "backend unreachable; answering from the store alone");
             Ok(None)
         }
     }

@@ -33,7 +33,7 @@ impl ApiError {
 
     /// A server-side failure; logged, and reported as UNAVAILABLE so callers try again or elsewhere.
     fn internal(error: &dyn std::error::Error) -> Self {
-        tracing::error!(error = %error, "request failed");
+        tracing::error!(error = %shoal_core::chain(error), "request failed");
         ApiError::new(ErrorCode::Unavailable, error.to_string())
     }
 
@@ -119,7 +119,7 @@ impl From<BackendError> for ApiError {
             }
             // A remote backend that cannot be reached is a transient outage, worth a retry.
             BackendError::Remote { .. } | BackendError::ObjectStore { .. } => {
-                tracing::warn!(%error, "backend unavailable");
+                tracing::warn!(error = %shoal_core::chain(&error), "backend unavailable");
                 ApiError::new(ErrorCode::Unavailable, error.to_string())
             }
             BackendError::InvalidKey { .. }

@@ -184,7 +184,7 @@ async fn staging(origin: &Origin, digest: &Digest, len: u64) -> Result<BlobWrite
         Ok(writer)
     };
     staged.await.map_err(|error: StoreError| {
-        tracing::warn!(%digest, len, %error, "cannot store a blob pulled through");
+        tracing::warn!(%digest, len, error = %shoal_core::chain(&error), "cannot store a blob pulled through");
         ApiError::pull_through_failed(digest, &error)
     })
 }
@@ -236,7 +236,7 @@ async fn copy(
             if let StoreError::DigestMismatch { .. } = error {
                 origin.metrics.digest_mismatch(MismatchSource::Backend);
             }
-            tracing::error!(%digest, %error, "pull-through from the backend failed; nothing stored");
+            tracing::error!(%digest, error = %shoal_core::chain(error), "pull-through from the backend failed; nothing stored");
             if !start(
                 &mut client,
                 Err(ApiError::pull_through_failed(&digest, error)),

@@ -177,7 +177,7 @@ impl Upstreams {
                     return Ok((origin, handle));
                 }
                 Err(error) if fails_over(&error) => {
-                    tracing::warn!(origin = origin.base(), %error, "origin cannot open an upload; trying the next");
+                    tracing::warn!(origin = origin.base(), error = %shoal_core::chain(&error), "origin cannot open an upload; trying the next");
                     failure = Some(error);
                 }
                 Err(error) => return Err(error),

@@ -194,7 +194,15 @@ async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Nex
     let counted = Arc::clone(&request_bytes);
     let request = request.map(|body| Body::new(CountingBody::new(body, counted)));
 
-    let response = next.run(request).await;
+    // Everything a handler logs carries the request's route, method and path (the digest,
+    // repository or upload), as span fields in text and JSON logs alike.
+    let span = tracing::info_span!(
+        "request",
+        route = matched.as_deref().unwrap_or(UNMATCHED),
+        method,
+        path = request.uri().path(),
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
 
     let route: Route = match response.extensions().get::<RouteLabel>() {
         Some(RouteLabel(name)) => Cow::Borrowed(name),

@@ -132,7 +132,7 @@ pub async fn http_ok(http: &reqwest::Client, url: &str) -> Result<(), String> {
         Ok(response) => Err(format!("{url} answered {}", response.status())),
         Err(error) => Err(format!(
             "{url} does not answer: {}",
-            crate::error::chain(&error)
+            shoal_core::chain(&error)
         )),
     }
 }

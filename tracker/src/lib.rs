@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shoal_core::chain;
 use shoal_proto::v1::tracker_server::TrackerServer;
-use shoal_service::error::chain;
 use shoal_service::http::{Access, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};

@@ -458,7 +458,7 @@ async fn announce(
                 announced.interval
             }
             Err(e) => {
-                tracing::warn!(%digest, error = %e, "announce failed; retrying");
+                tracing::warn!(%digest, error = %shoal_core::chain(&e), "announce failed; retrying");
                 FALLBACK_INTERVAL
             }
         };

@@ -315,3 +315,49 @@ async fn the_source_allow_list_admits_listed_addresses_only() {
     let open = Server::start(with_source_allow_list(routes(), &[])).await;
     assert_eq!(open.get("/v2/").await.status(), 200);
 }
+
+/// What a handler logs carries the request's route, method and path (span fields).
+#[tokio::test]
+async fn handler_logs_carry_the_route_and_path() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let app = Router::new().route(
+        "/blobs/{digest}",
+        get(|| async {
+            tracing::warn!("backend unavailable");
+            "ok"
+        }),
+    );
+    let server = Server::start(app).await;
+    assert_eq!(server.get("/blobs/sha256:abc").await.status(), 200);
+    server.shutdown.cancel();
+    server.task.await.unwrap().unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("backend unavailable"))
+        .unwrap_or_else(|| panic!("no warning in {logs}"));
+    for field in [
+        r#"route="/blobs/{digest}""#,
+        r#"method="GET""#,
+        r#"path="/blobs/sha256:abc""#,
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+}

@@ -7,13 +7,13 @@ use std::fmt;
 
 /// Displays `error` and its sources joined by ": ". A source whose text the message before it
 /// already ends with (thiserror's `"...: {source}"`) is not repeated.
-pub fn chain<'e>(error: &'e (dyn Error + 'static)) -> Chain<'e> {
+pub fn chain<'e>(error: &'e (dyn Error + 'e)) -> Chain<'e> {
     Chain(error)
 }
 
 /// See [`chain`].
 #[derive(Clone, Copy)]
-pub struct Chain<'e>(&'e (dyn Error + 'static));
+pub struct Chain<'e>(&'e (dyn Error + 'e));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
