@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_backends::BackendRouter;
-use shoal_service::error::chain;
+use shoal_core::chain;
 use shoal_jobs::StatsCollector;
 use shoal_service::http::{Access, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
