@@ -183,7 +183,7 @@ pub async fn run(
         .http
         .local_addr()
         .context("reading the listener address")?;
-    info!(%addr, origins = ?config.origins, "build-index listening");
+    info!(%addr, origins = %config.origins.members().source, "build-index listening");
     let served =
         shoal_service::http::serve_maybe_tls(listeners.http, tls.server, app, shutdown.clone())
             .await;

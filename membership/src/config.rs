@@ -26,6 +26,16 @@ pub struct MembersConfig {
     pub health: HealthConfig,
 }
 
+/// The members for a log line: the static list (`a:1,b:2`) or the DNS name (`dns:name:port`).
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Static(members) => f.write_str(&members.join(",")),
+            Source::Dns(dns) => write!(f, "dns:{}:{}", dns.name, dns.port),
+        }
+    }
+}
+
 /// Where the member list comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -307,6 +317,14 @@ mod tests {
         shoal_service::config::parse::<Component>(yaml, "c.yaml")
             .map(|c| c.origins)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sources_display_as_one_log_field() {
+        let fixed = parse("origins: [a:1, \"http://b:2\"]\n").unwrap();
+        assert_eq!(fixed.source.to_string(), "a:1,http://b:2");
+        let dns = parse("origins: {dns: {name: origins.shoal, port: 15100}}\n").unwrap();
+        assert_eq!(dns.source.to_string(), "dns:origins.shoal:15100");
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub async fn run(
     tracing::info!(
         listen = %listeners.http.local_addr()?,
         scheme = if tls.server.is_some() { "https" } else { "http" },
-        origins = ?config.origins,
+        origins = %config.origins.members().source,
         build_index = %config.build_index,
         auth = auth_mode,
         "proxy serving"

@@ -199,7 +199,11 @@ pub async fn run(
         .grpc
         .local_addr()
         .context("reading the listen address")?;
-    tracing::info!(%addr, origins = ?config.origins, store = ?config.store, "tracker serving");
+    let store = match &config.store {
+        StoreConfig::Memory => "memory",
+        StoreConfig::Redis { .. } => "redis",
+    };
+    tracing::info!(%addr, origins = %config.origins.members().source, store, "tracker serving");
     let served =
         shoal_service::http::serve_maybe_tls(listeners.grpc, tls.server, app, shutdown.clone())
             .await;
