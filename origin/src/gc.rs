@@ -256,24 +256,19 @@ pub(crate) async fn condemn(
     if let Err(reason) = origin.touches.condemn(digest, &request) {
         return Ok(Json(Condemned::Kept { reason }).into_response());
     }
-    let store = origin.store.stat(&digest).await;
-    let backend = origin.backends.locate(None, &blob_key(&digest)).await;
-    match (store, backend) {
-        (Ok(store), Ok(backend)) => Ok(Json(Condemned::Condemned {
-            store,
-            backend: backend.map(|(_, len)| len),
-        })
-        .into_response()),
-        (store, backend) => {
-            // Nothing will be deleted: the run cannot size it.
+    let sizes = async {
+        let store = origin.store.stat(&digest).await?;
+        let backend = origin.backends.locate(None, &blob_key(&digest)).await?;
+        Ok::<_, ApiError>((store, backend.map(|(_, len)| len)))
+    };
+    match sizes.await {
+        Ok((store, backend)) => Ok(Json(Condemned::Condemned { store, backend }).into_response()),
+        Err(error) => {
+            // The run cannot size the blob, so it deletes nothing: let it go at once.
             if !request.dry_run {
                 origin.touches.release(&digest, &request.run);
             }
-            Err(match (store, backend) {
-                (Err(error), _) => error.into(),
-                (_, Err(error)) => error.into(),
-                _ => unreachable!("one of the two lookups failed"),
-            })
+            Err(error)
         }
     }
 }

@@ -338,10 +338,12 @@ impl Collector {
             .buffered(SWEEP_CONCURRENCY);
         while let Some(outcome) = outcomes.next().await {
             match outcome {
-                Ok(swept) => {
+                Ok(Some(swept)) => {
                     report.bytes += swept.size;
                     report.swept.push(swept);
                 }
+                // Gone since it was listed.
+                Ok(None) => {}
                 Err(kept) => report.kept.push(kept),
             }
         }
@@ -361,13 +363,14 @@ impl Collector {
                 repository: reference.repository.to_string(),
             });
         }
-        let swept = sweep.sweep(&digest).await.map_err(|kept| GcError::Kept {
-            digest,
-            reason: kept.reason,
-        })?;
-        if swept.size == 0 {
-            return Err(GcError::BlobUnknown(digest));
-        }
+        let swept = sweep
+            .sweep(&digest)
+            .await
+            .map_err(|kept| GcError::Kept {
+                digest,
+                reason: kept.reason,
+            })?
+            .ok_or(GcError::BlobUnknown(digest))?;
         Ok(BlobDeleted {
             digest,
             size: swept.size,

@@ -71,8 +71,9 @@ impl Sweep<'_> {
         Ok(found)
     }
 
-    /// Sweeps one unreferenced blob; `Err` when it is kept, and why.
-    pub async fn sweep(&self, digest: &Digest) -> Result<SweptBlob, KeptBlob> {
+    /// Sweeps one unreferenced blob; `Ok(None)` when no origin and no backend holds it (nothing
+    /// is deleted or logged), `Err` when it is kept, and why.
+    pub async fn sweep(&self, digest: &Digest) -> Result<Option<SweptBlob>, KeptBlob> {
         let kept = |reason: String| KeptBlob {
             digest: *digest,
             reason,
@@ -88,12 +89,13 @@ impl Sweep<'_> {
             dry_run: self.dry_run,
         };
         let mut condemned = Vec::new();
-        let mut size = 0;
+        // The largest copy found; `None` while no copy is (a blob may be 0 bytes long).
+        let mut size: Option<u64> = None;
         for (addr, origin) in &members {
             match origin.condemn(digest, &request).await {
                 Ok(Condemned::Condemned { store, backend }) => {
                     condemned.push(origin);
-                    size = size.max(store.unwrap_or(0)).max(backend.unwrap_or(0));
+                    size = size.max(store).max(backend);
                 }
                 Ok(Condemned::Kept { reason }) => {
                     self.release(digest, &condemned).await;
@@ -105,11 +107,15 @@ impl Sweep<'_> {
                 }
             }
         }
+        let Some(size) = size else {
+            self.release(digest, &condemned).await;
+            return Ok(None);
+        };
         if self.dry_run {
-            return Ok(SweptBlob {
+            return Ok(Some(SweptBlob {
                 digest: *digest,
                 size,
-            });
+            }));
         }
         let deleted = self.delete(digest, &members).await;
         self.release(digest, &condemned).await;
@@ -120,10 +126,10 @@ impl Sweep<'_> {
             warn!(%digest, %error, "tombstone not logged");
         }
         self.metrics.swept(deleted);
-        Ok(SweptBlob {
+        Ok(Some(SweptBlob {
             digest: *digest,
             size,
-        })
+        }))
     }
 
     /// Deletes every origin's copy, the first member's last with the backend's copy.
