@@ -20,6 +20,7 @@ pub mod preheat;
 pub mod process;
 pub mod procfs;
 pub mod raw_http;
+pub mod redis;
 pub mod reference_registry;
 pub mod relay;
 pub mod small_disk;

@@ -163,28 +163,6 @@ async fn origin_and_build_index_are_ready_while_writes_can_land() -> Result<()> 
     Ok(())
 }
 
-fn redis_spec(dir: &Path, addr: SocketAddr) -> ProcessSpec {
-    let args = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &addr.port().to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir.display().to_string(),
-    ];
-    ProcessSpec {
-        name: "redis-server".to_owned(),
-        program: "redis-server".into(),
-        args: args.map(str::to_owned).to_vec(),
-        env: Vec::new(),
-        log: dir.join("redis.log"),
-    }
-}
-
 /// Waits until `addr` accepts connections (`redis-server` just started).
 async fn wait_listening(addr: SocketAddr) -> Result<()> {
     let start = Instant::now();
@@ -201,7 +179,7 @@ async fn tracker_is_ready_while_its_redis_and_an_origin_answer() -> Result<()> {
     let http = client()?;
     let dir = tempfile::tempdir()?;
     let redis_addr = free_loopback_addr()?;
-    let mut redis = Process::spawn(redis_spec(dir.path(), redis_addr))?;
+    let mut redis = Process::spawn(shoal_tests::redis::spec(dir.path(), redis_addr))?;
     wait_listening(redis_addr).await?;
 
     let tracker = free_loopback_addr()?;
@@ -226,7 +204,7 @@ async fn tracker_is_ready_while_its_redis_and_an_origin_answer() -> Result<()> {
 
     redis.kill()?;
     wait_unready(&http, tracker, &["peer-store"]).await?;
-    let mut redis = Process::spawn(redis_spec(dir.path(), redis_addr))?;
+    let mut redis = Process::spawn(shoal_tests::redis::spec(dir.path(), redis_addr))?;
     wait_readyz(&http, tracker, 200).await?;
 
     cluster.kill(Component::Origin)?;

@@ -123,26 +123,7 @@ fn start_tracker(dir: &Path, name: &str, store: serde_json::Value, args: &Args) 
 
 fn start_redis(dir: &Path) -> Result<(Process, SocketAddr)> {
     let addr = free_loopback_addr()?;
-    let process = Process::spawn(ProcessSpec {
-        name: "redis-server".to_owned(),
-        program: "redis-server".into(),
-        args: [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &addr.port().to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.display().to_string(),
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        env: Vec::new(),
-        log: dir.join("redis.log"),
-    })?;
+    let process = Process::spawn(shoal_tests::redis::spec(dir, addr))?;
     Ok((process, addr))
 }
 
