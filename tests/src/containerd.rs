@@ -124,6 +124,40 @@ impl Containerd {
         run_command(command).await
     }
 
+    /// Pulls `reference` over plain HTTP with the mirrors configured in `hosts_dir` (containerd's
+    /// `hosts.toml` layout) and checks containerd recorded `manifest` for it.
+    pub async fn pull_through_mirror(
+        &self,
+        hosts_dir: &Path,
+        reference: &str,
+        manifest: &shoal_core::Digest,
+    ) -> Result<()> {
+        let pulled = self
+            .ctr([
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "native",
+                "--hosts-dir",
+                &hosts_dir.display().to_string(),
+                reference,
+            ])
+            .await;
+        if let Err(e) = pulled {
+            bail!("{e:#}\n{}", self.log_tail());
+        }
+        let listed = self.ctr(["images", "ls"]).await?.stdout;
+        let line = listed
+            .lines()
+            .find(|line| line.starts_with(reference))
+            .with_context(|| format!("{reference} not listed by ctr images ls:\n{listed}"))?;
+        if !line.contains(&manifest.to_string()) {
+            bail!("containerd recorded another manifest for {reference}: {line}");
+        }
+        Ok(())
+    }
+
     /// The daemon's log, for failure messages.
     pub fn log_tail(&self) -> String {
         self.process.log_tail()

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use shoal_client::Image;
 use shoal_tests::containerd::Containerd;
 use shoal_tests::images::{generate, image_spec};
@@ -66,30 +66,9 @@ async fn containerd_pulls_through_an_agent_as_a_hosts_toml_mirror() -> Result<()
     )?;
     let containerd = Containerd::start(&work.path().join("containerd")).await?;
     let reference = format!("{UPSTREAM}/runtimes/containerd:v1");
-    let pulled = containerd
-        .ctr([
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            &hosts.display().to_string(),
-            &reference,
-        ])
-        .await;
-    if let Err(e) = pulled {
-        bail!("{e:#}\n{}", containerd.log_tail());
-    }
-    let listed = containerd.ctr(["images", "ls"]).await?.stdout;
-    let line = listed
-        .lines()
-        .find(|line| line.starts_with(&reference))
-        .with_context(|| format!("{reference} not listed by ctr images ls:\n{listed}"))?;
-    ensure!(
-        line.contains(&image.manifest_digest.to_string()),
-        "containerd recorded another manifest for {reference}: {line}"
-    );
+    containerd
+        .pull_through_mirror(&hosts, &reference, &image.manifest_digest)
+        .await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use serde_json::json;
 use shoal_core::Digest;
 use shoal_tests::containerd::Containerd;
@@ -111,30 +111,9 @@ async fn agents_mirror_an_upstream_registry_fetching_each_blob_once() -> Result<
     )?;
     let containerd = Containerd::start(&work.path().join("containerd")).await?;
     let reference = format!("{UPSTREAM}/mirror/app:v1");
-    let pulled = containerd
-        .ctr([
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "native",
-            "--hosts-dir",
-            &hosts.display().to_string(),
-            &reference,
-        ])
-        .await;
-    if let Err(e) = pulled {
-        bail!("{e:#}\n{}", containerd.log_tail());
-    }
-    let listed = containerd.ctr(["images", "ls"]).await?.stdout;
-    let line = listed
-        .lines()
-        .find(|line| line.starts_with(&reference))
-        .with_context(|| format!("{reference} not listed by ctr images ls:\n{listed}"))?;
-    ensure!(
-        line.contains(&image.manifest_digest.to_string()),
-        "containerd recorded another manifest for {reference}: {line}"
-    );
+    containerd
+        .pull_through_mirror(&hosts, &reference, &image.manifest_digest)
+        .await?;
 
     // Agents 1 and 2 at once, as a node's runtime asks: manifest by tag, then every blob.
     let http = reqwest::Client::new();
