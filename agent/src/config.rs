@@ -22,6 +22,9 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The gRPC `Peer` service other agents fetch pieces from.
     pub peer_listen: SocketAddr,
+    /// Where the admin endpoints (the day-2 tools' routes) listen; absent, they are served on
+    /// `listen` beside the data endpoints.
+    pub admin_listen: Option<SocketAddr>,
     /// `host:port` other peers reach our `Peer` service at; defaults to `peer_listen`.
     pub advertise_addr: Option<String>,
     /// Our name in the swarm; defaults to a UUID kept in `data_dir/peer_id` across restarts.
@@ -57,6 +60,7 @@ impl Default for AgentConfig {
         AgentConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 16000)),
             peer_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 16001)),
+            admin_listen: None,
             advertise_addr: None,
             peer_id: None,
             data_dir: PathBuf::from("shoal-data/agent"),

@@ -29,7 +29,9 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use shoal_api::BuildIndexClient;
 use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
-use shoal_service::http::{Access, with_access, with_readiness, with_source_allow_list};
+use shoal_service::http::{
+    Access, AdminListener, with_access, with_readiness, with_source_allow_list,
+};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, Readiness, SharedSecret, TaskTracker};
@@ -154,10 +156,12 @@ pub async fn run(
         preheat_secret: SharedSecret::new(&config.preheat.secret_header, &config.preheat.secret)
             .context("config field `preheat.secret_header`")?,
     };
-    // Preheat and the download report are no Registry V2 endpoints: beside the router, without
-    // its API version header.
+    // Preheat is no Registry V2 endpoint: beside the router, without its API version header.
     let preheat = Router::new()
         .route("/preheat", post(preheat::handle))
+        .with_state(state.clone());
+    // The day-2 tools' routes: the cache and the download report.
+    let admin_routes = Router::new()
         .route("/debug/downloads", get(downloads))
         .with_state(state.clone())
         .merge(admin::router(state.clone()));
@@ -170,16 +174,17 @@ pub async fn run(
     let readiness = Readiness::default()
         .health("tracker", probes.clone(), &config.tracker, mutual)
         .health("build-index", probes, &config.build_index, mutual);
-    let app = shoal_service::http::with_common_routes(
-        with_readiness(
-            with_source_allow_list(
-                shoal_registry_server::router(state).merge(preheat),
-                &config.allowed_clients,
-            ),
-            readiness,
+    let (data, admin) = AdminListener::split(
+        config.admin_listen,
+        with_source_allow_list(
+            shoal_registry_server::router(state).merge(preheat),
+            &config.allowed_clients,
         ),
-        registry,
-    );
+        with_source_allow_list(admin_routes, &config.allowed_clients),
+        &readiness,
+    )
+    .await?;
+    let app = shoal_service::http::with_common_routes(with_readiness(data, readiness), registry);
     let limiter = Limiter::new(config.p2p.egress_rate, config.p2p.chunk_size);
     let peer = shoal_p2p::peer_service(
         engine.source(),
@@ -197,6 +202,7 @@ pub async fn run(
     tracing::info!(
         listen = %listeners.http.local_addr()?,
         peer_listen = %listeners.peer.local_addr()?,
+        admin = admin.local_addr().map(|a| a.to_string()),
         advertise = %config.advertised(),
         %peer_id,
         tracker = %config.tracker,
@@ -226,6 +232,8 @@ pub async fn run(
     let served = tokio::try_join!(
         shoal_service::http::serve(listeners.http, app, shutdown.clone()),
         peer_served,
+        // Plain HTTP, as the registry listener: the node's own tools call it.
+        admin.serve(None, shutdown.clone()),
     );
     // Stop the other listener and the background tasks too when one listener failed on its own.
     shutdown.cancel();

@@ -22,6 +22,9 @@ const DEFAULT_ORIGIN: &str = "127.0.0.1:15100";
 pub struct BuildIndexConfig {
     /// Address of the tag HTTP API.
     pub listen: SocketAddr,
+    /// Where the admin endpoints (the day-2 tools' routes) listen; absent, they are served on
+    /// `listen` beside the data endpoints.
+    pub admin_listen: Option<SocketAddr>,
     /// HTTP addresses (`host:port` or `http://…`) of the origin cluster, or
     /// `{dns: {name, port}}`; health-checked. A tag is accepted only once its manifest and blobs
     /// are found on the origin owning each digest.
@@ -89,6 +92,7 @@ impl Default for BuildIndexConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            admin_listen: None,
             origins: OriginsConfig::fixed([DEFAULT_ORIGIN]),
             replicas: 3,
             backend: BackendConfig::default(),

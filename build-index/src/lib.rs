@@ -23,7 +23,7 @@ use anyhow::Context;
 use shoal_backends::BackendRouter;
 use shoal_core::chain;
 use shoal_jobs::StatsCollector;
-use shoal_service::http::{Access, with_access, with_readiness};
+use shoal_service::http::{Access, AdminListener, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, Readiness, TaskTracker};
@@ -171,22 +171,36 @@ pub async fn run(
         retention,
         metrics: tag_metrics,
     };
-    let app = shoal_service::http::with_common_routes(
-        with_readiness(
-            with_access(routes::router(state).merge(gc::router(collector)), ACCESS),
-            readiness,
+    let (data, admin) = AdminListener::split(
+        config.admin_listen,
+        with_access(
+            routes::router(state.clone()).merge(gc::router(collector.clone())),
+            ACCESS,
         ),
-        metrics,
-    );
+        with_access(
+            routes::admin_router(state).merge(gc::admin_router(collector)),
+            ACCESS,
+        ),
+        &readiness,
+    )
+    .await?;
+    let app = shoal_service::http::with_common_routes(with_readiness(data, readiness), metrics);
 
     let addr = listeners
         .http
         .local_addr()
         .context("reading the listener address")?;
-    info!(%addr, origins = %config.origins.members().source, "build-index listening");
-    let served =
-        shoal_service::http::serve_maybe_tls(listeners.http, tls.server, app, shutdown.clone())
-            .await;
+    let admin_addr = admin.local_addr().map(|a| a.to_string());
+    info!(%addr, admin = admin_addr, origins = %config.origins.members().source, "build-index listening");
+    let served = tokio::try_join!(
+        shoal_service::http::serve_maybe_tls(
+            listeners.http,
+            tls.server.clone(),
+            app,
+            shutdown.clone()
+        ),
+        admin.serve(tls.server, shutdown.clone()),
+    );
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "build-index").await;

@@ -56,6 +56,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/repositories/{repo}/referrers/{digest}",
             get(list_referrers),
         )
+        .with_state(state)
+}
+
+/// Runs on demand: an admin route.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
         .route("/v1/retention", axum::routing::post(run_retention))
         .with_state(state)
 }

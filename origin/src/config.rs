@@ -23,6 +23,9 @@ pub struct OriginConfig {
     /// Address of the gRPC `Peer` service that seeds every blob in the store to agents. The
     /// trackers list it (as this origin's `peer` address) and hand it out as a seeder.
     pub peer_listen: SocketAddr,
+    /// Where the admin endpoints (the day-2 tools' routes) listen; absent, they are served on
+    /// `listen` beside the data endpoints.
+    pub admin_listen: Option<SocketAddr>,
     /// Holds the blob store (`store/`), the write-back queue (`writeback/`) and, in a ring, the
     /// queue of replica pushes not yet confirmed (`replication/`).
     pub data_dir: PathBuf,
@@ -48,6 +51,7 @@ impl Default for OriginConfig {
         OriginConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15100)),
             peer_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15101)),
+            admin_listen: None,
             data_dir: PathBuf::from("shoal-data/origin"),
             backend: BackendConfig::default(),
             backends: Vec::new(),

@@ -38,7 +38,7 @@ use shoal_core::Digest;
 use shoal_core::chain;
 use shoal_jobs::StatsCollector;
 use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, StoreSource};
-use shoal_service::http::{Access, with_access, with_readiness};
+use shoal_service::http::{Access, AdminListener, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, Readiness, TaskTracker};
@@ -229,15 +229,18 @@ pub async fn run(
         Faults::default(),
     ))
     .into_axum_router();
-    let app = shoal_service::http::with_common_routes(
-        with_readiness(
-            with_access(router(origin.clone()), ACCESS)
-                .merge(with_access(admin::router(origin.clone()), ACCESS))
-                .merge(with_access(gc_router(origin), Access::only(GC_CALLERS))),
-            readiness,
-        ),
-        registry.build(),
-    );
+    let (data, admin) = AdminListener::split(
+        config.admin_listen,
+        with_access(router(origin.clone()), ACCESS).merge(with_access(
+            gc_router(origin.clone()),
+            Access::only(GC_CALLERS),
+        )),
+        with_access(admin::router(origin), ACCESS),
+        &readiness,
+    )
+    .await?;
+    let app =
+        shoal_service::http::with_common_routes(with_readiness(data, readiness), registry.build());
     let peer_app = with_access(peer_app, Access::only(PIECE_CALLERS));
     let addr = listeners
         .http
@@ -247,7 +250,8 @@ pub async fn run(
         .peer
         .local_addr()
         .context("reading the peer listen address")?;
-    tracing::info!(%addr, %peer_addr, data_dir = %config.data_dir.display(), "origin serving");
+    let admin_addr = admin.local_addr().map(|a| a.to_string());
+    tracing::info!(%addr, %peer_addr, admin = admin_addr, data_dir = %config.data_dir.display(), "origin serving");
     let served = tokio::try_join!(
         async {
             shoal_service::http::serve_maybe_tls(
@@ -268,6 +272,12 @@ pub async fn run(
             )
             .await
             .context("serving the gRPC peer service")
+        },
+        async {
+            admin
+                .serve(tls.server.clone(), shutdown.clone())
+                .await
+                .context("serving the admin listener")
         },
     );
     // Stop the background tasks too when serving failed on its own.

@@ -67,16 +67,20 @@ impl IntoResponseParts for RouteLabel {
 /// and the fallback) in the metrics middleware. `app` must not define either path itself.
 pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
     let scrape = Arc::clone(&metrics);
-    app.route("/health", get(|| async { "ok" }))
-        // Liveness: the process serves requests. Readiness, where a component has one, is
-        // `/readyz` ([`with_readiness`]).
-        .route("/livez", get(|| async { "ok" }))
+    with_liveness(app)
         .route(
             "/metrics",
             get(move || async move { ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], scrape.encode()) }),
         )
         // `Router::layer` runs after routing, so `MatchedPath` is visible to the middleware.
         .layer(middleware::from_fn_with_state(metrics, record))
+}
+
+/// `/health` and `/livez`: the process serves requests. Readiness, where a component has one, is
+/// `/readyz` ([`with_readiness`]).
+fn with_liveness(app: Router) -> Router {
+    app.route("/health", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
 }
 
 /// Adds `GET /readyz` to `app`: 200 while `readiness` says the component can serve (its
@@ -158,6 +162,57 @@ pub async fn serve_maybe_tls(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     serve_with(listener, tls, app, ListenerLimits::default(), shutdown).await
+}
+
+/// A component's admin routes (the day-2 tools' endpoints: status, cache, GC and retention runs,
+/// the swarm view) on their own listener, when `admin_listen` is set: the data listener can then
+/// face the nodes while the admin one stays on a private network.
+pub struct AdminListener(Option<(TcpListener, Router, Readiness)>);
+
+impl AdminListener {
+    /// Binds `admin_listen` for `admin`, and returns what the data listener serves: `data`
+    /// alone, or `data` with `admin` merged in when no admin listener is configured. The admin
+    /// listener answers the component's `readiness` too.
+    pub async fn split(
+        admin_listen: Option<std::net::SocketAddr>,
+        data: Router,
+        admin: Router,
+        readiness: &Readiness,
+    ) -> io::Result<(Router, AdminListener)> {
+        match admin_listen {
+            None => Ok((data.merge(admin), AdminListener(None))),
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("binding admin_listen {addr}: {e}"))
+                })?;
+                Ok((
+                    data,
+                    AdminListener(Some((listener, admin, readiness.clone()))),
+                ))
+            }
+        }
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.0.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
+    }
+
+    /// Serves the admin routes, with `/health`, `/livez` and `/readyz` for the tools that check
+    /// them first and the component's TLS, until `shutdown`; returns at once without an admin listener.
+    pub async fn serve(
+        self,
+        tls: Option<ServerTls>,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
+        match self.0 {
+            Some((listener, admin, readiness)) => {
+                let admin = with_readiness(with_liveness(admin), readiness);
+                serve_maybe_tls(listener, tls, admin, shutdown).await
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Raises the process's soft limit on open files to its hard limit, once: a listener may hold

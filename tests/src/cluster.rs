@@ -120,6 +120,8 @@ pub struct ClusterOptions {
     pub build_index_overrides: Value,
     /// Deep-merged over the proxy's config, e.g. `{"auth": {…}}`.
     pub proxy_overrides: Value,
+    /// Deep-merged over the tracker's config.
+    pub tracker_overrides: Value,
     /// Deep-merged over every agent's config.
     pub agent_overrides: Value,
     /// Deep-merged over one agent's config (after `agent_overrides`), by agent index.
@@ -142,6 +144,7 @@ impl Default for ClusterOptions {
             origin_overrides: Value::Null,
             build_index_overrides: Value::Null,
             proxy_overrides: Value::Null,
+            tracker_overrides: Value::Null,
             agent_overrides: Value::Null,
             agent_overrides_by_index: BTreeMap::new(),
             tls: false,
@@ -237,12 +240,9 @@ impl Cluster {
         // (component, HTTP address, peer address, config)
         let mut planned = Vec::new();
         if let Some(tracker) = tracker {
-            planned.push((
-                Component::Tracker,
-                tracker,
-                None,
-                configs::tracker(tracker, &origin_addrs),
-            ));
+            let mut config = configs::tracker(tracker, &origin_addrs);
+            configs::merge(&mut config, options.tracker_overrides.clone());
+            planned.push((Component::Tracker, tracker, None, config));
         }
         for (i, &(http, peer)) in origin_addrs.iter().enumerate() {
             let data = origin_data_dir(dir.path(), i);

@@ -17,6 +17,9 @@ use shoal_service::tls::TlsConfig;
 pub struct TrackerConfig {
     /// Address of the gRPC `Tracker` service and of `/health` and `/metrics` (one port).
     pub listen: SocketAddr,
+    /// Where the admin endpoints (the day-2 tools' routes) listen; absent, they are served on
+    /// `listen` beside the data endpoints.
+    pub admin_listen: Option<SocketAddr>,
     /// The origin cluster, with each origin's peer address: `{http, peer}` pairs, or members
     /// (static or `dns`) with `peer_port`. Rendezvous hashing over the `http` addresses picks a
     /// digest's owners, the same ranking every component uses; owners whose `/health` fails are
@@ -52,6 +55,7 @@ impl Default for TrackerConfig {
     fn default() -> Self {
         TrackerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 15003)),
+            admin_listen: None,
             origins: OriginsConfig::listed(vec![OriginAddrs {
                 http: "127.0.0.1:15100".into(),
                 peer: "127.0.0.1:15101".into(),

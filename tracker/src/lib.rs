@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal_core::chain;
 use shoal_proto::v1::tracker_server::TrackerServer;
-use shoal_service::http::{Access, with_access, with_readiness};
+use shoal_service::http::{Access, AdminListener, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
 use shoal_service::{CancellationToken, MetricsBuilder, Readiness, TaskTracker};
@@ -190,10 +190,9 @@ pub async fn run(
     // Under mutual TLS, only agents and origins announce and ask for metainfo.
     let grpc = with_access(grpc, Access::only(Roles::of(&[Role::Agent, Role::Origin])));
     // The swarm view only reads: open to any caller, like `/metrics` (see `view`).
-    let app = shoal_service::http::with_common_routes(
-        with_readiness(grpc.merge(view), readiness),
-        registry.build(),
-    );
+    let (data, admin) = AdminListener::split(config.admin_listen, grpc, view, &readiness).await?;
+    let app =
+        shoal_service::http::with_common_routes(with_readiness(data, readiness), registry.build());
 
     let addr = listeners
         .grpc
@@ -203,10 +202,17 @@ pub async fn run(
         StoreConfig::Memory => "memory",
         StoreConfig::Redis { .. } => "redis",
     };
-    tracing::info!(%addr, origins = %config.origins.members().source, store, "tracker serving");
-    let served =
-        shoal_service::http::serve_maybe_tls(listeners.grpc, tls.server, app, shutdown.clone())
-            .await;
+    let admin_addr = admin.local_addr().map(|a| a.to_string());
+    tracing::info!(%addr, admin = admin_addr, origins = %config.origins.members().source, store, "tracker serving");
+    let served = tokio::try_join!(
+        shoal_service::http::serve_maybe_tls(
+            listeners.grpc,
+            tls.server.clone(),
+            app,
+            shutdown.clone()
+        ),
+        admin.serve(tls.server, shutdown.clone()),
+    );
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "tracker").await;

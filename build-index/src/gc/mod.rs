@@ -426,10 +426,17 @@ impl Collector {
 }
 
 /// `POST /v1/gc?dry_run=` and `DELETE /v1/blobs/{digest}`.
+/// The proxy's blob DELETE.
 pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
-        .route("/v1/gc", post(collect))
         .route("/v1/blobs/{digest}", delete(delete_blob))
+        .with_state(collector)
+}
+
+/// Runs on demand (`shoal gc`): an admin route.
+pub fn admin_router(collector: Arc<Collector>) -> Router {
+    Router::new()
+        .route("/v1/gc", post(collect))
         .with_state(collector)
 }
 
