@@ -80,12 +80,12 @@ async fn check(targets: &Targets) -> anyhow::Result<Vec<Row>> {
         .filter_map(|(component, addr)| Some((component, addr.as_ref()?)))
     {
         let endpoint = Endpoint::new(component, addr)?;
-        let state = health(&endpoint, "/health").await;
+        let state = ready(&endpoint).await;
         rows.push(Row { endpoint, state });
     }
     for addr in &targets.origins {
         let endpoint = Endpoint::new("origin", addr)?;
-        let state = match health(&endpoint, "/health").await {
+        let state = match ready(&endpoint).await {
             Ok(_) => origin(&endpoint).await,
             Err(error) => Err(error),
         };
@@ -93,18 +93,19 @@ async fn check(targets: &Targets) -> anyhow::Result<Vec<Row>> {
     }
     for addr in &targets.agents {
         let endpoint = Endpoint::new("agent", addr)?;
-        // Readiness: up means it can serve pulls (its tracker and build-index answer).
-        let state = health(&endpoint, "/readyz").await;
+        let state = ready(&endpoint).await;
         rows.push(Row { endpoint, state });
     }
     Ok(rows)
 }
 
-async fn health(endpoint: &Endpoint, path: &str) -> anyhow::Result<String> {
+/// Up means ready: `/readyz` answers 200, so what the component depends on answers too.
+async fn ready(endpoint: &Endpoint) -> anyhow::Result<String> {
+    const PATH: &str = "/readyz";
     let response = endpoint
-        .send(endpoint.request(reqwest::Method::GET, path))
+        .send(endpoint.request(reqwest::Method::GET, PATH))
         .await?;
-    endpoint.success(path, response).await?;
+    endpoint.success(PATH, response).await?;
     Ok(String::new())
 }
 
