@@ -192,15 +192,9 @@ pub async fn run(
         .context("reading the listener address")?;
     let admin_addr = admin.local_addr().map(|a| a.to_string());
     info!(%addr, admin = admin_addr, origins = %config.origins.members().source, "build-index listening");
-    let served = tokio::try_join!(
-        shoal_service::http::serve_maybe_tls(
-            listeners.http,
-            tls.server.clone(),
-            app,
-            shutdown.clone()
-        ),
-        admin.serve(tls.server, shutdown.clone()),
-    );
+    let served = admin
+        .serve_beside(listeners.http, tls.server, app, shutdown.clone())
+        .await;
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "build-index").await;

@@ -198,6 +198,22 @@ impl AdminListener {
         self.0.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
+    /// Serves `app` on the data `listener` and the admin routes beside it, both with `tls`,
+    /// until `shutdown`; the first listener to fail ends both.
+    pub async fn serve_beside(
+        self,
+        listener: TcpListener,
+        tls: Option<ServerTls>,
+        app: Router,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
+        tokio::try_join!(
+            serve_maybe_tls(listener, tls.clone(), app, shutdown.clone()),
+            self.serve(tls, shutdown),
+        )
+        .map(|_| ())
+    }
+
     /// Serves the admin routes, with `/health`, `/livez` and `/readyz` for the tools that check
     /// them first and the component's TLS, until `shutdown`; returns at once without an admin listener.
     pub async fn serve(

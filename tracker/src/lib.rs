@@ -204,15 +204,9 @@ pub async fn run(
     };
     let admin_addr = admin.local_addr().map(|a| a.to_string());
     tracing::info!(%addr, admin = admin_addr, origins = %config.origins.members().source, store, "tracker serving");
-    let served = tokio::try_join!(
-        shoal_service::http::serve_maybe_tls(
-            listeners.grpc,
-            tls.server.clone(),
-            app,
-            shutdown.clone()
-        ),
-        admin.serve(tls.server, shutdown.clone()),
-    );
+    let served = admin
+        .serve_beside(listeners.grpc, tls.server, app, shutdown.clone())
+        .await;
     // Stop the background tasks too when serving failed on its own.
     shutdown.cancel();
     shoal_service::shutdown::drain(&tasks, DRAIN_DEADLINE, "tracker").await;
