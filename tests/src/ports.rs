@@ -4,8 +4,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use anyhow::{Context, Result};
 
-/// A loopback address whose port was free a moment ago: bind port 0, read the port the kernel
-/// picked, release it. Something else may take the port before the component binds it; callers
+/// A loopback address whose port was free a moment ago: bind it, read it, release it. Something else may take the port before the component binds it; callers
 /// that start servers retry on a clash (see `Cluster::start`).
 pub fn free_loopback_addr() -> Result<SocketAddr> {
     Ok(free_loopback_addrs::<1>()?[0])
@@ -20,13 +19,31 @@ pub fn free_loopback_addrs<const N: usize>() -> Result<[SocketAddr; N]> {
 }
 
 /// `n` distinct free loopback addresses, for a number of components known only at run time.
+///
+/// Picked at random below the kernel's ephemeral range (32768-60999 by default): a component
+/// restarted on its port must find it free, and an outgoing connection of any process on the
+/// machine can take an ephemeral port in between, which a random pick below that range cannot
+/// be.
 pub fn free_loopback_addr_list(n: usize) -> Result<Vec<SocketAddr>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0"))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs = listeners
+    const PORTS: std::ops::Range<u16> = 20_000..32_768;
+    const ATTEMPTS: usize = 10_000;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..ATTEMPTS {
+        if listeners.len() == n {
+            break;
+        }
+        // Taken (by another test, or by a listener picked just before): try another.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rand::random_range(PORTS))) {
+            listeners.push(listener);
+        }
+    }
+    anyhow::ensure!(
+        listeners.len() == n,
+        "found {} of {n} free loopback ports in {PORTS:?}",
+        listeners.len()
+    );
+    listeners
         .iter()
         .map(|l| l.local_addr().context("reading the bound address"))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(addrs)
+        .collect()
 }
