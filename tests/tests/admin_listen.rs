@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use shoal_tests::cluster::Component;
 use shoal_tests::ports::free_loopback_addrs;
+use shoal_tests::tools::run_command;
 use shoal_tests::{Cluster, ClusterOptions, binaries};
 
 /// `method path` on `base`: its status, 404 for a gRPC answer (the tracker's data listener hands
@@ -109,11 +110,13 @@ async fn admin_routes_move_to_the_admin_listener() -> Result<()> {
             kept.is_success(),
             "GET {data_route} on the data listener: {kept}"
         );
-        let live = status(&http, Method::GET, &admin_base, "/livez").await?;
-        ensure!(
-            live.is_success(),
-            "GET /livez on the admin listener: {live}"
-        );
+        for probe in ["/livez", "/readyz"] {
+            let answer = status(&http, Method::GET, &admin_base, probe).await?;
+            ensure!(
+                answer.is_success(),
+                "GET {probe} on the admin listener: {answer}"
+            );
+        }
     }
 
     // The day-2 CLI against the admin addresses.
@@ -136,17 +139,11 @@ async fn admin_routes_move_to_the_admin_listener() -> Result<()> {
             &agent,
         ],
     ] {
-        let output = tokio::process::Command::new(binaries::path("shoal"))
-            .args(&command)
-            .kill_on_drop(true)
-            .output()
-            .await?;
-        ensure!(
-            output.status.success(),
-            "shoal {command:?} against the admin listeners: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let mut shoal = tokio::process::Command::new(binaries::path("shoal"));
+        shoal.args(&command);
+        run_command(shoal)
+            .await
+            .with_context(|| format!("shoal {command:?} against the admin listeners"))?;
     }
     Ok(())
 }
