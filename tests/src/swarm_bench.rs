@@ -514,14 +514,14 @@ async fn pulls(
 
 /// The machine's CPU time so far, in clock ticks: (busy, total) over all cores.
 #[derive(Debug, Clone, Copy)]
-struct CpuTimes {
+pub struct CpuTimes {
     busy: u64,
     total: u64,
 }
 
 impl CpuTimes {
     /// The busy share of the time between `earlier` and this reading.
-    fn busy_since(self, earlier: CpuTimes) -> f64 {
+    pub fn busy_since(self, earlier: CpuTimes) -> f64 {
         let total = self.total.saturating_sub(earlier.total);
         if total == 0 {
             return 0.0;
@@ -531,7 +531,7 @@ impl CpuTimes {
 }
 
 /// Reads the aggregate `cpu` line of /proc/stat; idle and iowait are the time not busy.
-fn cpu_times() -> Result<CpuTimes> {
+pub fn cpu_times() -> Result<CpuTimes> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     parse_cpu_line(&stat).context("no aggregate cpu line in /proc/stat")
 }

@@ -22,6 +22,7 @@ use shoal_proto::v1::tracker_client::TrackerClient;
 use shoal_proto::v1::{AnnounceRequest, PeerInfo, Progress};
 use shoal_tests::ports::free_loopback_addr;
 use shoal_tests::process::{Process, ProcessSpec, wait_until_ready};
+use shoal_tests::swarm_bench::cpu_times;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
@@ -143,19 +144,6 @@ fn usage(pid: u32) -> Result<(f64, f64)> {
         .trim_end_matches(" kB")
         .parse::<f64>()?;
     Ok((ticks / 100.0, hwm / 1024.0))
-}
-
-/// Busy and total jiffies of the whole machine.
-fn machine() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("cpu line")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let total: u64 = v.iter().sum();
-    Ok((total - v[3] - v[4], total))
 }
 
 struct Phase {
@@ -292,10 +280,10 @@ async fn run(args: &Args, store: Store) -> Result<String> {
         Some(r) => usage(r.pid().context("redis running")?)?.0,
         None => 0.0,
     };
-    let machine_before = machine()?;
+    let machine_before = cpu_times()?;
     let measured = u64::from(args.rate) * args.seconds;
     let phase = drive(args, &digests, &clients, pairs..pairs + measured, args.rate).await?;
-    let machine_after = machine()?;
+    let busy = cpu_times()?.busy_since(machine_before);
     let mut cpu = 0.0;
     let mut rss: f64 = 0.0;
     for &pid in &pids {
@@ -308,8 +296,6 @@ async fn run(args: &Args, store: Store) -> Result<String> {
         Some(r) => usage(r.pid().context("redis running")?)?.0 - redis_before,
         None => 0.0,
     };
-    let busy = (machine_after.0 - machine_before.0) as f64
-        / (machine_after.1 - machine_before.1).max(1) as f64;
     let secs = phase.elapsed.as_secs_f64();
     let achieved = (phase.sent - phase.failed) as f64 / secs;
     for tracker in &mut trackers {
