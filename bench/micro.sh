@@ -58,14 +58,16 @@ run_bench store
 # The TCP baseline is a benchmark in the same binary as the GetPiece loops.
 run_bench piece_exchange
 
-# Median throughput of one divan benchmark in MB/s: the line after the benchmark's name holds
-# throughputs in the columns fastest │ slowest │ median │ mean.
+# Median throughput of one divan benchmark (and argument, for benchmarks run over several) in
+# MB/s: the line after the benchmark's (or argument's) name holds throughputs in the columns
+# fastest │ slowest │ median │ mean.
 divan_mbps() {
-    awk -v name="$1" -F'│' '
-        # A "│" opens the line when more benchmarks follow in the tree: drop it, then re-split.
-        found { sub(/^[[:space:]]*│/, ""); $0 = $0; split($3, f, " "); scale = (f[2] == "GB/s") ? 1000 : (f[2] == "MB/s") ? 1 : (f[2] == "KB/s") ? 0.001 : 1e-6
+    awk -v name="$1" -v arg="${2:-}" -F'│' '
+        # Tree lines open with "│" when more benchmarks follow: drop those, then re-split.
+        found { sub(/^[[:space:]]*│/, ""); sub(/^[[:space:]]*│/, ""); $0 = $0; split($3, f, " "); scale = (f[2] == "GB/s") ? 1000 : (f[2] == "MB/s") ? 1 : (f[2] == "KB/s") ? 0.001 : 1e-6
                 printf "%.1f", f[1] * scale; exit }
-        $1 ~ ("─ " name " ") { found = 1 }
+        named && $0 ~ ("─ " arg " ") { found = 1 }
+        $0 ~ ("─ " name "([[:space:]]|$)") { if (arg == "") found = 1; else named = 1 }
     ' "$work/divan.txt"
 }
 
@@ -83,5 +85,9 @@ row "\`MetainfoBuilder\`: 256 MiB in 1 MiB updates (digest and piece values, one
 row "\`BlobStore\` upload: append 256 MiB + commit (verify, metainfo, fsync, rename)" "$(divan_mbps upload_append_commit)" "\`dd bs=1M conv=fsync\`, 256 MiB, same filesystem" "$dd_write"
 row "\`BlobFile::stream\`: 256 MiB committed blob (page cache)" "$(divan_mbps blob_file_stream)" "\`dd bs=1M\` read to /dev/null (page cache)" "$dd_read"
 row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 1 in flight" "$(divan_mbps get_piece_serial)" "raw TCP loopback copy of 64 MiB" "$tcp"
-row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, 2 in flight (\`pipeline\`)" "$(divan_mbps get_piece_pipelined)" "raw TCP loopback copy of 64 MiB" "$tcp"
-row "the same, 2 in flight, over mutual TLS (origin and agent certificates of one CA)" "$(divan_mbps get_piece_pipelined_mtls)" "raw TCP loopback copy of 64 MiB" "$tcp"
+for depth in 2 4 8; do
+    row "gRPC \`GetPiece\` loop, 64 MiB in 256 KiB pieces, $depth in flight" "$(divan_mbps get_piece_pipelined "$depth")" "raw TCP loopback copy of 64 MiB" "$tcp"
+done
+for depth in 2 4; do
+    row "the same, $depth in flight, over mutual TLS (origin and agent certificates of one CA)" "$(divan_mbps get_piece_pipelined_mtls "$depth")" "raw TCP loopback copy of 64 MiB" "$tcp"
+done

@@ -61,8 +61,8 @@ struct Args {
     #[arg(long, default_value_t = SchedulerConfig::default().max_peers)]
     max_peers: usize,
     /// Scheduler: piece requests in flight per peer.
-    #[arg(long, default_value_t = SchedulerConfig::default().pipeline)]
-    pipeline: usize,
+    #[arg(long, default_value_t = SchedulerConfig::default().max_pipeline)]
+    max_pipeline: usize,
     /// Scheduler: endgame starts with this many pieces missing.
     #[arg(long, default_value_t = SchedulerConfig::default().endgame_pieces)]
     endgame_pieces: usize,
@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<ExitCode> {
         },
         scheduler: SchedulerConfig {
             max_peers: args.max_peers,
-            pipeline: args.pipeline,
+            max_pipeline: args.max_pipeline,
             endgame_pieces: args.endgame_pieces,
             max_failures: args.max_failures,
             piece_timeout: args.piece_timeout,

@@ -275,7 +275,10 @@ impl Swarm {
                     .retain(|&(_, _, f)| f != flow);
                 let newly = !self.have(receiver).get(piece);
                 let peer = self.ids[sender as usize].clone();
-                self.send(receiver, Event::PieceDone { peer, piece });
+                // The model folds the request's trip into the delivery's latency, so a
+                // request's answer is one latency: the gap a pipe one request deep leaves.
+                let rtt = self.config.latency;
+                self.send(receiver, Event::PieceDone { peer, piece, rtt });
                 if newly {
                     self.queue.push(
                         now + self.latency,

@@ -86,9 +86,10 @@ fn a_lone_agent_downloads_from_one_origin_at_its_link_rate() {
 fn latency_costs_a_lone_agent_one_latency_per_pipeline_round() {
     // 191 pieces of 256 KiB, 4 in flight sharing the link finish together every ~10.5 ms; the
     // link then idles for the 1 ms the PieceDone takes (the model folds the request's own trip
-    // into it) before the next requests' bytes flow.
+    // into it) before the next requests' bytes flow. A 1 ms answer is 40 % of a piece, so the
+    // depth goes to its bound of 4 once measured (two rounds of 2 before that).
     let mut config = lone(Duration::from_millis(1));
-    config.scheduler.pipeline = 4;
+    config.scheduler.max_pipeline = 4;
     let report = simulate(config).expect("valid config");
     let seconds = report.seconds.expect("it completes").max;
     let rounds = 191.0_f64 / 4.0;

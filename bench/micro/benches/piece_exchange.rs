@@ -1,8 +1,8 @@
 //! The gRPC piece exchange: one `peer_service` (over a `StoreSource`, served as origins and
 //! agents serve it: an axum router through `shoal_service::http::serve`) on loopback serving
 //! every piece of a 64 MiB blob to a GetPiece loop of the agents' own client
-//! (`shoal_p2p::get_piece`), one request at a time and with the scheduler's default pipeline in
-//! flight, over the channel agents use (`shoal_p2p::peer_channel`), and pipelined again over
+//! (`shoal_p2p::get_piece`), one request at a time and with 2, 4 and 8 in flight (the scheduler's
+//! depth adapts per peer between 1 and `max_pipeline`), over the channel agents use (`shoal_p2p::peer_channel`), and pipelined again over
 //! mutual TLS (an origin's certificate served, an agent's presented, as a cluster with `tls.ca`
 //! runs). The baseline, in the same binary: the same number of bytes copied over a plain TCP
 //! loopback socket.
@@ -179,14 +179,16 @@ fn get_piece_serial(bencher: Bencher) {
     get_all_pieces(bencher, 1, false);
 }
 
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn get_piece_pipelined(bencher: Bencher) {
-    get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline, false);
+/// Requests in flight: the scheduler's depth before it has measured a peer (2), and deeper
+/// pipes it reaches for a lone fast peer whose answers take longer than a piece.
+#[divan::bench(args = [2, 4, 8], sample_count = 10, sample_size = 1)]
+fn get_piece_pipelined(bencher: Bencher, depth: usize) {
+    get_all_pieces(bencher, depth, false);
 }
 
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn get_piece_pipelined_mtls(bencher: Bencher) {
-    get_all_pieces(bencher, P2pConfig::default().scheduler.pipeline, true);
+#[divan::bench(args = [2, 4], sample_count = 10, sample_size = 1)]
+fn get_piece_pipelined_mtls(bencher: Bencher, depth: usize) {
+    get_all_pieces(bencher, depth, true);
 }
 
 /// The baseline: a server writes the blob's bytes down a fresh loopback connection per sample,

@@ -291,7 +291,7 @@ impl Driver {
                 if let Event::PieceDone { .. } = &event {
                     self.last_progress = Instant::now();
                 }
-                if let Event::PieceDone { peer, piece }
+                if let Event::PieceDone { peer, piece, .. }
                 | Event::PieceCorrupt { peer, piece }
                 | Event::PieceFailed { peer, piece } = &event
                 {

@@ -4,7 +4,7 @@
 //! task reports to the download's driver as scheduler events.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_client::PeerClient;
@@ -175,7 +175,8 @@ pub(crate) struct PieceFetch {
 
 /// How a piece request ended.
 enum Outcome {
-    Done,
+    /// Verified and written; the request was answered after this long.
+    Done(Duration),
     /// The bytes were not the piece (hash, length or framing): the peer is bad.
     Corrupt(String),
     /// Transport error, or the peer lacks the piece.
@@ -188,7 +189,7 @@ impl PieceFetch {
     pub(crate) async fn run(self) {
         let (peer, piece) = (self.peer.clone(), self.piece);
         let event = match self.fetch().await {
-            Outcome::Done => Event::PieceDone { peer, piece },
+            Outcome::Done(rtt) => Event::PieceDone { peer, piece, rtt },
             Outcome::Corrupt(reason) => {
                 tracing::warn!(digest = %self.partial.metainfo().digest(), %peer, piece, %reason, "rejected a bad piece");
                 self.shared.metrics.pieces_rejected.inc();
@@ -222,11 +223,15 @@ impl PieceFetch {
             index: self.piece,
             peer_id: self.shared.identity.peer_id.to_string(),
         };
+        let sent = Instant::now();
         let mut stream = match wire::get_piece(channel, &request, length).await {
             Ok(stream) => stream,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
             Err(status) => return Outcome::Failed(status.to_string()),
         };
+        // The answer's headers come before any of the piece's bytes: this is the round trip
+        // (and the peer's time to start serving) that the scheduler's depth covers.
+        let rtt = sent.elapsed();
         // The chunks are slices of the frames HTTP/2 received; the store hashes and writes them
         // as they are.
         let mut chunks = Vec::new();
@@ -259,7 +264,7 @@ impl PieceFetch {
                     self.shared.metrics.pieces_received.inc();
                     self.received.piece(self.origin);
                 }
-                Outcome::Done
+                Outcome::Done(rtt)
             }
             Err(e @ StoreError::PieceMismatch { .. }) => Outcome::Corrupt(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),

@@ -7,10 +7,11 @@
 //! Policy: connect to discovered agents up to `max_peers`; an origin is connected (possibly one
 //! connection beyond the cap) only as the last resort — once no agent connection has been
 //! pending for less than a short grace (a hung peer's handshake never holds it up) and either fewer than two connected agents hold pieces we miss, or some missing piece is held by
-//! no connected agent. An origin gets the full pipeline only while it is our only peer; beside
+//! no connected agent. An origin gets its full depth only while it is our only peer; beside
 //! any agent (a swarm, even one where nobody holds anything yet) it gets one request at a time,
 //! and while two or more agents are useful, only pieces no agent holds. Pieces are requested rarest first (seeded
-//! random tie-break), up to `pipeline` per peer, never twice except in endgame (at most
+//! random tie-break), up to each peer's depth (as many requests as cover a round trip at the
+//! rate the peer delivers, at most `max_pipeline`; `depth.rs`), never twice except in endgame (at most
 //! `endgame_pieces` missing), where idle peers duplicate in-flight requests and the losers are
 //! cancelled. A corrupt piece blacklists its sender; failures and timeouts re-issue the piece
 //! elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
@@ -19,12 +20,13 @@
 //! each busy answer in a row. At the cap, each tick swaps one connected agent that has nothing
 //! for us for a waiting candidate. An agent we could not connect to is shunned for a while.
 //!
-//! Cost per event: a delivered piece costs O(max_peers + pipeline × log pieces); Tick, failures
-//! and departures refill every peer, O(max_peers × pipeline × log pieces) when peers hold most
+//! Cost per event: a delivered piece costs O(max_peers + max_pipeline × log pieces); Tick, failures
+//! and departures refill every peer, O(max_peers × max_pipeline × log pieces) when peers hold most
 //! pieces; a connect or departure adds O(pieces the peer holds). A peer with free slots whose
 //! pieces are all in flight elsewhere can cost a scan of the unrequested pieces
 //! (O(pieces / 8) for sparse peers). Nothing is O(pieces × peers).
 
+mod depth;
 mod peers;
 mod pieces;
 #[cfg(test)]
@@ -49,7 +51,7 @@ use pieces::{Order, Pieces};
 /// each filling a full pipeline at the origin put `pipeline` × N pieces in its queue before any
 /// of them can serve another: the first round then takes `pipeline` times longer, and past a
 /// few thousand agents outlasts `piece_timeout` (docs/BENCHMARKS.md, the piece-timeout cliff).
-/// An origin alone still gets the full pipeline.
+/// An origin alone still gets its full depth.
 const ORIGIN_PIPELINE_BESIDE_AGENTS: usize = 1;
 /// How long a pending agent connection may hold up the decision to connect an origin (checked
 /// at the engine's 250 ms ticks, so the first tick after a connect already decides). A healthy
@@ -72,8 +74,9 @@ const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(4);
 pub struct SchedulerConfig {
     /// Connections per blob (origins may add one beyond it as the last resort).
     pub max_peers: usize,
-    /// Piece requests in flight per peer.
-    pub pipeline: usize,
+    /// Most piece requests in flight per peer. Each peer gets as many as cover a request's
+    /// round trip at the rate it delivers (two until measured), within this bound.
+    pub max_pipeline: usize,
     /// A request older than this is failed, cancelled and re-issued.
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
@@ -98,9 +101,11 @@ impl Default for SchedulerConfig {
             // peers of 4 requests left p99 at 2.8× S/B for 1,000 agents, 48 of 2 bring it to
             // 1.6× and cut origin egress by 4×.
             max_peers: 48,
-            // Pieces are MiBs: two in flight keep a peer's link busy across a round trip, and
-            // spreading the rest over more peers beats queueing them at one.
-            pipeline: 2,
+            // The depth adapts per peer (`depth.rs`): a crowded seeder gets one request, a
+            // lone fast one as many as its round trip needs. Eight cover a round trip of seven
+            // pieces' time (4 MiB pieces at 1 GB/s: 28 ms), and stay well inside a peer's 32
+            // upload slots.
+            max_pipeline: 8,
             // A piece of up to 16 MiB at a slow-but-healthy 2 MiB/s takes ~8 s; 15 s only fails
             // peers that are stuck, not ones that are busy.
             piece_timeout: Duration::from_secs(15),
@@ -132,7 +137,7 @@ impl SchedulerConfig {
     pub fn validate(&self) -> Result<(), SchedulerConfigError> {
         let zero = [
             ("max_peers", self.max_peers == 0),
-            ("pipeline", self.pipeline == 0),
+            ("max_pipeline", self.max_pipeline == 0),
             ("piece_timeout", self.piece_timeout.is_zero()),
             ("max_failures", self.max_failures == 0),
             ("busy_backoff", self.busy_backoff.is_zero()),
@@ -171,10 +176,13 @@ pub enum Event {
     Disconnected {
         peer: PeerId,
     },
-    /// A piece arrived, was verified and written.
+    /// A piece arrived, was verified and written. `rtt` is how long its request took to be
+    /// answered (the response's headers, before any of its bytes): the round trip plus the
+    /// peer's time to start serving, which sets how many requests keep the peer busy.
     PieceDone {
         peer: PeerId,
         piece: u32,
+        rtt: Duration,
     },
     /// A piece failed its hash check: the peer is blacklisted.
     PieceCorrupt {
@@ -296,7 +304,9 @@ impl Scheduler {
                 self.candidates.forget(&peer);
                 self.fill_all(now_ms, &mut out);
             }
-            Event::PieceDone { peer, piece } => self.on_piece_done(now_ms, &peer, piece, &mut out),
+            Event::PieceDone { peer, piece, rtt } => {
+                self.on_piece_done(now_ms, &peer, piece, rtt, &mut out)
+            }
             Event::PieceCorrupt { peer, .. } => self.on_corrupt(now_ms, peer, &mut out),
             Event::PieceFailed { peer, piece } => {
                 if let Some(slot) = self.peers.slot(&peer) {
@@ -367,6 +377,7 @@ impl Scheduler {
             busy_until: 0,
             busy_streak: 0,
             useful,
+            depth: Default::default(),
         });
         self.fill(now_ms, slot, out);
     }
@@ -393,10 +404,19 @@ impl Scheduler {
         self.fill(now_ms, slot, out);
     }
 
-    fn on_piece_done(&mut self, now_ms: u64, id: &PeerId, piece: u32, out: &mut Vec<Action>) {
+    fn on_piece_done(
+        &mut self,
+        now_ms: u64,
+        id: &PeerId,
+        piece: u32,
+        rtt: Duration,
+        out: &mut Vec<Action>,
+    ) {
         let deliverer = self.peers.slot(id);
         if let Some(peer) = deliverer.and_then(|slot| self.peers.get_mut(slot)) {
-            peer.take_request(piece);
+            if peer.take_request(now_ms, piece) {
+                peer.depth.delivered(now_ms, rtt);
+            }
             peer.failures = 0;
             peer.busy_streak = 0;
         }
@@ -413,7 +433,7 @@ impl Scheduler {
                 continue;
             }
             if let Some(peer) = self.peers.get_mut(slot)
-                && peer.take_request(piece)
+                && peer.take_request(now_ms, piece)
             {
                 out.push(Action::Cancel {
                     peer: peer.id.clone(),
@@ -461,7 +481,7 @@ impl Scheduler {
         let Some(peer) = self.peers.get_mut(slot) else {
             return;
         };
-        if !peer.take_request(piece) {
+        if !peer.take_request(now_ms, piece) {
             return;
         }
         let backoff = base
@@ -549,7 +569,7 @@ impl Scheduler {
         let Some(peer) = self.peers.get_mut(slot) else {
             return;
         };
-        if !peer.take_request(piece) {
+        if !peer.take_request(now_ms, piece) {
             return;
         }
         peer.failures += 1;
@@ -616,7 +636,7 @@ impl Scheduler {
         let depth = if origin && beside_agents {
             ORIGIN_PIPELINE_BESIDE_AGENTS
         } else {
-            self.config.pipeline
+            peer.depth.target(self.config.max_pipeline)
         };
         let want = depth.saturating_sub(peer.inflight.len());
         if want == 0 {
@@ -643,7 +663,7 @@ impl Scheduler {
             return;
         };
         for piece in picks {
-            peer.inflight.push((piece, now_ms));
+            peer.add_request(now_ms, piece);
             self.pieces.request(piece, slot);
             out.push(Action::Request {
                 peer: peer.id.clone(),

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use shoal_core::{Bitfield, PeerId};
 
 use super::PeerCandidate;
+use super::depth::Depth;
 
 /// Index of a connected peer in [`Peers`]; stable while the peer stays connected.
 pub(super) type Slot = usize;
@@ -30,6 +31,8 @@ pub(super) struct Peer {
     pub(super) busy_streak: u32,
     /// Pieces it holds (and is not avoided for) that we are missing.
     pub(super) useful: u32,
+    /// How many requests keep this peer busy.
+    pub(super) depth: Depth,
 }
 
 impl Peer {
@@ -38,11 +41,21 @@ impl Peer {
         self.bitfield.get(piece) && !self.avoid.contains_key(&piece)
     }
 
-    /// Forgets the request for `piece`; true when there was one.
-    pub(super) fn take_request(&mut self, piece: u32) -> bool {
+    /// Records a request for `piece` sent at `now_ms`.
+    pub(super) fn add_request(&mut self, now_ms: u64, piece: u32) {
+        self.depth.sent(now_ms, self.inflight.len());
+        self.inflight.push((piece, now_ms));
+    }
+
+    /// Forgets the request for `piece`, ended at `now_ms`; true when there was one.
+    pub(super) fn take_request(&mut self, now_ms: u64, piece: u32) -> bool {
         let before = self.inflight.len();
         self.inflight.retain(|&(p, _)| p != piece);
-        self.inflight.len() != before
+        let taken = self.inflight.len() != before;
+        if taken {
+            self.depth.ended(now_ms, self.inflight.len());
+        }
+        taken
     }
 }
 

@@ -245,7 +245,11 @@ impl Sim {
         let event = match sim_peer.behaviour {
             Behaviour::Corrupt => Event::PieceCorrupt { peer, piece },
             Behaviour::Flaky if sim_peer.answered % 2 == 1 => Event::PieceFailed { peer, piece },
-            _ => Event::PieceDone { peer, piece },
+            _ => Event::PieceDone {
+                peer,
+                piece,
+                rtt: Duration::ZERO,
+            },
         };
         self.send(event);
     }

@@ -150,7 +150,14 @@ impl Swarm {
                     .as_ref()
                     .is_some_and(|scheduler| !scheduler.have().get(piece));
                 let peer = self.nodes[server].id.clone();
-                self.send(at, Event::PieceDone { peer, piece });
+                self.send(
+                    at,
+                    Event::PieceDone {
+                        peer,
+                        piece,
+                        rtt: Duration::ZERO,
+                    },
+                );
                 if was_missing {
                     let id = self.nodes[at].id.clone();
                     for &subscriber in &self.nodes[at].subscribers {

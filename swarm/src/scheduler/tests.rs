@@ -1,19 +1,28 @@
 //! Scheduler tests driven through the [`Sim`] harness (which checks the policy's invariants on
 //! every action) or, where exact action lists matter, through `handle` directly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
 use super::sim::{Behaviour, Sim, bits, id};
 use super::*;
 
-/// The small swarms below are worked out for 8 peers of 4 requests each, whatever the defaults.
+/// The small swarms below are worked out for 8 peers of at most 4 requests each, whatever the
+/// defaults.
 fn config() -> SchedulerConfig {
     SchedulerConfig {
         max_peers: 8,
-        pipeline: 4,
+        max_pipeline: 4,
         ..SchedulerConfig::default()
+    }
+}
+
+/// Room for the measured depth to grow past what the tests ask of it.
+fn config_deep() -> SchedulerConfig {
+    SchedulerConfig {
+        max_pipeline: 16,
+        ..config()
     }
 }
 
@@ -55,7 +64,7 @@ fn a_complete_download_completes_on_its_first_event() {
 #[test]
 fn the_rarest_piece_is_requested_first() {
     let config = SchedulerConfig {
-        pipeline: 1,
+        max_pipeline: 1,
         ..config()
     };
     let mut sim = Sim::new(10, Bitfield::new(10), config, 4);
@@ -96,18 +105,18 @@ fn ties_are_broken_by_the_seed() {
 }
 
 #[test]
-fn pipeline_limits_requests_per_peer() {
+fn an_unmeasured_peer_gets_the_initial_depth() {
     let mut sim = Sim::new(30, Bitfield::new(30), config(), 5);
     sim.peer("a", Bitfield::full(30), false, Behaviour::Silent);
     sim.discover();
     sim.step();
-    assert_eq!(sim.requests_to("a").len(), 4);
+    assert_eq!(sim.requests_to("a").len(), depth::INITIAL_DEPTH);
 }
 
 #[test]
 fn endgame_duplicates_requests_then_cancels_the_losers() {
     let config = SchedulerConfig {
-        pipeline: 2,
+        max_pipeline: 2,
         ..config()
     };
     let mut sim = Sim::new(12, Bitfield::new(12), config, 6);
@@ -210,7 +219,7 @@ fn a_blacklisted_peer_is_reconnected_only_after_expiry() {
 #[test]
 fn a_timed_out_request_is_cancelled_and_reissued_to_another_peer() {
     let config = SchedulerConfig {
-        pipeline: 1,
+        max_pipeline: 1,
         endgame_pieces: 0,
         ..config()
     };
@@ -276,6 +285,7 @@ fn a_timed_out_request_is_cancelled_and_reissued_to_another_peer() {
             Event::PieceDone {
                 peer: fast.clone(),
                 piece: other,
+                rtt: Duration::ZERO,
             },
         ),
         vec![Action::Request {
@@ -311,8 +321,14 @@ fn consecutive_failures_drop_the_peer() {
     sim.discover();
     sim.step();
     sim.step();
-    for (peer, piece) in sim.pending.clone() {
-        if peer.as_str() == "broken" {
+    // Each failure frees a request the broken peer is given again, until the third in a row.
+    for _ in 0..config().max_failures {
+        let broken = sim
+            .pending
+            .iter()
+            .position(|(peer, _)| peer.as_str() == "broken");
+        if let Some(at) = broken {
+            let (peer, piece) = sim.pending.remove(at);
             sim.send(Event::PieceFailed { peer, piece });
         }
     }
@@ -341,7 +357,7 @@ fn a_disconnected_peers_requests_are_reissued() {
         .filter(|(peer, _)| peer.as_str() == "a")
         .map(|&(_, piece)| piece)
         .collect();
-    assert_eq!(lost.len(), 4);
+    assert_eq!(lost.len(), depth::INITIAL_DEPTH);
     sim.remove_peer("a");
     sim.send(Event::Disconnected { peer: id("a") });
     assert!(sim.run(1_000));
@@ -377,7 +393,10 @@ fn unexpected_connections_are_closed_and_repeats_ignored() {
         peer: known.clone(),
         bitfield: Bitfield::full(4),
     };
-    assert_eq!(scheduler.handle(2, connected.clone()).len(), 4);
+    assert_eq!(
+        scheduler.handle(2, connected.clone()).len(),
+        depth::INITIAL_DEPTH
+    );
     assert_eq!(scheduler.handle(3, connected), vec![]);
     let mut fresh = Scheduler::new(4, Bitfield::new(4), config(), 19);
     fresh.handle(
@@ -501,21 +520,25 @@ fn the_same_seed_gives_the_same_run() {
 #[test]
 fn config_reads_human_durations_and_rejects_unknown_fields() {
     let config: SchedulerConfig =
-        serde_json::from_str(r#"{"piece_timeout": "2s", "blacklist": "5m", "pipeline": 8}"#)
+        serde_json::from_str(r#"{"piece_timeout": "2s", "blacklist": "5m", "max_pipeline": 4}"#)
             .expect("valid config");
     assert_eq!(config.piece_timeout, Duration::from_secs(2));
     assert_eq!(config.blacklist, Duration::from_secs(300));
-    assert_eq!(config.pipeline, 8);
+    assert_eq!(config.max_pipeline, 4);
     assert_eq!(config.max_peers, SchedulerConfig::default().max_peers);
     assert!(serde_json::from_str::<SchedulerConfig>(r#"{"piece_timeout_ms": 5}"#).is_err());
+    // The fixed depth it replaced is refused by name, not silently ignored.
+    assert!(serde_json::from_str::<SchedulerConfig>(r#"{"pipeline": 2}"#).is_err());
     assert_eq!(SchedulerConfig::default().validate(), Ok(()));
     let zero = SchedulerConfig {
-        pipeline: 0,
+        max_pipeline: 0,
         ..config
     };
     assert_eq!(
         zero.validate(),
-        Err(SchedulerConfigError::Zero { field: "pipeline" })
+        Err(SchedulerConfigError::Zero {
+            field: "max_pipeline"
+        })
     );
 }
 
@@ -639,7 +662,7 @@ fn requested(actions: &[Action], to: &PeerId) -> Vec<u32> {
 #[test]
 fn a_busy_peer_rests_for_its_back_off_and_is_never_dropped_for_it() {
     let config = SchedulerConfig {
-        pipeline: 1,
+        max_pipeline: 1,
         endgame_pieces: 0,
         ..config()
     };
@@ -689,6 +712,7 @@ fn a_busy_peer_rests_for_its_back_off_and_is_never_dropped_for_it() {
         Event::PieceDone {
             peer: origin.clone(),
             piece: asked,
+            rtt: Duration::ZERO,
         },
     );
     let next = requested(&scheduler.handle(now, Event::Tick), &origin);
@@ -710,7 +734,7 @@ fn a_busy_peer_rests_for_its_back_off_and_is_never_dropped_for_it() {
 #[test]
 fn a_busy_answer_sends_the_piece_to_another_holder_at_once() {
     let config = SchedulerConfig {
-        pipeline: 1,
+        max_pipeline: 1,
         endgame_pieces: 0,
         ..config()
     };
@@ -730,6 +754,7 @@ fn a_busy_answer_sends_the_piece_to_another_holder_at_once() {
         Event::PieceDone {
             peer: b.clone(),
             piece: other,
+            rtt: Duration::ZERO,
         },
     );
     let out = scheduler.handle(
@@ -778,7 +803,7 @@ fn an_origin_beside_agents_gets_one_request_even_before_any_agent_is_useful() {
     // Alone, an origin gets the full pipeline.
     let mut alone = Scheduler::new(16, Bitfield::new(16), config(), 22);
     let out = connect(&mut alone, 0, &id("origin"), true, 16);
-    assert_eq!(requested(&out, &id("origin")).len(), config().pipeline);
+    assert_eq!(requested(&out, &id("origin")).len(), depth::INITIAL_DEPTH);
 }
 
 fn connects(actions: &[Action]) -> Vec<PeerId> {
@@ -827,7 +852,11 @@ fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
             bitfield: Bitfield::full(16),
         },
     );
-    assert_eq!(requested(&out, &origin).len(), config().pipeline, "{out:?}");
+    assert_eq!(
+        requested(&out, &origin).len(),
+        depth::INITIAL_DEPTH,
+        "{out:?}"
+    );
 
     // The handshakes time out; the hung agents are not tried again when the tracker hands
     // them out once more, and their slots (all but the origin's) go to the ones not tried yet.
@@ -853,15 +882,16 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
     let mut lone = Scheduler::new(64, Bitfield::new(64), config(), 24);
     let origin = id("origin");
     let out = connect(&mut lone, 0, &origin, true, 64);
-    assert_eq!(requested(&out, &origin), vec![0, 1, 2, 3]);
+    assert_eq!(requested(&out, &origin), vec![0, 1]);
     let out = lone.handle(
         5,
         Event::PieceDone {
             peer: origin.clone(),
             piece: 1,
+            rtt: Duration::ZERO,
         },
     );
-    assert_eq!(requested(&out, &origin), vec![4]);
+    assert_eq!(requested(&out, &origin), vec![2]);
 
     // Beside other downloaders: rarest first, random among equals.
     let mut swarm = Scheduler::new(64, Bitfield::new(64), config(), 24);
@@ -887,7 +917,7 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
         },
     );
     let from_a = requested(&out, &a);
-    assert_eq!(from_a.len(), 4, "{out:?}");
+    assert_eq!(from_a.len(), depth::INITIAL_DEPTH, "{out:?}");
     assert_ne!(
         from_a,
         vec![0, 1, 2, 3],
@@ -902,9 +932,108 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
     );
     // Pieces 48..64 have one holder (b); 16..48 have two.
     let from_b = requested(&out, &b);
-    assert_eq!(from_b.len(), 4, "{out:?}");
+    assert_eq!(from_b.len(), depth::INITIAL_DEPTH, "{out:?}");
     assert!(
         from_b.iter().all(|piece| (48..64).contains(piece)),
         "{from_b:?}"
     );
+}
+
+/// Delivers the oldest request in flight at `peer` every `piece_ms`, each answered after
+/// `rtt`, for `until_ms`; returns the requests in flight at each delivery and the pieces asked
+/// for, in order.
+fn deliver_steadily(
+    scheduler: &mut Scheduler,
+    peer: &PeerId,
+    first: Vec<Action>,
+    piece_ms: u64,
+    rtt: Duration,
+    until_ms: u64,
+) -> (Vec<usize>, Vec<u32>) {
+    let mut inflight: VecDeque<u32> = requested(&first, peer).into();
+    let mut asked: Vec<u32> = inflight.iter().copied().collect();
+    let mut depths = Vec::new();
+    let mut now = 0;
+    while now < until_ms {
+        now += piece_ms;
+        let Some(piece) = inflight.pop_front() else {
+            break;
+        };
+        let out = scheduler.handle(
+            now,
+            Event::PieceDone {
+                peer: peer.clone(),
+                piece,
+                rtt,
+            },
+        );
+        let more = requested(&out, peer);
+        asked.extend(&more);
+        inflight.extend(more);
+        depths.push(inflight.len());
+    }
+    (depths, asked)
+}
+
+#[test]
+fn a_lone_agent_keeps_its_pipe_full_as_the_round_trip_grows() {
+    // A piece every 2 ms from the origin, each request answered after 0.4 ms: with fewer than
+    // four asked together the origin idles more than 5 % of the time between rounds.
+    let mut lone = Scheduler::new(4096, Bitfield::new(4096), config_deep(), 25);
+    let origin = id("origin");
+    let first = connect(&mut lone, 0, &origin, true, 4096);
+    assert_eq!(requested(&first, &origin).len(), depth::INITIAL_DEPTH);
+    let (depths, asked) = deliver_steadily(
+        &mut lone,
+        &origin,
+        first,
+        2,
+        Duration::from_micros(400),
+        1_000,
+    );
+    // Once measured (a 50 ms window), the pipe holds four and stays there.
+    assert!(depths[40..].iter().all(|&depth| depth == 4), "{depths:?}");
+    // Still in order: a client streaming the blob reads it as it lands.
+    assert!(asked.windows(2).all(|pair| pair[1] == pair[0] + 1));
+}
+
+#[test]
+fn in_a_crowd_each_slow_peer_gets_one_request_and_requests_spread() {
+    // Eight seeders each delivering a piece every 2 s within a 1 ms answer: one request at
+    // each is enough, so the download's requests sit at eight peers, not two at four.
+    let mut scheduler = Scheduler::new(256, Bitfield::new(256), config_deep(), 26);
+    let seeders: Vec<PeerId> = (0..8).map(|i| id(&format!("seeder-{i}"))).collect();
+    let mut inflight: Vec<(PeerId, u32)> = Vec::new();
+    for seeder in &seeders {
+        let out = connect(&mut scheduler, 0, seeder, false, 256);
+        inflight.extend(
+            requested(&out, seeder)
+                .into_iter()
+                .map(|p| (seeder.clone(), p)),
+        );
+    }
+    for round in 1..=5u64 {
+        let now = round * 2_000;
+        for (peer, piece) in std::mem::take(&mut inflight) {
+            let out = scheduler.handle(
+                now,
+                Event::PieceDone {
+                    peer: peer.clone(),
+                    piece,
+                    rtt: Duration::from_millis(1),
+                },
+            );
+            for seeder in &seeders {
+                inflight.extend(
+                    requested(&out, seeder)
+                        .into_iter()
+                        .map(|p| (seeder.clone(), p)),
+                );
+            }
+        }
+    }
+    for seeder in &seeders {
+        let at = inflight.iter().filter(|(peer, _)| peer == seeder).count();
+        assert_eq!(at, 1, "{seeder}: {inflight:?}");
+    }
 }
