@@ -30,6 +30,9 @@ pub struct TrackerModel {
     pub announce_interval: Duration,
     /// Origins owning the blob (the tracker's `replicas`, default 3); only owners are handed out.
     pub replicas: u32,
+    /// How long the tracker keeps handing out an agent after its last announce (the tracker's
+    /// `peer_ttl`, default 30 s): a departed agent is handed out until then.
+    pub peer_ttl: Duration,
 }
 
 impl Default for TrackerModel {
@@ -39,7 +42,37 @@ impl Default for TrackerModel {
             handout_limit: 30,
             announce_interval: Duration::from_secs(3),
             replicas: 3,
+            peer_ttl: Duration::from_secs(30),
         }
+    }
+}
+
+/// Agents and origins coming and going during a run. Shares are of `peers`, rounded to whole
+/// agents, and drawn from their own seeded generator; all zero (the default) is a run without
+/// churn.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Churn {
+    /// Share of agents that leave mid-download: each leaves (its process exits) once it has
+    /// verified a uniformly random number of pieces between 1 and all but one.
+    pub leave_downloading: f64,
+    /// Share of the other agents that leave as soon as they complete, never seeding.
+    pub leave_complete: f64,
+    /// Share of agents that join late: uniformly within `late_window` after the start (instead
+    /// of within `arrival_spread`). Drawn independently of the leavers.
+    pub late_join: f64,
+    pub late_window: Duration,
+    /// Origin 0 stops once the agents have verified this share of all the bytes they need
+    /// (`peers` × blob size); None: every origin stays up.
+    pub origin_dies_at: Option<f64>,
+}
+
+impl Churn {
+    /// Whether anything comes or goes.
+    pub fn is_active(&self) -> bool {
+        self.leave_downloading > 0.0
+            || self.leave_complete > 0.0
+            || self.late_join > 0.0
+            || self.origin_dies_at.is_some()
     }
 }
 
@@ -63,6 +96,7 @@ pub struct SimConfig {
     /// Agents arrive uniformly at random within this window (zero: all at once).
     pub arrival_spread: Duration,
     pub tracker: TrackerModel,
+    pub churn: Churn,
     /// Pieces an agent uploads at once (its `p2p.upload_slots`); further requests are answered
     /// busy one round trip later, as Shoal's peer service does.
     pub upload_slots: usize,
@@ -90,6 +124,7 @@ impl Default for SimConfig {
             latency: Duration::from_millis(1),
             arrival_spread: Duration::ZERO,
             tracker: TrackerModel::default(),
+            churn: Churn::default(),
             upload_slots: DEFAULT_UPLOAD_SLOTS,
             origin_upload_slots: DEFAULT_UPLOAD_SLOTS,
             scheduler: SchedulerConfig::default(),
@@ -113,6 +148,22 @@ pub enum ConfigError {
         piece_length: u64,
         max: u64,
     },
+    #[error("{field} must be a share between 0 and 1 (got {value})")]
+    Share { field: &'static str, value: f64 },
+    #[error(
+        "agents leaving mid-download ({downloading}) and on completion ({complete}) add up to more than all agents"
+    )]
+    Leavers { downloading: f64, complete: f64 },
+    #[error(
+        "agents can leave mid-download only from a blob of at least 2 pieces (it has {pieces})"
+    )]
+    NothingToLeaveFrom { pieces: u64 },
+    #[error(
+        "an origin can die only while another owner survives: {owners} origin(s) own the blob (origins and tracker replicas)"
+    )]
+    LastOwner { owners: u32 },
+    #[error("the tracker's peer TTL ({ttl:?}) must exceed its announce interval ({interval:?})")]
+    PeerTtl { ttl: Duration, interval: Duration },
     #[error("scheduler: {0}")]
     Scheduler(#[from] shoal_swarm::scheduler::SchedulerConfigError),
 }
@@ -172,7 +223,182 @@ impl SimConfig {
                 max,
             });
         }
+        if self.tracker.peer_ttl <= self.tracker.announce_interval {
+            return Err(ConfigError::PeerTtl {
+                ttl: self.tracker.peer_ttl,
+                interval: self.tracker.announce_interval,
+            });
+        }
+        self.validate_churn()?;
         self.scheduler.validate()?;
         Ok(())
+    }
+
+    fn validate_churn(&self) -> Result<(), ConfigError> {
+        let churn = &self.churn;
+        let shares = [
+            ("agents leaving mid-download", churn.leave_downloading),
+            ("agents leaving on completion", churn.leave_complete),
+            ("agents joining late", churn.late_join),
+        ];
+        for (field, value) in shares {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::Share { field, value });
+            }
+        }
+        if churn.leave_downloading + churn.leave_complete > 1.0 {
+            return Err(ConfigError::Leavers {
+                downloading: churn.leave_downloading,
+                complete: churn.leave_complete,
+            });
+        }
+        if churn.leave_downloading > 0.0 && self.piece_count() < 2 {
+            return Err(ConfigError::NothingToLeaveFrom {
+                pieces: self.piece_count(),
+            });
+        }
+        if churn.late_join > 0.0 && churn.late_window.is_zero() {
+            return Err(ConfigError::Zero {
+                field: "late-join window",
+            });
+        }
+        if let Some(share) = churn.origin_dies_at {
+            // Zero would kill it before anyone starts: not "dying at a share of the download".
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ConfigError::Share {
+                    field: "the progress at which an origin dies",
+                    value: share,
+                });
+            }
+            let owners = self.origins.min(self.tracker.replicas);
+            if owners < 2 {
+                return Err(ConfigError::LastOwner { owners });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn churning(churn: Churn) -> SimConfig {
+        SimConfig {
+            churn,
+            ..SimConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_defaults_and_a_full_churn_are_valid() {
+        assert_eq!(SimConfig::default().validate(), Ok(()));
+        let config = churning(Churn {
+            leave_downloading: 0.2,
+            leave_complete: 0.1,
+            late_join: 0.2,
+            late_window: Duration::from_secs(5),
+            origin_dies_at: Some(0.5),
+        });
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn shares_outside_zero_to_one_are_refused_by_name() {
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let config = churning(Churn {
+                leave_downloading: bad,
+                ..Churn::default()
+            });
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Share { field, .. }) if field.contains("mid-download")),
+                "{bad}"
+            );
+            let config = churning(Churn {
+                late_join: bad,
+                late_window: Duration::from_secs(1),
+                ..Churn::default()
+            });
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Share { field, .. }) if field.contains("late")),
+                "{bad}"
+            );
+        }
+        for bad in [0.0, 1.01, f64::NAN] {
+            let config = churning(Churn {
+                origin_dies_at: Some(bad),
+                ..Churn::default()
+            });
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Share { field, .. }) if field.contains("origin")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn leavers_cannot_exceed_all_agents() {
+        let config = churning(Churn {
+            leave_downloading: 0.6,
+            leave_complete: 0.5,
+            ..Churn::default()
+        });
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Leavers { .. })
+        ));
+    }
+
+    #[test]
+    fn late_joiners_need_a_window() {
+        let config = churning(Churn {
+            late_join: 0.2,
+            ..Churn::default()
+        });
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::Zero {
+                field: "late-join window"
+            })
+        );
+    }
+
+    #[test]
+    fn a_one_piece_blob_has_no_mid_download_to_leave_from() {
+        let config = SimConfig {
+            blob_size: 1000,
+            piece_length: Some(1000),
+            ..churning(Churn {
+                leave_downloading: 0.1,
+                ..Churn::default()
+            })
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::NothingToLeaveFrom { pieces: 1 })
+        );
+    }
+
+    #[test]
+    fn an_origin_dies_only_beside_another_owner() {
+        let mut config = churning(Churn {
+            origin_dies_at: Some(0.5),
+            ..Churn::default()
+        });
+        config.origins = 1;
+        assert_eq!(config.validate(), Err(ConfigError::LastOwner { owners: 1 }));
+        config.origins = 3;
+        config.tracker.replicas = 1;
+        assert_eq!(config.validate(), Err(ConfigError::LastOwner { owners: 1 }));
+    }
+
+    #[test]
+    fn the_peer_ttl_must_outlast_the_announce_interval() {
+        let mut config = SimConfig::default();
+        config.tracker.peer_ttl = config.tracker.announce_interval;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::PeerTtl { .. })
+        ));
     }
 }

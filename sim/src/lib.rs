@@ -4,6 +4,7 @@
 //! threads, no clocks: a seed gives the same run every time. It measures what one machine
 //! cannot host — completion-time distributions and origin egress at 1,000 to 15,000 agents.
 
+mod churn;
 mod config;
 mod flows;
 mod queue;
@@ -11,7 +12,7 @@ mod report;
 mod swarm;
 mod tracker;
 
-pub use config::{ConfigError, HandoutPolicy, SimConfig, TrackerModel};
+pub use config::{Churn, ConfigError, HandoutPolicy, SimConfig, TrackerModel};
 pub use queue::Nanos;
-pub use report::{Distribution, Report};
+pub use report::{ChurnReport, Distribution, Report};
 pub use swarm::{Swarm, simulate};

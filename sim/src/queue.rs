@@ -32,6 +32,12 @@ pub(crate) enum SimEvent {
     Have { node: u32, piece: u32 },
     /// The scheduler's periodic tick.
     Tick { node: u32 },
+    /// `node`'s session with `peer` ended: `peer` left while downloading.
+    Dropped { node: u32, peer: u32 },
+    /// `node`'s request for `piece` failed: `sender` left before or while sending it.
+    Failed { node: u32, sender: u32, piece: u32 },
+    /// The tracker's record of `node`, which left, expires.
+    Expire { node: u32 },
 }
 
 /// Ordered by time, then by scheduling order.

@@ -1,5 +1,6 @@
 //! What a run measured: the completion-time distribution (seconds and multiples of the link
-//! limit S/B), origin egress, and the cost of the run itself.
+//! limit S/B) over the agents that completed, origin egress, what the churn did, and the cost of
+//! the run itself.
 
 use std::fmt;
 
@@ -48,11 +49,38 @@ impl Distribution {
     }
 }
 
+/// What the churn did (all zero and None in a run without churn).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChurnReport {
+    /// Agents that left mid-download: they never complete and are not in the percentiles.
+    pub left_downloading: u32,
+    /// Agents that left as soon as they completed: in the percentiles, but never seeded.
+    pub left_complete: u32,
+    pub late_joiners: u32,
+    /// When origin 0 died, virtual seconds.
+    pub origin_died_at: Option<f64>,
+    /// Failure events the agents' schedulers were fed: sessions that ended (Disconnected),
+    /// connections to departed nodes (ConnectFailed), requests to them (PieceFailed).
+    pub disconnects: u64,
+    pub connect_failures: u64,
+    pub failed_requests: u64,
+}
+
+impl ChurnReport {
+    fn is_empty(&self) -> bool {
+        *self == ChurnReport::default()
+    }
+}
+
 /// The outcome of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub peers: u32,
+    /// Agents that did not leave mid-download, which should all complete.
+    pub stayed: u32,
+    /// Agents that completed (those that left on completing included).
     pub complete: u32,
+    pub every_stayer_complete: bool,
     pub blob_size: u64,
     pub piece_length: u64,
     pub pieces: u64,
@@ -68,6 +96,7 @@ pub struct Report {
     /// Requests answered "busy" for lack of an upload slot, by origins and by agents.
     pub busy_from_origins: u64,
     pub busy_from_agents: u64,
+    pub churn: ChurnReport,
     /// Virtual time when the last agent completed (or the run stopped), seconds.
     pub virtual_seconds: f64,
     pub events: u64,
@@ -78,9 +107,9 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} of {} agents complete; blob {} bytes in {} pieces of {} bytes; S/B = {:.3} s",
+            "{} of {} staying agents complete; blob {} bytes in {} pieces of {} bytes; S/B = {:.3} s",
             self.complete,
-            self.peers,
+            self.stayed,
             self.blob_size,
             self.pieces,
             self.piece_length,
@@ -109,6 +138,23 @@ impl fmt::Display for Report {
             "busy answers: {} from origins, {} from agents",
             self.busy_from_origins, self.busy_from_agents
         )?;
+        let churn = &self.churn;
+        if !churn.is_empty() {
+            write!(
+                f,
+                "churn: of {} agents, {} left mid-download, {} left on completing, {} joined late",
+                self.peers, churn.left_downloading, churn.left_complete, churn.late_joiners
+            )?;
+            match churn.origin_died_at {
+                Some(at) => writeln!(f, "; origin 0 died at {at:.2} s")?,
+                None => writeln!(f)?,
+            }
+            writeln!(
+                f,
+                "agents saw {} sessions drop, {} connects fail, {} requests fail",
+                churn.disconnects, churn.connect_failures, churn.failed_requests
+            )?;
+        }
         write!(
             f,
             "{} events in {:.2} s wall time ({:.1} s virtual)",

@@ -6,9 +6,17 @@
 //! arrives one latency after its last byte left the sender, Have notices take one latency, the
 //! scheduler ticks every 250 ms, and downloading agents announce at the tracker's interval.
 //!
+//! Churn (`churn.rs` plans it): a departing node's process exits. The engine's view of that
+//! (`p2p/src/engine/session.rs`) one latency later: a session with a partial peer ends with
+//! Disconnected, one with a complete peer (a seeder, an origin) just goes quiet; each piece in
+//! flight from it fails (PieceFailed), and so does every later request to it, a round trip
+//! after it is sent; connecting to it fails (ConnectFailed). The tracker hands a departed agent
+//! out until its record expires, `peer_ttl` after its last announce, and a dead origin for the
+//! whole run (origins are configured, not announced).
+//!
 //! Simplifications (documented in `docs/BENCHMARKS.md`): a request starts moving bytes at once
-//! (the request's own latency is folded into the delivery latency), disk and CPU are free, no
-//! peer fails or leaves, and a complete agent keeps seeding for the rest of the run.
+//! (the request's own latency is folded into the delivery latency), disk and CPU are free, and
+//! an agent that completes and does not leave keeps seeding for the rest of the run.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,10 +27,11 @@ use shoal_core::{Bitfield, PeerId};
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use shoal_swarm::slots;
 
+use crate::churn::{self, Exit};
 use crate::config::{ConfigError, SimConfig};
 use crate::flows::{FlowRef, Flows, Link};
 use crate::queue::{Nanos, Queue, SimEvent};
-use crate::report::{Distribution, Report};
+use crate::report::{ChurnReport, Distribution, Report};
 use crate::tracker::Tracker;
 
 fn nanos(duration: Duration) -> Nanos {
@@ -39,6 +48,12 @@ struct Node {
     requests: Vec<(u32, u32, FlowRef)>,
     /// Agents holding a session with this agent, told about each piece it gains.
     subscribers: Vec<u32>,
+    /// Whether and when it leaves (origins: `Stays`; one may die apart from this).
+    exit: Exit,
+    /// When its process exited.
+    left: Option<Nanos>,
+    /// Its last announce (when its tracker record was refreshed).
+    announced: Nanos,
 }
 
 /// One simulation run in progress.
@@ -64,6 +79,11 @@ pub struct Swarm {
     finished: Vec<FlowRef>,
     busy_from_origins: u64,
     busy_from_agents: u64,
+    /// Bytes of pieces agents have verified (each piece once per agent).
+    verified: u64,
+    /// `verified` at which origin 0 dies.
+    origin_death: Option<u64>,
+    churn: ChurnReport,
 }
 
 impl Swarm {
@@ -106,13 +126,15 @@ impl Swarm {
             })
             .collect();
         let mut queue = Queue::default();
+        let plans = churn::plan(&config.churn, config.peers, pieces, config.seed);
         let node_list = (0..nodes)
             .map(|i| {
                 let origin = i < config.origins as usize;
-                let arrived = if origin || spread == 0 {
-                    0
-                } else {
-                    rng.random_range(0..spread)
+                let plan = (!origin).then(|| plans[i - config.origins as usize]);
+                let arrived = match plan.and_then(|plan| plan.late) {
+                    Some(late) => late,
+                    None if origin || spread == 0 => 0,
+                    None => rng.random_range(0..spread),
                 };
                 if !origin {
                     queue.push(arrived, SimEvent::Arrive { node: i as u32 });
@@ -130,9 +152,18 @@ impl Swarm {
                     completed: None,
                     requests: Vec::new(),
                     subscribers: Vec::new(),
+                    exit: plan.map_or(Exit::Stays, |plan| plan.exit),
+                    left: None,
+                    announced: arrived,
                 }
             })
             .collect();
+        // Half of "all the bytes" is of what every agent needs, leavers included.
+        let needed = u64::from(config.peers) as f64 * config.blob_size as f64;
+        let origin_death = config
+            .churn
+            .origin_dies_at
+            .map(|share| (share * needed).ceil() as u64);
         let owners = (0..config.origins.min(config.tracker.replicas)).collect();
         Ok(Swarm {
             origins: config.origins,
@@ -158,6 +189,12 @@ impl Swarm {
             finished: Vec::new(),
             busy_from_origins: 0,
             busy_from_agents: 0,
+            verified: 0,
+            origin_death,
+            churn: ChurnReport {
+                late_joiners: plans.iter().filter(|plan| plan.late.is_some()).count() as u32,
+                ..ChurnReport::default()
+            },
             config,
         })
     }
@@ -166,7 +203,8 @@ impl Swarm {
     pub fn run(mut self) -> Report {
         let started = Instant::now();
         let limit = nanos(self.config.time_limit);
-        while self.complete < self.config.peers {
+        // Agents that left mid-download never complete: the run ends when everyone else has.
+        while self.complete + self.churn.left_downloading < self.config.peers {
             let Some(time) = self.queue.peek_time() else {
                 break;
             };
@@ -195,7 +233,12 @@ impl Swarm {
                     .push(now + nanos(self.config.tick), SimEvent::Tick { node });
             }
             SimEvent::Announce { node } => {
-                let complete = self.nodes[node as usize].completed.is_some();
+                let this = &mut self.nodes[node as usize];
+                if this.left.is_some() {
+                    return;
+                }
+                this.announced = now;
+                let complete = this.completed.is_some();
                 self.tracker.announce(node, complete);
                 if !complete {
                     let peers = self.tracker.handout(node, &mut self.rng);
@@ -216,6 +259,15 @@ impl Swarm {
                 self.send(node, Event::Discovered(batch));
             }
             SimEvent::Connected { node, peer } => {
+                if self.nodes[node as usize].left.is_some() {
+                    return;
+                }
+                if self.nodes[peer as usize].left.is_some() {
+                    self.churn.connect_failures += 1;
+                    let peer = self.ids[peer as usize].clone();
+                    self.send(node, Event::ConnectFailed { peer });
+                    return;
+                }
                 if peer >= self.origins {
                     let subscribers = &mut self.nodes[peer as usize].subscribers;
                     if !subscribers.contains(&node) {
@@ -280,6 +332,20 @@ impl Swarm {
                 let rtt = self.config.latency;
                 self.send(receiver, Event::PieceDone { peer, piece, rtt });
                 if newly {
+                    self.verified += self.piece_bytes(piece);
+                    if self.origin_death.is_some_and(|at| self.verified >= at) {
+                        self.origin_death = None;
+                        self.churn.origin_died_at = Some(now as f64 / 1e9);
+                        self.depart(0);
+                    }
+                    if let Exit::Downloading { after } = self.nodes[receiver as usize].exit
+                        && self.have(receiver).count() >= after
+                    {
+                        // It leaves with this piece, before telling anyone.
+                        self.churn.left_downloading += 1;
+                        self.depart(receiver);
+                        return;
+                    }
                     self.queue.push(
                         now + self.latency,
                         SimEvent::Have {
@@ -300,12 +366,79 @@ impl Swarm {
                 self.scratch = subscribers;
             }
             SimEvent::Tick { node } => {
-                if self.nodes[node as usize].completed.is_none() {
+                let this = &self.nodes[node as usize];
+                if this.completed.is_none() && this.left.is_none() {
                     self.send(node, Event::Tick);
                     self.queue
                         .push(now + nanos(self.config.tick), SimEvent::Tick { node });
                 }
             }
+            SimEvent::Dropped { node, peer } => {
+                self.churn.disconnects += 1;
+                let peer = self.ids[peer as usize].clone();
+                self.send(node, Event::Disconnected { peer });
+            }
+            SimEvent::Failed {
+                node,
+                sender,
+                piece,
+            } => {
+                self.churn.failed_requests += 1;
+                let peer = self.ids[sender as usize].clone();
+                self.send(node, Event::PieceFailed { peer, piece });
+            }
+            SimEvent::Expire { node } => self.tracker.forget(node),
+        }
+    }
+
+    /// `node`'s process exits now: what its peers see of that follows one latency later.
+    fn depart(&mut self, node: u32) {
+        let now = self.now;
+        let reset = now + self.latency;
+        let this = &mut self.nodes[node as usize];
+        this.left = Some(now);
+        let complete = this.scheduler.is_none() || this.completed.is_some();
+        let subscribers = std::mem::take(&mut this.subscribers);
+        let expires = this.announced + nanos(self.config.tracker.peer_ttl);
+        // Its own downloads stop; the senders' schedulers hear nothing of it.
+        self.drop_requests(node, |_, _| true);
+        // A complete peer's session just goes quiet (the engine keeps it as usable); a partial
+        // one's ends. Told before the failed pieces, so those find the peer already dropped.
+        if !complete {
+            for subscriber in subscribers {
+                self.queue.push(
+                    reset,
+                    SimEvent::Dropped {
+                        node: subscriber,
+                        peer: node,
+                    },
+                );
+            }
+        }
+        // Pieces in flight from it fail at their receivers.
+        for receiver in self.origins..self.nodes.len() as u32 {
+            let requests = &mut self.nodes[receiver as usize].requests;
+            let mut at = 0;
+            while at < requests.len() {
+                let (sender, piece, flow) = requests[at];
+                if sender == node {
+                    requests.swap_remove(at);
+                    self.flows.remove(now, flow);
+                    self.queue.push(
+                        reset,
+                        SimEvent::Failed {
+                            node: receiver,
+                            sender,
+                            piece,
+                        },
+                    );
+                } else {
+                    at += 1;
+                }
+            }
+        }
+        if node >= self.origins {
+            self.queue.push(expires.max(now), SimEvent::Expire { node });
         }
     }
 
@@ -332,6 +465,9 @@ impl Swarm {
         let Some(scheduler) = this.scheduler.as_mut() else {
             return;
         };
+        if this.left.is_some() {
+            return;
+        }
         if this.completed.is_some() {
             // Finished downloads only close late sessions; the agent keeps serving.
             if let Event::Connected { peer, .. } = event
@@ -343,6 +479,10 @@ impl Swarm {
         }
         let actions = scheduler.handle(now / 1_000_000, event);
         for action in actions {
+            if self.nodes[node as usize].left.is_some() {
+                // It left on completing: nothing of it runs any more.
+                break;
+            }
             self.apply(node, action);
         }
     }
@@ -360,6 +500,18 @@ impl Swarm {
                 let Some(sender) = self.node_of(&peer) else {
                     return;
                 };
+                if self.nodes[sender as usize].left.is_some() {
+                    // Nobody listens there any more: refused a round trip later.
+                    self.queue.push(
+                        now + 2 * self.latency,
+                        SimEvent::Failed {
+                            node,
+                            sender,
+                            piece,
+                        },
+                    );
+                    return;
+                }
                 let origin = sender < self.origins;
                 let slots = if origin {
                     self.config.origin_upload_slots
@@ -400,9 +552,14 @@ impl Swarm {
             Action::Complete => {
                 self.nodes[node as usize].completed = Some(now);
                 self.complete += 1;
-                // The engine starts seeding: the tracker learns it is complete.
-                self.queue
-                    .push(now + self.latency, SimEvent::Announce { node });
+                if self.nodes[node as usize].exit == Exit::Complete {
+                    self.churn.left_complete += 1;
+                    self.depart(node);
+                } else {
+                    // The engine starts seeding: the tracker learns it is complete.
+                    self.queue
+                        .push(now + self.latency, SimEvent::Announce { node });
+                }
             }
         }
     }
@@ -448,9 +605,12 @@ impl Swarm {
         let link_limit = self.config.link_limit();
         let seconds = Distribution::of(&mut times);
         let origin_egress: f64 = (0..self.origins).map(|o| self.flows.sent(o)).sum();
+        let stayed = self.config.peers - self.churn.left_downloading;
         Report {
             peers: self.config.peers,
+            stayed,
             complete: self.complete,
+            every_stayer_complete: self.complete >= stayed,
             blob_size: self.config.blob_size,
             piece_length: self.piece_length,
             pieces: u64::from(self.pieces),
@@ -461,6 +621,7 @@ impl Swarm {
             origin_egress_ratio: origin_egress / self.config.blob_size as f64,
             busy_from_origins: self.busy_from_origins,
             busy_from_agents: self.busy_from_agents,
+            churn: self.churn.clone(),
             virtual_seconds: self.now as f64 / 1e9,
             events: self.queue.processed(),
             wall_seconds: wall.as_secs_f64(),

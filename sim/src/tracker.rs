@@ -43,23 +43,28 @@ impl Tracker {
 
     /// Records an agent's announce (first, or with a changed completeness).
     pub(crate) fn announce(&mut self, node: u32, complete: bool) {
-        let slot = node as usize;
-        if let Some(record) = self.records[slot] {
-            if record.complete == complete {
-                return;
-            }
-            let list = self.list(record.complete);
-            list.swap_remove(record.at);
-            if let Some(&moved) = list.get(record.at)
-                && let Some(moved) = self.records[moved as usize].as_mut()
-            {
-                moved.at = record.at;
-            }
+        if self.records[node as usize].is_some_and(|record| record.complete == complete) {
+            return;
         }
+        self.forget(node);
         let list = self.list(complete);
         list.push(node);
         let at = list.len() - 1;
-        self.records[slot] = Some(Record { complete, at });
+        self.records[node as usize] = Some(Record { complete, at });
+    }
+
+    /// Drops an agent's record (it expired): it is no longer handed out.
+    pub(crate) fn forget(&mut self, node: u32) {
+        let Some(record) = self.records[node as usize].take() else {
+            return;
+        };
+        let list = self.list(record.complete);
+        list.swap_remove(record.at);
+        if let Some(&moved) = list.get(record.at)
+            && let Some(moved) = self.records[moved as usize].as_mut()
+        {
+            moved.at = record.at;
+        }
     }
 
     fn list(&mut self, complete: bool) -> &mut Vec<u32> {
@@ -145,6 +150,25 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), out.len());
+    }
+
+    #[test]
+    fn a_forgotten_agent_is_no_longer_handed_out() {
+        let mut tracker = Tracker::new(HandoutPolicy::OriginsFirst, 10, vec![0], 6);
+        for node in 1..6 {
+            tracker.announce(node, node == 5);
+        }
+        tracker.forget(2);
+        tracker.forget(5);
+        tracker.forget(2);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut out = tracker.handout(1, &mut rng);
+        out.sort_unstable();
+        assert_eq!(out, [0, 3, 4]);
+        tracker.announce(2, true);
+        let mut out = tracker.handout(1, &mut rng);
+        out.sort_unstable();
+        assert_eq!(out, [0, 2, 3, 4]);
     }
 
     #[test]
