@@ -1,0 +1,82 @@
+//! Churn on a small swarm (debug builds, a few seconds): agents leaving mid-download and on
+//! completion, late joiners and an origin dying half-way; every agent that stays completes.
+
+use std::time::Duration;
+
+use shoal_sim::{Churn, ChurnReport, SimConfig, simulate};
+
+fn churning(peers: u32, churn: Churn) -> SimConfig {
+    SimConfig {
+        peers,
+        blob_size: 20_000_000,
+        piece_length: Some(256 * 1024),
+        peer_upload: 50e6,
+        peer_download: 50e6,
+        origins: 3,
+        origin_upload: 200e6,
+        latency: Duration::from_millis(1),
+        churn,
+        seed: 11,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn every_agent_that_stays_completes_through_leavers_late_joiners_and_a_dead_origin() {
+    let config = churning(
+        200,
+        Churn {
+            leave_downloading: 0.2,
+            leave_complete: 0.1,
+            late_join: 0.2,
+            late_window: Duration::from_secs(2),
+            origin_dies_at: Some(0.5),
+        },
+    );
+    let report = simulate(config).expect("valid config");
+    let churn = &report.churn;
+    assert_eq!(churn.left_downloading, 40, "{report}");
+    assert_eq!(churn.left_complete, 20, "{report}");
+    assert_eq!(churn.late_joiners, 40, "{report}");
+    assert_eq!(report.stayed, 160, "{report}");
+    assert!(report.every_stayer_complete, "{report}");
+    assert_eq!(report.complete, 160, "{report}");
+    // Nobody stalled on a departed node or the dead origin: the slowest agent that stayed took
+    // less than one piece timeout (15 s) of virtual time.
+    let slowest = report.seconds.expect("completions").max;
+    assert!(slowest < 15.0, "{report}");
+    let died = churn.origin_died_at.expect("the origin died");
+    assert!(
+        died < report.virtual_seconds,
+        "it died before the end: {report}"
+    );
+    // The leavers' peers noticed: their sessions dropped, pieces in flight from them failed,
+    // and the tracker kept handing them out for a while, so connects to them failed.
+    assert!(churn.disconnects > 0, "{report}");
+    assert!(churn.failed_requests > 0, "{report}");
+    assert!(churn.connect_failures > 0, "{report}");
+}
+
+#[test]
+fn a_dead_origin_alone_stalls_nobody() {
+    let config = churning(
+        60,
+        Churn {
+            origin_dies_at: Some(0.5),
+            ..Churn::default()
+        },
+    );
+    let report = simulate(config).expect("valid config");
+    assert!(report.churn.origin_died_at.is_some(), "{report}");
+    assert_eq!(report.complete, 60, "{report}");
+    // Nothing dropped a session: an origin is a complete peer, whose session just goes quiet.
+    assert_eq!(report.churn.disconnects, 0, "{report}");
+}
+
+#[test]
+fn a_run_without_churn_reports_none() {
+    let report = simulate(churning(20, Churn::default())).expect("valid config");
+    assert_eq!(report.churn, ChurnReport::default());
+    assert_eq!((report.stayed, report.complete), (20, 20));
+    assert!(report.every_stayer_complete);
+}
