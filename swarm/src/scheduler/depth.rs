@@ -17,14 +17,18 @@ const SLACK: f64 = 0.05;
 /// A rate sample spans at least this much time with requests in flight, so the millisecond
 /// clock's rounding stays small even when pieces take a fraction of a millisecond.
 const WINDOW_MS: u64 = 50;
-/// Weight of a new sample in the smoothed figures.
+/// Weight of a new sample in the smoothed piece time.
 const GAIN: f64 = 0.25;
 
 /// One peer's measured round trip and piece time.
 #[derive(Debug, Default)]
 pub(super) struct Depth {
-    /// Smoothed time from sending a request to its answer, in microseconds.
+    /// Shortest time from sending a request to its answer in this window and the one before,
+    /// in microseconds. The shortest, not an average: answers delayed behind our own requests
+    /// (a peer short of CPU starts each stream later the more we ask at once) would otherwise
+    /// argue for asking even more.
     round_trip_us: Option<f64>,
+    previous_round_trip_us: Option<f64>,
     /// Smoothed time with requests in flight per piece delivered, in microseconds.
     piece_us: Option<f64>,
     /// Since when requests have been in flight without a break; None while idle.
@@ -42,7 +46,11 @@ fn smooth(old: Option<f64>, sample: f64) -> f64 {
 impl Depth {
     /// Requests to keep in flight at this peer, between 1 and `max`.
     pub(super) fn target(&self, max: usize) -> usize {
-        let (Some(round_trip), Some(piece)) = (self.round_trip_us, self.piece_us) else {
+        let round_trip = match (self.round_trip_us, self.previous_round_trip_us) {
+            (Some(now), Some(before)) => Some(now.min(before)),
+            (now, before) => now.or(before),
+        };
+        let (Some(round_trip), Some(piece)) = (round_trip, self.piece_us) else {
             return INITIAL_DEPTH.min(max);
         };
         let needed = (round_trip / (SLACK * piece.max(1.0))).ceil();
@@ -69,7 +77,11 @@ impl Depth {
     /// A piece arrived whose request was answered after `round_trip` (its request already
     /// counted as [`ended`](Depth::ended)).
     pub(super) fn delivered(&mut self, now_ms: u64, round_trip: Duration) {
-        self.round_trip_us = Some(smooth(self.round_trip_us, round_trip.as_secs_f64() * 1e6));
+        let round_trip = round_trip.as_secs_f64() * 1e6;
+        self.round_trip_us = Some(
+            self.round_trip_us
+                .map_or(round_trip, |old| old.min(round_trip)),
+        );
         self.pieces += 1;
         let open = self
             .busy_since
@@ -78,6 +90,7 @@ impl Depth {
         if busy >= WINDOW_MS {
             let sample = busy as f64 * 1e3 / f64::from(self.pieces);
             self.piece_us = Some(smooth(self.piece_us, sample));
+            self.previous_round_trip_us = self.round_trip_us.take();
             self.busy_ms = 0;
             self.pieces = 0;
             if self.busy_since.is_some() {
@@ -146,5 +159,37 @@ mod tests {
         }
         // 1.5 ms answers over 10 ms pieces (not 1 s ones): three.
         assert_eq!(depth.target(16), 3);
+    }
+
+    #[test]
+    fn answers_slowed_by_our_own_requests_do_not_deepen_the_pipe() {
+        // 10 ms pieces; one answer in eight comes within 0.5 ms, the rest queue behind the
+        // other requests for 20 ms. The fast ones show the path: one request covers it.
+        let mut depth = Depth::default();
+        depth.sent(0, 0);
+        for i in 1..=200u64 {
+            let round_trip = if i % 8 == 0 { 500 } else { 20_000 };
+            depth.ended(i * 10, 3);
+            depth.delivered(i * 10, Duration::from_micros(round_trip));
+            depth.sent(i * 10, 3);
+        }
+        assert_eq!(depth.target(16), 1);
+    }
+
+    #[test]
+    fn a_longer_path_is_followed_within_two_windows() {
+        // 10 ms pieces answered after 0.4 ms, then (the path got longer) after 2 ms.
+        let mut depth = Depth::default();
+        depth.sent(0, 0);
+        for i in 1..=200u64 {
+            let round_trip = if i <= 100 { 400 } else { 2_000 };
+            depth.ended(i * 10, 1);
+            depth.delivered(i * 10, Duration::from_micros(round_trip));
+            depth.sent(i * 10, 1);
+            if i == 100 {
+                assert_eq!(depth.target(16), 1);
+            }
+        }
+        assert_eq!(depth.target(16), 4);
     }
 }
