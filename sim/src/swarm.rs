@@ -263,7 +263,7 @@ impl Swarm {
                     return;
                 }
                 if self.nodes[peer as usize].left.is_some() {
-                    self.churn.connect_failures += 1;
+                    self.churn.connect_failures += u64::from(self.downloading(node));
                     let peer = self.ids[peer as usize].clone();
                     self.send(node, Event::ConnectFailed { peer });
                     return;
@@ -374,7 +374,7 @@ impl Swarm {
                 }
             }
             SimEvent::Dropped { node, peer } => {
-                self.churn.disconnects += 1;
+                self.churn.disconnects += u64::from(self.downloading(node));
                 let peer = self.ids[peer as usize].clone();
                 self.send(node, Event::Disconnected { peer });
             }
@@ -383,7 +383,7 @@ impl Swarm {
                 sender,
                 piece,
             } => {
-                self.churn.failed_requests += 1;
+                self.churn.failed_requests += u64::from(self.downloading(node));
                 let peer = self.ids[sender as usize].clone();
                 self.send(node, Event::PieceFailed { peer, piece });
             }
@@ -440,6 +440,12 @@ impl Swarm {
         if node >= self.origins {
             self.queue.push(expires.max(now), SimEvent::Expire { node });
         }
+    }
+
+    /// Whether `node` is an agent still downloading: the one whose scheduler hears events.
+    fn downloading(&self, node: u32) -> bool {
+        let this = &self.nodes[node as usize];
+        this.scheduler.is_some() && this.completed.is_none() && this.left.is_none()
     }
 
     fn have(&self, node: u32) -> &Bitfield {
