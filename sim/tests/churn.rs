@@ -80,3 +80,31 @@ fn a_run_without_churn_reports_none() {
     assert_eq!((report.stayed, report.complete), (20, 20));
     assert!(report.every_stayer_complete);
 }
+
+#[test]
+fn the_tracker_stops_handing_out_a_departed_agent_when_its_record_expires() {
+    // Slow links (S/B = 4 s) and joiners arriving over 12 s: many announce after leavers left.
+    let failed_connects = |peer_ttl: Duration| {
+        let mut config = churning(
+            100,
+            Churn {
+                leave_downloading: 0.3,
+                late_join: 0.5,
+                late_window: Duration::from_secs(12),
+                ..Churn::default()
+            },
+        );
+        config.peer_upload = 5e6;
+        config.peer_download = 5e6;
+        config.tracker.peer_ttl = peer_ttl;
+        let report = simulate(config).expect("valid config");
+        assert!(report.every_stayer_complete, "{report}");
+        report.churn.connect_failures
+    };
+    let expiring = failed_connects(Duration::from_millis(3500));
+    let lingering = failed_connects(Duration::from_secs(600));
+    assert!(
+        expiring < lingering,
+        "{expiring} failed connects with a 3.5 s TTL, {lingering} with 600 s"
+    );
+}
