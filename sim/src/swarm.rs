@@ -4,7 +4,8 @@
 //! sessions and piece transfers in the bandwidth model and feeds their outcomes back as events,
 //! with the engine's timing — a session is up one round trip after Connect, a piece's PieceDone
 //! arrives one latency after its last byte left the sender, Have notices take one latency, the
-//! scheduler ticks every 250 ms, and downloading agents announce at the tracker's interval.
+//! scheduler ticks every 250 ms, and downloading agents announce at the tracker's interval
+//! (the second time one second after the first, as the engine does).
 //!
 //! Churn (`churn.rs` plans it): a departing node's process exits. The engine's view of that
 //! (`p2p/src/engine/session.rs`) one latency later: a session with a partial peer ends with
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use shoal_core::{Bitfield, PeerId};
+use shoal_swarm::announce::next_announce;
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use shoal_swarm::slots;
 
@@ -54,6 +56,8 @@ struct Node {
     left: Option<Nanos>,
     /// Its last announce (when its tracker record was refreshed).
     announced: Nanos,
+    /// Announces made so far (the second comes early: `shoal_swarm::announce`).
+    announces: u32,
 }
 
 /// One simulation run in progress.
@@ -155,6 +159,7 @@ impl Swarm {
                     exit: plan.map_or(Exit::Stays, |plan| plan.exit),
                     left: None,
                     announced: arrived,
+                    announces: 0,
                 }
             })
             .collect();
@@ -238,13 +243,16 @@ impl Swarm {
                     return;
                 }
                 this.announced = now;
+                this.announces += 1;
+                let done = this.announces;
                 let complete = this.completed.is_some();
                 self.tracker.announce(node, complete);
                 if !complete {
                     let peers = self.tracker.handout(node, &mut self.rng);
                     self.queue
                         .push(now + 2 * self.latency, SimEvent::Discovered { node, peers });
-                    let next = now + nanos(self.config.tracker.announce_interval);
+                    let interval = self.config.tracker.announce_interval;
+                    let next = now + nanos(next_announce(done, interval));
                     self.queue.push(next, SimEvent::Announce { node });
                 }
             }

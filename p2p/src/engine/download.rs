@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use shoal_core::{Digest, Name, PeerId};
 use shoal_proto::v1::{PeerInfo, Progress};
 use shoal_storage::PartialBlob;
+use shoal_swarm::announce::next_announce;
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
@@ -429,8 +430,8 @@ async fn sync_logged(partial: &PartialBlob) {
     }
 }
 
-/// Announces the download (as incomplete, with its progress) at the tracker's interval and
-/// reports the peers.
+/// Announces the download (as incomplete, with its progress) at the tracker's interval, the
+/// second time early (`shoal_swarm::announce`), and reports the peers.
 async fn announce(
     shared: Arc<Shared>,
     download: Arc<Download>,
@@ -438,7 +439,7 @@ async fn announce(
     tx: mpsc::UnboundedSender<Msg>,
 ) {
     let digest = download.digest;
-    loop {
+    for done in 1u32.. {
         let progress = download.progress(false);
         let interval = match shared
             .tracker
@@ -462,6 +463,6 @@ async fn announce(
                 FALLBACK_INTERVAL
             }
         };
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(next_announce(done, interval)).await;
     }
 }
