@@ -104,15 +104,26 @@ impl Depth {
 mod tests {
     use super::*;
 
-    /// Delivers `pieces` back to back, one every `piece_ms`, each answered after `round_trip`,
-    /// with `depth` requests kept in flight.
-    fn run(depth: &mut Depth, pieces: u64, piece_ms: u64, round_trip: Duration, in_flight: usize) {
+    /// Delivers pieces 1..=`pieces` back to back, one every `piece_ms`, piece `i` answered
+    /// after `round_trip(i)`, with `in_flight` requests kept outstanding.
+    fn run_with(
+        depth: &mut Depth,
+        pieces: u64,
+        piece_ms: u64,
+        in_flight: usize,
+        mut round_trip: impl FnMut(&Depth, u64) -> Duration,
+    ) {
         depth.sent(0, 0);
         for i in 1..=pieces {
+            let answered = round_trip(depth, i);
             depth.ended(i * piece_ms, in_flight - 1);
-            depth.delivered(i * piece_ms, round_trip);
+            depth.delivered(i * piece_ms, answered);
             depth.sent(i * piece_ms, in_flight - 1);
         }
+    }
+
+    fn run(depth: &mut Depth, pieces: u64, piece_ms: u64, round_trip: Duration, in_flight: usize) {
+        run_with(depth, pieces, piece_ms, in_flight, |_, _| round_trip);
     }
 
     #[test]
@@ -166,13 +177,9 @@ mod tests {
         // 10 ms pieces; one answer in eight comes within 0.5 ms, the rest queue behind the
         // other requests for 20 ms. The fast ones show the path: one request covers it.
         let mut depth = Depth::default();
-        depth.sent(0, 0);
-        for i in 1..=200u64 {
-            let round_trip = if i % 8 == 0 { 500 } else { 20_000 };
-            depth.ended(i * 10, 3);
-            depth.delivered(i * 10, Duration::from_micros(round_trip));
-            depth.sent(i * 10, 3);
-        }
+        run_with(&mut depth, 200, 10, 4, |_, i| {
+            Duration::from_micros(if i % 8 == 0 { 500 } else { 20_000 })
+        });
         assert_eq!(depth.target(16), 1);
     }
 
@@ -180,16 +187,12 @@ mod tests {
     fn a_longer_path_is_followed_within_two_windows() {
         // 10 ms pieces answered after 0.4 ms, then (the path got longer) after 2 ms.
         let mut depth = Depth::default();
-        depth.sent(0, 0);
-        for i in 1..=200u64 {
-            let round_trip = if i <= 100 { 400 } else { 2_000 };
-            depth.ended(i * 10, 1);
-            depth.delivered(i * 10, Duration::from_micros(round_trip));
-            depth.sent(i * 10, 1);
-            if i == 100 {
-                assert_eq!(depth.target(16), 1);
+        run_with(&mut depth, 200, 10, 2, |depth, i| {
+            if i == 101 {
+                assert_eq!(depth.target(16), 1, "before the path changed");
             }
-        }
+            Duration::from_micros(if i <= 100 { 400 } else { 2_000 })
+        });
         assert_eq!(depth.target(16), 4);
     }
 }
