@@ -5,9 +5,11 @@
 //! - [`scheduler`]: one download's choices (which peer to connect, which piece to ask whom for,
 //!   when to give up on a peer);
 //! - [`handout`]: which peers the tracker answers an announce with;
-//! - [`slots`]: how many pieces a peer serves at once, and when it answers busy instead.
+//! - [`slots`]: how many pieces a peer serves at once, and when it answers busy instead;
+//! - [`seeding`]: which requests an origin serving a crowd answers "get it elsewhere".
 
 pub mod announce;
 pub mod handout;
 pub mod scheduler;
+pub mod seeding;
 pub mod slots;
