@@ -192,6 +192,8 @@ pub async fn run(
         config.p2p.upload_slots,
         p2p_metrics,
         config.testing,
+        // Super-seeding is an origin's policy: an agent serves whatever its slots allow.
+        None,
     );
     // Under mutual TLS, pieces go to agents and origins only.
     let peer_app = with_access(

@@ -224,6 +224,11 @@ pub struct SeedConfig {
     /// Pieces served at once; further requests are answered busy, so a flash crowd gets whole
     /// pieces fast from a few slots instead of every piece slowly.
     pub upload_slots: usize,
+    /// While several agents pull a blob at once, answer a request for a piece sent recently (or
+    /// sent more often than others) "get it elsewhere", so the agents spread it among
+    /// themselves and the origin sends each piece about once (`shoal_swarm::seeding`). A lone
+    /// agent, or one that insists because no peer of its holds the piece, is always served.
+    pub super_seeding: bool,
 }
 
 impl Default for SeedConfig {
@@ -233,6 +238,7 @@ impl Default for SeedConfig {
             egress_rate: engine.egress_rate,
             chunk_size: engine.chunk_size,
             upload_slots: engine.upload_slots,
+            super_seeding: true,
         }
     }
 }

@@ -37,7 +37,7 @@ use shoal_backends::{BackendRouter, WriteBack};
 use shoal_core::Digest;
 use shoal_core::chain;
 use shoal_jobs::StatsCollector;
-use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, StoreSource};
+use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, Seeding, SeedingConfig, StoreSource};
 use shoal_service::http::{Access, AdminListener, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
@@ -221,12 +221,21 @@ pub async fn run(
         None => Arc::new(StoreSource(origin.store.clone())),
     };
     let seed = config.p2p.engine();
+    // Super-seeding: in a ring, each owner of a blob first sends its own share of the pieces.
+    let seeding = config.p2p.super_seeding.then(|| match &origin.ring {
+        Some(ring) => Seeding {
+            config: SeedingConfig::default(),
+            share: ring.share_of(),
+        },
+        None => Seeding::alone(SeedingConfig::default()),
+    });
     let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
         source,
         Limiter::new(seed.egress_rate, seed.chunk_size),
         seed.upload_slots,
         p2p_metrics,
         Faults::default(),
+        seeding,
     ))
     .into_axum_router();
     let (data, admin) = AdminListener::split(

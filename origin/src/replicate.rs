@@ -170,6 +170,23 @@ impl Ring {
         }))
     }
 
+    /// This origin's share of each blob's pieces for super-seeding (`shoal_p2p::ShareOf`): its
+    /// place among the blob's owners. Every owner computes the same owners from the same ring,
+    /// so their shares are disjoint; a piece left out (owners seen differently for a moment) is
+    /// still served to a request that insists.
+    pub(crate) fn share_of(&self) -> shoal_p2p::ShareOf {
+        let cluster = self.cluster.clone();
+        let me = self.me.clone();
+        Arc::new(move |digest| {
+            let owners = cluster.owners(digest);
+            let index = owners.iter().position(|owner| owner.addr == me)?;
+            Some((
+                u32::try_from(index).ok()?,
+                u32::try_from(owners.len()).ok()?,
+            ))
+        })
+    }
+
     /// Bytes pushed to the other owners so far (the counter itself, for metrics).
     pub(crate) fn replicated(&self) -> Counter {
         self.replicated.clone()

@@ -65,6 +65,7 @@ async fn stored_blobs_are_seeded_as_verified_pieces_and_counted() {
                 digest: digest.to_string(),
                 index: index as u32,
                 peer_id: "agent-1".into(),
+                insist: false,
             })
             .await
             .expect("get piece")

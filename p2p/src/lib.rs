@@ -17,7 +17,8 @@ pub use engine::{Blob, ClusterTls, DownloadReport, Engine, Network, ReportState}
 pub use error::P2pError;
 pub use limiter::Limiter;
 pub use metrics::P2pMetrics;
-pub use server::peer_service;
+pub use server::{Seeding, ShareOf, peer_service};
+pub use shoal_swarm::seeding::SeedingConfig;
 pub use source::{PieceSource, StoreSource};
 pub use wire::{Chunk, PeerServer, PieceStream, get_piece};
 

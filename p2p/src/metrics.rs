@@ -26,6 +26,8 @@ pub struct P2pMetrics {
     pub(crate) downloads_active: Gauge,
     pub(crate) busy_answered: Counter,
     pub(crate) busy_received: Counter,
+    pub(crate) elsewhere_answered: Counter,
+    pub(crate) elsewhere_received: Counter,
     pub(crate) download_duration: Histogram,
     pub(crate) peers_connected: Gauge,
 }
@@ -66,6 +68,8 @@ impl P2pMetrics {
             downloads_active: Gauge::default(),
             busy_answered: Counter::default(),
             busy_received: Counter::default(),
+            elsewhere_answered: Counter::default(),
+            elsewhere_received: Counter::default(),
             download_duration: Histogram::new(download_buckets()),
             peers_connected: Gauge::default(),
         };
@@ -113,6 +117,16 @@ impl P2pMetrics {
             "p2p_busy_received",
             "Piece requests a peer refused as busy",
             metrics.busy_received.clone(),
+        );
+        registry.register(
+            "p2p_elsewhere_answered",
+            "Piece requests an origin serving a crowd answered \"get it elsewhere\" (other peers hold or will soon hold the piece)",
+            metrics.elsewhere_answered.clone(),
+        );
+        registry.register(
+            "p2p_elsewhere_received",
+            "Piece requests origins answered \"get it elsewhere\"",
+            metrics.elsewhere_received.clone(),
         );
         registry.register(
             "p2p_download_duration_seconds",
@@ -163,6 +177,16 @@ impl P2pMetrics {
     /// Piece requests peers refused as busy so far (as a downloader).
     pub fn busy_received(&self) -> u64 {
         self.busy_received.get()
+    }
+
+    /// Piece requests answered "get it elsewhere" so far (as an origin's peer service).
+    pub fn elsewhere_answered(&self) -> u64 {
+        self.elsewhere_answered.get()
+    }
+
+    /// Piece requests origins answered "get it elsewhere" so far (as a downloader).
+    pub fn elsewhere_received(&self) -> u64 {
+        self.elsewhere_received.get()
     }
 
     /// Piece bytes served so far.

@@ -2,8 +2,9 @@
 //! answered in rate-limited chunks, over any [`PieceSource`].
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -11,6 +12,7 @@ use futures::{Stream, StreamExt};
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
+use shoal_swarm::seeding::{self, Blob, Decision, Seeder, SeedingConfig};
 use shoal_swarm::slots::{UploadSlot, UploadSlots};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +23,37 @@ use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 
 /// The `RESOURCE_EXHAUSTED` message of a busy answer.
 pub(crate) const BUSY: &str = "busy: every upload slot is taken";
+/// The `FAILED_PRECONDITION` message of an origin's "get it elsewhere" answer.
+pub(crate) const ELSEWHERE: &str = "elsewhere: other peers hold or will soon hold this piece";
+
+/// Which share of a blob's pieces this origin sends first in a crowd: `(index, of)` when it is
+/// owner `index` of the `of` origins owning the blob, None when it owns it alone (or cannot tell).
+pub type ShareOf = Arc<dyn Fn(&Digest) -> Option<(u32, u32)> + Send + Sync>;
+
+/// An origin's super-seeding (`shoal_swarm::seeding`): the policy, and its share of each blob.
+#[derive(Clone)]
+pub struct Seeding {
+    pub config: SeedingConfig,
+    pub share: ShareOf,
+}
+
+impl Seeding {
+    /// The policy for an origin that owns its blobs alone (no shares).
+    pub fn alone(config: SeedingConfig) -> Seeding {
+        Seeding {
+            config,
+            share: Arc::new(|_| None),
+        }
+    }
+}
+
+impl std::fmt::Debug for Seeding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seeding")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Session events buffered per stream: enough to keep the sender busy while one is on the wire,
 /// few enough that a slow reader holds only a handful in memory.
@@ -28,13 +61,16 @@ const STREAM_BUFFER: usize = 4;
 
 /// The gRPC `Peer` service over `source`: egress limited by `limiter` (whose chunk size is the
 /// `PieceChunk` size), at most `upload_slots` pieces served at once (the rest are answered
-/// busy), served bytes counted in `metrics`, `faults` for tests only.
+/// busy), served bytes counted in `metrics`, `faults` for tests only. An origin passes
+/// `seeding`: while a crowd pulls a blob, requests for pieces it sent recently are answered
+/// `FAILED_PRECONDITION` "elsewhere" (`shoal_swarm::seeding`); agents pass None.
 pub fn peer_service(
     source: Arc<dyn PieceSource>,
     limiter: Limiter,
     upload_slots: usize,
     metrics: P2pMetrics,
     faults: Faults,
+    seeding: Option<Seeding>,
 ) -> PeerServer {
     if faults.corrupt_served_pieces {
         tracing::warn!("TEST-ONLY fault injection: every piece this peer serves will be corrupted");
@@ -45,6 +81,11 @@ pub fn peer_service(
         slots: UploadSlots::new(upload_slots),
         metrics,
         faults,
+        seeder: seeding.map(|seeding| {
+            let seeder = Seeder::new(seeding.config, seeding::DEFAULT_BLOBS);
+            (Mutex::new(seeder), seeding.share)
+        }),
+        started: Instant::now(),
     }))
 }
 
@@ -55,6 +96,10 @@ pub(crate) struct PeerService {
     slots: Arc<UploadSlots>,
     metrics: P2pMetrics,
     faults: Faults,
+    /// An origin's super-seeding ledgers (the blobs served most recently).
+    seeder: Option<(Mutex<Seeder<Digest>>, ShareOf)>,
+    /// The seeder's clock.
+    started: Instant,
 }
 
 pub fn parse_digest(text: &str) -> Result<Digest, Status> {
@@ -130,6 +175,14 @@ impl PeerService {
             self.metrics.busy_answered.inc();
             return Err(Status::resource_exhausted(BUSY));
         };
+        if self.elsewhere(
+            &digest,
+            u32::try_from(metainfo.piece_count()).unwrap_or(u32::MAX),
+            &request,
+        ) {
+            self.metrics.elsewhere_answered.inc();
+            return Err(Status::failed_precondition(ELSEWHERE));
+        }
         let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
         Ok(PieceChunks {
             bytes: Some(bytes),
@@ -141,6 +194,33 @@ impl PeerService {
             faults: self.faults,
             _slot: slot,
         })
+    }
+}
+
+impl PeerService {
+    /// Whether an origin serving a crowd sends this request elsewhere (its slot, taken just
+    /// before, is given back). Served requests are recorded in the blob's ledger.
+    fn elsewhere(&self, digest: &Digest, pieces: u32, request: &PieceRequest) -> bool {
+        let Some((seeder, share)) = &self.seeder else {
+            return false;
+        };
+        let blob = Blob {
+            pieces,
+            share: share(digest),
+        };
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let requester = seeding::requester_key(&request.peer_id);
+        // A poisoned lock only means a panic elsewhere mid-update of counters: keep using them.
+        let mut seeder = seeder.lock().unwrap_or_else(|e| e.into_inner());
+        let decision = seeder.decide(
+            digest,
+            blob,
+            requester,
+            request.index,
+            request.insist,
+            now_ms,
+        );
+        decision == Decision::Elsewhere
     }
 }
 

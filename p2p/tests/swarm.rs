@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder, PeerId};
 use shoal_p2p::{
     Engine, Faults, Identity, Limiter, Network, P2pConfig, P2pError, P2pMetrics, PieceSource,
-    StoreSource, peer_service,
+    Seeding, SeedingConfig, StoreSource, peer_service,
 };
 use shoal_proto::v1::peer_client::PeerClient;
 use shoal_proto::v1::tracker_server::{Tracker, TrackerServer};
@@ -188,6 +188,20 @@ impl Swarm {
         faults: Faults,
         upload_slots: usize,
     ) -> Result<Node> {
+        self.seeder_with(blobs, origin, egress, faults, upload_slots, None)
+            .await
+    }
+
+    /// Like [`Swarm::seeder_with_slots`], with an origin's super-seeding policy.
+    async fn seeder_with(
+        &mut self,
+        blobs: &[&[u8]],
+        origin: bool,
+        egress: Option<ByteSize>,
+        faults: Faults,
+        upload_slots: usize,
+        seeding: Option<Seeding>,
+    ) -> Result<Node> {
         let (_, store) = self.store().await?;
         for data in blobs {
             store
@@ -207,6 +221,7 @@ impl Swarm {
                 upload_slots,
                 metrics.clone(),
                 faults,
+                seeding,
             )))
             .await?;
         Ok(Node {
@@ -274,6 +289,7 @@ impl Swarm {
             upload_slots,
             metrics.clone(),
             Faults::default(),
+            None,
         );
         let router = Server::builder().add_service(service);
         tokio::spawn(serve_on(router, listener, self.shutdown.clone()));
@@ -557,6 +573,139 @@ async fn a_seeder_out_of_upload_slots_answers_busy_and_the_download_still_comple
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent_gets_them_from_a_peer()
+-> Result<()> {
+    let mut swarm = Swarm::new();
+    // Large enough that B, pulling from A over loopback, connects the origin (its last resort
+    // while fewer than two agents are useful) before it is done.
+    let data = blob(48 * MIB, 7);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    // Windows far longer than the test: every piece A gets counts as sent recently when B asks.
+    let seeding = SeedingConfig {
+        recent: Duration::from_secs(600),
+        crowd_window: Duration::from_secs(600),
+    };
+    let slots = P2pConfig::default().upload_slots;
+    let origin = swarm
+        .seeder_with(
+            &[&data],
+            true,
+            None,
+            Faults::default(),
+            slots,
+            Some(Seeding::alone(seeding)),
+        )
+        .await?;
+    let (listener_a, id_a) = swarm.reserve().await?;
+    let (listener_b, id_b) = swarm.reserve().await?;
+    let peers = vec![
+        origin.info(true),
+        PeerInfo {
+            peer_id: id_a.peer_id.to_string(),
+            addr: id_a.addr.clone(),
+            origin: false,
+            complete: false,
+        },
+    ];
+    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
+
+    // A alone: a lone requester is served every piece, as without the policy.
+    let (engine_a, node_a) = swarm.engine(listener_a, id_a, &tracker, None).await?;
+    let blob_a = engine_a.fetch(&digest, None).await?;
+    assert!(collect(blob_a.stream(0..u64::MAX)).await? == data);
+    assert_eq!(origin.metrics.elsewhere_answered(), 0);
+    assert_eq!(origin.metrics.bytes_served(), data.len() as u64);
+    let len = data.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_a.store.stat(&digest).await? != Some(len) {
+        if Instant::now() > deadline {
+            bail!("the download was never committed to the store");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B makes a crowd: whatever it asks the origin for went out to A just now, so the origin
+    // sends B elsewhere, and B gets the whole blob from A.
+    let (engine_b, node_b) = swarm.engine(listener_b, id_b, &tracker, None).await?;
+    let blob_b = engine_b.fetch(&digest, None).await?;
+    assert!(collect(blob_b.stream(0..u64::MAX)).await? == data);
+    assert!(
+        origin.metrics.elsewhere_answered() > 0,
+        "B never asked the origin"
+    );
+    assert_eq!(
+        node_b.metrics.bytes_received(true),
+        0,
+        "the origin sent B pieces"
+    );
+    assert!(node_b.metrics.bytes_received(false) >= len);
+    assert_eq!(
+        origin.metrics.bytes_served(),
+        len,
+        "the origin sent a piece twice"
+    );
+    assert_eq!(
+        node_b.metrics.elsewhere_received(),
+        origin.metrics.elsewhere_answered()
+    );
+    // Not a failure: the origin was never dropped or blacklisted.
+    assert_eq!(node_b.metrics.peers_blacklisted(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_peer_service_answers_elsewhere_in_a_crowd_and_serves_an_insisting_request()
+-> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(MIB, 8);
+    let metainfo = metainfo_of(&data);
+    let slots = P2pConfig::default().upload_slots;
+    let origin = swarm
+        .seeder_with(
+            &[&data],
+            true,
+            None,
+            Faults::default(),
+            slots,
+            Some(Seeding::alone(SeedingConfig::default())),
+        )
+        .await?;
+    let mut client = PeerClient::connect(format!("http://{}", origin.identity.addr)).await?;
+    let request = |peer: &str, insist: bool| PieceRequest {
+        digest: metainfo.digest().to_string(),
+        index: 0,
+        peer_id: peer.to_owned(),
+        insist,
+    };
+    // A lone requester is served, again and again.
+    for _ in 0..2 {
+        let mut stream = client
+            .get_piece(request("agent-a", false))
+            .await?
+            .into_inner();
+        while stream.message().await?.is_some() {}
+    }
+    // A second requester makes a crowd: the piece just went out, so it is sent elsewhere.
+    let refused = client
+        .get_piece(request("agent-b", false))
+        .await
+        .err()
+        .context("a crowd's request for a piece sent just now was served")?;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert_eq!(origin.metrics.elsewhere_answered(), 1);
+    assert_eq!(origin.metrics.busy_answered(), 0);
+    // Insisting, it is served.
+    let mut stream = client
+        .get_piece(request("agent-b", true))
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
+    assert_eq!(origin.metrics.bytes_served(), 3 * metainfo.piece_length());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_blob_is_not_found_fast() -> Result<()> {
     let mut swarm = Swarm::new();
@@ -627,6 +776,7 @@ async fn the_peer_service_refuses_bad_requests_with_grpc_errors() -> Result<()> 
         digest,
         index,
         peer_id: me.clone(),
+        insist: false,
     };
 
     let unknown = Digest::of(b"unknown").to_string();
@@ -808,6 +958,7 @@ async fn a_lying_metainfo_never_gets_its_blob_served_whole() -> Result<()> {
             P2pConfig::default().upload_slots,
             P2pMetrics::new(&mut Registry::default()),
             Faults::default(),
+            None,
         )))
         .await?;
     let origin = Identity::random(addr.to_string(), true);

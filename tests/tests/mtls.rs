@@ -218,6 +218,7 @@ async fn internal_endpoints_refuse_callers_without_a_certificate_or_of_the_wrong
         digest: layer.clone(),
         index: 0,
         peer_id: "mtls-test".to_owned(),
+        insist: false,
     };
     let as_proxy = grpc_tls(&cluster.tls_config(Component::Proxy), &[Role::Origin])?;
     let refused = PeerClient::new(grpc_channel(&peer, &as_proxy)?)

@@ -98,6 +98,7 @@ fn fixture(mtls: bool) -> Fixture {
             P2pConfig::default().upload_slots,
             P2pMetrics::new(&mut Registry::default()),
             Faults::default(),
+            None,
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -141,6 +142,7 @@ async fn get_piece(
         digest: metainfo.digest().to_string(),
         index,
         peer_id: "microbench".to_owned(),
+        insist: false,
     };
     let mut stream = shoal_p2p::get_piece(channel, &request, CHUNK).await?;
     let mut received = 0;

@@ -339,7 +339,11 @@ impl Driver {
         for action in self.scheduler.handle(now, event) {
             match action {
                 Action::Connect { peer } => self.connect(peer),
-                Action::Request { peer, piece } => self.request(peer, piece),
+                Action::Request {
+                    peer,
+                    piece,
+                    insist,
+                } => self.request(peer, piece, insist),
                 Action::Cancel { peer, piece } => {
                     if let Some(handle) = self.requests.remove(&(peer, piece)) {
                         handle.abort();
@@ -377,7 +381,7 @@ impl Driver {
         }
     }
 
-    fn request(&mut self, peer: PeerId, piece: u32) {
+    fn request(&mut self, peer: PeerId, piece: u32, insist: bool) {
         let Some(known) = self.known.get(&peer) else {
             let _ = self.tx.send(Msg::Event(Event::PieceFailed { peer, piece }));
             return;
@@ -390,6 +394,7 @@ impl Driver {
             addr: known.addr.clone(),
             origin: known.origin,
             piece,
+            insist,
             tx: self.tx.clone(),
         };
         let handle = tokio::spawn(task.run()).abort_handle();

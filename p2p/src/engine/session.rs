@@ -170,6 +170,8 @@ pub(crate) struct PieceFetch {
     pub addr: String,
     pub origin: bool,
     pub piece: u32,
+    /// The scheduler's `insist`: the peer refused this piece before and nobody else has it.
+    pub insist: bool,
     pub tx: mpsc::UnboundedSender<Msg>,
 }
 
@@ -183,6 +185,8 @@ enum Outcome {
     Failed(String),
     /// The peer refused at once: its upload slots are all taken.
     Busy,
+    /// The peer (an origin serving a crowd) refused at once: other peers hold the piece.
+    Elsewhere,
 }
 
 impl PieceFetch {
@@ -203,6 +207,10 @@ impl PieceFetch {
                 self.shared.metrics.busy_received.inc();
                 Event::PieceBusy { peer, piece }
             }
+            Outcome::Elsewhere => {
+                self.shared.metrics.elsewhere_received.inc();
+                Event::PieceElsewhere { peer, piece }
+            }
         };
         let _ = self.tx.send(Msg::Event(event));
     }
@@ -222,11 +230,15 @@ impl PieceFetch {
             digest: metainfo.digest().to_string(),
             index: self.piece,
             peer_id: self.shared.identity.peer_id.to_string(),
+            insist: self.insist,
         };
         let sent = Instant::now();
         let mut stream = match wire::get_piece(channel, &request, length).await {
             Ok(stream) => stream,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                return Outcome::Elsewhere;
+            }
             Err(status) => return Outcome::Failed(status.to_string()),
         };
         // The answer's headers come before any of the piece's bytes: this is the round trip

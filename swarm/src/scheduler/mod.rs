@@ -91,6 +91,11 @@ pub struct SchedulerConfig {
     /// a row up to 4 s).
     #[serde(with = "humantime_serde")]
     pub busy_backoff: Duration,
+    /// After an origin answered "get it elsewhere" for a piece, how long it is not asked for
+    /// that piece (agents may get it meanwhile); then, if still no connected agent holds it,
+    /// the origin is asked again and the request insists.
+    #[serde(with = "humantime_serde")]
+    pub elsewhere_wait: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -121,6 +126,11 @@ impl Default for SchedulerConfig {
             // About one tick: a busy origin is asked again soon, and the jitter spreads a crowd's
             // retries over the next ticks.
             busy_backoff: Duration::from_millis(250),
+            // Long enough for a piece an origin just sent to spread to a few percent of a
+            // crowd, so that one of our connections likely holds it: in the swarm simulation
+            // (docs/BENCHMARKS.md, origin super-seeding) 1-2 s let a thousand agents insist and
+            // the origins send 2 × S, 3 s brings it to 1.4 × S.
+            elsewhere_wait: Duration::from_secs(3),
         }
     }
 }
@@ -141,6 +151,7 @@ impl SchedulerConfig {
             ("piece_timeout", self.piece_timeout.is_zero()),
             ("max_failures", self.max_failures == 0),
             ("busy_backoff", self.busy_backoff.is_zero()),
+            ("elsewhere_wait", self.elsewhere_wait.is_zero()),
         ];
         match zero.into_iter().find(|&(_, is_zero)| is_zero) {
             Some((field, _)) => Err(SchedulerConfigError::Zero { field }),
@@ -199,6 +210,13 @@ pub enum Event {
         peer: PeerId,
         piece: u32,
     },
+    /// The peer (an origin serving a crowd, `crate::seeding`) refused the request because
+    /// other peers hold or will soon hold the piece: get it from them. Not a failure and no
+    /// back-off; the peer is asked for other pieces at once.
+    PieceElsewhere {
+        peer: PeerId,
+        piece: u32,
+    },
     /// Time passed: check timeouts, expire blacklist entries.
     Tick,
 }
@@ -212,6 +230,9 @@ pub enum Action {
     Request {
         peer: PeerId,
         piece: u32,
+        /// The peer refused this piece before ("elsewhere") and no connected agent got it
+        /// since: the peer must serve it if it has a free slot.
+        insist: bool,
     },
     /// Abort a request: another peer delivered the piece (endgame), or it timed out.
     Cancel {
@@ -315,6 +336,9 @@ impl Scheduler {
                 self.fill_all(now_ms, &mut out);
             }
             Event::PieceBusy { peer, piece } => self.on_busy(now_ms, &peer, piece, &mut out),
+            Event::PieceElsewhere { peer, piece } => {
+                self.on_elsewhere(now_ms, &peer, piece, &mut out)
+            }
             Event::Tick => self.on_tick(now_ms, &mut out),
         }
         if self.is_complete() {
@@ -378,6 +402,7 @@ impl Scheduler {
             busy_streak: 0,
             useful,
             depth: Default::default(),
+            refused: Default::default(),
         });
         self.fill(now_ms, slot, out);
     }
@@ -489,6 +514,35 @@ impl Scheduler {
             .min(millis(MAX_BUSY_BACKOFF));
         peer.busy_streak += 1;
         peer.busy_until = now_ms.saturating_add(backoff * jitter / 1000);
+        self.pieces.unrequest(piece, slot);
+        self.fill_all(now_ms, out);
+    }
+
+    /// The peer told us to get the piece elsewhere: the piece goes back to the pool, the peer is
+    /// not asked for it for `elsewhere_wait` (agents holding it are asked instead, as they
+    /// announce it), and the peer is refilled at once with other pieces. Once the wait is over,
+    /// the next request for it to this peer insists unless a connected agent holds it by then.
+    fn on_elsewhere(&mut self, now_ms: u64, id: &PeerId, piece: u32, out: &mut Vec<Action>) {
+        let Some(slot) = self.peers.slot(id) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(slot) else {
+            return;
+        };
+        if !peer.take_request(now_ms, piece) {
+            return;
+        }
+        if peer.holds(piece) {
+            let until = now_ms.saturating_add(millis(self.config.elsewhere_wait));
+            peer.avoid.insert(piece, until);
+            peer.refused.insert(piece);
+            if self.pieces.is_missing(piece) {
+                peer.useful -= 1;
+            }
+            if !peer.origin {
+                self.pieces.remove_agent_holder(piece);
+            }
+        }
         self.pieces.unrequest(piece, slot);
         self.fill_all(now_ms, out);
     }
@@ -664,10 +718,13 @@ impl Scheduler {
         };
         for piece in picks {
             peer.add_request(now_ms, piece);
+            // A piece this peer sent us elsewhere, that no connected agent got meanwhile.
+            let insist = peer.refused.remove(&piece) && self.pieces.agent_holders(piece) == 0;
             self.pieces.request(piece, slot);
             out.push(Action::Request {
                 peer: peer.id.clone(),
                 piece,
+                insist,
             });
         }
     }

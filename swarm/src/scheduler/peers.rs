@@ -2,7 +2,7 @@
 //! connecting to them, the blacklist, and the per-peer state of connected peers (their bitfield,
 //! requests in flight, pieces they failed, consecutive failures).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -33,6 +33,8 @@ pub(super) struct Peer {
     pub(super) useful: u32,
     /// How many requests keep this peer busy.
     pub(super) depth: Depth,
+    /// Pieces it told us to get elsewhere: asked of it again, the request insists.
+    pub(super) refused: HashSet<u32>,
 }
 
 impl Peer {

@@ -84,6 +84,11 @@ impl Pieces {
         self.have.len() - self.have.count()
     }
 
+    /// Connected agents holding `piece` (and not avoided for it).
+    pub(super) fn agent_holders(&self, piece: u32) -> u32 {
+        self.avail.get(piece as usize).copied().unwrap_or(0)
+    }
+
     pub(super) fn agentless(&self) -> u32 {
         self.agentless
     }

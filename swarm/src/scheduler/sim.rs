@@ -158,7 +158,7 @@ impl Sim {
                     bitfield,
                 });
             }
-            Action::Request { peer, piece } => {
+            Action::Request { peer, piece, .. } => {
                 let piece = *piece;
                 assert!(!shunned(peer), "request to blacklisted {peer}");
                 assert!(
@@ -298,7 +298,7 @@ impl Sim {
 
     pub(super) fn requests(&self) -> impl Iterator<Item = (&PeerId, u32)> + '_ {
         self.log.iter().filter_map(|(_, action)| match action {
-            Action::Request { peer, piece } => Some((peer, *piece)),
+            Action::Request { peer, piece, .. } => Some((peer, *piece)),
             _ => None,
         })
     }

@@ -102,7 +102,7 @@ impl Swarm {
                     self.events
                         .push_back((at, Event::Connected { peer, bitfield }));
                 }
-                Action::Request { peer, piece } => {
+                Action::Request { peer, piece, .. } => {
                     let server = self.index(&peer);
                     assert!(self.nodes[server].have(self.pieces).get(piece));
                     self.inflight.push((at, server, piece));

@@ -275,7 +275,8 @@ fn a_timed_out_request_is_cancelled_and_reissued_to_another_peer() {
             },
             Action::Request {
                 peer: slow.clone(),
-                piece: last
+                piece: last,
+                insist: false,
             },
         ]
     );
@@ -290,7 +291,8 @@ fn a_timed_out_request_is_cancelled_and_reissued_to_another_peer() {
         ),
         vec![Action::Request {
             peer: fast,
-            piece: stuck
+            piece: stuck,
+            insist: false,
         }]
     );
 }
@@ -442,7 +444,14 @@ fn a_have_makes_a_peer_useful() {
             piece: 5,
         },
     );
-    assert_eq!(have, vec![Action::Request { peer, piece: 5 }]);
+    assert_eq!(
+        have,
+        vec![Action::Request {
+            peer,
+            piece: 5,
+            insist: false,
+        }]
+    );
 }
 
 #[test]
@@ -653,7 +662,7 @@ fn requested(actions: &[Action], to: &PeerId) -> Vec<u32> {
     actions
         .iter()
         .filter_map(|action| match action {
-            Action::Request { peer, piece } if peer == to => Some(*piece),
+            Action::Request { peer, piece, .. } if peer == to => Some(*piece),
             _ => None,
         })
         .collect()
@@ -764,7 +773,14 @@ fn a_busy_answer_sends_the_piece_to_another_holder_at_once() {
             piece,
         },
     );
-    assert_eq!(out, vec![Action::Request { peer: b, piece }]);
+    assert_eq!(
+        out,
+        vec![Action::Request {
+            peer: b,
+            piece,
+            insist: false,
+        }]
+    );
 }
 
 #[test]
@@ -1036,4 +1052,161 @@ fn in_a_crowd_each_slow_peer_gets_one_request_and_requests_spread() {
         let at = inflight.iter().filter(|(peer, _)| peer == seeder).count();
         assert_eq!(at, 1, "{seeder}: {inflight:?}");
     }
+}
+
+/// A flash crowd's start: an empty agent and an origin connected, the origin asked for one
+/// piece. Returns the scheduler and that piece.
+fn beside_an_empty_agent(pieces: u32, seed: u64) -> (Scheduler, u32) {
+    let mut scheduler = Scheduler::new(pieces, Bitfield::new(pieces), config(), seed);
+    let agent = id("agent");
+    connect_empty(&mut scheduler, 0, &agent, pieces);
+    let out = connect(&mut scheduler, 1, &id("origin"), true, pieces);
+    let [piece] = requested(&out, &id("origin"))[..] else {
+        panic!("{out:?}");
+    };
+    assert!(
+        out.iter()
+            .all(|action| !matches!(action, Action::Request { insist: true, .. })),
+        "{out:?}"
+    );
+    (scheduler, piece)
+}
+
+fn connect_empty(scheduler: &mut Scheduler, now: u64, peer: &PeerId, pieces: u32) {
+    scheduler.handle(
+        now,
+        Event::Discovered(vec![PeerCandidate {
+            id: peer.clone(),
+            origin: false,
+        }]),
+    );
+    scheduler.handle(
+        now,
+        Event::Connected {
+            peer: peer.clone(),
+            bitfield: Bitfield::new(pieces),
+        },
+    );
+}
+
+#[test]
+fn an_origin_refuses_a_recently_sent_piece_and_the_refused_agent_gets_it_from_a_peer() {
+    let (mut scheduler, piece) = beside_an_empty_agent(4, 30);
+    let origin = id("origin");
+    // The origin sends us elsewhere: it is not backed off but asked for another piece at once.
+    let out = scheduler.handle(
+        10,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece,
+        },
+    );
+    let [other] = requested(&out, &origin)[..] else {
+        panic!("the origin is refilled at once: {out:?}");
+    };
+    assert_ne!(other, piece);
+    // The agent announces the piece: it is asked for it, the origin never again.
+    let out = scheduler.handle(
+        20,
+        Event::Have {
+            peer: id("agent"),
+            piece,
+        },
+    );
+    assert_eq!(requested(&out, &id("agent")), vec![piece], "{out:?}");
+    let later = scheduler.handle(5_000, Event::Tick);
+    assert!(!requested(&later, &origin).contains(&piece), "{later:?}");
+}
+
+#[test]
+fn a_refused_piece_no_agent_gets_is_asked_again_after_the_wait_and_insists() {
+    let (mut scheduler, piece) = beside_an_empty_agent(2, 31);
+    let origin = id("origin");
+    let wait = millis(config().elsewhere_wait);
+    let out = scheduler.handle(
+        10,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece,
+        },
+    );
+    let [other] = requested(&out, &origin)[..] else {
+        panic!("{out:?}");
+    };
+    let out = scheduler.handle(
+        20,
+        Event::PieceDone {
+            peer: origin.clone(),
+            piece: other,
+            rtt: Duration::from_millis(1),
+        },
+    );
+    assert!(requested(&out, &origin).is_empty(), "{out:?}");
+    let early = scheduler.handle(10 + wait - 1, Event::Tick);
+    assert!(requested(&early, &origin).is_empty(), "{early:?}");
+    let out = scheduler.handle(10 + wait, Event::Tick);
+    assert_eq!(
+        out,
+        vec![Action::Request {
+            peer: origin.clone(),
+            piece,
+            insist: true,
+        }]
+    );
+    // An insisting request that is refused again (the origin had no other choice) waits and
+    // insists again: the piece is never stranded.
+    scheduler.handle(
+        10 + wait + 5,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece,
+        },
+    );
+    let out = scheduler.handle(10 + 2 * wait + 5, Event::Tick);
+    assert_eq!(
+        out,
+        vec![Action::Request {
+            peer: origin.clone(),
+            piece,
+            insist: true,
+        }]
+    );
+    scheduler.handle(
+        10 + 2 * wait + 6,
+        Event::PieceDone {
+            peer: origin,
+            piece,
+            rtt: Duration::from_millis(1),
+        },
+    );
+    assert!(scheduler.is_complete());
+}
+
+#[test]
+fn a_refused_piece_an_agent_announces_meanwhile_is_not_insisted_on() {
+    let (mut scheduler, piece) = beside_an_empty_agent(4, 32);
+    let origin = id("origin");
+    let wait = millis(config().elsewhere_wait);
+    scheduler.handle(
+        10,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece,
+        },
+    );
+    // The agent holds it, but is slow to deliver: the origin, asked again after the wait,
+    // may refuse again.
+    scheduler.handle(
+        20,
+        Event::Have {
+            peer: id("agent"),
+            piece,
+        },
+    );
+    let out = scheduler.handle(10 + wait, Event::Tick);
+    assert!(
+        out.iter()
+            .all(|action| !matches!(action, Action::Request { insist: true, .. })),
+        "{out:?}"
+    );
 }
