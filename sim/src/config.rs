@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use shoal_core::piece_length_for;
 use shoal_swarm::scheduler::SchedulerConfig;
+use shoal_swarm::seeding::SeedingConfig;
 use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
 use thiserror::Error;
 
@@ -104,6 +105,10 @@ pub struct SimConfig {
     pub origin_upload_slots: usize,
     #[serde(skip)]
     pub scheduler: SchedulerConfig,
+    /// The origins' super-seeding policy (`shoal_swarm::seeding`, as the origin's peer service
+    /// runs it); None serves every request a slot allows.
+    #[serde(skip)]
+    pub seeding: Option<SeedingConfig>,
     /// How often the agent ticks its scheduler (the engine's 250 ms).
     pub tick: Duration,
     /// Give up on agents not complete after this much virtual time.
@@ -128,6 +133,7 @@ impl Default for SimConfig {
             upload_slots: DEFAULT_UPLOAD_SLOTS,
             origin_upload_slots: DEFAULT_UPLOAD_SLOTS,
             scheduler: SchedulerConfig::default(),
+            seeding: Some(SeedingConfig::default()),
             tick: Duration::from_millis(250),
             time_limit: Duration::from_secs(3600),
             seed: 1,

@@ -9,6 +9,7 @@ use bytesize::ByteSize;
 use clap::Parser;
 use shoal_sim::{Churn, HandoutPolicy, SimConfig, TrackerModel, simulate};
 use shoal_swarm::scheduler::SchedulerConfig;
+use shoal_swarm::seeding::SeedingConfig;
 use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
 
 /// Simulates N agents pulling one blob through Shoal's scheduler, in virtual time.
@@ -95,6 +96,18 @@ struct Args {
     /// Scheduler: rest after a peer's first busy answer (doubling per busy answer in a row).
     #[arg(long, default_value = "250ms", value_parser = duration)]
     busy_backoff: Duration,
+    /// Origins serve every request a slot allows (no super-seeding, `shoal_swarm::seeding`).
+    #[arg(long)]
+    no_seeding: bool,
+    /// Super-seeding: in a crowd, an origin refuses a piece it sent this recently.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    seeding_recent: Duration,
+    /// Super-seeding: requests from two peers within this window make a crowd.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    seeding_crowd_window: Duration,
+    /// Scheduler: an origin that answered "elsewhere" for a piece is not asked for it this long.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    elsewhere_wait: Duration,
     /// Stop after this much virtual time.
     #[arg(long, default_value = "1h", value_parser = duration)]
     time_limit: Duration,
@@ -185,8 +198,13 @@ fn main() -> anyhow::Result<ExitCode> {
             max_failures: args.max_failures,
             piece_timeout: args.piece_timeout,
             busy_backoff: args.busy_backoff,
+            elsewhere_wait: args.elsewhere_wait,
             ..SchedulerConfig::default()
         },
+        seeding: (!args.no_seeding).then_some(SeedingConfig {
+            recent: args.seeding_recent,
+            crowd_window: args.seeding_crowd_window,
+        }),
         upload_slots: args.upload_slots,
         origin_upload_slots: args.origin_upload_slots,
         time_limit: args.time_limit,

@@ -26,6 +26,8 @@ pub(crate) enum SimEvent {
     ClockWake { node: u32 },
     /// A sender's busy answer to `node`'s request reaches it.
     Busy { node: u32, sender: u32, piece: u32 },
+    /// An origin's "get it elsewhere" answer (`shoal_swarm::seeding`) reaches `node`.
+    Elsewhere { node: u32, sender: u32, piece: u32 },
     /// The last byte of a piece reached the downloader.
     PieceArrived { flow: u32, generation: u32 },
     /// `node` verified `piece`: tell the peers holding a session with it.

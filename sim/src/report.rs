@@ -97,6 +97,10 @@ pub struct Report {
     pub busy_from_origins: u64,
     pub busy_from_agents: u64,
     pub churn: ChurnReport,
+    /// Requests origins answered "get it elsewhere" (`shoal_swarm::seeding`).
+    pub elsewhere_from_origins: u64,
+    /// Requests to origins that insisted (refused before, and still held by no peer in reach).
+    pub insisting_to_origins: u64,
     /// Virtual time when the last agent completed (or the run stopped), seconds.
     pub virtual_seconds: f64,
     pub events: u64,
@@ -155,6 +159,11 @@ impl fmt::Display for Report {
                 churn.disconnects, churn.connect_failures, churn.failed_requests
             )?;
         }
+        writeln!(
+            f,
+            "elsewhere answers from origins: {}; requests that insisted: {}",
+            self.elsewhere_from_origins, self.insisting_to_origins
+        )?;
         write!(
             f,
             "{} events in {:.2} s wall time ({:.1} s virtual)",

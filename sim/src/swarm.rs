@@ -27,6 +27,7 @@ use rand::{RngExt, SeedableRng};
 use shoal_core::{Bitfield, PeerId};
 use shoal_swarm::announce::next_announce;
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
+use shoal_swarm::seeding::{Decision, Ledger};
 use shoal_swarm::slots;
 
 use crate::churn::{self, Exit};
@@ -88,6 +89,10 @@ pub struct Swarm {
     /// `verified` at which origin 0 dies.
     origin_death: Option<u64>,
     churn: ChurnReport,
+    /// Each origin's ledger of the blob (`shoal_swarm::seeding`), when the policy is on.
+    ledgers: Vec<Ledger>,
+    elsewhere_from_origins: u64,
+    insisting_to_origins: u64,
 }
 
 impl Swarm {
@@ -200,6 +205,13 @@ impl Swarm {
                 late_joiners: plans.iter().filter(|plan| plan.late.is_some()).count() as u32,
                 ..ChurnReport::default()
             },
+            // Origin `o` is owner `o` of the blob's owners (the tracker hands out the first
+            // `replicas` origins); the others never serve it.
+            ledgers: (0..config.origins)
+                .map(|o| Ledger::with_share(pieces, o, config.origins.min(config.tracker.replicas)))
+                .collect(),
+            elsewhere_from_origins: 0,
+            insisting_to_origins: 0,
             config,
         })
     }
@@ -319,6 +331,14 @@ impl Swarm {
             } => {
                 let peer = self.ids[sender as usize].clone();
                 self.send(node, Event::PieceBusy { peer, piece });
+            }
+            SimEvent::Elsewhere {
+                node,
+                sender,
+                piece,
+            } => {
+                let peer = self.ids[sender as usize].clone();
+                self.send(node, Event::PieceElsewhere { peer, piece });
             }
             SimEvent::PieceArrived { flow, generation } => {
                 let flow = FlowRef {
@@ -510,7 +530,11 @@ impl Swarm {
                         .push(now + 2 * self.latency, SimEvent::Connected { node, peer });
                 }
             }
-            Action::Request { peer, piece } => {
+            Action::Request {
+                peer,
+                piece,
+                insist,
+            } => {
                 let Some(sender) = self.node_of(&peer) else {
                     return;
                 };
@@ -527,6 +551,7 @@ impl Swarm {
                     return;
                 }
                 let origin = sender < self.origins;
+                self.insisting_to_origins += u64::from(origin && insist);
                 let slots = if origin {
                     self.config.origin_upload_slots
                 } else {
@@ -543,6 +568,29 @@ impl Swarm {
                     self.queue.push(
                         now + 2 * self.latency,
                         SimEvent::Busy {
+                            node,
+                            sender,
+                            piece,
+                        },
+                    );
+                    return;
+                }
+                // An origin with a free slot applies the super-seeding policy, as the peer
+                // service does after taking the slot.
+                if origin
+                    && let Some(seeding) = &self.config.seeding
+                    && self.ledgers[sender as usize].decide(
+                        seeding,
+                        u64::from(node),
+                        piece,
+                        insist,
+                        now / 1_000_000,
+                    ) == Decision::Elsewhere
+                {
+                    self.elsewhere_from_origins += 1;
+                    self.queue.push(
+                        now + 2 * self.latency,
+                        SimEvent::Elsewhere {
                             node,
                             sender,
                             piece,
@@ -636,6 +684,8 @@ impl Swarm {
             busy_from_origins: self.busy_from_origins,
             busy_from_agents: self.busy_from_agents,
             churn: self.churn.clone(),
+            elsewhere_from_origins: self.elsewhere_from_origins,
+            insisting_to_origins: self.insisting_to_origins,
             virtual_seconds: self.now as f64 / 1e9,
             events: self.queue.processed(),
             wall_seconds: wall.as_secs_f64(),
