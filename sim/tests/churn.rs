@@ -1,5 +1,6 @@
 //! Churn on a small swarm (debug builds, a few seconds): agents leaving mid-download and on
-//! completion, late joiners and an origin dying half-way; every agent that stays completes.
+//! completion, late joiners and an origin dying half-way; every agent that stays completes, and
+//! a departed agent is handed out only until its tracker record expires.
 
 use std::time::Duration;
 
