@@ -4,12 +4,32 @@
 
 use rand::Rng;
 use shoal_core::PeerId;
-use shoal_swarm::handout::{self as policy, Classes};
+use shoal_swarm::handout::{self as policy, Class, Classes};
 
 use crate::peers::PeerRecord;
 
 /// One peer handed to the caller.
 pub type Handout = policy::Handout<PeerRecord>;
+
+/// A class as a run of the records the handout picks from; its members are their indices, so
+/// the records chosen are moved into the answer rather than cloned.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: usize,
+    len: usize,
+}
+
+impl Class for Run {
+    type Member = usize;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn member(&self, index: usize) -> usize {
+        self.start + index
+    }
+}
 
 /// Up to `limit` peers for the announce of `caller` (who serves on `caller_addr`). `origins` are
 /// the digest's owners as complete peer records; `swarm` is the store's random sample of live
@@ -20,36 +40,55 @@ pub fn handout<R: Rng + ?Sized>(
     caller: &PeerId,
     caller_addr: &str,
     origins: Vec<PeerRecord>,
-    swarm: Vec<PeerRecord>,
+    mut swarm: Vec<PeerRecord>,
     limit: usize,
     rng: &mut R,
 ) -> Vec<Handout> {
+    // One vector: the origins, then the complete members, then the others, each in its order.
+    let origin_count = origins.len();
+    let mut records = origins;
+    records.reserve(swarm.len());
+    records.extend(swarm.extract_if(.., |peer| peer.complete));
+    let complete_count = records.len() - origin_count;
+    records.append(&mut swarm);
+    let classes = Classes {
+        origins: Run {
+            start: 0,
+            len: origin_count,
+        },
+        complete: Run {
+            start: origin_count,
+            len: complete_count,
+        },
+        partial: Run {
+            start: origin_count + complete_count,
+            len: records.len() - origin_count - complete_count,
+        },
+    };
     let is_caller = |peer: &PeerRecord| peer.id == *caller || peer.addr == caller_addr;
     let is_origin = |peer: &PeerRecord| {
-        origins
+        records[..origin_count]
             .iter()
             .any(|o| !is_caller(o) && (o.id == peer.id || o.addr == peer.addr))
     };
-    let (complete, partial): (Vec<PeerRecord>, Vec<PeerRecord>) =
-        swarm.into_iter().partition(|p| p.complete);
-    let classes = Classes {
-        origins: origins.as_slice(),
-        complete: complete.as_slice(),
-        partial: partial.as_slice(),
-    };
-    policy::handout(
+    let chosen = policy::handout(
         classes,
-        |peer| is_caller(peer),
-        |peer| is_origin(peer),
+        |&index| is_caller(&records[index]),
+        |&index| is_origin(&records[index]),
         limit,
         rng,
-    )
-    .into_iter()
-    .map(|chosen| Handout {
-        peer: chosen.peer.clone(),
-        origin: chosen.origin,
-    })
-    .collect()
+    );
+    // The policy picks each index at most once, so every take finds its record.
+    let mut records: Vec<Option<PeerRecord>> = records.into_iter().map(Some).collect();
+    chosen
+        .into_iter()
+        .filter_map(|chosen| {
+            records[chosen.peer].take().map(|peer| Handout {
+                peer,
+                origin: chosen.origin,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

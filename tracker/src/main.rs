@@ -14,6 +14,11 @@ struct Args {
     common: CommonArgs,
 }
 
+// Every announce allocates its request, answer and handout; glibc's malloc was an eighth of
+// the tracker's CPU under a fleet's announces.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -86,7 +86,7 @@ impl Tracker for TrackerService {
         let peers = chosen
             .into_iter()
             .map(|h| PeerInfo {
-                peer_id: h.peer.id.to_string(),
+                peer_id: h.peer.id.as_str().to_owned(),
                 addr: h.peer.addr,
                 origin: h.origin,
                 complete: h.peer.complete,

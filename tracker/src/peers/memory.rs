@@ -1,8 +1,9 @@
-//! The in-memory peer store: a map from digest to its swarm. A swarm keeps its members by id
-//! and, beside them, the ids of its complete and its other members in two vectors, so an
-//! announce samples either class in O(sample) however large the swarm. Expired members are
-//! dropped when a sample meets them, when a swarm at its cap needs their places, and by a sweep
-//! of every swarm once per TTL; a count of the records held makes the caps free to check.
+//! The in-memory peer store: a map from digest to its swarm. A swarm keeps its complete and its
+//! other members in two vectors of entries holding all a sample reads, and beside them a map
+//! from id to an entry's place, so an announce samples either class in O(sample) however large
+//! the swarm, without a map lookup per member sampled. Expired members are dropped when a sample
+//! meets them, when a swarm at its cap needs their places, and by a sweep of every swarm once
+//! per TTL; a count of the records held makes the caps free to check.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,10 +40,12 @@ struct Inner {
 
 #[derive(Debug)]
 struct Swarm {
-    members: HashMap<PeerId, Member>,
-    /// The ids of the complete members (`[COMPLETE]`) and of the others (`[PARTIAL]`), in no
-    /// order; a member's `slot` is its index in its class.
-    classes: [Vec<PeerId>; 2],
+    /// Where each member's entry is.
+    members: HashMap<PeerId, Place>,
+    /// The complete members (`[COMPLETE]`) and the others (`[PARTIAL]`), in no order. A sample
+    /// reads only these: in a swarm of thousands, a map lookup per member sampled was a cache
+    /// miss or two each, and most of the store's time.
+    classes: [Vec<Entry>; 2],
     /// When this swarm's expired members were last all dropped.
     last_expired: Instant,
 }
@@ -50,18 +53,22 @@ struct Swarm {
 const COMPLETE: usize = 0;
 const PARTIAL: usize = 1;
 
-#[derive(Debug)]
-struct Member {
-    addr: String,
-    complete: bool,
-    expires: Instant,
+fn class_of(complete: bool) -> usize {
+    if complete { COMPLETE } else { PARTIAL }
+}
+
+/// A member's class and its index in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    class: usize,
     slot: usize,
 }
 
-impl Member {
-    fn class(&self) -> usize {
-        if self.complete { COMPLETE } else { PARTIAL }
-    }
+#[derive(Debug)]
+struct Entry {
+    id: PeerId,
+    addr: String,
+    expires: Instant,
 }
 
 impl Swarm {
@@ -75,72 +82,75 @@ impl Swarm {
 
     /// Records or refreshes `peer`; whether it is new.
     fn upsert(&mut self, peer: &PeerRecord, expires: Instant) -> bool {
-        let class = if peer.complete { COMPLETE } else { PARTIAL };
-        if let Some(member) = self.members.get(&peer.id) {
-            if member.class() != class {
-                self.unslot(&peer.id);
-                self.slot(&peer.id, class);
-            }
-            let member = self.members.get_mut(&peer.id).expect("still a member");
-            member.addr.clone_from(&peer.addr);
-            member.complete = peer.complete;
-            member.expires = expires;
-            return false;
-        }
-        self.members.insert(
-            peer.id.clone(),
-            Member {
+        let class = class_of(peer.complete);
+        let Some(&place) = self.members.get(&peer.id) else {
+            let entry = Entry {
+                id: peer.id.clone(),
                 addr: peer.addr.clone(),
-                complete: peer.complete,
                 expires,
-                slot: 0,
-            },
-        );
-        self.slot(&peer.id, class);
-        true
-    }
-
-    /// Appends member `id` to `class`.
-    fn slot(&mut self, id: &PeerId, class: usize) {
-        let slot = self.classes[class].len();
-        self.classes[class].push(id.clone());
-        if let Some(member) = self.members.get_mut(id) {
-            member.slot = slot;
-        }
-    }
-
-    /// Takes member `id` out of its class, moving the class's last id into its slot.
-    fn unslot(&mut self, id: &PeerId) {
-        let Some(member) = self.members.get(id) else {
-            return;
+            };
+            let place = self.slot(entry, class);
+            self.members.insert(peer.id.clone(), place);
+            return true;
         };
-        let (class, slot) = (member.class(), member.slot);
-        self.classes[class].swap_remove(slot);
-        if let Some(moved) = self.classes[class].get(slot)
-            && let Some(moved) = self.members.get_mut(moved)
-        {
-            moved.slot = slot;
+        if place.class == class {
+            let entry = &mut self.classes[class][place.slot];
+            entry.addr.clone_from(&peer.addr);
+            entry.expires = expires;
+        } else {
+            let mut entry = self.unslot(place);
+            entry.addr.clone_from(&peer.addr);
+            entry.expires = expires;
+            let moved = self.slot(entry, class);
+            if let Some(place) = self.members.get_mut(&peer.id) {
+                *place = moved;
+            }
         }
+        false
     }
 
-    fn remove(&mut self, id: &PeerId) {
-        self.unslot(id);
-        self.members.remove(id);
+    /// Appends `entry` to `class`; its place (the caller records it in `members`).
+    fn slot(&mut self, entry: Entry, class: usize) -> Place {
+        let slot = self.classes[class].len();
+        self.classes[class].push(entry);
+        Place { class, slot }
+    }
+
+    /// Takes the entry at `place` out of its class, moving the class's last entry into its
+    /// slot; the caller forgets or moves the taken entry's place.
+    fn unslot(&mut self, place: Place) -> Entry {
+        let entry = self.classes[place.class].swap_remove(place.slot);
+        if let Some(moved) = self.classes[place.class].get(place.slot)
+            && let Some(moved) = self.members.get_mut(&moved.id)
+        {
+            moved.slot = place.slot;
+        }
+        entry
+    }
+
+    /// Drops the member at `place`.
+    fn remove(&mut self, place: Place) {
+        let entry = self.unslot(place);
+        self.members.remove(&entry.id);
     }
 
     /// Drops every expired member; how many went.
     fn expire(&mut self, now: Instant) -> usize {
-        let expired: Vec<PeerId> = self
-            .members
-            .iter()
-            .filter(|(_, member)| member.expires <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &expired {
-            self.remove(id);
+        let mut expired = 0;
+        for class in [COMPLETE, PARTIAL] {
+            // A removal moves the class's last entry into the slot: look at that slot again.
+            let mut slot = 0;
+            while let Some(entry) = self.classes[class].get(slot) {
+                if entry.expires <= now {
+                    self.remove(Place { class, slot });
+                    expired += 1;
+                } else {
+                    slot += 1;
+                }
+            }
         }
         self.last_expired = now;
-        expired.len()
+        expired
     }
 
     /// Up to `want` live members, complete ones first, each class sampled uniformly; expired
@@ -156,25 +166,27 @@ impl Swarm {
         let mut expired = Vec::new();
         let mut touched = 0;
         for class in [COMPLETE, PARTIAL] {
-            let ids = &self.classes[class];
-            let amount = want.saturating_sub(chosen.len()).min(ids.len());
-            for index in rand::seq::index::sample(rng, ids.len(), amount) {
+            let entries = &self.classes[class];
+            let amount = want.saturating_sub(chosen.len()).min(entries.len());
+            for slot in rand::seq::index::sample(rng, entries.len(), amount) {
                 touched += 1;
-                let id = &ids[index];
-                let member = &self.members[id];
-                if member.expires <= now {
-                    expired.push(id.clone());
+                let entry = &entries[slot];
+                if entry.expires <= now {
+                    expired.push(Place { class, slot });
                     continue;
                 }
                 chosen.push(PeerRecord {
-                    id: id.clone(),
-                    addr: member.addr.clone(),
-                    complete: member.complete,
+                    id: entry.id.clone(),
+                    addr: entry.addr.clone(),
+                    complete: class == COMPLETE,
                 });
             }
         }
-        for id in &expired {
-            self.remove(id);
+        // Highest slot first: a removal moves only a class's last entry, which is then
+        // never one still to be removed.
+        expired.sort_unstable_by(|a, b| b.cmp(a));
+        for &place in &expired {
+            self.remove(place);
         }
         (chosen, touched, expired.len())
     }
@@ -334,6 +346,48 @@ mod tests {
     fn ids(mut peers: Vec<PeerRecord>) -> Vec<String> {
         peers.sort_by(|a, b| a.id.cmp(&b.id));
         peers.into_iter().map(|p| p.id.to_string()).collect()
+    }
+
+    /// Every member's place names its own entry, and every entry has a place.
+    fn assert_places_consistent(swarm: &Swarm) {
+        let entries: usize = swarm.classes.iter().map(Vec::len).sum();
+        assert_eq!(entries, swarm.members.len());
+        for (id, place) in &swarm.members {
+            assert_eq!(&swarm.classes[place.class][place.slot].id, id, "{place:?}");
+        }
+    }
+
+    #[test]
+    fn places_follow_entries_through_class_changes_samples_and_expiry() {
+        use rand::SeedableRng;
+
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut swarm = Swarm::new(start);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for round in 0..4u64 {
+            for i in 0..40u64 {
+                // Members change class every round; every third one stops after round 0.
+                if round > 0 && i % 3 == 0 {
+                    continue;
+                }
+                let complete = (i + round) % 2 == 0;
+                swarm.upsert(&peer(&format!("p{i}"), complete), at(round * 10 + 30));
+                assert_places_consistent(&swarm);
+            }
+        }
+        // The 14 silent members expired at 30; the others live until 60.
+        let (chosen, touched, dropped) = swarm.sample(ALL, at(35), &mut rng);
+        assert_eq!((chosen.len(), touched, dropped), (26, 40, 14));
+        assert_places_consistent(&swarm);
+        for record in &chosen {
+            let i: u64 = record.id.as_str()[1..].parse().expect("index");
+            assert_eq!(record.complete, i % 2 == 1, "{record:?} as of round 3");
+            assert_eq!(record.addr, format!("{}.example:16001", record.id));
+        }
+        assert_eq!(swarm.expire(at(65)), 26);
+        assert_places_consistent(&swarm);
+        assert!(swarm.classes.iter().all(Vec::is_empty));
     }
 
     #[test]
