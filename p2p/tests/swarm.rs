@@ -129,6 +129,16 @@ impl Node {
     }
 }
 
+/// How the tracker lists an agent that has not completed the blob yet.
+fn downloading(identity: &Identity) -> PeerInfo {
+    PeerInfo {
+        peer_id: identity.peer_id.to_string(),
+        addr: identity.addr.clone(),
+        origin: false,
+        complete: false,
+    }
+}
+
 impl Swarm {
     fn new() -> Swarm {
         Swarm {
@@ -323,15 +333,7 @@ async fn a_blob_downloads_in_order_and_is_then_served_onward() -> Result<()> {
         .await?;
     let (listener_a, id_a) = swarm.reserve().await?;
     let (listener_b, id_b) = swarm.reserve().await?;
-    let peers = vec![
-        seeder.info(true),
-        PeerInfo {
-            peer_id: id_a.peer_id.to_string(),
-            addr: id_a.addr.clone(),
-            origin: false,
-            complete: false,
-        },
-    ];
+    let peers = vec![seeder.info(true), downloading(&id_a)];
     let tracker = swarm.tracker(peers, &[&metainfo]).await?;
     let (engine_a, node_a) = swarm.engine(listener_a, id_a, &tracker, None).await?;
 
@@ -600,15 +602,7 @@ async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent
         .await?;
     let (listener_a, id_a) = swarm.reserve().await?;
     let (listener_b, id_b) = swarm.reserve().await?;
-    let peers = vec![
-        origin.info(true),
-        PeerInfo {
-            peer_id: id_a.peer_id.to_string(),
-            addr: id_a.addr.clone(),
-            origin: false,
-            complete: false,
-        },
-    ];
+    let peers = vec![origin.info(true), downloading(&id_a)];
     let tracker = swarm.tracker(peers, &[&metainfo]).await?;
 
     // A alone: a lone requester is served every piece, as without the policy.
@@ -860,12 +854,7 @@ async fn pieces_of_a_download_in_progress_are_served_onward() -> Result<()> {
         .await?;
     let (listener_a, id_a) = swarm.reserve().await?;
     let (listener_b, id_b) = swarm.reserve().await?;
-    let a_info = PeerInfo {
-        peer_id: id_a.peer_id.to_string(),
-        addr: id_a.addr.clone(),
-        origin: false,
-        complete: false,
-    };
+    let a_info = downloading(&id_a);
     let tracker_a = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
     // B only knows A, so every byte B gets is one A verified first.
     let tracker_b = swarm.tracker(vec![a_info], &[&metainfo]).await?;
