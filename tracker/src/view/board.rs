@@ -169,29 +169,33 @@ impl Board {
         self.version.send_modify(|v| *v += 1);
     }
 
-    /// Forgets peers that have not announced for `ttl`, and swarms left empty.
+    /// Forgets peers that have not announced for `ttl`, and swarms left empty. One swarm per
+    /// hold of the lock: a pass over every peer under one hold kept announces waiting (each
+    /// announce takes the lock) for a tenth of a second at 150,000 peers.
     pub fn prune(&self, ttl: Duration) {
         let now = Instant::now();
-        let mut guard = lock(&self.swarms);
-        let swarms = &mut *guard;
+        let digests: Vec<Digest> = lock(&self.swarms).by_digest.keys().copied().collect();
         let mut removed = 0;
-        swarms.by_digest.retain(|_, swarm| {
-            let expired: Vec<PeerId> = swarm
+        for digest in digests {
+            let mut guard = lock(&self.swarms);
+            let swarms = &mut *guard;
+            let Some(swarm) = swarms.by_digest.get_mut(&digest) else {
+                continue;
+            };
+            let expired: Vec<PeerEntry> = swarm
                 .peers
-                .iter()
-                .filter(|(_, p)| now.saturating_duration_since(p.last_announce) >= ttl)
-                .map(|(id, _)| id.clone())
+                .extract_if(|_, p| now.saturating_duration_since(p.last_announce) >= ttl)
+                .map(|(_, peer)| peer)
                 .collect();
-            for id in expired {
-                if let Some(peer) = swarm.peers.remove(&id) {
-                    swarm.remove_totals(&peer);
-                    removed += 1;
-                }
+            for peer in &expired {
+                swarm.remove_totals(peer);
             }
-            !swarm.peers.is_empty()
-        });
-        swarms.entries -= removed;
-        drop(guard);
+            if swarm.peers.is_empty() {
+                swarms.by_digest.remove(&digest);
+            }
+            swarms.entries -= expired.len();
+            removed += expired.len();
+        }
         if removed > 0 {
             self.version.send_modify(|v| *v += 1);
         }
