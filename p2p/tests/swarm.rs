@@ -127,6 +127,18 @@ impl Node {
             complete,
         }
     }
+
+    /// Waits (10 s at most) until the node's store holds `digest` committed, `len` bytes.
+    async fn committed(&self, digest: &Digest, len: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.store.stat(digest).await? != Some(len) {
+            if Instant::now() > deadline {
+                bail!("the download was never committed to the store");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
 }
 
 /// How the tracker lists an agent that has not completed the blob yet.
@@ -359,15 +371,8 @@ async fn a_blob_downloads_in_order_and_is_then_served_onward() -> Result<()> {
     );
     assert_eq!(node_a.metrics.bytes_received(true), data.len() as u64);
     assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
-    let store_a = node_a.store.clone();
     let len = data.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store_a.stat(&digest).await? != Some(len) {
-        if Instant::now() > deadline {
-            bail!("the download was never committed to the store");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node_a.committed(&digest, len).await?;
 
     // B finds A (an agent) and the origin; the origin is the last resort, so A serves B.
     let (engine_b, node_b) = swarm.engine(listener_b, id_b, &tracker, None).await?;
@@ -612,13 +617,7 @@ async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent
     assert_eq!(origin.metrics.elsewhere_answered(), 0);
     assert_eq!(origin.metrics.bytes_served(), data.len() as u64);
     let len = data.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node_a.store.stat(&digest).await? != Some(len) {
-        if Instant::now() > deadline {
-            bail!("the download was never committed to the store");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node_a.committed(&digest, len).await?;
 
     // B makes a crowd: whatever it asks the origin for went out to A just now, so the origin
     // sends B elsewhere, and B gets the whole blob from A.
