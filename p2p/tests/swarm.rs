@@ -639,10 +639,11 @@ async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent
         len,
         "the origin sent a piece twice"
     );
-    assert_eq!(
-        node_b.metrics.elsewhere_received(),
-        origin.metrics.elsewhere_answered()
-    );
+    // B aborts its fetches in flight when the blob completes, so an answer the origin counted
+    // may never reach B: B counts no answer the origin did not send, and at least one.
+    let received = node_b.metrics.elsewhere_received();
+    assert!(received > 0, "B never heard elsewhere");
+    assert!(received <= origin.metrics.elsewhere_answered());
     // Not a failure: the origin was never dropped or blacklisted.
     assert_eq!(node_b.metrics.peers_blacklisted(), 0);
     Ok(())

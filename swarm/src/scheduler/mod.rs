@@ -17,8 +17,11 @@
 //! elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
 //! answers "busy": that is not a failure; the piece goes back to the pool at once (another
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
-//! each busy answer in a row. At the cap, each tick swaps one connected agent that has nothing
-//! for us for a waiting candidate. An agent we could not connect to is shunned for a while.
+//! each busy answer in a row. An origin's "elsewhere" answer (super-seeding) sends the piece back
+//! to the pool and the origin is asked for another at once; past a few in a row, it rests as
+//! after busy answers, for at most `elsewhere_wait`. At the cap, each tick swaps one connected
+//! agent that has nothing for us for a waiting candidate. An agent we could not connect to is
+//! shunned for a while.
 //!
 //! Cost per event: a delivered piece costs O(max_peers + max_pipeline × log pieces); Tick, failures
 //! and departures refill every peer, O(max_peers × max_pipeline × log pieces) when peers hold most
@@ -67,6 +70,12 @@ const UNREACHABLE_SHUN: Duration = Duration::from_secs(15);
 /// Longest back-off after busy answers in a row: a flash crowd of thousands retrying a busy
 /// origin costs it a few thousand cheap refusals per second at most.
 const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(4);
+/// "Elsewhere" answers in a row an origin gets asked for other pieces at once: its share
+/// policy refuses pieces outside its share, so a few refusals are how we find one it serves.
+/// Past these, it rests for `busy_backoff`, doubling per refusal up to `elsewhere_wait`, so a
+/// crowd whose every piece the origin sent recently does not hammer it with requests (at 2,600
+/// agents, about 20,000 refusals a second per origin without the rest).
+const ELSEWHERE_FREE: u32 = 3;
 
 /// Tuning of one download. YAML durations are human-readable (`15s`, `1m`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +409,7 @@ impl Scheduler {
             failures: 0,
             busy_until: 0,
             busy_streak: 0,
+            elsewhere_streak: 0,
             useful,
             depth: Default::default(),
             refused: Default::default(),
@@ -444,6 +454,7 @@ impl Scheduler {
             }
             peer.failures = 0;
             peer.busy_streak = 0;
+            peer.elsewhere_streak = 0;
         }
         if !self.pieces.is_missing(piece) {
             // A late duplicate, or an index we never asked for: nothing changes but the
@@ -520,17 +531,26 @@ impl Scheduler {
 
     /// The peer told us to get the piece elsewhere: the piece goes back to the pool, the peer is
     /// not asked for it for `elsewhere_wait` (agents holding it are asked instead, as they
-    /// announce it), and the peer is refilled at once with other pieces. Once the wait is over,
-    /// the next request for it to this peer insists unless a connected agent holds it by then.
+    /// announce it), and the peer is refilled at once with other pieces, or, past
+    /// [`ELSEWHERE_FREE`] refusals in a row, after a jittered rest. Once the wait is over, the
+    /// next request for it to this peer insists unless a connected agent holds it by then.
     fn on_elsewhere(&mut self, now_ms: u64, id: &PeerId, piece: u32, out: &mut Vec<Action>) {
         let Some(slot) = self.peers.slot(id) else {
             return;
         };
+        let base = millis(self.config.busy_backoff);
+        let cap = millis(self.config.elsewhere_wait);
         let Some(peer) = self.peers.get_mut(slot) else {
             return;
         };
         if !peer.take_request(now_ms, piece) {
             return;
+        }
+        peer.elsewhere_streak += 1;
+        if let Some(past) = peer.elsewhere_streak.checked_sub(ELSEWHERE_FREE + 1) {
+            let rest = base.saturating_mul(1 << past.min(16)).min(cap);
+            let jittered = rest * self.rng.random_range(500..1500) / 1000;
+            peer.busy_until = peer.busy_until.max(now_ms.saturating_add(jittered));
         }
         if peer.holds(piece) {
             let until = now_ms.saturating_add(millis(self.config.elsewhere_wait));

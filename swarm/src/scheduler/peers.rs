@@ -29,6 +29,8 @@ pub(super) struct Peer {
     pub(super) busy_until: u64,
     /// Busy answers since its last delivered piece; each doubles the back-off.
     pub(super) busy_streak: u32,
+    /// "Elsewhere" answers since its last delivered piece: past the first few, the peer rests.
+    pub(super) elsewhere_streak: u32,
     /// Pieces it holds (and is not avoided for) that we are missing.
     pub(super) useful: u32,
     /// How many requests keep this peer busy.

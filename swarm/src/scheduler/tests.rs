@@ -1210,3 +1210,76 @@ fn a_refused_piece_an_agent_announces_meanwhile_is_not_insisted_on() {
         "{out:?}"
     );
 }
+
+#[test]
+fn an_origin_that_keeps_answering_elsewhere_rests_longer_each_time_until_it_serves() {
+    let (mut scheduler, mut piece) = beside_an_empty_agent(64, 33);
+    let origin = id("origin");
+    let busy = millis(config().busy_backoff);
+    let cap = millis(config().elsewhere_wait);
+    let mut now = 10;
+    // The first refusals in a row are answered with another request at once.
+    for _ in 0..ELSEWHERE_FREE {
+        let out = scheduler.handle(
+            now,
+            Event::PieceElsewhere {
+                peer: origin.clone(),
+                piece,
+            },
+        );
+        let [next] = requested(&out, &origin)[..] else {
+            panic!("refilled at once: {out:?}");
+        };
+        piece = next;
+        now += 1;
+    }
+    // Past them, the origin rests: not asked until the jittered rest (×0.5 to ×1.5) is over,
+    // and each refusal in a row doubles it, up to `elsewhere_wait`.
+    let mut rests = Vec::new();
+    for past in 0..6u32 {
+        let out = scheduler.handle(
+            now,
+            Event::PieceElsewhere {
+                peer: origin.clone(),
+                piece,
+            },
+        );
+        assert!(requested(&out, &origin).is_empty(), "{out:?}");
+        let rest = (busy << past).min(cap);
+        let early = scheduler.handle(now + rest / 2 - 1, Event::Tick);
+        assert!(requested(&early, &origin).is_empty(), "{early:?}");
+        let (at, next) = (now + rest / 2..=now + rest * 3 / 2)
+            .step_by(10)
+            .find_map(|t| {
+                let out = scheduler.handle(t, Event::Tick);
+                requested(&out, &origin).first().map(|&p| (t, p))
+            })
+            .expect("asked again once the rest is over");
+        rests.push(at - now);
+        now = at;
+        piece = next;
+    }
+    // Jitter blurs neighbours; two doublings apart, the longer rest always wins.
+    assert!(rests[2] > rests[0] && rests[3] > rests[1], "{rests:?}");
+    assert!(rests.iter().all(|&rest| rest <= cap * 3 / 2), "{rests:?}");
+    // A delivered piece ends the streak: the next refusal is answered at once again.
+    let out = scheduler.handle(
+        now + 1,
+        Event::PieceDone {
+            peer: origin.clone(),
+            piece,
+            rtt: Duration::from_millis(1),
+        },
+    );
+    let [next] = requested(&out, &origin)[..] else {
+        panic!("{out:?}");
+    };
+    let out = scheduler.handle(
+        now + 2,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece: next,
+        },
+    );
+    assert_eq!(requested(&out, &origin).len(), 1, "{out:?}");
+}
