@@ -237,13 +237,19 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         SocketAddr::new(swarm.agents[i].addr.into(), AGENT_PORT)
     })
     .await?;
-    let after = origin_counters(&swarm.http, origin_http).await?;
+    let origin = origin_counters(&swarm.http, origin_http)
+        .await?
+        .since(&before);
     eprintln!(
-        "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, origin egress {:.0} bytes",
+        "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, origin egress {:.0} bytes \
+         ({:.0} over HTTP, {:.0} as pieces; {:.0} elsewhere answers)",
         shoal.quantile(0.5),
         shoal.quantile(0.9),
         shoal.max(),
-        after.0 - before.0
+        origin.egress(),
+        origin.http_bytes,
+        origin.piece_bytes,
+        origin.elsewhere,
     );
     eprintln!("swarm bench: {} pulls from docker-registry", params.agents);
     let baseline = pulls(swarm, &image, work.path(), deadline, |_| registry).await?;
@@ -251,8 +257,8 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         params: params.clone(),
         image_bytes,
         shoal,
-        origin_egress: after.0 - before.0,
-        backend_pullthroughs: after.1 - before.1,
+        origin_egress: origin.egress(),
+        backend_pullthroughs: origin.pullthroughs,
         registry: baseline,
     })
 }
@@ -553,8 +559,35 @@ fn parse_cpu_line(stat: &str) -> Option<CpuTimes> {
     })
 }
 
-/// The origin's (blob bytes served by any route, blobs pulled through from the backend).
-async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<(f64, f64)> {
+/// What the origin served, by route, and what it pulled through from the backend.
+#[derive(Debug, Clone, Copy, Default)]
+struct OriginCounters {
+    /// Blob bytes served over HTTP (whole-blob GETs).
+    http_bytes: f64,
+    /// Piece bytes served over the peer protocol.
+    piece_bytes: f64,
+    /// "Get it elsewhere" answers (super-seeding).
+    elsewhere: f64,
+    /// Blobs pulled through from the backend.
+    pullthroughs: f64,
+}
+
+impl OriginCounters {
+    fn egress(&self) -> f64 {
+        self.http_bytes + self.piece_bytes
+    }
+
+    fn since(&self, before: &OriginCounters) -> OriginCounters {
+        OriginCounters {
+            http_bytes: self.http_bytes - before.http_bytes,
+            piece_bytes: self.piece_bytes - before.piece_bytes,
+            elsewhere: self.elsewhere - before.elsewhere,
+            pullthroughs: self.pullthroughs - before.pullthroughs,
+        }
+    }
+}
+
+async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<OriginCounters> {
     let url = format!("http://{origin}/metrics");
     let text = http
         .get(&url)
@@ -565,9 +598,12 @@ async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<(
         .text()
         .await
         .with_context(|| format!("reading {url}"))?;
-    let served = sum_metric(&text, "origin_blob_bytes_served_total", &[])
-        + sum_metric(&text, "p2p_bytes_served_total", &[]);
-    Ok((served, sum_metric(&text, "origin_pullthrough_total", &[])))
+    Ok(OriginCounters {
+        http_bytes: sum_metric(&text, "origin_blob_bytes_served_total", &[]),
+        piece_bytes: sum_metric(&text, "p2p_bytes_served_total", &[]),
+        elsewhere: sum_metric(&text, "p2p_elsewhere_answered_total", &[]),
+        pullthroughs: sum_metric(&text, "origin_pullthrough_total", &[]),
+    })
 }
 
 fn path(path: &Path) -> String {

@@ -9,6 +9,7 @@
 //!     cargo build --release --bins
 //!     target/release/shoal-bench-tracker --agents 15000 --blobs 50 --rate 5000 --seconds 30
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -146,10 +147,16 @@ fn usage(pid: u32) -> Result<(f64, f64)> {
     Ok((ticks / 100.0, hwm / 1024.0))
 }
 
+/// Latency above which an announce counts as slow: the p99 target.
+const SLOW: Duration = Duration::from_millis(20);
+
 struct Phase {
     sent: u64,
     failed: u64,
     latencies_us: Vec<u32>,
+    /// Seconds since the phase began in which an announce sent was slower than [`SLOW`]:
+    /// few seconds holding every slow announce means stalls, many means steady queueing.
+    slow_seconds: BTreeMap<u64, u32>,
     elapsed: Duration,
 }
 
@@ -184,7 +191,7 @@ async fn drive(
         tasks.spawn(async move {
             let sent = Instant::now();
             let ok = client.announce(request).await.is_ok();
-            let _ = tx.send((ok, sent.elapsed()));
+            let _ = tx.send((ok, sent.duration_since(started), sent.elapsed()));
             drop(permit);
         });
         // Reap finished tasks as we go so the set stays small.
@@ -197,10 +204,14 @@ async fn drive(
         sent: 0,
         failed: 0,
         latencies_us: Vec::new(),
+        slow_seconds: Default::default(),
         elapsed,
     };
-    while let Some((ok, latency)) = rx.recv().await {
+    while let Some((ok, at, latency)) = rx.recv().await {
         phase.sent += 1;
+        if latency > SLOW {
+            *phase.slow_seconds.entry(at.as_secs()).or_default() += 1;
+        }
         if ok {
             phase
                 .latencies_us
@@ -316,14 +327,27 @@ async fn run(args: &Args, store: Store) -> Result<String> {
         Store::Redis => "redis",
         Store::Redis2 => "2 trackers, one redis",
     };
+    eprintln!(
+        "{store:?}: announces over {} ms by second of the measured phase: {:?}",
+        SLOW.as_millis(),
+        phase.slow_seconds
+    );
+    let slow = phase
+        .latencies_us
+        .partition_point(|&us| u128::from(us) <= SLOW.as_micros());
+    let slow = phase.latencies_us.len() - slow;
     Ok(format!(
-        "| {name} | {} | {:.0}/s ({:.2}× offered) | {:.0} s fill | {:.2} ms | {:.2} ms | {:.1} s ({:.0} µs/announce) | {:.1} s | {:.0} MiB | {:.0} % |",
+        "| {name} | {} | {:.0}/s ({:.2}× offered) | {:.0} s fill | {:.2} ms | {:.2} ms | {} ({:.2} %) in {} of {} s | {:.1} s ({:.0} µs/announce) | {:.1} s | {:.0} MiB | {:.0} % |",
         u64::from(args.agents) * u64::from(args.blobs),
         achieved,
         achieved / f64::from(args.rate),
         fill.elapsed.as_secs_f64(),
         quantile(&phase.latencies_us, 0.5),
         quantile(&phase.latencies_us, 0.99),
+        slow,
+        slow as f64 * 100.0 / phase.latencies_us.len().max(1) as f64,
+        phase.slow_seconds.len(),
+        secs.ceil(),
         cpu,
         cpu * 1e6 / phase.sent as f64,
         redis_cpu,
@@ -340,9 +364,10 @@ async fn main() -> Result<()> {
         args.agents, args.blobs, args.rate, args.seconds, args.pieces
     );
     println!(
-        "| store | records | announces achieved | fill | p50 | p99 | tracker CPU | redis CPU | tracker peak RSS | machine CPU busy |"
+        "| store | records | announces achieved | fill | p50 | p99 | over {} ms, in how many seconds | tracker CPU | redis CPU | tracker peak RSS | machine CPU busy |",
+        SLOW.as_millis()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for store in args.store.clone() {
         println!("{}", run(&args, store).await?);
     }

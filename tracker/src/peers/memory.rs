@@ -3,7 +3,8 @@
 //! from id to an entry's place, so an announce samples either class in O(sample) however large
 //! the swarm, without a map lookup per member sampled. Expired members are dropped when a sample
 //! meets them, when a swarm at its cap needs their places, and by a sweep of every swarm once
-//! per TTL; a count of the records held makes the caps free to check.
+//! per TTL, done a few thousand entries per announce so that no announce waits behind a pass
+//! over every record; a count of the records held makes the caps free to check.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +21,11 @@ use super::{Admission, Announced, PeerRecord, PeerStore, RecordLimits, StoreErro
 /// per announce.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Entries a sweep reads per announce (beyond the one swarm it always finishes): about a
+/// millisecond. A sweep of 750,000 records in one pass held the lock for 0.3 s, and every
+/// announce meanwhile waited (docs/BENCHMARKS.md, the tracker under a fleet's announces).
+const SWEEP_STEP_ENTRIES: usize = 4096;
+
 /// Swarms kept in this process, forgotten on restart (peers rebuild them within one announce
 /// interval).
 #[derive(Debug)]
@@ -31,11 +37,58 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    swarms: HashMap<Digest, Swarm>,
+    swarms: Swarms,
     /// Members over every swarm, expired ones included until they are dropped.
     records: usize,
-    /// When every swarm was last swept of expired members.
+    /// When the last sweep of every swarm began.
     last_sweep: Instant,
+    /// The next swarm the sweep in progress expires; None between sweeps.
+    sweep_at: Option<usize>,
+}
+
+/// The swarms by digest, kept in a vector so that a sweep can walk them across announces by
+/// position.
+#[derive(Debug, Default)]
+struct Swarms {
+    at: HashMap<Digest, usize>,
+    list: Vec<(Digest, Swarm)>,
+}
+
+impl Swarms {
+    fn get(&self, digest: &Digest) -> Option<&Swarm> {
+        self.at.get(digest).map(|&i| &self.list[i].1)
+    }
+
+    fn get_mut(&mut self, digest: &Digest) -> Option<&mut Swarm> {
+        self.at.get(digest).map(|&i| &mut self.list[i].1)
+    }
+
+    fn get_or_insert(&mut self, digest: &Digest, now: Instant) -> &mut Swarm {
+        let i = *self.at.entry(*digest).or_insert_with(|| {
+            self.list.push((*digest, Swarm::new(now)));
+            self.list.len() - 1
+        });
+        &mut self.list[i].1
+    }
+
+    /// Drops the swarm at position `i`; the last swarm takes its place.
+    fn remove_at(&mut self, i: usize) {
+        let (digest, _) = self.list.swap_remove(i);
+        self.at.remove(&digest);
+        if let Some((moved, _)) = self.list.get(i) {
+            self.at.insert(*moved, i);
+        }
+    }
+
+    fn remove(&mut self, digest: &Digest) {
+        if let Some(&i) = self.at.get(digest) {
+            self.remove_at(i);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
 }
 
 #[derive(Debug)]
@@ -198,9 +251,10 @@ impl MemoryStore {
             ttl,
             limits,
             inner: Mutex::new(Inner {
-                swarms: HashMap::new(),
+                swarms: Swarms::default(),
                 records: 0,
                 last_sweep: Instant::now(),
+                sweep_at: None,
             }),
         }
     }
@@ -245,10 +299,19 @@ impl MemoryStore {
         let mut guard = self.lock();
         let inner = &mut *guard;
         // Swarms nobody announces any more would otherwise stay forever: sweep them all once
-        // per TTL, which costs one pass over the map per TTL however many announces arrive.
-        if now.saturating_duration_since(inner.last_sweep) >= self.ttl {
-            inner.sweep(now);
+        // per TTL (once per FULL_SWEEP_INTERVAL while the store is full, so that a new record
+        // finds the places expired ones held), which costs one pass over the records per TTL
+        // however many announces arrive, spread over the announces.
+        let due = if inner.records >= self.limits.total {
+            FULL_SWEEP_INTERVAL
+        } else {
+            self.ttl
+        };
+        if inner.sweep_at.is_none() && now.saturating_duration_since(inner.last_sweep) >= due {
+            inner.sweep_at = Some(0);
+            inner.last_sweep = now;
         }
+        inner.sweep_step(now);
         let known = inner
             .swarms
             .get(digest)
@@ -256,11 +319,6 @@ impl MemoryStore {
         let admission = if known {
             Admission::Recorded
         } else {
-            if inner.records >= self.limits.total
-                && now.saturating_duration_since(inner.last_sweep) >= FULL_SWEEP_INTERVAL
-            {
-                inner.sweep(now);
-            }
             if let Some(swarm) = inner.swarms.get_mut(digest)
                 && swarm.members.len() >= self.limits.per_swarm
                 && now.saturating_duration_since(swarm.last_expired) >= FULL_SWEEP_INTERVAL
@@ -280,10 +338,7 @@ impl MemoryStore {
             }
         };
         if admission == Admission::Recorded {
-            let swarm = inner
-                .swarms
-                .entry(*digest)
-                .or_insert_with(|| Swarm::new(now));
+            let swarm = inner.swarms.get_or_insert(digest, now);
             if swarm.upsert(peer, now + self.ttl) {
                 inner.records += 1;
             }
@@ -294,6 +349,8 @@ impl MemoryStore {
                 inner.records -= dropped;
                 let size = swarm.members.len();
                 if size == 0 {
+                    // A sweep in progress may miss the swarm moved into its place until the
+                    // next sweep; samples drop the expired members they meet meanwhile.
                     inner.swarms.remove(digest);
                 }
                 (chosen, touched, size)
@@ -311,15 +368,32 @@ impl MemoryStore {
 }
 
 impl Inner {
-    /// Drops every expired member, and every swarm left empty.
-    fn sweep(&mut self, now: Instant) {
-        self.swarms.retain(|_, swarm| {
-            swarm.expire(now);
-            !swarm.members.is_empty()
-        });
-        self.swarms.shrink_to_fit();
-        self.records = self.swarms.values().map(|swarm| swarm.members.len()).sum();
-        self.last_sweep = now;
+    /// Continues the sweep in progress: drops the expired members of the next swarms, and the
+    /// swarms left empty, until [`SWEEP_STEP_ENTRIES`] entries were read or every swarm was.
+    fn sweep_step(&mut self, now: Instant) {
+        let Some(mut at) = self.sweep_at else {
+            return;
+        };
+        let mut read = 0;
+        while read < SWEEP_STEP_ENTRIES
+            && let Some((_, swarm)) = self.swarms.list.get_mut(at)
+        {
+            read += swarm.members.len().max(1);
+            self.records -= swarm.expire(now);
+            if swarm.members.is_empty() {
+                // The last swarm moved here: it is swept next.
+                self.swarms.remove_at(at);
+            } else {
+                at += 1;
+            }
+        }
+        if at < self.swarms.len() {
+            self.sweep_at = Some(at);
+        } else {
+            self.sweep_at = None;
+            self.swarms.list.shrink_to_fit();
+            self.swarms.at.shrink_to_fit();
+        }
     }
 }
 
@@ -432,6 +506,43 @@ mod tests {
             store.announce_at(&Digest::of(b"live"), &peer("b", false), false, ALL, later);
         assert_eq!(store.swarm_count(), 1);
         assert_eq!(announced.records, 1);
+    }
+
+    #[test]
+    fn a_sweep_of_every_record_is_spread_over_announces() {
+        let limits = RecordLimits {
+            per_swarm: 1_000,
+            total: 20_000,
+        };
+        let store = MemoryStore::new(Duration::from_secs(30), limits);
+        let start = Instant::now();
+        let members = 100;
+        for swarm in 0..100u32 {
+            for member in 0..members {
+                let id = format!("p{member}");
+                store.announce_at(
+                    &Digest::of(&swarm.to_be_bytes()),
+                    &peer(&id, false),
+                    false,
+                    1,
+                    start,
+                );
+            }
+        }
+        let later = start + Duration::from_secs(31);
+        let live = Digest::of(b"live");
+        let mut records = Vec::new();
+        for i in 0..4 {
+            let announced =
+                store.announce_at(&live, &peer(&format!("n{i}"), false), false, 1, later);
+            records.push(announced.records);
+        }
+        // Each announce expires whole swarms until it has read SWEEP_STEP_ENTRIES entries.
+        let step = SWEEP_STEP_ENTRIES.div_ceil(members) * members;
+        assert_eq!(records[0], 10_000 - step + 1, "{records:?}");
+        assert_eq!(records[1], 10_000 - 2 * step + 2, "{records:?}");
+        assert_eq!(records[2..], [3, 4], "{records:?}");
+        assert_eq!(store.swarm_count(), 1);
     }
 
     #[test]
