@@ -230,7 +230,7 @@ async fn prune(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {
                 limiter.prune();
-                board.prune(peer_ttl);
+                board.prune(peer_ttl).await;
             }
         }
     }

@@ -3,8 +3,8 @@
 //! from id to an entry's place, so an announce samples either class in O(sample) however large
 //! the swarm, without a map lookup per member sampled. Expired members are dropped when a sample
 //! meets them, when a swarm at its cap needs their places, and by a sweep of every swarm once
-//! per TTL, done a few thousand entries per announce so that no announce waits behind a pass
-//! over every record; a count of the records held makes the caps free to check.
+//! per TTL, paced over half the TTL a few entries per announce so that no announce waits
+//! behind a pass over every record; a count of the records held makes the caps free to check.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,10 +21,11 @@ use super::{Admission, Announced, PeerRecord, PeerStore, RecordLimits, StoreErro
 /// per announce.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Entries a sweep reads per announce (beyond the one swarm it always finishes): about a
-/// millisecond. A sweep of 750,000 records in one pass held the lock for 0.3 s, and every
-/// announce meanwhile waited (docs/BENCHMARKS.md, the tracker under a fleet's announces).
-const SWEEP_STEP_ENTRIES: usize = 4096;
+/// Most entries a sweep reads in one announce: a few milliseconds. A sweep of 750,000
+/// records in one pass held the lock for 0.3 s, and so did one swarm of 15,000 per announce
+/// for 50 announces in a row; every announce meanwhile waited (docs/BENCHMARKS.md, the
+/// tracker under a fleet's announces).
+const SWEEP_STEP_ENTRIES: f64 = 4096.0;
 
 /// Swarms kept in this process, forgotten on restart (peers rebuild them within one announce
 /// interval).
@@ -42,8 +43,23 @@ struct Inner {
     records: usize,
     /// When the last sweep of every swarm began.
     last_sweep: Instant,
-    /// The next swarm the sweep in progress expires; None between sweeps.
-    sweep_at: Option<usize>,
+    /// The sweep in progress; None between sweeps.
+    sweep: Option<Sweep>,
+}
+
+/// Where a sweep of every swarm has got to, and its pace: it reads entries at `rate` a
+/// second of the time between announces, so its cost is spread evenly over them.
+#[derive(Debug)]
+struct Sweep {
+    /// The swarm's position in [`Swarms`], and the entry's in that swarm.
+    swarm: usize,
+    class: usize,
+    slot: usize,
+    /// Entries read per second.
+    rate: f64,
+    /// Entries it may read now: grows with time at `rate`, up to [`SWEEP_STEP_ENTRIES`].
+    credit: f64,
+    last_step: Instant,
 }
 
 /// The swarms by digest, kept in a vector so that a sweep can walk them across announces by
@@ -84,10 +100,6 @@ impl Swarms {
         if let Some(&i) = self.at.get(digest) {
             self.remove_at(i);
         }
-    }
-
-    fn len(&self) -> usize {
-        self.list.len()
     }
 }
 
@@ -254,7 +266,7 @@ impl MemoryStore {
                 swarms: Swarms::default(),
                 records: 0,
                 last_sweep: Instant::now(),
-                sweep_at: None,
+                sweep: None,
             }),
         }
     }
@@ -262,7 +274,7 @@ impl MemoryStore {
     /// Number of swarms held, expired ones included until the next sweep.
     #[cfg(test)]
     fn swarm_count(&self) -> usize {
-        self.lock().swarms.len()
+        self.lock().swarms.list.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -299,16 +311,23 @@ impl MemoryStore {
         let mut guard = self.lock();
         let inner = &mut *guard;
         // Swarms nobody announces any more would otherwise stay forever: sweep them all once
-        // per TTL (once per FULL_SWEEP_INTERVAL while the store is full, so that a new record
-        // finds the places expired ones held), which costs one pass over the records per TTL
-        // however many announces arrive, spread over the announces.
-        let due = if inner.records >= self.limits.total {
-            FULL_SWEEP_INTERVAL
+        // per TTL, over half a TTL (once per FULL_SWEEP_INTERVAL, and within it, while the
+        // store is full, so that a new record finds the places expired ones held). That is
+        // one pass over the records per TTL however many announces arrive, spread over them.
+        let (due, spread) = if inner.records >= self.limits.total {
+            (FULL_SWEEP_INTERVAL, FULL_SWEEP_INTERVAL)
         } else {
-            self.ttl
+            (self.ttl, self.ttl / 2)
         };
-        if inner.sweep_at.is_none() && now.saturating_duration_since(inner.last_sweep) >= due {
-            inner.sweep_at = Some(0);
+        if inner.sweep.is_none() && now.saturating_duration_since(inner.last_sweep) >= due {
+            inner.sweep = Some(Sweep {
+                swarm: 0,
+                class: COMPLETE,
+                slot: 0,
+                rate: inner.records.max(1) as f64 / spread.as_secs_f64().max(1e-3),
+                credit: SWEEP_STEP_ENTRIES,
+                last_step: now,
+            });
             inner.last_sweep = now;
         }
         inner.sweep_step(now);
@@ -368,31 +387,55 @@ impl MemoryStore {
 }
 
 impl Inner {
-    /// Continues the sweep in progress: drops the expired members of the next swarms, and the
-    /// swarms left empty, until [`SWEEP_STEP_ENTRIES`] entries were read or every swarm was.
+    /// Continues the sweep in progress with the entries its credit allows: drops the expired
+    /// ones, and the swarms left empty. Announces that change a swarm being swept may make it
+    /// skip a few entries; the next sweep gets them, and samples drop the ones they meet.
     fn sweep_step(&mut self, now: Instant) {
-        let Some(mut at) = self.sweep_at else {
+        let Inner {
+            swarms,
+            records,
+            sweep: Some(sweep),
+            ..
+        } = self
+        else {
             return;
         };
-        let mut read = 0;
-        while read < SWEEP_STEP_ENTRIES
-            && let Some((_, swarm)) = self.swarms.list.get_mut(at)
-        {
-            read += swarm.members.len().max(1);
-            self.records -= swarm.expire(now);
-            if swarm.members.is_empty() {
-                // The last swarm moved here: it is swept next.
-                self.swarms.remove_at(at);
-            } else {
-                at += 1;
+        let elapsed = now.saturating_duration_since(sweep.last_step).as_secs_f64();
+        sweep.last_step = now;
+        sweep.credit = (sweep.credit + elapsed * sweep.rate).min(SWEEP_STEP_ENTRIES);
+        while sweep.credit >= 1.0 {
+            sweep.credit -= 1.0;
+            let Some((_, swarm)) = swarms.list.get_mut(sweep.swarm) else {
+                self.sweep = None;
+                swarms.list.shrink_to_fit();
+                swarms.at.shrink_to_fit();
+                return;
+            };
+            match swarm.classes[sweep.class].get(sweep.slot) {
+                // Its removal moves the class's last entry into this slot: read it next.
+                Some(entry) if entry.expires <= now => {
+                    swarm.remove(Place {
+                        class: sweep.class,
+                        slot: sweep.slot,
+                    });
+                    *records -= 1;
+                }
+                Some(_) => sweep.slot += 1,
+                None if sweep.class == COMPLETE => {
+                    sweep.class = PARTIAL;
+                    sweep.slot = 0;
+                }
+                None => {
+                    if swarm.members.is_empty() {
+                        // The last swarm moved here: it is swept next.
+                        swarms.remove_at(sweep.swarm);
+                    } else {
+                        sweep.swarm += 1;
+                    }
+                    sweep.class = COMPLETE;
+                    sweep.slot = 0;
+                }
             }
-        }
-        if at < self.swarms.len() {
-            self.sweep_at = Some(at);
-        } else {
-            self.sweep_at = None;
-            self.swarms.list.shrink_to_fit();
-            self.swarms.at.shrink_to_fit();
         }
     }
 }
@@ -509,39 +552,50 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_of_every_record_is_spread_over_announces() {
+    fn a_sweep_of_every_record_is_paced_over_half_the_ttl() {
         let limits = RecordLimits {
             per_swarm: 1_000,
             total: 20_000,
         };
-        let store = MemoryStore::new(Duration::from_secs(30), limits);
+        let ttl = Duration::from_secs(30);
+        let store = MemoryStore::new(ttl, limits);
         let start = Instant::now();
-        let members = 100;
         for swarm in 0..100u32 {
-            for member in 0..members {
-                let id = format!("p{member}");
-                store.announce_at(
-                    &Digest::of(&swarm.to_be_bytes()),
-                    &peer(&id, false),
-                    false,
-                    1,
-                    start,
-                );
+            for member in 0..100 {
+                let (digest, id) = (Digest::of(&swarm.to_be_bytes()), format!("p{member}"));
+                store.announce_at(&digest, &peer(&id, false), false, 1, start);
             }
         }
-        let later = start + Duration::from_secs(31);
         let live = Digest::of(b"live");
-        let mut records = Vec::new();
-        for i in 0..4 {
-            let announced =
-                store.announce_at(&live, &peer(&format!("n{i}"), false), false, 1, later);
-            records.push(announced.records);
+        let mut n = 0;
+        let mut announce = |at: Instant| {
+            n += 1;
+            let id = format!("n{n}");
+            store
+                .announce_at(&live, &peer(&id, false), false, 1, at)
+                .records
+        };
+        // All 10,000 expired at 30 s. The sweep that starts at 31 s reads at most
+        // SWEEP_STEP_ENTRIES entries in one announce (a swarm's end counts as one), and no
+        // more while no time passes.
+        let sweep_start = start + Duration::from_secs(31);
+        let first = announce(sweep_start);
+        let (step, expired) = (SWEEP_STEP_ENTRIES as usize, 10_001 - first);
+        // Each swarm of 100 costs 102: its two classes' ends.
+        assert!(
+            (step * 100 / 102 - 1..=step).contains(&expired),
+            "{expired}"
+        );
+        assert_eq!(announce(sweep_start), first + 1);
+        // Then at 10,000 entries per 15 s: 0.1 s later, about 67 more.
+        let later = announce(sweep_start + Duration::from_millis(100));
+        let swept = first + 2 - later;
+        assert!((60..=68).contains(&swept), "{swept}");
+        // By half the TTL every expired record is gone, with every swarm it left empty.
+        for tenth in 1..=150 {
+            announce(sweep_start + Duration::from_millis(100 * tenth));
         }
-        // Each announce expires whole swarms until it has read SWEEP_STEP_ENTRIES entries.
-        let step = SWEEP_STEP_ENTRIES.div_ceil(members) * members;
-        assert_eq!(records[0], 10_000 - step + 1, "{records:?}");
-        assert_eq!(records[1], 10_000 - 2 * step + 2, "{records:?}");
-        assert_eq!(records[2..], [3, 4], "{records:?}");
+        assert_eq!(announce(sweep_start + ttl / 2), n);
         assert_eq!(store.swarm_count(), 1);
     }
 

@@ -170,13 +170,16 @@ impl Board {
     }
 
     /// Forgets peers that have not announced for `ttl`, and swarms left empty. One swarm per
-    /// hold of the lock: a pass over every peer under one hold kept announces waiting (each
-    /// announce takes the lock) for a tenth of a second at 150,000 peers.
-    pub fn prune(&self, ttl: Duration) {
+    /// hold of the lock, yielding to the runtime between swarms: a pass over every peer under
+    /// one hold kept announces waiting (each announce takes the lock) for a tenth of a second
+    /// at 150,000 peers, and so did 50 swarms of 15,000 pruned back to back on a runtime worker
+    /// (docs/BENCHMARKS.md, the tracker under a fleet's announces).
+    pub async fn prune(&self, ttl: Duration) {
         let now = Instant::now();
         let digests: Vec<Digest> = lock(&self.swarms).by_digest.keys().copied().collect();
         let mut removed = 0;
         for digest in digests {
+            tokio::task::yield_now().await;
             let mut guard = lock(&self.swarms);
             let swarms = &mut *guard;
             let Some(swarm) = swarms.by_digest.get_mut(&digest) else {
@@ -376,8 +379,8 @@ mod tests {
         });
     }
 
-    #[test]
-    fn limits_hold_and_pruning_forgets_silent_peers() {
+    #[tokio::test]
+    async fn limits_hold_and_pruning_forgets_silent_peers() {
         let board = Board::new(limits(2, 3));
         let one = Digest::of(b"one");
         let two = Digest::of(b"two");
@@ -391,7 +394,7 @@ mod tests {
             assert_eq!(swarms[&two].peers.len(), 1, "the total limit is 3");
         });
         let version = *board.subscribe().borrow();
-        board.prune(Duration::ZERO);
+        board.prune(Duration::ZERO).await;
         board.read(|swarms| assert!(swarms.is_empty()));
         assert!(*board.subscribe().borrow() > version);
         board.announce(two, None, &peer("c", false), None);
