@@ -1220,13 +1220,7 @@ fn an_origin_that_keeps_answering_elsewhere_rests_longer_each_time_until_it_serv
     let mut now = 10;
     // The first refusals in a row are answered with another request at once.
     for _ in 0..ELSEWHERE_FREE {
-        let out = scheduler.handle(
-            now,
-            Event::PieceElsewhere {
-                peer: origin.clone(),
-                piece,
-            },
-        );
+        let out = refuse(&mut scheduler, now, &origin, piece);
         let [next] = requested(&out, &origin)[..] else {
             panic!("refilled at once: {out:?}");
         };
@@ -1237,13 +1231,7 @@ fn an_origin_that_keeps_answering_elsewhere_rests_longer_each_time_until_it_serv
     // and each refusal in a row doubles it, up to `elsewhere_wait`.
     let mut rests = Vec::new();
     for past in 0..6u32 {
-        let out = scheduler.handle(
-            now,
-            Event::PieceElsewhere {
-                peer: origin.clone(),
-                piece,
-            },
-        );
+        let out = refuse(&mut scheduler, now, &origin, piece);
         assert!(requested(&out, &origin).is_empty(), "{out:?}");
         let rest = (busy << past).min(cap);
         let early = scheduler.handle(now + rest / 2 - 1, Event::Tick);
@@ -1274,12 +1262,17 @@ fn an_origin_that_keeps_answering_elsewhere_rests_longer_each_time_until_it_serv
     let [next] = requested(&out, &origin)[..] else {
         panic!("{out:?}");
     };
-    let out = scheduler.handle(
-        now + 2,
+    let out = refuse(&mut scheduler, now + 2, &origin, next);
+    assert_eq!(requested(&out, &origin).len(), 1, "{out:?}");
+}
+
+/// The origin answers "elsewhere" for `piece` at `now`; the scheduler's actions.
+fn refuse(scheduler: &mut Scheduler, now: u64, origin: &PeerId, piece: u32) -> Vec<Action> {
+    scheduler.handle(
+        now,
         Event::PieceElsewhere {
             peer: origin.clone(),
-            piece: next,
+            piece,
         },
-    );
-    assert_eq!(requested(&out, &origin).len(), 1, "{out:?}");
+    )
 }
