@@ -251,6 +251,14 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         origin.piece_bytes,
         origin.elsewhere,
     );
+    for agent in &swarm.agents {
+        let at = SocketAddr::new(agent.addr.into(), AGENT_PORT);
+        eprintln!(
+            "swarm bench: {}: {}",
+            agent.role,
+            agent_counters(&swarm.http, at).await?
+        );
+    }
     eprintln!("swarm bench: {} pulls from docker-registry", params.agents);
     let baseline = pulls(swarm, &image, work.path(), deadline, |_| registry).await?;
     Ok(SwarmReport {
@@ -604,6 +612,32 @@ async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<O
         elsewhere: sum_metric(&text, "p2p_elsewhere_answered_total", &[]),
         pullthroughs: sum_metric(&text, "origin_pullthrough_total", &[]),
     })
+}
+
+/// What an agent's downloads met, for the log: where its bytes came from and the answers that
+/// held it up.
+async fn agent_counters(http: &reqwest::Client, agent: SocketAddr) -> Result<String> {
+    let url = format!("http://{agent}/metrics");
+    let text = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    let mib = |from| sum_metric(&text, "p2p_bytes_received_total", &[("from", from)]) / 1048576.0;
+    Ok(format!(
+        "{:.1} MiB from the origin, {:.1} MiB from agents, {:.1} MiB served; {} busy and {} \
+         elsewhere answers received, {} peers blacklisted",
+        mib("origin"),
+        mib("agent"),
+        sum_metric(&text, "p2p_bytes_served_total", &[]) / 1048576.0,
+        sum_metric(&text, "p2p_busy_received_total", &[]),
+        sum_metric(&text, "p2p_elsewhere_received_total", &[]),
+        sum_metric(&text, "p2p_peers_blacklisted_total", &[]),
+    ))
 }
 
 fn path(path: &Path) -> String {

@@ -12,8 +12,8 @@
 //! and while two or more agents are useful, only pieces no agent holds. Pieces are requested rarest first (seeded
 //! random tie-break), up to each peer's depth (as many requests as cover a round trip at the
 //! rate the peer delivers, at most `max_pipeline`; `depth.rs`), never twice except in endgame (at most
-//! `endgame_pieces` missing), where idle peers duplicate in-flight requests and the losers are
-//! cancelled. A corrupt piece blacklists its sender; failures and timeouts re-issue the piece
+//! `endgame_pieces` missing), where idle peers duplicate in-flight requests (each piece at two
+//! peers at most) and the losers are cancelled. A corrupt piece blacklists its sender; failures and timeouts re-issue the piece
 //! elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
 //! answers "busy": that is not a failure; the piece goes back to the pool at once (another
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
@@ -48,6 +48,8 @@ use shoal_core::{Bitfield, PeerId};
 use thiserror::Error;
 
 use peers::{Candidates, Peer, Peers, Slot};
+#[cfg(test)]
+use pieces::ENDGAME_COPIES;
 use pieces::{Order, Pieces};
 
 /// Requests in flight at an origin while we are connected to any agent. Agents pulling at once

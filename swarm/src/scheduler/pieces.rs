@@ -13,6 +13,12 @@ use shoal_core::Bitfield;
 
 use super::peers::{Peer, Slot};
 
+/// Peers a missing piece is asked of at once in endgame. Every idle holder asking for the last
+/// pieces split the downloader's link between copies of the same bytes and spent the senders'
+/// upload, which the rest of the swarm needed, on copies that were cancelled: on the 12-agent
+/// bed, agents served 394 MiB (22 %) more than agents received.
+pub(super) const ENDGAME_COPIES: usize = 2;
+
 /// Order of unrequested pieces: fewest agent holders first, then a per-download random rank so
 /// agents that see the same rarities still spread their requests over different pieces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,8 +217,8 @@ impl Pieces {
     }
 
     /// Endgame: up to `want` pieces already in flight at other peers that `peer` holds and is
-    /// not fetching itself, least-duplicated first. Only called when few pieces are missing, so
-    /// the in-flight map is small.
+    /// not fetching itself, least-duplicated first, none at more than [`ENDGAME_COPIES`] peers.
+    /// Only called when few pieces are missing, so the in-flight map is small.
     pub(super) fn pick_duplicates(
         &self,
         peer: &Peer,
@@ -226,7 +232,9 @@ impl Pieces {
         let mut candidates: Vec<(usize, u32, u32)> = self
             .inflight
             .iter()
-            .filter(|(piece, slots)| peer.holds(**piece) && !slots.contains(&slot))
+            .filter(|(piece, slots)| {
+                peer.holds(**piece) && slots.len() < ENDGAME_COPIES && !slots.contains(&slot)
+            })
             .filter(|(piece, _)| !agentless_only || self.avail[**piece as usize] == 0)
             .map(|(&piece, slots)| (slots.len(), self.rank[piece as usize], piece))
             .collect();

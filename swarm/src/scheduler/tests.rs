@@ -149,6 +149,29 @@ fn endgame_duplicates_requests_then_cancels_the_losers() {
 }
 
 #[test]
+fn in_endgame_a_piece_is_asked_of_at_most_two_peers_at_once() {
+    // Two pieces missing (endgame from the start) and six seeders that each hold both: every
+    // seeder is idle and could duplicate, but each piece goes to two of them at most, so
+    // the others' upload is not spent on copies that will be cancelled.
+    let pieces = 2;
+    let mut scheduler = Scheduler::new(pieces, Bitfield::new(pieces), config(), 34);
+    let seeders: Vec<PeerId> = (0..6).map(|i| id(&format!("seeder-{i}"))).collect();
+    let mut asked = vec![0; pieces as usize];
+    for seeder in &seeders {
+        for piece in requested(&connect(&mut scheduler, 1, seeder, false, pieces), seeder) {
+            asked[piece as usize] += 1;
+        }
+    }
+    let out = scheduler.handle(300, Event::Tick);
+    for seeder in &seeders {
+        for piece in requested(&out, seeder) {
+            asked[piece as usize] += 1;
+        }
+    }
+    assert_eq!(asked, [ENDGAME_COPIES, ENDGAME_COPIES], "{out:?}");
+}
+
+#[test]
 fn a_corrupt_peer_is_blacklisted_until_expiry_and_the_download_completes() {
     let mut sim = Sim::new(30, Bitfield::new(30), config(), 8);
     sim.peer("good", Bitfield::full(30), false, Behaviour::Honest);
