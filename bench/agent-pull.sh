@@ -100,6 +100,7 @@ cat >"$work/proxy.yaml" <<YAML
 listen: 127.0.0.1:$proxy_port
 origins: ["127.0.0.1:$origin_port"]
 build_index: "127.0.0.1:$index_port"
+preheat: {state_dir: $work/proxy-preheat}
 YAML
 for i in 0 1; do
     cat >"$work/agent-$i.yaml" <<YAML
