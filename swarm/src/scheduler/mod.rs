@@ -13,8 +13,8 @@
 //! random tie-break), up to each peer's depth (as many requests as cover a round trip at the
 //! rate the peer delivers, at most `max_pipeline`; `depth.rs`), never twice except in endgame (at most
 //! `endgame_pieces` missing), where idle peers duplicate in-flight requests (each piece at two
-//! peers at most) and the losers are cancelled. A corrupt piece blacklists its sender; failures and timeouts re-issue the piece
-//! elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
+//! peers at most) and the losers are cancelled. A corrupt piece blacklists its sender; failures
+//! and timeouts re-issue the piece elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
 //! answers "busy": that is not a failure; the piece goes back to the pool at once (another
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
 //! each busy answer in a row. An origin's "elsewhere" answer (super-seeding) sends the piece back
@@ -273,6 +273,12 @@ pub struct Scheduler {
     finished: bool,
 }
 
+/// A rest of `base` doubled `streak` times, at most `cap`, scaled by `jitter` thousandths
+/// (500..1500 spreads a crowd's retries).
+fn backoff_ms(base: u64, streak: u32, cap: u64, jitter: u64) -> u64 {
+    base.saturating_mul(1 << streak.min(16)).min(cap) * jitter / 1000
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -522,11 +528,9 @@ impl Scheduler {
         if !peer.take_request(now_ms, piece) {
             return;
         }
-        let backoff = base
-            .saturating_mul(1 << peer.busy_streak.min(16))
-            .min(millis(MAX_BUSY_BACKOFF));
+        let backoff = backoff_ms(base, peer.busy_streak, millis(MAX_BUSY_BACKOFF), jitter);
         peer.busy_streak += 1;
-        peer.busy_until = now_ms.saturating_add(backoff * jitter / 1000);
+        peer.busy_until = now_ms.saturating_add(backoff);
         self.pieces.unrequest(piece, slot);
         self.fill_all(now_ms, out);
     }
@@ -550,9 +554,8 @@ impl Scheduler {
         }
         peer.elsewhere_streak += 1;
         if let Some(past) = peer.elsewhere_streak.checked_sub(ELSEWHERE_FREE + 1) {
-            let rest = base.saturating_mul(1 << past.min(16)).min(cap);
-            let jittered = rest * self.rng.random_range(500..1500) / 1000;
-            peer.busy_until = peer.busy_until.max(now_ms.saturating_add(jittered));
+            let rest = backoff_ms(base, past, cap, self.rng.random_range(500..1500));
+            peer.busy_until = peer.busy_until.max(now_ms.saturating_add(rest));
         }
         if peer.holds(piece) {
             let until = now_ms.saturating_add(millis(self.config.elsewhere_wait));
