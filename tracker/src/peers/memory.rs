@@ -53,8 +53,7 @@ struct Inner {
 struct Sweep {
     /// The swarm's position in [`Swarms`], and the entry's in that swarm.
     swarm: usize,
-    class: usize,
-    slot: usize,
+    place: Place,
     /// Entries read per second.
     rate: f64,
     /// Entries it may read now: grows with time at `rate`, up to [`SWEEP_STEP_ENTRIES`].
@@ -203,11 +202,9 @@ impl Swarm {
     fn expire(&mut self, now: Instant) -> usize {
         let mut expired = 0;
         for class in [COMPLETE, PARTIAL] {
-            // A removal moves the class's last entry into the slot: look at that slot again.
             let mut slot = 0;
-            while let Some(entry) = self.classes[class].get(slot) {
-                if entry.expires <= now {
-                    self.remove(Place { class, slot });
+            while let Some(dropped) = self.expire_at(Place { class, slot }, now) {
+                if dropped {
                     expired += 1;
                 } else {
                     slot += 1;
@@ -216,6 +213,17 @@ impl Swarm {
         }
         self.last_expired = now;
         expired
+    }
+
+    /// Drops the entry at `place` if it has expired: Some(true) when it went (the class's last
+    /// entry moved into its slot, so read that slot again), Some(false) when it lives, None
+    /// past the class's end.
+    fn expire_at(&mut self, place: Place, now: Instant) -> Option<bool> {
+        let expired = self.classes[place.class].get(place.slot)?.expires <= now;
+        if expired {
+            self.remove(place);
+        }
+        Some(expired)
     }
 
     /// Up to `want` live members, complete ones first, each class sampled uniformly; expired
@@ -322,8 +330,10 @@ impl MemoryStore {
         if inner.sweep.is_none() && now.saturating_duration_since(inner.last_sweep) >= due {
             inner.sweep = Some(Sweep {
                 swarm: 0,
-                class: COMPLETE,
-                slot: 0,
+                place: Place {
+                    class: COMPLETE,
+                    slot: 0,
+                },
                 rate: inner.records.max(1) as f64 / spread.as_secs_f64().max(1e-3),
                 credit: SWEEP_STEP_ENTRIES,
                 last_step: now,
@@ -411,19 +421,14 @@ impl Inner {
                 swarms.at.shrink_to_fit();
                 return;
             };
-            match swarm.classes[sweep.class].get(sweep.slot) {
-                // Its removal moves the class's last entry into this slot: read it next.
-                Some(entry) if entry.expires <= now => {
-                    swarm.remove(Place {
-                        class: sweep.class,
-                        slot: sweep.slot,
-                    });
-                    *records -= 1;
-                }
-                Some(_) => sweep.slot += 1,
-                None if sweep.class == COMPLETE => {
-                    sweep.class = PARTIAL;
-                    sweep.slot = 0;
+            match swarm.expire_at(sweep.place, now) {
+                Some(true) => *records -= 1,
+                Some(false) => sweep.place.slot += 1,
+                None if sweep.place.class == COMPLETE => {
+                    sweep.place = Place {
+                        class: PARTIAL,
+                        slot: 0,
+                    };
                 }
                 None => {
                     if swarm.members.is_empty() {
@@ -432,8 +437,10 @@ impl Inner {
                     } else {
                         sweep.swarm += 1;
                     }
-                    sweep.class = COMPLETE;
-                    sweep.slot = 0;
+                    sweep.place = Place {
+                        class: COMPLETE,
+                        slot: 0,
+                    };
                 }
             }
         }
