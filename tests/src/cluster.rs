@@ -511,15 +511,7 @@ impl Cluster {
             self.scheme(component),
             self.addr(component)
         );
-        self.http
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("GET {url}"))?
-            .text()
-            .await
-            .with_context(|| format!("reading {url}"))
+        get_text(&self.http, &url).await
     }
 
     /// The value of metric `name` in `component`'s `/metrics` (first sample without labels or
@@ -730,6 +722,18 @@ fn parse_metric(text: &str, name: &str) -> Option<f64> {
                 .then(|| value.parse().ok())
                 .flatten()
         })
+}
+
+/// The body of a successful GET of `url`, as text.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> Result<String> {
+    http.get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))
 }
 
 /// The sum of the samples of metric `name` (namespace prefix allowed, as in [`parse_metric`])

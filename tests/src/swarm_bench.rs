@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use shoal_client::{Image, ImageSpec, RegistryClient};
 use tempfile::TempDir;
 
-use crate::cluster::sum_metric;
+use crate::cluster::{get_text, sum_metric};
 use crate::images::generate;
 use crate::netbed::{Host, Netbed, Rate};
 use crate::process::{Process, ProcessSpec, wait_until_ready};
@@ -596,16 +596,7 @@ impl OriginCounters {
 }
 
 async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<OriginCounters> {
-    let url = format!("http://{origin}/metrics");
-    let text = http
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("GET {url}"))?
-        .text()
-        .await
-        .with_context(|| format!("reading {url}"))?;
+    let text = get_text(http, &format!("http://{origin}/metrics")).await?;
     Ok(OriginCounters {
         http_bytes: sum_metric(&text, "origin_blob_bytes_served_total", &[]),
         piece_bytes: sum_metric(&text, "p2p_bytes_served_total", &[]),
@@ -617,16 +608,7 @@ async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<O
 /// What an agent's downloads met, for the log: where its bytes came from and the answers that
 /// held it up.
 async fn agent_counters(http: &reqwest::Client, agent: SocketAddr) -> Result<String> {
-    let url = format!("http://{agent}/metrics");
-    let text = http
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("GET {url}"))?
-        .text()
-        .await
-        .with_context(|| format!("reading {url}"))?;
+    let text = get_text(http, &format!("http://{agent}/metrics")).await?;
     let mib = |from| sum_metric(&text, "p2p_bytes_received_total", &[("from", from)]) / 1048576.0;
     Ok(format!(
         "{:.1} MiB from the origin, {:.1} MiB from agents, {:.1} MiB served; {} busy and {} \
