@@ -1,5 +1,5 @@
 //! Shoal's pure domain types, shared by every crate: digests, repository names and references,
-//! metainfo and the piece-length table, piece bitfields, peer ids, rendezvous hashing, manifest
+//! metainfo and piece lengths, piece bitfields, peer ids, rendezvous hashing, manifest
 //! parsing, Registry V2 error codes, HTTP byte ranges and Registry V2 path routing. No I/O, no
 //! async.
 

@@ -84,7 +84,7 @@ pub struct SimConfig {
     pub peers: u32,
     /// Blob length in bytes.
     pub blob_size: u64,
-    /// Piece length; `None` uses Shoal's piece-length table (`shoal_core::piece_length_for`).
+    /// Piece length; `None` uses Shoal's (`shoal_core::piece_length_for`).
     pub piece_length: Option<u64>,
     /// Each agent's upload and download link, bytes per second.
     pub peer_upload: f64,

@@ -22,7 +22,7 @@ struct Args {
     /// Blob size (`3GB` = 3·10⁹ bytes, `3GiB` = 3·2³⁰).
     #[arg(long, default_value = "3GB", value_parser = bytes)]
     size: u64,
-    /// Piece length (default: Shoal's piece-length table for the size).
+    /// Piece length (default: Shoal's, `shoal_core::piece_length_for`).
     #[arg(long, value_parser = bytes)]
     piece_length: Option<u64>,
     /// Each agent's upload and download rate, per second (`300MB/s`).

@@ -20,7 +20,7 @@ const MAX_ORIGIN_COPIES: f64 = 2.5;
 async fn six_agents_pulling_at_once_get_most_bytes_from_each_other() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::with_agents(AGENTS)).await?;
     let work = tempfile::tempdir()?;
-    // Two layers, 264 MiB in all: both use 1 MiB pieces, a few hundred per layer to spread.
+    // Two layers, 264 MiB in all, in 256 KiB pieces: hundreds per layer to spread.
     let image = generate(
         &work.path().join("image"),
         image_spec(vec![200 * MIB, 64 * MIB + 4321], 0x5e0_0301, "v1"),

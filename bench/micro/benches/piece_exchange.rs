@@ -29,7 +29,7 @@ use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// 64 MiB is the largest blob with 256 KiB pieces (the piece-length table): 256 pieces.
+/// 64 MiB in 256 KiB pieces (`shoal_core::piece_length_for`): 256 pieces.
 const CHUNK: usize = MIB;
 const CHUNKS: usize = 64;
 /// Read buffer of the TCP baseline: the size of one `PieceChunk` (`p2p.chunk_size` default).

@@ -220,7 +220,7 @@ impl PieceFetch {
         let Some(range) = metainfo.piece_range(self.piece as usize) else {
             return Outcome::Failed(format!("piece {} is out of range", self.piece));
         };
-        // Pieces are at most tens of MiB (the piece-length table), so this bound is small.
+        // Pieces are at most tens of MiB (`shoal_core::piece_length_for`), so this bound is small.
         let length = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
         let channel = match self.shared.channel(&self.addr) {
             Ok(channel) => channel,
