@@ -24,7 +24,6 @@ use crate::digest::{Algorithm, Digest, DigestError, Digester, Hasher};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
-const GIB: u64 = 1024 * MIB;
 
 /// Upper bound on the number of pieces of any blob. It bounds the metainfo document
 /// (4096 × 64 hex ≈ 270 KB of JSON) and the bitfield peers exchange (512 bytes).
@@ -415,6 +414,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    const GIB: u64 = 1024 * MIB;
 
     fn build(data: &[u8]) -> Metainfo {
         let mut builder = MetainfoBuilder::new(data.len() as u64);

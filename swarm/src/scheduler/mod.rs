@@ -730,7 +730,19 @@ impl Scheduler {
         } else {
             Order::Sequential
         };
-        let mut picks = self.pieces.pick(peer, want, agentless_only, order);
+        // Beside rarest-first, a few pieces right past the prefix for a streaming reader, from
+        // agents only: in a crowd every download's window starts at the same pieces, and asked
+        // of the origins they would send those first (1,000 simulated agents: p99 1.43× S/B
+        // against 1.38× from agents only).
+        let mut picks = if order == Order::RarestFirst && !origin {
+            self.pieces.pick_stream(peer, want)
+        } else {
+            Vec::new()
+        };
+        let rest = self.pieces.pick(peer, want, agentless_only, order);
+        let rest: Vec<u32> = rest.into_iter().filter(|p| !picks.contains(p)).collect();
+        picks.extend(rest);
+        picks.truncate(want);
         if picks.len() < want && self.in_endgame() {
             let more = want - picks.len();
             picks.extend(

@@ -67,12 +67,23 @@ fn the_rarest_piece_is_requested_first() {
         max_pipeline: 1,
         ..config()
     };
-    let mut sim = Sim::new(10, Bitfield::new(10), config, 4);
-    // Piece 7 is held by `a` only; every other piece by both.
-    sim.peer("a", Bitfield::full(10), false, Behaviour::Honest);
+    let mut sim = Sim::new(30, Bitfield::new(30), config, 4);
+    // Four peers holding only the first pieces take the streaming window's requests
+    // (`STREAM_AHEAD`, one each), so what follows is picked by rarity alone.
+    for k in 0..super::pieces::STREAM_AHEAD {
+        let name = format!("w{k}");
+        sim.peer(&name, bits(30, 0..4), false, Behaviour::Silent);
+        sim.send(Event::Discovered(vec![PeerCandidate {
+            id: id(&name),
+            origin: false,
+        }]));
+        sim.step();
+    }
+    // Piece 27 is held by `a` only; every other piece by both.
+    sim.peer("a", Bitfield::full(30), false, Behaviour::Honest);
     sim.peer(
         "b",
-        bits(10, (0..10).filter(|&p| p != 7)),
+        bits(30, (0..30).filter(|&p| p != 27)),
         false,
         Behaviour::Honest,
     );
@@ -86,15 +97,16 @@ fn the_rarest_piece_is_requested_first() {
         origin: false,
     }]));
     sim.step();
-    assert_eq!(sim.requests_to("a"), vec![7]);
+    assert_eq!(sim.requests_to("a"), vec![27]);
 }
 
 #[test]
 fn ties_are_broken_by_the_seed() {
     let first_request = |seed| {
-        // An agent still downloading (a complete one would be asked in order).
+        // An agent still downloading (a complete one would be asked in order), holding none of
+        // the pieces a streaming reader needs next (`STREAM_AHEAD`, asked in order).
         let mut sim = Sim::new(64, Bitfield::new(64), config(), seed);
-        sim.peer("a", bits(64, 0..63), false, Behaviour::Honest);
+        sim.peer("a", bits(64, 16..63), false, Behaviour::Honest);
         sim.discover();
         sim.step();
         sim.requests_to("a")
@@ -976,6 +988,39 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
         from_b.iter().all(|piece| (48..64).contains(piece)),
         "{from_b:?}"
     );
+}
+
+#[test]
+fn a_swarm_member_keeps_a_few_pieces_past_its_prefix_in_flight_for_a_streaming_reader() {
+    let pieces = 240;
+    let mut sim = Sim::new(pieces, Bitfield::new(pieces), config(), 31);
+    // Six downloaders, each lacking a different sixth: every piece equally rare.
+    for k in 0..6 {
+        let held = bits(pieces, (0..pieces).filter(|p| p % 6 != k));
+        sim.peer(&format!("p{k}"), held, false, Behaviour::Honest);
+    }
+    sim.discover();
+    let mut prefix_at_half = None;
+    for _ in 0..100_000 {
+        if sim.scheduler.is_complete() {
+            break;
+        }
+        sim.step();
+        let have = sim.scheduler.have();
+        if prefix_at_half.is_none() && have.count() >= pieces / 2 {
+            prefix_at_half = have.zeros().next();
+        }
+    }
+    assert!(sim.scheduler.is_complete());
+    // A streaming reader has a good part of the blob by the time half of it is here (with
+    // rarest-first alone, a few pieces at most).
+    let prefix = prefix_at_half.expect("half the pieces arrived");
+    assert!(prefix >= pieces / 6, "prefix {prefix} at half the pieces");
+    // ...while most requests still spread over the whole blob: of the first 24, most lie
+    // beyond the first 24 pieces.
+    let first: Vec<u32> = sim.requests().map(|(_, piece)| piece).take(24).collect();
+    let beyond = first.iter().filter(|&&piece| piece >= 24).count();
+    assert!(beyond >= 12, "{first:?}");
 }
 
 /// Delivers the oldest request in flight at `peer` every `piece_ms`, each answered after
