@@ -730,10 +730,10 @@ impl Scheduler {
         } else {
             Order::Sequential
         };
-        // Beside rarest-first, a few pieces right past the prefix for a streaming reader, from
+        // Before rarest-first, the pieces right past the prefix for a streaming reader, from
         // agents only: in a crowd every download's window starts at the same pieces, and asked
-        // of the origins they would send those first (1,000 simulated agents: p99 1.43× S/B
-        // against 1.38× from agents only).
+        // of the origins they would send those first (1,000 simulated agents, 4 pieces ahead:
+        // p99 1.43× S/B, against 1.38× from agents only).
         let mut picks = if order == Order::RarestFirst && !origin {
             self.pieces.pick_stream(peer, want)
         } else {
