@@ -31,8 +31,12 @@ fn options() -> ClusterOptions {
     }
 }
 
-/// The status of `HEAD` (and, when it is 200, of `GET`) of `repo`'s manifest `reference`.
-async fn manifest_status(registry: &Registry, repo: &str, reference: &str) -> Result<StatusCode> {
+/// The statuses of `HEAD` and then `GET` of `repo`'s manifest `reference`.
+async fn manifest_statuses(
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+) -> Result<(StatusCode, StatusCode)> {
     let url = registry.url(&format!("v2/{repo}/manifests/{reference}"));
     let head = registry
         .http
@@ -46,13 +50,17 @@ async fn manifest_status(registry: &Registry, repo: &str, reference: &str) -> Re
         .header(ACCEPT, OCI_MANIFEST)
         .send()
         .await?;
+    Ok((head.status(), get.status()))
+}
+
+/// The status of `repo`'s manifest `reference`, which `HEAD` and `GET` must agree on.
+async fn manifest_status(registry: &Registry, repo: &str, reference: &str) -> Result<StatusCode> {
+    let (head, get) = manifest_statuses(registry, repo, reference).await?;
     ensure!(
-        head.status() == get.status(),
-        "HEAD {repo}:{reference} answered {} but GET {}",
-        head.status(),
-        get.status()
+        head == get,
+        "HEAD {repo}:{reference} answered {head} but GET {get}"
     );
-    Ok(get.status())
+    Ok(get)
 }
 
 #[tokio::test]
@@ -161,14 +169,17 @@ async fn a_manifest_deleted_by_digest_is_gone_while_shared_layers_still_pull() -
     // The agent: gone once its cached answers expire.
     let deadline = tokio::time::Instant::now() + AGENT_DEADLINE;
     loop {
-        let by_digest = manifest_status(&agent, "life/app", &doomed).await?;
-        let by_tag = manifest_status(&agent, "life/app", "a").await?;
-        if by_digest == StatusCode::NOT_FOUND && by_tag == StatusCode::NOT_FOUND {
+        // HEAD and GET may straddle the moment a cached answer expires, so they agree only
+        // once both are gone.
+        let by_digest = manifest_statuses(&agent, "life/app", &doomed).await?;
+        let by_tag = manifest_statuses(&agent, "life/app", "a").await?;
+        let gone = (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND);
+        if by_digest == gone && by_tag == gone {
             break;
         }
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "the agent still serves the deleted manifest ({by_digest}, tag {by_tag})"
+            "the agent still serves the deleted manifest (HEAD, GET: {by_digest:?}, tag {by_tag:?})"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
