@@ -58,7 +58,7 @@ pub fn piece_length_for(blob_length: u64) -> u64 {
 /// Whether metainfo may cut a blob of `blob_length` bytes into pieces of `piece_length`: a power
 /// of two from 256 KiB (every such boundary is one `MetainfoBuilder` records), at most
 /// [`MAX_PIECES`] of them, and no longer than the blob needs. Not only [`piece_length_for`]'s
-/// choice: metainfo stored before the table last changed stays valid.
+/// choice: metainfo stored before the rule last changed stays valid.
 fn piece_length_allowed(blob_length: u64, piece_length: u64) -> bool {
     let longest = blob_length
         .checked_next_power_of_two()
@@ -69,7 +69,8 @@ fn piece_length_allowed(blob_length: u64, piece_length: u64) -> bool {
         && piece_count_for(blob_length, piece_length) <= MAX_PIECES
 }
 
-/// Number of pieces of a blob; `piece_length` is never zero (it comes from the table).
+/// Number of pieces of a blob; `piece_length` is never zero (from [`piece_length_for`], or checked
+/// by [`piece_length_allowed`]).
 fn piece_count_for(length: u64, piece_length: u64) -> u64 {
     length.div_ceil(piece_length)
 }
