@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use shoal_core::{Bitfield, Digest, PeerId};
 use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
+use shoal_swarm::notices;
 use shoal_swarm::seeding::{self, Blob, Decision, Seeder, SeedingConfig};
 use shoal_swarm::slots::{UploadSlot, UploadSlots};
 use tokio::sync::{mpsc, watch};
@@ -226,10 +227,13 @@ impl PeerService {
 
 /// Sends the bitfield, then a `have` for each newly verified piece, then `complete`. Ends after
 /// `complete`, when the caller goes away, or when the source stops updating (blob dropped).
+/// While pieces keep landing, their notices go out in batches at most
+/// [`notices::HAVE_BATCH`] apart, written to the connection together.
 async fn notify(
     mut have: watch::Receiver<Bitfield>,
     tx: mpsc::Sender<Result<SessionEvent, Status>>,
 ) {
+    let mut last_sent: Option<Instant> = None;
     let mut sent = have.borrow_and_update().clone();
     let first = session_event::Event::Bitfield(shoal_proto::v1::Bitfield {
         // Callers know whom they dialled (the tracker's PeerInfo); the service has no identity.
@@ -249,6 +253,14 @@ async fn notify(
             () = tx.closed() => return,
             changed = have.changed() => if changed.is_err() { return },
         }
+        let delay = notices::have_delay(last_sent.map(|at| at.elapsed()), notices::HAVE_BATCH);
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        last_sent = Some(Instant::now());
         let now = have.borrow_and_update().clone();
         for piece in now.ones().filter(|&p| !sent.get(p)) {
             if tx

@@ -111,6 +111,9 @@ pub struct SimConfig {
     pub seeding: Option<SeedingConfig>,
     /// How often the agent ticks its scheduler (the engine's 250 ms).
     pub tick: Duration,
+    /// While pieces keep landing, a node tells its sessions about them at most this often
+    /// (`shoal_swarm::notices`, as the peer service does); zero sends every notice at once.
+    pub have_batch: Duration,
     /// Give up on agents not complete after this much virtual time.
     pub time_limit: Duration,
     pub seed: u64,
@@ -135,6 +138,7 @@ impl Default for SimConfig {
             scheduler: SchedulerConfig::default(),
             seeding: Some(SeedingConfig::default()),
             tick: Duration::from_millis(250),
+            have_batch: shoal_swarm::notices::HAVE_BATCH,
             time_limit: Duration::from_secs(3600),
             seed: 1,
         }

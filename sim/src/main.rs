@@ -39,6 +39,10 @@ struct Args {
     /// One-way latency between nodes (`1ms`, `500us`, `0`).
     #[arg(long, default_value = "1ms", value_parser = duration)]
     latency: Duration,
+    /// While pieces keep landing, a node tells its sessions about them at most this often
+    /// (`0`: every notice at once; default: the peer service's `shoal_swarm::notices::HAVE_BATCH`).
+    #[arg(long, value_parser = duration)]
+    have_batch: Option<Duration>,
     /// Agents arrive uniformly within this window (`0`: all at once).
     #[arg(long, default_value = "0", value_parser = duration)]
     arrival_spread: Duration,
@@ -176,6 +180,7 @@ fn main() -> anyhow::Result<ExitCode> {
         origins: args.origins,
         origin_upload: args.origin_rate,
         latency: args.latency,
+        have_batch: args.have_batch.unwrap_or(shoal_swarm::notices::HAVE_BATCH),
         arrival_spread: args.arrival_spread,
         tracker: TrackerModel {
             policy: args.policy,

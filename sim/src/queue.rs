@@ -32,6 +32,8 @@ pub(crate) enum SimEvent {
     PieceArrived { flow: u32, generation: u32 },
     /// `node` verified `piece`: tell the peers holding a session with it.
     Have { node: u32, piece: u32 },
+    /// `node`'s batch of have notices is due (`shoal_swarm::notices`).
+    HaveBatch { node: u32 },
     /// The scheduler's periodic tick.
     Tick { node: u32 },
     /// `node`'s session with `peer` ended: `peer` left while downloading.

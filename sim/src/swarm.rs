@@ -26,6 +26,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use shoal_core::{Bitfield, PeerId};
 use shoal_swarm::announce::next_announce;
+use shoal_swarm::notices;
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use shoal_swarm::seeding::{Decision, Ledger};
 use shoal_swarm::slots;
@@ -59,6 +60,10 @@ struct Node {
     announced: Nanos,
     /// Announces made so far (the second comes early: `shoal_swarm::announce`).
     announces: u32,
+    /// When its last have notices went out (`shoal_swarm::notices`).
+    haves_sent: Option<Nanos>,
+    /// Pieces verified whose notices wait for the next batch.
+    haves_pending: Vec<u32>,
 }
 
 /// One simulation run in progress.
@@ -165,6 +170,8 @@ impl Swarm {
                     left: None,
                     announced: arrived,
                     announces: 0,
+                    haves_sent: None,
+                    haves_pending: Vec::new(),
                 }
             })
             .collect();
@@ -374,13 +381,18 @@ impl Swarm {
                         self.depart(receiver);
                         return;
                     }
-                    self.queue.push(
-                        now + self.latency,
-                        SimEvent::Have {
-                            node: receiver,
-                            piece,
-                        },
-                    );
+                    self.verified_piece(receiver, piece, now);
+                }
+            }
+            SimEvent::HaveBatch { node } => {
+                let this = &mut self.nodes[node as usize];
+                if this.left.is_some() {
+                    return;
+                }
+                this.haves_sent = Some(now);
+                for piece in this.haves_pending.drain(..) {
+                    self.queue
+                        .push(now + self.latency, SimEvent::Have { node, piece });
                 }
             }
             SimEvent::Have { node, piece } => {
@@ -417,6 +429,27 @@ impl Swarm {
             }
             SimEvent::Expire { node } => self.tracker.forget(node),
         }
+    }
+
+    /// `node` verified `piece` at `now`: its sessions hear of it now or with its next batch
+    /// (`shoal_swarm::notices`).
+    fn verified_piece(&mut self, node: u32, piece: u32, now: Nanos) {
+        let batch = nanos(self.config.have_batch);
+        let this = &mut self.nodes[node as usize];
+        let since = this
+            .haves_sent
+            .map(|at| Duration::from_nanos(now.saturating_sub(at)));
+        let delay = nanos(notices::have_delay(since, self.config.have_batch));
+        if delay == 0 || batch == 0 {
+            this.haves_sent = Some(now);
+            self.queue
+                .push(now + self.latency, SimEvent::Have { node, piece });
+            return;
+        }
+        if this.haves_pending.is_empty() {
+            self.queue.push(now + delay, SimEvent::HaveBatch { node });
+        }
+        this.haves_pending.push(piece);
     }
 
     /// `node`'s process exits now: what its peers see of that follows one latency later.

@@ -2,6 +2,7 @@
 //! tracker and the simulator (`sim/`) run the same code, and tests drive it with a seed.
 //!
 //! - [`announce`]: when a download announces again;
+//! - [`notices`]: when a peer tells its sessions about pieces it gained;
 //! - [`scheduler`]: one download's choices (which peer to connect, which piece to ask whom for,
 //!   when to give up on a peer);
 //! - [`handout`]: which peers the tracker answers an announce with;
@@ -10,6 +11,7 @@
 
 pub mod announce;
 pub mod handout;
+pub mod notices;
 pub mod scheduler;
 pub mod seeding;
 pub mod slots;

@@ -18,6 +18,8 @@ struct Stat {
     state: char,
     ppid: u32,
     start_time: u64,
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
 }
 
 /// Parses `/proc/<pid>/stat`; `None` when the process is gone. The command name (field 2) may
@@ -25,13 +27,29 @@ struct Stat {
 fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = text.rsplit_once(')')?;
-    // After the name: state (field 3), ppid (4), … starttime (22).
+    // After the name: state (field 3), ppid (4), … utime (14), stime (15), … starttime (22).
     let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
     Some(Stat {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
+        start_time: ticks(19)?,
+        cpu_ticks: ticks(11)? + ticks(12)?,
     })
+}
+
+/// The CPU time (user + system) `pid` has used so far, in clock ticks; `None` once it is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    Some(stat(pid)?.cpu_ticks)
+}
+
+/// Clock ticks per second, the unit of `/proc`'s CPU times.
+pub fn ticks_per_second() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        // Linux has reported USER_HZ = 100 on every architecture it runs this suite on.
+        _ => 100.0,
+    }
 }
 
 /// Every live process whose parent is `parent`.
@@ -75,4 +93,30 @@ fn all_pids() -> impl Iterator<Item = u32> {
         .into_iter()
         .flatten()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_working_process_is_charged_cpu_ticks_and_a_gone_one_has_none() {
+        let me = std::process::id();
+        let before = cpu_ticks(me).expect("this process is alive");
+        let started = Instant::now();
+        let mut spin = 0u64;
+        while cpu_ticks(me).expect("this process is alive") <= before {
+            for i in 0..100_000u64 {
+                spin = std::hint::black_box(spin.wrapping_add(i).rotate_left(7));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "30 s of spinning were never charged a tick"
+            );
+        }
+        assert!(ticks_per_second() >= 1.0);
+        // PIDs stop far below u32::MAX (pid_max is at most 2^22).
+        assert_eq!(cpu_ticks(u32::MAX), None);
+    }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use futures::future::try_join_all;
+use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::{Value, json};
 use shoal_client::{Image, ImageSpec, RegistryClient};
 use tempfile::TempDir;
@@ -18,6 +19,7 @@ use crate::cluster::{get_text, sum_metric};
 use crate::images::generate;
 use crate::netbed::{Host, Netbed, Rate};
 use crate::process::{Process, ProcessSpec, wait_until_ready};
+use crate::procfs;
 use crate::swarm::ensure_same_layout;
 use crate::tools::require;
 
@@ -62,6 +64,20 @@ pub struct PullRun {
     /// Share of the machine's CPU time (all cores) that was busy while the pulls ran: near 1.0
     /// means the run measured this machine's CPU, not the links.
     pub cpu_busy: f64,
+    /// Who spent the machine's CPU while the pulls ran.
+    pub cpu: CpuSpent,
+}
+
+/// CPU seconds (user + system) spent while one set of pulls ran, by who spent them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSpent {
+    /// The registry's processes: every Shoal component, or docker-registry.
+    pub servers: f64,
+    /// The skopeo clients.
+    pub clients: f64,
+    /// The whole machine's busy time; what the two above leave is the kernel's work charged to
+    /// no process (network soft interrupts, writeback, page reclaim) and this benchmark itself.
+    pub machine: f64,
 }
 
 impl PullRun {
@@ -113,13 +129,16 @@ impl SwarmReport {
         let row = |name: &str, run: &PullRun| {
             let (p50, p90, max) = (run.quantile(0.5), run.quantile(0.9), run.max());
             format!(
-                "| {name} | {:.1} s | {:.1} s | {:.1} s | {:.2}× | {:.2}× | {:.0} % |\n",
+                "| {name} | {:.1} s | {:.1} s | {:.1} s | {:.2}× | {:.2}× | {:.0} % | {:.1} / {:.1} / {:.1} s |\n",
                 p50.as_secs_f64(),
                 p90.as_secs_f64(),
                 max.as_secs_f64(),
                 p50.as_secs_f64() / limit,
                 p90.as_secs_f64() / limit,
                 run.cpu_busy * 100.0,
+                run.cpu.servers,
+                run.cpu.clients,
+                run.cpu.machine,
             )
         };
         let speedup =
@@ -128,8 +147,8 @@ impl SwarmReport {
             "### {} agents, {:.0} MiB in {} layers, {} agent links, {} origin link ({date})\n\n\
              ```sh\n{command}\n```\n\n\
              S = {} bytes, B = {}, S/B = {limit:.1} s. Tracker, build-index and proxy hosts: {}.\n\n\
-             | registry the agents' skopeo pulls from | p50 | p90 | max | p50 / (S/B) | p90 / (S/B) | machine CPU busy |\n\
-             |---|---|---|---|---|---|---|\n",
+             | registry the agents' skopeo pulls from | p50 | p90 | max | p50 / (S/B) | p90 / (S/B) | machine CPU busy | CPU: servers / skopeo clients / machine |\n\
+             |---|---|---|---|---|---|---|---|\n",
             p.agents,
             self.image_bytes as f64 / f64::from(1 << 20),
             p.layers,
@@ -181,6 +200,10 @@ struct Swarm {
     proxy: Host,
     agents: Vec<Host>,
     http: reqwest::Client,
+    /// The PIDs of Shoal's components, whose CPU time a run of pulls through them counts.
+    shoal: Vec<u32>,
+    /// docker-registry's PID.
+    registry: u32,
     _processes: Vec<Process>,
 }
 
@@ -233,7 +256,7 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
     let origin_http = SocketAddr::new(swarm.origin.addr.into(), ORIGIN_PORT);
     let before = origin_counters(&swarm.http, origin_http).await?;
     eprintln!("swarm bench: {} pulls through the agents", params.agents);
-    let shoal = pulls(swarm, &image, work.path(), deadline, |i| {
+    let shoal = pulls(swarm, &image, work.path(), deadline, &swarm.shoal, |i| {
         SocketAddr::new(swarm.agents[i].addr.into(), AGENT_PORT)
     })
     .await?;
@@ -241,11 +264,15 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         .await?
         .since(&before);
     eprintln!(
-        "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, origin egress {:.0} bytes \
+        "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, CPU {:.1} s in Shoal, {:.1} s in \
+         skopeo, {:.1} s on the machine; origin egress {:.0} bytes \
          ({:.0} over HTTP, {:.0} as pieces; {:.0} elsewhere answers)",
         shoal.quantile(0.5),
         shoal.quantile(0.9),
         shoal.max(),
+        shoal.cpu.servers,
+        shoal.cpu.clients,
+        shoal.cpu.machine,
         origin.egress(),
         origin.http_bytes,
         origin.piece_bytes,
@@ -260,7 +287,15 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         );
     }
     eprintln!("swarm bench: {} pulls from docker-registry", params.agents);
-    let baseline = pulls(swarm, &image, work.path(), deadline, |_| registry).await?;
+    let baseline = pulls(
+        swarm,
+        &image,
+        work.path(),
+        deadline,
+        &[swarm.registry],
+        |_| registry,
+    )
+    .await?;
     Ok(SwarmReport {
         params: params.clone(),
         image_bytes,
@@ -342,7 +377,15 @@ async fn start(params: &SwarmParams, bed: &mut Netbed, work: &Path) -> Result<Sw
                 .await?,
         );
     }
-    processes.push(launcher.registry(&origin).await?);
+    let shoal = processes
+        .iter()
+        .map(|p| p.pid().context("a component exited during start-up"))
+        .collect::<Result<Vec<_>>>()?;
+    let registry = launcher.registry(&origin).await?;
+    let registry_pid = registry
+        .pid()
+        .context("docker-registry exited during start-up")?;
+    processes.push(registry);
     Ok(Swarm {
         origin,
         proxy,
@@ -351,6 +394,8 @@ async fn start(params: &SwarmParams, bed: &mut Netbed, work: &Path) -> Result<Sw
             .timeout(Duration::from_secs(10))
             .build()
             .context("building the metrics client")?,
+        shoal,
+        registry: registry_pid,
         _processes: processes,
     })
 }
@@ -460,13 +505,15 @@ async fn push(image: &Image, registry: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Every agent host pulls the image at once with skopeo from `source(i)`; each layout is
-/// checked against the pushed image and then removed (N copies of a large image add up).
+/// Every agent host pulls the image at once with skopeo from `source(i)`, served by the
+/// processes `servers`; each layout is checked against the pushed image and then removed (N
+/// copies of a large image add up).
 async fn pulls(
     swarm: &Swarm,
     image: &Image,
     work: &Path,
     deadline: Duration,
+    servers: &[u32],
     source: impl Fn(usize) -> SocketAddr,
 ) -> Result<PullRun> {
     let runs = swarm.agents.iter().enumerate().map(|(i, host)| {
@@ -515,15 +562,43 @@ async fn pulls(
         }
     });
     let cpu_before = cpu_times()?;
+    let servers_before = servers_ticks(servers)?;
+    let clients_before = children_cpu()?;
     let done = try_join_all(runs).await?;
-    let cpu_busy = cpu_times()?.busy_since(cpu_before);
+    let cpu_after = cpu_times()?;
+    let hz = procfs::ticks_per_second();
+    let cpu = CpuSpent {
+        servers: servers_ticks(servers)?.saturating_sub(servers_before) as f64 / hz,
+        // Only the skopeo processes exit (and are reaped) while the pulls run.
+        clients: children_cpu()? - clients_before,
+        machine: cpu_after.busy.saturating_sub(cpu_before.busy) as f64 / hz,
+    };
+    let cpu_busy = cpu_after.busy_since(cpu_before);
     let mut times = Vec::with_capacity(done.len());
     for (elapsed, dest) in done {
         ensure_same_layout(image, &dest)?;
         std::fs::remove_dir_all(&dest).with_context(|| format!("removing {}", dest.display()))?;
         times.push(elapsed);
     }
-    Ok(PullRun { times, cpu_busy })
+    Ok(PullRun {
+        times,
+        cpu_busy,
+        cpu,
+    })
+}
+
+/// The CPU ticks the processes `pids` have used so far; an error if one has exited.
+fn servers_ticks(pids: &[u32]) -> Result<u64> {
+    pids.iter()
+        .map(|&pid| procfs::cpu_ticks(pid).with_context(|| format!("process {pid} is gone")))
+        .sum()
+}
+
+/// CPU seconds (user + system) of this process's children that have exited and been reaped.
+fn children_cpu() -> Result<f64> {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).context("getrusage(RUSAGE_CHILDREN)")?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
 }
 
 /// The machine's CPU time so far, in clock ticks: (busy, total) over all cores.
