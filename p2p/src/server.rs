@@ -233,7 +233,8 @@ async fn notify(
     mut have: watch::Receiver<Bitfield>,
     tx: mpsc::Sender<Result<SessionEvent, Status>>,
 ) {
-    let mut last_sent: Option<Instant> = None;
+    // tokio's clock, the one the batch's sleep runs on.
+    let mut last_sent: Option<tokio::time::Instant> = None;
     let mut sent = have.borrow_and_update().clone();
     let first = session_event::Event::Bitfield(shoal_proto::v1::Bitfield {
         // Callers know whom they dialled (the tracker's PeerInfo); the service has no identity.
@@ -260,7 +261,7 @@ async fn notify(
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        last_sent = Some(Instant::now());
+        last_sent = Some(tokio::time::Instant::now());
         let now = have.borrow_and_update().clone();
         for piece in now.ones().filter(|&p| !sent.get(p)) {
             if tx
@@ -343,4 +344,59 @@ fn corrupt(chunk: Bytes) -> Bytes {
         *first ^= 0xff;
     }
     data.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The next session event, as the variant it carries.
+    async fn next(rx: &mut mpsc::Receiver<Result<SessionEvent, Status>>) -> session_event::Event {
+        rx.recv()
+            .await
+            .expect("the session is open")
+            .expect("no error")
+            .event
+            .expect("an event")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_have_goes_at_once_and_the_next_ones_wait_for_the_batch() {
+        let (have_tx, have_rx) = watch::channel(Bitfield::new(4));
+        let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
+        let task = tokio::spawn(notify(have_rx, tx));
+        assert!(matches!(
+            next(&mut rx).await,
+            session_event::Event::Bitfield(_)
+        ));
+        let start = tokio::time::Instant::now();
+        have_tx.send_modify(|b| {
+            b.set(0);
+        });
+        assert_eq!(next(&mut rx).await, session_event::Event::Have(0));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // Landing right after the first, these two wait for the batch and go out together.
+        have_tx.send_modify(|b| {
+            b.set(2);
+        });
+        tokio::task::yield_now().await;
+        have_tx.send_modify(|b| {
+            b.set(1);
+        });
+        assert_eq!(next(&mut rx).await, session_event::Event::Have(1));
+        assert_eq!(next(&mut rx).await, session_event::Event::Have(2));
+        assert_eq!(start.elapsed(), notices::HAVE_BATCH);
+        // After a quiet spell the next one goes at once again, then `complete`.
+        tokio::time::sleep(notices::HAVE_BATCH * 4).await;
+        let quiet = tokio::time::Instant::now();
+        have_tx.send_modify(|b| {
+            b.set(3);
+        });
+        assert_eq!(next(&mut rx).await, session_event::Event::Have(3));
+        assert_eq!(quiet.elapsed(), Duration::ZERO);
+        assert_eq!(next(&mut rx).await, session_event::Event::Complete(true));
+        task.await.expect("notify ends after complete");
+    }
 }

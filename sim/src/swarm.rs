@@ -434,13 +434,12 @@ impl Swarm {
     /// `node` verified `piece` at `now`: its sessions hear of it now or with its next batch
     /// (`shoal_swarm::notices`).
     fn verified_piece(&mut self, node: u32, piece: u32, now: Nanos) {
-        let batch = nanos(self.config.have_batch);
         let this = &mut self.nodes[node as usize];
         let since = this
             .haves_sent
             .map(|at| Duration::from_nanos(now.saturating_sub(at)));
         let delay = nanos(notices::have_delay(since, self.config.have_batch));
-        if delay == 0 || batch == 0 {
+        if delay == 0 {
             this.haves_sent = Some(now);
             self.queue
                 .push(now + self.latency, SimEvent::Have { node, piece });

@@ -1,9 +1,9 @@
 //! When a peer tells a session's downloader about pieces it gained. One `have` notice per piece
-//! per session is one small message on every connection: with 256 KiB pieces, 20 agents at
-//! 100 Mbit/s send about 18,000 a second between them, each a write, a packet through the
-//! network stack and a wake-up at both ends. So a session sends the first notice after a quiet
-//! spell at once (a rare piece still spreads without delay) and, while pieces keep landing, the
-//! rest in batches at most one [`HAVE_BATCH`] apart.
+//! per session is one message and a wake-up at both ends: with 256 KiB pieces, each of 20 agents
+//! pulling 256 MiB sends about 20,000 (1,024 pieces × 19 sessions). So a session sends the first
+//! notice after a quiet spell at once (a rare piece still spreads without delay) and, while
+//! pieces keep landing, the rest in batches at most one [`HAVE_BATCH`] apart, which the
+//! connection writes together (docs/BENCHMARKS.md: 4.6 % less CPU on the 20-agent bed).
 
 use std::time::Duration;
 

@@ -69,7 +69,7 @@ pub struct PullRun {
 }
 
 /// CPU seconds (user + system) spent while one set of pulls ran, by who spent them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuSpent {
     /// The registry's processes: every Shoal component, or docker-registry.
     pub servers: f64,
