@@ -4,11 +4,15 @@
 //! the actions it returns. No sockets, clocks or tokio here, so it is unit-tested and simulated
 //! deterministically: all randomness comes from the seed.
 //!
-//! Policy: connect to discovered agents up to `max_peers`; an origin is connected (possibly one
-//! connection beyond the cap) only as the last resort — once no agent connection has been
-//! pending for less than a short grace (a hung peer's handshake never holds it up) and either fewer than two connected agents hold pieces we miss, or some missing piece is held by
-//! no connected agent. An origin gets its full depth only while it is our only peer; beside
-//! any agent (a swarm, even one where nobody holds anything yet) it gets one request at a time,
+//! Policy: connect to discovered agents up to `max_peers`; origins are connected (beyond the
+//! cap) only as the last resort — once no agent connection has been pending for less than a
+//! short grace (a hung peer's handshake never holds it up) and either fewer than two connected
+//! agents hold pieces we miss, or some missing piece is held by no connected agent. Then every
+//! origin the tracker handed out (the blob's owners) is connected, one attempt at a time: in a
+//! crowd each owner sends only its share of the pieces (`crate::seeding`), so a downloader that
+//! asks one owner waits for the rest of the pieces to come round through other agents. An
+//! origin gets its full depth only while no agent is connected; beside any agent (a swarm, even
+//! one where nobody holds anything yet) it gets one request at a time,
 //! and while two or more agents are useful, only pieces no agent holds. Pieces are requested rarest first (seeded
 //! random tie-break), up to each peer's depth (as many requests as cover a round trip at the
 //! rate the peer delivers, at most `max_pipeline`; `depth.rs`), never twice except in endgame (at most
@@ -708,7 +712,8 @@ impl Scheduler {
         }
         let useful_agents = self.peers.useful_agents();
         let origin = peer.origin;
-        let beside_agents = self.peers.len() > 1 || (origin && self.agent_connection_fresh(now_ms));
+        let beside_agents =
+            self.peers.agents() > 0 || (origin && self.agent_connection_fresh(now_ms));
         let Some(peer) = self.peers.get(slot) else {
             return;
         };
@@ -766,7 +771,7 @@ impl Scheduler {
         }
     }
 
-    /// Opens connections: agents up to `max_peers`, and one origin when agents cannot do it.
+    /// Opens connections: agents up to `max_peers`, and the origins when agents cannot do it.
     fn connect(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         while self.peers.len() + self.candidates.connecting() < self.config.max_peers {
             let Some(peer) = self.candidates.next(false, now_ms) else {
@@ -774,15 +779,16 @@ impl Scheduler {
             };
             out.push(Action::Connect { peer });
         }
-        // Give fresh agent handshakes a moment before judging what agents can serve; then an
-        // origin is the last resort, allowed one connection beyond the cap so it can always
-        // unblock a piece no connected agent holds. Handshakes pending longer than the grace
-        // do not count: a peer that accepts TCP and never answers must not keep us from it.
+        // Give fresh agent handshakes a moment before judging what agents can serve; then the
+        // origins are the last resort, allowed beyond the cap so they can always unblock a
+        // piece no connected agent holds. Handshakes pending longer than the grace do not
+        // count: a peer that accepts TCP and never answers must not keep us from them. With
+        // one owner connected, 20 simulated agents and 3 owners finished at 1.38× of S/B (the
+        // owners' shares came round late); with every owner, 1.06× (docs/BENCHMARKS.md).
         let origin_needed = (self.pieces.agentless() > 0 || self.peers.useful_agents() < 2)
             && !self.agent_connection_fresh(now_ms);
         if origin_needed
             && self.candidates.connecting_origins() == 0
-            && !self.peers.has_origin()
             && let Some(peer) = self.candidates.next(true, now_ms)
         {
             out.push(Action::Connect { peer });

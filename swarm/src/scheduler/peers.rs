@@ -71,6 +71,8 @@ pub(super) struct Peers {
     index: HashMap<PeerId, Slot>,
     /// Connected agents that do not hold every piece yet (downloaders like us).
     incomplete_agents: usize,
+    /// Connected origins.
+    origins: usize,
 }
 
 fn is_incomplete_agent(peer: &Peer) -> bool {
@@ -80,6 +82,7 @@ fn is_incomplete_agent(peer: &Peer) -> bool {
 impl Peers {
     pub(super) fn insert(&mut self, peer: Peer) -> Slot {
         self.incomplete_agents += usize::from(is_incomplete_agent(&peer));
+        self.origins += usize::from(peer.origin);
         let id = peer.id.clone();
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -98,6 +101,7 @@ impl Peers {
     pub(super) fn remove(&mut self, slot: Slot) -> Option<Peer> {
         let peer = self.slots.get_mut(slot)?.take()?;
         self.incomplete_agents -= usize::from(is_incomplete_agent(&peer));
+        self.origins -= usize::from(peer.origin);
         self.index.remove(&peer.id);
         self.free.push(slot);
         Some(peer)
@@ -149,8 +153,9 @@ impl Peers {
         self.index.len()
     }
 
-    pub(super) fn has_origin(&self) -> bool {
-        self.slots.iter().flatten().any(|peer| peer.origin)
+    /// Connected agents (not origins).
+    pub(super) fn agents(&self) -> usize {
+        self.index.len() - self.origins
     }
 
     /// A connected agent with nothing for us and no request in flight, if any.

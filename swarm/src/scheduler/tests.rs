@@ -1333,3 +1333,74 @@ fn refuse(scheduler: &mut Scheduler, now: u64, origin: &PeerId, piece: u32) -> V
         },
     )
 }
+
+/// Connects whatever the scheduler asks to connect (every peer holds every piece), until it asks
+/// for nothing more; returns the requests each peer got, in connection order.
+fn connect_all_asked(
+    scheduler: &mut Scheduler,
+    mut out: Vec<Action>,
+    pieces: u32,
+) -> Vec<(PeerId, usize)> {
+    let mut asked = Vec::new();
+    let mut now = 10;
+    while let Some(peer) = connects(&out).into_iter().next() {
+        now += 10;
+        out = scheduler.handle(
+            now,
+            Event::Connected {
+                peer: peer.clone(),
+                bitfield: Bitfield::full(pieces),
+            },
+        );
+        asked.push((peer.clone(), requested(&out, &peer).len()));
+    }
+    asked
+}
+
+#[test]
+fn every_owning_origin_is_connected_each_at_full_depth_alone_and_one_request_in_a_crowd() {
+    let owners: Vec<PeerCandidate> = (0..3)
+        .map(|i| PeerCandidate {
+            id: id(&format!("origin-{i}")),
+            origin: true,
+        })
+        .collect();
+
+    // Alone: each owner, connected in turn, gets the full pipeline.
+    let mut alone = Scheduler::new(64, Bitfield::new(64), config(), 23);
+    let out = alone.handle(0, Event::Discovered(owners.clone()));
+    assert_eq!(
+        connects(&out).len(),
+        1,
+        "one origin attempt at a time: {out:?}"
+    );
+    let asked = connect_all_asked(&mut alone, out, 64);
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(
+        asked.iter().all(|(_, n)| *n == depth::INITIAL_DEPTH),
+        "{asked:?}"
+    );
+
+    // In a crowd (an empty agent connected), every owner still gets asked: in a crowd each sends
+    // only its share of the pieces. Each gets one request at a time.
+    let mut crowd = Scheduler::new(64, Bitfield::new(64), config(), 24);
+    let empty = id("empty-agent");
+    crowd.handle(
+        0,
+        Event::Discovered(vec![PeerCandidate {
+            id: empty.clone(),
+            origin: false,
+        }]),
+    );
+    crowd.handle(
+        1,
+        Event::Connected {
+            peer: empty,
+            bitfield: Bitfield::new(64),
+        },
+    );
+    let out = crowd.handle(2, Event::Discovered(owners));
+    let asked = connect_all_asked(&mut crowd, out, 64);
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(asked.iter().all(|(_, n)| *n == 1), "{asked:?}");
+}
