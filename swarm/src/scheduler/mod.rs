@@ -87,7 +87,7 @@ const ELSEWHERE_FREE: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
-    /// Connections per blob (origins may add one beyond it as the last resort).
+    /// Connections per blob (the owning origins may add theirs beyond it, as the last resort).
     pub max_peers: usize,
     /// Most piece requests in flight per peer. Each peer gets as many as cover a request's
     /// round trip at the rate it delivers (two until measured), within this bound.
