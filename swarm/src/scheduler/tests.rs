@@ -1384,21 +1384,7 @@ fn every_owning_origin_is_connected_each_at_full_depth_alone_and_one_request_in_
     // In a crowd (an empty agent connected), every owner still gets asked: in a crowd each sends
     // only its share of the pieces. Each gets one request at a time.
     let mut crowd = Scheduler::new(64, Bitfield::new(64), config(), 24);
-    let empty = id("empty-agent");
-    crowd.handle(
-        0,
-        Event::Discovered(vec![PeerCandidate {
-            id: empty.clone(),
-            origin: false,
-        }]),
-    );
-    crowd.handle(
-        1,
-        Event::Connected {
-            peer: empty,
-            bitfield: Bitfield::new(64),
-        },
-    );
+    connect_empty(&mut crowd, 0, &id("empty-agent"), 64);
     let out = crowd.handle(2, Event::Discovered(owners));
     let asked = connect_all_asked(&mut crowd, out, 64);
     assert_eq!(asked.len(), 3, "{asked:?}");
