@@ -109,6 +109,9 @@ pub struct SimConfig {
     /// runs it); None serves every request a slot allows.
     #[serde(skip)]
     pub seeding: Option<SeedingConfig>,
+    /// A client streams the blob out of each agent at this rate, bytes per second
+    /// (`crate::reader`); None reports download completion only.
+    pub client_rate: Option<f64>,
     /// How often the agent ticks its scheduler (the engine's 250 ms).
     pub tick: Duration,
     /// While pieces keep landing, a node tells its sessions about them at most this often
@@ -137,6 +140,7 @@ impl Default for SimConfig {
             origin_upload_slots: DEFAULT_UPLOAD_SLOTS,
             scheduler: SchedulerConfig::default(),
             seeding: Some(SeedingConfig::default()),
+            client_rate: None,
             tick: Duration::from_millis(250),
             have_batch: shoal_swarm::notices::HAVE_BATCH,
             time_limit: Duration::from_secs(3600),
@@ -215,10 +219,14 @@ impl SimConfig {
             return Err(ConfigError::Zero { field });
         }
         let rates = [
-            ("peer upload rate", self.peer_upload),
-            ("peer download rate", self.peer_download),
-            ("origin rate", self.origin_upload),
+            ("peer upload rate", Some(self.peer_upload)),
+            ("peer download rate", Some(self.peer_download)),
+            ("origin rate", Some(self.origin_upload)),
+            ("client rate", self.client_rate),
         ];
+        let rates = rates
+            .into_iter()
+            .filter_map(|(field, value)| Some((field, value?)));
         for (field, value) in rates {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::Rate { field, value });
@@ -298,6 +306,25 @@ mod tests {
             churn,
             ..SimConfig::default()
         }
+    }
+
+    #[test]
+    fn a_client_rate_must_be_positive_and_finite() {
+        for value in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let config = SimConfig {
+                client_rate: Some(value),
+                ..SimConfig::default()
+            };
+            match config.validate() {
+                Err(ConfigError::Rate { field, .. }) => assert_eq!(field, "client rate"),
+                other => panic!("client rate {value}: {other:?}"),
+            }
+        }
+        let config = SimConfig {
+            client_rate: Some(100e6),
+            ..SimConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod churn;
 mod config;
 mod flows;
 mod queue;
+mod reader;
 mod report;
 mod swarm;
 mod tracker;

@@ -112,6 +112,10 @@ struct Args {
     /// Scheduler: an origin that answered "elsewhere" for a piece is not asked for it this long.
     #[arg(long, default_value = "3s", value_parser = duration)]
     elsewhere_wait: Duration,
+    /// A client streams the blob out of each agent at this rate, in order as the prefix
+    /// grows; the report adds when each client has read it all.
+    #[arg(long, value_parser = rate)]
+    client_rate: Option<f64>,
     /// Stop after this much virtual time.
     #[arg(long, default_value = "1h", value_parser = duration)]
     time_limit: Duration,
@@ -212,6 +216,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }),
         upload_slots: args.upload_slots,
         origin_upload_slots: args.origin_upload_slots,
+        client_rate: args.client_rate,
         time_limit: args.time_limit,
         seed: args.seed,
         ..SimConfig::default()

@@ -90,6 +90,10 @@ pub struct Report {
     pub seconds: Option<Distribution>,
     /// The same as multiples of S/B.
     pub ratio: Option<Distribution>,
+    /// Per-agent time from arrival until its client read the whole blob (`--client-rate`),
+    /// seconds, and as multiples of S/B.
+    pub read: Option<Distribution>,
+    pub read_ratio: Option<Distribution>,
     pub origin_egress_bytes: u64,
     /// Origin egress divided by S.
     pub origin_egress_ratio: f64,
@@ -129,6 +133,13 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "× S/B        {:<8.3} {:<8.3} {:<8.3} {:<8.3} {:.3}",
+                r.p50, r.p90, r.p99, r.p999, r.max
+            )?;
+        }
+        if let Some(r) = &self.read_ratio {
+            writeln!(
+                f,
+                "client read  {:<8.3} {:<8.3} {:<8.3} {:<8.3} {:.3}  (× S/B)",
                 r.p50, r.p90, r.p99, r.p999, r.max
             )?;
         }

@@ -35,6 +35,7 @@ use crate::churn::{self, Exit};
 use crate::config::{ConfigError, SimConfig};
 use crate::flows::{FlowRef, Flows, Link};
 use crate::queue::{Nanos, Queue, SimEvent};
+use crate::reader::Reader;
 use crate::report::{ChurnReport, Distribution, Report};
 use crate::tracker::Tracker;
 
@@ -64,6 +65,8 @@ struct Node {
     haves_sent: Option<Nanos>,
     /// Pieces verified whose notices wait for the next batch.
     haves_pending: Vec<u32>,
+    /// The client streaming the blob out of this agent, when the run models one.
+    reader: Option<Reader>,
 }
 
 /// One simulation run in progress.
@@ -172,6 +175,10 @@ impl Swarm {
                     announces: 0,
                     haves_sent: None,
                     haves_pending: Vec::new(),
+                    reader: config
+                        .client_rate
+                        .filter(|_| !origin)
+                        .map(|rate| Reader::new(arrived, rate)),
                 }
             })
             .collect();
@@ -381,6 +388,7 @@ impl Swarm {
                         self.depart(receiver);
                         return;
                     }
+                    self.read_on(receiver, now);
                     self.verified_piece(receiver, piece, now);
                 }
             }
@@ -449,6 +457,15 @@ impl Swarm {
             self.queue.push(now + delay, SimEvent::HaveBatch { node });
         }
         this.haves_pending.push(piece);
+    }
+
+    /// `node` verified a piece at `now`: its client reads on through the prefix.
+    fn read_on(&mut self, node: u32, now: Nanos) {
+        let Some(mut reader) = self.nodes[node as usize].reader.take() else {
+            return;
+        };
+        reader.advance(self.have(node), now, |piece| self.piece_bytes(piece));
+        self.nodes[node as usize].reader = Some(reader);
     }
 
     /// `node`'s process exits now: what its peers see of that follows one latency later.
@@ -696,8 +713,18 @@ impl Swarm {
                 Some((done - node.arrived) as f64 / 1e9)
             })
             .collect();
+        let mut read: Vec<f64> = self
+            .nodes
+            .iter()
+            .filter(|node| node.completed.is_some())
+            .filter_map(|node| {
+                let done = node.reader.as_ref()?.done(self.pieces)?;
+                Some((done - node.arrived) as f64 / 1e9)
+            })
+            .collect();
         let link_limit = self.config.link_limit();
         let seconds = Distribution::of(&mut times);
+        let read = Distribution::of(&mut read);
         let origin_egress: f64 = (0..self.origins).map(|o| self.flows.sent(o)).sum();
         let stayed = self.config.peers - self.churn.left_downloading;
         Report {
@@ -711,6 +738,8 @@ impl Swarm {
             link_limit,
             ratio: seconds.map(|s| s.scaled(link_limit)),
             seconds,
+            read_ratio: read.map(|s| s.scaled(link_limit)),
+            read,
             origin_egress_bytes: origin_egress.round() as u64,
             origin_egress_ratio: origin_egress / self.config.blob_size as f64,
             busy_from_origins: self.busy_from_origins,

@@ -83,6 +83,25 @@ fn a_lone_agent_downloads_from_one_origin_at_its_link_rate() {
 }
 
 #[test]
+fn a_lone_agents_client_reads_along_and_finishes_one_piece_after_the_download() {
+    // A lone agent takes its pieces in order, so a client reading at 10 × the link only ever
+    // waits for the next piece: it ends one piece's reading (2.6 ms) after the last one lands.
+    let mut config = lone(Duration::ZERO);
+    config.client_rate = Some(1e9);
+    let report = simulate(config).expect("valid config");
+    let done = report.seconds.expect("it completes").max;
+    let read = report.read.expect("a client was modelled").max;
+    let last_piece = 262_144.0 / 1e9;
+    assert!(
+        read >= done && read - done <= last_piece * 1.1,
+        "download done at {done} s, client at {read} s"
+    );
+    // Without a client rate nothing is read.
+    let report = simulate(lone(Duration::ZERO)).expect("valid config");
+    assert_eq!(report.read, None);
+}
+
+#[test]
 fn latency_costs_a_lone_agent_one_latency_per_pipeline_round() {
     // 191 pieces of 256 KiB, 4 in flight sharing the link finish together every ~10.5 ms; the
     // link then idles for the 1 ms the PieceDone takes (the model folds the request's own trip
