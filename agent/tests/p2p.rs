@@ -44,6 +44,7 @@ impl Tracker for StubTracker {
         Ok(Response::new(AnnounceResponse {
             peers: others,
             interval_ms: 200,
+            swarm_size: u32::try_from(peers.len()).unwrap_or(u32::MAX),
         }))
     }
 

@@ -36,6 +36,7 @@ impl Tracker for EmptyTracker {
         Ok(Response::new(AnnounceResponse {
             peers: Vec::new(),
             interval_ms: 60_000,
+            swarm_size: 1,
         }))
     }
 

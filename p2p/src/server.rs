@@ -26,6 +26,23 @@ use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 pub(crate) const BUSY: &str = "busy: every upload slot is taken";
 /// The `FAILED_PRECONDITION` message of an origin's "get it elsewhere" answer.
 pub(crate) const ELSEWHERE: &str = "elsewhere: other peers hold or will soon hold this piece";
+/// The metadata of an "elsewhere" answer naming a piece the origin would send instead
+/// (peer.proto).
+const INSTEAD: &str = "shoal-instead";
+
+/// An origin's "get it elsewhere" answer, naming the piece it would send `instead`.
+pub(crate) fn elsewhere_status(instead: Option<u32>) -> Status {
+    let mut status = Status::failed_precondition(ELSEWHERE);
+    if let Some(piece) = instead {
+        status.metadata_mut().insert(INSTEAD, piece.into());
+    }
+    status
+}
+
+/// The piece an "elsewhere" answer names instead, when it names a valid one.
+pub(crate) fn instead_of(status: &Status) -> Option<u32> {
+    status.metadata().get(INSTEAD)?.to_str().ok()?.parse().ok()
+}
 
 /// Which share of a blob's pieces this origin sends first in a crowd: `(index, of)` when it is
 /// owner `index` of the `of` origins owning the blob, None when it owns it alone (or cannot tell).
@@ -176,13 +193,13 @@ impl PeerService {
             self.metrics.busy_answered.inc();
             return Err(Status::resource_exhausted(BUSY));
         };
-        if self.elsewhere(
+        if let Decision::Elsewhere { instead } = self.decide(
             &digest,
             u32::try_from(metainfo.piece_count()).unwrap_or(u32::MAX),
             &request,
         ) {
             self.metrics.elsewhere_answered.inc();
-            return Err(Status::failed_precondition(ELSEWHERE));
+            return Err(elsewhere_status(instead));
         }
         let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
         Ok(PieceChunks {
@@ -201,9 +218,9 @@ impl PeerService {
 impl PeerService {
     /// Whether an origin serving a crowd sends this request elsewhere (its slot, taken just
     /// before, is given back). Served requests are recorded in the blob's ledger.
-    fn elsewhere(&self, digest: &Digest, pieces: u32, request: &PieceRequest) -> bool {
+    fn decide(&self, digest: &Digest, pieces: u32, request: &PieceRequest) -> Decision {
         let Some((seeder, share)) = &self.seeder else {
-            return false;
+            return Decision::Serve;
         };
         let blob = Blob {
             pieces,
@@ -213,15 +230,14 @@ impl PeerService {
         let requester = seeding::requester_key(&request.peer_id);
         // A poisoned lock only means a panic elsewhere mid-update of counters: keep using them.
         let mut seeder = seeder.lock().unwrap_or_else(|e| e.into_inner());
-        let decision = seeder.decide(
+        seeder.decide(
             digest,
             blob,
             requester,
             request.index,
             request.insist,
             now_ms,
-        );
-        decision == Decision::Elsewhere
+        )
     }
 }
 
@@ -351,6 +367,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn an_elsewhere_answer_carries_the_piece_offered_instead_through_http_headers() {
+        // As the hand-framed GetPiece answers (trailers-only) and its client reads the answer.
+        let through_http = |status: Status| {
+            let response = status.into_http::<tonic::body::Body>();
+            Status::from_header_map(response.headers()).expect("a status in the headers")
+        };
+        let answer = through_http(elsewhere_status(Some(7)));
+        assert_eq!(answer.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(answer.message(), ELSEWHERE);
+        assert_eq!(instead_of(&answer), Some(7));
+        assert_eq!(instead_of(&through_http(elsewhere_status(None))), None);
+        // Garbage from a peer is no offer.
+        let mut garbage = Status::failed_precondition(ELSEWHERE);
+        garbage
+            .metadata_mut()
+            .insert(INSTEAD, "-1".parse().expect("ascii"));
+        assert_eq!(instead_of(&through_http(garbage)), None);
+    }
 
     /// The next session event, as the variant it carries.
     async fn next(rx: &mut mpsc::Receiver<Result<SessionEvent, Status>>) -> session_event::Event {

@@ -73,6 +73,7 @@ impl Tracker for FixedTracker {
         Ok(Response::new(AnnounceResponse {
             peers,
             interval_ms: 200,
+            swarm_size: u32::try_from(self.peers.len()).unwrap_or(u32::MAX),
         }))
     }
 
@@ -690,13 +691,27 @@ async fn an_origins_peer_service_answers_elsewhere_in_a_crowd_and_serves_an_insi
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
     assert_eq!(origin.metrics.elsewhere_answered(), 1);
     assert_eq!(origin.metrics.busy_answered(), 0);
+    // The answer names the lowest piece not sent yet, and that one is served.
+    let instead = refused
+        .metadata()
+        .get("shoal-instead")
+        .context("the refusal names a piece to ask for instead")?;
+    assert_eq!(instead.to_str()?, "1");
+    let mut stream = client
+        .get_piece(PieceRequest {
+            index: 1,
+            ..request("agent-b", false)
+        })
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
     // Insisting, it is served.
     let mut stream = client
         .get_piece(request("agent-b", true))
         .await?
         .into_inner();
     while stream.message().await?.is_some() {}
-    assert_eq!(origin.metrics.bytes_served(), 3 * metainfo.piece_length());
+    assert_eq!(origin.metrics.bytes_served(), 4 * metainfo.piece_length());
     Ok(())
 }
 

@@ -16,7 +16,12 @@ pub(crate) enum SimEvent {
     /// A peer announces to the tracker (its answer comes back one round trip later).
     Announce { node: u32 },
     /// The tracker's answer reaches the peer.
-    Discovered { node: u32, peers: Vec<u32> },
+    Discovered {
+        node: u32,
+        peers: Vec<u32>,
+        /// Agents the tracker counted in the swarm.
+        members: u32,
+    },
     /// A session opened by `node` to `peer` completed its handshake.
     Connected { node: u32, peer: u32 },
     /// Re-examine a receiver-bound flow: it may have finished (the entry's `seq` tells stale
@@ -27,7 +32,13 @@ pub(crate) enum SimEvent {
     /// A sender's busy answer to `node`'s request reaches it.
     Busy { node: u32, sender: u32, piece: u32 },
     /// An origin's "get it elsewhere" answer (`shoal_swarm::seeding`) reaches `node`.
-    Elsewhere { node: u32, sender: u32, piece: u32 },
+    Elsewhere {
+        node: u32,
+        sender: u32,
+        piece: u32,
+        /// The piece the origin would send instead.
+        instead: Option<u32>,
+    },
     /// The last byte of a piece reached the downloader.
     PieceArrived { flow: u32, generation: u32 },
     /// `node` verified `piece`: tell the peers holding a session with it.

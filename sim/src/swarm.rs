@@ -275,14 +275,26 @@ impl Swarm {
                 self.tracker.announce(node, complete);
                 if !complete {
                     let peers = self.tracker.handout(node, &mut self.rng);
-                    self.queue
-                        .push(now + 2 * self.latency, SimEvent::Discovered { node, peers });
+                    let members = self.tracker.members();
+                    self.queue.push(
+                        now + 2 * self.latency,
+                        SimEvent::Discovered {
+                            node,
+                            peers,
+                            members,
+                        },
+                    );
                     let interval = self.config.tracker.announce_interval;
                     let next = now + nanos(next_announce(done, interval));
                     self.queue.push(next, SimEvent::Announce { node });
                 }
             }
-            SimEvent::Discovered { node, peers } => {
+            SimEvent::Discovered {
+                node,
+                peers,
+                members,
+            } => {
+                self.send(node, Event::SwarmSize { members });
                 let batch = peers
                     .into_iter()
                     .map(|peer| PeerCandidate {
@@ -350,9 +362,17 @@ impl Swarm {
                 node,
                 sender,
                 piece,
+                instead,
             } => {
                 let peer = self.ids[sender as usize].clone();
-                self.send(node, Event::PieceElsewhere { peer, piece });
+                self.send(
+                    node,
+                    Event::PieceElsewhere {
+                        peer,
+                        piece,
+                        instead,
+                    },
+                );
             }
             SimEvent::PieceArrived { flow, generation } => {
                 let flow = FlowRef {
@@ -628,13 +648,13 @@ impl Swarm {
                 // service does after taking the slot.
                 if origin
                     && let Some(seeding) = &self.config.seeding
-                    && self.ledgers[sender as usize].decide(
+                    && let Decision::Elsewhere { instead } = self.ledgers[sender as usize].decide(
                         seeding,
                         u64::from(node),
                         piece,
                         insist,
                         now / 1_000_000,
-                    ) == Decision::Elsewhere
+                    )
                 {
                     self.elsewhere_from_origins += 1;
                     self.queue.push(
@@ -643,6 +663,7 @@ impl Swarm {
                             node,
                             sender,
                             piece,
+                            instead,
                         },
                     );
                     return;

@@ -67,6 +67,11 @@ impl Tracker {
         }
     }
 
+    /// Agents recorded in the swarm, as the tracker's store counts its members.
+    pub(crate) fn members(&self) -> u32 {
+        (self.complete.len() + self.partial.len()) as u32
+    }
+
     fn list(&mut self, complete: bool) -> &mut Vec<u32> {
         if complete {
             &mut self.complete

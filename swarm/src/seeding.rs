@@ -14,12 +14,19 @@
 //!   share of the pieces (`piece % of == index`) and answers Elsewhere for the others: the owners
 //!   know nothing of each other's sends, and without shares each would send most pieces once
 //!   (2 × S from three owners in the simulation);
+//! - an Elsewhere answer names, when it can, the piece the origin would send instead: the lowest
+//!   one of its share it has sent least and not recently ([`Ledger::instead`]). A downloader
+//!   in a small swarm asks for it at once (`shoal_swarm::scheduler`), so the origin sends its
+//!   pieces about in order and every download's contiguous prefix, which a client streaming
+//!   the blob reads, keeps moving; a suggested piece is held back from the next refusals for
+//!   [`PROMISE_MS`], so a crowd refused at once is pointed at different pieces;
 //! - a request that *insists* is served: the downloader's scheduler waited and still sees no
 //!   connected agent holding the piece (`shoal_swarm::scheduler`, `Event::PieceElsewhere`), so
 //!   the policy can only delay a piece, never withhold it.
 //!
-//! Pure and O(1) per request: per-piece counters, a histogram of send counts for the least-sent
-//! level, and a fixed handful of recent requesters. [`Seeder`] holds the ledgers of the blobs an
+//! Pure and O(1) per request (amortised): per-piece counters, a histogram of send counts for the
+//! least-sent level, a cursor past the pieces no longer worth suggesting, and a fixed handful of
+//! recent requesters. [`Seeder`] holds the ledgers of the blobs an
 //! origin served most recently (a bounded LRU). Time is passed in as `now_ms` (any monotonic
 //! millisecond clock).
 
@@ -30,6 +37,15 @@ use std::time::Duration;
 /// Distinct recent requesters remembered per blob. Two are enough to tell a crowd from a lone
 /// agent; a few more keep one chatty requester from hiding the others.
 const REQUESTERS: usize = 4;
+
+/// How long a piece named in an Elsewhere answer is kept from the next ones: long enough for
+/// the refused downloader's request for it to arrive (a round trip), short enough that a
+/// suggestion nobody takes up is soon offered again.
+pub const PROMISE_MS: u64 = 1_000;
+
+/// Pieces past the cursor looked at for a suggestion: the ones skipped are recent or promised,
+/// both for a moment only, so a bounded look keeps every refusal O(1).
+const SUGGEST_SCAN: usize = 64;
 
 /// Blobs whose ledgers an origin keeps by default: a flash crowd pulls an image's few layers at
 /// once; older blobs' ledgers start afresh (everything served) if asked again.
@@ -58,8 +74,11 @@ impl Default for SeedingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Serve,
-    /// Another peer has (or will soon have) this piece: ask there.
-    Elsewhere,
+    /// Another peer has (or will soon have) this piece: ask there, or ask this origin for
+    /// `instead`, a piece it would send now.
+    Elsewhere {
+        instead: Option<u32>,
+    },
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -90,6 +109,11 @@ pub struct Ledger {
     /// This origin's share of the blob's pieces, `(index, of)`: with `of` origins owning the
     /// blob, each first sends the pieces `p` with `p % of == index`.
     share: Option<(u32, u32)>,
+    /// Until when each piece is promised to a refused downloader (named in an answer).
+    promised: Vec<u64>,
+    /// Every piece below it is outside the share or sent more than `min_sent` times: never
+    /// suggested until `min_sent` rises.
+    cursor: usize,
 }
 
 impl Ledger {
@@ -102,6 +126,8 @@ impl Ledger {
             requesters: [(0, 0); REQUESTERS],
             known: 0,
             share: None,
+            promised: vec![0; pieces as usize],
+            cursor: 0,
         }
     }
 
@@ -140,12 +166,39 @@ impl Ledger {
         }
         let sent = self.sent[at];
         let recently = sent > 0 && now_ms.saturating_sub(self.last[at]) < millis(config.recent);
-        let foreign = self.share.is_some_and(|(index, of)| piece % of != index);
-        if crowd && !insist && (foreign || recently || sent > self.min_sent) {
-            return Decision::Elsewhere;
+        if crowd && !insist && (self.foreign(piece) || recently || sent > self.min_sent) {
+            let instead = self.instead(millis(config.recent), now_ms);
+            return Decision::Elsewhere { instead };
         }
         self.record(at, now_ms);
         Decision::Serve
+    }
+
+    fn foreign(&self, piece: u32) -> bool {
+        self.share.is_some_and(|(index, of)| piece % of != index)
+    }
+
+    /// The piece a refused downloader is pointed at: the lowest of this origin's share sent
+    /// least, not recently, and not promised to another; it is promised until `now_ms` +
+    /// [`PROMISE_MS`]. None when the pieces looked at are all recent or promised.
+    pub fn instead(&mut self, recent_ms: u64, now_ms: u64) -> Option<u32> {
+        while self.cursor < self.sent.len()
+            && (self.foreign(self.cursor as u32) || self.sent[self.cursor] > self.min_sent)
+        {
+            self.cursor += 1;
+        }
+        let found = (self.cursor..self.sent.len())
+            .take(SUGGEST_SCAN)
+            .find(|&at| {
+                let recently =
+                    self.sent[at] > 0 && now_ms.saturating_sub(self.last[at]) < recent_ms;
+                !self.foreign(at as u32)
+                    && self.sent[at] == self.min_sent
+                    && !recently
+                    && self.promised[at] <= now_ms
+            })?;
+        self.promised[found] = now_ms.saturating_add(PROMISE_MS);
+        Some(found as u32)
     }
 
     /// Remembers the requester; whether another distinct one asked within `window_ms`.
@@ -189,6 +242,8 @@ impl Ledger {
         // The least level only empties upward, one level at a time: amortised O(1).
         while self.levels[usize::from(self.min_sent)] == 0 {
             self.min_sent += 1;
+            // Every piece is back at the least level or above it: suggest from the start.
+            self.cursor = 0;
         }
     }
 }
@@ -311,7 +366,7 @@ mod tests {
         // B asks within the crowd window: piece 0 went out 100 ms ago.
         assert_eq!(
             ledger.decide(&config(), B, 0, false, 100),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: Some(1) }
         );
         assert_eq!(ledger.decide(&config(), B, 1, false, 110), Decision::Serve);
         assert_eq!(ledger.sent(0), 1, "a refusal is not a send");
@@ -328,7 +383,7 @@ mod tests {
         );
         assert_eq!(
             ledger.decide(&config(), B, 0, false, 10_001),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: Some(2) }
         );
         assert_eq!(
             ledger.decide(&config(), B, 2, false, 10_002),
@@ -348,7 +403,7 @@ mod tests {
         assert_eq!(ledger.decide(&config(), A, 0, false, 0), Decision::Serve);
         assert_eq!(
             ledger.decide(&config(), B, 0, false, 1),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: Some(1) }
         );
         assert_eq!(ledger.decide(&config(), B, 0, true, 2), Decision::Serve);
         assert_eq!(ledger.sent(0), 2);
@@ -380,7 +435,7 @@ mod tests {
         // The newest ones are remembered: a crowd.
         assert_eq!(
             ledger.decide(&config(), 99, 0, false, 100),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: None }
         );
     }
 
@@ -394,7 +449,7 @@ mod tests {
         assert_eq!(seeder.decide(&"x", blob, A, 0, false, 0), Decision::Serve);
         assert_eq!(
             seeder.decide(&"x", blob, B, 0, false, 1),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: Some(1) }
         );
         seeder.decide(&"y", blob, A, 0, false, 2);
         seeder.decide(&"z", blob, A, 0, false, 3);
@@ -409,7 +464,7 @@ mod tests {
         seeder.decide(&"x", shared, A, 0, true, 5);
         assert_eq!(
             seeder.decide(&"x", shared, B, 0, false, 6),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: Some(1) }
         );
     }
 
@@ -424,7 +479,7 @@ mod tests {
         );
         assert_eq!(
             ledger.decide(&config(), B, 3, false, 1),
-            Decision::Elsewhere
+            Decision::Elsewhere { instead: Some(1) }
         );
         assert_eq!(ledger.decide(&config(), B, 4, false, 2), Decision::Serve);
         assert_eq!(ledger.decide(&config(), B, 3, true, 3), Decision::Serve);
@@ -432,6 +487,52 @@ mod tests {
         let mut alone = Ledger::with_share(9, 3, 3);
         alone.decide(&config(), A, 0, false, 0);
         assert_eq!(alone.decide(&config(), B, 3, false, 1), Decision::Serve);
+    }
+
+    #[test]
+    fn refused_requesters_are_pointed_at_the_lowest_pieces_not_sent_each_at_a_different_one() {
+        const C: u64 = 3;
+        const D: u64 = 4;
+        let elsewhere = |instead| Decision::Elsewhere { instead };
+        let mut ledger = Ledger::new(4);
+        assert_eq!(ledger.decide(&config(), A, 0, false, 0), Decision::Serve);
+        // A crowd refused at once: each is pointed at another unsent piece, lowest first.
+        assert_eq!(
+            ledger.decide(&config(), B, 0, false, 10),
+            elsewhere(Some(1))
+        );
+        assert_eq!(
+            ledger.decide(&config(), C, 0, false, 11),
+            elsewhere(Some(2))
+        );
+        assert_eq!(
+            ledger.decide(&config(), D, 0, false, 12),
+            elsewhere(Some(3))
+        );
+        assert_eq!(ledger.decide(&config(), A, 0, false, 13), elsewhere(None));
+        // A promise nobody took up lapses.
+        assert_eq!(
+            ledger.decide(&config(), A, 0, false, 10 + PROMISE_MS),
+            elsewhere(Some(1))
+        );
+        // Whoever asks first for a promised piece gets it.
+        for (requester, piece) in [(C, 1), (B, 2), (D, 3)] {
+            assert_eq!(
+                ledger.decide(&config(), requester, piece, false, 1_020),
+                Decision::Serve
+            );
+        }
+        // Every piece went out once and recently: nothing to point at.
+        assert_eq!(
+            ledger.decide(&config(), B, 0, false, 1_030),
+            elsewhere(None)
+        );
+        // Once piece 0's send is no longer recent it is suggested again, though it lies
+        // below the pieces suggested before.
+        assert_eq!(
+            ledger.decide(&config(), B, 1, false, 2_500),
+            elsewhere(Some(0))
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Tracker for TrackerService {
         Ok(Response::new(AnnounceResponse {
             peers,
             interval_ms: self.interval_ms,
+            swarm_size: u32::try_from(announced.swarm_size).unwrap_or(u32::MAX),
         }))
     }
 

@@ -97,6 +97,7 @@ async fn announces_hand_out_the_owning_origins_first_then_complete_peers_never_t
         .expect("announce")
         .into_inner();
     assert_eq!(first.interval_ms, 1500);
+    assert_eq!(first.swarm_size, 1, "the caller is the swarm's only member");
     let mut handed: Vec<&str> = ids(&first.peers);
     handed.sort_unstable();
     let mut expected: Vec<&str> = owners.iter().map(String::as_str).collect();
@@ -122,6 +123,7 @@ async fn announces_hand_out_the_owning_origins_first_then_complete_peers_never_t
         .into_inner();
     let handed = ids(&again.peers);
     assert_eq!(handed.len(), 4, "{handed:?}");
+    assert_eq!(again.swarm_size, 3, "a, b and c, the caller counted once");
     assert_eq!(&handed[2..], ["c", "b"], "complete peers before the rest");
     assert!(!handed.contains(&"a"), "never the caller");
     let c = &again.peers[2];

@@ -458,6 +458,10 @@ async fn announce(
             .await
         {
             Ok(announced) => {
+                let members = announced.swarm_size;
+                if members > 0 && tx.send(Msg::Event(Event::SwarmSize { members })).is_err() {
+                    return;
+                }
                 if tx.send(Msg::Discovered(announced.peers)).is_err() {
                     return;
                 }

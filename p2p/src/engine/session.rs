@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::report::Received;
 use crate::metrics::Held;
-use crate::wire;
+use crate::{server, wire};
 
 /// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
 /// the scheduler shuns the peer for a while). A healthy peer answers in milliseconds; a hung one
@@ -185,8 +185,9 @@ enum Outcome {
     Failed(String),
     /// The peer refused at once: its upload slots are all taken.
     Busy,
-    /// The peer (an origin serving a crowd) refused at once: other peers hold the piece.
-    Elsewhere,
+    /// The peer (an origin serving a crowd) refused at once: other peers hold the piece; it
+    /// may name one it would send instead.
+    Elsewhere(Option<u32>),
 }
 
 impl PieceFetch {
@@ -207,9 +208,13 @@ impl PieceFetch {
                 self.shared.metrics.busy_received.inc();
                 Event::PieceBusy { peer, piece }
             }
-            Outcome::Elsewhere => {
+            Outcome::Elsewhere(instead) => {
                 self.shared.metrics.elsewhere_received.inc();
-                Event::PieceElsewhere { peer, piece }
+                Event::PieceElsewhere {
+                    peer,
+                    piece,
+                    instead,
+                }
             }
         };
         let _ = self.tx.send(Msg::Event(event));
@@ -237,7 +242,7 @@ impl PieceFetch {
             Ok(stream) => stream,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                return Outcome::Elsewhere;
+                return Outcome::Elsewhere(server::instead_of(&status));
             }
             Err(status) => return Outcome::Failed(status.to_string()),
         };

@@ -38,6 +38,8 @@ pub(crate) struct Tracker {
 pub(crate) struct Announced {
     pub peers: Vec<PeerInfo>,
     pub interval: Duration,
+    /// Members the tracker counts in the swarm (0: it does not say).
+    pub swarm_size: u32,
 }
 
 /// HTTP/2 receive windows for piece data. The 64 KiB protocol default caps one stream at
@@ -170,6 +172,7 @@ impl Tracker {
         Ok(Announced {
             peers: response.peers,
             interval,
+            swarm_size: response.swarm_size,
         })
     }
 

@@ -105,6 +105,11 @@ impl Pieces {
         self.avail.get(piece as usize).copied().unwrap_or(0)
     }
 
+    /// Whether some peer is fetching `piece`.
+    pub(super) fn is_in_flight(&self, piece: u32) -> bool {
+        self.inflight.contains_key(&piece)
+    }
+
     pub(super) fn agentless(&self) -> u32 {
         self.agentless
     }

@@ -1156,6 +1156,7 @@ fn an_origin_refuses_a_recently_sent_piece_and_the_refused_agent_gets_it_from_a_
         Event::PieceElsewhere {
             peer: origin.clone(),
             piece,
+            instead: None,
         },
     );
     let [other] = requested(&out, &origin)[..] else {
@@ -1185,6 +1186,7 @@ fn a_refused_piece_no_agent_gets_is_asked_again_after_the_wait_and_insists() {
         Event::PieceElsewhere {
             peer: origin.clone(),
             piece,
+            instead: None,
         },
     );
     let [other] = requested(&out, &origin)[..] else {
@@ -1217,6 +1219,7 @@ fn a_refused_piece_no_agent_gets_is_asked_again_after_the_wait_and_insists() {
         Event::PieceElsewhere {
             peer: origin.clone(),
             piece,
+            instead: None,
         },
     );
     let out = scheduler.handle(10 + 2 * wait + 5, Event::Tick);
@@ -1249,6 +1252,7 @@ fn a_refused_piece_an_agent_announces_meanwhile_is_not_insisted_on() {
         Event::PieceElsewhere {
             peer: origin.clone(),
             piece,
+            instead: None,
         },
     );
     // The agent holds it, but is slow to deliver: the origin, asked again after the wait,
@@ -1330,6 +1334,7 @@ fn refuse(scheduler: &mut Scheduler, now: u64, origin: &PeerId, piece: u32) -> V
         Event::PieceElsewhere {
             peer: origin.clone(),
             piece,
+            instead: None,
         },
     )
 }
@@ -1389,4 +1394,95 @@ fn every_owning_origin_is_connected_each_at_full_depth_alone_and_one_request_in_
     let asked = connect_all_asked(&mut crowd, out, 64);
     assert_eq!(asked.len(), 3, "{asked:?}");
     assert!(asked.iter().all(|(_, n)| *n == 1), "{asked:?}");
+}
+
+/// Beside an empty agent, with the tracker having counted `members` twice; the piece the origin
+/// was asked for first.
+fn in_a_swarm_of(members: u32, pieces: u32, seed: u64) -> (Scheduler, u32) {
+    let mut scheduler = Scheduler::new(pieces, Bitfield::new(pieces), config(), seed);
+    for now in 0..2 {
+        scheduler.handle(now, Event::SwarmSize { members });
+    }
+    let agent = id("agent");
+    connect_empty(&mut scheduler, 0, &agent, pieces);
+    let out = connect(&mut scheduler, 1, &id("origin"), true, pieces);
+    let [piece] = requested(&out, &id("origin"))[..] else {
+        panic!("{out:?}");
+    };
+    (scheduler, piece)
+}
+
+#[test]
+fn in_a_small_swarm_origins_are_asked_in_order_and_for_the_piece_they_offer_instead() {
+    let origin = id("origin");
+    // 3 members, within `max_peers`: the origin is asked for the lowest piece nobody holds.
+    let (mut scheduler, first) = in_a_swarm_of(3, 64, 40);
+    assert_eq!(first, 0);
+    // Refused, with piece 9 offered instead: 9 is asked for at once, and that is no refusal
+    // in a row (no rest follows however many come).
+    let mut piece = first;
+    for (now, offered) in [(10, 9), (11, 30), (12, 31), (13, 40), (14, 41)] {
+        let out = scheduler.handle(
+            now,
+            Event::PieceElsewhere {
+                peer: origin.clone(),
+                piece,
+                instead: Some(offered),
+            },
+        );
+        assert_eq!(requested(&out, &origin), vec![offered], "{out:?}");
+        piece = offered;
+    }
+    // An offer of a piece already in flight elsewhere (or held) is a plain refusal: the origin
+    // is asked for the lowest piece it may serve instead.
+    let out = scheduler.handle(
+        20,
+        Event::Have {
+            peer: id("agent"),
+            piece: 1,
+        },
+    );
+    let [at_agent] = requested(&out, &id("agent"))[..] else {
+        panic!("{out:?}");
+    };
+    let out = scheduler.handle(
+        30,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece,
+            instead: Some(at_agent),
+        },
+    );
+    let [next] = requested(&out, &origin)[..] else {
+        panic!("{out:?}");
+    };
+    assert_ne!(next, at_agent);
+    assert_eq!(next, 2, "0 was refused, 1 is at the agent: {out:?}");
+}
+
+#[test]
+fn in_a_large_swarm_or_before_the_tracker_counted_twice_origins_are_asked_rarest_first() {
+    let origin = id("origin");
+    // 1,000 members: the order is rarest first with a random tie-break, and an offer is not
+    // taken up (another piece is picked).
+    let (mut scheduler, first) = in_a_swarm_of(1_000, 64, 40);
+    assert_ne!(first, 0);
+    let out = scheduler.handle(
+        10,
+        Event::PieceElsewhere {
+            peer: origin.clone(),
+            piece: first,
+            instead: Some(0),
+        },
+    );
+    let [next] = requested(&out, &origin)[..] else {
+        panic!("{out:?}");
+    };
+    assert_ne!(next, 0, "{out:?}");
+    // One count of a small swarm is not trusted (a flash crowd's first announcers hear few).
+    let mut scheduler = Scheduler::new(64, Bitfield::new(64), config(), 40);
+    scheduler.handle(0, Event::SwarmSize { members: 3 });
+    connect_empty(&mut scheduler, 0, &id("agent"), 64);
+    let out = connect(&mut scheduler, 1, &origin, true, 64);
+    assert_eq!(requested(&out, &origin), vec![first], "{out:?}");
 }
