@@ -1396,13 +1396,11 @@ fn every_owning_origin_is_connected_each_at_full_depth_alone_and_one_request_in_
     assert!(asked.iter().all(|(_, n)| *n == 1), "{asked:?}");
 }
 
-/// Beside an empty agent, with the tracker having counted `members` twice; the piece the origin
+/// Beside an empty agent, with the tracker having counted `members`; the piece the origin
 /// was asked for first.
 fn in_a_swarm_of(members: u32, pieces: u32, seed: u64) -> (Scheduler, u32) {
     let mut scheduler = Scheduler::new(pieces, Bitfield::new(pieces), config(), seed);
-    for now in 0..2 {
-        scheduler.handle(now, Event::SwarmSize { members });
-    }
+    scheduler.handle(0, Event::SwarmSize { members });
     let agent = id("agent");
     connect_empty(&mut scheduler, 0, &agent, pieces);
     let out = connect(&mut scheduler, 1, &id("origin"), true, pieces);
@@ -1461,7 +1459,7 @@ fn in_a_small_swarm_origins_are_asked_in_order_and_for_the_piece_they_offer_inst
 }
 
 #[test]
-fn in_a_large_swarm_or_before_the_tracker_counted_twice_origins_are_asked_rarest_first() {
+fn in_a_large_swarm_or_before_the_tracker_counts_origins_are_asked_rarest_first() {
     let origin = id("origin");
     // 1,000 members: the order is rarest first with a random tie-break, and an offer is not
     // taken up (another piece is picked).
@@ -1479,10 +1477,13 @@ fn in_a_large_swarm_or_before_the_tracker_counted_twice_origins_are_asked_rarest
         panic!("{out:?}");
     };
     assert_ne!(next, 0, "{out:?}");
-    // One count of a small swarm is not trusted (a flash crowd's first announcers hear few).
+    // No count yet (a tracker that does not count): as before.
     let mut scheduler = Scheduler::new(64, Bitfield::new(64), config(), 40);
-    scheduler.handle(0, Event::SwarmSize { members: 3 });
     connect_empty(&mut scheduler, 0, &id("agent"), 64);
     let out = connect(&mut scheduler, 1, &origin, true, 64);
     assert_eq!(requested(&out, &origin), vec![first], "{out:?}");
+    // A swarm counted large stays large: a later small count does not switch the order.
+    let (mut scheduler, _) = in_a_swarm_of(1_000, 64, 40);
+    scheduler.handle(20, Event::SwarmSize { members: 3 });
+    assert!(!scheduler.small_swarm());
 }
