@@ -23,8 +23,9 @@
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
 //! each busy answer in a row. An origin's "elsewhere" answer (super-seeding) sends the piece back
 //! to the pool and the origin is asked for another at once; past a few in a row, it rests as
-//! after busy answers, for at most `elsewhere_wait`. In a small swarm (the tracker counts no
-//! more members than `max_peers`, so everyone can be connected to everyone), origins are asked
+//! after busy answers, for at most `elsewhere_wait`. In a small swarm with one origin (the tracker
+//! counts no more members than a third of `max_peers`, so everyone is connected to everyone),
+//! the origin is asked
 //! for the lowest pieces no agent holds, and an "elsewhere" answer that names a piece the origin
 //! would send instead gets that piece asked for at once: the origins then send the blob about
 //! in order and each download's contiguous prefix, which a client streaming the blob reads,
@@ -67,6 +68,10 @@ use pieces::{Order, Pieces};
 /// few thousand agents outlasts `piece_timeout` (docs/BENCHMARKS.md, the piece-timeout cliff).
 /// An origin alone still gets its full depth.
 const ORIGIN_PIPELINE_BESIDE_AGENTS: usize = 1;
+/// The largest swarm, as a share (numerator, denominator) of `max_peers`, whose downloads ask
+/// origins for pieces in order (a third: 16 members with the default 48 connections).
+const ORDERED_SWARM: (usize, usize) = (1, 3);
+
 /// How long a pending agent connection may hold up the decision to connect an origin (checked
 /// at the engine's 250 ms ticks, so the first tick after a connect already decides). A healthy
 /// peer answers a handshake within milliseconds; one that accepts TCP and never answers (a hung
@@ -614,9 +619,18 @@ impl Scheduler {
         self.fill_all(now_ms, out);
     }
 
-    /// Whether the swarm is small enough that every member can be connected to every other.
+    /// Whether origins are asked for pieces in order: the swarm is small enough that everyone
+    /// is connected to everyone ([`ORDERED_SWARM`] of `max_peers`), and one origin owns the
+    /// blob. Beyond that, in the simulator, agents joining late and leaving mid-download made
+    /// the ordered picks cost more than they gained (20 agents with one origin: origin egress
+    /// 1.16 × S against 1.01; 40: p50 1.46× of S/B against 1.18×), and with several owners,
+    /// each sending only its share, so did that churn (12 agents, 3 owners: 1.31× against
+    /// 1.06×) (docs/BENCHMARKS.md, "the order origins send in").
     fn small_swarm(&self) -> bool {
-        self.swarm_members > 0 && self.swarm_members as usize <= self.config.max_peers
+        self.swarm_members > 0
+            && self.swarm_members as usize * ORDERED_SWARM.1
+                <= self.config.max_peers * ORDERED_SWARM.0
+            && self.candidates.known_origins() == 1
     }
 
     /// Whether we ask the origin in `slot` for `piece`, which it offered instead of a refused

@@ -1413,8 +1413,9 @@ fn in_a_swarm_of(members: u32, pieces: u32, seed: u64) -> (Scheduler, u32) {
 #[test]
 fn in_a_small_swarm_origins_are_asked_in_order_and_for_the_piece_they_offer_instead() {
     let origin = id("origin");
-    // 3 members, within `max_peers`: the origin is asked for the lowest piece nobody holds.
-    let (mut scheduler, first) = in_a_swarm_of(3, 64, 40);
+    // 2 members (us and the agent), within a third of `max_peers` (8), and one origin: it is
+    // asked for the lowest piece nobody holds.
+    let (mut scheduler, first) = in_a_swarm_of(2, 64, 40);
     assert_eq!(first, 0);
     // Refused, with piece 9 offered instead: 9 is asked for at once, and that is no refusal
     // in a row (no rest follows however many come).
@@ -1484,6 +1485,49 @@ fn in_a_large_swarm_or_before_the_tracker_counts_origins_are_asked_rarest_first(
     assert_eq!(requested(&out, &origin), vec![first], "{out:?}");
     // A swarm counted large stays large: a later small count does not switch the order.
     let (mut scheduler, _) = in_a_swarm_of(1_000, 64, 40);
-    scheduler.handle(20, Event::SwarmSize { members: 3 });
+    scheduler.handle(20, Event::SwarmSize { members: 2 });
     assert!(!scheduler.small_swarm());
+    // 3 members is more than a third of 8 connections.
+    let (_, first) = in_a_swarm_of(3, 64, 40);
+    assert_ne!(first, 0);
+    // Two owners handed out: each sends only its share first, so no order.
+    let mut scheduler = Scheduler::new(64, Bitfield::new(64), config(), 40);
+    scheduler.handle(0, Event::SwarmSize { members: 2 });
+    let owners = ["origin", "other-owner"].map(|name| PeerCandidate {
+        id: id(name),
+        origin: true,
+    });
+    let mut out = scheduler.handle(0, Event::Discovered(owners.to_vec()));
+    out.extend(scheduler.handle(
+        0,
+        Event::Discovered(vec![PeerCandidate {
+            id: id("agent"),
+            origin: false,
+        }]),
+    ));
+    out.extend(scheduler.handle(
+        0,
+        Event::Connected {
+            peer: id("agent"),
+            bitfield: Bitfield::new(64),
+        },
+    ));
+    out.extend(scheduler.handle(300, Event::Tick));
+    let asked_to_connect: Vec<PeerId> = connects(&out)
+        .into_iter()
+        .filter(|peer| peer != &id("agent"))
+        .collect();
+    let [owner] = &asked_to_connect[..] else {
+        panic!("{out:?}");
+    };
+    let out = scheduler.handle(
+        301,
+        Event::Connected {
+            peer: owner.clone(),
+            bitfield: Bitfield::full(64),
+        },
+    );
+    let asked = requested(&out, owner);
+    assert_eq!(asked.len(), 1, "{out:?}");
+    assert_ne!(asked, vec![0], "{out:?}");
 }
