@@ -216,8 +216,9 @@ impl PeerService {
 }
 
 impl PeerService {
-    /// Whether an origin serving a crowd sends this request elsewhere (its slot, taken just
-    /// before, is given back). Served requests are recorded in the blob's ledger.
+    /// Whether an origin serving a crowd serves this request or sends it elsewhere (its slot,
+    /// taken just before, is then given back). Served requests are recorded in the blob's
+    /// ledger.
     fn decide(&self, digest: &Digest, pieces: u32, request: &PieceRequest) -> Decision {
         let Some((seeder, share)) = &self.seeder else {
             return Decision::Serve;

@@ -458,8 +458,9 @@ async fn announce(
             .await
         {
             Ok(announced) => {
+                // 0 (a tracker that does not count) tells the scheduler nothing.
                 let members = announced.swarm_size;
-                if members > 0 && tx.send(Msg::Event(Event::SwarmSize { members })).is_err() {
+                if tx.send(Msg::Event(Event::SwarmSize { members })).is_err() {
                     return;
                 }
                 if tx.send(Msg::Discovered(announced.peers)).is_err() {

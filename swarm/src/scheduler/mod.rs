@@ -25,12 +25,12 @@
 //! to the pool and the origin is asked for another at once; past a few in a row, it rests as
 //! after busy answers, for at most `elsewhere_wait`. In a small swarm with one origin (the tracker
 //! counts no more members than a third of `max_peers`, so everyone is connected to everyone),
-//! the origin is asked
-//! for the lowest pieces no agent holds, and an "elsewhere" answer that names a piece the origin
-//! would send instead gets that piece asked for at once: the origins then send the blob about
-//! in order and each download's contiguous prefix, which a client streaming the blob reads,
-//! grows as the pieces spread (docs/BENCHMARKS.md, "the order origins send in"). At the cap, each tick swaps one connected
-//! agent that has nothing for us for a waiting candidate. An agent we could not connect to is
+//! the origin is asked for the lowest pieces no agent holds, and an "elsewhere" answer that
+//! names a piece the origin would send instead gets that piece asked for at once: the origin
+//! then sends the blob about in order and each download's contiguous prefix, which a client
+//! streaming the blob reads, grows as the pieces spread (docs/BENCHMARKS.md, "the order origins
+//! send in"). At the cap, each tick swaps one connected agent that has nothing for us for a
+//! waiting candidate. An agent we could not connect to is
 //! shunned for a while.
 //!
 //! Cost per event: a delivered piece costs O(max_peers + max_pipeline × log pieces); Tick, failures
@@ -645,7 +645,13 @@ impl Scheduler {
             && peer.bitfield.get(piece)
             && self.pieces.is_missing(piece)
             && !self.pieces.is_in_flight(piece)
-            && (self.peers.useful_agents() < 2 || self.pieces.agent_holders(piece) == 0)
+            && (!self.origins_serve_agentless_only() || self.pieces.agent_holders(piece) == 0)
+    }
+
+    /// Whether origins are asked only for pieces no connected agent holds: while two or more
+    /// agents have pieces for us.
+    fn origins_serve_agentless_only(&self) -> bool {
+        self.peers.useful_agents() >= 2
     }
 
     /// Asks the peer in `slot` for the `piece` it offered (a refusal of it before no longer
@@ -817,7 +823,7 @@ impl Scheduler {
         if want == 0 {
             return;
         }
-        let agentless_only = peer.origin && useful_agents >= 2;
+        let agentless_only = peer.origin && self.origins_serve_agentless_only();
         // With no other downloader connected, nobody gains from our pieces' diversity: take
         // them in order, so a reader streaming the blob (the runtime pulling through us) gets
         // bytes as they land instead of waiting behind random pieces.

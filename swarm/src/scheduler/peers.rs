@@ -283,12 +283,12 @@ impl Candidates {
         false
     }
 
-    /// Whether a known candidate is an origin; None for peers we do not know of.
     /// Origins the tracker handed out (O(peers known); called for small swarms only).
     pub(super) fn known_origins(&self) -> usize {
         self.known.values().filter(|known| known.origin).count()
     }
 
+    /// Whether a known candidate is an origin; None for peers we do not know of.
     pub(super) fn is_origin(&self, id: &PeerId) -> Option<bool> {
         self.known.get(id).map(|known| known.origin)
     }

@@ -203,7 +203,7 @@ impl Pieces {
             return self
                 .have
                 .zeros()
-                .filter(|&piece| !self.inflight.contains_key(&piece) && peer.holds(piece))
+                .filter(|&piece| !self.is_in_flight(piece) && peer.holds(piece))
                 .filter(|&piece| !agentless_only || self.avail[piece as usize] == 0)
                 .take(want)
                 .collect();
@@ -215,7 +215,7 @@ impl Pieces {
                 .bitfield
                 .ones()
                 .filter(|&piece| peer.holds(piece) && !self.have.get(piece))
-                .filter(|&piece| !self.inflight.contains_key(&piece))
+                .filter(|&piece| !self.is_in_flight(piece))
                 .map(|piece| self.key(piece))
                 .filter(|key| !agentless_only || key.avail == 0)
                 .collect();
@@ -237,7 +237,7 @@ impl Pieces {
         self.have
             .zeros()
             .take(STREAM_AHEAD)
-            .filter(|piece| !self.inflight.contains_key(piece) && peer.holds(*piece))
+            .filter(|&piece| !self.is_in_flight(piece) && peer.holds(piece))
             .take(want)
             .collect()
     }
