@@ -1,6 +1,7 @@
 //! Upload sessions under misuse: bounds per client and in total (429), sessions bound to their
 //! repository, failed commits that close their session, chunks whose declared span does not
-//! match, and idle sessions that hold no file descriptor.
+//! match, chunks for a cancelled session (answered, not reset), and idle sessions that hold no
+//! file descriptor.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use common::{TestOrigin, files_under};
+use futures::StreamExt;
 use reqwest::StatusCode;
 use shoal_core::Cidr;
 use shoal_core::{Digest, Name};
@@ -139,6 +141,55 @@ async fn a_session_answers_only_through_its_own_repository() {
         .await
         .expect("commit");
     assert_eq!(api.stat_blob(&digest, None).await.expect("stat"), Some(6));
+    origin.stop().await;
+}
+
+/// A chunk sent to a session that is gone is answered 404, not cut off: the origin reads the
+/// refused body before it answers, so the sender (a proxy forwarding a client's chunk) gets the
+/// answer instead of a reset connection.
+#[tokio::test]
+async fn a_chunk_for_a_cancelled_session_is_answered_not_reset() {
+    let origin = TestOrigin::start().await;
+    let api = origin.api();
+    let team = name("team/app");
+    let id = api.start_upload(Some(&team), None).await.expect("start");
+    api.cancel_upload(&id, Some(&team)).await.expect("cancel");
+    // Sent in parts as a forwarding proxy sends them, so the origin answers (and, without
+    // reading the rest, closes) while the sender is still writing.
+    let chunk = vec![7u8; 1 << 20];
+    let trickled = |chunk: &Vec<u8>| {
+        let parts: Vec<bytes::Bytes> = chunk
+            .chunks(64 << 10)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(parts).then(|part| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, std::io::Error>(part)
+        }))
+    };
+    for round in 0..20 {
+        let err = api
+            .patch_upload(&id, Some(&team), None, None, trickled(&chunk))
+            .await
+            .expect_err("patch of a cancelled session");
+        assert!(
+            err.is(shoal_core::ErrorCode::BlobUploadUnknown),
+            "round {round}: {err}"
+        );
+        let err = api
+            .commit_upload(
+                &id,
+                &Digest::of(&chunk),
+                Some(&team),
+                Some(trickled(&chunk)),
+            )
+            .await
+            .expect_err("commit of a cancelled session");
+        assert!(
+            err.is(shoal_core::ErrorCode::BlobUploadUnknown),
+            "round {round}: {err}"
+        );
+    }
     origin.stop().await;
 }
 

@@ -807,7 +807,6 @@ impl Scheduler {
         if now_ms < peer.busy_until {
             return;
         }
-        let useful_agents = self.peers.useful_agents();
         let origin = peer.origin;
         let beside_agents =
             self.peers.agents() > 0 || (origin && self.agent_connection_fresh(now_ms));
