@@ -103,27 +103,3 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 pub(crate) fn body_stream(body: Body) -> ByteStream {
     body.into_data_stream().map_err(io::Error::other).boxed()
 }
-
-/// Most bytes and longest time spent reading the body of a request refused before its body.
-const DRAIN_BYTES: u64 = 64 << 20;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Reads and discards (within bounds) the body of a request that is refused before its body
-/// was read, then hands back the refusal. Closing a connection with unread bytes resets it, and
-/// the sender then sees the reset instead of the answer (a proxy forwarding a chunk to an
-/// upload that is gone turned a 404 into a 503). A body beyond the bounds still gets the reset.
-pub(crate) async fn refuse_after_body(body: Body, error: ApiError) -> ApiError {
-    let mut stream = body.into_data_stream();
-    let drain = async {
-        let mut read = 0u64;
-        while let Some(Ok(chunk)) = stream.next().await {
-            read += chunk.len() as u64;
-            if read > DRAIN_BYTES {
-                break;
-            }
-        }
-    };
-    // Running out of time only means the connection is reset as before.
-    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-    error
-}

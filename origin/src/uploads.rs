@@ -21,7 +21,7 @@ use shoal_storage::{StoreError, UploadOwner};
 
 use crate::Origin;
 use crate::errors::ApiError;
-use crate::extract::{Params, UploadParam, body_stream, refuse_after_body};
+use crate::extract::{Params, UploadParam, body_stream};
 use crate::metrics::MismatchSource;
 
 /// `POST /uploads?namespace=`: a session bound to `namespace`, counted against its client.
@@ -98,33 +98,23 @@ pub(crate) async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let checked = origin
-        .store
-        .check_upload(&id, params.namespace.as_ref())
-        .map_err(ApiError::from)
-        .and_then(|()| {
-            let expected = number_header(&headers, UPLOAD_OFFSET)?;
-            match (expected, number_header(&headers, CHUNK_LENGTH)?) {
-                (None, Some(_)) => Err(ApiError::new(
-                    ErrorCode::BlobUploadInvalid,
-                    "Chunk-Length needs Upload-Offset",
-                )),
-                pinned => Ok(pinned),
-            }
-        });
-    let pinned = match checked {
-        Ok(pinned) => pinned,
-        Err(error) => return Err(refuse_after_body(body, error).await),
-    };
+    origin.store.check_upload(&id, params.namespace.as_ref())?;
+    let expected = number_header(&headers, UPLOAD_OFFSET)?;
     let body = body_stream(body);
-    let offset = match pinned {
+    let offset = match (expected, number_header(&headers, CHUNK_LENGTH)?) {
         (Some(offset), Some(length)) => {
             origin
                 .store
                 .append_upload_chunk(&id, offset, length, body)
                 .await?
         }
-        (expected, _) => origin.store.append_upload(&id, expected, body).await?,
+        (None, Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::BlobUploadInvalid,
+                "Chunk-Length needs Upload-Offset",
+            ));
+        }
+        (expected, None) => origin.store.append_upload(&id, expected, body).await?,
     };
     Ok((StatusCode::ACCEPTED, [(UPLOAD_OFFSET, offset.to_string())]).into_response())
 }
@@ -154,9 +144,7 @@ pub(crate) async fn commit(
     body: Body,
 ) -> Result<Response, ApiError> {
     // Another repository's session (or none) is a 404 that leaves it alone.
-    if let Err(error) = origin.store.check_upload(&id, params.namespace.as_ref()) {
-        return Err(refuse_after_body(body, error.into()).await);
-    }
+    origin.store.check_upload(&id, params.namespace.as_ref())?;
     let appended = match params.digest() {
         Ok(digest) => origin
             .store

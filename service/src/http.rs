@@ -33,6 +33,7 @@ mod connection;
 mod counting;
 mod limits;
 mod server;
+mod unread;
 
 pub use access::{Access, with_access, with_source_allow_list};
 pub use shoal_tls::{Caller, ServerTls};
@@ -64,7 +65,8 @@ impl IntoResponseParts for RouteLabel {
 }
 
 /// Adds `GET /health` and `GET /metrics` to `app` and wraps every route (including these two
-/// and the fallback) in the metrics middleware. `app` must not define either path itself.
+/// and the fallback) in the metrics middleware and in one that reads the body of an HTTP/1.1
+/// request answered unread (see `unread`). `app` must not define either path itself.
 pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
     let scrape = Arc::clone(&metrics);
     with_liveness(app)
@@ -72,6 +74,7 @@ pub fn with_common_routes(app: Router, metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(move || async move { ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], scrape.encode()) }),
         )
+        .layer(middleware::from_fn(unread::drain_unread))
         // `Router::layer` runs after routing, so `MatchedPath` is visible to the middleware.
         .layer(middleware::from_fn_with_state(metrics, record))
 }

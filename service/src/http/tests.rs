@@ -99,6 +99,11 @@ fn app() -> Router {
                 total.to_string()
             }),
         )
+        // Answers without reading the body, as a refused upload chunk is.
+        .route(
+            "/refuse",
+            post(|| async { (http::StatusCode::NOT_FOUND, "no such upload") }),
+        )
         // Streams a 3 MiB body with no Content-Length, as blob downloads do.
         .route(
             "/download",
@@ -270,6 +275,37 @@ async fn streamed_request_and_response_bytes_are_counted_exactly() {
         .wait_for_sample(
             r#"shoal_http_request_duration_seconds_count{route="/download",method="GET"}"#,
             1,
+        )
+        .await;
+}
+
+/// A body the handler answered without reading is read before the answer: the sender, still
+/// writing when the answer comes (a proxy forwards a client's chunk as it arrives), gets the
+/// answer, not a reset connection. Without the drain, most rounds here ended in a reset.
+#[tokio::test]
+async fn a_body_answered_unread_is_read_so_the_sender_gets_the_answer() {
+    let server = Server::start(app()).await;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let parts = (0..MIB / CHUNK).map(|_| Bytes::from(vec![3u8; CHUNK]));
+        let trickled = futures::stream::iter(parts).then(|part| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, io::Error>(part)
+        });
+        let response = server
+            .client
+            .post(server.url("/refuse"))
+            .body(reqwest::Body::wrap_stream(trickled))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: {error:?}"));
+        assert_eq!(response.status(), 404, "round {round}");
+        assert_eq!(response.text().await.unwrap(), "no such upload");
+    }
+    server
+        .wait_for_sample(
+            r#"shoal_http_request_bytes_total{route="/refuse"}"#,
+            (ROUNDS * MIB) as u64,
         )
         .await;
 }
