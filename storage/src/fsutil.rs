@@ -65,11 +65,10 @@ pub fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> ByteStrea
     opened.try_flatten().boxed()
 }
 
-/// Streams `start..end` of `file` in [`STREAM_CHUNK`] pieces: resident ones mapped without a copy
-/// (`shoal_mapped`), others with positional reads (no shared cursor, so one handle may serve many
-/// readers), the next read already running while the reader sends the current chunk (at most
-/// [`READ_AHEAD`] chunks in memory per stream). The file must never shrink (see
-/// `shoal_mapped::resident`).
+/// Streams `start..end` of `file` in [`STREAM_CHUNK`] pieces with positional reads (no shared
+/// cursor, so one handle may serve many readers): cached ones right on the worker
+/// (`shoal_pagecache`), others off the runtime, the next read already running while the reader
+/// sends the current chunk (at most [`READ_AHEAD`] chunks in memory per stream).
 pub(crate) fn positional_stream(
     file: Arc<std::fs::File>,
     path: PathBuf,
@@ -83,11 +82,10 @@ pub(crate) fn positional_stream(
             let path = path.clone();
             let want = usize::try_from(end - offset).map_or(STREAM_CHUNK, |r| r.min(STREAM_CHUNK));
             async move {
-                // Resident bytes are sent straight from the page cache; the rest are read off
-                // the runtime, since touching them could wait on the disk. A file that cannot be
-                // mapped (some network and FUSE filesystems) is read too, and pread reports
-                // any real I/O error.
-                if let Ok(Some(bytes)) = shoal_mapped::resident(&file, offset, want) {
+                // Cached bytes are read at once; the rest off the runtime, since reading them
+                // could wait on the disk. So is a file whose filesystem cannot tell (some
+                // network and FUSE filesystems), and pread reports any real I/O error.
+                if let Ok(Some(bytes)) = shoal_pagecache::cached(&file, offset, want) {
                     return Ok(bytes);
                 }
                 tokio::task::spawn_blocking(move || {
