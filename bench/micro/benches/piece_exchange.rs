@@ -35,6 +35,11 @@ const CHUNKS: usize = 64;
 /// Read buffer of the TCP baseline: the size of one `PieceChunk` (`p2p.chunk_size` default).
 const TCP_BUFFER: usize = 256 * 1024;
 
+/// The allocator agents and origins run with: freed piece buffers are reused, not returned to
+/// the kernel and faulted back in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }
