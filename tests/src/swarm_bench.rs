@@ -109,6 +109,32 @@ pub struct SwarmReport {
     /// Blobs the origin pulled through from its backend during Shoal's pulls.
     pub backend_pullthroughs: f64,
     pub registry: PullRun,
+    /// The order of the free pages this virtual machine reports to its host, when it does.
+    pub page_reporting: Option<u32>,
+}
+
+/// Where the kernel says which free pages it hands back to a hypervisor (`virtio-balloon`'s free
+/// page reporting, as in Firecracker): only pages freed in blocks of this order or larger.
+const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+/// The buddy allocator's largest block order (`MAX_PAGE_ORDER`): a reporting order above it
+/// reports nothing.
+const MAX_PAGE_ORDER: u32 = 10;
+
+/// The order of the free pages this machine reports to its host, `None` when it reports none.
+/// Reported pages are faulted back in from the host on first use, so the page cache the pulls
+/// write (agents and clients alike) costs several times its usual CPU: about a fifth of a
+/// 20-agent run's CPU on the bed (docs/BENCHMARKS.md, 2026-12-04).
+pub fn page_reporting() -> Option<u32> {
+    reporting_order(&std::fs::read_to_string(PAGE_REPORTING_ORDER).ok()?)
+}
+
+fn reporting_order(parameter: &str) -> Option<u32> {
+    // Unregistered, the parameter reads as -1 in an unsigned field (4294967295).
+    parameter
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&order| order <= MAX_PAGE_ORDER)
 }
 
 impl SwarmReport {
@@ -177,6 +203,14 @@ impl SwarmReport {
             self.origin_copies(),
             self.backend_pullthroughs,
         ));
+        match self.page_reporting {
+            Some(order) => text.push_str(&format!(
+                "\nThis virtual machine reports free pages to its host (order {order}): the page \
+                 cache the pulls write is faulted in from the host on first use, which costs CPU \
+                 a node's recycled page cache does not.\n"
+            )),
+            None => text.push_str("\nFree page reporting: off.\n"),
+        }
         if let Some(svg) = svg {
             text.push_str(&format!("\n![completion times]({svg})\n"));
         }
@@ -240,6 +274,13 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         image.blobs().map(|(_, size)| size).sum::<u64>() + image.manifest_bytes.len() as u64;
     let registry = SocketAddr::new(swarm.origin.addr.into(), REGISTRY_PORT);
     let proxy = SocketAddr::new(swarm.proxy.addr.into(), PROXY_PORT);
+    let page_reporting = page_reporting();
+    if let Some(order) = page_reporting {
+        eprintln!(
+            "swarm bench: this machine reports free pages of order {order} and up to its host \
+             (page cache costs more CPU on first use; see docs/BENCHMARKS.md)"
+        );
+    }
     eprintln!("swarm bench: pushing {image_bytes} bytes to the proxy and to docker-registry");
     push(&image, proxy).await?;
     push(&image, registry).await?;
@@ -303,6 +344,7 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         origin_egress: origin.egress(),
         backend_pullthroughs: origin.pullthroughs,
         registry: baseline,
+        page_reporting,
     })
 }
 
@@ -713,5 +755,15 @@ mod tests {
         assert!((after.busy_since(before) - 0.8).abs() < 1e-9);
         assert!(parse_cpu_line("cpu0 1 2 3 4\n").is_none());
         assert!(parse_cpu_line("cpu  1 x 3 4\n").is_none());
+    }
+
+    #[test]
+    fn free_page_reporting_is_on_only_for_an_order_the_allocator_has() {
+        assert_eq!(reporting_order("9\n"), Some(9));
+        assert_eq!(reporting_order("10"), Some(10));
+        // No device registered, or switched off by an order above the largest.
+        assert_eq!(reporting_order("4294967295\n"), None);
+        assert_eq!(reporting_order("11\n"), None);
+        assert_eq!(reporting_order("on"), None);
     }
 }

@@ -110,11 +110,11 @@ pub struct BlobStore {
     /// Recently opened committed blobs: a peer asks for every piece separately, and opening
     /// the file each time is a blocking-pool hop (a thread wake-up) per piece.
     open_files: Mutex<OpenFiles>,
-    /// Metainfo computed on demand (a blob committed without it); 0 on the serving path of
-    /// blobs this store committed.
     /// Partial downloads with a live handle, and the lock that serialises opening them.
     partials: partial::OpenPartials,
     partial_open: tokio::sync::Mutex<()>,
+    /// Metainfo computed on demand (a blob committed without it); 0 on the serving path of
+    /// blobs this store committed.
     metainfo_computations: std::sync::atomic::AtomicU64,
 }
 
