@@ -17,6 +17,22 @@ use crate::ByteStream;
 pub use shoal_jobs::IoError;
 pub(crate) use shoal_jobs::{IoContext, TempPath, fsync_dir, temp_name, write_atomic};
 
+/// Reserves disk blocks for the first `len` bytes of `file` without changing its length
+/// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that a full disk (or quota) shows at once, before
+/// anything depends on the bytes fitting. A filesystem that cannot preallocate is not an error:
+/// its writes report a full disk as they come.
+pub(crate) fn reserve(file: &std::fs::File, len: u64) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let Ok(len) = i64::try_from(len) else {
+        return Ok(());
+    };
+    match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, len) {
+        Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 /// Creates `dir` if missing; when it was created, fsyncs its parent so the new entry is durable.
 pub async fn create_dir_durable(dir: &Path) -> Result<(), IoError> {
     match tokio::fs::create_dir(dir).await {

@@ -1,12 +1,13 @@
 //! Partial blobs: downloads in progress, assembled piece by piece in any order.
 //!
-//! Layout under the store root: `partial/<hex>/data` (preallocated to the blob's length) and
-//! `partial/<hex>/bitfield` (which pieces are verified and durable). A piece is checked against
-//! its metainfo hash *before* it is written and only written pieces can be read. The bitfield
-//! file is rewritten by [`PartialBlob::sync`] (the engine calls it about once a second, not per
-//! piece: an fsync per piece would tie the download to the disk), always after an fsync of the
-//! data it claims — so after a crash or restart, reopening the partial resumes from pieces that
-//! were verified and written, losing at most the ones since the last sync.
+//! Layout under the store root: `partial/<hex>/data` (preallocated to the blob's length, its disk
+//! blocks reserved where the filesystem can) and `partial/<hex>/bitfield` (which pieces are
+//! verified and durable). A piece is checked against its metainfo hash *before* it is written and
+//! only written pieces can be read. The bitfield file is rewritten by [`PartialBlob::sync`] (the
+//! engine calls it about once a second, not per piece: an fsync per piece would tie the download
+//! to the disk), always after an fsync of the data it claims — so after a crash or restart,
+//! reopening the partial resumes from pieces that were verified and written, losing at most the
+//! ones since the last sync.
 //!
 //! Each piece is verified against the blob's sha256 chain (see [`Metainfo`]): once every piece
 //! is in, the blob hashes to its digest, with no pass over it at commit — unless the digest is a
@@ -275,8 +276,16 @@ fn open_files(
                 .write_all_at(empty.as_bytes(), 0)
                 .ctx("write", bitfield_path)?;
             bitfield.sync_all().ctx("fsync", bitfield_path)?;
-            // Sparse preallocation: pieces land at their offsets in any order.
+            // Full length at once: pieces land at their offsets in any order.
             data.set_len(length).ctx("preallocate", data_path)?;
+            // And the blocks for all of them: a disk without room for the blob fails the
+            // download here, with the reason, not piece by piece midway, where each failed write
+            // would look like the sending peer's fault.
+            if let Err(e) = fsutil::reserve(&data, length) {
+                // What was reserved before the refusal goes back; the next open starts over.
+                data.set_len(0).ctx("release", data_path)?;
+                return Err(e).ctx("reserve disk space for", data_path)?;
+            }
             empty
         }
     };

@@ -98,9 +98,6 @@ impl Staged {
     /// disk (or quota) shows here, before anything depends on the bytes fitting. A filesystem
     /// that cannot preallocate is not an error: its writes report a full disk as they come.
     pub(crate) async fn preallocate(&mut self, len: u64) -> Result<(), StoreError> {
-        let Ok(len) = i64::try_from(len) else {
-            return Ok(());
-        };
         if len == 0 {
             return Ok(());
         }
@@ -112,7 +109,7 @@ impl Staged {
             .ctx("preallocate", self.temp.path())?
             .into_std()
             .await;
-        tokio::task::spawn_blocking(move || reserve(&file, len))
+        tokio::task::spawn_blocking(move || fsutil::reserve(&file, len))
             .await
             .map_err(io::Error::other)
             .and_then(|reserved| reserved)
@@ -191,23 +188,6 @@ impl Staged {
             actual: received,
         }))
     }
-}
-
-/// `fallocate(FALLOC_FL_KEEP_SIZE)`: blocks are reserved but the length stays what was written,
-/// so a source shorter than announced cannot leave zeros in a blob.
-#[cfg(target_os = "linux")]
-fn reserve(file: &std::fs::File, len: i64) -> io::Result<()> {
-    use nix::errno::Errno;
-    use nix::fcntl::{FallocateFlags, fallocate};
-    match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, len) {
-        Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => Ok(()),
-        Err(errno) => Err(errno.into()),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn reserve(_file: &std::fs::File, _len: i64) -> io::Result<()> {
-    Ok(())
 }
 
 impl Layout {
