@@ -18,13 +18,15 @@ pub use shoal_jobs::IoError;
 pub(crate) use shoal_jobs::{IoContext, TempPath, fsync_dir, temp_name, write_atomic};
 
 /// Reserves disk blocks for the first `len` bytes of `file` without changing its length
-/// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that a full disk (or quota) shows at once, before
-/// anything depends on the bytes fitting. A filesystem that cannot preallocate is not an error:
-/// its writes report a full disk as they come.
+/// (`fallocate(FALLOC_FL_KEEP_SIZE)`: a blob written from a source shorter than announced then
+/// cannot end in zeros), so that a full disk (or quota) shows at once, before anything depends on
+/// the bytes fitting. A filesystem that cannot preallocate is not an error: its writes report a
+/// full disk as they come.
 pub(crate) fn reserve(file: &std::fs::File, len: u64) -> io::Result<()> {
     use nix::errno::Errno;
     use nix::fcntl::{FallocateFlags, fallocate};
-    let Ok(len) = i64::try_from(len) else {
+    // Nothing to reserve; `fallocate` refuses a zero length (EINVAL).
+    let Some(len) = i64::try_from(len).ok().filter(|&len| len > 0) else {
         return Ok(());
     };
     match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, len) {
@@ -117,4 +119,18 @@ pub(crate) fn positional_stream(
         })
         .buffered(READ_AHEAD)
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserving_keeps_the_length_and_nothing_to_reserve_is_no_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = std::fs::File::create(dir.path().join("f")).expect("create");
+        reserve(&file, 0).expect("zero bytes");
+        reserve(&file, 1 << 20).expect("one MiB");
+        assert_eq!(file.metadata().expect("stat").len(), 0);
+    }
 }

@@ -98,9 +98,6 @@ impl Staged {
     /// disk (or quota) shows here, before anything depends on the bytes fitting. A filesystem
     /// that cannot preallocate is not an error: its writes report a full disk as they come.
     pub(crate) async fn preallocate(&mut self, len: u64) -> Result<(), StoreError> {
-        if len == 0 {
-            return Ok(());
-        }
         let file = self
             .file()
             .await?

@@ -398,3 +398,15 @@ async fn a_sha512_download_is_checked_whole_at_commit() {
     assert_eq!(store.stat(&claimed).await.expect("stat"), None);
     assert!(!dir.path().join("partial").join(claimed.hex()).exists());
 }
+
+#[tokio::test]
+async fn an_empty_blob_downloads_with_no_pieces_and_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path()).await.expect("open");
+    let metainfo = metainfo_of(&[]);
+    let digest = metainfo.digest();
+    let partial = store.partial(&digest, &metainfo).await.expect("partial");
+    assert!(partial.is_complete());
+    assert_eq!(partial.commit().await.expect("commit"), 0);
+    assert_eq!(read_blob(&store, &digest).await, Vec::<u8>::new());
+}
