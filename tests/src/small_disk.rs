@@ -1,7 +1,12 @@
-//! A real, small filesystem for full-disk tests: a `tmpfs` mounted with `size=` on a fresh temp
-//! dir (root only, as the suite runs in CI), filled on demand, and unmounted when the
-//! [`SmallDisk`] is dropped (also on panic). Writes past its size fail with `ENOSPC` and
-//! `fallocate` beyond it is refused, exactly as on a full data disk.
+//! A real, small filesystem for disk-fault tests, mounted on a fresh temp dir (root only, as
+//! the suite runs in CI) and unmounted when the [`SmallDisk`] is dropped (also on panic):
+//!
+//! - a `tmpfs` with `size=` ([`SmallDisk::tmpfs`]), filled on demand: writes past its size fail
+//!   with `ENOSPC` and `fallocate` beyond it is refused, exactly as on a full data disk;
+//! - an ext4 image on a loop device ([`SmallDisk::ext4`]), whose files can be made immutable
+//!   while a process holds them open: ext4 then refuses every further write to them with
+//!   `EPERM` (tmpfs accepts the flag but does not enforce it on open files), a local write
+//!   failure in the middle of whatever the process was doing.
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
@@ -9,36 +14,67 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use tempfile::TempDir;
+use tempfile::{NamedTempFile, TempDir};
 
 /// The filler is written in chunks of this size until the disk refuses more.
 const FILL_CHUNK: usize = 64 * 1024;
 /// The file [`SmallDisk::fill_leaving`] writes.
 const FILLER: &str = "filler";
 
-/// A mounted tmpfs of a fixed size.
+/// A mounted small filesystem.
 pub struct SmallDisk {
     dir: TempDir,
+    fs: Fs,
+}
+
+enum Fs {
+    Tmpfs,
+    /// The image file is removed after the unmount (fields drop after `Drop::drop`).
+    Ext4 {
+        _image: NamedTempFile,
+    },
 }
 
 impl SmallDisk {
     /// Mounts a tmpfs of `bytes` (a multiple of the page size).
-    pub fn mount(bytes: u64) -> Result<SmallDisk> {
-        let dir = tempfile::Builder::new()
+    pub fn tmpfs(bytes: u64) -> Result<SmallDisk> {
+        let dir = mount_point()?;
+        run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(dir.path()),
+            "mounting a tmpfs (disk-fault tests need root)",
+        )?;
+        Ok(SmallDisk { dir, fs: Fs::Tmpfs })
+    }
+
+    /// Makes an ext4 filesystem of `bytes` in an image file and mounts it through a loop
+    /// device (detached again when it is unmounted).
+    pub fn ext4(bytes: u64) -> Result<SmallDisk> {
+        let image = tempfile::Builder::new()
             .prefix("shoal-small-disk-")
-            .tempdir()
-            .context("creating the mount point")?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .context("running mount (full-disk tests need root)")?;
-        ensure!(
-            status.success(),
-            "mounting a {bytes}-byte tmpfs on {} failed ({status}); full-disk tests need root",
-            dir.path().display()
-        );
-        Ok(SmallDisk { dir })
+            .suffix(".ext4")
+            .tempfile()
+            .context("creating the image file")?;
+        image.as_file().set_len(bytes)?;
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(image.path()),
+            "making the ext4 filesystem (install e2fsprogs)",
+        )?;
+        let dir = mount_point()?;
+        run(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop"])
+                .arg(image.path())
+                .arg(dir.path()),
+            "mounting the ext4 image (disk-fault tests need root)",
+        )?;
+        Ok(SmallDisk {
+            dir,
+            fs: Fs::Ext4 { _image: image },
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -77,9 +113,43 @@ impl SmallDisk {
         std::fs::remove_file(self.filler()).context("removing the filler")
     }
 
+    /// Sets or clears the immutable flag of `file` on this disk (`chattr`). Only an ext4 disk
+    /// enforces it on files already open.
+    pub fn set_immutable(&self, file: &Path, immutable: bool) -> Result<()> {
+        if matches!(self.fs, Fs::Tmpfs) {
+            bail!("tmpfs does not enforce the immutable flag on open files: use SmallDisk::ext4");
+        }
+        ensure!(
+            file.starts_with(self.path()),
+            "{} is not on this disk",
+            file.display()
+        );
+        run(
+            Command::new("chattr")
+                .arg(if immutable { "+i" } else { "-i" })
+                .arg(file),
+            "changing the immutable flag",
+        )
+    }
+
     fn filler(&self) -> PathBuf {
         self.dir.path().join(FILLER)
     }
+}
+
+fn mount_point() -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix("shoal-small-disk-")
+        .tempdir()
+        .context("creating the mount point")
+}
+
+fn run(command: &mut Command, what: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("{what}: running {command:?}"))?;
+    ensure!(status.success(), "{what}: {command:?} exited with {status}");
+    Ok(())
 }
 
 impl Drop for SmallDisk {

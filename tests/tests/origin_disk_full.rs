@@ -23,7 +23,7 @@ const LEFT_FREE: u64 = 512 * 1024;
 #[tokio::test]
 async fn a_full_origin_disk_answers_503_before_any_byte_and_serves_once_freed() -> Result<()> {
     // Dropped after the cluster (declared first), so the origin is gone before the unmount.
-    let disk = SmallDisk::mount(DISK)?;
+    let disk = SmallDisk::tmpfs(DISK)?;
     let data_dir = disk.path().join("origin");
     std::fs::create_dir(&data_dir)?;
     let cluster = Cluster::start(ClusterOptions {

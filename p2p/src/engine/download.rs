@@ -253,8 +253,9 @@ impl Driver {
                     Event::Tick
                 }
                 Some(msg) = self.rx.recv() => match self.receive(msg) {
-                    Some(event) => event,
-                    None => continue,
+                    Ok(Some(event)) => event,
+                    Ok(None) => continue,
+                    Err(reason) => break Err(reason),
                 },
             };
             if self.handle(event) {
@@ -284,10 +285,12 @@ impl Driver {
         *lock(&self.download.in_flight) = pieces;
     }
 
-    /// Turns a message from a task into a scheduler event, updating bookkeeping.
-    fn receive(&mut self, msg: Msg) -> Option<Event> {
+    /// Turns a message from a task into a scheduler event, updating bookkeeping; Err when the
+    /// download cannot go on.
+    fn receive(&mut self, msg: Msg) -> Result<Option<Event>, String> {
         match msg {
-            Msg::Discovered(peers) => Some(Event::Discovered(self.discovered(peers))),
+            Msg::Discovered(peers) => Ok(Some(Event::Discovered(self.discovered(peers)))),
+            Msg::StoreFailed(reason) => Err(reason),
             Msg::Event(event) => {
                 if let Event::PieceDone { .. } = &event {
                     self.last_progress = Instant::now();
@@ -301,7 +304,7 @@ impl Driver {
                 if let Event::ConnectFailed { peer } | Event::Disconnected { peer } = &event {
                     self.sessions.remove(peer);
                 }
-                Some(event)
+                Ok(Some(event))
             }
         }
     }

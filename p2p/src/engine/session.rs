@@ -29,6 +29,9 @@ pub(crate) enum Msg {
     Discovered(Vec<PeerInfo>),
     /// A scheduler event from a session or piece task.
     Event(Event),
+    /// This node's own store failed to take a verified piece (a write error, not the peer's
+    /// fault): the download cannot go on, and no peer is to blame.
+    StoreFailed(String),
 }
 
 /// A session with one peer for one blob.
@@ -183,6 +186,8 @@ enum Outcome {
     Corrupt(String),
     /// Transport error, or the peer lacks the piece.
     Failed(String),
+    /// The piece was good but our store could not write it.
+    StoreFailed(String),
     /// The peer refused at once: its upload slots are all taken.
     Busy,
     /// The peer (an origin serving a crowd) refused at once: other peers hold the piece; it
@@ -203,6 +208,11 @@ impl PieceFetch {
             Outcome::Failed(reason) => {
                 tracing::debug!(digest = %self.partial.metainfo().digest(), %peer, piece, %reason, "piece request failed");
                 Event::PieceFailed { peer, piece }
+            }
+            Outcome::StoreFailed(reason) => {
+                let reason = format!("storing piece {piece} failed: {reason}");
+                let _ = self.tx.send(Msg::StoreFailed(reason));
+                return;
             }
             Outcome::Busy => {
                 self.shared.metrics.busy_received.inc();
@@ -284,7 +294,9 @@ impl PieceFetch {
                 Outcome::Done(rtt)
             }
             Err(e @ StoreError::PieceMismatch { .. }) => Outcome::Corrupt(e.to_string()),
-            Err(e) => Outcome::Failed(e.to_string()),
+            // The bytes matched their hash: whatever else failed (a write error, a disk gone
+            // read-only) is this node's, and would fail for every sender alike.
+            Err(e) => Outcome::StoreFailed(e.to_string()),
         }
     }
 }
