@@ -30,6 +30,7 @@
 //! before they become flows, as Shoal's peer service does.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use crate::queue::{Nanos, Queue, SimEvent};
 
@@ -167,6 +168,28 @@ impl Flows {
     /// Bytes `node` has sent up to the last settle or [`Flows::flush`].
     pub(crate) fn sent(&self, node: u32) -> f64 {
         self.sent[node as usize]
+    }
+
+    /// Bytes the nodes in `nodes` have sent up to `now`, read without settling anything:
+    /// bringing the flows' byte counts up to date mid-run changes their float rounding, and so
+    /// the order of later events, so a measurement would change the run it measures.
+    pub(crate) fn sent_until(&self, now: Nanos, nodes: Range<u32>) -> f64 {
+        let mut total = 0.0;
+        for node in nodes.clone() {
+            let uplink = &self.uplinks[node as usize];
+            let pending = uplink.share * now.saturating_sub(uplink.last) as f64;
+            total += self.sent[node as usize] + pending * uplink.tags.len() as f64;
+        }
+        for flow in &self.flows {
+            if flow.live
+                && flow.state == State::Transferring
+                && flow.bound == Bound::Receiver
+                && nodes.contains(&flow.sender)
+            {
+                total += (flow.rate * now.saturating_sub(flow.last) as f64).min(flow.remaining);
+            }
+        }
+        total
     }
 
     /// Pieces `node` is uploading right now.

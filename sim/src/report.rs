@@ -72,6 +72,34 @@ impl ChurnReport {
     }
 }
 
+/// How busy the agents' uplinks were: every agent's upload is the swarm's supply, so each
+/// second they idle is lost against S/B (docs/BENCHMARKS.md, what bounds the median).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Uplinks {
+    /// Bytes the agents uploaded in each second of virtual time (the last one partial), as a
+    /// share of what the agents present could upload in it.
+    pub per_second: Vec<f64>,
+    /// The same share from the start until the first agent completed.
+    pub before_first_complete: Option<f64>,
+    /// Bytes the agents uploaded in all (transfers cancelled midway included: they used the
+    /// links).
+    pub bytes: f64,
+}
+
+impl fmt::Display for Uplinks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agents' uplinks busy: ")?;
+        if let Some(share) = self.before_first_complete {
+            write!(f, "{:.1} % until the first completion; ", share * 100.0)?;
+        }
+        write!(f, "per second (%):")?;
+        for share in &self.per_second {
+            write!(f, " {:.0}", share * 100.0)?;
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -97,6 +125,7 @@ pub struct Report {
     pub origin_egress_bytes: u64,
     /// Origin egress divided by S.
     pub origin_egress_ratio: f64,
+    pub uplinks: Uplinks,
     /// Requests answered "busy" for lack of an upload slot, by origins and by agents.
     pub busy_from_origins: u64,
     pub busy_from_agents: u64,
@@ -148,6 +177,7 @@ impl fmt::Display for Report {
             "origin egress {} bytes = {:.2} × S",
             self.origin_egress_bytes, self.origin_egress_ratio
         )?;
+        writeln!(f, "{}", self.uplinks)?;
         writeln!(
             f,
             "busy answers: {} from origins, {} from agents",
@@ -198,5 +228,18 @@ mod tests {
         assert_eq!(Distribution::of(&mut []), None);
         let one = Distribution::of(&mut [2.0]).expect("non-empty");
         assert_eq!((one.p50, one.max), (2.0, 2.0));
+    }
+
+    #[test]
+    fn uplinks_print_as_percentages() {
+        let uplinks = Uplinks {
+            per_second: vec![0.314, 0.9, 0.925],
+            before_first_complete: Some(0.8642),
+            bytes: 1e9,
+        };
+        assert_eq!(
+            uplinks.to_string(),
+            "agents' uplinks busy: 86.4 % until the first completion; per second (%): 31 90 92"
+        );
     }
 }

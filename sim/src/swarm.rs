@@ -36,8 +36,10 @@ use crate::config::{ConfigError, SimConfig};
 use crate::flows::{FlowRef, Flows, Link};
 use crate::queue::{Nanos, Queue, SimEvent};
 use crate::reader::Reader;
-use crate::report::{ChurnReport, Distribution, Report};
+use crate::report::{ChurnReport, Distribution, Report, Uplinks};
 use crate::tracker::Tracker;
+
+const SECOND: Nanos = 1_000_000_000;
 
 fn nanos(duration: Duration) -> Nanos {
     u64::try_from(duration.as_nanos()).unwrap_or(Nanos::MAX)
@@ -101,6 +103,21 @@ pub struct Swarm {
     ledgers: Vec<Ledger>,
     elsewhere_from_origins: u64,
     insisting_to_origins: u64,
+    uplinks: UplinkMeter,
+}
+
+/// Measures the agents' uploads against what the agents present could upload, once a second of
+/// virtual time and at the first completion (each reading is O(nodes + flows)).
+#[derive(Default)]
+struct UplinkMeter {
+    /// When the current second ends.
+    next: Nanos,
+    at: Nanos,
+    /// Bytes the agents had sent at `at`.
+    sent: f64,
+    /// Byte-seconds of upload capacity up to `at`.
+    capacity: f64,
+    report: Uplinks,
 }
 
 impl Swarm {
@@ -226,6 +243,10 @@ impl Swarm {
                 .collect(),
             elsewhere_from_origins: 0,
             insisting_to_origins: 0,
+            uplinks: UplinkMeter {
+                next: SECOND,
+                ..UplinkMeter::default()
+            },
             config,
         })
     }
@@ -250,9 +271,48 @@ impl Swarm {
                 }
             }
             self.flows.settle(self.now, &mut self.queue);
+            if self.now >= self.uplinks.next {
+                let share = self.measure_uplinks();
+                self.uplinks.report.per_second.push(share);
+                self.uplinks.next = (self.now / SECOND + 1) * SECOND;
+            }
         }
         self.flows.flush(self.now);
+        let share = self.measure_uplinks();
+        self.uplinks.report.per_second.push(share);
         self.report(started.elapsed())
+    }
+
+    /// The bytes the agents have sent so far, and the byte capacity the agents present had
+    /// since the meter's last measure.
+    fn agents_sent(&self) -> (f64, f64) {
+        let now = self.now;
+        let sent = self
+            .flows
+            .sent_until(now, self.origins..self.nodes.len() as u32);
+        let present = self.nodes[self.origins as usize..]
+            .iter()
+            .filter(|node| node.arrived <= now && node.left.is_none())
+            .count();
+        let elapsed = (now - self.uplinks.at) as f64 / SECOND as f64;
+        (sent, present as f64 * self.config.peer_upload * elapsed)
+    }
+
+    /// The agents' upload since the last measure as a share of what the agents present could
+    /// have uploaded (0 for no time or no agent); the meter moves on to now.
+    fn measure_uplinks(&mut self) -> f64 {
+        let (sent, capacity) = self.agents_sent();
+        let meter = &mut self.uplinks;
+        let share = if capacity > 0.0 {
+            (sent - meter.sent) / capacity
+        } else {
+            0.0
+        };
+        meter.at = self.now;
+        meter.sent = sent;
+        meter.report.bytes = sent;
+        meter.capacity += capacity;
+        share
     }
 
     fn dispatch(&mut self, seq: u64, event: SimEvent) {
@@ -684,6 +744,12 @@ impl Swarm {
             Action::Complete => {
                 self.nodes[node as usize].completed = Some(now);
                 self.complete += 1;
+                if self.complete == 1 {
+                    let (sent, capacity) = self.agents_sent();
+                    let capacity = self.uplinks.capacity + capacity;
+                    self.uplinks.report.before_first_complete =
+                        (capacity > 0.0).then(|| sent / capacity);
+                }
                 if self.nodes[node as usize].exit == Exit::Complete {
                     self.churn.left_complete += 1;
                     self.depart(node);
@@ -763,6 +829,7 @@ impl Swarm {
             read,
             origin_egress_bytes: origin_egress.round() as u64,
             origin_egress_ratio: origin_egress / self.config.blob_size as f64,
+            uplinks: self.uplinks.report.clone(),
             busy_from_origins: self.busy_from_origins,
             busy_from_agents: self.busy_from_agents,
             churn: self.churn.clone(),

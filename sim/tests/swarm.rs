@@ -166,3 +166,45 @@ fn a_crowd_beyond_the_origins_upload_slots_hears_busy_and_everyone_completes() {
     assert_eq!(report.complete, 40, "{report}");
     assert!(report.busy_from_origins > 0, "{report}");
 }
+
+#[test]
+fn the_uplink_meter_accounts_for_every_byte_the_agents_upload() {
+    let config = small(40, 3);
+    let (peers, blob, upload) = (40.0, config.blob_size as f64, config.peer_upload);
+    let report = simulate(config).expect("valid config");
+    let uplinks = &report.uplinks;
+    // One share per second of virtual time, the last one partial.
+    assert_eq!(
+        uplinks.per_second.len(),
+        report.virtual_seconds.ceil() as usize,
+        "{report}"
+    );
+    let mut uploaded = 0.0;
+    for (second, share) in uplinks.per_second.iter().enumerate() {
+        assert!((0.0..=1.0).contains(share), "{report}");
+        let length = (report.virtual_seconds - second as f64).min(1.0);
+        uploaded += share * peers * upload * length;
+    }
+    assert!(
+        (uploaded - uplinks.bytes).abs() < 1.0,
+        "the shares add up to {uploaded} bytes, the agents uploaded {}: {report}",
+        uplinks.bytes
+    );
+    // Whatever the agents got beyond the origins' bytes came from each other (cancelled
+    // endgame duplicates add a little).
+    let from_agents = peers * blob - report.origin_egress_bytes as f64;
+    assert!(
+        (from_agents..from_agents * 1.05).contains(&uplinks.bytes),
+        "the agents uploaded {} bytes and got {from_agents} from each other: {report}",
+        uplinks.bytes
+    );
+    let before = uplinks.before_first_complete.expect("agents completed");
+    assert!(before > 0.0 && before < 1.0, "{report}");
+}
+
+#[test]
+fn a_lone_agents_uplink_is_metered_idle() {
+    let report = simulate(lone(Duration::ZERO)).expect("valid config");
+    assert_eq!(report.uplinks.before_first_complete, Some(0.0), "{report}");
+    assert_eq!(report.uplinks.per_second, vec![0.0], "{report}");
+}
