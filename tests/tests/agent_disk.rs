@@ -34,21 +34,9 @@ async fn an_agent_without_room_for_a_blob_refuses_it_at_once_and_pulls_it_once_f
 {
     // Dropped after the cluster (declared first), so the agent is gone before the unmount.
     let disk = SmallDisk::tmpfs(DISK)?;
-    let data_dir = disk.path().join("agent");
-    std::fs::create_dir(&data_dir)?;
-    let cluster = Cluster::start(ClusterOptions {
-        agents: 1,
-        agent_overrides: json!({"data_dir": data_dir.display().to_string()}),
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let blob = Pattern::new(28, BLOB).range(0, BLOB);
-    let registry = Registry::new(&cluster.proxy_url())?;
-    let digest = registry.push_blob("disk/full", &blob).await?;
-    ensure!(digest == Digest::of(&blob), "pushed {digest}");
+    let (cluster, digest, url) = start_with_blob(&disk, json!({}), 28, BLOB, "disk/full").await?;
     disk.fill_leaving(LEFT_FREE)?;
 
-    let url = format!("{}/v2/disk/full/blobs/{digest}", cluster.agent_url(0));
     let client = http();
     let response = tokio::time::timeout(PATIENCE, client.get(&url).send()).await??;
     let status = response.status();
@@ -62,25 +50,59 @@ async fn an_agent_without_room_for_a_blob_refuses_it_at_once_and_pulls_it_once_f
                 .is_some_and(|m| m.contains("No space left on device")),
         "a blob the agent's disk cannot hold: {status} {body}"
     );
+    ensure_nobody_blamed(&cluster, "a full disk").await?;
+
+    disk.free()?;
+    pull_verified(&client, &url, &digest, "after freeing").await
+}
+
+/// A cluster of one agent whose data dir is on `disk`, with `p2p` settings, and a blob of `size`
+/// pattern bytes (`seed`) pushed to `repo`; its digest and URL at the agent.
+async fn start_with_blob(
+    disk: &SmallDisk,
+    p2p: serde_json::Value,
+    seed: u64,
+    size: u64,
+    repo: &str,
+) -> Result<(Cluster, Digest, String)> {
+    let data_dir = disk.path().join("agent");
+    std::fs::create_dir(&data_dir)?;
+    let cluster = Cluster::start(ClusterOptions {
+        agents: 1,
+        agent_overrides: json!({"data_dir": data_dir.display().to_string(), "p2p": p2p}),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let blob = Pattern::new(seed, size).range(0, size);
+    let registry = Registry::new(&cluster.proxy_url())?;
+    let digest = registry.push_blob(repo, &blob).await?;
+    ensure!(digest == Digest::of(&blob), "pushed {digest}");
+    let url = format!("{}/v2/{repo}/blobs/{digest}", cluster.agent_url(0));
+    Ok((cluster, digest, url))
+}
+
+/// Fails when the agent blacklisted any peer for `what`.
+async fn ensure_nobody_blamed(cluster: &Cluster, what: &str) -> Result<()> {
     let blacklisted = cluster
         .metric_sum(Component::Agent(0), "p2p_peers_blacklisted", &[])
         .await?;
-    ensure!(
-        blacklisted == 0.0,
-        "{blacklisted} peers blamed for a full disk"
-    );
+    ensure!(blacklisted == 0.0, "{blacklisted} peers blamed for {what}");
+    Ok(())
+}
 
-    disk.free()?;
-    let response = tokio::time::timeout(PATIENCE, client.get(&url).send()).await??;
-    ensure!(
-        response.status() == 200,
-        "after freeing: {}",
-        response.status()
-    );
+/// Pulls `url` and checks that it is answered 200 with exactly the blob `digest`.
+async fn pull_verified(
+    client: &reqwest::Client,
+    url: &str,
+    digest: &Digest,
+    when: &str,
+) -> Result<()> {
+    let response = tokio::time::timeout(PATIENCE, client.get(url).send()).await??;
+    ensure!(response.status() == 200, "{when}: {}", response.status());
     let body = tokio::time::timeout(PATIENCE, response.bytes()).await??;
     ensure!(
-        Digest::of(&body) == digest,
-        "after freeing the agent served {} bytes that are not the blob",
+        Digest::of(&body) == *digest,
+        "{when} the agent served {} bytes that are not the blob",
         body.len()
     );
     Ok(())
@@ -95,23 +117,8 @@ async fn a_piece_write_failing_on_the_agents_disk_ends_the_pull_with_the_reason_
 -> Result<()> {
     // Dropped after the cluster (declared first), so the agent is gone before the unmount.
     let disk = SmallDisk::ext4(64 * MIB)?;
-    let data_dir = disk.path().join("agent");
-    std::fs::create_dir(&data_dir)?;
-    let cluster = Cluster::start(ClusterOptions {
-        agents: 1,
-        agent_overrides: json!({
-            "data_dir": data_dir.display().to_string(),
-            "p2p": {"ingress_rate": "2MiB"},
-        }),
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let blob = Pattern::new(29, SLOW_BLOB).range(0, SLOW_BLOB);
-    let registry = Registry::new(&cluster.proxy_url())?;
-    let digest = registry.push_blob("disk/fault", &blob).await?;
-    ensure!(digest == Digest::of(&blob), "pushed {digest}");
-
-    let url = format!("{}/v2/disk/fault/blobs/{digest}", cluster.agent_url(0));
+    let p2p = json!({"ingress_rate": "2MiB"});
+    let (cluster, digest, url) = start_with_blob(&disk, p2p, 29, SLOW_BLOB, "disk/fault").await?;
     let client = http();
     let pull = {
         let (client, url) = (client.clone(), url.clone());
@@ -133,7 +140,7 @@ async fn a_piece_write_failing_on_the_agents_disk_ends_the_pull_with_the_reason_
         },
     )
     .await?;
-    let partial = partial_data(&data_dir, &digest)?;
+    let partial = partial_data(disk.path(), &digest)?;
     disk.set_immutable(&partial, true)?;
 
     let (status, body) = tokio::time::timeout(PATIENCE, pull)
@@ -151,33 +158,15 @@ async fn a_piece_write_failing_on_the_agents_disk_ends_the_pull_with_the_reason_
         "the agent's log does not say why the download failed:\n{}",
         cluster.log_tails()
     );
-    let blacklisted = cluster
-        .metric_sum(Component::Agent(0), "p2p_peers_blacklisted", &[])
-        .await?;
-    ensure!(
-        blacklisted == 0.0,
-        "{blacklisted} peers blamed for the agent's own write failures"
-    );
+    ensure_nobody_blamed(&cluster, "the agent's own write failures").await?;
 
     disk.set_immutable(&partial, false)?;
-    let response = tokio::time::timeout(PATIENCE, client.get(&url).send()).await??;
-    ensure!(
-        response.status() == 200,
-        "after the disk takes writes again: {}",
-        response.status()
-    );
-    let body = tokio::time::timeout(PATIENCE, response.bytes()).await??;
-    ensure!(
-        Digest::of(&body) == digest,
-        "after the fault the agent served {} bytes that are not the blob",
-        body.len()
-    );
-    Ok(())
+    pull_verified(&client, &url, &digest, "after the disk takes writes again").await
 }
 
-/// The data file of `digest`'s partial download, wherever under `data_dir` the store keeps it.
-fn partial_data(data_dir: &Path, digest: &Digest) -> Result<PathBuf> {
-    let mut dirs = vec![data_dir.to_path_buf()];
+/// The data file of `digest`'s partial download, wherever under `root` the store keeps it.
+fn partial_data(root: &Path, digest: &Digest) -> Result<PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
@@ -189,8 +178,5 @@ fn partial_data(data_dir: &Path, digest: &Digest) -> Result<PathBuf> {
             }
         }
     }
-    anyhow::bail!(
-        "no partial download of {digest} under {}",
-        data_dir.display()
-    )
+    anyhow::bail!("no partial download of {digest} under {}", root.display())
 }
