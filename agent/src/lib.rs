@@ -28,7 +28,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 use shoal_api::BuildIndexClient;
-use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics};
+use shoal_p2p::{ClusterTls, Engine, Identity, Limiter, Network, P2pMetrics, PIECE_COPIES, Spread};
 use shoal_service::http::{
     Access, AdminListener, with_access, with_readiness, with_source_allow_list,
 };
@@ -192,8 +192,8 @@ pub async fn run(
         config.p2p.upload_slots,
         p2p_metrics,
         config.testing,
-        // Super-seeding is an origin's policy: an agent serves whatever its slots allow.
-        None,
+        // Super-seeding is an origin's policy; an agent bounds the copies of each piece.
+        Spread::PieceCopies(PIECE_COPIES),
     );
     // Under mutual TLS, pieces go to agents and origins only.
     let peer_app = with_access(

@@ -37,7 +37,9 @@ use shoal_backends::{BackendRouter, WriteBack};
 use shoal_core::Digest;
 use shoal_core::chain;
 use shoal_jobs::StatsCollector;
-use shoal_p2p::{Faults, Limiter, P2pMetrics, PieceSource, Seeding, SeedingConfig, StoreSource};
+use shoal_p2p::{
+    Faults, Limiter, P2pMetrics, PieceSource, Seeding, SeedingConfig, Spread, StoreSource,
+};
 use shoal_service::http::{Access, AdminListener, with_access, with_readiness};
 use shoal_service::shutdown::DRAIN_DEADLINE;
 use shoal_service::tls::{ComponentTls, Role, Roles};
@@ -235,7 +237,7 @@ pub async fn run(
         seed.upload_slots,
         p2p_metrics,
         Faults::default(),
-        seeding,
+        seeding.map_or(Spread::Unbounded, Spread::Seeding),
     ))
     .into_axum_router();
     let (data, admin) = AdminListener::split(

@@ -17,8 +17,9 @@ pub use engine::{Blob, ClusterTls, DownloadReport, Engine, Network, ReportState}
 pub use error::P2pError;
 pub use limiter::Limiter;
 pub use metrics::P2pMetrics;
-pub use server::{Seeding, ShareOf, peer_service};
+pub use server::{Seeding, ShareOf, Spread, peer_service};
 pub use shoal_swarm::seeding::SeedingConfig;
+pub use shoal_swarm::slots::PIECE_COPIES;
 pub use source::{PieceSource, StoreSource};
 pub use wire::{Chunk, PeerServer, PieceStream, get_piece};
 

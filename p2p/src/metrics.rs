@@ -120,7 +120,7 @@ impl P2pMetrics {
         );
         registry.register(
             "p2p_elsewhere_answered",
-            "Piece requests an origin serving a crowd answered \"get it elsewhere\" (other peers hold or will soon hold the piece)",
+            "Piece requests answered \"get it elsewhere\": by an origin serving a crowd (other peers hold or will soon hold the piece), or by an agent already uploading its bound of copies of the piece",
             metrics.elsewhere_answered.clone(),
         );
         registry.register(

@@ -14,7 +14,7 @@ use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
 use shoal_swarm::notices;
 use shoal_swarm::seeding::{self, Blob, Decision, Seeder, SeedingConfig};
-use shoal_swarm::slots::{UploadSlot, UploadSlots};
+use shoal_swarm::slots::{PieceCopies, PieceCopy, UploadSlot, UploadSlots};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -24,7 +24,8 @@ use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 
 /// The `RESOURCE_EXHAUSTED` message of a busy answer.
 pub(crate) const BUSY: &str = "busy: every upload slot is taken";
-/// The `FAILED_PRECONDITION` message of an origin's "get it elsewhere" answer.
+/// The `FAILED_PRECONDITION` message of a "get it elsewhere" answer (an origin's super-seeding,
+/// or an agent already uploading its bound of copies of the piece).
 pub(crate) const ELSEWHERE: &str = "elsewhere: other peers hold or will soon hold this piece";
 /// The metadata of an "elsewhere" answer naming a piece the origin would send instead
 /// (peer.proto).
@@ -77,18 +78,31 @@ impl std::fmt::Debug for Seeding {
 /// few enough that a slow reader holds only a handful in memory.
 const STREAM_BUFFER: usize = 4;
 
+/// How a peer service spreads a crowd over the pieces it holds, within its upload slots: which
+/// requests it answers `FAILED_PRECONDITION` "elsewhere".
+#[derive(Debug, Clone)]
+pub enum Spread {
+    /// An agent: at most this many uploads of one piece at once
+    /// (`shoal_swarm::slots::PIECE_COPIES`), unless the request insists.
+    PieceCopies(usize),
+    /// An origin's super-seeding: while a crowd pulls a blob, pieces it sent recently
+    /// (`shoal_swarm::seeding`).
+    Seeding(Seeding),
+    /// None: an origin with super-seeding off serves whatever its slots allow.
+    Unbounded,
+}
+
 /// The gRPC `Peer` service over `source`: egress limited by `limiter` (whose chunk size is the
 /// `PieceChunk` size), at most `upload_slots` pieces served at once (the rest are answered
-/// busy), served bytes counted in `metrics`, `faults` for tests only. An origin passes
-/// `seeding`: while a crowd pulls a blob, requests for pieces it sent recently are answered
-/// `FAILED_PRECONDITION` "elsewhere" (`shoal_swarm::seeding`); agents pass None.
+/// busy), requests spread as `spread` says, served bytes counted in `metrics`, `faults` for tests
+/// only.
 pub fn peer_service(
     source: Arc<dyn PieceSource>,
     limiter: Limiter,
     upload_slots: usize,
     metrics: P2pMetrics,
     faults: Faults,
-    seeding: Option<Seeding>,
+    spread: Spread,
 ) -> PeerServer {
     if faults.corrupt_served_pieces {
         tracing::warn!("TEST-ONLY fault injection: every piece this peer serves will be corrupted");
@@ -99,10 +113,14 @@ pub fn peer_service(
         slots: UploadSlots::new(upload_slots),
         metrics,
         faults,
-        seeder: seeding.map(|seeding| {
-            let seeder = Seeder::new(seeding.config, seeding::DEFAULT_BLOBS);
-            (Mutex::new(seeder), seeding.share)
-        }),
+        spread: match spread {
+            Spread::PieceCopies(cap) => Spreader::PieceCopies(PieceCopies::new(cap)),
+            Spread::Seeding(seeding) => Spreader::Seeding(
+                Mutex::new(Seeder::new(seeding.config, seeding::DEFAULT_BLOBS)),
+                seeding.share,
+            ),
+            Spread::Unbounded => Spreader::Unbounded,
+        },
         started: Instant::now(),
     }))
 }
@@ -114,10 +132,18 @@ pub(crate) struct PeerService {
     slots: Arc<UploadSlots>,
     metrics: P2pMetrics,
     faults: Faults,
-    /// An origin's super-seeding ledgers (the blobs served most recently).
-    seeder: Option<(Mutex<Seeder<Digest>>, ShareOf)>,
+    spread: Spreader,
     /// The seeder's clock.
     started: Instant,
+}
+
+/// [`Spread`]'s state.
+enum Spreader {
+    /// Uploads in flight per (blob, piece).
+    PieceCopies(Arc<PieceCopies<(Digest, u32)>>),
+    /// An origin's super-seeding ledgers (the blobs served most recently) and its share of each.
+    Seeding(Mutex<Seeder<Digest>>, ShareOf),
+    Unbounded,
 }
 
 pub fn parse_digest(text: &str) -> Result<Digest, Status> {
@@ -193,14 +219,17 @@ impl PeerService {
             self.metrics.busy_answered.inc();
             return Err(Status::resource_exhausted(BUSY));
         };
-        if let Decision::Elsewhere { instead } = self.decide(
+        let copy = match self.spread(
             &digest,
             u32::try_from(metainfo.piece_count()).unwrap_or(u32::MAX),
             &request,
         ) {
-            self.metrics.elsewhere_answered.inc();
-            return Err(elsewhere_status(instead));
-        }
+            Ok(copy) => copy,
+            Err(instead) => {
+                self.metrics.elsewhere_answered.inc();
+                return Err(elsewhere_status(instead));
+            }
+        };
         let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
         Ok(PieceChunks {
             bytes: Some(bytes),
@@ -211,17 +240,30 @@ impl PeerService {
             metrics: self.metrics.clone(),
             faults: self.faults,
             _slot: slot,
+            _copy: copy,
         })
     }
 }
 
 impl PeerService {
-    /// Whether an origin serving a crowd serves this request or sends it elsewhere (its slot,
-    /// taken just before, is then given back). Served requests are recorded in the blob's
-    /// ledger.
-    fn decide(&self, digest: &Digest, pieces: u32, request: &PieceRequest) -> Decision {
-        let Some((seeder, share)) = &self.seeder else {
-            return Decision::Serve;
+    /// Whether this request is served (with the piece's copy counted, for an agent) or sent
+    /// elsewhere, naming the piece an origin would send instead (its slot, taken just before,
+    /// is then given back). An origin records served requests in the blob's ledger.
+    fn spread(
+        &self,
+        digest: &Digest,
+        pieces: u32,
+        request: &PieceRequest,
+    ) -> Result<Option<PieceCopy<(Digest, u32)>>, Option<u32>> {
+        let (seeder, share) = match &self.spread {
+            Spreader::Unbounded => return Ok(None),
+            Spreader::PieceCopies(copies) => {
+                return match copies.try_take((*digest, request.index), request.insist) {
+                    Some(copy) => Ok(Some(copy)),
+                    None => Err(None),
+                };
+            }
+            Spreader::Seeding(seeder, share) => (seeder, share),
         };
         let blob = Blob {
             pieces,
@@ -231,14 +273,17 @@ impl PeerService {
         let requester = seeding::requester_key(&request.peer_id);
         // A poisoned lock only means a panic elsewhere mid-update of counters: keep using them.
         let mut seeder = seeder.lock().unwrap_or_else(|e| e.into_inner());
-        seeder.decide(
+        match seeder.decide(
             digest,
             blob,
             requester,
             request.index,
             request.insist,
             now_ms,
-        )
+        ) {
+            Decision::Serve => Ok(None),
+            Decision::Elsewhere { instead } => Err(instead),
+        }
     }
 }
 
@@ -308,6 +353,8 @@ pub(crate) struct PieceChunks {
     metrics: P2pMetrics,
     faults: Faults,
     _slot: UploadSlot,
+    /// An agent's count of this piece's uploads, held as long as the slot.
+    _copy: Option<PieceCopy<(Digest, u32)>>,
 }
 
 impl Stream for PieceChunks {

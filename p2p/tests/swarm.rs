@@ -14,8 +14,8 @@ use futures::TryStreamExt;
 use prometheus_client::registry::Registry;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder, PeerId};
 use shoal_p2p::{
-    Engine, Faults, Identity, Limiter, Network, P2pConfig, P2pError, P2pMetrics, PieceSource,
-    Seeding, SeedingConfig, StoreSource, peer_service,
+    Engine, Faults, Identity, Limiter, Network, P2pConfig, P2pError, P2pMetrics, PIECE_COPIES,
+    PieceSource, Seeding, SeedingConfig, Spread, StoreSource, peer_service,
 };
 use shoal_proto::v1::peer_client::PeerClient;
 use shoal_proto::v1::tracker_server::{Tracker, TrackerServer};
@@ -237,6 +237,12 @@ impl Swarm {
         let metrics = P2pMetrics::new(&mut Registry::default());
         let limiter = Limiter::new(egress, P2pConfig::default().chunk_size);
         let source: Arc<dyn PieceSource> = Arc::new(StoreSource(store.clone()));
+        // As the agent and origin binaries do.
+        let spread = match seeding {
+            Some(seeding) => Spread::Seeding(seeding),
+            None if origin => Spread::Unbounded,
+            None => Spread::PieceCopies(PIECE_COPIES),
+        };
         let addr = self
             .serve(Server::builder().add_service(peer_service(
                 source,
@@ -244,7 +250,7 @@ impl Swarm {
                 upload_slots,
                 metrics.clone(),
                 faults,
-                seeding,
+                spread,
             )))
             .await?;
         Ok(Node {
@@ -312,7 +318,7 @@ impl Swarm {
             upload_slots,
             metrics.clone(),
             Faults::default(),
-            None,
+            Spread::PieceCopies(PIECE_COPIES),
         );
         let router = Server::builder().add_service(service);
         tokio::spawn(serve_on(router, listener, self.shutdown.clone()));
@@ -651,6 +657,81 @@ async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_uploading_its_bound_of_copies_of_a_piece_sends_more_elsewhere() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(2 * MIB, 9);
+    let metainfo = metainfo_of(&data);
+    // 1 KiB/s once the limiter's burst (one 1 MiB chunk, four pieces) is spent: the copies
+    // asked for after that stay in flight.
+    let agent = swarm
+        .seeder_with_slots(
+            &[&data],
+            false,
+            Some(ByteSize::kib(1)),
+            Faults::default(),
+            P2pConfig::default().upload_slots,
+        )
+        .await?;
+    let client = PeerClient::connect(format!("http://{}", agent.identity.addr)).await?;
+    let request = |index: u32, insist: bool| PieceRequest {
+        digest: metainfo.digest().to_string(),
+        index,
+        peer_id: format!("agent-{index}"),
+        insist,
+    };
+    for index in 4..8 {
+        let mut burst = client
+            .clone()
+            .get_piece(request(index, false))
+            .await?
+            .into_inner();
+        while burst.message().await?.is_some() {}
+    }
+    let mut copies = Vec::new();
+    for _ in 0..PIECE_COPIES {
+        copies.push(
+            client
+                .clone()
+                .get_piece(request(0, false))
+                .await?
+                .into_inner(),
+        );
+    }
+    let refused = client
+        .clone()
+        .get_piece(request(0, false))
+        .await
+        .err()
+        .context("a copy beyond the bound was served")?;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(
+        refused.metadata().get("shoal-instead").is_none(),
+        "{refused:?}"
+    );
+    assert_eq!(agent.metrics.elsewhere_answered(), 1);
+    assert_eq!(agent.metrics.busy_answered(), 0);
+    // Other pieces are served, and so is a request that insists.
+    let _other = client.clone().get_piece(request(1, false)).await?;
+    let insisting = client.clone().get_piece(request(0, true)).await?;
+    assert_eq!(agent.metrics.elsewhere_answered(), 1);
+    // A copy that ends gives its place back (the insisting one counts too).
+    drop(insisting);
+    drop(copies.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.clone().get_piece(request(0, false)).await {
+            Ok(_) => break,
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => bail!("a copy was given back, yet: {status}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origins_peer_service_answers_elsewhere_in_a_crowd_and_serves_an_insisting_request()
 -> Result<()> {
     let mut swarm = Swarm::new();
@@ -962,7 +1043,7 @@ async fn a_lying_metainfo_never_gets_its_blob_served_whole() -> Result<()> {
             P2pConfig::default().upload_slots,
             P2pMetrics::new(&mut Registry::default()),
             Faults::default(),
-            None,
+            Spread::Unbounded,
         )))
         .await?;
     let origin = Identity::random(addr.to_string(), true);

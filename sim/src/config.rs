@@ -7,7 +7,7 @@ use serde::Serialize;
 use shoal_core::piece_length_for;
 use shoal_swarm::scheduler::SchedulerConfig;
 use shoal_swarm::seeding::SeedingConfig;
-use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
+use shoal_swarm::slots::{DEFAULT_UPLOAD_SLOTS, PIECE_COPIES};
 use thiserror::Error;
 
 /// How the tracker picks the peers one announce answers with.
@@ -103,6 +103,9 @@ pub struct SimConfig {
     pub upload_slots: usize,
     /// The same for origins.
     pub origin_upload_slots: usize,
+    /// Copies of one piece an agent uploads at once (`shoal_swarm::slots::PIECE_COPIES`);
+    /// further requests for it are answered "elsewhere" unless they insist. None: unbounded.
+    pub piece_copies: Option<usize>,
     #[serde(skip)]
     pub scheduler: SchedulerConfig,
     /// The origins' super-seeding policy (`shoal_swarm::seeding`, as the origin's peer service
@@ -138,6 +141,7 @@ impl Default for SimConfig {
             churn: Churn::default(),
             upload_slots: DEFAULT_UPLOAD_SLOTS,
             origin_upload_slots: DEFAULT_UPLOAD_SLOTS,
+            piece_copies: Some(PIECE_COPIES),
             scheduler: SchedulerConfig::default(),
             seeding: Some(SeedingConfig::default()),
             client_rate: None,
@@ -206,6 +210,7 @@ impl SimConfig {
             ("piece length", self.piece_length == Some(0)),
             ("upload slots", self.upload_slots == 0),
             ("origin upload slots", self.origin_upload_slots == 0),
+            ("piece copies", self.piece_copies == Some(0)),
             ("origins", self.origins == 0),
             ("tracker replicas", self.tracker.replicas == 0),
             ("tracker handout limit", self.tracker.handout_limit == 0),

@@ -10,7 +10,7 @@ use clap::Parser;
 use shoal_sim::{Churn, HandoutPolicy, SimConfig, TrackerModel, simulate};
 use shoal_swarm::scheduler::SchedulerConfig;
 use shoal_swarm::seeding::SeedingConfig;
-use shoal_swarm::slots::DEFAULT_UPLOAD_SLOTS;
+use shoal_swarm::slots::{DEFAULT_UPLOAD_SLOTS, PIECE_COPIES};
 
 /// Simulates N agents pulling one blob through Shoal's scheduler, in virtual time.
 #[derive(Parser, Debug)]
@@ -79,6 +79,10 @@ struct Args {
     /// Pieces an origin uploads at once (the origin's `p2p.upload_slots`).
     #[arg(long, default_value_t = DEFAULT_UPLOAD_SLOTS)]
     origin_upload_slots: usize,
+    /// Copies of one piece an agent uploads at once; more requests for it are answered
+    /// "elsewhere" (`0`: unbounded).
+    #[arg(long, default_value_t = PIECE_COPIES)]
+    piece_copies: usize,
     /// Origins owning the blob (the tracker hands out only these).
     #[arg(long, default_value_t = 3)]
     replicas: u32,
@@ -216,6 +220,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }),
         upload_slots: args.upload_slots,
         origin_upload_slots: args.origin_upload_slots,
+        piece_copies: (args.piece_copies > 0).then_some(args.piece_copies),
         client_rate: args.client_rate,
         time_limit: args.time_limit,
         seed: args.seed,

@@ -132,6 +132,9 @@ pub struct Report {
     pub churn: ChurnReport,
     /// Requests origins answered "get it elsewhere" (`shoal_swarm::seeding`).
     pub elsewhere_from_origins: u64,
+    /// Requests agents answered "elsewhere" for their bound of copies of the piece
+    /// (`shoal_swarm::slots::PIECE_COPIES`).
+    pub elsewhere_from_agents: u64,
     /// Requests to origins that insisted (refused before, and still held by no peer in reach).
     pub insisting_to_origins: u64,
     /// Virtual time when the last agent completed (or the run stopped), seconds.
@@ -202,8 +205,8 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "elsewhere answers from origins: {}; requests that insisted: {}",
-            self.elsewhere_from_origins, self.insisting_to_origins
+            "elsewhere answers from origins: {}, from agents (copies of a piece): {}; requests that insisted: {}",
+            self.elsewhere_from_origins, self.elsewhere_from_agents, self.insisting_to_origins
         )?;
         write!(
             f,

@@ -102,8 +102,12 @@ pub struct Swarm {
     /// Each origin's ledger of the blob (`shoal_swarm::seeding`), when the policy is on.
     ledgers: Vec<Ledger>,
     elsewhere_from_origins: u64,
+    /// Requests agents answered "elsewhere" for their bound of copies of the piece.
+    elsewhere_from_agents: u64,
     insisting_to_origins: u64,
     uplinks: UplinkMeter,
+    /// Uploads in flight per (sender, piece), for agents' bound on copies of one piece.
+    copies: HashMap<(u32, u32), usize>,
 }
 
 /// Measures the agents' uploads against what the agents present could upload, once a second of
@@ -242,11 +246,13 @@ impl Swarm {
                 .map(|o| Ledger::with_share(pieces, o, config.origins.min(config.tracker.replicas)))
                 .collect(),
             elsewhere_from_origins: 0,
+            elsewhere_from_agents: 0,
             insisting_to_origins: 0,
             uplinks: UplinkMeter {
                 next: SECOND,
                 ..UplinkMeter::default()
             },
+            copies: HashMap::new(),
             config,
         })
     }
@@ -447,6 +453,7 @@ impl Swarm {
                 self.nodes[receiver as usize]
                     .requests
                     .retain(|&(_, _, f)| f != flow);
+                self.uncount(sender, piece);
                 let newly = !self.have(receiver).get(piece);
                 let peer = self.ids[sender as usize].clone();
                 // The model folds the request's trip into the delivery's latency, so a
@@ -581,6 +588,7 @@ impl Swarm {
                 if sender == node {
                     requests.swap_remove(at);
                     self.flows.remove(now, flow);
+                    self.copies.remove(&(sender, piece));
                     self.queue.push(
                         reset,
                         SimEvent::Failed {
@@ -704,6 +712,27 @@ impl Swarm {
                     );
                     return;
                 }
+                // An agent bounds its copies of one piece, as its peer service does.
+                if !origin
+                    && let Some(cap) = self.config.piece_copies
+                    && slots::crowded(
+                        self.copies.get(&(sender, piece)).copied().unwrap_or(0),
+                        cap,
+                        insist,
+                    )
+                {
+                    self.elsewhere_from_agents += 1;
+                    self.queue.push(
+                        now + 2 * self.latency,
+                        SimEvent::Elsewhere {
+                            node,
+                            sender,
+                            piece,
+                            instead: None,
+                        },
+                    );
+                    return;
+                }
                 // An origin with a free slot applies the super-seeding policy, as the peer
                 // service does after taking the slot.
                 if origin
@@ -765,21 +794,32 @@ impl Swarm {
     fn request(&mut self, node: u32, sender: u32, piece: u32) {
         let bytes = self.piece_bytes(piece);
         let flow = self.flows.start(self.now, sender, node, piece, bytes);
+        *self.copies.entry((sender, piece)).or_default() += 1;
         self.nodes[node as usize]
             .requests
             .push((sender, piece, flow));
     }
 
     fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
-        let requests = &mut self.nodes[node as usize].requests;
         let mut at = 0;
-        while at < requests.len() {
-            let (sender, piece, flow) = requests[at];
+        while at < self.nodes[node as usize].requests.len() {
+            let (sender, piece, flow) = self.nodes[node as usize].requests[at];
             if matches(sender, piece) {
-                requests.swap_remove(at);
+                self.nodes[node as usize].requests.swap_remove(at);
                 self.flows.remove(self.now, flow);
+                self.uncount(sender, piece);
             } else {
                 at += 1;
+            }
+        }
+    }
+
+    /// One upload of `piece` by `sender` ended (delivered, cancelled or failed).
+    fn uncount(&mut self, sender: u32, piece: u32) {
+        if let Some(count) = self.copies.get_mut(&(sender, piece)) {
+            *count -= 1;
+            if *count == 0 {
+                self.copies.remove(&(sender, piece));
             }
         }
     }
@@ -834,6 +874,7 @@ impl Swarm {
             busy_from_agents: self.busy_from_agents,
             churn: self.churn.clone(),
             elsewhere_from_origins: self.elsewhere_from_origins,
+            elsewhere_from_agents: self.elsewhere_from_agents,
             insisting_to_origins: self.insisting_to_origins,
             virtual_seconds: self.now as f64 / 1e9,
             events: self.queue.processed(),

@@ -208,3 +208,20 @@ fn a_lone_agents_uplink_is_metered_idle() {
     assert_eq!(report.uplinks.before_first_complete, Some(0.0), "{report}");
     assert_eq!(report.uplinks.per_second, vec![0.0], "{report}");
 }
+
+#[test]
+fn agents_bound_their_copies_of_a_piece_and_everyone_completes() {
+    let mut config = small(40, 3);
+    config.piece_copies = Some(1);
+    let report = simulate(config.clone()).expect("valid config");
+    assert_eq!(report.complete, 40, "{report}");
+    assert!(report.elsewhere_from_agents > 0, "{report}");
+    config.piece_copies = None;
+    let report = simulate(config.clone()).expect("valid config");
+    assert_eq!(report.elsewhere_from_agents, 0, "{report}");
+    config.piece_copies = Some(0);
+    assert!(
+        simulate(config).is_err(),
+        "a bound of no copies serves nothing"
+    );
+}

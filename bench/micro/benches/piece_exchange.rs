@@ -17,7 +17,10 @@ use futures::{StreamExt, TryStreamExt};
 use prometheus_client::registry::Registry;
 use shoal_core::Metainfo;
 use shoal_microbench::{MIB, RepeatedBlob};
-use shoal_p2p::{Faults, Limiter, P2pConfig, P2pMetrics, PieceSource, StoreSource, peer_service};
+use shoal_p2p::{
+    Faults, Limiter, P2pConfig, P2pMetrics, PIECE_COPIES, PieceSource, Spread, StoreSource,
+    peer_service,
+};
 use shoal_proto::v1::PieceRequest;
 use shoal_storage::BlobStore;
 use shoal_tls::generate::Authority;
@@ -103,7 +106,8 @@ fn fixture(mtls: bool) -> Fixture {
             P2pConfig::default().upload_slots,
             P2pMetrics::new(&mut Registry::default()),
             Faults::default(),
-            None,
+            // An agent's: agents serve agents in a swarm.
+            Spread::PieceCopies(PIECE_COPIES),
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
