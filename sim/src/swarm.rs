@@ -712,40 +712,34 @@ impl Swarm {
                     );
                     return;
                 }
-                // An agent bounds its copies of one piece, as its peer service does.
-                if !origin
-                    && let Some(cap) = self.config.piece_copies
-                    && slots::crowded(
-                        self.copies.get(&(sender, piece)).copied().unwrap_or(0),
-                        cap,
-                        insist,
-                    )
-                {
-                    self.elsewhere_from_agents += 1;
-                    self.queue.push(
-                        now + 2 * self.latency,
-                        SimEvent::Elsewhere {
-                            node,
-                            sender,
+                // An agent bounds its copies of one piece, and an origin applies its
+                // super-seeding policy, as their peer services do after taking the slot.
+                let elsewhere = if origin {
+                    self.config.seeding.as_ref().and_then(|seeding| {
+                        match self.ledgers[sender as usize].decide(
+                            seeding,
+                            u64::from(node),
                             piece,
-                            instead: None,
-                        },
-                    );
-                    return;
-                }
-                // An origin with a free slot applies the super-seeding policy, as the peer
-                // service does after taking the slot.
-                if origin
-                    && let Some(seeding) = &self.config.seeding
-                    && let Decision::Elsewhere { instead } = self.ledgers[sender as usize].decide(
-                        seeding,
-                        u64::from(node),
-                        piece,
-                        insist,
-                        now / 1_000_000,
-                    )
-                {
-                    self.elsewhere_from_origins += 1;
+                            insist,
+                            now / 1_000_000,
+                        ) {
+                            Decision::Elsewhere { instead } => Some(instead),
+                            Decision::Serve => None,
+                        }
+                    })
+                } else {
+                    let copies = self.copies.get(&(sender, piece)).copied().unwrap_or(0);
+                    self.config
+                        .piece_copies
+                        .filter(|&cap| slots::crowded(copies, cap, insist))
+                        .map(|_| None)
+                };
+                if let Some(instead) = elsewhere {
+                    if origin {
+                        self.elsewhere_from_origins += 1;
+                    } else {
+                        self.elsewhere_from_agents += 1;
+                    }
                     self.queue.push(
                         now + 2 * self.latency,
                         SimEvent::Elsewhere {
