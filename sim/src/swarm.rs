@@ -20,6 +20,7 @@
 //! an agent that completes and does not leave keeps seeding for the rest of the run.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::Xoshiro256PlusPlus;
@@ -29,7 +30,7 @@ use shoal_swarm::announce::next_announce;
 use shoal_swarm::notices;
 use shoal_swarm::scheduler::{Action, Event, PeerCandidate, Scheduler};
 use shoal_swarm::seeding::{Decision, Ledger};
-use shoal_swarm::slots;
+use shoal_swarm::slots::{self, PieceCopies, PieceCopy};
 
 use crate::churn::{self, Exit};
 use crate::config::{ConfigError, SimConfig};
@@ -51,8 +52,8 @@ struct Node {
     scheduler: Option<Scheduler>,
     arrived: Nanos,
     completed: Option<Nanos>,
-    /// This node's requests in flight: (sender, piece, transfer).
-    requests: Vec<(u32, u32, FlowRef)>,
+    /// This node's requests in flight.
+    requests: Vec<Request>,
     /// Agents holding a session with this agent, told about each piece it gains.
     subscribers: Vec<u32>,
     /// Whether and when it leaves (origins: `Stays`; one may die apart from this).
@@ -69,6 +70,15 @@ struct Node {
     haves_pending: Vec<u32>,
     /// The client streaming the blob out of this agent, when the run models one.
     reader: Option<Reader>,
+}
+
+/// A request in flight: its transfer, and the sender's count of the piece's copies (an agent's,
+/// when the run bounds them), given back when the request ends.
+struct Request {
+    sender: u32,
+    piece: u32,
+    flow: FlowRef,
+    _copy: Option<PieceCopy<(u32, u32)>>,
 }
 
 /// One simulation run in progress.
@@ -106,8 +116,9 @@ pub struct Swarm {
     elsewhere_from_agents: u64,
     insisting_to_origins: u64,
     uplinks: UplinkMeter,
-    /// Uploads in flight per (sender, piece), for agents' bound on copies of one piece.
-    copies: HashMap<(u32, u32), usize>,
+    /// Agents' uploads in flight per (sender, piece), when the run bounds their copies of one
+    /// piece (the peer service's own count).
+    copies: Option<Arc<PieceCopies<(u32, u32)>>>,
 }
 
 /// Measures the agents' uploads against what the agents present could upload, once a second of
@@ -252,7 +263,7 @@ impl Swarm {
                 next: SECOND,
                 ..UplinkMeter::default()
             },
-            copies: HashMap::new(),
+            copies: config.piece_copies.map(PieceCopies::new),
             config,
         })
     }
@@ -452,8 +463,7 @@ impl Swarm {
                 self.flows.remove(now, flow);
                 self.nodes[receiver as usize]
                     .requests
-                    .retain(|&(_, _, f)| f != flow);
-                self.uncount(sender, piece);
+                    .retain(|request| request.flow != flow);
                 let newly = !self.have(receiver).get(piece);
                 let peer = self.ids[sender as usize].clone();
                 // The model folds the request's trip into the delivery's latency, so a
@@ -584,11 +594,15 @@ impl Swarm {
             let requests = &mut self.nodes[receiver as usize].requests;
             let mut at = 0;
             while at < requests.len() {
-                let (sender, piece, flow) = requests[at];
+                let Request {
+                    sender,
+                    piece,
+                    flow,
+                    ..
+                } = requests[at];
                 if sender == node {
                     requests.swap_remove(at);
                     self.flows.remove(now, flow);
-                    self.copies.remove(&(sender, piece));
                     self.queue.push(
                         reset,
                         SimEvent::Failed {
@@ -714,6 +728,7 @@ impl Swarm {
                 }
                 // An agent bounds its copies of one piece, and an origin applies its
                 // super-seeding policy, as their peer services do after taking the slot.
+                let mut copy = None;
                 let elsewhere = if origin {
                     self.config.seeding.as_ref().and_then(|seeding| {
                         match self.ledgers[sender as usize].decide(
@@ -727,12 +742,11 @@ impl Swarm {
                             Decision::Serve => None,
                         }
                     })
+                } else if let Some(copies) = &self.copies {
+                    copy = copies.try_take((sender, piece), insist);
+                    copy.is_none().then_some(None)
                 } else {
-                    let copies = self.copies.get(&(sender, piece)).copied().unwrap_or(0);
-                    self.config
-                        .piece_copies
-                        .filter(|&cap| slots::crowded(copies, cap, insist))
-                        .map(|_| None)
+                    None
                 };
                 if let Some(instead) = elsewhere {
                     if origin {
@@ -751,7 +765,7 @@ impl Swarm {
                     );
                     return;
                 }
-                self.request(node, sender, piece);
+                self.request(node, sender, piece, copy);
             }
             Action::Cancel { peer, piece } => {
                 if let Some(sender) = self.node_of(&peer) {
@@ -785,35 +799,32 @@ impl Swarm {
         }
     }
 
-    fn request(&mut self, node: u32, sender: u32, piece: u32) {
+    fn request(&mut self, node: u32, sender: u32, piece: u32, copy: Option<PieceCopy<(u32, u32)>>) {
         let bytes = self.piece_bytes(piece);
         let flow = self.flows.start(self.now, sender, node, piece, bytes);
-        *self.copies.entry((sender, piece)).or_default() += 1;
-        self.nodes[node as usize]
-            .requests
-            .push((sender, piece, flow));
+        self.nodes[node as usize].requests.push(Request {
+            sender,
+            piece,
+            flow,
+            _copy: copy,
+        });
     }
 
     fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
+        let requests = &mut self.nodes[node as usize].requests;
         let mut at = 0;
-        while at < self.nodes[node as usize].requests.len() {
-            let (sender, piece, flow) = self.nodes[node as usize].requests[at];
+        while at < requests.len() {
+            let Request {
+                sender,
+                piece,
+                flow,
+                ..
+            } = requests[at];
             if matches(sender, piece) {
-                self.nodes[node as usize].requests.swap_remove(at);
+                requests.swap_remove(at);
                 self.flows.remove(self.now, flow);
-                self.uncount(sender, piece);
             } else {
                 at += 1;
-            }
-        }
-    }
-
-    /// One upload of `piece` by `sender` ended (delivered, cancelled or failed).
-    fn uncount(&mut self, sender: u32, piece: u32) {
-        if let Some(count) = self.copies.get_mut(&(sender, piece)) {
-            *count -= 1;
-            if *count == 0 {
-                self.copies.remove(&(sender, piece));
             }
         }
     }

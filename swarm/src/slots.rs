@@ -62,19 +62,22 @@ impl<K: Hash + Eq + Clone> PieceCopies<K> {
     /// "elsewhere".
     pub fn try_take(self: &Arc<Self>, key: K, insist: bool) -> Option<PieceCopy<K>> {
         let mut copies = self.lock();
-        let count = copies.entry(key.clone()).or_default();
-        if crowded(*count, self.cap, insist) {
+        // Looked up before counting, so a refusal leaves no entry behind.
+        if crowded(copies.get(&key).copied().unwrap_or(0), self.cap, insist) {
             return None;
         }
-        *count += 1;
+        *copies.entry(key.clone()).or_default() += 1;
         Some(PieceCopy {
             copies: Arc::clone(self),
             key,
         })
     }
+}
 
+impl<K: Hash + Eq> PieceCopies<K> {
     /// Uploads of `key` in flight.
-    pub fn in_flight(&self, key: &K) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self, key: &K) -> usize {
         self.lock().get(key).copied().unwrap_or(0)
     }
 
@@ -86,7 +89,7 @@ impl<K: Hash + Eq + Clone> PieceCopies<K> {
 
 impl<K: Hash + Eq> Drop for PieceCopy<K> {
     fn drop(&mut self) {
-        let mut copies = self.copies.copies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut copies = self.copies.lock();
         if let Some(count) = copies.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
@@ -180,12 +183,16 @@ mod tests {
     }
 
     #[test]
-    fn a_piece_whose_copies_are_all_given_back_is_forgotten() {
+    fn a_piece_whose_copies_are_all_given_back_or_refused_is_forgotten() {
         let copies = PieceCopies::new(1);
         for piece in 0..100 {
             drop(copies.try_take(("a", piece), false));
         }
         assert!(copies.lock().is_empty());
+        // A bound of none refuses every copy that does not insist, and counts nothing.
+        let none = PieceCopies::new(0);
+        assert!(none.try_take(("a", 0), false).is_none());
+        assert!(none.lock().is_empty());
     }
 
     #[test]
