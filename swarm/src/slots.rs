@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Pieces served at once by default (`p2p.upload_slots`). Every upload in flight shares the link:
-/// 32 pieces of 4 MiB on a 100 Mbit/s link take 11 s, inside the 15 s piece timeout, and on a
-/// fast link 32 keep it full; beyond that, queueing more only delays them all.
-pub const DEFAULT_UPLOAD_SLOTS: usize = 32;
+/// 40 pieces of 4 MiB on a 100 Mbit/s link take 13.4 s, inside the 15 s piece timeout. In a
+/// crowd more slots mean fewer busy answers, so fewer downloaders hold too few transfers to
+/// fill their link: in the simulator (docs/BENCHMARKS.md, 2026-12-04) 40 rather than 32 took
+/// p99 at 1,000-2,600 agents from 1.32-1.34× to 1.27-1.29× of S/B, for a median up to 0.8 % later.
+pub const DEFAULT_UPLOAD_SLOTS: usize = 40;
 
 /// Copies of one piece an agent uploads at once. In a crowd's first second every downloader
-/// wants the few pieces anyone holds yet: one holder's link shared by 32 copies of its one piece
-/// delivers each copy, and so the next holders, 4× later than 8 copies do, so pieces spread
-/// slower. In the simulator (docs/BENCHMARKS.md, 2026-12-04) 8 took 1,000 agents' p50 from
+/// wants the few pieces anyone holds yet: one holder's link shared by all its slots' copies of
+/// its one piece delivers each copy, and so the next holders, 4-5× later than 8 copies do, so
+/// pieces spread slower. In the simulator (docs/BENCHMARKS.md, 2026-12-04) 8 took 1,000 agents' p50 from
 /// 1.147× to 1.129× of S/B over three seeds; 1 and 2 were worse, 4 and 8 alike.
 pub const PIECE_COPIES: usize = 8;
 

@@ -134,7 +134,7 @@ impl Default for SchedulerConfig {
             max_peers: 64,
             // The depth adapts per peer (`depth.rs`): a crowded seeder gets one request, a
             // lone fast one as many as its round trip needs. Eight cover a round trip of seven
-            // pieces' time (4 MiB pieces at 1 GB/s: 28 ms), and stay well inside a peer's 32
+            // pieces' time (4 MiB pieces at 1 GB/s: 28 ms), and stay well inside a peer's 40
             // upload slots.
             max_pipeline: 8,
             // A piece of up to 16 MiB at a slow-but-healthy 2 MiB/s takes ~8 s; 15 s only fails
