@@ -591,30 +591,18 @@ impl Swarm {
         }
         // Pieces in flight from it fail at their receivers.
         for receiver in self.origins..self.nodes.len() as u32 {
-            let requests = &mut self.nodes[receiver as usize].requests;
-            let mut at = 0;
-            while at < requests.len() {
-                let Request {
-                    sender,
-                    piece,
-                    flow,
-                    ..
-                } = requests[at];
-                if sender == node {
-                    requests.swap_remove(at);
-                    self.flows.remove(now, flow);
-                    self.queue.push(
-                        reset,
-                        SimEvent::Failed {
-                            node: receiver,
-                            sender,
-                            piece,
-                        },
-                    );
-                } else {
-                    at += 1;
-                }
-            }
+            self.drop_requests_then(
+                receiver,
+                |sender, _| sender == node,
+                |queue, sender, piece| {
+                    let failed = SimEvent::Failed {
+                        node: receiver,
+                        sender,
+                        piece,
+                    };
+                    queue.push(reset, failed);
+                },
+            );
         }
         if node >= self.origins {
             self.queue.push(expires.max(now), SimEvent::Expire { node });
@@ -811,6 +799,17 @@ impl Swarm {
     }
 
     fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
+        self.drop_requests_then(node, matches, |_, _, _| {});
+    }
+
+    /// Drops `node`'s requests that `matches` (sender, piece), ending their flows, and calls
+    /// `dropped` with the queue, sender and piece of each.
+    fn drop_requests_then(
+        &mut self,
+        node: u32,
+        matches: impl Fn(u32, u32) -> bool,
+        mut dropped: impl FnMut(&mut Queue, u32, u32),
+    ) {
         let requests = &mut self.nodes[node as usize].requests;
         let mut at = 0;
         while at < requests.len() {
@@ -823,6 +822,7 @@ impl Swarm {
             if matches(sender, piece) {
                 requests.swap_remove(at);
                 self.flows.remove(self.now, flow);
+                dropped(&mut self.queue, sender, piece);
             } else {
                 at += 1;
             }
