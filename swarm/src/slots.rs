@@ -22,8 +22,9 @@ pub const DEFAULT_UPLOAD_SLOTS: usize = 40;
 /// Copies of one piece an agent uploads at once. In a crowd's first second every downloader
 /// wants the few pieces anyone holds yet: one holder's link shared by all its slots' copies of
 /// its one piece delivers each copy, and so the next holders, 4-5× later than 8 copies do, so
-/// pieces spread slower. In the simulator (docs/BENCHMARKS.md, 2026-12-04) 8 took 1,000 agents' p50 from
-/// 1.147× to 1.129× of S/B over three seeds; 1 and 2 were worse, 4 and 8 alike.
+/// pieces spread slower. In the simulator (docs/BENCHMARKS.md, 2026-12-04) 8 took 1,000
+/// agents' p50 from 1.147× to 1.129× of S/B over three seeds; 1 and 2 were worse, 4 and 8
+/// alike.
 pub const PIECE_COPIES: usize = 8;
 
 /// Whether a peer serving `in_flight` pieces with `slots` upload slots answers a new request busy.
