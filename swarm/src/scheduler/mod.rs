@@ -7,7 +7,10 @@
 //! Policy: connect to discovered agents up to `max_peers`; origins are connected (beyond the
 //! cap) only as the last resort — once no agent connection has been pending for less than a
 //! short grace (a hung peer's handshake never holds it up) and either fewer than two connected
-//! agents hold pieces we miss, or some missing piece is held by no connected agent. Then every
+//! agents hold pieces we miss, or some missing piece is held by no connected agent or has timed
+//! out at agents twice (hung agents swapped for each other past the cap would otherwise always
+//! "hold" it; such a piece is asked of an origin first, of no agent while one would serve it).
+//! Then every
 //! origin the tracker handed out (the blob's owners) is connected, one attempt at a time: in a
 //! crowd each owner sends only its share of the pieces (`crate::seeding`), so a downloader that
 //! asks one owner waits for the rest of the pieces to come round through other agents. An
@@ -37,7 +40,8 @@
 //! and departures refill every peer, O(max_peers × max_pipeline × log pieces) when peers hold most
 //! pieces; a connect or departure adds O(pieces the peer holds). A peer with free slots whose
 //! pieces are all in flight elsewhere can cost a scan of the unrequested pieces
-//! (O(pieces / 8) for sparse peers). Nothing is O(pieces × peers).
+//! (O(pieces / 8) for sparse peers). Pieces that timed out at agents twice (none in a healthy
+//! swarm) add O(those pieces × peers) to an agent's fill. Nothing is O(pieces × peers).
 
 mod depth;
 mod peers;
@@ -696,6 +700,9 @@ impl Scheduler {
                         peer: peer.id.clone(),
                         piece,
                     });
+                    if !peer.origin {
+                        self.pieces.timed_out_at_agent(piece);
+                    }
                 }
                 self.fail_request(now_ms, slot, piece, out);
             }
@@ -838,20 +845,34 @@ impl Scheduler {
         // agents only: in a crowd every download's window starts at the same pieces, and asked
         // of the origins they would send those first (1,000 simulated agents, 4 pieces ahead:
         // p99 1.43× S/B, against 1.38× from agents only).
-        let mut picks = if order == Order::RarestFirst && !origin {
-            self.pieces.pick_stream(peer, want)
+        // Pieces that keep timing out at agents go to an origin first, and agents are not asked
+        // for them while a connected origin would be.
+        let (mut picks, skip) = if origin {
+            (self.pieces.pick_stalled(peer, want), Vec::new())
         } else {
-            Vec::new()
+            let skip: Vec<u32> = (self.pieces.stalled().iter().copied())
+                .filter(|&piece| self.peers.origin_holds(piece))
+                .collect();
+            (Vec::new(), skip)
         };
-        let rest = self.pieces.pick(peer, want, agentless_only, order);
+        let wanted = want + skip.len();
+        if order == Order::RarestFirst && !origin {
+            picks = self.pieces.pick_stream(peer, wanted);
+        }
+        let rest = self.pieces.pick(peer, wanted, agentless_only, order);
         let rest: Vec<u32> = rest.into_iter().filter(|p| !picks.contains(p)).collect();
         picks.extend(rest);
+        picks.retain(|piece| !skip.contains(piece));
         picks.truncate(want);
         if picks.len() < want && self.in_endgame() {
             let more = want - picks.len();
+            let duplicates =
+                (self.pieces).pick_duplicates(peer, slot, more + skip.len(), agentless_only);
             picks.extend(
-                self.pieces
-                    .pick_duplicates(peer, slot, more, agentless_only),
+                duplicates
+                    .into_iter()
+                    .filter(|piece| !skip.contains(piece))
+                    .take(more),
             );
         }
         let Some(peer) = self.peers.get_mut(slot) else {
@@ -859,8 +880,11 @@ impl Scheduler {
         };
         for piece in picks {
             peer.add_request(now_ms, piece);
-            // A piece this peer sent us elsewhere, that no connected agent got meanwhile.
-            let insist = peer.refused.remove(&piece) && self.pieces.agent_holders(piece) == 0;
+            // A piece this peer sent us elsewhere, that no connected agent got (or could send)
+            // meanwhile.
+            let insist = peer.refused.remove(&piece)
+                && (self.pieces.agent_holders(piece) == 0
+                    || self.pieces.stalled().contains(&piece));
             self.pieces.request(piece, slot);
             out.push(Action::Request {
                 peer: peer.id.clone(),
@@ -884,7 +908,9 @@ impl Scheduler {
         // count: a peer that accepts TCP and never answers must not keep us from them. With
         // one owner connected, 20 simulated agents and 3 owners finished at 1.38× of S/B (the
         // owners' shares came round late); with every owner, 1.06× (docs/BENCHMARKS.md).
-        let origin_needed = (self.pieces.agentless() > 0 || self.peers.useful_agents() < 2)
+        let origin_needed = (self.pieces.agentless() > 0
+            || !self.pieces.stalled().is_empty()
+            || self.peers.useful_agents() < 2)
             && !self.agent_connection_fresh(now_ms);
         if origin_needed
             && self.candidates.connecting_origins() == 0

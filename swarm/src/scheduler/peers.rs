@@ -166,6 +166,17 @@ impl Peers {
         })
     }
 
+    /// Whether a connected origin would be asked for `piece` (O(peers); called for the few
+    /// pieces that keep timing out at agents).
+    pub(super) fn origin_holds(&self, piece: u32) -> bool {
+        self.origins > 0
+            && self
+                .slots
+                .iter()
+                .flatten()
+                .any(|peer| peer.origin && peer.holds(piece))
+    }
+
     /// Connected agents that hold a piece we miss.
     pub(super) fn useful_agents(&self) -> usize {
         self.slots

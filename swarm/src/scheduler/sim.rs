@@ -32,6 +32,8 @@ pub(super) enum Behaviour {
     Silent,
     /// Fails every other request.
     Flaky,
+    /// Fails every request (a peer whose disk lost the pieces it announced).
+    Failing,
 }
 
 struct SimPeer {
@@ -245,6 +247,7 @@ impl Sim {
         let event = match sim_peer.behaviour {
             Behaviour::Corrupt => Event::PieceCorrupt { peer, piece },
             Behaviour::Flaky if sim_peer.answered % 2 == 1 => Event::PieceFailed { peer, piece },
+            Behaviour::Failing => Event::PieceFailed { peer, piece },
             _ => Event::PieceDone {
                 peer,
                 piece,

@@ -517,6 +517,55 @@ fn an_origin_is_the_fallback_when_agents_are_gone() {
     assert_eq!(sim.requests_to("origin").len(), 10);
 }
 
+/// Agents that take piece requests and never answer, more of them than connections: each
+/// timeout swaps the silent agent for the next, so two connected agents always "hold" the
+/// missing pieces. A piece that timed out at agents twice goes to the origin instead.
+#[test]
+fn pieces_that_keep_timing_out_at_agents_come_from_the_origin() {
+    let config = SchedulerConfig {
+        max_peers: 4,
+        ..config()
+    };
+    let mut sim = Sim::new(4, bits(4, [0, 1]), config, 7);
+    for i in 0..5 {
+        sim.peer(
+            &format!("agent-{i}"),
+            bits(4, [2, 3]),
+            false,
+            Behaviour::Silent,
+        );
+    }
+    sim.peer("origin", Bitfield::full(4), true, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(5_000), "stalled at {:?}", sim.scheduler.have());
+    let from_origin: BTreeSet<u32> = sim.requests_to("origin").into_iter().collect();
+    assert_eq!(from_origin, BTreeSet::from([2, 3]));
+    // Two timeouts of 15 s each, then the origin at once.
+    assert!(sim.now <= 2 * 15_000 + 2_000, "took {} ms", sim.now);
+}
+
+/// Agents whose requests fail at once (as when an agent left) are dropped, and the origin
+/// rule sees they are gone: no piece is sent to the origin for their failures alone while a
+/// healthy agent holds it.
+#[test]
+fn pieces_failing_fast_at_agents_still_come_from_a_healthy_agent() {
+    let mut sim = Sim::new(6, Bitfield::new(6), config(), 8);
+    for i in 0..3 {
+        sim.peer(
+            &format!("gone-{i}"),
+            Bitfield::full(6),
+            false,
+            Behaviour::Failing,
+        );
+    }
+    sim.peer("a", Bitfield::full(6), false, Behaviour::Honest);
+    sim.peer("b", Bitfield::full(6), false, Behaviour::Honest);
+    sim.peer("origin", Bitfield::full(6), true, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(5_000), "stalled at {:?}", sim.scheduler.have());
+    assert!(sim.requests_to("origin").is_empty());
+}
+
 #[test]
 fn connections_stop_at_max_peers() {
     let mut sim = Sim::new(10, Bitfield::new(10), config(), 17);
