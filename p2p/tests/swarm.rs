@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use bytesize::ByteSize;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prometheus_client::registry::Registry;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder, PeerId};
 use shoal_p2p::{
@@ -18,10 +18,11 @@ use shoal_p2p::{
     PieceSource, Seeding, SeedingConfig, Spread, StoreSource, peer_service,
 };
 use shoal_proto::v1::peer_client::PeerClient;
+use shoal_proto::v1::peer_server::{Peer, PeerServer};
 use shoal_proto::v1::tracker_server::{Tracker, TrackerServer};
 use shoal_proto::v1::{
-    AnnounceRequest, AnnounceResponse, MetainfoRequest, MetainfoResponse, PeerInfo, PieceRequest,
-    SessionRequest,
+    AnnounceRequest, AnnounceResponse, MetainfoRequest, MetainfoResponse, PeerInfo, PieceChunk,
+    PieceRequest, SessionEvent, SessionRequest, session_event,
 };
 use shoal_storage::{BlobStore, ByteStream};
 use tokio::net::TcpListener;
@@ -95,6 +96,52 @@ impl Tracker for FixedTracker {
                 .map(|h| h.as_bytes().to_vec())
                 .collect(),
         }))
+    }
+}
+
+/// A hung agent whose sessions still stand (its runtime answers HTTP/2 but its piece service is
+/// stuck): it answers every handshake with all `piece_count` pieces and never answers a piece
+/// request.
+struct MutePeer {
+    piece_count: u32,
+    stop: CancellationToken,
+}
+
+type Events<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Peer for MutePeer {
+    type SessionStream = Events<SessionEvent>;
+    type GetPieceStream = Events<PieceChunk>;
+
+    async fn session(
+        &self,
+        _: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let have = shoal_core::Bitfield::full(self.piece_count);
+        let bitfield = SessionEvent {
+            event: Some(session_event::Event::Bitfield(shoal_proto::v1::Bitfield {
+                peer_id: String::new(),
+                piece_count: self.piece_count,
+                bits: have.as_bytes().to_vec(),
+            })),
+        };
+        let stop = self.stop.clone().cancelled_owned();
+        let events = futures::stream::once(async { Ok(bitfield) }).chain(futures::stream::once(
+            async move {
+                stop.await;
+                Err(Status::unavailable("shutting down"))
+            },
+        ));
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn get_piece(
+        &self,
+        _: Request<PieceRequest>,
+    ) -> Result<Response<Self::GetPieceStream>, Status> {
+        self.stop.cancelled().await;
+        Err(Status::unavailable("shutting down"))
     }
 }
 
@@ -257,6 +304,24 @@ impl Swarm {
             identity: Identity::random(addr.to_string(), origin),
             store,
             metrics,
+        })
+    }
+
+    /// A [`MutePeer`] for a blob of `piece_count` pieces, as the tracker lists it: a complete
+    /// agent.
+    async fn mute_peer(&self, piece_count: u32, name: &str) -> Result<PeerInfo> {
+        let mute = MutePeer {
+            piece_count,
+            stop: self.shutdown.clone(),
+        };
+        let addr = self
+            .serve(Server::builder().add_service(PeerServer::new(mute)))
+            .await?;
+        Ok(PeerInfo {
+            peer_id: name.to_owned(),
+            addr: addr.to_string(),
+            origin: false,
+            complete: true,
         })
     }
 
@@ -849,6 +914,54 @@ async fn a_download_nobody_can_serve_fails_after_the_stall_timeout_instead_of_ha
     let err = result.expect_err("no peer can serve the blob");
     assert!(err.to_string().contains("no piece arrived"), "{err:#}");
     assert!(start.elapsed() >= Duration::from_secs(1));
+    Ok(())
+}
+
+/// More hung agents than a download has connections, each announcing every piece and never
+/// answering a request: every piece times out at one of them, then at the next, and is then asked
+/// of the origin, so the download completes (before, the origin was never asked while two
+/// connected agents announced the pieces, and the download failed at the stall timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_completes_from_the_origin_when_more_agents_than_connections_never_answer()
+-> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(6 * MIB, 11);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let origin = swarm
+        .seeder(&[&data], true, None, Faults::default())
+        .await?;
+    let scheduler = shoal_swarm::scheduler::SchedulerConfig {
+        piece_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut peers = vec![origin.info(true)];
+    for i in 0..scheduler.max_peers + 8 {
+        let piece_count = u32::try_from(metainfo.piece_count())?;
+        peers.push(swarm.mute_peer(piece_count, &format!("mute-{i}")).await?);
+    }
+    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let config = P2pConfig {
+        scheduler,
+        // Two timeouts of each piece take 2-3 s; only a download the origin never serves
+        // reaches this.
+        stall_timeout: Duration::from_secs(10),
+        ..P2pConfig::default()
+    };
+    let (engine, node) = swarm
+        .engine_with(listener, identity, &tracker, None, config)
+        .await?;
+    let blob = engine.fetch(&digest, None).await?;
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        collect(blob.stream(0..metainfo.length())),
+    )
+    .await
+    .context("the download hung")??;
+    assert!(got == data, "the blob differs");
+    assert_eq!(node.metrics.bytes_received(true), data.len() as u64);
+    assert_eq!(node.metrics.bytes_received(false), 0);
     Ok(())
 }
 
