@@ -20,6 +20,9 @@ pub(crate) enum Exit {
     Downloading { after: u32 },
     /// Its process exits as soon as it completes: it never seeds.
     Complete,
+    /// Its process stops answering once it has verified this many pieces (1 to all but one);
+    /// its sockets stay open.
+    Hangs { after: u32 },
 }
 
 /// One agent's part in the churn.
@@ -61,6 +64,13 @@ pub(crate) fn plan(churn: &Churn, agents: u32, pieces: u32, seed: u64) -> Vec<Ag
     for &agent in &order[downloading..downloading + complete] {
         plans[agent].exit = Exit::Complete;
     }
+    // Drawn after the leavers, so runs without hung agents draw what they drew before.
+    let leavers = downloading + complete;
+    let hanging = count(churn.hang_downloading, agents).min(agents - leavers);
+    for &agent in &order[leavers..leavers + hanging] {
+        let after = rng.random_range(1..pieces);
+        plans[agent].exit = Exit::Hangs { after };
+    }
     // Late joiners are drawn apart from the leavers: a late joiner may leave too.
     order.shuffle(&mut rng);
     let window = u64::try_from(churn.late_window.as_nanos()).unwrap_or(Nanos::MAX);
@@ -81,6 +91,7 @@ mod tests {
         let churn = Churn {
             leave_downloading: 0.2,
             leave_complete: 0.1,
+            hang_downloading: 0.05,
             late_join: 0.25,
             late_window: Duration::from_secs(4),
             origin_dies_at: None,
@@ -97,6 +108,15 @@ mod tests {
         assert!(leaving.iter().all(|&after| (1..10).contains(&after)));
         let complete = plans.iter().filter(|p| p.exit == Exit::Complete).count();
         assert_eq!(complete, 20);
+        let hanging: Vec<u32> = plans
+            .iter()
+            .filter_map(|p| match p.exit {
+                Exit::Hangs { after } => Some(after),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(hanging.len(), 10);
+        assert!(hanging.iter().all(|&after| (1..10).contains(&after)));
         let late: Vec<Nanos> = plans.iter().filter_map(|p| p.late).collect();
         assert_eq!(late.len(), 50);
         assert!(late.iter().all(|&at| at < 4_000_000_000));

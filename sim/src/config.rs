@@ -58,6 +58,11 @@ pub struct Churn {
     pub leave_downloading: f64,
     /// Share of the other agents that leave as soon as they complete, never seeding.
     pub leave_complete: f64,
+    /// Share of the other agents that hang mid-download, each once it has verified a uniformly
+    /// random number of pieces between 1 and all but one: the process stops answering but its
+    /// sockets stay open, so its sessions stand, requests to it and handshakes with it go
+    /// unanswered until the requester's timeouts, and its tracker record expires.
+    pub hang_downloading: f64,
     /// Share of agents that join late: uniformly within `late_window` after the start (instead
     /// of within `arrival_spread`). Drawn independently of the leavers.
     pub late_join: f64,
@@ -72,6 +77,7 @@ impl Churn {
     pub fn is_active(&self) -> bool {
         self.leave_downloading > 0.0
             || self.leave_complete > 0.0
+            || self.hang_downloading > 0.0
             || self.late_join > 0.0
             || self.origin_dies_at.is_some()
     }
@@ -169,11 +175,15 @@ pub enum ConfigError {
     #[error("{field} must be a share between 0 and 1 (got {value})")]
     Share { field: &'static str, value: f64 },
     #[error(
-        "agents leaving mid-download ({downloading}) and on completion ({complete}) add up to more than all agents"
+        "agents leaving mid-download ({downloading}), on completion ({complete}) and hanging ({hanging}) add up to more than all agents"
     )]
-    Leavers { downloading: f64, complete: f64 },
+    Leavers {
+        downloading: f64,
+        complete: f64,
+        hanging: f64,
+    },
     #[error(
-        "agents can leave mid-download only from a blob of at least 2 pieces (it has {pieces})"
+        "agents can leave or hang mid-download only from a blob of at least 2 pieces (it has {pieces})"
     )]
     NothingToLeaveFrom { pieces: u64 },
     #[error(
@@ -262,6 +272,7 @@ impl SimConfig {
         let shares = [
             ("agents leaving mid-download", churn.leave_downloading),
             ("agents leaving on completion", churn.leave_complete),
+            ("agents hanging mid-download", churn.hang_downloading),
             ("agents joining late", churn.late_join),
         ];
         for (field, value) in shares {
@@ -269,13 +280,15 @@ impl SimConfig {
                 return Err(ConfigError::Share { field, value });
             }
         }
-        if churn.leave_downloading + churn.leave_complete > 1.0 {
+        if churn.leave_downloading + churn.leave_complete + churn.hang_downloading > 1.0 {
             return Err(ConfigError::Leavers {
                 downloading: churn.leave_downloading,
                 complete: churn.leave_complete,
+                hanging: churn.hang_downloading,
             });
         }
-        if churn.leave_downloading > 0.0 && self.piece_count() < 2 {
+        if (churn.leave_downloading > 0.0 || churn.hang_downloading > 0.0) && self.piece_count() < 2
+        {
             return Err(ConfigError::NothingToLeaveFrom {
                 pieces: self.piece_count(),
             });
@@ -338,6 +351,7 @@ mod tests {
         let config = churning(Churn {
             leave_downloading: 0.2,
             leave_complete: 0.1,
+            hang_downloading: 0.05,
             late_join: 0.2,
             late_window: Duration::from_secs(5),
             origin_dies_at: Some(0.5),
@@ -365,6 +379,14 @@ mod tests {
                 matches!(config.validate(), Err(ConfigError::Share { field, .. }) if field.contains("late")),
                 "{bad}"
             );
+            let config = churning(Churn {
+                hang_downloading: bad,
+                ..Churn::default()
+            });
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Share { field, .. }) if field.contains("hanging")),
+                "{bad}"
+            );
         }
         for bad in [0.0, 1.01, f64::NAN] {
             let config = churning(Churn {
@@ -383,6 +405,15 @@ mod tests {
         let config = churning(Churn {
             leave_downloading: 0.6,
             leave_complete: 0.5,
+            ..Churn::default()
+        });
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Leavers { .. })
+        ));
+        let config = churning(Churn {
+            leave_downloading: 0.6,
+            hang_downloading: 0.5,
             ..Churn::default()
         });
         assert!(matches!(

@@ -64,6 +64,10 @@ struct Args {
     /// Churn: share of agents leaving as soon as they complete (they never seed).
     #[arg(long, default_value = "0", value_parser = share)]
     leave_complete: f64,
+    /// Churn: share of agents hanging mid-download, each after a random number of pieces: they
+    /// stop answering with their sockets open (sessions stand, requests and handshakes time out).
+    #[arg(long, default_value = "0", value_parser = share)]
+    hang_downloading: f64,
     /// Churn: share of agents joining late, uniformly within --late-window after the start.
     #[arg(long, default_value = "0", value_parser = share)]
     late_join: f64,
@@ -200,6 +204,7 @@ fn main() -> anyhow::Result<ExitCode> {
         churn: Churn {
             leave_downloading: args.leave_downloading,
             leave_complete: args.leave_complete,
+            hang_downloading: args.hang_downloading,
             late_join: args.late_join,
             late_window: args.late_window,
             origin_dies_at: args.origin_dies_at,

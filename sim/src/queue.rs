@@ -24,6 +24,8 @@ pub(crate) enum SimEvent {
     },
     /// A session opened by `node` to `peer` completed its handshake.
     Connected { node: u32, peer: u32 },
+    /// `node` gave up waiting for the handshake of `peer`, which hung.
+    ConnectTimedOut { node: u32, peer: u32 },
     /// Re-examine a receiver-bound flow: it may have finished (the entry's `seq` tells stale
     /// wake-ups apart).
     FlowWake { flow: u32 },
@@ -51,7 +53,7 @@ pub(crate) enum SimEvent {
     Dropped { node: u32, peer: u32 },
     /// `node`'s request for `piece` failed: `sender` left before or while sending it.
     Failed { node: u32, sender: u32, piece: u32 },
-    /// The tracker's record of `node`, which left, expires.
+    /// The tracker's record of `node`, which left or hung, expires.
     Expire { node: u32 },
 }
 

@@ -56,11 +56,14 @@ pub struct ChurnReport {
     pub left_downloading: u32,
     /// Agents that left as soon as they completed: in the percentiles, but never seeded.
     pub left_complete: u32,
+    /// Agents that hung mid-download: they never complete and are not in the percentiles.
+    pub hung_downloading: u32,
     pub late_joiners: u32,
     /// When origin 0 died, virtual seconds.
     pub origin_died_at: Option<f64>,
     /// Failure events the agents' schedulers were fed: sessions that ended (Disconnected),
-    /// connections to departed nodes (ConnectFailed), requests to them (PieceFailed).
+    /// connections to departed or hung nodes (ConnectFailed), requests to departed ones
+    /// (PieceFailed; requests to hung ones time out in the schedulers).
     pub disconnects: u64,
     pub connect_failures: u64,
     pub failed_requests: u64,
@@ -190,8 +193,12 @@ impl fmt::Display for Report {
         if !churn.is_empty() {
             write!(
                 f,
-                "churn: of {} agents, {} left mid-download, {} left on completing, {} joined late",
-                self.peers, churn.left_downloading, churn.left_complete, churn.late_joiners
+                "churn: of {} agents, {} left mid-download, {} left on completing, {} hung mid-download, {} joined late",
+                self.peers,
+                churn.left_downloading,
+                churn.left_complete,
+                churn.hung_downloading,
+                churn.late_joiners
             )?;
             match churn.origin_died_at {
                 Some(at) => writeln!(f, "; origin 0 died at {at:.2} s")?,

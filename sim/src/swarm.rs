@@ -58,8 +58,8 @@ struct Node {
     subscribers: Vec<u32>,
     /// Whether and when it leaves (origins: `Stays`; one may die apart from this).
     exit: Exit,
-    /// When its process exited.
-    left: Option<Nanos>,
+    /// Whether its process exited or hung: either way nothing of it runs any more.
+    left: Option<Gone>,
     /// Its last announce (when its tracker record was refreshed).
     announced: Nanos,
     /// Announces made so far (the second comes early: `shoal_swarm::announce`).
@@ -71,6 +71,19 @@ struct Node {
     /// The client streaming the blob out of this agent, when the run models one.
     reader: Option<Reader>,
 }
+
+/// How a node stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// Its process exited: its sockets close, so requests and connects to it fail at once.
+    Exited,
+    /// Its process stopped answering with its sockets open: sessions with it stand, requests
+    /// to it are never answered, and handshakes with it time out.
+    Hung,
+}
+
+/// How long the engine waits for a peer's handshake (`p2p/src/engine/session.rs`).
+const HANDSHAKE_TIMEOUT: Nanos = 5 * SECOND;
 
 /// A request in flight: its transfer, and the sender's count of the piece's copies (an agent's,
 /// when the run bounds them), given back when the request ends.
@@ -272,8 +285,11 @@ impl Swarm {
     pub fn run(mut self) -> Report {
         let started = Instant::now();
         let limit = nanos(self.config.time_limit);
-        // Agents that left mid-download never complete: the run ends when everyone else has.
-        while self.complete + self.churn.left_downloading < self.config.peers {
+        // Agents that left or hung mid-download never complete: the run ends when everyone else
+        // has.
+        while self.complete + self.churn.left_downloading + self.churn.hung_downloading
+            < self.config.peers
+        {
             let Some(time) = self.queue.peek_time() else {
                 break;
             };
@@ -385,11 +401,23 @@ impl Swarm {
                 if self.nodes[node as usize].left.is_some() {
                     return;
                 }
-                if self.nodes[peer as usize].left.is_some() {
-                    self.churn.connect_failures += u64::from(self.downloading(node));
-                    let peer = self.ids[peer as usize].clone();
-                    self.send(node, Event::ConnectFailed { peer });
-                    return;
+                match self.nodes[peer as usize].left {
+                    Some(Gone::Exited) => {
+                        self.churn.connect_failures += u64::from(self.downloading(node));
+                        let peer = self.ids[peer as usize].clone();
+                        self.send(node, Event::ConnectFailed { peer });
+                        return;
+                    }
+                    Some(Gone::Hung) => {
+                        // Its kernel accepts the connection; the handshake is never answered.
+                        let started = now.saturating_sub(2 * self.latency);
+                        self.queue.push(
+                            started + HANDSHAKE_TIMEOUT,
+                            SimEvent::ConnectTimedOut { node, peer },
+                        );
+                        return;
+                    }
+                    None => {}
                 }
                 if peer >= self.origins {
                     let subscribers = &mut self.nodes[peer as usize].subscribers;
@@ -400,6 +428,11 @@ impl Swarm {
                 let bitfield = self.have(peer).clone();
                 let peer = self.ids[peer as usize].clone();
                 self.send(node, Event::Connected { peer, bitfield });
+            }
+            SimEvent::ConnectTimedOut { node, peer } => {
+                self.churn.connect_failures += u64::from(self.downloading(node));
+                let peer = self.ids[peer as usize].clone();
+                self.send(node, Event::ConnectFailed { peer });
             }
             SimEvent::FlowWake { flow } => {
                 if let Some(done) = self.flows.wake(now, flow, seq, &mut self.queue) {
@@ -483,6 +516,13 @@ impl Swarm {
                         // It leaves with this piece, before telling anyone.
                         self.churn.left_downloading += 1;
                         self.depart(receiver);
+                        return;
+                    }
+                    if let Exit::Hangs { after } = self.nodes[receiver as usize].exit
+                        && self.have(receiver).count() >= after
+                    {
+                        self.churn.hung_downloading += 1;
+                        self.hang(receiver);
                         return;
                     }
                     self.read_on(receiver, now);
@@ -570,7 +610,7 @@ impl Swarm {
         let now = self.now;
         let reset = now + self.latency;
         let this = &mut self.nodes[node as usize];
-        this.left = Some(now);
+        this.left = Some(Gone::Exited);
         let complete = this.scheduler.is_none() || this.completed.is_some();
         let subscribers = std::mem::take(&mut this.subscribers);
         let expires = this.announced + nanos(self.config.tracker.peer_ttl);
@@ -607,6 +647,21 @@ impl Swarm {
         if node >= self.origins {
             self.queue.push(expires.max(now), SimEvent::Expire { node });
         }
+    }
+
+    /// `node`'s process stops answering now, its sockets open: its own downloads stop, the
+    /// pieces it was sending stop moving (their receivers hear nothing: their requests time
+    /// out), its sessions stand, and its tracker record expires as a departed agent's does.
+    fn hang(&mut self, node: u32) {
+        let this = &mut self.nodes[node as usize];
+        this.left = Some(Gone::Hung);
+        let expires = this.announced + nanos(self.config.tracker.peer_ttl);
+        self.drop_requests(node, |_, _| true);
+        for receiver in self.origins..self.nodes.len() as u32 {
+            self.drop_requests(receiver, |sender, _| sender == node);
+        }
+        self.queue
+            .push(expires.max(self.now), SimEvent::Expire { node });
     }
 
     /// Whether `node` is an agent still downloading: the one whose scheduler hears events.
@@ -677,6 +732,10 @@ impl Swarm {
                 let Some(sender) = self.node_of(&peer) else {
                     return;
                 };
+                if self.nodes[sender as usize].left == Some(Gone::Hung) {
+                    // Never answered: the scheduler's piece timeout cancels it.
+                    return;
+                }
                 if self.nodes[sender as usize].left.is_some() {
                     // Nobody listens there any more: refused a round trip later.
                     self.queue.push(
@@ -858,7 +917,7 @@ impl Swarm {
         let seconds = Distribution::of(&mut times);
         let read = Distribution::of(&mut read);
         let origin_egress: f64 = (0..self.origins).map(|o| self.flows.sent(o)).sum();
-        let stayed = self.config.peers - self.churn.left_downloading;
+        let stayed = self.config.peers - self.churn.left_downloading - self.churn.hung_downloading;
         Report {
             peers: self.config.peers,
             stayed,

@@ -1,6 +1,7 @@
 //! Churn on a small swarm (debug builds, a few seconds): agents leaving mid-download and on
-//! completion, late joiners and an origin dying half-way; every agent that stays completes, and
-//! a departed agent is handed out only until its tracker record expires.
+//! completion, agents hanging mid-download, late joiners and an origin dying half-way; every
+//! agent that stays completes, and a departed agent is handed out only until its tracker record
+//! expires.
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ fn every_agent_that_stays_completes_through_leavers_late_joiners_and_a_dead_orig
         Churn {
             leave_downloading: 0.2,
             leave_complete: 0.1,
+            hang_downloading: 0.0,
             late_join: 0.2,
             late_window: Duration::from_secs(2),
             origin_dies_at: Some(0.5),
@@ -108,4 +110,26 @@ fn the_tracker_stops_handing_out_a_departed_agent_when_its_record_expires() {
         expiring < lingering,
         "{expiring} failed connects with a 3.5 s TTL, {lingering} with 600 s"
     );
+}
+
+#[test]
+fn every_agent_that_does_not_hang_completes_beside_agents_that_hang_mid_download() {
+    let config = churning(
+        200,
+        Churn {
+            hang_downloading: 0.05,
+            ..Churn::default()
+        },
+    );
+    let report = simulate(config).expect("valid config");
+    assert_eq!(report.churn.hung_downloading, 10, "{report}");
+    assert_eq!(report.stayed, 190, "{report}");
+    assert!(report.every_stayer_complete, "{report}");
+    // A hung agent's sessions stand: nobody saw one drop, nor a request fail at once.
+    assert_eq!(report.churn.disconnects, 0, "{report}");
+    assert_eq!(report.churn.failed_requests, 0, "{report}");
+    // Pieces in flight from a hung agent would wait out the piece timeout (15 s); endgame asks
+    // another holder for them as soon as they are among the last few missing.
+    let slowest = report.seconds.expect("completions").max;
+    assert!(slowest < 15.0, "{report}");
 }
