@@ -965,6 +965,50 @@ async fn a_download_completes_from_the_origin_when_more_agents_than_connections_
     Ok(())
 }
 
+/// Agents that hung with their sessions open hold more of a download's requests than endgame
+/// duplicates: once those requests are far older than the download's others, their pieces are
+/// asked of a healthy holder, long before the piece timeout (here a minute) would fail them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_requested_of_hung_agents_come_from_a_healthy_one_before_the_piece_timeout()
+-> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(8 * MIB, 12);
+    let metainfo = metainfo_of(&data);
+    let digest = metainfo.digest();
+    let seeder = swarm
+        .seeder(&[&data], false, None, Faults::default())
+        .await?;
+    let mut peers = vec![seeder.info(true)];
+    let piece_count = u32::try_from(metainfo.piece_count())?;
+    for i in 0..6 {
+        peers.push(swarm.mute_peer(piece_count, &format!("hung-{i}")).await?);
+    }
+    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let piece_timeout = Duration::from_secs(60);
+    let config = P2pConfig {
+        scheduler: shoal_swarm::scheduler::SchedulerConfig {
+            piece_timeout,
+            ..Default::default()
+        },
+        stall_timeout: 2 * piece_timeout,
+        ..P2pConfig::default()
+    };
+    let (engine, node) = swarm
+        .engine_with(listener, identity, &tracker, None, config)
+        .await?;
+    let blob = engine.fetch(&digest, None).await?;
+    let got = tokio::time::timeout(
+        piece_timeout / 2,
+        collect(blob.stream(0..metainfo.length())),
+    )
+    .await
+    .context("the download waited on the hung agents")??;
+    assert!(got == data, "the blob differs");
+    assert_eq!(node.metrics.bytes_received(false), data.len() as u64);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_service_refuses_bad_requests_with_grpc_errors() -> Result<()> {
     let mut swarm = Swarm::new();

@@ -20,7 +20,10 @@
 //! random tie-break), up to each peer's depth (as many requests as cover a round trip at the
 //! rate the peer delivers, at most `max_pipeline`; `depth.rs`), never twice except in endgame (at most
 //! `endgame_pieces` missing), where idle peers duplicate in-flight requests (each piece at two
-//! peers at most) and the losers are cancelled. A corrupt piece blacklists its sender; failures
+//! peers at most) and the losers are cancelled, or beside a stale request: one far older than
+//! this download's requests take (`hedge.rs`) gets its peer no new request until it delivers,
+//! and a piece all of whose requests are stale is asked of another holder as well (a hung peer
+//! holds a download up for seconds, not a piece timeout). A corrupt piece blacklists its sender; failures
 //! and timeouts re-issue the piece elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
 //! answers "busy": that is not a failure; the piece goes back to the pool at once (another
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
@@ -44,6 +47,7 @@
 //! swarm) add O(those pieces × peers) to an agent's fill. Nothing is O(pieces × peers).
 
 mod depth;
+mod hedge;
 mod peers;
 mod pieces;
 #[cfg(test)]
@@ -61,6 +65,7 @@ use serde::{Deserialize, Serialize};
 use shoal_core::{Bitfield, PeerId};
 use thiserror::Error;
 
+use hedge::RequestTimes;
 use peers::{Candidates, Peer, Peers, Slot};
 #[cfg(test)]
 use pieces::ENDGAME_COPIES;
@@ -298,6 +303,8 @@ pub struct Scheduler {
     swarm_members: u32,
     /// Complete has been emitted; later events only close connections.
     finished: bool,
+    /// How long this download's requests take, to tell a stale one.
+    request_times: RequestTimes,
 }
 
 /// A rest of `base` doubled `streak` times, at most `cap`, scaled by `jitter` thousandths
@@ -330,6 +337,7 @@ impl Scheduler {
             rng,
             swarm_members: 0,
             finished: false,
+            request_times: RequestTimes::default(),
         }
     }
 
@@ -458,6 +466,7 @@ impl Scheduler {
             useful,
             depth: Default::default(),
             refused: Default::default(),
+            snubbed: false,
         });
         self.fill(now_ms, slot, out);
     }
@@ -494,9 +503,13 @@ impl Scheduler {
     ) {
         let deliverer = self.peers.slot(id);
         if let Some(peer) = deliverer.and_then(|slot| self.peers.get_mut(slot)) {
+            if let Some(&(_, sent)) = peer.inflight.iter().find(|&&(p, _)| p == piece) {
+                self.request_times.record(now_ms.saturating_sub(sent));
+            }
             if peer.take_request(now_ms, piece) {
                 peer.depth.delivered(now_ms, rtt);
             }
+            peer.snubbed = false;
             peer.failures = 0;
             peer.busy_streak = 0;
             peer.elsewhere_streak = 0;
@@ -707,8 +720,30 @@ impl Scheduler {
                 self.fail_request(now_ms, slot, piece, out);
             }
         }
+        self.mark_stale(now_ms);
         self.rotate_useless(out);
         self.fill_all(now_ms, out);
+    }
+
+    /// Requests older than this download's requests usually take (`hedge.rs`): their peers
+    /// get no new request until they deliver one, and their pieces may be asked of another
+    /// holder as well.
+    fn mark_stale(&mut self, now_ms: u64) {
+        let Some(stale_after) = (self.request_times).stale_after(millis(self.config.piece_timeout))
+        else {
+            return;
+        };
+        for slot in self.peers.slots() {
+            let Some(peer) = self.peers.get_mut(slot) else {
+                continue;
+            };
+            for &(piece, sent) in &peer.inflight {
+                if now_ms.saturating_sub(sent) >= stale_after {
+                    peer.snubbed = true;
+                    self.pieces.stale(piece, slot);
+                }
+            }
+        }
     }
 
     /// At the connection cap, swaps one connected agent that has nothing for us for a waiting
@@ -812,7 +847,7 @@ impl Scheduler {
         let Some(peer) = self.peers.get(slot) else {
             return;
         };
-        if now_ms < peer.busy_until {
+        if now_ms < peer.busy_until || peer.snubbed {
             return;
         }
         let origin = peer.origin;
@@ -845,35 +880,44 @@ impl Scheduler {
         // agents only: in a crowd every download's window starts at the same pieces, and asked
         // of the origins they would send those first (1,000 simulated agents, 4 pieces ahead:
         // p99 1.43× S/B, against 1.38× from agents only).
-        // Pieces that keep timing out at agents go to an origin first, and agents are not asked
-        // for them while a connected origin would be.
-        let (mut picks, skip) = if origin {
-            (self.pieces.pick_stalled(peer, want), Vec::new())
+        // Pieces whose request went stale at another peer come first: that peer may never
+        // answer. Pieces that keep timing out at agents go to an origin next, and agents are
+        // not asked for them while a connected origin would be.
+        let skip: Vec<u32> = if origin {
+            Vec::new()
         } else {
-            let skip: Vec<u32> = (self.pieces.stalled().iter().copied())
+            (self.pieces.stalled().iter().copied())
                 .filter(|&piece| self.peers.origin_holds(piece))
-                .collect();
-            (Vec::new(), skip)
+                .collect()
         };
         let wanted = want + skip.len();
-        if order == Order::RarestFirst && !origin {
-            picks = self.pieces.pick_stream(peer, wanted);
+        let mut picks = (self.pieces).pick_hedged(peer, slot, wanted, agentless_only);
+        if origin {
+            picks.extend(self.pieces.pick_stalled(peer, want));
+        } else if order == Order::RarestFirst {
+            picks.extend(self.pieces.pick_stream(peer, wanted));
         }
-        let rest = self.pieces.pick(peer, wanted, agentless_only, order);
-        let rest: Vec<u32> = rest.into_iter().filter(|p| !picks.contains(p)).collect();
-        picks.extend(rest);
-        picks.retain(|piece| !skip.contains(piece));
-        picks.truncate(want);
+        picks.extend(self.pieces.pick(peer, wanted, agentless_only, order));
+        let mut unique = Vec::with_capacity(want);
+        for piece in picks {
+            if unique.len() < want && !skip.contains(&piece) && !unique.contains(&piece) {
+                unique.push(piece);
+            }
+        }
+        let mut picks = unique;
         if picks.len() < want && self.in_endgame() {
             let more = want - picks.len();
-            let duplicates =
-                (self.pieces).pick_duplicates(peer, slot, more + skip.len(), agentless_only);
-            picks.extend(
-                duplicates
-                    .into_iter()
-                    .filter(|piece| !skip.contains(piece))
-                    .take(more),
+            let duplicates = (self.pieces).pick_duplicates(
+                peer,
+                slot,
+                more + skip.len() + picks.len(),
+                agentless_only,
             );
+            let duplicates: Vec<u32> = (duplicates.into_iter())
+                .filter(|piece| !skip.contains(piece) && !picks.contains(piece))
+                .take(more)
+                .collect();
+            picks.extend(duplicates);
         }
         let Some(peer) = self.peers.get_mut(slot) else {
             return;

@@ -37,6 +37,8 @@ pub(super) struct Peer {
     pub(super) depth: Depth,
     /// Pieces it told us to get elsewhere: asked of it again, the request insists.
     pub(super) refused: HashSet<u32>,
+    /// A request of it went stale (`hedge.rs`): no new request until it delivers a piece.
+    pub(super) snubbed: bool,
 }
 
 impl Peer {
@@ -158,11 +160,13 @@ impl Peers {
         self.index.len() - self.origins
     }
 
-    /// A connected agent with nothing for us and no request in flight, if any.
+    /// A connected agent with nothing for us (or that stopped answering) and no request in
+    /// flight, if any.
     pub(super) fn idle_useless_agent(&self) -> Option<Slot> {
         self.slots.iter().position(|peer| {
-            peer.as_ref()
-                .is_some_and(|peer| !peer.origin && peer.useful == 0 && peer.inflight.is_empty())
+            peer.as_ref().is_some_and(|peer| {
+                !peer.origin && (peer.useful == 0 || peer.snubbed) && peer.inflight.is_empty()
+            })
         })
     }
 

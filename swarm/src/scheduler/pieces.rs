@@ -72,6 +72,9 @@ pub(super) struct Pieces {
     agent_timeouts: Vec<u8>,
     /// Missing pieces that timed out at agents [`STALL_TIMEOUTS`] times: origins serve them.
     stalled: BTreeSet<u32>,
+    /// Requests gone stale (`hedge.rs`), by piece and slot: a piece none of whose requests is
+    /// fresh may be asked of another holder as well.
+    stale: BTreeSet<(u32, Slot)>,
 }
 
 impl Pieces {
@@ -95,6 +98,7 @@ impl Pieces {
             inflight: HashMap::new(),
             agent_timeouts: vec![0; len as usize],
             stalled: BTreeSet::new(),
+            stale: BTreeSet::new(),
         }
     }
 
@@ -138,6 +142,18 @@ impl Pieces {
         if *timeouts >= STALL_TIMEOUTS && !self.have.get(piece) {
             self.stalled.insert(piece);
         }
+    }
+
+    /// The request for `piece` at `slot` went stale.
+    pub(super) fn stale(&mut self, piece: u32, slot: Slot) {
+        if self.inflight.get(&piece).is_some_and(|s| s.contains(&slot)) {
+            self.stale.insert((piece, slot));
+        }
+    }
+
+    /// Whether every request for `piece` in flight went stale.
+    fn all_stale(&self, piece: u32, slots: &[Slot]) -> bool {
+        slots.len() == self.stale.range((piece, 0)..=(piece, Slot::MAX)).count()
     }
 
     /// Missing pieces that keep timing out at agents, lowest first.
@@ -200,6 +216,7 @@ impl Pieces {
             return;
         };
         slots.retain(|&s| s != slot);
+        self.stale.remove(&(piece, slot));
         if slots.is_empty() {
             self.inflight.remove(&piece);
             if !self.have.get(piece) {
@@ -218,6 +235,12 @@ impl Pieces {
         let key = self.key(piece);
         self.pickable.remove(&key);
         self.stalled.remove(&piece);
+        let stale: Vec<(u32, Slot)> = (self.stale.range((piece, 0)..=(piece, Slot::MAX)))
+            .copied()
+            .collect();
+        for request in stale {
+            self.stale.remove(&request);
+        }
         if key.avail == 0 {
             self.agentless -= 1;
         }
@@ -268,6 +291,38 @@ impl Pieces {
             .take(want)
             .map(|key| key.piece)
             .collect()
+    }
+
+    /// Up to `want` pieces that `peer` holds and is not fetching, all of whose requests went
+    /// stale, lowest first: one fresh request at a time, however many holders hung. With
+    /// `agentless_only`, as [`Self::pick`].
+    pub(super) fn pick_hedged(
+        &self,
+        peer: &Peer,
+        slot: Slot,
+        want: usize,
+        agentless_only: bool,
+    ) -> Vec<u32> {
+        let mut picks: Vec<u32> = Vec::new();
+        for &(piece, _) in &self.stale {
+            if picks.len() == want {
+                break;
+            }
+            if picks.last() == Some(&piece)
+                || !peer.holds(piece)
+                || (agentless_only && !self.for_origins(piece))
+            {
+                continue;
+            }
+            if self
+                .inflight
+                .get(&piece)
+                .is_some_and(|slots| !slots.contains(&slot) && self.all_stale(piece, slots))
+            {
+                picks.push(piece);
+            }
+        }
+        picks
     }
 
     /// Up to `want` stalled pieces that `peer` holds and nobody is fetching, lowest first.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::RngExt;
 
+use super::hedge;
 use super::*;
 
 pub(super) fn id(name: &str) -> PeerId {
@@ -52,6 +53,8 @@ pub(super) struct Sim {
     pub(super) events: VecDeque<Event>,
     /// Requests in flight, oldest first.
     pub(super) pending: Vec<(PeerId, u32)>,
+    /// When each request was sent.
+    sent: BTreeMap<(PeerId, u32), u64>,
     pub(super) log: Vec<(u64, Action)>,
     /// Blacklist actions seen, to check nothing is sent to those peers before expiry.
     shunned: BTreeMap<PeerId, u64>,
@@ -78,6 +81,7 @@ impl Sim {
             swarm: BTreeMap::new(),
             events: VecDeque::new(),
             pending: Vec::new(),
+            sent: BTreeMap::new(),
             log: Vec::new(),
             shunned: BTreeMap::new(),
             completes: 0,
@@ -175,14 +179,23 @@ impl Sim {
                     !self.pending.contains(&(peer.clone(), piece)),
                     "requested {piece} twice from {peer}"
                 );
-                if self.pending.iter().any(|(_, p)| *p == piece) {
+                // A duplicate is allowed in endgame, or beside a request gone stale.
+                let others: Vec<u64> = (self.pending.iter())
+                    .filter(|(_, p)| *p == piece)
+                    .filter_map(|request| self.sent.get(request).copied())
+                    .collect();
+                if !others.is_empty() {
                     let missing = self.scheduler.have().len() - self.scheduler.have().count();
+                    let stale = others
+                        .iter()
+                        .all(|&sent| (now - sent) as f64 >= hedge::FLOOR_MS);
                     assert!(
-                        missing as usize <= self.endgame_pieces,
+                        missing as usize <= self.endgame_pieces || stale,
                         "duplicate request for {piece} with {missing} pieces missing"
                     );
                 }
                 self.pending.push((peer.clone(), piece));
+                self.sent.insert((peer.clone(), piece), now);
             }
             Action::Cancel { peer, piece } => {
                 let request = (peer.clone(), *piece);

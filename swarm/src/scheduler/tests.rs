@@ -566,6 +566,47 @@ fn pieces_failing_fast_at_agents_still_come_from_a_healthy_agent() {
     assert!(sim.requests_to("origin").is_empty());
 }
 
+/// Agents whose process hung with their sessions open hold more requests than endgame
+/// duplicates: once a request is far older than this download's requests take (`hedge.rs`),
+/// its piece is asked of another holder and its peer gets no new request, long before the piece
+/// timeout fails it.
+#[test]
+fn requests_gone_stale_are_asked_of_another_holder_and_their_peers_get_no_more() {
+    let mut sim = Sim::new(40, Bitfield::new(40), config(), 12);
+    for i in 0..4 {
+        sim.peer(
+            &format!("hung-{i}"),
+            Bitfield::full(40),
+            false,
+            Behaviour::Silent,
+        );
+    }
+    sim.peer("a", Bitfield::full(40), false, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(10_000), "stalled at {:?}", sim.scheduler.have());
+    let stuck: usize = (0..4)
+        .map(|i| sim.requests_to(&format!("hung-{i}")).len())
+        .sum();
+    assert!(
+        stuck > config().endgame_pieces,
+        "only {stuck} requests stuck: endgame alone would do"
+    );
+    for i in 0..4 {
+        let name = format!("hung-{i}");
+        assert_eq!(
+            sim.requests_to(&name).len(),
+            depth::INITIAL_DEPTH,
+            "{name} got requests after its first went stale"
+        );
+    }
+    let timeout = millis(config().piece_timeout);
+    assert!(
+        sim.now < timeout,
+        "done at {} ms, not before the {timeout} ms timeout",
+        sim.now
+    );
+}
+
 #[test]
 fn connections_stop_at_max_peers() {
     let mut sim = Sim::new(10, Bitfield::new(10), config(), 17);
