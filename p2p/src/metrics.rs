@@ -28,6 +28,7 @@ pub struct P2pMetrics {
     pub(crate) busy_received: Counter,
     pub(crate) elsewhere_answered: Counter,
     pub(crate) elsewhere_received: Counter,
+    pub(crate) requests_stale: Counter,
     pub(crate) download_duration: Histogram,
     pub(crate) peers_connected: Gauge,
 }
@@ -70,6 +71,7 @@ impl P2pMetrics {
             busy_received: Counter::default(),
             elsewhere_answered: Counter::default(),
             elsewhere_received: Counter::default(),
+            requests_stale: Counter::default(),
             download_duration: Histogram::new(download_buckets()),
             peers_connected: Gauge::default(),
         };
@@ -127,6 +129,11 @@ impl P2pMetrics {
             "p2p_elsewhere_received",
             "Piece requests origins answered \"get it elsewhere\"",
             metrics.elsewhere_received.clone(),
+        );
+        registry.register(
+            "p2p_requests_stale",
+            "Piece requests far older than the download's others take, whose pieces were then asked of other holders too (a peer that stopped answering)",
+            metrics.requests_stale.clone(),
         );
         registry.register(
             "p2p_download_duration_seconds",
@@ -187,6 +194,11 @@ impl P2pMetrics {
     /// Piece requests origins answered "get it elsewhere" so far (as a downloader).
     pub fn elsewhere_received(&self) -> u64 {
         self.elsewhere_received.get()
+    }
+
+    /// Piece requests that went stale (their pieces asked of other holders too).
+    pub fn requests_stale(&self) -> u64 {
+        self.requests_stale.get()
     }
 
     /// Piece bytes served so far.

@@ -1006,6 +1006,10 @@ async fn pieces_requested_of_hung_agents_come_from_a_healthy_one_before_the_piec
     .context("the download waited on the hung agents")??;
     assert!(got == data, "the blob differs");
     assert_eq!(node.metrics.bytes_received(false), data.len() as u64);
+    assert!(
+        node.metrics.requests_stale() > 0,
+        "no request was counted stale"
+    );
     Ok(())
 }
 

@@ -132,6 +132,9 @@ pub struct Report {
     /// Requests answered "busy" for lack of an upload slot, by origins and by agents.
     pub busy_from_origins: u64,
     pub busy_from_agents: u64,
+    /// Requests gone stale: far older than their download's others, their pieces asked of
+    /// other holders too.
+    pub stale_requests: u64,
     pub churn: ChurnReport,
     /// Requests origins answered "get it elsewhere" (`shoal_swarm::seeding`).
     pub elsewhere_from_origins: u64,
@@ -186,8 +189,8 @@ impl fmt::Display for Report {
         writeln!(f, "{}", self.uplinks)?;
         writeln!(
             f,
-            "busy answers: {} from origins, {} from agents",
-            self.busy_from_origins, self.busy_from_agents
+            "busy answers: {} from origins, {} from agents; requests gone stale: {}",
+            self.busy_from_origins, self.busy_from_agents, self.stale_requests
         )?;
         let churn = &self.churn;
         if !churn.is_empty() {

@@ -117,6 +117,8 @@ pub struct Swarm {
     finished: Vec<FlowRef>,
     busy_from_origins: u64,
     busy_from_agents: u64,
+    /// Requests the agents' schedulers reported stale (`Action::Stale`).
+    stale_requests: u64,
     /// Bytes of pieces agents have verified (each piece once per agent).
     verified: u64,
     /// `verified` at which origin 0 dies.
@@ -258,6 +260,7 @@ impl Swarm {
             finished: Vec::new(),
             busy_from_origins: 0,
             busy_from_agents: 0,
+            stale_requests: 0,
             verified: 0,
             origin_death,
             churn: ChurnReport {
@@ -825,6 +828,7 @@ impl Swarm {
                     self.unsubscribe(node, sender);
                 }
             }
+            Action::Stale { .. } => self.stale_requests += 1,
             Action::Complete => {
                 self.nodes[node as usize].completed = Some(now);
                 self.complete += 1;
@@ -936,6 +940,7 @@ impl Swarm {
             uplinks: self.uplinks.report.clone(),
             busy_from_origins: self.busy_from_origins,
             busy_from_agents: self.busy_from_agents,
+            stale_requests: self.stale_requests,
             churn: self.churn.clone(),
             elsewhere_from_origins: self.elsewhere_from_origins,
             elsewhere_from_agents: self.elsewhere_from_agents,

@@ -80,6 +80,7 @@ fn a_dead_origin_alone_stalls_nobody() {
 fn a_run_without_churn_reports_none() {
     let report = simulate(churning(20, Churn::default())).expect("valid config");
     assert_eq!(report.churn, ChurnReport::default());
+    assert_eq!(report.stale_requests, 0, "{report}");
     assert_eq!((report.stayed, report.complete), (20, 20));
     assert!(report.every_stayer_complete);
 }
@@ -114,22 +115,27 @@ fn the_tracker_stops_handing_out_a_departed_agent_when_its_record_expires() {
 
 #[test]
 fn every_agent_that_does_not_hang_completes_beside_agents_that_hang_mid_download() {
-    let config = churning(
-        200,
+    // Slow links (S/B = 4 s): requests to the hung agents go stale (2 s at least) well before
+    // the piece timeout (15 s) and before the downloads would end.
+    let mut config = churning(
+        100,
         Churn {
-            hang_downloading: 0.05,
+            hang_downloading: 0.1,
             ..Churn::default()
         },
     );
+    config.peer_upload = 5e6;
+    config.peer_download = 5e6;
     let report = simulate(config).expect("valid config");
     assert_eq!(report.churn.hung_downloading, 10, "{report}");
-    assert_eq!(report.stayed, 190, "{report}");
+    assert_eq!(report.stayed, 90, "{report}");
     assert!(report.every_stayer_complete, "{report}");
     // A hung agent's sessions stand: nobody saw one drop, nor a request fail at once.
     assert_eq!(report.churn.disconnects, 0, "{report}");
     assert_eq!(report.churn.failed_requests, 0, "{report}");
-    // Pieces in flight from a hung agent would wait out the piece timeout (15 s); endgame asks
-    // another holder for them as soon as they are among the last few missing.
+    // Requests in flight at a hung agent went stale and their pieces were asked of others:
+    // nobody waited out the piece timeout.
+    assert!(report.stale_requests > 0, "{report}");
     let slowest = report.seconds.expect("completions").max;
     assert!(slowest < 15.0, "{report}");
 }

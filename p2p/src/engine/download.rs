@@ -358,6 +358,10 @@ impl Driver {
                     self.shared.metrics.peers_blacklisted.inc();
                     self.disconnect(&peer);
                 }
+                Action::Stale { peer, piece } => {
+                    tracing::debug!(digest = %self.download.digest, %peer, piece, "request stale: asking other holders");
+                    self.shared.metrics.requests_stale.inc();
+                }
                 Action::Complete => complete = true,
             }
         }

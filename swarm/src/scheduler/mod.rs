@@ -280,6 +280,12 @@ pub enum Action {
         peer: PeerId,
         piece: u32,
     },
+    /// A request went stale (`hedge.rs`): it stays in flight, but its peer gets no new request
+    /// until it delivers, and its piece may be asked of another holder. Only reported.
+    Stale {
+        peer: PeerId,
+        piece: u32,
+    },
     Disconnect {
         peer: PeerId,
     },
@@ -720,7 +726,7 @@ impl Scheduler {
                 self.fail_request(now_ms, slot, piece, out);
             }
         }
-        self.mark_stale(now_ms);
+        self.mark_stale(now_ms, out);
         self.rotate_useless(out);
         self.fill_all(now_ms, out);
     }
@@ -728,7 +734,7 @@ impl Scheduler {
     /// Requests older than this download's requests usually take (`hedge.rs`): their peers
     /// get no new request until they deliver one, and their pieces may be asked of another
     /// holder as well.
-    fn mark_stale(&mut self, now_ms: u64) {
+    fn mark_stale(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let Some(stale_after) = (self.request_times).stale_after(millis(self.config.piece_timeout))
         else {
             return;
@@ -738,9 +744,12 @@ impl Scheduler {
                 continue;
             };
             for &(piece, sent) in &peer.inflight {
-                if now_ms.saturating_sub(sent) >= stale_after {
+                if now_ms.saturating_sub(sent) >= stale_after && self.pieces.stale(piece, slot) {
                     peer.snubbed = true;
-                    self.pieces.stale(piece, slot);
+                    out.push(Action::Stale {
+                        peer: peer.id.clone(),
+                        piece,
+                    });
                 }
             }
         }

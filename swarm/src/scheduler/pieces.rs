@@ -144,11 +144,10 @@ impl Pieces {
         }
     }
 
-    /// The request for `piece` at `slot` went stale.
-    pub(super) fn stale(&mut self, piece: u32, slot: Slot) {
-        if self.inflight.get(&piece).is_some_and(|s| s.contains(&slot)) {
-            self.stale.insert((piece, slot));
-        }
+    /// The request for `piece` at `slot` went stale; true when it was not already.
+    pub(super) fn stale(&mut self, piece: u32, slot: Slot) -> bool {
+        self.inflight.get(&piece).is_some_and(|s| s.contains(&slot))
+            && self.stale.insert((piece, slot))
     }
 
     /// Whether every request for `piece` in flight went stale.

@@ -214,6 +214,13 @@ impl Sim {
                 self.pending.retain(|(p, _)| p != peer);
                 self.shunned.insert(peer.clone(), *until_ms);
             }
+            Action::Stale { peer, piece } => {
+                let request = (peer.clone(), *piece);
+                assert!(
+                    self.pending.contains(&request),
+                    "stale report of unknown {request:?}"
+                );
+            }
             Action::Complete => {
                 self.completes += 1;
                 assert_eq!(self.completes, 1, "Complete emitted twice");

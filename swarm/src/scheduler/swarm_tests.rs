@@ -116,7 +116,7 @@ impl Swarm {
                     self.nodes[server].subscribers.remove(&at);
                     self.inflight.retain(|&(d, s, _)| (d, s) != (at, server));
                 }
-                Action::Complete => {}
+                Action::Stale { .. } | Action::Complete => {}
             }
         }
     }

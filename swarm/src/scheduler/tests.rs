@@ -599,6 +599,14 @@ fn requests_gone_stale_are_asked_of_another_holder_and_their_peers_get_no_more()
             "{name} got requests after its first went stale"
         );
     }
+    let stale: Vec<&PeerId> = (sim.log.iter())
+        .filter_map(|(_, action)| match action {
+            Action::Stale { peer, .. } => Some(peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stale.len(), stuck, "every stuck request reported once");
+    assert!(stale.iter().all(|peer| peer.as_str().starts_with("hung-")));
     let timeout = millis(config().piece_timeout);
     assert!(
         sim.now < timeout,
