@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use bytesize::ByteSize;
 use futures::{StreamExt, TryStreamExt};
@@ -917,6 +917,42 @@ async fn a_download_nobody_can_serve_fails_after_the_stall_timeout_instead_of_ha
     Ok(())
 }
 
+/// Downloads `data` through a new engine whose tracker hands out `seeder` and `hung` agents that
+/// answer the handshake with every piece and never a request ([`MutePeer`]), with `scheduler`'s
+/// settings; fails when the download takes longer than `deadline`. Returns the downloader.
+async fn download_beside_hung_agents(
+    swarm: &mut Swarm,
+    data: &[u8],
+    seeder: PeerInfo,
+    hung: usize,
+    scheduler: shoal_swarm::scheduler::SchedulerConfig,
+    stall_timeout: Duration,
+    deadline: Duration,
+) -> Result<Node> {
+    let metainfo = metainfo_of(data);
+    let piece_count = u32::try_from(metainfo.piece_count())?;
+    let mut peers = vec![seeder];
+    for i in 0..hung {
+        peers.push(swarm.mute_peer(piece_count, &format!("hung-{i}")).await?);
+    }
+    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let config = P2pConfig {
+        scheduler,
+        stall_timeout,
+        ..P2pConfig::default()
+    };
+    let (engine, node) = swarm
+        .engine_with(listener, identity, &tracker, None, config)
+        .await?;
+    let blob = engine.fetch(&metainfo.digest(), None).await?;
+    let got = tokio::time::timeout(deadline, collect(blob.stream(0..metainfo.length())))
+        .await
+        .context("the download waited on the hung agents")??;
+    ensure!(got == data, "the blob differs");
+    Ok(node)
+}
+
 /// More hung agents than a download has connections, each announcing every piece and never
 /// answering a request: every piece times out at one of them, then at the next, and is then asked
 /// of the origin, so the download completes (before, the origin was never asked while two
@@ -926,8 +962,6 @@ async fn a_download_completes_from_the_origin_when_more_agents_than_connections_
 -> Result<()> {
     let mut swarm = Swarm::new();
     let data = blob(6 * MIB, 11);
-    let metainfo = metainfo_of(&data);
-    let digest = metainfo.digest();
     let origin = swarm
         .seeder(&[&data], true, None, Faults::default())
         .await?;
@@ -935,31 +969,20 @@ async fn a_download_completes_from_the_origin_when_more_agents_than_connections_
         piece_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let mut peers = vec![origin.info(true)];
-    for i in 0..scheduler.max_peers + 8 {
-        let piece_count = u32::try_from(metainfo.piece_count())?;
-        peers.push(swarm.mute_peer(piece_count, &format!("mute-{i}")).await?);
-    }
-    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
-    let (listener, identity) = swarm.reserve().await?;
-    let config = P2pConfig {
+    let hung = scheduler.max_peers + 8;
+    // Two timeouts of each piece take 2-3 s; only a download the origin never serves reaches
+    // the stall timeout.
+    let stall = Duration::from_secs(10);
+    let node = download_beside_hung_agents(
+        &mut swarm,
+        &data,
+        origin.info(true),
+        hung,
         scheduler,
-        // Two timeouts of each piece take 2-3 s; only a download the origin never serves
-        // reaches this.
-        stall_timeout: Duration::from_secs(10),
-        ..P2pConfig::default()
-    };
-    let (engine, node) = swarm
-        .engine_with(listener, identity, &tracker, None, config)
-        .await?;
-    let blob = engine.fetch(&digest, None).await?;
-    let got = tokio::time::timeout(
-        Duration::from_secs(30),
-        collect(blob.stream(0..metainfo.length())),
+        stall,
+        3 * stall,
     )
-    .await
-    .context("the download hung")??;
-    assert!(got == data, "the blob differs");
+    .await?;
     assert_eq!(node.metrics.bytes_received(true), data.len() as u64);
     assert_eq!(node.metrics.bytes_received(false), 0);
     Ok(())
@@ -973,38 +996,24 @@ async fn pieces_requested_of_hung_agents_come_from_a_healthy_one_before_the_piec
 -> Result<()> {
     let mut swarm = Swarm::new();
     let data = blob(8 * MIB, 12);
-    let metainfo = metainfo_of(&data);
-    let digest = metainfo.digest();
     let seeder = swarm
         .seeder(&[&data], false, None, Faults::default())
         .await?;
-    let mut peers = vec![seeder.info(true)];
-    let piece_count = u32::try_from(metainfo.piece_count())?;
-    for i in 0..6 {
-        peers.push(swarm.mute_peer(piece_count, &format!("hung-{i}")).await?);
-    }
-    let tracker = swarm.tracker(peers, &[&metainfo]).await?;
-    let (listener, identity) = swarm.reserve().await?;
     let piece_timeout = Duration::from_secs(60);
-    let config = P2pConfig {
-        scheduler: shoal_swarm::scheduler::SchedulerConfig {
-            piece_timeout,
-            ..Default::default()
-        },
-        stall_timeout: 2 * piece_timeout,
-        ..P2pConfig::default()
+    let scheduler = shoal_swarm::scheduler::SchedulerConfig {
+        piece_timeout,
+        ..Default::default()
     };
-    let (engine, node) = swarm
-        .engine_with(listener, identity, &tracker, None, config)
-        .await?;
-    let blob = engine.fetch(&digest, None).await?;
-    let got = tokio::time::timeout(
+    let node = download_beside_hung_agents(
+        &mut swarm,
+        &data,
+        seeder.info(true),
+        6,
+        scheduler,
+        2 * piece_timeout,
         piece_timeout / 2,
-        collect(blob.stream(0..metainfo.length())),
     )
-    .await
-    .context("the download waited on the hung agents")??;
-    assert!(got == data, "the blob differs");
+    .await?;
     assert_eq!(node.metrics.bytes_received(false), data.len() as u64);
     assert!(
         node.metrics.requests_stale() > 0,
