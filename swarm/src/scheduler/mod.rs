@@ -21,9 +21,10 @@
 //! rate the peer delivers, at most `max_pipeline`; `depth.rs`), never twice except in endgame (at most
 //! `endgame_pieces` missing), where idle peers duplicate in-flight requests (each piece at two
 //! peers at most) and the losers are cancelled, or beside a stale request: one far older than
-//! this download's requests take (`hedge.rs`) gets its peer no new request until it delivers,
-//! and a piece all of whose requests are stale is asked of another holder as well (a hung peer
-//! holds a download up for seconds, not a piece timeout). A corrupt piece blacklists its sender; failures
+//! this download's requests take (`hedge.rs`) gets its peer no new request until it delivers
+//! (or for a piece timeout) and out of the agents that keep the origins unused, and a piece all
+//! of whose requests are stale is asked of another holder as well (a hung peer holds a download
+//! up for seconds, not a piece timeout). A corrupt piece blacklists its sender; failures
 //! and timeouts re-issue the piece elsewhere and `max_failures` in a row drop the peer. A peer whose upload slots are all taken
 //! answers "busy": that is not a failure; the piece goes back to the pool at once (another
 //! holder may take it) and the peer gets no requests for a jittered back-off that doubles with
@@ -472,7 +473,7 @@ impl Scheduler {
             useful,
             depth: Default::default(),
             refused: Default::default(),
-            snubbed: false,
+            snubbed: None,
         });
         self.fill(now_ms, slot, out);
     }
@@ -515,7 +516,7 @@ impl Scheduler {
             if peer.take_request(now_ms, piece) {
                 peer.depth.delivered(now_ms, rtt);
             }
-            peer.snubbed = false;
+            peer.snubbed = None;
             peer.failures = 0;
             peer.busy_streak = 0;
             peer.elsewhere_streak = 0;
@@ -732,11 +733,17 @@ impl Scheduler {
     }
 
     /// Requests older than this download's requests usually take (`hedge.rs`): their peers
-    /// get no new request until they deliver one, and their pieces may be asked of another
-    /// holder as well.
+    /// get no new request until they deliver one or for a piece timeout (a peer that was only
+    /// paused, and alone holds some pieces, is asked again), and their pieces may be asked of
+    /// another holder as well.
     fn mark_stale(&mut self, now_ms: u64, out: &mut Vec<Action>) {
-        let Some(stale_after) = (self.request_times).stale_after(millis(self.config.piece_timeout))
-        else {
+        let timeout = millis(self.config.piece_timeout);
+        for peer in self.peers.iter_mut() {
+            if peer.snubbed.is_some_and(|until| now_ms >= until) {
+                peer.snubbed = None;
+            }
+        }
+        let Some(stale_after) = self.request_times.stale_after(timeout) else {
             return;
         };
         for slot in self.peers.slots() {
@@ -745,7 +752,8 @@ impl Scheduler {
             };
             for &(piece, sent) in &peer.inflight {
                 if now_ms.saturating_sub(sent) >= stale_after && self.pieces.stale(piece, slot) {
-                    peer.snubbed = true;
+                    let until = now_ms.saturating_add(timeout);
+                    peer.snubbed = Some(peer.snubbed.map_or(until, |was| was.min(until)));
                     out.push(Action::Stale {
                         peer: peer.id.clone(),
                         piece,
@@ -856,7 +864,7 @@ impl Scheduler {
         let Some(peer) = self.peers.get(slot) else {
             return;
         };
-        if now_ms < peer.busy_until || peer.snubbed {
+        if now_ms < peer.busy_until || peer.snubbed.is_some() {
             return;
         }
         let origin = peer.origin;

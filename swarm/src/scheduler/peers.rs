@@ -37,8 +37,9 @@ pub(super) struct Peer {
     pub(super) depth: Depth,
     /// Pieces it told us to get elsewhere: asked of it again, the request insists.
     pub(super) refused: HashSet<u32>,
-    /// A request of it went stale (`hedge.rs`): no new request until it delivers a piece.
-    pub(super) snubbed: bool,
+    /// A request of it went stale (`hedge.rs`): no new request until it delivers a piece or
+    /// until this time.
+    pub(super) snubbed: Option<u64>,
 }
 
 impl Peer {
@@ -165,7 +166,9 @@ impl Peers {
     pub(super) fn idle_useless_agent(&self) -> Option<Slot> {
         self.slots.iter().position(|peer| {
             peer.as_ref().is_some_and(|peer| {
-                !peer.origin && (peer.useful == 0 || peer.snubbed) && peer.inflight.is_empty()
+                !peer.origin
+                    && (peer.useful == 0 || peer.snubbed.is_some())
+                    && peer.inflight.is_empty()
             })
         })
     }
@@ -181,12 +184,13 @@ impl Peers {
                 .any(|peer| peer.origin && peer.holds(piece))
     }
 
-    /// Connected agents that hold a piece we miss.
+    /// Connected agents that hold a piece we miss and answer (none of their requests went
+    /// stale since their last delivery).
     pub(super) fn useful_agents(&self) -> usize {
         self.slots
             .iter()
             .flatten()
-            .filter(|peer| !peer.origin && peer.useful > 0)
+            .filter(|peer| !peer.origin && peer.useful > 0 && peer.snubbed.is_none())
             .count()
     }
 }

@@ -35,6 +35,9 @@ pub(super) enum Behaviour {
     Flaky,
     /// Fails every request (a peer whose disk lost the pieces it announced).
     Failing,
+    /// Answers nothing before this time, then every request, old ones included (a process
+    /// paused for a while).
+    Paused { until: u64 },
 }
 
 struct SimPeer {
@@ -237,7 +240,11 @@ impl Sim {
             return;
         }
         let answerable: Vec<usize> = (0..self.pending.len())
-            .filter(|&i| self.swarm[&self.pending[i].0].behaviour != Behaviour::Silent)
+            .filter(|&i| match self.swarm[&self.pending[i].0].behaviour {
+                Behaviour::Silent => false,
+                Behaviour::Paused { until } => self.now >= until,
+                _ => true,
+            })
             .collect();
         if answerable.is_empty() {
             self.now += 1_000;

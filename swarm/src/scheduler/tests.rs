@@ -615,6 +615,51 @@ fn requests_gone_stale_are_asked_of_another_holder_and_their_peers_get_no_more()
     );
 }
 
+/// Agents that stopped answering do not count toward the agents that keep the origin unused:
+/// once the healthy agent has sent all it holds and the rest sit at hung agents, the origin is
+/// connected and asked for their stale pieces, well before the piece timeout.
+#[test]
+fn an_origin_serves_the_pieces_stuck_at_agents_that_stopped_answering() {
+    let mut sim = Sim::new(40, Bitfield::new(40), config(), 13);
+    for i in 0..4 {
+        sim.peer(
+            &format!("hung-{i}"),
+            Bitfield::full(40),
+            false,
+            Behaviour::Silent,
+        );
+    }
+    sim.peer("a", bits(40, 0..20), false, Behaviour::Honest);
+    sim.peer("origin", Bitfield::full(40), true, Behaviour::Honest);
+    sim.discover();
+    assert!(sim.run(10_000), "stalled at {:?}", sim.scheduler.have());
+    assert!(!sim.requests_to("origin").is_empty());
+    let timeout = millis(config().piece_timeout);
+    assert!(
+        sim.now < timeout,
+        "done at {} ms, not before the {timeout} ms timeout",
+        sim.now
+    );
+}
+
+/// A peer whose requests went stale is not shunned for good: the only holder of half the blob,
+/// paused longer than the piece timeout, is asked again once its snub ends and completes the
+/// download when it resumes.
+#[test]
+fn a_paused_peer_that_alone_holds_pieces_is_asked_again_after_its_snub() {
+    let mut sim = Sim::new(40, Bitfield::new(40), config(), 14);
+    sim.peer("a", bits(40, 0..20), false, Behaviour::Honest);
+    sim.peer(
+        "b",
+        bits(40, 20..40),
+        false,
+        Behaviour::Paused { until: 20_000 },
+    );
+    sim.discover();
+    assert!(sim.run(10_000), "stalled at {:?}", sim.scheduler.have());
+    assert!(sim.now >= 20_000);
+}
+
 #[test]
 fn connections_stop_at_max_peers() {
     let mut sim = Sim::new(10, Bitfield::new(10), config(), 17);
