@@ -11,7 +11,7 @@ use shoal_client::{Image, PulledImage, RegistryClient};
 use shoal_core::Digest;
 
 use crate::cluster::{Cluster, Component};
-use crate::images::{layout_blobs, layout_manifest_digest, stream_digest};
+use crate::images::{generate, image_spec, layout_blobs, layout_manifest_digest, stream_digest};
 use crate::process::POLL_INTERVAL;
 use crate::tools::skopeo;
 
@@ -28,6 +28,22 @@ pub async fn push(cluster: &Cluster, image: &Image, repo: &str, tag: &str) -> Re
         image.manifest_digest
     );
     Ok(())
+}
+
+/// Generates a fresh image of one `layer_bytes` layer (its bytes drawn from `seed`) under
+/// `work/<name>` and pushes it through the proxy as `bench/<name>:v1`; returns the image and
+/// its repository (the benchmarks' pairs of pulls, each of a blob nobody holds yet).
+pub async fn push_fresh_image(
+    cluster: &Cluster,
+    work: &Path,
+    name: &str,
+    layer_bytes: u64,
+    seed: u64,
+) -> Result<(Image, String)> {
+    let image = generate(&work.join(name), image_spec(vec![layer_bytes], seed, "v1")).await?;
+    let repo = format!("bench/{name}");
+    push(cluster, &image, &repo, "v1").await?;
+    Ok((image, repo))
 }
 
 /// Pulls `repo:tag` through agent `agent` into an OCI layout at `dest` (client crate; every blob

@@ -115,6 +115,19 @@ impl Sim {
         );
     }
 
+    /// `count` agents named `prefix-0`, `prefix-1`, … alike.
+    pub(super) fn agents(
+        &mut self,
+        prefix: &str,
+        count: usize,
+        bitfield: &Bitfield,
+        behaviour: Behaviour,
+    ) {
+        for i in 0..count {
+            self.peer(&format!("{prefix}-{i}"), bitfield.clone(), false, behaviour);
+        }
+    }
+
     /// `name` will gain `pieces` one per tick (it is downloading them too).
     pub(super) fn gains_later(&mut self, name: &str, pieces: impl IntoIterator<Item = u32>) {
         self.later.entry(id(name)).or_default().extend(pieces);

@@ -527,14 +527,7 @@ fn pieces_that_keep_timing_out_at_agents_come_from_the_origin() {
         ..config()
     };
     let mut sim = Sim::new(4, bits(4, [0, 1]), config, 7);
-    for i in 0..5 {
-        sim.peer(
-            &format!("agent-{i}"),
-            bits(4, [2, 3]),
-            false,
-            Behaviour::Silent,
-        );
-    }
+    sim.agents("agent", 5, &bits(4, [2, 3]), Behaviour::Silent);
     sim.peer("origin", Bitfield::full(4), true, Behaviour::Honest);
     sim.discover();
     assert!(sim.run(5_000), "stalled at {:?}", sim.scheduler.have());
@@ -550,20 +543,23 @@ fn pieces_that_keep_timing_out_at_agents_come_from_the_origin() {
 #[test]
 fn pieces_failing_fast_at_agents_still_come_from_a_healthy_agent() {
     let mut sim = Sim::new(6, Bitfield::new(6), config(), 8);
-    for i in 0..3 {
-        sim.peer(
-            &format!("gone-{i}"),
-            Bitfield::full(6),
-            false,
-            Behaviour::Failing,
-        );
-    }
+    sim.agents("gone", 3, &Bitfield::full(6), Behaviour::Failing);
     sim.peer("a", Bitfield::full(6), false, Behaviour::Honest);
     sim.peer("b", Bitfield::full(6), false, Behaviour::Honest);
     sim.peer("origin", Bitfield::full(6), true, Behaviour::Honest);
     sim.discover();
     assert!(sim.run(5_000), "stalled at {:?}", sim.scheduler.have());
     assert!(sim.requests_to("origin").is_empty());
+}
+
+/// The download ended before one piece timeout had passed: nothing waited one out.
+fn assert_done_before_the_piece_timeout(sim: &Sim) {
+    let timeout = millis(config().piece_timeout);
+    assert!(
+        sim.now < timeout,
+        "done at {} ms, not before the {timeout} ms timeout",
+        sim.now
+    );
 }
 
 /// Agents whose process hung with their sessions open hold more requests than endgame
@@ -573,14 +569,7 @@ fn pieces_failing_fast_at_agents_still_come_from_a_healthy_agent() {
 #[test]
 fn requests_gone_stale_are_asked_of_another_holder_and_their_peers_get_no_more() {
     let mut sim = Sim::new(40, Bitfield::new(40), config(), 12);
-    for i in 0..4 {
-        sim.peer(
-            &format!("hung-{i}"),
-            Bitfield::full(40),
-            false,
-            Behaviour::Silent,
-        );
-    }
+    sim.agents("hung", 4, &Bitfield::full(40), Behaviour::Silent);
     sim.peer("a", Bitfield::full(40), false, Behaviour::Honest);
     sim.discover();
     assert!(sim.run(10_000), "stalled at {:?}", sim.scheduler.have());
@@ -607,12 +596,7 @@ fn requests_gone_stale_are_asked_of_another_holder_and_their_peers_get_no_more()
         .collect();
     assert_eq!(stale.len(), stuck, "every stuck request reported once");
     assert!(stale.iter().all(|peer| peer.as_str().starts_with("hung-")));
-    let timeout = millis(config().piece_timeout);
-    assert!(
-        sim.now < timeout,
-        "done at {} ms, not before the {timeout} ms timeout",
-        sim.now
-    );
+    assert_done_before_the_piece_timeout(&sim);
 }
 
 /// Agents that stopped answering do not count toward the agents that keep the origin unused:
@@ -621,25 +605,13 @@ fn requests_gone_stale_are_asked_of_another_holder_and_their_peers_get_no_more()
 #[test]
 fn an_origin_serves_the_pieces_stuck_at_agents_that_stopped_answering() {
     let mut sim = Sim::new(40, Bitfield::new(40), config(), 13);
-    for i in 0..4 {
-        sim.peer(
-            &format!("hung-{i}"),
-            Bitfield::full(40),
-            false,
-            Behaviour::Silent,
-        );
-    }
+    sim.agents("hung", 4, &Bitfield::full(40), Behaviour::Silent);
     sim.peer("a", bits(40, 0..20), false, Behaviour::Honest);
     sim.peer("origin", Bitfield::full(40), true, Behaviour::Honest);
     sim.discover();
     assert!(sim.run(10_000), "stalled at {:?}", sim.scheduler.have());
     assert!(!sim.requests_to("origin").is_empty());
-    let timeout = millis(config().piece_timeout);
-    assert!(
-        sim.now < timeout,
-        "done at {} ms, not before the {timeout} ms timeout",
-        sim.now
-    );
+    assert_done_before_the_piece_timeout(&sim);
 }
 
 /// A peer whose requests went stale is not shunned for good: the only holder of half the blob,
@@ -663,14 +635,7 @@ fn a_paused_peer_that_alone_holds_pieces_is_asked_again_after_its_snub() {
 #[test]
 fn connections_stop_at_max_peers() {
     let mut sim = Sim::new(10, Bitfield::new(10), config(), 17);
-    for i in 0..20 {
-        sim.peer(
-            &format!("agent-{i}"),
-            Bitfield::full(10),
-            false,
-            Behaviour::Silent,
-        );
-    }
+    sim.agents("agent", 20, &Bitfield::full(10), Behaviour::Silent);
     let connects = sim.discover();
     assert_eq!(connects.len(), 8);
 }

@@ -20,8 +20,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 use shoal_client::Image;
-use shoal_tests::images::{generate, image_spec};
-use shoal_tests::swarm::{pull_through_agent_and_check, push};
+use shoal_tests::swarm::{pull_through_agent_and_check, push_fresh_image};
 use shoal_tests::{Cluster, ClusterOptions, Component};
 
 const MIB: u64 = 1 << 20;
@@ -124,13 +123,14 @@ async fn main() -> Result<()> {
         {
             let name = if stopping { "stopped" } else { "clean" };
             let seed = 0x8a3_0000 + repeat * 2 + u64::from(stopping);
-            let image = generate(
-                &work.path().join(format!("{name}-{repeat}")),
-                image_spec(vec![args.layer_mib * MIB], seed, "v1"),
+            let (image, repo) = push_fresh_image(
+                &cluster,
+                work.path(),
+                &format!("{name}-{repeat}"),
+                args.layer_mib * MIB,
+                seed,
             )
             .await?;
-            let repo = format!("bench/{name}-{repeat}");
-            push(&cluster, &image, &repo, "v1").await?;
             seed_image(&cluster, &args, &image, &repo, work.path()).await?;
             let dest = work.path().join(format!("pulled-{name}-{repeat}"));
             let stale_before = stale_requests(&cluster).await?;

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use shoal_tests::images::{generate, image_spec};
-use shoal_tests::swarm::{pull_through_agent_and_check, push};
+use shoal_tests::swarm::{pull_through_agent_and_check, push_fresh_image};
 use shoal_tests::tarpit::Tarpits;
 use shoal_tests::{Cluster, ClusterOptions};
 
@@ -44,13 +43,14 @@ async fn main() -> Result<()> {
         for (with_tarpits, time) in [false, true].into_iter().zip(&mut times) {
             let name = if with_tarpits { "tarpits" } else { "clean" };
             let seed = 0x7a2_0000 + repeat * 2 + u64::from(with_tarpits);
-            let image = generate(
-                &work.path().join(format!("{name}-{repeat}")),
-                image_spec(vec![args.layer_mib * MIB], seed, "v1"),
+            let (image, repo) = push_fresh_image(
+                &cluster,
+                work.path(),
+                &format!("{name}-{repeat}"),
+                args.layer_mib * MIB,
+                seed,
             )
             .await?;
-            let repo = format!("bench/{name}-{repeat}");
-            push(&cluster, &image, &repo, "v1").await?;
             let tarpits = match with_tarpits {
                 true => Some(Tarpits::start(&cluster, args.tarpits, &repo, &image).await?),
                 false => None,
