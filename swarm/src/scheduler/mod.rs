@@ -739,20 +739,20 @@ impl Scheduler {
     /// another holder as well.
     fn mark_stale(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let timeout = millis(self.config.piece_timeout);
-        for peer in self.peers.iter_mut() {
-            if peer.snubbed.is_some_and(|until| now_ms >= until) {
-                peer.snubbed = None;
-            }
-        }
-        let Some(stale_after) = self.request_times.stale_after(timeout) else {
-            return;
-        };
+        let stale_after = self.request_times.stale_after(timeout);
         for slot in self.peers.slots() {
             let Some(peer) = self.peers.get_mut(slot) else {
                 continue;
             };
+            if peer.snubbed.is_some_and(|until| now_ms >= until) {
+                peer.snubbed = None;
+            }
+            let Some(stale_after) = stale_after else {
+                continue;
+            };
             for &(piece, sent) in &peer.inflight {
-                if now_ms.saturating_sub(sent) >= stale_after && self.pieces.stale(piece, slot) {
+                if now_ms.saturating_sub(sent) >= stale_after && self.pieces.went_stale(piece, slot)
+                {
                     let until = now_ms.saturating_add(timeout);
                     peer.snubbed = Some(peer.snubbed.map_or(until, |was| was.min(until)));
                     out.push(Action::Stale {

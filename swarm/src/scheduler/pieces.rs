@@ -145,14 +145,19 @@ impl Pieces {
     }
 
     /// The request for `piece` at `slot` went stale; true when it was not already.
-    pub(super) fn stale(&mut self, piece: u32, slot: Slot) -> bool {
+    pub(super) fn went_stale(&mut self, piece: u32, slot: Slot) -> bool {
         self.inflight.get(&piece).is_some_and(|s| s.contains(&slot))
             && self.stale.insert((piece, slot))
     }
 
+    /// The stale requests for `piece`.
+    fn stale_of(&self, piece: u32) -> impl Iterator<Item = &(u32, Slot)> {
+        self.stale.range((piece, 0)..=(piece, Slot::MAX))
+    }
+
     /// Whether every request for `piece` in flight went stale.
     fn all_stale(&self, piece: u32, slots: &[Slot]) -> bool {
-        slots.len() == self.stale.range((piece, 0)..=(piece, Slot::MAX)).count()
+        slots.len() == self.stale_of(piece).count()
     }
 
     /// Missing pieces that keep timing out at agents, lowest first.
@@ -234,9 +239,7 @@ impl Pieces {
         let key = self.key(piece);
         self.pickable.remove(&key);
         self.stalled.remove(&piece);
-        let stale: Vec<(u32, Slot)> = (self.stale.range((piece, 0)..=(piece, Slot::MAX)))
-            .copied()
-            .collect();
+        let stale: Vec<(u32, Slot)> = self.stale_of(piece).copied().collect();
         for request in stale {
             self.stale.remove(&request);
         }
