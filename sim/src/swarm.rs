@@ -511,21 +511,21 @@ impl Swarm {
                     if self.origin_death.is_some_and(|at| self.verified >= at) {
                         self.origin_death = None;
                         self.churn.origin_died_at = Some(now as f64 / 1e9);
-                        self.depart(0);
+                        self.stop(0, Gone::Exited);
                     }
                     if let Exit::Downloading { after } = self.nodes[receiver as usize].exit
                         && self.have(receiver).count() >= after
                     {
                         // It leaves with this piece, before telling anyone.
                         self.churn.left_downloading += 1;
-                        self.depart(receiver);
+                        self.stop(receiver, Gone::Exited);
                         return;
                     }
                     if let Exit::Hangs { after } = self.nodes[receiver as usize].exit
                         && self.have(receiver).count() >= after
                     {
                         self.churn.hung_downloading += 1;
-                        self.hang(receiver);
+                        self.stop(receiver, Gone::Hung);
                         return;
                     }
                     self.read_on(receiver, now);
@@ -608,14 +608,22 @@ impl Swarm {
         self.nodes[node as usize].reader = Some(reader);
     }
 
-    /// `node`'s process exits now: what its peers see of that follows one latency later.
-    fn depart(&mut self, node: u32) {
+    /// `node`'s process exits or hangs now, as `how` says; what its peers see of that follows
+    /// one latency later. Either way its own downloads stop, the pieces it was sending stop
+    /// moving, and its tracker record expires `peer_ttl` after its last announce.
+    fn stop(&mut self, node: u32, how: Gone) {
         let now = self.now;
         let reset = now + self.latency;
+        let exited = how == Gone::Exited;
         let this = &mut self.nodes[node as usize];
-        this.left = Some(Gone::Exited);
+        this.left = Some(how);
         let complete = this.scheduler.is_none() || this.completed.is_some();
-        let subscribers = std::mem::take(&mut this.subscribers);
+        // A hung node's sessions stand: its subscribers stay.
+        let subscribers = if exited {
+            std::mem::take(&mut this.subscribers)
+        } else {
+            Vec::new()
+        };
         let expires = this.announced + nanos(self.config.tracker.peer_ttl);
         // Its own downloads stop; the senders' schedulers hear nothing of it.
         self.drop_requests(node, |_, _| true);
@@ -632,39 +640,27 @@ impl Swarm {
                 );
             }
         }
-        // Pieces in flight from it fail at their receivers.
+        // Pieces in flight from it fail at their receivers when it exited; when it hung, their
+        // receivers hear nothing.
         for receiver in self.origins..self.nodes.len() as u32 {
             self.drop_requests_then(
                 receiver,
                 |sender, _| sender == node,
                 |queue, sender, piece| {
-                    let failed = SimEvent::Failed {
-                        node: receiver,
-                        sender,
-                        piece,
-                    };
-                    queue.push(reset, failed);
+                    if exited {
+                        let failed = SimEvent::Failed {
+                            node: receiver,
+                            sender,
+                            piece,
+                        };
+                        queue.push(reset, failed);
+                    }
                 },
             );
         }
         if node >= self.origins {
             self.queue.push(expires.max(now), SimEvent::Expire { node });
         }
-    }
-
-    /// `node`'s process stops answering now, its sockets open: its own downloads stop, the
-    /// pieces it was sending stop moving (their receivers hear nothing: their requests time
-    /// out), its sessions stand, and its tracker record expires as a departed agent's does.
-    fn hang(&mut self, node: u32) {
-        let this = &mut self.nodes[node as usize];
-        this.left = Some(Gone::Hung);
-        let expires = this.announced + nanos(self.config.tracker.peer_ttl);
-        self.drop_requests(node, |_, _| true);
-        for receiver in self.origins..self.nodes.len() as u32 {
-            self.drop_requests(receiver, |sender, _| sender == node);
-        }
-        self.queue
-            .push(expires.max(self.now), SimEvent::Expire { node });
     }
 
     /// Whether `node` is an agent still downloading: the one whose scheduler hears events.
@@ -840,7 +836,7 @@ impl Swarm {
                 }
                 if self.nodes[node as usize].exit == Exit::Complete {
                     self.churn.left_complete += 1;
-                    self.depart(node);
+                    self.stop(node, Gone::Exited);
                 } else {
                     // The engine starts seeding: the tracker learns it is complete.
                     self.queue
