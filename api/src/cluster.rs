@@ -13,12 +13,17 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use shoal_core::{Digest, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics, Snapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::origin::OriginClient;
@@ -44,7 +49,9 @@ pub struct Owner {
 /// fail the same everywhere.
 pub fn fails_over(error: &ApiError) -> bool {
     match error {
-        ApiError::Transport { .. } | ApiError::Protocol { .. } => true,
+        ApiError::Transport { .. } | ApiError::Protocol { .. } | ApiError::Unresponsive { .. } => {
+            true
+        }
         ApiError::Remote { status, .. } => *status >= 500,
         ApiError::RangeNotSatisfiable { .. } | ApiError::TooLarge { .. } => false,
     }
@@ -168,8 +175,8 @@ impl OriginCluster {
             .collect()
     }
 
-    /// Runs `read` on the owners of `digest` in [`OriginCluster::owners`] order; see
-    /// [`read_in_order`].
+    /// Runs `read` on the owners of `digest` in [`OriginCluster::owners`] order, passing over
+    /// owners that fail, lack it or hang; see [`OriginCluster::ask_in_turn`].
     pub async fn read<T, F, Fut>(
         &self,
         digest: &Digest,
@@ -179,7 +186,89 @@ impl OriginCluster {
         F: FnMut(OriginClient) -> Fut,
         Fut: Future<Output = Result<Option<T>, ApiError>>,
     {
-        read_in_order(digest, self.owners(digest), read).await
+        let found = self
+            .ask_in_turn(self.owners(digest), read)
+            .instrument(tracing::warn_span!("origin read", %digest))
+            .await?;
+        Ok(found.map(|(found, owner)| (found, owner.client)))
+    }
+
+    /// Runs `ask` on `origins` in order and returns the first answer that found something, with
+    /// the origin that gave it (an upload session, a blob). An origin that [`fails_over`] or answers `None` (it lacks the
+    /// digest: it may have joined after the blob was written) passes the question on to the
+    /// next, and so does one that is hung (see [`PROBE_AFTER`]); the hung one is still waited
+    /// for beside the next and may answer first. `Ok(None)` when every origin that answered had
+    /// nothing; the failures when none answered, or at once on an error that would fail the
+    /// same everywhere.
+    pub async fn ask_in_turn<T, F, Fut>(
+        &self,
+        origins: Vec<Owner>,
+        mut ask: F,
+    ) -> Result<Option<(T, Owner)>, ReadFailure>
+    where
+        F: FnMut(OriginClient) -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        let mut origins = origins.into_iter();
+        let mut asked = FuturesUnordered::new();
+        let mut answered = false;
+        let mut failures = Vec::new();
+        // The origin asked last, while its answer is awaited; `hung` resolves if it stops
+        // answering. Every other request in flight went to an origin found hung.
+        let mut watched: Option<Owner> = None;
+        let mut hung: BoxFuture<'_, ()> = Box::pin(std::future::pending());
+        loop {
+            if watched.is_none() {
+                // Once an origin answered that it has nothing, one failing its health checks
+                // is not asked: it would only cost the wait for its probe.
+                let snapshot = self.snapshot();
+                let next = origins
+                    .by_ref()
+                    .find(|origin| !answered || snapshot.is_healthy(&origin.addr));
+                // A hung origin's answer is waited for only while another is awaited.
+                let Some(origin) = next else { break };
+                let asking = ask(origin.client.clone());
+                hung = Box::pin(stops_answering(&self.members, origin.addr.clone()));
+                watched = Some(origin.clone());
+                asked.push(async move { (origin, asking.await) });
+            }
+            tokio::select! {
+                Some((origin, result)) = asked.next() => {
+                    let found_hung = watched.as_ref().is_none_or(|w| w.addr != origin.addr);
+                    if !found_hung {
+                        watched = None;
+                        hung = Box::pin(std::future::pending());
+                    }
+                    match result {
+                        Ok(Some(found)) => return Ok(Some((found, origin))),
+                        Ok(None) => answered = true,
+                        // A hung origin's failure is on the list already.
+                        Err(error) if fails_over(&error) && found_hung => {}
+                        Err(error) if fails_over(&error) => {
+                            tracing::warn!(origin = origin.client.base(), error = %shoal_core::chain(&error), "origin failed; asking the next");
+                            failures.push((origin.client.base().to_owned(), error));
+                        }
+                        Err(error) => {
+                            failures.push((origin.client.base().to_owned(), error));
+                            return Err(ReadFailure { failures });
+                        }
+                    }
+                }
+                () = &mut hung => {
+                    if let Some(origin) = watched.take() {
+                        let base = origin.client.base().to_owned();
+                        tracing::warn!(origin = base, "origin has not answered and fails its health probe; asking the next as well");
+                        failures.push((base, ApiError::Unresponsive { service: "origin".into() }));
+                    }
+                    hung = Box::pin(std::future::pending());
+                }
+            }
+        }
+        if answered {
+            Ok(None)
+        } else {
+            Err(ReadFailure { failures })
+        }
     }
 
     /// Where a blob committed on the member `me` goes: the owners other than `me`, and how many
@@ -197,40 +286,20 @@ impl OriginCluster {
     }
 }
 
-/// Runs `read` on `owners` in order and returns the first answer that found it, with the origin
-/// that gave it. An owner that [`fails_over`] or answers `None` (it lacks the digest: it may have
-/// joined after the blob was written) passes the read on to the next. `Ok(None)` when every
-/// owner that answered lacks it; the failures when none answered, or at once on an error that
-/// would fail the same everywhere.
-pub async fn read_in_order<T, F, Fut>(
-    digest: &Digest,
-    owners: Vec<Owner>,
-    mut read: F,
-) -> Result<Option<(T, OriginClient)>, ReadFailure>
-where
-    F: FnMut(OriginClient) -> Fut,
-    Fut: Future<Output = Result<Option<T>, ApiError>>,
-{
-    let mut answered = false;
-    let mut failures = Vec::new();
-    for Owner { client, .. } in owners {
-        match read(client.clone()).await {
-            Ok(Some(found)) => return Ok(Some((found, client))),
-            Ok(None) => answered = true,
-            Err(error) if fails_over(&error) => {
-                tracing::warn!(%digest, origin = client.base(), error = %shoal_core::chain(&error), "origin read failed; trying the next owner");
-                failures.push((client.base().to_owned(), error));
-            }
-            Err(error) => {
-                failures.push((client.base().to_owned(), error));
-                return Err(ReadFailure { failures });
-            }
+/// How long [`OriginCluster::ask_in_turn`] waits on an origin before probing its health. One
+/// that has not answered by then and fails the probe is taken for hung (a stopped process still
+/// has its connections accepted by the kernel, and would hold the request until its timeout), so
+/// the next is asked beside it. A live origin keeps the request however long it takes (a
+/// pull-through from the backend comes before the answer) and is probed again after as long.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Resolves once `member` fails a health probe, probing it every [`PROBE_AFTER`].
+async fn stops_answering(members: &Membership, member: String) {
+    loop {
+        tokio::time::sleep(PROBE_AFTER).await;
+        if !members.probe(&member).await {
+            return;
         }
-    }
-    if answered {
-        Ok(None)
-    } else {
-        Err(ReadFailure { failures })
     }
 }
 
@@ -484,8 +553,178 @@ mod tests {
             .into_iter()
             .map(|o| o.addr)
             .collect();
-        assert_eq!(owners, [live_addr, down_addr]);
+        assert_eq!(owners, [live_addr.clone(), down_addr]);
+        // Once a healthy owner answered that it lacks the digest, an unhealthy one is not
+        // asked: it would only cost the wait for its probe.
+        let asked = Mutex::new(Vec::new());
+        let missing = cluster
+            .read(&digest, |origin| {
+                asked.lock().unwrap().push(origin.base().to_owned());
+                async { Ok(None::<()>) }
+            })
+            .await
+            .unwrap();
+        assert!(missing.is_none());
+        assert_eq!(*asked.lock().unwrap(), [format!("http://{live_addr}")]);
         server.abort();
+    }
+
+    /// Origins on real sockets: `hung` accept connections (the kernel does, into the listen
+    /// backlog) and never answer anything; the others answer their health probes. Health is
+    /// probed once at start only, so no owner is marked unhealthy and the rendezvous order
+    /// holds; a probe times out after 200 ms.
+    struct Ring {
+        cluster: OriginCluster,
+        hung: Vec<String>,
+        _listeners: Vec<std::net::TcpListener>,
+        servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    }
+
+    impl Ring {
+        async fn start(hung: usize, live: usize) -> Ring {
+            let mut members = Vec::new();
+            let mut listeners = Vec::new();
+            for _ in 0..hung {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                members.push(listener.local_addr().unwrap().to_string());
+                listeners.push(listener);
+            }
+            let hung = members.clone();
+            let mut servers = Vec::new();
+            for _ in 0..live {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                members.push(listener.local_addr().unwrap().to_string());
+                let app =
+                    axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+                servers.push(tokio::spawn(
+                    async move { axum::serve(listener, app).await },
+                ));
+            }
+            let replicas = members.len();
+            let config = OriginsConfig::from(MembersConfig {
+                source: Source::Static(members),
+                health: HealthConfig {
+                    interval: Duration::from_secs(3600),
+                    timeout: Duration::from_millis(200),
+                    ..HealthConfig::default()
+                },
+            });
+            Ring {
+                cluster: cluster(config, replicas).await,
+                hung,
+                _listeners: listeners,
+                servers,
+            }
+        }
+
+        /// A digest whose first owner is hung.
+        fn digest_owned_first_by_a_hung_origin(&self) -> Digest {
+            (0..=255u8)
+                .map(|byte| Digest::of(&[byte]))
+                .find(|digest| self.hung.contains(&self.cluster.owners(digest)[0].addr))
+                .unwrap()
+        }
+
+        fn is_hung(&self, origin: &OriginClient) -> bool {
+            self.hung
+                .iter()
+                .any(|addr| origin.base().ends_with(addr.as_str()))
+        }
+    }
+
+    impl Drop for Ring {
+        fn drop(&mut self) {
+            for server in &self.servers {
+                server.abort();
+            }
+        }
+    }
+
+    /// Bounds a read that would otherwise wait for a hung origin's request timeout.
+    async fn within<T>(read: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the read waited on a hung origin")
+    }
+
+    #[tokio::test]
+    async fn a_read_passes_over_an_owner_that_never_answers() {
+        let ring = Ring::start(1, 2).await;
+        let digest = ring.digest_owned_first_by_a_hung_origin();
+        let owners = ring.cluster.owners(&digest);
+        let read = ring.cluster.read(&digest, |origin| {
+            let hung = ring.is_hung(&origin);
+            async move {
+                if hung {
+                    std::future::pending::<()>().await;
+                }
+                Ok(Some(origin.base().to_owned()))
+            }
+        });
+        let (found, from) = within(read).await.unwrap().unwrap();
+        assert_eq!(found, from.base());
+        assert!(found.ends_with(owners[1].addr.as_str()), "{found}");
+
+        // Every owner that answers lacks it: a miss, without waiting for the hung one.
+        let missing = within(ring.cluster.read(&digest, |origin| {
+            let hung = ring.is_hung(&origin);
+            async move {
+                if hung {
+                    std::future::pending::<()>().await;
+                }
+                Ok(None::<()>)
+            }
+        }))
+        .await
+        .unwrap();
+        assert!(missing.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_read_of_only_hung_owners_fails_and_names_them() {
+        let ring = Ring::start(2, 0).await;
+        let digest = Digest::of(b"blob");
+        let failure = within(ring.cluster.read(&digest, |_| async {
+            std::future::pending::<()>().await;
+            Ok(Some(()))
+        }))
+        .await
+        .unwrap_err();
+        assert_eq!(failure.failures.len(), 2, "{failure}");
+        assert!(
+            failure
+                .failures
+                .iter()
+                .all(|(_, error)| matches!(error, ApiError::Unresponsive { .. })),
+            "{failure}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_owner_that_answers_its_probes_keeps_the_read() {
+        let ring = Ring::start(0, 2).await;
+        let digest = Digest::of(b"slow");
+        let first = ring.cluster.owners(&digest)[0].client.base().to_owned();
+        let others = AtomicUsize::new(0);
+        // Slower than two probe rounds: a pull-through from the backend before the answer.
+        let slow = PROBE_AFTER * 5 / 2;
+        let (found, _) = ring
+            .cluster
+            .read(&digest, |origin| {
+                let first = origin.base() == first;
+                if !first {
+                    others.fetch_add(1, Ordering::Relaxed);
+                }
+                async move {
+                    tokio::time::sleep(slow).await;
+                    Ok(Some(first))
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(found, "answered by another owner");
+        assert_eq!(others.into_inner(), 0, "another owner was asked");
     }
 
     #[tokio::test]

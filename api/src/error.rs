@@ -25,6 +25,10 @@ pub enum ApiError {
         #[source]
         source: reqwest::Error,
     },
+    /// The server has not answered a request and fails its health probe: hung (a stopped
+    /// process, whose kernel still accepts connections).
+    #[error("{service}: no answer, and it fails its health probe")]
+    Unresponsive { service: String },
     /// The server answered something this client does not understand.
     #[error("{service}: bad response: {reason}")]
     Protocol { service: String, reason: String },

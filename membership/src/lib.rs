@@ -14,6 +14,7 @@ mod metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::watch;
@@ -76,6 +77,8 @@ impl Snapshot {
 #[derive(Clone, Debug)]
 pub struct Membership {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    http: reqwest::Client,
+    health: HealthConfig,
 }
 
 impl Membership {
@@ -111,8 +114,18 @@ impl Membership {
         };
         let (tx, snapshots) = watch::channel(Arc::new(group_state.snapshot()));
         group_state.publish_metrics();
-        tasks.spawn(group_state.run(dns, http, tx, shutdown));
-        Ok(Membership { snapshots })
+        tasks.spawn(group_state.run(dns, http.clone(), tx, shutdown));
+        Ok(Membership {
+            snapshots,
+            http,
+            health: config.health,
+        })
+    }
+
+    /// Probes `member` once, now, as the periodic checks do; the verdict is not recorded. A
+    /// caller waiting long on a member asks this to tell a busy member from a hung one.
+    pub async fn probe(&self, member: &str) -> bool {
+        probe(&self.http, member, self.health.timeout).await
     }
 
     /// The current view (cheap: an `Arc` clone).
@@ -142,7 +155,7 @@ struct Group {
 impl Group {
     async fn run(
         mut self,
-        dns: Option<(Dns, std::time::Duration)>,
+        dns: Option<(Dns, Duration)>,
         http: reqwest::Client,
         tx: watch::Sender<Arc<Snapshot>>,
         shutdown: CancellationToken,
@@ -206,12 +219,11 @@ impl Group {
     /// Probes every member once, concurrently, and feeds the results to their state machines.
     async fn probe(&mut self, http: &reqwest::Client) {
         let timeout = self.health.timeout;
-        let results = join_all(self.order.iter().map(|member| async move {
-            let url = health_url(member);
-            let outcome = tokio::time::timeout(timeout, http.get(&url).send()).await;
-            let ok = matches!(&outcome, Ok(Ok(response)) if response.status().is_success());
-            (member.clone(), ok)
-        }))
+        let results = join_all(
+            self.order
+                .iter()
+                .map(|member| async move { (member.clone(), probe(http, member, timeout).await) }),
+        )
         .await;
         let HealthConfig { fall, rise, .. } = self.health;
         for (member, ok) in results {
@@ -243,6 +255,12 @@ impl Group {
         let healthy = self.members.values().filter(|h| h.is_healthy()).count();
         self.metrics.set(self.name, self.order.len(), healthy);
     }
+}
+
+/// Whether `member` answers `GET /health` with a 2xx within `timeout`.
+async fn probe(http: &reqwest::Client, member: &str, timeout: Duration) -> bool {
+    let outcome = tokio::time::timeout(timeout, http.get(health_url(member)).send()).await;
+    matches!(&outcome, Ok(Ok(response)) if response.status().is_success())
 }
 
 /// Members are written `host:port` (plain HTTP) or with their scheme.

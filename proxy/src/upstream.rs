@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use shoal_api::cluster::Owner;
-use shoal_api::{ApiError, BuildIndexClient, OriginClient, OriginCluster, fails_over};
+use shoal_api::{ApiError, BuildIndexClient, OriginClient, OriginCluster};
 use shoal_core::{Digest, Name};
 use shoal_membership::{MembershipError, MembershipMetrics};
 use shoal_service::{CancellationToken, TaskTracker};
@@ -106,9 +106,10 @@ impl Upstreams {
         &self.build_index
     }
 
-    /// Opens an upload session for `client` on the next origin in turn, or the first after it
-    /// that answers. An origin at its session bound answers 429, which is passed on rather than
-    /// failed over: the bound is the origin cluster's answer to this client.
+    /// Opens an upload session for `client` on the next origin in turn (origins failing their
+    /// health checks last), or the first after it that answers. An origin at its session bound
+    /// answers 429, which is passed on rather than failed over: the bound is the origin
+    /// cluster's answer to this client.
     pub async fn start_session(
         &self,
         namespace: &Name,
@@ -117,17 +118,24 @@ impl Upstreams {
         // The blob's digest is unknown until the upload is committed, so its owner cannot be
         // picked yet; the session's origin replicates to the owners on commit. Taking origins in
         // turn spreads the staging of pushed bytes (and their replication) over the ring.
-        let members = self.origins.snapshot().members().to_vec();
+        let snapshot = self.origins.snapshot();
+        let members = snapshot.members();
         let count = members.len().max(1);
         let first = self.next_session.fetch_add(1, Ordering::Relaxed) % count;
-        let in_turn = (0..members.len()).filter_map(|i| {
-            let addr = &members[(first + i) % count];
-            self.origins.member(addr).map(|client| Owner {
-                addr: addr.clone(),
-                client,
+        let in_turn = (0..members.len())
+            .map(|i| &members[(first + i) % count])
+            .collect();
+        let origins = snapshot
+            .healthy_first(in_turn)
+            .into_iter()
+            .filter_map(|addr| {
+                self.origins.member(addr).map(|client| Owner {
+                    addr: addr.clone(),
+                    client,
+                })
             })
-        });
-        self.open_session_on(in_turn, namespace, client)
+            .collect();
+        self.open_session_on(origins, namespace, client)
             .await
             .map(|(_, handle)| handle)
     }
@@ -158,35 +166,30 @@ impl Upstreams {
     }
 
     /// Opens a session for `client` (the address the origin bounds sessions by) on the first of
-    /// `origins` that answers; the last error when none does.
+    /// `origins` that answers, passing over origins that fail or hang
+    /// ([`OriginCluster::ask_in_turn`]); the last error when none answers.
     async fn open_session_on(
         &self,
-        origins: impl IntoIterator<Item = Owner>,
+        origins: Vec<Owner>,
         namespace: &Name,
         client: Option<IpAddr>,
     ) -> Result<(OriginClient, UploadHandle), ApiError> {
-        let mut failure = None;
-        for Owner {
-            addr,
-            client: origin,
-        } in origins
-        {
-            match origin.start_upload(Some(namespace), client).await {
-                Ok(id) => {
-                    let handle = UploadHandle::new(addr, id)?;
-                    return Ok((origin, handle));
-                }
-                Err(error) if fails_over(&error) => {
-                    tracing::warn!(origin = origin.base(), error = %shoal_core::chain(&error), "origin cannot open an upload; trying the next");
-                    failure = Some(error);
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(failure.unwrap_or_else(|| ApiError::Protocol {
+        let opened = self
+            .origins
+            .ask_in_turn(origins, |origin| async move {
+                origin.start_upload(Some(namespace), client).await.map(Some)
+            })
+            .await;
+        let no_members = || ApiError::Protocol {
             service: "origin".into(),
             reason: "the origin cluster has no members".into(),
-        }))
+        };
+        match opened {
+            Ok(Some((id, owner))) => Ok((owner.client, UploadHandle::new(owner.addr, id)?)),
+            // Only an origin that was asked and answered nothing; `start_upload` always does.
+            Ok(None) => Err(no_members()),
+            Err(failure) => Err(failure.last().map_or_else(no_members, |(_, error)| error)),
+        }
     }
 
     /// The origin holding a session and the session's id there; `None` when the handle names an
