@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use shoal_api::OriginClient;
 use shoal_api::OriginCluster;
-use shoal_api::cluster::{WritePlan, write_quorum};
+use shoal_api::cluster::{Owner, WritePlan, write_quorum};
 use shoal_core::{Digest, ErrorCode, Name};
 use shoal_jobs::{Failure, Job, JobsError, Queue, RetryPolicy, Stats};
 use shoal_membership::{MembershipError, MembershipMetrics};
@@ -171,14 +171,21 @@ impl Ring {
     }
 
     /// This origin's share of each blob's pieces for super-seeding (`shoal_p2p::ShareOf`): its
-    /// place among the blob's owners. Every owner computes the same owners from the same ring,
-    /// so their shares are disjoint; a piece left out (owners seen differently for a moment) is
-    /// still served to a request that insists.
+    /// place among the blob's owners that pass their health checks. Every owner computes the
+    /// same owners from the same ring, so their shares are disjoint; an owner found hung drops
+    /// out, so that its share is sent by the others instead of waiting on requests that insist.
+    /// A piece left out (owners or their health seen differently for a moment) is still served
+    /// to a request that insists.
     pub(crate) fn share_of(&self) -> shoal_p2p::ShareOf {
         let cluster = self.cluster.clone();
         let me = self.me.clone();
         Arc::new(move |digest| {
-            let owners = cluster.owners(digest);
+            let snapshot = cluster.snapshot();
+            let owners: Vec<Owner> = cluster
+                .owners(digest)
+                .into_iter()
+                .filter(|owner| snapshot.is_healthy(&owner.addr))
+                .collect();
             let index = owners.iter().position(|owner| owner.addr == me)?;
             Some((
                 u32::try_from(index).ok()?,
