@@ -88,7 +88,8 @@ const ORDERED_SWARM: (usize, usize) = (1, 3);
 /// peer answers a handshake within milliseconds; one that accepts TCP and never answers (a hung
 /// node) would otherwise keep the origin unused until the handshake times out, and a tracker
 /// that keeps handing out such peers would keep it unused for ever. Every blob of a pull pays
-/// it once when hung peers are around (`shoal-bench-tarpit`, docs/BENCHMARKS.md).
+/// it once when hung peers are around (`shoal-bench-tarpit`, docs/BENCHMARKS.md). A pending
+/// origin connection holds up the next origin's for as long, no longer.
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 /// An agent we could not connect to is not tried again for this long, even when the tracker
 /// hands it out again: hung peers re-announced by stale records must not take every connection
@@ -433,10 +434,11 @@ impl Scheduler {
         }
     }
 
-    /// Whether an agent connection started less than [`CONNECT_GRACE`] ago is still pending.
-    fn agent_connection_fresh(&mut self, now_ms: u64) -> bool {
+    /// Whether an agent (or origin) connection started less than [`CONNECT_GRACE`] ago is
+    /// still pending.
+    fn connection_fresh(&mut self, origin: bool, now_ms: u64) -> bool {
         self.candidates
-            .agent_pending_within(now_ms, millis(CONNECT_GRACE))
+            .pending_within(origin, now_ms, millis(CONNECT_GRACE))
     }
 
     fn on_connected(&mut self, now_ms: u64, id: PeerId, bitfield: Bitfield, out: &mut Vec<Action>) {
@@ -870,7 +872,7 @@ impl Scheduler {
         }
         let origin = peer.origin;
         let beside_agents =
-            self.peers.agents() > 0 || (origin && self.agent_connection_fresh(now_ms));
+            self.peers.agents() > 0 || (origin && self.connection_fresh(false, now_ms));
         let Some(peer) = self.peers.get(slot) else {
             return;
         };
@@ -966,16 +968,17 @@ impl Scheduler {
         }
         // Give fresh agent handshakes a moment before judging what agents can serve; then the
         // origins are the last resort, allowed beyond the cap so they can always unblock a
-        // piece no connected agent holds. Handshakes pending longer than the grace do not
-        // count: a peer that accepts TCP and never answers must not keep us from them. With
-        // one owner connected, 20 simulated agents and 3 owners finished at 1.38× of S/B (the
+        // piece no connected agent holds, one at a time. Handshakes pending longer than the
+        // grace do not count: a peer that accepts TCP and never answers (a hung agent, or a
+        // hung owner among the origins) must not keep us from the others. With one owner
+        // connected, 20 simulated agents and 3 owners finished at 1.38× of S/B (the
         // owners' shares came round late); with every owner, 1.06× (docs/BENCHMARKS.md).
         let origin_needed = (self.pieces.agentless() > 0
             || !self.pieces.stalled().is_empty()
             || self.peers.useful_agents() < 2)
-            && !self.agent_connection_fresh(now_ms);
+            && !self.connection_fresh(false, now_ms);
         if origin_needed
-            && self.candidates.connecting_origins() == 0
+            && !self.connection_fresh(true, now_ms)
             && let Some(peer) = self.candidates.next(true, now_ms)
         {
             out.push(Action::Connect { peer });

@@ -220,9 +220,11 @@ pub(super) struct Candidates {
     blacklist: HashMap<PeerId, u64>,
     connecting_agents: usize,
     connecting_origins: usize,
-    /// Connection attempts to agents in the order they started (ids may be stale: connected,
-    /// failed or restarted since), so the newest pending one is found in amortised O(1).
+    /// Connection attempts to agents, and to origins, in the order they started (ids may be
+    /// stale: connected, failed or restarted since), so the newest pending one is found in
+    /// amortised O(1).
     agent_attempts: VecDeque<(u64, PeerId)>,
+    origin_attempts: VecDeque<(u64, PeerId)>,
 }
 
 impl Candidates {
@@ -272,6 +274,7 @@ impl Candidates {
                 known.since = now_ms;
                 if origin {
                     self.connecting_origins += 1;
+                    self.origin_attempts.push_back((now_ms, id.clone()));
                 } else {
                     self.connecting_agents += 1;
                     self.agent_attempts.push_back((now_ms, id.clone()));
@@ -346,15 +349,17 @@ impl Candidates {
         self.connecting_agents + self.connecting_origins
     }
 
-    pub(super) fn connecting_origins(&self) -> usize {
-        self.connecting_origins
-    }
-
-    /// Whether an agent connection attempt started less than `grace_ms` before `now_ms` is still
-    /// pending. Entries are dropped from the front as they resolve or grow older than that (the
-    /// clock only moves forward), so the answer is whether any entry remains.
-    pub(super) fn agent_pending_within(&mut self, now_ms: u64, grace_ms: u64) -> bool {
-        while let Some((since, id)) = self.agent_attempts.front() {
+    /// Whether an agent (or origin) connection attempt started less than `grace_ms` before
+    /// `now_ms` is still pending. Entries are dropped from the front as they resolve or grow
+    /// older than that (the clock only moves forward), so the answer is whether any entry
+    /// remains.
+    pub(super) fn pending_within(&mut self, origin: bool, now_ms: u64, grace_ms: u64) -> bool {
+        let attempts = if origin {
+            &mut self.origin_attempts
+        } else {
+            &mut self.agent_attempts
+        };
+        while let Some((since, id)) = attempts.front() {
             let pending = self
                 .known
                 .get(id)
@@ -362,9 +367,9 @@ impl Candidates {
             if pending && since.saturating_add(grace_ms) > now_ms {
                 break;
             }
-            self.agent_attempts.pop_front();
+            attempts.pop_front();
         }
-        !self.agent_attempts.is_empty()
+        !attempts.is_empty()
     }
 
     pub(super) fn blacklist(&mut self, id: PeerId, until_ms: u64) {

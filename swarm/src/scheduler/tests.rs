@@ -1026,6 +1026,37 @@ fn peers_that_never_answer_hold_up_the_origin_only_for_the_grace() {
 }
 
 #[test]
+fn an_owner_that_never_answers_holds_up_the_next_owner_only_for_the_grace() {
+    // Three owners and no agent: one owner is connected at a time, and one that accepts TCP
+    // and never sends its bitfield (a hung origin) is not waited for past the grace.
+    let owners: Vec<PeerId> = ["owner-a", "owner-b", "owner-c"].map(id).to_vec();
+    let batch = owners
+        .iter()
+        .map(|peer| PeerCandidate {
+            id: peer.clone(),
+            origin: true,
+        })
+        .collect();
+    let mut scheduler = Scheduler::new(16, Bitfield::new(16), config(), 5);
+    let [hung] = &connects(&scheduler.handle(0, Event::Discovered(batch)))[..] else {
+        panic!("not one owner connected first");
+    };
+    assert!(connects(&scheduler.handle(200, Event::Tick)).is_empty());
+    let [next] = &connects(&scheduler.handle(250, Event::Tick))[..] else {
+        panic!("the next owner is not connected after the grace");
+    };
+    assert_ne!(next, hung);
+    let out = scheduler.handle(
+        260,
+        Event::Connected {
+            peer: next.clone(),
+            bitfield: Bitfield::full(16),
+        },
+    );
+    assert!(!requested(&out, next).is_empty(), "{out:?}");
+}
+
+#[test]
 fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
     // Alone with an origin (or with complete seeders only): pieces in index order.
     let mut lone = Scheduler::new(64, Bitfield::new(64), config(), 24);
@@ -1620,7 +1651,8 @@ fn in_a_large_swarm_or_before_the_tracker_counts_origins_are_asked_rarest_first(
             bitfield: Bitfield::new(64),
         },
     ));
-    out.extend(scheduler.handle(300, Event::Tick));
+    // Within the grace of the first owner's handshake: one owner connecting.
+    out.extend(scheduler.handle(200, Event::Tick));
     let asked_to_connect: Vec<PeerId> = connects(&out)
         .into_iter()
         .filter(|peer| peer != &id("agent"))
@@ -1629,7 +1661,7 @@ fn in_a_large_swarm_or_before_the_tracker_counts_origins_are_asked_rarest_first(
         panic!("{out:?}");
     };
     let out = scheduler.handle(
-        301,
+        201,
         Event::Connected {
             peer: owner.clone(),
             bitfield: Bitfield::full(64),
