@@ -214,3 +214,29 @@ pub fn tail(path: &Path) -> String {
     };
     read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
 }
+
+/// Processes stopped with SIGSTOP (hung: their sockets stay open and their kernel still accepts
+/// connections), continued when dropped, also when a test or bench fails midway, so that the
+/// cluster's teardown can stop them.
+pub struct Stopped(Vec<Pid>);
+
+impl Stopped {
+    pub fn stop(pids: impl IntoIterator<Item = u32>) -> Result<Stopped> {
+        let mut stopped = Stopped(Vec::new());
+        for pid in pids {
+            let pid = Pid::from_raw(i32::try_from(pid)?);
+            kill(pid, Signal::SIGSTOP).with_context(|| format!("stopping {pid}"))?;
+            stopped.0.push(pid);
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // Fails only when the process already exited.
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+    }
+}

@@ -20,6 +20,7 @@ use shoal_core::{Digest, rendezvous};
 use shoal_tests::images::{file_digest, generate, image_spec, layout_blobs, stream_digest};
 use shoal_tests::moto::Moto;
 use shoal_tests::pattern::Pattern;
+use shoal_tests::process::Stopped;
 use shoal_tests::swarm::{
     ensure_same_image, pull_through_agent, pull_through_agent_and_check,
     pull_through_agents_and_check, push, wait_until,
@@ -37,49 +38,19 @@ const WRITEBACK_AFTER_OUTAGE: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_return() -> Result<()>
 {
-    let mut cluster = Cluster::start(ClusterOptions {
-        origins: 3,
-        ..ClusterOptions::with_agents(3)
-    })
-    .await?;
-    let work = tempfile::tempdir()?;
-    let image = generate(
-        &work.path().join("image"),
-        image_spec(
-            vec![3 * MIB + 5, 2 * MIB, 700 * 1024, 4096],
-            0x0c1_0001,
-            "v1",
-        ),
+    let Ring {
+        mut cluster,
+        work,
+        image,
+        blobs: first,
+        owner: victim,
+    } = Ring::holding_an_image(
+        vec![3 * MIB + 5, 2 * MIB, 700 * 1024, 4096],
+        0x0c1_0001,
+        "ring/app",
     )
     .await?;
-    push(&cluster, &image, "ring/app", "v1").await?;
-    let first = layout_blobs(&image.dir)?;
-
-    // R = 3 of 3: every origin owns every blob. The quorum (W = 2) acknowledged the push; the
-    // third copy arrives in the background.
-    wait_until(
-        &cluster,
-        DEADLINE,
-        "every origin stores every blob of the image",
-        async || all_stored(&cluster, &[0, 1, 2], first.keys()).await,
-    )
-    .await?;
-
-    // Kill the preferred owner of the largest layer: the first origin the proxy, the tracker and
-    // the other origins turn to for it.
-    let addrs: Vec<String> = (0..3)
-        .map(|i| cluster.origin_addr_at(i).to_string())
-        .collect();
-    let (largest, _) = *image
-        .layers
-        .iter()
-        .max_by_key(|(_, size)| *size)
-        .context("the image has layers")?;
-    let owners = rendezvous::owners(&largest, &addrs, 3);
-    let victim = addrs
-        .iter()
-        .position(|a| a == owners[0])
-        .context("the owner is one of the origins")?;
+    // Kill the preferred owner of the largest layer.
     let victim_component = Component::origin(victim);
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     cluster.kill(victim_component)?;
@@ -132,6 +103,119 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
         );
     }
     Ok(())
+}
+
+/// A hung origin (stopped: its kernel still accepts connections, and nothing answers) used to
+/// hold every request that reached it until the caller's timeout: the tracker's metainfo reads
+/// (120 s, past the agent's own deadline, so pulls failed), the proxy's HEADs and upload
+/// sessions (30 min), and agents' connections to the next owner. Now a request it has not
+/// answered within a second is asked of the next owner once a health probe fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_pulls_go_on_while_an_owner_is_hung() -> Result<()> {
+    let Ring {
+        cluster,
+        work,
+        image,
+        owner: victim,
+        ..
+    } = Ring::holding_an_image(
+        vec![3 * MIB + 5, 2 * MIB, 700 * 1024],
+        0x0c1_0003,
+        "ring/hung",
+    )
+    .await?;
+    let pid = cluster
+        .pid(Component::origin(victim))
+        .context("the owner is running")?;
+    let stopped = Stopped::stop([pid])?;
+
+    within_hang(
+        "pulling through three agents",
+        pull_through_agents_and_check(&cluster, 0..3, &image, "ring/hung", "v1", work.path()),
+    )
+    .await?;
+    // Pushes open sessions on origins in turn, so the hung one comes up; each blob is HEADed
+    // first, and misses on every owner that answers.
+    for round in 0..3u64 {
+        let next = generate(
+            &work.path().join(format!("next-{round}")),
+            image_spec(vec![MIB + round, 10 * 1024], 0x0c1_0100 + round, "v2"),
+        )
+        .await?;
+        let tag = format!("v2-{round}");
+        within_hang("pushing", push(&cluster, &next, "ring/hung", &tag)).await?;
+        let pulled = work.path().join(format!("pulled-next-{round}"));
+        within_hang(
+            "pulling what was pushed",
+            pull_through_agent_and_check(&cluster, 1, &next, "ring/hung", &tag, &pulled),
+        )
+        .await?;
+    }
+    drop(stopped);
+    Ok(())
+}
+
+/// Three origins and three agents, holding an image pushed through the proxy.
+struct Ring {
+    cluster: Cluster,
+    work: tempfile::TempDir,
+    image: Image,
+    blobs: BTreeMap<Digest, u64>,
+    /// The preferred owner of the image's largest layer: the first origin the proxy, the
+    /// tracker and the other origins turn to for it.
+    owner: usize,
+}
+
+impl Ring {
+    /// Pushes an image of `layers` to `repo:v1` and waits until every origin stores all of it.
+    async fn holding_an_image(layers: Vec<u64>, seed: u64, repo: &str) -> Result<Ring> {
+        let cluster = Cluster::start(ClusterOptions {
+            origins: 3,
+            ..ClusterOptions::with_agents(3)
+        })
+        .await?;
+        let work = tempfile::tempdir()?;
+        let image = generate(&work.path().join("image"), image_spec(layers, seed, "v1")).await?;
+        push(&cluster, &image, repo, "v1").await?;
+        let blobs = layout_blobs(&image.dir)?;
+        // R = 3 of 3: every origin owns every blob. The quorum (W = 2) acknowledged the push;
+        // the third copy arrives in the background.
+        wait_until(
+            &cluster,
+            DEADLINE,
+            "every origin stores every blob of the image",
+            async || all_stored(&cluster, &[0, 1, 2], blobs.keys()).await,
+        )
+        .await?;
+        let addrs: Vec<String> = (0..3)
+            .map(|i| cluster.origin_addr_at(i).to_string())
+            .collect();
+        let (largest, _) = *image
+            .layers
+            .iter()
+            .max_by_key(|(_, size)| *size)
+            .context("the image has layers")?;
+        let owners = rendezvous::owners(&largest, &addrs, 3);
+        let owner = addrs
+            .iter()
+            .position(|a| a == owners[0])
+            .context("the owner is one of the origins")?;
+        Ok(Ring {
+            cluster,
+            work,
+            image,
+            blobs,
+            owner,
+        })
+    }
+}
+
+/// Bounds a push or pull beside a hung origin: far below the timeouts it cost before (120 s at
+/// the tracker, 30 min at the proxy), and far above what a debug build takes here.
+async fn within_hang<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .with_context(|| format!("{what} waited on the hung origin"))?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

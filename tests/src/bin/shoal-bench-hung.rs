@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::json;
 use shoal_client::Image;
+use shoal_tests::process::Stopped;
 use shoal_tests::swarm::{pull_through_agent_and_check, push_fresh_image};
 use shoal_tests::{Cluster, ClusterOptions, Component};
 
@@ -46,31 +45,6 @@ struct Args {
     /// Pairs of pulls (at least one); the median ratio is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     repeats: u64,
-}
-
-/// Processes stopped with SIGSTOP, continued when dropped (also when the bench fails midway,
-/// so the cluster's teardown can stop them).
-struct Stopped(Vec<Pid>);
-
-impl Stopped {
-    fn stop(pids: impl IntoIterator<Item = u32>) -> Result<Stopped> {
-        let mut stopped = Stopped(Vec::new());
-        for pid in pids {
-            let pid = Pid::from_raw(i32::try_from(pid)?);
-            kill(pid, Signal::SIGSTOP).with_context(|| format!("stopping {pid}"))?;
-            stopped.0.push(pid);
-        }
-        Ok(stopped)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            // Fails only when the process already exited.
-            let _ = kill(pid, Signal::SIGCONT);
-        }
-    }
 }
 
 /// Bytes agent 0 has received from peers of either kind.
