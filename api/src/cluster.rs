@@ -10,10 +10,11 @@
 //!
 //! The protocol is in `docs/internal-api.md` ("The origin ring").
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -35,6 +36,10 @@ pub struct OriginCluster {
     http: reqwest::Client,
     members: Membership,
     replicas: usize,
+    /// Origins this process found hung, and when: asked after the others until they answer
+    /// again or [`SUSPECT_FOR`] passes, so that only the first request meeting a hung origin
+    /// waits for its probe, not every request until the health checks mark it.
+    suspects: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// One owner of a digest: its member address (as ranked) and a client for it.
@@ -131,6 +136,7 @@ impl OriginCluster {
             http,
             members,
             replicas,
+            suspects: Arc::default(),
         })
     }
 
@@ -165,14 +171,60 @@ impl OriginCluster {
     pub fn owners(&self, digest: &Digest) -> Vec<Owner> {
         let snapshot = self.snapshot();
         let ranked = rendezvous::owners(digest, snapshot.members(), self.replicas);
-        snapshot
-            .healthy_first(ranked)
+        self.trusted_first(&snapshot, ranked)
+    }
+
+    /// Every member in turn from position `first` (wrapping), healthy ones first: where
+    /// upload sessions go, spread over the ring.
+    pub fn members_in_turn(&self, first: usize) -> Vec<Owner> {
+        let snapshot = self.snapshot();
+        let members = snapshot.members();
+        let count = members.len().max(1);
+        let first = first % count;
+        let in_turn = (0..members.len())
+            .map(|i| &members[(first + i) % count])
+            .collect();
+        self.trusted_first(&snapshot, in_turn)
+    }
+
+    /// `addrs` with the members that pass their health checks and were not found hung here
+    /// first; the order is otherwise kept.
+    fn trusted_first(&self, snapshot: &Snapshot, addrs: Vec<&String>) -> Vec<Owner> {
+        let mut ordered = snapshot.healthy_first(addrs);
+        ordered.sort_by_key(|addr| !self.trusted(snapshot, addr));
+        ordered
             .into_iter()
             .map(|addr| Owner {
                 addr: addr.clone(),
                 client: self.client(addr),
             })
             .collect()
+    }
+
+    /// Whether `addr` passes its health checks and was not found hung here lately.
+    fn trusted(&self, snapshot: &Snapshot, addr: &str) -> bool {
+        if !snapshot.is_healthy(addr) {
+            return false;
+        }
+        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        match suspects.get(addr) {
+            Some(since) if since.elapsed() < SUSPECT_FOR => false,
+            Some(_) => {
+                suspects.remove(addr);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Records what a request to `addr` showed: hung, or answering.
+    fn suspect(&self, addr: &str, hung: bool) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        if hung {
+            suspects.insert(addr.to_owned(), Instant::now());
+        } else if !suspects.is_empty() {
+            suspects.remove(addr);
+        }
     }
 
     /// Runs `read` on the owners of `digest` in [`OriginCluster::owners`] order, passing over
@@ -224,7 +276,7 @@ impl OriginCluster {
                 let snapshot = self.snapshot();
                 let next = origins
                     .by_ref()
-                    .find(|origin| !answered || snapshot.is_healthy(&origin.addr));
+                    .find(|origin| !answered || self.trusted(&snapshot, &origin.addr));
                 // A hung origin's answer is waited for only while another is awaited.
                 let Some(origin) = next else { break };
                 let asking = ask(origin.client.clone());
@@ -238,6 +290,9 @@ impl OriginCluster {
                     if !found_hung {
                         watched = None;
                         hung = Box::pin(std::future::pending());
+                    }
+                    if !matches!(&result, Err(error) if fails_over(error)) {
+                        self.suspect(&origin.addr, false);
                     }
                     match result {
                         Ok(Some(found)) => return Ok(Some((found, origin))),
@@ -256,6 +311,7 @@ impl OriginCluster {
                 }
                 () = &mut hung => {
                     if let Some(origin) = watched.take() {
+                        self.suspect(&origin.addr, true);
                         let base = origin.client.base().to_owned();
                         tracing::warn!(origin = base, "origin has not answered and fails its health probe; asking the next as well");
                         failures.push((base, ApiError::Unresponsive { service: "origin".into() }));
@@ -292,6 +348,10 @@ impl OriginCluster {
 /// the next is asked beside it. A live origin keeps the request however long it takes (a
 /// pull-through from the backend comes before the answer) and is probed again after as long.
 const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// How long an origin found hung is asked after the others (unless it answers meanwhile):
+/// longer than the health checks take by default to mark it (two failed probes, 5 s apart).
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 /// Resolves once `member` fails a health probe, probing it every [`PROBE_AFTER`].
 async fn stops_answering(members: &Membership, member: String) {
@@ -664,6 +724,26 @@ mod tests {
         let (found, from) = within(read).await.unwrap().unwrap();
         assert_eq!(found, from.base());
         assert!(found.ends_with(owners[1].addr.as_str()), "{found}");
+
+        // Found hung here, it is asked after the others until it answers again (its health
+        // checks have not marked it yet).
+        assert!(ring.cluster.snapshot().is_healthy(&owners[0].addr));
+        let reordered: Vec<String> = ring
+            .cluster
+            .owners(&digest)
+            .into_iter()
+            .map(|o| o.addr)
+            .collect();
+        assert_eq!(reordered.last(), Some(&owners[0].addr));
+        let hung_asked = AtomicUsize::new(0);
+        let again = ring.cluster.read(&digest, |origin| {
+            if ring.is_hung(&origin) {
+                hung_asked.fetch_add(1, Ordering::Relaxed);
+            }
+            async { Ok(Some(())) }
+        });
+        within(again).await.unwrap().unwrap();
+        assert_eq!(hung_asked.load(Ordering::Relaxed), 0);
 
         // Every owner that answers lacks it: a miss, without waiting for the hung one.
         let missing = within(ring.cluster.read(&digest, |origin| {

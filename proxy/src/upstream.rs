@@ -118,23 +118,8 @@ impl Upstreams {
         // The blob's digest is unknown until the upload is committed, so its owner cannot be
         // picked yet; the session's origin replicates to the owners on commit. Taking origins in
         // turn spreads the staging of pushed bytes (and their replication) over the ring.
-        let snapshot = self.origins.snapshot();
-        let members = snapshot.members();
-        let count = members.len().max(1);
-        let first = self.next_session.fetch_add(1, Ordering::Relaxed) % count;
-        let in_turn = (0..members.len())
-            .map(|i| &members[(first + i) % count])
-            .collect();
-        let origins = snapshot
-            .healthy_first(in_turn)
-            .into_iter()
-            .filter_map(|addr| {
-                self.origins.member(addr).map(|client| Owner {
-                    addr: addr.clone(),
-                    client,
-                })
-            })
-            .collect();
+        let first = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let origins = self.origins.members_in_turn(first);
         self.open_session_on(origins, namespace, client)
             .await
             .map(|(_, handle)| handle)

@@ -213,9 +213,12 @@ impl Ring {
 /// Bounds a push or pull beside a hung origin: far below the timeouts it cost before (120 s at
 /// the tracker, 30 min at the proxy), and far above what a debug build takes here.
 async fn within_hang<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(60), work)
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(60), work)
         .await
-        .with_context(|| format!("{what} waited on the hung origin"))?
+        .with_context(|| format!("{what} waited on the hung origin"))?;
+    eprintln!("{what} beside the hung origin: {:?}", started.elapsed());
+    done
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
