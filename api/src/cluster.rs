@@ -217,6 +217,25 @@ impl OriginCluster {
         }
     }
 
+    /// Whether `origin`, which has stopped sending a body it started, fails a health probe now:
+    /// then it is found hung (and asked after the others for a while), and a reader goes on
+    /// from another owner.
+    pub async fn found_hung(&self, origin: &OriginClient) -> bool {
+        let snapshot = self.snapshot();
+        let Some(addr) = snapshot
+            .members()
+            .iter()
+            .find(|member| self.client(member).base() == origin.base())
+        else {
+            return false;
+        };
+        if self.members.probe(addr).await {
+            return false;
+        }
+        self.suspect(addr, true);
+        true
+    }
+
     /// Records what a request to `addr` showed: hung, or answering.
     fn suspect(&self, addr: &str, hung: bool) {
         let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
@@ -347,7 +366,7 @@ impl OriginCluster {
 /// has its connections accepted by the kernel, and would hold the request until its timeout), so
 /// the next is asked beside it. A live origin keeps the request however long it takes (a
 /// pull-through from the backend comes before the answer) and is probed again after as long.
-const PROBE_AFTER: Duration = Duration::from_secs(1);
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 /// How long an origin found hung is asked after the others (unless it answers meanwhile):
 /// longer than the health checks take by default to mark it (two failed probes, 5 s apart).

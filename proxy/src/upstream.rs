@@ -97,6 +97,11 @@ impl Upstreams {
         }
     }
 
+    /// The origin cluster client.
+    pub fn origins(&self) -> &OriginCluster {
+        &self.origins
+    }
+
     /// Every origin member, healthy or not (readiness asks each itself).
     pub fn origin_members(&self) -> Vec<String> {
         self.origins.snapshot().members().to_vec()

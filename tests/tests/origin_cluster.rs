@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use shoal_backends::{Backend, ByteStream, blob_key, tag_key};
 use shoal_client::{Image, RegistryClient};
-use shoal_core::{Digest, rendezvous};
+use shoal_core::{Digest, Digester, rendezvous};
 use shoal_tests::images::{file_digest, generate, image_spec, layout_blobs, stream_digest};
 use shoal_tests::moto::Moto;
 use shoal_tests::pattern::Pattern;
@@ -43,7 +43,7 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
         work,
         image,
         blobs: first,
-        owner: victim,
+        owners,
     } = Ring::holding_an_image(
         vec![3 * MIB + 5, 2 * MIB, 700 * 1024, 4096],
         0x0c1_0001,
@@ -51,6 +51,7 @@ async fn agents_pull_everything_after_an_owner_is_killed_and_it_catches_up_on_re
     )
     .await?;
     // Kill the preferred owner of the largest layer.
+    let victim = owners[0];
     let victim_component = Component::origin(victim);
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     cluster.kill(victim_component)?;
@@ -116,7 +117,7 @@ async fn pushes_and_pulls_go_on_while_an_owner_is_hung() -> Result<()> {
         cluster,
         work,
         image,
-        owner: victim,
+        owners,
         ..
     } = Ring::holding_an_image(
         vec![3 * MIB + 5, 2 * MIB, 700 * 1024],
@@ -125,7 +126,7 @@ async fn pushes_and_pulls_go_on_while_an_owner_is_hung() -> Result<()> {
     )
     .await?;
     let pid = cluster
-        .pid(Component::origin(victim))
+        .pid(Component::origin(owners[0]))
         .context("the owner is running")?;
     let stopped = Stopped::stop([pid])?;
 
@@ -155,15 +156,83 @@ async fn pushes_and_pulls_go_on_while_an_owner_is_hung() -> Result<()> {
     Ok(())
 }
 
+/// A blob GET through the proxy whose origin hangs mid-body (stopped: the connection stays
+/// open and silent) goes on from the next owner where it stopped, and so does one whose origin
+/// dies mid-body (SIGKILL: the connection breaks). Before, the first held the client until it
+/// gave up, and the second cut the body short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_body_goes_on_from_another_owner_when_its_origin_hangs_or_dies() -> Result<()> {
+    let Ring {
+        mut cluster,
+        image,
+        owners,
+        ..
+    } = Ring::holding_an_image(vec![48 * MIB + 7], 0x0c1_0004, "ring/body").await?;
+    let (layer, size) = image.layers[0];
+    let url = format!("{}/v2/ring/body/blobs/{layer}", cluster.proxy_url());
+
+    // The preferred owner serves the first GET; it is stopped after a MiB.
+    let pid = cluster
+        .pid(Component::origin(owners[0]))
+        .context("the owner is running")?;
+    let (got, length, stopped) = within_hang(
+        "a GET whose origin hangs mid-body",
+        get_breaking_it_midway(&url, || Stopped::stop([pid])),
+    )
+    .await?;
+    ensure!(
+        (got, length) == (layer, size),
+        "read {got} ({length} bytes), pushed {layer} ({size} bytes)"
+    );
+    // The proxy found it hung: the second owner serves the next GET, and is killed after a MiB.
+    let (got, length, ()) = within_hang(
+        "a GET whose origin dies mid-body",
+        get_breaking_it_midway(&url, || cluster.kill(Component::origin(owners[1]))),
+    )
+    .await?;
+    ensure!(
+        (got, length) == (layer, size),
+        "read {got} ({length} bytes), pushed {layer} ({size} bytes)"
+    );
+    drop(stopped);
+    Ok(())
+}
+
+/// GETs `url`, calls `breakage` once a MiB of the body has arrived, reads the rest, and returns
+/// the body's digest and length with what `breakage` returned.
+async fn get_breaking_it_midway<T>(
+    url: &str,
+    breakage: impl FnOnce() -> Result<T>,
+) -> Result<(Digest, u64, T)> {
+    let response = reqwest::get(url).await?.error_for_status()?;
+    let mut body = response.bytes_stream();
+    let mut digester = Digester::new();
+    let mut length = 0u64;
+    let mut breakage = Some(breakage);
+    let mut broken = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("reading {url} at byte {length}"))?;
+        digester.update(&chunk);
+        length += chunk.len() as u64;
+        if length >= MIB
+            && let Some(breakage) = breakage.take()
+        {
+            broken = Some(breakage()?);
+        }
+    }
+    let broken = broken.context("the body ended before a MiB")?;
+    Ok((digester.finish(), length, broken))
+}
+
 /// Three origins and three agents, holding an image pushed through the proxy.
 struct Ring {
     cluster: Cluster,
     work: tempfile::TempDir,
     image: Image,
     blobs: BTreeMap<Digest, u64>,
-    /// The preferred owner of the image's largest layer: the first origin the proxy, the
-    /// tracker and the other origins turn to for it.
-    owner: usize,
+    /// The owners of the image's largest layer in the order the proxy, the tracker and the
+    /// other origins turn to them (the preferred owner first).
+    owners: Vec<usize>,
 }
 
 impl Ring {
@@ -195,17 +264,21 @@ impl Ring {
             .iter()
             .max_by_key(|(_, size)| *size)
             .context("the image has layers")?;
-        let owners = rendezvous::owners(&largest, &addrs, 3);
-        let owner = addrs
-            .iter()
-            .position(|a| a == owners[0])
-            .context("the owner is one of the origins")?;
+        let owners = rendezvous::owners(&largest, &addrs, 3)
+            .into_iter()
+            .map(|owner| {
+                addrs
+                    .iter()
+                    .position(|a| a == owner)
+                    .context("the owner is one of the origins")
+            })
+            .collect::<Result<_>>()?;
         Ok(Ring {
             cluster,
             work,
             image,
             blobs,
-            owner,
+            owners,
         })
     }
 }
