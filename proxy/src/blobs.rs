@@ -5,6 +5,7 @@
 //! collection's, run by the build-index (`docs/gc.md`).
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,6 +19,7 @@ use shoal_api::cluster::PROBE_AFTER;
 use shoal_api::{ApiError, OriginClient};
 use shoal_core::{ByteRange, ContentRange, Digest, ErrorCode, Name};
 use shoal_registry_server::RegistryError;
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::counted;
 use crate::state::AppState;
@@ -60,6 +62,8 @@ pub async fn get(
             next,
             end,
             resumes: 0,
+            stall: Box::pin(tokio::time::sleep(PROBE_AFTER)),
+            armed_at: next,
         }
         .stream()
         .boxed(),
@@ -124,6 +128,11 @@ struct Relay {
     next: u64,
     end: u64,
     resumes: usize,
+    /// Fires [`PROBE_AFTER`] after it was armed at offset `armed_at`; a body that moved since
+    /// re-arms it. One timer a second rather than one per chunk, so a stall shows after one
+    /// to two seconds.
+    stall: Pin<Box<Sleep>>,
+    armed_at: u64,
 }
 
 /// Why a body is taken over by another owner.
@@ -157,12 +166,14 @@ impl Relay {
                     None => Broke::Early,
                     Some(Err(error)) => Broke::Failed(error),
                 },
-                () = tokio::time::sleep(PROBE_AFTER) => Broke::Hung,
+                () = &mut self.stall => Broke::Hung,
             };
-            if let Broke::Hung = broke
-                && !self.upstreams.origins().found_hung(&self.origin).await
-            {
-                continue;
+            if let Broke::Hung = broke {
+                let moved = self.next > self.armed_at;
+                self.rearm();
+                if moved || !self.upstreams.origins().found_hung(&self.origin).await {
+                    continue;
+                }
             }
             if let Err(error) = self.resume(broke).await {
                 return Some(Err(error));
@@ -202,7 +213,13 @@ impl Relay {
         }
         self.body = response.bytes_stream().boxed();
         self.origin = origin;
+        self.rearm();
         Ok(())
+    }
+
+    fn rearm(&mut self) {
+        self.armed_at = self.next;
+        self.stall.as_mut().reset(Instant::now() + PROBE_AFTER);
     }
 }
 
