@@ -158,11 +158,27 @@ async fn made_up_peer_ids_from_one_address_share_its_limit() {
         digest: digest.to_string(),
         namespace: String::new(),
     };
-    let refused_metainfo = flooder
-        .get_metainfo(metainfo(&layer))
-        .await
-        .expect_err("the flooding address is over its rate");
-    assert_eq!(refused_metainfo.code(), Code::ResourceExhausted);
+    // A token may have come back since the flood (5 a second on a loaded machine); requests
+    // in a row spend it and are refused. Without origins, one served is UNAVAILABLE.
+    let mut refused_metainfo = false;
+    for _ in 0..10 {
+        let status = flooder
+            .get_metainfo(metainfo(&layer))
+            .await
+            .expect_err("no origins to answer");
+        match status.code() {
+            Code::ResourceExhausted => {
+                refused_metainfo = true;
+                break;
+            }
+            Code::Unavailable => {}
+            _ => panic!("{status:?}"),
+        }
+    }
+    assert!(
+        refused_metainfo,
+        "the flooding address is never over its rate"
+    );
     let neighbours = neighbour.get_metainfo(metainfo(&layer)).await;
     assert!(
         !matches!(&neighbours, Err(status) if status.code() == Code::ResourceExhausted),
