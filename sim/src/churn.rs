@@ -94,7 +94,7 @@ mod tests {
             hang_downloading: 0.05,
             late_join: 0.25,
             late_window: Duration::from_secs(4),
-            origin_dies_at: None,
+            origin_stops: None,
         };
         let plans = plan(&churn, 200, 10, 1);
         let leaving: Vec<u32> = plans

@@ -67,9 +67,26 @@ pub struct Churn {
     /// of within `arrival_spread`). Drawn independently of the leavers.
     pub late_join: f64,
     pub late_window: Duration,
-    /// Origin 0 stops once the agents have verified this share of all the bytes they need
-    /// (`peers` × blob size); None: every origin stays up.
-    pub origin_dies_at: Option<f64>,
+    /// Origin 0 exits or hangs mid-run; None: every origin stays up.
+    pub origin_stops: Option<OriginStop>,
+}
+
+/// Origin 0 stopping once the agents have verified `at`, a share of all the bytes they need
+/// (`peers` × blob size).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OriginStop {
+    pub at: f64,
+    pub how: Gone,
+}
+
+/// How a node stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Gone {
+    /// Its process exited: its sockets close, so requests and connects to it fail at once.
+    Exited,
+    /// Its process stopped answering with its sockets open: sessions with it stand, requests
+    /// to it are never answered, and handshakes with it time out.
+    Hung,
 }
 
 impl Churn {
@@ -79,7 +96,7 @@ impl Churn {
             || self.leave_complete > 0.0
             || self.hang_downloading > 0.0
             || self.late_join > 0.0
-            || self.origin_dies_at.is_some()
+            || self.origin_stops.is_some()
     }
 }
 
@@ -298,11 +315,11 @@ impl SimConfig {
                 field: "late-join window",
             });
         }
-        if let Some(share) = churn.origin_dies_at {
-            // Zero would kill it before anyone starts: not "dying at a share of the download".
+        if let Some(OriginStop { at: share, .. }) = churn.origin_stops {
+            // Zero would stop it before anyone starts: not "stopping at a share of the download".
             if !(share > 0.0 && share <= 1.0) {
                 return Err(ConfigError::Share {
-                    field: "the progress at which an origin dies",
+                    field: "the progress at which an origin stops",
                     value: share,
                 });
             }
@@ -354,7 +371,10 @@ mod tests {
             hang_downloading: 0.05,
             late_join: 0.2,
             late_window: Duration::from_secs(5),
-            origin_dies_at: Some(0.5),
+            origin_stops: Some(OriginStop {
+                at: 0.5,
+                how: Gone::Exited,
+            }),
         });
         assert_eq!(config.validate(), Ok(()));
     }
@@ -390,7 +410,10 @@ mod tests {
         }
         for bad in [0.0, 1.01, f64::NAN] {
             let config = churning(Churn {
-                origin_dies_at: Some(bad),
+                origin_stops: Some(OriginStop {
+                    at: bad,
+                    how: Gone::Hung,
+                }),
                 ..Churn::default()
             });
             assert!(
@@ -453,9 +476,12 @@ mod tests {
     }
 
     #[test]
-    fn an_origin_dies_only_beside_another_owner() {
+    fn an_origin_stops_only_beside_another_owner() {
         let mut config = churning(Churn {
-            origin_dies_at: Some(0.5),
+            origin_stops: Some(OriginStop {
+                at: 0.5,
+                how: Gone::Exited,
+            }),
             ..Churn::default()
         });
         config.origins = 1;

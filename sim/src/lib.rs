@@ -13,7 +13,7 @@ mod report;
 mod swarm;
 mod tracker;
 
-pub use config::{Churn, ConfigError, HandoutPolicy, SimConfig, TrackerModel};
+pub use config::{Churn, ConfigError, Gone, HandoutPolicy, OriginStop, SimConfig, TrackerModel};
 pub use queue::Nanos;
 pub use report::{ChurnReport, Distribution, Report};
 pub use swarm::{Swarm, simulate};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Parser;
-use shoal_sim::{Churn, HandoutPolicy, SimConfig, TrackerModel, simulate};
+use shoal_sim::{Churn, Gone, HandoutPolicy, OriginStop, SimConfig, TrackerModel, simulate};
 use shoal_swarm::scheduler::SchedulerConfig;
 use shoal_swarm::seeding::SeedingConfig;
 use shoal_swarm::slots::{DEFAULT_UPLOAD_SLOTS, PIECE_COPIES};
@@ -77,6 +77,10 @@ struct Args {
     /// need, peers × size (`0.5` or `50%`).
     #[arg(long, value_parser = share)]
     origin_dies_at: Option<f64>,
+    /// Churn: origin 0 hangs (stops answering, its sockets open) once the agents have verified
+    /// this share of all the bytes they need, peers × size.
+    #[arg(long, value_parser = share, conflicts_with = "origin_dies_at")]
+    origin_hangs_at: Option<f64>,
     /// Pieces an agent uploads at once; more requests are answered busy (`p2p.upload_slots`).
     #[arg(long, default_value_t = DEFAULT_UPLOAD_SLOTS)]
     upload_slots: usize,
@@ -207,7 +211,16 @@ fn main() -> anyhow::Result<ExitCode> {
             hang_downloading: args.hang_downloading,
             late_join: args.late_join,
             late_window: args.late_window,
-            origin_dies_at: args.origin_dies_at,
+            origin_stops: args
+                .origin_dies_at
+                .map(|at| OriginStop {
+                    at,
+                    how: Gone::Exited,
+                })
+                .or(args.origin_hangs_at.map(|at| OriginStop {
+                    at,
+                    how: Gone::Hung,
+                })),
         },
         scheduler: SchedulerConfig {
             max_peers: args.max_peers,

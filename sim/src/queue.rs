@@ -55,6 +55,8 @@ pub(crate) enum SimEvent {
     Failed { node: u32, sender: u32, piece: u32 },
     /// The tracker's record of `node`, which left or hung, expires.
     Expire { node: u32 },
+    /// The other origins' health checks mark `origin`, which stopped, as unhealthy.
+    OwnerMarked { origin: u32 },
 }
 
 /// Ordered by time, then by scheduling order.

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::config::Gone;
+
 /// Completion-time percentiles, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Distribution {
@@ -59,8 +61,8 @@ pub struct ChurnReport {
     /// Agents that hung mid-download: they never complete and are not in the percentiles.
     pub hung_downloading: u32,
     pub late_joiners: u32,
-    /// When origin 0 died, virtual seconds.
-    pub origin_died_at: Option<f64>,
+    /// When origin 0 stopped (virtual seconds), and how.
+    pub origin_stopped: Option<(f64, Gone)>,
     /// Failure events the agents' schedulers were fed: sessions that ended (Disconnected),
     /// connections to departed or hung nodes (ConnectFailed), requests to departed ones
     /// (PieceFailed; requests to hung ones time out in the schedulers).
@@ -203,8 +205,9 @@ impl fmt::Display for Report {
                 churn.hung_downloading,
                 churn.late_joiners
             )?;
-            match churn.origin_died_at {
-                Some(at) => writeln!(f, "; origin 0 died at {at:.2} s")?,
+            match churn.origin_stopped {
+                Some((at, Gone::Exited)) => writeln!(f, "; origin 0 died at {at:.2} s")?,
+                Some((at, Gone::Hung)) => writeln!(f, "; origin 0 hung at {at:.2} s")?,
                 None => writeln!(f)?,
             }
             writeln!(

@@ -33,7 +33,7 @@ use shoal_swarm::seeding::{Decision, Ledger};
 use shoal_swarm::slots::{self, PieceCopies, PieceCopy};
 
 use crate::churn::{self, Exit};
-use crate::config::{ConfigError, SimConfig};
+use crate::config::{ConfigError, Gone, OriginStop, SimConfig};
 use crate::flows::{FlowRef, Flows, Link};
 use crate::queue::{Nanos, Queue, SimEvent};
 use crate::reader::Reader;
@@ -72,15 +72,9 @@ struct Node {
     reader: Option<Reader>,
 }
 
-/// How a node stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gone {
-    /// Its process exited: its sockets close, so requests and connects to it fail at once.
-    Exited,
-    /// Its process stopped answering with its sockets open: sessions with it stand, requests
-    /// to it are never answered, and handshakes with it time out.
-    Hung,
-}
+/// How long after an origin stops the others' health checks mark it: the membership's defaults
+/// (a probe every 5 s, 2 s to answer, 2 failures in a row) take 7–12 s.
+const HEALTH_VERDICT: Nanos = 10 * SECOND;
 
 /// How long the engine waits for a peer's handshake (`p2p/src/engine/session.rs`).
 const HANDSHAKE_TIMEOUT: Nanos = 5 * SECOND;
@@ -121,8 +115,8 @@ pub struct Swarm {
     stale_requests: u64,
     /// Bytes of pieces agents have verified (each piece once per agent).
     verified: u64,
-    /// `verified` at which origin 0 dies.
-    origin_death: Option<u64>,
+    /// `verified` at which origin 0 stops, and how.
+    origin_stop: Option<(u64, Gone)>,
     churn: ChurnReport,
     /// Each origin's ledger of the blob (`shoal_swarm::seeding`), when the policy is on.
     ledgers: Vec<Ledger>,
@@ -231,10 +225,10 @@ impl Swarm {
             .collect();
         // Half of "all the bytes" is of what every agent needs, leavers included.
         let needed = u64::from(config.peers) as f64 * config.blob_size as f64;
-        let origin_death = config
+        let origin_stop = config
             .churn
-            .origin_dies_at
-            .map(|share| (share * needed).ceil() as u64);
+            .origin_stops
+            .map(|OriginStop { at, how }| ((at * needed).ceil() as u64, how));
         let owners = (0..config.origins.min(config.tracker.replicas)).collect();
         Ok(Swarm {
             origins: config.origins,
@@ -262,7 +256,7 @@ impl Swarm {
             busy_from_agents: 0,
             stale_requests: 0,
             verified: 0,
-            origin_death,
+            origin_stop,
             churn: ChurnReport {
                 late_joiners: plans.iter().filter(|plan| plan.late.is_some()).count() as u32,
                 ..ChurnReport::default()
@@ -508,10 +502,14 @@ impl Swarm {
                 self.send(receiver, Event::PieceDone { peer, piece, rtt });
                 if newly {
                     self.verified += self.piece_bytes(piece);
-                    if self.origin_death.is_some_and(|at| self.verified >= at) {
-                        self.origin_death = None;
-                        self.churn.origin_died_at = Some(now as f64 / 1e9);
-                        self.stop(0, Gone::Exited);
+                    if let Some((at, how)) = self.origin_stop
+                        && self.verified >= at
+                    {
+                        self.origin_stop = None;
+                        self.churn.origin_stopped = Some((now as f64 / 1e9, how));
+                        self.stop(0, how);
+                        self.queue
+                            .push(now + HEALTH_VERDICT, SimEvent::OwnerMarked { origin: 0 });
                     }
                     if let Exit::Downloading { after } = self.nodes[receiver as usize].exit
                         && self.have(receiver).count() >= after
@@ -576,6 +574,7 @@ impl Swarm {
                 self.send(node, Event::PieceFailed { peer, piece });
             }
             SimEvent::Expire { node } => self.tracker.forget(node),
+            SimEvent::OwnerMarked { origin } => self.reshare_without(origin),
         }
     }
 
@@ -660,6 +659,17 @@ impl Swarm {
         }
         if node >= self.origins {
             self.queue.push(expires.max(now), SimEvent::Expire { node });
+        }
+    }
+
+    /// The owners other than `gone`, which their health checks just marked, split the pieces
+    /// among themselves for super-seeding; each starts a fresh ledger, as an origin's `Seeder`
+    /// does when a blob's share changes (`origin/src/replicate.rs`, `share_of`).
+    fn reshare_without(&mut self, gone: u32) {
+        let owners = self.origins.min(self.config.tracker.replicas);
+        let others = (0..owners).filter(|&o| o != gone);
+        for (index, origin) in (0u32..).zip(others) {
+            self.ledgers[origin as usize] = Ledger::with_share(self.pieces, index, owners - 1);
         }
     }
 

@@ -1,11 +1,11 @@
 //! Churn on a small swarm (debug builds, a few seconds): agents leaving mid-download and on
-//! completion, agents hanging mid-download, late joiners and an origin dying half-way; every
+//! completion, agents hanging mid-download, late joiners and an origin dying or hanging; every
 //! agent that stays completes, and a departed agent is handed out only until its tracker record
 //! expires.
 
 use std::time::Duration;
 
-use shoal_sim::{Churn, ChurnReport, SimConfig, simulate};
+use shoal_sim::{Churn, ChurnReport, Gone, OriginStop, SimConfig, simulate};
 
 fn churning(peers: u32, churn: Churn) -> SimConfig {
     SimConfig {
@@ -33,7 +33,10 @@ fn every_agent_that_stays_completes_through_leavers_late_joiners_and_a_dead_orig
             hang_downloading: 0.0,
             late_join: 0.2,
             late_window: Duration::from_secs(2),
-            origin_dies_at: Some(0.5),
+            origin_stops: Some(OriginStop {
+                at: 0.5,
+                how: Gone::Exited,
+            }),
         },
     );
     let report = simulate(config).expect("valid config");
@@ -48,7 +51,7 @@ fn every_agent_that_stays_completes_through_leavers_late_joiners_and_a_dead_orig
     // less than one piece timeout (15 s) of virtual time.
     let slowest = report.seconds.expect("completions").max;
     assert!(slowest < 15.0, "{report}");
-    let died = churn.origin_died_at.expect("the origin died");
+    let (died, _) = churn.origin_stopped.expect("the origin died");
     assert!(
         died < report.virtual_seconds,
         "it died before the end: {report}"
@@ -65,15 +68,45 @@ fn a_dead_origin_alone_stalls_nobody() {
     let config = churning(
         60,
         Churn {
-            origin_dies_at: Some(0.5),
+            origin_stops: Some(OriginStop {
+                at: 0.5,
+                how: Gone::Exited,
+            }),
             ..Churn::default()
         },
     );
     let report = simulate(config).expect("valid config");
-    assert!(report.churn.origin_died_at.is_some(), "{report}");
+    assert!(report.churn.origin_stopped.is_some(), "{report}");
     assert_eq!(report.complete, 60, "{report}");
     // Nothing dropped a session: an origin is a complete peer, whose session just goes quiet.
     assert_eq!(report.churn.disconnects, 0, "{report}");
+}
+
+#[test]
+fn a_hung_origin_stalls_nobody() {
+    // It hangs early, while the agents still need the origins: its sessions stand, requests to
+    // it go unanswered, handshakes with it time out, and the tracker keeps handing it out.
+    for at in [0.05, 0.5] {
+        let config = churning(
+            60,
+            Churn {
+                origin_stops: Some(OriginStop {
+                    at,
+                    how: Gone::Hung,
+                }),
+                ..Churn::default()
+            },
+        );
+        let report = simulate(config).expect("valid config");
+        assert!(
+            matches!(report.churn.origin_stopped, Some((_, Gone::Hung))),
+            "{report}"
+        );
+        assert_eq!(report.complete, 60, "{report}");
+        // Nobody waited out a piece timeout (15 s of virtual time) on it.
+        let slowest = report.seconds.expect("completions").max;
+        assert!(slowest < 15.0, "hanging at {at}: {report}");
+    }
 }
 
 #[test]
