@@ -264,13 +264,13 @@ impl OriginCluster {
         Ok(found.map(|(found, owner)| (found, owner.client)))
     }
 
-    /// Runs `ask` on `origins` in order and returns the first answer that found something, with
-    /// the origin that gave it (an upload session, a blob). An origin that [`fails_over`] or answers `None` (it lacks the
-    /// digest: it may have joined after the blob was written) passes the question on to the
-    /// next, and so does one that is hung (see [`PROBE_AFTER`]); the hung one is still waited
-    /// for beside the next and may answer first. `Ok(None)` when every origin that answered had
-    /// nothing; the failures when none answered, or at once on an error that would fail the
-    /// same everywhere.
+    /// Runs `ask` on `origins` in order and returns the first answer that found something (a
+    /// blob, an upload session), with the origin that gave it. An origin that [`fails_over`] or
+    /// answers `None` (it lacks the digest: it may have joined after the blob was written)
+    /// passes the question on to the next, and so does one that is hung (see [`PROBE_AFTER`]);
+    /// the hung one is still waited for beside the next and may answer first. `Ok(None)` when
+    /// every origin that answered had nothing; the failures when none answered, or at once on
+    /// an error that would fail the same everywhere.
     pub async fn ask_in_turn<T, F, Fut>(
         &self,
         origins: Vec<Owner>,
