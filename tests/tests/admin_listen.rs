@@ -35,16 +35,26 @@ async fn status(
 
 #[tokio::test]
 async fn admin_routes_move_to_the_admin_listener() -> Result<()> {
-    let [origin, agent, build_index, tracker]: [SocketAddr; 4] = free_loopback_addrs()?;
     let admin = |addr: SocketAddr| json!({"admin_listen": addr.to_string()});
-    let cluster = Cluster::start(ClusterOptions {
-        origin_overrides: admin(origin),
-        agent_overrides: admin(agent),
-        build_index_overrides: admin(build_index),
-        tracker_overrides: admin(tracker),
-        ..ClusterOptions::with_agents(1)
-    })
-    .await?;
+    // The cluster retries its own ports on a clash, not these: another test's component can
+    // take one between the pick and the bind, so the admin ports are picked again then.
+    let mut attempt = 1;
+    let ([origin, agent, build_index, tracker], cluster) = loop {
+        let ports: [SocketAddr; 4] = free_loopback_addrs()?;
+        let [origin, agent, build_index, tracker] = ports;
+        let started = Cluster::start(ClusterOptions {
+            origin_overrides: admin(origin),
+            agent_overrides: admin(agent),
+            build_index_overrides: admin(build_index),
+            tracker_overrides: admin(tracker),
+            ..ClusterOptions::with_agents(1)
+        })
+        .await;
+        match started {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("in use") => attempt += 1,
+            started => break (ports, started?),
+        }
+    };
     let http = reqwest::Client::new();
     let url = |addr: SocketAddr| format!("http://{addr}");
     let data = |component| format!("http://{}", cluster.addr(component));
