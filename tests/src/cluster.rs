@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use crate::binaries;
 use crate::configs;
 use crate::ports::free_loopback_addr_list;
-use crate::process::{POLL_INTERVAL, Process, ProcessSpec, wait_until_answers_via};
+use crate::process::{POLL_INTERVAL, Process, ProcessSpec, Stopped, wait_until_answers_via};
 
 /// A debug build starts in well under a second; the margin covers a loaded 2-core CI machine.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -602,6 +602,19 @@ impl Cluster {
             Some(process) => Ok(process.try_exit_status()?.is_none()),
             None => Ok(false),
         }
+    }
+
+    /// Stops `components` with SIGSTOP (hung: their sockets stay open and unanswered) until
+    /// the returned guard is dropped.
+    pub fn hang(&self, components: impl IntoIterator<Item = Component>) -> Result<Stopped> {
+        let pids = components
+            .into_iter()
+            .map(|component| {
+                self.pid(component)
+                    .with_context(|| format!("{component} is not running"))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        Stopped::stop(pids)
     }
 
     /// SIGKILL `component` and reap it.

@@ -1,7 +1,8 @@
 //! What the peer-to-peer acceptance tests share: pushing an image through the proxy, pulling it
 //! (through one agent or several at once, checked against what was pushed) or one blob through
 //! an agent (streamed and hashed, never held in memory), the bytes an origin has served by any
-//! route, and polling a cluster condition with a deadline.
+//! route, polling a cluster condition with a deadline, and the benchmarks' pairs of pulls with
+//! and without a fault.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,20 +31,65 @@ pub async fn push(cluster: &Cluster, image: &Image, repo: &str, tag: &str) -> Re
     Ok(())
 }
 
-/// Generates a fresh image of one `layer_bytes` layer (its bytes drawn from `seed`) under
-/// `work/<name>` and pushes it through the proxy as `bench/<name>:v1`; returns the image and
-/// its repository (the benchmarks' pairs of pulls, each of a blob nobody holds yet).
-pub async fn push_fresh_image(
+/// A benchmark's pairs of pulls, `repeats` of them: in each, a pull without the fault it
+/// measures, then one with it, each of a fresh one-layer image of `layer_bytes` that nobody
+/// holds yet. Each image is generated under `work/<label>-<repeat>` (its bytes drawn from
+/// `seed`, distinct per pull) and pushed through the proxy as `bench/<label>-<repeat>:v1`,
+/// `labels` naming the pull without the fault and the one with it. `pull` then does the timed
+/// pull, given the image, its repository, whether the fault is on and where to pull to, and
+/// returns what it measured; one pair of those per repeat.
+pub async fn paired_pulls<T>(
     cluster: &Cluster,
     work: &Path,
-    name: &str,
+    repeats: u64,
     layer_bytes: u64,
     seed: u64,
-) -> Result<(Image, String)> {
-    let image = generate(&work.join(name), image_spec(vec![layer_bytes], seed, "v1")).await?;
-    let repo = format!("bench/{name}");
-    push(cluster, &image, &repo, "v1").await?;
-    Ok((image, repo))
+    labels: [&str; 2],
+    mut pull: impl AsyncFnMut(&Image, &str, bool, &Path) -> Result<T>,
+) -> Result<Vec<[T; 2]>> {
+    let mut rows = Vec::new();
+    for repeat in 0..repeats {
+        let mut one = async |faulty: bool| {
+            let name = format!("{}-{repeat}", labels[usize::from(faulty)]);
+            let seed = seed + repeat * 2 + u64::from(faulty);
+            let image =
+                generate(&work.join(&name), image_spec(vec![layer_bytes], seed, "v1")).await?;
+            let repo = format!("bench/{name}");
+            push(cluster, &image, &repo, "v1").await?;
+            let dest = work.join(format!("pulled-{name}"));
+            pull(&image, &repo, faulty, &dest).await
+        };
+        rows.push([one(false).await?, one(true).await?]);
+    }
+    Ok(rows)
+}
+
+/// Prints a benchmark's pairs of pulls as a Markdown table: per repeat the time of the pull
+/// without the fault and with it (`columns` name them), their ratio, and the `extra` columns'
+/// cells; then the median ratio.
+pub fn print_pair_table(columns: [&str; 2], extra: &[&str], rows: &[([Duration; 2], Vec<String>)]) {
+    let header: Vec<&str> = ["repeat", columns[0], columns[1], "ratio"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    println!(
+        "| {} |\n|{}",
+        header.join(" | "),
+        "---|".repeat(header.len())
+    );
+    let mut ratios = Vec::new();
+    for (repeat, ([clean, faulty], cells)) in rows.iter().enumerate() {
+        let ratio = faulty.as_secs_f64() / clean.as_secs_f64();
+        ratios.push(ratio);
+        let cells: String = cells.iter().map(|cell| format!(" {cell} |")).collect();
+        println!(
+            "| {repeat} | {:.2} s | {:.2} s | {ratio:.2}× |{cells}",
+            clean.as_secs_f64(),
+            faulty.as_secs_f64()
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("\nMedian ratio: {:.2}×", ratios[ratios.len() / 2]);
 }
 
 /// Pulls `repo:tag` through agent `agent` into an OCI layout at `dest` (client crate; every blob

@@ -20,7 +20,6 @@ use shoal_core::{Digest, Digester, rendezvous};
 use shoal_tests::images::{file_digest, generate, image_spec, layout_blobs, stream_digest};
 use shoal_tests::moto::Moto;
 use shoal_tests::pattern::Pattern;
-use shoal_tests::process::Stopped;
 use shoal_tests::swarm::{
     ensure_same_image, pull_through_agent, pull_through_agent_and_check,
     pull_through_agents_and_check, push, wait_until,
@@ -125,10 +124,7 @@ async fn pushes_and_pulls_go_on_while_an_owner_is_hung() -> Result<()> {
         "ring/hung",
     )
     .await?;
-    let pid = cluster
-        .pid(Component::origin(owners[0]))
-        .context("the owner is running")?;
-    let stopped = Stopped::stop([pid])?;
+    let stopped = cluster.hang([Component::origin(owners[0])])?;
 
     within_hang(
         "pulling through three agents",
@@ -172,12 +168,9 @@ async fn a_blob_body_goes_on_from_another_owner_when_its_origin_hangs_or_dies() 
     let url = format!("{}/v2/ring/body/blobs/{layer}", cluster.proxy_url());
 
     // The preferred owner serves the first GET; it is stopped after a MiB.
-    let pid = cluster
-        .pid(Component::origin(owners[0]))
-        .context("the owner is running")?;
     let (got, length, stopped) = within_hang(
         "a GET whose origin hangs mid-body",
-        get_breaking_it_midway(&url, || Stopped::stop([pid])),
+        get_breaking_it_midway(&url, || cluster.hang([Component::origin(owners[0])])),
     )
     .await?;
     ensure!(

@@ -14,12 +14,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use serde_json::json;
 use shoal_client::Image;
 use shoal_tests::process::Stopped;
-use shoal_tests::swarm::{pull_through_agent_and_check, push_fresh_image};
+use shoal_tests::swarm::{paired_pulls, print_pair_table, pull_through_agent_and_check};
 use shoal_tests::{Cluster, ClusterOptions, Component};
 
 const MIB: u64 = 1 << 20;
@@ -64,14 +64,7 @@ async fn stop_seeders_after(
     while received(cluster).await? < before + after {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pids = (1..=count)
-        .map(|i| {
-            cluster
-                .pid(Component::Agent(i))
-                .context("a seeder is not running")
-        })
-        .collect::<Result<Vec<u32>>>()?;
-    Stopped::stop(pids)
+    cluster.hang((1..=count).map(Component::Agent))
 }
 
 #[tokio::main]
@@ -87,50 +80,38 @@ async fn main() -> Result<()> {
     })
     .await?;
     let work = tempfile::tempdir()?;
-    let mut rows = Vec::new();
-    for repeat in 0..args.repeats {
-        let mut times = [Duration::ZERO; 2];
-        let mut stale = [0.0; 2];
-        for (stopping, (time, stale)) in [false, true]
-            .into_iter()
-            .zip(times.iter_mut().zip(&mut stale))
-        {
-            let name = if stopping { "stopped" } else { "clean" };
-            let seed = 0x8a3_0000 + repeat * 2 + u64::from(stopping);
-            let (image, repo) = push_fresh_image(
-                &cluster,
-                work.path(),
-                &format!("{name}-{repeat}"),
-                args.layer_mib * MIB,
-                seed,
-            )
-            .await?;
-            seed_image(&cluster, &args, &image, &repo, work.path()).await?;
-            let dest = work.path().join(format!("pulled-{name}-{repeat}"));
+    let rows = paired_pulls(
+        &cluster,
+        work.path(),
+        args.repeats,
+        args.layer_mib * MIB,
+        0x8a3_0000,
+        ["clean", "stopped"],
+        async |image, repo, stopping, dest| {
+            seed_image(&cluster, &args, image, repo, work.path()).await?;
             let stale_before = stale_requests(&cluster).await?;
             let before = received(&cluster).await?;
             let started = Instant::now();
-            let pull = pull_through_agent_and_check(&cluster, 0, &image, &repo, "v1", &dest);
-            if stopping {
+            let pull = pull_through_agent_and_check(&cluster, 0, image, repo, "v1", dest);
+            let time = if stopping {
                 let after = (args.stop_after_mib * MIB) as f64;
                 let stopper = stop_seeders_after(&cluster, args.stop, before, after);
                 let (pulled, stopped) = tokio::join!(pull, stopper);
                 let stopped = stopped?;
                 pulled?;
-                *time = started.elapsed();
+                let time = started.elapsed();
                 drop(stopped);
+                time
             } else {
                 pull.await?;
-                *time = started.elapsed();
-            }
-            *stale = stale_requests(&cluster).await? - stale_before;
-            eprintln!(
-                "repeat {repeat}: {name} pull in {:.2} s",
-                time.as_secs_f64()
-            );
-        }
-        rows.push((times, stale));
-    }
+                started.elapsed()
+            };
+            let stale = stale_requests(&cluster).await? - stale_before;
+            eprintln!("{repo}: pull in {:.2} s", time.as_secs_f64());
+            Ok((time, stale))
+        },
+    )
+    .await?;
     println!(
         "{} MiB layer, {} seeders at {} each, {} stopped after {} MiB, {} repeats, {} cores.\n",
         args.layer_mib,
@@ -141,22 +122,20 @@ async fn main() -> Result<()> {
         args.repeats,
         std::thread::available_parallelism().map_or(0, usize::from)
     );
-    println!(
-        "| repeat | every seeder up | {} seeders stopped | ratio | requests gone stale (clean / stopped) |\n|---|---|---|---|---|",
-        args.stop
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|[(clean, stale_clean), (stopped, stale_stopped)]| {
+            (
+                [clean, stopped],
+                vec![format!("{stale_clean} / {stale_stopped}")],
+            )
+        })
+        .collect();
+    print_pair_table(
+        ["every seeder up", &format!("{} seeders stopped", args.stop)],
+        &["requests gone stale (clean / stopped)"],
+        &rows,
     );
-    let mut ratios = Vec::new();
-    for (repeat, ([clean, stopped], [stale_clean, stale_stopped])) in rows.iter().enumerate() {
-        let ratio = stopped.as_secs_f64() / clean.as_secs_f64();
-        ratios.push(ratio);
-        println!(
-            "| {repeat} | {:.2} s | {:.2} s | {ratio:.2}× | {stale_clean} / {stale_stopped} |",
-            clean.as_secs_f64(),
-            stopped.as_secs_f64()
-        );
-    }
-    ratios.sort_by(f64::total_cmp);
-    println!("\nMedian ratio: {:.2}×", ratios[ratios.len() / 2]);
     Ok(())
 }
 

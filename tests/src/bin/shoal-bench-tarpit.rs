@@ -7,11 +7,11 @@
 //!     cargo build --release --bins
 //!     target/release/shoal-bench-tarpit --tarpits 100 --layer-mib 64 --repeats 3
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use shoal_tests::swarm::{pull_through_agent_and_check, push_fresh_image};
+use shoal_tests::swarm::{paired_pulls, print_pair_table, pull_through_agent_and_check};
 use shoal_tests::tarpit::Tarpits;
 use shoal_tests::{Cluster, ClusterOptions};
 
@@ -37,38 +37,29 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
     let work = tempfile::tempdir()?;
-    let mut rows = Vec::new();
-    for repeat in 0..args.repeats {
-        let mut times = [Duration::ZERO; 2];
-        for (with_tarpits, time) in [false, true].into_iter().zip(&mut times) {
-            let name = if with_tarpits { "tarpits" } else { "clean" };
-            let seed = 0x7a2_0000 + repeat * 2 + u64::from(with_tarpits);
-            let (image, repo) = push_fresh_image(
-                &cluster,
-                work.path(),
-                &format!("{name}-{repeat}"),
-                args.layer_mib * MIB,
-                seed,
-            )
-            .await?;
+    let rows = paired_pulls(
+        &cluster,
+        work.path(),
+        args.repeats,
+        args.layer_mib * MIB,
+        0x7a2_0000,
+        ["clean", "tarpits"],
+        async |image, repo, with_tarpits, dest| {
             let tarpits = match with_tarpits {
-                true => Some(Tarpits::start(&cluster, args.tarpits, &repo, &image).await?),
+                true => Some(Tarpits::start(&cluster, args.tarpits, repo, image).await?),
                 false => None,
             };
-            let dest = work.path().join(format!("pulled-{name}-{repeat}"));
             let started = Instant::now();
-            pull_through_agent_and_check(&cluster, 0, &image, &repo, "v1", &dest).await?;
-            *time = started.elapsed();
+            pull_through_agent_and_check(&cluster, 0, image, repo, "v1", dest).await?;
+            let time = started.elapsed();
             if let Some(tarpits) = tarpits {
                 tarpits.close().await?;
             }
-            eprintln!(
-                "repeat {repeat}: {name} pull in {:.2} s",
-                time.as_secs_f64()
-            );
-        }
-        rows.push(times);
-    }
+            eprintln!("{repo}: pull in {:.2} s", time.as_secs_f64());
+            Ok(time)
+        },
+    )
+    .await?;
     println!(
         "{} MiB layer, {} hung peers, {} repeats, {} cores.\n",
         args.layer_mib,
@@ -76,18 +67,7 @@ async fn main() -> Result<()> {
         args.repeats,
         std::thread::available_parallelism().map_or(0, usize::from)
     );
-    println!("| repeat | clean pull | with hung peers | ratio |\n|---|---|---|---|");
-    let mut ratios = Vec::new();
-    for (repeat, [clean, hung]) in rows.iter().enumerate() {
-        let ratio = hung.as_secs_f64() / clean.as_secs_f64();
-        ratios.push(ratio);
-        println!(
-            "| {repeat} | {:.2} s | {:.2} s | {ratio:.2}× |",
-            clean.as_secs_f64(),
-            hung.as_secs_f64()
-        );
-    }
-    ratios.sort_by(f64::total_cmp);
-    println!("\nMedian ratio: {:.2}×", ratios[ratios.len() / 2]);
+    let rows: Vec<_> = rows.into_iter().map(|pair| (pair, Vec::new())).collect();
+    print_pair_table(["clean pull", "with hung peers"], &[], &rows);
     Ok(())
 }
