@@ -204,11 +204,20 @@ impl OriginClient {
         check(resp).await
     }
 
-    /// Starts a download of a blob from this origin's store only (`?replica=true`: no
-    /// pull-through), for a peer origin filling in. `None` when the store lacks it.
-    pub async fn get_replica(&self, digest: &Digest) -> Result<Option<Response>, ApiError> {
+    /// Starts a download of a blob (or of `range` of it, a raw `Range` value) from this
+    /// origin's store only (`?replica=true`: no pull-through), for a peer origin filling in.
+    /// `None` when the store lacks it.
+    pub async fn get_replica(
+        &self,
+        digest: &Digest,
+        range: Option<&str>,
+    ) -> Result<Option<Response>, ApiError> {
         let url = format!("{}?replica=true", self.blob_url(digest, "", None));
-        let resp = send(self.http.get(url)).await?;
+        let mut req = self.http.get(url);
+        if let Some(range) = range {
+            req = req.header(header::RANGE, range);
+        }
+        let resp = send(req).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -10,18 +10,17 @@
 //! that lacks a blob all the same (it joined after the blob was written) fills in from the other
 //! owners' stores before it falls back to the backend.
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use futures::future::try_join_all;
-use futures::{StreamExt, TryStreamExt};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use shoal_api::OriginClient;
-use shoal_api::OriginCluster;
 use shoal_api::cluster::{Owner, WritePlan, write_quorum};
+use shoal_api::relay::{Refetch, resuming_body};
+use shoal_api::{OriginClient, OriginCluster};
 use shoal_core::{Digest, ErrorCode, Name};
 use shoal_jobs::{Failure, Job, JobsError, Queue, RetryPolicy, Stats};
 use shoal_membership::{MembershipError, MembershipMetrics};
@@ -239,25 +238,47 @@ impl Ring {
         self.cluster.write_plan(digest, &self.me, self.quorum)
     }
 
-    /// A stream of `digest` from the first other owner whose store has it, with its length.
-    /// Failing peers are skipped; `None` when no peer has it.
+    /// A stream of `digest` from the first other owner whose store has it, with its length;
+    /// `None` when no peer has it. Peers that fail or hang are passed over, and a body that
+    /// breaks off or stops (its peer hung) goes on from the next owner where it stopped.
     pub(crate) async fn fetch_from_peers(&self, digest: &Digest) -> Option<(u64, ByteStream)> {
-        for peer in self.plan(digest).targets {
-            match peer.client.get_replica(digest).await {
-                Ok(Some(response)) => {
-                    let Some(len) = response.content_length() else {
-                        continue;
-                    };
-                    let stream = response.bytes_stream().map_err(io::Error::other).boxed();
-                    return Some((len, stream));
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(%digest, peer = %peer.addr, %error, "peer origin unavailable for fill-in");
-                }
-            }
+        let (response, origin) = from_peers(&self.cluster, &self.me, digest, None).await?;
+        let len = response.content_length()?;
+        let refetch: Refetch = {
+            let (cluster, me, digest) = (self.cluster.clone(), self.me.clone(), *digest);
+            Box::new(move |range| {
+                let (cluster, me) = (cluster.clone(), me.clone());
+                Box::pin(async move { Ok(from_peers(&cluster, &me, &digest, Some(&range)).await) })
+            })
+        };
+        let body = resuming_body(self.cluster.clone(), *digest, response, origin, refetch);
+        Some((len, body))
+    }
+}
+
+/// `GET` of `digest` (or `range` of it) from the store of the first owner other than `me` that
+/// holds it ([`OriginCluster::ask_in_turn`]); `None` when none answers that it does.
+async fn from_peers(
+    cluster: &OriginCluster,
+    me: &str,
+    digest: &Digest,
+    range: Option<&str>,
+) -> Option<(reqwest::Response, OriginClient)> {
+    let peers = cluster.write_plan(digest, me, 0).targets;
+    let asked = cluster
+        .ask_in_turn(peers, |peer| async move {
+            Ok(peer
+                .get_replica(digest, range)
+                .await?
+                .map(|response| (response, peer)))
+        })
+        .await;
+    match asked {
+        Ok(found) => found.map(|(found, _)| found),
+        Err(failure) => {
+            tracing::warn!(%digest, %failure, "no peer origin answered for fill-in");
+            None
         }
-        None
     }
 }
 

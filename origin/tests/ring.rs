@@ -127,7 +127,7 @@ async fn an_owner_lacking_a_blob_fills_in_from_a_peer() {
     assert_eq!(
         ring[2]
             .api()
-            .get_replica(&digest)
+            .get_replica(&digest, None)
             .await
             .expect("get")
             .map(|_| ()),

@@ -191,6 +191,47 @@ async fn a_blob_body_goes_on_from_another_owner_when_its_origin_hangs_or_dies() 
     Ok(())
 }
 
+/// An origin that lost its store (its disk replaced) fills in a blob from another owner on the
+/// first read, as the GET streams. When that peer hangs mid-body, the fill-in goes on from the
+/// third owner where it stopped. Before, it waited on the hung peer for as long as the reader
+/// waited: peer reads have no overall timeout, since blob bodies may stream for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_filling_in_goes_on_from_another_owner_when_its_peer_hangs() -> Result<()> {
+    let Ring {
+        mut cluster,
+        image,
+        owners,
+        ..
+    } = Ring::holding_an_image(vec![48 * MIB + 11], 0x0c1_0005, "ring/fill").await?;
+    let (layer, size) = image.layers[0];
+    let (refilled, peer) = (owners[0], owners[1]);
+    cluster.kill(Component::origin(refilled))?;
+    std::fs::remove_dir_all(cluster.origin_data_dir_at(refilled))?;
+    cluster.restart(Component::origin(refilled)).await?;
+    ensure!(
+        !all_stored(&cluster, &[refilled], [layer].iter()).await?,
+        "origin {refilled} still holds the layer after its store was emptied"
+    );
+
+    // The refilled origin asks its preferred peer first; that peer is stopped after a MiB.
+    let url = format!("http://{}/blobs/{layer}", cluster.origin_addr_at(refilled));
+    let (got, length, stopped) = within_hang(
+        "an origin filling in from a peer that hangs mid-body",
+        get_breaking_it_midway(&url, || cluster.hang([Component::origin(peer)])),
+    )
+    .await?;
+    ensure!(
+        (got, length) == (layer, size),
+        "read {got} ({length} bytes), pushed {layer} ({size} bytes)"
+    );
+    ensure!(
+        all_stored(&cluster, &[refilled], [layer].iter()).await?,
+        "origin {refilled} did not store the blob it filled in"
+    );
+    drop(stopped);
+    Ok(())
+}
+
 /// GETs `url`, calls `breakage` once a MiB of the body has arrived, reads the rest, and returns
 /// the body's digest and length with what `breakage` returned.
 async fn get_breaking_it_midway<T>(
