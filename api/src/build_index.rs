@@ -3,9 +3,10 @@
 use reqwest::{StatusCode, header};
 use serde::Deserialize;
 use shoal_core::{Digest, ManifestRecord, Name, Referrer, Tag};
+use shoal_membership::HealthConfig;
 
 use crate::error::ApiError;
-use crate::transport::{check_from, read_limited, send_to};
+use crate::transport::{check_from, read_limited, send_to, stops_answering};
 use crate::wire::encode;
 
 const SERVICE: &str = "build-index";
@@ -50,12 +51,12 @@ impl BuildIndexClient {
             .put(self.tag_url(name, tag))
             .header(header::CONTENT_TYPE, "text/plain")
             .body(digest.to_string());
-        check(send(req).await?).await.map(drop)
+        check(self.send(req).await?).await.map(drop)
     }
 
     /// The digest `tag` points at, or `None`.
     pub async fn get_tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
-        let resp = send(self.http.get(self.tag_url(name, tag))).await?;
+        let resp = self.send(self.http.get(self.tag_url(name, tag))).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -68,7 +69,7 @@ impl BuildIndexClient {
 
     /// Removes a tag; `false` when it did not exist.
     pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, ApiError> {
-        let resp = send(self.http.delete(self.tag_url(name, tag))).await?;
+        let resp = self.send(self.http.delete(self.tag_url(name, tag))).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(false);
         }
@@ -79,7 +80,7 @@ impl BuildIndexClient {
     /// manifest or anything it references is missing.
     pub async fn put_manifest(&self, name: &Name, digest: &Digest) -> Result<(), ApiError> {
         let req = self.http.put(self.manifest_url(name, digest));
-        check(send(req).await?).await.map(drop)
+        check(self.send(req).await?).await.map(drop)
     }
 
     /// The record of manifest `digest` in `name`, or `None` when it was never pushed there or
@@ -89,7 +90,9 @@ impl BuildIndexClient {
         name: &Name,
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>, ApiError> {
-        let resp = send(self.http.get(self.manifest_url(name, digest))).await?;
+        let resp = self
+            .send(self.http.get(self.manifest_url(name, digest)))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -108,7 +111,9 @@ impl BuildIndexClient {
         struct Untagged {
             untagged: Vec<String>,
         }
-        let resp = send(self.http.delete(self.manifest_url(name, digest))).await?;
+        let resp = self
+            .send(self.http.delete(self.manifest_url(name, digest)))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -129,7 +134,7 @@ impl BuildIndexClient {
         );
         let body = read_limited(
             SERVICE,
-            check(send(self.http.get(url)).await?).await?,
+            check(self.send(self.http.get(url)).await?).await?,
             PAGE_LIMIT,
         )
         .await?;
@@ -152,7 +157,7 @@ impl BuildIndexClient {
             self.base,
             encode(name.as_str())
         );
-        let resp = send(self.http.get(paged(url, n, last))).await?;
+        let resp = self.send(self.http.get(paged(url, n, last))).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -175,13 +180,26 @@ impl BuildIndexClient {
             repositories: Vec<String>,
         }
         let url = format!("{}/v1/repositories", self.base);
-        let resp = send(self.http.get(paged(url, n, last))).await?;
+        let resp = self.send(self.http.get(paged(url, n, last))).await?;
         let (body, next_last) = page_body(resp).await?;
         let repos: Repositories = parse_json(&body)?;
         Ok(Page {
             items: repos.repositories,
             next_last,
         })
+    }
+
+    /// Sends `req`, failing with [`ApiError::Unresponsive`] once the build-index has not
+    /// answered for a second and then fails a health probe: a hung build-index (a stopped
+    /// process, whose kernel still accepts connections) would otherwise hold pushes and pulls
+    /// without end, as these requests carry no overall timeout.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+        let timeout = HealthConfig::default().timeout;
+        let hung = stops_answering(|| shoal_membership::probe(&self.http, &self.base, timeout));
+        tokio::select! {
+            sent = send_to(SERVICE, req) => sent,
+            () = hung => Err(ApiError::Unresponsive { service: SERVICE.into() }),
+        }
     }
 
     fn manifest_url(&self, name: &Name, digest: &Digest) -> String {
@@ -251,10 +269,6 @@ fn protocol(reason: &str) -> ApiError {
         service: SERVICE.into(),
         reason: reason.into(),
     }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
-    send_to(SERVICE, req).await
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ApiError> {

@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::origin::OriginClient;
 use crate::origins_config::OriginsConfig;
+use crate::transport::stops_answering;
 
 /// The origin cluster as one client: a live member list (static or DNS, health-checked) and R.
 #[derive(Clone, Debug)]
@@ -299,7 +300,8 @@ impl OriginCluster {
                 // A hung origin's answer is waited for only while another is awaited.
                 let Some(origin) = next else { break };
                 let asking = ask(origin.client.clone());
-                hung = Box::pin(stops_answering(&self.members, origin.addr.clone()));
+                let (members, addr) = (&self.members, origin.addr.clone());
+                hung = Box::pin(async move { stops_answering(|| members.probe(&addr)).await });
                 watched = Some(origin.clone());
                 asked.push(async move { (origin, asking.await) });
             }
@@ -371,16 +373,6 @@ pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// How long an origin found hung is asked after the others (unless it answers meanwhile):
 /// longer than the health checks take by default to mark it (two failed probes, 5 s apart).
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
-
-/// Resolves once `member` fails a health probe, probing it every [`PROBE_AFTER`].
-async fn stops_answering(members: &Membership, member: String) {
-    loop {
-        tokio::time::sleep(PROBE_AFTER).await;
-        if !members.probe(&member).await {
-            return;
-        }
-    }
-}
 
 /// Runs `push` for every target of `plan`, each as its own task on `tasks` (so it completes
 /// after the acknowledgement too, and shutdown waits for it), and returns once `plan.needed` of

@@ -1,9 +1,12 @@
 //! Request plumbing shared by the internal API clients: error mapping, bounded body reads.
 
+use std::future::Future;
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use reqwest::{RequestBuilder, Response};
 
+use crate::cluster::PROBE_AFTER;
 use crate::error::ApiError;
 
 pub(crate) async fn send_to(service: &str, req: RequestBuilder) -> Result<Response, ApiError> {
@@ -11,6 +14,23 @@ pub(crate) async fn send_to(service: &str, req: RequestBuilder) -> Result<Respon
         service: service.into(),
         source,
     })
+}
+
+/// Resolves once `probe` (a health probe of one server) fails, probing every [`PROBE_AFTER`]:
+/// what a request to that server is raced against, so that a hung server (a stopped process,
+/// whose kernel still accepts connections) fails it within seconds, while a live one keeps it
+/// however long it takes.
+pub(crate) async fn stops_answering<F, Fut>(mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        tokio::time::sleep(PROBE_AFTER).await;
+        if !probe().await {
+            return;
+        }
+    }
 }
 
 /// Passes successful responses through; turns error statuses into `ApiError::Remote` with the server's code.

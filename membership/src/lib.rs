@@ -257,8 +257,9 @@ impl Group {
     }
 }
 
-/// Whether `member` answers `GET /health` with a 2xx within `timeout`.
-async fn probe(http: &reqwest::Client, member: &str, timeout: Duration) -> bool {
+/// Whether `member` (`host:port` or a base URL) answers `GET /health` with a 2xx within
+/// `timeout`: the one health probe, of members here and of single servers elsewhere.
+pub async fn probe(http: &reqwest::Client, member: &str, timeout: Duration) -> bool {
     let outcome = tokio::time::timeout(timeout, http.get(health_url(member)).send()).await;
     matches!(&outcome, Ok(Ok(response)) if response.status().is_success())
 }

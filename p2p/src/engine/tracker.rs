@@ -56,32 +56,61 @@ const MAX_FRAME: u32 = 1024 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The tracker's connection is pinged only while a request is out, once it has been silent for
+/// a second, and given up when a ping goes unanswered for two (the origins' health probe
+/// timeout): a hung tracker (a stopped process, whose kernel still accepts connections) then
+/// fails a pull within about 3 s, where the peers' pings took 20 s, so that runtimes fall back
+/// to their upstream. A live tracker acks pings however long a request takes (a metainfo miss
+/// waits for an origin), and an idle agent sends none.
+const TRACKER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const TRACKER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A lazily connecting plain-text channel to `host:port`, tuned for bulk piece transfer.
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     channel_with(addr, None)
 }
 
 /// A lazily connecting channel to `host:port`, over TLS with `tls` (mutual TLS inside the
-/// cluster), tuned for bulk piece transfer: what the engine uses for every peer and the
-/// tracker. The connect timeout covers the TLS handshake, so a peer that accepts TCP and never
-/// answers fails the connection within it.
+/// cluster), tuned for bulk piece transfer: what the engine uses for every peer. The connect
+/// timeout covers the TLS handshake, so a peer that accepts TCP and never answers fails the
+/// connection within it.
 pub fn channel_with(
     addr: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
+    let endpoint = endpoint(addr)?
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(true);
+    Ok(connect_lazy(endpoint, tls))
+}
+
+/// The tracker's channel: a peer's, pinged as [`TRACKER_KEEPALIVE_INTERVAL`] says.
+fn tracker_channel(
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr)?
+        .http2_keep_alive_interval(TRACKER_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(TRACKER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false);
+    Ok(connect_lazy(endpoint, tls))
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME);
-    Ok(match tls {
+        .max_frame_size(MAX_FRAME))
+}
+
+fn connect_lazy(endpoint: Endpoint, tls: Option<&Arc<rustls::ClientConfig>>) -> Channel {
+    match tls {
         None => endpoint.connect_lazy(),
         Some(config) => endpoint.connect_with_connector_lazy(tls_connector(Arc::clone(config))),
-    })
+    }
 }
 
 /// Connects TCP (`TCP_NODELAY`) and then TLS to the URI's `host:port`; the server name
@@ -120,7 +149,7 @@ fn tls_connector(
 
 impl Tracker {
     pub(crate) fn new(addr: String, tls: Option<&Arc<rustls::ClientConfig>>) -> Tracker {
-        let client = channel_with(&addr, tls)
+        let client = tracker_channel(&addr, tls)
             .map(Grpc::new)
             .map_err(|e| format!("bad tracker address: {e}"));
         Tracker { addr, client }

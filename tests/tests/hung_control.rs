@@ -1,0 +1,129 @@
+//! A hung build-index or tracker (the process stopped with SIGSTOP: its kernel still accepts
+//! connections, nothing answers) fails pushes and pulls within seconds with 503, so that
+//! clients and runtimes retry or fall back to their upstream, instead of holding them without
+//! end; once it runs again, both work.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::images::{generate, image_spec};
+use shoal_tests::swarm::{pull_through_agent_and_check, push};
+use shoal_tests::{Cluster, ClusterOptions, Component};
+
+const MIB: u64 = 1 << 20;
+
+/// Far above what a hung component now costs (1 s, then a health probe or an HTTP/2 ping of
+/// up to 2 s: about 3 s), for a debug build on a loaded machine, and below what it cost before:
+/// without end for the build-index, 20 s (the peers' HTTP/2 pings) for the tracker.
+const FAILS_WITHIN: Duration = Duration::from_secs(15);
+
+/// Runs `work`, which must fail within [`FAILS_WITHIN`] with an error that names a 503.
+async fn fails_fast<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<()> {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(FAILS_WITHIN, work)
+        .await
+        .with_context(|| format!("{what} was held past {FAILS_WITHIN:?}"))?;
+    let error = match outcome {
+        Ok(_) => anyhow::bail!("{what} succeeded with the component hung"),
+        Err(error) => format!("{error:#}"),
+    };
+    eprintln!("{what}: failed after {:?}: {error}", started.elapsed());
+    ensure!(
+        error.contains("503"),
+        "{what} failed without a 503: {error}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_build_index_fails_pushes_and_pulls_fast_until_it_runs_again() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
+    let work = tempfile::tempdir()?;
+    let image = generate(
+        &work.path().join("first"),
+        image_spec(vec![3 * MIB, 100 * 1024], 0x4b1, "v1"),
+    )
+    .await?;
+    push(&cluster, &image, "hung/index", "v1").await?;
+    let second = generate(
+        &work.path().join("second"),
+        image_spec(vec![2 * MIB], 0x4b2, "v2"),
+    )
+    .await?;
+
+    let stopped = cluster.hang([Component::BuildIndex])?;
+    fails_fast(
+        "a pull through the agent",
+        pull_through_agent_and_check(
+            &cluster,
+            0,
+            &image,
+            "hung/index",
+            "v1",
+            &work.path().join("p0"),
+        ),
+    )
+    .await?;
+    fails_fast("a push", push(&cluster, &second, "hung/index", "v2")).await?;
+    drop(stopped);
+
+    push(&cluster, &second, "hung/index", "v2").await?;
+    pull_through_agent_and_check(
+        &cluster,
+        0,
+        &image,
+        "hung/index",
+        "v1",
+        &work.path().join("p1"),
+    )
+    .await?;
+    pull_through_agent_and_check(
+        &cluster,
+        0,
+        &second,
+        "hung/index",
+        "v2",
+        &work.path().join("p2"),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_tracker_fails_pulls_fast_until_it_runs_again() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::with_agents(1)).await?;
+    let work = tempfile::tempdir()?;
+    let image = generate(
+        &work.path().join("first"),
+        image_spec(vec![3 * MIB, 100 * 1024], 0x4b3, "v1"),
+    )
+    .await?;
+    push(&cluster, &image, "hung/tracker", "v1").await?;
+
+    let stopped = cluster.hang([Component::Tracker])?;
+    fails_fast(
+        "a pull through the agent",
+        pull_through_agent_and_check(
+            &cluster,
+            0,
+            &image,
+            "hung/tracker",
+            "v1",
+            &work.path().join("p0"),
+        ),
+    )
+    .await?;
+    drop(stopped);
+
+    pull_through_agent_and_check(
+        &cluster,
+        0,
+        &image,
+        "hung/tracker",
+        "v1",
+        &work.path().join("p1"),
+    )
+    .await?;
+    Ok(())
+}
