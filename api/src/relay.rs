@@ -18,18 +18,18 @@ use shoal_core::{ContentRange, Digest};
 use tokio::time::{Instant, Sleep};
 
 use crate::cluster::{OriginCluster, PROBE_AFTER};
-use crate::error::ApiError;
 use crate::origin::OriginClient;
 
 /// How many times one body goes on from another owner before it fails.
 const RESUMES: usize = 3;
 
 /// Asks the owners for the blob from a raw `Range` value on: the answer and the origin that gave
-/// it, `None` when no owner has the blob.
-pub type Refetch = Box<
-    dyn FnMut(String) -> BoxFuture<'static, Result<Option<(Response, OriginClient)>, ApiError>>
-        + Send,
->;
+/// it, `None` when no owner has the blob. The error is each caller's own.
+pub type Refetch = Box<dyn FnMut(String) -> BoxFuture<'static, Refetched> + Send>;
+
+/// What a [`Refetch`] found.
+pub type Refetched =
+    Result<Option<(Response, OriginClient)>, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The body of `response` (from `origin`, a GET of `digest` or a range of it), going on from
 /// the owners `refetch` finds when it breaks off or its origin hangs. An answer without a
@@ -161,7 +161,7 @@ impl Relay {
         let range = format!("bytes={}-{}", self.next, self.end - 1);
         let (response, origin) = (self.refetch)(range.clone())
             .await
-            .map_err(|error| gone(shoal_core::chain(&error).to_string()))?
+            .map_err(|error| gone(shoal_core::chain(error.as_ref()).to_string()))?
             .ok_or_else(|| gone("no owner has the blob".to_owned()))?;
         if span(&response) != Some((self.next, self.end)) {
             return Err(gone(format!(

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -238,7 +237,7 @@ impl TagCopy {
         {
             return Ok(());
         }
-        let download = self
+        let body = self
             .origins
             .open_blob(&self.http, name, blob.digest)
             .await?
@@ -246,8 +245,7 @@ impl TagCopy {
                 manifest,
                 blob: blob.digest,
             })?;
-        // One upload session, filled and committed by one PUT streamed from the origin.
-        let body = download.bytes_stream().map_err(std::io::Error::other);
+        // One upload session, filled and committed by one PUT streamed from the origins.
         remote
             .client
             .push_blob(remote.repo, &blob.digest, body, Some(blob.size))

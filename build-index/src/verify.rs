@@ -5,6 +5,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use shoal_api::relay::{Refetch, resuming_body};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use shoal_api::{ApiError, OriginClient, OriginCluster};
@@ -128,17 +133,21 @@ impl Origins {
         http: &reqwest::Client,
         name: &Name,
         blob: Digest,
-    ) -> Result<Option<reqwest::Response>, Error> {
+    ) -> Result<Option<BoxStream<'static, io::Result<Bytes>>>, Error> {
         let cluster = self.cluster.with_http(http.clone());
-        let opened = on_owners(&cluster, blob, |origin| async move {
-            match origin.get_blob(&blob, Some(name), None).await {
-                Ok(response) => Ok(Some(response)),
-                Err(ApiError::Remote { status: 404, .. }) => Ok(None),
-                Err(error) => Err(error),
-            }
-        })
-        .await?;
-        Ok(opened.map(|(response, _)| response))
+        let Some((response, origin)) = get_blob(&cluster, name, blob, None).await? else {
+            return Ok(None);
+        };
+        let refetch: Refetch = {
+            let (cluster, name) = (cluster.clone(), name.clone());
+            Box::new(move |range| {
+                let (cluster, name) = (cluster.clone(), name.clone());
+                Box::pin(async move { Ok(get_blob(&cluster, &name, blob, Some(&range)).await?) })
+            })
+        };
+        Ok(Some(resuming_body(
+            cluster, blob, response, origin, refetch,
+        )))
     }
 
     /// Downloads and parses a manifest, returning its bytes too; `None` when the origins do not
@@ -234,6 +243,24 @@ impl Origins {
 /// unreachable, failing on their side, or lacking the digest pass on to the next; `None` when
 /// every owner that answered lacks it, the failure that ended the read (named by origin) when
 /// none answered.
+/// `GET` of `blob` (or `range` of it) from the first owner that has it, with that owner.
+async fn get_blob(
+    cluster: &OriginCluster,
+    name: &Name,
+    blob: Digest,
+    range: Option<&str>,
+) -> Result<Option<(reqwest::Response, OriginClient)>, Error> {
+    on_owners(cluster, blob, |origin| async move {
+        match origin.get_blob(&blob, Some(name), range).await {
+            Ok(response) => Ok(Some((response, origin))),
+            Err(ApiError::Remote { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    })
+    .await
+    .map(|opened| opened.map(|(opened, _)| opened))
+}
+
 async fn on_owners<T, F, Fut>(
     cluster: &OriginCluster,
     digest: Digest,

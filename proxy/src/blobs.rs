@@ -44,7 +44,7 @@ pub async fn get(
         let (upstreams, name, digest) = (state.upstreams.clone(), name.clone(), *digest);
         Box::new(move |range| {
             let (upstreams, name) = (upstreams.clone(), name.clone());
-            Box::pin(async move { fetch(&upstreams, &name, &digest, Some(&range)).await })
+            Box::pin(async move { Ok(fetch(&upstreams, &name, &digest, Some(&range)).await?) })
         })
     };
     let body = resuming_body(
