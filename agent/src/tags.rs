@@ -3,18 +3,23 @@
 //! for a short TTL so that a node pulling many images (or many clients asking for the same
 //! manifest at once) does not ask the build-index every time. A deleted tag or manifest is
 //! therefore still served for at most that TTL. Unknown references are not remembered: a
-//! manifest pushed a moment later must be visible on the next pull.
+//! manifest pushed a moment later must be visible on the next pull. While the build-index is
+//! away (unreachable, failing, or hung), a reference resolved within the last hour keeps its
+//! last answer, so a node pulling again what it pulled lately (a restarting pod) is not held up by
+//! it.
 
 use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use shoal_api::{ApiError, BuildIndexClient};
+use shoal_api::{ApiError, BuildIndexClient, fails_over};
 use shoal_core::{Digest, Name, Reference, Referrer, Tag};
 
 /// Distinct references remembered at once; a node rarely pulls more than a few hundred images.
 const CAPACITY: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero");
+/// How long past its TTL a resolved reference still answers while the build-index is away.
+const STALE_IF_AWAY: Duration = Duration::from_secs(3600);
 
 /// Where references are looked up; the build-index in production, a table in tests.
 #[async_trait::async_trait]
@@ -79,13 +84,27 @@ impl TagCache {
         {
             return Ok(Some(*digest));
         }
-        let resolved = match reference {
-            Reference::Tag(tag) => self.source.get_tag(name, tag).await?,
+        let answer = match reference {
+            Reference::Tag(tag) => self.source.get_tag(name, tag).await,
             Reference::Digest(digest) => self
                 .source
                 .has_manifest(name, digest)
-                .await?
-                .then_some(*digest),
+                .await
+                .map(|recorded| recorded.then_some(*digest)),
+        };
+        let resolved = match answer {
+            Ok(resolved) => resolved,
+            Err(error) if fails_over(&error) => {
+                let stale = self.lock().peek(&key).copied();
+                match stale {
+                    Some((digest, expired)) if expired + STALE_IF_AWAY > now => {
+                        tracing::warn!(%name, %reference, %digest, error = %shoal_core::chain(&error), "build-index away; answering with the reference's last resolution");
+                        return Ok(Some(digest));
+                    }
+                    _ => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
         };
         let mut entries = self.lock();
         match resolved {
@@ -188,6 +207,58 @@ mod tests {
         table.set("v1", None);
         assert_eq!(cache.resolve(&name, &tag).await.unwrap(), None);
         assert_eq!(table.lookups.load(Ordering::SeqCst), 3);
+    }
+
+    /// A build-index that does not answer.
+    struct Away;
+
+    #[async_trait::async_trait]
+    impl TagSource for Away {
+        async fn get_tag(&self, _: &Name, _: &Tag) -> Result<Option<Digest>, ApiError> {
+            Err(ApiError::Unresponsive {
+                service: "build-index".into(),
+            })
+        }
+
+        async fn referrers(&self, _: &Name, _: &Digest) -> Result<Vec<Referrer>, ApiError> {
+            Ok(Vec::new())
+        }
+
+        async fn has_manifest(&self, _: &Name, _: &Digest) -> Result<bool, ApiError> {
+            Err(ApiError::Remote {
+                service: "build-index".into(),
+                status: 503,
+                code: None,
+                message: "unavailable".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn while_the_build_index_is_away_an_expired_reference_keeps_its_last_answer() {
+        let digest = Digest::of(b"1");
+        let (name, tag) = key("v1");
+        let by_digest = Reference::Digest(digest);
+        let cache = TagCache::new(Away, Duration::ZERO);
+        cache
+            .lock()
+            .put((name.clone(), tag.clone()), (digest, Instant::now()));
+        cache
+            .lock()
+            .put((name.clone(), by_digest.clone()), (digest, Instant::now()));
+        assert_eq!(cache.resolve(&name, &tag).await.unwrap(), Some(digest));
+        assert_eq!(
+            cache.resolve(&name, &by_digest).await.unwrap(),
+            Some(digest)
+        );
+        // Never resolved, or resolved too long ago: the failure is the answer.
+        let (_, other) = key("v2");
+        assert!(cache.resolve(&name, &other).await.is_err());
+        let long_ago = Instant::now() - STALE_IF_AWAY - Duration::from_secs(1);
+        cache
+            .lock()
+            .put((name.clone(), tag.clone()), (digest, long_ago));
+        assert!(cache.resolve(&name, &tag).await.is_err());
     }
 
     #[tokio::test]
