@@ -9,9 +9,8 @@ use std::io;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use shoal_api::relay::{Refetch, resuming_body};
-
 use futures::{StreamExt, TryStreamExt, stream};
+use shoal_api::relay::{Refetch, resuming_body};
 use shoal_api::{ApiError, OriginClient, OriginCluster};
 use shoal_core::{Descriptor, Digest, MAX_MANIFEST_SIZE, Manifest, ManifestRecord, Name};
 
@@ -238,11 +237,6 @@ impl Origins {
     }
 }
 
-/// Runs `read` on the owners of `digest` (healthy ones first, otherwise in rendezvous order) and
-/// returns the first answer that found it, with the origin that gave it. Owners that are
-/// unreachable, failing on their side, or lacking the digest pass on to the next; `None` when
-/// every owner that answered lacks it, the failure that ended the read (named by origin) when
-/// none answered.
 /// `GET` of `blob` (or `range` of it) from the first owner that has it, with that owner.
 async fn get_blob(
     cluster: &OriginCluster,
@@ -252,15 +246,19 @@ async fn get_blob(
 ) -> Result<Option<(reqwest::Response, OriginClient)>, Error> {
     on_owners(cluster, blob, |origin| async move {
         match origin.get_blob(&blob, Some(name), range).await {
-            Ok(response) => Ok(Some((response, origin))),
+            Ok(response) => Ok(Some(response)),
             Err(ApiError::Remote { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
         }
     })
     .await
-    .map(|opened| opened.map(|(opened, _)| opened))
 }
 
+/// Runs `read` on the owners of `digest` (healthy ones first, otherwise in rendezvous order) and
+/// returns the first answer that found it, with the origin that gave it. Owners that are
+/// unreachable, failing on their side, or lacking the digest pass on to the next; `None` when
+/// every owner that answered lacks it, the failure that ended the read (named by origin) when
+/// none answered.
 async fn on_owners<T, F, Fut>(
     cluster: &OriginCluster,
     digest: Digest,

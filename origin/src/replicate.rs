@@ -264,17 +264,18 @@ async fn from_peers(
     digest: &Digest,
     range: Option<&str>,
 ) -> Option<(reqwest::Response, OriginClient)> {
-    let peers = cluster.write_plan(digest, me, 0).targets;
+    let peers = cluster
+        .owners(digest)
+        .into_iter()
+        .filter(|owner| owner.addr != me)
+        .collect();
     let asked = cluster
         .ask_in_turn(peers, |peer| async move {
-            Ok(peer
-                .get_replica(digest, range)
-                .await?
-                .map(|response| (response, peer)))
+            peer.get_replica(digest, range).await
         })
         .await;
     match asked {
-        Ok(found) => found.map(|(found, _)| found),
+        Ok(found) => found.map(|(response, peer)| (response, peer.client)),
         Err(failure) => {
             tracing::warn!(%digest, %failure, "no peer origin answered for fill-in");
             None
