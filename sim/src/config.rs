@@ -10,6 +10,10 @@ use shoal_swarm::seeding::SeedingConfig;
 use shoal_swarm::slots::{DEFAULT_UPLOAD_SLOTS, PIECE_COPIES};
 use thiserror::Error;
 
+/// How often the flows' rates are recomputed by default: a 4 MiB piece at 300 MB/s shared by
+/// 30 flows lasts about 400 ms, so a tick's delay is a fraction of a percent of a transfer.
+pub const RATING_INTERVAL: Duration = Duration::from_millis(1);
+
 /// How the tracker picks the peers one announce answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -117,6 +121,9 @@ pub struct SimConfig {
     pub origin_upload: f64,
     /// One-way latency between any two nodes (and to the tracker).
     pub latency: Duration,
+    /// The flows' max-min rates are recomputed at most this often (`crate::flows`); zero
+    /// recomputes them at every start and finish.
+    pub rating_interval: Duration,
     /// Agents arrive uniformly at random within this window (zero: all at once).
     pub arrival_spread: Duration,
     pub tracker: TrackerModel,
@@ -159,6 +166,7 @@ impl Default for SimConfig {
             origins: 3,
             origin_upload: 1e9,
             latency: Duration::from_millis(1),
+            rating_interval: RATING_INTERVAL,
             arrival_spread: Duration::ZERO,
             tracker: TrackerModel::default(),
             churn: Churn::default(),

@@ -26,11 +26,10 @@ pub(crate) enum SimEvent {
     Connected { node: u32, peer: u32 },
     /// `node` gave up waiting for the handshake of `peer`, which hung.
     ConnectTimedOut { node: u32, peer: u32 },
-    /// Re-examine a receiver-bound flow: it may have finished (the entry's `seq` tells stale
-    /// wake-ups apart).
+    /// Re-examine a flow: it may have finished (the entry's `seq` tells stale wake-ups apart).
     FlowWake { flow: u32 },
-    /// Re-examine a sender's clock: its earliest sender-bound flow may have finished.
-    ClockWake { node: u32 },
+    /// The flows' rating tick (`crate::flows`): the instant's settle re-rates them.
+    Rating,
     /// A sender's busy answer to `node`'s request reaches it.
     Busy { node: u32, sender: u32, piece: u32 },
     /// An origin's "get it elsewhere" answer (`shoal_swarm::seeding`) reaches `node`.

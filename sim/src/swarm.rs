@@ -107,8 +107,6 @@ pub struct Swarm {
     complete: u32,
     /// Reused for fanning out Have notices.
     scratch: Vec<u32>,
-    /// Reused for the flows a sender's clock finishes at once.
-    finished: Vec<FlowRef>,
     busy_from_origins: u64,
     busy_from_agents: u64,
     /// Requests the agents' schedulers reported stale (`Action::Stale`).
@@ -245,13 +243,12 @@ impl Swarm {
             ids,
             index,
             full: Bitfield::full(pieces),
-            flows: Flows::new(links),
+            flows: Flows::new(links, nanos(config.rating_interval)),
             queue,
             rng,
             now: 0,
             complete: 0,
             scratch: Vec::new(),
-            finished: Vec::new(),
             busy_from_origins: 0,
             busy_from_agents: 0,
             stale_requests: 0,
@@ -442,21 +439,8 @@ impl Swarm {
                     );
                 }
             }
-            SimEvent::ClockWake { node } => {
-                let mut finished = std::mem::take(&mut self.finished);
-                self.flows
-                    .wake_clock(now, node, seq, &mut self.queue, &mut finished);
-                for done in finished.drain(..) {
-                    self.queue.push(
-                        now + self.latency,
-                        SimEvent::PieceArrived {
-                            flow: done.id,
-                            generation: done.generation,
-                        },
-                    );
-                }
-                self.finished = finished;
-            }
+            // The instant's settle does the rating.
+            SimEvent::Rating => {}
             SimEvent::Busy {
                 node,
                 sender,
