@@ -29,25 +29,38 @@ const MIB: u64 = 1024 * KIB;
 /// (4096 × 64 hex ≈ 270 KB of JSON) and the bitfield peers exchange (512 bytes).
 pub const MAX_PIECES: u64 = 4096;
 
-/// Pieces a blob is cut into, at most, while pieces are 256 KiB to [`LARGE_PIECE_LENGTH`]. The
-/// number of pieces, not their size, is what lets a swarm spread a blob: a piece is passed on
-/// only once it is whole, so few long pieces leave agents' uploads idle while the first copies
-/// arrive and again at the end (`docs/BENCHMARKS.md`: 12 agents pulling a 64 MiB layer took
-/// 1.43× of the link limit in 65 pieces of 1 MiB, 1.11× in 257 of 256 KiB). 512 to 1024 pieces
-/// keep the per-piece cost (a request, a `have` to every peer) far below the bytes moved.
+/// Pieces a blob is cut into, at most, while pieces are 256 KiB to 1 MiB. The number of pieces,
+/// not their size, is what lets a swarm spread a blob: a piece is passed on only once it is
+/// whole, so few long pieces leave agents' uploads idle while the first copies arrive and again
+/// at the end (`docs/BENCHMARKS.md`: 12 agents pulling a 64 MiB layer took 1.43× of the link
+/// limit in 65 pieces of 1 MiB, 1.11× in 257 of 256 KiB). 512 to 1024 pieces keep the per-piece
+/// cost (a request, a `have` to every peer) far below the bytes moved.
 const TARGET_PIECES: u64 = 1024;
 
-/// Past 16 GiB pieces stop growing until a blob reaches [`MAX_PIECES`] of them (64 GiB): a piece
+/// Pieces a blob is cut into, at most, once its pieces would be longer than
+/// [`LONG_PIECE_LENGTH`] at [`TARGET_PIECES`]: a crowd's first second is the first copies of
+/// pieces travelling, so halving their length halves it (the simulator, 2,600 agents pulling
+/// 3 GB: the median from 1.068× to 1.049× of the link limit with 2 MiB pieces instead of 4 MiB).
+/// Pieces stay at least 1 MiB long, so the per-piece cost per byte is never above a 1 GiB blob's.
+const LONG_BLOB_PIECES: u64 = 2048;
+
+/// The piece length past which blobs are cut into [`LONG_BLOB_PIECES`].
+const LONG_PIECE_LENGTH: u64 = MIB;
+
+/// Past 32 GiB pieces stop growing until a blob reaches [`MAX_PIECES`] of them (64 GiB): a piece
 /// longer than this takes too long on a slow link to be re-fetched cheaply when it fails.
 const LARGE_PIECE_LENGTH: u64 = 16 * MIB;
 
 /// The piece length Shoal uses for a blob of `blob_length` bytes: the smallest power of two of
-/// at least 256 KiB that cuts it into at most 1024 pieces, up to 16 MiB pieces; beyond that, at
-/// most [`MAX_PIECES`] pieces.
+/// at least 256 KiB that cuts it into at most 1024 pieces, up to 1 MiB pieces; then at most 2048
+/// pieces of at least 1 MiB, up to 16 MiB pieces; beyond that, at most [`MAX_PIECES`] pieces.
 pub fn piece_length_for(blob_length: u64) -> u64 {
     // div_ceil(1024) ≤ 2^54, so next_power_of_two cannot overflow.
     let cut = |pieces: u64| blob_length.div_ceil(pieces).next_power_of_two();
-    let length = cut(TARGET_PIECES).max(MIN_PIECE_LENGTH);
+    let mut length = cut(TARGET_PIECES).max(MIN_PIECE_LENGTH);
+    if length > LONG_PIECE_LENGTH {
+        length = cut(LONG_BLOB_PIECES).max(LONG_PIECE_LENGTH);
+    }
     if length <= LARGE_PIECE_LENGTH {
         length
     } else {
@@ -439,12 +452,16 @@ mod tests {
             (256 * MIB, 256 * KIB),
             (256 * MIB + 1, 512 * KIB),
             (GIB, MIB),
-            (GIB + 1, 2 * MIB),
-            // Kraken's 3 GB benchmark blob: 716 pieces of 4 MiB.
-            (3_000_000_000, 4 * MIB),
-            (16 * GIB, 16 * MIB),
-            // Past 16 GiB, 16 MiB pieces up to MAX_PIECES of them.
-            (16 * GIB + 1, 16 * MIB),
+            // Past 1 GiB, 2048 pieces of at least 1 MiB (1025 of 2 MiB before 2026-12-05).
+            (GIB + 1, MIB),
+            (2 * GIB, MIB),
+            (2 * GIB + 1, 2 * MIB),
+            // Kraken's 3 GB benchmark blob: 1431 pieces of 2 MiB (716 of 4 MiB before).
+            (3_000_000_000, 2 * MIB),
+            (16 * GIB, 8 * MIB),
+            (32 * GIB, 16 * MIB),
+            // Past 32 GiB, 16 MiB pieces up to MAX_PIECES of them.
+            (32 * GIB + 1, 16 * MIB),
             (64 * GIB, 16 * MIB),
             (64 * GIB + 1, 32 * MIB),
             (256 * GIB, 64 * MIB),
