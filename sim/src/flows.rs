@@ -19,8 +19,9 @@
 //! A flow is given a wake-up only when it finishes before the next tick, so a tick costs one
 //! pass over the transferring flows and queues events only for those about to finish. A tick
 //! with nothing changed since the last rating stops the ticking: every flow then gets its
-//! wake-up at its finish time, and the next start or finish rates at once. A flow whose rate
-//! drops keeps its (now early) wake-up and is re-examined when it fires.
+//! wake-up at its finish time, and the next start or finish rates at once (or one interval after
+//! the last rating, if that is later). A flow whose rate drops keeps its (now early) wake-up and
+//! is re-examined when it fires.
 //!
 //! Senders never queue: the swarm answers requests beyond a sender's upload slots "busy"
 //! before they become flows, as Shoal's peer service does.
