@@ -66,6 +66,13 @@ struct Flow {
     wake_at: Nanos,
 }
 
+impl Flow {
+    /// Live and on its links.
+    fn moving(&self) -> bool {
+        self.live && self.state == State::Transferring
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Moving bytes.
@@ -276,15 +283,11 @@ impl Flows {
         self.sent[flow.sender as usize] += moved;
     }
 
-    /// The time before which flows need no wake-up: the pending tick, if any.
-    fn horizon(&self) -> Nanos {
-        self.tick_at
-    }
-
-    /// Queues a wake-up at a flow's finish time at its current rate, if that is before the
-    /// horizon and no wake-up at or before it is pending. The flow must be up to date.
+    /// Queues a wake-up at a flow's finish time at its current rate, if that is no later than
+    /// the pending tick (which re-rates and re-schedules) and no wake-up at or before it is
+    /// pending. The flow must be up to date.
     fn schedule(&mut self, now: Nanos, id: u32, queue: &mut Queue) {
-        let horizon = self.horizon();
+        let horizon = self.tick_at;
         let flow = &mut self.flows[id as usize];
         if flow.rate <= 0.0 {
             return;
@@ -306,7 +309,7 @@ impl Flows {
         queue: &mut Queue,
     ) -> Option<FlowRef> {
         let flow = self.flows.get(id as usize)?;
-        if !flow.live || flow.state != State::Transferring || flow.wake_seq != seq {
+        if !flow.moving() || flow.wake_seq != seq {
             return None;
         }
         self.advance(now, id);
@@ -355,7 +358,7 @@ impl Flows {
             self.fresh.clear();
             for id in 0..self.flows.len() as u32 {
                 let flow = &self.flows[id as usize];
-                if flow.live && flow.state == State::Transferring {
+                if flow.moving() {
                     self.schedule_from(id, queue);
                 }
             }
@@ -381,7 +384,7 @@ impl Flows {
         // A slot reused within the instant is listed twice; flows that ended are skipped.
         fresh.retain(|&id| {
             let flow = &mut self.flows[id as usize];
-            if !flow.live || flow.state != State::Transferring || flow.rated {
+            if !flow.moving() || flow.rated {
                 return false;
             }
             flow.rated = true;
@@ -392,23 +395,20 @@ impl Flows {
             self.fresh_up[flow.sender as usize] += 1;
             self.fresh_down[flow.receiver as usize] += 1;
         }
-        let rates: Vec<f64> = fresh
-            .iter()
-            .map(|&id| {
-                let flow = &self.flows[id as usize];
-                let (s, r) = (flow.sender as usize, flow.receiver as usize);
-                let up = (self.links[s].up / 1e9 - self.used_up[s]).max(0.0);
-                let down = (self.links[r].down / 1e9 - self.used_down[r]).max(0.0);
-                let rate =
-                    (up / f64::from(self.fresh_up[s])).min(down / f64::from(self.fresh_down[r]));
-                if rate < RATE_EPSILON { 0.0 } else { rate }
-            })
-            .collect();
-        for (&id, rate) in fresh.iter().zip(rates) {
-            let flow = &mut self.flows[id as usize];
+        // Every rate from what the ends had before this instant, then the ends charged.
+        for &id in &fresh {
+            let flow = &self.flows[id as usize];
             let (s, r) = (flow.sender as usize, flow.receiver as usize);
-            flow.rate = rate;
+            let up = (self.links[s].up / 1e9 - self.used_up[s]).max(0.0);
+            let down = (self.links[r].down / 1e9 - self.used_down[r]).max(0.0);
+            let rate = (up / f64::from(self.fresh_up[s])).min(down / f64::from(self.fresh_down[r]));
+            let flow = &mut self.flows[id as usize];
+            flow.rate = if rate < RATE_EPSILON { 0.0 } else { rate };
             flow.last = now;
+        }
+        for &id in &fresh {
+            let flow = &self.flows[id as usize];
+            let (s, r, rate) = (flow.sender as usize, flow.receiver as usize, flow.rate);
             self.used_up[s] += rate;
             self.used_down[r] += rate;
             self.fresh_up[s] = 0;
@@ -426,7 +426,7 @@ impl Flows {
         let nodes = self.links.len();
         for id in 0..self.flows.len() as u32 {
             let flow = &self.flows[id as usize];
-            if flow.live && flow.state == State::Transferring {
+            if flow.moving() {
                 self.advance(now, id);
                 let flow = &mut self.flows[id as usize];
                 flow.frozen = false;
@@ -496,7 +496,7 @@ impl Flows {
         self.used_up.fill(0.0);
         self.used_down.fill(0.0);
         for flow in &self.flows {
-            if flow.live && flow.state == State::Transferring {
+            if flow.moving() {
                 self.used_up[flow.sender as usize] += flow.rate;
                 self.used_down[flow.receiver as usize] += flow.rate;
             }
@@ -509,7 +509,7 @@ impl Flows {
     pub(crate) fn flush(&mut self, now: Nanos) {
         for id in 0..self.flows.len() as u32 {
             let flow = &self.flows[id as usize];
-            if flow.live && flow.state == State::Transferring {
+            if flow.moving() {
                 self.advance(now, id);
             }
         }
@@ -558,7 +558,7 @@ mod tests {
             let mut up = vec![0.0; self.links.len()];
             let mut down = vec![0.0; self.links.len()];
             for flow in &self.flows {
-                if flow.live && flow.state == State::Transferring {
+                if flow.moving() {
                     up[flow.sender as usize] += flow.rate;
                     down[flow.receiver as usize] += flow.rate;
                 }

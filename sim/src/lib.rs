@@ -13,7 +13,9 @@ mod report;
 mod swarm;
 mod tracker;
 
-pub use config::{Churn, ConfigError, Gone, HandoutPolicy, OriginStop, SimConfig, TrackerModel};
+pub use config::{
+    Churn, ConfigError, Gone, HandoutPolicy, OriginStop, RATING_INTERVAL, SimConfig, TrackerModel,
+};
 pub use queue::Nanos;
 pub use report::{ChurnReport, Distribution, Report};
 pub use swarm::{Swarm, simulate};

@@ -40,9 +40,9 @@ struct Args {
     #[arg(long, default_value = "1ms", value_parser = duration)]
     latency: Duration,
     /// The flows' max-min rates are recomputed at most this often (`0`: at every start and
-    /// finish, exact but slow beyond a few hundred agents).
-    #[arg(long, default_value = "1ms", value_parser = duration)]
-    rating_interval: Duration,
+    /// finish, exact but slow beyond a few hundred agents; default: `shoal_sim::RATING_INTERVAL`).
+    #[arg(long, value_parser = duration)]
+    rating_interval: Option<Duration>,
     /// While pieces keep landing, a node tells its sessions about them at most this often
     /// (`0`: every notice at once; default: the peer service's `shoal_swarm::notices::HAVE_BATCH`).
     #[arg(long, value_parser = duration)]
@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<ExitCode> {
         origins: args.origins,
         origin_upload: args.origin_rate,
         latency: args.latency,
-        rating_interval: args.rating_interval,
+        rating_interval: args.rating_interval.unwrap_or(shoal_sim::RATING_INTERVAL),
         have_batch: args.have_batch.unwrap_or(shoal_swarm::notices::HAVE_BATCH),
         arrival_spread: args.arrival_spread,
         tracker: TrackerModel {
