@@ -903,8 +903,9 @@ async fn a_download_nobody_can_serve_fails_after_the_stall_timeout_instead_of_ha
     let (engine, _node) = swarm
         .engine_with(listener, identity, &tracker, None, config)
         .await?;
-    let blob = engine.fetch(&metainfo.digest(), None).await?;
+    // The stall clock starts with the download, inside `fetch`, so the floor is measured from there.
     let start = Instant::now();
+    let blob = engine.fetch(&metainfo.digest(), None).await?;
     let result = tokio::time::timeout(
         Duration::from_secs(20),
         collect(blob.stream(0..metainfo.length())),
