@@ -876,7 +876,8 @@ async fn an_unknown_blob_is_not_found_fast() -> Result<()> {
         .await
         .expect_err("unknown blob");
     assert!(matches!(err, P2pError::NotFound { .. }), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(1));
+    // Far under the 60 s stall timeout a download would wait, with room for a loaded CI machine.
+    assert!(start.elapsed() < Duration::from_secs(10));
     Ok(())
 }
 
