@@ -121,8 +121,9 @@ pub(crate) struct Flows {
     /// kept between ratings for their allocations.
     left: Vec<f64>,
     count: Vec<u32>,
-    version: Vec<u32>,
-    heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// One entry per link with flows left to rate: its share when pushed, a lower bound of its
+    /// share since (a flow frozen elsewhere never takes more than the link's equal share).
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
     /// Per-node counts of the fresh flows of one settle (zero between settles).
     fresh_up: Vec<u32>,
     fresh_down: Vec<u32>,
@@ -149,7 +150,6 @@ impl Flows {
             sent: vec![0.0; nodes],
             left: vec![0.0; 2 * nodes],
             count: vec![0; 2 * nodes],
-            version: vec![0; 2 * nodes],
             heap: BinaryHeap::new(),
             fresh_up: vec![0; nodes],
             fresh_down: vec![0; nodes],
@@ -445,20 +445,24 @@ impl Flows {
             ] {
                 self.left[link] = capacity / 1e9;
                 self.count[link] = flows as u32;
-                self.version[link] = self.version[link].wrapping_add(1);
                 if flows > 0 {
                     let share = self.left[link] / flows as f64;
-                    self.heap
-                        .push(Reverse((key(share), link as u32, self.version[link])));
+                    self.heap.push(Reverse((key(share), link as u32)));
                 }
             }
         }
-        while let Some(Reverse((_, link, version))) = self.heap.pop() {
+        // A popped share that has grown since its push goes back in at its current value, so
+        // links are rated in the order of their current shares without an entry per change.
+        while let Some(Reverse((pushed, link))) = self.heap.pop() {
             let link = link as usize;
-            if version != self.version[link] || self.count[link] == 0 {
+            if self.count[link] == 0 {
                 continue;
             }
             let share = self.left[link] / f64::from(self.count[link]);
+            if key(share) > pushed {
+                self.heap.push(Reverse((key(share), link as u32)));
+                continue;
+            }
             let (node, upload) = if link < nodes {
                 (link, true)
             } else {
@@ -483,15 +487,8 @@ impl Flows {
                 };
                 self.left[other] = (self.left[other] - share).max(0.0);
                 self.count[other] -= 1;
-                self.version[other] = self.version[other].wrapping_add(1);
-                if self.count[other] > 0 {
-                    let next = self.left[other] / f64::from(self.count[other]);
-                    self.heap
-                        .push(Reverse((key(next), other as u32, self.version[other])));
-                }
             }
             self.count[link] = 0;
-            self.version[link] = self.version[link].wrapping_add(1);
         }
         self.used_up.fill(0.0);
         self.used_down.fill(0.0);
