@@ -51,6 +51,7 @@
 mod depth;
 mod hedge;
 mod peers;
+mod pickable;
 mod pieces;
 #[cfg(test)]
 mod sim;
@@ -679,7 +680,7 @@ impl Scheduler {
     /// Whether origins are asked only for pieces no connected agent holds: while two or more
     /// agents have pieces for us.
     fn origins_serve_agentless_only(&self) -> bool {
-        self.peers.useful_agents() >= 2
+        self.peers.useful_agents_at_least(2)
     }
 
     /// Asks the peer in `slot` for the `piece` it offered (a refusal of it before no longer
@@ -975,7 +976,7 @@ impl Scheduler {
         // owners' shares came round late); with every owner, 1.06× (docs/BENCHMARKS.md).
         let origin_needed = (self.pieces.agentless() > 0
             || !self.pieces.stalled().is_empty()
-            || self.peers.useful_agents() < 2)
+            || !self.peers.useful_agents_at_least(2))
             && !self.connection_fresh(false, now_ms);
         if origin_needed
             && !self.connection_fresh(true, now_ms)

@@ -184,14 +184,18 @@ impl Peers {
                 .any(|peer| peer.origin && peer.holds(piece))
     }
 
-    /// Connected agents that hold a piece we miss and answer (none of their requests went
-    /// stale since their last delivery).
-    pub(super) fn useful_agents(&self) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|peer| !peer.origin && peer.useful > 0 && peer.snubbed.is_none())
-            .count()
+    /// Whether at least `n` connected agents hold a piece we miss and answer (none of their
+    /// requests went stale since their last delivery). Stops at the `n`th: it is asked on most
+    /// events, and in a crowd nearly every peer counts.
+    pub(super) fn useful_agents_at_least(&self, n: usize) -> bool {
+        n == 0
+            || self
+                .slots
+                .iter()
+                .flatten()
+                .filter(|peer| !peer.origin && peer.useful > 0 && peer.snubbed.is_none())
+                .nth(n - 1)
+                .is_some()
     }
 }
 

@@ -3,9 +3,9 @@
 //! rarest first with a seeded random tie-break beside a few pieces just past the prefix (for a
 //! reader streaming the blob), or sequential for a lone downloader.
 //!
-//! Costs: availability changes and requests are O(log pieces) (one ordered-set update); a pick
-//! scans the ordered set of unrequested pieces only until it finds pieces the peer holds, or walks
-//! the peer's bitfield when that is cheaper, so no event costs O(pieces × peers).
+//! Costs: availability changes and requests are O(1) (`pickable.rs`); a pick walks the
+//! unrequested pieces in order only until it finds pieces the peer holds, or walks the peer's
+//! bitfield when that is cheaper, so no event costs O(pieces × peers).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,6 +13,7 @@ use rand::{Rng, RngExt};
 use shoal_core::Bitfield;
 
 use super::peers::{Peer, Slot};
+use super::pickable::Pickable;
 
 /// Peers a missing piece is asked of at once in endgame. Every idle holder asking for the last
 /// pieces split the downloader's link between copies of the same bytes and spent the senders'
@@ -38,8 +39,9 @@ pub(super) const STREAM_AHEAD: usize = 16;
 /// churn (1,000 agents, half leaving mid-download: p99 3.6× of S/B against 1.36×).
 const STALL_TIMEOUTS: u8 = 2;
 
-/// Order of unrequested pieces: fewest agent holders first, then a per-download random rank so
-/// agents that see the same rarities still spread their requests over different pieces.
+/// Order of unrequested pieces (the order [`Pickable`] keeps): fewest agent holders first, then a
+/// per-download random rank so agents that see the same rarities still spread their requests over
+/// different pieces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     avail: u32,
@@ -63,7 +65,7 @@ pub(super) struct Pieces {
     /// Random rank per piece: the tie-break among equally rare pieces.
     rank: Vec<u32>,
     /// Missing pieces not requested from anyone, in pick order.
-    pickable: BTreeSet<Key>,
+    pickable: Pickable,
     /// Missing pieces requested from at least one peer, and from which.
     inflight: HashMap<u32, Vec<Slot>>,
     /// Missing pieces that no connected agent holds (only an origin can serve them now).
@@ -81,14 +83,10 @@ impl Pieces {
     pub(super) fn new(have: Bitfield, rng: &mut impl Rng) -> Pieces {
         let len = have.len();
         let rank: Vec<u32> = (0..len).map(|_| rng.random()).collect();
-        let pickable = have
-            .zeros()
-            .map(|piece| Key {
-                avail: 0,
-                rank: rank[piece as usize],
-                piece,
-            })
-            .collect();
+        let mut pickable = Pickable::new(&rank);
+        for piece in have.zeros() {
+            pickable.insert(piece, 0);
+        }
         Pieces {
             agentless: len - have.count(),
             have,
@@ -190,26 +188,25 @@ impl Pieces {
     }
 
     fn change_avail(&mut self, piece: u32, change: impl Fn(u32) -> u32) {
-        let old = self.key(piece);
-        let new = change(old.avail);
+        let old = self.avail[piece as usize];
+        let new = change(old);
         self.avail[piece as usize] = new;
         if self.have.get(piece) {
             return;
         }
-        match (old.avail, new) {
+        match (old, new) {
             (0, 1..) => self.agentless -= 1,
             (1.., 0) => self.agentless += 1,
             _ => {}
         }
-        if self.pickable.remove(&old) {
-            self.pickable.insert(Key { avail: new, ..old });
+        if self.pickable.remove(piece, old) {
+            self.pickable.insert(piece, new);
         }
     }
 
     /// `piece` was requested from the peer in `slot`.
     pub(super) fn request(&mut self, piece: u32, slot: Slot) {
-        let key = self.key(piece);
-        self.pickable.remove(&key);
+        self.pickable.remove(piece, self.avail[piece as usize]);
         self.inflight.entry(piece).or_default().push(slot);
     }
 
@@ -224,8 +221,7 @@ impl Pieces {
         if slots.is_empty() {
             self.inflight.remove(&piece);
             if !self.have.get(piece) {
-                let key = self.key(piece);
-                self.pickable.insert(key);
+                self.pickable.insert(piece, self.avail[piece as usize]);
             }
         }
     }
@@ -236,14 +232,14 @@ impl Pieces {
         if !self.have.set(piece) {
             return Vec::new();
         }
-        let key = self.key(piece);
-        self.pickable.remove(&key);
+        let avail = self.avail[piece as usize];
+        self.pickable.remove(piece, avail);
         self.stalled.remove(&piece);
         let stale: Vec<(u32, Slot)> = self.stale_of(piece).copied().collect();
         for request in stale {
             self.stale.remove(&request);
         }
-        if key.avail == 0 {
+        if avail == 0 {
             self.agentless -= 1;
         }
         self.inflight.remove(&piece).unwrap_or_default()
@@ -288,10 +284,10 @@ impl Pieces {
         }
         self.pickable
             .iter()
-            .take_while(|key| !agentless_only || key.avail == 0)
-            .filter(|key| peer.holds(key.piece))
+            .take_while(|&(avail, _)| !agentless_only || avail == 0)
+            .filter(|&(_, piece)| peer.holds(piece))
             .take(want)
-            .map(|key| key.piece)
+            .map(|(_, piece)| piece)
             .collect()
     }
 
