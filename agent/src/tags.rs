@@ -6,10 +6,10 @@
 //! manifest pushed a moment later must be visible on the next pull. While the build-index is
 //! away (unreachable, failing, or hung), a reference resolved within the last hour keeps its
 //! last answer, so a node pulling again what it pulled lately (a restarting pod) is not held up by
-//! it.
+//! it; for [`AWAY_FOR`] after a failure such references are answered without asking again.
 
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -20,6 +20,10 @@ use shoal_core::{Digest, Name, Reference, Referrer, Tag};
 const CAPACITY: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero");
 /// How long past its TTL a resolved reference still answers while the build-index is away.
 const STALE_IF_AWAY: Duration = Duration::from_secs(3600);
+/// After the build-index failed, how long a reference with a last resolution is answered with it
+/// without asking: asking a hung build-index costs a health probe of about 3 s, which every
+/// manifest request of a pull would pay again. References without one still ask.
+const AWAY_FOR: Duration = Duration::from_secs(10);
 
 /// Where references are looked up; the build-index in production, a table in tests.
 #[async_trait::async_trait]
@@ -51,6 +55,8 @@ pub struct TagCache {
     source: Box<dyn TagSource>,
     ttl: Duration,
     entries: Mutex<LruCache<(Name, Reference), (Digest, Instant)>>,
+    /// Until when the build-index counts as away, since its last failure.
+    away_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for TagCache {
@@ -67,6 +73,7 @@ impl TagCache {
             source: Box::new(source),
             ttl,
             entries: Mutex::new(LruCache::new(CAPACITY)),
+            away_until: Mutex::new(None),
         }
     }
 
@@ -84,6 +91,11 @@ impl TagCache {
         {
             return Ok(Some(*digest));
         }
+        if self.away(now)
+            && let Some(digest) = self.stale(&key, now)
+        {
+            return Ok(Some(digest));
+        }
         let answer = match reference {
             Reference::Tag(tag) => self.source.get_tag(name, tag).await,
             Reference::Digest(digest) => self
@@ -93,16 +105,19 @@ impl TagCache {
                 .map(|recorded| recorded.then_some(*digest)),
         };
         let resolved = match answer {
-            Ok(resolved) => resolved,
+            Ok(resolved) => {
+                *lock(&self.away_until) = None;
+                resolved
+            }
             Err(error) if fails_over(&error) => {
-                let stale = self.lock().peek(&key).copied();
-                match stale {
-                    Some((digest, expired)) if expired + STALE_IF_AWAY > now => {
-                        tracing::warn!(%name, %reference, %digest, error = %shoal_core::chain(&error), "build-index away; answering with the reference's last resolution");
-                        return Ok(Some(digest));
+                *lock(&self.away_until) = Some(Instant::now() + AWAY_FOR);
+                return match self.stale(&key, now) {
+                    Some(digest) => {
+                        tracing::warn!(%name, %reference, %digest, error = %shoal_core::chain(&error), "build-index away; answering with the reference's last resolution for {AWAY_FOR:?}");
+                        Ok(Some(digest))
                     }
-                    _ => return Err(error),
-                }
+                    None => Err(error),
+                };
             }
             Err(error) => return Err(error),
         };
@@ -124,24 +139,41 @@ impl TagCache {
         self.source.referrers(name, digest).await
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<(Name, Reference), (Digest, Instant)>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The last resolution of `key`, if it is recent enough to answer while the build-index
+    /// is away.
+    fn stale(&self, key: &(Name, Reference), now: Instant) -> Option<Digest> {
+        let (digest, expired) = self.lock().peek(key).copied()?;
+        (expired + STALE_IF_AWAY > now).then_some(digest)
     }
+
+    fn away(&self, now: Instant) -> bool {
+        lock(&self.away_until).is_some_and(|until| until > now)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<(Name, Reference), (Digest, Instant)>> {
+        lock(&self.entries)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
 
-    /// A build-index stand-in whose table the test changes, counting lookups.
+    /// A build-index stand-in whose table the test changes, counting lookups; tag lookups fail
+    /// as a hung build-index's do while `away` is set.
     #[derive(Clone, Default)]
     struct Table {
         tags: Arc<Mutex<HashMap<String, Digest>>>,
         lookups: Arc<AtomicUsize>,
+        away: Arc<AtomicBool>,
     }
 
     impl Table {
@@ -158,6 +190,11 @@ mod tests {
     impl TagSource for Table {
         async fn get_tag(&self, _: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
             self.lookups.fetch_add(1, Ordering::SeqCst);
+            if self.away.load(Ordering::SeqCst) {
+                return Err(ApiError::Unresponsive {
+                    service: "build-index".into(),
+                });
+            }
             Ok(self.tags.lock().unwrap().get(tag.as_str()).copied())
         }
 
@@ -259,6 +296,34 @@ mod tests {
             .lock()
             .put((name.clone(), tag.clone()), (digest, long_ago));
         assert!(cache.resolve(&name, &tag).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_last_answers_are_given_without_asking_until_the_window_ends() {
+        let table = Table::default();
+        let digest = Digest::of(b"1");
+        table.set("v1", Some(digest));
+        let cache = TagCache::new(table.clone(), Duration::ZERO);
+        let (name, tag) = key("v1");
+        assert_eq!(cache.resolve(&name, &tag).await.unwrap(), Some(digest));
+        table.away.store(true, Ordering::SeqCst);
+        // The first failure is paid once; within the window the last answer comes at once.
+        for _ in 0..3 {
+            assert_eq!(cache.resolve(&name, &tag).await.unwrap(), Some(digest));
+        }
+        assert_eq!(table.lookups.load(Ordering::SeqCst), 2);
+        // A reference with no last answer still asks: the build-index may be back.
+        let (_, other) = key("v2");
+        assert!(cache.resolve(&name, &other).await.is_err());
+        assert_eq!(table.lookups.load(Ordering::SeqCst), 3);
+        // Once the window ends the build-index is asked again, and its answer is taken.
+        *lock(&cache.away_until) = Some(Instant::now());
+        table.away.store(false, Ordering::SeqCst);
+        let moved = Digest::of(b"2");
+        table.set("v1", Some(moved));
+        assert_eq!(cache.resolve(&name, &tag).await.unwrap(), Some(moved));
+        assert_eq!(table.lookups.load(Ordering::SeqCst), 4);
+        assert!(!cache.away(Instant::now()));
     }
 
     #[tokio::test]

@@ -78,6 +78,13 @@ async fn a_hung_build_index_fails_pushes_and_new_pulls_fast_until_it_runs_again(
         "pulling again beside the hung build-index: {:?}",
         again.elapsed()
     );
+    // Within the agent's away window the last answer comes without asking (tags.rs).
+    let third = Instant::now();
+    pull("hung/index", &image, "third").await?;
+    eprintln!(
+        "and once more, within the away window: {:?}",
+        third.elapsed()
+    );
     fails_fast(
         "a pull of a tag the agent never resolved",
         pull("hung/other", &image, "other"),
