@@ -1,7 +1,7 @@
 //! The unrequested missing pieces of a download in pick order: fewest agent holders first, then
 //! the download's random rank. A piece's holder count changes by one at every `have` from a peer,
 //! so the order is kept as one bit per piece on each holder-count level, pieces placed on a level
-//! by rank: a change is two bit flips (an ordered set's removal and insertion cost a tenth of the
+//! by rank: a change is two bit flips (an ordered set's removal and insertion were a fifth of the
 //! simulator's time at 1,000 agents), and a walk reads the levels from the rarest.
 
 /// Bits per word of a level.
