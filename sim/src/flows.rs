@@ -93,6 +93,12 @@ fn key(value: f64) -> u64 {
     value.max(0.0).to_bits()
 }
 
+/// Puts `link` in a rating's heap at `share`, replacing its entry there.
+fn queue(heap: &mut BinaryHeap<Reverse<(u64, u32)>>, queued: &mut [u64], link: usize, share: f64) {
+    queued[link] = key(share);
+    heap.push(Reverse((key(share), link as u32)));
+}
+
 /// All flows of the swarm, and which links carry which.
 pub(crate) struct Flows {
     links: Vec<Link>,
@@ -121,9 +127,12 @@ pub(crate) struct Flows {
     /// kept between ratings for their allocations.
     left: Vec<f64>,
     count: Vec<u32>,
-    /// One entry per link with flows left to rate: its share when pushed, a lower bound of its
-    /// share since (a flow frozen elsewhere never takes more than the link's equal share).
+    /// Links with flows left to rate, by share. A link's share only grows as flows elsewhere
+    /// are frozen (at most at its equal share), so its entry is left in place as a lower bound;
+    /// only a rounding that lowers it pushes a new one.
     heap: BinaryHeap<Reverse<(u64, u32)>>,
+    /// The key of each link's entry in the heap; entries with another key are stale.
+    queued: Vec<u64>,
     /// Per-node counts of the fresh flows of one settle (zero between settles).
     fresh_up: Vec<u32>,
     fresh_down: Vec<u32>,
@@ -151,6 +160,7 @@ impl Flows {
             left: vec![0.0; 2 * nodes],
             count: vec![0; 2 * nodes],
             heap: BinaryHeap::new(),
+            queued: vec![0; 2 * nodes],
             fresh_up: vec![0; nodes],
             fresh_down: vec![0; nodes],
         }
@@ -446,21 +456,26 @@ impl Flows {
                 self.left[link] = capacity / 1e9;
                 self.count[link] = flows as u32;
                 if flows > 0 {
-                    let share = self.left[link] / flows as f64;
-                    self.heap.push(Reverse((key(share), link as u32)));
+                    queue(
+                        &mut self.heap,
+                        &mut self.queued,
+                        link,
+                        self.left[link] / flows as f64,
+                    );
                 }
             }
         }
         // A popped share that has grown since its push goes back in at its current value, so
-        // links are rated in the order of their current shares without an entry per change.
+        // links are rated in the order of their current shares (ties by link, as the heap
+        // orders them) without an entry per change.
         while let Some(Reverse((pushed, link))) = self.heap.pop() {
             let link = link as usize;
-            if self.count[link] == 0 {
+            if self.count[link] == 0 || pushed != self.queued[link] {
                 continue;
             }
             let share = self.left[link] / f64::from(self.count[link]);
             if key(share) > pushed {
-                self.heap.push(Reverse((key(share), link as u32)));
+                queue(&mut self.heap, &mut self.queued, link, share);
                 continue;
             }
             let (node, upload) = if link < nodes {
@@ -487,6 +502,12 @@ impl Flows {
                 };
                 self.left[other] = (self.left[other] - share).max(0.0);
                 self.count[other] -= 1;
+                if self.count[other] > 0 {
+                    let next = self.left[other] / f64::from(self.count[other]);
+                    if key(next) < self.queued[other] {
+                        queue(&mut self.heap, &mut self.queued, other, next);
+                    }
+                }
             }
             self.count[link] = 0;
         }
