@@ -9,12 +9,12 @@
 //! it; for [`AWAY_FOR`] after a failure such references are answered without asking again.
 
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use shoal_api::{ApiError, BuildIndexClient, fails_over};
-use shoal_core::{Digest, Name, Reference, Referrer, Tag};
+use shoal_core::{Digest, Name, Reference, Referrer, Tag, lock};
 
 /// Distinct references remembered at once; a node rarely pulls more than a few hundred images.
 const CAPACITY: NonZeroUsize = NonZeroUsize::new(10_000).expect("non-zero");
@@ -153,10 +153,6 @@ impl TagCache {
     fn lock(&self) -> MutexGuard<'_, LruCache<(Name, Reference), (Digest, Instant)>> {
         lock(&self.entries)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

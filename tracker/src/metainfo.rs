@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
 use shoal_api::ApiError;
-use shoal_core::{Digest, Metainfo, Name};
+use shoal_core::{Digest, Metainfo, Name, lock};
 
 use crate::metrics::{MetainfoResult, TrackerMetrics};
 use crate::origins::Origins;
@@ -33,11 +33,6 @@ pub struct MetainfoCache {
     /// Fetches under way; an entry is removed by the first waiter to see it finish.
     inflight: Mutex<HashMap<Digest, Fetch>>,
     metrics: TrackerMetrics,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The maps stay consistent whatever panicked while holding them; keep serving.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl MetainfoCache {

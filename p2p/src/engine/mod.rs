@@ -16,10 +16,10 @@ pub(crate) mod tracker;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
-use shoal_core::{Digest, Metainfo, Name};
+use shoal_core::{Digest, Metainfo, Name, lock};
 use shoal_storage::BlobStore;
 use shoal_tls::{Role, Roles};
 use tokio::sync::OnceCell;
@@ -95,11 +95,6 @@ impl ClusterTls {
             peers: client(&[Role::Agent, Role::Origin])?,
         })
     }
-}
-
-/// Locks a std mutex, ignoring poisoning: every critical section is a single map operation.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Engine {

@@ -25,8 +25,8 @@ use shoal_core::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::lock;
 use crate::{BlobStore, StoreError, StoredPartial};
+use shoal_core::lock;
 
 pub use percent::Percent;
 pub use policy::{Budget, Entry, Walk};

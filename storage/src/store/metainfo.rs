@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use shoal_core::{Algorithm, Digest, Metainfo, MetainfoBuilder};
 
-use super::{BlobStore, StoreError, lock};
+use super::{BlobStore, StoreError};
 use crate::fsutil::{self, IoContext};
+use shoal_core::lock;
 
 /// The hashing pass over a blob stored without metainfo reads chunks of this size: small enough
 /// to stay in cache between the read and the hash.

@@ -26,9 +26,9 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use shoal_core::{Algorithm, Digest, Metainfo};
+use shoal_core::{Algorithm, Digest, Metainfo, lock};
 use tokio::sync::OnceCell;
 
 use crate::ByteStream;
@@ -219,12 +219,6 @@ impl BlobStore {
         open.deletions += 1;
         open.files.pop(digest);
     }
-}
-
-/// Locks a std mutex, ignoring poisoning: the maps it guards stay consistent because every
-/// critical section is a single insert, lookup or removal.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The open-file cache of committed blobs, and a count of deletes: a file opened while a delete

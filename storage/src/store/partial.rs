@@ -27,9 +27,10 @@ use shoal_core::{Algorithm, Bitfield, Digest, Metainfo};
 use tokio::sync::{Mutex as AsyncMutex, watch};
 
 use super::metainfo::metainfo_of_file;
-use super::{BlobStore, Layout, StoreError, lock};
+use super::{BlobStore, Layout, StoreError};
 use crate::ByteStream;
 use crate::fsutil::{self, IoContext};
+use shoal_core::lock;
 
 const DATA_FILE: &str = "data";
 const BITFIELD_FILE: &str = "bitfield";

@@ -18,8 +18,9 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::writer::Staged;
-use super::{BlobStore, StoreError, lock};
+use super::{BlobStore, StoreError};
 use crate::ByteStream;
+use shoal_core::lock;
 
 /// Identifies an upload session (a random UUID v4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

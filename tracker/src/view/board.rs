@@ -4,10 +4,10 @@
 //! rate-limit buckets; a swarm goes with its last peer.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use shoal_core::{Bitfield, Digest, Name, PeerId};
+use shoal_core::{Bitfield, Digest, Name, PeerId, lock};
 use tokio::sync::watch;
 
 use super::progress::Progress;
@@ -101,11 +101,6 @@ pub struct Board {
     limits: RecordLimits,
     /// Bumped at every change; the event stream waits on it.
     version: watch::Sender<u64>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the maps consistent; keep serving after a panic elsewhere.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Board {
