@@ -45,18 +45,20 @@ impl Pickable {
         self.len
     }
 
+    /// `piece`'s place in the order of `(rank, piece)`: the tie-break among equally rare pieces.
+    pub(super) fn place(&self, piece: u32) -> u32 {
+        self.place[piece as usize]
+    }
+
     /// Makes `piece` pickable with `holders` agent holders; false when it already was at that level.
     pub(super) fn insert(&mut self, piece: u32, holders: u32) -> bool {
-        let words = self.piece_at.len().div_ceil(WORD);
         let holders = holders as usize;
         if self.levels.len() <= holders {
-            self.levels.resize(
-                holders + 1,
-                Level {
-                    words: vec![0; words],
-                    len: 0,
-                },
-            );
+            let empty = Level {
+                words: vec![0; self.piece_at.len().div_ceil(WORD)],
+                len: 0,
+            };
+            self.levels.resize(holders + 1, empty);
         }
         let (word, bit) = self.bit(piece);
         let level = &mut self.levels[holders];
@@ -105,7 +107,7 @@ impl Pickable {
     }
 
     fn bit(&self, piece: u32) -> (usize, u64) {
-        let place = self.place[piece as usize] as usize;
+        let place = self.place(piece) as usize;
         (place / WORD, 1 << (place % WORD))
     }
 }

@@ -45,7 +45,8 @@ const STALL_TIMEOUTS: u8 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     avail: u32,
-    rank: u32,
+    /// The piece's place in the random rank order ([`Pickable::place`]).
+    place: u32,
     piece: u32,
 }
 
@@ -62,8 +63,6 @@ pub(super) struct Pieces {
     have: Bitfield,
     /// Connected agents (not origins) holding each piece and not avoided for it.
     avail: Vec<u32>,
-    /// Random rank per piece: the tie-break among equally rare pieces.
-    rank: Vec<u32>,
     /// Missing pieces not requested from anyone, in pick order.
     pickable: Pickable,
     /// Missing pieces requested from at least one peer, and from which.
@@ -91,7 +90,6 @@ impl Pieces {
             agentless: len - have.count(),
             have,
             avail: vec![0; len as usize],
-            rank,
             pickable,
             inflight: HashMap::new(),
             agent_timeouts: vec![0; len as usize],
@@ -172,7 +170,7 @@ impl Pieces {
     fn key(&self, piece: u32) -> Key {
         Key {
             avail: self.avail[piece as usize],
-            rank: self.rank[piece as usize],
+            place: self.pickable.place(piece),
             piece,
         }
     }
@@ -364,7 +362,7 @@ impl Pieces {
                 peer.holds(**piece) && slots.len() < ENDGAME_COPIES && !slots.contains(&slot)
             })
             .filter(|(piece, _)| !agentless_only || self.for_origins(**piece))
-            .map(|(&piece, slots)| (slots.len(), self.rank[piece as usize], piece))
+            .map(|(&piece, slots)| (slots.len(), self.pickable.place(piece), piece))
             .collect();
         candidates.sort_unstable();
         candidates
