@@ -11,8 +11,9 @@
 #   AGENT_EXTRA=yaml  appended to both agents' configs, to compare settings in one command
 #                   (e.g. AGENT_EXTRA='p2p: {scheduler: {pipeline: 4}}')
 #   PERF=1          also profile agent-0 and the origin with `perf record -g` during agent-0's cold
-#                   pull; the reports are copied to /tmp/agent-pull-perf-{agent,origin}.txt (and
-#                   …-flat.txt, …-full.txt); perf costs CPU itself, so that run's figures are not
+#                   pull, and the proxy and the origin during the last GET through the proxy; the
+#                   reports are copied to /tmp/agent-pull-perf-{agent,origin,proxy,proxy-origin}.txt
+#                   (and …-flat.txt, …-full.txt); perf costs CPU itself, so that run's figures are not
 #                   comparable with a run without it
 #   PERF_CALL_GRAPH=dwarf  unwind with DWARF instead of frame pointers (`-g`), which release builds
 #                   omit, so the call graphs reach Shoal's own functions (costs more, larger files)
@@ -223,7 +224,7 @@ perf_stop() {
 }
 # The call-graph report's head shows only the top few symbols, so a flat profile and the whole
 # call-graph report go beside it.
-perf_report() { # name: writes the reports and copies them out of the work dir
+perf_report() { # name step: writes the reports and copies them out of the work dir
     local data=$work/perf-$1.data out=/tmp/agent-pull-perf-$1
     perf report -i "$data" --stdio --no-children >"$work/perf-$1-full.txt" 2>/dev/null || true
     head -60 "$work/perf-$1-full.txt" >"$work/perf-$1.txt"
@@ -232,7 +233,7 @@ perf_report() { # name: writes the reports and copies them out of the work dir
     cp "$work/perf-$1.txt" "$out.txt"
     cp "$work/perf-$1-flat.txt" "$out-flat.txt"
     cp "$work/perf-$1-full.txt" "$out-full.txt"
-    echo "perf reports of $1 during agent-0's cold pull: $out.txt (head of the call graphs)," \
+    echo "perf reports of $1 during $2: $out.txt (head of the call graphs)," \
         "$out-flat.txt (flat), $out-full.txt (all call graphs)" >&2
 }
 
@@ -262,7 +263,9 @@ a1_complete() { [[ $(metric "$agent1" p2p_downloads_active) -eq 0 ]]; }
 echo "agent-0 cold pull" >&2
 if [[ $perf == 1 ]]; then perf_start agent "$agent0_pid"; perf_start origin "$origin_pid"; fi
 settle=a0_complete timed "$r/agent0-cold" get_hashed "$agent0/v2/$repo/blobs/$digest"
-if [[ $perf == 1 ]]; then perf_stop; perf_report agent; perf_report origin; fi
+if [[ $perf == 1 ]]; then
+    perf_stop; perf_report agent "agent-0's cold pull"; perf_report origin "agent-0's cold pull"
+fi
 a0_from_origin=$(metric "$agent0" p2p_bytes_received 'from="origin"')
 a0_from_agents=$(metric "$agent0" p2p_bytes_received 'from="agent"')
 
@@ -274,7 +277,14 @@ a1_from_agents=$(metric "$agent1" p2p_bytes_received 'from="agent"')
 echo "cached GETs from agent-0 and GETs through the proxy" >&2
 a0_blob=$agent0/v2/$repo/blobs/$digest proxy_blob=$proxy/v2/$repo/blobs/$digest
 for _ in $(seq 1 "$repeats"); do pretouch=$a0_blob timed "$r/agent0-cached" get_raw "$a0_blob"; done
-for _ in $(seq 1 "$repeats"); do pretouch=$proxy_blob timed "$r/proxy" get_raw "$proxy_blob"; done
+for k in $(seq 1 "$repeats"); do
+    # The last GET through the proxy is the profiled one: perf starts after the untimed pretouch.
+    if [[ $perf == 1 && $k == "$repeats" ]]; then get_raw "$proxy_blob"; perf_start proxy "$proxy_pid"; perf_start proxy-origin "$origin_pid"; fi
+    pretouch=$proxy_blob timed "$r/proxy" get_raw "$proxy_blob"
+done
+if [[ $perf == 1 ]]; then
+    perf_stop; perf_report proxy "a GET through the proxy"; perf_report proxy-origin "a GET through the proxy"
+fi
 
 rss_agent0=$(peak_rss_mib "$agent0_pid"); rss_agent1=$(peak_rss_mib "$agent1_pid")
 rss_origin=$(peak_rss_mib "$origin_pid"); rss_proxy=$(peak_rss_mib "$proxy_pid")

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -207,7 +207,7 @@ impl OriginCluster {
         if !snapshot.is_healthy(addr) {
             return false;
         }
-        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut suspects = shoal_core::lock(&self.suspects);
         match suspects.get(addr) {
             Some(since) if since.elapsed() < SUSPECT_FOR => false,
             Some(_) => {
@@ -239,7 +239,7 @@ impl OriginCluster {
 
     /// Records what a request to `addr` showed: hung, or answering.
     fn suspect(&self, addr: &str, hung: bool) {
-        let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut suspects = shoal_core::lock(&self.suspects);
         if hung {
             suspects.insert(addr.to_owned(), Instant::now());
         } else if !suspects.is_empty() {

@@ -222,8 +222,7 @@ impl<J: Job> Queue<J> {
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry<J::Payload>>> {
-        // Every critical section leaves the table consistent, so a poisoned lock is still usable.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        shoal_core::lock(&self.entries)
     }
 
     fn write_lock(&self, key: &str) -> &tokio::sync::Mutex<()> {

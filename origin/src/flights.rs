@@ -3,7 +3,7 @@
 //! the stored blob. The backend sees one fetch per blob however many pullers arrive at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use shoal_core::Digest;
 use tokio::sync::watch;
@@ -33,7 +33,7 @@ pub(crate) enum Turn {
 
 impl Flights {
     pub(crate) fn join(&self, digest: Digest) -> Turn {
-        let mut flights = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut flights = shoal_core::lock(&self.0);
         if let Some(slot) = flights.get(&digest) {
             return Turn::Wait(slot.clone());
         }
@@ -63,10 +63,7 @@ impl Lead {
     fn report(&mut self, outcome: Outcome) {
         // Removed first: a request arriving after this finds the blob in the store (or starts
         // a fresh attempt after a failure) rather than a finished flight.
-        self.flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.digest);
+        shoal_core::lock(&self.flights).remove(&self.digest);
         if let Some(tx) = self.tx.take() {
             // Nobody waiting is fine.
             let _ = tx.send(Some(outcome));

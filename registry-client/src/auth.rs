@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url, header};
@@ -94,7 +94,7 @@ impl Auth {
 
     fn state(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state consistent, so a poisoned lock is usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        shoal_core::lock(&self.state)
     }
 
     /// Adds what we already know to send: a cached token for `scope`, or basic credentials.

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -275,7 +275,7 @@ impl Upload {
             .client
             .send_once(Method::PUT, &url, &self.scope, request)
             .await;
-        let fault = fault.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let fault = shoal_core::lock(&fault).take();
         match (fault, result) {
             (Some(BodyFault::Read(source)), _) => Err(Error::Body(source)),
             (Some(BodyFault::Length(actual)), _) => Err(Error::LengthMismatch {
@@ -318,7 +318,7 @@ fn checked(
     fault: Arc<Mutex<Option<BodyFault>>>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let record = move |what: BodyFault| {
-        *fault.lock().unwrap_or_else(PoisonError::into_inner) = Some(what);
+        *shoal_core::lock(&fault) = Some(what);
     };
     futures::stream::unfold(
         (body, 0u64, Some(record)),

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
@@ -43,7 +43,7 @@ impl KeyFiles {
         if self.watch.changed() {
             self.reload();
         }
-        Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&shoal_core::lock(&self.current))
     }
 
     /// Looks at the files now, whenever they were last looked at.
@@ -58,7 +58,7 @@ impl KeyFiles {
         match read_pair(&self.cert, &self.key) {
             Ok(key) => {
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+                *shoal_core::lock(&self.current) = Arc::new(key);
             }
             Err(error) => tracing::warn!(
                 %error,

@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often the files are looked at, at most: a change is picked up within this long.
@@ -46,7 +46,7 @@ impl FileWatch {
     /// Whether any file changed since the last look that said so; looks at most once per
     /// [`RECHECK`] (`false` in between). A change is reported once.
     pub fn changed(&self) -> bool {
-        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = shoal_core::lock(&self.state);
         let now = Instant::now();
         if now.duration_since(seen.checked) < RECHECK {
             return false;
@@ -57,7 +57,7 @@ impl FileWatch {
 
     /// [`FileWatch::changed`] without waiting for the interval: for tests.
     pub fn changed_now(&self) -> bool {
-        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = shoal_core::lock(&self.state);
         self.compare(&mut seen)
     }
 

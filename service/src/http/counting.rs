@@ -4,7 +4,7 @@
 //! downloads and aborted transfers all count what actually moved.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -88,7 +88,7 @@ impl RequestBytes {
     /// Attaches the route's counter; bytes read so far are added now, later ones directly.
     pub(crate) fn resolve(&self, counter: Counter) {
         // Poisoning cannot leave the state inconsistent (every update is a single assignment).
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = shoal_core::lock(&self.state);
         if let RequestState::Pending(bytes) = *state {
             counter.inc_by(bytes);
         }
@@ -98,7 +98,7 @@ impl RequestBytes {
 
 impl ByteSink for Arc<RequestBytes> {
     fn add(&self, bytes: u64) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = shoal_core::lock(&self.state);
         match &mut *state {
             RequestState::Pending(pending) => *pending += bytes,
             RequestState::Resolved(counter) => {

@@ -6,7 +6,7 @@
 //! lingering close). HTTP/2 ends such a stream on its own, so its requests are not wrapped.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub(crate) async fn drain_unread(request: Request, next: Next) -> Response {
         })
     });
     let response = next.run(request).await;
-    let unread = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let unread = shoal_core::lock(&slot).take();
     if let Some(body) = unread {
         drain(body).await;
     }
@@ -103,7 +103,7 @@ impl Drop for ReturnedIfUnread {
         if let Some(inner) = self.inner.take()
             && !inner.is_end_stream()
         {
-            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(inner);
+            *shoal_core::lock(&self.slot) = Some(inner);
         }
     }
 }
