@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shoal_core::{Cidr, Name, PeerId};
 use shoal_service::tls::TlsConfig;
-use shoal_service::{ByteSize, LogConfig};
+use shoal_service::{Addresses, ByteSize, LogConfig};
 use shoal_storage::cache::{Budget, Percent};
 
 /// `shoal-agent --config agent.yaml`.
@@ -31,8 +31,10 @@ pub struct AgentConfig {
     pub peer_id: Option<PeerId>,
     /// Holds the blob cache (`store/`) and the persisted peer id.
     pub data_dir: PathBuf,
-    /// The tracker's gRPC address (`host:port`).
-    pub tracker: String,
+    /// The trackers' gRPC addresses (`host:port`): one, or a list of them. A blob's
+    /// announces go to one of the list (the same for every agent with the same list), and to
+    /// the next while that one fails.
+    pub tracker: Addresses,
     /// The build-index's HTTP address (`host:port` or `http://host:port`), for tags.
     pub build_index: String,
     /// How long a resolved tag is reused before asking the build-index again.
@@ -64,7 +66,7 @@ impl Default for AgentConfig {
             advertise_addr: None,
             peer_id: None,
             data_dir: PathBuf::from("shoal-data/agent"),
-            tracker: "127.0.0.1:15003".to_owned(),
+            tracker: Addresses::one("127.0.0.1:15003"),
             build_index: "127.0.0.1:15004".to_owned(),
             tag_cache_ttl: Duration::from_secs(5),
             allowed_clients: Vec::new(),
@@ -174,11 +176,11 @@ pub enum ConfigError {
 impl AgentConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (field, value) in [
-            ("tracker", Some(&self.tracker)),
+        let trackers = self.tracker.as_slice().iter().map(Some);
+        for (field, value) in trackers.map(|addr| ("tracker", addr)).chain([
             ("build_index", Some(&self.build_index)),
             ("advertise_addr", self.advertise_addr.as_ref()),
-        ] {
+        ]) {
             if value.is_some_and(|v| v.trim().is_empty()) {
                 return Err(ConfigError::EmptyAddress { field });
             }
@@ -307,7 +309,7 @@ mod tests {
         config.cache.ttl = Duration::ZERO;
         assert!(matches!(config.validate(), Err(ConfigError::ZeroTtl)));
         let config = AgentConfig {
-            tracker: " ".into(),
+            tracker: Addresses::one(" "),
             ..AgentConfig::default()
         };
         assert!(matches!(

@@ -124,7 +124,7 @@ pub async fn run(
         identity,
         store.clone(),
         Network {
-            tracker: config.tracker.clone(),
+            trackers: config.tracker.as_slice().to_vec(),
             tls: cluster_tls,
         },
         p2p_metrics.clone(),
@@ -172,7 +172,7 @@ pub async fn run(
         .context("building the HTTP client for readiness probes")?;
     let mutual = config.tls.as_ref().is_some_and(|tls| tls.mutual());
     let readiness = Readiness::default()
-        .health("tracker", probes.clone(), &config.tracker, mutual)
+        .health_any("tracker", probes.clone(), config.tracker.as_slice(), mutual)
         .health("build-index", probes, &config.build_index, mutual);
     let (data, admin) = AdminListener::split(
         config.admin_listen,
@@ -207,7 +207,7 @@ pub async fn run(
         admin = admin.local_addr().map(|a| a.to_string()),
         advertise = %config.advertised(),
         %peer_id,
-        tracker = %config.tracker,
+        trackers = %config.tracker,
         build_index = %config.build_index,
         data_dir = %config.data_dir.display(),
         "agent serving"

@@ -81,7 +81,7 @@ async fn start_agent(
         data_dir: dir.to_path_buf(),
         // Peers are told this address: the listener actually bound.
         peer_listen: listeners.peer.local_addr()?,
-        tracker: tracker.to_string(),
+        tracker: shoal_service::Addresses::one(tracker.to_string()),
         // Tags are not used here.
         build_index: "127.0.0.1:9".into(),
         ..AgentConfig::default()

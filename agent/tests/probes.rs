@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use axum::routing::get;
 use shoal_agent::{AgentConfig, Listeners};
-use shoal_service::CancellationToken;
+use shoal_service::{Addresses, CancellationToken};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -42,13 +42,15 @@ async fn wait_for(http: &reqwest::Client, url: &str, status: u16) -> Result<Stri
 }
 
 #[tokio::test]
-async fn readyz_follows_the_tracker_and_livez_stays_up() -> Result<()> {
+async fn readyz_follows_the_trackers_and_livez_stays_up() -> Result<()> {
     let (tracker, tracker_task) = health_server().await?;
+    let (other_tracker, other_tracker_task) = health_server().await?;
     let (build_index, build_index_task) = health_server().await?;
     let dir = tempfile::tempdir()?;
     let config = AgentConfig {
         data_dir: dir.path().to_path_buf(),
-        tracker: tracker.to_string(),
+        tracker: Addresses::new(vec![tracker.to_string(), other_tracker.to_string()])
+            .map_err(anyhow::Error::msg)?,
         build_index: build_index.to_string(),
         ..AgentConfig::default()
     };
@@ -66,8 +68,15 @@ async fn readyz_follows_the_tracker_and_livez_stays_up() -> Result<()> {
     ensure!(wait_for(&http, &format!("{base}/readyz"), 200).await? == r#"{"ready":true}"#);
     ensure!(http.get(format!("{base}/livez")).send().await?.status() == 200);
 
-    // The tracker goes away: not ready (naming it), still alive.
+    // One tracker goes away: the agent goes on with the other, so it stays ready (asked again
+    // once the last answer is no longer reused).
     tracker_task.abort();
+    tokio::time::sleep(shoal_service::ready::REUSE + Duration::from_millis(100)).await;
+    let still = http.get(format!("{base}/readyz")).send().await?;
+    ensure!(still.status() == 200, "{}", still.text().await?);
+
+    // Both trackers go away: not ready (naming them), still alive.
+    other_tracker_task.abort();
     let reason: serde_json::Value =
         serde_json::from_str(&wait_for(&http, &format!("{base}/readyz"), 503).await?)?;
     ensure!(reason["ready"] == false, "{reason}");

@@ -158,7 +158,7 @@ async fn start_agent() -> Result<Agent> {
 
     let mut config = AgentConfig {
         data_dir: dir.path().to_path_buf(),
-        tracker: tracker.to_string(),
+        tracker: shoal_service::Addresses::one(tracker.to_string()),
         build_index: build_index.to_string(),
         ..AgentConfig::default()
     };

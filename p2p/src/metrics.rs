@@ -29,6 +29,7 @@ pub struct P2pMetrics {
     pub(crate) elsewhere_answered: Counter,
     pub(crate) elsewhere_received: Counter,
     pub(crate) requests_stale: Counter,
+    pub(crate) tracker_failovers: Counter,
     pub(crate) download_duration: Histogram,
     pub(crate) peers_connected: Gauge,
 }
@@ -72,6 +73,7 @@ impl P2pMetrics {
             elsewhere_answered: Counter::default(),
             elsewhere_received: Counter::default(),
             requests_stale: Counter::default(),
+            tracker_failovers: Counter::default(),
             download_duration: Histogram::new(download_buckets()),
             peers_connected: Gauge::default(),
         };
@@ -134,6 +136,11 @@ impl P2pMetrics {
             "p2p_requests_stale",
             "Piece requests far older than the download's others take, whose pieces were then asked of other holders too (a peer that stopped answering)",
             metrics.requests_stale.clone(),
+        );
+        registry.register(
+            "p2p_tracker_failovers",
+            "Tracker calls that failed in transport (the tracker unreachable or hung) and went to the next tracker of the list",
+            metrics.tracker_failovers.clone(),
         );
         registry.register(
             "p2p_download_duration_seconds",
@@ -199,6 +206,11 @@ impl P2pMetrics {
     /// Piece requests that went stale (their pieces asked of other holders too).
     pub fn requests_stale(&self) -> u64 {
         self.requests_stale.get()
+    }
+
+    /// Tracker calls that went to the next tracker after one failed in transport.
+    pub fn tracker_failovers(&self) -> u64 {
+        self.tracker_failovers.get()
     }
 
     /// Piece bytes served so far.

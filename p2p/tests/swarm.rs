@@ -370,7 +370,7 @@ impl Swarm {
             identity.clone(),
             store.clone(),
             Network {
-                tracker: tracker.to_owned(),
+                trackers: vec![tracker.to_owned()],
                 tls: None,
             },
             metrics.clone(),

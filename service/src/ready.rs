@@ -11,6 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -59,10 +61,37 @@ impl Readiness {
         addr: &str,
         tls: bool,
     ) -> Readiness {
-        let url: Arc<str> = format!("{}/health", shoal_http_client::base_url(addr, tls)).into();
+        self.health_any(name, http, &[addr], tls)
+    }
+
+    /// Adds the check `name`: at least one of the replicas at `addrs` answers its `/health`
+    /// (the component goes on with any one of them); else it fails with each one's reason.
+    pub fn health_any(
+        self,
+        name: &'static str,
+        http: reqwest::Client,
+        addrs: &[impl AsRef<str>],
+        tls: bool,
+    ) -> Readiness {
+        let urls: Arc<[String]> = addrs
+            .iter()
+            .map(|addr| format!("{}/health", shoal_http_client::base_url(addr.as_ref(), tls)))
+            .collect();
         self.check(name, move || {
-            let (http, url) = (http.clone(), url.clone());
-            async move { http_ok(&http, &url).await }
+            let (http, urls) = (http.clone(), urls.clone());
+            async move {
+                // Ready at the first answer: a hung replica must not hold the check up.
+                let mut answers: FuturesUnordered<_> =
+                    urls.iter().map(|url| http_ok(&http, url)).collect();
+                let mut failures = Vec::new();
+                while let Some(answer) = answers.next().await {
+                    match answer {
+                        Ok(()) => return Ok(()),
+                        Err(why) => failures.push(why),
+                    }
+                }
+                Err(failures.join("; "))
+            }
         })
     }
 

@@ -42,7 +42,10 @@ pub enum Component {
     OriginN(usize),
     BuildIndex,
     Proxy,
+    /// Tracker 0, the only one unless [`ClusterOptions::trackers`] asks for more.
     Tracker,
+    /// Tracker `i` (from 1): use [`Component::tracker`], which maps 0 to `Tracker`.
+    TrackerN(usize),
     /// Agent `i`, counted from 0.
     Agent(usize),
 }
@@ -60,13 +63,21 @@ impl Component {
         }
     }
 
+    /// Tracker `i` (counted from 0) of the cluster.
+    pub fn tracker(i: usize) -> Component {
+        match i {
+            0 => Component::Tracker,
+            i => Component::TrackerN(i),
+        }
+    }
+
     /// The role its certificate names under mutual TLS.
     pub fn role(self) -> Role {
         match self {
             Component::Origin | Component::OriginN(_) => Role::Origin,
             Component::BuildIndex => Role::BuildIndex,
             Component::Proxy => Role::Proxy,
-            Component::Tracker => Role::Tracker,
+            Component::Tracker | Component::TrackerN(_) => Role::Tracker,
             Component::Agent(_) => Role::Agent,
         }
     }
@@ -76,7 +87,7 @@ impl Component {
             Component::Origin | Component::OriginN(_) => "shoal-origin",
             Component::BuildIndex => "shoal-build-index",
             Component::Proxy => "shoal-proxy",
-            Component::Tracker => "shoal-tracker",
+            Component::Tracker | Component::TrackerN(_) => "shoal-tracker",
             Component::Agent(_) => "shoal-agent",
         }
     }
@@ -86,6 +97,7 @@ impl Component {
         match self {
             Component::Agent(i) => format!("shoal-agent-{i}"),
             Component::OriginN(i) => format!("shoal-origin-{i}"),
+            Component::TrackerN(i) => format!("shoal-tracker-{i}"),
             other => other.binary().to_owned(),
         }
     }
@@ -120,7 +132,10 @@ pub struct ClusterOptions {
     pub build_index_overrides: Value,
     /// Deep-merged over the proxy's config, e.g. `{"auth": {…}}`.
     pub proxy_overrides: Value,
-    /// Deep-merged over the tracker's config.
+    /// How many trackers a peer-to-peer cluster runs (each with its own memory store); every
+    /// agent lists them all.
+    pub trackers: usize,
+    /// Deep-merged over every tracker's config.
     pub tracker_overrides: Value,
     /// Deep-merged over every agent's config.
     pub agent_overrides: Value,
@@ -144,6 +159,7 @@ impl Default for ClusterOptions {
             origin_overrides: Value::Null,
             build_index_overrides: Value::Null,
             proxy_overrides: Value::Null,
+            trackers: 1,
             tracker_overrides: Value::Null,
             agent_overrides: Value::Null,
             agent_overrides_by_index: BTreeMap::new(),
@@ -214,7 +230,12 @@ impl Cluster {
         let p2p = options.agents > 0;
         let origins = options.origins.max(1);
         let mut ports = free_loopback_addr_list(
-            2 + 2 * origins + if p2p { 1 + 2 * options.agents } else { 0 },
+            2 + 2 * origins
+                + if p2p {
+                    options.trackers.max(1) + 2 * options.agents
+                } else {
+                    0
+                },
         )?
         .into_iter();
         let mut next_port = || ports.next().context("ran out of picked ports");
@@ -224,7 +245,13 @@ impl Cluster {
             .map(|_| Ok((next_port()?, next_port()?)))
             .collect::<Result<Vec<(SocketAddr, SocketAddr)>>>()?;
         let origin_https: Vec<SocketAddr> = origin_addrs.iter().map(|(http, _)| *http).collect();
-        let tracker = if p2p { Some(next_port()?) } else { None };
+        let trackers = if p2p {
+            (0..options.trackers.max(1))
+                .map(|_| next_port())
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let backend_root = dir.path().join("backend");
         std::fs::create_dir_all(&backend_root)
             .with_context(|| format!("creating {}", backend_root.display()))?;
@@ -239,10 +266,10 @@ impl Cluster {
 
         // (component, HTTP address, peer address, config)
         let mut planned = Vec::new();
-        if let Some(tracker) = tracker {
+        for (i, &tracker) in trackers.iter().enumerate() {
             let mut config = configs::tracker(tracker, &origin_addrs);
             configs::merge(&mut config, options.tracker_overrides.clone());
-            planned.push((Component::Tracker, tracker, None, config));
+            planned.push((Component::tracker(i), tracker, None, config));
         }
         for (i, &(http, peer)) in origin_addrs.iter().enumerate() {
             let data = origin_data_dir(dir.path(), i);
@@ -279,11 +306,11 @@ impl Cluster {
                 config
             }),
         ]);
-        if let Some(tracker) = tracker {
+        if !trackers.is_empty() {
             for i in 0..options.agents {
                 let (listen, peer) = (next_port()?, next_port()?);
                 let data = dir.path().join(format!("agent-{i}-data"));
-                let mut config = configs::agent(listen, peer, tracker, build_index, &data);
+                let mut config = configs::agent(listen, peer, &trackers, build_index, &data);
                 configs::merge(&mut config, options.agent_overrides.clone());
                 if let Some(overrides) = options.agent_overrides_by_index.get(&i) {
                     configs::merge(&mut config, overrides.clone());

@@ -85,14 +85,18 @@ pub fn tracker(listen: SocketAddr, origins: &[(SocketAddr, SocketAddr)]) -> Valu
 pub fn agent(
     listen: SocketAddr,
     peer_listen: SocketAddr,
-    tracker: SocketAddr,
+    trackers: &[SocketAddr],
     build_index: SocketAddr,
     data: &Path,
 ) -> Value {
+    let tracker = match trackers {
+        [one] => json!(one.to_string()),
+        many => json!(many.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    };
     json!({
         "listen": listen.to_string(),
         "peer_listen": peer_listen.to_string(),
-        "tracker": tracker.to_string(),
+        "tracker": tracker,
         "build_index": build_index.to_string(),
         "data_dir": path(data),
     })
@@ -150,7 +154,7 @@ pub fn tls_overrides(
         Component::Origin | Component::OriginN(_) => Value::Null,
         Component::BuildIndex => json!({"origins": origin_urls}),
         Component::Proxy => json!({"origins": origin_urls, "build_index": https(&build_index)}),
-        Component::Tracker => {
+        Component::Tracker | Component::TrackerN(_) => {
             let pairs: Vec<Value> = origins
                 .iter()
                 .map(|(http, peer)| json!({"http": https(http), "peer": peer.to_string()}))

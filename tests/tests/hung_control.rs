@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use shoal_client::Image;
+use shoal_core::rendezvous;
 use shoal_tests::images::{generate, image_spec};
 use shoal_tests::swarm::{pull_through_agent_and_check, push};
 use shoal_tests::{Cluster, ClusterOptions, Component};
@@ -142,5 +143,54 @@ async fn a_hung_tracker_fails_pulls_fast_until_it_runs_again() -> Result<()> {
         &work.path().join("p1"),
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_trackers_pulls_go_on_while_one_is_hung() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        trackers: 2,
+        ..ClusterOptions::with_agents(2)
+    })
+    .await?;
+    let work = tempfile::tempdir()?;
+    let image = generate(
+        &work.path().join("image"),
+        image_spec(vec![3 * MIB, 2 * MIB, 100 * 1024], 0x7a2, "v1"),
+    )
+    .await?;
+    push(&cluster, &image, "hung/trackers", "v1").await?;
+
+    // The agents list both trackers; each blob asks first the one its rendezvous order puts
+    // first. Stop the first tracker of the largest layer, so that layer's pull must go on at
+    // the other.
+    let addrs: Vec<String> = (0..2)
+        .map(|i| cluster.addr(Component::tracker(i)).to_string())
+        .collect();
+    let (layer, _) = image.layers[0];
+    let first = rendezvous::rank(&layer, &addrs)[0];
+    let hung = Component::tracker(addrs.iter().position(|a| a == first).expect("ranked"));
+    let stopped = cluster.hang([hung])?;
+    for agent in 0..2 {
+        pull_through_agent_and_check(
+            &cluster,
+            agent,
+            &image,
+            "hung/trackers",
+            "v1",
+            &work.path().join(format!("p{agent}")),
+        )
+        .await
+        .with_context(|| format!("pulling through agent {agent} with {hung} hung"))?;
+        let failovers = cluster
+            .metric(Component::Agent(agent), "shoal_p2p_tracker_failovers_total")
+            .await?
+            .unwrap_or(0.0);
+        ensure!(
+            failovers >= 1.0,
+            "agent {agent} never went on to the other tracker ({failovers})"
+        );
+    }
+    drop(stopped);
     Ok(())
 }

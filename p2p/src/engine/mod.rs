@@ -31,7 +31,7 @@ pub use blob::Blob;
 use download::Download;
 pub use report::{DownloadReport, ReportState};
 use seed::Seeds;
-use tracker::Tracker;
+use tracker::Trackers;
 
 use crate::{Identity, Limiter, P2pConfig, P2pError, P2pMetrics, PieceSource};
 
@@ -48,7 +48,7 @@ pub(crate) struct Shared {
     config: P2pConfig,
     identity: Identity,
     store: Arc<BlobStore>,
-    tracker: Tracker,
+    tracker: Trackers,
     metrics: P2pMetrics,
     shutdown: CancellationToken,
     /// Where download drivers and seed announcers run.
@@ -72,8 +72,8 @@ pub(crate) struct Shared {
 /// Where the engine finds the swarm and how it connects to it.
 #[derive(Clone, Debug)]
 pub struct Network {
-    /// The tracker's `host:port`.
-    pub tracker: String,
+    /// The trackers' `host:port`s (at least one; [`Trackers`] says how they are used).
+    pub trackers: Vec<String>,
     /// Mutual TLS for the tracker and peers; `None`: plain gRPC.
     pub tls: Option<ClusterTls>,
 }
@@ -118,7 +118,11 @@ impl Engine {
                 config,
                 identity,
                 store,
-                tracker: Tracker::new(network.tracker, tls.as_ref().map(|tls| &tls.tracker)),
+                tracker: Trackers::new(
+                    network.trackers,
+                    tls.as_ref().map(|tls| &tls.tracker),
+                    metrics.tracker_failovers.clone(),
+                ),
                 metrics,
                 shutdown,
                 tasks: tasks.clone(),

@@ -1,16 +1,19 @@
 //! The engine's side of the tracker protocol: announces and metainfo, with the wire metainfo
 //! checked and converted into [`Metainfo`].
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use shoal_core::{Digest, Metainfo, Name};
+use shoal_core::{Digest, Metainfo, Name, lock, rendezvous};
 use shoal_proto::v1::tracker_client::TrackerClient as Grpc;
 use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, MetainfoResponse, PeerInfo, Progress};
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,6 +28,124 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 const METAINFO_TIMEOUT: Duration = Duration::from_secs(120);
 /// Interval used when the tracker's answer carries none (or an announce failed).
 pub(crate) const FALLBACK_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A tracker whose call failed in transport is asked after the others for this long.
+const ASKED_LAST_FOR: Duration = Duration::from_secs(30);
+
+/// The trackers an engine announces to: one, or several (sharing a Redis store, or each with
+/// its own). A blob's calls go to them in rendezvous order of their addresses, so every agent
+/// of a swarm meets at the same tracker even when trackers share nothing, and blobs spread over
+/// them. A call that fails in transport (the tracker unreachable, hung or gone mid-call) goes to
+/// the next tracker at once, and the one that failed is asked last for [`ASKED_LAST_FOR`].
+/// An answer from a tracker, whatever it says (not found, rate limited, its store down), is
+/// the answer: the next tracker would only say the same.
+#[derive(Debug)]
+pub(crate) struct Trackers {
+    trackers: Vec<Tracker>,
+    /// Counts the calls that went on to the next tracker.
+    failovers: Counter,
+    /// When each tracker (by index) last failed in transport.
+    failed_at: Mutex<Vec<Option<Instant>>>,
+}
+
+impl Trackers {
+    /// Clients of the trackers at `addrs` (`host:port`; at least one).
+    pub(crate) fn new(
+        addrs: Vec<String>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        failovers: Counter,
+    ) -> Trackers {
+        let trackers: Vec<Tracker> = addrs.into_iter().map(|a| Tracker::new(a, tls)).collect();
+        Trackers {
+            failovers,
+            failed_at: Mutex::new(vec![None; trackers.len()]),
+            trackers,
+        }
+    }
+
+    pub(crate) async fn announce(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+        identity: &Identity,
+        complete: bool,
+        progress: Option<Progress>,
+    ) -> Result<Announced, P2pError> {
+        self.call(digest, |tracker| {
+            let progress = progress.clone();
+            async move {
+                tracker
+                    .announce(digest, namespace, identity, complete, progress)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// The blob's metainfo; [`P2pError::NotFound`] when the tracker has none.
+    pub(crate) async fn metainfo(
+        &self,
+        digest: &Digest,
+        namespace: Option<&Name>,
+    ) -> Result<Metainfo, P2pError> {
+        self.call(digest, |tracker| tracker.metainfo(digest, namespace))
+            .await
+    }
+
+    /// `call` on `digest`'s trackers in turn until one answers.
+    async fn call<'a, T, F, Fut>(&'a self, digest: &Digest, call: F) -> Result<T, P2pError>
+    where
+        F: Fn(&'a Tracker) -> Fut,
+        Fut: Future<Output = Result<T, P2pError>>,
+    {
+        let mut failure = None;
+        for index in self.order(digest, Instant::now()) {
+            match call(&self.trackers[index]).await {
+                Err(error) if failed_in_transport(&error) => {
+                    lock(&self.failed_at)[index] = Some(Instant::now());
+                    if failure.is_none() && self.trackers.len() > 1 {
+                        self.failovers.inc();
+                        tracing::warn!(%digest, error = %shoal_core::chain(&error), "tracker failed; asking the next one");
+                    }
+                    failure = Some(error);
+                }
+                answered => {
+                    lock(&self.failed_at)[index] = None;
+                    return answered;
+                }
+            }
+        }
+        Err(failure.expect("there is at least one tracker"))
+    }
+
+    /// The trackers' indexes in the order `digest`'s calls try them at `now`: rendezvous order,
+    /// with those that failed within [`ASKED_LAST_FOR`] moved to the end.
+    fn order(&self, digest: &Digest, now: Instant) -> Vec<usize> {
+        let addrs: Vec<&str> = self.trackers.iter().map(|t| t.addr.as_str()).collect();
+        let mut order: Vec<usize> = rendezvous::rank(digest, &addrs)
+            .into_iter()
+            .map(|addr| {
+                let at = addrs.iter().position(|a| std::ptr::eq(a, addr));
+                at.expect("ranked from these addresses")
+            })
+            .collect();
+        let failed_at = lock(&self.failed_at);
+        let recent = |i: &usize| failed_at[*i].is_some_and(|at| now - at < ASKED_LAST_FOR);
+        // A stable sort: each part keeps its rendezvous order.
+        order.sort_by_key(|i| recent(i));
+        order
+    }
+}
+
+/// Whether `error` is a call no tracker answered: it failed in the client or the transport
+/// (unreachable, a connection cut, pings unanswered), where a status a tracker sent has no
+/// source error.
+fn failed_in_transport(error: &P2pError) -> bool {
+    match error {
+        P2pError::Tracker { status, .. } => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
 
 /// A lazily connected tracker client. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -269,6 +390,58 @@ mod tests {
                 .collect(),
         };
         (metainfo, wire)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blob_asks_its_trackers_in_rendezvous_order_and_a_failed_one_last_for_a_while() {
+        let addrs: Vec<String> = (1..=3).map(|i| format!("10.0.0.{i}:15003")).collect();
+        let trackers = Trackers::new(addrs.clone(), None, Counter::default());
+        let digest = Digest::of(b"layer");
+        let ranked: Vec<usize> = rendezvous::rank(&digest, &addrs)
+            .into_iter()
+            .map(|addr| addrs.iter().position(|a| a == addr).unwrap())
+            .collect();
+        let now = Instant::now();
+        assert_eq!(trackers.order(&digest, now), ranked);
+        // Other blobs start elsewhere: all three trackers are some blob's first.
+        let firsts: std::collections::BTreeSet<usize> = (0..64u32)
+            .map(|i| trackers.order(&Digest::of(&i.to_be_bytes()), now)[0])
+            .collect();
+        assert_eq!(firsts.len(), 3);
+
+        lock(&trackers.failed_at)[ranked[0]] = Some(now);
+        let expected = vec![ranked[1], ranked[2], ranked[0]];
+        assert_eq!(trackers.order(&digest, now), expected);
+        tokio::time::advance(ASKED_LAST_FOR - Duration::from_millis(1)).await;
+        assert_eq!(trackers.order(&digest, Instant::now()), expected);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(trackers.order(&digest, Instant::now()), ranked);
+    }
+
+    #[tokio::test]
+    async fn a_call_no_tracker_answers_goes_to_the_next_and_an_answer_does_not() {
+        // Nothing listens on either: each call fails in transport.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = unused.local_addr().unwrap().to_string();
+        drop(unused);
+        let failovers = Counter::default();
+        let trackers = Trackers::new(
+            vec![closed.clone(), "127.0.0.1:1".into()],
+            None,
+            failovers.clone(),
+        );
+        let digest = Digest::of(b"layer");
+        let error = trackers.metainfo(&digest, None).await.unwrap_err();
+        assert!(failed_in_transport(&error), "{error}");
+        assert_eq!(failovers.get(), 1, "one call went on to the next tracker");
+        assert!(lock(&trackers.failed_at).iter().all(Option::is_some));
+        // A status a tracker sent is its answer, not a transport failure.
+        let answered = P2pError::Tracker {
+            addr: closed,
+            status: tonic::Status::unavailable("the store is down"),
+        };
+        assert!(!failed_in_transport(&answered));
+        assert!(!failed_in_transport(&P2pError::NotFound { digest }));
     }
 
     #[test]
