@@ -272,3 +272,160 @@ async fn read_copy(addr: SocketAddr) -> std::io::Result<u64> {
         }
     }
 }
+
+/// How a [`raw_piece_stream`] server sends a piece's bytes.
+#[derive(Clone, Copy, Debug)]
+enum Send {
+    /// Read from the page cache into a buffer, then written to the socket: two copies, as a
+    /// gRPC answer makes (without HTTP/2 around them).
+    Copied,
+    /// `sendfile(2)` from the file to the socket: the kernel hands the page-cache pages on.
+    Sendfile,
+}
+
+/// A design not built into Shoal, measured for the data-plane issue's "negotiated raw-TCP piece
+/// stream" question: the same 256 pieces of 256 KiB over one plain TCP connection, a request a
+/// 4-byte piece index, an answer an 8-byte length then the piece's bytes, `depth` requests in
+/// flight, answers in order. No HTTP/2, no protobuf, no per-request task; what remains is the
+/// least any piece protocol over TCP costs. Served from a file in the page cache, read by the
+/// client in 256 KiB reads like the baseline.
+fn raw_piece_stream(bencher: Bencher, depth: usize, send: Send) {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("create a temporary directory under $TMPDIR");
+    let path = dir.path().join("blob");
+    let blob = RepeatedBlob::new(CHUNK, CHUNKS, 3);
+    let mut contents = Vec::with_capacity(CHUNK * CHUNKS);
+    for _ in 0..CHUNKS {
+        contents.extend_from_slice(blob.chunk());
+    }
+    std::fs::write(&path, &contents).expect("write the blob file");
+    drop(contents);
+    let piece = shoal_core::piece_length_for(blob.len());
+    let pieces = blob.len().div_ceil(piece) as u32;
+    let shutdown = CancellationToken::new();
+    let addr = runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("read the bound address");
+        let file = Arc::new(std::fs::File::open(&path).expect("open the blob file"));
+        tokio::spawn(serve_raw(listener, file, piece, send, shutdown.clone()));
+        addr
+    });
+    bencher.counter(BytesCount::new(blob.len())).bench_local(|| {
+        let received = runtime
+            .block_on(runtime.spawn(fetch_raw(addr, pieces, depth)))
+            .expect("the fetching task ran")
+            .expect("fetch every piece");
+        assert_eq!(received, blob.len(), "pieces short of the blob");
+    });
+    shutdown.cancel();
+}
+
+#[divan::bench(args = [1, 2, 4], sample_count = 10, sample_size = 1)]
+fn raw_piece_stream_copied(bencher: Bencher, depth: usize) {
+    raw_piece_stream(bencher, depth, Send::Copied);
+}
+
+#[divan::bench(args = [1, 2, 4], sample_count = 10, sample_size = 1)]
+fn raw_piece_stream_sendfile(bencher: Bencher, depth: usize) {
+    raw_piece_stream(bencher, depth, Send::Sendfile);
+}
+
+async fn serve_raw(
+    listener: TcpListener,
+    file: Arc<std::fs::File>,
+    piece: u64,
+    send: Send,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => panic!("accept on the raw listener: {e}"),
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let file = file.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer_raw(socket, &file, piece, send).await {
+                panic!("serving raw pieces: {e}");
+            }
+        });
+    }
+}
+
+/// Answers piece requests on `socket` until the client closes it.
+async fn answer_raw(
+    mut socket: TcpStream,
+    file: &std::fs::File,
+    piece: u64,
+    send: Send,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    socket.set_nodelay(true)?;
+    let length = file.metadata()?.len();
+    let mut buffer = vec![0; piece as usize];
+    loop {
+        let mut request = [0; 4];
+        match socket.read_exact(&mut request).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let start = u64::from(u32::from_be_bytes(request)) * piece;
+        let len = piece.min(length - start);
+        socket.write_all(&len.to_be_bytes()).await?;
+        match send {
+            Send::Copied => {
+                let bytes = &mut buffer[..len as usize];
+                file.read_exact_at(bytes, start)?;
+                socket.write_all(bytes).await?;
+            }
+            Send::Sendfile => {
+                let mut offset = start as i64;
+                let end = (start + len) as i64;
+                while offset < end {
+                    let sent = socket.async_io(tokio::io::Interest::WRITABLE, || {
+                        let count = (end - offset) as usize;
+                        nix::sys::sendfile::sendfile64(&socket, file, Some(&mut offset), count)
+                        .map_err(std::io::Error::from)
+                    });
+                    if sent.await? == 0 {
+                        return Err(std::io::ErrorKind::WriteZero.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Requests every piece with `depth` in flight on one connection; returns the bytes read.
+async fn fetch_raw(addr: SocketAddr, pieces: u32, depth: usize) -> std::io::Result<u64> {
+    let socket = TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let (mut reader, mut writer) = socket.into_split();
+    let mut buffer = vec![0; TCP_BUFFER];
+    let (mut sent, mut received) = (0u32, 0u64);
+    for index in 0..pieces {
+        // Requests go out while fewer than `depth` answers are owed.
+        while sent < pieces && sent < index + depth as u32 {
+            writer.write_all(&sent.to_be_bytes()).await?;
+            sent += 1;
+        }
+        let mut len = [0; 8];
+        reader.read_exact(&mut len).await?;
+        let mut left = u64::from_be_bytes(len);
+        while left > 0 {
+            let want = (left as usize).min(buffer.len());
+            let n = reader.read(&mut buffer[..want]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= n as u64;
+            received += n as u64;
+        }
+    }
+    Ok(received)
+}
