@@ -210,18 +210,9 @@ fn tcp_loopback_copy(bencher: Bencher) {
     let blob = RepeatedBlob::new(CHUNK, CHUNKS, 3);
     let length = blob.len();
     let shutdown = CancellationToken::new();
-    let addr = runtime.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("read the bound address");
-        tokio::spawn(serve_copies(
-            listener,
-            blob.chunk().clone(),
-            CHUNKS,
-            shutdown.clone(),
-        ));
-        addr
+    let chunk = blob.chunk().clone();
+    let addr = listen(&runtime, |listener| {
+        serve_copies(listener, chunk, CHUNKS, shutdown.clone())
     });
     bencher.counter(BytesCount::new(length)).bench_local(|| {
         let received = runtime
@@ -233,30 +224,61 @@ fn tcp_loopback_copy(bencher: Bencher) {
     shutdown.cancel();
 }
 
+/// Binds a loopback listener and runs `serve` on it in a task of `runtime`; its address.
+fn listen<F, Fut>(runtime: &Runtime, serve: F) -> SocketAddr
+where
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("read the bound address");
+        tokio::spawn(serve(listener));
+        addr
+    })
+}
+
 async fn serve_copies(
     listener: TcpListener,
     chunk: Bytes,
     count: usize,
     shutdown: CancellationToken,
 ) {
+    serve_each(listener, shutdown, move |mut socket| {
+        let chunk = chunk.clone();
+        async move {
+            socket.set_nodelay(true)?;
+            for _ in 0..count {
+                socket.write_all(&chunk).await?;
+            }
+            socket.shutdown().await
+        }
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown`, each handled by `handle` in a task of
+/// its own; a failure panics the benchmark.
+async fn serve_each<F, Fut>(listener: TcpListener, shutdown: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     loop {
-        let mut socket = tokio::select! {
+        let socket = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,
-                Err(e) => panic!("accept on the baseline listener: {e}"),
+                Err(e) => panic!("accept on a benchmark listener: {e}"),
             },
             () = shutdown.cancelled() => return,
         };
-        let chunk = chunk.clone();
+        let handled = handle(socket);
         tokio::spawn(async move {
-            socket.set_nodelay(true).expect("set TCP_NODELAY");
-            for _ in 0..count {
-                socket
-                    .write_all(&chunk)
-                    .await
-                    .expect("write the baseline copy");
+            if let Err(e) = handled.await {
+                panic!("serving a benchmark connection: {e}");
             }
-            socket.shutdown().await.expect("close the baseline copy");
         });
     }
 }
@@ -275,7 +297,7 @@ async fn read_copy(addr: SocketAddr) -> std::io::Result<u64> {
 
 /// How a [`raw_piece_stream`] server sends a piece's bytes.
 #[derive(Clone, Copy, Debug)]
-enum Send {
+enum Serving {
     /// Read from the page cache into a buffer, then written to the socket: two copies, as a
     /// gRPC answer makes (without HTTP/2 around them).
     Copied,
@@ -289,7 +311,7 @@ enum Send {
 /// flight, answers in order. No HTTP/2, no protobuf, no per-request task; what remains is the
 /// least any piece protocol over TCP costs. Served from a file in the page cache, read by the
 /// client in 256 KiB reads like the baseline.
-fn raw_piece_stream(bencher: Bencher, depth: usize, send: Send) {
+fn raw_piece_stream(bencher: Bencher, depth: usize, send: Serving) {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("create a temporary directory under $TMPDIR");
     let path = dir.path().join("blob");
@@ -303,57 +325,44 @@ fn raw_piece_stream(bencher: Bencher, depth: usize, send: Send) {
     let piece = shoal_core::piece_length_for(blob.len());
     let pieces = blob.len().div_ceil(piece) as u32;
     let shutdown = CancellationToken::new();
-    let addr = runtime.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("read the bound address");
-        let file = Arc::new(std::fs::File::open(&path).expect("open the blob file"));
-        tokio::spawn(serve_raw(listener, file, piece, send, shutdown.clone()));
-        addr
+    let file = Arc::new(std::fs::File::open(&path).expect("open the blob file"));
+    let addr = listen(&runtime, |listener| {
+        serve_raw(listener, file, piece, send, shutdown.clone())
     });
-    bencher.counter(BytesCount::new(blob.len())).bench_local(|| {
-        let received = runtime
-            .block_on(runtime.spawn(fetch_raw(addr, pieces, depth)))
-            .expect("the fetching task ran")
-            .expect("fetch every piece");
-        assert_eq!(received, blob.len(), "pieces short of the blob");
-    });
+    bencher
+        .counter(BytesCount::new(blob.len()))
+        .bench_local(|| {
+            let received = runtime
+                .block_on(runtime.spawn(fetch_raw(addr, pieces, depth)))
+                .expect("the fetching task ran")
+                .expect("fetch every piece");
+            assert_eq!(received, blob.len(), "pieces short of the blob");
+        });
     shutdown.cancel();
 }
 
 #[divan::bench(args = [1, 2, 4], sample_count = 10, sample_size = 1)]
 fn raw_piece_stream_copied(bencher: Bencher, depth: usize) {
-    raw_piece_stream(bencher, depth, Send::Copied);
+    raw_piece_stream(bencher, depth, Serving::Copied);
 }
 
 #[divan::bench(args = [1, 2, 4], sample_count = 10, sample_size = 1)]
 fn raw_piece_stream_sendfile(bencher: Bencher, depth: usize) {
-    raw_piece_stream(bencher, depth, Send::Sendfile);
+    raw_piece_stream(bencher, depth, Serving::Sendfile);
 }
 
 async fn serve_raw(
     listener: TcpListener,
     file: Arc<std::fs::File>,
     piece: u64,
-    send: Send,
+    send: Serving,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(e) => panic!("accept on the raw listener: {e}"),
-            },
-            () = shutdown.cancelled() => return,
-        };
+    serve_each(listener, shutdown, move |socket| {
         let file = file.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer_raw(socket, &file, piece, send).await {
-                panic!("serving raw pieces: {e}");
-            }
-        });
-    }
+        async move { answer_raw(socket, &file, piece, send).await }
+    })
+    .await;
 }
 
 /// Answers piece requests on `socket` until the client closes it.
@@ -361,7 +370,7 @@ async fn answer_raw(
     mut socket: TcpStream,
     file: &std::fs::File,
     piece: u64,
-    send: Send,
+    send: Serving,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     socket.set_nodelay(true)?;
@@ -378,19 +387,19 @@ async fn answer_raw(
         let len = piece.min(length - start);
         socket.write_all(&len.to_be_bytes()).await?;
         match send {
-            Send::Copied => {
+            Serving::Copied => {
                 let bytes = &mut buffer[..len as usize];
                 file.read_exact_at(bytes, start)?;
                 socket.write_all(bytes).await?;
             }
-            Send::Sendfile => {
+            Serving::Sendfile => {
                 let mut offset = start as i64;
                 let end = (start + len) as i64;
                 while offset < end {
                     let sent = socket.async_io(tokio::io::Interest::WRITABLE, || {
                         let count = (end - offset) as usize;
                         nix::sys::sendfile::sendfile64(&socket, file, Some(&mut offset), count)
-                        .map_err(std::io::Error::from)
+                            .map_err(std::io::Error::from)
                     });
                     if sent.await? == 0 {
                         return Err(std::io::ErrorKind::WriteZero.into());

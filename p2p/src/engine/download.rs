@@ -455,13 +455,16 @@ async fn announce(
         let progress = download.progress(false);
         let interval = match shared
             .tracker
-            .announce(
-                &digest,
-                namespace.as_ref(),
-                &shared.identity,
-                false,
-                Some(progress),
-            )
+            .call(&digest, |tracker| {
+                let progress = Some(progress.clone());
+                tracker.announce(
+                    &digest,
+                    namespace.as_ref(),
+                    &shared.identity,
+                    false,
+                    progress,
+                )
+            })
             .await
         {
             Ok(announced) => {

@@ -202,7 +202,11 @@ impl Shared {
         };
         let metainfo = match metainfo {
             Some(metainfo) => metainfo,
-            None => self.tracker.metainfo(digest, namespace).await?,
+            None => {
+                (self.tracker)
+                    .call(digest, |tracker| tracker.metainfo(digest, namespace))
+                    .await?
+            }
         };
         lock(&self.metainfo).put(*digest, metainfo.clone());
         Ok(metainfo)

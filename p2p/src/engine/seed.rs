@@ -72,7 +72,7 @@ async fn announce(
             () = shared.shutdown.cancelled() => return,
             announced = shared
                 .tracker
-                .announce(&digest, namespace.as_ref(), &shared.identity, true, progress.clone()) => announced,
+                .call(&digest, |tracker| tracker.announce(&digest, namespace.as_ref(), &shared.identity, true, progress.clone())) => announced,
         };
         let interval = match announced {
             Ok(announced) => announced.interval,

@@ -63,37 +63,13 @@ impl Trackers {
         }
     }
 
-    pub(crate) async fn announce(
-        &self,
+    /// `call` (an announce or a metainfo request about `digest`) on `digest`'s trackers in
+    /// turn until one answers.
+    pub(crate) async fn call<'a, T, F, Fut>(
+        &'a self,
         digest: &Digest,
-        namespace: Option<&Name>,
-        identity: &Identity,
-        complete: bool,
-        progress: Option<Progress>,
-    ) -> Result<Announced, P2pError> {
-        self.call(digest, |tracker| {
-            let progress = progress.clone();
-            async move {
-                tracker
-                    .announce(digest, namespace, identity, complete, progress)
-                    .await
-            }
-        })
-        .await
-    }
-
-    /// The blob's metainfo; [`P2pError::NotFound`] when the tracker has none.
-    pub(crate) async fn metainfo(
-        &self,
-        digest: &Digest,
-        namespace: Option<&Name>,
-    ) -> Result<Metainfo, P2pError> {
-        self.call(digest, |tracker| tracker.metainfo(digest, namespace))
-            .await
-    }
-
-    /// `call` on `digest`'s trackers in turn until one answers.
-    async fn call<'a, T, F, Fut>(&'a self, digest: &Digest, call: F) -> Result<T, P2pError>
+        call: F,
+    ) -> Result<T, P2pError>
     where
         F: Fn(&'a Tracker) -> Fut,
         Fut: Future<Output = Result<T, P2pError>>,
@@ -431,7 +407,10 @@ mod tests {
             failovers.clone(),
         );
         let digest = Digest::of(b"layer");
-        let error = trackers.metainfo(&digest, None).await.unwrap_err();
+        let error = trackers
+            .call(&digest, |tracker| tracker.metainfo(&digest, None))
+            .await
+            .unwrap_err();
         assert!(failed_in_transport(&error), "{error}");
         assert_eq!(failovers.get(), 1, "one call went on to the next tracker");
         assert!(lock(&trackers.failed_at).iter().all(Option::is_some));
