@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shoal_core::{Cidr, Name, PeerId};
+use shoal_core::{Addresses, Cidr, Name, PeerId};
 use shoal_service::tls::TlsConfig;
-use shoal_service::{Addresses, ByteSize, LogConfig};
+use shoal_service::{ByteSize, LogConfig};
 use shoal_storage::cache::{Budget, Percent};
 
 /// `shoal-agent --config agent.yaml`.
@@ -35,8 +35,10 @@ pub struct AgentConfig {
     /// announces go to one of the list (the same for every agent with the same list), and to
     /// the next while that one fails.
     pub tracker: Addresses,
-    /// The build-index's HTTP address (`host:port` or `http://host:port`), for tags.
-    pub build_index: String,
+    /// The build-index's HTTP address (`host:port` or `http://host:port`), for tags: one, or
+    /// a list of replicas that share a tag backend (each request goes to the replica that
+    /// answered last, and on to the next while one gives no answer).
+    pub build_index: Addresses,
     /// How long a resolved tag is reused before asking the build-index again.
     #[serde(with = "humantime_serde")]
     pub tag_cache_ttl: Duration,
@@ -67,7 +69,7 @@ impl Default for AgentConfig {
             peer_id: None,
             data_dir: PathBuf::from("shoal-data/agent"),
             tracker: Addresses::one("127.0.0.1:15003"),
-            build_index: "127.0.0.1:15004".to_owned(),
+            build_index: Addresses::one("127.0.0.1:15004"),
             tag_cache_ttl: Duration::from_secs(5),
             allowed_clients: Vec::new(),
             namespaces: NamespacesConfig::default(),
@@ -176,11 +178,13 @@ pub enum ConfigError {
 impl AgentConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let trackers = self.tracker.as_slice().iter().map(Some);
-        for (field, value) in trackers.map(|addr| ("tracker", addr)).chain([
-            ("build_index", Some(&self.build_index)),
-            ("advertise_addr", self.advertise_addr.as_ref()),
-        ]) {
+        let trackers = self.tracker.as_slice().iter().map(|a| ("tracker", Some(a)));
+        let build_index = self.build_index.as_slice().iter();
+        let build_index = build_index.map(|a| ("build_index", Some(a)));
+        for (field, value) in trackers
+            .chain(build_index)
+            .chain([("advertise_addr", self.advertise_addr.as_ref())])
+        {
             if value.is_some_and(|v| v.trim().is_empty()) {
                 return Err(ConfigError::EmptyAddress { field });
             }

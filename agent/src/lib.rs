@@ -173,7 +173,7 @@ pub async fn run(
     let mutual = config.tls.as_ref().is_some_and(|tls| tls.mutual());
     let readiness = Readiness::default()
         .health_any("tracker", probes.clone(), config.tracker.as_slice(), mutual)
-        .health("build-index", probes, &config.build_index, mutual);
+        .health_any("build-index", probes, config.build_index.as_slice(), mutual);
     let (data, admin) = AdminListener::split(
         config.admin_listen,
         with_source_allow_list(

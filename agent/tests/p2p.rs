@@ -81,9 +81,9 @@ async fn start_agent(
         data_dir: dir.to_path_buf(),
         // Peers are told this address: the listener actually bound.
         peer_listen: listeners.peer.local_addr()?,
-        tracker: shoal_service::Addresses::one(tracker.to_string()),
+        tracker: shoal_core::Addresses::one(tracker.to_string()),
         // Tags are not used here.
-        build_index: "127.0.0.1:9".into(),
+        build_index: shoal_core::Addresses::one("127.0.0.1:9"),
         ..AgentConfig::default()
     };
     let base = format!("http://{}", listeners.http.local_addr()?);

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use axum::routing::get;
 use shoal_agent::{AgentConfig, Listeners};
-use shoal_service::{Addresses, CancellationToken};
+use shoal_core::Addresses;
+use shoal_service::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -51,7 +52,7 @@ async fn readyz_follows_the_trackers_and_livez_stays_up() -> Result<()> {
         data_dir: dir.path().to_path_buf(),
         tracker: Addresses::new(vec![tracker.to_string(), other_tracker.to_string()])
             .map_err(anyhow::Error::msg)?,
-        build_index: build_index.to_string(),
+        build_index: Addresses::one(build_index.to_string()),
         ..AgentConfig::default()
     };
     let listeners = Listeners {

@@ -158,8 +158,8 @@ async fn start_agent() -> Result<Agent> {
 
     let mut config = AgentConfig {
         data_dir: dir.path().to_path_buf(),
-        tracker: shoal_service::Addresses::one(tracker.to_string()),
-        build_index: build_index.to_string(),
+        tracker: shoal_core::Addresses::one(tracker.to_string()),
+        build_index: shoal_core::Addresses::one(build_index.to_string()),
         ..AgentConfig::default()
     };
     config.namespaces.hosts.insert(

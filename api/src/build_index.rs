@@ -1,8 +1,11 @@
 //! Client for the build-index tag API (`docs/internal-api.md`, "Build-index HTTP API").
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use reqwest::{StatusCode, header};
 use serde::Deserialize;
-use shoal_core::{Digest, ManifestRecord, Name, Referrer, Tag};
+use shoal_core::{Addresses, Digest, ManifestRecord, Name, Referrer, Tag};
 use shoal_membership::HealthConfig;
 
 use crate::error::ApiError;
@@ -20,43 +23,57 @@ pub struct Page {
     pub next_last: Option<String>,
 }
 
-/// A build-index node's HTTP API.
+/// The build-index's HTTP API, on one replica or several sharing a tag backend. Each request
+/// goes to the replica that answered last; one that fails in transport or hangs (see `send`)
+/// passes the request on to the next replica at once. Cheap to clone; clones share which
+/// replica answered last.
 #[derive(Debug, Clone)]
 pub struct BuildIndexClient {
     http: reqwest::Client,
-    base: String,
+    /// Each replica's base URL, in the order written.
+    bases: Arc<[String]>,
+    /// The index in `bases` of the replica that answered last.
+    current: Arc<AtomicUsize>,
 }
 
 impl BuildIndexClient {
-    /// `addr` is `host:port` or a full `http://…` base URL.
-    pub fn new(http: reqwest::Client, addr: &str) -> Self {
+    /// Each of `addrs` is `host:port` or a full `http://…` base URL.
+    pub fn new(http: reqwest::Client, addrs: &Addresses) -> Self {
         Self {
             http,
-            base: shoal_http_client::base_url(addr, false),
+            bases: addrs
+                .as_slice()
+                .iter()
+                .map(|addr| shoal_http_client::base_url(addr, false))
+                .collect(),
+            current: Arc::default(),
         }
     }
 
-    /// Garbage collection's calls to the build-index.
+    /// Garbage collection's calls to the build-index (the replica that answered last).
     pub fn gc(&self) -> crate::gc::BuildIndexGc {
         crate::gc::BuildIndexGc {
             http: self.http.clone(),
-            base: self.base.clone(),
+            base: self.bases[self.current.load(Ordering::Relaxed)].clone(),
         }
     }
 
     /// Points `tag` at `digest`. The build-index refuses tags whose manifest or blobs are missing.
     pub async fn put_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), ApiError> {
-        let req = self
-            .http
-            .put(self.tag_url(name, tag))
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(digest.to_string());
-        check(self.send(req).await?).await.map(drop)
+        let request = |base: &str| {
+            self.http
+                .put(tag_url(base, name, tag))
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(digest.to_string())
+        };
+        check(self.send(request).await?).await.map(drop)
     }
 
     /// The digest `tag` points at, or `None`.
     pub async fn get_tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, ApiError> {
-        let resp = self.send(self.http.get(self.tag_url(name, tag))).await?;
+        let resp = self
+            .send(|base| self.http.get(tag_url(base, name, tag)))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -69,7 +86,9 @@ impl BuildIndexClient {
 
     /// Removes a tag; `false` when it did not exist.
     pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, ApiError> {
-        let resp = self.send(self.http.delete(self.tag_url(name, tag))).await?;
+        let resp = self
+            .send(|base| self.http.delete(tag_url(base, name, tag)))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(false);
         }
@@ -79,8 +98,8 @@ impl BuildIndexClient {
     /// Records the manifest `digest` as pushed into `name`. The build-index refuses it when the
     /// manifest or anything it references is missing.
     pub async fn put_manifest(&self, name: &Name, digest: &Digest) -> Result<(), ApiError> {
-        let req = self.http.put(self.manifest_url(name, digest));
-        check(self.send(req).await?).await.map(drop)
+        let request = |base: &str| self.http.put(manifest_url(base, name, digest));
+        check(self.send(request).await?).await.map(drop)
     }
 
     /// The record of manifest `digest` in `name`, or `None` when it was never pushed there or
@@ -91,7 +110,7 @@ impl BuildIndexClient {
         digest: &Digest,
     ) -> Result<Option<ManifestRecord>, ApiError> {
         let resp = self
-            .send(self.http.get(self.manifest_url(name, digest)))
+            .send(|base| self.http.get(manifest_url(base, name, digest)))
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -112,7 +131,7 @@ impl BuildIndexClient {
             untagged: Vec<String>,
         }
         let resp = self
-            .send(self.http.delete(self.manifest_url(name, digest)))
+            .send(|base| self.http.delete(manifest_url(base, name, digest)))
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -127,17 +146,14 @@ impl BuildIndexClient {
         struct Referrers {
             manifests: Vec<Referrer>,
         }
-        let url = format!(
-            "{}/v1/repositories/{}/referrers/{digest}",
-            self.base,
-            encode(name.as_str())
-        );
-        let body = read_limited(
-            SERVICE,
-            check(self.send(self.http.get(url)).await?).await?,
-            PAGE_LIMIT,
-        )
-        .await?;
+        let url = |base: &str| {
+            format!(
+                "{base}/v1/repositories/{}/referrers/{digest}",
+                encode(name.as_str())
+            )
+        };
+        let resp = self.send(|base| self.http.get(url(base))).await?;
+        let body = read_limited(SERVICE, check(resp).await?, PAGE_LIMIT).await?;
         parse_json::<Referrers>(&body).map(|r| r.manifests)
     }
 
@@ -152,12 +168,10 @@ impl BuildIndexClient {
         struct Tags {
             tags: Vec<String>,
         }
-        let url = format!(
-            "{}/v1/repositories/{}/tags",
-            self.base,
-            encode(name.as_str())
-        );
-        let resp = self.send(self.http.get(paged(url, n, last))).await?;
+        let url = |base: &str| format!("{base}/v1/repositories/{}/tags", encode(name.as_str()));
+        let resp = self
+            .send(|base| self.http.get(paged(url(base), n, last)))
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -179,8 +193,8 @@ impl BuildIndexClient {
         struct Repositories {
             repositories: Vec<String>,
         }
-        let url = format!("{}/v1/repositories", self.base);
-        let resp = self.send(self.http.get(paged(url, n, last))).await?;
+        let url = |base: &str| paged(format!("{base}/v1/repositories"), n, last);
+        let resp = self.send(|base| self.http.get(url(base))).await?;
         let (body, next_last) = page_body(resp).await?;
         let repos: Repositories = parse_json(&body)?;
         Ok(Page {
@@ -189,35 +203,57 @@ impl BuildIndexClient {
         })
     }
 
-    /// Sends `req`, failing with [`ApiError::Unresponsive`] once the build-index has not
-    /// answered for a second and then fails a health probe: a hung build-index (a stopped
-    /// process, whose kernel still accepts connections) would otherwise hold pushes and pulls
-    /// without end, as these requests carry no overall timeout.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+    /// Sends the request `request` makes for a replica's base URL, to the replica that
+    /// answered last, then to each next one while a replica gives no answer: the request fails
+    /// in transport, or the replica has not answered for a second and then fails a health probe
+    /// ([`ApiError::Unresponsive`]; a hung replica, a stopped process whose kernel still accepts
+    /// connections, would otherwise hold pushes and pulls without end, as these requests carry
+    /// no overall timeout). Every request here may be sent twice: puts and deletes name their
+    /// target. The last replica's failure is the error when none answers.
+    async fn send(
+        &self,
+        request: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
         let timeout = HealthConfig::default().timeout;
-        let hung = stops_answering(|| shoal_membership::probe(&self.http, &self.base, timeout));
-        tokio::select! {
-            sent = send_to(SERVICE, req) => sent,
-            () = hung => Err(ApiError::Unresponsive { service: SERVICE.into() }),
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failure = None;
+        for at in (0..self.bases.len()).map(|k| (first + k) % self.bases.len()) {
+            let base = &self.bases[at];
+            let hung = stops_answering(|| shoal_membership::probe(&self.http, base, timeout));
+            let sent = tokio::select! {
+                sent = send_to(SERVICE, request(base)) => sent,
+                () = hung => Err(ApiError::Unresponsive { service: SERVICE.into() }),
+            };
+            match sent {
+                Err(error @ (ApiError::Transport { .. } | ApiError::Unresponsive { .. })) => {
+                    if self.bases.len() > 1 {
+                        tracing::warn!(replica = %base, error = %shoal_core::chain(&error), "build-index replica gave no answer; asking the next");
+                    }
+                    failure = Some(error);
+                }
+                answered => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return answered;
+                }
+            }
         }
+        Err(failure.expect("there is at least one replica"))
     }
+}
 
-    fn manifest_url(&self, name: &Name, digest: &Digest) -> String {
-        format!(
-            "{}/v1/repositories/{}/manifests/{digest}",
-            self.base,
-            encode(name.as_str())
-        )
-    }
+fn manifest_url(base: &str, name: &Name, digest: &Digest) -> String {
+    format!(
+        "{base}/v1/repositories/{}/manifests/{digest}",
+        encode(name.as_str())
+    )
+}
 
-    fn tag_url(&self, name: &Name, tag: &Tag) -> String {
-        format!(
-            "{}/v1/repositories/{}/tags/{}",
-            self.base,
-            encode(name.as_str()),
-            encode(tag.as_str())
-        )
-    }
+fn tag_url(base: &str, name: &Name, tag: &Tag) -> String {
+    format!(
+        "{base}/v1/repositories/{}/tags/{}",
+        encode(name.as_str()),
+        encode(tag.as_str())
+    )
 }
 
 fn paged(url: String, n: Option<usize>, last: Option<&str>) -> String {

@@ -28,7 +28,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let http = shoal_service::client::builder()
         .build()
         .context("building the HTTP client")?;
-    let report = BuildIndexClient::new(http, &build_index)
+    let report = BuildIndexClient::new(http, &shoal_core::Addresses::one(build_index.clone()))
         .gc()
         .collect(args.dry_run)
         .await

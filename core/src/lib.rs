@@ -3,6 +3,7 @@
 //! parsing, Registry V2 error codes, HTTP byte ranges, Registry V2 path routing, and the one
 //! poison-tolerant way to lock a mutex. No I/O, no async.
 
+pub mod addresses;
 pub mod bitfield;
 pub mod chain;
 pub mod cidr;
@@ -18,6 +19,7 @@ pub mod rendezvous;
 pub mod sync;
 pub mod v2path;
 
+pub use addresses::Addresses;
 pub use bitfield::{Bitfield, BitfieldError};
 pub use chain::chain;
 pub use cidr::Cidr;

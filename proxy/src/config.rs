@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shoal_api::OriginsConfig;
+use shoal_core::Addresses;
 use shoal_membership::MembersConfig;
 use shoal_registry_server::AuthConfig;
 use shoal_service::LogConfig;
@@ -33,8 +34,10 @@ pub struct ProxyConfig {
     /// Owners per blob (R), as the origins' `cluster.replicas`: reads try these origins in
     /// rendezvous order until one has the blob.
     pub replicas: usize,
-    /// The build-index node (`host:port` or `http://host:port`).
-    pub build_index: String,
+    /// The build-index (`host:port` or `http://host:port`): one, or a list of replicas that
+    /// share a tag backend (each request goes to the replica that answered last, and on to the
+    /// next while one gives no answer).
+    pub build_index: Addresses,
     /// The push-notification webhook and the preheat API.
     pub preheat: PreheatConfig,
     /// Push and pull authentication of the Registry V2 API (`htpasswd` or `token`, and
@@ -71,7 +74,7 @@ impl Default for ProxyConfig {
             tls: None,
             origins: OriginsConfig::fixed(["127.0.0.1:15100"]),
             replicas: 3,
-            build_index: "127.0.0.1:15004".to_owned(),
+            build_index: Addresses::one("127.0.0.1:15004"),
             preheat: PreheatConfig::default(),
             auth: None,
             validation: ValidationConfig::default(),
@@ -254,7 +257,12 @@ impl ProxyConfig {
         if self.replicas == 0 {
             return Err(ConfigError::NoReplicas);
         }
-        if self.build_index.trim().is_empty() {
+        if self
+            .build_index
+            .as_slice()
+            .iter()
+            .any(|addr| addr.trim().is_empty())
+        {
             return Err(ConfigError::EmptyBuildIndex);
         }
         let preheat = &self.preheat;
@@ -309,7 +317,7 @@ mod tests {
         assert_eq!(config, ProxyConfig::default());
         assert_eq!(config.listen.to_string(), "127.0.0.1:15000");
         assert_eq!(config.origins, MembersConfig::fixed(["127.0.0.1:15100"]));
-        assert_eq!(config.build_index, "127.0.0.1:15004");
+        assert_eq!(config.build_index, Addresses::one("127.0.0.1:15004"));
         config.validate().unwrap();
     }
 

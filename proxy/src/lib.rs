@@ -109,7 +109,12 @@ pub async fn run(
         let mutual = config.tls.as_ref().is_some_and(|tls| tls.mutual());
         let (probes, origins) = (http.clone(), upstreams.clone());
         Readiness::default()
-            .health("build-index", http.clone(), &config.build_index, mutual)
+            .health_any(
+                "build-index",
+                http.clone(),
+                config.build_index.as_slice(),
+                mutual,
+            )
             .check("origins", move || {
                 let (probes, members) = (probes.clone(), origins.origin_members());
                 async move { any_answers(&probes, &members, mutual).await }

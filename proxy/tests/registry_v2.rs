@@ -44,7 +44,7 @@ impl Cluster {
         let jobs = tempfile::tempdir().unwrap();
         let mut config = ProxyConfig {
             origins: vec![origin_addr.to_string()].into(),
-            build_index: index_addr.to_string(),
+            build_index: shoal_core::Addresses::one(index_addr.to_string()),
             ..ProxyConfig::default()
         };
         config.preheat.state_dir = jobs.path().to_owned();

@@ -119,65 +119,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// One address or several of a replicated component (`host:port`, or a URL where the
-/// component's client takes one), written as a string or as a list of them. Never empty, and no
-/// entry is blank.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Addresses(Vec<String>);
-
-impl Addresses {
-    /// The single address `addr`.
-    pub fn one(addr: impl Into<String>) -> Addresses {
-        Addresses(vec![addr.into()])
-    }
-
-    /// `addrs`, or why they are not a usable list (none, or a blank one).
-    pub fn new(addrs: Vec<String>) -> Result<Addresses, String> {
-        if addrs.is_empty() {
-            return Err("an empty list of addresses".to_owned());
-        }
-        if addrs.iter().any(|addr| addr.trim().is_empty()) {
-            return Err("an empty address".to_owned());
-        }
-        Ok(Addresses(addrs))
-    }
-
-    pub fn as_slice(&self) -> &[String] {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Addresses {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join(", "))
-    }
-}
-
-impl<'de> Deserialize<'de> for Addresses {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Addresses, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged, expecting = "an address or a list of addresses")]
-        enum Written {
-            One(String),
-            Many(Vec<String>),
-        }
-        let addrs = match Written::deserialize(deserializer)? {
-            Written::One(addr) => vec![addr],
-            Written::Many(addrs) => addrs,
-        };
-        Addresses::new(addrs).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Addresses {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0.as_slice() {
-            [one] => serializer.serialize_str(one),
-            many => many.serialize(serializer),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -360,33 +301,19 @@ mod tests {
     #[derive(Deserialize, Default, Debug)]
     #[serde(default, deny_unknown_fields)]
     struct Peers {
-        tracker: Option<Addresses>,
+        tracker: Option<shoal_core::Addresses>,
     }
 
     #[test]
-    fn addresses_are_one_or_a_list_and_never_empty() {
-        let one: Peers = parse("tracker: a:1\n", "t").unwrap();
-        assert_eq!(one.tracker, Some(Addresses::one("a:1")));
+    fn an_unusable_address_list_is_refused_naming_its_field() {
         let many: Peers = parse("tracker: [a:1, b:2]\n", "t").unwrap();
-        let many = many.tracker.unwrap();
-        assert_eq!(many.as_slice(), ["a:1", "b:2"]);
-        assert_eq!(many.to_string(), "a:1, b:2");
-        assert_eq!(serde_json::to_string(&many).unwrap(), r#"["a:1","b:2"]"#);
-        assert_eq!(
-            serde_json::to_string(&Addresses::one("a:1")).unwrap(),
-            r#""a:1""#
+        assert_eq!(many.tracker.unwrap().as_slice(), ["a:1", "b:2"]);
+        let error = parse::<Peers>("tracker: []\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tracker") && error.contains("empty list"),
+            "{error}"
         );
-        for (yaml, why) in [
-            ("tracker: []\n", "an empty list"),
-            ("tracker: [a:1, \" \"]\n", "an empty address"),
-            ("tracker: \"\"\n", "an empty address"),
-            ("tracker: {a: 1}\n", "an address or a list of addresses"),
-        ] {
-            let error = parse::<Peers>(yaml, "t").unwrap_err().to_string();
-            assert!(
-                error.contains(why) && error.contains("tracker"),
-                "{yaml}: {error}"
-            );
-        }
     }
 }

@@ -16,7 +16,7 @@ pub mod telemetry;
 pub mod tls;
 
 pub use bytesize::ByteSize;
-pub use config::{Addresses, ConfigError, LogConfig, LogFormat};
+pub use config::{ConfigError, LogConfig, LogFormat};
 pub use http::RouteLabel;
 pub use metrics::{Metrics, MetricsBuilder};
 pub use ready::Readiness;

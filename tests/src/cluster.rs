@@ -40,7 +40,10 @@ pub enum Component {
     Origin,
     /// Origin `i` (from 1) of a ring: use [`Component::origin`], which maps 0 to `Origin`.
     OriginN(usize),
+    /// Build-index 0, the only one unless [`ClusterOptions::build_indexes`] asks for more.
     BuildIndex,
+    /// Build-index replica `i` (from 1): use [`Component::build_index`].
+    BuildIndexN(usize),
     Proxy,
     /// Tracker 0, the only one unless [`ClusterOptions::trackers`] asks for more.
     Tracker,
@@ -63,6 +66,14 @@ impl Component {
         }
     }
 
+    /// Build-index replica `i` (counted from 0) of the cluster.
+    pub fn build_index(i: usize) -> Component {
+        match i {
+            0 => Component::BuildIndex,
+            i => Component::BuildIndexN(i),
+        }
+    }
+
     /// Tracker `i` (counted from 0) of the cluster.
     pub fn tracker(i: usize) -> Component {
         match i {
@@ -75,7 +86,7 @@ impl Component {
     pub fn role(self) -> Role {
         match self {
             Component::Origin | Component::OriginN(_) => Role::Origin,
-            Component::BuildIndex => Role::BuildIndex,
+            Component::BuildIndex | Component::BuildIndexN(_) => Role::BuildIndex,
             Component::Proxy => Role::Proxy,
             Component::Tracker | Component::TrackerN(_) => Role::Tracker,
             Component::Agent(_) => Role::Agent,
@@ -85,7 +96,7 @@ impl Component {
     pub fn binary(self) -> &'static str {
         match self {
             Component::Origin | Component::OriginN(_) => "shoal-origin",
-            Component::BuildIndex => "shoal-build-index",
+            Component::BuildIndex | Component::BuildIndexN(_) => "shoal-build-index",
             Component::Proxy => "shoal-proxy",
             Component::Tracker | Component::TrackerN(_) => "shoal-tracker",
             Component::Agent(_) => "shoal-agent",
@@ -98,6 +109,7 @@ impl Component {
             Component::Agent(i) => format!("shoal-agent-{i}"),
             Component::OriginN(i) => format!("shoal-origin-{i}"),
             Component::TrackerN(i) => format!("shoal-tracker-{i}"),
+            Component::BuildIndexN(i) => format!("shoal-build-index-{i}"),
             other => other.binary().to_owned(),
         }
     }
@@ -132,6 +144,9 @@ pub struct ClusterOptions {
     pub build_index_overrides: Value,
     /// Deep-merged over the proxy's config, e.g. `{"auth": {…}}`.
     pub proxy_overrides: Value,
+    /// How many build-index replicas to run (at least 1), sharing the tag backend; the proxy
+    /// and every agent list them all.
+    pub build_indexes: usize,
     /// How many trackers a peer-to-peer cluster runs (each with its own memory store); every
     /// agent lists them all.
     pub trackers: usize,
@@ -159,6 +174,7 @@ impl Default for ClusterOptions {
             origin_overrides: Value::Null,
             build_index_overrides: Value::Null,
             proxy_overrides: Value::Null,
+            build_indexes: 1,
             trackers: 1,
             tracker_overrides: Value::Null,
             agent_overrides: Value::Null,
@@ -230,7 +246,8 @@ impl Cluster {
         let p2p = options.agents > 0;
         let origins = options.origins.max(1);
         let mut ports = free_loopback_addr_list(
-            2 + 2 * origins
+            1 + options.build_indexes.max(1)
+                + 2 * origins
                 + if p2p {
                     options.trackers.max(1) + 2 * options.agents
                 } else {
@@ -239,7 +256,10 @@ impl Cluster {
         )?
         .into_iter();
         let mut next_port = || ports.next().context("ran out of picked ports");
-        let (build_index, proxy) = (next_port()?, next_port()?);
+        let build_indexes = (0..options.build_indexes.max(1))
+            .map(|_| next_port())
+            .collect::<Result<Vec<_>>>()?;
+        let proxy = next_port()?;
         // Every origin serves its peer port; only p2p clusters have anyone to seed.
         let origin_addrs = (0..origins)
             .map(|_| Ok((next_port()?, next_port()?)))
@@ -283,34 +303,32 @@ impl Cluster {
             let peer_addr = p2p.then_some(peer);
             planned.push((Component::origin(i), http, peer_addr, config));
         }
-        planned.extend([
-            (Component::BuildIndex, build_index, None, {
-                let mut config = configs::build_index(
-                    build_index,
-                    &origin_https,
-                    &tag_backend,
-                    &dir.path().join("build-index-pending"),
-                );
-                configs::merge(&mut config, options.build_index_overrides.clone());
-                config
-            }),
-            (Component::Proxy, proxy, None, {
-                let mut config = configs::proxy(proxy, &origin_https, build_index);
-                // Preheat job files, kept across a restart of the proxy like any data dir.
-                let state_dir = dir.path().join("proxy-preheat");
-                configs::merge(
-                    &mut config,
-                    json!({"preheat": {"state_dir": state_dir.display().to_string()}}),
-                );
-                configs::merge(&mut config, options.proxy_overrides.clone());
-                config
-            }),
-        ]);
+        for (i, &build_index) in build_indexes.iter().enumerate() {
+            let pending = match i {
+                0 => dir.path().join("build-index-pending"),
+                i => dir.path().join(format!("build-index-{i}-pending")),
+            };
+            let mut config =
+                configs::build_index(build_index, &origin_https, &tag_backend, &pending);
+            configs::merge(&mut config, options.build_index_overrides.clone());
+            planned.push((Component::build_index(i), build_index, None, config));
+        }
+        planned.extend([(Component::Proxy, proxy, None, {
+            let mut config = configs::proxy(proxy, &origin_https, &build_indexes);
+            // Preheat job files, kept across a restart of the proxy like any data dir.
+            let state_dir = dir.path().join("proxy-preheat");
+            configs::merge(
+                &mut config,
+                json!({"preheat": {"state_dir": state_dir.display().to_string()}}),
+            );
+            configs::merge(&mut config, options.proxy_overrides.clone());
+            config
+        })]);
         if !trackers.is_empty() {
             for i in 0..options.agents {
                 let (listen, peer) = (next_port()?, next_port()?);
                 let data = dir.path().join(format!("agent-{i}-data"));
-                let mut config = configs::agent(listen, peer, &trackers, build_index, &data);
+                let mut config = configs::agent(listen, peer, &trackers, &build_indexes, &data);
                 configs::merge(&mut config, options.agent_overrides.clone());
                 if let Some(overrides) = options.agent_overrides_by_index.get(&i) {
                     configs::merge(&mut config, overrides.clone());
@@ -329,7 +347,7 @@ impl Cluster {
                 let https = |addr: &SocketAddr| format!("https://{addr}");
                 configs::merge(
                     config,
-                    configs::tls_overrides(*component, &tls, &origin_addrs, build_index, https),
+                    configs::tls_overrides(*component, &tls, &origin_addrs, &build_indexes, https),
                 );
             }
             Some(authority)

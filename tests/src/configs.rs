@@ -61,12 +61,20 @@ pub fn build_index(
     })
 }
 
-pub fn proxy(listen: SocketAddr, origins: &[SocketAddr], build_index: SocketAddr) -> Value {
+pub fn proxy(listen: SocketAddr, origins: &[SocketAddr], build_index: &[SocketAddr]) -> Value {
     json!({
         "listen": listen.to_string(),
         "origins": addr_strings(origins),
-        "build_index": build_index.to_string(),
+        "build_index": one_or_list(build_index, ToString::to_string),
     })
+}
+
+/// Addresses as a config's `Addresses` field takes them: the one, or the list.
+fn one_or_list(addrs: &[SocketAddr], written: impl Fn(&SocketAddr) -> String) -> Value {
+    match addrs {
+        [one] => json!(written(one)),
+        many => json!(many.iter().map(written).collect::<Vec<_>>()),
+    }
 }
 
 /// `origins` holds each origin's (HTTP, peer) address pair.
@@ -86,18 +94,14 @@ pub fn agent(
     listen: SocketAddr,
     peer_listen: SocketAddr,
     trackers: &[SocketAddr],
-    build_index: SocketAddr,
+    build_index: &[SocketAddr],
     data: &Path,
 ) -> Value {
-    let tracker = match trackers {
-        [one] => json!(one.to_string()),
-        many => json!(many.iter().map(ToString::to_string).collect::<Vec<_>>()),
-    };
     json!({
         "listen": listen.to_string(),
         "peer_listen": peer_listen.to_string(),
-        "tracker": tracker,
-        "build_index": build_index.to_string(),
+        "tracker": one_or_list(trackers, ToString::to_string),
+        "build_index": one_or_list(build_index, ToString::to_string),
         "data_dir": path(data),
     })
 }
@@ -138,9 +142,10 @@ pub fn tls_overrides(
     component: Component,
     tls: &TlsConfig,
     origins: &[(SocketAddr, SocketAddr)],
-    build_index: SocketAddr,
+    build_index: &[SocketAddr],
     https: impl Fn(&SocketAddr) -> String,
 ) -> Value {
+    let build_index = one_or_list(build_index, &https);
     let origin_urls: Vec<String> = origins.iter().map(|(http, _)| https(http)).collect();
     let section = serde_json::to_value(tls).unwrap_or(Value::Null);
     let addresses = match component {
@@ -152,8 +157,8 @@ pub fn tls_overrides(
             json!({"cluster": {"origins": origin_urls, "advertise": https(&origins[index].0)}})
         }
         Component::Origin | Component::OriginN(_) => Value::Null,
-        Component::BuildIndex => json!({"origins": origin_urls}),
-        Component::Proxy => json!({"origins": origin_urls, "build_index": https(&build_index)}),
+        Component::BuildIndex | Component::BuildIndexN(_) => json!({"origins": origin_urls}),
+        Component::Proxy => json!({"origins": origin_urls, "build_index": build_index}),
         Component::Tracker | Component::TrackerN(_) => {
             let pairs: Vec<Value> = origins
                 .iter()
@@ -161,7 +166,7 @@ pub fn tls_overrides(
                 .collect();
             json!({"origins": pairs})
         }
-        Component::Agent(_) => json!({"build_index": https(&build_index)}),
+        Component::Agent(_) => json!({"build_index": build_index}),
     };
     let mut config = json!({"tls": section});
     merge(&mut config, addresses);

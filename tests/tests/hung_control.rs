@@ -194,3 +194,56 @@ async fn with_two_trackers_pulls_go_on_while_one_is_hung() -> Result<()> {
     drop(stopped);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_build_index_replicas_pushes_and_first_pulls_go_on_while_one_is_hung() -> Result<()>
+{
+    let cluster = Cluster::start(ClusterOptions {
+        build_indexes: 2,
+        ..ClusterOptions::with_agents(1)
+    })
+    .await?;
+    let work = tempfile::tempdir()?;
+    let first = generate(
+        &work.path().join("first"),
+        image_spec(vec![3 * MIB, 100 * 1024], 0x7b1, "v1"),
+    )
+    .await?;
+    let second = generate(
+        &work.path().join("second"),
+        image_spec(vec![2 * MIB], 0x7b2, "v2"),
+    )
+    .await?;
+    // Pushed while both run: the proxy's requests go to the first replica.
+    push(&cluster, &first, "hung/replicas", "v1").await?;
+
+    // The replica every client asked so far stops answering. The other shares its tag
+    // backend: a tag this agent never resolved pulls, and a push goes on, both at the other.
+    let stopped = cluster.hang([Component::BuildIndex])?;
+    let started = Instant::now();
+    pull_through_agent_and_check(
+        &cluster,
+        0,
+        &first,
+        "hung/replicas",
+        "v1",
+        &work.path().join("p1"),
+    )
+    .await
+    .context("a first pull of a tag with one replica hung")?;
+    eprintln!("first pull beside a hung replica: {:?}", started.elapsed());
+    push(&cluster, &second, "hung/replicas", "v2")
+        .await
+        .context("a push with one replica hung")?;
+    pull_through_agent_and_check(
+        &cluster,
+        0,
+        &second,
+        "hung/replicas",
+        "v2",
+        &work.path().join("p2"),
+    )
+    .await?;
+    drop(stopped);
+    Ok(())
+}

@@ -120,7 +120,7 @@ async fn the_proxy_follows_dns_changes_of_the_origin_ring() -> Result<()> {
     }
     let proxy = shoal_tests::ports::free_loopback_addr()?;
     let nowhere = shoal_tests::ports::free_loopback_addr()?;
-    let mut config = configs::proxy(proxy, &[], nowhere);
+    let mut config = configs::proxy(proxy, &[], &[nowhere]);
     configs::merge(
         &mut config,
         json!({

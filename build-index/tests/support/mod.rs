@@ -154,7 +154,10 @@ impl BuildIndex {
         ));
         BuildIndex {
             addr,
-            client: BuildIndexClient::new(http_client(), &addr.to_string()),
+            client: BuildIndexClient::new(
+                http_client(),
+                &shoal_core::Addresses::one(addr.to_string()),
+            ),
             shutdown,
             task,
         }

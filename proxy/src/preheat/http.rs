@@ -254,7 +254,7 @@ mod tests {
         let nowhere = nowhere.local_addr().unwrap().to_string();
         let config = ProxyConfig {
             origins: shoal_api::OriginsConfig::fixed([nowhere.clone()]),
-            build_index: nowhere,
+            build_index: shoal_core::Addresses::one(nowhere),
             preheat,
             ..ProxyConfig::default()
         };
