@@ -158,6 +158,8 @@ impl Default for CacheConfig {
 pub enum ConfigError {
     #[error("config field `{field}`: empty address")]
     EmptyAddress { field: &'static str },
+    #[error("config field `tracker`: {addr:?} is not a `host:port` address: {reason}")]
+    BadTracker { addr: String, reason: String },
     #[error(
         "config field `cache.low_watermark` ({low}) must be below `cache.high_watermark` ({high})"
     )]
@@ -187,6 +189,15 @@ impl AgentConfig {
         {
             if value.is_some_and(|v| v.trim().is_empty()) {
                 return Err(ConfigError::EmptyAddress { field });
+            }
+        }
+        for addr in self.tracker.as_slice() {
+            // The gRPC endpoint is made from it this way; a bad one would fail every call.
+            if let Err(e) = format!("http://{addr}").parse::<http::Uri>() {
+                return Err(ConfigError::BadTracker {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                });
             }
         }
         let cache = &self.cache;
@@ -319,6 +330,14 @@ mod tests {
         assert!(matches!(
             config.validate(),
             Err(ConfigError::EmptyAddress { field: "tracker" })
+        ));
+        let config = AgentConfig {
+            tracker: Addresses::new(vec!["127.0.0.1:15003".into(), "a b:1".into()]).unwrap(),
+            ..AgentConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::BadTracker { addr, .. }) if addr == "a b:1"
         ));
         let mut config = AgentConfig {
             peer_listen: "0.0.0.0:16001".parse().unwrap(),
