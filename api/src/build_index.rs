@@ -50,12 +50,20 @@ impl BuildIndexClient {
         }
     }
 
-    /// Garbage collection's calls to the build-index (the replica that answered last).
+    /// Garbage collection's calls to the build-index.
     pub fn gc(&self) -> crate::gc::BuildIndexGc {
         crate::gc::BuildIndexGc {
-            http: self.http.clone(),
-            base: self.bases[self.current.load(Ordering::Relaxed)].clone(),
+            client: self.clone(),
         }
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The base URL of the replica that answered last.
+    pub(crate) fn current_base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed)]
     }
 
     /// Points `tag` at `digest`. The build-index refuses tags whose manifest or blobs are missing.
@@ -210,7 +218,7 @@ impl BuildIndexClient {
     /// connections, would otherwise hold pushes and pulls without end, as these requests carry
     /// no overall timeout). Every request here may be sent twice: puts and deletes name their
     /// target. The last replica's failure is the error when none answers.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         request: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiError> {

@@ -197,25 +197,28 @@ pub struct BlobDeleted {
 /// Garbage collection's calls to the build-index.
 #[derive(Debug, Clone)]
 pub struct BuildIndexGc {
-    pub(crate) http: reqwest::Client,
-    pub(crate) base: String,
+    pub(crate) client: crate::BuildIndexClient,
 }
 
 const BUILD_INDEX: &str = "build-index";
 
 impl BuildIndexGc {
     /// Runs a collection now (`POST /v1/gc?dry_run=`) and returns its report; it may take long.
+    /// Asked of the replica that answered last only: a run is not started on a second replica
+    /// while the first may still be collecting (runs on two replicas at once are not safe).
     pub async fn collect(&self, dry_run: bool) -> Result<GcReport, ApiError> {
-        let url = format!("{}/v1/gc?dry_run={dry_run}", self.base);
-        let resp = send_to(BUILD_INDEX, self.http.post(url)).await?;
+        let url = format!("{}/v1/gc?dry_run={dry_run}", self.client.current_base());
+        let resp = send_to(BUILD_INDEX, self.client.http().post(url)).await?;
         let resp = check_from(BUILD_INDEX, resp).await?;
         parse(BUILD_INDEX, resp).await
     }
 
-    /// Deletes a blob no recorded manifest references (`DELETE /v1/blobs/{digest}`).
+    /// Deletes a blob no recorded manifest references (`DELETE /v1/blobs/{digest}`), at the
+    /// replicas in turn as every tag request.
     pub async fn delete_blob(&self, digest: &Digest) -> Result<BlobDeleted, ApiError> {
-        let url = format!("{}/v1/blobs/{digest}", self.base);
-        let resp = send_to(BUILD_INDEX, self.http.delete(url)).await?;
+        let http = self.client.http();
+        let url = |base: &str| format!("{base}/v1/blobs/{digest}");
+        let resp = self.client.send(|base| http.delete(url(base))).await?;
         let resp = check_from(BUILD_INDEX, resp).await?;
         parse(BUILD_INDEX, resp).await
     }
