@@ -192,11 +192,11 @@ impl AgentConfig {
             }
         }
         for addr in self.tracker.as_slice() {
-            // The gRPC endpoint is made from it this way; a bad one would fail every call.
-            if let Err(e) = format!("http://{addr}").parse::<http::Uri>() {
+            // A bad one would fail every call about the blobs it ranks first for.
+            if let Err(e) = shoal_p2p::check_address(addr) {
                 return Err(ConfigError::BadTracker {
                     addr: addr.clone(),
-                    reason: e.to_string(),
+                    reason: shoal_core::chain(&e).to_string(),
                 });
             }
         }

@@ -10,16 +10,15 @@
 //!
 //! The protocol is in `docs/internal-api.md` ("The origin ring").
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use shoal_core::{Digest, rendezvous};
+use shoal_core::{Digest, Suspects, rendezvous};
 use shoal_membership::{Membership, MembershipError, MembershipMetrics, Snapshot};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +39,7 @@ pub struct OriginCluster {
     /// Origins this process found hung, and when: asked after the others until they answer
     /// again or [`SUSPECT_FOR`] passes, so that only the first request meeting a hung origin
     /// waits for its probe, not every request until the health checks mark it.
-    suspects: Arc<Mutex<HashMap<String, Instant>>>,
+    suspects: Arc<Suspects>,
 }
 
 /// One owner of a digest: its member address (as ranked) and a client for it.
@@ -137,7 +136,7 @@ impl OriginCluster {
             http,
             members,
             replicas,
-            suspects: Arc::default(),
+            suspects: Arc::new(Suspects::new(SUSPECT_FOR)),
         })
     }
 
@@ -204,18 +203,7 @@ impl OriginCluster {
 
     /// Whether `addr` passes its health checks and was not found hung here lately.
     fn trusted(&self, snapshot: &Snapshot, addr: &str) -> bool {
-        if !snapshot.is_healthy(addr) {
-            return false;
-        }
-        let mut suspects = shoal_core::lock(&self.suspects);
-        match suspects.get(addr) {
-            Some(since) if since.elapsed() < SUSPECT_FOR => false,
-            Some(_) => {
-                suspects.remove(addr);
-                true
-            }
-            None => true,
-        }
+        snapshot.is_healthy(addr) && !self.suspects.suspected(addr, Instant::now())
     }
 
     /// Whether `origin`, which has stopped sending a body it started, fails a health probe now:
@@ -239,12 +227,7 @@ impl OriginCluster {
 
     /// Records what a request to `addr` showed: hung, or answering.
     fn suspect(&self, addr: &str, hung: bool) {
-        let mut suspects = shoal_core::lock(&self.suspects);
-        if hung {
-            suspects.insert(addr.to_owned(), Instant::now());
-        } else if !suspects.is_empty() {
-            suspects.remove(addr);
-        }
+        self.suspects.record(addr, hung, Instant::now());
     }
 
     /// Runs `read` on the owners of `digest` in [`OriginCluster::owners`] order, passing over

@@ -5,8 +5,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// One address or several of a replicated component (`host:port`, or a URL where the
-/// component's client takes one), written as a string or as a list of them. Never empty, and no
-/// entry is blank.
+/// component's client takes one), written as a string or as a list of them. Never empty;
+/// [`Addresses::new`] and a config refuse a blank entry ([`Addresses::one`] takes what a
+/// program writes as it is).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Addresses(Vec<String>);
 

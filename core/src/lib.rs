@@ -1,7 +1,7 @@
 //! Shoal's pure domain types, shared by every crate: digests, repository names and references,
 //! metainfo and piece lengths, piece bitfields, peer ids, rendezvous hashing, manifest
-//! parsing, Registry V2 error codes, HTTP byte ranges, Registry V2 path routing, and the one
-//! poison-tolerant way to lock a mutex. No I/O, no async.
+//! parsing, Registry V2 error codes, HTTP byte ranges, Registry V2 path routing, the one
+//! poison-tolerant way to lock a mutex, and the members a client found failing lately. No I/O, no async.
 
 pub mod addresses;
 pub mod bitfield;
@@ -16,6 +16,7 @@ pub mod name;
 pub mod peer;
 pub mod range;
 pub mod rendezvous;
+pub mod suspects;
 pub mod sync;
 pub mod v2path;
 
@@ -33,5 +34,6 @@ pub use metainfo::{MAX_PIECES, Metainfo, MetainfoBuilder, MetainfoError, piece_l
 pub use name::{Name, NameError, Reference, ReferenceError, Tag, TagError};
 pub use peer::{PeerId, PeerIdError};
 pub use range::{ByteRange, ContentRange, RangeError};
+pub use suspects::Suspects;
 pub use sync::lock;
 pub use v2path::{V2PathError, V2Route, parse_v2_path};

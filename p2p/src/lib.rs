@@ -12,7 +12,9 @@ mod source;
 mod wire;
 
 pub use config::{Faults, Identity, P2pConfig};
-pub use engine::tracker::{channel as peer_channel, channel_with as peer_channel_with};
+pub use engine::tracker::{
+    channel as peer_channel, channel_with as peer_channel_with, check_address,
+};
 pub use engine::{Blob, ClusterTls, DownloadReport, Engine, Network, ReportState};
 pub use error::P2pError;
 pub use limiter::Limiter;

@@ -2,18 +2,17 @@
 //! checked and converted into [`Metainfo`].
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use shoal_core::{Digest, Metainfo, Name, lock, rendezvous};
+use shoal_core::{Digest, Metainfo, Name, Suspects, rendezvous};
 use shoal_proto::v1::tracker_client::TrackerClient as Grpc;
 use shoal_proto::v1::{AnnounceRequest, MetainfoRequest, MetainfoResponse, PeerInfo, Progress};
-use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -44,8 +43,8 @@ pub(crate) struct Trackers {
     trackers: Vec<Tracker>,
     /// Counts the calls that went on to the next tracker.
     failovers: Counter,
-    /// When each tracker (by index) last failed in transport.
-    failed_at: Mutex<Vec<Option<Instant>>>,
+    /// The trackers (by address) whose calls failed in transport lately.
+    suspects: Suspects,
 }
 
 impl Trackers {
@@ -55,11 +54,10 @@ impl Trackers {
         tls: Option<&Arc<rustls::ClientConfig>>,
         failovers: Counter,
     ) -> Trackers {
-        let trackers: Vec<Tracker> = addrs.into_iter().map(|a| Tracker::new(a, tls)).collect();
         Trackers {
+            trackers: addrs.into_iter().map(|a| Tracker::new(a, tls)).collect(),
             failovers,
-            failed_at: Mutex::new(vec![None; trackers.len()]),
-            trackers,
+            suspects: Suspects::new(ASKED_LAST_FOR),
         }
     }
 
@@ -75,40 +73,30 @@ impl Trackers {
         Fut: Future<Output = Result<T, P2pError>>,
     {
         let mut failure = None;
-        for index in self.order(digest, Instant::now()) {
-            match call(&self.trackers[index]).await {
-                Err(error) if failed_in_transport(&error) => {
-                    lock(&self.failed_at)[index] = Some(Instant::now());
+        for tracker in self.order(digest, Instant::now()) {
+            let answer = call(tracker).await;
+            let failed = matches!(&answer, Err(error) if failed_in_transport(error));
+            self.suspects.record(&tracker.addr, failed, Instant::now());
+            match answer {
+                Err(error) if failed => {
                     if failure.is_none() && self.trackers.len() > 1 {
                         self.failovers.inc();
                         tracing::warn!(%digest, error = %shoal_core::chain(&error), "tracker failed; asking the next one");
                     }
                     failure = Some(error);
                 }
-                answered => {
-                    lock(&self.failed_at)[index] = None;
-                    return answered;
-                }
+                answered => return answered,
             }
         }
         Err(failure.expect("there is at least one tracker"))
     }
 
-    /// The trackers' indexes in the order `digest`'s calls try them at `now`: rendezvous order,
-    /// with those that failed within [`ASKED_LAST_FOR`] moved to the end.
-    fn order(&self, digest: &Digest, now: Instant) -> Vec<usize> {
-        let addrs: Vec<&str> = self.trackers.iter().map(|t| t.addr.as_str()).collect();
-        let mut order: Vec<usize> = rendezvous::rank(digest, &addrs)
-            .into_iter()
-            .map(|addr| {
-                let at = addrs.iter().position(|a| std::ptr::eq(a, addr));
-                at.expect("ranked from these addresses")
-            })
-            .collect();
-        let failed_at = lock(&self.failed_at);
-        let recent = |i: &usize| failed_at[*i].is_some_and(|at| now - at < ASKED_LAST_FOR);
+    /// The trackers in the order `digest`'s calls try them at `now`: rendezvous order of their
+    /// addresses, with those that failed within [`ASKED_LAST_FOR`] moved to the end.
+    fn order(&self, digest: &Digest, now: Instant) -> Vec<&Tracker> {
+        let mut order = rendezvous::rank(digest, &self.trackers);
         // A stable sort: each part keeps its rendezvous order.
-        order.sort_by_key(|i| recent(i));
+        order.sort_by_key(|tracker| self.suspects.suspected(&tracker.addr, now));
         order
     }
 }
@@ -120,6 +108,13 @@ fn failed_in_transport(error: &P2pError) -> bool {
     match error {
         P2pError::Tracker { status, .. } => std::error::Error::source(status).is_some(),
         _ => false,
+    }
+}
+
+/// A tracker ranks by its address.
+impl AsRef<[u8]> for Tracker {
+    fn as_ref(&self) -> &[u8] {
+        self.addr.as_bytes()
     }
 }
 
@@ -192,6 +187,12 @@ fn tracker_channel(
         .keep_alive_timeout(TRACKER_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(false);
     Ok(connect_lazy(endpoint, tls))
+}
+
+/// Whether a peer or tracker at `addr` (`host:port`) can be called: the endpoint every channel
+/// is made from builds. A config checks its addresses with it at start.
+pub fn check_address(addr: &str) -> Result<(), tonic::transport::Error> {
+    endpoint(addr).map(drop)
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -368,30 +369,36 @@ mod tests {
         (metainfo, wire)
     }
 
-    #[tokio::test(start_paused = true)]
+    /// The addresses of `trackers` in `order`'s order.
+    fn order_of(trackers: &Trackers, digest: &Digest, now: Instant) -> Vec<String> {
+        let order = trackers.order(digest, now).into_iter();
+        order.map(|tracker| tracker.addr.clone()).collect()
+    }
+
+    #[tokio::test]
     async fn a_blob_asks_its_trackers_in_rendezvous_order_and_a_failed_one_last_for_a_while() {
         let addrs: Vec<String> = (1..=3).map(|i| format!("10.0.0.{i}:15003")).collect();
         let trackers = Trackers::new(addrs.clone(), None, Counter::default());
         let digest = Digest::of(b"layer");
-        let ranked: Vec<usize> = rendezvous::rank(&digest, &addrs)
+        let ranked: Vec<String> = rendezvous::rank(&digest, &addrs)
             .into_iter()
-            .map(|addr| addrs.iter().position(|a| a == addr).unwrap())
+            .cloned()
             .collect();
         let now = Instant::now();
-        assert_eq!(trackers.order(&digest, now), ranked);
+        assert_eq!(order_of(&trackers, &digest, now), ranked);
         // Other blobs start elsewhere: all three trackers are some blob's first.
-        let firsts: std::collections::BTreeSet<usize> = (0..64u32)
-            .map(|i| trackers.order(&Digest::of(&i.to_be_bytes()), now)[0])
+        let firsts: std::collections::BTreeSet<String> = (0..64u32)
+            .map(|i| order_of(&trackers, &Digest::of(&i.to_be_bytes()), now).remove(0))
             .collect();
         assert_eq!(firsts.len(), 3);
 
-        lock(&trackers.failed_at)[ranked[0]] = Some(now);
-        let expected = vec![ranked[1], ranked[2], ranked[0]];
-        assert_eq!(trackers.order(&digest, now), expected);
-        tokio::time::advance(ASKED_LAST_FOR - Duration::from_millis(1)).await;
-        assert_eq!(trackers.order(&digest, Instant::now()), expected);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(trackers.order(&digest, Instant::now()), ranked);
+        trackers.suspects.record(&ranked[0], true, now);
+        let expected = vec![ranked[1].clone(), ranked[2].clone(), ranked[0].clone()];
+        assert_eq!(order_of(&trackers, &digest, now), expected);
+        let later = now + ASKED_LAST_FOR - Duration::from_millis(1);
+        assert_eq!(order_of(&trackers, &digest, later), expected);
+        let later = now + ASKED_LAST_FOR;
+        assert_eq!(order_of(&trackers, &digest, later), ranked);
     }
 
     #[tokio::test]
@@ -413,7 +420,13 @@ mod tests {
             .unwrap_err();
         assert!(failed_in_transport(&error), "{error}");
         assert_eq!(failovers.get(), 1, "one call went on to the next tracker");
-        assert!(lock(&trackers.failed_at).iter().all(Option::is_some));
+        let now = Instant::now();
+        assert!(
+            trackers
+                .trackers
+                .iter()
+                .all(|t| trackers.suspects.suspected(&t.addr, now))
+        );
         // A status a tracker sent is its answer, not a transport failure.
         let answered = P2pError::Tracker {
             addr: closed,
