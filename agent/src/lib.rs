@@ -195,6 +195,7 @@ pub async fn run(
         // Super-seeding is an origin's policy; an agent bounds the copies of each piece.
         Spread::PieceCopies(PIECE_COPIES),
     );
+    let piece_stream = peer.piece_stream();
     // Under mutual TLS, pieces go to agents and origins only.
     let peer_app = with_access(
         tonic::service::Routes::new(peer).into_axum_router(),
@@ -213,10 +214,11 @@ pub async fn run(
         "agent serving"
     );
     let peer_served = async {
-        let serving = shoal_service::http::serve_maybe_tls(
+        let serving = shoal_service::http::serve_with_raw(
             listeners.peer,
             tls.server.clone(),
             peer_app,
+            piece_stream,
             shutdown.clone(),
         );
         let drained = async {

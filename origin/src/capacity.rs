@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use shoal_backends::{BackendRouter, WriteBack, blob_key};
 use shoal_core::{Bitfield, Digest, Metainfo};
-use shoal_p2p::{P2pError, PieceSource, StoreSource};
+use shoal_p2p::{P2pError, PieceFile, PieceSource, StoreSource};
 use shoal_storage::ByteStream;
 use shoal_storage::cache::{Cache, PinError, Pins, ReadGuard};
 use tokio::sync::watch;
@@ -104,6 +104,19 @@ impl PieceSource for ReadCounted {
             cache.touch(*digest);
         }
         self.store().read_piece(digest, metainfo, piece).await
+    }
+
+    async fn piece_file(
+        &self,
+        digest: &Digest,
+        metainfo: &Metainfo,
+        piece: u32,
+    ) -> Result<Option<PieceFile>, P2pError> {
+        // As `read_piece`: the open file outlives an eviction.
+        if let Some(cache) = &self.0.cache {
+            cache.touch(*digest);
+        }
+        self.store().piece_file(digest, metainfo, piece).await
     }
 }
 

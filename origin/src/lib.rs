@@ -231,15 +231,16 @@ pub async fn run(
         },
         None => Seeding::alone(SeedingConfig::default()),
     });
-    let peer_app = tonic::service::Routes::new(shoal_p2p::peer_service(
+    let peer = shoal_p2p::peer_service(
         source,
         Limiter::new(seed.egress_rate, seed.chunk_size),
         seed.upload_slots,
         p2p_metrics,
         Faults::default(),
         seeding.map_or(Spread::Unbounded, Spread::Seeding),
-    ))
-    .into_axum_router();
+    );
+    let piece_stream = peer.piece_stream();
+    let peer_app = tonic::service::Routes::new(peer).into_axum_router();
     let (data, admin) = AdminListener::split(
         config.admin_listen,
         with_access(router(origin.clone()), ACCESS).merge(with_access(
@@ -275,10 +276,11 @@ pub async fn run(
             .context("serving HTTP")
         },
         async {
-            shoal_service::http::serve_maybe_tls(
+            shoal_service::http::serve_with_raw(
                 listeners.peer,
                 tls.server.clone(),
                 peer_app,
+                piece_stream,
                 shutdown.clone(),
             )
             .await

@@ -30,6 +30,8 @@ pub struct P2pMetrics {
     pub(crate) elsewhere_received: Counter,
     pub(crate) requests_stale: Counter,
     pub(crate) tracker_failovers: Counter,
+    pub(crate) stream_pieces_received: Counter,
+    pub(crate) bytes_served_zero_copy: Counter,
     pub(crate) download_duration: Histogram,
     pub(crate) peers_connected: Gauge,
 }
@@ -74,6 +76,8 @@ impl P2pMetrics {
             elsewhere_received: Counter::default(),
             requests_stale: Counter::default(),
             tracker_failovers: Counter::default(),
+            stream_pieces_received: Counter::default(),
+            bytes_served_zero_copy: Counter::default(),
             download_duration: Histogram::new(download_buckets()),
             peers_connected: Gauge::default(),
         };
@@ -141,6 +145,16 @@ impl P2pMetrics {
             "p2p_tracker_failovers",
             "Tracker calls that failed in transport (the tracker unreachable or hung) and went to the next tracker of the list",
             metrics.tracker_failovers.clone(),
+        );
+        registry.register(
+            "p2p_stream_pieces_received",
+            "Pieces received over the piece stream (`p2p.piece_stream`) instead of gRPC GetPiece",
+            metrics.stream_pieces_received.clone(),
+        );
+        registry.register(
+            "p2p_bytes_served_zero_copy",
+            "Piece bytes served over the piece stream with sendfile: page-cache pages handed to the socket, never copied through user space",
+            metrics.bytes_served_zero_copy.clone(),
         );
         registry.register(
             "p2p_download_duration_seconds",
@@ -211,6 +225,16 @@ impl P2pMetrics {
     /// Tracker calls that went to the next tracker after one failed in transport.
     pub fn tracker_failovers(&self) -> u64 {
         self.tracker_failovers.get()
+    }
+
+    /// Pieces received over the piece stream.
+    pub fn stream_pieces_received(&self) -> u64 {
+        self.stream_pieces_received.get()
+    }
+
+    /// Piece bytes served over the piece stream with `sendfile`.
+    pub fn bytes_served_zero_copy(&self) -> u64 {
+        self.bytes_served_zero_copy.get()
     }
 
     /// Piece bytes served so far.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use shoal_core::{Bitfield, Digest, PeerId};
+use shoal_core::{Bitfield, Digest, Metainfo, PeerId};
 use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
 use shoal_swarm::notices;
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::source::{PieceSource, piece_range};
+use crate::source::{PieceFile, PieceSource, piece_range};
 use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 
 /// The `RESOURCE_EXHAUSTED` message of a busy answer.
@@ -29,7 +29,7 @@ pub(crate) const BUSY: &str = "busy: every upload slot is taken";
 pub(crate) const ELSEWHERE: &str = "elsewhere: other peers hold or will soon hold this piece";
 /// The metadata of an "elsewhere" answer naming a piece the origin would send instead
 /// (peer.proto).
-const INSTEAD: &str = "shoal-instead";
+pub(crate) const INSTEAD: &str = "shoal-instead";
 
 /// An origin's "get it elsewhere" answer, naming the piece it would send `instead`.
 pub(crate) fn elsewhere_status(instead: Option<u32>) -> Status {
@@ -198,9 +198,26 @@ impl Peer for PeerService {
     }
 }
 
+/// A piece request that passed every check: it holds an upload slot (and, on an agent, a count
+/// of the piece's uploads) until it drops.
+pub(crate) struct Admitted {
+    pub digest: Digest,
+    pub metainfo: Metainfo,
+    pub index: u32,
+    slot: UploadSlot,
+    copy: Option<PieceCopy<(Digest, u32)>>,
+}
+
 impl PeerService {
     /// Starts serving a piece: its chunks (or an error) come from the returned stream.
     pub(crate) async fn start_piece(&self, request: PieceRequest) -> Result<PieceChunks, Status> {
+        let admitted = self.admit(&request).await?;
+        self.chunks(admitted).await
+    }
+
+    /// Checks a piece request (the blob and piece held here, a free upload slot, the spread
+    /// policy), or answers why not.
+    pub(crate) async fn admit(&self, request: &PieceRequest) -> Result<Admitted, Status> {
         let digest = parse_digest(&request.digest)?;
         let index = request.index;
         let (metainfo, have) = self
@@ -222,7 +239,7 @@ impl PeerService {
         let copy = match self.spread(
             &digest,
             u32::try_from(metainfo.piece_count()).unwrap_or(u32::MAX),
-            &request,
+            request,
         ) {
             Ok(copy) => copy,
             Err(instead) => {
@@ -230,7 +247,21 @@ impl PeerService {
                 return Err(elsewhere_status(instead));
             }
         };
-        let bytes = self.source.read_piece(&digest, &metainfo, index).await?;
+        Ok(Admitted {
+            digest,
+            metainfo,
+            index,
+            slot,
+            copy,
+        })
+    }
+
+    /// An admitted piece's bytes, read from the source, as rate-limited chunks.
+    pub(crate) async fn chunks(&self, admitted: Admitted) -> Result<PieceChunks, Status> {
+        let bytes = self
+            .source
+            .read_piece(&admitted.digest, &admitted.metainfo, admitted.index)
+            .await?;
         Ok(PieceChunks {
             bytes: Some(bytes),
             pending: Bytes::new(),
@@ -239,9 +270,34 @@ impl PeerService {
             limiter: self.limiter.clone(),
             metrics: self.metrics.clone(),
             faults: self.faults,
-            _slot: slot,
-            _copy: copy,
+            _slot: admitted.slot,
+            _copy: admitted.copy,
         })
+    }
+
+    /// An admitted piece as a range of a file that is wholly in the page cache, for `sendfile`;
+    /// None when the source has no file, some of it would be read from the disk (the caller
+    /// then reads it off the runtime with [`PeerService::chunks`]), or pieces are to be
+    /// corrupted (a test's fault).
+    pub(crate) async fn resident_file(&self, admitted: &Admitted) -> Option<PieceFile> {
+        if self.faults.corrupt_served_pieces {
+            return None;
+        }
+        let file = self
+            .source
+            .piece_file(&admitted.digest, &admitted.metainfo, admitted.index)
+            .await
+            .ok()??;
+        let len = file.range.end - file.range.start;
+        shoal_pagecache::resident(&file.file, file.range.start, len).then_some(file)
+    }
+
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    pub(crate) fn metrics(&self) -> &P2pMetrics {
+        &self.metrics
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a peer server serves: the [`PieceSource`] trait, and [`StoreSource`] over the complete
 //! blobs of a store (what origins seed).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,6 +23,25 @@ pub trait PieceSource: Send + Sync + 'static {
         metainfo: &Metainfo,
         piece: u32,
     ) -> Result<ByteStream, P2pError>;
+
+    /// One verified piece as a range of an open file, which the piece stream hands to the
+    /// socket without copying it (`sendfile`). None from a source that has no file to hand
+    /// out: the piece is then read with [`PieceSource::read_piece`].
+    async fn piece_file(
+        &self,
+        _digest: &Digest,
+        _metainfo: &Metainfo,
+        _piece: u32,
+    ) -> Result<Option<PieceFile>, P2pError> {
+        Ok(None)
+    }
+}
+
+/// A verified piece: `range` of `file`.
+#[derive(Debug)]
+pub struct PieceFile {
+    pub file: Arc<std::fs::File>,
+    pub range: Range<u64>,
 }
 
 /// A [`PieceSource`] over the complete blobs of a [`BlobStore`].
@@ -60,6 +80,22 @@ impl PieceSource for StoreSource {
             .await?
             .ok_or(P2pError::NotFound { digest: *digest })?;
         Ok(file.stream(range))
+    }
+
+    async fn piece_file(
+        &self,
+        digest: &Digest,
+        metainfo: &Metainfo,
+        piece: u32,
+    ) -> Result<Option<PieceFile>, P2pError> {
+        let range = piece_range(metainfo, piece)?;
+        let blob = self
+            .0
+            .open_blob(digest)
+            .await?
+            .ok_or(P2pError::NotFound { digest: *digest })?;
+        let (file, range) = blob.into_file(range);
+        Ok(Some(PieceFile { file, range }))
     }
 }
 

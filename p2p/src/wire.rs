@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use prost::Message;
 use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
 use shoal_proto::v1::{PieceChunk, PieceRequest, peer_server};
+use shoal_service::http::RawProtocol;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -276,6 +277,20 @@ impl PeerServer {
             generated: peer_server::PeerServer::from_arc(service.clone()),
             service,
         }
+    }
+
+    /// The piece stream (`crate::stream`) as the second protocol of the peer listener
+    /// (`shoal_service::http::serve_with_raw`), beside this gRPC service.
+    pub fn piece_stream(&self) -> RawProtocol {
+        let service = self.service.clone();
+        RawProtocol::new(crate::stream::MAGIC, move |socket, idle, shutdown| {
+            Box::pin(crate::stream::serve(
+                service.clone(),
+                socket,
+                idle,
+                shutdown,
+            ))
+        })
     }
 }
 

@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 use shoal_core::{Digest, Metainfo, MetainfoBuilder, PeerId};
 use shoal_p2p::{
     Engine, Faults, Identity, Limiter, Network, P2pConfig, P2pError, P2pMetrics, PIECE_COPIES,
-    PieceSource, Seeding, SeedingConfig, Spread, StoreSource, peer_service,
+    PeerServer as PeerService, PieceSource, Seeding, SeedingConfig, Spread, StoreSource,
+    peer_service,
 };
 use shoal_proto::v1::peer_client::PeerClient;
 use shoal_proto::v1::peer_server::{Peer, PeerServer};
@@ -147,6 +148,8 @@ impl Peer for MutePeer {
 
 /// One test's sockets and temp dirs; everything stops when it is dropped.
 struct Swarm {
+    /// Peers offer the piece stream beside gRPC, and engines fetch pieces over it.
+    piece_stream: bool,
     shutdown: CancellationToken,
     /// Every engine's background tasks.
     tasks: TaskTracker,
@@ -202,9 +205,37 @@ fn downloading(identity: &Identity) -> PeerInfo {
 impl Swarm {
     fn new() -> Swarm {
         Swarm {
+            piece_stream: false,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             dirs: Vec::new(),
+        }
+    }
+
+    /// A swarm whose peers serve (and engines fetch) pieces over the piece stream.
+    fn streamed() -> Swarm {
+        let mut swarm = Swarm::new();
+        swarm.piece_stream = true;
+        swarm
+    }
+
+    /// Serves a peer service on `listener`: gRPC alone, or with the piece stream beside it on
+    /// the same port, as the agent and origin binaries do.
+    fn serve_peer(&self, service: PeerService, listener: TcpListener) {
+        if self.piece_stream {
+            let raw = service.piece_stream();
+            let app = tonic::service::Routes::new(service).into_axum_router();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    shoal_service::http::serve_with_raw(listener, None, app, raw, shutdown).await
+                {
+                    eprintln!("test server failed: {e}");
+                }
+            });
+        } else {
+            let router = Server::builder().add_service(service);
+            tokio::spawn(serve_on(router, listener, self.shutdown.clone()));
         }
     }
 
@@ -290,16 +321,19 @@ impl Swarm {
             None if origin => Spread::Unbounded,
             None => Spread::PieceCopies(PIECE_COPIES),
         };
-        let addr = self
-            .serve(Server::builder().add_service(peer_service(
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        self.serve_peer(
+            peer_service(
                 source,
                 limiter,
                 upload_slots,
                 metrics.clone(),
                 faults,
                 spread,
-            )))
-            .await?;
+            ),
+            listener,
+        );
         Ok(Node {
             identity: Identity::random(addr.to_string(), origin),
             store,
@@ -344,6 +378,7 @@ impl Swarm {
     ) -> Result<(Arc<Engine>, Node)> {
         let config = P2pConfig {
             seed_ttl: Duration::from_secs(2),
+            piece_stream: self.piece_stream,
             ..P2pConfig::default()
         };
         self.engine_with(listener, identity, tracker, root, config)
@@ -385,8 +420,7 @@ impl Swarm {
             Faults::default(),
             Spread::PieceCopies(PIECE_COPIES),
         );
-        let router = Server::builder().add_service(service);
-        tokio::spawn(serve_on(router, listener, self.shutdown.clone()));
+        self.serve_peer(service, listener);
         let node = Node {
             identity,
             store,
@@ -408,7 +442,15 @@ async fn serve_on(router: Router, listener: TcpListener, shutdown: CancellationT
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blob_downloads_in_order_and_is_then_served_onward() -> Result<()> {
-    let mut swarm = Swarm::new();
+    downloads_in_order_over(Swarm::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_downloads_over_the_piece_stream_and_is_then_served_onward() -> Result<()> {
+    downloads_in_order_over(Swarm::streamed()).await
+}
+
+async fn downloads_in_order_over(mut swarm: Swarm) -> Result<()> {
     let data = blob(20 * MIB, 1);
     let metainfo = metainfo_of(&data);
     let digest = metainfo.digest();
@@ -443,6 +485,14 @@ async fn a_blob_downloads_in_order_and_is_then_served_onward() -> Result<()> {
     );
     assert_eq!(node_a.metrics.bytes_received(true), data.len() as u64);
     assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
+    if swarm.piece_stream {
+        // Every piece came over the stream, handed from the origin's page cache to its socket.
+        assert_eq!(node_a.metrics.stream_pieces_received(), pieces);
+        assert_eq!(seeder.metrics.bytes_served_zero_copy(), data.len() as u64);
+    } else {
+        assert_eq!(node_a.metrics.stream_pieces_received(), 0);
+        assert_eq!(seeder.metrics.bytes_served_zero_copy(), 0);
+    }
     let len = data.len() as u64;
     node_a.committed(&digest, len).await?;
 
@@ -462,12 +512,28 @@ async fn a_blob_downloads_in_order_and_is_then_served_onward() -> Result<()> {
         "received {received} bytes for a {len}-byte blob"
     );
     assert!(node_a.metrics.bytes_served() > 0);
+    assert_eq!(
+        node_b.metrics.stream_pieces_received() > 0,
+        swarm.piece_stream
+    );
+    assert_eq!(
+        node_a.metrics.bytes_served_zero_copy() > 0,
+        swarm.piece_stream
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupting_peer_is_caught_by_hash_and_the_download_completes() -> Result<()> {
-    let mut swarm = Swarm::new();
+    corrupting_peer_over(Swarm::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupting_peer_on_the_piece_stream_is_caught_by_hash() -> Result<()> {
+    corrupting_peer_over(Swarm::streamed()).await
+}
+
+async fn corrupting_peer_over(mut swarm: Swarm) -> Result<()> {
     let data = blob(6 * MIB, 2);
     let metainfo = metainfo_of(&data);
     let digest = metainfo.digest();
@@ -494,6 +560,10 @@ async fn a_corrupting_peer_is_caught_by_hash_and_the_download_completes() -> Res
     );
     assert!(node.metrics.pieces_rejected() > 0);
     assert_eq!(node.metrics.peers_blacklisted(), 1);
+    assert_eq!(
+        node.metrics.stream_pieces_received() > 0,
+        swarm.piece_stream
+    );
     Ok(())
 }
 
@@ -629,7 +699,15 @@ async fn the_egress_limit_holds_for_a_large_transfer() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_seeder_out_of_upload_slots_answers_busy_and_the_download_still_completes() -> Result<()>
 {
-    let mut swarm = Swarm::new();
+    busy_seeder_over(Swarm::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seeder_out_of_upload_slots_answers_busy_on_the_piece_stream() -> Result<()> {
+    busy_seeder_over(Swarm::streamed()).await
+}
+
+async fn busy_seeder_over(mut swarm: Swarm) -> Result<()> {
     let data = blob(2 * MIB, 6);
     let metainfo = metainfo_of(&data);
     // One slot and 1 MiB/s: each 256 KiB piece holds the slot for ~0.25 s, so the downloader's
@@ -649,13 +727,25 @@ async fn a_seeder_out_of_upload_slots_answers_busy_and_the_download_still_comple
     // Busy is not a failure: the only seeder was never dropped or blacklisted.
     assert_eq!(node.metrics.peers_blacklisted(), 0);
     assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
+    assert_eq!(
+        node.metrics.stream_pieces_received() > 0,
+        swarm.piece_stream
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent_gets_them_from_a_peer()
 -> Result<()> {
-    let mut swarm = Swarm::new();
+    origin_in_a_crowd_over(Swarm::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_in_a_crowd_sends_elsewhere_on_the_piece_stream() -> Result<()> {
+    origin_in_a_crowd_over(Swarm::streamed()).await
+}
+
+async fn origin_in_a_crowd_over(mut swarm: Swarm) -> Result<()> {
     // Large enough that B, pulling from A over loopback, connects the origin (its last resort
     // while fewer than two agents are useful) before it is done.
     let data = blob(48 * MIB, 7);
@@ -718,6 +808,10 @@ async fn an_origin_in_a_crowd_sends_recently_sent_pieces_elsewhere_and_the_agent
     assert!(received <= origin.metrics.elsewhere_answered());
     // Not a failure: the origin was never dropped or blacklisted.
     assert_eq!(node_b.metrics.peers_blacklisted(), 0);
+    assert_eq!(
+        node_b.metrics.stream_pieces_received() > 0,
+        swarm.piece_stream
+    );
     Ok(())
 }
 
@@ -942,6 +1036,7 @@ async fn download_beside_hung_agents(
     let config = P2pConfig {
         scheduler,
         stall_timeout,
+        piece_stream: swarm.piece_stream,
         ..P2pConfig::default()
     };
     let (engine, node) = swarm
@@ -962,7 +1057,18 @@ async fn download_beside_hung_agents(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_completes_from_the_origin_when_more_agents_than_connections_never_answer()
 -> Result<()> {
-    let mut swarm = Swarm::new();
+    beside_more_hung_agents_than_connections(Swarm::new()).await
+}
+
+/// The same, fetching over the piece stream: the hung agents (gRPC only) are asked over gRPC,
+/// the origin over the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_over_the_piece_stream_completes_when_more_agents_than_connections_never_answer()
+-> Result<()> {
+    beside_more_hung_agents_than_connections(Swarm::streamed()).await
+}
+
+async fn beside_more_hung_agents_than_connections(mut swarm: Swarm) -> Result<()> {
     let data = blob(6 * MIB, 11);
     let origin = swarm
         .seeder(&[&data], true, None, Faults::default())
@@ -1287,5 +1393,116 @@ async fn serving_the_pieces_of_a_committed_blob_never_hashes() -> Result<()> {
         0,
         "the seeder hashed a blob to serve its pieces"
     );
+    Ok(())
+}
+
+/// A downloader with the piece stream on, and a peer that serves gRPC alone (an older version,
+/// or a listener without the stream): the peer declines the stream's magic, and every piece is
+/// asked over gRPC instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_piece_stream_is_asked_over_grpc() -> Result<()> {
+    let mut swarm = Swarm::new();
+    let data = blob(4 * MIB, 13);
+    let metainfo = metainfo_of(&data);
+    let seeder = swarm
+        .seeder(&[&data], true, None, Faults::default())
+        .await?;
+    swarm.piece_stream = true;
+    let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
+    let (listener, identity) = swarm.reserve().await?;
+    let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
+    let fetched = engine.fetch(&metainfo.digest(), None).await?;
+    assert!(collect(fetched.stream(0..u64::MAX)).await? == data);
+    assert_eq!(
+        node.metrics.pieces_received(),
+        metainfo.piece_count() as u64
+    );
+    assert_eq!(node.metrics.stream_pieces_received(), 0);
+    assert_eq!(node.metrics.peers_blacklisted(), 0);
+    Ok(())
+}
+
+/// The piece stream's wire as `docs/p2p.md` documents it, spoken by hand: a peer answers bad
+/// requests with refusals (a gRPC code and a message) on the same connection, closes it on a
+/// request too long to be one, and still serves gRPC on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_piece_stream_refuses_bad_requests_and_closes_on_bad_framing() -> Result<()> {
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MAGIC: &[u8] = b"\0SHOAL-PIECES/1\n";
+    async fn ask(socket: &mut tokio::net::TcpStream, request: &[u8]) -> Result<(u8, Vec<u8>)> {
+        socket.write_u32(u32::try_from(request.len())?).await?;
+        socket.write_all(request).await?;
+        let kind = socket.read_u8().await?;
+        let len = socket.read_u64().await?;
+        ensure!(len < 1 << 20, "an answer of {len} bytes");
+        let mut body = vec![0; usize::try_from(len)?];
+        socket.read_exact(&mut body).await?;
+        Ok((kind, body))
+    }
+
+    let mut swarm = Swarm::streamed();
+    let data = blob(MIB, 14);
+    let metainfo = metainfo_of(&data);
+    let seeder = swarm
+        .seeder(&[&data], true, None, Faults::default())
+        .await?;
+    let mut socket = tokio::net::TcpStream::connect(&seeder.identity.addr).await?;
+    socket.write_all(MAGIC).await?;
+    let mut answer = [0; 16];
+    socket.read_exact(&mut answer).await?;
+    assert_eq!(&answer[..], MAGIC);
+
+    // Not a PieceRequest: refused, invalid argument (gRPC code 3), and the connection goes on.
+    let (kind, body) = ask(&mut socket, &[0xff, 0xff, 0xff]).await?;
+    assert_eq!((kind, body[0]), (1, 3), "{body:?}");
+    assert!(String::from_utf8_lossy(&body[5..]).contains("malformed"));
+    // A blob it does not have: not found (5).
+    let unknown = PieceRequest {
+        digest: Digest::of(b"nothing here").to_string(),
+        index: 0,
+        peer_id: "a".repeat(32),
+        insist: false,
+    };
+    let (kind, body) = ask(&mut socket, &unknown.encode_to_vec()).await?;
+    assert_eq!((kind, body[0]), (1, 5), "{body:?}");
+    // A piece past the end: out of range (11).
+    let past = PieceRequest {
+        digest: metainfo.digest().to_string(),
+        index: 99,
+        ..unknown.clone()
+    };
+    let (kind, body) = ask(&mut socket, &past.encode_to_vec()).await?;
+    assert_eq!(kind, 1);
+    assert_ne!(body[0], 0, "{body:?}");
+    // A good one: the piece, byte for byte.
+    let good = PieceRequest {
+        index: 0,
+        ..past.clone()
+    };
+    let (kind, body) = ask(&mut socket, &good.encode_to_vec()).await?;
+    assert_eq!(kind, 0);
+    let first = metainfo.piece_range(0).context("piece 0")?;
+    assert!(body == data[first.start as usize..first.end as usize]);
+    // A length no request has: the peer closes the connection.
+    socket.write_u32(1 << 30).await?;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection stayed open"
+    );
+
+    // gRPC on the same port is untouched.
+    let mut client = PeerClient::connect(format!("http://{}", seeder.identity.addr)).await?;
+    let session = client
+        .session(SessionRequest {
+            digest: metainfo.digest().to_string(),
+            peer_id: "b".repeat(32),
+            addr: String::new(),
+        })
+        .await;
+    assert!(session.is_ok(), "{session:?}");
     Ok(())
 }

@@ -32,6 +32,7 @@ mod access;
 mod connection;
 mod counting;
 mod limits;
+mod raw;
 mod server;
 mod unread;
 
@@ -40,6 +41,7 @@ pub use shoal_tls::{Caller, ServerTls};
 
 use counting::{CountingBody, RequestBytes, ResponseTally};
 pub use limits::ListenerLimits;
+pub use raw::RawProtocol;
 
 /// Content type of `GET /metrics`.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -154,7 +156,22 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     raise_open_file_limit();
-    server::run(listener, tls, app, limits, shutdown).await
+    server::run(listener, tls, app, None, limits, shutdown).await
+}
+
+/// [`serve_maybe_tls`], with a second protocol beside HTTP on the same port when it is plain TCP:
+/// connections that open with `raw`'s magic are served by it, under the same connection limit.
+/// Over TLS the listener serves HTTP alone.
+pub async fn serve_with_raw(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    app: Router,
+    raw: RawProtocol,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    raise_open_file_limit();
+    let raw = tls.is_none().then_some(raw);
+    server::run(listener, tls, app, raw, ListenerLimits::default(), shutdown).await
 }
 
 /// [`serve`], over TLS when the component's `tls:` section is set.

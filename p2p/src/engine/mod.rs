@@ -33,6 +33,7 @@ pub use report::{DownloadReport, ReportState};
 use seed::Seeds;
 use tracker::Trackers;
 
+use crate::stream::StreamPool;
 use crate::{Identity, Limiter, P2pConfig, P2pError, P2pMetrics, PieceSource};
 
 /// Metainfo documents kept in memory (each at most ~130 KB of hashes, typically a few KB).
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
     /// Under mutual TLS, how peer connections are made (peers must be agents or origins).
     peer_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Piece-stream connections, when `p2p.piece_stream` is on (never under TLS).
+    streams: Option<Arc<StreamPool>>,
 }
 
 /// Where the engine finds the swarm and how it connects to it.
@@ -112,6 +115,7 @@ impl Engine {
     ) -> Arc<Engine> {
         let ingress = Limiter::new(config.ingress_rate, config.chunk_size);
         let tls = network.tls;
+        let streams = (config.piece_stream && tls.is_none()).then(Arc::default);
         let cache = NonZeroUsize::new(METAINFO_CACHE).unwrap_or(NonZeroUsize::MIN);
         Arc::new(Engine {
             shared: Arc::new(Shared {
@@ -135,6 +139,7 @@ impl Engine {
                 )),
                 channels: Mutex::default(),
                 peer_tls: tls.map(|tls| tls.peers),
+                streams,
             }),
         })
     }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::report::Received;
 use crate::metrics::Held;
+use crate::stream::{Answer, PieceBody, StreamError};
 use crate::{server, wire};
 
 /// A peer must send its bitfield this soon after we start connecting, or the attempt fails (and
@@ -237,10 +238,6 @@ impl PieceFetch {
         };
         // Pieces are at most tens of MiB (`shoal_core::piece_length_for`), so this bound is small.
         let length = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
-        let channel = match self.shared.channel(&self.addr) {
-            Ok(channel) => channel,
-            Err(e) => return Outcome::Failed(e.to_string()),
-        };
         let request = PieceRequest {
             digest: metainfo.digest().to_string(),
             index: self.piece,
@@ -248,8 +245,8 @@ impl PieceFetch {
             insist: self.insist,
         };
         let sent = Instant::now();
-        let mut stream = match wire::get_piece(channel, &request, length).await {
-            Ok(stream) => stream,
+        let mut body = match self.ask(&request, length).await {
+            Ok(body) => body,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => return Outcome::Busy,
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 return Outcome::Elsewhere(server::instead_of(&status));
@@ -259,15 +256,16 @@ impl PieceFetch {
         // The answer's headers come before any of the piece's bytes: this is the round trip
         // (and the peer's time to start serving) that the scheduler's depth covers.
         let rtt = sent.elapsed();
-        // The chunks are slices of the frames HTTP/2 received; the store hashes and writes them
-        // as they are.
+        let streamed = matches!(body, Body::Stream(_));
+        // The chunks are the buffers the bytes were received in; the store hashes and writes
+        // them as they are.
         let mut chunks = Vec::new();
         let mut received = 0;
         loop {
-            let chunk = match stream.message().await {
+            let chunk = match body.next().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                Err(status) => return Outcome::Failed(status.to_string()),
+                Err(reason) => return Outcome::Failed(reason),
             };
             let len = chunk.length();
             if chunk.offset != received as u64 || received + len > length {
@@ -291,12 +289,57 @@ impl PieceFetch {
                     self.shared.metrics.pieces_received.inc();
                     self.received.piece(self.origin);
                 }
+                if streamed {
+                    self.shared.metrics.stream_pieces_received.inc();
+                }
                 Outcome::Done(rtt)
             }
             Err(e @ StoreError::PieceMismatch { .. }) => Outcome::Corrupt(e.to_string()),
             // The bytes matched their hash: whatever else failed (a write error, a disk gone
             // read-only) is this node's, and would fail for every sender alike.
             Err(e) => Outcome::StoreFailed(e.to_string()),
+        }
+    }
+}
+
+impl PieceFetch {
+    /// Asks the peer for the piece: over the piece stream when it is on and the peer offers
+    /// it, else with a gRPC `GetPiece` call. A refusal is the status the peer gave.
+    async fn ask(&self, request: &PieceRequest, length: usize) -> Result<Body, tonic::Status> {
+        if let Some(streams) = self
+            .shared
+            .streams
+            .as_ref()
+            .filter(|streams| streams.offered(&self.addr))
+        {
+            match streams.request(&self.addr, request, length).await {
+                Ok(Answer::Piece(body)) => return Ok(Body::Stream(body)),
+                Ok(Answer::Refused(status)) => return Err(status),
+                Err(StreamError::Declined) => {}
+                Err(StreamError::Io(error)) => {
+                    return Err(tonic::Status::unavailable(format!("piece stream: {error}")));
+                }
+            }
+        }
+        let channel = self
+            .shared
+            .channel(&self.addr)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(Body::Grpc(wire::get_piece(channel, request, length).await?))
+    }
+}
+
+/// A piece answer's bytes as they arrive, over gRPC or the piece stream.
+enum Body {
+    Grpc(wire::PieceStream),
+    Stream(PieceBody),
+}
+
+impl Body {
+    async fn next(&mut self) -> Result<Option<wire::Chunk>, String> {
+        match self {
+            Body::Grpc(stream) => stream.message().await.map_err(|s| s.to_string()),
+            Body::Stream(body) => body.next().await.map_err(|e| e.to_string()),
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::source::PieceFile;
 use crate::source::piece_range;
 use crate::{P2pError, PieceSource, StoreSource};
 
@@ -44,6 +45,23 @@ impl PieceSource for EngineSource {
         match self.shared.in_progress(digest) {
             Some(download) => Ok(download.partial.read(piece_range(metainfo, piece)?)?),
             None => self.store().read_piece(digest, metainfo, piece).await,
+        }
+    }
+
+    async fn piece_file(
+        &self,
+        digest: &Digest,
+        metainfo: &Metainfo,
+        piece: u32,
+    ) -> Result<Option<PieceFile>, P2pError> {
+        match self.shared.in_progress(digest) {
+            Some(download) => {
+                let (file, range) = download
+                    .partial
+                    .verified_file(piece_range(metainfo, piece)?)?;
+                Ok(Some(PieceFile { file, range }))
+            }
+            None => self.store().piece_file(digest, metainfo, piece).await,
         }
     }
 }

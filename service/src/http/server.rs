@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection;
 use super::limits::ListenerLimits;
+use super::raw::{Opening, RawProtocol};
 use crate::tls::{Caller, HANDSHAKE_TIMEOUT, Identities, ServerTls};
 
 /// A TLS listener's acceptor, and how to read client roles under mutual TLS.
@@ -56,13 +57,14 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A warning that can repeat (accept errors, the connection limit) is logged at most this often.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` (over TLS with `tls`) within `limits` until `shutdown` is
-/// cancelled; then stops accepting, lets every connection finish its requests in flight, and
-/// returns once all are closed.
+/// Serves `app` on `listener` (over TLS with `tls`, else with `raw` beside it) within `limits`
+/// until `shutdown` is cancelled; then stops accepting, lets every connection finish its
+/// requests in flight, and returns once all are closed.
 pub(crate) async fn run(
     listener: TcpListener,
     tls: Option<ServerTls>,
     app: Router,
+    raw: Option<RawProtocol>,
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -111,6 +113,7 @@ pub(crate) async fn run(
                 stream,
                 peer,
                 tls.clone(),
+                raw.clone(),
                 Arc::clone(&builder),
                 app.clone(),
                 limits,
@@ -149,6 +152,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<Tls>,
+    raw: Option<RawProtocol>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
     limits: ListenerLimits,
@@ -157,6 +161,20 @@ async fn serve_connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let Some(tls) = tls else {
+        let stream = match raw {
+            None => stream,
+            Some(raw) => match raw
+                .open(stream, accepted + limits.header_read_timeout)
+                .await
+            {
+                Opening::Http(stream) => stream,
+                Opening::Raw(stream) => {
+                    raw.serve(stream, limits.idle_timeout, shutdown).await;
+                    return;
+                }
+                Opening::Nothing => return,
+            },
+        };
         let caller = Caller::Unchecked;
         connection::serve(
             stream, peer, caller, &builder, app, limits, accepted, &shutdown,

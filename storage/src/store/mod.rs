@@ -250,9 +250,20 @@ impl BlobFile {
 
     /// Streams the bytes in `range` (clamped to the blob) in bounded chunks.
     pub fn stream(self, range: Range<u64>) -> ByteStream {
+        let range = self.clamp(range);
+        fsutil::positional_stream(self.file, self.path, range.start, range.end)
+    }
+
+    /// The open file and `range` clamped to the blob, for a caller that sends the bytes itself
+    /// (`sendfile`).
+    pub fn into_file(self, range: Range<u64>) -> (Arc<std::fs::File>, Range<u64>) {
+        let range = self.clamp(range);
+        (self.file, range)
+    }
+
+    fn clamp(&self, range: Range<u64>) -> Range<u64> {
         let end = range.end.min(self.len);
-        let start = range.start.min(end);
-        fsutil::positional_stream(self.file, self.path, start, end)
+        range.start.min(end)..end
     }
 }
 

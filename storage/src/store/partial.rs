@@ -410,6 +410,22 @@ impl PartialBlob {
     /// Streams the bytes of `range` (clamped to the blob). Every piece the range touches must
     /// be verified, otherwise [`StoreError::PieceUnavailable`].
     pub fn read(&self, range: Range<u64>) -> Result<ByteStream, StoreError> {
+        let (file, range) = self.verified_file(range)?;
+        Ok(fsutil::positional_stream(
+            file,
+            self.inner.data_path.clone(),
+            range.start,
+            range.end,
+        ))
+    }
+
+    /// The data file and `range` clamped to the blob, for a caller that sends the bytes itself
+    /// (`sendfile`). Every piece the range touches must be verified, otherwise
+    /// [`StoreError::PieceUnavailable`].
+    pub fn verified_file(
+        &self,
+        range: Range<u64>,
+    ) -> Result<(Arc<std::fs::File>, Range<u64>), StoreError> {
         let inner = &self.inner;
         let length = inner.metainfo.length();
         let end = range.end.min(length);
@@ -426,12 +442,7 @@ impl PartialBlob {
                 });
             }
         }
-        Ok(fsutil::positional_stream(
-            inner.data.clone(),
-            inner.data_path.clone(),
-            start,
-            end,
-        ))
+        Ok((inner.data.clone(), start..end))
     }
 
     /// Checks every piece is in — each verified against the blob's sha256 chain, so the blob is
