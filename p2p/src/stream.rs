@@ -234,8 +234,30 @@ async fn within<T>(limit: Duration, io: impl Future<Output = io::Result<T>>) -> 
 /// the stream (asked over gRPC for a while).
 #[derive(Default)]
 pub(crate) struct StreamPool {
-    idle: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    idle: Mutex<Idle>,
     declined: Mutex<HashMap<String, Instant>>,
+}
+
+/// Idle connections by peer address.
+#[derive(Default)]
+struct Idle {
+    by_peer: HashMap<String, Vec<(TcpStream, Instant)>>,
+    /// When connections too old to reuse were last dropped for every peer: peers that went
+    /// away are never asked again, and their sockets must not stay open.
+    swept: Option<Instant>,
+}
+
+impl Idle {
+    fn sweep(&mut self) {
+        if self.swept.is_some_and(|at| at.elapsed() < REUSE_WITHIN) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        self.by_peer.retain(|_, sockets| {
+            sockets.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
+            !sockets.is_empty()
+        });
+    }
 }
 
 /// Why a piece could not be asked over the stream.
@@ -325,7 +347,9 @@ impl StreamPool {
 
     fn decline(&self, addr: &str) -> StreamError {
         tracing::debug!(%addr, "peer does not offer the piece stream: using gRPC with it");
-        lock(&self.declined).insert(addr.to_owned(), Instant::now());
+        let mut declined = lock(&self.declined);
+        declined.retain(|_, at| at.elapsed() < DECLINED_FOR);
+        declined.insert(addr.to_owned(), Instant::now());
         StreamError::Declined
     }
 
@@ -368,18 +392,19 @@ impl StreamPool {
 
     fn take_idle(&self, addr: &str) -> Option<TcpStream> {
         let mut idle = lock(&self.idle);
-        let sockets = idle.get_mut(addr)?;
+        let sockets = idle.by_peer.get_mut(addr)?;
         sockets.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
         let socket = sockets.pop().map(|(socket, _)| socket);
         if sockets.is_empty() {
-            idle.remove(addr);
+            idle.by_peer.remove(addr);
         }
         socket
     }
 
     fn put_back(&self, addr: &str, socket: TcpStream) {
         let mut idle = lock(&self.idle);
-        let sockets = idle.entry(addr.to_owned()).or_default();
+        idle.sweep();
+        let sockets = idle.by_peer.entry(addr.to_owned()).or_default();
         sockets.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
         if sockets.len() < IDLE_PER_PEER {
             sockets.push((socket, Instant::now()));

@@ -54,6 +54,8 @@ pub struct SwarmParams {
     pub binaries: PathBuf,
     /// `RUST_LOG` for the components.
     pub rust_log: String,
+    /// Agents fetch pieces over the piece stream (`p2p.piece_stream`) instead of gRPC.
+    pub piece_stream: bool,
 }
 
 /// One set of N concurrent pulls.
@@ -106,6 +108,8 @@ pub struct SwarmReport {
     pub shoal: PullRun,
     /// Blob bytes the origin sent during Shoal's pulls (HTTP API plus gRPC pieces).
     pub origin_egress: f64,
+    /// Of `origin_egress`, the piece bytes sent with `sendfile` over the piece stream.
+    pub origin_zero_copy: f64,
     /// Blobs the origin pulled through from its backend during Shoal's pulls.
     pub backend_pullthroughs: f64,
     pub registry: PullRun,
@@ -203,6 +207,15 @@ impl SwarmReport {
             self.origin_copies(),
             self.backend_pullthroughs,
         ));
+        text.push_str(&if p.piece_stream {
+            format!(
+                "\nPieces over the piece stream (`p2p.piece_stream`): the origin sent {:.0} bytes \
+                 with `sendfile`.\n",
+                self.origin_zero_copy
+            )
+        } else {
+            "\nPieces over gRPC (the default).\n".to_owned()
+        });
         match self.page_reporting {
             Some(order) => text.push_str(&format!(
                 "\nThis virtual machine reports free pages to its host (order {order}): the page \
@@ -342,6 +355,7 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         image_bytes,
         shoal,
         origin_egress: origin.egress(),
+        origin_zero_copy: origin.zero_copy,
         backend_pullthroughs: origin.pullthroughs,
         registry: baseline,
         page_reporting,
@@ -412,6 +426,7 @@ async fn start(params: &SwarmParams, bed: &mut Netbed, work: &Path) -> Result<Sw
             "data_dir": work.join(format!("agent-{i}")),
             "tracker": at(&tracker, TRACKER_PORT),
             "build_index": at(&index, BUILD_INDEX_PORT),
+            "p2p": {"piece_stream": launcher.params.piece_stream},
         });
         processes.push(
             launcher
@@ -691,6 +706,8 @@ struct OriginCounters {
     http_bytes: f64,
     /// Piece bytes served over the peer protocol.
     piece_bytes: f64,
+    /// Of `piece_bytes`, those sent with `sendfile` over the piece stream.
+    zero_copy: f64,
     /// "Get it elsewhere" answers (super-seeding).
     elsewhere: f64,
     /// Blobs pulled through from the backend.
@@ -706,6 +723,7 @@ impl OriginCounters {
         OriginCounters {
             http_bytes: self.http_bytes - before.http_bytes,
             piece_bytes: self.piece_bytes - before.piece_bytes,
+            zero_copy: self.zero_copy - before.zero_copy,
             elsewhere: self.elsewhere - before.elsewhere,
             pullthroughs: self.pullthroughs - before.pullthroughs,
         }
@@ -717,6 +735,7 @@ async fn origin_counters(http: &reqwest::Client, origin: SocketAddr) -> Result<O
     Ok(OriginCounters {
         http_bytes: sum_metric(&text, "origin_blob_bytes_served_total", &[]),
         piece_bytes: sum_metric(&text, "p2p_bytes_served_total", &[]),
+        zero_copy: sum_metric(&text, "p2p_bytes_served_zero_copy_total", &[]),
         elsewhere: sum_metric(&text, "p2p_elsewhere_answered_total", &[]),
         pullthroughs: sum_metric(&text, "origin_pullthrough_total", &[]),
     })
@@ -728,11 +747,14 @@ async fn agent_counters(http: &reqwest::Client, agent: SocketAddr) -> Result<Str
     let text = get_text(http, &format!("http://{agent}/metrics")).await?;
     let mib = |from| sum_metric(&text, "p2p_bytes_received_total", &[("from", from)]) / 1048576.0;
     Ok(format!(
-        "{:.1} MiB from the origin, {:.1} MiB from agents, {:.1} MiB served; {} busy and {} \
-         elsewhere answers received, {} peers blacklisted",
+        "{:.1} MiB from the origin, {:.1} MiB from agents, {:.1} MiB served ({:.1} MiB with \
+         sendfile), {} pieces over the piece stream; {} busy and {} elsewhere answers received, \
+         {} peers blacklisted",
         mib("origin"),
         mib("agent"),
         sum_metric(&text, "p2p_bytes_served_total", &[]) / 1048576.0,
+        sum_metric(&text, "p2p_bytes_served_zero_copy_total", &[]) / 1048576.0,
+        sum_metric(&text, "p2p_stream_pieces_received_total", &[]),
         sum_metric(&text, "p2p_busy_received_total", &[]),
         sum_metric(&text, "p2p_elsewhere_received_total", &[]),
         sum_metric(&text, "p2p_peers_blacklisted_total", &[]),

@@ -30,6 +30,9 @@ async fn three_shaped_agents_pull_through_shoal_and_the_registry_and_the_bed_is_
         service_rate: Rate::mbit(1000),
         binaries,
         rust_log: "warn".to_owned(),
+        // Over the bed's links the piece stream is exercised nowhere else; gRPC (the default)
+        // is, by every other peer-to-peer test.
+        piece_stream: true,
     };
     let report = swarm_bench::run(&params).await?;
     eprintln!("{}", report.markdown("(smoke test)", "now", None));
@@ -43,6 +46,10 @@ async fn three_shaped_agents_pull_through_shoal_and_the_registry_and_the_bed_is_
         "the origin reports {} bytes served for a {}-byte image",
         report.origin_egress,
         report.image_bytes
+    );
+    ensure!(
+        report.origin_zero_copy > 0.0,
+        "the origin sent no piece with sendfile over the piece stream"
     );
     let svg = svg_plot::completion_chart(
         "smoke",

@@ -49,6 +49,9 @@ struct Args {
     /// `RUST_LOG` for the components.
     #[arg(long, default_value = "warn")]
     rust_log: String,
+    /// Agents fetch pieces over the piece stream (`p2p.piece_stream`) instead of gRPC.
+    #[arg(long)]
+    piece_stream: bool,
 }
 
 #[tokio::main]
@@ -72,6 +75,7 @@ async fn main() -> Result<()> {
         service_rate: args.service_rate,
         binaries,
         rust_log: args.rust_log.clone(),
+        piece_stream: args.piece_stream,
     };
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =

@@ -400,3 +400,66 @@ fn a_repeating_warning_is_logged_once_per_interval_with_the_count_held_back() {
     assert_eq!(throttle.allow(start + WARNING_INTERVAL), Some(2));
     assert_eq!(throttle.allow(start + WARNING_INTERVAL), None);
 }
+
+/// A raw protocol beside HTTP on one port: connections that open with its magic are handed
+/// to it (here, it answers "raw" and the idle timeout it was given), any other is HTTP, a
+/// wrong magic or silence past the header-read timeout is closed.
+#[tokio::test]
+async fn a_raw_protocol_is_told_from_http_by_its_magic() {
+    const MAGIC: &[u8] = b"\0TEST-RAW\n";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let raw = RawProtocol::new(MAGIC, |mut stream, idle, _| {
+        Box::pin(async move {
+            let answer = format!("raw {}s", idle.as_secs());
+            let _ = stream.write_all(answer.as_bytes()).await;
+        })
+    });
+    let task = tokio::spawn(run(
+        listener,
+        None,
+        app(),
+        Some(raw),
+        LIMITS,
+        shutdown.clone(),
+    ));
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(MAGIC).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "raw 2s");
+
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET /health HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+
+    let mut wrong = TcpStream::connect(addr).await.unwrap();
+    wrong.write_all(b"\0TEST-RAX\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(MARGIN, wrong.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?} {rest:?}");
+
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let read = tokio::time::timeout(
+        LIMITS.header_read_timeout + MARGIN,
+        silent.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+#[should_panic(expected = "must not start like HTTP or TLS")]
+fn a_raw_protocol_that_starts_like_http_is_refused() {
+    RawProtocol::new(b"GET-LIKE", |_, _, _| Box::pin(async {}));
+}
