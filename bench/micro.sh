@@ -91,10 +91,6 @@ done
 for depth in 2 4; do
     row "the same, $depth in flight, over mutual TLS (origin and agent certificates of one CA)" "$(divan_mbps get_piece_pipelined_mtls "$depth")" "raw TCP loopback copy of 64 MiB" "$tcp"
 done
-# Not Shoal's protocol: the raw-TCP piece stream the data-plane issue allows, measured beside it.
-for depth in 1 2 4; do
-    row "(not built) raw-TCP piece stream, pieces read then written, $depth in flight" "$(divan_mbps raw_piece_stream_copied "$depth")" "raw TCP loopback copy of 64 MiB" "$tcp"
-done
-for depth in 1 2 4; do
-    row "(not built) raw-TCP piece stream, pieces sent with \`sendfile\`, $depth in flight" "$(divan_mbps raw_piece_stream_sendfile "$depth")" "raw TCP loopback copy of 64 MiB" "$tcp"
+for depth in 1 2 4 8; do
+    row "the piece stream (\`p2p.piece_stream\`, pieces sent with \`sendfile\`), $depth in flight" "$(divan_mbps stream_get_piece "$depth")" "raw TCP loopback copy of 64 MiB" "$tcp"
 done

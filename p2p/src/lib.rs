@@ -33,3 +33,48 @@ pub mod fuzzing {
     pub use crate::server::{parse_digest, parse_session_request};
     pub use crate::wire::{MAX_REQUEST, MESSAGE_HEADER, parse_request};
 }
+
+/// The piece stream's client as a downloader uses it, for the microbenchmarks (`bench/micro`);
+/// agents reach it through the engine (`p2p.piece_stream`).
+#[doc(hidden)]
+pub mod benching {
+    use std::io;
+    use std::sync::Arc;
+
+    use shoal_proto::v1::PieceRequest;
+
+    use crate::stream::{Answer, StreamError, StreamPool};
+
+    /// Piece-stream connections to any number of peers, kept for reuse.
+    #[derive(Default)]
+    pub struct StreamClient(Arc<StreamPool>);
+
+    impl StreamClient {
+        /// Fetches one piece of `length` bytes from the peer at `addr` over the piece stream
+        /// and returns the bytes received (reading them as a download does).
+        pub async fn get_piece(
+            &self,
+            addr: &str,
+            request: &PieceRequest,
+            length: usize,
+        ) -> io::Result<u64> {
+            let answer = self
+                .0
+                .request(addr, request, length)
+                .await
+                .map_err(|e| match e {
+                    StreamError::Declined => io::Error::other("the peer declined the piece stream"),
+                    StreamError::Io(e) => e,
+                })?;
+            let mut body = match answer {
+                Answer::Piece(body) => body,
+                Answer::Refused(status) => return Err(io::Error::other(status.to_string())),
+            };
+            let mut received = 0;
+            while let Some(chunk) = body.next().await? {
+                received += chunk.length() as u64;
+            }
+            Ok(received)
+        }
+    }
+}

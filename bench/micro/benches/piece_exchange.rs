@@ -4,8 +4,8 @@
 //! (`shoal_p2p::get_piece`), one request at a time and with 2, 4 and 8 in flight (the scheduler's
 //! depth adapts per peer between 1 and `max_pipeline`), over the channel agents use (`shoal_p2p::peer_channel`), and pipelined again over
 //! mutual TLS (an origin's certificate served, an agent's presented, as a cluster with `tls.ca`
-//! runs). The baseline, in the same binary: the same number of bytes copied over a plain TCP
-//! loopback socket.
+//! runs), and over the piece stream beside it (`p2p.piece_stream`). The baseline, in the same
+//! binary: the same number of bytes copied over a plain TCP loopback socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use prometheus_client::registry::Registry;
 use shoal_core::Metainfo;
 use shoal_microbench::{MIB, RepeatedBlob};
+use shoal_p2p::benching::StreamClient;
 use shoal_p2p::{
     Faults, Limiter, P2pConfig, P2pMetrics, PIECE_COPIES, PieceSource, Spread, StoreSource,
     peer_service,
@@ -52,6 +53,8 @@ struct Fixture {
     runtime: Runtime,
     metainfo: Metainfo,
     channel: Channel,
+    /// The peer service's address: gRPC, and (without TLS) the piece stream beside it.
+    addr: SocketAddr,
     shutdown: CancellationToken,
     _dir: TempDir,
 }
@@ -82,7 +85,7 @@ fn fixture(mtls: bool) -> Fixture {
         (server, client)
     });
     let shutdown = CancellationToken::new();
-    let (metainfo, channel) = runtime.block_on(async {
+    let (metainfo, channel, addr) = runtime.block_on(async {
         let store = Arc::new(
             BlobStore::open(dir.path().join("store"))
                 .await
@@ -113,22 +116,26 @@ fn fixture(mtls: bool) -> Fixture {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("read the bound address");
+        // As agents and origins serve it: the piece stream beside gRPC on one port.
+        let raw = service.piece_stream();
         let app = tonic::service::Routes::new(service).into_axum_router();
         let (server, client) = tls.unzip();
-        tokio::spawn(shoal_service::http::serve_maybe_tls(
+        tokio::spawn(shoal_service::http::serve_with_raw(
             listener,
             server,
             app,
+            raw,
             shutdown.clone(),
         ));
         let channel = shoal_p2p::peer_channel_with(&addr.to_string(), client.as_ref())
             .expect("a valid endpoint");
-        (metainfo, channel)
+        (metainfo, channel, addr)
     });
     Fixture {
         runtime,
         metainfo,
         channel,
+        addr,
         shutdown,
         _dir: dir,
     }
@@ -200,6 +207,44 @@ fn get_piece_pipelined(bencher: Bencher, depth: usize) {
 #[divan::bench(args = [2, 4], sample_count = 10, sample_size = 1)]
 fn get_piece_pipelined_mtls(bencher: Bencher, depth: usize) {
     get_all_pieces(bencher, depth, true);
+}
+
+/// The piece stream (`p2p.piece_stream`): the same pieces from the same service, fetched as an
+/// agent's downloads fetch them (`shoal_p2p::benching::StreamClient`, the engine's connection
+/// pool), `depth` connections in flight; the service sends each piece with `sendfile`.
+#[divan::bench(args = [1, 2, 4, 8], sample_count = 10, sample_size = 1)]
+fn stream_get_piece(bencher: Bencher, depth: usize) {
+    let f = fixture(false);
+    let length = f.metainfo.length();
+    let pieces = u32::try_from(f.metainfo.piece_count()).expect("at most MAX_PIECES pieces");
+    let piece_length = usize::try_from(f.metainfo.piece_length()).expect("a small piece");
+    let client = Arc::new(StreamClient::default());
+    let addr = f.addr.to_string();
+    bencher.counter(BytesCount::new(length)).bench_local(|| {
+        let (client, addr, metainfo) = (client.clone(), addr.clone(), f.metainfo.clone());
+        let fetch = f.runtime.spawn(async move {
+            futures::stream::iter(0..pieces)
+                .map(|index| {
+                    let request = PieceRequest {
+                        digest: metainfo.digest().to_string(),
+                        index,
+                        peer_id: "microbench".to_owned(),
+                        insist: false,
+                    };
+                    let (client, addr) = (client.clone(), addr.clone());
+                    async move { client.get_piece(&addr, &request, piece_length).await }
+                })
+                .buffer_unordered(depth)
+                .try_fold(0, |total, piece| async move { Ok(total + piece) })
+                .await
+        });
+        let received: u64 = f
+            .runtime
+            .block_on(fetch)
+            .expect("the fetch task ran")
+            .expect("fetch every piece");
+        assert_eq!(received, length, "pieces short of the blob");
+    });
 }
 
 /// The baseline: a server writes the blob's bytes down a fresh loopback connection per sample,
@@ -293,148 +338,4 @@ async fn read_copy(addr: SocketAddr) -> std::io::Result<u64> {
             n => received += n as u64,
         }
     }
-}
-
-/// How a [`raw_piece_stream`] server sends a piece's bytes.
-#[derive(Clone, Copy, Debug)]
-enum Serving {
-    /// Read from the page cache into a buffer, then written to the socket: two copies, as a
-    /// gRPC answer makes (without HTTP/2 around them).
-    Copied,
-    /// `sendfile(2)` from the file to the socket: the kernel hands the page-cache pages on.
-    Sendfile,
-}
-
-/// A design not built into Shoal, measured for the data-plane issue's "negotiated raw-TCP piece
-/// stream" question: the same 256 pieces of 256 KiB over one plain TCP connection, a request a
-/// 4-byte piece index, an answer an 8-byte length then the piece's bytes, `depth` requests in
-/// flight, answers in order. No HTTP/2, no protobuf, no per-request task; what remains is the
-/// least any piece protocol over TCP costs. Served from a file in the page cache, read by the
-/// client in 256 KiB reads like the baseline.
-fn raw_piece_stream(bencher: Bencher, depth: usize, send: Serving) {
-    let runtime = runtime();
-    let dir = tempfile::tempdir().expect("create a temporary directory under $TMPDIR");
-    let path = dir.path().join("blob");
-    let blob = RepeatedBlob::new(CHUNK, CHUNKS, 3);
-    let mut contents = Vec::with_capacity(CHUNK * CHUNKS);
-    for _ in 0..CHUNKS {
-        contents.extend_from_slice(blob.chunk());
-    }
-    std::fs::write(&path, &contents).expect("write the blob file");
-    drop(contents);
-    let piece = shoal_core::piece_length_for(blob.len());
-    let pieces = blob.len().div_ceil(piece) as u32;
-    let shutdown = CancellationToken::new();
-    let file = Arc::new(std::fs::File::open(&path).expect("open the blob file"));
-    let addr = listen(&runtime, |listener| {
-        serve_raw(listener, file, piece, send, shutdown.clone())
-    });
-    bencher
-        .counter(BytesCount::new(blob.len()))
-        .bench_local(|| {
-            let received = runtime
-                .block_on(runtime.spawn(fetch_raw(addr, pieces, depth)))
-                .expect("the fetching task ran")
-                .expect("fetch every piece");
-            assert_eq!(received, blob.len(), "pieces short of the blob");
-        });
-    shutdown.cancel();
-}
-
-#[divan::bench(args = [1, 2, 4], sample_count = 10, sample_size = 1)]
-fn raw_piece_stream_copied(bencher: Bencher, depth: usize) {
-    raw_piece_stream(bencher, depth, Serving::Copied);
-}
-
-#[divan::bench(args = [1, 2, 4], sample_count = 10, sample_size = 1)]
-fn raw_piece_stream_sendfile(bencher: Bencher, depth: usize) {
-    raw_piece_stream(bencher, depth, Serving::Sendfile);
-}
-
-async fn serve_raw(
-    listener: TcpListener,
-    file: Arc<std::fs::File>,
-    piece: u64,
-    send: Serving,
-    shutdown: CancellationToken,
-) {
-    serve_each(listener, shutdown, move |socket| {
-        let file = file.clone();
-        async move { answer_raw(socket, &file, piece, send).await }
-    })
-    .await;
-}
-
-/// Answers piece requests on `socket` until the client closes it.
-async fn answer_raw(
-    mut socket: TcpStream,
-    file: &std::fs::File,
-    piece: u64,
-    send: Serving,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    socket.set_nodelay(true)?;
-    let length = file.metadata()?.len();
-    let mut buffer = vec![0; piece as usize];
-    loop {
-        let mut request = [0; 4];
-        match socket.read_exact(&mut request).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let start = u64::from(u32::from_be_bytes(request)) * piece;
-        let len = piece.min(length - start);
-        socket.write_all(&len.to_be_bytes()).await?;
-        match send {
-            Serving::Copied => {
-                let bytes = &mut buffer[..len as usize];
-                file.read_exact_at(bytes, start)?;
-                socket.write_all(bytes).await?;
-            }
-            Serving::Sendfile => {
-                let mut offset = start as i64;
-                let end = (start + len) as i64;
-                while offset < end {
-                    let sent = socket.async_io(tokio::io::Interest::WRITABLE, || {
-                        let count = (end - offset) as usize;
-                        nix::sys::sendfile::sendfile64(&socket, file, Some(&mut offset), count)
-                            .map_err(std::io::Error::from)
-                    });
-                    if sent.await? == 0 {
-                        return Err(std::io::ErrorKind::WriteZero.into());
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Requests every piece with `depth` in flight on one connection; returns the bytes read.
-async fn fetch_raw(addr: SocketAddr, pieces: u32, depth: usize) -> std::io::Result<u64> {
-    let socket = TcpStream::connect(addr).await?;
-    socket.set_nodelay(true)?;
-    let (mut reader, mut writer) = socket.into_split();
-    let mut buffer = vec![0; TCP_BUFFER];
-    let (mut sent, mut received) = (0u32, 0u64);
-    for index in 0..pieces {
-        // Requests go out while fewer than `depth` answers are owed.
-        while sent < pieces && sent < index + depth as u32 {
-            writer.write_all(&sent.to_be_bytes()).await?;
-            sent += 1;
-        }
-        let mut len = [0; 8];
-        reader.read_exact(&mut len).await?;
-        let mut left = u64::from_be_bytes(len);
-        while left > 0 {
-            let want = (left as usize).min(buffer.len());
-            let n = reader.read(&mut buffer[..want]).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            left -= n as u64;
-            received += n as u64;
-        }
-    }
-    Ok(received)
 }
