@@ -171,21 +171,36 @@ async fn get_piece(
 /// Fetches every piece with `in_flight` requests outstanding and checks the total length.
 fn get_all_pieces(bencher: Bencher, in_flight: usize, mtls: bool) {
     let f = fixture(mtls);
+    let (channel, metainfo) = (f.channel.clone(), f.metainfo.clone());
+    fetch_all(bencher, &f, in_flight, move |index| {
+        let (channel, metainfo) = (channel.clone(), metainfo.clone());
+        async move { get_piece(channel, &metainfo, index).await }
+    });
+}
+
+/// Fetches every piece of the fixture's blob with `fetch`, `in_flight` at once, on a runtime
+/// worker (as an agent's download runs, not on the benchmark's own thread), and checks the
+/// total length.
+fn fetch_all<F, Fut, E>(bencher: Bencher, f: &Fixture, in_flight: usize, fetch: F)
+where
+    F: Fn(u32) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, E>> + Send,
+    E: std::fmt::Debug + Send + 'static,
+{
     let length = f.metainfo.length();
     let pieces = u32::try_from(f.metainfo.piece_count()).expect("at most MAX_PIECES pieces");
     bencher.counter(BytesCount::new(length)).bench_local(|| {
-        let (channel, metainfo) = (f.channel.clone(), f.metainfo.clone());
-        // On a runtime worker, as an agent's download runs, not on the benchmark's own thread.
-        let fetch = f.runtime.spawn(async move {
+        let fetch = fetch.clone();
+        let task = f.runtime.spawn(async move {
             futures::stream::iter(0..pieces)
-                .map(|index| get_piece(channel.clone(), &metainfo, index))
+                .map(fetch)
                 .buffer_unordered(in_flight)
                 .try_fold(0, |total, piece| async move { Ok(total + piece) })
                 .await
         });
         let received: u64 = f
             .runtime
-            .block_on(fetch)
+            .block_on(task)
             .expect("the fetch task ran")
             .expect("fetch every piece");
         assert_eq!(received, length, "pieces short of the blob");
@@ -215,35 +230,18 @@ fn get_piece_pipelined_mtls(bencher: Bencher, depth: usize) {
 #[divan::bench(args = [1, 2, 4, 8], sample_count = 10, sample_size = 1)]
 fn stream_get_piece(bencher: Bencher, depth: usize) {
     let f = fixture(false);
-    let length = f.metainfo.length();
-    let pieces = u32::try_from(f.metainfo.piece_count()).expect("at most MAX_PIECES pieces");
     let piece_length = usize::try_from(f.metainfo.piece_length()).expect("a small piece");
     let client = Arc::new(StreamClient::default());
-    let addr = f.addr.to_string();
-    bencher.counter(BytesCount::new(length)).bench_local(|| {
-        let (client, addr, metainfo) = (client.clone(), addr.clone(), f.metainfo.clone());
-        let fetch = f.runtime.spawn(async move {
-            futures::stream::iter(0..pieces)
-                .map(|index| {
-                    let request = PieceRequest {
-                        digest: metainfo.digest().to_string(),
-                        index,
-                        peer_id: "microbench".to_owned(),
-                        insist: false,
-                    };
-                    let (client, addr) = (client.clone(), addr.clone());
-                    async move { client.get_piece(&addr, &request, piece_length).await }
-                })
-                .buffer_unordered(depth)
-                .try_fold(0, |total, piece| async move { Ok(total + piece) })
-                .await
-        });
-        let received: u64 = f
-            .runtime
-            .block_on(fetch)
-            .expect("the fetch task ran")
-            .expect("fetch every piece");
-        assert_eq!(received, length, "pieces short of the blob");
+    let (addr, digest) = (f.addr.to_string(), f.metainfo.digest().to_string());
+    fetch_all(bencher, &f, depth, move |index| {
+        let request = PieceRequest {
+            digest: digest.clone(),
+            index,
+            peer_id: "microbench".to_owned(),
+            insist: false,
+        };
+        let (client, addr) = (client.clone(), addr.clone());
+        async move { client.get_piece(&addr, &request, piece_length).await }
     });
 }
 
