@@ -112,6 +112,8 @@ pub struct SwarmReport {
     pub origin_zero_copy: f64,
     /// Blobs the origin pulled through from its backend during Shoal's pulls.
     pub backend_pullthroughs: f64,
+    /// The agents' TCP during Shoal's pulls.
+    pub shoal_tcp: TcpCounters,
     pub registry: PullRun,
     /// The order of the free pages this virtual machine reports to its host, when it does.
     pub page_reporting: Option<u32>,
@@ -206,6 +208,12 @@ impl SwarmReport {
             self.origin_egress,
             self.origin_copies(),
             self.backend_pullthroughs,
+        ));
+        let tcp = &self.shoal_tcp;
+        text.push_str(&format!(
+            "\nThe agents' TCP during Shoal's pulls: {} segments sent, {} retransmitted, {} \
+             retransmission timeouts (losses fast retransmit could not repair).\n",
+            tcp.segments_sent, tcp.retransmitted, tcp.timeouts
         ));
         text.push_str(&if p.piece_stream {
             format!(
@@ -309,6 +317,7 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         );
     let origin_http = SocketAddr::new(swarm.origin.addr.into(), ORIGIN_PORT);
     let before = origin_counters(&swarm.http, origin_http).await?;
+    let tcp_before = TcpCounters::of(&swarm.agents).await?;
     eprintln!("swarm bench: {} pulls through the agents", params.agents);
     let shoal = pulls(swarm, &image, work.path(), deadline, &swarm.shoal, |i| {
         SocketAddr::new(swarm.agents[i].addr.into(), AGENT_PORT)
@@ -317,6 +326,7 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
     let origin = origin_counters(&swarm.http, origin_http)
         .await?
         .since(&before);
+    let shoal_tcp = TcpCounters::of(&swarm.agents).await?.since(tcp_before);
     eprintln!(
         "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, CPU {:.1} s in Shoal, {:.1} s in \
          skopeo, {:.1} s on the machine; origin egress {:.0} bytes \
@@ -357,6 +367,7 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         origin_egress: origin.egress(),
         origin_zero_copy: origin.zero_copy,
         backend_pullthroughs: origin.pullthroughs,
+        shoal_tcp,
         registry: baseline,
         page_reporting,
     })
@@ -761,6 +772,68 @@ async fn agent_counters(http: &reqwest::Client, agent: SocketAddr) -> Result<Str
     ))
 }
 
+/// TCP counters summed over hosts' namespaces (each namespace counts its own): how lossy the
+/// shaped links were for the pulls, and how the losses were repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    pub segments_sent: u64,
+    pub retransmitted: u64,
+    /// Retransmission timeouts: losses that waited at least 200 ms.
+    pub timeouts: u64,
+}
+
+impl TcpCounters {
+    async fn of(hosts: &[Host]) -> Result<TcpCounters> {
+        let mut sum = TcpCounters::default();
+        for host in hosts {
+            let output = host
+                .tokio_command("cat")
+                .args(["/proc/net/snmp", "/proc/net/netstat"])
+                .output()
+                .await
+                .with_context(|| format!("{}: reading its TCP counters", host.role))?;
+            ensure!(
+                output.status.success(),
+                "{}: cat /proc/net/snmp /proc/net/netstat failed",
+                host.role
+            );
+            let counters = TcpCounters::parse(&String::from_utf8_lossy(&output.stdout))
+                .with_context(|| format!("{}: TCP counters missing", host.role))?;
+            sum.segments_sent += counters.segments_sent;
+            sum.retransmitted += counters.retransmitted;
+            sum.timeouts += counters.timeouts;
+        }
+        Ok(sum)
+    }
+
+    /// From `/proc/net/snmp` and `/proc/net/netstat`: each group is a line of names, then a line
+    /// of values, both opening with the group's name.
+    fn parse(text: &str) -> Option<TcpCounters> {
+        let counter = |group: &str, name: &str| {
+            let mut lines = text.lines().filter(|line| line.starts_with(group));
+            let names = lines.next()?.split_whitespace();
+            let values = lines.next()?.split_whitespace();
+            names
+                .zip(values)
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        Some(TcpCounters {
+            segments_sent: counter("Tcp:", "OutSegs")?,
+            retransmitted: counter("Tcp:", "RetransSegs")?,
+            timeouts: counter("TcpExt:", "TCPTimeouts")?,
+        })
+    }
+
+    fn since(self, before: TcpCounters) -> TcpCounters {
+        TcpCounters {
+            segments_sent: self.segments_sent.saturating_sub(before.segments_sent),
+            retransmitted: self.retransmitted.saturating_sub(before.retransmitted),
+            timeouts: self.timeouts.saturating_sub(before.timeouts),
+        }
+    }
+}
+
 fn path(path: &Path) -> String {
     path.display().to_string()
 }
@@ -777,6 +850,29 @@ mod tests {
         assert!((after.busy_since(before) - 0.8).abs() < 1e-9);
         assert!(parse_cpu_line("cpu0 1 2 3 4\n").is_none());
         assert!(parse_cpu_line("cpu  1 x 3 4\n").is_none());
+    }
+
+    #[test]
+    fn tcp_counters_are_read_by_name_from_both_files() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm OutSegs RetransSegs\nTcp: 1 6000 150\n\
+                    TcpExt: SyncookiesSent TCPTimeouts\nTcpExt: 0 14\n";
+        assert_eq!(
+            TcpCounters::parse(text),
+            Some(TcpCounters {
+                segments_sent: 6000,
+                retransmitted: 150,
+                timeouts: 14,
+            })
+        );
+        assert_eq!(TcpCounters::parse("Tcp: OutSegs\nTcp: 5\n"), None);
+        let later = TcpCounters {
+            segments_sent: 7000,
+            retransmitted: 160,
+            timeouts: 20,
+        };
+        let before = TcpCounters::parse(text).unwrap();
+        assert_eq!(later.since(before).timeouts, 6);
     }
 
     #[test]

@@ -47,6 +47,12 @@ async fn three_shaped_agents_pull_through_shoal_and_the_registry_and_the_bed_is_
         report.origin_egress,
         report.image_bytes
     );
+    // Each agent's namespace counts its own TCP; the pulls sent through them.
+    ensure!(
+        report.shoal_tcp.segments_sent > 0,
+        "no TCP segments counted in the agents' namespaces: {:?}",
+        report.shoal_tcp
+    );
     ensure!(
         report.origin_zero_copy > 0.0,
         "the origin sent no piece with sendfile over the piece stream"
