@@ -20,9 +20,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use shoal_backends::{BackendRouter, WriteBack, blob_key};
 use shoal_core::{Bitfield, Digest, Metainfo};
-use shoal_p2p::{P2pError, PieceFile, PieceSource, StoreSource};
-use shoal_storage::ByteStream;
+use shoal_p2p::{P2pError, PieceSource, StoreSource};
 use shoal_storage::cache::{Cache, PinError, Pins, ReadGuard};
+use shoal_storage::fsutil::FileRange;
 use tokio::sync::watch;
 
 use crate::replicate::PendingPushes;
@@ -93,26 +93,13 @@ impl PieceSource for ReadCounted {
         }
     }
 
-    async fn read_piece(
-        &self,
-        digest: &Digest,
-        metainfo: &Metainfo,
-        piece: u32,
-    ) -> Result<ByteStream, P2pError> {
-        // A piece is one positional read of an open file, which an eviction does not cut.
-        if let Some(cache) = &self.0.cache {
-            cache.touch(*digest);
-        }
-        self.store().read_piece(digest, metainfo, piece).await
-    }
-
     async fn piece_file(
         &self,
         digest: &Digest,
         metainfo: &Metainfo,
         piece: u32,
-    ) -> Result<Option<PieceFile>, P2pError> {
-        // As `read_piece`: the open file outlives an eviction.
+    ) -> Result<FileRange, P2pError> {
+        // A piece is read from (or sent from) an open file, which an eviction does not cut.
         if let Some(cache) = &self.0.cache {
             cache.touch(*digest);
         }

@@ -23,7 +23,7 @@ pub use metrics::P2pMetrics;
 pub use server::{Seeding, ShareOf, Spread, peer_service};
 pub use shoal_swarm::seeding::SeedingConfig;
 pub use shoal_swarm::slots::PIECE_COPIES;
-pub use source::{PieceFile, PieceSource, StoreSource};
+pub use source::{PieceSource, StoreSource};
 pub use wire::{Chunk, PeerServer, PieceStream, get_piece};
 
 /// The checks the `Peer` service runs on each request before it looks anything up, for the

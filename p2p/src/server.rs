@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use shoal_core::{Bitfield, Digest, Metainfo, PeerId};
 use shoal_proto::v1::peer_server::Peer;
 use shoal_proto::v1::{PieceChunk, PieceRequest, SessionEvent, SessionRequest, session_event};
+use shoal_storage::fsutil::FileRange;
 use shoal_swarm::notices;
 use shoal_swarm::seeding::{self, Blob, Decision, Seeder, SeedingConfig};
 use shoal_swarm::slots::{PieceCopies, PieceCopy, UploadSlot, UploadSlots};
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::source::{PieceFile, PieceSource, piece_range};
+use crate::source::{PieceSource, piece_range};
 use crate::{Faults, Limiter, P2pError, P2pMetrics, PeerServer};
 
 /// The `RESOURCE_EXHAUSTED` message of a busy answer.
@@ -212,7 +213,8 @@ impl PeerService {
     /// Starts serving a piece: its chunks (or an error) come from the returned stream.
     pub(crate) async fn start_piece(&self, request: PieceRequest) -> Result<PieceChunks, Status> {
         let admitted = self.admit(&request).await?;
-        self.chunks(admitted).await
+        let file = self.piece_file(&admitted).await?;
+        Ok(self.chunks(admitted, file))
     }
 
     /// Checks a piece request (the blob and piece held here, a free upload slot, the spread
@@ -256,14 +258,18 @@ impl PeerService {
         })
     }
 
-    /// An admitted piece's bytes, read from the source, as rate-limited chunks.
-    pub(crate) async fn chunks(&self, admitted: Admitted) -> Result<PieceChunks, Status> {
-        let bytes = self
+    /// Where an admitted piece's bytes are: a range of an open file.
+    pub(crate) async fn piece_file(&self, admitted: &Admitted) -> Result<FileRange, Status> {
+        Ok(self
             .source
-            .read_piece(&admitted.digest, &admitted.metainfo, admitted.index)
-            .await?;
-        Ok(PieceChunks {
-            bytes: Some(bytes),
+            .piece_file(&admitted.digest, &admitted.metainfo, admitted.index)
+            .await?)
+    }
+
+    /// An admitted piece's bytes, read from `file`, as rate-limited chunks.
+    pub(crate) fn chunks(&self, admitted: Admitted, file: FileRange) -> PieceChunks {
+        PieceChunks {
+            bytes: Some(file.stream()),
             pending: Bytes::new(),
             waiting: None,
             offset: 0,
@@ -272,24 +278,19 @@ impl PeerService {
             faults: self.faults,
             _slot: admitted.slot,
             _copy: admitted.copy,
-        })
+        }
     }
 
-    /// An admitted piece as a range of a file that is wholly in the page cache, for `sendfile`;
-    /// None when the source has no file, some of it would be read from the disk (the caller
-    /// then reads it off the runtime with [`PeerService::chunks`]), or pieces are to be
-    /// corrupted (a test's fault).
-    pub(crate) async fn resident_file(&self, admitted: &Admitted) -> Option<PieceFile> {
-        if self.faults.corrupt_served_pieces {
-            return None;
-        }
-        let file = self
-            .source
-            .piece_file(&admitted.digest, &admitted.metainfo, admitted.index)
-            .await
-            .ok()??;
-        let len = file.range.end - file.range.start;
-        shoal_pagecache::resident(&file.file, file.range.start, len).then_some(file)
+    /// Whether a piece's `file` range can go to a socket with `sendfile`: all of it in the page
+    /// cache (else reading it could wait on the disk, which [`PeerService::chunks`] does off
+    /// the runtime), and no test fault to apply to the bytes.
+    pub(crate) fn sendable(&self, file: &FileRange) -> bool {
+        !self.faults.corrupt_served_pieces
+            && shoal_pagecache::resident(
+                &file.file,
+                file.range.start,
+                file.range.end - file.range.start,
+            )
     }
 
     pub(crate) fn limiter(&self) -> &Limiter {

@@ -1,12 +1,12 @@
 //! What a peer server serves: the [`PieceSource`] trait, and [`StoreSource`] over the complete
 //! blobs of a store (what origins seed).
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use shoal_core::{Bitfield, Digest, Metainfo};
-use shoal_storage::{BlobStore, ByteStream};
+use shoal_storage::BlobStore;
+use shoal_storage::fsutil::FileRange;
 use tokio::sync::watch;
 
 use crate::P2pError;
@@ -16,32 +16,15 @@ use crate::P2pError;
 pub trait PieceSource: Send + Sync + 'static {
     /// The blob's metainfo and a watch of its bitfield, or None when we do not have (any of) it.
     async fn lookup(&self, digest: &Digest) -> Option<(Metainfo, watch::Receiver<Bitfield>)>;
-    /// Bytes of one verified piece.
-    async fn read_piece(
+    /// One verified piece as a range of an open file: streamed for a gRPC answer (and for a
+    /// piece-stream answer not all in the page cache), or handed to the socket whole with
+    /// `sendfile` by the piece stream.
+    async fn piece_file(
         &self,
         digest: &Digest,
         metainfo: &Metainfo,
         piece: u32,
-    ) -> Result<ByteStream, P2pError>;
-
-    /// One verified piece as a range of an open file, which the piece stream hands to the
-    /// socket without copying it (`sendfile`). None from a source that has no file to hand
-    /// out: the piece is then read with [`PieceSource::read_piece`].
-    async fn piece_file(
-        &self,
-        _digest: &Digest,
-        _metainfo: &Metainfo,
-        _piece: u32,
-    ) -> Result<Option<PieceFile>, P2pError> {
-        Ok(None)
-    }
-}
-
-/// A verified piece: `range` of `file`.
-#[derive(Debug)]
-pub struct PieceFile {
-    pub file: Arc<std::fs::File>,
-    pub range: Range<u64>,
+    ) -> Result<FileRange, P2pError>;
 }
 
 /// A [`PieceSource`] over the complete blobs of a [`BlobStore`].
@@ -67,35 +50,19 @@ impl PieceSource for StoreSource {
         Some((metainfo, have))
     }
 
-    async fn read_piece(
-        &self,
-        digest: &Digest,
-        metainfo: &Metainfo,
-        piece: u32,
-    ) -> Result<ByteStream, P2pError> {
-        let range = piece_range(metainfo, piece)?;
-        let file = self
-            .0
-            .open_blob(digest)
-            .await?
-            .ok_or(P2pError::NotFound { digest: *digest })?;
-        Ok(file.stream(range))
-    }
-
     async fn piece_file(
         &self,
         digest: &Digest,
         metainfo: &Metainfo,
         piece: u32,
-    ) -> Result<Option<PieceFile>, P2pError> {
+    ) -> Result<FileRange, P2pError> {
         let range = piece_range(metainfo, piece)?;
         let blob = self
             .0
             .open_blob(digest)
             .await?
             .ok_or(P2pError::NotFound { digest: *digest })?;
-        let (file, range) = blob.into_file(range);
-        Ok(Some(PieceFile { file, range }))
+        Ok(blob.range(range))
     }
 }
 

@@ -32,8 +32,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{INSTEAD, PeerService, instead_of};
-use crate::source::PieceFile;
 use crate::wire::{Chunk, MAX_REQUEST};
+use shoal_storage::fsutil::FileRange;
 
 /// The first bytes of a piece-stream connection, and the peer's answer. The leading NUL byte
 /// starts no HTTP request and no TLS record, so the listener tells the two apart by one byte.
@@ -132,28 +132,22 @@ async fn answer(
         Ok(admitted) => admitted,
         Err(status) => return write_refusal(socket, &status).await,
     };
-    let range = crate::source::piece_range(&admitted.metainfo, admitted.index)
-        .map_err(|e| invalid(e.to_string()))?;
-    if let Some(file) = service.resident_file(&admitted).await {
-        within(
-            STALL,
-            socket.write_all(&answer_header(PIECE, file.range.end - file.range.start)),
-        )
-        .await?;
+    let file = match service.piece_file(&admitted).await {
+        Ok(file) => file,
+        Err(status) => return write_refusal(socket, &status).await,
+    };
+    within(
+        STALL,
+        socket.write_all(&answer_header(PIECE, file.range.end - file.range.start)),
+    )
+    .await?;
+    if service.sendable(&file) {
         let sent = send_file(service, socket, &file).await;
         // The upload slot is held until the piece is sent.
         drop(admitted);
         return sent;
     }
-    let mut chunks = match service.chunks(admitted).await {
-        Ok(chunks) => chunks,
-        Err(status) => return write_refusal(socket, &status).await,
-    };
-    within(
-        STALL,
-        socket.write_all(&answer_header(PIECE, range.end - range.start)),
-    )
-    .await?;
+    let mut chunks = service.chunks(admitted, file);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|status| io::Error::other(status.message().to_owned()))?;
         within(STALL, socket.write_all(&chunk.data)).await?;
@@ -162,7 +156,7 @@ async fn answer(
 }
 
 /// Sends `file`'s range with `sendfile`, paying egress one limiter chunk at a time.
-async fn send_file(service: &PeerService, socket: &TcpStream, file: &PieceFile) -> io::Result<()> {
+async fn send_file(service: &PeerService, socket: &TcpStream, file: &FileRange) -> io::Result<()> {
     let limiter = service.limiter();
     let mut offset = file.range.start;
     while offset < file.range.end {

@@ -25,6 +25,7 @@ use shoal_proto::v1::{
     AnnounceRequest, AnnounceResponse, MetainfoRequest, MetainfoResponse, PeerInfo, PieceChunk,
     PieceRequest, SessionEvent, SessionRequest, session_event,
 };
+use shoal_storage::fsutil::FileRange;
 use shoal_storage::{BlobStore, ByteStream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -1277,14 +1278,14 @@ impl PieceSource for LyingSource {
         Some((self.claimed.clone(), real_have))
     }
 
-    async fn read_piece(
+    async fn piece_file(
         &self,
         _digest: &Digest,
         _metainfo: &Metainfo,
         piece: u32,
-    ) -> Result<ByteStream, P2pError> {
+    ) -> Result<FileRange, P2pError> {
         self.store
-            .read_piece(&self.real.digest(), &self.real, piece)
+            .piece_file(&self.real.digest(), &self.real, piece)
             .await
     }
 }

@@ -83,6 +83,23 @@ pub fn file_stream(file: File, path: PathBuf, start: u64, len: u64) -> ByteStrea
     opened.try_flatten().boxed()
 }
 
+/// A byte range of an open file, kept readable if the file is removed or renamed meanwhile:
+/// streamed in bounded positional reads ([`FileRange::stream`]), or handed whole to a socket by
+/// a caller that sends it itself (`sendfile`). `path` names the file in read errors.
+#[derive(Debug)]
+pub struct FileRange {
+    pub file: Arc<std::fs::File>,
+    pub path: PathBuf,
+    pub range: std::ops::Range<u64>,
+}
+
+impl FileRange {
+    /// The range's bytes, as [`positional_stream`] reads them.
+    pub fn stream(self) -> ByteStream {
+        positional_stream(self.file, self.path, self.range.start, self.range.end)
+    }
+}
+
 /// Streams `start..end` of `file` in [`STREAM_CHUNK`] pieces with positional reads (no shared
 /// cursor, so one handle may serve many readers): cached ones right on the worker
 /// (`shoal_pagecache`), others off the runtime, the next read already running while the reader

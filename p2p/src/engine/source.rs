@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use shoal_core::{Bitfield, Digest, Metainfo};
-use shoal_storage::ByteStream;
+use shoal_storage::fsutil::FileRange;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::source::PieceFile;
 use crate::source::piece_range;
 use crate::{P2pError, PieceSource, StoreSource};
 
@@ -36,31 +35,16 @@ impl PieceSource for EngineSource {
         }
     }
 
-    async fn read_piece(
-        &self,
-        digest: &Digest,
-        metainfo: &Metainfo,
-        piece: u32,
-    ) -> Result<ByteStream, P2pError> {
-        match self.shared.in_progress(digest) {
-            Some(download) => Ok(download.partial.read(piece_range(metainfo, piece)?)?),
-            None => self.store().read_piece(digest, metainfo, piece).await,
-        }
-    }
-
     async fn piece_file(
         &self,
         digest: &Digest,
         metainfo: &Metainfo,
         piece: u32,
-    ) -> Result<Option<PieceFile>, P2pError> {
+    ) -> Result<FileRange, P2pError> {
         match self.shared.in_progress(digest) {
-            Some(download) => {
-                let (file, range) = download
-                    .partial
-                    .verified_file(piece_range(metainfo, piece)?)?;
-                Ok(Some(PieceFile { file, range }))
-            }
+            Some(download) => Ok(download
+                .partial
+                .verified_range(piece_range(metainfo, piece)?)?),
             None => self.store().piece_file(digest, metainfo, piece).await,
         }
     }

@@ -32,7 +32,7 @@ use shoal_core::{Algorithm, Digest, Metainfo, lock};
 use tokio::sync::OnceCell;
 
 use crate::ByteStream;
-use crate::fsutil::{self, IoContext};
+use crate::fsutil::{self, FileRange, IoContext};
 
 pub use catalog::StoredBlob;
 pub use error::StoreError;
@@ -250,20 +250,17 @@ impl BlobFile {
 
     /// Streams the bytes in `range` (clamped to the blob) in bounded chunks.
     pub fn stream(self, range: Range<u64>) -> ByteStream {
-        let range = self.clamp(range);
-        fsutil::positional_stream(self.file, self.path, range.start, range.end)
+        self.range(range).stream()
     }
 
-    /// The open file and `range` clamped to the blob, for a caller that sends the bytes itself
-    /// (`sendfile`).
-    pub fn into_file(self, range: Range<u64>) -> (Arc<std::fs::File>, Range<u64>) {
-        let range = self.clamp(range);
-        (self.file, range)
-    }
-
-    fn clamp(&self, range: Range<u64>) -> Range<u64> {
+    /// `range` of the blob (clamped to it), to stream or to send whole.
+    pub fn range(self, range: Range<u64>) -> FileRange {
         let end = range.end.min(self.len);
-        range.start.min(end)..end
+        FileRange {
+            file: self.file,
+            path: self.path,
+            range: range.start.min(end)..end,
+        }
     }
 }
 

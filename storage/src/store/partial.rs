@@ -29,7 +29,7 @@ use tokio::sync::{Mutex as AsyncMutex, watch};
 use super::metainfo::metainfo_of_file;
 use super::{BlobStore, Layout, StoreError};
 use crate::ByteStream;
-use crate::fsutil::{self, IoContext};
+use crate::fsutil::{self, FileRange, IoContext};
 use shoal_core::lock;
 
 const DATA_FILE: &str = "data";
@@ -410,22 +410,12 @@ impl PartialBlob {
     /// Streams the bytes of `range` (clamped to the blob). Every piece the range touches must
     /// be verified, otherwise [`StoreError::PieceUnavailable`].
     pub fn read(&self, range: Range<u64>) -> Result<ByteStream, StoreError> {
-        let (file, range) = self.verified_file(range)?;
-        Ok(fsutil::positional_stream(
-            file,
-            self.inner.data_path.clone(),
-            range.start,
-            range.end,
-        ))
+        Ok(self.verified_range(range)?.stream())
     }
 
-    /// The data file and `range` clamped to the blob, for a caller that sends the bytes itself
-    /// (`sendfile`). Every piece the range touches must be verified, otherwise
-    /// [`StoreError::PieceUnavailable`].
-    pub fn verified_file(
-        &self,
-        range: Range<u64>,
-    ) -> Result<(Arc<std::fs::File>, Range<u64>), StoreError> {
+    /// `range` of the data file (clamped to the blob), to stream or to send whole. Every piece
+    /// the range touches must be verified, otherwise [`StoreError::PieceUnavailable`].
+    pub fn verified_range(&self, range: Range<u64>) -> Result<FileRange, StoreError> {
         let inner = &self.inner;
         let length = inner.metainfo.length();
         let end = range.end.min(length);
@@ -442,7 +432,11 @@ impl PartialBlob {
                 });
             }
         }
-        Ok((inner.data.clone(), start..end))
+        Ok(FileRange {
+            file: inner.data.clone(),
+            path: inner.data_path.clone(),
+            range: start..end,
+        })
     }
 
     /// Checks every piece is in — each verified against the blob's sha256 chain, so the blob is
