@@ -9,17 +9,21 @@
 //! - the client opens a TCP connection and sends [`MAGIC`]; the peer listener (which tells it
 //!   from HTTP by its first byte) answers [`MAGIC`]. Anything else (an HTTP error, a TLS alert,
 //!   a close) means the peer does not offer the stream: the client uses gRPC with it.
-//! - then, one at a time: a request, a `u32` length and a `PieceRequest` (peer.proto) of at
-//!   most [`MAX_REQUEST`] bytes; an answer, a kind byte and a `u64` length, then that many
-//!   bytes: the piece ([`PIECE`]), or a refusal ([`REFUSAL`]: a gRPC status code byte, a `u32`
-//!   piece offered instead or `u32::MAX`, and the message). A piece answer whose bytes stop
-//!   short closes the connection (the peer could not read the piece after all).
-//! - pieces in flight to one peer each have their own connection; idle ones are kept for the
-//!   next request.
+//! - then requests, each a `u32` length and a `PieceRequest` (peer.proto) of at most
+//!   [`MAX_REQUEST`] bytes, and answers in the same order, each a kind byte and a `u64` length,
+//!   then that many bytes: the piece ([`PIECE`]), or a refusal ([`REFUSAL`]: a gRPC status code
+//!   byte, a `u32` piece offered instead or `u32::MAX`, and the message). A client may send
+//!   requests before the earlier ones are answered (the peer reads each once it has answered
+//!   the one before). A piece answer whose bytes stop short closes the connection (the peer
+//!   could not read the piece after all).
+//! - a downloader keeps one connection per peer and pipelines every request to it there, as
+//!   HTTP/2 does with its streams: one long-lived flow per pair of peers, whose lost segments
+//!   fast retransmit repairs, where a connection per piece in flight is many short flows
+//!   whose losses wait for a retransmission timeout (`docs/BENCHMARKS.md`, the test bed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -29,6 +33,8 @@ use shoal_core::lock;
 use shoal_proto::v1::PieceRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{INSTEAD, PeerService, instead_of};
@@ -57,11 +63,9 @@ const READ_CHUNK: usize = 256 * 1024;
 const STALL: Duration = Duration::from_secs(30);
 /// Connecting and reading the peer's [`MAGIC`] take at most this long.
 const HANDSHAKE: Duration = Duration::from_secs(5);
-/// Idle connections are reused within this time only: the peer closes them after its
-/// listener's idle timeout (120 s), and a request must not race that close.
+/// A connection with nothing in flight is reused within this time only: the peer closes it
+/// after its listener's idle timeout (120 s), and a request must not race that close.
 const REUSE_WITHIN: Duration = Duration::from_secs(60);
-/// Idle connections kept per peer.
-const IDLE_PER_PEER: usize = 16;
 /// A peer that did not answer the magic is asked over gRPC for this long before it is tried
 /// again (it may be upgraded, or its TLS turned off, meanwhile).
 const DECLINED_FOR: Duration = Duration::from_secs(600);
@@ -224,33 +228,241 @@ async fn within<T>(limit: Duration, io: impl Future<Output = io::Result<T>>) -> 
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the peer stalled"))?
 }
 
-/// A downloader's piece-stream connections: idle ones per peer, and the peers that do not offer
-/// the stream (asked over gRPC for a while).
+/// A downloader's piece-stream connections, one per peer (every request to that peer goes on it,
+/// answered in order), and the peers that do not offer the stream (asked over gRPC for a while).
 #[derive(Default)]
 pub(crate) struct StreamPool {
-    idle: Mutex<Idle>,
+    peers: Mutex<Peers>,
     declined: Mutex<HashMap<String, Instant>>,
 }
 
-/// Idle connections by peer address.
 #[derive(Default)]
-struct Idle {
-    by_peer: HashMap<String, Vec<(TcpStream, Instant)>>,
-    /// When connections too old to reuse were last dropped for every peer: peers that went
-    /// away are never asked again, and their sockets must not stay open.
+struct Peers {
+    by_addr: HashMap<String, Arc<Slot>>,
+    /// When unusable connections were last dropped for every peer: peers that went away are
+    /// never asked again, and their sockets must not stay open.
     swept: Option<Instant>,
 }
 
-impl Idle {
+impl Peers {
     fn sweep(&mut self) {
         if self.swept.is_some_and(|at| at.elapsed() < REUSE_WITHIN) {
             return;
         }
         self.swept = Some(Instant::now());
-        self.by_peer.retain(|_, sockets| {
-            sockets.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
-            !sockets.is_empty()
+        // A slot being connected (its connect lock held) stays.
+        self.by_addr.retain(|_, slot| {
+            slot.connecting.try_lock().is_err() || lock(&slot.conn).retain_usable().is_some()
         });
+    }
+}
+
+/// One peer's connection, and the lock one requester holds while connecting it, so that
+/// requests made meanwhile wait for that connection instead of opening their own.
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+trait RetainUsable {
+    fn retain_usable(&mut self) -> Option<Arc<Conn>>;
+}
+
+impl RetainUsable for Option<Arc<Conn>> {
+    /// The connection if it is usable; an unusable one is dropped (closing it once its last
+    /// reader lets go).
+    fn retain_usable(&mut self) -> Option<Arc<Conn>> {
+        if self.as_ref().is_some_and(|conn| !conn.usable()) {
+            *self = None;
+        }
+        self.clone()
+    }
+}
+
+/// One piece-stream connection. Requests are written under `writer`, and each takes its place
+/// in `turns` as it is written, so answers are read in the order they come.
+struct Conn {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    turns: Mutex<Turns>,
+    /// Cleared when the connection breaks, so the next request opens another.
+    slot: Weak<Slot>,
+}
+
+struct Turns {
+    /// The read half while nobody is reading or waiting to read an answer.
+    idle: Option<Reading>,
+    /// Requesters whose answers come next, in the order their requests were written.
+    waiting: VecDeque<oneshot::Sender<Turn>>,
+    /// When the last answer was read, for reuse within [`REUSE_WITHIN`].
+    quiet_since: Instant,
+    broken: bool,
+}
+
+/// The read half of a connection, and what it must drop before the next answer: the rest of
+/// an answer whose reader went away, and the whole answers of requests given up before their
+/// turn (they are on the wire before the next one's).
+struct Reading {
+    half: OwnedReadHalf,
+    skip_bytes: u64,
+    skip_answers: usize,
+}
+
+/// The right to read the next answer on a connection. Dropped, it hands the connection to the
+/// next requester, leaving what is left of its own answer to be read and dropped first.
+struct Turn {
+    conn: Arc<Conn>,
+    reading: Option<Reading>,
+    /// Bytes of this turn's answer still to come; None before its header is read.
+    owed: Option<u64>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(mut reading) = self.reading.take() {
+            match self.owed {
+                None => reading.skip_answers += 1,
+                Some(owed) => reading.skip_bytes += owed,
+            }
+            self.conn.pass(reading);
+        }
+    }
+}
+
+impl Turn {
+    fn reading(&mut self) -> &mut Reading {
+        self.reading
+            .as_mut()
+            .expect("a turn holds the read half until it is dropped or fails")
+    }
+
+    /// The connection is in an unknown state (an error or a stall mid-answer): close it; the
+    /// requests waiting on it fail.
+    fn fail(mut self) {
+        self.reading = None;
+        self.conn.break_off();
+    }
+}
+
+impl Conn {
+    fn new(socket: TcpStream, slot: Weak<Slot>) -> Arc<Self> {
+        let (half, writer) = socket.into_split();
+        Arc::new(Self {
+            writer: tokio::sync::Mutex::new(writer),
+            turns: Mutex::new(Turns {
+                idle: Some(Reading {
+                    half,
+                    skip_bytes: 0,
+                    skip_answers: 0,
+                }),
+                waiting: VecDeque::new(),
+                quiet_since: Instant::now(),
+                broken: false,
+            }),
+            slot,
+        })
+    }
+
+    /// Whether a request may go on this connection: not broken, and busy or quiet for less
+    /// than [`REUSE_WITHIN`] (the peer closes quiet ones after its idle timeout, and a request
+    /// must not race that close).
+    fn usable(&self) -> bool {
+        let turns = lock(&self.turns);
+        !turns.broken && (turns.idle.is_none() || turns.quiet_since.elapsed() < REUSE_WITHIN)
+    }
+
+    /// Writes `request` and waits for the turn to read its answer.
+    async fn ask(self: &Arc<Self>, request: &[u8]) -> io::Result<Turn> {
+        let closed = || io::Error::new(io::ErrorKind::ConnectionAborted, "the connection broke");
+        let mut writer = self.writer.lock().await;
+        let (tx, turn) = oneshot::channel();
+        {
+            let mut turns = lock(&self.turns);
+            if turns.broken {
+                return Err(closed());
+            }
+            match turns.idle.take() {
+                Some(reading) => {
+                    let _ = tx.send(Turn {
+                        conn: Arc::clone(self),
+                        reading: Some(reading),
+                        owed: None,
+                    });
+                }
+                None => turns.waiting.push_back(tx),
+            }
+        }
+        // A request cut off mid-write (an error, or this future dropped) leaves the wire
+        // unreadable for every request on it.
+        let written = BreakUnlessDone(self);
+        within(STALL, writer.write_all(request)).await?;
+        written.done();
+        drop(writer);
+        turn.await.map_err(|_| closed())
+    }
+
+    /// Hands the read half to the next requester still waiting; with none, keeps it idle, or
+    /// closes the connection if answers nobody wants are still to come (their sender's upload
+    /// slot must not wait on us).
+    fn pass(self: &Arc<Self>, mut reading: Reading) {
+        let mut turns = lock(&self.turns);
+        if turns.broken {
+            return;
+        }
+        while let Some(next) = turns.waiting.pop_front() {
+            let turn = Turn {
+                conn: Arc::clone(self),
+                reading: Some(reading),
+                owed: None,
+            };
+            match next.send(turn) {
+                Ok(()) => return,
+                // Given up before its turn: its answer is skipped.
+                Err(mut turn) => {
+                    reading = turn.reading.take().expect("the turn was just made");
+                    reading.skip_answers += 1;
+                }
+            }
+        }
+        if reading.skip_bytes > 0 || reading.skip_answers > 0 {
+            drop(turns);
+            self.break_off();
+            return;
+        }
+        turns.idle = Some(reading);
+        turns.quiet_since = Instant::now();
+    }
+
+    /// Closes the connection: the read half now, the socket once the last requester lets go
+    /// of it; the requests waiting on it fail, and the next one opens another connection.
+    fn break_off(self: &Arc<Self>) {
+        {
+            let mut turns = lock(&self.turns);
+            turns.broken = true;
+            turns.idle = None;
+            turns.waiting.clear();
+        }
+        if let Some(slot) = self.slot.upgrade() {
+            let mut conn = lock(&slot.conn);
+            if conn.as_ref().is_some_and(|conn| Arc::ptr_eq(conn, self)) {
+                *conn = None;
+            }
+        }
+    }
+}
+
+/// Breaks the connection when dropped before [`BreakUnlessDone::done`].
+struct BreakUnlessDone<'a>(&'a Arc<Conn>);
+
+impl BreakUnlessDone<'_> {
+    fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for BreakUnlessDone<'_> {
+    fn drop(&mut self) {
+        self.0.break_off();
     }
 }
 
@@ -284,8 +496,9 @@ impl StreamPool {
         }
     }
 
-    /// Asks the peer at `addr` for a piece of `length` bytes: on an idle connection when there
-    /// is one (again on a new one if that had been closed meanwhile), else on a new one.
+    /// Asks the peer at `addr` for a piece of `length` bytes on its connection, opening one if
+    /// there is none. A connection found open that fails before the answer (the peer closed it
+    /// meanwhile) is replaced and the request asked once more; a stall is not retried.
     pub(crate) async fn request(
         self: &Arc<Self>,
         addr: &str,
@@ -297,21 +510,40 @@ impl StreamPool {
         request
             .encode(&mut frame)
             .map_err(|e| StreamError::Io(io::Error::other(e)))?;
-        if let Some(socket) = self.take_idle(addr) {
-            // The peer may have closed it just now: that shows as an error at once, not as a
-            // stall, and the request goes again on a new connection.
-            match self.exchange(addr, socket, &frame, length).await {
+        let mut retried = false;
+        loop {
+            let (conn, opened) = self.conn(addr).await?;
+            let answer = match conn.ask(&frame).await {
+                Ok(turn) => read_answer(turn, length).await,
+                Err(error) => Err(error),
+            };
+            match answer {
                 Ok(answer) => return Ok(answer),
-                Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                Err(error) if opened || retried || error.kind() == io::ErrorKind::TimedOut => {
                     return Err(StreamError::Io(error));
                 }
-                Err(_) => {}
+                Err(_) => retried = true,
             }
         }
-        let socket = self.connect(addr).await?;
-        self.exchange(addr, socket, &frame, length)
-            .await
-            .map_err(StreamError::Io)
+    }
+
+    /// The peer's usable connection, or a new one (true) if it has none.
+    async fn conn(&self, addr: &str) -> Result<(Arc<Conn>, bool), StreamError> {
+        let slot = {
+            let mut peers = lock(&self.peers);
+            peers.sweep();
+            Arc::clone(peers.by_addr.entry(addr.to_owned()).or_default())
+        };
+        if let Some(conn) = lock(&slot.conn).retain_usable() {
+            return Ok((conn, false));
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(conn) = lock(&slot.conn).retain_usable() {
+            return Ok((conn, false));
+        }
+        let conn = Conn::new(self.connect(addr).await?, Arc::downgrade(&slot));
+        *lock(&slot.conn) = Some(Arc::clone(&conn));
+        Ok((conn, true))
     }
 
     async fn connect(&self, addr: &str) -> Result<TcpStream, StreamError> {
@@ -346,64 +578,79 @@ impl StreamPool {
         declined.insert(addr.to_owned(), Instant::now());
         StreamError::Declined
     }
+}
 
-    async fn exchange(
-        self: &Arc<Self>,
-        addr: &str,
-        mut socket: TcpStream,
-        request: &[u8],
-        length: usize,
-    ) -> io::Result<Answer> {
-        within(STALL, socket.write_all(request)).await?;
+/// Reads the answer this turn is for, after dropping what earlier readers left on the wire.
+async fn read_answer(mut turn: Turn, length: usize) -> io::Result<Answer> {
+    let header = async {
+        let reading = turn.reading();
+        skip_unwanted(reading).await?;
         let mut header = [0; ANSWER_HEADER];
-        within(STALL, socket.read_exact(&mut header)).await?;
+        within(STALL, reading.half.read_exact(&mut header)).await?;
         let mut header = &header[..];
-        let kind = header.get_u8();
-        let len = header.get_u64();
-        match kind {
-            PIECE if len == length as u64 => Ok(Answer::Piece(PieceBody {
-                socket: Some(socket),
+        Ok::<_, io::Error>((header.get_u8(), header.get_u64()))
+    };
+    let (kind, len) = match header.await {
+        Ok(header) => header,
+        Err(error) => {
+            turn.fail();
+            return Err(error);
+        }
+    };
+    match kind {
+        PIECE if len == length as u64 => {
+            turn.owed = Some(len);
+            Ok(Answer::Piece(PieceBody {
+                turn: (length > 0).then_some(turn),
                 remaining: length,
                 offset: 0,
-                addr: addr.to_owned(),
-                pool: Arc::clone(self),
-            })),
-            PIECE => Err(invalid(format!(
-                "a piece answer of {len} bytes for a {length}-byte piece"
-            ))),
-            REFUSAL
-                if (REFUSAL_HEADER as u64..=(REFUSAL_HEADER + MAX_MESSAGE) as u64)
-                    .contains(&len) =>
-            {
-                let mut body = vec![0; len as usize];
-                within(STALL, socket.read_exact(&mut body)).await?;
-                self.put_back(addr, socket);
-                Ok(Answer::Refused(refusal(&body)))
+            }))
+        }
+        REFUSAL
+            if (REFUSAL_HEADER as u64..=(REFUSAL_HEADER + MAX_MESSAGE) as u64).contains(&len) =>
+        {
+            let mut body = vec![0; len as usize];
+            if let Err(error) = within(STALL, turn.reading().half.read_exact(&mut body)).await {
+                turn.fail();
+                return Err(error);
             }
-            _ => Err(invalid(format!("an answer of kind {kind} and {len} bytes"))),
+            turn.owed = Some(0);
+            Ok(Answer::Refused(refusal(&body)))
+        }
+        _ => {
+            turn.fail();
+            Err(invalid(match kind {
+                PIECE => format!("a piece answer of {len} bytes for a {length}-byte piece"),
+                _ => format!("an answer of kind {kind} and {len} bytes"),
+            }))
         }
     }
+}
 
-    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
-        let mut idle = lock(&self.idle);
-        let sockets = idle.by_peer.get_mut(addr)?;
-        sockets.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
-        let socket = sockets.pop().map(|(socket, _)| socket);
-        if sockets.is_empty() {
-            idle.by_peer.remove(addr);
+/// Reads and drops the rest of an answer whose reader went away, and the answers of requests
+/// given up before their turn.
+async fn skip_unwanted(reading: &mut Reading) -> io::Result<()> {
+    let mut scratch = Vec::new();
+    while reading.skip_bytes > 0 || reading.skip_answers > 0 {
+        if reading.skip_bytes == 0 {
+            let mut header = [0; ANSWER_HEADER];
+            within(STALL, reading.half.read_exact(&mut header)).await?;
+            reading.skip_answers -= 1;
+            reading.skip_bytes = (&header[1..]).get_u64();
+            continue;
         }
-        socket
-    }
-
-    fn put_back(&self, addr: &str, socket: TcpStream) {
-        let mut idle = lock(&self.idle);
-        idle.sweep();
-        let sockets = idle.by_peer.entry(addr.to_owned()).or_default();
-        sockets.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
-        if sockets.len() < IDLE_PER_PEER {
-            sockets.push((socket, Instant::now()));
+        scratch.resize(READ_CHUNK, 0);
+        let want = usize::try_from(reading.skip_bytes).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
+        let read = within(STALL, reading.half.read(&mut scratch[..want])).await?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed mid-answer",
+            ));
         }
+        reading.skip_bytes -= read as u64;
     }
+    Ok(())
 }
 
 /// A refusal's body as the status the peer gave.
@@ -417,33 +664,39 @@ fn refusal(mut body: &[u8]) -> tonic::Status {
     status
 }
 
-/// The bytes of a piece answer, read as they arrive; the connection goes back to the pool
-/// once they are all read, and is closed if they are not.
+/// The bytes of a piece answer, read as they arrive; the connection goes on to the next
+/// answer once they are all read, and skips what is left of them if this is dropped first.
 pub(crate) struct PieceBody {
-    socket: Option<TcpStream>,
+    /// None once every byte is read.
+    turn: Option<Turn>,
     remaining: usize,
     offset: u64,
-    addr: String,
-    pool: Arc<StreamPool>,
 }
 
 impl PieceBody {
     /// The next bytes of the piece (at most [`READ_CHUNK`]); None once all are read.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Chunk>> {
-        let Some(socket) = self.socket.as_mut().filter(|_| self.remaining > 0) else {
+        let Some(turn) = self.turn.as_mut() else {
             return Ok(None);
         };
         let want = self.remaining.min(READ_CHUNK);
         let mut buf = BytesMut::with_capacity(want);
+        let reading = turn.reading();
         while buf.len() < want {
             let left = want - buf.len();
-            let read = within(STALL, socket.read_buf(&mut (&mut buf).limit(left))).await?;
-            if read == 0 {
-                return Err(io::Error::new(
+            let read = within(STALL, reading.half.read_buf(&mut (&mut buf).limit(left))).await;
+            let error = match read {
+                Ok(0) => io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("the piece ended {} bytes short", self.remaining - buf.len()),
-                ));
+                ),
+                Ok(_) => continue,
+                Err(error) => error,
+            };
+            if let Some(turn) = self.turn.take() {
+                turn.fail();
             }
+            return Err(error);
         }
         let chunk = Chunk {
             offset: self.offset,
@@ -451,10 +704,10 @@ impl PieceBody {
         };
         self.offset += want as u64;
         self.remaining -= want;
-        if self.remaining == 0
-            && let Some(socket) = self.socket.take()
-        {
-            self.pool.put_back(&self.addr, socket);
+        turn.owed = Some(self.remaining as u64);
+        if self.remaining == 0 {
+            // Dropping the turn hands the connection to the next answer's reader.
+            self.turn = None;
         }
         Ok(Some(chunk))
     }
@@ -493,5 +746,183 @@ mod tests {
     fn answer_headers_are_a_kind_and_a_big_endian_length() {
         let header = answer_header(PIECE, 0x0102_0304_0506_0708);
         assert_eq!(header, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    /// Bytes of every piece the fake peer sends: more than two reads of the client's.
+    const LEN: usize = 600 * 1024;
+
+    /// A peer speaking the piece stream by hand: it answers a request for piece `i` with `LEN`
+    /// bytes of value `i`, each once the test lets it (`go`), and reports the requests it read
+    /// and the connections it accepted and saw end.
+    struct FakePeer {
+        addr: String,
+        go: Arc<tokio::sync::Semaphore>,
+        requests: tokio::sync::mpsc::UnboundedReceiver<u32>,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        ended: Arc<std::sync::atomic::AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for FakePeer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn fake_peer() -> FakePeer {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let go = Arc::new(tokio::sync::Semaphore::new(0));
+        let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (go2, accepted2, ended2) = (go.clone(), accepted.clone(), ended.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let (go, tx, ended) = (go2.clone(), tx.clone(), ended2.clone());
+                connections.spawn(async move {
+                    let _ = answer_in_turn(&mut socket, &go, &tx).await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        FakePeer {
+            addr,
+            go,
+            requests,
+            accepted,
+            ended,
+            task,
+        }
+    }
+
+    /// The fake peer's side of one connection, until it fails or closes.
+    async fn answer_in_turn(
+        socket: &mut TcpStream,
+        go: &tokio::sync::Semaphore,
+        requests: &tokio::sync::mpsc::UnboundedSender<u32>,
+    ) -> io::Result<()> {
+        let mut magic = [0; MAGIC.len()];
+        socket.read_exact(&mut magic).await?;
+        socket.write_all(MAGIC).await?;
+        loop {
+            let mut request = vec![0; socket.read_u32().await? as usize];
+            socket.read_exact(&mut request).await?;
+            let index = PieceRequest::decode(&request[..]).unwrap().index;
+            let _ = requests.send(index);
+            go.acquire().await.unwrap().forget();
+            socket.write_all(&answer_header(PIECE, LEN as u64)).await?;
+            socket.write_all(&vec![index as u8; LEN]).await?;
+        }
+    }
+
+    fn piece(index: u32) -> PieceRequest {
+        PieceRequest {
+            digest: String::new(),
+            index,
+            peer_id: String::new(),
+            insist: false,
+        }
+    }
+
+    async fn body(pool: &Arc<StreamPool>, addr: &str, index: u32) -> io::Result<PieceBody> {
+        match pool.request(addr, &piece(index), LEN).await {
+            Ok(Answer::Piece(body)) => Ok(body),
+            Ok(Answer::Refused(status)) => Err(io::Error::other(status.to_string())),
+            Err(StreamError::Declined) => Err(io::Error::other("declined")),
+            Err(StreamError::Io(error)) => Err(error),
+        }
+    }
+
+    async fn read_all(pool: &Arc<StreamPool>, addr: &str, index: u32) -> io::Result<Vec<u8>> {
+        let mut body = body(pool, addr, index).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await? {
+            assert_eq!(chunk.offset, bytes.len() as u64);
+            for data in chunk.data {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(bytes)
+    }
+
+    #[tokio::test]
+    async fn requests_to_one_peer_share_one_connection_and_are_answered_in_order() {
+        let peer = fake_peer().await;
+        peer.go.add_permits(100);
+        let pool = Arc::new(StreamPool::default());
+        let mut fetches = tokio::task::JoinSet::new();
+        for index in 0..8 {
+            let (pool, addr) = (pool.clone(), peer.addr.clone());
+            fetches.spawn(async move { (index, read_all(&pool, &addr, index).await) });
+        }
+        while let Some(fetched) = fetches.join_next().await {
+            let (index, bytes) = fetched.unwrap();
+            assert!(bytes.unwrap() == vec![index as u8; LEN], "piece {index}");
+        }
+        assert_eq!(peer.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_given_up_are_skipped_and_the_connection_goes_on() {
+        let mut peer = fake_peer().await;
+        let pool = Arc::new(StreamPool::default());
+        peer.go.add_permits(1);
+        let mut first = body(&pool, &peer.addr, 0).await.unwrap();
+        assert!(first.next().await.unwrap().is_some());
+        // Two more requests go out while piece 0 is being read; the first is given up while
+        // it waits for its turn, then piece 0 is dropped half read.
+        let (pool1, addr1) = (pool.clone(), peer.addr.clone());
+        let given_up = tokio::spawn(async move { read_all(&pool1, &addr1, 1).await });
+        let (pool2, addr2) = (pool.clone(), peer.addr.clone());
+        let wanted = tokio::spawn(async move { read_all(&pool2, &addr2, 2).await });
+        // Both are written (the peer reads them once it has sent piece 0) and wait their turn.
+        let conn = lock(&pool.peers).by_addr[&peer.addr]
+            .conn
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap();
+        while lock(&conn.turns).waiting.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        given_up.abort();
+        assert!(given_up.await.unwrap_err().is_cancelled());
+        drop(first);
+        peer.go.add_permits(2);
+        assert!(wanted.await.unwrap().unwrap() == vec![2; LEN]);
+        let mut asked = Vec::new();
+        while let Ok(index) = peer.requests.try_recv() {
+            asked.push(index);
+        }
+        assert_eq!(asked, [0, 1, 2]);
+        // And the connection serves the next request.
+        peer.go.add_permits(1);
+        assert!(read_all(&pool, &peer.addr, 3).await.unwrap() == vec![3; LEN]);
+        assert_eq!(peer.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_left_with_an_answer_nobody_reads_is_closed() {
+        use std::sync::atomic::Ordering;
+        let peer = fake_peer().await;
+        let pool = Arc::new(StreamPool::default());
+        peer.go.add_permits(2);
+        let mut first = body(&pool, &peer.addr, 0).await.unwrap();
+        assert!(first.next().await.unwrap().is_some());
+        drop(first);
+        // The peer is not left sending into a connection nobody reads.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while peer.ended.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the connection was closed");
+        assert!(read_all(&pool, &peer.addr, 1).await.unwrap() == vec![1; LEN]);
+        assert_eq!(peer.accepted.load(Ordering::SeqCst), 2);
     }
 }

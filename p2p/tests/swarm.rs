@@ -711,27 +711,43 @@ async fn a_seeder_out_of_upload_slots_answers_busy_on_the_piece_stream() -> Resu
 async fn busy_seeder_over(mut swarm: Swarm) -> Result<()> {
     let data = blob(2 * MIB, 6);
     let metainfo = metainfo_of(&data);
-    // One slot and 1 MiB/s: each 256 KiB piece holds the slot for ~0.25 s, so the downloader's
-    // pipeline of four always finds it taken.
+    // One slot and 1 MiB/s: each 256 KiB piece holds the slot for ~0.25 s, so of two
+    // downloaders asking at once (the tracker names only the seeder to each), one always
+    // finds it taken.
     let seeder = swarm
         .seeder_with_slots(&[&data], true, Some(ByteSize::mib(1)), Faults::default(), 1)
         .await?;
     let tracker = swarm.tracker(vec![seeder.info(true)], &[&metainfo]).await?;
-    let (listener, identity) = swarm.reserve().await?;
-    let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
-
-    let fetched = engine.fetch(&metainfo.digest(), None).await?;
-    assert!(collect(fetched.stream(0..u64::MAX)).await? == data);
+    let mut nodes = Vec::new();
+    let mut fetches = Vec::new();
+    for _ in 0..2 {
+        let (listener, identity) = swarm.reserve().await?;
+        let (engine, node) = swarm.engine(listener, identity, &tracker, None).await?;
+        let digest = metainfo.digest();
+        fetches.push(tokio::spawn(async move {
+            let fetched = engine.fetch(&digest, None).await?;
+            let bytes = collect(fetched.stream(0..u64::MAX)).await?;
+            Ok::<_, anyhow::Error>((bytes, engine))
+        }));
+        nodes.push(node);
+    }
+    for fetch in fetches {
+        let (bytes, _engine) = fetch.await??;
+        assert!(bytes == data);
+    }
     let answered = seeder.metrics.busy_answered();
     assert!(answered > 0, "the seeder never answered busy");
-    assert_eq!(node.metrics.busy_received(), answered);
-    // Busy is not a failure: the only seeder was never dropped or blacklisted.
-    assert_eq!(node.metrics.peers_blacklisted(), 0);
-    assert_eq!(seeder.metrics.bytes_served(), data.len() as u64);
-    assert_eq!(
-        node.metrics.stream_pieces_received() > 0,
-        swarm.piece_stream
-    );
+    let received: u64 = nodes.iter().map(|node| node.metrics.busy_received()).sum();
+    assert_eq!(received, answered);
+    for node in &nodes {
+        // Busy is not a failure: the only seeder was never dropped or blacklisted.
+        assert_eq!(node.metrics.peers_blacklisted(), 0);
+        assert_eq!(
+            node.metrics.stream_pieces_received() > 0,
+            swarm.piece_stream
+        );
+    }
+    assert_eq!(seeder.metrics.bytes_served(), 2 * data.len() as u64);
     Ok(())
 }
 
@@ -1486,6 +1502,29 @@ async fn the_piece_stream_refuses_bad_requests_and_closes_on_bad_framing() -> Re
     assert_eq!(kind, 0);
     let first = metainfo.piece_range(0).context("piece 0")?;
     assert!(body == data[first.start as usize..first.end as usize]);
+    // Requests sent before the earlier ones are answered are answered in order.
+    let second = PieceRequest {
+        index: 1,
+        ..good.clone()
+    };
+    let mut pipelined = Vec::new();
+    for request in [&second, &unknown, &good] {
+        let request = request.encode_to_vec();
+        pipelined.extend_from_slice(&u32::try_from(request.len())?.to_be_bytes());
+        pipelined.extend_from_slice(&request);
+    }
+    socket.write_all(&pipelined).await?;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let kind = socket.read_u8().await?;
+        let mut body = vec![0; usize::try_from(socket.read_u64().await?)?];
+        socket.read_exact(&mut body).await?;
+        answers.push((kind, body));
+    }
+    let range = metainfo.piece_range(1).context("piece 1")?;
+    assert!(answers[0].0 == 0 && answers[0].1 == data[range.start as usize..range.end as usize]);
+    assert_eq!((answers[1].0, answers[1].1[0]), (1, 5), "{:?}", answers[1]);
+    assert!(answers[2].0 == 0 && answers[2].1 == data[first.start as usize..first.end as usize]);
     // A length no request has: the peer closes the connection.
     socket.write_u32(1 << 30).await?;
     let mut rest = Vec::new();
