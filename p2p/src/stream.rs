@@ -584,6 +584,8 @@ impl StreamPool {
 async fn read_answer(mut turn: Turn, length: usize) -> io::Result<Answer> {
     let header = async {
         let reading = turn.reading();
+        // The last piece's reads left the connection waking only for more than a header.
+        shoal_pagecache::set_recv_lowat(reading.half.as_ref(), 1)?;
         skip_unwanted(reading).await?;
         let mut header = [0; ANSWER_HEADER];
         within(STALL, reading.half.read_exact(&mut header)).await?;
@@ -684,6 +686,10 @@ impl PieceBody {
         let reading = turn.reading();
         while buf.len() < want {
             let left = want - buf.len();
+            // Woken once the bytes this chunk needs are all there, not per arriving segment
+            // (on a connection kept full by pipelined requests, twice the system time without
+            // it); the next answer's reader sets it back. Only an optimisation if it fails.
+            let _ = shoal_pagecache::set_recv_lowat(reading.half.as_ref(), left);
             let read = within(STALL, reading.half.read_buf(&mut (&mut buf).limit(left))).await;
             let error = match read {
                 Ok(0) => io::Error::new(

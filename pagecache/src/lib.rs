@@ -11,7 +11,8 @@
 //! killed the process with SIGBUS.
 //!
 //! For the piece stream (`shoal_p2p`), [`resident`] asks whether a range is cached without
-//! reading it, and [`send`] hands such a range to a socket with `sendfile`, with no copy at all.
+//! reading it, [`send`] hands such a range to a socket with `sendfile`, with no copy at all,
+//! and [`set_recv_lowat`] spares its receiver a wake-up per arriving segment.
 
 use std::fs::File;
 use std::io;
@@ -143,6 +144,30 @@ pub fn send(socket: &impl AsRawFd, file: &File, offset: u64, len: usize) -> io::
     }
 }
 
+/// Sets `socket`'s `SO_RCVLOWAT`: it reads as ready only once `bytes` are queued (or it
+/// closed), so a reader that needs that many is woken once instead of per arriving segment.
+pub fn set_recv_lowat(socket: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes)
+        .unwrap_or(libc::c_int::MAX)
+        .max(1);
+    // SAFETY: a valid descriptor (borrowed) and a live `c_int` of the size passed.
+    #[allow(unsafe_code)]
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -256,6 +281,34 @@ mod tests {
         // At the file's end nothing more is sent.
         let other = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert_eq!(send(&other, &file, bytes.len() as u64, 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_socket_with_a_receive_low_mark_reads_ready_only_once_that_much_is_queued() {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        let ready = |socket: &TcpStream| {
+            let mut poll = libc::pollfd {
+                fd: socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd, and its count.
+            #[allow(unsafe_code)]
+            let n = unsafe { libc::poll(&raw mut poll, 1, 200) };
+            n == 1
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (receiver, _) = listener.accept().unwrap();
+        set_recv_lowat(&receiver, 100).unwrap();
+        sender.write_all(&[7; 60]).unwrap();
+        assert!(!ready(&receiver), "ready with 60 of 100 bytes");
+        sender.write_all(&[7; 40]).unwrap();
+        assert!(ready(&receiver), "not ready with 100 bytes");
+        // Back to one byte: ready at once with what is there.
+        set_recv_lowat(&receiver, 1).unwrap();
+        assert!(ready(&receiver));
     }
 
     #[test]
