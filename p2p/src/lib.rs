@@ -45,7 +45,7 @@ pub mod benching {
 
     use crate::stream::{Answer, StreamError, StreamPool};
 
-    /// Piece-stream connections to any number of peers, kept for reuse.
+    /// Piece-stream connections to any number of peers, one each, kept for reuse.
     #[derive(Default)]
     pub struct StreamClient(Arc<StreamPool>);
 

@@ -330,7 +330,8 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
     eprintln!(
         "swarm bench: Shoal p50 {:.1?}, p90 {:.1?}, max {:.1?}, CPU {:.1} s in Shoal, {:.1} s in \
          skopeo, {:.1} s on the machine; origin egress {:.0} bytes \
-         ({:.0} over HTTP, {:.0} as pieces; {:.0} elsewhere answers)",
+         ({:.0} over HTTP, {:.0} as pieces; {:.0} elsewhere answers); agents' TCP: {} segments \
+         sent, {} retransmitted, {} retransmission timeouts",
         shoal.quantile(0.5),
         shoal.quantile(0.9),
         shoal.max(),
@@ -341,6 +342,9 @@ async fn measure(params: &SwarmParams, swarm: &Swarm, work: &TempDir) -> Result<
         origin.http_bytes,
         origin.piece_bytes,
         origin.elsewhere,
+        shoal_tcp.segments_sent,
+        shoal_tcp.retransmitted,
+        shoal_tcp.timeouts,
     );
     for agent in &swarm.agents {
         let at = SocketAddr::new(agent.addr.into(), AGENT_PORT);

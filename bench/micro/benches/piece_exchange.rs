@@ -226,7 +226,8 @@ fn get_piece_pipelined_mtls(bencher: Bencher, depth: usize) {
 
 /// The piece stream (`p2p.piece_stream`): the same pieces from the same service, fetched as an
 /// agent's downloads fetch them (`shoal_p2p::benching::StreamClient`, the engine's connection
-/// pool), `depth` connections in flight; the service sends each piece with `sendfile`.
+/// pool), `depth` requests in flight, pipelined on one connection; the service sends each piece
+/// with `sendfile`.
 #[divan::bench(args = [1, 2, 4, 8], sample_count = 10, sample_size = 1)]
 fn stream_get_piece(bencher: Bencher, depth: usize) {
     let f = fixture(false);
