@@ -11,8 +11,9 @@
 #   AGENT_EXTRA=yaml  appended to both agents' configs, to compare settings in one command
 #                   (e.g. AGENT_EXTRA='p2p: {scheduler: {pipeline: 4}}')
 #   PERF=1          also profile agent-0 and the origin with `perf record -g` during agent-0's cold
-#                   pull, and the proxy and the origin during the last GET through the proxy; the
-#                   reports are copied to /tmp/agent-pull-perf-{agent,origin,proxy,proxy-origin}.txt
+#                   pull, agent-0 during its last cached GET, and the proxy and the origin during
+#                   the last GET through the proxy; the reports are copied to
+#                   /tmp/agent-pull-perf-{agent,origin,agent-cached,proxy,proxy-origin}.txt
 #                   (and …-flat.txt, …-full.txt); perf costs CPU itself, so that run's figures are not
 #                   comparable with a run without it
 #   PERF_CALL_GRAPH=dwarf  unwind with DWARF instead of frame pointers (`-g`), which release builds
@@ -276,7 +277,12 @@ a1_from_agents=$(metric "$agent1" p2p_bytes_received 'from="agent"')
 
 echo "cached GETs from agent-0 and GETs through the proxy" >&2
 a0_blob=$agent0/v2/$repo/blobs/$digest proxy_blob=$proxy/v2/$repo/blobs/$digest
-for _ in $(seq 1 "$repeats"); do pretouch=$a0_blob timed "$r/agent0-cached" get_raw "$a0_blob"; done
+for k in $(seq 1 "$repeats"); do
+    # So is the last cached GET.
+    if [[ $perf == 1 && $k == "$repeats" ]]; then get_raw "$a0_blob"; perf_start agent-cached "$agent0_pid"; fi
+    pretouch=$a0_blob timed "$r/agent0-cached" get_raw "$a0_blob"
+done
+if [[ $perf == 1 ]]; then perf_stop; perf_report agent-cached "a GET of the cached blob"; fi
 for k in $(seq 1 "$repeats"); do
     # The last GET through the proxy is the profiled one: perf starts after the untimed pretouch.
     if [[ $perf == 1 && $k == "$repeats" ]]; then get_raw "$proxy_blob"; perf_start proxy "$proxy_pid"; perf_start proxy-origin "$origin_pid"; fi
