@@ -44,9 +44,9 @@ pub struct P2pConfig {
     /// Pieces served at once; more requests are answered busy (the requester retries elsewhere
     /// or after a back-off) instead of all slowing down together.
     pub upload_slots: usize,
-    /// Fetch pieces over the piece stream (`docs/p2p.md`) from peers that offer it: a plain TCP
-    /// connection per piece in flight, the piece's bytes sent with `sendfile` by the peer, no
-    /// HTTP/2. Off: every piece is a gRPC `GetPiece` call. Never under TLS (`tls:`), where peers
+    /// Fetch pieces over the piece stream (`docs/p2p.md`) from peers that offer it: requests
+    /// pipelined on one plain TCP connection per peer, the piece's bytes sent with `sendfile` by
+    /// the peer, no HTTP/2. Off: every piece is a gRPC `GetPiece` call. Never under TLS (`tls:`), where peers
     /// offer gRPC only.
     pub piece_stream: bool,
 }
