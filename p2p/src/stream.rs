@@ -287,6 +287,9 @@ struct Conn {
     turns: Mutex<Turns>,
     /// Cleared when the connection breaks, so the next request opens another.
     slot: Weak<Slot>,
+    /// The last round trip measured on it: from a request written to a free connection to its
+    /// answer's header.
+    round_trip: Mutex<Option<Duration>>,
 }
 
 struct Turns {
@@ -313,6 +316,9 @@ struct Reading {
 struct Turn {
     conn: Arc<Conn>,
     reading: Option<Reading>,
+    /// When an earlier answer's reader handed the connection on; None when it was free as the
+    /// request was written (the wait for the answer is then a whole round trip).
+    handed_on: Option<Instant>,
     /// Bytes of this turn's answer still to come; None before its header is read.
     owed: Option<u64>,
 }
@@ -330,6 +336,18 @@ impl Drop for Turn {
 }
 
 impl Turn {
+    /// The round trip this answer shows, its header just read: the wait since `sent` when the
+    /// connection was free; else the connection's last such measure (or, before one, the wait
+    /// since it was handed on), since an answer queued behind our own pieces arrives as soon as
+    /// they are read and says nothing of the peer.
+    fn round_trip(&self, sent: Instant) -> Duration {
+        let mut last = lock(&self.conn.round_trip);
+        match self.handed_on {
+            None => *last.insert(sent.elapsed()),
+            Some(handed_on) => last.unwrap_or_else(|| handed_on.elapsed()),
+        }
+    }
+
     fn reading(&mut self) -> &mut Reading {
         self.reading
             .as_mut()
@@ -360,6 +378,7 @@ impl Conn {
                 broken: false,
             }),
             slot,
+            round_trip: Mutex::new(None),
         })
     }
 
@@ -386,6 +405,7 @@ impl Conn {
                     let _ = tx.send(Turn {
                         conn: Arc::clone(self),
                         reading: Some(reading),
+                        handed_on: None,
                         owed: None,
                     });
                 }
@@ -413,6 +433,7 @@ impl Conn {
             let turn = Turn {
                 conn: Arc::clone(self),
                 reading: Some(reading),
+                handed_on: Some(Instant::now()),
                 owed: None,
             };
             match next.send(turn) {
@@ -513,8 +534,9 @@ impl StreamPool {
         let mut retried = false;
         loop {
             let (conn, opened) = self.conn(addr).await?;
+            let sent = Instant::now();
             let answer = match conn.ask(&frame).await {
-                Ok(turn) => read_answer(turn, length).await,
+                Ok(turn) => read_answer(turn, length, sent).await,
                 Err(error) => Err(error),
             };
             match answer {
@@ -580,8 +602,9 @@ impl StreamPool {
     }
 }
 
-/// Reads the answer this turn is for, after dropping what earlier readers left on the wire.
-async fn read_answer(mut turn: Turn, length: usize) -> io::Result<Answer> {
+/// Reads the answer this turn is for (its request written at `sent`), after dropping what
+/// earlier readers left on the wire.
+async fn read_answer(mut turn: Turn, length: usize, sent: Instant) -> io::Result<Answer> {
     let header = async {
         let reading = turn.reading();
         // The last piece's reads left the connection waking only for more than a header.
@@ -603,6 +626,7 @@ async fn read_answer(mut turn: Turn, length: usize) -> io::Result<Answer> {
         PIECE if len == length as u64 => {
             turn.owed = Some(len);
             Ok(Answer::Piece(PieceBody {
+                round_trip: turn.round_trip(sent),
                 turn: (length > 0).then_some(turn),
                 remaining: length,
                 offset: 0,
@@ -671,11 +695,19 @@ fn refusal(mut body: &[u8]) -> tonic::Status {
 pub(crate) struct PieceBody {
     /// None once every byte is read.
     turn: Option<Turn>,
+    round_trip: Duration,
     remaining: usize,
     offset: u64,
 }
 
 impl PieceBody {
+    /// The round trip to the peer as this answer shows it (the scheduler's depth covers it):
+    /// not the time it waited behind the answers before it, which was the link busy with our
+    /// own pieces and, counted, would argue for asking ever more.
+    pub(crate) fn round_trip(&self) -> Duration {
+        self.round_trip
+    }
+
     /// The next bytes of the piece (at most [`READ_CHUNK`]); None once all are read.
     pub(crate) async fn next(&mut self) -> io::Result<Option<Chunk>> {
         let Some(turn) = self.turn.as_mut() else {
@@ -909,6 +941,28 @@ mod tests {
         peer.go.add_permits(1);
         assert!(read_all(&pool, &peer.addr, 3).await.unwrap() == vec![3; LEN]);
         assert_eq!(peer.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_answer_reports_the_round_trip_not_its_wait_behind_earlier_ones() {
+        let peer = fake_peer().await;
+        peer.go.add_permits(10);
+        let pool = Arc::new(StreamPool::default());
+        // Asked on a free connection: the wait is the round trip.
+        let mut first = body(&pool, &peer.addr, 0).await.unwrap();
+        let round_trip = first.round_trip();
+        let (pool2, addr2) = (pool.clone(), peer.addr.clone());
+        let second = tokio::spawn(async move {
+            let asked = Instant::now();
+            let body = body(&pool2, &addr2, 1).await.unwrap();
+            (asked.elapsed(), body.round_trip())
+        });
+        // The second answer waits behind the first's bytes, read late.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while first.next().await.unwrap().is_some() {}
+        let (waited, reported) = second.await.unwrap();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert_eq!(reported, round_trip);
     }
 
     #[tokio::test]

@@ -254,8 +254,12 @@ impl PieceFetch {
             Err(status) => return Outcome::Failed(status.to_string()),
         };
         // The answer's headers come before any of the piece's bytes: this is the round trip
-        // (and the peer's time to start serving) that the scheduler's depth covers.
-        let rtt = sent.elapsed();
+        // (and the peer's time to start serving) that the scheduler's depth covers. The piece
+        // stream's pipelined answers wait behind our own pieces; it measures its own.
+        let rtt = match &body {
+            Body::Stream(body) => body.round_trip(),
+            Body::Grpc(_) => sent.elapsed(),
+        };
         let streamed = matches!(body, Body::Stream(_));
         // The chunks are the buffers the bytes were received in; the store hashes and writes
         // them as they are.
