@@ -483,7 +483,14 @@ impl Swarm {
                 // The model folds the request's trip into the delivery's latency, so a
                 // request's answer is one latency: the gap a pipe one request deep leaves.
                 let rtt = self.config.latency;
-                self.send(receiver, Event::PieceDone { peer, piece, rtt });
+                // The model's peers share their link among the pieces asked, as HTTP/2 does.
+                let done = Event::PieceDone {
+                    peer,
+                    piece,
+                    rtt,
+                    in_order: false,
+                };
+                self.send(receiver, done);
                 if newly {
                     self.verified += self.piece_bytes(piece);
                     if let Some((at, how)) = self.origin_stop

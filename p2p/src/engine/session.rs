@@ -181,8 +181,9 @@ pub(crate) struct PieceFetch {
 
 /// How a piece request ended.
 enum Outcome {
-    /// Verified and written; the request was answered after this long.
-    Done(Duration),
+    /// Verified and written; the request was answered after this long, in order (after the
+    /// pieces asked of the peer before it: the piece stream) or not (HTTP/2).
+    Done(Duration, bool),
     /// The bytes were not the piece (hash, length or framing): the peer is bad.
     Corrupt(String),
     /// Transport error, or the peer lacks the piece.
@@ -200,7 +201,12 @@ impl PieceFetch {
     pub(crate) async fn run(self) {
         let (peer, piece) = (self.peer.clone(), self.piece);
         let event = match self.fetch().await {
-            Outcome::Done(rtt) => Event::PieceDone { peer, piece, rtt },
+            Outcome::Done(rtt, in_order) => Event::PieceDone {
+                peer,
+                piece,
+                rtt,
+                in_order,
+            },
             Outcome::Corrupt(reason) => {
                 tracing::warn!(digest = %self.partial.metainfo().digest(), %peer, piece, %reason, "rejected a bad piece");
                 self.shared.metrics.pieces_rejected.inc();
@@ -296,7 +302,7 @@ impl PieceFetch {
                 if streamed {
                     self.shared.metrics.stream_pieces_received.inc();
                 }
-                Outcome::Done(rtt)
+                Outcome::Done(rtt, streamed)
             }
             Err(e @ StoreError::PieceMismatch { .. }) => Outcome::Corrupt(e.to_string()),
             // The bytes matched their hash: whatever else failed (a write error, a disk gone

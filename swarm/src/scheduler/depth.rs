@@ -4,7 +4,10 @@
 //! queueing at a few. A peer serves the pieces it is asked for at once, sharing its link among
 //! them (HTTP/2 streams, interleaved), so pieces asked together end together and the link
 //! idles for a round trip before the next ones flow: with `d` in flight that idle share is
-//! `rtt / (d × piece + rtt)`, kept below [`SLACK`] by `d = rtt / (SLACK × piece)`.
+//! `rtt / (d × piece + rtt)`, kept below [`SLACK`] by `d = rtt / (SLACK × piece)`. A peer that
+//! answers in order (the piece stream) sends each piece after the one before, so the link idles
+//! only when a request arrives after the pieces ahead of it are sent: one piece more than a
+//! round trip's worth, `d = 1 + rtt / piece`, keeps it busy, and more only queue there.
 
 use std::time::Duration;
 
@@ -37,6 +40,8 @@ pub(super) struct Depth {
     busy_ms: u64,
     /// Pieces delivered in the current window.
     pieces: u32,
+    /// The last piece was answered in order, after the ones asked before it.
+    in_order: bool,
 }
 
 fn smooth(old: Option<f64>, sample: f64) -> f64 {
@@ -53,7 +58,12 @@ impl Depth {
         let (Some(round_trip), Some(piece)) = (round_trip, self.piece_us) else {
             return INITIAL_DEPTH.min(max);
         };
-        let needed = (round_trip / (SLACK * piece.max(1.0))).ceil();
+        let piece = piece.max(1.0);
+        let needed = if self.in_order {
+            1.0 + (round_trip / piece).ceil()
+        } else {
+            (round_trip / (SLACK * piece)).ceil()
+        };
         // Bounded before the cast; a NaN (never produced here) would cast to 0.
         (needed.clamp(1.0, max as f64) as usize).clamp(1, max)
     }
@@ -74,9 +84,10 @@ impl Depth {
         }
     }
 
-    /// A piece arrived whose request was answered after `round_trip` (its request already
-    /// counted as [`ended`](Depth::ended)).
-    pub(super) fn delivered(&mut self, now_ms: u64, round_trip: Duration) {
+    /// A piece arrived whose request was answered after `round_trip`, `in_order` after the
+    /// pieces asked before it (its request already counted as [`ended`](Depth::ended)).
+    pub(super) fn delivered(&mut self, now_ms: u64, round_trip: Duration, in_order: bool) {
+        self.in_order = in_order;
         let round_trip = round_trip.as_secs_f64() * 1e6;
         self.round_trip_us = Some(
             self.round_trip_us
@@ -117,7 +128,7 @@ mod tests {
         for i in 1..=pieces {
             let answered = round_trip(depth, i);
             depth.ended(i * piece_ms, in_flight - 1);
-            depth.delivered(i * piece_ms, answered);
+            depth.delivered(i * piece_ms, answered, false);
             depth.sent(i * piece_ms, in_flight - 1);
         }
     }
@@ -144,6 +155,23 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_answering_in_order_needs_one_piece_more_than_a_round_trip_holds() {
+        // 10 ms per piece, one after the other: a 2 ms round trip is covered by one request
+        // waiting behind the piece on the wire (HTTP/2's interleaving needs four), a 25 ms one
+        // by three.
+        for (round_trip_ms, want) in [(2, 2), (25, 4)] {
+            let mut depth = Depth::default();
+            depth.sent(0, 0);
+            for i in 1..=200 {
+                depth.ended(i * 10, 1);
+                depth.delivered(i * 10, Duration::from_millis(round_trip_ms), true);
+                depth.sent(i * 10, 1);
+            }
+            assert_eq!(depth.target(16), want, "round trip {round_trip_ms} ms");
+        }
+    }
+
+    #[test]
     fn a_slow_peer_with_a_short_round_trip_gets_one_request() {
         // A crowded seeder: a piece every 2 s, answers within 1 ms.
         let mut depth = Depth::default();
@@ -166,7 +194,7 @@ mod tests {
             let start = i * 1_010;
             depth.sent(start, 0);
             depth.ended(start + 10, 0);
-            depth.delivered(start + 10, Duration::from_micros(1_500));
+            depth.delivered(start + 10, Duration::from_micros(1_500), false);
         }
         // 1.5 ms answers over 10 ms pieces (not 1 s ones): three.
         assert_eq!(depth.target(16), 3);

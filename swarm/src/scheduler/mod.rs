@@ -237,6 +237,9 @@ pub enum Event {
         peer: PeerId,
         piece: u32,
         rtt: Duration,
+        /// The peer answered our requests in the order they were asked, each piece after the
+        /// one before (the piece stream), not interleaved as HTTP/2 streams are.
+        in_order: bool,
     },
     /// A piece failed its hash check: the peer is blacklisted.
     PieceCorrupt {
@@ -395,9 +398,12 @@ impl Scheduler {
                 self.candidates.forget(&peer);
                 self.fill_all(now_ms, &mut out);
             }
-            Event::PieceDone { peer, piece, rtt } => {
-                self.on_piece_done(now_ms, &peer, piece, rtt, &mut out)
-            }
+            Event::PieceDone {
+                peer,
+                piece,
+                rtt,
+                in_order,
+            } => self.on_piece_done(now_ms, &peer, piece, (rtt, in_order), &mut out),
             Event::PieceCorrupt { peer, .. } => self.on_corrupt(now_ms, peer, &mut out),
             Event::PieceFailed { peer, piece } => {
                 if let Some(slot) = self.peers.slot(&peer) {
@@ -509,7 +515,7 @@ impl Scheduler {
         now_ms: u64,
         id: &PeerId,
         piece: u32,
-        rtt: Duration,
+        (rtt, in_order): (Duration, bool),
         out: &mut Vec<Action>,
     ) {
         let deliverer = self.peers.slot(id);
@@ -518,7 +524,7 @@ impl Scheduler {
                 self.request_times.record(now_ms.saturating_sub(sent));
             }
             if peer.take_request(now_ms, piece) {
-                peer.depth.delivered(now_ms, rtt);
+                peer.depth.delivered(now_ms, rtt, in_order);
             }
             peer.snubbed = None;
             peer.failures = 0;

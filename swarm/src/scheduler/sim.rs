@@ -292,6 +292,7 @@ impl Sim {
                 peer,
                 piece,
                 rtt: Duration::ZERO,
+                in_order: false,
             },
         };
         self.send(event);

@@ -156,6 +156,7 @@ impl Swarm {
                         peer,
                         piece,
                         rtt: Duration::ZERO,
+                        in_order: false,
                     },
                 );
                 if was_missing {

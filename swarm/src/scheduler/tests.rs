@@ -312,6 +312,7 @@ fn a_timed_out_request_is_cancelled_and_reissued_to_another_peer() {
                 peer: fast.clone(),
                 piece: other,
                 rtt: Duration::ZERO,
+                in_order: false,
             },
         ),
         vec![Action::Request {
@@ -855,6 +856,7 @@ fn a_busy_peer_rests_for_its_back_off_and_is_never_dropped_for_it() {
             peer: origin.clone(),
             piece: asked,
             rtt: Duration::ZERO,
+            in_order: false,
         },
     );
     let next = requested(&scheduler.handle(now, Event::Tick), &origin);
@@ -897,6 +899,7 @@ fn a_busy_answer_sends_the_piece_to_another_holder_at_once() {
             peer: b.clone(),
             piece: other,
             rtt: Duration::ZERO,
+            in_order: false,
         },
     );
     let out = scheduler.handle(
@@ -1069,6 +1072,7 @@ fn a_lone_downloader_asks_in_order_and_a_swarm_member_rarest_first() {
             peer: origin.clone(),
             piece: 1,
             rtt: Duration::ZERO,
+            in_order: false,
         },
     );
     assert_eq!(requested(&out, &origin), vec![2]);
@@ -1177,6 +1181,7 @@ fn deliver_steadily(
                 peer: peer.clone(),
                 piece,
                 rtt,
+                in_order: false,
             },
         );
         let more = requested(&out, peer);
@@ -1233,6 +1238,7 @@ fn in_a_crowd_each_slow_peer_gets_one_request_and_requests_spread() {
                     peer: peer.clone(),
                     piece,
                     rtt: Duration::from_millis(1),
+                    in_order: false,
                 },
             );
             for seeder in &seeders {
@@ -1337,6 +1343,7 @@ fn a_refused_piece_no_agent_gets_is_asked_again_after_the_wait_and_insists() {
             peer: origin.clone(),
             piece: other,
             rtt: Duration::from_millis(1),
+            in_order: false,
         },
     );
     assert!(requested(&out, &origin).is_empty(), "{out:?}");
@@ -1376,6 +1383,7 @@ fn a_refused_piece_no_agent_gets_is_asked_again_after_the_wait_and_insists() {
             peer: origin,
             piece,
             rtt: Duration::from_millis(1),
+            in_order: false,
         },
     );
     assert!(scheduler.is_complete());
@@ -1457,6 +1465,7 @@ fn an_origin_that_keeps_answering_elsewhere_rests_longer_each_time_until_it_serv
             peer: origin.clone(),
             piece,
             rtt: Duration::from_millis(1),
+            in_order: false,
         },
     );
     let [next] = requested(&out, &origin)[..] else {
