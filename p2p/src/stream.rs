@@ -251,9 +251,8 @@ impl Peers {
         }
         self.swept = Some(Instant::now());
         // A slot being connected (its connect lock held) stays.
-        self.by_addr.retain(|_, slot| {
-            slot.connecting.try_lock().is_err() || lock(&slot.conn).retain_usable().is_some()
-        });
+        self.by_addr
+            .retain(|_, slot| slot.connecting.try_lock().is_err() || slot.usable_conn().is_some());
     }
 }
 
@@ -265,18 +264,15 @@ struct Slot {
     connecting: tokio::sync::Mutex<()>,
 }
 
-trait RetainUsable {
-    fn retain_usable(&mut self) -> Option<Arc<Conn>>;
-}
-
-impl RetainUsable for Option<Arc<Conn>> {
+impl Slot {
     /// The connection if it is usable; an unusable one is dropped (closing it once its last
     /// reader lets go).
-    fn retain_usable(&mut self) -> Option<Arc<Conn>> {
-        if self.as_ref().is_some_and(|conn| !conn.usable()) {
-            *self = None;
+    fn usable_conn(&self) -> Option<Arc<Conn>> {
+        let mut conn = lock(&self.conn);
+        if conn.as_ref().is_some_and(|conn| !conn.usable()) {
+            *conn = None;
         }
-        self.clone()
+        conn.clone()
     }
 }
 
@@ -556,11 +552,11 @@ impl StreamPool {
             peers.sweep();
             Arc::clone(peers.by_addr.entry(addr.to_owned()).or_default())
         };
-        if let Some(conn) = lock(&slot.conn).retain_usable() {
+        if let Some(conn) = slot.usable_conn() {
             return Ok((conn, false));
         }
         let _connecting = slot.connecting.lock().await;
-        if let Some(conn) = lock(&slot.conn).retain_usable() {
+        if let Some(conn) = slot.usable_conn() {
             return Ok((conn, false));
         }
         let conn = Conn::new(self.connect(addr).await?, Arc::downgrade(&slot));

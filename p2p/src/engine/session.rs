@@ -181,9 +181,9 @@ pub(crate) struct PieceFetch {
 
 /// How a piece request ended.
 enum Outcome {
-    /// Verified and written; the request was answered after this long, in order (after the
-    /// pieces asked of the peer before it: the piece stream) or not (HTTP/2).
-    Done(Duration, bool),
+    /// Verified and written; the request was answered after `rtt`, `in_order` after the pieces
+    /// asked of the peer before it (the piece stream) or interleaved with them (HTTP/2).
+    Done { rtt: Duration, in_order: bool },
     /// The bytes were not the piece (hash, length or framing): the peer is bad.
     Corrupt(String),
     /// Transport error, or the peer lacks the piece.
@@ -201,7 +201,7 @@ impl PieceFetch {
     pub(crate) async fn run(self) {
         let (peer, piece) = (self.peer.clone(), self.piece);
         let event = match self.fetch().await {
-            Outcome::Done(rtt, in_order) => Event::PieceDone {
+            Outcome::Done { rtt, in_order } => Event::PieceDone {
                 peer,
                 piece,
                 rtt,
@@ -262,11 +262,10 @@ impl PieceFetch {
         // The answer's headers come before any of the piece's bytes: this is the round trip
         // (and the peer's time to start serving) that the scheduler's depth covers. The piece
         // stream's pipelined answers wait behind our own pieces; it measures its own.
-        let rtt = match &body {
-            Body::Stream(body) => body.round_trip(),
-            Body::Grpc(_) => sent.elapsed(),
+        let (rtt, streamed) = match &body {
+            Body::Stream(body) => (body.round_trip(), true),
+            Body::Grpc(_) => (sent.elapsed(), false),
         };
-        let streamed = matches!(body, Body::Stream(_));
         // The chunks are the buffers the bytes were received in; the store hashes and writes
         // them as they are.
         let mut chunks = Vec::new();
@@ -302,7 +301,10 @@ impl PieceFetch {
                 if streamed {
                     self.shared.metrics.stream_pieces_received.inc();
                 }
-                Outcome::Done(rtt, streamed)
+                Outcome::Done {
+                    rtt,
+                    in_order: streamed,
+                }
             }
             Err(e @ StoreError::PieceMismatch { .. }) => Outcome::Corrupt(e.to_string()),
             // The bytes matched their hash: whatever else failed (a write error, a disk gone
