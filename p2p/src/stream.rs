@@ -962,6 +962,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_of_the_wrong_length_fails_and_the_next_request_opens_a_new_connection() {
+        use std::sync::atomic::Ordering;
+        let peer = fake_peer().await;
+        peer.go.add_permits(2);
+        let pool = Arc::new(StreamPool::default());
+        // The peer sends LEN bytes for a piece we know to be shorter.
+        let error = match pool.request(&peer.addr, &piece(0), LEN - 1).await {
+            Err(StreamError::Io(error)) => error,
+            Ok(_) => panic!("an answer of the wrong length was taken"),
+            Err(StreamError::Declined) => panic!("declined"),
+        };
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(error.to_string().contains("for a"), "{error}");
+        // What follows its header cannot be trusted: the connection is not used again.
+        assert!(read_all(&pool, &peer.addr, 1).await.unwrap() == vec![1; LEN]);
+        assert_eq!(peer.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_connection_left_with_an_answer_nobody_reads_is_closed() {
         use std::sync::atomic::Ordering;
         let peer = fake_peer().await;
