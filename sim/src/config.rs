@@ -145,6 +145,13 @@ pub struct SimConfig {
     /// A client streams the blob out of each agent at this rate, bytes per second
     /// (`crate::reader`); None reports download completion only.
     pub client_rate: Option<f64>,
+    /// Pieces travel over the piece stream (`p2p.piece_stream`): a peer answers one
+    /// downloader's requests in the order they came, each after the one before (`crate::swarm`),
+    /// where gRPC's HTTP/2 shares the link among all of them at once. Simplified: a request is
+    /// admitted (busy, elsewhere) when it is asked, not when the peer reads it, and one given
+    /// up while it waits costs nothing (a real peer still sends it unless the downloader closes
+    /// the connection).
+    pub in_order: bool,
     /// How often the agent ticks its scheduler (the engine's 250 ms).
     pub tick: Duration,
     /// While pieces keep landing, a node tells its sessions about them at most this often
@@ -176,6 +183,7 @@ impl Default for SimConfig {
             scheduler: SchedulerConfig::default(),
             seeding: Some(SeedingConfig::default()),
             client_rate: None,
+            in_order: false,
             tick: Duration::from_millis(250),
             have_batch: shoal_swarm::notices::HAVE_BATCH,
             time_limit: Duration::from_secs(3600),

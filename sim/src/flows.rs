@@ -244,6 +244,11 @@ impl Flows {
             .is_some_and(|f| f.live && f.generation == flow.generation)
     }
 
+    /// Whether a flow is live and still moving bytes (not on its way to the receiver).
+    pub(crate) fn is_moving(&self, flow: FlowRef) -> bool {
+        self.is_live(flow) && self.flows[flow.id as usize].moving()
+    }
+
     /// The sender, receiver and piece of a live flow.
     pub(crate) fn parts(&self, flow: FlowRef) -> Option<(u32, u32, u32)> {
         self.flows

@@ -132,6 +132,10 @@ struct Args {
     /// grows; the report adds when each client has read it all.
     #[arg(long, value_parser = rate)]
     client_rate: Option<f64>,
+    /// Pieces over the piece stream (`p2p.piece_stream`): each peer answers a downloader's
+    /// requests in order, one after the other, instead of sharing its link among them.
+    #[arg(long)]
+    piece_stream: bool,
     /// Stop after this much virtual time.
     #[arg(long, default_value = "1h", value_parser = duration)]
     time_limit: Duration,
@@ -245,6 +249,7 @@ fn main() -> anyhow::Result<ExitCode> {
         origin_upload_slots: args.origin_upload_slots,
         piece_copies: (args.piece_copies > 0).then_some(args.piece_copies),
         client_rate: args.client_rate,
+        in_order: args.piece_stream,
         time_limit: args.time_limit,
         seed: args.seed,
         ..SimConfig::default()

@@ -79,12 +79,18 @@ const HEALTH_VERDICT: Nanos = 10 * SECOND;
 /// How long the engine waits for a peer's handshake (`p2p/src/engine/session.rs`).
 const HANDSHAKE_TIMEOUT: Nanos = 5 * SECOND;
 
-/// A request in flight: its transfer, and the sender's count of the piece's copies (an agent's,
-/// when the run bounds them), given back when the request ends.
+/// A piece asked of a sender: its transfer, and the sender's count of the piece's copies (an
+/// agent's, when the run bounds them), given back when the request ends. Over the piece stream
+/// ([`SimConfig::in_order`]) a request asked while another to the same sender is still being
+/// sent waits, without a flow, until the sender has sent every earlier answer: the peer answers
+/// in order, where HTTP/2 would interleave them.
 struct Request {
     sender: u32,
     piece: u32,
-    flow: FlowRef,
+    /// None while it waits behind an earlier request to the same sender.
+    flow: Option<FlowRef>,
+    /// Its place in asking order: the earliest waiting one goes next.
+    asked: u64,
     _copy: Option<PieceCopy<(u32, u32)>>,
 }
 
@@ -111,6 +117,8 @@ pub struct Swarm {
     busy_from_agents: u64,
     /// Requests the agents' schedulers reported stale (`Action::Stale`).
     stale_requests: u64,
+    /// Requests asked so far (`Request::asked`).
+    asked: u64,
     /// Bytes of pieces agents have verified (each piece once per agent).
     verified: u64,
     /// `verified` at which origin 0 stops, and how.
@@ -252,6 +260,7 @@ impl Swarm {
             busy_from_origins: 0,
             busy_from_agents: 0,
             stale_requests: 0,
+            asked: 0,
             verified: 0,
             origin_stop,
             churn: ChurnReport {
@@ -437,6 +446,10 @@ impl Swarm {
                             generation: done.generation,
                         },
                     );
+                    // In order: the sender goes on to the next answer at once.
+                    if let Some((sender, receiver, _)) = self.flows.parts(done) {
+                        self.send_next(receiver, sender);
+                    }
                 }
             }
             // The instant's settle does the rating.
@@ -477,18 +490,17 @@ impl Swarm {
                 self.flows.remove(now, flow);
                 self.nodes[receiver as usize]
                     .requests
-                    .retain(|request| request.flow != flow);
+                    .retain(|request| request.flow != Some(flow));
                 let newly = !self.have(receiver).get(piece);
                 let peer = self.ids[sender as usize].clone();
                 // The model folds the request's trip into the delivery's latency, so a
                 // request's answer is one latency: the gap a pipe one request deep leaves.
                 let rtt = self.config.latency;
-                // The model's peers share their link among the pieces asked, as HTTP/2 does.
                 let done = Event::PieceDone {
                     peer,
                     piece,
                     rtt,
-                    in_order: false,
+                    in_order: self.config.in_order,
                 };
                 self.send(receiver, done);
                 if newly {
@@ -755,7 +767,10 @@ impl Swarm {
                 } else {
                     self.config.upload_slots
                 };
-                if slots::busy(self.flows.uploading(sender), slots) {
+                // In order, a request behind one still being sent waits on that connection,
+                // which holds one upload slot for all of them.
+                let behind = self.sending_to(node, sender);
+                if !behind && slots::busy(self.flows.uploading(sender), slots) {
                     // The sender refuses at once, as the peer service does; the answer takes a
                     // round trip.
                     if origin {
@@ -812,7 +827,7 @@ impl Swarm {
                     );
                     return;
                 }
-                self.request(node, sender, piece, copy);
+                self.request(node, sender, piece, copy, behind);
             }
             Action::Cancel { peer, piece } => {
                 if let Some(sender) = self.node_of(&peer) {
@@ -847,15 +862,62 @@ impl Swarm {
         }
     }
 
-    fn request(&mut self, node: u32, sender: u32, piece: u32, copy: Option<PieceCopy<(u32, u32)>>) {
-        let bytes = self.piece_bytes(piece);
-        let flow = self.flows.start(self.now, sender, node, piece, bytes);
+    /// Asks `sender` for `piece`: its flow starts now, or once the answers before it are sent
+    /// when it is `behind` one (in order).
+    fn request(
+        &mut self,
+        node: u32,
+        sender: u32,
+        piece: u32,
+        copy: Option<PieceCopy<(u32, u32)>>,
+        behind: bool,
+    ) {
+        let flow = (!behind).then(|| {
+            let bytes = self.piece_bytes(piece);
+            self.flows.start(self.now, sender, node, piece, bytes)
+        });
+        self.asked += 1;
         self.nodes[node as usize].requests.push(Request {
             sender,
             piece,
             flow,
+            asked: self.asked,
             _copy: copy,
         });
+    }
+
+    /// Whether, in order, `sender` is still sending `node` an answer or has one waiting: a
+    /// new request to it then waits too. Never with HTTP/2's interleaving.
+    fn sending_to(&self, node: u32, sender: u32) -> bool {
+        self.config.in_order
+            && self.nodes[node as usize].requests.iter().any(|request| {
+                request.sender == sender
+                    && request.flow.is_none_or(|flow| self.flows.is_moving(flow))
+            })
+    }
+
+    /// In order: `sender` starts sending `receiver` the earliest answer waiting, unless it is
+    /// still sending one.
+    fn send_next(&mut self, receiver: u32, sender: u32) {
+        if !self.config.in_order {
+            return;
+        }
+        let requests = &self.nodes[receiver as usize].requests;
+        let moving = requests.iter().any(|request| {
+            request.sender == sender && request.flow.is_some_and(|flow| self.flows.is_moving(flow))
+        });
+        let next = requests
+            .iter()
+            .enumerate()
+            .filter(|(_, request)| request.sender == sender && request.flow.is_none())
+            .min_by_key(|(_, request)| request.asked)
+            .map(|(at, request)| (at, request.piece));
+        let Some((at, piece)) = next.filter(|_| !moving) else {
+            return;
+        };
+        let bytes = self.piece_bytes(piece);
+        let flow = self.flows.start(self.now, sender, receiver, piece, bytes);
+        self.nodes[receiver as usize].requests[at].flow = Some(flow);
     }
 
     fn drop_requests(&mut self, node: u32, matches: impl Fn(u32, u32) -> bool) {
@@ -871,6 +933,7 @@ impl Swarm {
         mut dropped: impl FnMut(&mut Queue, u32, u32),
     ) {
         let requests = &mut self.nodes[node as usize].requests;
+        let mut senders = Vec::new();
         let mut at = 0;
         while at < requests.len() {
             let Request {
@@ -881,11 +944,18 @@ impl Swarm {
             } = requests[at];
             if matches(sender, piece) {
                 requests.swap_remove(at);
-                self.flows.remove(self.now, flow);
+                if let Some(flow) = flow {
+                    self.flows.remove(self.now, flow);
+                    senders.push(sender);
+                }
                 dropped(&mut self.queue, sender, piece);
             } else {
                 at += 1;
             }
+        }
+        // In order: a sender cut off mid-answer goes on to the next one waiting.
+        for sender in senders {
+            self.send_next(node, sender);
         }
     }
 

@@ -120,6 +120,43 @@ fn latency_costs_a_lone_agent_one_latency_per_pipeline_round() {
 }
 
 #[test]
+fn in_order_a_lone_agents_link_never_idles_for_the_latency() {
+    // Over the piece stream the origin sends a downloader's pieces one after the other: the
+    // next request (two in flight: one more than a 1 ms round trip's worth of 2.6 ms pieces)
+    // is there before the piece ahead of it ends, so the link stays busy: only the start (the
+    // connection and first round trip) and the last piece's latency are added, 5 ms, where
+    // HTTP/2's shared pipe idles a latency per round (above: 0.548 s).
+    let mut config = lone(Duration::from_millis(1));
+    config.in_order = true;
+    let report = simulate(config).expect("valid config");
+    let seconds = report.seconds.expect("it completes").max;
+    assert!(
+        (0.5..0.5 + 0.01).contains(&seconds),
+        "took {seconds} s for S/B = 0.5 s"
+    );
+    assert_eq!(report.origin_egress_bytes, 50_000_000, "exactly one copy");
+}
+
+#[test]
+fn in_order_a_small_swarm_completes_and_a_seed_reproduces_its_run() {
+    let run = |seed| {
+        let mut config = small(40, seed);
+        config.in_order = true;
+        simulate(config).expect("valid config")
+    };
+    let report = run(3);
+    assert_eq!(report.complete, 40, "{report}");
+    let seconds = report.seconds.expect("completions");
+    assert!(seconds.p50 >= report.link_limit, "{report}");
+    assert!(report.origin_egress_ratio < 20.0, "{report}");
+    let again = run(3);
+    assert_eq!(
+        (again.seconds, again.origin_egress_bytes, again.events),
+        (report.seconds, report.origin_egress_bytes, report.events)
+    );
+}
+
+#[test]
 fn a_slow_origin_bounds_a_lone_agent() {
     let config = SimConfig {
         peers: 1,
