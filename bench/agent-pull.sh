@@ -18,6 +18,9 @@
 #                   comparable with a run without it
 #   PERF_CALL_GRAPH=dwarf  unwind with DWARF instead of frame pointers (`-g`), which release builds
 #                   omit, so the call graphs reach Shoal's own functions (costs more, larger files)
+#   TLS=1           mutual TLS between Shoal's components (a CA and a certificate per role made
+#                   with openssl): pieces, metainfo and blob reads all over TLS; the agents'
+#                   registry ports stay plain HTTP, as in production, and the proxy serves HTTPS
 #
 # Needs: release binaries (cargo build --release --bins), docker-registry, curl, openssl, python3.
 # Prints Markdown tables ready for docs/BENCHMARKS.md.
@@ -76,6 +79,28 @@ YAML
 docker-registry serve "$work/registry.yaml" >"$work/registry.log" 2>&1 &
 reg_pid=$!; pids+=($reg_pid)
 
+# With TLS=1: a CA and one certificate per role (`spiffe://shoal/<role>`, for 127.0.0.1), each
+# component's `tls:` section, and `https://` for every internal HTTP address. curl trusts the CA
+# through CURL_CA_BUNDLE (the registry baseline stays plain HTTP).
+s=http
+tls() { :; } # role: the component's `tls:` line (none without TLS=1)
+if [[ ${TLS:-0} == 1 ]]; then
+    s=https
+    mkdir -p "$work/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=shoal-bench-ca \
+        -keyout "$work/tls/ca.key" -out "$work/tls/ca.crt" 2>/dev/null
+    for role in origin tracker build-index proxy agent; do
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$role" \
+            -keyout "$work/tls/$role.key" -out "$work/tls/$role.csr" 2>/dev/null
+        printf 'subjectAltName=URI:spiffe://shoal/%s,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' \
+            "$role" >"$work/tls/$role.ext"
+        openssl x509 -req -in "$work/tls/$role.csr" -CA "$work/tls/ca.crt" -CAkey "$work/tls/ca.key" \
+            -CAcreateserial -days 2 -extfile "$work/tls/$role.ext" -out "$work/tls/$role.crt" 2>/dev/null
+    done
+    tls() { echo "tls: {cert: $work/tls/$1.crt, key: $work/tls/$1.key, ca: $work/tls/ca.crt}"; }
+    export CURL_CA_BUNDLE=$work/tls/ca.crt
+fi
+
 # Shoal: tracker, one origin, build-index, proxy and two agents, release builds, as `shoal
 # devcluster` lays them out but on free ports and with the origin alone in its ring.
 tracker_port=$(free_port); origin_port=$(free_port); origin_peer_port=$(free_port)
@@ -84,25 +109,29 @@ agent_ports=("$(free_port)" "$(free_port)"); agent_peer_ports=("$(free_port)" "$
 cat >"$work/tracker.yaml" <<YAML
 listen: 127.0.0.1:$tracker_port
 origins:
-  - {http: "127.0.0.1:$origin_port", peer: "127.0.0.1:$origin_peer_port"}
+  - {http: "$s://127.0.0.1:$origin_port", peer: "127.0.0.1:$origin_peer_port"}
+$(tls tracker)
 YAML
 cat >"$work/origin.yaml" <<YAML
 listen: 127.0.0.1:$origin_port
 peer_listen: 127.0.0.1:$origin_peer_port
 data_dir: $work/origin
 backend: {filesystem: {root: $work/backend}}
+$(tls origin)
 YAML
 cat >"$work/build-index.yaml" <<YAML
 listen: 127.0.0.1:$index_port
-origins: ["127.0.0.1:$origin_port"]
+origins: ["$s://127.0.0.1:$origin_port"]
 backend: {filesystem: {root: $work/backend}}
 pending_dir: $work/build-index-pending
+$(tls build-index)
 YAML
 cat >"$work/proxy.yaml" <<YAML
 listen: 127.0.0.1:$proxy_port
-origins: ["127.0.0.1:$origin_port"]
-build_index: "127.0.0.1:$index_port"
+origins: ["$s://127.0.0.1:$origin_port"]
+build_index: "$s://127.0.0.1:$index_port"
 preheat: {state_dir: $work/proxy-preheat}
+$(tls proxy)
 YAML
 for i in 0 1; do
     cat >"$work/agent-$i.yaml" <<YAML
@@ -110,7 +139,8 @@ listen: 127.0.0.1:${agent_ports[$i]}
 peer_listen: 127.0.0.1:${agent_peer_ports[$i]}
 data_dir: $work/agent-$i
 tracker: "127.0.0.1:$tracker_port"
-build_index: "127.0.0.1:$index_port"
+build_index: "$s://127.0.0.1:$index_port"
+$(tls agent)
 ${AGENT_EXTRA:-}
 YAML
 done
@@ -126,12 +156,12 @@ start agent-0 shoal-agent; agent0_pid=$started
 start agent-1 shoal-agent; agent1_pid=$started
 
 reg=http://127.0.0.1:$reg_port
-origin=http://127.0.0.1:$origin_port
-proxy=http://127.0.0.1:$proxy_port
+origin=$s://127.0.0.1:$origin_port
+proxy=$s://127.0.0.1:$proxy_port
 agent0=http://127.0.0.1:${agent_ports[0]}
 agent1=http://127.0.0.1:${agent_ports[1]}
 wait_http "$reg/v2/"
-for url in "$origin" "http://127.0.0.1:$tracker_port" "http://127.0.0.1:$index_port" "$proxy" "$agent0" "$agent1"; do
+for url in "$origin" "$s://127.0.0.1:$tracker_port" "$s://127.0.0.1:$index_port" "$proxy" "$agent0" "$agent1"; do
     wait_http "$url/health"
 done
 
@@ -274,6 +304,9 @@ echo "agent-1 cold pull" >&2
 settle=a1_complete timed "$r/agent1-cold" get_hashed "$agent1/v2/$repo/blobs/$digest"
 a1_from_origin=$(metric "$agent1" p2p_bytes_received 'from="origin"')
 a1_from_agents=$(metric "$agent1" p2p_bytes_received 'from="agent"')
+# Pieces the two cold pulls received, and those of them over the piece stream (`p2p.piece_stream`).
+pieces=$(($(metric "$agent0" p2p_pieces_received) + $(metric "$agent1" p2p_pieces_received)))
+streamed=$(($(metric "$agent0" p2p_stream_pieces_received) + $(metric "$agent1" p2p_stream_pieces_received)))
 
 echo "cached GETs from agent-0 and GETs through the proxy" >&2
 a0_blob=$agent0/v2/$repo/blobs/$digest proxy_blob=$proxy/v2/$repo/blobs/$digest
@@ -332,7 +365,7 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.0f", b / 1048576}'; }
 
 cat <<MD
 Blob: ${size_mib} MiB ($bytes bytes), $repeats repeat(s), medians of each column, $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC').
-Push (not compared below): docker-registry $(printf '%.2f' "$reg_push") s, Shoal proxy → origin $(printf '%.2f' "$sho_push") s.
+Push (not compared below): docker-registry $(printf '%.2f' "$reg_push") s, Shoal proxy → origin $(printf '%.2f' "$sho_push") s.$([[ $s == https ]] && printf '\nMutual TLS between Shoal'"'"'s components (TLS=1); the agents'"'"' registry ports plain HTTP.')
 
 | step | time | MiB/s | throughput / baseline | agent CPU s | origin CPU s | CPU s per GiB (agent + origin) | machine CPU busy |
 |---|---|---|---|---|---|---|---|
@@ -345,6 +378,7 @@ $(row "proxy → origin GET to /dev/null" "$(medians "$r/proxy")" proxy "$reg_ra
 
 Where the cold pulls' bytes came from (the agents' \`p2p_bytes_received\`): agent-0 $(mib "$a0_from_origin") MiB from
 the origin, $(mib "$a0_from_agents") MiB from agents; agent-1 $(mib "$a1_from_origin") MiB from the origin, $(mib "$a1_from_agents") MiB from agents.
+$streamed of their $pieces pieces came over the piece stream, the rest over gRPC.
 The agents' CPU in the cold rows runs until their download is complete: $(cat "$r/agent0-cold.settle") s (agent-0) and
 $(cat "$r/agent1-cold.settle") s (agent-1) after the client had the last byte.
 
