@@ -46,8 +46,8 @@ pub struct P2pConfig {
     pub upload_slots: usize,
     /// Fetch pieces over the piece stream (`docs/p2p.md`) from peers that offer it: requests
     /// pipelined on one plain TCP connection per peer, the piece's bytes sent with `sendfile` by
-    /// the peer, no HTTP/2. Off: every piece is a gRPC `GetPiece` call. Never under TLS (`tls:`), where peers
-    /// offer gRPC only.
+    /// the peer, no HTTP/2. Off: every piece is a gRPC `GetPiece` call. Never under TLS
+    /// (`tls:`), where peers offer gRPC only.
     pub piece_stream: bool,
 }
 
