@@ -18,8 +18,8 @@
 #                   comparable with a run without it
 #   PERF_CALL_GRAPH=dwarf  unwind with DWARF instead of frame pointers (`-g`), which release builds
 #                   omit, so the call graphs reach Shoal's own functions (costs more, larger files)
-#   TLS=1           mutual TLS between Shoal's components (a CA and a certificate per role made
-#                   with openssl): pieces, metainfo and blob reads all over TLS; the agents'
+#   TLS=1           mutual TLS between Shoal's components (a CA and a certificate per role from
+#                   shoal-bench-certs): pieces, metainfo and blob reads all over TLS; the agents'
 #                   registry ports stay plain HTTP, as in production, and the proxy serves HTTPS
 #
 # Needs: release binaries (cargo build --release --bins), docker-registry, curl, openssl, python3.
@@ -79,26 +79,17 @@ YAML
 docker-registry serve "$work/registry.yaml" >"$work/registry.log" 2>&1 &
 reg_pid=$!; pids+=($reg_pid)
 
-# With TLS=1: a CA and one certificate per role (`spiffe://shoal/<role>`, for 127.0.0.1), each
-# component's `tls:` section, and `https://` for every internal HTTP address. curl trusts the CA
-# through CURL_CA_BUNDLE (the registry baseline stays plain HTTP).
+# With TLS=1: a CA and one certificate per role (`spiffe://shoal/<role>`, for 127.0.0.1), issued
+# by shoal-bench-certs as `shoal devcluster --tls` issues them, each component's `tls:` section,
+# and `https://` for every internal HTTP address. curl trusts the CA through CURL_CA_BUNDLE (the
+# registry baseline stays plain HTTP).
 s=http
 tls() { :; } # role: the component's `tls:` line (none without TLS=1)
 if [[ ${TLS:-0} == 1 ]]; then
     s=https
-    mkdir -p "$work/tls"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=shoal-bench-ca \
-        -keyout "$work/tls/ca.key" -out "$work/tls/ca.crt" 2>/dev/null
-    for role in origin tracker build-index proxy agent; do
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$role" \
-            -keyout "$work/tls/$role.key" -out "$work/tls/$role.csr" 2>/dev/null
-        printf 'subjectAltName=URI:spiffe://shoal/%s,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' \
-            "$role" >"$work/tls/$role.ext"
-        openssl x509 -req -in "$work/tls/$role.csr" -CA "$work/tls/ca.crt" -CAkey "$work/tls/ca.key" \
-            -CAcreateserial -days 2 -extfile "$work/tls/$role.ext" -out "$work/tls/$role.crt" 2>/dev/null
-    done
-    tls() { echo "tls: {cert: $work/tls/$1.crt, key: $work/tls/$1.key, ca: $work/tls/ca.crt}"; }
-    export CURL_CA_BUNDLE=$work/tls/ca.crt
+    "$bin/shoal-bench-certs" "$work/tls"
+    tls() { echo "tls: {cert: $work/tls/$1/tls.crt, key: $work/tls/$1/tls.key, ca: $work/tls/$1/ca.crt}"; }
+    export CURL_CA_BUNDLE=$work/tls/origin/ca.crt
 fi
 
 # Shoal: tracker, one origin, build-index, proxy and two agents, release builds, as `shoal
